@@ -1,0 +1,269 @@
+//! Request and response bodies of the HTTP API (`/v1/...`).
+//!
+//! Requests deny unknown fields: a misspelt field is an error, not a silent no-op.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::event::Event;
+use crate::ids::{ConversationId, MessageId, Platform, Seq, SessionId, UserId};
+
+/// `POST /v1/auth/register`
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub username: String,
+    pub password: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+}
+
+impl std::fmt::Debug for RegisterRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterRequest")
+            .field("username", &self.username)
+            .field("password", &"[redacted]")
+            .field("display_name", &self.display_name)
+            .finish()
+    }
+}
+
+/// A user as the user sees themself (`/v1/me`, register response).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserProfile {
+    pub user_id: UserId,
+    pub username: String,
+    pub display_name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// `POST /v1/auth/login`
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+    pub platform: Platform,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("username", &self.username)
+            .field("password", &"[redacted]")
+            .field("platform", &self.platform)
+            .field("device_id", &self.device_id)
+            .finish()
+    }
+}
+
+/// The response of login and refresh.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    pub user_id: UserId,
+    pub session_id: SessionId,
+}
+
+impl std::fmt::Debug for TokenPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenPair")
+            .field("access_token", &"[redacted]")
+            .field("refresh_token", &"[redacted]")
+            .field("expires_in", &self.expires_in)
+            .field("user_id", &self.user_id)
+            .field("session_id", &self.session_id)
+            .finish()
+    }
+}
+
+/// `POST /v1/auth/refresh`
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+impl std::fmt::Debug for RefreshRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefreshRequest([redacted])")
+    }
+}
+
+/// One entry of `GET /v1/me/sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub session_id: SessionId,
+    pub platform: Platform,
+    pub device_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// True for the session that made this request.
+    pub current: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionList {
+    pub sessions: Vec<SessionInfo>,
+}
+
+/// The recipient of a message. Groups join in a later version of the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipient {
+    pub user: UserId,
+}
+
+/// The kind of a message sent by a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    Chat,
+    Event,
+    Status,
+}
+
+impl MessageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Chat => "chat",
+            MessageKind::Event => "event",
+            MessageKind::Status => "status",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "chat" => MessageKind::Chat,
+            "event" => MessageKind::Event,
+            "status" => MessageKind::Status,
+            _ => return None,
+        })
+    }
+}
+
+/// `POST /v1/messages`, and the `send` WebSocket frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    pub to: Recipient,
+    #[serde(default = "default_kind")]
+    pub kind: MessageKind,
+    pub content: serde_json::Value,
+    /// The sender's own id for this message: a retry with the same id
+    /// returns the original message instead of creating a second one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+}
+
+fn default_kind() -> MessageKind {
+    MessageKind::Chat
+}
+
+/// The answer to a send. `seq` is the position of the message in the
+/// sender's own inbox (so the sender's devices can recognise it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendResponse {
+    pub message_id: MessageId,
+    pub conversation_id: ConversationId,
+    pub seq: Seq,
+    #[serde(with = "time::serde::rfc3339")]
+    pub sent_at: OffsetDateTime,
+    /// True when this answer repeats an earlier send with the same `client_msg_id`.
+    #[serde(default)]
+    pub duplicate: bool,
+}
+
+/// `GET /v1/sync`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncResponse {
+    pub events: Vec<Event>,
+    pub next_after: Seq,
+    pub has_more: bool,
+}
+
+/// `POST /v1/ack`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    pub seq: Seq,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AckResponse {
+    /// The highest seq acknowledged so far (acks never move backwards).
+    pub acked: Seq,
+}
+
+/// `POST /v1/conversations/{id}/read`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadRequest {
+    pub message_id: MessageId,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadResponse {
+    pub conversation_id: ConversationId,
+    /// The position in the conversation read up to.
+    pub read_upto: u64,
+}
+
+/// A stored message, as history returns it and as `message.new` carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub message_id: MessageId,
+    pub conversation_id: ConversationId,
+    /// Position of the message inside its conversation (1, 2, 3…).
+    pub conv_seq: u64,
+    pub from: UserId,
+    pub to: Recipient,
+    pub kind: MessageKind,
+    /// `null` once recalled.
+    pub content: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub sent_at: OffsetDateTime,
+    #[serde(default)]
+    pub recalled: bool,
+}
+
+/// One entry of `GET /v1/conversations`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConversationSummary {
+    pub conversation_id: ConversationId,
+    /// The other member of a direct conversation.
+    pub peer: UserId,
+    pub last_message: Option<Message>,
+    pub unread: u64,
+    /// Position in the conversation this user has read up to.
+    pub read_upto: u64,
+    /// Position in the conversation the other side has read up to.
+    pub peer_read_upto: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConversationList {
+    pub conversations: Vec<ConversationSummary>,
+}
+
+/// `GET /v1/conversations/{id}/messages?before=&limit=` — newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub messages: Vec<Message>,
+    /// Pass as `before` to get the next (older) page; absent at the beginning.
+    pub next_before: Option<u64>,
+}
+
+/// `GET /healthz`, `GET /readyz`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+}

@@ -1,0 +1,15 @@
+//! Wire types of the unimsg v1 protocol, shared by the server and its clients.
+//!
+//! Nothing here does I/O. Identifiers are newtypes that can only be built from
+//! valid input ("parse, don't validate"), so that every layer above can rely on
+//! their shape.
+
+pub mod api;
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod ws;
+
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use event::{Event, EventType};
+pub use ids::{ConversationId, IdError, MessageId, Platform, Seq, SessionId, UserId};

@@ -1,0 +1,161 @@
+//! WebSocket frames. Every frame is one JSON text message.
+//!
+//! Client → server frames carry `type` and an optional `id` that the server
+//! echoes in its reply. Server → client frames are either inbox events
+//! (recognisable by their `seq`) or replies.
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{MessageKind, Recipient, SendRequest, SendResponse};
+use crate::error::ErrorDetail;
+use crate::ids::{ConversationId, MessageId, Seq};
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// First frame when the token was not given as `access_token`.
+    Auth {
+        token: String,
+        /// Replay the inbox after this seq before live events.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<Seq>,
+    },
+    Send {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        to: Recipient,
+        #[serde(default = "chat")]
+        kind: MessageKind,
+        content: serde_json::Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
+    },
+    Ack {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        seq: Seq,
+    },
+    Read {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        conversation_id: ConversationId,
+        message_id: MessageId,
+    },
+    Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for ClientFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientFrame::Auth { after, .. } => {
+                f.debug_struct("Auth").field("token", &"[redacted]").field("after", after).finish()
+            }
+            ClientFrame::Send { id, to, kind, client_msg_id, .. } => f
+                .debug_struct("Send")
+                .field("id", id)
+                .field("to", to)
+                .field("kind", kind)
+                .field("client_msg_id", client_msg_id)
+                .finish(),
+            ClientFrame::Ack { id, seq } => {
+                f.debug_struct("Ack").field("id", id).field("seq", seq).finish()
+            }
+            ClientFrame::Read { id, conversation_id, message_id } => f
+                .debug_struct("Read")
+                .field("id", id)
+                .field("conversation_id", conversation_id)
+                .field("message_id", message_id)
+                .finish(),
+            ClientFrame::Ping { id } => f.debug_struct("Ping").field("id", id).finish(),
+        }
+    }
+}
+
+fn chat() -> MessageKind {
+    MessageKind::Chat
+}
+
+impl ClientFrame {
+    /// The send request inside a `send` frame.
+    pub fn into_send(self) -> Option<(Option<String>, SendRequest)> {
+        match self {
+            ClientFrame::Send { id, to, kind, content, client_msg_id } => {
+                Some((id, SendRequest { to, kind, content, client_msg_id }))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Replies of the server to client frames (inbox events are sent as
+/// [`crate::Event`] and are not part of this enum).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ReplyFrame {
+    /// Authentication succeeded; `last_seq` is the newest seq of the inbox.
+    Ready {
+        user_id: crate::ids::UserId,
+        session_id: crate::ids::SessionId,
+        last_seq: Seq,
+    },
+    #[serde(rename = "send.ok")]
+    SendOk {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[serde(flatten)]
+        result: SendResponse,
+    },
+    #[serde(rename = "ack.ok")]
+    AckOk {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        acked: Seq,
+    },
+    #[serde(rename = "read.ok")]
+    ReadOk {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        conversation_id: ConversationId,
+        read_upto: u64,
+    },
+    Pong {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+    },
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        error: ErrorDetail,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_parse_and_reject_unknown_fields() {
+        let send: ClientFrame = serde_json::from_str(
+            r#"{"type":"send","id":"1","to":{"user":"bob"},"content":{"text":"hi"},"client_msg_id":"c1"}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (id, req) = send.into_send().unwrap_or_else(|| panic!("not a send"));
+        assert_eq!(id.as_deref(), Some("1"));
+        assert_eq!(req.to.user.as_str(), "bob");
+        assert_eq!(req.kind, MessageKind::Chat);
+
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"ping","bogus":1}"#).is_err());
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"nope"}"#).is_err());
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"ack","seq":-1}"#).is_err());
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"ping"}"#).is_ok());
+    }
+
+    #[test]
+    fn replies_are_tagged() {
+        let v = serde_json::to_value(ReplyFrame::Pong { id: None }).unwrap_or_default();
+        assert_eq!(v["type"], "pong");
+    }
+}

@@ -1,0 +1,124 @@
+//! Durable state of unimsg behind domain traits.
+//!
+//! The core talks to [`Store`] only; no backend type appears in a trait
+//! signature. The embedded backend is [`sqlite::SqliteStore`]; a PostgreSQL
+//! backend implements the same traits. Message content reaches this crate
+//! already sealed ([`Sealed`]): the store never sees plaintext.
+
+mod model;
+pub mod sqlite;
+pub mod suite;
+
+pub use model::*;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use unimsg_proto::{ConversationId, MessageId, Seq, SessionId, UserId};
+
+/// Why a storage operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was violated; the string names what clashed.
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    /// A referenced row does not exist.
+    #[error("not found: {0}")]
+    NotFound(&'static str),
+    /// The backend cannot be reached or is shutting down; the caller may retry.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered with something unexpected (a bug or corruption).
+    #[error("store failure: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Users and their credentials.
+#[async_trait]
+pub trait Users: Send + Sync {
+    /// Creates a user; `Conflict` if the id or the username is taken.
+    async fn create_user(&self, user: NewUser) -> Result<User>;
+    async fn user(&self, id: &UserId) -> Result<Option<User>>;
+    async fn user_by_username(&self, username: &str) -> Result<Option<User>>;
+}
+
+/// Login sessions and their refresh tokens.
+#[async_trait]
+pub trait Sessions: Send + Sync {
+    /// Opens a session with its first refresh token and, in the same
+    /// transaction, revokes the sessions the device policy kicks out
+    /// (appending their `session.revoked` events).
+    async fn open_session(
+        &self,
+        session: NewSession,
+        refresh: NewRefreshToken,
+        kick: Vec<Revocation>,
+    ) -> Result<Vec<StoredEvent>>;
+    async fn session(&self, id: &SessionId) -> Result<Option<Session>>;
+    /// The user's sessions that are not revoked, oldest first.
+    async fn active_sessions(&self, user: &UserId) -> Result<Vec<Session>>;
+    /// Revokes sessions that are still active and appends one event for each;
+    /// sessions already revoked are skipped.
+    async fn revoke_sessions(&self, revocations: Vec<Revocation>) -> Result<Vec<StoredEvent>>;
+    /// Exchanges a refresh token for the next one. A token that was already
+    /// exchanged yields [`RefreshOutcome::Reused`] and nothing changes.
+    async fn rotate_refresh(
+        &self,
+        presented: &TokenHash,
+        next: NewRefreshToken,
+        now: OffsetDateTime,
+    ) -> Result<RefreshOutcome>;
+}
+
+/// Per-user inboxes, messages and conversations.
+#[async_trait]
+pub trait Inbox: Send + Sync {
+    /// Stores a message and appends a `message.new` event to each recipient's
+    /// inbox (the sender included when listed), atomically. A message whose
+    /// `(sender, client_msg_id)` exists already is returned as
+    /// [`AppendOutcome::Duplicate`] and nothing is written.
+    async fn append_message(&self, message: NewMessage, recipients: Vec<UserId>) -> Result<AppendOutcome>;
+    /// Appends events that carry their own data, atomically.
+    async fn append_events(&self, events: Vec<EventDraft>) -> Result<Vec<StoredEvent>>;
+    /// Events of `user` with seq > `after`, in seq order, at most `limit`.
+    async fn events_after(&self, user: &UserId, after: Seq, limit: u32) -> Result<Vec<StoredEvent>>;
+    /// The newest seq of the inbox (0 when empty).
+    async fn last_seq(&self, user: &UserId) -> Result<Seq>;
+    /// Records delivery up to `seq` (clamped to the inbox's last seq; never
+    /// moves backwards) and returns the acknowledged position.
+    async fn ack(&self, user: &UserId, seq: Seq) -> Result<Seq>;
+    async fn acked(&self, user: &UserId) -> Result<Seq>;
+    async fn message(&self, id: &MessageId) -> Result<Option<StoredMessage>>;
+    /// Moves `user`'s read position in a conversation forward to `upto`.
+    /// When it moved, `events` are appended too; returns the read position.
+    async fn mark_read(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+        upto: u64,
+        events: Vec<EventDraft>,
+    ) -> Result<(u64, Vec<StoredEvent>)>;
+    /// Marks a message recalled and appends `events`; a message already
+    /// recalled is `Conflict`.
+    async fn recall(&self, id: &MessageId, now: OffsetDateTime, events: Vec<EventDraft>) -> Result<Vec<StoredEvent>>;
+    /// The conversations `user` is a member of, most recently active first.
+    async fn conversations(&self, user: &UserId) -> Result<Vec<ConversationState>>;
+    /// Messages of a conversation with `conv_seq < before`, newest first.
+    async fn history(&self, conversation: &ConversationId, before: Option<u64>, limit: u32) -> Result<Vec<StoredMessage>>;
+}
+
+/// Data-encryption keys, stored wrapped by the master key.
+#[async_trait]
+pub trait DataKeys: Send + Sync {
+    async fn data_keys(&self) -> Result<Vec<WrappedKey>>;
+    /// Stores a new wrapped key; `Conflict` if the id exists.
+    async fn insert_data_key(&self, key: WrappedKey) -> Result<()>;
+}
+
+/// Everything the core needs from durable storage.
+#[async_trait]
+pub trait Store: Users + Sessions + Inbox + DataKeys {
+    /// Cheap liveness probe of the backend, for `/readyz`.
+    async fn ping(&self) -> Result<()>;
+}

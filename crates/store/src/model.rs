@@ -1,0 +1,213 @@
+//! Plain data passed through the storage traits.
+
+use std::fmt;
+
+use time::OffsetDateTime;
+use unimsg_proto::{ConversationId, EventType, MessageId, Platform, Seq, SessionId, UserId};
+
+/// An argon2id PHC string. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PasswordHash(pub String);
+
+impl fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PasswordHash([redacted])")
+    }
+}
+
+/// SHA-256 of an opaque token; the token itself is never stored.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenHash([redacted])")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserStatus {
+    Active,
+    Disabled,
+}
+
+impl UserStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Active => "active",
+            UserStatus::Disabled => "disabled",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub user_id: UserId,
+    pub username: String,
+    pub display_name: String,
+    pub password_hash: Option<PasswordHash>,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub user_id: UserId,
+    pub username: String,
+    pub display_name: String,
+    pub password_hash: Option<PasswordHash>,
+    pub status: UserStatus,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub session_id: SessionId,
+    pub user_id: UserId,
+    pub platform: Platform,
+    pub device_id: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub session_id: SessionId,
+    pub user_id: UserId,
+    pub platform: Platform,
+    pub device_id: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+impl Session {
+    pub fn is_active(&self) -> bool {
+        self.revoked_at.is_none()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRefreshToken {
+    pub hash: TokenHash,
+    pub expires_at: OffsetDateTime,
+}
+
+/// One session to revoke, with the `session.revoked` event its user gets.
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    pub session_id: SessionId,
+    pub reason: String,
+    pub at: OffsetDateTime,
+    /// The event's JSON data.
+    pub event_data: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum RefreshOutcome {
+    /// The token was current: the next one is stored and the old one retired.
+    Rotated(Session),
+    /// The token had been exchanged before: someone replays it.
+    Reused(Session),
+    /// Unknown, expired, or its session is revoked.
+    Invalid,
+}
+
+/// AES-256-GCM output as stored: which data key, the per-row nonce and the
+/// ciphertext with its tag.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub key_id: u32,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+impl fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sealed(key {}, {} bytes)", self.key_id, self.ciphertext.len())
+    }
+}
+
+/// A data key encrypted under the master key.
+#[derive(Clone)]
+pub struct WrappedKey {
+    pub key_id: u32,
+    pub wrapped: Vec<u8>,
+    pub created_at: OffsetDateTime,
+}
+
+impl fmt::Debug for WrappedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WrappedKey({})", self.key_id)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub message_id: MessageId,
+    pub conversation_id: ConversationId,
+    pub sender: UserId,
+    pub recipient: UserId,
+    /// `chat`, `event`, `status`, …
+    pub kind: String,
+    pub content: Sealed,
+    pub client_msg_id: Option<String>,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub message_id: MessageId,
+    pub conversation_id: ConversationId,
+    pub conv_seq: u64,
+    pub sender: UserId,
+    pub recipient: UserId,
+    pub kind: String,
+    pub content: Sealed,
+    pub client_msg_id: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub recalled_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone)]
+pub enum AppendOutcome {
+    Created { message: StoredMessage, events: Vec<StoredEvent> },
+    Duplicate(StoredMessage),
+}
+
+/// An event to append that carries its own JSON data.
+#[derive(Debug, Clone)]
+pub struct EventDraft {
+    pub user_id: UserId,
+    pub kind: EventType,
+    pub data: String,
+    pub at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone)]
+pub enum EventBody {
+    /// `message.new`: the message itself (still sealed).
+    Message(StoredMessage),
+    /// Any other event: its JSON data.
+    Data(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub user_id: UserId,
+    pub seq: Seq,
+    pub kind: EventType,
+    pub at: OffsetDateTime,
+    pub body: EventBody,
+}
+
+/// A conversation as one member sees it.
+#[derive(Debug, Clone)]
+pub struct ConversationState {
+    pub conversation_id: ConversationId,
+    pub read_upto: u64,
+    /// Every member's read position, this user's included.
+    pub members_read: Vec<(UserId, u64)>,
+    pub last_message: Option<StoredMessage>,
+    /// Messages from others after this user's read position.
+    pub unread: u64,
+}

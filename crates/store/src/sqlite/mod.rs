@@ -1,0 +1,237 @@
+//! The embedded backend: one SQLite file in WAL mode.
+//!
+//! Writes go through one writer thread that drains its queue into a single
+//! transaction (group commit): concurrent sends share one `COMMIT` and one
+//! fsync. Each job runs inside its own savepoint, so a failing job is rolled
+//! back alone while the others in the batch commit. Callers hear back only
+//! after the `COMMIT` has returned, so an acknowledged write is durable.
+//! Reads run on a small pool of read-only connections on blocking threads.
+
+mod queries;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Result, StoreError};
+
+/// How hard SQLite syncs on commit. `Full` survives power loss; `Normal`
+/// survives a process crash (`kill -9`) but not a power cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    #[default]
+    Full,
+    Normal,
+}
+
+/// Options of the embedded store.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub path: PathBuf,
+    pub durability: Durability,
+    /// Most jobs committed in one transaction.
+    pub max_batch: usize,
+    /// Read connections kept open.
+    pub readers: usize,
+}
+
+impl SqliteOptions {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), durability: Durability::Full, max_batch: 512, readers: 4 }
+    }
+}
+
+/// A job the writer runs inside the batch transaction. It returns whether it
+/// succeeded (failed jobs are rolled back to their savepoint) and a
+/// completion that receives the outcome of the `COMMIT`. Given `None`, the
+/// job must not touch the database and just fails (no transaction could be
+/// opened).
+type Job = Box<dyn FnOnce(Option<&Connection>) -> (bool, Completion) + Send>;
+type Completion = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// The embedded store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    readers: Arc<ReaderPool>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.readers.path).finish()
+    }
+}
+
+fn internal(e: rusqlite::Error) -> StoreError {
+    StoreError::Internal(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database, applies migrations and starts
+    /// the writer thread. The thread ends when the last clone is dropped.
+    pub fn open(options: SqliteOptions) -> Result<Self> {
+        let mut conn = open_connection(&options.path, false, options.durability)?;
+        schema::migrate(&mut conn).map_err(internal)?;
+        let (tx, rx) = mpsc::channel::<Job>(options.max_batch.max(1) * 4);
+        let max_batch = options.max_batch.max(1);
+        std::thread::Builder::new()
+            .name("unimsg-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, max_batch))
+            .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
+        let readers = ReaderPool {
+            path: options.path.clone(),
+            durability: options.durability,
+            idle: Mutex::new(Vec::new()),
+            keep: options.readers.max(1),
+        };
+        Ok(Self { jobs: tx, readers: Arc::new(readers) })
+    }
+
+    /// Runs `f` inside the next group-commit transaction and returns its
+    /// result once the transaction is durable.
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (done_tx, done_rx) = oneshot::channel::<Result<T>>();
+        let job: Job = Box::new(move |conn| {
+            let result = match conn {
+                Some(conn) => f(conn),
+                None => Err(StoreError::Unavailable("no transaction".into())),
+            };
+            let ok = result.is_ok();
+            let completion: Completion = Box::new(move |commit| {
+                let _ = done_tx.send(commit.and(result));
+            });
+            (ok, completion)
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is shut down".into()))?;
+        done_rx
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped before committing".into()))?
+    }
+
+    /// Runs a read on a pooled connection on a blocking thread.
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let result = f(&conn);
+            pool.give_back(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
+    }
+}
+
+struct ReaderPool {
+    path: PathBuf,
+    durability: Durability,
+    idle: Mutex<Vec<Connection>>,
+    keep: usize,
+}
+
+impl ReaderPool {
+    fn take(&self) -> Result<Connection> {
+        let pooled = self.idle.lock().map_err(|_| StoreError::Internal("reader pool poisoned".into()))?.pop();
+        match pooled {
+            Some(conn) => Ok(conn),
+            None => open_connection(&self.path, true, self.durability),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < self.keep {
+                idle.push(conn);
+            }
+        }
+    }
+}
+
+fn open_connection(path: &Path, read_only: bool, durability: Durability) -> Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    let pragmas = if read_only {
+        "PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;".to_string()
+    } else {
+        format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000; \
+             PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;"
+        )
+    };
+    conn.execute_batch(&pragmas).map_err(internal)?;
+    Ok(conn)
+}
+
+/// The writer thread: waits for one job, drains what else is queued (up to
+/// `max_batch`) and commits them together.
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+    let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(&conn, &mut batch);
+    }
+    tracing::debug!("sqlite writer stopped");
+}
+
+fn run_batch(conn: &Connection, batch: &mut Vec<Job>) {
+    let size = batch.len();
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let err = StoreError::Unavailable(format!("cannot begin a transaction: {e}"));
+        for job in batch.drain(..) {
+            // The job never ran; its completion still has to hear about it.
+            let (_, completion) = job(None);
+            completion(Err(err.clone()));
+        }
+        let _ = conn.execute_batch("ROLLBACK");
+        return;
+    }
+    let mut completions = Vec::with_capacity(size);
+    for job in batch.drain(..) {
+        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            tracing::error!(error = %e, "savepoint failed");
+        }
+        let (ok, completion) = job(Some(conn));
+        if !ok {
+            let _ = conn.execute_batch("ROLLBACK TO job");
+        }
+        let _ = conn.execute_batch("RELEASE job");
+        completions.push(completion);
+    }
+    let commit = conn.execute_batch("COMMIT").map_err(|e| {
+        tracing::error!(error = %e, "group commit failed");
+        let _ = conn.execute_batch("ROLLBACK");
+        StoreError::Unavailable(format!("commit failed: {e}"))
+    });
+    for completion in completions {
+        completion(commit.clone());
+    }
+}

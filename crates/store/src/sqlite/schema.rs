@@ -1,0 +1,101 @@
+//! Schema migrations of the embedded store, applied at start in order and
+//! tracked with `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+/// Each entry moves the schema from version `i` to `i + 1`. Never edit a
+/// released migration: append a new one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE users (
+    user_id       TEXT PRIMARY KEY,
+    username      TEXT NOT NULL UNIQUE,
+    display_name  TEXT NOT NULL,
+    password_hash TEXT,
+    status        TEXT NOT NULL DEFAULT 'active',
+    created_at    INTEGER NOT NULL,
+    last_seq      INTEGER NOT NULL DEFAULT 0,
+    acked_seq     INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE sessions (
+    session_id    TEXT PRIMARY KEY,
+    user_id       TEXT NOT NULL REFERENCES users(user_id),
+    platform      TEXT NOT NULL,
+    device_id     TEXT,
+    created_at    INTEGER NOT NULL,
+    revoked_at    INTEGER,
+    revoke_reason TEXT,
+    ip            TEXT,
+    user_agent    TEXT
+);
+CREATE INDEX sessions_by_user ON sessions(user_id, created_at);
+
+CREATE TABLE refresh_tokens (
+    token_hash  BLOB PRIMARY KEY,
+    session_id  TEXT NOT NULL REFERENCES sessions(session_id),
+    expires_at  INTEGER NOT NULL,
+    rotated_at  INTEGER
+) WITHOUT ROWID;
+CREATE INDEX refresh_by_session ON refresh_tokens(session_id);
+
+CREATE TABLE conversations (
+    conversation_id TEXT PRIMARY KEY,
+    last_conv_seq   INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE conversation_members (
+    conversation_id TEXT NOT NULL,
+    user_id         TEXT NOT NULL,
+    read_upto       INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (conversation_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX members_by_user ON conversation_members(user_id);
+
+CREATE TABLE messages (
+    message_id      TEXT PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    conv_seq        INTEGER NOT NULL,
+    sender_id       TEXT NOT NULL,
+    recipient_id    TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    key_id          INTEGER NOT NULL,
+    nonce           BLOB NOT NULL,
+    content         BLOB NOT NULL,
+    client_msg_id   TEXT,
+    created_at      INTEGER NOT NULL,
+    recalled_at     INTEGER,
+    UNIQUE (conversation_id, conv_seq)
+);
+CREATE UNIQUE INDEX messages_idempotency ON messages(sender_id, client_msg_id)
+    WHERE client_msg_id IS NOT NULL;
+
+CREATE TABLE inbox (
+    user_id    TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    kind       TEXT NOT NULL,
+    message_id TEXT,
+    data       TEXT,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, seq)
+) WITHOUT ROWID;
+
+CREATE TABLE data_keys (
+    key_id     INTEGER PRIMARY KEY,
+    wrapped    BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+"#];
+
+/// Brings the database to the newest schema version.
+pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "applied schema migration");
+    }
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! Integration tests of the embedded store: the shared backend suite, and
+//! durability across reopening.
+
+use std::sync::Arc;
+
+use unimsg_store::sqlite::{SqliteOptions, SqliteStore};
+use unimsg_store::{Store, Users, suite};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_passes_the_backend_suite() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = SqliteStore::open(SqliteOptions::new(dir.path().join("db.sqlite"))).unwrap_or_else(|e| panic!("{e}"));
+    suite::run_all(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_writes_survive_reopen_and_migrations_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("db.sqlite");
+    {
+        let store = SqliteStore::open(SqliteOptions::new(&path)).unwrap_or_else(|e| panic!("{e}"));
+        let user = unimsg_store::NewUser {
+            user_id: "keep".parse().unwrap_or_else(|e| panic!("{e}")),
+            username: "keep".into(),
+            display_name: "Keep".into(),
+            password_hash: None,
+            created_at: time::OffsetDateTime::now_utc(),
+        };
+        store.create_user(user).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let store = SqliteStore::open(SqliteOptions::new(&path)).unwrap_or_else(|e| panic!("{e}"));
+    let found = store.user_by_username("keep").await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(found.is_some());
+    store.ping().await.unwrap_or_else(|e| panic!("{e}"));
+}
