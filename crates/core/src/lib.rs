@@ -1,1 +1,102 @@
-//! placeholder
+//! The unimsg domain, independent of any transport.
+//!
+//! [`Core`] owns the services: [`auth`] (accounts, sessions, tokens),
+//! [`messaging`] (sends, inboxes, receipts, recalls) and live delivery
+//! through the [`bus::Bus`] to the local [`hub::Hub`]. It talks to durable
+//! state only through [`unimsg_store::Store`]. Nothing here parses HTTP.
+
+pub mod auth;
+pub mod bus;
+pub mod clock;
+pub mod config;
+mod error;
+pub mod hub;
+pub mod keys;
+pub mod messaging;
+mod render;
+pub mod stream;
+
+use std::sync::Arc;
+
+pub use error::{CoreError, Result};
+
+use bus::Bus;
+use clock::Clock;
+use config::CoreConfig;
+use hub::Hub;
+use keys::{Keyring, SigningKey};
+use unimsg_store::{Store, StoredEvent};
+
+/// Everything the transports need, shared by all connections.
+pub struct Core {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) keyring: Keyring,
+    pub(crate) signing: SigningKey,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: CoreConfig,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// The parts a [`Core`] is built from.
+pub struct CoreParts {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub hub: Arc<Hub>,
+    pub keyring: Keyring,
+    pub signing: SigningKey,
+    pub clock: Arc<dyn Clock>,
+    pub config: CoreConfig,
+}
+
+impl Core {
+    pub fn new(parts: CoreParts) -> Self {
+        Self {
+            store: parts.store,
+            bus: parts.bus,
+            hub: parts.hub,
+            keyring: parts.keyring,
+            signing: parts.signing,
+            clock: parts.clock,
+            config: parts.config,
+        }
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Whether the store answers.
+    pub async fn ready(&self) -> Result<()> {
+        self.store.ping().await.map_err(CoreError::from)
+    }
+
+    /// Hands committed events to the bus for live delivery. Failures are
+    /// logged, not returned: the events are durable and clients get them by
+    /// sync.
+    pub(crate) async fn publish(&self, events: &[StoredEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let mut deliveries = Vec::with_capacity(events.len());
+        for event in events {
+            match render::delivery(&self.keyring, event) {
+                Ok(d) => deliveries.push(Arc::new(d)),
+                Err(error) => tracing::error!(%error, seq = event.seq.0, "cannot render an event"),
+            }
+        }
+        if let Err(error) = self.bus.publish(deliveries).await {
+            tracing::warn!(%error, "live delivery failed; clients will catch up by sync");
+        }
+    }
+}

@@ -90,6 +90,8 @@ pub trait Inbox: Send + Sync {
     async fn ack(&self, user: &UserId, seq: Seq) -> Result<Seq>;
     async fn acked(&self, user: &UserId) -> Result<Seq>;
     async fn message(&self, id: &MessageId) -> Result<Option<StoredMessage>>;
+    /// The seq of a message's `message.new` event in `user`'s inbox.
+    async fn message_seq(&self, user: &UserId, id: &MessageId) -> Result<Option<Seq>>;
     /// Moves `user`'s read position in a conversation forward to `upto`.
     /// When it moved, `events` are appended too; returns the read position.
     async fn mark_read(

@@ -154,6 +154,8 @@ async fn inbox(store: &dyn Store) {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(out, AppendOutcome::Duplicate(ref m) if m.message_id.as_str() == "m1"));
+    let m1_id = MessageId::parse("m1").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(store.message_seq(&a, &m1_id).await.unwrap_or_else(|e| panic!("{e}")), Some(Seq(1)));
     assert_eq!(store.last_seq(&b).await.unwrap_or_else(|e| panic!("{e}")), Seq(1));
     // The same client_msg_id from another sender is a different message.
     let out = store

@@ -569,6 +569,23 @@ impl Inbox for SqliteStore {
         self.read(move |conn| message_by_id(conn, id.as_str())).await
     }
 
+    async fn message_seq(&self, user: &UserId, id: &MessageId) -> Result<Option<Seq>> {
+        let (user, id) = (user.clone(), id.clone());
+        // A range scan of this user's inbox: only idempotent retries ask.
+        self.read(move |conn| {
+            let seq: Option<i64> = conn
+                .query_row(
+                    "SELECT seq FROM inbox WHERE user_id = ?1 AND message_id = ?2",
+                    params![user.as_str(), id.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            Ok(seq.map(|s| Seq(to_u64(s))))
+        })
+        .await
+    }
+
     async fn mark_read(
         &self,
         user: &UserId,

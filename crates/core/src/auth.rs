@@ -1,0 +1,351 @@
+//! Identity: registration, password login, sessions under the device
+//! policy, access tokens (EdDSA JWT), refresh-token rotation with reuse
+//! detection, and immediate revocation.
+//!
+//! An access token is accepted only if its signature and expiry hold *and*
+//! its session is still active in the store, so revocation takes effect on
+//! the next request; live connections of a revoked session receive
+//! `session.revoked` through their inbox and close.
+
+use std::sync::OnceLock;
+
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::Argon2;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use unimsg_proto::api::{LoginRequest, RegisterRequest, SessionInfo, TokenPair, UserProfile};
+use unimsg_proto::{Platform, SessionId, UserId};
+use unimsg_store::{NewRefreshToken, NewSession, NewUser, PasswordHash, RefreshOutcome, Revocation, Session, UserStatus};
+
+use crate::config::DevicePolicy;
+use crate::error::{CoreError, Result};
+use crate::keys::{OpaqueToken, new_opaque_token};
+use crate::Core;
+
+/// Who is calling: established from a valid access token of an active session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthContext {
+    pub user_id: UserId,
+    pub session_id: SessionId,
+    pub platform: Platform,
+}
+
+/// Where a login comes from, for the session record.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// The JWT claims of an access token.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    sid: String,
+    plt: String,
+    exp: i64,
+    iat: i64,
+    jti: String,
+}
+
+const MIN_PASSWORD: usize = 8;
+const MAX_PASSWORD: usize = 1024;
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+fn validate_username(name: &str) -> Result<()> {
+    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !(3..=32).contains(&name.len()) || !ok_chars {
+        return Err(CoreError::BadRequest(
+            "username must be 3 to 32 characters of ASCII letters, digits, '_', '.' or '-'".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_password(password: &str) -> Result<()> {
+    if password.len() < MIN_PASSWORD || password.len() > MAX_PASSWORD {
+        return Err(CoreError::BadRequest(format!(
+            "password must be {MIN_PASSWORD} to {MAX_PASSWORD} bytes long"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_device(device: Option<&str>) -> Result<()> {
+    if let Some(d) = device {
+        let ok = !d.is_empty()
+            && d.len() <= 128
+            && d.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':'));
+        if !ok {
+            return Err(CoreError::BadRequest(
+                "device_id must be 1 to 128 characters of ASCII letters, digits, '_', '.', '-' or ':'".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Hashes a password with argon2id on a blocking thread: it costs tens of
+/// milliseconds of CPU by design and must not stall the async workers.
+async fn hash_password(password: String) -> Result<PasswordHash> {
+    tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .hash_password(password.as_bytes())
+            .map(|h| PasswordHash(h.to_string()))
+            .map_err(|e| CoreError::Internal(format!("password hashing failed: {e}")))
+    })
+    .await
+    .map_err(|e| CoreError::Internal(format!("hashing task failed: {e}")))?
+}
+
+/// A hash to verify against when the user does not exist, so that the
+/// answer takes as long as for a wrong password.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        Argon2::default().hash_password(b"unimsg-dummy-password").map(|h| h.to_string()).unwrap_or_default()
+    })
+}
+
+async fn verify_password(password: String, hash: Option<PasswordHash>) -> Result<bool> {
+    tokio::task::spawn_blocking(move || {
+        let stored = hash.as_ref().map_or(dummy_hash(), |h| h.0.as_str());
+        let ok = Argon2::default().verify_password(password.as_bytes(), stored).is_ok();
+        ok && hash.is_some()
+    })
+    .await
+    .map_err(|e| CoreError::Internal(format!("verification task failed: {e}")))
+}
+
+fn session_info(s: &Session, current: &SessionId) -> SessionInfo {
+    SessionInfo {
+        session_id: s.session_id.clone(),
+        platform: s.platform.clone(),
+        device_id: s.device_id.clone(),
+        created_at: s.created_at,
+        current: &s.session_id == current,
+    }
+}
+
+impl Core {
+    /// `POST /v1/auth/register`
+    pub async fn register(&self, req: RegisterRequest) -> Result<UserProfile> {
+        if !self.config.auth.registration_open {
+            return Err(CoreError::RegistrationClosed);
+        }
+        validate_username(&req.username)?;
+        validate_password(&req.password)?;
+        let display_name = req.display_name.unwrap_or_else(|| req.username.clone());
+        if display_name.trim().is_empty() || display_name.chars().count() > 64 {
+            return Err(CoreError::BadRequest("display_name must be 1 to 64 characters".into()));
+        }
+        let hash = hash_password(req.password).await?;
+        let user_id = UserId::parse(new_id()).map_err(|e| CoreError::Internal(e.to_string()))?;
+        let user = self
+            .store
+            .create_user(NewUser {
+                user_id,
+                username: req.username,
+                display_name,
+                password_hash: Some(hash),
+                created_at: self.clock.now(),
+            })
+            .await
+            .map_err(|e| match e {
+                unimsg_store::StoreError::Conflict(_) => CoreError::Conflict("username is taken".into()),
+                other => other.into(),
+            })?;
+        Ok(UserProfile {
+            user_id: user.user_id,
+            username: user.username,
+            display_name: user.display_name,
+            created_at: user.created_at,
+        })
+    }
+
+    /// `POST /v1/auth/login`
+    pub async fn login(&self, req: LoginRequest, client: ClientInfo) -> Result<TokenPair> {
+        validate_device(req.device_id.as_deref())?;
+        if req.password.len() > MAX_PASSWORD || req.username.len() > 64 {
+            return Err(CoreError::Unauthorized("invalid username or password"));
+        }
+        let user = self.store.user_by_username(&req.username).await?;
+        let hash = user.as_ref().and_then(|u| u.password_hash.clone());
+        let ok = verify_password(req.password, hash).await?;
+        let Some(user) = user.filter(|_| ok) else {
+            return Err(CoreError::Unauthorized("invalid username or password"));
+        };
+        if user.status == UserStatus::Disabled {
+            return Err(CoreError::Forbidden("this account is disabled".into()));
+        }
+        self.open_session(&user.user_id, req.platform, req.device_id, client).await
+    }
+
+    /// Opens a session for a user whose identity is established, kicking
+    /// the sessions the device policy forbids alongside it.
+    pub async fn open_session(
+        &self,
+        user: &UserId,
+        platform: Platform,
+        device_id: Option<String>,
+        client: ClientInfo,
+    ) -> Result<TokenPair> {
+        let now = self.clock.now();
+        let active = self.store.active_sessions(user).await?;
+        let kicked = active.iter().filter(|s| match self.config.auth.device_policy {
+            DevicePolicy::Single => true,
+            DevicePolicy::OnePerPlatform => s.platform == platform,
+            DevicePolicy::Multi => s.platform == platform && s.device_id == device_id,
+        });
+        let kick = kicked.map(|s| revocation(&s.session_id, "replaced_by_new_login", now)).collect();
+        let session_id = SessionId::parse(new_id()).map_err(|e| CoreError::Internal(e.to_string()))?;
+        let (refresh, refresh_hash) = new_opaque_token().map_err(|e| CoreError::Internal(e.to_string()))?;
+        let session = NewSession {
+            session_id: session_id.clone(),
+            user_id: user.clone(),
+            platform: platform.clone(),
+            device_id,
+            created_at: now,
+            ip: client.ip,
+            user_agent: client.user_agent,
+        };
+        let expires_at = now + time::Duration::seconds(self.config.auth.refresh_ttl_secs as i64);
+        let events =
+            self.store.open_session(session, NewRefreshToken { hash: refresh_hash, expires_at }, kick).await?;
+        self.publish(&events).await;
+        self.token_pair(user, &session_id, &platform, refresh, now)
+    }
+
+    fn token_pair(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        platform: &Platform,
+        refresh: OpaqueToken,
+        now: OffsetDateTime,
+    ) -> Result<TokenPair> {
+        let ttl = self.config.auth.access_ttl_secs;
+        let claims = Claims {
+            sub: user.to_string(),
+            sid: session.to_string(),
+            plt: platform.to_string(),
+            iat: now.unix_timestamp(),
+            exp: now.unix_timestamp() + ttl as i64,
+            jti: new_id(),
+        };
+        let key = EncodingKey::from_ed_der(self.signing.pkcs8());
+        let access = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key)
+            .map_err(|e| CoreError::Internal(format!("cannot sign a token: {e}")))?;
+        Ok(TokenPair {
+            access_token: access,
+            refresh_token: refresh.0,
+            expires_in: ttl,
+            user_id: user.clone(),
+            session_id: session.clone(),
+        })
+    }
+
+    /// `POST /v1/auth/refresh`: rotates the pair. Presenting a refresh token
+    /// that was already rotated revokes the whole session (theft detection).
+    pub async fn refresh(&self, presented: &str) -> Result<TokenPair> {
+        let now = self.clock.now();
+        let presented = OpaqueToken(presented.to_owned());
+        let (next, next_hash) = new_opaque_token().map_err(|e| CoreError::Internal(e.to_string()))?;
+        let expires_at = now + time::Duration::seconds(self.config.auth.refresh_ttl_secs as i64);
+        let outcome =
+            self.store.rotate_refresh(&presented.hash(), NewRefreshToken { hash: next_hash, expires_at }, now).await?;
+        match outcome {
+            RefreshOutcome::Rotated(session) => {
+                let user = self.store.user(&session.user_id).await?;
+                if user.is_none_or(|u| u.status == UserStatus::Disabled) {
+                    return Err(CoreError::Unauthorized("invalid refresh token"));
+                }
+                self.token_pair(&session.user_id, &session.session_id, &session.platform, next, now)
+            }
+            RefreshOutcome::Reused(session) => {
+                tracing::warn!(session_id = %session.session_id, user_id = %session.user_id,
+                    "refresh token reused: revoking the session");
+                self.revoke(&session.session_id, "refresh_token_reuse").await?;
+                Err(CoreError::Unauthorized("refresh token was already used; the session is revoked"))
+            }
+            RefreshOutcome::Invalid => Err(CoreError::Unauthorized("invalid refresh token")),
+        }
+    }
+
+    /// Revokes one session: its tokens are refused from now on and its live
+    /// connections receive `session.revoked` and close.
+    pub async fn revoke(&self, session: &SessionId, reason: &str) -> Result<()> {
+        let events = self.store.revoke_sessions(vec![revocation(session, reason, self.clock.now())]).await?;
+        self.publish(&events).await;
+        Ok(())
+    }
+
+    /// `POST /v1/auth/logout`
+    pub async fn logout(&self, auth: &AuthContext) -> Result<()> {
+        self.revoke(&auth.session_id, "logout").await
+    }
+
+    /// `DELETE /v1/me/sessions/{id}`: end one of the caller's own sessions.
+    pub async fn end_own_session(&self, auth: &AuthContext, session: &SessionId) -> Result<()> {
+        match self.store.session(session).await? {
+            Some(s) if s.user_id == auth.user_id && s.is_active() => self.revoke(session, "ended_by_user").await,
+            _ => Err(CoreError::NotFound("session not found".into())),
+        }
+    }
+
+    /// Checks an access token: signature (EdDSA only), expiry, and that its
+    /// session is still active.
+    pub async fn authenticate(&self, token: &str) -> Result<AuthContext> {
+        const INVALID: CoreError = CoreError::Unauthorized("invalid or expired access token");
+        if token.len() > 4096 {
+            return Err(INVALID);
+        }
+        let key = DecodingKey::from_ed_der(self.signing.public());
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|_| INVALID)?;
+        let claims = data.claims;
+        let (Ok(user_id), Ok(session_id), Ok(platform)) =
+            (UserId::parse(claims.sub), SessionId::parse(claims.sid), Platform::parse(claims.plt))
+        else {
+            return Err(INVALID);
+        };
+        match self.store.session(&session_id).await? {
+            Some(s) if s.is_active() && s.user_id == user_id => Ok(AuthContext { user_id, session_id, platform }),
+            _ => Err(CoreError::Unauthorized("the session was revoked")),
+        }
+    }
+
+    /// Whether a session is still active (for connections to re-check after subscribing).
+    pub async fn session_active(&self, session: &SessionId) -> Result<bool> {
+        Ok(self.store.session(session).await?.is_some_and(|s| s.is_active()))
+    }
+
+    /// `GET /v1/me`
+    pub async fn me(&self, auth: &AuthContext) -> Result<UserProfile> {
+        let user =
+            self.store.user(&auth.user_id).await?.ok_or_else(|| CoreError::NotFound("user not found".into()))?;
+        Ok(UserProfile {
+            user_id: user.user_id,
+            username: user.username,
+            display_name: user.display_name,
+            created_at: user.created_at,
+        })
+    }
+
+    /// `GET /v1/me/sessions`
+    pub async fn sessions(&self, auth: &AuthContext) -> Result<Vec<SessionInfo>> {
+        let sessions = self.store.active_sessions(&auth.user_id).await?;
+        Ok(sessions.iter().map(|s| session_info(s, &auth.session_id)).collect())
+    }
+}
+
+fn revocation(session: &SessionId, reason: &str, at: OffsetDateTime) -> Revocation {
+    let data = serde_json::json!({ "session_id": session, "reason": reason });
+    Revocation { session_id: session.clone(), reason: reason.to_owned(), at, event_data: data.to_string() }
+}

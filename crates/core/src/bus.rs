@@ -1,0 +1,46 @@
+//! The cross-node bus: how committed inbox events reach the node that
+//! holds the recipient's connections.
+//!
+//! On one node the bus is [`LocalBus`], a direct hand-off to the [`Hub`].
+//! A cluster plugs in another implementation (Redis) without touching the
+//! core: the core only ever calls [`Bus::publish`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::hub::{Delivery, Hub};
+
+#[derive(Debug, thiserror::Error)]
+#[error("bus unavailable: {0}")]
+pub struct BusError(pub String);
+
+#[async_trait]
+pub trait Bus: Send + Sync {
+    /// Delivers committed events to their users' live connections, on
+    /// whichever node they are. Best effort: a missed live delivery is
+    /// recovered by sync, never lost.
+    async fn publish(&self, deliveries: Vec<Arc<Delivery>>) -> Result<(), BusError>;
+}
+
+/// The single-node bus.
+#[derive(Debug)]
+pub struct LocalBus {
+    hub: Arc<Hub>,
+}
+
+impl LocalBus {
+    pub fn new(hub: Arc<Hub>) -> Self {
+        Self { hub }
+    }
+}
+
+#[async_trait]
+impl Bus for LocalBus {
+    async fn publish(&self, deliveries: Vec<Arc<Delivery>>) -> Result<(), BusError> {
+        for d in deliveries {
+            self.hub.deliver(d);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,41 @@
+//! Wall-clock time behind a trait, so tests can set it.
+
+use std::sync::Mutex;
+
+use time::OffsetDateTime;
+
+pub trait Clock: Send + Sync {
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+/// A clock that only moves when told to.
+#[derive(Debug)]
+pub struct ManualClock(Mutex<OffsetDateTime>);
+
+impl ManualClock {
+    pub fn new(start: OffsetDateTime) -> Self {
+        Self(Mutex::new(start))
+    }
+
+    pub fn advance(&self, by: time::Duration) {
+        if let Ok(mut t) = self.0.lock() {
+            *t += by;
+        }
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> OffsetDateTime {
+        self.0.lock().map(|t| *t).unwrap_or_else(|p| *p.into_inner())
+    }
+}

@@ -1,0 +1,101 @@
+//! Settings of the core. Each field's doc comment is its documentation;
+//! `unimsg.example.toml` shows the defaults.
+
+use serde::{Deserialize, Serialize};
+
+/// How many sessions a user may hold at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DevicePolicy {
+    /// Any number of sessions; a new login from the same platform and
+    /// device replaces that device's session.
+    Multi,
+    /// One session per platform: a new login on a platform kicks the older
+    /// session of that platform.
+    #[default]
+    OnePerPlatform,
+    /// One session in all: a new login kicks every other session.
+    Single,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Whether anyone may create an account with `POST /v1/auth/register`.
+    pub registration_open: bool,
+    /// Lifetime of access tokens (JWT), in seconds.
+    pub access_ttl_secs: u64,
+    /// Lifetime of refresh tokens, in seconds.
+    pub refresh_ttl_secs: u64,
+    /// `multi`, `one_per_platform` or `single`.
+    pub device_policy: DevicePolicy,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            registration_open: true,
+            access_ttl_secs: 900,
+            refresh_ttl_secs: 30 * 24 * 3600,
+            device_policy: DevicePolicy::OnePerPlatform,
+        }
+    }
+}
+
+/// `[messaging]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessagingConfig {
+    /// Largest message `content`, in bytes of JSON.
+    pub max_content_bytes: usize,
+    /// How long after sending a sender may recall a message, in seconds.
+    pub recall_window_secs: u64,
+    /// Largest page of `GET /v1/sync` and history.
+    pub max_page: u32,
+}
+
+impl Default for MessagingConfig {
+    fn default() -> Self {
+        Self { max_content_bytes: 64 * 1024, recall_window_secs: 120, max_page: 1000 }
+    }
+}
+
+/// `[delivery]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Interval of server heartbeats (WebSocket ping, SSE comment), in seconds.
+    pub heartbeat_secs: u64,
+    /// A WebSocket that sends nothing (not even a pong) for this long is closed, in seconds.
+    pub idle_timeout_secs: u64,
+    /// Time a WebSocket has to authenticate with its first frame, in seconds.
+    pub auth_timeout_secs: u64,
+    /// Events queued per connection before it counts as a slow consumer and is disconnected.
+    pub outbound_queue: usize,
+    /// Largest WebSocket message (and frame) a client may send, in bytes.
+    pub ws_max_message_bytes: usize,
+    /// WebSocket read and write buffer sizes, in bytes.
+    pub ws_buffer_bytes: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_secs: 25,
+            idle_timeout_secs: 75,
+            auth_timeout_secs: 10,
+            outbound_queue: 256,
+            ws_max_message_bytes: 128 * 1024,
+            ws_buffer_bytes: 4096,
+        }
+    }
+}
+
+/// The core's part of the configuration.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct CoreConfig {
+    pub auth: AuthConfig,
+    pub messaging: MessagingConfig,
+    pub delivery: DeliveryConfig,
+}

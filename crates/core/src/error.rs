@@ -1,0 +1,68 @@
+//! The core's error type and its stable wire code.
+
+use unimsg_proto::ErrorCode;
+use unimsg_store::StoreError;
+
+/// Everything a core operation can refuse or fail with. Messages are safe
+/// to show to clients; internals are only logged.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("registration is closed on this server")]
+    RegistrationClosed,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Gone(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("the store is unavailable")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+impl CoreError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CoreError::BadRequest(_) => ErrorCode::BadRequest,
+            CoreError::Unauthorized(_) => ErrorCode::Unauthorized,
+            CoreError::Forbidden(_) => ErrorCode::Forbidden,
+            CoreError::RegistrationClosed => ErrorCode::RegistrationClosed,
+            CoreError::NotFound(_) => ErrorCode::NotFound,
+            CoreError::Conflict(_) => ErrorCode::Conflict,
+            CoreError::Gone(_) => ErrorCode::Gone,
+            CoreError::TooLarge(_) => ErrorCode::PayloadTooLarge,
+            CoreError::Unavailable(_) => ErrorCode::Unavailable,
+            CoreError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// Detail for the server log; never sent to clients.
+    pub fn internal_detail(&self) -> Option<&str> {
+        match self {
+            CoreError::Unavailable(d) | CoreError::Internal(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for CoreError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => CoreError::Conflict(format!("{what} already exists")),
+            StoreError::NotFound(what) => CoreError::NotFound(format!("{what} not found")),
+            StoreError::Unavailable(d) => CoreError::Unavailable(d),
+            StoreError::Internal(d) => CoreError::Internal(d),
+        }
+    }
+}

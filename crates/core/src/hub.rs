@@ -1,0 +1,244 @@
+//! The local connection registry: which WebSocket / SSE connections of
+//! which users live on this node, and live delivery to them.
+//!
+//! Every connection has a bounded queue. Delivery never waits: when a
+//! connection's queue is full, the connection is a slow consumer, it is
+//! cancelled, removed and counted, so one client that stops reading can
+//! never grow the server's memory. No lock is held across an await.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use unimsg_proto::{EventType, Seq, SessionId, UserId};
+
+/// One rendered inbox event on its way to a user's connections. The JSON is
+/// serialized once and shared by every connection that sends it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub user: UserId,
+    pub seq: Seq,
+    pub kind: EventType,
+    /// The event exactly as the wire carries it (valid UTF-8 JSON).
+    pub json: Bytes,
+    /// For `session.revoked`: the session whose connections must close
+    /// after sending this event.
+    pub revokes: Option<SessionId>,
+}
+
+const SHARDS: usize = 16;
+
+struct Conn {
+    id: u64,
+    session: SessionId,
+    tx: mpsc::Sender<Arc<Delivery>>,
+    kill: CancellationToken,
+}
+
+/// Why the hub ended a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillReason {
+    SlowConsumer,
+    Shutdown,
+}
+
+/// Registry of this node's live connections.
+pub struct Hub {
+    shards: Vec<RwLock<HashMap<UserId, Vec<Conn>>>>,
+    next_id: AtomicU64,
+    queue: usize,
+    slow_consumers: AtomicU64,
+    connections: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("connections", &self.connections()).finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// A hub whose connections queue at most `queue` events each.
+    pub fn new(queue: usize) -> Arc<Self> {
+        Arc::new(Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            next_id: AtomicU64::new(1),
+            queue: queue.max(1),
+            slow_consumers: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    fn shard(&self, user: &UserId) -> &RwLock<HashMap<UserId, Vec<Conn>>> {
+        let mut h = DefaultHasher::new();
+        user.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// Registers a connection of `user` in `session`.
+    pub fn subscribe(self: &Arc<Self>, user: &UserId, session: &SessionId) -> Subscription {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.queue);
+        let kill = self.shutdown.child_token();
+        let conn = Conn { id, session: session.clone(), tx, kill: kill.clone() };
+        if let Ok(mut shard) = self.shard(user).write() {
+            shard.entry(user.clone()).or_default().push(conn);
+        }
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("unimsg_connections").increment(1.0);
+        Subscription { hub: self.clone(), user: user.clone(), id, rx, kill, reason: None }
+    }
+
+    fn remove(&self, user: &UserId, id: u64) {
+        if let Ok(mut shard) = self.shard(user).write() {
+            if let Some(conns) = shard.get_mut(user) {
+                let before = conns.len();
+                conns.retain(|c| c.id != id);
+                if conns.len() < before {
+                    self.connections.fetch_sub(1, Ordering::Relaxed);
+                    metrics::gauge!("unimsg_connections").decrement(1.0);
+                }
+                if conns.is_empty() {
+                    shard.remove(user);
+                }
+            }
+        }
+    }
+
+    /// Queues a delivery on every local connection of its user. Never waits.
+    pub fn deliver(&self, delivery: Arc<Delivery>) {
+        let mut slow = Vec::new();
+        if let Ok(shard) = self.shard(&delivery.user).read() {
+            let Some(conns) = shard.get(&delivery.user) else { return };
+            for conn in conns {
+                match conn.tx.try_send(delivery.clone()) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => slow.push(conn.id),
+                    // The connection is going away; its drop unregisters it.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+        if slow.is_empty() {
+            return;
+        }
+        if let Ok(mut shard) = self.shard(&delivery.user).write() {
+            if let Some(conns) = shard.get_mut(&delivery.user) {
+                conns.retain(|c| {
+                    if slow.contains(&c.id) {
+                        tracing::info!(user_id = %delivery.user, session_id = %c.session, "disconnecting a slow consumer");
+                        c.kill.cancel();
+                        false
+                    } else {
+                        true
+                    }
+                });
+                if conns.is_empty() {
+                    shard.remove(&delivery.user);
+                }
+            }
+        }
+        let n = slow.len() as u64;
+        self.connections.fetch_sub(n, Ordering::Relaxed);
+        self.slow_consumers.fetch_add(n, Ordering::Relaxed);
+        metrics::gauge!("unimsg_connections").decrement(n as f64);
+        metrics::counter!("unimsg_slow_consumer_disconnects_total").increment(n);
+    }
+
+    /// Live connections on this node.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Connections disconnected because they stopped reading, since start.
+    pub fn slow_consumer_disconnects(&self) -> u64 {
+        self.slow_consumers.load(Ordering::Relaxed)
+    }
+
+    /// Ends every connection (graceful shutdown).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A live connection's handle: its queue of deliveries and its kill signal.
+/// Dropping it unregisters the connection.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    user: UserId,
+    id: u64,
+    rx: mpsc::Receiver<Arc<Delivery>>,
+    kill: CancellationToken,
+    reason: Option<KillReason>,
+}
+
+impl Subscription {
+    /// The next queued delivery. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Arc<Delivery>> {
+        self.rx.recv().await
+    }
+
+    /// Resolves when the hub ends this connection.
+    pub fn killed(&self) -> WaitForCancellationFutureOwned {
+        self.kill.clone().cancelled_owned()
+    }
+
+    /// Why the connection was ended, once [`Self::killed`] resolved.
+    pub fn kill_reason(&mut self) -> KillReason {
+        if let Some(r) = self.reason {
+            return r;
+        }
+        let r = if self.hub.shutdown.is_cancelled() { KillReason::Shutdown } else { KillReason::SlowConsumer };
+        self.reason = Some(r);
+        r
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.remove(&self.user, self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(user: &UserId, seq: u64) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            user: user.clone(),
+            seq: Seq(seq),
+            kind: EventType::MessageNew,
+            json: Bytes::from_static(b"{}"),
+            revokes: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_disconnects_only_that_connection() {
+        let hub = Hub::new(2);
+        let user = UserId::parse("u").unwrap_or_else(|e| panic!("{e}"));
+        let sid = SessionId::parse("s").unwrap_or_else(|e| panic!("{e}"));
+        let mut reader = hub.subscribe(&user, &sid);
+        let stalled = hub.subscribe(&user, &sid);
+        assert_eq!(hub.connections(), 2);
+        for seq in 1..=2 {
+            hub.deliver(delivery(&user, seq));
+            assert_eq!(reader.recv().await.map(|d| d.seq), Some(Seq(seq)));
+        }
+        hub.deliver(delivery(&user, 3));
+        assert_eq!(hub.slow_consumer_disconnects(), 1);
+        assert_eq!(hub.connections(), 1);
+        stalled.killed().await;
+        assert_eq!(reader.recv().await.map(|d| d.seq), Some(Seq(3)));
+        drop(reader);
+        assert_eq!(hub.connections(), 0);
+    }
+}

@@ -1,0 +1,238 @@
+//! Messaging: direct sends (idempotent, sealed at rest), sync, acks, read
+//! receipts, recalls, conversations and history.
+//!
+//! A send is answered only after the store committed it; live delivery
+//! happens after the commit, so a client never sees an event that could
+//! still be lost.
+
+use time::OffsetDateTime;
+use unimsg_proto::api::{
+    ConversationList, ConversationSummary, HistoryPage, ReadResponse, SendRequest, SendResponse, SyncResponse,
+};
+use unimsg_proto::{ConversationId, EventType, MessageId, Seq, UserId};
+use unimsg_store::{AppendOutcome, EventDraft, NewMessage, StoredMessage};
+
+use crate::Core;
+use crate::auth::AuthContext;
+use crate::error::{CoreError, Result};
+use crate::render;
+
+const MAX_CLIENT_MSG_ID: usize = 128;
+
+fn new_message_id() -> Result<MessageId> {
+    MessageId::parse(uuid::Uuid::now_v7().simple().to_string()).map_err(|e| CoreError::Internal(e.to_string()))
+}
+
+/// The members of a conversation, if `user` is one of them.
+fn members_for(conversation: &ConversationId, user: &UserId) -> Result<(UserId, UserId)> {
+    match conversation.direct_members() {
+        Some((a, b)) if &a == user || &b == user => Ok((a, b)),
+        _ => Err(CoreError::NotFound("conversation not found".into())),
+    }
+}
+
+fn peer_of(members: &(UserId, UserId), user: &UserId) -> UserId {
+    if &members.0 == user { members.1.clone() } else { members.0.clone() }
+}
+
+impl Core {
+    /// `POST /v1/messages`
+    pub async fn send(&self, auth: &AuthContext, req: SendRequest) -> Result<SendResponse> {
+        let content = serde_json::to_vec(&req.content)
+            .map_err(|e| CoreError::BadRequest(format!("content is not valid JSON: {e}")))?;
+        if content.len() > self.config.messaging.max_content_bytes {
+            return Err(CoreError::TooLarge(format!(
+                "content is {} bytes; the limit is {}",
+                content.len(),
+                self.config.messaging.max_content_bytes
+            )));
+        }
+        if let Some(id) = &req.client_msg_id {
+            if id.is_empty() || id.len() > MAX_CLIENT_MSG_ID {
+                return Err(CoreError::BadRequest(format!(
+                    "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} bytes"
+                )));
+            }
+        }
+        let to = req.to.user;
+        if to == auth.user_id {
+            return Err(CoreError::BadRequest("cannot send a direct message to yourself".into()));
+        }
+        if self.store.user(&to).await?.is_none() {
+            return Err(CoreError::NotFound("recipient not found".into()));
+        }
+        let message_id = new_message_id()?;
+        let sealed = self
+            .keyring
+            .seal(&content, message_id.as_str().as_bytes())
+            .map_err(|e| CoreError::Internal(format!("cannot seal content: {e}")))?;
+        let message = NewMessage {
+            message_id,
+            conversation_id: ConversationId::direct(&auth.user_id, &to),
+            sender: auth.user_id.clone(),
+            recipient: to.clone(),
+            kind: req.kind.as_str().to_owned(),
+            content: sealed,
+            client_msg_id: req.client_msg_id,
+            created_at: self.clock.now(),
+        };
+        match self.store.append_message(message, vec![auth.user_id.clone(), to]).await? {
+            AppendOutcome::Created { message, events } => {
+                self.publish(&events).await;
+                let seq = events.iter().find(|e| e.user_id == auth.user_id).map_or(Seq::ZERO, |e| e.seq);
+                metrics::counter!("unimsg_messages_sent_total").increment(1);
+                Ok(SendResponse {
+                    message_id: message.message_id,
+                    conversation_id: message.conversation_id,
+                    seq,
+                    sent_at: message.created_at,
+                    duplicate: false,
+                })
+            }
+            AppendOutcome::Duplicate(original) => Ok(SendResponse {
+                seq: self.sender_seq_of(&auth.user_id, &original).await?,
+                message_id: original.message_id,
+                conversation_id: original.conversation_id,
+                sent_at: original.created_at,
+                duplicate: true,
+            }),
+        }
+    }
+
+    /// The seq of a message in its sender's inbox (for idempotent replays).
+    async fn sender_seq_of(&self, sender: &UserId, message: &StoredMessage) -> Result<Seq> {
+        Ok(self.store.message_seq(sender, &message.message_id).await?.unwrap_or(Seq::ZERO))
+    }
+
+    /// `GET /v1/sync?after=&limit=`
+    pub async fn sync(&self, auth: &AuthContext, after: Seq, limit: Option<u32>) -> Result<SyncResponse> {
+        let limit = limit.unwrap_or(self.config.messaging.max_page).clamp(1, self.config.messaging.max_page);
+        let mut stored = self.store.events_after(&auth.user_id, after, limit + 1).await?;
+        let has_more = stored.len() > limit as usize;
+        stored.truncate(limit as usize);
+        let events = stored.iter().map(|e| render::event(&self.keyring, e)).collect::<Result<Vec<_>>>()?;
+        let next_after = events.last().map_or(after, |e| e.seq);
+        Ok(SyncResponse { events, next_after, has_more })
+    }
+
+    /// `POST /v1/ack`
+    pub async fn ack(&self, auth: &AuthContext, seq: Seq) -> Result<Seq> {
+        Ok(self.store.ack(&auth.user_id, seq).await?)
+    }
+
+    /// `POST /v1/conversations/{id}/read`: moves the caller's read position
+    /// up to a message and sends `receipt.read` to both members' inboxes.
+    pub async fn mark_read(
+        &self,
+        auth: &AuthContext,
+        conversation: &ConversationId,
+        message_id: &MessageId,
+    ) -> Result<ReadResponse> {
+        let members = members_for(conversation, &auth.user_id)?;
+        let message = self
+            .store
+            .message(message_id)
+            .await?
+            .filter(|m| &m.conversation_id == conversation)
+            .ok_or_else(|| CoreError::NotFound("message not found in this conversation".into()))?;
+        let now = self.clock.now();
+        let data = serde_json::json!({
+            "conversation_id": conversation,
+            "user_id": auth.user_id,
+            "message_id": message.message_id,
+            "read_upto": message.conv_seq,
+        })
+        .to_string();
+        let drafts = [members.0.clone(), members.1.clone()]
+            .into_iter()
+            .map(|user_id| EventDraft { user_id, kind: EventType::ReceiptRead, data: data.clone(), at: now })
+            .collect();
+        let (read_upto, events) =
+            self.store.mark_read(&auth.user_id, conversation, message.conv_seq, drafts).await?;
+        self.publish(&events).await;
+        Ok(ReadResponse { conversation_id: conversation.clone(), read_upto })
+    }
+
+    /// `POST /v1/messages/{id}/recall`: only the sender, only inside the
+    /// recall window. Both members get `message.recalled`; the content is
+    /// gone from history and sync from then on.
+    pub async fn recall(&self, auth: &AuthContext, message_id: &MessageId) -> Result<()> {
+        let message = self
+            .store
+            .message(message_id)
+            .await?
+            .ok_or_else(|| CoreError::NotFound("message not found".into()))?;
+        let members = members_for(&message.conversation_id, &auth.user_id)?;
+        if message.sender != auth.user_id {
+            return Err(CoreError::Forbidden("only the sender can recall a message".into()));
+        }
+        let now = self.clock.now();
+        let window = time::Duration::seconds(self.config.messaging.recall_window_secs as i64);
+        if now - message.created_at > window {
+            return Err(CoreError::Gone("the recall window has passed".into()));
+        }
+        let data = serde_json::json!({
+            "message_id": message.message_id,
+            "conversation_id": message.conversation_id,
+            "by": auth.user_id,
+        })
+        .to_string();
+        let drafts = [members.0, members.1]
+            .into_iter()
+            .map(|user_id| EventDraft { user_id, kind: EventType::MessageRecalled, data: data.clone(), at: now })
+            .collect();
+        let events = self.store.recall(message_id, now, drafts).await?;
+        self.publish(&events).await;
+        Ok(())
+    }
+
+    /// `GET /v1/conversations`
+    pub async fn conversations(&self, auth: &AuthContext) -> Result<ConversationList> {
+        let states = self.store.conversations(&auth.user_id).await?;
+        let mut conversations = Vec::with_capacity(states.len());
+        for s in states {
+            let Some(members) = s.conversation_id.direct_members() else { continue };
+            let peer = peer_of(&members, &auth.user_id);
+            let peer_read_upto = s.members_read.iter().find(|(u, _)| u == &peer).map_or(0, |(_, n)| *n);
+            let last_message = s.last_message.as_ref().map(|m| render::message(&self.keyring, m)).transpose()?;
+            conversations.push(ConversationSummary {
+                conversation_id: s.conversation_id,
+                peer,
+                last_message,
+                unread: s.unread,
+                read_upto: s.read_upto,
+                peer_read_upto,
+            });
+        }
+        Ok(ConversationList { conversations })
+    }
+
+    /// `GET /v1/conversations/{id}/messages?before=&limit=`, newest first.
+    pub async fn history(
+        &self,
+        auth: &AuthContext,
+        conversation: &ConversationId,
+        before: Option<u64>,
+        limit: Option<u32>,
+    ) -> Result<HistoryPage> {
+        members_for(conversation, &auth.user_id)?;
+        let limit = limit.unwrap_or(50).clamp(1, self.config.messaging.max_page);
+        let stored = self.store.history(conversation, before, limit).await?;
+        let messages =
+            stored.iter().map(|m| render::message(&self.keyring, m)).collect::<Result<Vec<_>>>()?;
+        let next_before = match messages.last() {
+            Some(m) if messages.len() == limit as usize && m.conv_seq > 1 => Some(m.conv_seq),
+            _ => None,
+        };
+        Ok(HistoryPage { messages, next_before })
+    }
+
+    /// The newest seq of the caller's inbox.
+    pub async fn last_seq(&self, user: &UserId) -> Result<Seq> {
+        Ok(self.store.last_seq(user).await?)
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+}

@@ -1,0 +1,114 @@
+//! One connection's ordered view of an inbox: replay from a seq, then live
+//! events, with no gap and no duplicate.
+//!
+//! Live deliveries can arrive out of order (concurrent commits publish
+//! independently, and a cluster bus reorders). The stream tracks the last
+//! seq it handed out: an older seq is dropped, the next seq passes, and a
+//! seq beyond a gap first pulls the missing events from the store, which
+//! already holds them because publishing follows the commit.
+
+use std::sync::Arc;
+
+use unimsg_proto::{Seq, SessionId, UserId};
+
+use crate::auth::AuthContext;
+use crate::error::{CoreError, Result};
+use crate::hub::{Delivery, KillReason, Subscription};
+use crate::{Core, render};
+
+const PAGE: u32 = 500;
+
+pub struct InboxStream {
+    core: Arc<Core>,
+    user: UserId,
+    session: SessionId,
+    subscription: Subscription,
+    last: Seq,
+}
+
+impl std::fmt::Debug for InboxStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboxStream").field("user", &self.user).field("last", &self.last).finish()
+    }
+}
+
+impl InboxStream {
+    /// Subscribes to live events of the caller. With `after`, the events
+    /// after that seq are replayed first ([`Self::backlog`]); without it the
+    /// stream starts at the inbox's current end.
+    pub async fn open(core: Arc<Core>, auth: &AuthContext, after: Option<Seq>) -> Result<Self> {
+        let subscription = core.hub.subscribe(&auth.user_id, &auth.session_id);
+        // Checked after subscribing: a revocation committed from now on is
+        // published to this subscription, one committed before is seen here.
+        if !core.session_active(&auth.session_id).await? {
+            return Err(CoreError::Unauthorized("the session was revoked"));
+        }
+        let newest = core.store.last_seq(&auth.user_id).await?;
+        let last = after.map_or(newest, |a| a.min(newest));
+        Ok(Self { core, user: auth.user_id.clone(), session: auth.session_id.clone(), subscription, last })
+    }
+
+    /// The last seq handed out.
+    pub fn last(&self) -> Seq {
+        self.last
+    }
+
+    pub fn session(&self) -> &SessionId {
+        &self.session
+    }
+
+    /// The next page of stored events after [`Self::last`]; empty when caught up.
+    pub async fn backlog(&mut self) -> Result<Vec<Arc<Delivery>>> {
+        self.fetch(PAGE).await
+    }
+
+    async fn fetch(&mut self, limit: u32) -> Result<Vec<Arc<Delivery>>> {
+        let stored = self.core.store.events_after(&self.user, self.last, limit).await?;
+        let mut out = Vec::with_capacity(stored.len());
+        for e in &stored {
+            out.push(Arc::new(render::delivery(&self.core.keyring, e)?));
+        }
+        if let Some(d) = out.last() {
+            self.last = d.seq;
+        }
+        Ok(out)
+    }
+
+    /// Waits for the next live delivery. Cancel-safe; pass the result to
+    /// [`Self::accept`]. `None` when the hub dropped the connection.
+    pub async fn recv(&mut self) -> Option<Arc<Delivery>> {
+        self.subscription.recv().await
+    }
+
+    /// Orders a live delivery: returns what to send now, in seq order.
+    pub async fn accept(&mut self, d: Arc<Delivery>) -> Result<Vec<Arc<Delivery>>> {
+        if d.seq <= self.last {
+            return Ok(Vec::new());
+        }
+        if d.seq == self.last.next() {
+            self.last = d.seq;
+            return Ok(vec![d]);
+        }
+        // A gap: the missing events are committed; read them, then this one.
+        let missing = u32::try_from(d.seq.0 - self.last.0 - 1).unwrap_or(u32::MAX);
+        let mut out = Vec::new();
+        while self.last.next() < d.seq {
+            let page = self.fetch(missing.min(PAGE)).await?;
+            if page.is_empty() {
+                break;
+            }
+            out.extend(page.into_iter().filter(|x| x.seq < d.seq));
+        }
+        if d.seq > self.last {
+            self.last = d.seq;
+            out.push(d);
+        }
+        Ok(out)
+    }
+
+    /// Resolves when the hub ends this connection (slow consumer, shutdown).
+    pub async fn killed(&mut self) -> KillReason {
+        self.subscription.killed().await;
+        self.subscription.kill_reason()
+    }
+}
