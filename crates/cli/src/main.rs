@@ -1,1 +1,116 @@
-fn main() {}
+//! `unimsg`: the command-line entry point. Parses flags, loads the
+//! configuration and hands over to `unimsg-server`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use unimsg_server::Config;
+
+#[derive(Parser)]
+#[command(name = "unimsg", version, about = "Unified messaging and login server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (embedded store, no configuration needed).
+    Serve(ServeArgs),
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on, e.g. 127.0.0.1:8080; port 0 picks a free port.
+    #[arg(long, env = "UNIMSG_LISTEN")]
+    listen: Option<String>,
+    /// Directory of the database and key files [default: ./data].
+    #[arg(long, env = "UNIMSG_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// A TOML configuration file (see unimsg.example.toml).
+    #[arg(long, env = "UNIMSG_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the default configuration as TOML.
+    Defaults,
+    /// Print the effective configuration (file + environment) as TOML.
+    Show {
+        #[arg(long, env = "UNIMSG_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Config { command: ConfigCommand::Defaults } => {
+            print!("{}", Config::default_toml());
+            Ok(())
+        }
+        Command::Config { command: ConfigCommand::Show { config } } => {
+            let config = Config::load(config.as_deref(), std::env::vars())?;
+            print!("{}", toml_of(&config));
+            Ok(())
+        }
+    }
+}
+
+fn toml_of(config: &Config) -> String {
+    unimsg_server::to_toml(config)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen.parse().with_context(|| format!("--listen {listen:?} is not an address"))?;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    unimsg_server::init_logging(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        unimsg_server::run(listener, config, shutdown_signal()).await
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use unimsg_proto::{Seq, SessionId, UserId};
 
 use crate::auth::AuthContext;
@@ -106,9 +107,14 @@ impl InboxStream {
         Ok(out)
     }
 
-    /// Resolves when the hub ends this connection (slow consumer, shutdown).
-    pub async fn killed(&mut self) -> KillReason {
-        self.subscription.killed().await;
+    /// Resolves when the hub ends this connection (slow consumer,
+    /// shutdown). Owned, so a transport can hold it beside [`Self::recv`].
+    pub fn kill_signal(&self) -> WaitForCancellationFutureOwned {
+        self.subscription.killed()
+    }
+
+    /// Why the connection was ended, once the kill signal resolved.
+    pub fn kill_reason(&mut self) -> KillReason {
         self.subscription.kill_reason()
     }
 }

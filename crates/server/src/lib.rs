@@ -1,1 +1,107 @@
-//! placeholder
+//! Builds and runs a unimsg server: configuration loading, the embedded
+//! store, keys, the core, the bus and the HTTP router, wired together.
+//!
+//! [`run`] is the whole server as a function of a bound listener, a
+//! configuration and a shutdown future; the binary and the tests call it.
+
+mod config;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use unimsg_core::bus::LocalBus;
+use unimsg_core::clock::SystemClock;
+use unimsg_core::hub::Hub;
+use unimsg_core::keys::{Keyring, MasterKey, SigningKey};
+use unimsg_core::{Core, CoreParts};
+use unimsg_http::AppState;
+use unimsg_store::sqlite::{SqliteOptions, SqliteStore};
+
+pub use config::{Config, ConfigError, LogConfig, LogFormat, StoreConfig, ENV_PREFIX};
+
+/// The environment variable holding the master key (base64 of 32 bytes).
+pub const MASTER_KEY_ENV: &str = "UNIMSG_MASTER_KEY";
+
+/// The process-wide Prometheus recorder; `None` if another one was installed first.
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok().map(|()| handle)
+        })
+        .clone()
+}
+
+/// Opens everything under the data directory and builds the core.
+pub async fn build(config: &Config) -> anyhow::Result<Arc<Core>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    let master_env = std::env::var(MASTER_KEY_ENV).ok();
+    let master = MasterKey::load_or_create(&config.data_dir, master_env.as_deref())?;
+    let signing = SigningKey::load_or_create(&config.data_dir)?;
+    let mut options = SqliteOptions::new(config.data_dir.join("unimsg.db"));
+    options.durability = config.store.durability();
+    let store = Arc::new(SqliteStore::open(options)?);
+    let keyring = Keyring::load(&*store, &master).await?;
+    let hub = Hub::new(config.delivery.outbound_queue);
+    let bus = Arc::new(LocalBus::new(hub.clone()));
+    Ok(Arc::new(Core::new(CoreParts {
+        store,
+        bus,
+        hub,
+        keyring,
+        signing,
+        clock: Arc::new(SystemClock),
+        config: config.core(),
+    })))
+}
+
+/// Serves until `shutdown` resolves, then closes live connections and
+/// drains in-flight requests.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let core = build(&config).await?;
+    let state = AppState { core: core.clone(), http: config.http.clone(), metrics: metrics_handle() };
+    let app = unimsg_http::router(state);
+    let addr = listener.local_addr()?;
+    tracing::info!("listening on http://{addr}");
+    let hub = core.hub().clone();
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing live connections");
+            hub.shutdown();
+        })
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A configuration as TOML.
+pub fn to_toml(config: &Config) -> String {
+    toml::to_string(config).unwrap_or_default()
+}
+
+/// Installs the log subscriber described by the configuration. `RUST_LOG`
+/// overrides the level when set.
+pub fn init_logging(log: &LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("logging already initialised: {e}");
+    }
+}

@@ -1,0 +1,35 @@
+//! `GET /healthz`, `GET /readyz`, `GET /metrics`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use unimsg_proto::api::Health;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".into() })
+}
+
+/// `GET /readyz`: the process can serve (the store answers).
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    state.core.ready().await?;
+    Ok(Json(Health { status: "ok".into() }))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let hub = state.core.hub();
+    let mut body = state.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    // Always present, whichever recorder is installed.
+    body.push_str(&format!(
+        "# TYPE unimsg_hub_connections gauge\nunimsg_hub_connections {}\n\
+         # TYPE unimsg_hub_slow_consumer_disconnects counter\nunimsg_hub_slow_consumer_disconnects {}\n",
+        hub.connections(),
+        hub.slow_consumer_disconnects()
+    ));
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}

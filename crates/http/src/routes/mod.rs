@@ -1,0 +1,5 @@
+//! Route handlers, one module per area; each handler's doc names its path.
+
+pub mod auth;
+pub mod health;
+pub mod messages;

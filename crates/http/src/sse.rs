@@ -1,0 +1,117 @@
+//! `GET /v1/events`: the receive-only transport (Server-Sent Events).
+//!
+//! Each event's `id:` is its inbox seq, so a reconnecting `EventSource`
+//! resumes by itself with `Last-Event-ID`. The stream replays what the
+//! client missed, then follows live events in order; it ends after this
+//! session's `session.revoked`, or when the hub drops the connection.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use serde::Deserialize;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+use unimsg_core::hub::Delivery;
+use unimsg_core::stream::InboxStream;
+use unimsg_proto::{Seq, SessionId};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{Query, bearer};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    access_token: Option<String>,
+    after: Option<u64>,
+}
+
+/// `GET /v1/events` (Bearer header or `?access_token=`; `Last-Event-ID` or `?after=`).
+pub async fn events(
+    State(state): State<AppState>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let token = bearer(&headers).map(str::to_owned).or(q.access_token);
+    let token = token.ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+    let auth = state.core.authenticate(&token).await?;
+    let last_event_id = match headers.get("last-event-id") {
+        Some(v) => {
+            let text = v.to_str().map_err(|_| ApiError::bad_request("Last-Event-ID must be a seq"))?;
+            Some(text.trim().parse::<u64>().map_err(|_| ApiError::bad_request("Last-Event-ID must be a seq"))?)
+        }
+        None => None,
+    };
+    let after = last_event_id.or(q.after).map(Seq);
+    let stream = InboxStream::open(state.core.clone(), &auth, after).await?;
+    let killed = Box::pin(stream.kill_signal());
+    let heartbeat = state.heartbeat();
+    let follow = Follow {
+        session: auth.session_id,
+        stream,
+        killed,
+        pending: VecDeque::new(),
+        caught_up: false,
+        done: false,
+    };
+    let body = futures_util::stream::unfold(follow, next_event);
+    Ok(Sse::new(body).keep_alive(KeepAlive::new().interval(heartbeat)))
+}
+
+struct Follow {
+    session: SessionId,
+    stream: InboxStream,
+    killed: Pin<Box<WaitForCancellationFutureOwned>>,
+    pending: VecDeque<Arc<Delivery>>,
+    caught_up: bool,
+    done: bool,
+}
+
+fn to_sse(d: &Delivery) -> SseEvent {
+    let data = std::str::from_utf8(&d.json).unwrap_or("{}");
+    SseEvent::default().id(d.seq.to_string()).data(data)
+}
+
+async fn next_event(mut f: Follow) -> Option<(Result<SseEvent, Infallible>, Follow)> {
+    loop {
+        if f.done {
+            return None;
+        }
+        if let Some(d) = f.pending.pop_front() {
+            if d.revokes.as_ref() == Some(&f.session) {
+                f.done = true;
+            }
+            let event = to_sse(&d);
+            return Some((Ok(event), f));
+        }
+        if !f.caught_up {
+            match f.stream.backlog().await {
+                Ok(page) if page.is_empty() => f.caught_up = true,
+                Ok(page) => f.pending.extend(page),
+                Err(e) => {
+                    tracing::error!(error = %e, "SSE replay failed");
+                    return None;
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            () = f.killed.as_mut() => return None,
+            d = f.stream.recv() => {
+                let d = d?;
+                match f.stream.accept(d).await {
+                    Ok(ordered) => f.pending.extend(ordered),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SSE gap fill failed");
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}

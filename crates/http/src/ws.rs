@@ -1,0 +1,293 @@
+//! `GET /v1/ws`: the bidirectional transport.
+//!
+//! One task per connection runs a single loop over four sources: the
+//! client's frames, the connection's delivery queue, the kill signal
+//! (slow consumer, shutdown) and the heartbeat timer. Writes to the socket
+//! happen only in that loop, so no lock is ever held across a write, and a
+//! write that blocks on a client that stopped reading is abandoned as soon
+//! as the hub gives up on the connection.
+
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt;
+use serde::Deserialize;
+use tokio::time::Instant;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+use unimsg_core::auth::AuthContext;
+use unimsg_core::hub::{Delivery, KillReason};
+use unimsg_core::stream::InboxStream;
+use unimsg_core::{Core, CoreError};
+use unimsg_proto::ws::{ClientFrame, ReplyFrame};
+use unimsg_proto::{ErrorCode, ErrorDetail, Seq};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{Query, bearer};
+
+/// Close codes of the application range (4000–4999).
+mod close {
+    pub const IDLE: u16 = 4000;
+    pub const UNAUTHORIZED: u16 = 4001;
+    pub const SLOW_CONSUMER: u16 = 4008;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const INTERNAL: u16 = 1011;
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsQuery {
+    access_token: Option<String>,
+    after: Option<u64>,
+}
+
+/// The upgrade request. A token given in the query (or header) is checked
+/// before upgrading, so a bad one is a plain 401.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Query(q): Query<WsQuery>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(r) => return ApiError::bad_request(format!("not a WebSocket upgrade: {}", r.body_text())).into_response(),
+    };
+    let token = q.access_token.clone().or_else(|| bearer(&headers).map(str::to_owned));
+    let auth = match token {
+        Some(t) => match state.core.authenticate(&t).await {
+            Ok(a) => Some(a),
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+        None => None,
+    };
+    let d = &state.core.config().delivery;
+    let buffer = d.ws_buffer_bytes.max(1024);
+    upgrade
+        .read_buffer_size(buffer)
+        .write_buffer_size(buffer)
+        .max_write_buffer_size(buffer * 16 + d.ws_max_message_bytes)
+        .max_message_size(d.ws_max_message_bytes)
+        .max_frame_size(d.ws_max_message_bytes)
+        .on_upgrade(move |socket| connection(state, socket, auth, q.after.map(Seq)))
+}
+
+fn frame(reply: &ReplyFrame) -> Message {
+    Message::Text(serde_json::to_string(reply).unwrap_or_default().into())
+}
+
+fn error_frame(id: Option<String>, e: ApiError) -> Message {
+    frame(&ReplyFrame::Error { id, error: ErrorDetail { code: e.code, message: e.message } })
+}
+
+fn close_frame(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))
+}
+
+fn event_frame(d: &Delivery) -> Message {
+    match Utf8Bytes::try_from(d.json.clone()) {
+        Ok(text) => Message::Text(text),
+        Err(_) => Message::Text(Utf8Bytes::from_static("{}")),
+    }
+}
+
+/// Waits for `{"type":"auth","token":...}` as the first frame.
+async fn first_frame_auth(core: &Core, socket: &mut WebSocket, wait: Duration) -> Result<(AuthContext, Option<Seq>), ApiError> {
+    let first = tokio::time::timeout(wait, socket.recv())
+        .await
+        .map_err(|_| ApiError::unauthorized("no auth frame in time"))?;
+    let Some(Ok(Message::Text(text))) = first else {
+        return Err(ApiError::unauthorized("expected an auth frame"));
+    };
+    match serde_json::from_str::<ClientFrame>(&text) {
+        Ok(ClientFrame::Auth { token, after }) => Ok((core.authenticate(&token).await?, after)),
+        _ => Err(ApiError::unauthorized("expected an auth frame")),
+    }
+}
+
+async fn connection(state: AppState, mut socket: WebSocket, auth: Option<AuthContext>, after: Option<Seq>) {
+    let core = state.core.clone();
+    let wait = Duration::from_secs(core.config().delivery.auth_timeout_secs.max(1));
+    let (auth, after) = match auth {
+        Some(a) => (a, after),
+        None => match first_frame_auth(&core, &mut socket, wait).await {
+            Ok((a, first_after)) => (a, first_after.or(after)),
+            Err(e) => {
+                let _ = socket.send(error_frame(None, e)).await;
+                let _ = socket.send(close_frame(close::UNAUTHORIZED, "unauthorized")).await;
+                return;
+            }
+        },
+    };
+    let span = tracing::debug_span!("ws", user_id = %auth.user_id, session_id = %auth.session_id);
+    let _enter = span.enter();
+    let mut stream = match InboxStream::open(core.clone(), &auth, after).await {
+        Ok(s) => s,
+        Err(e) => {
+            let code = if matches!(e, CoreError::Unauthorized(_)) { close::UNAUTHORIZED } else { close::INTERNAL };
+            let _ = socket.send(error_frame(None, e.into())).await;
+            let _ = socket.send(close_frame(code, "cannot open the inbox")).await;
+            return;
+        }
+    };
+    let last_seq = core.last_seq(&auth.user_id).await.unwrap_or(stream.last());
+    let ready = ReplyFrame::Ready { user_id: auth.user_id.clone(), session_id: auth.session_id.clone(), last_seq };
+    if socket.send(frame(&ready)).await.is_err() {
+        return;
+    }
+    let end = run(&state, &mut socket, &mut stream, &auth).await;
+    if let Some((code, reason)) = end {
+        let _ = socket.send(close_frame(code, reason)).await;
+    }
+}
+
+/// Runs the connection until it ends; returns the close frame to send, if any.
+async fn run(
+    state: &AppState,
+    socket: &mut WebSocket,
+    stream: &mut InboxStream,
+    auth: &AuthContext,
+) -> Option<(u16, &'static str)> {
+    let core = state.core.clone();
+    let mut killed = pin!(stream.kill_signal());
+
+    // Replay what the client missed, one page at a time.
+    loop {
+        match stream.backlog().await {
+            Ok(page) if page.is_empty() => break,
+            Ok(page) => {
+                if let Some(end) = send_events(socket, &page, auth, killed.as_mut()).await {
+                    return end;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "replay failed");
+                return Some((close::INTERNAL, "replay failed"));
+            }
+        }
+    }
+
+    let idle = Duration::from_secs(core.config().delivery.idle_timeout_secs.max(1));
+    let mut heartbeat = tokio::time::interval(state.heartbeat());
+    heartbeat.reset();
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            () = killed.as_mut() => {
+                return Some(match stream.kill_reason() {
+                    KillReason::SlowConsumer => (close::SLOW_CONSUMER, "slow consumer"),
+                    KillReason::Shutdown => (close::GOING_AWAY, "server shutting down"),
+                });
+            }
+            delivery = stream.recv() => {
+                let Some(delivery) = delivery else { return Some((close::GOING_AWAY, "closed")) };
+                let ordered = match stream.accept(delivery).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::error!(error = %e, "gap fill failed");
+                        return Some((close::INTERNAL, "delivery failed"));
+                    }
+                };
+                if let Some(end) = send_events(socket, &ordered, auth, killed.as_mut()).await {
+                    return end;
+                }
+            }
+            incoming = socket.recv() => {
+                let Some(Ok(message)) = incoming else { return None };
+                last_heard = Instant::now();
+                match message {
+                    Message::Text(text) => {
+                        let reply = handle_frame(&core, auth, &text).await;
+                        if socket.send(reply).await.is_err() {
+                            return None;
+                        }
+                    }
+                    Message::Binary(_) => {
+                        let e = ApiError::bad_request("binary frames are not supported; send JSON text frames");
+                        if socket.send(error_frame(None, e)).await.is_err() {
+                            return None;
+                        }
+                    }
+                    Message::Close(_) => return None,
+                    Message::Ping(_) | Message::Pong(_) => {}
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > idle {
+                    return Some((close::IDLE, "idle timeout"));
+                }
+                if socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Writes events in one flush. Returns how the connection must end, if it
+/// must: the client is gone, the hub gave up on it, or this session was revoked.
+async fn send_events(
+    socket: &mut WebSocket,
+    events: &[Arc<Delivery>],
+    auth: &AuthContext,
+    mut killed: Pin<&mut WaitForCancellationFutureOwned>,
+) -> Option<Option<(u16, &'static str)>> {
+    if events.is_empty() {
+        return None;
+    }
+    let write = async {
+        for d in events {
+            socket.feed(event_frame(d)).await?;
+        }
+        socket.flush().await
+    };
+    tokio::select! {
+        result = write => {
+            if result.is_err() {
+                return Some(None);
+            }
+        }
+        () = killed.as_mut() => return Some(Some((close::SLOW_CONSUMER, "slow consumer"))),
+    }
+    if events.iter().any(|d| d.revokes.as_ref() == Some(&auth.session_id)) {
+        return Some(Some((close::UNAUTHORIZED, "session revoked")));
+    }
+    None
+}
+
+/// Handles one client frame and returns the reply.
+async fn handle_frame(core: &Core, auth: &AuthContext, text: &str) -> Message {
+    let parsed = match serde_json::from_str::<ClientFrame>(text) {
+        Ok(f) => f,
+        Err(e) => return error_frame(None, ApiError::bad_request(format!("invalid frame: {e}"))),
+    };
+    match parsed {
+        ClientFrame::Auth { .. } => error_frame(None, ApiError::bad_request("already authenticated")),
+        f @ ClientFrame::Send { .. } => {
+            let Some((id, req)) = f.into_send() else {
+                return error_frame(None, ApiError::new(ErrorCode::Internal, "internal error"));
+            };
+            match core.send(auth, req).await {
+                Ok(result) => frame(&ReplyFrame::SendOk { id, result }),
+                Err(e) => error_frame(id, e.into()),
+            }
+        }
+        ClientFrame::Ack { id, seq } => match core.ack(auth, seq).await {
+            Ok(acked) => frame(&ReplyFrame::AckOk { id, acked }),
+            Err(e) => error_frame(id, e.into()),
+        },
+        ClientFrame::Read { id, conversation_id, message_id } => {
+            match core.mark_read(auth, &conversation_id, &message_id).await {
+                Ok(r) => frame(&ReplyFrame::ReadOk { id, conversation_id: r.conversation_id, read_upto: r.read_upto }),
+                Err(e) => error_frame(id, e.into()),
+            }
+        }
+        ClientFrame::Ping { id } => frame(&ReplyFrame::Pong { id }),
+    }
+}

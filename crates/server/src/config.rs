@@ -1,0 +1,220 @@
+//! The server configuration: one TOML file plus `UNIMSG_*` environment
+//! overrides, on top of defaults that need no file at all.
+//!
+//! Every key can be set from the environment as `UNIMSG_` + section + `__`
+//! + key, upper-cased (`UNIMSG_AUTH__DEVICE_POLICY=single`); top-level keys
+//! drop the section (`UNIMSG_LISTEN`, `UNIMSG_DATA_DIR`). Unknown keys in
+//! the file are errors; unknown `UNIMSG_*` variables are ignored with a
+//! warning, because other tools (and later versions) share the prefix.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use unimsg_core::config::{AuthConfig, CoreConfig, DeliveryConfig, MessagingConfig};
+use unimsg_http::HttpConfig;
+use unimsg_store::sqlite::Durability;
+
+pub const ENV_PREFIX: &str = "UNIMSG_";
+
+/// Variables with the prefix that are not configuration keys.
+const NOT_CONFIG: &[&str] = &["UNIMSG_CONFIG", "UNIMSG_MASTER_KEY", "UNIMSG_ADMIN_PASSWORD"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Directory of the embedded database and the key files.
+    pub data_dir: PathBuf,
+    pub log: LogConfig,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub messaging: MessagingConfig,
+    pub delivery: DeliveryConfig,
+    pub store: StoreConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            log: LogConfig::default(),
+            http: HttpConfig::default(),
+            auth: AuthConfig::default(),
+            messaging: MessagingConfig::default(),
+            delivery: DeliveryConfig::default(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `unimsg_core=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `full` syncs every commit to disk (survives power loss); `normal`
+    /// survives a process crash only. Commits are grouped either way.
+    pub sync: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { sync: "full".into() }
+    }
+}
+
+impl StoreConfig {
+    pub fn durability(&self) -> Durability {
+        if self.sync.eq_ignore_ascii_case("normal") { Durability::Normal } else { Durability::Full }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// The defaults, overlaid with the file (if any), overlaid with the
+    /// environment. `env` is the process environment, passed in for tests.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml).required(true));
+        }
+        let known = known_keys();
+        let mut overrides = HashMap::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            if NOT_CONFIG.contains(&name.as_str()) {
+                continue;
+            }
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            if known.contains(&key) {
+                overrides.insert(name, value);
+            } else {
+                tracing::warn!(variable = %name, "ignoring an environment variable that is no configuration key");
+            }
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("UNIMSG")
+                .prefix_separator("_")
+                .separator("__")
+                .list_separator(",")
+                .try_parsing(true)
+                .source(Some(overrides)),
+        );
+        let merged = builder.build().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        merged.try_deserialize().map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// The core's part.
+    pub fn core(&self) -> CoreConfig {
+        CoreConfig { auth: self.auth.clone(), messaging: self.messaging.clone(), delivery: self.delivery.clone() }
+    }
+
+    /// The defaults as TOML, as `unimsg.example.toml` shows them.
+    pub fn default_toml() -> String {
+        toml::to_string(&Config::default()).unwrap_or_default()
+    }
+}
+
+/// Every key path (`auth.device_policy`, `listen`) of the configuration.
+fn known_keys() -> Vec<String> {
+    let value = toml::Value::try_from(Config::default()).unwrap_or(toml::Value::Table(Default::default()));
+    let mut out = Vec::new();
+    if let toml::Value::Table(top) = value {
+        for (k, v) in top {
+            match v {
+                toml::Value::Table(section) => out.extend(section.keys().map(|s| format!("{k}.{s}"))),
+                _ => out.push(k),
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn no_file_and_no_env_gives_defaults() {
+        let c = Config::load(None, env(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn env_overrides_sections_and_top_level_keys() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("UNIMSG_LISTEN", "127.0.0.1:0"),
+                ("UNIMSG_AUTH__DEVICE_POLICY", "single"),
+                ("UNIMSG_MESSAGING__RECALL_WINDOW_SECS", "7"),
+                ("UNIMSG_AUTH__REGISTRATION_OPEN", "false"),
+                ("UNIMSG_MASTER_KEY", "not a config key"),
+                ("UNIMSG_SOMETHING__ELSE", "ignored"),
+                ("OTHER", "ignored"),
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.auth.device_policy, unimsg_core::config::DevicePolicy::Single);
+        assert_eq!(c.messaging.recall_window_secs, 7);
+        assert!(!c.auth.registration_open);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[auth]\nregistration_opne = true\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(Config::load(Some(&path), env(&[])).is_err());
+    }
+
+    /// `unimsg.example.toml` must show exactly the defaults: regenerate it
+    /// with `unimsg config defaults > unimsg.example.toml` when this fails.
+    #[test]
+    fn example_file_is_current() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../unimsg.example.toml");
+        let example = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let parsed = Config::load(Some(&path), env(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parsed, Config::default(), "unimsg.example.toml differs from the defaults");
+        for key in known_keys() {
+            let leaf = key.rsplit('.').next().unwrap_or(&key);
+            assert!(example.contains(&format!("{leaf} =")), "unimsg.example.toml does not show `{key}`");
+        }
+    }
+}
