@@ -53,11 +53,15 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Config { command: ConfigCommand::Defaults } => {
+        Command::Config {
+            command: ConfigCommand::Defaults,
+        } => {
             print!("{}", Config::default_toml());
             Ok(())
         }
-        Command::Config { command: ConfigCommand::Show { config } } => {
+        Command::Config {
+            command: ConfigCommand::Show { config },
+        } => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
             print!("{}", toml_of(&config));
             Ok(())
@@ -72,13 +76,17 @@ fn toml_of(config: &Config) -> String {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
     if let Some(listen) = args.listen {
-        config.listen = listen.parse().with_context(|| format!("--listen {listen:?} is not an address"))?;
+        config.listen = listen
+            .parse()
+            .with_context(|| format!("--listen {listen:?} is not an address"))?;
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
     unimsg_server::init_logging(&config.log);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

@@ -9,19 +9,22 @@
 
 use std::sync::OnceLock;
 
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use unimsg_proto::api::{LoginRequest, RegisterRequest, SessionInfo, TokenPair, UserProfile};
 use unimsg_proto::{Platform, SessionId, UserId};
-use unimsg_store::{NewRefreshToken, NewSession, NewUser, PasswordHash, RefreshOutcome, Revocation, Session, UserStatus};
+use unimsg_store::{
+    NewRefreshToken, NewSession, NewUser, PasswordHash, RefreshOutcome, Revocation, Session,
+    UserStatus,
+};
 
+use crate::Core;
 use crate::config::DevicePolicy;
 use crate::error::{CoreError, Result};
 use crate::keys::{OpaqueToken, new_opaque_token};
-use crate::Core;
 
 /// Who is calling: established from a valid access token of an active session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +60,9 @@ fn new_id() -> String {
 }
 
 fn validate_username(name: &str) -> Result<()> {
-    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if !(3..=32).contains(&name.len()) || !ok_chars {
         return Err(CoreError::BadRequest(
             "username must be 3 to 32 characters of ASCII letters, digits, '_', '.' or '-'".into(),
@@ -79,7 +84,8 @@ fn validate_device(device: Option<&str>) -> Result<()> {
     if let Some(d) = device {
         let ok = !d.is_empty()
             && d.len() <= 128
-            && d.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':'));
+            && d.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':'));
         if !ok {
             return Err(CoreError::BadRequest(
                 "device_id must be 1 to 128 characters of ASCII letters, digits, '_', '.', '-' or ':'".into(),
@@ -107,14 +113,19 @@ async fn hash_password(password: String) -> Result<PasswordHash> {
 fn dummy_hash() -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
     DUMMY.get_or_init(|| {
-        Argon2::default().hash_password(b"unimsg-dummy-password").map(|h| h.to_string()).unwrap_or_default()
+        Argon2::default()
+            .hash_password(b"unimsg-dummy-password")
+            .map(|h| h.to_string())
+            .unwrap_or_default()
     })
 }
 
 async fn verify_password(password: String, hash: Option<PasswordHash>) -> Result<bool> {
     tokio::task::spawn_blocking(move || {
         let stored = hash.as_ref().map_or(dummy_hash(), |h| h.0.as_str());
-        let ok = Argon2::default().verify_password(password.as_bytes(), stored).is_ok();
+        let ok = Argon2::default()
+            .verify_password(password.as_bytes(), stored)
+            .is_ok();
         ok && hash.is_some()
     })
     .await
@@ -141,7 +152,9 @@ impl Core {
         validate_password(&req.password)?;
         let display_name = req.display_name.unwrap_or_else(|| req.username.clone());
         if display_name.trim().is_empty() || display_name.chars().count() > 64 {
-            return Err(CoreError::BadRequest("display_name must be 1 to 64 characters".into()));
+            return Err(CoreError::BadRequest(
+                "display_name must be 1 to 64 characters".into(),
+            ));
         }
         let hash = hash_password(req.password).await?;
         let user_id = UserId::parse(new_id()).map_err(|e| CoreError::Internal(e.to_string()))?;
@@ -156,7 +169,9 @@ impl Core {
             })
             .await
             .map_err(|e| match e {
-                unimsg_store::StoreError::Conflict(_) => CoreError::Conflict("username is taken".into()),
+                unimsg_store::StoreError::Conflict(_) => {
+                    CoreError::Conflict("username is taken".into())
+                }
                 other => other.into(),
             })?;
         Ok(UserProfile {
@@ -182,7 +197,8 @@ impl Core {
         if user.status == UserStatus::Disabled {
             return Err(CoreError::Forbidden("this account is disabled".into()));
         }
-        self.open_session(&user.user_id, req.platform, req.device_id, client).await
+        self.open_session(&user.user_id, req.platform, req.device_id, client)
+            .await
     }
 
     /// Opens a session for a user whose identity is established, kicking
@@ -196,14 +212,20 @@ impl Core {
     ) -> Result<TokenPair> {
         let now = self.clock.now();
         let active = self.store.active_sessions(user).await?;
-        let kicked = active.iter().filter(|s| match self.config.auth.device_policy {
-            DevicePolicy::Single => true,
-            DevicePolicy::OnePerPlatform => s.platform == platform,
-            DevicePolicy::Multi => s.platform == platform && s.device_id == device_id,
-        });
-        let kick = kicked.map(|s| revocation(&s.session_id, "replaced_by_new_login", now)).collect();
-        let session_id = SessionId::parse(new_id()).map_err(|e| CoreError::Internal(e.to_string()))?;
-        let (refresh, refresh_hash) = new_opaque_token().map_err(|e| CoreError::Internal(e.to_string()))?;
+        let kicked = active
+            .iter()
+            .filter(|s| match self.config.auth.device_policy {
+                DevicePolicy::Single => true,
+                DevicePolicy::OnePerPlatform => s.platform == platform,
+                DevicePolicy::Multi => s.platform == platform && s.device_id == device_id,
+            });
+        let kick = kicked
+            .map(|s| revocation(&s.session_id, "replaced_by_new_login", now))
+            .collect();
+        let session_id =
+            SessionId::parse(new_id()).map_err(|e| CoreError::Internal(e.to_string()))?;
+        let (refresh, refresh_hash) =
+            new_opaque_token().map_err(|e| CoreError::Internal(e.to_string()))?;
         let session = NewSession {
             session_id: session_id.clone(),
             user_id: user.clone(),
@@ -214,8 +236,17 @@ impl Core {
             user_agent: client.user_agent,
         };
         let expires_at = now + time::Duration::seconds(self.config.auth.refresh_ttl_secs as i64);
-        let events =
-            self.store.open_session(session, NewRefreshToken { hash: refresh_hash, expires_at }, kick).await?;
+        let events = self
+            .store
+            .open_session(
+                session,
+                NewRefreshToken {
+                    hash: refresh_hash,
+                    expires_at,
+                },
+                kick,
+            )
+            .await?;
         self.publish(&events).await;
         self.token_pair(user, &session_id, &platform, refresh, now)
     }
@@ -254,23 +285,42 @@ impl Core {
     pub async fn refresh(&self, presented: &str) -> Result<TokenPair> {
         let now = self.clock.now();
         let presented = OpaqueToken(presented.to_owned());
-        let (next, next_hash) = new_opaque_token().map_err(|e| CoreError::Internal(e.to_string()))?;
+        let (next, next_hash) =
+            new_opaque_token().map_err(|e| CoreError::Internal(e.to_string()))?;
         let expires_at = now + time::Duration::seconds(self.config.auth.refresh_ttl_secs as i64);
-        let outcome =
-            self.store.rotate_refresh(&presented.hash(), NewRefreshToken { hash: next_hash, expires_at }, now).await?;
+        let outcome = self
+            .store
+            .rotate_refresh(
+                &presented.hash(),
+                NewRefreshToken {
+                    hash: next_hash,
+                    expires_at,
+                },
+                now,
+            )
+            .await?;
         match outcome {
             RefreshOutcome::Rotated(session) => {
                 let user = self.store.user(&session.user_id).await?;
                 if user.is_none_or(|u| u.status == UserStatus::Disabled) {
                     return Err(CoreError::Unauthorized("invalid refresh token"));
                 }
-                self.token_pair(&session.user_id, &session.session_id, &session.platform, next, now)
+                self.token_pair(
+                    &session.user_id,
+                    &session.session_id,
+                    &session.platform,
+                    next,
+                    now,
+                )
             }
             RefreshOutcome::Reused(session) => {
                 tracing::warn!(session_id = %session.session_id, user_id = %session.user_id,
                     "refresh token reused: revoking the session");
-                self.revoke(&session.session_id, "refresh_token_reuse").await?;
-                Err(CoreError::Unauthorized("refresh token was already used; the session is revoked"))
+                self.revoke(&session.session_id, "refresh_token_reuse")
+                    .await?;
+                Err(CoreError::Unauthorized(
+                    "refresh token was already used; the session is revoked",
+                ))
             }
             RefreshOutcome::Invalid => Err(CoreError::Unauthorized("invalid refresh token")),
         }
@@ -279,7 +329,10 @@ impl Core {
     /// Revokes one session: its tokens are refused from now on and its live
     /// connections receive `session.revoked` and close.
     pub async fn revoke(&self, session: &SessionId, reason: &str) -> Result<()> {
-        let events = self.store.revoke_sessions(vec![revocation(session, reason, self.clock.now())]).await?;
+        let events = self
+            .store
+            .revoke_sessions(vec![revocation(session, reason, self.clock.now())])
+            .await?;
         self.publish(&events).await;
         Ok(())
     }
@@ -292,7 +345,9 @@ impl Core {
     /// `DELETE /v1/me/sessions/{id}`: end one of the caller's own sessions.
     pub async fn end_own_session(&self, auth: &AuthContext, session: &SessionId) -> Result<()> {
         match self.store.session(session).await? {
-            Some(s) if s.user_id == auth.user_id && s.is_active() => self.revoke(session, "ended_by_user").await,
+            Some(s) if s.user_id == auth.user_id && s.is_active() => {
+                self.revoke(session, "ended_by_user").await
+            }
             _ => Err(CoreError::NotFound("session not found".into())),
         }
     }
@@ -310,26 +365,39 @@ impl Core {
         validation.set_required_spec_claims(&["exp", "sub"]);
         let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|_| INVALID)?;
         let claims = data.claims;
-        let (Ok(user_id), Ok(session_id), Ok(platform)) =
-            (UserId::parse(claims.sub), SessionId::parse(claims.sid), Platform::parse(claims.plt))
-        else {
+        let (Ok(user_id), Ok(session_id), Ok(platform)) = (
+            UserId::parse(claims.sub),
+            SessionId::parse(claims.sid),
+            Platform::parse(claims.plt),
+        ) else {
             return Err(INVALID);
         };
         match self.store.session(&session_id).await? {
-            Some(s) if s.is_active() && s.user_id == user_id => Ok(AuthContext { user_id, session_id, platform }),
+            Some(s) if s.is_active() && s.user_id == user_id => Ok(AuthContext {
+                user_id,
+                session_id,
+                platform,
+            }),
             _ => Err(CoreError::Unauthorized("the session was revoked")),
         }
     }
 
     /// Whether a session is still active (for connections to re-check after subscribing).
     pub async fn session_active(&self, session: &SessionId) -> Result<bool> {
-        Ok(self.store.session(session).await?.is_some_and(|s| s.is_active()))
+        Ok(self
+            .store
+            .session(session)
+            .await?
+            .is_some_and(|s| s.is_active()))
     }
 
     /// `GET /v1/me`
     pub async fn me(&self, auth: &AuthContext) -> Result<UserProfile> {
-        let user =
-            self.store.user(&auth.user_id).await?.ok_or_else(|| CoreError::NotFound("user not found".into()))?;
+        let user = self
+            .store
+            .user(&auth.user_id)
+            .await?
+            .ok_or_else(|| CoreError::NotFound("user not found".into()))?;
         Ok(UserProfile {
             user_id: user.user_id,
             username: user.username,
@@ -341,11 +409,19 @@ impl Core {
     /// `GET /v1/me/sessions`
     pub async fn sessions(&self, auth: &AuthContext) -> Result<Vec<SessionInfo>> {
         let sessions = self.store.active_sessions(&auth.user_id).await?;
-        Ok(sessions.iter().map(|s| session_info(s, &auth.session_id)).collect())
+        Ok(sessions
+            .iter()
+            .map(|s| session_info(s, &auth.session_id))
+            .collect())
     }
 }
 
 fn revocation(session: &SessionId, reason: &str, at: OffsetDateTime) -> Revocation {
     let data = serde_json::json!({ "session_id": session, "reason": reason });
-    Revocation { session_id: session.clone(), reason: reason.to_owned(), at, event_data: data.to_string() }
+    Revocation {
+        session_id: session.clone(),
+        reason: reason.to_owned(),
+        at,
+        event_data: data.to_string(),
+    }
 }

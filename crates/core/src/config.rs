@@ -57,7 +57,11 @@ pub struct MessagingConfig {
 
 impl Default for MessagingConfig {
     fn default() -> Self {
-        Self { max_content_bytes: 64 * 1024, recall_window_secs: 120, max_page: 1000 }
+        Self {
+            max_content_bytes: 64 * 1024,
+            recall_window_secs: 120,
+            max_page: 1000,
+        }
     }
 }
 

@@ -59,7 +59,9 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("connections", &self.connections()).finish_non_exhaustive()
+        f.debug_struct("Hub")
+            .field("connections", &self.connections())
+            .finish_non_exhaustive()
     }
 }
 
@@ -87,27 +89,39 @@ impl Hub {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.queue);
         let kill = self.shutdown.child_token();
-        let conn = Conn { id, session: session.clone(), tx, kill: kill.clone() };
+        let conn = Conn {
+            id,
+            session: session.clone(),
+            tx,
+            kill: kill.clone(),
+        };
         if let Ok(mut shard) = self.shard(user).write() {
             shard.entry(user.clone()).or_default().push(conn);
         }
         self.connections.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("unimsg_connections").increment(1.0);
-        Subscription { hub: self.clone(), user: user.clone(), id, rx, kill, reason: None }
+        Subscription {
+            hub: self.clone(),
+            user: user.clone(),
+            id,
+            rx,
+            kill,
+            reason: None,
+        }
     }
 
     fn remove(&self, user: &UserId, id: u64) {
-        if let Ok(mut shard) = self.shard(user).write() {
-            if let Some(conns) = shard.get_mut(user) {
-                let before = conns.len();
-                conns.retain(|c| c.id != id);
-                if conns.len() < before {
-                    self.connections.fetch_sub(1, Ordering::Relaxed);
-                    metrics::gauge!("unimsg_connections").decrement(1.0);
-                }
-                if conns.is_empty() {
-                    shard.remove(user);
-                }
+        if let Ok(mut shard) = self.shard(user).write()
+            && let Some(conns) = shard.get_mut(user)
+        {
+            let before = conns.len();
+            conns.retain(|c| c.id != id);
+            if conns.len() < before {
+                self.connections.fetch_sub(1, Ordering::Relaxed);
+                metrics::gauge!("unimsg_connections").decrement(1.0);
+            }
+            if conns.is_empty() {
+                shard.remove(user);
             }
         }
     }
@@ -116,7 +130,9 @@ impl Hub {
     pub fn deliver(&self, delivery: Arc<Delivery>) {
         let mut slow = Vec::new();
         if let Ok(shard) = self.shard(&delivery.user).read() {
-            let Some(conns) = shard.get(&delivery.user) else { return };
+            let Some(conns) = shard.get(&delivery.user) else {
+                return;
+            };
             for conn in conns {
                 match conn.tx.try_send(delivery.clone()) {
                     Ok(()) => {}
@@ -129,9 +145,10 @@ impl Hub {
         if slow.is_empty() {
             return;
         }
-        if let Ok(mut shard) = self.shard(&delivery.user).write() {
-            if let Some(conns) = shard.get_mut(&delivery.user) {
-                conns.retain(|c| {
+        if let Ok(mut shard) = self.shard(&delivery.user).write()
+            && let Some(conns) = shard.get_mut(&delivery.user)
+        {
+            conns.retain(|c| {
                     if slow.contains(&c.id) {
                         tracing::info!(user_id = %delivery.user, session_id = %c.session, "disconnecting a slow consumer");
                         c.kill.cancel();
@@ -140,9 +157,8 @@ impl Hub {
                         true
                     }
                 });
-                if conns.is_empty() {
-                    shard.remove(&delivery.user);
-                }
+            if conns.is_empty() {
+                shard.remove(&delivery.user);
             }
         }
         let n = slow.len() as u64;
@@ -195,7 +211,11 @@ impl Subscription {
         if let Some(r) = self.reason {
             return r;
         }
-        let r = if self.hub.shutdown.is_cancelled() { KillReason::Shutdown } else { KillReason::SlowConsumer };
+        let r = if self.hub.shutdown.is_cancelled() {
+            KillReason::Shutdown
+        } else {
+            KillReason::SlowConsumer
+        };
         self.reason = Some(r);
         r
     }

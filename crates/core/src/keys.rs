@@ -24,7 +24,10 @@ use unimsg_store::{DataKeys, Sealed, StoreError, TokenHash, WrappedKey};
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("key file {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error("the master key does not open data key {0}: wrong UNIMSG_MASTER_KEY or master.key?")]
@@ -38,7 +41,9 @@ pub enum KeyError {
 /// Fills a buffer from the system CSPRNG.
 pub fn random_bytes<const N: usize>() -> Result<[u8; N], KeyError> {
     let mut buf = [0u8; N];
-    SystemRandom::new().fill(&mut buf).map_err(|_| KeyError::Crypto)?;
+    SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| KeyError::Crypto)?;
     Ok(buf)
 }
 
@@ -86,9 +91,9 @@ impl MasterKey {
             .decode(text)
             .or_else(|_| URL_SAFE_NO_PAD.decode(text))
             .map_err(|_| KeyError::Invalid("the master key is not valid base64".into()))?;
-        let key: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| KeyError::Invalid("the master key must be 32 bytes (base64 of 32 random bytes)".into()))?;
+        let key: [u8; 32] = bytes.try_into().map_err(|_| {
+            KeyError::Invalid("the master key must be 32 bytes (base64 of 32 random bytes)".into())
+        })?;
         Ok(Self(key))
     }
 
@@ -107,14 +112,20 @@ impl MasterKey {
                 tracing::info!(path = %path.display(), "created a new master key");
                 Ok(Self(key))
             }
-            Err(source) => Err(KeyError::Io { path: path.display().to_string(), source }),
+            Err(source) => Err(KeyError::Io {
+                path: path.display().to_string(),
+                source,
+            }),
         }
     }
 }
 
 /// Writes a file readable by its owner only.
 fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), KeyError> {
-    let io = |source| KeyError::Io { path: path.display().to_string(), source };
+    let io = |source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -128,21 +139,34 @@ fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), KeyError> {
 }
 
 fn aead_key(bytes: &[u8]) -> Result<LessSafeKey, KeyError> {
-    Ok(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| KeyError::Crypto)?))
+    Ok(LessSafeKey::new(
+        UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| KeyError::Crypto)?,
+    ))
 }
 
 fn seal_with(key: &LessSafeKey, plain: &[u8], aad: &[u8]) -> Result<(Vec<u8>, Vec<u8>), KeyError> {
     let nonce_bytes = random_bytes::<NONCE_LEN>()?;
     let mut buf = plain.to_vec();
-    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce_bytes), Aad::from(aad), &mut buf)
-        .map_err(|_| KeyError::Crypto)?;
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce_bytes),
+        Aad::from(aad),
+        &mut buf,
+    )
+    .map_err(|_| KeyError::Crypto)?;
     Ok((nonce_bytes.to_vec(), buf))
 }
 
-fn open_with(key: &LessSafeKey, nonce: &[u8], ciphertext: &[u8], aad: &[u8]) -> Result<Vec<u8>, KeyError> {
+fn open_with(
+    key: &LessSafeKey,
+    nonce: &[u8],
+    ciphertext: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>, KeyError> {
     let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| KeyError::Crypto)?;
     let mut buf = ciphertext.to_vec();
-    let plain = key.open_in_place(nonce, Aad::from(aad), &mut buf).map_err(|_| KeyError::Crypto)?;
+    let plain = key
+        .open_in_place(nonce, Aad::from(aad), &mut buf)
+        .map_err(|_| KeyError::Crypto)?;
     let len = plain.len();
     buf.truncate(len);
     Ok(buf)
@@ -160,7 +184,10 @@ pub struct Keyring {
 
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Keyring").field("active", &self.active).field("keys", &self.keys.len()).finish()
+        f.debug_struct("Keyring")
+            .field("active", &self.active)
+            .field("keys", &self.keys.len())
+            .finish()
     }
 }
 
@@ -172,7 +199,11 @@ impl Keyring {
         if stored.is_empty() {
             let fresh = random_bytes::<32>()?;
             let (nonce, ct) = seal_with(&master_key, &fresh, &wrap_aad(1))?;
-            let wrapped = WrappedKey { key_id: 1, wrapped: [nonce, ct].concat(), created_at: OffsetDateTime::now_utc() };
+            let wrapped = WrappedKey {
+                key_id: 1,
+                wrapped: [nonce, ct].concat(),
+                created_at: OffsetDateTime::now_utc(),
+            };
             store.insert_data_key(wrapped.clone()).await?;
             stored.push(wrapped);
         }
@@ -194,7 +225,11 @@ impl Keyring {
     pub fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<Sealed, KeyError> {
         let key = self.keys.get(&self.active).ok_or(KeyError::Crypto)?;
         let (nonce, ciphertext) = seal_with(key, plain, aad)?;
-        Ok(Sealed { key_id: self.active, nonce, ciphertext })
+        Ok(Sealed {
+            key_id: self.active,
+            nonce,
+            ciphertext,
+        })
     }
 
     pub fn open(&self, sealed: &Sealed, aad: &[u8]) -> Result<Vec<u8>, KeyError> {
@@ -219,14 +254,19 @@ impl fmt::Debug for SigningKey {
 
 impl SigningKey {
     pub fn generate() -> Result<Self, KeyError> {
-        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Crypto)?;
+        let doc =
+            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Crypto)?;
         Self::from_pkcs8(doc.as_ref())
     }
 
     pub fn from_pkcs8(pkcs8: &[u8]) -> Result<Self, KeyError> {
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8)
-            .map_err(|_| KeyError::Invalid("the signing key is not an Ed25519 PKCS#8 key".into()))?;
-        Ok(Self { pkcs8: pkcs8.to_vec(), public: pair.public_key().as_ref().to_vec() })
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|_| {
+            KeyError::Invalid("the signing key is not an Ed25519 PKCS#8 key".into())
+        })?;
+        Ok(Self {
+            pkcs8: pkcs8.to_vec(),
+            public: pair.public_key().as_ref().to_vec(),
+        })
     }
 
     /// Loads `DIR/signing.key`, creating it at first start.
@@ -240,7 +280,10 @@ impl SigningKey {
                 tracing::info!(path = %path.display(), "created a new token signing key");
                 Ok(key)
             }
-            Err(source) => Err(KeyError::Io { path: path.display().to_string(), source }),
+            Err(source) => Err(KeyError::Io {
+                path: path.display().to_string(),
+                source,
+            }),
         }
     }
 
@@ -260,12 +303,25 @@ mod tests {
     #[test]
     fn seal_binds_the_row_identity() {
         let key = aead_key(&[7u8; 32]).unwrap_or_else(|e| panic!("{e}"));
-        let ring = Keyring { keys: HashMap::from([(1, key)]), active: 1 };
-        let sealed = ring.seal(b"secret text", b"m1").unwrap_or_else(|e| panic!("{e}"));
+        let ring = Keyring {
+            keys: HashMap::from([(1, key)]),
+            active: 1,
+        };
+        let sealed = ring
+            .seal(b"secret text", b"m1")
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_ne!(sealed.ciphertext, b"secret text");
-        assert_eq!(ring.open(&sealed, b"m1").unwrap_or_else(|e| panic!("{e}")), b"secret text");
-        assert!(ring.open(&sealed, b"m2").is_err(), "ciphertext moved to another row must not open");
-        let again = ring.seal(b"secret text", b"m1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            ring.open(&sealed, b"m1").unwrap_or_else(|e| panic!("{e}")),
+            b"secret text"
+        );
+        assert!(
+            ring.open(&sealed, b"m2").is_err(),
+            "ciphertext moved to another row must not open"
+        );
+        let again = ring
+            .seal(b"secret text", b"m1")
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_ne!(again.nonce, sealed.nonce, "nonces must differ per row");
     }
 
@@ -273,7 +329,10 @@ mod tests {
     fn secrets_do_not_debug_print() {
         let master = MasterKey([1; 32]);
         assert_eq!(format!("{master:?}"), "MasterKey([redacted])");
-        assert_eq!(format!("{:?}", OpaqueToken("abc".into())), "OpaqueToken([redacted])");
+        assert_eq!(
+            format!("{:?}", OpaqueToken("abc".into())),
+            "OpaqueToken([redacted])"
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@
 
 use time::OffsetDateTime;
 use unimsg_proto::api::{
-    ConversationList, ConversationSummary, HistoryPage, ReadResponse, SendRequest, SendResponse, SyncResponse,
+    ConversationList, ConversationSummary, HistoryPage, ReadResponse, SendRequest, SendResponse,
+    SyncResponse,
 };
 use unimsg_proto::{ConversationId, EventType, MessageId, Seq, UserId};
 use unimsg_store::{AppendOutcome, EventDraft, NewMessage, StoredMessage};
@@ -20,7 +21,8 @@ use crate::render;
 const MAX_CLIENT_MSG_ID: usize = 128;
 
 fn new_message_id() -> Result<MessageId> {
-    MessageId::parse(uuid::Uuid::now_v7().simple().to_string()).map_err(|e| CoreError::Internal(e.to_string()))
+    MessageId::parse(uuid::Uuid::now_v7().simple().to_string())
+        .map_err(|e| CoreError::Internal(e.to_string()))
 }
 
 /// The members of a conversation, if `user` is one of them.
@@ -32,7 +34,11 @@ fn members_for(conversation: &ConversationId, user: &UserId) -> Result<(UserId, 
 }
 
 fn peer_of(members: &(UserId, UserId), user: &UserId) -> UserId {
-    if &members.0 == user { members.1.clone() } else { members.0.clone() }
+    if &members.0 == user {
+        members.1.clone()
+    } else {
+        members.0.clone()
+    }
 }
 
 impl Core {
@@ -47,16 +53,18 @@ impl Core {
                 self.config.messaging.max_content_bytes
             )));
         }
-        if let Some(id) = &req.client_msg_id {
-            if id.is_empty() || id.len() > MAX_CLIENT_MSG_ID {
-                return Err(CoreError::BadRequest(format!(
-                    "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} bytes"
-                )));
-            }
+        if let Some(id) = &req.client_msg_id
+            && (id.is_empty() || id.len() > MAX_CLIENT_MSG_ID)
+        {
+            return Err(CoreError::BadRequest(format!(
+                "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} bytes"
+            )));
         }
         let to = req.to.user;
         if to == auth.user_id {
-            return Err(CoreError::BadRequest("cannot send a direct message to yourself".into()));
+            return Err(CoreError::BadRequest(
+                "cannot send a direct message to yourself".into(),
+            ));
         }
         if self.store.user(&to).await?.is_none() {
             return Err(CoreError::NotFound("recipient not found".into()));
@@ -76,10 +84,17 @@ impl Core {
             client_msg_id: req.client_msg_id,
             created_at: self.clock.now(),
         };
-        match self.store.append_message(message, vec![auth.user_id.clone(), to]).await? {
+        match self
+            .store
+            .append_message(message, vec![auth.user_id.clone(), to])
+            .await?
+        {
             AppendOutcome::Created { message, events } => {
                 self.publish(&events).await;
-                let seq = events.iter().find(|e| e.user_id == auth.user_id).map_or(Seq::ZERO, |e| e.seq);
+                let seq = events
+                    .iter()
+                    .find(|e| e.user_id == auth.user_id)
+                    .map_or(Seq::ZERO, |e| e.seq);
                 metrics::counter!("unimsg_messages_sent_total").increment(1);
                 Ok(SendResponse {
                     message_id: message.message_id,
@@ -101,18 +116,39 @@ impl Core {
 
     /// The seq of a message in its sender's inbox (for idempotent replays).
     async fn sender_seq_of(&self, sender: &UserId, message: &StoredMessage) -> Result<Seq> {
-        Ok(self.store.message_seq(sender, &message.message_id).await?.unwrap_or(Seq::ZERO))
+        Ok(self
+            .store
+            .message_seq(sender, &message.message_id)
+            .await?
+            .unwrap_or(Seq::ZERO))
     }
 
     /// `GET /v1/sync?after=&limit=`
-    pub async fn sync(&self, auth: &AuthContext, after: Seq, limit: Option<u32>) -> Result<SyncResponse> {
-        let limit = limit.unwrap_or(self.config.messaging.max_page).clamp(1, self.config.messaging.max_page);
-        let mut stored = self.store.events_after(&auth.user_id, after, limit + 1).await?;
+    pub async fn sync(
+        &self,
+        auth: &AuthContext,
+        after: Seq,
+        limit: Option<u32>,
+    ) -> Result<SyncResponse> {
+        let limit = limit
+            .unwrap_or(self.config.messaging.max_page)
+            .clamp(1, self.config.messaging.max_page);
+        let mut stored = self
+            .store
+            .events_after(&auth.user_id, after, limit + 1)
+            .await?;
         let has_more = stored.len() > limit as usize;
         stored.truncate(limit as usize);
-        let events = stored.iter().map(|e| render::event(&self.keyring, e)).collect::<Result<Vec<_>>>()?;
+        let events = stored
+            .iter()
+            .map(|e| render::event(&self.keyring, e))
+            .collect::<Result<Vec<_>>>()?;
         let next_after = events.last().map_or(after, |e| e.seq);
-        Ok(SyncResponse { events, next_after, has_more })
+        Ok(SyncResponse {
+            events,
+            next_after,
+            has_more,
+        })
     }
 
     /// `POST /v1/ack`
@@ -145,12 +181,22 @@ impl Core {
         .to_string();
         let drafts = [members.0.clone(), members.1.clone()]
             .into_iter()
-            .map(|user_id| EventDraft { user_id, kind: EventType::ReceiptRead, data: data.clone(), at: now })
+            .map(|user_id| EventDraft {
+                user_id,
+                kind: EventType::ReceiptRead,
+                data: data.clone(),
+                at: now,
+            })
             .collect();
-        let (read_upto, events) =
-            self.store.mark_read(&auth.user_id, conversation, message.conv_seq, drafts).await?;
+        let (read_upto, events) = self
+            .store
+            .mark_read(&auth.user_id, conversation, message.conv_seq, drafts)
+            .await?;
         self.publish(&events).await;
-        Ok(ReadResponse { conversation_id: conversation.clone(), read_upto })
+        Ok(ReadResponse {
+            conversation_id: conversation.clone(),
+            read_upto,
+        })
     }
 
     /// `POST /v1/messages/{id}/recall`: only the sender, only inside the
@@ -164,11 +210,13 @@ impl Core {
             .ok_or_else(|| CoreError::NotFound("message not found".into()))?;
         let members = members_for(&message.conversation_id, &auth.user_id)?;
         if message.sender != auth.user_id {
-            return Err(CoreError::Forbidden("only the sender can recall a message".into()));
+            return Err(CoreError::Forbidden(
+                "only the sender can recall a message".into(),
+            ));
         }
         let now = self.clock.now();
         let window = time::Duration::seconds(self.config.messaging.recall_window_secs as i64);
-        if now - message.created_at > window {
+        if now - message.created_at >= window {
             return Err(CoreError::Gone("the recall window has passed".into()));
         }
         let data = serde_json::json!({
@@ -179,7 +227,12 @@ impl Core {
         .to_string();
         let drafts = [members.0, members.1]
             .into_iter()
-            .map(|user_id| EventDraft { user_id, kind: EventType::MessageRecalled, data: data.clone(), at: now })
+            .map(|user_id| EventDraft {
+                user_id,
+                kind: EventType::MessageRecalled,
+                data: data.clone(),
+                at: now,
+            })
             .collect();
         let events = self.store.recall(message_id, now, drafts).await?;
         self.publish(&events).await;
@@ -191,10 +244,20 @@ impl Core {
         let states = self.store.conversations(&auth.user_id).await?;
         let mut conversations = Vec::with_capacity(states.len());
         for s in states {
-            let Some(members) = s.conversation_id.direct_members() else { continue };
+            let Some(members) = s.conversation_id.direct_members() else {
+                continue;
+            };
             let peer = peer_of(&members, &auth.user_id);
-            let peer_read_upto = s.members_read.iter().find(|(u, _)| u == &peer).map_or(0, |(_, n)| *n);
-            let last_message = s.last_message.as_ref().map(|m| render::message(&self.keyring, m)).transpose()?;
+            let peer_read_upto = s
+                .members_read
+                .iter()
+                .find(|(u, _)| u == &peer)
+                .map_or(0, |(_, n)| *n);
+            let last_message = s
+                .last_message
+                .as_ref()
+                .map(|m| render::message(&self.keyring, m))
+                .transpose()?;
             conversations.push(ConversationSummary {
                 conversation_id: s.conversation_id,
                 peer,
@@ -218,13 +281,18 @@ impl Core {
         members_for(conversation, &auth.user_id)?;
         let limit = limit.unwrap_or(50).clamp(1, self.config.messaging.max_page);
         let stored = self.store.history(conversation, before, limit).await?;
-        let messages =
-            stored.iter().map(|m| render::message(&self.keyring, m)).collect::<Result<Vec<_>>>()?;
+        let messages = stored
+            .iter()
+            .map(|m| render::message(&self.keyring, m))
+            .collect::<Result<Vec<_>>>()?;
         let next_before = match messages.last() {
             Some(m) if messages.len() == limit as usize && m.conv_seq > 1 => Some(m.conv_seq),
             _ => None,
         };
-        Ok(HistoryPage { messages, next_before })
+        Ok(HistoryPage {
+            messages,
+            next_before,
+        })
     }
 
     /// The newest seq of the caller's inbox.

@@ -16,16 +16,21 @@ pub(crate) fn message(keyring: &Keyring, m: &StoredMessage) -> Result<Message> {
     } else {
         let plain = keyring
             .open(&m.content, m.message_id.as_str().as_bytes())
-            .map_err(|e| CoreError::Internal(format!("cannot open message {}: {e}", m.message_id)))?;
-        serde_json::from_slice(&plain)
-            .map_err(|e| CoreError::Internal(format!("message {} content is not JSON: {e}", m.message_id)))?
+            .map_err(|e| {
+                CoreError::Internal(format!("cannot open message {}: {e}", m.message_id))
+            })?;
+        serde_json::from_slice(&plain).map_err(|e| {
+            CoreError::Internal(format!("message {} content is not JSON: {e}", m.message_id))
+        })?
     };
     Ok(Message {
         message_id: m.message_id.clone(),
         conversation_id: m.conversation_id.clone(),
         conv_seq: m.conv_seq,
         from: m.sender.clone(),
-        to: Recipient { user: m.recipient.clone() },
+        to: Recipient {
+            user: m.recipient.clone(),
+        },
         kind: MessageKind::parse(&m.kind).unwrap_or(MessageKind::Chat),
         content,
         client_msg_id: m.client_msg_id.clone(),
@@ -38,19 +43,36 @@ pub(crate) fn event(keyring: &Keyring, e: &StoredEvent) -> Result<Event> {
     let data = match &e.body {
         EventBody::Message(m) => serde_json::to_value(message(keyring, m)?)
             .map_err(|err| CoreError::Internal(format!("cannot render a message: {err}")))?,
-        EventBody::Data(text) => serde_json::from_str(text)
-            .map_err(|err| CoreError::Internal(format!("event {} has corrupt data: {err}", e.seq)))?,
+        EventBody::Data(text) => serde_json::from_str(text).map_err(|err| {
+            CoreError::Internal(format!("event {} has corrupt data: {err}", e.seq))
+        })?,
     };
-    Ok(Event { seq: e.seq, kind: e.kind, ts: e.at, data })
+    Ok(Event {
+        seq: e.seq,
+        kind: e.kind,
+        ts: e.at,
+        data,
+    })
 }
 
 pub(crate) fn delivery(keyring: &Keyring, e: &StoredEvent) -> Result<Delivery> {
     let rendered = event(keyring, e)?;
     let revokes = if e.kind == EventType::SessionRevoked {
-        rendered.data.get("session_id").and_then(|v| v.as_str()).and_then(|s| SessionId::parse(s).ok())
+        rendered
+            .data
+            .get("session_id")
+            .and_then(|v| v.as_str())
+            .and_then(|s| SessionId::parse(s).ok())
     } else {
         None
     };
-    let json = serde_json::to_vec(&rendered).map_err(|err| CoreError::Internal(format!("cannot encode: {err}")))?;
-    Ok(Delivery { user: e.user_id.clone(), seq: e.seq, kind: e.kind, json: Bytes::from(json), revokes })
+    let json = serde_json::to_vec(&rendered)
+        .map_err(|err| CoreError::Internal(format!("cannot encode: {err}")))?;
+    Ok(Delivery {
+        user: e.user_id.clone(),
+        seq: e.seq,
+        kind: e.kind,
+        json: Bytes::from(json),
+        revokes,
+    })
 }

@@ -29,7 +29,10 @@ pub struct InboxStream {
 
 impl std::fmt::Debug for InboxStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InboxStream").field("user", &self.user).field("last", &self.last).finish()
+        f.debug_struct("InboxStream")
+            .field("user", &self.user)
+            .field("last", &self.last)
+            .finish()
     }
 }
 
@@ -46,7 +49,13 @@ impl InboxStream {
         }
         let newest = core.store.last_seq(&auth.user_id).await?;
         let last = after.map_or(newest, |a| a.min(newest));
-        Ok(Self { core, user: auth.user_id.clone(), session: auth.session_id.clone(), subscription, last })
+        Ok(Self {
+            core,
+            user: auth.user_id.clone(),
+            session: auth.session_id.clone(),
+            subscription,
+            last,
+        })
     }
 
     /// The last seq handed out.
@@ -64,7 +73,11 @@ impl InboxStream {
     }
 
     async fn fetch(&mut self, limit: u32) -> Result<Vec<Arc<Delivery>>> {
-        let stored = self.core.store.events_after(&self.user, self.last, limit).await?;
+        let stored = self
+            .core
+            .store
+            .events_after(&self.user, self.last, limit)
+            .await?;
         let mut out = Vec::with_capacity(stored.len());
         for e in &stored {
             out.push(Arc::new(render::delivery(&self.core.keyring, e)?));

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
-use axum::http::{HeaderMap, StatusCode};
 use axum::http::header::{AUTHORIZATION, USER_AGENT};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use unimsg_core::auth::{AuthContext, ClientInfo};
 use unimsg_proto::ErrorCode;
@@ -32,10 +32,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 
 fn json_rejection(r: JsonRejection) -> ApiError {
     match r.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(ErrorCode::PayloadTooLarge, "request body is too large"),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            ApiError::new(ErrorCode::UnsupportedMediaType, "expected Content-Type: application/json")
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(ErrorCode::PayloadTooLarge, "request body is too large")
         }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "expected Content-Type: application/json",
+        ),
         _ => ApiError::bad_request(r.body_text()),
     }
 }
@@ -68,7 +71,8 @@ impl FromRequestParts<AppState> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+        let token =
+            bearer(&parts.headers).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
         Ok(Authed(state.core.authenticate(token).await?))
     }
 }
@@ -80,7 +84,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Client {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
         let user_agent = parts
             .headers
             .get(USER_AGENT)
@@ -92,7 +99,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Client {
 
 /// Parses a path segment into an id type; a malformed id is 404 (no such thing).
 pub(crate) fn path_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, ApiError> {
-    raw.parse().map_err(|_| ApiError::new(ErrorCode::NotFound, format!("{what} not found")))
+    raw.parse()
+        .map_err(|_| ApiError::new(ErrorCode::NotFound, format!("{what} not found")))
 }
 
 /// The single `{id}` segment of a route, percent-decoded.

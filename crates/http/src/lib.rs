@@ -33,7 +33,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { max_body_bytes: 1024 * 1024 }
+        Self {
+            max_body_bytes: 1024 * 1024,
+        }
     }
 }
 
@@ -71,13 +73,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sync", get(routes::messages::sync))
         .route("/v1/ack", post(routes::messages::ack))
         .route("/v1/conversations", get(routes::messages::conversations))
-        .route("/v1/conversations/{id}/messages", get(routes::messages::history))
+        .route(
+            "/v1/conversations/{id}/messages",
+            get(routes::messages::history),
+        )
         .route("/v1/conversations/{id}/read", post(routes::messages::read))
         .route("/v1/events", get(sse::events))
         .route("/v1/ws", get(ws::upgrade))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(error::panic_response))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            error::panic_response,
+        ))
         .with_state(state)
 }

@@ -42,8 +42,14 @@ pub async fn events(
     let auth = state.core.authenticate(&token).await?;
     let last_event_id = match headers.get("last-event-id") {
         Some(v) => {
-            let text = v.to_str().map_err(|_| ApiError::bad_request("Last-Event-ID must be a seq"))?;
-            Some(text.trim().parse::<u64>().map_err(|_| ApiError::bad_request("Last-Event-ID must be a seq"))?)
+            let text = v
+                .to_str()
+                .map_err(|_| ApiError::bad_request("Last-Event-ID must be a seq"))?;
+            Some(
+                text.trim()
+                    .parse::<u64>()
+                    .map_err(|_| ApiError::bad_request("Last-Event-ID must be a seq"))?,
+            )
         }
         None => None,
     };

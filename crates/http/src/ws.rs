@@ -11,9 +11,9 @@ use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
@@ -57,9 +57,15 @@ pub async fn upgrade(
 ) -> Response {
     let upgrade = match upgrade {
         Ok(u) => u,
-        Err(r) => return ApiError::bad_request(format!("not a WebSocket upgrade: {}", r.body_text())).into_response(),
+        Err(r) => {
+            return ApiError::bad_request(format!("not a WebSocket upgrade: {}", r.body_text()))
+                .into_response();
+        }
     };
-    let token = q.access_token.clone().or_else(|| bearer(&headers).map(str::to_owned));
+    let token = q
+        .access_token
+        .clone()
+        .or_else(|| bearer(&headers).map(str::to_owned));
     let auth = match token {
         Some(t) => match state.core.authenticate(&t).await {
             Ok(a) => Some(a),
@@ -83,11 +89,20 @@ fn frame(reply: &ReplyFrame) -> Message {
 }
 
 fn error_frame(id: Option<String>, e: ApiError) -> Message {
-    frame(&ReplyFrame::Error { id, error: ErrorDetail { code: e.code, message: e.message } })
+    frame(&ReplyFrame::Error {
+        id,
+        error: ErrorDetail {
+            code: e.code,
+            message: e.message,
+        },
+    })
 }
 
 fn close_frame(code: u16, reason: &'static str) -> Message {
-    Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
 }
 
 fn event_frame(d: &Delivery) -> Message {
@@ -98,7 +113,11 @@ fn event_frame(d: &Delivery) -> Message {
 }
 
 /// Waits for `{"type":"auth","token":...}` as the first frame.
-async fn first_frame_auth(core: &Core, socket: &mut WebSocket, wait: Duration) -> Result<(AuthContext, Option<Seq>), ApiError> {
+async fn first_frame_auth(
+    core: &Core,
+    socket: &mut WebSocket,
+    wait: Duration,
+) -> Result<(AuthContext, Option<Seq>), ApiError> {
     let first = tokio::time::timeout(wait, socket.recv())
         .await
         .map_err(|_| ApiError::unauthorized("no auth frame in time"))?;
@@ -111,7 +130,12 @@ async fn first_frame_auth(core: &Core, socket: &mut WebSocket, wait: Duration) -
     }
 }
 
-async fn connection(state: AppState, mut socket: WebSocket, auth: Option<AuthContext>, after: Option<Seq>) {
+async fn connection(
+    state: AppState,
+    mut socket: WebSocket,
+    auth: Option<AuthContext>,
+    after: Option<Seq>,
+) {
     let core = state.core.clone();
     let wait = Duration::from_secs(core.config().delivery.auth_timeout_secs.max(1));
     let (auth, after) = match auth {
@@ -120,7 +144,9 @@ async fn connection(state: AppState, mut socket: WebSocket, auth: Option<AuthCon
             Ok((a, first_after)) => (a, first_after.or(after)),
             Err(e) => {
                 let _ = socket.send(error_frame(None, e)).await;
-                let _ = socket.send(close_frame(close::UNAUTHORIZED, "unauthorized")).await;
+                let _ = socket
+                    .send(close_frame(close::UNAUTHORIZED, "unauthorized"))
+                    .await;
                 return;
             }
         },
@@ -130,14 +156,24 @@ async fn connection(state: AppState, mut socket: WebSocket, auth: Option<AuthCon
     let mut stream = match InboxStream::open(core.clone(), &auth, after).await {
         Ok(s) => s,
         Err(e) => {
-            let code = if matches!(e, CoreError::Unauthorized(_)) { close::UNAUTHORIZED } else { close::INTERNAL };
+            let code = if matches!(e, CoreError::Unauthorized(_)) {
+                close::UNAUTHORIZED
+            } else {
+                close::INTERNAL
+            };
             let _ = socket.send(error_frame(None, e.into())).await;
-            let _ = socket.send(close_frame(code, "cannot open the inbox")).await;
+            let _ = socket
+                .send(close_frame(code, "cannot open the inbox"))
+                .await;
             return;
         }
     };
     let last_seq = core.last_seq(&auth.user_id).await.unwrap_or(stream.last());
-    let ready = ReplyFrame::Ready { user_id: auth.user_id.clone(), session_id: auth.session_id.clone(), last_seq };
+    let ready = ReplyFrame::Ready {
+        user_id: auth.user_id.clone(),
+        session_id: auth.session_id.clone(),
+        last_seq,
+    };
     if socket.send(frame(&ready)).await.is_err() {
         return;
     }
@@ -255,7 +291,10 @@ async fn send_events(
         }
         () = killed.as_mut() => return Some(Some((close::SLOW_CONSUMER, "slow consumer"))),
     }
-    if events.iter().any(|d| d.revokes.as_ref() == Some(&auth.session_id)) {
+    if events
+        .iter()
+        .any(|d| d.revokes.as_ref() == Some(&auth.session_id))
+    {
         return Some(Some((close::UNAUTHORIZED, "session revoked")));
     }
     None
@@ -268,7 +307,9 @@ async fn handle_frame(core: &Core, auth: &AuthContext, text: &str) -> Message {
         Err(e) => return error_frame(None, ApiError::bad_request(format!("invalid frame: {e}"))),
     };
     match parsed {
-        ClientFrame::Auth { .. } => error_frame(None, ApiError::bad_request("already authenticated")),
+        ClientFrame::Auth { .. } => {
+            error_frame(None, ApiError::bad_request("already authenticated"))
+        }
         f @ ClientFrame::Send { .. } => {
             let Some((id, req)) = f.into_send() else {
                 return error_frame(None, ApiError::new(ErrorCode::Internal, "internal error"));
@@ -282,12 +323,18 @@ async fn handle_frame(core: &Core, auth: &AuthContext, text: &str) -> Message {
             Ok(acked) => frame(&ReplyFrame::AckOk { id, acked }),
             Err(e) => error_frame(id, e.into()),
         },
-        ClientFrame::Read { id, conversation_id, message_id } => {
-            match core.mark_read(auth, &conversation_id, &message_id).await {
-                Ok(r) => frame(&ReplyFrame::ReadOk { id, conversation_id: r.conversation_id, read_upto: r.read_upto }),
-                Err(e) => error_frame(id, e.into()),
-            }
-        }
+        ClientFrame::Read {
+            id,
+            conversation_id,
+            message_id,
+        } => match core.mark_read(auth, &conversation_id, &message_id).await {
+            Ok(r) => frame(&ReplyFrame::ReadOk {
+                id,
+                conversation_id: r.conversation_id,
+                read_upto: r.read_upto,
+            }),
+            Err(e) => error_frame(id, e.into()),
+        },
         ClientFrame::Ping { id } => frame(&ReplyFrame::Pong { id }),
     }
 }

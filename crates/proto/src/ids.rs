@@ -21,10 +21,16 @@ fn is_token_char(c: char) -> bool {
 
 fn check_token(kind: &'static str, s: &str, max: usize) -> Result<(), IdError> {
     if s.is_empty() {
-        return Err(IdError { kind, reason: "must not be empty" });
+        return Err(IdError {
+            kind,
+            reason: "must not be empty",
+        });
     }
     if s.len() > max {
-        return Err(IdError { kind, reason: "too long" });
+        return Err(IdError {
+            kind,
+            reason: "too long",
+        });
     }
     if !s.chars().all(is_token_char) {
         return Err(IdError {
@@ -139,14 +145,19 @@ impl ConversationId {
 
     pub fn parse(s: impl Into<String>) -> Result<Self, IdError> {
         let s = s.into();
-        let err = |reason| IdError { kind: "conversation id", reason };
+        let err = |reason| IdError {
+            kind: "conversation id",
+            reason,
+        };
         let mut parts = s.split(':');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some("d"), Some(a), Some(b), None) => {
                 let a = UserId::parse(a).map_err(|_| err("malformed user id"))?;
                 let b = UserId::parse(b).map_err(|_| err("malformed user id"))?;
                 if a >= b {
-                    return Err(err("direct conversation members must be ordered and distinct"));
+                    return Err(err(
+                        "direct conversation members must be ordered and distinct",
+                    ));
                 }
                 Ok(Self(s))
             }
@@ -158,9 +169,7 @@ impl ConversationId {
     pub fn direct_members(&self) -> Option<(UserId, UserId)> {
         let mut parts = self.0.split(':');
         match (parts.next(), parts.next(), parts.next()) {
-            (Some("d"), Some(a), Some(b)) => {
-                Some((UserId::parse(a).ok()?, UserId::parse(b).ok()?))
-            }
+            (Some("d"), Some(a), Some(b)) => Some((UserId::parse(a).ok()?, UserId::parse(b).ok()?)),
             _ => None,
         }
     }
@@ -198,7 +207,9 @@ impl std::str::FromStr for ConversationId {
 
 /// A position in one user's inbox. Seqs start at 1 and have no gaps; 0 means
 /// "before the first event".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Seq(pub u64);
 
@@ -225,13 +236,18 @@ mod tests {
     fn direct_conversation_is_order_independent() {
         let a = UserId::parse("alice").unwrap_or_else(|e| panic!("{e}"));
         let b = UserId::parse("bob").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(ConversationId::direct(&a, &b), ConversationId::direct(&b, &a));
+        assert_eq!(
+            ConversationId::direct(&a, &b),
+            ConversationId::direct(&b, &a)
+        );
         assert_eq!(ConversationId::direct(&a, &b).as_str(), "d:alice:bob");
     }
 
     #[test]
     fn conversation_parse_rejects_bad_shapes() {
-        for bad in ["", "d:", "d:a", "d:b:a", "d:a:a", "d:a:b:c", "x:a:b", "d:a b:c"] {
+        for bad in [
+            "", "d:", "d:a", "d:b:a", "d:a:a", "d:a:b:c", "x:a:b", "d:a b:c",
+        ] {
             assert!(ConversationId::parse(bad).is_err(), "{bad:?} was accepted");
         }
         assert!(ConversationId::parse("d:a:b").is_ok());

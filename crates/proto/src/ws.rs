@@ -50,20 +50,34 @@ pub enum ClientFrame {
 impl std::fmt::Debug for ClientFrame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ClientFrame::Auth { after, .. } => {
-                f.debug_struct("Auth").field("token", &"[redacted]").field("after", after).finish()
-            }
-            ClientFrame::Send { id, to, kind, client_msg_id, .. } => f
+            ClientFrame::Auth { after, .. } => f
+                .debug_struct("Auth")
+                .field("token", &"[redacted]")
+                .field("after", after)
+                .finish(),
+            ClientFrame::Send {
+                id,
+                to,
+                kind,
+                client_msg_id,
+                ..
+            } => f
                 .debug_struct("Send")
                 .field("id", id)
                 .field("to", to)
                 .field("kind", kind)
                 .field("client_msg_id", client_msg_id)
                 .finish(),
-            ClientFrame::Ack { id, seq } => {
-                f.debug_struct("Ack").field("id", id).field("seq", seq).finish()
-            }
-            ClientFrame::Read { id, conversation_id, message_id } => f
+            ClientFrame::Ack { id, seq } => f
+                .debug_struct("Ack")
+                .field("id", id)
+                .field("seq", seq)
+                .finish(),
+            ClientFrame::Read {
+                id,
+                conversation_id,
+                message_id,
+            } => f
                 .debug_struct("Read")
                 .field("id", id)
                 .field("conversation_id", conversation_id)
@@ -82,9 +96,21 @@ impl ClientFrame {
     /// The send request inside a `send` frame.
     pub fn into_send(self) -> Option<(Option<String>, SendRequest)> {
         match self {
-            ClientFrame::Send { id, to, kind, content, client_msg_id } => {
-                Some((id, SendRequest { to, kind, content, client_msg_id }))
-            }
+            ClientFrame::Send {
+                id,
+                to,
+                kind,
+                content,
+                client_msg_id,
+            } => Some((
+                id,
+                SendRequest {
+                    to,
+                    kind,
+                    content,
+                    client_msg_id,
+                },
+            )),
             _ => None,
         }
     }

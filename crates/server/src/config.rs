@@ -1,9 +1,9 @@
 //! The server configuration: one TOML file plus `UNIMSG_*` environment
 //! overrides, on top of defaults that need no file at all.
 //!
-//! Every key can be set from the environment as `UNIMSG_` + section + `__`
-//! + key, upper-cased (`UNIMSG_AUTH__DEVICE_POLICY=single`); top-level keys
-//! drop the section (`UNIMSG_LISTEN`, `UNIMSG_DATA_DIR`). Unknown keys in
+//! Every key can be set from the environment as `UNIMSG_`, the section,
+//! `__` and the key, upper-cased (`UNIMSG_AUTH__DEVICE_POLICY=single`);
+//! top-level keys drop the section (`UNIMSG_LISTEN`, `UNIMSG_DATA_DIR`). Unknown keys in
 //! the file are errors; unknown `UNIMSG_*` variables are ignored with a
 //! warning, because other tools (and later versions) share the prefix.
 
@@ -19,7 +19,11 @@ use unimsg_store::sqlite::Durability;
 pub const ENV_PREFIX: &str = "UNIMSG_";
 
 /// Variables with the prefix that are not configuration keys.
-const NOT_CONFIG: &[&str] = &["UNIMSG_CONFIG", "UNIMSG_MASTER_KEY", "UNIMSG_ADMIN_PASSWORD"];
+const NOT_CONFIG: &[&str] = &[
+    "UNIMSG_CONFIG",
+    "UNIMSG_MASTER_KEY",
+    "UNIMSG_ADMIN_PASSWORD",
+];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -63,7 +67,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Text, level: "info".into() }
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
     }
 }
 
@@ -85,13 +92,19 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { sync: "full".into() }
+        Self {
+            sync: "full".into(),
+        }
     }
 }
 
 impl StoreConfig {
     pub fn durability(&self) -> Durability {
-        if self.sync.eq_ignore_ascii_case("normal") { Durability::Normal } else { Durability::Full }
+        if self.sync.eq_ignore_ascii_case("normal") {
+            Durability::Normal
+        } else {
+            Durability::Full
+        }
     }
 }
 
@@ -104,15 +117,25 @@ pub enum ConfigError {
 impl Config {
     /// The defaults, overlaid with the file (if any), overlaid with the
     /// environment. `env` is the process environment, passed in for tests.
-    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(path) = file {
-            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml).required(true));
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
         }
         let known = known_keys();
+        let lists = list_keys();
         let mut overrides = HashMap::new();
         for (name, value) in env {
-            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             if NOT_CONFIG.contains(&name.as_str()) {
                 continue;
             }
@@ -123,21 +146,35 @@ impl Config {
                 tracing::warn!(variable = %name, "ignoring an environment variable that is no configuration key");
             }
         }
-        builder = builder.add_source(
-            config::Environment::with_prefix("UNIMSG")
-                .prefix_separator("_")
-                .separator("__")
-                .list_separator(",")
-                .try_parsing(true)
-                .source(Some(overrides)),
-        );
-        let merged = builder.build().map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        merged.try_deserialize().map_err(|e| ConfigError::Invalid(e.to_string()))
+        let mut environment = config::Environment::with_prefix("UNIMSG")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(overrides));
+        // Only keys whose value is a list are split on commas; a comma in
+        // any other value (a log filter, say) is kept.
+        if !lists.is_empty() {
+            environment = environment.list_separator(",");
+            for key in lists {
+                environment = environment.with_list_parse_key(&key);
+            }
+        }
+        builder = builder.add_source(environment);
+        let merged = builder
+            .build()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        merged
+            .try_deserialize()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
     /// The core's part.
     pub fn core(&self) -> CoreConfig {
-        CoreConfig { auth: self.auth.clone(), messaging: self.messaging.clone(), delivery: self.delivery.clone() }
+        CoreConfig {
+            auth: self.auth.clone(),
+            messaging: self.messaging.clone(),
+            delivery: self.delivery.clone(),
+        }
     }
 
     /// The defaults as TOML, as `unimsg.example.toml` shows them.
@@ -146,19 +183,39 @@ impl Config {
     }
 }
 
-/// Every key path (`auth.device_policy`, `listen`) of the configuration.
-fn known_keys() -> Vec<String> {
-    let value = toml::Value::try_from(Config::default()).unwrap_or(toml::Value::Table(Default::default()));
+/// Every key path (`auth.device_policy`, `listen`) of the configuration,
+/// with whether its value is a list.
+fn key_paths() -> Vec<(String, bool)> {
+    let value =
+        toml::Value::try_from(Config::default()).unwrap_or(toml::Value::Table(Default::default()));
     let mut out = Vec::new();
     if let toml::Value::Table(top) = value {
         for (k, v) in top {
             match v {
-                toml::Value::Table(section) => out.extend(section.keys().map(|s| format!("{k}.{s}"))),
-                _ => out.push(k),
+                toml::Value::Table(section) => {
+                    out.extend(
+                        section
+                            .iter()
+                            .map(|(s, v)| (format!("{k}.{s}"), v.is_array())),
+                    );
+                }
+                other => out.push((k, other.is_array())),
             }
         }
     }
     out
+}
+
+fn known_keys() -> Vec<String> {
+    key_paths().into_iter().map(|(k, _)| k).collect()
+}
+
+fn list_keys() -> Vec<String> {
+    key_paths()
+        .into_iter()
+        .filter(|(_, list)| *list)
+        .map(|(k, _)| k)
+        .collect()
 }
 
 #[cfg(test)]
@@ -166,7 +223,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
@@ -184,6 +244,7 @@ mod tests {
                 ("UNIMSG_AUTH__DEVICE_POLICY", "single"),
                 ("UNIMSG_MESSAGING__RECALL_WINDOW_SECS", "7"),
                 ("UNIMSG_AUTH__REGISTRATION_OPEN", "false"),
+                ("UNIMSG_LOG__LEVEL", "unimsg_core=debug,info"),
                 ("UNIMSG_MASTER_KEY", "not a config key"),
                 ("UNIMSG_SOMETHING__ELSE", "ignored"),
                 ("OTHER", "ignored"),
@@ -191,16 +252,21 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.listen.port(), 0);
-        assert_eq!(c.auth.device_policy, unimsg_core::config::DevicePolicy::Single);
+        assert_eq!(
+            c.auth.device_policy,
+            unimsg_core::config::DevicePolicy::Single
+        );
         assert_eq!(c.messaging.recall_window_secs, 7);
         assert!(!c.auth.registration_open);
+        assert_eq!(c.log.level, "unimsg_core=debug,info");
     }
 
     #[test]
     fn unknown_file_keys_are_errors() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "[auth]\nregistration_opne = true\n").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, "[auth]\nregistration_opne = true\n")
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(Config::load(Some(&path), env(&[])).is_err());
     }
 
@@ -209,12 +275,20 @@ mod tests {
     #[test]
     fn example_file_is_current() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../unimsg.example.toml");
-        let example = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let example =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let parsed = Config::load(Some(&path), env(&[])).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(parsed, Config::default(), "unimsg.example.toml differs from the defaults");
+        assert_eq!(
+            parsed,
+            Config::default(),
+            "unimsg.example.toml differs from the defaults"
+        );
         for key in known_keys() {
             let leaf = key.rsplit('.').next().unwrap_or(&key);
-            assert!(example.contains(&format!("{leaf} =")), "unimsg.example.toml does not show `{key}`");
+            assert!(
+                example.contains(&format!("{leaf} =")),
+                "unimsg.example.toml does not show `{key}`"
+            );
         }
     }
 }

@@ -21,7 +21,7 @@ use unimsg_core::{Core, CoreParts};
 use unimsg_http::AppState;
 use unimsg_store::sqlite::{SqliteOptions, SqliteStore};
 
-pub use config::{Config, ConfigError, LogConfig, LogFormat, StoreConfig, ENV_PREFIX};
+pub use config::{Config, ConfigError, ENV_PREFIX, LogConfig, LogFormat, StoreConfig};
 
 /// The environment variable holding the master key (base64 of 32 bytes).
 pub const MASTER_KEY_ENV: &str = "UNIMSG_MASTER_KEY";
@@ -40,8 +40,12 @@ fn metrics_handle() -> Option<PrometheusHandle> {
 
 /// Opens everything under the data directory and builds the core.
 pub async fn build(config: &Config) -> anyhow::Result<Arc<Core>> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
     let master_env = std::env::var(MASTER_KEY_ENV).ok();
     let master = MasterKey::load_or_create(&config.data_dir, master_env.as_deref())?;
     let signing = SigningKey::load_or_create(&config.data_dir)?;
@@ -70,18 +74,25 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let core = build(&config).await?;
-    let state = AppState { core: core.clone(), http: config.http.clone(), metrics: metrics_handle() };
+    let state = AppState {
+        core: core.clone(),
+        http: config.http.clone(),
+        metrics: metrics_handle(),
+    };
     let app = unimsg_http::router(state);
     let addr = listener.local_addr()?;
     tracing::info!("listening on http://{addr}");
     let hub = core.hub().clone();
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: closing live connections");
-            hub.shutdown();
-        })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: closing live connections");
+        hub.shutdown();
+    })
+    .await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -96,7 +107,9 @@ pub fn to_toml(config: &Config) -> String {
 pub fn init_logging(log: &LogConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = match log.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),

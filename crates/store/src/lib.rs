@@ -78,11 +78,16 @@ pub trait Inbox: Send + Sync {
     /// inbox (the sender included when listed), atomically. A message whose
     /// `(sender, client_msg_id)` exists already is returned as
     /// [`AppendOutcome::Duplicate`] and nothing is written.
-    async fn append_message(&self, message: NewMessage, recipients: Vec<UserId>) -> Result<AppendOutcome>;
+    async fn append_message(
+        &self,
+        message: NewMessage,
+        recipients: Vec<UserId>,
+    ) -> Result<AppendOutcome>;
     /// Appends events that carry their own data, atomically.
     async fn append_events(&self, events: Vec<EventDraft>) -> Result<Vec<StoredEvent>>;
     /// Events of `user` with seq > `after`, in seq order, at most `limit`.
-    async fn events_after(&self, user: &UserId, after: Seq, limit: u32) -> Result<Vec<StoredEvent>>;
+    async fn events_after(&self, user: &UserId, after: Seq, limit: u32)
+    -> Result<Vec<StoredEvent>>;
     /// The newest seq of the inbox (0 when empty).
     async fn last_seq(&self, user: &UserId) -> Result<Seq>;
     /// Records delivery up to `seq` (clamped to the inbox's last seq; never
@@ -103,11 +108,21 @@ pub trait Inbox: Send + Sync {
     ) -> Result<(u64, Vec<StoredEvent>)>;
     /// Marks a message recalled and appends `events`; a message already
     /// recalled is `Conflict`.
-    async fn recall(&self, id: &MessageId, now: OffsetDateTime, events: Vec<EventDraft>) -> Result<Vec<StoredEvent>>;
+    async fn recall(
+        &self,
+        id: &MessageId,
+        now: OffsetDateTime,
+        events: Vec<EventDraft>,
+    ) -> Result<Vec<StoredEvent>>;
     /// The conversations `user` is a member of, most recently active first.
     async fn conversations(&self, user: &UserId) -> Result<Vec<ConversationState>>;
     /// Messages of a conversation with `conv_seq < before`, newest first.
-    async fn history(&self, conversation: &ConversationId, before: Option<u64>, limit: u32) -> Result<Vec<StoredMessage>>;
+    async fn history(
+        &self,
+        conversation: &ConversationId,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>>;
 }
 
 /// Data-encryption keys, stored wrapped by the master key.

@@ -123,7 +123,12 @@ pub struct Sealed {
 
 impl fmt::Debug for Sealed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Sealed(key {}, {} bytes)", self.key_id, self.ciphertext.len())
+        write!(
+            f,
+            "Sealed(key {}, {} bytes)",
+            self.key_id,
+            self.ciphertext.len()
+        )
     }
 }
 
@@ -170,7 +175,10 @@ pub struct StoredMessage {
 
 #[derive(Debug, Clone)]
 pub enum AppendOutcome {
-    Created { message: StoredMessage, events: Vec<StoredEvent> },
+    Created {
+        message: StoredMessage,
+        events: Vec<StoredEvent>,
+    },
     Duplicate(StoredMessage),
 }
 
@@ -186,7 +194,7 @@ pub struct EventDraft {
 #[derive(Debug, Clone)]
 pub enum EventBody {
     /// `message.new`: the message itself (still sealed).
-    Message(StoredMessage),
+    Message(Box<StoredMessage>),
     /// Any other event: its JSON data.
     Data(String),
 }

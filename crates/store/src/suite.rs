@@ -8,8 +8,8 @@ use time::OffsetDateTime;
 use unimsg_proto::{ConversationId, EventType, MessageId, Platform, Seq, SessionId, UserId};
 
 use crate::{
-    AppendOutcome, EventBody, EventDraft, NewMessage, NewRefreshToken, NewSession, NewUser, RefreshOutcome,
-    Revocation, Sealed, Store, StoreError, TokenHash,
+    AppendOutcome, EventBody, EventDraft, NewMessage, NewRefreshToken, NewSession, NewUser,
+    RefreshOutcome, Revocation, Sealed, Store, StoreError, TokenHash,
 };
 
 fn uid(s: &str) -> UserId {
@@ -32,7 +32,11 @@ async fn user(store: &dyn Store, name: &str) -> UserId {
         password_hash: None,
         created_at: now(),
     };
-    store.create_user(user).await.unwrap_or_else(|e| panic!("create {name}: {e}")).user_id
+    store
+        .create_user(user)
+        .await
+        .unwrap_or_else(|e| panic!("create {name}: {e}"))
+        .user_id
 }
 
 fn message(id: &str, from: &UserId, to: &UserId, cmid: Option<&str>) -> NewMessage {
@@ -42,7 +46,11 @@ fn message(id: &str, from: &UserId, to: &UserId, cmid: Option<&str>) -> NewMessa
         sender: from.clone(),
         recipient: to.clone(),
         kind: "chat".into(),
-        content: Sealed { key_id: 1, nonce: vec![0; 12], ciphertext: id.as_bytes().to_vec() },
+        content: Sealed {
+            key_id: 1,
+            nonce: vec![0; 12],
+            ciphertext: id.as_bytes().to_vec(),
+        },
         client_msg_id: cmid.map(str::to_owned),
         created_at: now(),
     }
@@ -58,7 +66,10 @@ fn revocation(session: &str) -> Revocation {
 }
 
 fn refresh(byte: u8) -> NewRefreshToken {
-    NewRefreshToken { hash: TokenHash([byte; 32]), expires_at: now() + time::Duration::days(1) }
+    NewRefreshToken {
+        hash: TokenHash([byte; 32]),
+        expires_at: now() + time::Duration::days(1),
+    }
 }
 
 fn new_session(id: &str, user: &UserId) -> NewSession {
@@ -91,7 +102,10 @@ async fn users(store: &dyn Store) {
         password_hash: None,
         created_at: now(),
     };
-    assert!(matches!(store.create_user(again).await, Err(StoreError::Conflict("username"))));
+    assert!(matches!(
+        store.create_user(again).await,
+        Err(StoreError::Conflict("username"))
+    ));
     let same_id = NewUser {
         user_id: id.clone(),
         username: "fresh".into(),
@@ -99,16 +113,34 @@ async fn users(store: &dyn Store) {
         password_hash: None,
         created_at: now(),
     };
-    assert!(matches!(store.create_user(same_id).await, Err(StoreError::Conflict("user_id"))));
-    let found = store.user_by_username("u1-name").await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        store.create_user(same_id).await,
+        Err(StoreError::Conflict("user_id"))
+    ));
+    let found = store
+        .user_by_username("u1-name")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(found.map(|u| u.user_id), Some(id.clone()));
-    assert!(store.user(&uid("nobody")).await.unwrap_or_else(|e| panic!("{e}")).is_none());
-    assert_eq!(store.last_seq(&id).await.unwrap_or_else(|e| panic!("{e}")), Seq(0));
+    assert!(
+        store
+            .user(&uid("nobody"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none()
+    );
+    assert_eq!(
+        store.last_seq(&id).await.unwrap_or_else(|e| panic!("{e}")),
+        Seq(0)
+    );
 }
 
 async fn sessions(store: &dyn Store) {
     let u = user(store, "s1").await;
-    let events = store.open_session(new_session("sa", &u), refresh(1), vec![]).await.unwrap_or_else(|e| panic!("{e}"));
+    let events = store
+        .open_session(new_session("sa", &u), refresh(1), vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(events.is_empty());
     // Opening a second session that kicks the first revokes it and tells the user.
     let events = store
@@ -118,79 +150,181 @@ async fn sessions(store: &dyn Store) {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind, EventType::SessionRevoked);
     assert_eq!(events[0].seq, Seq(1));
-    let active = store.active_sessions(&u).await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(active.iter().map(|s| s.session_id.as_str()).collect::<Vec<_>>(), vec!["sb"]);
+    let active = store
+        .active_sessions(&u)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        active
+            .iter()
+            .map(|s| s.session_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["sb"]
+    );
     // Revoking an already revoked session appends nothing.
-    let again = store.revoke_sessions(vec![revocation("sa")]).await.unwrap_or_else(|e| panic!("{e}"));
+    let again = store
+        .revoke_sessions(vec![revocation("sa")])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(again.is_empty());
 
     // Rotation: the current token rotates once; presenting it again is reuse.
-    let out = store.rotate_refresh(&TokenHash([2; 32]), refresh(3), now()).await.unwrap_or_else(|e| panic!("{e}"));
+    let out = store
+        .rotate_refresh(&TokenHash([2; 32]), refresh(3), now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(out, RefreshOutcome::Rotated(ref s) if s.session_id.as_str() == "sb"));
-    let out = store.rotate_refresh(&TokenHash([2; 32]), refresh(4), now()).await.unwrap_or_else(|e| panic!("{e}"));
+    let out = store
+        .rotate_refresh(&TokenHash([2; 32]), refresh(4), now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(out, RefreshOutcome::Reused(ref s) if s.session_id.as_str() == "sb"));
-    let out = store.rotate_refresh(&TokenHash([9; 32]), refresh(5), now()).await.unwrap_or_else(|e| panic!("{e}"));
+    let out = store
+        .rotate_refresh(&TokenHash([9; 32]), refresh(5), now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(out, RefreshOutcome::Invalid));
     // The token of a revoked session is invalid.
-    let out = store.rotate_refresh(&TokenHash([1; 32]), refresh(6), now()).await.unwrap_or_else(|e| panic!("{e}"));
+    let out = store
+        .rotate_refresh(&TokenHash([1; 32]), refresh(6), now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(out, RefreshOutcome::Invalid));
 }
 
 async fn inbox(store: &dyn Store) {
     let (a, b) = (user(store, "ia").await, user(store, "ib").await);
     let out = store
-        .append_message(message("m1", &a, &b, Some("c1")), vec![a.clone(), b.clone()])
+        .append_message(
+            message("m1", &a, &b, Some("c1")),
+            vec![a.clone(), b.clone()],
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let AppendOutcome::Created { message: m1, events } = out else { panic!("first send was a duplicate") };
+    let AppendOutcome::Created {
+        message: m1,
+        events,
+    } = out
+    else {
+        panic!("first send was a duplicate")
+    };
     assert_eq!(m1.conv_seq, 1);
-    assert_eq!(events.iter().map(|e| (e.user_id.clone(), e.seq)).collect::<Vec<_>>(), vec![
-        (a.clone(), Seq(1)),
-        (b.clone(), Seq(1))
-    ]);
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.user_id.clone(), e.seq))
+            .collect::<Vec<_>>(),
+        vec![(a.clone(), Seq(1)), (b.clone(), Seq(1))]
+    );
     // Same (sender, client_msg_id): the original comes back and nothing is written.
     let out = store
-        .append_message(message("m2", &a, &b, Some("c1")), vec![a.clone(), b.clone()])
+        .append_message(
+            message("m2", &a, &b, Some("c1")),
+            vec![a.clone(), b.clone()],
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(out, AppendOutcome::Duplicate(ref m) if m.message_id.as_str() == "m1"));
     let m1_id = MessageId::parse("m1").unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(store.message_seq(&a, &m1_id).await.unwrap_or_else(|e| panic!("{e}")), Some(Seq(1)));
-    assert_eq!(store.last_seq(&b).await.unwrap_or_else(|e| panic!("{e}")), Seq(1));
+    assert_eq!(
+        store
+            .message_seq(&a, &m1_id)
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        Some(Seq(1))
+    );
+    assert_eq!(
+        store.last_seq(&b).await.unwrap_or_else(|e| panic!("{e}")),
+        Seq(1)
+    );
     // The same client_msg_id from another sender is a different message.
     let out = store
-        .append_message(message("m3", &b, &a, Some("c1")), vec![a.clone(), b.clone()])
+        .append_message(
+            message("m3", &b, &a, Some("c1")),
+            vec![a.clone(), b.clone()],
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(out, AppendOutcome::Created { .. }));
 
-    let events = store.events_after(&b, Seq(0), 100).await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(events.iter().map(|e| e.seq.0).collect::<Vec<_>>(), vec![1, 2]);
+    let events = store
+        .events_after(&b, Seq(0), 100)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        events.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
     match &events[0].body {
         EventBody::Message(m) => assert_eq!(m.content.ciphertext, b"m1"),
         other => panic!("expected a message, got {other:?}"),
     }
-    let tail = store.events_after(&b, Seq(1), 100).await.unwrap_or_else(|e| panic!("{e}"));
+    let tail = store
+        .events_after(&b, Seq(1), 100)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(tail.len(), 1);
-    let limited = store.events_after(&b, Seq(0), 1).await.unwrap_or_else(|e| panic!("{e}"));
+    let limited = store
+        .events_after(&b, Seq(0), 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(limited.len(), 1);
 
     // Acks clamp to the last seq and never move backwards.
-    assert_eq!(store.ack(&b, Seq(99)).await.unwrap_or_else(|e| panic!("{e}")), Seq(2));
-    assert_eq!(store.ack(&b, Seq(1)).await.unwrap_or_else(|e| panic!("{e}")), Seq(2));
-    assert_eq!(store.acked(&b).await.unwrap_or_else(|e| panic!("{e}")), Seq(2));
+    assert_eq!(
+        store
+            .ack(&b, Seq(99))
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        Seq(2)
+    );
+    assert_eq!(
+        store
+            .ack(&b, Seq(1))
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        Seq(2)
+    );
+    assert_eq!(
+        store.acked(&b).await.unwrap_or_else(|e| panic!("{e}")),
+        Seq(2)
+    );
 
     // Data events get the next seq.
-    let drafts = vec![EventDraft { user_id: b.clone(), kind: EventType::ReceiptRead, data: "{}".into(), at: now() }];
-    let appended = store.append_events(drafts).await.unwrap_or_else(|e| panic!("{e}"));
+    let drafts = vec![EventDraft {
+        user_id: b.clone(),
+        kind: EventType::ReceiptRead,
+        data: "{}".into(),
+        at: now(),
+    }];
+    let appended = store
+        .append_events(drafts)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(appended[0].seq, Seq(3));
     // An event for an unknown user fails and leaves nothing behind.
     let bad = vec![
-        EventDraft { user_id: b.clone(), kind: EventType::ReceiptRead, data: "{}".into(), at: now() },
-        EventDraft { user_id: uid("ghost"), kind: EventType::ReceiptRead, data: "{}".into(), at: now() },
+        EventDraft {
+            user_id: b.clone(),
+            kind: EventType::ReceiptRead,
+            data: "{}".into(),
+            at: now(),
+        },
+        EventDraft {
+            user_id: uid("ghost"),
+            kind: EventType::ReceiptRead,
+            data: "{}".into(),
+            at: now(),
+        },
     ];
-    assert!(matches!(store.append_events(bad).await, Err(StoreError::NotFound(_))));
-    assert_eq!(store.last_seq(&b).await.unwrap_or_else(|e| panic!("{e}")), Seq(3));
+    assert!(matches!(
+        store.append_events(bad).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store.last_seq(&b).await.unwrap_or_else(|e| panic!("{e}")),
+        Seq(3)
+    );
 }
 
 async fn concurrent_appends_are_gap_free(store: Arc<dyn Store>) {
@@ -206,15 +340,26 @@ async fn concurrent_appends_are_gap_free(store: Arc<dyn Store>) {
     }
     let mut created = 0;
     for t in tasks {
-        if let AppendOutcome::Created { .. } = t.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}")) {
+        if let AppendOutcome::Created { .. } = t
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"))
+        {
             created += 1;
         }
     }
     // 150 distinct (sender, key) pairs: ids k0..k149 per parity, 100 sends each side.
     for u in [&a, &b] {
-        let events = store.events_after(u, Seq(0), 10_000).await.unwrap_or_else(|e| panic!("{e}"));
+        let events = store
+            .events_after(u, Seq(0), 10_000)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let seqs: Vec<u64> = events.iter().map(|e| e.seq.0).collect();
-        assert_eq!(seqs, (1..=created as u64).collect::<Vec<_>>(), "inbox of {u} has gaps");
+        assert_eq!(
+            seqs,
+            (1..=created as u64).collect::<Vec<_>>(),
+            "inbox of {u} has gaps"
+        );
         let mut ids: Vec<String> = events
             .iter()
             .filter_map(|e| match &e.body {
@@ -232,23 +377,43 @@ async fn reads_and_recalls(store: &dyn Store) {
     let (a, b) = (user(store, "ra").await, user(store, "rb").await);
     for i in 0..5 {
         store
-            .append_message(message(&format!("rm{i}"), &a, &b, None), vec![a.clone(), b.clone()])
+            .append_message(
+                message(&format!("rm{i}"), &a, &b, None),
+                vec![a.clone(), b.clone()],
+            )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     }
     let conv = ConversationId::direct(&a, &b);
-    let convs = store.conversations(&b).await.unwrap_or_else(|e| panic!("{e}"));
+    let convs = store
+        .conversations(&b)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(convs.len(), 1);
     assert_eq!(convs[0].unread, 5);
     assert_eq!(convs[0].last_message.as_ref().map(|m| m.conv_seq), Some(5));
 
-    let receipt = vec![EventDraft { user_id: a.clone(), kind: EventType::ReceiptRead, data: "{}".into(), at: now() }];
-    let (pos, events) = store.mark_read(&b, &conv, 3, receipt.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    let receipt = vec![EventDraft {
+        user_id: a.clone(),
+        kind: EventType::ReceiptRead,
+        data: "{}".into(),
+        at: now(),
+    }];
+    let (pos, events) = store
+        .mark_read(&b, &conv, 3, receipt.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((pos, events.len()), (3, 1));
     // Reading backwards changes nothing and appends nothing.
-    let (pos, events) = store.mark_read(&b, &conv, 2, receipt.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    let (pos, events) = store
+        .mark_read(&b, &conv, 2, receipt.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((pos, events.len()), (3, 0));
-    let convs = store.conversations(&b).await.unwrap_or_else(|e| panic!("{e}"));
+    let convs = store
+        .conversations(&b)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(convs[0].unread, 2);
     let stranger = user(store, "rc").await;
     assert!(matches!(
@@ -256,14 +421,32 @@ async fn reads_and_recalls(store: &dyn Store) {
         Err(StoreError::NotFound("conversation"))
     ));
 
-    let page = store.history(&conv, None, 2).await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(page.iter().map(|m| m.conv_seq).collect::<Vec<_>>(), vec![5, 4]);
-    let page = store.history(&conv, Some(4), 10).await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(page.iter().map(|m| m.conv_seq).collect::<Vec<_>>(), vec![3, 2, 1]);
+    let page = store
+        .history(&conv, None, 2)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        page.iter().map(|m| m.conv_seq).collect::<Vec<_>>(),
+        vec![5, 4]
+    );
+    let page = store
+        .history(&conv, Some(4), 10)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        page.iter().map(|m| m.conv_seq).collect::<Vec<_>>(),
+        vec![3, 2, 1]
+    );
 
     let id = MessageId::parse("rm4").unwrap_or_else(|e| panic!("{e}"));
-    store.recall(&id, now(), vec![]).await.unwrap_or_else(|e| panic!("{e}"));
-    assert!(matches!(store.recall(&id, now(), vec![]).await, Err(StoreError::Conflict(_))));
+    store
+        .recall(&id, now(), vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        store.recall(&id, now(), vec![]).await,
+        Err(StoreError::Conflict(_))
+    ));
     let recalled = store.message(&id).await.unwrap_or_else(|e| panic!("{e}"));
     assert!(recalled.and_then(|m| m.recalled_at).is_some());
 }

@@ -4,7 +4,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use unimsg_proto::SessionId;
-use unimsg_proto::api::{LoginRequest, RefreshRequest, RegisterRequest, SessionList, TokenPair, UserProfile};
+use unimsg_proto::api::{
+    LoginRequest, RefreshRequest, RegisterRequest, SessionList, TokenPair, UserProfile,
+};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -37,13 +39,19 @@ pub async fn refresh(
 }
 
 /// `POST /v1/auth/logout`
-pub async fn logout(State(state): State<AppState>, Authed(auth): Authed) -> Result<StatusCode, ApiError> {
+pub async fn logout(
+    State(state): State<AppState>,
+    Authed(auth): Authed,
+) -> Result<StatusCode, ApiError> {
     state.core.logout(&auth).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /v1/me`
-pub async fn me(State(state): State<AppState>, Authed(auth): Authed) -> Result<axum::Json<UserProfile>, ApiError> {
+pub async fn me(
+    State(state): State<AppState>,
+    Authed(auth): Authed,
+) -> Result<axum::Json<UserProfile>, ApiError> {
     Ok(axum::Json(state.core.me(&auth).await?))
 }
 
@@ -52,7 +60,9 @@ pub async fn sessions(
     State(state): State<AppState>,
     Authed(auth): Authed,
 ) -> Result<axum::Json<SessionList>, ApiError> {
-    Ok(axum::Json(SessionList { sessions: state.core.sessions(&auth).await? }))
+    Ok(axum::Json(SessionList {
+        sessions: state.core.sessions(&auth).await?,
+    }))
 }
 
 /// `DELETE /v1/me/sessions/{id}`

@@ -11,19 +11,27 @@ use crate::error::ApiError;
 
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok".into() })
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 /// `GET /readyz`: the process can serve (the store answers).
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     state.core.ready().await?;
-    Ok(Json(Health { status: "ok".into() }))
+    Ok(Json(Health {
+        status: "ok".into(),
+    }))
 }
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let hub = state.core.hub();
-    let mut body = state.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    let mut body = state
+        .metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
     // Always present, whichever recorder is installed.
     body.push_str(&format!(
         "# TYPE unimsg_hub_connections gauge\nunimsg_hub_connections {}\n\

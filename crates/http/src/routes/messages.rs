@@ -4,8 +4,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use unimsg_proto::api::{
-    AckRequest, AckResponse, ConversationList, HistoryPage, ReadRequest, ReadResponse, SendRequest, SendResponse,
-    SyncResponse,
+    AckRequest, AckResponse, ConversationList, HistoryPage, ReadRequest, ReadResponse, SendRequest,
+    SendResponse, SyncResponse,
 };
 use unimsg_proto::{ConversationId, MessageId, Seq};
 
@@ -47,7 +47,9 @@ pub async fn sync(
     Authed(auth): Authed,
     Query(q): Query<SyncQuery>,
 ) -> Result<axum::Json<SyncResponse>, ApiError> {
-    Ok(axum::Json(state.core.sync(&auth, Seq(q.after), q.limit).await?))
+    Ok(axum::Json(
+        state.core.sync(&auth, Seq(q.after), q.limit).await?,
+    ))
 }
 
 /// `POST /v1/ack`
@@ -56,7 +58,9 @@ pub async fn ack(
     Authed(auth): Authed,
     Json(req): Json<AckRequest>,
 ) -> Result<axum::Json<AckResponse>, ApiError> {
-    Ok(axum::Json(AckResponse { acked: state.core.ack(&auth, req.seq).await? }))
+    Ok(axum::Json(AckResponse {
+        acked: state.core.ack(&auth, req.seq).await?,
+    }))
 }
 
 /// `GET /v1/conversations`
@@ -82,7 +86,12 @@ pub async fn history(
     Query(q): Query<HistoryQuery>,
 ) -> Result<axum::Json<HistoryPage>, ApiError> {
     let conversation: ConversationId = path_id(&id, "conversation")?;
-    Ok(axum::Json(state.core.history(&auth, &conversation, q.before, q.limit).await?))
+    Ok(axum::Json(
+        state
+            .core
+            .history(&auth, &conversation, q.before, q.limit)
+            .await?,
+    ))
 }
 
 /// `POST /v1/conversations/{id}/read`
@@ -93,5 +102,10 @@ pub async fn read(
     Json(req): Json<ReadRequest>,
 ) -> Result<axum::Json<ReadResponse>, ApiError> {
     let conversation: ConversationId = path_id(&id, "conversation")?;
-    Ok(axum::Json(state.core.mark_read(&auth, &conversation, &req.message_id).await?))
+    Ok(axum::Json(
+        state
+            .core
+            .mark_read(&auth, &conversation, &req.message_id)
+            .await?,
+    ))
 }

@@ -40,7 +40,12 @@ pub struct SqliteOptions {
 
 impl SqliteOptions {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), durability: Durability::Full, max_batch: 512, readers: 4 }
+        Self {
+            path: path.into(),
+            durability: Durability::Full,
+            max_batch: 512,
+            readers: 4,
+        }
     }
 }
 
@@ -61,7 +66,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.readers.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.readers.path)
+            .finish()
     }
 }
 
@@ -87,7 +94,10 @@ impl SqliteStore {
             idle: Mutex::new(Vec::new()),
             keep: options.readers.max(1),
         };
-        Ok(Self { jobs: tx, readers: Arc::new(readers) })
+        Ok(Self {
+            jobs: tx,
+            readers: Arc::new(readers),
+        })
     }
 
     /// Runs `f` inside the next group-commit transaction and returns its
@@ -145,7 +155,11 @@ struct ReaderPool {
 
 impl ReaderPool {
     fn take(&self) -> Result<Connection> {
-        let pooled = self.idle.lock().map_err(|_| StoreError::Internal("reader pool poisoned".into()))?.pop();
+        let pooled = self
+            .idle
+            .lock()
+            .map_err(|_| StoreError::Internal("reader pool poisoned".into()))?
+            .pop();
         match pooled {
             Some(conn) => Ok(conn),
             None => open_connection(&self.path, true, self.durability),
@@ -153,10 +167,10 @@ impl ReaderPool {
     }
 
     fn give_back(&self, conn: Connection) {
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < self.keep {
-                idle.push(conn);
-            }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.keep
+        {
+            idle.push(conn);
         }
     }
 }
@@ -165,7 +179,9 @@ fn open_connection(path: &Path, read_only: bool, durability: Durability) -> Resu
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;

@@ -7,9 +7,10 @@ use unimsg_proto::{ConversationId, EventType, MessageId, Platform, Seq, SessionI
 
 use super::SqliteStore;
 use crate::{
-    AppendOutcome, ConversationState, DataKeys, EventBody, EventDraft, Inbox, NewMessage, NewRefreshToken,
-    NewSession, NewUser, PasswordHash, RefreshOutcome, Result, Revocation, Sealed, Session, Sessions, Store,
-    StoreError, StoredEvent, StoredMessage, TokenHash, User, UserStatus, Users, WrappedKey,
+    AppendOutcome, ConversationState, DataKeys, EventBody, EventDraft, Inbox, NewMessage,
+    NewRefreshToken, NewSession, NewUser, PasswordHash, RefreshOutcome, Result, Revocation, Sealed,
+    Session, Sessions, Store, StoreError, StoredEvent, StoredMessage, TokenHash, User, UserStatus,
+    Users, WrappedKey,
 };
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -25,7 +26,8 @@ fn ms(t: OffsetDateTime) -> i64 {
 }
 
 fn from_ms(v: i64) -> Result<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1_000_000).map_err(|_| corrupt("timestamp"))
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1_000_000)
+        .map_err(|_| corrupt("timestamp"))
 }
 
 fn user_id(s: String) -> Result<UserId> {
@@ -42,8 +44,17 @@ fn to_u64(v: i64) -> u64 {
 
 const USER_COLUMNS: &str = "user_id, username, display_name, password_hash, status, created_at";
 
-fn read_user(row: &Row<'_>) -> rusqlite::Result<(String, String, String, Option<String>, String, i64)> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
+fn read_user(
+    row: &Row<'_>,
+) -> rusqlite::Result<(String, String, String, Option<String>, String, i64)> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+    ))
 }
 
 fn build_user(raw: (String, String, String, Option<String>, String, i64)) -> Result<User> {
@@ -53,7 +64,11 @@ fn build_user(raw: (String, String, String, Option<String>, String, i64)) -> Res
         username,
         display_name,
         password_hash: hash.map(PasswordHash),
-        status: if status == "disabled" { UserStatus::Disabled } else { UserStatus::Active },
+        status: if status == "disabled" {
+            UserStatus::Disabled
+        } else {
+            UserStatus::Active
+        },
         created_at: from_ms(created)?,
     })
 }
@@ -63,7 +78,14 @@ const SESSION_COLUMNS: &str = "session_id, user_id, platform, device_id, created
 type RawSession = (String, String, String, Option<String>, i64, Option<i64>);
 
 fn read_session(row: &Row<'_>) -> rusqlite::Result<RawSession> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+    ))
 }
 
 fn build_session(raw: RawSession) -> Result<Session> {
@@ -79,11 +101,15 @@ fn build_session(raw: RawSession) -> Result<Session> {
 }
 
 fn session_by_id(conn: &Connection, id: &str) -> Result<Option<Session>> {
-    conn.query_row(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1"), [id], read_session)
-        .optional()
-        .map_err(db)?
-        .map(build_session)
-        .transpose()
+    conn.query_row(
+        &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1"),
+        [id],
+        read_session,
+    )
+    .optional()
+    .map_err(db)?
+    .map(build_session)
+    .transpose()
 }
 
 /// Message columns, prefixed for the joins that use them.
@@ -126,7 +152,8 @@ fn read_message(row: &Row<'_>, at: usize) -> rusqlite::Result<RawMessage> {
 fn build_message(raw: RawMessage) -> Result<StoredMessage> {
     Ok(StoredMessage {
         message_id: MessageId::parse(raw.message_id).map_err(|_| corrupt("message id"))?,
-        conversation_id: ConversationId::parse(raw.conversation_id).map_err(|_| corrupt("conversation id"))?,
+        conversation_id: ConversationId::parse(raw.conversation_id)
+            .map_err(|_| corrupt("conversation id"))?,
         conv_seq: to_u64(raw.conv_seq),
         sender: user_id(raw.sender)?,
         recipient: user_id(raw.recipient)?,
@@ -143,9 +170,11 @@ fn build_message(raw: RawMessage) -> Result<StoredMessage> {
 }
 
 fn message_by_id(conn: &Connection, id: &str) -> Result<Option<StoredMessage>> {
-    conn.query_row(&format!("SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.message_id = ?1"), [id], |r| {
-        read_message(r, 0)
-    })
+    conn.query_row(
+        &format!("SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.message_id = ?1"),
+        [id],
+        |r| read_message(r, 0),
+    )
     .optional()
     .map_err(db)?
     .map(build_message)
@@ -163,7 +192,8 @@ fn next_seq(conn: &Connection, user: &UserId) -> Result<Seq> {
         )
         .optional()
         .map_err(db)?;
-    seq.map(|s| Seq(to_u64(s))).ok_or(StoreError::NotFound("user"))
+    seq.map(|s| Seq(to_u64(s)))
+        .ok_or(StoreError::NotFound("user"))
 }
 
 fn insert_event(
@@ -187,7 +217,13 @@ fn append_drafts(conn: &Connection, drafts: Vec<EventDraft>) -> Result<Vec<Store
     let mut out = Vec::with_capacity(drafts.len());
     for d in drafts {
         let seq = insert_event(conn, &d.user_id, d.kind, None, Some(&d.data), d.at)?;
-        out.push(StoredEvent { user_id: d.user_id, seq, kind: d.kind, at: d.at, body: EventBody::Data(d.data) });
+        out.push(StoredEvent {
+            user_id: d.user_id,
+            seq,
+            kind: d.kind,
+            at: d.at,
+            body: EventBody::Data(d.data),
+        });
     }
     Ok(out)
 }
@@ -206,7 +242,14 @@ fn revoke(conn: &Connection, revocations: Vec<Revocation>) -> Result<Vec<StoredE
             .map_err(db)?;
         if let Some(owner) = owner {
             let owner = user_id(owner)?;
-            let seq = insert_event(conn, &owner, EventType::SessionRevoked, None, Some(&r.event_data), r.at)?;
+            let seq = insert_event(
+                conn,
+                &owner,
+                EventType::SessionRevoked,
+                None,
+                Some(&r.event_data),
+                r.at,
+            )?;
             out.push(StoredEvent {
                 user_id: owner,
                 seq,
@@ -221,7 +264,9 @@ fn revoke(conn: &Connection, revocations: Vec<Revocation>) -> Result<Vec<StoredE
 
 fn map_unique(e: rusqlite::Error, what: &'static str) -> StoreError {
     match e {
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
             StoreError::Conflict(what)
         }
         other => db(other),
@@ -233,9 +278,11 @@ impl Users for SqliteStore {
     async fn create_user(&self, user: NewUser) -> Result<User> {
         self.write(move |conn| {
             let taken: bool = conn
-                .query_row("SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)", [user.user_id.as_str()], |r| {
-                    r.get(0)
-                })
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)",
+                    [user.user_id.as_str()],
+                    |r| r.get(0),
+                )
                 .map_err(db)?;
             if taken {
                 return Err(StoreError::Conflict("user_id"));
@@ -267,11 +314,15 @@ impl Users for SqliteStore {
     async fn user(&self, id: &UserId) -> Result<Option<User>> {
         let id = id.clone();
         self.read(move |conn| {
-            conn.query_row(&format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"), [id.as_str()], read_user)
-                .optional()
-                .map_err(db)?
-                .map(build_user)
-                .transpose()
+            conn.query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"),
+                [id.as_str()],
+                read_user,
+            )
+            .optional()
+            .map_err(db)?
+            .map(build_user)
+            .transpose()
         })
         .await
     }
@@ -279,11 +330,15 @@ impl Users for SqliteStore {
     async fn user_by_username(&self, username: &str) -> Result<Option<User>> {
         let username = username.to_owned();
         self.read(move |conn| {
-            conn.query_row(&format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1"), [username], read_user)
-                .optional()
-                .map_err(db)?
-                .map(build_user)
-                .transpose()
+            conn.query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1"),
+                [username],
+                read_user,
+            )
+            .optional()
+            .map_err(db)?
+            .map(build_user)
+            .transpose()
         })
         .await
     }
@@ -324,7 +379,8 @@ impl Sessions for SqliteStore {
 
     async fn session(&self, id: &SessionId) -> Result<Option<Session>> {
         let id = id.clone();
-        self.read(move |conn| session_by_id(conn, id.as_str())).await
+        self.read(move |conn| session_by_id(conn, id.as_str()))
+            .await
     }
 
     async fn active_sessions(&self, user: &UserId) -> Result<Vec<Session>> {
@@ -395,7 +451,11 @@ impl Sessions for SqliteStore {
 
 #[async_trait]
 impl Inbox for SqliteStore {
-    async fn append_message(&self, message: NewMessage, recipients: Vec<UserId>) -> Result<AppendOutcome> {
+    async fn append_message(
+        &self,
+        message: NewMessage,
+        recipients: Vec<UserId>,
+    ) -> Result<AppendOutcome> {
         self.write(move |conn| {
             if let Some(cmid) = &message.client_msg_id {
                 let existing: Option<String> = conn
@@ -475,7 +535,7 @@ impl Inbox for SqliteStore {
                     seq,
                     kind: EventType::MessageNew,
                     at: stored.created_at,
-                    body: EventBody::Message(stored.clone()),
+                    body: EventBody::Message(Box::new(stored.clone())),
                 });
             }
             Ok(AppendOutcome::Created { message: stored, events })
@@ -487,7 +547,12 @@ impl Inbox for SqliteStore {
         self.write(move |conn| append_drafts(conn, events)).await
     }
 
-    async fn events_after(&self, user: &UserId, after: Seq, limit: u32) -> Result<Vec<StoredEvent>> {
+    async fn events_after(
+        &self,
+        user: &UserId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
         let user = user.clone();
         self.read(move |conn| {
             let mut stmt = conn
@@ -497,7 +562,9 @@ impl Inbox for SqliteStore {
                      WHERE i.user_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3"
                 ))
                 .map_err(db)?;
-            let mut rows = stmt.query(params![user.as_str(), to_i64(after.0), i64::from(limit)]).map_err(db)?;
+            let mut rows = stmt
+                .query(params![user.as_str(), to_i64(after.0), i64::from(limit)])
+                .map_err(db)?;
             let mut out = Vec::new();
             while let Some(row) = rows.next().map_err(db)? {
                 let seq: i64 = row.get(0).map_err(db)?;
@@ -507,7 +574,9 @@ impl Inbox for SqliteStore {
                 let has_message: Option<String> = row.get(4).map_err(db)?;
                 let body = match (data, has_message) {
                     (Some(data), _) => EventBody::Data(data),
-                    (None, Some(_)) => EventBody::Message(build_message(read_message(row, 4).map_err(db)?)?),
+                    (None, Some(_)) => EventBody::Message(Box::new(build_message(
+                        read_message(row, 4).map_err(db)?,
+                    )?)),
                     (None, None) => return Err(corrupt("inbox event without data")),
                 };
                 out.push(StoredEvent {
@@ -527,10 +596,15 @@ impl Inbox for SqliteStore {
         let user = user.clone();
         self.read(move |conn| {
             let seq: Option<i64> = conn
-                .query_row("SELECT last_seq FROM users WHERE user_id = ?1", [user.as_str()], |r| r.get(0))
+                .query_row(
+                    "SELECT last_seq FROM users WHERE user_id = ?1",
+                    [user.as_str()],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(db)?;
-            seq.map(|s| Seq(to_u64(s))).ok_or(StoreError::NotFound("user"))
+            seq.map(|s| Seq(to_u64(s)))
+                .ok_or(StoreError::NotFound("user"))
         })
         .await
     }
@@ -556,17 +630,24 @@ impl Inbox for SqliteStore {
         let user = user.clone();
         self.read(move |conn| {
             let acked: Option<i64> = conn
-                .query_row("SELECT acked_seq FROM users WHERE user_id = ?1", [user.as_str()], |r| r.get(0))
+                .query_row(
+                    "SELECT acked_seq FROM users WHERE user_id = ?1",
+                    [user.as_str()],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(db)?;
-            acked.map(|s| Seq(to_u64(s))).ok_or(StoreError::NotFound("user"))
+            acked
+                .map(|s| Seq(to_u64(s)))
+                .ok_or(StoreError::NotFound("user"))
         })
         .await
     }
 
     async fn message(&self, id: &MessageId) -> Result<Option<StoredMessage>> {
         let id = id.clone();
-        self.read(move |conn| message_by_id(conn, id.as_str())).await
+        self.read(move |conn| message_by_id(conn, id.as_str()))
+            .await
     }
 
     async fn message_seq(&self, user: &UserId, id: &MessageId) -> Result<Option<Seq>> {
@@ -621,7 +702,12 @@ impl Inbox for SqliteStore {
         .await
     }
 
-    async fn recall(&self, id: &MessageId, now: OffsetDateTime, events: Vec<EventDraft>) -> Result<Vec<StoredEvent>> {
+    async fn recall(
+        &self,
+        id: &MessageId,
+        now: OffsetDateTime,
+        events: Vec<EventDraft>,
+    ) -> Result<Vec<StoredEvent>> {
         let id = id.clone();
         self.write(move |conn| {
             let changed = conn
@@ -728,10 +814,17 @@ impl Inbox for SqliteStore {
 impl DataKeys for SqliteStore {
     async fn data_keys(&self) -> Result<Vec<WrappedKey>> {
         self.read(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT key_id, wrapped, created_at FROM data_keys ORDER BY key_id").map_err(db)?;
+            let mut stmt = conn
+                .prepare_cached("SELECT key_id, wrapped, created_at FROM data_keys ORDER BY key_id")
+                .map_err(db)?;
             let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?)))
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
                 .map_err(db)?;
             rows.map(|r| {
                 let (id, wrapped, created) = r.map_err(db)?;
@@ -762,6 +855,7 @@ impl DataKeys for SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
-        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(db)).await
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(db))
+            .await
     }
 }

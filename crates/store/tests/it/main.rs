@@ -9,7 +9,8 @@ use unimsg_store::{Store, Users, suite};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_passes_the_backend_suite() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let store = SqliteStore::open(SqliteOptions::new(dir.path().join("db.sqlite"))).unwrap_or_else(|e| panic!("{e}"));
+    let store = SqliteStore::open(SqliteOptions::new(dir.path().join("db.sqlite")))
+        .unwrap_or_else(|e| panic!("{e}"));
     suite::run_all(Arc::new(store)).await;
 }
 
@@ -26,10 +27,16 @@ async fn committed_writes_survive_reopen_and_migrations_are_idempotent() {
             password_hash: None,
             created_at: time::OffsetDateTime::now_utc(),
         };
-        store.create_user(user).await.unwrap_or_else(|e| panic!("{e}"));
+        store
+            .create_user(user)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     let store = SqliteStore::open(SqliteOptions::new(&path)).unwrap_or_else(|e| panic!("{e}"));
-    let found = store.user_by_username("keep").await.unwrap_or_else(|e| panic!("{e}"));
+    let found = store
+        .user_by_username("keep")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(found.is_some());
     store.ping().await.unwrap_or_else(|e| panic!("{e}"));
 }

@@ -1,0 +1,258 @@
+//! Identity: refresh rotation and reuse detection, immediate revocation on
+//! logout, the device policy, and session listing.
+
+use unimsg_client::proto::{EventType, SessionId};
+
+use crate::harness::TestServer;
+use crate::support::*;
+
+#[tokio::test]
+async fn refresh_rotates_and_reuse_revokes_the_whole_session() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let alice = user(&client, "alice").await;
+    let first = alice.tokens.refresh_token.clone();
+    let rotated = client
+        .refresh(&first)
+        .await
+        .unwrap_or_else(|e| panic!("refresh: {e}"));
+    assert_ne!(rotated.refresh_token, first);
+    assert_ne!(rotated.access_token, alice.tokens.access_token);
+    assert_eq!(rotated.session_id, alice.tokens.session_id);
+    let fresh = client.with_token(rotated.access_token.clone());
+    fresh
+        .me()
+        .await
+        .unwrap_or_else(|e| panic!("the rotated access token works: {e}"));
+
+    // Replaying the rotated token: theft. The session dies with everything in it.
+    let err = client
+        .refresh(&first)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("reuse accepted"));
+    assert_eq!(err.status(), Some(401));
+    assert_eq!(fresh.me().await.err().and_then(|e| e.status()), Some(401));
+    assert_eq!(
+        alice.api.me().await.err().and_then(|e| e.status()),
+        Some(401)
+    );
+    let err = client
+        .refresh(&rotated.refresh_token)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("revoked refresh"));
+    assert_eq!(err.status(), Some(401));
+
+    // The user's inbox records the revocation.
+    let again = login(&client, "alice", "web", None).await;
+    let inbox = full_sync(&again.api).await;
+    assert!(inbox.iter().any(|e| e.kind == EventType::SessionRevoked
+        && e.data["session_id"] == alice.tokens.session_id.as_str()
+        && e.data["reason"] == "refresh_token_reuse"));
+    assert_eq!(
+        client
+            .refresh("garbage")
+            .await
+            .err()
+            .and_then(|e| e.status()),
+        Some(401)
+    );
+}
+
+#[tokio::test]
+async fn logout_refuses_the_token_at_once_and_closes_live_connections() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let bob = user(&client, "bob").await;
+    let mut ws = bob
+        .api
+        .connect_ws(None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut sse = bob
+        .api
+        .connect_sse(None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    bob.api
+        .logout()
+        .await
+        .unwrap_or_else(|e| panic!("logout: {e}"));
+    assert_eq!(bob.api.me().await.err().and_then(|e| e.status()), Some(401));
+
+    let revoked = ws_event(&mut ws).await;
+    assert_eq!(revoked.kind, EventType::SessionRevoked);
+    assert_eq!(revoked.data["session_id"], bob.tokens.session_id.as_str());
+    assert_eq!(revoked.data["reason"], "logout");
+    assert!(
+        within("the socket to close", ws.next_event())
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+    );
+    assert_eq!(ws.close_code(), Some(4001));
+
+    let (_, e) = sse_event(&mut sse).await;
+    assert_eq!(e.kind, EventType::SessionRevoked);
+    assert!(
+        within("the SSE stream to end", sse.next_event())
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+    );
+
+    // A revoked token cannot open new connections either.
+    let err = bob
+        .api
+        .connect_ws(None)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("revoked token connected"));
+    assert_eq!(err.status(), Some(401));
+    let err = bob
+        .api
+        .connect_sse(None)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("revoked token streamed"));
+    assert_eq!(err.status(), Some(401));
+}
+
+#[tokio::test]
+async fn a_second_login_on_the_same_platform_kicks_the_first_by_default() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    register(&client, "carol").await;
+    let web1 = login(&client, "carol", "web", Some("laptop")).await;
+    let phone = login(&client, "carol", "ios", Some("phone")).await;
+    let mut ws = web1
+        .api
+        .connect_ws(None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let web2 = login(&client, "carol", "web", Some("desktop")).await;
+
+    let revoked = ws_event(&mut ws).await;
+    assert_eq!(revoked.kind, EventType::SessionRevoked);
+    assert_eq!(revoked.data["session_id"], web1.tokens.session_id.as_str());
+    assert_eq!(revoked.data["reason"], "replaced_by_new_login");
+    assert!(
+        within("the kicked socket to close", ws.next_event())
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+    );
+    assert_eq!(ws.close_code(), Some(4001));
+    assert_eq!(
+        web1.api.me().await.err().and_then(|e| e.status()),
+        Some(401)
+    );
+    web2.api
+        .me()
+        .await
+        .unwrap_or_else(|e| panic!("the new session works: {e}"));
+    phone
+        .api
+        .me()
+        .await
+        .unwrap_or_else(|e| panic!("another platform is untouched: {e}"));
+
+    let sessions = web2
+        .api
+        .sessions()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .sessions;
+    let mut ids: Vec<&SessionId> = sessions.iter().map(|s| &s.session_id).collect();
+    ids.sort();
+    let mut expected = vec![&phone.tokens.session_id, &web2.tokens.session_id];
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert!(
+        sessions
+            .iter()
+            .any(|s| s.current && s.session_id == web2.tokens.session_id)
+    );
+
+    // Ending one of one's own sessions.
+    web2.api
+        .revoke_session(&phone.tokens.session_id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        phone.api.me().await.err().and_then(|e| e.status()),
+        Some(401)
+    );
+}
+
+#[tokio::test]
+async fn single_and_multi_policies() {
+    let server = TestServer::start_with(&[("UNIMSG_AUTH__DEVICE_POLICY", "single")]).await;
+    let client = server.client();
+    register(&client, "dave").await;
+    let web = login(&client, "dave", "web", None).await;
+    let ios = login(&client, "dave", "ios", None).await;
+    assert_eq!(
+        web.api.me().await.err().and_then(|e| e.status()),
+        Some(401),
+        "single: any login kicks"
+    );
+    ios.api.me().await.unwrap_or_else(|e| panic!("{e}"));
+
+    let server = TestServer::start_with(&[("UNIMSG_AUTH__DEVICE_POLICY", "multi")]).await;
+    let client = server.client();
+    register(&client, "erin").await;
+    let a = login(&client, "erin", "web", Some("a")).await;
+    let b = login(&client, "erin", "web", Some("b")).await;
+    a.api
+        .me()
+        .await
+        .unwrap_or_else(|e| panic!("multi keeps other devices: {e}"));
+    let a2 = login(&client, "erin", "web", Some("a")).await;
+    assert_eq!(
+        a.api.me().await.err().and_then(|e| e.status()),
+        Some(401),
+        "same device is replaced"
+    );
+    b.api.me().await.unwrap_or_else(|e| panic!("{e}"));
+    a2.api.me().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test]
+async fn registration_can_be_closed_and_usernames_are_unique() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    register(&client, "frank").await;
+    let req = unimsg_client::proto::api::RegisterRequest {
+        username: "frank".into(),
+        password: PASSWORD.into(),
+        display_name: None,
+    };
+    assert_eq!(
+        client.register(&req).await.err().and_then(|e| e.status()),
+        Some(409)
+    );
+    let wrong = unimsg_client::proto::api::LoginRequest {
+        username: "frank".into(),
+        password: "wrong password".into(),
+        platform: "web".parse().unwrap_or_else(|e| panic!("{e}")),
+        device_id: None,
+    };
+    assert_eq!(
+        client.login(&wrong).await.err().and_then(|e| e.status()),
+        Some(401)
+    );
+
+    let closed = TestServer::start_with(&[("UNIMSG_AUTH__REGISTRATION_OPEN", "false")]).await;
+    let err = closed
+        .client()
+        .register(&req)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("registered while closed"));
+    assert_eq!(err.status(), Some(403));
+}

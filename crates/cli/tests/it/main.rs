@@ -1,0 +1,10 @@
+//! Integration tests: each starts the real `unimsg` binary on
+//! `127.0.0.1:0` and talks to it as clients do, through `unimsg-client`.
+
+mod auth;
+mod bad_input;
+mod durability;
+mod flow;
+mod harness;
+mod property;
+mod support;

@@ -1,0 +1,489 @@
+//! The WebSocket connection (`GET /v1/ws`): inbox events and request/reply frames
+//! on one socket.
+//!
+//! Events and replies arrive interleaved. Whatever arrives while the caller
+//! waits for something else is queued, so no event or reply is ever lost and
+//! events keep their order.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::fmt;
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::Url;
+use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use unimsg_proto::api::{ReadResponse, SendRequest, SendResponse};
+use unimsg_proto::ws::{ClientFrame, ReplyFrame};
+use unimsg_proto::{ConversationId, Event, EventType, MessageId, Seq, SessionId, UserId};
+
+use crate::error::{ClientError, Result};
+
+/// The contents of the server's `ready` frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsReady {
+    pub user_id: UserId,
+    pub session_id: SessionId,
+    /// The newest seq of the inbox when the connection was authenticated.
+    pub last_seq: Seq,
+}
+
+/// An authenticated WebSocket connection.
+pub struct WsConnection {
+    frames: Frames,
+    ready: WsReady,
+    next_id: u64,
+}
+
+impl fmt::Debug for WsConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsConnection")
+            .field("ready", &self.ready)
+            .field("queued_events", &self.frames.events.len())
+            .field("queued_replies", &self.frames.replies.len())
+            .field("close_code", &self.frames.close_code)
+            .finish()
+    }
+}
+
+impl WsConnection {
+    /// Connects to `url`; with `auth`, authenticates with a first `auth` frame.
+    /// Then waits for the `ready` frame.
+    pub(crate) async fn connect(url: Url, auth: Option<(&str, Option<Seq>)>) -> Result<Self> {
+        let (socket, _response) = tokio_tungstenite::connect_async(url.as_str()).await?;
+        let mut frames = Frames::new(socket);
+        if let Some((token, after)) = auth {
+            frames
+                .write(&ClientFrame::Auth {
+                    token: token.to_owned(),
+                    after,
+                })
+                .await?;
+        }
+        let ready = match frames.next_reply().await? {
+            Some(ReplyFrame::Ready {
+                user_id,
+                session_id,
+                last_seq,
+            }) => WsReady {
+                user_id,
+                session_id,
+                last_seq,
+            },
+            Some(ReplyFrame::Error { error, .. }) => {
+                return Err(ClientError::Rejected {
+                    code: error.code,
+                    message: error.message,
+                });
+            }
+            Some(other) => {
+                return Err(ClientError::Protocol(format!(
+                    "expected a ready frame, got {other:?}"
+                )));
+            }
+            None => {
+                return Err(ClientError::Closed {
+                    code: frames.close_code,
+                });
+            }
+        };
+        Ok(WsConnection {
+            frames,
+            ready,
+            next_id: 0,
+        })
+    }
+
+    /// The server's `ready` frame.
+    pub fn ready(&self) -> &WsReady {
+        &self.ready
+    }
+
+    /// The close code sent by the server, once the socket is closed
+    /// (4001 when the session was revoked).
+    pub fn close_code(&self) -> Option<u16> {
+        self.frames.close_code
+    }
+
+    /// True once the socket has closed.
+    pub fn is_closed(&self) -> bool {
+        self.frames.closed
+    }
+
+    /// The next inbox event, queued or live. Replies that arrive meanwhile are
+    /// queued for [`WsConnection::next_reply`]. `None` once the socket has
+    /// closed and every queued event has been returned.
+    pub async fn next_event(&mut self) -> Result<Option<Event>> {
+        self.frames.next_event().await
+    }
+
+    /// The next reply frame, queued or live. Events that arrive meanwhile are
+    /// queued for [`WsConnection::next_event`]. `None` once the socket has closed.
+    pub async fn next_reply(&mut self) -> Result<Option<ReplyFrame>> {
+        self.frames.next_reply().await
+    }
+
+    /// Sends a `send` frame and waits for its `send.ok`. The frame carries
+    /// `id`, or a generated id when `None`.
+    pub async fn send(&mut self, req: SendRequest, id: Option<&str>) -> Result<SendResponse> {
+        let id = id.map_or_else(|| self.fresh_id(), str::to_owned);
+        let SendRequest {
+            to,
+            kind,
+            content,
+            client_msg_id,
+        } = req;
+        let frame = ClientFrame::Send {
+            id: Some(id.clone()),
+            to,
+            kind,
+            content,
+            client_msg_id,
+        };
+        match self.request(&frame, &id).await? {
+            ReplyFrame::SendOk { result, .. } => Ok(result),
+            other => Err(unexpected("send.ok", &other)),
+        }
+    }
+
+    /// Sends an `ack` frame and returns the acknowledged seq from `ack.ok`.
+    pub async fn ack(&mut self, seq: Seq) -> Result<Seq> {
+        let id = self.fresh_id();
+        match self
+            .request(
+                &ClientFrame::Ack {
+                    id: Some(id.clone()),
+                    seq,
+                },
+                &id,
+            )
+            .await?
+        {
+            ReplyFrame::AckOk { acked, .. } => Ok(acked),
+            other => Err(unexpected("ack.ok", &other)),
+        }
+    }
+
+    /// Sends a `read` frame and returns the answer of `read.ok`.
+    pub async fn read(
+        &mut self,
+        conversation: &ConversationId,
+        message_id: &MessageId,
+    ) -> Result<ReadResponse> {
+        let id = self.fresh_id();
+        let frame = ClientFrame::Read {
+            id: Some(id.clone()),
+            conversation_id: conversation.clone(),
+            message_id: message_id.clone(),
+        };
+        match self.request(&frame, &id).await? {
+            ReplyFrame::ReadOk {
+                conversation_id,
+                read_upto,
+                ..
+            } => Ok(ReadResponse {
+                conversation_id,
+                read_upto,
+            }),
+            other => Err(unexpected("read.ok", &other)),
+        }
+    }
+
+    /// Sends a `ping` frame and waits for its `pong`.
+    pub async fn ping(&mut self) -> Result<()> {
+        let id = self.fresh_id();
+        match self
+            .request(
+                &ClientFrame::Ping {
+                    id: Some(id.clone()),
+                },
+                &id,
+            )
+            .await?
+        {
+            ReplyFrame::Pong { .. } => Ok(()),
+            other => Err(unexpected("pong", &other)),
+        }
+    }
+
+    /// Sends a frame without waiting for its reply; read it with
+    /// [`WsConnection::next_reply`].
+    pub async fn send_frame(&mut self, frame: &ClientFrame) -> Result<()> {
+        self.frames.write(frame).await
+    }
+
+    /// Sends an arbitrary text frame, for tests of malformed input.
+    pub async fn send_raw_text(&mut self, text: String) -> Result<()> {
+        self.frames.write_text(text).await
+    }
+
+    /// Starts the closing handshake. Frames still in flight can be read until
+    /// the server confirms.
+    pub async fn close(&mut self) -> Result<()> {
+        match self.frames.socket.close(None).await {
+            Ok(())
+            | Err(tungstenite::Error::AlreadyClosed | tungstenite::Error::ConnectionClosed) => {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn fresh_id(&mut self) -> String {
+        self.next_id += 1;
+        format!("c{}", self.next_id)
+    }
+
+    /// Sends `frame` and waits for the reply to it; an `error` reply becomes
+    /// [`ClientError::Rejected`].
+    async fn request(&mut self, frame: &ClientFrame, id: &str) -> Result<ReplyFrame> {
+        self.frames.write(frame).await?;
+        match self.frames.reply_to(id).await? {
+            ReplyFrame::Error { error, .. } => Err(ClientError::Rejected {
+                code: error.code,
+                message: error.message,
+            }),
+            reply => Ok(reply),
+        }
+    }
+}
+
+/// A frame from the server.
+#[derive(Debug)]
+enum Incoming {
+    Event(Event),
+    Reply(ReplyFrame),
+}
+
+/// Tells events from replies by their `type`: event types are the dotted
+/// inbox names. (`seq` alone is ambiguous: `send.ok` carries one too.)
+fn classify(text: &str) -> Result<Incoming> {
+    #[derive(Deserialize)]
+    struct Tag<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+    }
+    let tag: Tag<'_> = serde_json::from_str(text)?;
+    if EventType::parse(&tag.kind).is_some() {
+        Ok(Incoming::Event(serde_json::from_str(text)?))
+    } else {
+        Ok(Incoming::Reply(serde_json::from_str(text)?))
+    }
+}
+
+/// The id a reply echoes, if any.
+fn reply_id(reply: &ReplyFrame) -> Option<&str> {
+    match reply {
+        ReplyFrame::Ready { .. } => None,
+        ReplyFrame::SendOk { id, .. }
+        | ReplyFrame::AckOk { id, .. }
+        | ReplyFrame::ReadOk { id, .. }
+        | ReplyFrame::Pong { id }
+        | ReplyFrame::Error { id, .. } => id.as_deref(),
+    }
+}
+
+/// Whether `reply` answers the frame sent with `id`. An `error` without an id
+/// also counts: the server sends one when it could not read the frame at all
+/// (too large, not JSON), and waiting for an id that never comes would hang.
+fn answers(reply: &ReplyFrame, id: &str) -> bool {
+    match reply_id(reply) {
+        Some(reply_id) => reply_id == id,
+        None => matches!(reply, ReplyFrame::Error { .. }),
+    }
+}
+
+fn unexpected(expected: &str, got: &ReplyFrame) -> ClientError {
+    ClientError::Protocol(format!("expected a {expected} reply, got {got:?}"))
+}
+
+/// The socket plus the queues of frames read ahead.
+struct Frames {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    events: VecDeque<Event>,
+    replies: VecDeque<ReplyFrame>,
+    close_code: Option<u16>,
+    closed: bool,
+}
+
+impl Frames {
+    fn new(socket: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+        Frames {
+            socket,
+            events: VecDeque::new(),
+            replies: VecDeque::new(),
+            close_code: None,
+            closed: false,
+        }
+    }
+
+    async fn next_event(&mut self) -> Result<Option<Event>> {
+        if let Some(event) = self.events.pop_front() {
+            return Ok(Some(event));
+        }
+        while let Some(incoming) = self.read().await? {
+            match incoming {
+                Incoming::Event(event) => return Ok(Some(event)),
+                Incoming::Reply(reply) => self.replies.push_back(reply),
+            }
+        }
+        Ok(None)
+    }
+
+    async fn next_reply(&mut self) -> Result<Option<ReplyFrame>> {
+        if let Some(reply) = self.replies.pop_front() {
+            return Ok(Some(reply));
+        }
+        while let Some(incoming) = self.read().await? {
+            match incoming {
+                Incoming::Event(event) => self.events.push_back(event),
+                Incoming::Reply(reply) => return Ok(Some(reply)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Waits for the reply to the frame sent with `id`, queueing everything else.
+    async fn reply_to(&mut self, id: &str) -> Result<ReplyFrame> {
+        let queued = self.replies.iter().position(|r| answers(r, id));
+        if let Some(reply) = queued.and_then(|pos| self.replies.remove(pos)) {
+            return Ok(reply);
+        }
+        while let Some(incoming) = self.read().await? {
+            match incoming {
+                Incoming::Event(event) => self.events.push_back(event),
+                Incoming::Reply(reply) if answers(&reply, id) => return Ok(reply),
+                Incoming::Reply(reply) => self.replies.push_back(reply),
+            }
+        }
+        Err(ClientError::Closed {
+            code: self.close_code,
+        })
+    }
+
+    /// Reads the next event or reply from the socket; `None` once it has closed.
+    async fn read(&mut self) -> Result<Option<Incoming>> {
+        while !self.closed {
+            let Some(message) = self.socket.next().await else {
+                self.closed = true;
+                break;
+            };
+            match message {
+                Ok(Message::Text(text)) => return classify(text.as_str()).map(Some),
+                Ok(Message::Binary(_)) => {
+                    return Err(ClientError::Protocol("unexpected binary frame".into()));
+                }
+                Ok(Message::Close(frame)) => {
+                    self.close_code = frame.map(|f| u16::from(f.code));
+                    self.closed = true;
+                    // Send the close reply tungstenite has queued, completing the
+                    // handshake without waiting for the server to drop the TCP
+                    // connection. The peer may be gone already; that is fine.
+                    let _ = self.socket.flush().await;
+                }
+                // tungstenite answers pings itself as long as the socket is read.
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                Err(e) => {
+                    self.closed = true;
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn write(&mut self, frame: &ClientFrame) -> Result<()> {
+        self.write_text(serde_json::to_string(frame)?).await
+    }
+
+    async fn write_text(&mut self, text: String) -> Result<()> {
+        if self.closed {
+            return Err(ClientError::Closed {
+                code: self.close_code,
+            });
+        }
+        match self.socket.send(Message::text(text)).await {
+            Ok(()) => Ok(()),
+            Err(tungstenite::Error::AlreadyClosed | tungstenite::Error::ConnectionClosed) => {
+                Err(ClientError::Closed {
+                    code: self.close_code,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unimsg_proto::ErrorCode;
+
+    fn classify_ok(text: &str) -> Incoming {
+        classify(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    #[test]
+    fn events_and_replies_are_told_apart() {
+        let event = r#"{"seq":3,"type":"message.new","ts":"2024-01-01T00:00:00Z","data":{}}"#;
+        assert!(matches!(classify_ok(event), Incoming::Event(e) if e.seq == Seq(3)));
+
+        let revoked =
+            r#"{"seq":4,"type":"session.revoked","ts":"2024-01-01T00:00:00Z","data":null}"#;
+        assert!(
+            matches!(classify_ok(revoked), Incoming::Event(e) if e.kind == EventType::SessionRevoked)
+        );
+
+        // send.ok carries a seq too, but is a reply.
+        let send_ok = r#"{"type":"send.ok","id":"c1","message_id":"m1","conversation_id":"d:a:b","seq":9,"sent_at":"2024-01-01T00:00:00Z"}"#;
+        match classify_ok(send_ok) {
+            Incoming::Reply(ReplyFrame::SendOk { id, result }) => {
+                assert_eq!(id.as_deref(), Some("c1"));
+                assert_eq!(result.seq, Seq(9));
+                assert!(!result.duplicate);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+
+        let ready = r#"{"type":"ready","user_id":"alice","session_id":"s1","last_seq":0}"#;
+        assert!(matches!(
+            classify_ok(ready),
+            Incoming::Reply(ReplyFrame::Ready { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_frames_are_errors() {
+        for bad in [
+            "",
+            "not json",
+            "{}",
+            r#"{"type":"bogus"}"#,
+            r#"{"type":"message.new"}"#,
+        ] {
+            assert!(classify(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn replies_match_by_id() {
+        let pong = |id: Option<&str>| ReplyFrame::Pong {
+            id: id.map(str::to_owned),
+        };
+        let error = |id: Option<&str>| ReplyFrame::Error {
+            id: id.map(str::to_owned),
+            error: unimsg_proto::ErrorDetail {
+                code: ErrorCode::BadRequest,
+                message: "x".into(),
+            },
+        };
+        assert!(answers(&pong(Some("c1")), "c1"));
+        assert!(!answers(&pong(Some("c2")), "c1"));
+        assert!(!answers(&pong(None), "c1"));
+        assert!(answers(&error(Some("c1")), "c1"));
+        assert!(!answers(&error(Some("c2")), "c1"));
+        assert!(answers(&error(None), "c1"));
+    }
+}
