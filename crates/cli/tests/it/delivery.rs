@@ -1,0 +1,205 @@
+//! Transport limits: idle timeouts with heartbeats, slow consumers bounded
+//! and counted, and the zero-configuration start.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::TestServer;
+use crate::support::*;
+
+/// Opens a WebSocket by hand and never answers anything, so the server's
+/// pings go unanswered and nothing is read until asked.
+async fn raw_ws(base: &str, token: &str) -> TcpStream {
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let request = format!(
+        "GET /v1/ws?access_token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("write: {e}"));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte)
+            .await
+            .unwrap_or_else(|e| panic!("handshake: {e}"));
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp
+}
+
+/// Reads everything until the server closes the connection.
+async fn read_to_end(tcp: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    within(
+        "the server to close the connection",
+        tcp.read_to_end(&mut all),
+    )
+    .await
+    .ok();
+    all
+}
+
+fn contains_close(bytes: &[u8], code: u16, reason: &str) -> bool {
+    let mut needle = vec![0x88, (2 + reason.len()) as u8];
+    needle.extend_from_slice(&code.to_be_bytes());
+    needle.extend_from_slice(reason.as_bytes());
+    bytes.windows(needle.len()).any(|w| w == needle.as_slice())
+}
+
+#[tokio::test]
+async fn a_silent_websocket_is_pinged_then_closed_for_idleness() {
+    let server = TestServer::start_with(&[
+        ("UNIMSG_DELIVERY__HEARTBEAT_SECS", "1"),
+        ("UNIMSG_DELIVERY__IDLE_TIMEOUT_SECS", "2"),
+    ])
+    .await;
+    let alice = user(&server.client(), "alice").await;
+    let mut tcp = raw_ws(&server.base, &alice.tokens.access_token).await;
+    let bytes = read_to_end(&mut tcp).await;
+    assert!(
+        bytes.windows(2).any(|w| w == [0x89, 0x00]),
+        "no ping was sent before closing"
+    );
+    assert!(
+        contains_close(&bytes, 4000, "idle timeout"),
+        "no idle-timeout close frame"
+    );
+}
+
+#[tokio::test]
+async fn an_answering_client_is_not_idle() {
+    let server = TestServer::start_with(&[
+        ("UNIMSG_DELIVERY__HEARTBEAT_SECS", "1"),
+        ("UNIMSG_DELIVERY__IDLE_TIMEOUT_SECS", "2"),
+    ])
+    .await;
+    let client = server.client();
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    let mut ws = bob
+        .api
+        .connect_ws(None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Reading answers the server's pings. Listening for longer than two
+    // idle timeouts, the socket must neither close nor deliver anything.
+    let quiet = tokio::time::timeout(Duration::from_secs(5), ws.next_event()).await;
+    assert!(
+        quiet.is_err(),
+        "the socket ended or delivered: {:?}",
+        quiet.map(|r| r.map(|e| e.map(|e| e.seq)))
+    );
+    alice
+        .api
+        .send_text(&bob.id, "still there", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(text(&ws_event(&mut ws).await), "still there");
+    assert!(!ws.is_closed(), "closed with code {:?}", ws.close_code());
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_and_counted() {
+    let server = TestServer::start_with(&[
+        ("UNIMSG_DELIVERY__OUTBOUND_QUEUE", "4"),
+        ("UNIMSG_STORE__SYNC", "normal"),
+    ])
+    .await;
+    let client = server.client();
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    let mut stalled = raw_ws(&server.base, &bob.tokens.access_token).await;
+    let mut reader = bob
+        .api
+        .connect_ws(None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let chunk = "x".repeat(60 * 1024);
+    let mut counted = false;
+    // Enough to fill the kernel's socket buffers many times over; stops as
+    // soon as the server reports the disconnect.
+    for i in 0..3000u64 {
+        alice
+            .api
+            .send_text(&bob.id, &chunk, None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // The reading connection keeps up and is never dropped.
+        assert_eq!(ws_event(&mut reader).await.seq.0, i + 1);
+        if i % 16 == 15 {
+            let text = reqwest::get(format!("{}/metrics", server.base))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .text()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            if text.contains("unimsg_hub_slow_consumer_disconnects 1") {
+                counted = true;
+                break;
+            }
+        }
+    }
+    assert!(counted, "the stalled client was never disconnected");
+    let bytes = read_to_end(&mut stalled).await;
+    assert!(!bytes.is_empty());
+    assert!(!reader.is_closed());
+    client.health().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test]
+async fn serve_starts_with_no_configuration_at_all() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_unimsg"))
+        .arg("serve")
+        .current_dir(dir.path())
+        // Only the port is chosen: 8080 may be taken on a shared machine.
+        .env("UNIMSG_LISTEN", "127.0.0.1:0")
+        .env_remove("UNIMSG_DATA_DIR")
+        .env_remove("UNIMSG_CONFIG")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+    let mut lines = tokio::io::BufReader::new(stderr);
+    let mut line = String::new();
+    let addr = within("the listening line", async {
+        loop {
+            line.clear();
+            let n = tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut line)
+                .await
+                .unwrap_or(0);
+            assert!(n > 0, "the server exited");
+            if let Some(pos) = line.find("listening on http://") {
+                let rest = &line[pos + "listening on http://".len()..];
+                break rest
+                    .trim()
+                    .split(|c: char| c.is_whitespace() || c == '\u{1b}')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+            }
+        }
+    })
+    .await;
+    let health = reqwest::get(format!("http://{addr}/readyz"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(health.status(), 200);
+    for file in ["data/unimsg.db", "data/master.key", "data/signing.key"] {
+        assert!(dir.path().join(file).exists(), "{file} was not created");
+    }
+    child.kill().await.ok();
+}
