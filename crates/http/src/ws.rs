@@ -20,6 +20,7 @@ use futures_util::SinkExt;
 use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
+use tracing::Instrument;
 use unimsg_core::auth::AuthContext;
 use unimsg_core::hub::{Delivery, KillReason};
 use unimsg_core::stream::InboxStream;
@@ -152,7 +153,18 @@ async fn connection(
         },
     };
     let span = tracing::debug_span!("ws", user_id = %auth.user_id, session_id = %auth.session_id);
-    let _enter = span.enter();
+    serve_authenticated(state, socket, auth, after)
+        .instrument(span)
+        .await;
+}
+
+async fn serve_authenticated(
+    state: AppState,
+    mut socket: WebSocket,
+    auth: AuthContext,
+    after: Option<Seq>,
+) {
+    let core = state.core.clone();
     let mut stream = match InboxStream::open(core.clone(), &auth, after).await {
         Ok(s) => s,
         Err(e) => {
@@ -181,6 +193,7 @@ async fn connection(
     if let Some((code, reason)) = end {
         let _ = socket.send(close_frame(code, reason)).await;
     }
+    tracing::debug!("websocket closed");
 }
 
 /// Runs the connection until it ends; returns the close frame to send, if any.

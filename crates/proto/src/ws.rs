@@ -185,3 +185,24 @@ mod tests {
         assert_eq!(v["type"], "pong");
     }
 }
+
+#[cfg(test)]
+mod fuzzish {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary client bytes never panic the frame parser.
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,200}") {
+            let _ = serde_json::from_str::<ClientFrame>(&text);
+        }
+
+        /// Near-miss frames (valid JSON objects with random fields) never panic either.
+        #[test]
+        fn random_objects_never_panic(kind in "(auth|send|ack|read|ping|x)", key in "[a-z_]{1,8}", n in any::<i64>()) {
+            let text = format!(r#"{{"type":"{kind}","{key}":{n}}}"#);
+            let _ = serde_json::from_str::<ClientFrame>(&text);
+        }
+    }
+}
