@@ -203,3 +203,49 @@ async fn serve_starts_with_no_configuration_at_all() {
     }
     child.kill().await.ok();
 }
+
+#[tokio::test]
+async fn sse_sends_heartbeats_and_refuses_a_malformed_last_event_id() {
+    let server = TestServer::start_with(&[("UNIMSG_DELIVERY__HEARTBEAT_SECS", "1")]).await;
+    let alice = user(&server.client(), "alice").await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/events", server.base);
+
+    let bad = http
+        .get(&url)
+        .bearer_auth(&alice.tokens.access_token)
+        .header("Last-Event-ID", "seven")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(bad.status(), 400);
+    let body: serde_json::Value = bad.json().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(body["error"]["code"], "bad_request");
+
+    let mut stream = http
+        .get(&url)
+        .bearer_auth(&alice.tokens.access_token)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(stream.status(), 200);
+    let content_type = stream
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    // With no events, the first bytes on the stream are a heartbeat comment.
+    let chunk = within("a heartbeat", stream.chunk())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("the stream ended"));
+    assert!(
+        chunk.starts_with(b":"),
+        "{:?}",
+        String::from_utf8_lossy(&chunk)
+    );
+}

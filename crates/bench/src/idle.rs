@@ -1,0 +1,361 @@
+//! `idle`: the memory and CPU cost of idle WebSocket connections.
+//!
+//! Logging in is expensive (argon2), so connections share sessions: one user
+//! (one `cli` session) per `--conns-per-user` connections; the server
+//! allows any number of connections per session. Each connection uses the
+//! query-token form (`/v1/ws?access_token=…`) and counts as open once the
+//! server's `ready` frame arrived. A task per connection keeps reading, so
+//! the server's heartbeat pings are answered (by tungstenite, while reading).
+//!
+//! Reported: server RSS before opening, right after all connections are
+//! open (plus `--settle-ms`) and at the end of `--hold-secs`; the growth per
+//! connection; server CPU spent opening them and during the hold. The
+//! server pings every `delivery.heartbeat_secs` (25 s by default), so a hold
+//! shorter than that measures timers and nothing else.
+//!
+//! The server's RSS is noisy in ways unrelated to connections, which the
+//! scenario works around:
+//! - Every argon2 hash (register, login) takes a 19 MiB scratch buffer on a
+//!   blocking thread. Once the first one is freed, glibc raises its mmap
+//!   threshold above 19 MiB, so later buffers come from the heap arenas and
+//!   stay resident after being freed: a few dozen logins leave hundreds of
+//!   MiB of RSS, returned at unpredictable later moments (seen: −170 MiB in
+//!   the middle of opening 1000 connections). For meaningful numbers run the
+//!   server with `MALLOC_MMAP_THRESHOLD_=131072`, which pins the threshold
+//!   (`scripts/bench` does). Users are also created one at a time here.
+//! - Opening connections runs store reads on tokio's blocking pool, which
+//!   grows by dozens of threads (stacks, arenas) and shrinks again after
+//!   10 s idle. The baseline is taken after `--quiet-secs` without
+//!   requests, and the per-connection figure uses the sample at the end of
+//!   the hold (when the hold is long enough for those threads to exit);
+//!   the figure right after opening is reported too.
+//!
+//! One process can hold about as many sockets as its open-file limit
+//! (20 000 on the reference machine): up to ~15 000 connections per bench
+//! process. Binding to several source addresses (`--source-ips`) to go past
+//! one client's ephemeral port range is a follow-up.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use futures_util::{StreamExt, stream};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use unimsg_client::WsConnection;
+
+use crate::Ctx;
+use crate::procfs::Sample;
+use crate::stats::{Latency, round3};
+use crate::users;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct IdleArgs {
+    /// WebSocket connections to open.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub connections: u64,
+    /// Connections sharing one user (and its one session).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub conns_per_user: u64,
+    /// Connection attempts in flight at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub connect_concurrency: u64,
+    /// How long to keep the connections open and idle, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub hold_secs: u64,
+    /// Pause after opening (and after closing) before sampling RSS, in ms.
+    #[arg(long, default_value_t = 1000)]
+    pub settle_ms: u64,
+    /// Quiet time between creating the users and the RSS baseline, so the
+    /// server's idle blocking threads (kept 10 s) exit first, in seconds.
+    #[arg(long, default_value_t = 12)]
+    pub quiet_secs: u64,
+}
+
+/// Why connections ended before the bench closed them, by reason.
+#[derive(Debug, Default)]
+struct Closures {
+    count: AtomicU64,
+    reasons: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Closures {
+    fn record(&self, reason: String) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut reasons) = self.reasons.lock() {
+            *reasons.entry(reason).or_default() += 1;
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn reasons(&self) -> BTreeMap<String, u64> {
+        self.reasons.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Value> {
+    let n = args.connections;
+    let per_user = args.conns_per_user;
+    if let Some(limit) = open_files_limit()
+        && n + 64 > limit
+    {
+        eprintln!(
+            "idle: warning: {n} connections need more file descriptors than this process's limit ({limit}); raise `ulimit -n`"
+        );
+    }
+    let run = users::run_id();
+    let user_count = usize::try_from(n.div_ceil(per_user))?;
+    eprintln!("idle: creating {user_count} users for {n} connections (run {run})");
+    let users = users::create(&ctx.client, &run, "i", user_count, 1).await?;
+
+    let closures = Arc::new(Closures::default());
+    let stop = CancellationToken::new();
+    let settle = Duration::from_millis(args.settle_ms);
+    eprintln!("idle: quiet for {} s before the baseline", args.quiet_secs);
+    tokio::time::sleep(Duration::from_secs(args.quiet_secs)).await;
+    let before_open = ctx.server.as_ref().and_then(|p| p.try_sample());
+
+    // Open.
+    let started = Instant::now();
+    let mut attempts = stream::iter(0..n)
+        .map(|i| {
+            let authed = usize::try_from(i / per_user)
+                .ok()
+                .and_then(|u| users.get(u))
+                .map(|u| u.authed.clone());
+            async move {
+                let Some(authed) = authed else {
+                    bail!("no user for connection {i}");
+                };
+                let t0 = Instant::now();
+                let ws = authed.connect_ws(None).await?;
+                Ok((t0.elapsed(), ws))
+            }
+        })
+        .buffer_unordered(usize::try_from(args.connect_concurrency)?);
+    let mut connect_latency = Latency::new()?;
+    let mut tasks: Vec<JoinHandle<()>> = Vec::with_capacity(usize::try_from(n)?);
+    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+    let mut last_print = Instant::now();
+    while let Some(attempt) = attempts.next().await {
+        match attempt {
+            Ok((took, ws)) => {
+                connect_latency.record(took);
+                tasks.push(tokio::spawn(hold(ws, closures.clone(), stop.clone())));
+            }
+            Err(e) => *failures.entry(format!("{e:#}")).or_default() += 1,
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            eprintln!(
+                "idle: [{:5.1}s] open {}  failed {}",
+                started.elapsed().as_secs_f64(),
+                tasks.len(),
+                failures.values().sum::<u64>()
+            );
+        }
+    }
+    drop(attempts);
+    let connect_secs = started.elapsed().as_secs_f64().max(1e-9);
+    let opened = tasks.len() as u64;
+    let failed: u64 = failures.values().sum();
+    tokio::time::sleep(settle).await;
+    let after_open = ctx.server.as_ref().and_then(|p| p.try_sample());
+    let closed_before_hold = closures.count();
+
+    // Hold.
+    eprintln!("idle: {opened} open; holding for {} s", args.hold_secs);
+    let bench_before = ctx.bench.try_sample();
+    let hold_start = Instant::now();
+    let hold_for = Duration::from_secs(args.hold_secs);
+    while hold_start.elapsed() < hold_for {
+        let left = hold_for.saturating_sub(hold_start.elapsed());
+        tokio::time::sleep(left.min(Duration::from_secs(5))).await;
+        eprintln!(
+            "idle: [{:5.1}s] holding; {} closed by the server so far",
+            hold_start.elapsed().as_secs_f64(),
+            closures.count()
+        );
+    }
+    let hold_secs = hold_start.elapsed().as_secs_f64();
+    let after_hold = ctx.server.as_ref().and_then(|p| p.try_sample());
+    let bench_after = ctx.bench.try_sample();
+    let closed_during_hold = closures.count() - closed_before_hold;
+
+    // Close.
+    stop.cancel();
+    let close_deadline = Instant::now() + Duration::from_secs(10);
+    for task in tasks {
+        if tokio::time::timeout_at(close_deadline, task).await.is_err() {
+            eprintln!("idle: warning: connections did not close within 10 s");
+            break;
+        }
+    }
+    tokio::time::sleep(settle).await;
+    let after_close = ctx.server.as_ref().and_then(|p| p.try_sample());
+
+    // Report.
+    let connect = connect_latency.summary();
+    let rss = |s: Option<Sample>| s.map(|s| s.rss_kib);
+    let cpu_between = |a: Option<Sample>, b: Option<Sample>| match (a, b) {
+        (Some(a), Some(b)) => Some(b.cpu_secs - a.cpu_secs),
+        _ => None,
+    };
+    let per_conn = |x: f64| (opened > 0).then(|| x / opened as f64);
+    let rss_growth = |after: Option<Sample>| match (before_open, after) {
+        (Some(b), Some(a)) => per_conn(a.rss_kib as f64 - b.rss_kib as f64),
+        _ => None,
+    };
+    let rss_per_conn = rss_growth(after_hold);
+    let rss_per_conn_at_open = rss_growth(after_open);
+    let connect_cpu = cpu_between(before_open, after_open);
+    let connect_cpu_us = connect_cpu.and_then(|c| per_conn(c * 1e6));
+    let hold_cpu = cpu_between(after_open, after_hold);
+    let hold_cpu_us_per_conn_min =
+        hold_cpu.and_then(|c| per_conn(c * 1e6 / (hold_secs.max(1e-9) / 60.0)));
+    let bench_cpu = cpu_between(bench_before, bench_after);
+    let opt = |x: Option<f64>, unit: &str| {
+        x.map_or_else(|| "n/a".to_owned(), |x| format!("{x:.3} {unit}"))
+    };
+    let opt_kib = |x: Option<u64>| x.map_or_else(|| "n/a".to_owned(), |x| format!("{x} KiB"));
+
+    println!("== idle: {n} WebSocket connections, {per_user} per user ({user_count} users)");
+    println!(
+        "opened         {opened} in {connect_secs:.3} s ({:.0}/s), {failed} failed",
+        opened as f64 / connect_secs
+    );
+    println!("connect        {}", connect.line());
+    println!(
+        "server rss     {} before, {} open, {} after hold, {} after close",
+        opt_kib(rss(before_open)),
+        opt_kib(rss(after_open)),
+        opt_kib(rss(after_hold)),
+        opt_kib(rss(after_close))
+    );
+    println!(
+        "rss/conn       {} after hold ({} right after opening)",
+        opt(rss_per_conn, "KiB"),
+        opt(rss_per_conn_at_open, "KiB")
+    );
+    println!(
+        "connect cpu    {} ({} per connection)",
+        opt(connect_cpu, "s"),
+        opt(connect_cpu_us, "us")
+    );
+    println!(
+        "hold cpu       {} over {hold_secs:.1} s ({} per connection-minute)",
+        opt(hold_cpu, "s"),
+        opt(hold_cpu_us_per_conn_min, "us")
+    );
+    if let Some(cpu) = bench_cpu {
+        println!("bench cpu      {cpu:.3} s during hold");
+    }
+    if failed > 0 || closures.count() > 0 {
+        println!(
+            "PROBLEMS       {failed} failed to open, {} closed by the server ({closed_during_hold} during the hold)",
+            closures.count()
+        );
+        for (reason, count) in failures.iter().chain(&closures.reasons()) {
+            println!("  {count} x {reason}");
+        }
+    }
+
+    Ok(json!({
+        "scenario": "idle",
+        "run": run,
+        "config": {
+            "connections": n,
+            "conns_per_user": per_user,
+            "users": user_count,
+            "connect_concurrency": args.connect_concurrency,
+            "hold_secs": args.hold_secs,
+            "settle_ms": args.settle_ms,
+            "quiet_secs": args.quiet_secs,
+        },
+        "opened": opened,
+        "failed": failed,
+        "failures": failures,
+        "closed_by_server": closures.count(),
+        "closed_during_hold": closed_during_hold,
+        "close_reasons": closures.reasons(),
+        "connect_secs": round3(connect_secs),
+        "connects_per_sec": round3(opened as f64 / connect_secs),
+        "connect_latency_ms": connect.to_json(),
+        "server": ctx.server.as_ref().map(|p| json!({
+            "pid": p.pid(),
+            "rss_kib_before_open": rss(before_open),
+            "rss_kib_open": rss(after_open),
+            "rss_kib_after_hold": rss(after_hold),
+            "rss_kib_after_close": rss(after_close),
+            "rss_kib_per_conn": rss_per_conn.map(round3),
+            "rss_kib_per_conn_at_open": rss_per_conn_at_open.map(round3),
+            "connect_cpu_secs": connect_cpu.map(round3),
+            "connect_cpu_us_per_conn": connect_cpu_us.map(round3),
+            "hold_cpu_secs": hold_cpu.map(round3),
+            "hold_cpu_us_per_conn_per_min": hold_cpu_us_per_conn_min.map(round3),
+        })),
+        "hold_secs_measured": round3(hold_secs),
+        "bench_hold_cpu_secs": bench_cpu.map(round3),
+    }))
+}
+
+/// Keeps a connection read until `stop`, then closes it.
+async fn hold(mut ws: WsConnection, closures: Arc<Closures>, stop: CancellationToken) {
+    loop {
+        let event = tokio::select! {
+            biased;
+            () = stop.cancelled() => {
+                let _ = ws.close().await;
+                return;
+            }
+            event = ws.next_event() => event,
+        };
+        match event {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                closures.record(format!("closed (close code {:?})", ws.close_code()));
+                return;
+            }
+            Err(e) => {
+                closures.record(format!("error: {e}"));
+                return;
+            }
+        }
+    }
+}
+
+/// The soft limit on open files of this process, from `/proc/self/limits`.
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_open_files_limit(&limits)
+}
+
+fn parse_open_files_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_files_limit_is_parsed() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max cpu time              unlimited            unlimited            seconds   \n\
+                      Max open files            20000                40000                files     \n";
+        assert_eq!(parse_open_files_limit(limits), Some(20000));
+        assert_eq!(parse_open_files_limit("nothing"), None);
+    }
+}
