@@ -7,18 +7,13 @@
 //! the next request; live connections of a revoked session receive
 //! `session.revoked` through their inbox and close.
 
-use std::sync::OnceLock;
-
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use unimsg_proto::api::{LoginRequest, RegisterRequest, SessionInfo, TokenPair, UserProfile};
 use unimsg_proto::{Platform, SessionId, UserId};
 use unimsg_store::{
-    NewRefreshToken, NewSession, NewUser, PasswordHash, RefreshOutcome, Revocation, Session,
-    UserStatus,
+    NewRefreshToken, NewSession, NewUser, RefreshOutcome, Revocation, Session, UserStatus,
 };
 
 use crate::Core;
@@ -95,43 +90,6 @@ fn validate_device(device: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// Hashes a password with argon2id on a blocking thread: it costs tens of
-/// milliseconds of CPU by design and must not stall the async workers.
-async fn hash_password(password: String) -> Result<PasswordHash> {
-    tokio::task::spawn_blocking(move || {
-        Argon2::default()
-            .hash_password(password.as_bytes())
-            .map(|h| PasswordHash(h.to_string()))
-            .map_err(|e| CoreError::Internal(format!("password hashing failed: {e}")))
-    })
-    .await
-    .map_err(|e| CoreError::Internal(format!("hashing task failed: {e}")))?
-}
-
-/// A hash to verify against when the user does not exist, so that the
-/// answer takes as long as for a wrong password.
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| {
-        Argon2::default()
-            .hash_password(b"unimsg-dummy-password")
-            .map(|h| h.to_string())
-            .unwrap_or_default()
-    })
-}
-
-async fn verify_password(password: String, hash: Option<PasswordHash>) -> Result<bool> {
-    tokio::task::spawn_blocking(move || {
-        let stored = hash.as_ref().map_or(dummy_hash(), |h| h.0.as_str());
-        let ok = Argon2::default()
-            .verify_password(password.as_bytes(), stored)
-            .is_ok();
-        ok && hash.is_some()
-    })
-    .await
-    .map_err(|e| CoreError::Internal(format!("verification task failed: {e}")))
-}
-
 fn session_info(s: &Session, current: &SessionId) -> SessionInfo {
     SessionInfo {
         session_id: s.session_id.clone(),
@@ -156,7 +114,7 @@ impl Core {
                 "display_name must be 1 to 64 characters".into(),
             ));
         }
-        let hash = hash_password(req.password).await?;
+        let hash = self.passwords.hash(req.password).await?;
         let user_id = UserId::parse(new_id()).map_err(|e| CoreError::Internal(e.to_string()))?;
         let user = self
             .store
@@ -190,7 +148,7 @@ impl Core {
         }
         let user = self.store.user_by_username(&req.username).await?;
         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
-        let ok = verify_password(req.password, hash).await?;
+        let ok = self.passwords.verify(req.password, hash).await?;
         let Some(user) = user.filter(|_| ok) else {
             return Err(CoreError::Unauthorized("invalid username or password"));
         };

@@ -13,6 +13,7 @@ mod error;
 pub mod hub;
 pub mod keys;
 pub mod messaging;
+pub mod password;
 mod render;
 pub mod stream;
 
@@ -25,6 +26,7 @@ use clock::Clock;
 use config::CoreConfig;
 use hub::Hub;
 use keys::{Keyring, SigningKey};
+use password::PasswordWorkers;
 use unimsg_store::{Store, StoredEvent};
 
 /// Everything the transports need, shared by all connections.
@@ -35,6 +37,7 @@ pub struct Core {
     pub(crate) keyring: Keyring,
     pub(crate) signing: SigningKey,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) passwords: PasswordWorkers,
     pub(crate) config: CoreConfig,
 }
 
@@ -54,6 +57,7 @@ pub struct CoreParts {
     pub keyring: Keyring,
     pub signing: SigningKey,
     pub clock: Arc<dyn Clock>,
+    pub passwords: PasswordWorkers,
     pub config: CoreConfig,
 }
 
@@ -66,6 +70,7 @@ impl Core {
             keyring: parts.keyring,
             signing: parts.signing,
             clock: parts.clock,
+            passwords: parts.passwords,
             config: parts.config,
         }
     }

@@ -17,11 +17,16 @@ use unimsg_core::bus::LocalBus;
 use unimsg_core::clock::SystemClock;
 use unimsg_core::hub::Hub;
 use unimsg_core::keys::{Keyring, MasterKey, SigningKey};
+use unimsg_core::password::PasswordWorkers;
 use unimsg_core::{Core, CoreParts};
 use unimsg_http::AppState;
 use unimsg_store::sqlite::{SqliteOptions, SqliteStore};
 
 pub use config::{Config, ConfigError, ENV_PREFIX, LogConfig, LogFormat, StoreConfig};
+
+/// Log target of start and stop lines, shown at every log level: scripts
+/// wait for `listening on http://ADDR`.
+const LIFECYCLE: &str = "unimsg::lifecycle";
 
 /// The environment variable holding the master key (base64 of 32 bytes).
 pub const MASTER_KEY_ENV: &str = "UNIMSG_MASTER_KEY";
@@ -62,6 +67,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Core>> {
         keyring,
         signing,
         clock: Arc::new(SystemClock),
+        passwords: PasswordWorkers::for_this_machine(),
         config: config.core(),
     })))
 }
@@ -81,7 +87,7 @@ pub async fn run(
     };
     let app = unimsg_http::router(state);
     let addr = listener.local_addr()?;
-    tracing::info!("listening on http://{addr}");
+    tracing::info!(target: LIFECYCLE, "listening on http://{addr}");
     let hub = core.hub().clone();
     axum::serve(
         listener,
@@ -89,11 +95,11 @@ pub async fn run(
     )
     .with_graceful_shutdown(async move {
         shutdown.await;
-        tracing::info!("shutting down: closing live connections");
+        tracing::info!(target: LIFECYCLE, "shutting down: closing live connections");
         hub.shutdown();
     })
     .await?;
-    tracing::info!("stopped");
+    tracing::info!(target: LIFECYCLE, "stopped");
     Ok(())
 }
 
@@ -107,6 +113,10 @@ pub fn to_toml(config: &Config) -> String {
 pub fn init_logging(log: &LogConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let filter = match format!("{LIFECYCLE}=info").parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::{Result, StoreError};
 
@@ -93,6 +93,7 @@ impl SqliteStore {
             durability: options.durability,
             idle: Mutex::new(Vec::new()),
             keep: options.readers.max(1),
+            permits: Arc::new(Semaphore::new(options.readers.max(1))),
         };
         Ok(Self {
             jobs: tx,
@@ -128,14 +129,24 @@ impl SqliteStore {
             .map_err(|_| StoreError::Unavailable("the writer stopped before committing".into()))?
     }
 
-    /// Runs a read on a pooled connection on a blocking thread.
+    /// Runs a read on a pooled connection on a blocking thread. At most
+    /// `readers` reads run at once; the rest wait here, without a thread,
+    /// so a burst of requests cannot start a burst of threads.
     pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
+        let permit = self
+            .readers
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is shut down".into()))?;
         let pool = self.readers.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let conn = pool.take()?;
             let result = f(&conn);
             pool.give_back(conn);
@@ -151,6 +162,7 @@ struct ReaderPool {
     durability: Durability,
     idle: Mutex<Vec<Connection>>,
     keep: usize,
+    permits: Arc<Semaphore>,
 }
 
 impl ReaderPool {
