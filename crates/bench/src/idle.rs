@@ -338,12 +338,7 @@ fn open_files_limit() -> Option<u64> {
 }
 
 fn parse_open_files_limit(limits: &str) -> Option<u64> {
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line["Max open files".len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    crate::procfs::first_number_after(limits, "Max open files")
 }
 
 #[cfg(test)]

@@ -118,12 +118,14 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 
 /// The `VmRSS:   1234 kB` line of `/proc/PID/status`, in KiB.
 fn parse_vm_rss_kib(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line["VmRSS:".len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    first_number_after(status, "VmRSS:")
+}
+
+/// The first number after `label` on the line of `text` that starts with it
+/// (`/proc` files are lines of a label and whitespace-separated values).
+pub fn first_number_after(text: &str, label: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(label))?;
+    line[label.len()..].split_whitespace().next()?.parse().ok()
 }
 
 #[cfg(test)]

@@ -89,7 +89,7 @@ impl Default for DeliveryConfig {
             heartbeat_secs: 25,
             idle_timeout_secs: 75,
             auth_timeout_secs: 10,
-            outbound_queue: 256,
+            outbound_queue: 1024,
             ws_max_message_bytes: 128 * 1024,
             ws_buffer_bytes: 4096,
         }

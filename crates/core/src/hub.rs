@@ -201,6 +201,11 @@ impl Subscription {
         self.rx.recv().await
     }
 
+    /// A queued delivery, if one is ready now.
+    pub fn try_recv(&mut self) -> Option<Arc<Delivery>> {
+        self.rx.try_recv().ok()
+    }
+
     /// Resolves when the hub ends this connection.
     pub fn killed(&self) -> WaitForCancellationFutureOwned {
         self.kill.clone().cancelled_owned()

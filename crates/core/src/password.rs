@@ -4,13 +4,20 @@
 //! design. Running them on tokio's blocking pool would let a burst of
 //! logins start hundreds of threads and hold gigabytes; here at most one
 //! hash per worker runs at a time, the queue in front of them is bounded,
-//! and a full queue answers "busy" (503) instead of growing.
+//! and a full queue answers "busy" (503) instead of growing. Each worker
+//! allocates its argon2 memory once and reuses it for every hash, so
+//! logins do not churn the allocator (glibc keeps such freed buffers
+//! resident, which grew the server by hundreds of MiB per login burst).
+//!
+//! Hashes are stored in the PHC string format
+//! (`$argon2id$v=19$m=19456,t=2,p=1$salt$hash`) built by the `argon2` and
+//! `phc` types; verification reads the parameters back from the string.
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+use argon2::password_hash::phc::{Output, ParamsString, Salt};
+use argon2::{ARGON2ID_IDENT, Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::oneshot;
 use unimsg_store::PasswordHash;
 
@@ -98,6 +105,7 @@ impl PasswordWorkers {
 }
 
 fn work(rx: &Mutex<Receiver<Job>>) {
+    let mut memory = vec![Block::default(); Params::DEFAULT.block_count()];
     loop {
         // Hold the lock only to take a job, never while hashing.
         let job = match rx.lock() {
@@ -106,11 +114,7 @@ fn work(rx: &Mutex<Receiver<Job>>) {
         };
         match job {
             Ok(Job::Hash { password, reply }) => {
-                let result = Argon2::default()
-                    .hash_password(password.as_bytes())
-                    .map(|h| PasswordHash(h.to_string()))
-                    .map_err(|e| CoreError::Internal(format!("password hashing failed: {e}")));
-                let _ = reply.send(result);
+                let _ = reply.send(hash_with(&mut memory, password.as_bytes()));
             }
             Ok(Job::Verify {
                 password,
@@ -118,9 +122,7 @@ fn work(rx: &Mutex<Receiver<Job>>) {
                 reply,
             }) => {
                 let stored = hash.as_ref().map_or(dummy_hash(), |h| h.0.as_str());
-                let ok = Argon2::default()
-                    .verify_password(password.as_bytes(), stored)
-                    .is_ok();
+                let ok = verify_with(&mut memory, password.as_bytes(), stored);
                 let _ = reply.send(ok && hash.is_some());
             }
             Err(_) => return,
@@ -128,12 +130,75 @@ fn work(rx: &Mutex<Receiver<Job>>) {
     }
 }
 
+fn failed(e: impl std::fmt::Display) -> CoreError {
+    CoreError::Internal(format!("password hashing failed: {e}"))
+}
+
+/// A new argon2id hash with the default parameters and a random salt.
+fn hash_with(memory: &mut [Block], password: &[u8]) -> Result<PasswordHash> {
+    let params = Params::DEFAULT;
+    let salt = crate::keys::random_bytes::<16>().map_err(failed)?;
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+        .hash_password_into_with_memory(
+            password,
+            &salt,
+            &mut out,
+            &mut memory[..params.block_count()],
+        )
+        .map_err(failed)?;
+    let phc = argon2::PasswordHash {
+        algorithm: ARGON2ID_IDENT,
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(failed)?,
+        salt: Some(Salt::new(&salt).map_err(failed)?),
+        hash: Some(Output::new(&out).map_err(failed)?),
+    };
+    Ok(PasswordHash(phc.to_string()))
+}
+
+/// Whether `password` matches the PHC string `stored`. Hashes whose memory
+/// cost exceeds the worker's buffer get a buffer of their own.
+fn verify_with(memory: &mut [Block], password: &[u8], stored: &str) -> bool {
+    let Ok(parsed) = argon2::PasswordHash::new(stored) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return false;
+    };
+    let Ok(params) = Params::try_from(&parsed) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::new(parsed.algorithm.as_str()) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let mut out = vec![0u8; expected.len()];
+    let argon = Argon2::new(algorithm, version, params.clone());
+    let blocks = params.block_count();
+    let computed = if blocks <= memory.len() {
+        argon.hash_password_into_with_memory(
+            password,
+            salt.as_ref(),
+            &mut out,
+            &mut memory[..blocks],
+        )
+    } else {
+        argon.hash_password_into(password, salt.as_ref(), &mut out)
+    };
+    // `Output` compares in constant time.
+    computed.is_ok() && Output::new(&out).is_ok_and(|o| &o == expected)
+}
+
 fn dummy_hash() -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
     DUMMY.get_or_init(|| {
-        Argon2::default()
-            .hash_password(b"unimsg-dummy-password")
-            .map(|h| h.to_string())
+        let mut memory = vec![Block::default(); Params::DEFAULT.block_count()];
+        hash_with(&mut memory, b"unimsg-dummy-password")
+            .map(|h| h.0)
             .unwrap_or_default()
     })
 }

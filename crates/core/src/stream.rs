@@ -94,6 +94,19 @@ impl InboxStream {
         self.subscription.recv().await
     }
 
+    /// Takes every delivery already queued (up to `max`) without waiting,
+    /// so a transport can write a burst in one flush.
+    pub fn ready_now(&mut self, max: usize) -> Vec<Arc<Delivery>> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            match self.subscription.try_recv() {
+                Some(d) => out.push(d),
+                None => break,
+            }
+        }
+        out
+    }
+
     /// Orders a live delivery: returns what to send now, in seq order.
     pub async fn accept(&mut self, d: Arc<Delivery>) -> Result<Vec<Arc<Delivery>>> {
         if d.seq <= self.last {

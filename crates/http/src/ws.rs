@@ -32,6 +32,9 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Query, bearer};
 
+/// Most queued events written in one flush.
+const BURST: usize = 64;
+
 /// Close codes of the application range (4000–4999).
 mod close {
     pub const IDLE: u16 = 4000;
@@ -235,14 +238,20 @@ async fn run(
                 });
             }
             delivery = stream.recv() => {
-                let Some(delivery) = delivery else { return Some((close::GOING_AWAY, "closed")) };
-                let ordered = match stream.accept(delivery).await {
-                    Ok(o) => o,
-                    Err(e) => {
-                        tracing::error!(error = %e, "gap fill failed");
-                        return Some((close::INTERNAL, "delivery failed"));
+                let Some(first) = delivery else { return Some((close::GOING_AWAY, "closed")) };
+                // Write a burst in one flush: one syscall instead of one per event.
+                let mut burst = vec![first];
+                burst.extend(stream.ready_now(BURST));
+                let mut ordered = Vec::with_capacity(burst.len());
+                for d in burst {
+                    match stream.accept(d).await {
+                        Ok(o) => ordered.extend(o),
+                        Err(e) => {
+                            tracing::error!(error = %e, "gap fill failed");
+                            return Some((close::INTERNAL, "delivery failed"));
+                        }
                     }
-                };
+                }
                 if let Some(end) = send_events(socket, &ordered, auth, killed.as_mut()).await {
                     return end;
                 }

@@ -196,6 +196,20 @@ fn next_seq(conn: &Connection, user: &UserId) -> Result<Seq> {
         .ok_or(StoreError::NotFound("user"))
 }
 
+/// One of the user's inbox positions (`last_seq` or `acked_seq`).
+fn user_position(conn: &Connection, user: &UserId, column: &'static str) -> Result<Seq> {
+    let seq: Option<i64> = conn
+        .query_row(
+            &format!("SELECT {column} FROM users WHERE user_id = ?1"),
+            [user.as_str()],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db)?;
+    seq.map(|s| Seq(to_u64(s)))
+        .ok_or(StoreError::NotFound("user"))
+}
+
 fn insert_event(
     conn: &Connection,
     user: &UserId,
@@ -594,19 +608,8 @@ impl Inbox for SqliteStore {
 
     async fn last_seq(&self, user: &UserId) -> Result<Seq> {
         let user = user.clone();
-        self.read(move |conn| {
-            let seq: Option<i64> = conn
-                .query_row(
-                    "SELECT last_seq FROM users WHERE user_id = ?1",
-                    [user.as_str()],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(db)?;
-            seq.map(|s| Seq(to_u64(s)))
-                .ok_or(StoreError::NotFound("user"))
-        })
-        .await
+        self.read(move |conn| user_position(conn, &user, "last_seq"))
+            .await
     }
 
     async fn ack(&self, user: &UserId, seq: Seq) -> Result<Seq> {
@@ -628,20 +631,8 @@ impl Inbox for SqliteStore {
 
     async fn acked(&self, user: &UserId) -> Result<Seq> {
         let user = user.clone();
-        self.read(move |conn| {
-            let acked: Option<i64> = conn
-                .query_row(
-                    "SELECT acked_seq FROM users WHERE user_id = ?1",
-                    [user.as_str()],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(db)?;
-            acked
-                .map(|s| Seq(to_u64(s)))
-                .ok_or(StoreError::NotFound("user"))
-        })
-        .await
+        self.read(move |conn| user_position(conn, &user, "acked_seq"))
+            .await
     }
 
     async fn message(&self, id: &MessageId) -> Result<Option<StoredMessage>> {
