@@ -164,3 +164,49 @@ async fn the_data_directory_holds_no_plaintext_and_the_log_no_secrets() {
         assert!(!logs.contains(secret), "a secret reached the log");
     }
 }
+
+#[tokio::test]
+async fn the_master_key_can_come_from_the_environment_and_a_wrong_one_is_refused() {
+    let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="; // base64 of 0..32
+    let server = TestServer::start_with(&[("UNIMSG_MASTER_KEY", key)]).await;
+    let client = server.client();
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    alice
+        .api
+        .send_text(&bob.id, "sealed under the env key", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !server.data_dir().join("master.key").exists(),
+        "the env key must not be written to disk"
+    );
+    let dir = server.data_dir().to_owned();
+    let mut server = server.restart().await;
+    let bob = login(&server.client(), "bob", "web", None).await;
+    assert_eq!(
+        text(&full_sync(&bob.api).await[0]),
+        "sealed under the env key"
+    );
+    // Stop the process but keep `server`, which owns the data directory.
+    server.kill9().await;
+
+    // The same data directory with another master key: the server refuses to start.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_unimsg"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .env(
+            "UNIMSG_MASTER_KEY",
+            "HyAhIiMkJSYnKCkqKywtLi8wMTIzNDU2Nzg5Ojs8PT4=",
+        )
+        .output();
+    let output = within("the server to refuse the key", output)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("master key does not open data key"),
+        "{stderr}"
+    );
+}
