@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use unimsg_proto::api::{Message, MessageKind, Recipient};
 use unimsg_proto::{Event, EventType, SessionId};
-use unimsg_store::{EventBody, StoredEvent, StoredMessage};
+use unimsg_store::{EventBody, StoredEvent, StoredMessage, StoredNotification};
 
 use crate::error::{CoreError, Result};
 use crate::hub::Delivery;
@@ -39,8 +39,26 @@ pub(crate) fn message(keyring: &Keyring, m: &StoredMessage) -> Result<Message> {
     })
 }
 
+/// The data of a `notification.new` event. The same for every recipient,
+/// so a fan-out renders it once.
+pub(crate) fn notification(keyring: &Keyring, n: &StoredNotification) -> Result<serde_json::Value> {
+    let plain = keyring
+        .open(&n.content, n.message_id.as_str().as_bytes())
+        .map_err(|e| CoreError::Internal(format!("cannot open notification {}: {e}", n.message_id)))?;
+    let content: serde_json::Value = serde_json::from_slice(&plain)
+        .map_err(|e| CoreError::Internal(format!("notification {} content is not JSON: {e}", n.message_id)))?;
+    Ok(serde_json::json!({
+        "message_id": n.message_id,
+        "kind": n.kind,
+        "from": n.sender,
+        "content": content,
+        "sent_at": n.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+    }))
+}
+
 pub(crate) fn event(keyring: &Keyring, e: &StoredEvent) -> Result<Event> {
     let data = match &e.body {
+        EventBody::Notification(n) => notification(keyring, n)?,
         EventBody::Message(m) => serde_json::to_value(message(keyring, m)?)
             .map_err(|err| CoreError::Internal(format!("cannot render a message: {err}")))?,
         EventBody::Data(text) => serde_json::from_str(text).map_err(|err| {

@@ -16,6 +16,8 @@ pub enum EventType {
     ReceiptRead,
     #[serde(rename = "session.revoked")]
     SessionRevoked,
+    #[serde(rename = "notification.new")]
+    NotificationNew,
 }
 
 impl EventType {
@@ -25,6 +27,7 @@ impl EventType {
             EventType::MessageRecalled => "message.recalled",
             EventType::ReceiptRead => "receipt.read",
             EventType::SessionRevoked => "session.revoked",
+            EventType::NotificationNew => "notification.new",
         }
     }
 
@@ -34,6 +37,7 @@ impl EventType {
             "message.recalled" => EventType::MessageRecalled,
             "receipt.read" => EventType::ReceiptRead,
             "session.revoked" => EventType::SessionRevoked,
+            "notification.new" => EventType::NotificationNew,
             _ => return None,
         })
     }

@@ -130,8 +130,9 @@ string_id!(
     }
 );
 
-/// A conversation: `d:{a}:{b}` for direct chat between users `a < b`.
-/// Group and system conversations join later with their own prefixes.
+/// A conversation: `d:{a}:{b}` for direct chat between users `a < b`, or
+/// `s:{user}` for a user's system conversation (notifications from
+/// business systems). Groups join later with their own prefix.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct ConversationId(String);

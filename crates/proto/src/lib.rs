@@ -4,6 +4,7 @@
 //! valid input ("parse, don't validate"), so that every layer above can rely on
 //! their shape.
 
+pub mod admin;
 pub mod api;
 pub mod error;
 pub mod event;

@@ -41,6 +41,74 @@ pub trait Users: Send + Sync {
     async fn create_user(&self, user: NewUser) -> Result<User>;
     async fn user(&self, id: &UserId) -> Result<Option<User>>;
     async fn user_by_username(&self, username: &str) -> Result<Option<User>>;
+    /// Creates many users in one transaction; each item succeeds or fails
+    /// alone (`Conflict` for a taken id or username), in input order.
+    async fn import_users(&self, users: Vec<NewUser>) -> Result<Vec<Result<User>>>;
+    /// `NotFound` for an unknown user.
+    async fn update_user(&self, id: &UserId, update: UserUpdate) -> Result<User>;
+    /// Deletes the user with their sessions, inbox and read positions; the
+    /// messages they exchanged stay in the other members' history.
+    async fn delete_user(&self, id: &UserId) -> Result<()>;
+}
+
+/// Admin accounts of the admin API.
+#[async_trait]
+pub trait Admins: Send + Sync {
+    async fn admin(&self, id: &str) -> Result<Option<Admin>>;
+    /// Creates an admin; `Conflict` if the id exists.
+    async fn create_admin(&self, admin: Admin) -> Result<()>;
+}
+
+/// Notifications from business systems, stored once, with one inbox event
+/// per recipient.
+#[async_trait]
+pub trait Notifications: Send + Sync {
+    /// Stores the notification (when `first`) and appends `notification.new`
+    /// to each recipient's inbox. Unknown users are skipped. Returns each
+    /// recipient's seq. Large audiences are appended in several calls.
+    async fn append_notification(
+        &self,
+        notification: NewNotification,
+        first: bool,
+        recipients: Vec<UserId>,
+    ) -> Result<Vec<(UserId, Seq)>>;
+    async fn notification(&self, id: &MessageId) -> Result<Option<StoredNotification>>;
+    /// Recipient counts and the page of recipients after `after`.
+    async fn notification_status(
+        &self,
+        id: &MessageId,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<NotificationStatus>;
+    /// Marks `user`'s notifications up to the one given as read; returns
+    /// how many changed. `NotFound` if the user did not receive it.
+    async fn mark_notifications_read(
+        &self,
+        user: &UserId,
+        upto: &MessageId,
+        at: OffsetDateTime,
+    ) -> Result<u64>;
+}
+
+/// The tamper-evident audit log.
+#[async_trait]
+pub trait Audit: Send + Sync {
+    /// Appends one entry chained to the newest: `chain(prev_hash, bytes)`
+    /// gives the entry's hash over the previous hash and
+    /// [`audit_bytes`] of the entry.
+    async fn append_audit(&self, draft: AuditDraft, chain: ChainFn) -> Result<AuditRow>;
+    /// Entries with id > `query.after`, oldest first, filtered.
+    async fn audit_entries(&self, query: AuditQuery) -> Result<Vec<AuditRow>>;
+}
+
+/// Computes an audit entry's hash from the previous hash and the entry's bytes.
+pub type ChainFn = for<'a, 'b> fn(&'a [u8; 32], &'b [u8]) -> [u8; 32];
+
+/// The bytes an audit entry's hash covers besides the previous hash: its
+/// number, its time and its content, so that reordering, renumbering or
+/// editing any of them breaks the chain.
+pub fn audit_bytes(id: u64, at_ms: i64, content: &str) -> Vec<u8> {
+    format!("{id}\n{at_ms}\n{content}").into_bytes()
 }
 
 /// Login sessions and their refresh tokens.
@@ -135,7 +203,7 @@ pub trait DataKeys: Send + Sync {
 
 /// Everything the core needs from durable storage.
 #[async_trait]
-pub trait Store: Users + Sessions + Inbox + DataKeys {
+pub trait Store: Users + Sessions + Inbox + DataKeys + Admins + Notifications + Audit {
     /// Cheap liveness probe of the backend, for `/readyz`.
     async fn ping(&self) -> Result<()>;
 }

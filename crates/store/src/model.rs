@@ -191,10 +191,89 @@ pub struct EventDraft {
     pub at: OffsetDateTime,
 }
 
+/// A notification from a business system to many users, stored once.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    pub message_id: MessageId,
+    /// `notification`, `event` or `status`.
+    pub kind: String,
+    /// Who it is shown as coming from (`system` by default).
+    pub sender: String,
+    pub content: Sealed,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredNotification {
+    pub message_id: MessageId,
+    pub kind: String,
+    pub sender: String,
+    pub content: Sealed,
+    pub created_at: OffsetDateTime,
+}
+
+/// Counts of a notification's recipients and one page of their states.
+#[derive(Debug, Clone, Default)]
+pub struct NotificationStatus {
+    pub recipients: u64,
+    pub delivered: u64,
+    pub read: u64,
+    /// `(user, delivered, read)`, by user id.
+    pub page: Vec<(UserId, bool, bool)>,
+}
+
+/// Changes to a user; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct UserUpdate {
+    pub display_name: Option<String>,
+    pub password_hash: Option<PasswordHash>,
+    pub status: Option<UserStatus>,
+}
+
+/// An admin account of the admin API.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub admin_id: String,
+    pub secret_hash: PasswordHash,
+    /// Scope names (`users:write`, `admin`, …).
+    pub scopes: Vec<String>,
+    pub created_at: OffsetDateTime,
+}
+
+/// One audit record to append; the store numbers and chains it.
+#[derive(Debug, Clone)]
+pub struct AuditDraft {
+    pub at: OffsetDateTime,
+    /// Canonical JSON of the record.
+    pub content: String,
+}
+
+/// A stored audit entry: `hash = H(prev_hash, id, at, content)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub id: u64,
+    pub at_ms: i64,
+    pub content: String,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+}
+
+/// Filters of an audit query.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub after: u64,
+    pub limit: u32,
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    pub operation_id: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub enum EventBody {
     /// `message.new`: the message itself (still sealed).
     Message(Box<StoredMessage>),
+    /// `notification.new`: the notification (still sealed).
+    Notification(Box<StoredNotification>),
     /// Any other event: its JSON data.
     Data(String),
 }

@@ -8,8 +8,9 @@ use time::OffsetDateTime;
 use unimsg_proto::{ConversationId, EventType, MessageId, Platform, Seq, SessionId, UserId};
 
 use crate::{
-    AppendOutcome, EventBody, EventDraft, NewMessage, NewRefreshToken, NewSession, NewUser,
-    RefreshOutcome, Revocation, Sealed, Store, StoreError, TokenHash,
+    Admin, AppendOutcome, AuditDraft, AuditQuery, EventBody, EventDraft, NewMessage,
+    NewNotification, NewRefreshToken, NewSession, NewUser, RefreshOutcome, Revocation, Sealed,
+    Store, StoreError, TokenHash, UserUpdate,
 };
 
 fn uid(s: &str) -> UserId {
@@ -91,6 +92,205 @@ pub async fn run_all(store: Arc<dyn Store>) {
     inbox(&*store).await;
     concurrent_appends_are_gap_free(store.clone()).await;
     reads_and_recalls(&*store).await;
+    admin_side(&*store).await;
+}
+
+fn test_chain(prev: &[u8; 32], bytes: &[u8]) -> [u8; 32] {
+    // Not a cryptographic hash: the suite checks the store's bookkeeping only.
+    let mut out = *prev;
+    for (i, b) in bytes.iter().enumerate() {
+        out[i % 32] = out[i % 32].wrapping_mul(31).wrapping_add(*b);
+    }
+    out
+}
+
+async fn admin_side(store: &dyn Store) {
+    // Import: one clash does not sink the batch.
+    let item = |id: &str, name: &str| NewUser {
+        user_id: uid(id),
+        username: name.into(),
+        display_name: id.into(),
+        password_hash: None,
+        created_at: now(),
+    };
+    let results = store
+        .import_users(vec![
+            item("im1", "im1"),
+            item("im2", "im1"),
+            item("im3", "im3"),
+        ])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(results[0].is_ok() && results[2].is_ok());
+    assert!(matches!(results[1], Err(StoreError::Conflict("username"))));
+    assert!(
+        store
+            .user(&uid("im2"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none()
+    );
+
+    let updated = store
+        .update_user(
+            &uid("im1"),
+            UserUpdate {
+                display_name: Some("New".into()),
+                ..UserUpdate::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (updated.display_name.as_str(), updated.username.as_str()),
+        ("New", "im1")
+    );
+    assert!(matches!(
+        store
+            .update_user(&uid("ghost"), UserUpdate::default())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Notifications: stored once, one event per known recipient.
+    let n = NewNotification {
+        message_id: MessageId::parse("n1").unwrap_or_else(|e| panic!("{e}")),
+        kind: "notification".into(),
+        sender: "system".into(),
+        content: Sealed {
+            key_id: 1,
+            nonce: vec![0; 12],
+            ciphertext: b"x".to_vec(),
+        },
+        created_at: now(),
+    };
+    let seqs = store
+        .append_notification(n.clone(), true, vec![uid("im1"), uid("ghost")])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(seqs, vec![(uid("im1"), Seq(1))]);
+    let more = store
+        .append_notification(n.clone(), false, vec![uid("im3")])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(more, vec![(uid("im3"), Seq(1))]);
+    let events = store
+        .events_after(&uid("im3"), Seq(0), 10)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(&events[0].body, EventBody::Notification(x) if x.message_id == n.message_id));
+    let status = store
+        .notification_status(&n.message_id, None, 10)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (status.recipients, status.delivered, status.read),
+        (2, 0, 0)
+    );
+    store
+        .ack(&uid("im1"), Seq(1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    store
+        .mark_notifications_read(&uid("im3"), &n.message_id, now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = store
+        .notification_status(&n.message_id, None, 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (status.recipients, status.delivered, status.read),
+        (2, 1, 1)
+    );
+    assert_eq!(status.page, vec![(uid("im1"), true, false)]);
+    let next = store
+        .notification_status(&n.message_id, Some(uid("im1")), 10)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(next.page, vec![(uid("im3"), false, true)]);
+
+    store
+        .delete_user(&uid("im3"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        store
+            .user(&uid("im3"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none()
+    );
+    assert!(matches!(
+        store.delete_user(&uid("im3")).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Admins.
+    let admin = Admin {
+        admin_id: "ops".into(),
+        secret_hash: crate::PasswordHash("h".into()),
+        scopes: vec!["users:read".into(), "audit:read".into()],
+        created_at: now(),
+    };
+    store
+        .create_admin(admin.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        store.create_admin(admin).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let found = store
+        .admin("ops")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no admin"));
+    assert_eq!(found.scopes, vec!["users:read", "audit:read"]);
+
+    // Audit: numbered from 1, each chained to the one before.
+    let mut rows = Vec::new();
+    for action in ["a", "b", "c"] {
+        let draft = AuditDraft {
+            at: now(),
+            content: format!(r#"{{"action":"{action}","actor":"ops"}}"#),
+        };
+        rows.push(
+            store
+                .append_audit(draft, test_chain)
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(rows[0].prev_hash, [0; 32]);
+    for pair in rows.windows(2) {
+        assert_eq!(pair[1].prev_hash, pair[0].hash);
+        assert_eq!(
+            pair[1].hash,
+            test_chain(
+                &pair[0].hash,
+                &crate::audit_bytes(pair[1].id, pair[1].at_ms, &pair[1].content)
+            )
+        );
+    }
+    let all = store
+        .audit_entries(AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(all, rows);
+    let only_b = store
+        .audit_entries(AuditQuery {
+            limit: 10,
+            action: Some("b".into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(only_b.iter().map(|r| r.id).collect::<Vec<_>>(), vec![2]);
 }
 
 async fn users(store: &dyn Store) {
@@ -364,7 +564,7 @@ async fn concurrent_appends_are_gap_free(store: Arc<dyn Store>) {
             .iter()
             .filter_map(|e| match &e.body {
                 EventBody::Message(m) => Some(m.message_id.to_string()),
-                EventBody::Data(_) => None,
+                EventBody::Data(_) | EventBody::Notification(_) => None,
             })
             .collect();
         ids.sort();

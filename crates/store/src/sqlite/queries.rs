@@ -6,45 +6,47 @@ use time::OffsetDateTime;
 use unimsg_proto::{ConversationId, EventType, MessageId, Platform, Seq, SessionId, UserId};
 
 use super::SqliteStore;
+use super::ops::NOTIFICATION_COLUMNS;
 use crate::{
     AppendOutcome, ConversationState, DataKeys, EventBody, EventDraft, Inbox, NewMessage,
     NewRefreshToken, NewSession, NewUser, PasswordHash, RefreshOutcome, Result, Revocation, Sealed,
     Session, Sessions, Store, StoreError, StoredEvent, StoredMessage, TokenHash, User, UserStatus,
-    Users, WrappedKey,
+    UserUpdate, Users, WrappedKey,
 };
 
-fn db(e: rusqlite::Error) -> StoreError {
+pub(super) fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Internal(e.to_string())
 }
 
-fn corrupt(what: &str) -> StoreError {
+pub(super) fn corrupt(what: &str) -> StoreError {
     StoreError::Internal(format!("corrupt row: {what}"))
 }
 
-fn ms(t: OffsetDateTime) -> i64 {
+pub(super) fn ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-fn from_ms(v: i64) -> Result<OffsetDateTime> {
+pub(super) fn from_ms(v: i64) -> Result<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1_000_000)
         .map_err(|_| corrupt("timestamp"))
 }
 
-fn user_id(s: String) -> Result<UserId> {
+pub(super) fn user_id(s: String) -> Result<UserId> {
     UserId::parse(s).map_err(|_| corrupt("user id"))
 }
 
-fn to_i64(v: u64) -> i64 {
+pub(super) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn to_u64(v: i64) -> u64 {
+pub(super) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-const USER_COLUMNS: &str = "user_id, username, display_name, password_hash, status, created_at";
+pub(super) const USER_COLUMNS: &str =
+    "user_id, username, display_name, password_hash, status, created_at";
 
-fn read_user(
+pub(super) fn read_user(
     row: &Row<'_>,
 ) -> rusqlite::Result<(String, String, String, Option<String>, String, i64)> {
     Ok((
@@ -57,7 +59,9 @@ fn read_user(
     ))
 }
 
-fn build_user(raw: (String, String, String, Option<String>, String, i64)) -> Result<User> {
+pub(super) fn build_user(
+    raw: (String, String, String, Option<String>, String, i64),
+) -> Result<User> {
     let (id, username, display_name, hash, status, created) = raw;
     Ok(User {
         user_id: user_id(id)?,
@@ -210,7 +214,7 @@ fn user_position(conn: &Connection, user: &UserId, column: &'static str) -> Resu
         .ok_or(StoreError::NotFound("user"))
 }
 
-fn insert_event(
+pub(super) fn insert_event(
     conn: &Connection,
     user: &UserId,
     kind: EventType,
@@ -242,7 +246,7 @@ fn append_drafts(conn: &Connection, drafts: Vec<EventDraft>) -> Result<Vec<Store
     Ok(out)
 }
 
-fn revoke(conn: &Connection, revocations: Vec<Revocation>) -> Result<Vec<StoredEvent>> {
+pub(super) fn revoke(conn: &Connection, revocations: Vec<Revocation>) -> Result<Vec<StoredEvent>> {
     let mut out = Vec::new();
     for r in revocations {
         let owner: Option<String> = conn
@@ -276,7 +280,39 @@ fn revoke(conn: &Connection, revocations: Vec<Revocation>) -> Result<Vec<StoredE
     Ok(out)
 }
 
-fn map_unique(e: rusqlite::Error, what: &'static str) -> StoreError {
+fn insert_user(conn: &Connection, user: NewUser) -> Result<User> {
+    let taken: bool = conn
+        .query_row(
+            "SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)",
+            [user.user_id.as_str()],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    if taken {
+        return Err(StoreError::Conflict("user_id"));
+    }
+    conn.execute(
+        "INSERT INTO users (user_id, username, display_name, password_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            user.user_id.as_str(),
+            user.username,
+            user.display_name,
+            user.password_hash.as_ref().map(|h| h.0.as_str()),
+            ms(user.created_at)
+        ],
+    )
+    .map_err(|e| map_unique(e, "username"))?;
+    Ok(User {
+        user_id: user.user_id,
+        username: user.username,
+        display_name: user.display_name,
+        password_hash: user.password_hash,
+        status: UserStatus::Active,
+        created_at: user.created_at,
+    })
+}
+
+pub(super) fn map_unique(e: rusqlite::Error, what: &'static str) -> StoreError {
     match e {
         rusqlite::Error::SqliteFailure(f, _)
             if f.code == rusqlite::ErrorCode::ConstraintViolation =>
@@ -290,39 +326,7 @@ fn map_unique(e: rusqlite::Error, what: &'static str) -> StoreError {
 #[async_trait]
 impl Users for SqliteStore {
     async fn create_user(&self, user: NewUser) -> Result<User> {
-        self.write(move |conn| {
-            let taken: bool = conn
-                .query_row(
-                    "SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)",
-                    [user.user_id.as_str()],
-                    |r| r.get(0),
-                )
-                .map_err(db)?;
-            if taken {
-                return Err(StoreError::Conflict("user_id"));
-            }
-            conn.execute(
-                "INSERT INTO users (user_id, username, display_name, password_hash, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    user.user_id.as_str(),
-                    user.username,
-                    user.display_name,
-                    user.password_hash.as_ref().map(|h| h.0.as_str()),
-                    ms(user.created_at)
-                ],
-            )
-            .map_err(|e| map_unique(e, "username"))?;
-            Ok(User {
-                user_id: user.user_id,
-                username: user.username,
-                display_name: user.display_name,
-                password_hash: user.password_hash,
-                status: UserStatus::Active,
-                created_at: user.created_at,
-            })
-        })
-        .await
+        self.write(move |conn| insert_user(conn, user)).await
     }
 
     async fn user(&self, id: &UserId) -> Result<Option<User>> {
@@ -337,6 +341,73 @@ impl Users for SqliteStore {
             .map_err(db)?
             .map(build_user)
             .transpose()
+        })
+        .await
+    }
+
+    async fn import_users(&self, users: Vec<NewUser>) -> Result<Vec<Result<User>>> {
+        self.write(move |conn| {
+            let mut out = Vec::with_capacity(users.len());
+            for user in users {
+                // Each item in its own savepoint: a clash undoes only that item.
+                conn.execute_batch("SAVEPOINT item").map_err(db)?;
+                let result = insert_user(conn, user);
+                let end = if result.is_ok() {
+                    "RELEASE item"
+                } else {
+                    "ROLLBACK TO item; RELEASE item"
+                };
+                conn.execute_batch(end).map_err(db)?;
+                out.push(result);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn update_user(&self, id: &UserId, update: UserUpdate) -> Result<User> {
+        let id = id.clone();
+        self.write(move |conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE users SET display_name = COALESCE(?2, display_name), \
+                     password_hash = COALESCE(?3, password_hash), status = COALESCE(?4, status) WHERE user_id = ?1",
+                    params![
+                        id.as_str(),
+                        update.display_name,
+                        update.password_hash.as_ref().map(|h| h.0.as_str()),
+                        update.status.map(UserStatus::as_str)
+                    ],
+                )
+                .map_err(db)?;
+            if changed == 0 {
+                return Err(StoreError::NotFound("user"));
+            }
+            conn.query_row(&format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"), [id.as_str()], read_user)
+                .map_err(db)
+                .and_then(build_user)
+        })
+        .await
+    }
+
+    async fn delete_user(&self, id: &UserId) -> Result<()> {
+        let id = id.clone();
+        self.write(move |conn| {
+            let exists: bool = conn
+                .query_row("SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)", [id.as_str()], |r| r.get(0))
+                .map_err(db)?;
+            if !exists {
+                return Err(StoreError::NotFound("user"));
+            }
+            conn.execute(
+                "DELETE FROM refresh_tokens WHERE session_id IN (SELECT session_id FROM sessions WHERE user_id = ?1)",
+                [id.as_str()],
+            )
+            .map_err(db)?;
+            for table in ["sessions", "inbox", "conversation_members", "notification_recipients", "users"] {
+                conn.execute(&format!("DELETE FROM {table} WHERE user_id = ?1"), [id.as_str()]).map_err(db)?;
+            }
+            Ok(())
         })
         .await
     }
@@ -571,8 +642,9 @@ impl Inbox for SqliteStore {
         self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
-                    "SELECT i.seq, i.kind, i.created_at, i.data, {MESSAGE_COLUMNS} \
+                    "SELECT i.seq, i.kind, i.created_at, i.data, {MESSAGE_COLUMNS}, {NOTIFICATION_COLUMNS} \
                      FROM inbox i LEFT JOIN messages m ON m.message_id = i.message_id \
+                     LEFT JOIN notifications n ON n.message_id = i.message_id \
                      WHERE i.user_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3"
                 ))
                 .map_err(db)?;
@@ -586,12 +658,16 @@ impl Inbox for SqliteStore {
                 let at: i64 = row.get(2).map_err(db)?;
                 let data: Option<String> = row.get(3).map_err(db)?;
                 let has_message: Option<String> = row.get(4).map_err(db)?;
-                let body = match (data, has_message) {
-                    (Some(data), _) => EventBody::Data(data),
-                    (None, Some(_)) => EventBody::Message(Box::new(build_message(
-                        read_message(row, 4).map_err(db)?,
-                    )?)),
-                    (None, None) => return Err(corrupt("inbox event without data")),
+                let has_notification: Option<String> = row.get(16).map_err(db)?;
+                let body = match (data, has_message, has_notification) {
+                    (Some(data), _, _) => EventBody::Data(data),
+                    (None, Some(_), _) => {
+                        EventBody::Message(Box::new(build_message(read_message(row, 4).map_err(db)?)?))
+                    }
+                    (None, None, Some(_)) => {
+                        EventBody::Notification(Box::new(super::ops::read_notification(row, 16)?))
+                    }
+                    (None, None, None) => return Err(corrupt("inbox event without data")),
                 };
                 out.push(StoredEvent {
                     user_id: user.clone(),

@@ -5,7 +5,8 @@ use rusqlite::Connection;
 
 /// Each entry moves the schema from version `i` to `i + 1`. Never edit a
 /// released migration: append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     user_id       TEXT PRIMARY KEY,
     username      TEXT NOT NULL UNIQUE,
@@ -85,7 +86,43 @@ CREATE TABLE data_keys (
     wrapped    BLOB NOT NULL,
     created_at INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE admins (
+    admin_id    TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    scopes      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+
+CREATE TABLE notifications (
+    message_id TEXT PRIMARY KEY,
+    kind       TEXT NOT NULL,
+    sender     TEXT NOT NULL,
+    key_id     INTEGER NOT NULL,
+    nonce      BLOB NOT NULL,
+    content    BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+
+CREATE TABLE notification_recipients (
+    message_id TEXT NOT NULL,
+    user_id    TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    read_at    INTEGER,
+    PRIMARY KEY (message_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX notification_recipients_by_user ON notification_recipients(user_id, seq);
+
+CREATE TABLE audit_log (
+    id        INTEGER PRIMARY KEY,
+    at        INTEGER NOT NULL,
+    content   TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash      BLOB NOT NULL
+);
+"#,
+];
 
 /// Brings the database to the newest schema version.
 pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

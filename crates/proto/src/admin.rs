@@ -1,0 +1,265 @@
+//! Bodies of the admin API (`/v1/admin/...`), used by business systems.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::error::ErrorDetail;
+use crate::ids::{MessageId, Platform, UserId};
+
+/// What an admin credential may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Scope {
+    #[serde(rename = "users:read")]
+    UsersRead,
+    #[serde(rename = "users:write")]
+    UsersWrite,
+    #[serde(rename = "tokens:mint")]
+    TokensMint,
+    #[serde(rename = "messages:send")]
+    MessagesSend,
+    #[serde(rename = "audit:read")]
+    AuditRead,
+    /// Everything.
+    #[serde(rename = "admin")]
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 6] = [
+        Scope::UsersRead,
+        Scope::UsersWrite,
+        Scope::TokensMint,
+        Scope::MessagesSend,
+        Scope::AuditRead,
+        Scope::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::UsersRead => "users:read",
+            Scope::UsersWrite => "users:write",
+            Scope::TokensMint => "tokens:mint",
+            Scope::MessagesSend => "messages:send",
+            Scope::AuditRead => "audit:read",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|scope| scope.as_str() == s)
+    }
+}
+
+/// `POST /v1/admin/token`
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTokenRequest {
+    pub admin_id: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for AdminTokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminTokenRequest")
+            .field("admin_id", &self.admin_id)
+            .field("secret", &"[redacted]")
+            .finish()
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AdminToken {
+    pub token: String,
+    pub expires_in: u64,
+    pub scopes: Vec<Scope>,
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminToken")
+            .field("token", &"[redacted]")
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+/// One user of `POST /v1/admin/users`. Items are parsed one by one, so a
+/// bad item fails alone.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportUser {
+    pub user_id: UserId,
+    /// Defaults to the user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    pub display_name: String,
+    /// Without a password the user can only log in with minted tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for ImportUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportUser")
+            .field("user_id", &self.user_id)
+            .field("username", &self.username)
+            .field("display_name", &self.display_name)
+            .field("password", &self.password.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportRequest {
+    pub users: Vec<serde_json::Value>,
+}
+
+/// The outcome of one imported item, in request order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportResult {
+    pub index: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportResponse {
+    pub imported: usize,
+    pub failed: usize,
+    pub results: Vec<ImportResult>,
+}
+
+/// A user as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminUser {
+    pub user_id: UserId,
+    pub username: String,
+    pub display_name: String,
+    /// `active` or `disabled`.
+    pub status: String,
+    pub has_password: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// `PATCH /v1/admin/users/{id}`: fields to change.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// `active` or `disabled`; disabling revokes every session at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+impl std::fmt::Debug for UserPatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserPatch")
+            .field("display_name", &self.display_name)
+            .field("password", &self.password.as_ref().map(|_| "[redacted]"))
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+/// `POST /v1/admin/users/{id}/tokens`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintRequest {
+    pub platform: Platform,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// Lifetime of the access token, in seconds (default: `auth.access_ttl_secs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
+/// `POST /v1/admin/users/{id}/logout`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForceLogoutRequest {
+    /// Only this platform's sessions; all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForceLogoutResponse {
+    pub revoked: usize,
+}
+
+/// Who a targeted message goes to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Target {
+    Users(Vec<UserId>),
+    Group(String),
+}
+
+/// `POST /v1/admin/messages`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyRequest {
+    pub to: Target,
+    /// `notification` (default), `event` or `status`.
+    #[serde(default = "notification_kind")]
+    pub kind: String,
+    pub content: serde_json::Value,
+    /// Shown as the sender; defaults to `system`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+fn notification_kind() -> String {
+    "notification".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotifyResponse {
+    pub message_id: MessageId,
+    pub recipients: usize,
+}
+
+/// `GET /v1/admin/messages/{id}/status`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageStatus {
+    pub message_id: MessageId,
+    pub recipients: u64,
+    pub delivered: u64,
+    pub read: u64,
+    /// One page of per-recipient state, by user id.
+    pub users: Vec<RecipientStatus>,
+    /// Pass as `after` for the next page.
+    pub next_after: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecipientStatus {
+    pub user_id: UserId,
+    pub delivered: bool,
+    pub read: bool,
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// What happened, who did it, from where: the hashed content.
+    pub record: serde_json::Value,
+    /// Hex SHA-256 of this entry, chained to the previous one.
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    pub next_after: Option<u64>,
+}
