@@ -18,6 +18,11 @@ struct Cli {
 enum Command {
     /// Run the server (embedded store, no configuration needed).
     Serve(ServeArgs),
+    /// Check the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -39,6 +44,17 @@ struct ServeArgs {
 }
 
 #[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain of the whole audit log; names the first entry
+    /// altered or removed and exits non-zero if there is one.
+    Verify {
+        /// Directory of the database [default: ./data].
+        #[arg(long, env = "UNIMSG_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Print the default configuration as TOML.
     Defaults,
@@ -53,6 +69,20 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Audit {
+            command: AuditCommand::Verify { data_dir },
+        } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            match runtime.block_on(unimsg_server::verify_audit(&data_dir))? {
+                Ok(count) => {
+                    println!("audit log intact: {count} entries verified");
+                    Ok(())
+                }
+                Err(broken) => anyhow::bail!("audit log broken: {broken}"),
+            }
+        }
         Command::Config {
             command: ConfigCommand::Defaults,
         } => {

@@ -13,10 +13,12 @@ use time::OffsetDateTime;
 use unimsg_proto::api::{LoginRequest, RegisterRequest, SessionInfo, TokenPair, UserProfile};
 use unimsg_proto::{Platform, SessionId, UserId};
 use unimsg_store::{
-    NewRefreshToken, NewSession, NewUser, RefreshOutcome, Revocation, Session, UserStatus,
+    EventBody, NewRefreshToken, NewSession, NewUser, RefreshOutcome, Revocation, Session,
+    StoredEvent, UserStatus,
 };
 
 use crate::Core;
+use crate::audit::AuditRecord;
 use crate::config::DevicePolicy;
 use crate::error::{CoreError, Result};
 use crate::keys::{OpaqueToken, new_opaque_token};
@@ -54,7 +56,7 @@ fn new_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 
-fn validate_username(name: &str) -> Result<()> {
+pub(crate) fn validate_username(name: &str) -> Result<()> {
     let ok_chars = name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
@@ -66,7 +68,7 @@ fn validate_username(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn validate_password(password: &str) -> Result<()> {
+pub(crate) fn validate_password(password: &str) -> Result<()> {
     if password.len() < MIN_PASSWORD || password.len() > MAX_PASSWORD {
         return Err(CoreError::BadRequest(format!(
             "password must be {MIN_PASSWORD} to {MAX_PASSWORD} bytes long"
@@ -75,7 +77,16 @@ fn validate_password(password: &str) -> Result<()> {
     Ok(())
 }
 
-fn validate_device(device: Option<&str>) -> Result<()> {
+pub(crate) fn validate_display_name(name: &str) -> Result<()> {
+    if name.trim().is_empty() || name.chars().count() > 64 {
+        return Err(CoreError::BadRequest(
+            "display_name must be 1 to 64 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_device(device: Option<&str>) -> Result<()> {
     if let Some(d) = device {
         let ok = !d.is_empty()
             && d.len() <= 128
@@ -168,6 +179,19 @@ impl Core {
         device_id: Option<String>,
         client: ClientInfo,
     ) -> Result<TokenPair> {
+        self.open_session_with_ttl(user, platform, device_id, client, None)
+            .await
+    }
+
+    /// [`Self::open_session`] with an access-token lifetime other than the default.
+    pub async fn open_session_with_ttl(
+        &self,
+        user: &UserId,
+        platform: Platform,
+        device_id: Option<String>,
+        client: ClientInfo,
+        access_ttl: Option<u64>,
+    ) -> Result<TokenPair> {
         let now = self.clock.now();
         let active = self.store.active_sessions(user).await?;
         let kicked = active
@@ -206,7 +230,38 @@ impl Core {
             )
             .await?;
         self.publish(&events).await;
-        self.token_pair(user, &session_id, &platform, refresh, now)
+        self.audit_revocations(&events).await;
+        self.token_pair(user, &session_id, &platform, refresh, now, access_ttl)
+    }
+
+    /// One audit entry per session revoked by these events.
+    pub(crate) async fn audit_revocations(&self, events: &[StoredEvent]) {
+        for e in events
+            .iter()
+            .filter(|e| e.kind == unimsg_proto::EventType::SessionRevoked)
+        {
+            let (session, reason) = match &e.body {
+                EventBody::Data(d) => {
+                    let v: serde_json::Value = serde_json::from_str(d).unwrap_or_default();
+                    (
+                        v["session_id"].as_str().map(str::to_owned),
+                        v["reason"].as_str().map(str::to_owned),
+                    )
+                }
+                _ => (None, None),
+            };
+            self.audit(AuditRecord {
+                action: "session.revoked".into(),
+                actor_kind: "system".into(),
+                actor: "-".into(),
+                outcome: "ok".into(),
+                target: Some(e.user_id.to_string()),
+                session_id: session,
+                detail: reason,
+                ..AuditRecord::default()
+            })
+            .await;
+        }
     }
 
     fn token_pair(
@@ -216,8 +271,9 @@ impl Core {
         platform: &Platform,
         refresh: OpaqueToken,
         now: OffsetDateTime,
+        access_ttl: Option<u64>,
     ) -> Result<TokenPair> {
-        let ttl = self.config.auth.access_ttl_secs;
+        let ttl = access_ttl.unwrap_or(self.config.auth.access_ttl_secs);
         let claims = Claims {
             sub: user.to_string(),
             sid: session.to_string(),
@@ -269,6 +325,7 @@ impl Core {
                     &session.platform,
                     next,
                     now,
+                    None,
                 )
             }
             RefreshOutcome::Reused(session) => {
@@ -297,7 +354,17 @@ impl Core {
 
     /// `POST /v1/auth/logout`
     pub async fn logout(&self, auth: &AuthContext) -> Result<()> {
-        self.revoke(&auth.session_id, "logout").await
+        self.revoke(&auth.session_id, "logout").await?;
+        self.audit(AuditRecord {
+            action: "auth.logout".into(),
+            actor_kind: "user".into(),
+            actor: auth.user_id.to_string(),
+            outcome: "ok".into(),
+            session_id: Some(auth.session_id.to_string()),
+            ..AuditRecord::default()
+        })
+        .await;
+        Ok(())
     }
 
     /// `DELETE /v1/me/sessions/{id}`: end one of the caller's own sessions.
@@ -374,7 +441,7 @@ impl Core {
     }
 }
 
-fn revocation(session: &SessionId, reason: &str, at: OffsetDateTime) -> Revocation {
+pub(crate) fn revocation(session: &SessionId, reason: &str, at: OffsetDateTime) -> Revocation {
     let data = serde_json::json!({ "session_id": session, "reason": reason });
     Revocation {
         session_id: session.clone(),

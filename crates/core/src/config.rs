@@ -96,10 +96,45 @@ impl Default for DeliveryConfig {
     }
 }
 
+/// `[admin]`: the admin API for business systems.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// CIDRs allowed to call `/v1/admin/*`; empty allows every address.
+    pub ip_allowlist: Vec<ipnet::IpNet>,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDRs).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Refuse admin requests without `X-Nonce` and `X-Timestamp`.
+    pub require_nonce: bool,
+    /// How far `X-Timestamp` may be from now, and how long a nonce is remembered, in seconds.
+    pub nonce_window_secs: u64,
+    /// Most nonces remembered at once; the oldest are forgotten first.
+    pub nonce_capacity: usize,
+    /// Lifetime of admin tokens from `POST /v1/admin/token`, in seconds.
+    pub token_ttl_secs: u64,
+    /// Most recipients of one targeted message.
+    pub max_recipients: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            ip_allowlist: Vec::new(),
+            trusted_proxies: Vec::new(),
+            require_nonce: false,
+            nonce_window_secs: 300,
+            nonce_capacity: 100_000,
+            token_ttl_secs: 900,
+            max_recipients: 100_000,
+        }
+    }
+}
+
 /// The core's part of the configuration.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct CoreConfig {
     pub auth: AuthConfig,
     pub messaging: MessagingConfig,
     pub delivery: DeliveryConfig,
+    pub admin: AdminConfig,
 }

@@ -5,6 +5,8 @@
 //! through the [`bus::Bus`] to the local [`hub::Hub`]. It talks to durable
 //! state only through [`unimsg_store::Store`]. Nothing here parses HTTP.
 
+pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod bus;
 pub mod clock;
@@ -15,6 +17,7 @@ pub mod keys;
 pub mod messaging;
 pub mod password;
 mod render;
+pub mod replay;
 pub mod stream;
 
 use std::sync::Arc;
@@ -27,6 +30,7 @@ use config::CoreConfig;
 use hub::Hub;
 use keys::{Keyring, SigningKey};
 use password::PasswordWorkers;
+use replay::NonceStore;
 use unimsg_store::{Store, StoredEvent};
 
 /// Everything the transports need, shared by all connections.
@@ -38,6 +42,8 @@ pub struct Core {
     pub(crate) signing: SigningKey,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) passwords: PasswordWorkers,
+    pub(crate) nonces: Arc<dyn NonceStore>,
+    pub(crate) verified: admin::VerifiedSecrets,
     pub(crate) config: CoreConfig,
 }
 
@@ -58,6 +64,7 @@ pub struct CoreParts {
     pub signing: SigningKey,
     pub clock: Arc<dyn Clock>,
     pub passwords: PasswordWorkers,
+    pub nonces: Arc<dyn NonceStore>,
     pub config: CoreConfig,
 }
 
@@ -71,6 +78,8 @@ impl Core {
             signing: parts.signing,
             clock: parts.clock,
             passwords: parts.passwords,
+            nonces: parts.nonces,
+            verified: admin::VerifiedSecrets::default(),
             config: parts.config,
         }
     }
@@ -81,6 +90,25 @@ impl Core {
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    /// Checks an admin request's `X-Nonce` / `X-Timestamp` (see [`replay`]).
+    pub fn check_replay(
+        &self,
+        credential: &str,
+        nonce: Option<&str>,
+        timestamp: Option<&str>,
+    ) -> Result<()> {
+        let admin = &self.config.admin;
+        replay::check(
+            &*self.nonces,
+            credential,
+            nonce,
+            timestamp,
+            self.clock.now().unix_timestamp(),
+            admin.nonce_window_secs as i64,
+            admin.require_nonce,
+        )
     }
 
     /// Whether the store answers.

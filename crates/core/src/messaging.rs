@@ -164,6 +164,19 @@ impl Core {
         conversation: &ConversationId,
         message_id: &MessageId,
     ) -> Result<ReadResponse> {
+        if let Some(owner) = conversation.system_owner() {
+            if owner != auth.user_id {
+                return Err(CoreError::NotFound("conversation not found".into()));
+            }
+            let seq = self
+                .store
+                .mark_notifications_read(&auth.user_id, message_id, self.clock.now())
+                .await?;
+            return Ok(ReadResponse {
+                conversation_id: conversation.clone(),
+                read_upto: seq.0,
+            });
+        }
         let members = members_for(conversation, &auth.user_id)?;
         let message = self
             .store

@@ -44,9 +44,15 @@ pub(crate) fn message(keyring: &Keyring, m: &StoredMessage) -> Result<Message> {
 pub(crate) fn notification(keyring: &Keyring, n: &StoredNotification) -> Result<serde_json::Value> {
     let plain = keyring
         .open(&n.content, n.message_id.as_str().as_bytes())
-        .map_err(|e| CoreError::Internal(format!("cannot open notification {}: {e}", n.message_id)))?;
-    let content: serde_json::Value = serde_json::from_slice(&plain)
-        .map_err(|e| CoreError::Internal(format!("notification {} content is not JSON: {e}", n.message_id)))?;
+        .map_err(|e| {
+            CoreError::Internal(format!("cannot open notification {}: {e}", n.message_id))
+        })?;
+    let content: serde_json::Value = serde_json::from_slice(&plain).map_err(|e| {
+        CoreError::Internal(format!(
+            "notification {} content is not JSON: {e}",
+            n.message_id
+        ))
+    })?;
     Ok(serde_json::json!({
         "message_id": n.message_id,
         "kind": n.kind,

@@ -5,6 +5,7 @@
 //! core, render. [`router`] builds the whole application from an
 //! [`AppState`], so the binary and the tests serve exactly the same thing.
 
+mod admin;
 mod error;
 mod extract;
 mod routes;
@@ -80,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/conversations/{id}/read", post(routes::messages::read))
         .route("/v1/events", get(sse::events))
         .route("/v1/ws", get(ws::upgrade))
+        .merge(admin::routes(state.clone()))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

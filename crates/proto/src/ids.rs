@@ -144,6 +144,18 @@ impl ConversationId {
         Self(format!("d:{lo}:{hi}"))
     }
 
+    /// The system conversation of a user.
+    pub fn system(user: &UserId) -> Self {
+        Self(format!("s:{user}"))
+    }
+
+    /// The owner of a system conversation.
+    pub fn system_owner(&self) -> Option<UserId> {
+        self.0
+            .strip_prefix("s:")
+            .and_then(|u| UserId::parse(u).ok())
+    }
+
     pub fn parse(s: impl Into<String>) -> Result<Self, IdError> {
         let s = s.into();
         let err = |reason| IdError {
@@ -152,6 +164,10 @@ impl ConversationId {
         };
         let mut parts = s.split(':');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("s"), Some(user), None, None) => {
+                UserId::parse(user).map_err(|_| err("malformed user id"))?;
+                Ok(Self(s))
+            }
             (Some("d"), Some(a), Some(b), None) => {
                 let a = UserId::parse(a).map_err(|_| err("malformed user id"))?;
                 let b = UserId::parse(b).map_err(|_| err("malformed user id"))?;

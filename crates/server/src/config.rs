@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use unimsg_core::config::{AuthConfig, CoreConfig, DeliveryConfig, MessagingConfig};
+use unimsg_core::config::{AdminConfig, AuthConfig, CoreConfig, DeliveryConfig, MessagingConfig};
 use unimsg_http::HttpConfig;
 use unimsg_store::sqlite::Durability;
 
@@ -37,6 +37,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub messaging: MessagingConfig,
     pub delivery: DeliveryConfig,
+    pub admin: AdminConfig,
     pub store: StoreConfig,
 }
 
@@ -50,6 +51,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             messaging: MessagingConfig::default(),
             delivery: DeliveryConfig::default(),
+            admin: AdminConfig::default(),
             store: StoreConfig::default(),
         }
     }
@@ -174,6 +176,7 @@ impl Config {
             auth: self.auth.clone(),
             messaging: self.messaging.clone(),
             delivery: self.delivery.clone(),
+            admin: self.admin.clone(),
         }
     }
 

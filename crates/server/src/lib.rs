@@ -13,11 +13,13 @@ use std::sync::{Arc, OnceLock};
 use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
+use unimsg_core::admin::INITIAL_ADMIN;
 use unimsg_core::bus::LocalBus;
 use unimsg_core::clock::SystemClock;
 use unimsg_core::hub::Hub;
 use unimsg_core::keys::{Keyring, MasterKey, SigningKey};
 use unimsg_core::password::PasswordWorkers;
+use unimsg_core::replay::MemoryNonces;
 use unimsg_core::{Core, CoreParts};
 use unimsg_http::AppState;
 use unimsg_store::sqlite::{SqliteOptions, SqliteStore};
@@ -27,6 +29,9 @@ pub use config::{Config, ConfigError, ENV_PREFIX, LogConfig, LogFormat, StoreCon
 /// Log target of start and stop lines, shown at every log level: scripts
 /// wait for `listening on http://ADDR`.
 const LIFECYCLE: &str = "unimsg::lifecycle";
+
+/// The environment variable with the first start's password of `admin`.
+pub const ADMIN_PASSWORD_ENV: &str = "UNIMSG_ADMIN_PASSWORD";
 
 /// The environment variable holding the master key (base64 of 32 bytes).
 pub const MASTER_KEY_ENV: &str = "UNIMSG_MASTER_KEY";
@@ -68,8 +73,19 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Core>> {
         signing,
         clock: Arc::new(SystemClock),
         passwords: PasswordWorkers::for_this_machine(),
+        nonces: Arc::new(MemoryNonces::new(config.admin.nonce_capacity)),
         config: config.core(),
     })))
+}
+
+/// `unimsg audit verify`: walks the audit log of the data directory's store.
+pub async fn verify_audit(data_dir: &std::path::Path) -> anyhow::Result<Result<u64, String>> {
+    let path = data_dir.join("unimsg.db");
+    anyhow::ensure!(path.exists(), "no database at {}", path.display());
+    let store = SqliteStore::open(SqliteOptions::new(path))?;
+    Ok(unimsg_core::audit::verify_store(&store)
+        .await
+        .map_err(|e| e.to_string()))
 }
 
 /// Serves until `shutdown` resolves, then closes live connections and
@@ -80,6 +96,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let core = build(&config).await?;
+    let initial = core
+        .ensure_initial_admin(std::env::var(ADMIN_PASSWORD_ENV).ok())
+        .await?;
+    if let Some(password) = initial {
+        // Shown once, on stdout rather than in the log; only its hash is stored.
+        println!(
+            "created the admin account: admin_id = {INITIAL_ADMIN}, password = {password} \
+             (shown only now; set {ADMIN_PASSWORD_ENV} to choose it)"
+        );
+    }
     let state = AppState {
         core: core.clone(),
         http: config.http.clone(),

@@ -81,13 +81,14 @@ pub trait Notifications: Send + Sync {
         limit: u32,
     ) -> Result<NotificationStatus>;
     /// Marks `user`'s notifications up to the one given as read; returns
-    /// how many changed. `NotFound` if the user did not receive it.
+    /// that notification's seq in the user's inbox. `NotFound` if the user
+    /// did not receive it.
     async fn mark_notifications_read(
         &self,
         user: &UserId,
         upto: &MessageId,
         at: OffsetDateTime,
-    ) -> Result<u64>;
+    ) -> Result<Seq>;
 }
 
 /// The tamper-evident audit log.

@@ -202,7 +202,7 @@ impl Notifications for SqliteStore {
         user: &UserId,
         upto: &MessageId,
         at: OffsetDateTime,
-    ) -> Result<u64> {
+    ) -> Result<Seq> {
         let (user, upto) = (user.clone(), upto.clone());
         self.write(move |conn| {
             let seq: Option<i64> = conn
@@ -214,20 +214,22 @@ impl Notifications for SqliteStore {
                 .optional()
                 .map_err(db)?;
             let seq = seq.ok_or(StoreError::NotFound("notification"))?;
-            let changed = conn
-                .execute(
-                    "UPDATE notification_recipients SET read_at = ?3 \
-                     WHERE user_id = ?1 AND seq <= ?2 AND read_at IS NULL",
-                    params![user.as_str(), seq, ms(at)],
-                )
-                .map_err(db)?;
-            Ok(changed as u64)
+            conn.execute(
+                "UPDATE notification_recipients SET read_at = ?3 \
+                 WHERE user_id = ?1 AND seq <= ?2 AND read_at IS NULL",
+                params![user.as_str(), seq, ms(at)],
+            )
+            .map_err(db)?;
+            Ok(Seq(to_u64(seq)))
         })
         .await
     }
 }
 
-fn read_audit(row: &Row<'_>) -> rusqlite::Result<(i64, i64, String, Vec<u8>, Vec<u8>)> {
+/// `(id, at, content, prev_hash, hash)` as read.
+type RawAudit = (i64, i64, String, Vec<u8>, Vec<u8>);
+
+fn read_audit(row: &Row<'_>) -> rusqlite::Result<RawAudit> {
     Ok((
         row.get(0)?,
         row.get(1)?,
@@ -237,7 +239,7 @@ fn read_audit(row: &Row<'_>) -> rusqlite::Result<(i64, i64, String, Vec<u8>, Vec
     ))
 }
 
-fn build_audit(raw: (i64, i64, String, Vec<u8>, Vec<u8>)) -> Result<AuditRow> {
+fn build_audit(raw: RawAudit) -> Result<AuditRow> {
     let (id, at_ms, content, prev, hash) = raw;
     // A hash of the wrong length is tampering too; keep it visible as zeros
     // so verification reports the entry instead of the reader failing.

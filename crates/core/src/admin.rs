@@ -1,0 +1,572 @@
+//! The admin side: admin credentials and scopes, users managed by business
+//! systems, minted user tokens, forced logout, targeted notifications and
+//! their delivery status.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use unimsg_proto::admin::{
+    AdminToken, AdminUser, ForceLogoutResponse, ImportResponse, ImportResult, ImportUser,
+    MessageStatus, NotifyRequest, NotifyResponse, RecipientStatus, Scope, Target, UserPatch,
+};
+use unimsg_proto::api::TokenPair;
+use unimsg_proto::{ErrorDetail, EventType, MessageId, Platform, UserId};
+use unimsg_store::{
+    Admin, NewNotification, NewUser, PasswordHash, StoreError, User, UserStatus, UserUpdate,
+};
+
+use crate::Core;
+use crate::auth::ClientInfo;
+use crate::error::{CoreError, Result};
+use crate::hub::Delivery;
+
+/// The id of the admin account created at first start.
+pub const INITIAL_ADMIN: &str = "admin";
+
+const AUDIENCE: &str = "unimsg-admin";
+
+/// Recipients appended per store call: large audiences are written in
+/// several transactions, so other writes interleave.
+const NOTIFY_CHUNK: usize = 2000;
+
+/// An authenticated admin credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminContext {
+    pub admin_id: String,
+    pub scopes: BTreeSet<Scope>,
+}
+
+impl AdminContext {
+    /// `Forbidden` unless the credential holds `scope` (or `admin`).
+    pub fn require(&self, scope: Scope) -> Result<()> {
+        if self.scopes.contains(&Scope::Admin) || self.scopes.contains(&scope) {
+            Ok(())
+        } else {
+            Err(CoreError::Forbidden(format!(
+                "this credential lacks the {} scope",
+                scope.as_str()
+            )))
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AdminClaims {
+    sub: String,
+    aud: String,
+    scp: Vec<Scope>,
+    exp: i64,
+    iat: i64,
+    jti: String,
+}
+
+/// Basic credentials verified recently, by admin id and SHA-256 of the
+/// secret, so that a business system sending Basic auth on every request
+/// does not pay an argon2 verification each time.
+#[derive(Debug, Default)]
+pub struct VerifiedSecrets(Mutex<HashMap<(String, [u8; 32]), i64>>);
+
+const VERIFIED_FOR_SECS: i64 = 60;
+
+fn secret_digest(secret: &str) -> [u8; 32] {
+    crate::keys::OpaqueToken(secret.to_owned()).hash().0
+}
+
+fn to_admin_user(u: User) -> AdminUser {
+    AdminUser {
+        has_password: u.password_hash.is_some(),
+        user_id: u.user_id,
+        username: u.username,
+        display_name: u.display_name,
+        status: u.status.as_str().to_owned(),
+        created_at: u.created_at,
+    }
+}
+
+fn bad_item(index: usize, user_id: Option<String>, e: &CoreError) -> ImportResult {
+    ImportResult {
+        index,
+        user_id,
+        ok: false,
+        error: Some(ErrorDetail {
+            code: e.code(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+impl Core {
+    /// Creates the `admin` account (all scopes) when there is none. Returns
+    /// the generated password when none was given, to be shown once.
+    pub async fn ensure_initial_admin(&self, password: Option<String>) -> Result<Option<String>> {
+        if self.store.admin(INITIAL_ADMIN).await?.is_some() {
+            return Ok(None);
+        }
+        let (password, generated) = match password {
+            Some(p) if !p.is_empty() => (p, false),
+            _ => {
+                let bytes = crate::keys::random_bytes::<18>()
+                    .map_err(|e| CoreError::Internal(e.to_string()))?;
+                (URL_SAFE_NO_PAD.encode(bytes), true)
+            }
+        };
+        let secret_hash = self.passwords.hash(password.clone()).await?;
+        let admin = Admin {
+            admin_id: INITIAL_ADMIN.into(),
+            secret_hash,
+            scopes: vec![Scope::Admin.as_str().into()],
+            created_at: self.clock.now(),
+        };
+        match self.store.create_admin(admin).await {
+            Ok(()) | Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(generated.then_some(password))
+    }
+
+    async fn admin_by_secret(&self, admin_id: &str, secret: &str) -> Result<AdminContext> {
+        const DENIED: CoreError = CoreError::Unauthorized("invalid admin credentials");
+        if admin_id.is_empty() || admin_id.len() > 64 || secret.len() > 1024 {
+            return Err(DENIED);
+        }
+        let admin = self.store.admin(admin_id).await?;
+        let now = self.clock.now().unix_timestamp();
+        let key = (admin_id.to_owned(), secret_digest(secret));
+        let cached = self
+            .verified
+            .0
+            .lock()
+            .map(|m| m.get(&key).is_some_and(|until| *until > now))
+            .unwrap_or(false);
+        let ok = match &admin {
+            Some(_) if cached => true,
+            Some(a) => {
+                self.passwords
+                    .verify(secret.to_owned(), Some(a.secret_hash.clone()))
+                    .await?
+            }
+            None => self.passwords.verify(secret.to_owned(), None).await?,
+        };
+        let Some(admin) = admin.filter(|_| ok) else {
+            return Err(DENIED);
+        };
+        if !cached && let Ok(mut m) = self.verified.0.lock() {
+            m.retain(|_, until| *until > now);
+            m.insert(key, now + VERIFIED_FOR_SECS);
+        }
+        Ok(AdminContext {
+            admin_id: admin.admin_id,
+            scopes: admin
+                .scopes
+                .iter()
+                .filter_map(|s| Scope::parse(s))
+                .collect(),
+        })
+    }
+
+    /// HTTP Basic `admin_id:password`.
+    pub async fn admin_basic(&self, admin_id: &str, secret: &str) -> Result<AdminContext> {
+        self.admin_by_secret(admin_id, secret).await
+    }
+
+    /// `POST /v1/admin/token`: a short-lived admin token for a secret.
+    pub async fn admin_token(&self, admin_id: &str, secret: &str) -> Result<AdminToken> {
+        let ctx = self.admin_by_secret(admin_id, secret).await?;
+        let now = self.clock.now().unix_timestamp();
+        let ttl = self.config.admin.token_ttl_secs;
+        let scopes: Vec<Scope> = ctx.scopes.iter().copied().collect();
+        let claims = AdminClaims {
+            sub: ctx.admin_id,
+            aud: AUDIENCE.into(),
+            scp: scopes.clone(),
+            exp: now + ttl as i64,
+            iat: now,
+            jti: uuid::Uuid::now_v7().simple().to_string(),
+        };
+        let key = EncodingKey::from_ed_der(self.signing.pkcs8());
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key)
+            .map_err(|e| CoreError::Internal(format!("cannot sign a token: {e}")))?;
+        Ok(AdminToken {
+            token,
+            expires_in: ttl,
+            scopes,
+        })
+    }
+
+    /// A Bearer admin token. User access tokens are refused here (no
+    /// audience), and admin tokens are refused as user tokens (no session).
+    pub async fn admin_bearer(&self, token: &str) -> Result<AdminContext> {
+        const DENIED: CoreError = CoreError::Unauthorized("invalid or expired admin token");
+        let key = DecodingKey::from_ed_der(self.signing.public());
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.leeway = 5;
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+        let claims = jsonwebtoken::decode::<AdminClaims>(token, &key, &validation)
+            .map_err(|_| DENIED)?
+            .claims;
+        // A deleted admin's tokens stop working.
+        if self.store.admin(&claims.sub).await?.is_none() {
+            return Err(DENIED);
+        }
+        Ok(AdminContext {
+            admin_id: claims.sub,
+            scopes: claims.scp.into_iter().collect(),
+        })
+    }
+
+    /// `POST /v1/admin/users`: each item is checked and stored on its own.
+    pub async fn import_users(&self, items: Vec<serde_json::Value>) -> Result<ImportResponse> {
+        let mut results: Vec<Option<ImportResult>> = vec![None; items.len()];
+        let mut valid = Vec::new();
+        let mut valid_index = Vec::new();
+        for (index, raw) in items.into_iter().enumerate() {
+            let raw_id = raw
+                .get("user_id")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned);
+            let item = match serde_json::from_value::<ImportUser>(raw) {
+                Ok(i) => i,
+                Err(e) => {
+                    results[index] = Some(bad_item(
+                        index,
+                        raw_id,
+                        &CoreError::BadRequest(e.to_string()),
+                    ));
+                    continue;
+                }
+            };
+            match self.checked_import(item).await {
+                Ok(user) => {
+                    valid_index.push(index);
+                    valid.push(user);
+                }
+                Err(e) => results[index] = Some(bad_item(index, raw_id, &e)),
+            }
+        }
+        let stored = self.store.import_users(valid).await?;
+        for (index, outcome) in valid_index.into_iter().zip(stored) {
+            results[index] = Some(match outcome {
+                Ok(user) => ImportResult {
+                    index,
+                    user_id: Some(user.user_id.to_string()),
+                    ok: true,
+                    error: None,
+                },
+                Err(e) => {
+                    let e = match e {
+                        StoreError::Conflict(what) => {
+                            CoreError::Conflict(format!("{what} already exists"))
+                        }
+                        other => other.into(),
+                    };
+                    bad_item(index, None, &e)
+                }
+            });
+        }
+        let results: Vec<ImportResult> = results.into_iter().flatten().collect();
+        let imported = results.iter().filter(|r| r.ok).count();
+        Ok(ImportResponse {
+            imported,
+            failed: results.len() - imported,
+            results,
+        })
+    }
+
+    async fn checked_import(&self, item: ImportUser) -> Result<NewUser> {
+        let username = item.username.unwrap_or_else(|| item.user_id.to_string());
+        crate::auth::validate_username(&username)?;
+        crate::auth::validate_display_name(&item.display_name)?;
+        let password_hash = match item.password {
+            Some(p) => {
+                crate::auth::validate_password(&p)?;
+                Some(self.passwords.hash(p).await?)
+            }
+            None => None,
+        };
+        Ok(NewUser {
+            user_id: item.user_id,
+            username,
+            display_name: item.display_name,
+            password_hash,
+            created_at: self.clock.now(),
+        })
+    }
+
+    /// `GET /v1/admin/users/{id}`
+    pub async fn admin_user(&self, id: &UserId) -> Result<AdminUser> {
+        let user = self
+            .store
+            .user(id)
+            .await?
+            .ok_or_else(|| CoreError::NotFound("user not found".into()))?;
+        Ok(to_admin_user(user))
+    }
+
+    /// `PATCH /v1/admin/users/{id}`. Disabling revokes every session at once.
+    pub async fn update_user(&self, id: &UserId, patch: UserPatch) -> Result<AdminUser> {
+        if let Some(name) = &patch.display_name {
+            crate::auth::validate_display_name(name)?;
+        }
+        let status = match patch.status.as_deref() {
+            None => None,
+            Some("active") => Some(UserStatus::Active),
+            Some("disabled") => Some(UserStatus::Disabled),
+            Some(_) => {
+                return Err(CoreError::BadRequest(
+                    "status must be active or disabled".into(),
+                ));
+            }
+        };
+        let password_hash: Option<PasswordHash> = match patch.password {
+            Some(p) => {
+                crate::auth::validate_password(&p)?;
+                Some(self.passwords.hash(p).await?)
+            }
+            None => None,
+        };
+        let password_changed = password_hash.is_some();
+        let update = UserUpdate {
+            display_name: patch.display_name,
+            password_hash,
+            status,
+        };
+        let user = self.store.update_user(id, update).await?;
+        if status == Some(UserStatus::Disabled) {
+            self.revoke_user_sessions(id, None, "user_disabled").await?;
+        } else if password_changed {
+            self.revoke_user_sessions(id, None, "password_changed")
+                .await?;
+        }
+        Ok(to_admin_user(user))
+    }
+
+    /// `DELETE /v1/admin/users/{id}`: sessions are revoked first, so live
+    /// connections close.
+    pub async fn delete_user(&self, id: &UserId) -> Result<()> {
+        if self.store.user(id).await?.is_none() {
+            return Err(CoreError::NotFound("user not found".into()));
+        }
+        self.revoke_user_sessions(id, None, "user_deleted").await?;
+        self.store.delete_user(id).await?;
+        Ok(())
+    }
+
+    /// Revokes a user's sessions (of one platform, or all); returns how many.
+    pub async fn revoke_user_sessions(
+        &self,
+        id: &UserId,
+        platform: Option<&Platform>,
+        reason: &str,
+    ) -> Result<usize> {
+        let sessions = self.store.active_sessions(id).await?;
+        let now = self.clock.now();
+        let revocations: Vec<_> = sessions
+            .iter()
+            .filter(|s| platform.is_none_or(|p| &s.platform == p))
+            .map(|s| crate::auth::revocation(&s.session_id, reason, now))
+            .collect();
+        let count = revocations.len();
+        if count > 0 {
+            let events = self.store.revoke_sessions(revocations).await?;
+            self.publish(&events).await;
+            self.audit_revocations(&events).await;
+        }
+        Ok(count)
+    }
+
+    /// `POST /v1/admin/users/{id}/logout`
+    pub async fn force_logout(
+        &self,
+        id: &UserId,
+        platform: Option<Platform>,
+    ) -> Result<ForceLogoutResponse> {
+        if self.store.user(id).await?.is_none() {
+            return Err(CoreError::NotFound("user not found".into()));
+        }
+        let revoked = self
+            .revoke_user_sessions(id, platform.as_ref(), "admin_logout")
+            .await?;
+        Ok(ForceLogoutResponse { revoked })
+    }
+
+    /// `POST /v1/admin/users/{id}/tokens`: a session for a user whose login
+    /// the business system owns, under the device policy.
+    pub async fn mint_tokens(
+        &self,
+        id: &UserId,
+        platform: Platform,
+        device_id: Option<String>,
+        ttl_secs: Option<u64>,
+    ) -> Result<TokenPair> {
+        crate::auth::validate_device(device_id.as_deref())?;
+        let user = self
+            .store
+            .user(id)
+            .await?
+            .ok_or_else(|| CoreError::NotFound("user not found".into()))?;
+        if user.status == UserStatus::Disabled {
+            return Err(CoreError::Forbidden("this account is disabled".into()));
+        }
+        if ttl_secs.is_some_and(|t| t == 0 || t > 30 * 24 * 3600) {
+            return Err(CoreError::BadRequest(
+                "ttl_secs must be 1 to 2592000".into(),
+            ));
+        }
+        let pair = self
+            .open_session_with_ttl(id, platform, device_id, ClientInfo::default(), ttl_secs)
+            .await?;
+        self.audit(crate::audit::AuditRecord {
+            action: "auth.token_minted".into(),
+            actor_kind: "system".into(),
+            actor: "-".into(),
+            outcome: "ok".into(),
+            target: Some(id.to_string()),
+            session_id: Some(pair.session_id.to_string()),
+            ..Default::default()
+        })
+        .await;
+        Ok(pair)
+    }
+
+    /// `POST /v1/admin/messages`: one notification, stored once, with a
+    /// `notification.new` event in each recipient's inbox.
+    pub async fn notify(&self, req: NotifyRequest) -> Result<NotifyResponse> {
+        let users = match req.to {
+            Target::Users(users) => users,
+            Target::Group(_) => {
+                return Err(CoreError::BadRequest(
+                    "group targets need groups, which this server does not have yet".into(),
+                ));
+            }
+        };
+        if !matches!(req.kind.as_str(), "notification" | "event" | "status") {
+            return Err(CoreError::BadRequest(
+                "kind must be notification, event or status".into(),
+            ));
+        }
+        if users.is_empty() || users.len() > self.config.admin.max_recipients {
+            return Err(CoreError::BadRequest(format!(
+                "a message goes to 1 to {} users",
+                self.config.admin.max_recipients
+            )));
+        }
+        let sender = req.from.unwrap_or_else(|| "system".into());
+        if sender.is_empty() || sender.chars().count() > 64 {
+            return Err(CoreError::BadRequest(
+                "from must be 1 to 64 characters".into(),
+            ));
+        }
+        let content =
+            serde_json::to_vec(&req.content).map_err(|e| CoreError::BadRequest(e.to_string()))?;
+        if content.len() > self.config.messaging.max_content_bytes {
+            return Err(CoreError::TooLarge(format!(
+                "content is {} bytes; the limit is {}",
+                content.len(),
+                self.config.messaging.max_content_bytes
+            )));
+        }
+        let mut seen = BTreeSet::new();
+        let users: Vec<UserId> = users
+            .into_iter()
+            .filter(|u| seen.insert(u.clone()))
+            .collect();
+        let message_id = MessageId::parse(uuid::Uuid::now_v7().simple().to_string())
+            .map_err(|e| CoreError::Internal(e.to_string()))?;
+        let sealed = self
+            .keyring
+            .seal(&content, message_id.as_str().as_bytes())
+            .map_err(|e| CoreError::Internal(format!("cannot seal content: {e}")))?;
+        let notification = NewNotification {
+            message_id: message_id.clone(),
+            kind: req.kind,
+            sender,
+            content: sealed,
+            created_at: self.clock.now(),
+        };
+        let stored = unimsg_store::StoredNotification {
+            message_id: notification.message_id.clone(),
+            kind: notification.kind.clone(),
+            sender: notification.sender.clone(),
+            content: notification.content.clone(),
+            created_at: notification.created_at,
+        };
+        // Rendered once: every recipient gets the same data.
+        let data = crate::render::notification(&self.keyring, &stored)?;
+        let ts = notification.created_at;
+        let mut recipients = 0;
+        for (i, chunk) in users.chunks(NOTIFY_CHUNK).enumerate() {
+            let seqs = self
+                .store
+                .append_notification(notification.clone(), i == 0, chunk.to_vec())
+                .await?;
+            recipients += seqs.len();
+            let deliveries = seqs
+                .into_iter()
+                .filter_map(|(user, seq)| {
+                    let event = unimsg_proto::Event {
+                        seq,
+                        kind: EventType::NotificationNew,
+                        ts,
+                        data: data.clone(),
+                    };
+                    let json = serde_json::to_vec(&event).ok()?;
+                    Some(std::sync::Arc::new(Delivery {
+                        user,
+                        seq,
+                        kind: EventType::NotificationNew,
+                        json: bytes::Bytes::from(json),
+                        revokes: None,
+                    }))
+                })
+                .collect();
+            if let Err(error) = self.bus.publish(deliveries).await {
+                tracing::warn!(%error, "live delivery failed; clients will catch up by sync");
+            }
+        }
+        metrics::counter!("unimsg_notifications_total").increment(1);
+        Ok(NotifyResponse {
+            message_id,
+            recipients,
+        })
+    }
+
+    /// `GET /v1/admin/messages/{id}/status`
+    pub async fn message_status(
+        &self,
+        id: &MessageId,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<MessageStatus> {
+        if self.store.notification(id).await?.is_none() {
+            return Err(CoreError::NotFound("message not found".into()));
+        }
+        let limit = limit.clamp(1, 1000);
+        let status = self.store.notification_status(id, after, limit).await?;
+        let next_after = if status.page.len() == limit as usize {
+            status.page.last().map(|(u, _, _)| u.to_string())
+        } else {
+            None
+        };
+        Ok(MessageStatus {
+            message_id: id.clone(),
+            recipients: status.recipients,
+            delivered: status.delivered,
+            read: status.read,
+            users: status
+                .page
+                .into_iter()
+                .map(|(user_id, delivered, read)| RecipientStatus {
+                    user_id,
+                    delivered,
+                    read,
+                })
+                .collect(),
+            next_after,
+        })
+    }
+}

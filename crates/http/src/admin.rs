@@ -1,0 +1,401 @@
+//! `/v1/admin/*`: the API for business systems.
+//!
+//! One middleware, [`gate`], guards every admin route in this order: the
+//! IP allowlist (403), the credential — HTTP Basic `admin_id:password` or a
+//! Bearer admin token — (401), replay protection with `X-Nonce` and
+//! `X-Timestamp` (409 / 401); then it runs the handler and writes one audit
+//! entry with the outcome, whether the request was served or refused.
+//! Handlers check the scope they need (403).
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+use unimsg_core::admin::AdminContext;
+use unimsg_core::audit::AuditRecord;
+use unimsg_proto::admin::{
+    AdminToken, AdminTokenRequest, AdminUser, AuditPage, ForceLogoutRequest, ForceLogoutResponse,
+    ImportRequest, ImportResponse, MessageStatus, MintRequest, NotifyRequest, NotifyResponse,
+    Scope, UserPatch,
+};
+use unimsg_proto::api::TokenPair;
+use unimsg_proto::{ErrorCode, MessageId, UserId};
+use unimsg_store::AuditQuery;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{Json, PathId, Query, path_id};
+
+/// The admin routes, behind [`gate`].
+pub fn routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin/token", post(token))
+        .route("/v1/admin/users", post(import_users))
+        .route(
+            "/v1/admin/users/{id}",
+            get(get_user).patch(patch_user).delete(delete_user),
+        )
+        .route("/v1/admin/users/{id}/tokens", post(mint))
+        .route("/v1/admin/users/{id}/logout", post(logout))
+        .route("/v1/admin/messages", post(notify))
+        .route("/v1/admin/messages/{id}/status", get(status))
+        .route("/v1/admin/audit", get(audit))
+        .route_layer(middleware::from_fn_with_state(state, gate))
+}
+
+/// The admin credential of the request, put there by [`gate`].
+pub struct Admin(pub AdminContext);
+
+impl<S: Send + Sync> FromRequestParts<S> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<AdminContext>()
+            .cloned()
+            .map(Admin)
+            .ok_or_else(|| ApiError::unauthorized("admin credentials required"))
+    }
+}
+
+/// Set by a handler on its response to name the actor when the request
+/// itself carried no credential (`POST /v1/admin/token`).
+#[derive(Clone)]
+struct AuditActor(String);
+
+/// The caller's address: the peer, or — when the peer is a trusted proxy —
+/// the nearest `X-Forwarded-For` address that is not a trusted proxy.
+pub(crate) fn client_ip(
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> Option<IpAddr> {
+    let peer = peer?;
+    if !trusted.iter().any(|net| net.contains(&peer)) {
+        return Some(peer);
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    Some(
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|ip| !trusted.iter().any(|net| net.contains(ip)))
+            .unwrap_or(peer),
+    )
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Guards and audits every admin request.
+async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let core = state.core.clone();
+    let admin_config = &core.config().admin;
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let ip = client_ip(peer, request.headers(), &admin_config.trusted_proxies);
+    let mut record = AuditRecord {
+        action: "admin.request".into(),
+        actor_kind: "admin".into(),
+        actor: "-".into(),
+        ip: ip.map(|i| i.to_string()),
+        operation_id: header(request.headers(), "x-operation-id")
+            .map(|s| s.chars().take(128).collect()),
+        method: Some(request.method().to_string()),
+        path: Some(request.uri().path().chars().take(256).collect()),
+        ..AuditRecord::default()
+    };
+    let outcome = admit(&state, ip, request, next, &mut record).await;
+    let response = match outcome {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    };
+    if let Some(actor) = response.extensions().get::<AuditActor>() {
+        record.actor = actor.0.clone();
+    }
+    record.outcome = response.status().as_u16().to_string();
+    core.audit(record).await;
+    response
+}
+
+async fn admit(
+    state: &AppState,
+    ip: Option<IpAddr>,
+    mut request: Request,
+    next: Next,
+    record: &mut AuditRecord,
+) -> Result<Response, ApiError> {
+    let core = &state.core;
+    let allow = &core.config().admin.ip_allowlist;
+    if !allow.is_empty() && !ip.is_some_and(|ip| allow.iter().any(|net| net.contains(&ip))) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this address may not use the admin API",
+        ));
+    }
+    let credential = if request.uri().path() == "/v1/admin/token" {
+        None
+    } else {
+        let ctx = authenticate(state, request.headers()).await?;
+        record.actor = ctx.admin_id.clone();
+        record.scope = Some(
+            ctx.scopes
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        Some(ctx)
+    };
+    let key = credential.as_ref().map_or_else(
+        || format!("ip:{}", ip.map(|i| i.to_string()).unwrap_or_default()),
+        |c| c.admin_id.clone(),
+    );
+    core.check_replay(
+        &key,
+        header(request.headers(), "x-nonce"),
+        header(request.headers(), "x-timestamp"),
+    )?;
+    if let Some(ctx) = credential {
+        request.extensions_mut().insert(ctx);
+    }
+    Ok(next.run(request).await)
+}
+
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AdminContext, ApiError> {
+    let value = header(headers, "authorization")
+        .ok_or_else(|| ApiError::unauthorized("admin credentials required"))?;
+    let (scheme, rest) = value
+        .split_once(' ')
+        .ok_or_else(|| ApiError::unauthorized("malformed Authorization"))?;
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = STANDARD
+            .decode(rest.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
+        let (id, secret) = decoded
+            .split_once(':')
+            .ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
+        Ok(state.core.admin_basic(id, secret).await?)
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        Ok(state.core.admin_bearer(rest.trim()).await?)
+    } else {
+        Err(ApiError::unauthorized("use Basic or Bearer credentials"))
+    }
+}
+
+/// `POST /v1/admin/token`
+async fn token(State(state): State<AppState>, Json(req): Json<AdminTokenRequest>) -> Response {
+    let actor = AuditActor(req.admin_id.chars().take(64).collect());
+    let result: Result<AdminToken, ApiError> = state
+        .core
+        .admin_token(&req.admin_id, &req.secret)
+        .await
+        .map_err(ApiError::from);
+    let mut response = match result {
+        Ok(t) => axum::Json(t).into_response(),
+        Err(e) => e.into_response(),
+    };
+    response.extensions_mut().insert(actor);
+    response
+}
+
+/// `POST /v1/admin/users`
+async fn import_users(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    Json(req): Json<ImportRequest>,
+) -> Result<axum::Json<ImportResponse>, ApiError> {
+    admin.require(Scope::UsersWrite)?;
+    if req.users.len() > 10_000 {
+        return Err(ApiError::bad_request(
+            "import at most 10000 users per request",
+        ));
+    }
+    Ok(axum::Json(state.core.import_users(req.users).await?))
+}
+
+/// `GET /v1/admin/users/{id}`
+async fn get_user(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    PathId(id): PathId,
+) -> Result<axum::Json<AdminUser>, ApiError> {
+    admin.require(Scope::UsersRead)?;
+    let id: UserId = path_id(&id, "user")?;
+    Ok(axum::Json(state.core.admin_user(&id).await?))
+}
+
+/// `PATCH /v1/admin/users/{id}`
+async fn patch_user(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    PathId(id): PathId,
+    Json(patch): Json<UserPatch>,
+) -> Result<axum::Json<AdminUser>, ApiError> {
+    admin.require(Scope::UsersWrite)?;
+    let id: UserId = path_id(&id, "user")?;
+    Ok(axum::Json(state.core.update_user(&id, patch).await?))
+}
+
+/// `DELETE /v1/admin/users/{id}`
+async fn delete_user(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    PathId(id): PathId,
+) -> Result<StatusCode, ApiError> {
+    admin.require(Scope::UsersWrite)?;
+    let id: UserId = path_id(&id, "user")?;
+    state.core.delete_user(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/admin/users/{id}/tokens`
+async fn mint(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    PathId(id): PathId,
+    Json(req): Json<MintRequest>,
+) -> Result<axum::Json<TokenPair>, ApiError> {
+    admin.require(Scope::TokensMint)?;
+    let id: UserId = path_id(&id, "user")?;
+    Ok(axum::Json(
+        state
+            .core
+            .mint_tokens(&id, req.platform, req.device_id, req.ttl_secs)
+            .await?,
+    ))
+}
+
+/// `POST /v1/admin/users/{id}/logout`
+async fn logout(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    PathId(id): PathId,
+    body: bytes::Bytes,
+) -> Result<axum::Json<ForceLogoutResponse>, ApiError> {
+    admin.require(Scope::UsersWrite)?;
+    let id: UserId = path_id(&id, "user")?;
+    // The body is optional: empty means every platform.
+    let req: ForceLogoutRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ForceLogoutRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    };
+    let platform = req.platform;
+    Ok(axum::Json(state.core.force_logout(&id, platform).await?))
+}
+
+/// `POST /v1/admin/messages`
+async fn notify(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    Json(req): Json<NotifyRequest>,
+) -> Result<axum::Json<NotifyResponse>, ApiError> {
+    admin.require(Scope::MessagesSend)?;
+    Ok(axum::Json(state.core.notify(req).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusQuery {
+    after: Option<UserId>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/admin/messages/{id}/status?after=&limit=`
+async fn status(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    PathId(id): PathId,
+    Query(q): Query<StatusQuery>,
+) -> Result<axum::Json<MessageStatus>, ApiError> {
+    admin.require(Scope::MessagesSend)?;
+    let id: MessageId = path_id(&id, "message")?;
+    Ok(axum::Json(
+        state
+            .core
+            .message_status(&id, q.after, q.limit.unwrap_or(100))
+            .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    #[serde(default)]
+    after: u64,
+    limit: Option<u32>,
+    action: Option<String>,
+    actor: Option<String>,
+    operation_id: Option<String>,
+}
+
+/// `GET /v1/admin/audit?after=&limit=&action=&actor=&operation_id=`
+async fn audit(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    Query(q): Query<AuditParams>,
+) -> Result<axum::Json<AuditPage>, ApiError> {
+    admin.require(Scope::AuditRead)?;
+    let query = AuditQuery {
+        after: q.after,
+        limit: q.limit.unwrap_or(100),
+        action: q.action,
+        actor: q.actor,
+        operation_id: q.operation_id,
+    };
+    Ok(axum::Json(state.core.audit_page(query).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> =
+            vec!["10.0.0.0/8".parse().unwrap_or_else(|e| panic!("{e}"))];
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "203.0.113.9, 10.1.1.1"
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let proxy: IpAddr = "10.2.2.2".parse().unwrap_or_else(|e| panic!("{e}"));
+        let stranger: IpAddr = "198.51.100.7".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            client_ip(Some(proxy), &headers, &trusted),
+            "203.0.113.9".parse().ok()
+        );
+        assert_eq!(
+            client_ip(Some(stranger), &headers, &trusted),
+            Some(stranger)
+        );
+        assert_eq!(
+            client_ip(Some(proxy), &HeaderMap::new(), &trusted),
+            Some(proxy)
+        );
+    }
+}
