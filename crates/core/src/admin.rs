@@ -168,6 +168,44 @@ impl Core {
         })
     }
 
+    /// `POST /v1/admin/admins`: another admin account with the given scopes.
+    pub async fn create_admin(
+        &self,
+        admin_id: &str,
+        secret: String,
+        scopes: Vec<Scope>,
+    ) -> Result<()> {
+        let id_ok = !admin_id.is_empty()
+            && admin_id.len() <= 64
+            && admin_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !id_ok {
+            return Err(CoreError::BadRequest(
+                "admin_id must be 1 to 64 of A-Z a-z 0-9 _ . -".into(),
+            ));
+        }
+        if secret.len() < 12 || secret.len() > 1024 {
+            return Err(CoreError::BadRequest(
+                "secret must be 12 to 1024 bytes".into(),
+            ));
+        }
+        if scopes.is_empty() {
+            return Err(CoreError::BadRequest("give at least one scope".into()));
+        }
+        let secret_hash = self.passwords.hash(secret).await?;
+        let admin = Admin {
+            admin_id: admin_id.to_owned(),
+            secret_hash,
+            scopes: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+            created_at: self.clock.now(),
+        };
+        self.store.create_admin(admin).await.map_err(|e| match e {
+            StoreError::Conflict(_) => CoreError::Conflict("this admin_id exists".into()),
+            other => other.into(),
+        })
+    }
+
     /// HTTP Basic `admin_id:password`.
     pub async fn admin_basic(&self, admin_id: &str, secret: &str) -> Result<AdminContext> {
         self.admin_by_secret(admin_id, secret).await
@@ -278,8 +316,14 @@ impl Core {
     }
 
     async fn checked_import(&self, item: ImportUser) -> Result<NewUser> {
-        let username = item.username.unwrap_or_else(|| item.user_id.to_string());
-        crate::auth::validate_username(&username)?;
+        // Without a username the user id serves, already valid as an id.
+        let username = match item.username {
+            Some(name) => {
+                crate::auth::validate_username(&name)?;
+                name
+            }
+            None => item.user_id.to_string(),
+        };
         crate::auth::validate_display_name(&item.display_name)?;
         let password_hash = match item.password {
             Some(p) => {

@@ -161,13 +161,35 @@ impl Core {
         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
         let ok = self.passwords.verify(req.password, hash).await?;
         let Some(user) = user.filter(|_| ok) else {
+            self.audit(AuditRecord {
+                action: "auth.login_failed".into(),
+                actor_kind: "user".into(),
+                actor: req.username.chars().take(64).collect(),
+                ip: client.ip.clone(),
+                outcome: "denied".into(),
+                ..AuditRecord::default()
+            })
+            .await;
             return Err(CoreError::Unauthorized("invalid username or password"));
         };
         if user.status == UserStatus::Disabled {
             return Err(CoreError::Forbidden("this account is disabled".into()));
         }
-        self.open_session(&user.user_id, req.platform, req.device_id, client)
-            .await
+        let ip = client.ip.clone();
+        let pair = self
+            .open_session(&user.user_id, req.platform, req.device_id, client)
+            .await?;
+        self.audit(AuditRecord {
+            action: "auth.login".into(),
+            actor_kind: "user".into(),
+            actor: user.user_id.to_string(),
+            ip,
+            outcome: "ok".into(),
+            session_id: Some(pair.session_id.to_string()),
+            ..AuditRecord::default()
+        })
+        .await;
+        Ok(pair)
     }
 
     /// Opens a session for a user whose identity is established, kicking
@@ -349,6 +371,7 @@ impl Core {
             .revoke_sessions(vec![revocation(session, reason, self.clock.now())])
             .await?;
         self.publish(&events).await;
+        self.audit_revocations(&events).await;
         Ok(())
     }
 

@@ -23,8 +23,8 @@ use unimsg_core::admin::AdminContext;
 use unimsg_core::audit::AuditRecord;
 use unimsg_proto::admin::{
     AdminToken, AdminTokenRequest, AdminUser, AuditPage, ForceLogoutRequest, ForceLogoutResponse,
-    ImportRequest, ImportResponse, MessageStatus, MintRequest, NotifyRequest, NotifyResponse,
-    Scope, UserPatch,
+    ImportRequest, ImportResponse, MessageStatus, MintRequest, NewAdminRequest, NotifyRequest,
+    NotifyResponse, Scope, UserPatch,
 };
 use unimsg_proto::api::TokenPair;
 use unimsg_proto::{ErrorCode, MessageId, UserId};
@@ -38,6 +38,7 @@ use crate::extract::{Json, PathId, Query, path_id};
 pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/v1/admin/token", post(token))
+        .route("/v1/admin/admins", post(create_admin))
         .route("/v1/admin/users", post(import_users))
         .route(
             "/v1/admin/users/{id}",
@@ -217,6 +218,20 @@ async fn token(State(state): State<AppState>, Json(req): Json<AdminTokenRequest>
     };
     response.extensions_mut().insert(actor);
     response
+}
+
+/// `POST /v1/admin/admins` (scope `admin`)
+async fn create_admin(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    Json(req): Json<NewAdminRequest>,
+) -> Result<StatusCode, ApiError> {
+    admin.require(Scope::Admin)?;
+    state
+        .core
+        .create_admin(&req.admin_id, req.secret, req.scopes)
+        .await?;
+    Ok(StatusCode::CREATED)
 }
 
 /// `POST /v1/admin/users`

@@ -83,6 +83,25 @@ impl std::fmt::Debug for AdminToken {
     }
 }
 
+/// `POST /v1/admin/admins`: another admin account with its scopes.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAdminRequest {
+    pub admin_id: String,
+    pub secret: String,
+    pub scopes: Vec<Scope>,
+}
+
+impl std::fmt::Debug for NewAdminRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewAdminRequest")
+            .field("admin_id", &self.admin_id)
+            .field("secret", &"[redacted]")
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
 /// One user of `POST /v1/admin/users`. Items are parsed one by one, so a
 /// bad item fails alone.
 #[derive(Clone, Serialize, Deserialize)]

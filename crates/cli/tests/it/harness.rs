@@ -10,6 +10,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// The password of the `admin` account of every test server.
+pub const ADMIN_PASSWORD: &str = "test-admin-password";
+
 /// A running server process.
 pub struct TestServer {
     child: Child,
@@ -43,6 +46,7 @@ impl TestServer {
             .arg("--data-dir")
             .arg(dir.path())
             .env_remove("RUST_LOG")
+            .env("UNIMSG_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env(
                 "UNIMSG_LOG__LEVEL",
                 "debug,hyper=info,h2=info,tungstenite=info,tokio_tungstenite=info",

@@ -1,6 +1,7 @@
 //! Integration tests: each starts the real `unimsg` binary on
 //! `127.0.0.1:0` and talks to it as clients do, through `unimsg-client`.
 
+mod admin;
 mod auth;
 mod bad_input;
 mod delivery;

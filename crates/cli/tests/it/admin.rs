@@ -1,0 +1,590 @@
+//! The admin API: credentials and scopes, user import and minted tokens,
+//! notifications and their status, forced logout, replay protection, the
+//! IP allowlist and the audit log with `unimsg audit verify`.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use unimsg_client::proto::{EventType, Seq};
+
+use crate::harness::{ADMIN_PASSWORD, TestServer};
+use crate::support::*;
+
+/// A minimal admin client over reqwest: Basic or Bearer credentials.
+struct AdminApi {
+    base: String,
+    http: reqwest::Client,
+    auth: String,
+}
+
+impl AdminApi {
+    fn basic(server: &TestServer, id: &str, secret: &str) -> Self {
+        let auth = format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")));
+        Self {
+            base: server.base.clone(),
+            http: reqwest::Client::new(),
+            auth,
+        }
+    }
+
+    fn root(server: &TestServer) -> Self {
+        Self::basic(server, "admin", ADMIN_PASSWORD)
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, String)],
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("authorization", &self.auth);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(method, path, body, &[]).await;
+        assert!(status.is_success(), "{path}: {status} {v}");
+        v
+    }
+}
+
+async fn import(admin: &AdminApi, ids: &[&str]) {
+    let users: Vec<Value> = ids
+        .iter()
+        .map(|id| json!({"user_id": id, "display_name": id.to_uppercase()}))
+        .collect();
+    let v = admin
+        .ok(
+            Method::POST,
+            "/v1/admin/users",
+            Some(json!({ "users": users })),
+        )
+        .await;
+    assert_eq!(v["imported"], ids.len(), "{v}");
+}
+
+async fn mint(admin: &AdminApi, id: &str) -> unimsg_client::proto::api::TokenPair {
+    let v = admin
+        .ok(
+            Method::POST,
+            &format!("/v1/admin/users/{id}/tokens"),
+            Some(json!({"platform": "web"})),
+        )
+        .await;
+    serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn credentials_tokens_and_scopes_are_enforced() {
+    let server = TestServer::start().await;
+    let root = AdminApi::root(&server);
+    root.ok(
+        Method::POST,
+        "/v1/admin/users",
+        Some(json!({"users": [{"user_id": "u1", "display_name": "U"}]})),
+    )
+    .await;
+
+    let wrong = AdminApi::basic(&server, "admin", "not the password");
+    assert_eq!(
+        wrong
+            .call(Method::GET, "/v1/admin/users/u1", None, &[])
+            .await
+            .0,
+        401
+    );
+    let mut none = AdminApi::root(&server);
+    none.auth = String::new();
+    let (status, body) = none
+        .call(Method::GET, "/v1/admin/users/u1", None, &[])
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+
+    // An admin token from the secret works as Bearer.
+    let http = reqwest::Client::new();
+    let token: Value = http
+        .post(format!("{}/v1/admin/token", server.base))
+        .json(&json!({"admin_id": "admin", "secret": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bearer = token["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token: {token}"))
+        .to_owned();
+    let mut by_token = AdminApi::root(&server);
+    by_token.auth = format!("Bearer {bearer}");
+    let user = by_token.ok(Method::GET, "/v1/admin/users/u1", None).await;
+    assert_eq!(user["display_name"], "U");
+    let bad = http
+        .post(format!("{}/v1/admin/token", server.base))
+        .json(&json!({"admin_id": "admin", "secret": "nope"}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(bad.status(), 401);
+
+    // A user's access token is not an admin token, and the reverse.
+    let tokens = mint(&root, "u1").await;
+    let mut as_user = AdminApi::root(&server);
+    as_user.auth = format!("Bearer {}", tokens.access_token);
+    assert_eq!(
+        as_user
+            .call(Method::GET, "/v1/admin/users/u1", None, &[])
+            .await
+            .0,
+        401
+    );
+    let me = server.client().with_token(bearer.clone()).me().await;
+    assert_eq!(me.err().and_then(|e| e.status()), Some(401));
+}
+
+#[tokio::test]
+async fn imported_users_get_minted_tokens_that_work_on_me_and_ws() {
+    let server = TestServer::start().await;
+    let root = AdminApi::root(&server);
+    let v = root
+        .ok(
+            Method::POST,
+            "/v1/admin/users",
+            Some(json!({"users": [
+                {"user_id": "emp-1", "display_name": "One"},
+                {"user_id": "emp-2", "display_name": "Two", "username": "two", "password": PASSWORD},
+                {"user_id": "bad id!", "display_name": "Bad"},
+                {"user_id": "emp-1", "display_name": "Again"},
+                {"user_id": "emp-3", "display_name": "Three"},
+                {"user_id": "emp-4", "display_name": "Four"},
+                {"user_id": "emp-5", "display_name": "Five"},
+                {"display_name": "No id"}
+            ]})),
+        )
+        .await;
+    assert_eq!(
+        (v["imported"].as_u64(), v["failed"].as_u64()),
+        (Some(5), Some(3)),
+        "{v}"
+    );
+    assert_eq!(v["results"][2]["error"]["code"], "bad_request");
+    assert_eq!(v["results"][3]["error"]["code"], "conflict");
+
+    let client = server.client();
+    for id in ["emp-1", "emp-2", "emp-3", "emp-4", "emp-5"] {
+        let tokens = mint(&root, id).await;
+        let api = client.with_token(tokens.access_token.clone());
+        assert_eq!(
+            api.me()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .user_id
+                .as_str(),
+            id
+        );
+        let ws = api.connect_ws(None).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ws.ready().user_id.as_str(), id);
+    }
+    // The imported password logs in too.
+    login(&client, "two", "ios", None).await;
+}
+
+#[tokio::test]
+async fn a_notification_reaches_its_recipients_live_or_by_sync_and_status_follows() {
+    let server = TestServer::start().await;
+    let root = AdminApi::root(&server);
+    import(&root, &["n1", "n2", "n3", "n4", "n5"]).await;
+    let client = server.client();
+    let mut apis = Vec::new();
+    for id in ["n1", "n2", "n3", "n4", "n5"] {
+        apis.push(client.with_token(mint(&root, id).await.access_token));
+    }
+    let mut online = apis[0]
+        .connect_ws(None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut bystander = apis[3]
+        .connect_ws(None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let sent = root
+        .ok(
+            Method::POST,
+            "/v1/admin/messages",
+            Some(json!({"to": {"users": ["n1", "n2", "n3"]}, "content": {"title": "Hi", "body": "Maintenance"}})),
+        )
+        .await;
+    assert_eq!(sent["recipients"], 3);
+    let message_id = sent["message_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{sent}"))
+        .to_owned();
+
+    let live = ws_event(&mut online).await;
+    assert_eq!(live.kind, EventType::NotificationNew);
+    assert_eq!(live.data["content"]["title"], "Hi");
+    assert_eq!(live.data["from"], "system");
+    for api in &apis[1..3] {
+        let events = full_sync(api).await;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, EventType::NotificationNew);
+        assert_eq!(events[0].data["message_id"], message_id.as_str());
+    }
+    for api in &apis[3..] {
+        assert!(
+            full_sync(api).await.is_empty(),
+            "a non-recipient got the notification"
+        );
+    }
+
+    let status_path = format!("/v1/admin/messages/{message_id}/status");
+    let st = root.ok(Method::GET, &status_path, None).await;
+    assert_eq!(
+        (
+            st["recipients"].as_u64(),
+            st["delivered"].as_u64(),
+            st["read"].as_u64()
+        ),
+        (Some(3), Some(0), Some(0))
+    );
+    online.ack(live.seq).await.unwrap_or_else(|e| panic!("{e}"));
+    let st = root.ok(Method::GET, &status_path, None).await;
+    assert_eq!(
+        (st["delivered"].as_u64(), st["read"].as_u64()),
+        (Some(1), Some(0)),
+        "{st}"
+    );
+    let system =
+        unimsg_client::proto::ConversationId::parse("s:n1").unwrap_or_else(|e| panic!("{e}"));
+    let mid = unimsg_client::proto::MessageId::parse(message_id.clone())
+        .unwrap_or_else(|e| panic!("{e}"));
+    apis[0]
+        .read(&system, &mid)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let st = root.ok(Method::GET, &status_path, None).await;
+    assert_eq!(
+        (st["delivered"].as_u64(), st["read"].as_u64()),
+        (Some(1), Some(1)),
+        "{st}"
+    );
+    let n1 = st["users"]
+        .as_array()
+        .and_then(|u| u.iter().find(|x| x["user_id"] == "n1"))
+        .cloned();
+    assert_eq!(
+        n1,
+        Some(json!({"user_id": "n1", "delivered": true, "read": true}))
+    );
+    // Paging the per-user list.
+    let page = root
+        .ok(Method::GET, &format!("{status_path}?limit=2"), None)
+        .await;
+    assert_eq!(page["users"].as_array().map(Vec::len), Some(2));
+    let rest = root
+        .ok(
+            Method::GET,
+            &format!(
+                "{status_path}?limit=2&after={}",
+                page["next_after"].as_str().unwrap_or("")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(rest["users"].as_array().map(Vec::len), Some(1));
+
+    // The bystander's socket saw nothing: its next event is one sent to it now.
+    root.ok(
+        Method::POST,
+        "/v1/admin/messages",
+        Some(json!({"to": {"users": ["n4"]}, "content": {"n": 2}})),
+    )
+    .await;
+    let next = ws_event(&mut bystander).await;
+    assert_eq!(
+        (next.seq, next.data["content"]["n"].as_u64()),
+        (Seq(1), Some(2))
+    );
+}
+
+#[tokio::test]
+async fn force_logout_refuses_the_token_and_closes_the_socket() {
+    let server = TestServer::start().await;
+    let root = AdminApi::root(&server);
+    import(&root, &["kick"]).await;
+    let tokens = mint(&root, "kick").await;
+    let api = server.client().with_token(tokens.access_token.clone());
+    let mut ws = api.connect_ws(None).await.unwrap_or_else(|e| panic!("{e}"));
+    let v = root
+        .ok(Method::POST, "/v1/admin/users/kick/logout", None)
+        .await;
+    assert_eq!(v["revoked"], 1);
+    assert_eq!(api.me().await.err().and_then(|e| e.status()), Some(401));
+    let revoked = ws_event(&mut ws).await;
+    assert_eq!(
+        (revoked.kind, revoked.data["reason"].as_str()),
+        (EventType::SessionRevoked, Some("admin_logout"))
+    );
+    assert!(
+        within("the socket to close", ws.next_event())
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+    );
+    assert_eq!(ws.close_code(), Some(4001));
+
+    // Disabling a user revokes too, and blocks new tokens.
+    let tokens = mint(&root, "kick").await;
+    let api = server.client().with_token(tokens.access_token);
+    root.ok(
+        Method::PATCH,
+        "/v1/admin/users/kick",
+        Some(json!({"status": "disabled"})),
+    )
+    .await;
+    assert_eq!(api.me().await.err().and_then(|e| e.status()), Some(401));
+    let (status, _) = root
+        .call(
+            Method::POST,
+            "/v1/admin/users/kick/tokens",
+            Some(json!({"platform": "web"})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 403);
+    root.ok(Method::DELETE, "/v1/admin/users/kick", None).await;
+    assert_eq!(
+        root.call(Method::GET, "/v1/admin/users/kick", None, &[])
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn replayed_nonces_and_stale_timestamps_are_refused() {
+    let server = TestServer::start().await;
+    let root = AdminApi::root(&server);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let fresh = [
+        ("x-nonce", "n-1".to_owned()),
+        ("x-timestamp", now.to_string()),
+    ];
+    assert_eq!(
+        root.call(Method::GET, "/v1/admin/audit", None, &fresh)
+            .await
+            .0,
+        200
+    );
+    let (status, body) = root
+        .call(Method::GET, "/v1/admin/audit", None, &fresh)
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
+    let old = [
+        ("x-nonce", "n-2".to_owned()),
+        ("x-timestamp", (now - 3600).to_string()),
+    ];
+    assert_eq!(
+        root.call(Method::GET, "/v1/admin/audit", None, &old)
+            .await
+            .0,
+        401
+    );
+
+    let strict = TestServer::start_with(&[("UNIMSG_ADMIN__REQUIRE_NONCE", "true")]).await;
+    let root = AdminApi::root(&strict);
+    assert_eq!(
+        root.call(Method::GET, "/v1/admin/audit", None, &[]).await.0,
+        401
+    );
+    let ok = [
+        ("x-nonce", "n-3".to_owned()),
+        ("x-timestamp", now.to_string()),
+    ];
+    assert_eq!(
+        root.call(Method::GET, "/v1/admin/audit", None, &ok).await.0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn the_ip_allowlist_guards_admin_routes_only() {
+    let server = TestServer::start_with(&[("UNIMSG_ADMIN__IP_ALLOWLIST", "10.0.0.0/8")]).await;
+    let root = AdminApi::root(&server);
+    let (status, body) = root.call(Method::GET, "/v1/admin/audit", None, &[]).await;
+    assert_eq!(
+        (status.as_u16(), body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    // X-Forwarded-For from an untrusted peer changes nothing.
+    let spoof = [("x-forwarded-for", "10.1.2.3".to_owned())];
+    assert_eq!(
+        root.call(Method::GET, "/v1/admin/audit", None, &spoof)
+            .await
+            .0,
+        403
+    );
+    let alice = user(&server.client(), "alice").await;
+    alice
+        .api
+        .me()
+        .await
+        .unwrap_or_else(|e| panic!("user routes keep working: {e}"));
+}
+
+#[tokio::test]
+async fn missing_scopes_are_403() {
+    let server = TestServer::start().await;
+    let root = AdminApi::root(&server);
+    import(&root, &["s1"]).await;
+    let created = root
+        .call(
+            Method::POST,
+            "/v1/admin/admins",
+            Some(json!({"admin_id": "reader", "secret": "reader-secret-1", "scopes": ["users:read"]})),
+            &[],
+        )
+        .await;
+    assert_eq!(created.0, 201, "{}", created.1);
+    let reader = AdminApi::basic(&server, "reader", "reader-secret-1");
+    assert_eq!(
+        reader
+            .call(Method::GET, "/v1/admin/users/s1", None, &[])
+            .await
+            .0,
+        200
+    );
+    for (method, path, body) in [
+        (Method::POST, "/v1/admin/users", Some(json!({"users": []}))),
+        (
+            Method::POST,
+            "/v1/admin/users/s1/tokens",
+            Some(json!({"platform": "web"})),
+        ),
+        (
+            Method::POST,
+            "/v1/admin/messages",
+            Some(json!({"to": {"users": ["s1"]}, "content": {}})),
+        ),
+        (Method::GET, "/v1/admin/audit", None),
+        (
+            Method::POST,
+            "/v1/admin/admins",
+            Some(json!({"admin_id": "x", "secret": "another-secret", "scopes": ["admin"]})),
+        ),
+    ] {
+        let (status, body) = reader.call(method, path, body, &[]).await;
+        assert_eq!(
+            (status.as_u16(), body["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_audit_log_records_operation_ids_and_verify_names_an_edited_entry() {
+    let mut server = TestServer::start().await;
+    let root = AdminApi::root(&server);
+    for op in ["op-alpha", "op-beta", "op-gamma"] {
+        let (status, _) = root
+            .call(
+                Method::POST,
+                "/v1/admin/users",
+                Some(json!({"users": [{"user_id": op, "display_name": op}]})),
+                &[("x-operation-id", op.to_owned())],
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let alice = user(&server.client(), "alice").await;
+    alice.api.logout().await.unwrap_or_else(|e| panic!("{e}"));
+    let page = root
+        .ok(Method::GET, "/v1/admin/audit?limit=1000", None)
+        .await;
+    let entries = page["entries"].as_array().cloned().unwrap_or_default();
+    for op in ["op-alpha", "op-beta", "op-gamma"] {
+        assert!(
+            entries.iter().any(|e| e["record"]["operation_id"] == op),
+            "{op} is not in the audit log"
+        );
+    }
+    for action in [
+        "auth.login",
+        "auth.logout",
+        "session.revoked",
+        "admin.request",
+    ] {
+        assert!(
+            entries.iter().any(|e| e["record"]["action"] == action),
+            "no {action} entry"
+        );
+    }
+    let filtered = root
+        .ok(Method::GET, "/v1/admin/audit?operation_id=op-beta", None)
+        .await;
+    assert_eq!(filtered["entries"].as_array().map(Vec::len), Some(1));
+    let target = entries
+        .iter()
+        .find(|e| e["record"]["operation_id"] == "op-beta")
+        .and_then(|e| e["id"].as_u64())
+        .unwrap_or_else(|| panic!("no op-beta"));
+
+    server.terminate().await;
+    let unimsg = env!("CARGO_BIN_EXE_unimsg");
+    let verify = || {
+        std::process::Command::new(unimsg)
+            .args(["audit", "verify", "--data-dir"])
+            .arg(server.data_dir())
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let intact = verify();
+    assert!(
+        intact.status.success(),
+        "{}",
+        String::from_utf8_lossy(&intact.stderr)
+    );
+    assert!(String::from_utf8_lossy(&intact.stdout).contains("intact"));
+
+    // Edit one row by hand, as an intruder with database access would.
+    let db = rusqlite::Connection::open(server.data_dir().join("unimsg.db"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let changed = db
+        .execute(
+            "UPDATE audit_log SET content = replace(content, 'op-beta', 'op-innocent') WHERE id = ?1",
+            [target as i64],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(changed, 1);
+    drop(db);
+    let broken = verify();
+    assert!(!broken.status.success());
+    let stderr = String::from_utf8_lossy(&broken.stderr);
+    assert!(
+        stderr.contains(&format!("entry {target} was altered")),
+        "{stderr}"
+    );
+}
