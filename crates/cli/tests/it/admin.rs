@@ -588,3 +588,62 @@ async fn the_audit_log_records_operation_ids_and_verify_names_an_edited_entry() 
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_notification_to_thousands_of_imported_users_reaches_every_inbox() {
+    const N: usize = 3000;
+    let server = TestServer::start().await;
+    let root = AdminApi::root(&server);
+    let ids: Vec<String> = (0..N).map(|i| format!("bulk-{i}")).collect();
+    let users: Vec<Value> = ids
+        .iter()
+        .map(|id| json!({"user_id": id, "display_name": id}))
+        .collect();
+    let v = root
+        .ok(
+            Method::POST,
+            "/v1/admin/users",
+            Some(json!({ "users": users })),
+        )
+        .await;
+    assert_eq!(v["imported"], N);
+    let sent = root
+        .ok(
+            Method::POST,
+            "/v1/admin/messages",
+            Some(json!({"to": {"users": ids}, "content": {"title": "All hands"}})),
+        )
+        .await;
+    assert_eq!(sent["recipients"], N);
+    let message_id = sent["message_id"].as_str().unwrap_or_default().to_owned();
+
+    // Every recipient is listed with its own inbox position.
+    let mut listed = std::collections::BTreeSet::new();
+    let mut after = String::new();
+    loop {
+        let path = format!("/v1/admin/messages/{message_id}/status?limit=1000&after={after}");
+        let page = root
+            .ok(Method::GET, path.trim_end_matches("&after="), None)
+            .await;
+        assert_eq!(page["recipients"], N);
+        for u in page["users"].as_array().cloned().unwrap_or_default() {
+            listed.insert(u["user_id"].as_str().unwrap_or_default().to_owned());
+        }
+        match page["next_after"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(listed.len(), N);
+    // And a sample of them finds it by sync, as seq 1.
+    for i in [0, N / 2, N - 1] {
+        let tokens = mint(&root, &format!("bulk-{i}")).await;
+        let events = full_sync(&server.client().with_token(tokens.access_token)).await;
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].seq, events[0].kind),
+            (Seq(1), EventType::NotificationNew)
+        );
+        assert_eq!(events[0].data["message_id"], message_id.as_str());
+    }
+}
