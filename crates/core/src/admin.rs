@@ -11,7 +11,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use unimsg_proto::admin::{
     AdminToken, AdminUser, ForceLogoutResponse, ImportResponse, ImportResult, ImportUser,
-    MessageStatus, NotifyRequest, NotifyResponse, RecipientStatus, Scope, Target, UserPatch,
+    MessageStatus, NotifyRequest, NotifyResponse, PresenceResponse, RecipientStatus, Scope, Target,
+    UserPatch, UserPresence,
 };
 use unimsg_proto::api::TokenPair;
 use unimsg_proto::{ErrorDetail, EventType, MessageId, Platform, UserId};
@@ -577,6 +578,24 @@ impl Core {
             message_id,
             recipients,
         })
+    }
+
+    /// `GET /v1/admin/presence?user_ids=a,b,c`: live platforms per user.
+    /// One node answers from its own hub; a cluster answers from the shared
+    /// presence of the bus.
+    pub fn presence(&self, users: Vec<UserId>) -> PresenceResponse {
+        let users = users
+            .into_iter()
+            .map(|user_id| {
+                let platforms = self.hub.platforms(&user_id);
+                UserPresence {
+                    online: !platforms.is_empty(),
+                    user_id,
+                    platforms,
+                }
+            })
+            .collect();
+        PresenceResponse { users }
     }
 
     /// `GET /v1/admin/messages/{id}/status`

@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-use unimsg_proto::{EventType, Seq, SessionId, UserId};
+use unimsg_proto::{EventType, Platform, Seq, SessionId, UserId};
 
 /// One rendered inbox event on its way to a user's connections. The JSON is
 /// serialized once and shared by every connection that sends it.
@@ -36,6 +36,7 @@ const SHARDS: usize = 16;
 struct Conn {
     id: u64,
     session: SessionId,
+    platform: Platform,
     tx: mpsc::Sender<Arc<Delivery>>,
     kill: CancellationToken,
 }
@@ -85,13 +86,19 @@ impl Hub {
     }
 
     /// Registers a connection of `user` in `session`.
-    pub fn subscribe(self: &Arc<Self>, user: &UserId, session: &SessionId) -> Subscription {
+    pub fn subscribe(
+        self: &Arc<Self>,
+        user: &UserId,
+        session: &SessionId,
+        platform: &Platform,
+    ) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.queue);
         let kill = self.shutdown.child_token();
         let conn = Conn {
             id,
             session: session.clone(),
+            platform: platform.clone(),
             tx,
             kill: kill.clone(),
         };
@@ -166,6 +173,21 @@ impl Hub {
         self.slow_consumers.fetch_add(n, Ordering::Relaxed);
         metrics::gauge!("unimsg_connections").decrement(n as f64);
         metrics::counter!("unimsg_slow_consumer_disconnects_total").increment(n);
+    }
+
+    /// The platforms on which `user` has live connections on this node,
+    /// sorted and without repeats.
+    pub fn platforms(&self, user: &UserId) -> Vec<Platform> {
+        let mut out: Vec<Platform> = match self.shard(user).read() {
+            Ok(shard) => shard
+                .get(user)
+                .map(|c| c.iter().map(|c| c.platform.clone()).collect())
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Live connections on this node.
@@ -251,8 +273,11 @@ mod tests {
         let hub = Hub::new(2);
         let user = UserId::parse("u").unwrap_or_else(|e| panic!("{e}"));
         let sid = SessionId::parse("s").unwrap_or_else(|e| panic!("{e}"));
-        let mut reader = hub.subscribe(&user, &sid);
-        let stalled = hub.subscribe(&user, &sid);
+        let web = Platform::parse("web").unwrap_or_else(|e| panic!("{e}"));
+        let ios = Platform::parse("ios").unwrap_or_else(|e| panic!("{e}"));
+        let mut reader = hub.subscribe(&user, &sid, &web);
+        let stalled = hub.subscribe(&user, &sid, &ios);
+        assert_eq!(hub.platforms(&user), vec![ios.clone(), web.clone()]);
         assert_eq!(hub.connections(), 2);
         for seq in 1..=2 {
             hub.deliver(delivery(&user, seq));
@@ -262,6 +287,7 @@ mod tests {
         assert_eq!(hub.slow_consumer_disconnects(), 1);
         assert_eq!(hub.connections(), 1);
         stalled.killed().await;
+        assert_eq!(hub.platforms(&user), vec![web]);
         assert_eq!(reader.recv().await.map(|d| d.seq), Some(Seq(3)));
         drop(reader);
         assert_eq!(hub.connections(), 0);

@@ -41,7 +41,9 @@ impl InboxStream {
     /// after that seq are replayed first ([`Self::backlog`]); without it the
     /// stream starts at the inbox's current end.
     pub async fn open(core: Arc<Core>, auth: &AuthContext, after: Option<Seq>) -> Result<Self> {
-        let subscription = core.hub.subscribe(&auth.user_id, &auth.session_id);
+        let subscription = core
+            .hub
+            .subscribe(&auth.user_id, &auth.session_id, &auth.platform);
         // Checked after subscribing: a revocation committed from now on is
         // published to this subscription, one committed before is seen here.
         if !core.session_active(&auth.session_id).await? {

@@ -24,7 +24,7 @@ use unimsg_core::audit::AuditRecord;
 use unimsg_proto::admin::{
     AdminToken, AdminTokenRequest, AdminUser, AuditPage, ForceLogoutRequest, ForceLogoutResponse,
     ImportRequest, ImportResponse, MessageStatus, MintRequest, NewAdminRequest, NotifyRequest,
-    NotifyResponse, Scope, UserPatch,
+    NotifyResponse, PresenceResponse, Scope, UserPatch,
 };
 use unimsg_proto::api::TokenPair;
 use unimsg_proto::{ErrorCode, MessageId, UserId};
@@ -49,6 +49,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/v1/admin/messages", post(notify))
         .route("/v1/admin/messages/{id}/status", get(status))
         .route("/v1/admin/audit", get(audit))
+        .route("/v1/admin/presence", get(presence))
         .route_layer(middleware::from_fn_with_state(state, gate))
 }
 
@@ -353,6 +354,31 @@ async fn status(
             .message_status(&id, q.after, q.limit.unwrap_or(100))
             .await?,
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceQuery {
+    user_ids: String,
+}
+
+/// `GET /v1/admin/presence?user_ids=a,b,c` (at most 1000 ids)
+async fn presence(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    Query(q): Query<PresenceQuery>,
+) -> Result<axum::Json<PresenceResponse>, ApiError> {
+    admin.require(Scope::UsersRead)?;
+    let ids = q
+        .user_ids
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| UserId::parse(s).map_err(|e| ApiError::bad_request(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    if ids.is_empty() || ids.len() > 1000 {
+        return Err(ApiError::bad_request("give 1 to 1000 user_ids"));
+    }
+    Ok(axum::Json(state.core.presence(ids)))
 }
 
 #[derive(Deserialize)]

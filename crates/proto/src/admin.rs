@@ -282,3 +282,17 @@ pub struct AuditPage {
     pub entries: Vec<AuditEntry>,
     pub next_after: Option<u64>,
 }
+
+/// One user of `GET /v1/admin/presence`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserPresence {
+    pub user_id: UserId,
+    pub online: bool,
+    /// Platforms with at least one live WebSocket or SSE connection.
+    pub platforms: Vec<Platform>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PresenceResponse {
+    pub users: Vec<UserPresence>,
+}

@@ -647,3 +647,46 @@ async fn a_notification_to_thousands_of_imported_users_reaches_every_inbox() {
         assert_eq!(events[0].data["message_id"], message_id.as_str());
     }
 }
+
+#[tokio::test]
+async fn presence_lists_each_users_live_platforms() {
+    let server = TestServer::start().await;
+    let root = AdminApi::root(&server);
+    import(&root, &["on-1", "off-1"]).await;
+    let web = mint(&root, "on-1").await;
+    let ios = root
+        .ok(
+            Method::POST,
+            "/v1/admin/users/on-1/tokens",
+            Some(json!({"platform": "ios"})),
+        )
+        .await;
+    let client = server.client();
+    let _ws = client
+        .with_token(web.access_token)
+        .connect_ws(None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ios_token = ios["access_token"].as_str().unwrap_or_default().to_owned();
+    let _sse = client
+        .with_token(ios_token)
+        .connect_sse(None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let v = root
+        .ok(Method::GET, "/v1/admin/presence?user_ids=on-1,off-1", None)
+        .await;
+    assert_eq!(
+        v["users"],
+        json!([
+            {"user_id": "on-1", "online": true, "platforms": ["ios", "web"]},
+            {"user_id": "off-1", "online": false, "platforms": []}
+        ])
+    );
+    assert_eq!(
+        root.call(Method::GET, "/v1/admin/presence?user_ids=", None, &[])
+            .await
+            .0,
+        400
+    );
+}
