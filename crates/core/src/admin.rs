@@ -10,9 +10,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use unimsg_proto::admin::{
-    AdminToken, AdminUser, ForceLogoutResponse, ImportResponse, ImportResult, ImportUser,
-    MessageStatus, NotifyRequest, NotifyResponse, PresenceResponse, RecipientStatus, Scope, Target,
-    UserPatch, UserPresence,
+    AdminToken, AdminUser, BroadcastRequest, BroadcastResponse, ForceLogoutResponse,
+    ImportResponse, ImportResult, ImportUser, MessageStatus, NotifyRequest, NotifyResponse,
+    PresenceResponse, RecipientStatus, Scope, Target, UserPatch, UserPresence,
 };
 use unimsg_proto::api::TokenPair;
 use unimsg_proto::{ErrorDetail, EventType, MessageId, Platform, UserId};
@@ -489,46 +489,22 @@ impl Core {
                 ));
             }
         };
-        if !matches!(req.kind.as_str(), "notification" | "event" | "status") {
-            return Err(CoreError::BadRequest(
-                "kind must be notification, event or status".into(),
-            ));
-        }
         if users.is_empty() || users.len() > self.config.admin.max_recipients {
             return Err(CoreError::BadRequest(format!(
                 "a message goes to 1 to {} users",
                 self.config.admin.max_recipients
             )));
         }
-        let sender = req.from.unwrap_or_else(|| "system".into());
-        if sender.is_empty() || sender.chars().count() > 64 {
-            return Err(CoreError::BadRequest(
-                "from must be 1 to 64 characters".into(),
-            ));
-        }
-        let content =
-            serde_json::to_vec(&req.content).map_err(|e| CoreError::BadRequest(e.to_string()))?;
-        if content.len() > self.config.messaging.max_content_bytes {
-            return Err(CoreError::TooLarge(format!(
-                "content is {} bytes; the limit is {}",
-                content.len(),
-                self.config.messaging.max_content_bytes
-            )));
-        }
+        let (message_id, sealed, kind, sender) =
+            self.prepare_announcement(req.kind, req.from, &req.content)?;
         let mut seen = BTreeSet::new();
         let users: Vec<UserId> = users
             .into_iter()
             .filter(|u| seen.insert(u.clone()))
             .collect();
-        let message_id = MessageId::parse(uuid::Uuid::now_v7().simple().to_string())
-            .map_err(|e| CoreError::Internal(e.to_string()))?;
-        let sealed = self
-            .keyring
-            .seal(&content, message_id.as_str().as_bytes())
-            .map_err(|e| CoreError::Internal(format!("cannot seal content: {e}")))?;
         let notification = NewNotification {
             message_id: message_id.clone(),
-            kind: req.kind,
+            kind,
             sender,
             content: sealed,
             created_at: self.clock.now(),
@@ -596,6 +572,65 @@ impl Core {
             })
             .collect();
         PresenceResponse { users }
+    }
+
+    /// `POST /v1/admin/broadcasts`: stored once; everyone online is told at
+    /// once, everyone else finds it in their stream on their next sync.
+    pub async fn broadcast(&self, req: BroadcastRequest) -> Result<BroadcastResponse> {
+        let (message_id, sealed, kind, sender) =
+            self.prepare_announcement(req.kind, req.from, &req.content)?;
+        let broadcast = NewNotification {
+            message_id: message_id.clone(),
+            kind,
+            sender,
+            content: sealed,
+            created_at: self.clock.now(),
+        };
+        let broadcast_seq = self.store.append_broadcast(broadcast).await?;
+        if let Err(error) = self.bus.broadcast().await {
+            tracing::warn!(%error, "live broadcast failed; clients will catch up by sync");
+        }
+        metrics::counter!("unimsg_broadcasts_total").increment(1);
+        Ok(BroadcastResponse {
+            message_id,
+            broadcast_seq,
+        })
+    }
+
+    /// Checks and seals the content of a notification or broadcast.
+    fn prepare_announcement(
+        &self,
+        kind: String,
+        from: Option<String>,
+        content: &serde_json::Value,
+    ) -> Result<(MessageId, unimsg_store::Sealed, String, String)> {
+        if !matches!(kind.as_str(), "notification" | "event" | "status") {
+            return Err(CoreError::BadRequest(
+                "kind must be notification, event or status".into(),
+            ));
+        }
+        let sender = from.unwrap_or_else(|| "system".into());
+        if sender.is_empty() || sender.chars().count() > 64 {
+            return Err(CoreError::BadRequest(
+                "from must be 1 to 64 characters".into(),
+            ));
+        }
+        let content =
+            serde_json::to_vec(content).map_err(|e| CoreError::BadRequest(e.to_string()))?;
+        if content.len() > self.config.messaging.max_content_bytes {
+            return Err(CoreError::TooLarge(format!(
+                "content is {} bytes; the limit is {}",
+                content.len(),
+                self.config.messaging.max_content_bytes
+            )));
+        }
+        let message_id = MessageId::parse(uuid::Uuid::now_v7().simple().to_string())
+            .map_err(|e| CoreError::Internal(e.to_string()))?;
+        let sealed = self
+            .keyring
+            .seal(&content, message_id.as_str().as_bytes())
+            .map_err(|e| CoreError::Internal(format!("cannot seal content: {e}")))?;
+        Ok((message_id, sealed, kind, sender))
     }
 
     /// `GET /v1/admin/messages/{id}/status`

@@ -21,6 +21,9 @@ pub trait Bus: Send + Sync {
     /// whichever node they are. Best effort: a missed live delivery is
     /// recovered by sync, never lost.
     async fn publish(&self, deliveries: Vec<Arc<Delivery>>) -> Result<(), BusError>;
+
+    /// Tells every node's connections that a broadcast was committed.
+    async fn broadcast(&self) -> Result<(), BusError>;
 }
 
 /// The single-node bus.
@@ -41,6 +44,11 @@ impl Bus for LocalBus {
         for d in deliveries {
             self.hub.deliver(d);
         }
+        Ok(())
+    }
+
+    async fn broadcast(&self) -> Result<(), BusError> {
+        self.hub.broadcast();
         Ok(())
     }
 }

@@ -31,13 +31,33 @@ pub struct Delivery {
     pub revokes: Option<SessionId>,
 }
 
+/// What a connection's queue carries.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// An event of this connection's user.
+    Event(Arc<Delivery>),
+    /// A broadcast was committed: the connection reads its place in the
+    /// user's stream from the store (see `InboxStream::accept`).
+    Broadcast,
+}
+
+/// Queues an item; `true` when the queue is full (a slow consumer).
+fn offer(conn: &Conn, item: Outbound) -> bool {
+    match conn.tx.try_send(item) {
+        Ok(()) => false,
+        Err(mpsc::error::TrySendError::Full(_)) => true,
+        // The connection is going away; its drop unregisters it.
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
 const SHARDS: usize = 16;
 
 struct Conn {
     id: u64,
     session: SessionId,
     platform: Platform,
-    tx: mpsc::Sender<Arc<Delivery>>,
+    tx: mpsc::Sender<Outbound>,
     kill: CancellationToken,
 }
 
@@ -135,44 +155,67 @@ impl Hub {
 
     /// Queues a delivery on every local connection of its user. Never waits.
     pub fn deliver(&self, delivery: Arc<Delivery>) {
+        let user = delivery.user.clone();
         let mut slow = Vec::new();
-        if let Ok(shard) = self.shard(&delivery.user).read() {
-            let Some(conns) = shard.get(&delivery.user) else {
+        if let Ok(shard) = self.shard(&user).read() {
+            let Some(conns) = shard.get(&user) else {
                 return;
             };
             for conn in conns {
-                match conn.tx.try_send(delivery.clone()) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => slow.push(conn.id),
-                    // The connection is going away; its drop unregisters it.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                if offer(conn, Outbound::Event(delivery.clone())) {
+                    slow.push(conn.id);
                 }
             }
         }
+        self.drop_slow(&user, &slow);
+    }
+
+    /// Tells every local connection that a broadcast was committed. Never waits.
+    pub fn broadcast(&self) {
+        for shard in &self.shards {
+            let mut slow: Vec<(UserId, u64)> = Vec::new();
+            if let Ok(shard) = shard.read() {
+                for (user, conns) in shard.iter() {
+                    for conn in conns {
+                        if offer(conn, Outbound::Broadcast) {
+                            slow.push((user.clone(), conn.id));
+                        }
+                    }
+                }
+            }
+            for (user, id) in slow {
+                self.drop_slow(&user, &[id]);
+            }
+        }
+    }
+
+    /// Disconnects connections whose queue is full, and counts them.
+    fn drop_slow(&self, user: &UserId, slow: &[u64]) {
         if slow.is_empty() {
             return;
         }
-        if let Ok(mut shard) = self.shard(&delivery.user).write()
-            && let Some(conns) = shard.get_mut(&delivery.user)
+        let mut dropped = 0u64;
+        if let Ok(mut shard) = self.shard(user).write()
+            && let Some(conns) = shard.get_mut(user)
         {
             conns.retain(|c| {
-                    if slow.contains(&c.id) {
-                        tracing::info!(user_id = %delivery.user, session_id = %c.session, "disconnecting a slow consumer");
-                        c.kill.cancel();
-                        false
-                    } else {
-                        true
-                    }
-                });
+                if slow.contains(&c.id) {
+                    tracing::info!(user_id = %user, session_id = %c.session, "disconnecting a slow consumer");
+                    c.kill.cancel();
+                    dropped += 1;
+                    false
+                } else {
+                    true
+                }
+            });
             if conns.is_empty() {
-                shard.remove(&delivery.user);
+                shard.remove(user);
             }
         }
-        let n = slow.len() as u64;
-        self.connections.fetch_sub(n, Ordering::Relaxed);
-        self.slow_consumers.fetch_add(n, Ordering::Relaxed);
-        metrics::gauge!("unimsg_connections").decrement(n as f64);
-        metrics::counter!("unimsg_slow_consumer_disconnects_total").increment(n);
+        self.connections.fetch_sub(dropped, Ordering::Relaxed);
+        self.slow_consumers.fetch_add(dropped, Ordering::Relaxed);
+        metrics::gauge!("unimsg_connections").decrement(dropped as f64);
+        metrics::counter!("unimsg_slow_consumer_disconnects_total").increment(dropped);
     }
 
     /// The platforms on which `user` has live connections on this node,
@@ -212,19 +255,19 @@ pub struct Subscription {
     hub: Arc<Hub>,
     user: UserId,
     id: u64,
-    rx: mpsc::Receiver<Arc<Delivery>>,
+    rx: mpsc::Receiver<Outbound>,
     kill: CancellationToken,
     reason: Option<KillReason>,
 }
 
 impl Subscription {
     /// The next queued delivery. Cancel-safe.
-    pub async fn recv(&mut self) -> Option<Arc<Delivery>> {
+    pub async fn recv(&mut self) -> Option<Outbound> {
         self.rx.recv().await
     }
 
     /// A queued delivery, if one is ready now.
-    pub fn try_recv(&mut self) -> Option<Arc<Delivery>> {
+    pub fn try_recv(&mut self) -> Option<Outbound> {
         self.rx.try_recv().ok()
     }
 
@@ -258,6 +301,13 @@ impl Drop for Subscription {
 mod tests {
     use super::*;
 
+    fn seq_of(o: Outbound) -> Seq {
+        match o {
+            Outbound::Event(d) => d.seq,
+            Outbound::Broadcast => Seq(0),
+        }
+    }
+
     fn delivery(user: &UserId, seq: u64) -> Arc<Delivery> {
         Arc::new(Delivery {
             user: user.clone(),
@@ -281,14 +331,16 @@ mod tests {
         assert_eq!(hub.connections(), 2);
         for seq in 1..=2 {
             hub.deliver(delivery(&user, seq));
-            assert_eq!(reader.recv().await.map(|d| d.seq), Some(Seq(seq)));
+            assert_eq!(reader.recv().await.map(seq_of), Some(Seq(seq)));
         }
         hub.deliver(delivery(&user, 3));
         assert_eq!(hub.slow_consumer_disconnects(), 1);
         assert_eq!(hub.connections(), 1);
         stalled.killed().await;
         assert_eq!(hub.platforms(&user), vec![web]);
-        assert_eq!(reader.recv().await.map(|d| d.seq), Some(Seq(3)));
+        assert_eq!(reader.recv().await.map(seq_of), Some(Seq(3)));
+        hub.broadcast();
+        assert!(matches!(reader.recv().await, Some(Outbound::Broadcast)));
         drop(reader);
         assert_eq!(hub.connections(), 0);
     }

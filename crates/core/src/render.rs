@@ -64,7 +64,7 @@ pub(crate) fn notification(keyring: &Keyring, n: &StoredNotification) -> Result<
 
 pub(crate) fn event(keyring: &Keyring, e: &StoredEvent) -> Result<Event> {
     let data = match &e.body {
-        EventBody::Notification(n) => notification(keyring, n)?,
+        EventBody::Notification(n) | EventBody::Broadcast(n) => notification(keyring, n)?,
         EventBody::Message(m) => serde_json::to_value(message(keyring, m)?)
             .map_err(|err| CoreError::Internal(format!("cannot render a message: {err}")))?,
         EventBody::Data(text) => serde_json::from_str(text).map_err(|err| {

@@ -14,7 +14,7 @@ use unimsg_proto::{Seq, SessionId, UserId};
 
 use crate::auth::AuthContext;
 use crate::error::{CoreError, Result};
-use crate::hub::{Delivery, KillReason, Subscription};
+use crate::hub::{Delivery, KillReason, Outbound, Subscription};
 use crate::{Core, render};
 
 const PAGE: u32 = 500;
@@ -92,13 +92,13 @@ impl InboxStream {
 
     /// Waits for the next live delivery. Cancel-safe; pass the result to
     /// [`Self::accept`]. `None` when the hub dropped the connection.
-    pub async fn recv(&mut self) -> Option<Arc<Delivery>> {
+    pub async fn recv(&mut self) -> Option<Outbound> {
         self.subscription.recv().await
     }
 
     /// Takes every delivery already queued (up to `max`) without waiting,
     /// so a transport can write a burst in one flush.
-    pub fn ready_now(&mut self, max: usize) -> Vec<Arc<Delivery>> {
+    pub fn ready_now(&mut self, max: usize) -> Vec<Outbound> {
         let mut out = Vec::new();
         while out.len() < max {
             match self.subscription.try_recv() {
@@ -109,8 +109,23 @@ impl InboxStream {
         out
     }
 
-    /// Orders a live delivery: returns what to send now, in seq order.
-    pub async fn accept(&mut self, d: Arc<Delivery>) -> Result<Vec<Arc<Delivery>>> {
+    /// Orders a live item: returns what to send now, in seq order. A
+    /// broadcast takes its place in each user's stream by commit order, so
+    /// the stream reads what is new from the store.
+    pub async fn accept(&mut self, item: Outbound) -> Result<Vec<Arc<Delivery>>> {
+        let d = match item {
+            Outbound::Event(d) => d,
+            Outbound::Broadcast => {
+                let mut out = Vec::new();
+                loop {
+                    let page = self.fetch(PAGE).await?;
+                    if page.is_empty() {
+                        return Ok(out);
+                    }
+                    out.extend(page);
+                }
+            }
+        };
         if d.seq <= self.last {
             return Ok(Vec::new());
         }

@@ -22,9 +22,10 @@ use serde::Deserialize;
 use unimsg_core::admin::AdminContext;
 use unimsg_core::audit::AuditRecord;
 use unimsg_proto::admin::{
-    AdminToken, AdminTokenRequest, AdminUser, AuditPage, ForceLogoutRequest, ForceLogoutResponse,
-    ImportRequest, ImportResponse, MessageStatus, MintRequest, NewAdminRequest, NotifyRequest,
-    NotifyResponse, PresenceResponse, Scope, UserPatch,
+    AdminToken, AdminTokenRequest, AdminUser, AuditPage, BroadcastRequest, BroadcastResponse,
+    ForceLogoutRequest, ForceLogoutResponse, ImportRequest, ImportResponse, MessageStatus,
+    MintRequest, NewAdminRequest, NotifyRequest, NotifyResponse, PresenceResponse, Scope,
+    UserPatch,
 };
 use unimsg_proto::api::TokenPair;
 use unimsg_proto::{ErrorCode, MessageId, UserId};
@@ -47,6 +48,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/v1/admin/users/{id}/tokens", post(mint))
         .route("/v1/admin/users/{id}/logout", post(logout))
         .route("/v1/admin/messages", post(notify))
+        .route("/v1/admin/broadcasts", post(broadcast))
         .route("/v1/admin/messages/{id}/status", get(status))
         .route("/v1/admin/audit", get(audit))
         .route("/v1/admin/presence", get(presence))
@@ -330,6 +332,16 @@ async fn notify(
 ) -> Result<axum::Json<NotifyResponse>, ApiError> {
     admin.require(Scope::MessagesSend)?;
     Ok(axum::Json(state.core.notify(req).await?))
+}
+
+/// `POST /v1/admin/broadcasts`
+async fn broadcast(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    Json(req): Json<BroadcastRequest>,
+) -> Result<axum::Json<BroadcastResponse>, ApiError> {
+    admin.require(Scope::MessagesSend)?;
+    Ok(axum::Json(state.core.broadcast(req).await?))
 }
 
 #[derive(Deserialize)]

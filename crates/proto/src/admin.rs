@@ -296,3 +296,22 @@ pub struct UserPresence {
 pub struct PresenceResponse {
     pub users: Vec<UserPresence>,
 }
+
+/// `POST /v1/admin/broadcasts`: an announcement to every user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastRequest {
+    /// `notification` (default), `event` or `status`.
+    #[serde(default = "notification_kind")]
+    pub kind: String,
+    pub content: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BroadcastResponse {
+    pub message_id: MessageId,
+    /// Position in the global broadcast stream.
+    pub broadcast_seq: u64,
+}

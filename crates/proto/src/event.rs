@@ -18,6 +18,8 @@ pub enum EventType {
     SessionRevoked,
     #[serde(rename = "notification.new")]
     NotificationNew,
+    #[serde(rename = "broadcast.new")]
+    BroadcastNew,
 }
 
 impl EventType {
@@ -28,6 +30,7 @@ impl EventType {
             EventType::ReceiptRead => "receipt.read",
             EventType::SessionRevoked => "session.revoked",
             EventType::NotificationNew => "notification.new",
+            EventType::BroadcastNew => "broadcast.new",
         }
     }
 
@@ -38,6 +41,7 @@ impl EventType {
             "receipt.read" => EventType::ReceiptRead,
             "session.revoked" => EventType::SessionRevoked,
             "notification.new" => EventType::NotificationNew,
+            "broadcast.new" => EventType::BroadcastNew,
             _ => return None,
         })
     }

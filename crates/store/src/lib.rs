@@ -91,6 +91,16 @@ pub trait Notifications: Send + Sync {
     ) -> Result<Seq>;
 }
 
+/// Announcements to every user, stored once: no per-user row. They take
+/// their place in each user's visible stream by commit order (see
+/// `events_after`).
+#[async_trait]
+pub trait Broadcasts: Send + Sync {
+    /// Stores a broadcast and returns its position in the global broadcast
+    /// stream (`bseq`, 1, 2, 3…).
+    async fn append_broadcast(&self, broadcast: NewNotification) -> Result<u64>;
+}
+
 /// The tamper-evident audit log.
 #[async_trait]
 pub trait Audit: Send + Sync {
@@ -204,7 +214,9 @@ pub trait DataKeys: Send + Sync {
 
 /// Everything the core needs from durable storage.
 #[async_trait]
-pub trait Store: Users + Sessions + Inbox + DataKeys + Admins + Notifications + Audit {
+pub trait Store:
+    Users + Sessions + Inbox + DataKeys + Admins + Notifications + Broadcasts + Audit
+{
     /// Cheap liveness probe of the backend, for `/readyz`.
     async fn ping(&self) -> Result<()>;
 }

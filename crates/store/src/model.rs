@@ -274,6 +274,8 @@ pub enum EventBody {
     Message(Box<StoredMessage>),
     /// `notification.new`: the notification (still sealed).
     Notification(Box<StoredNotification>),
+    /// `broadcast.new`: the broadcast (still sealed).
+    Broadcast(Box<StoredNotification>),
     /// Any other event: its JSON data.
     Data(String),
 }

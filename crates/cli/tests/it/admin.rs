@@ -690,3 +690,91 @@ async fn presence_lists_each_users_live_platforms() {
         400
     );
 }
+
+#[tokio::test]
+async fn a_broadcast_arrives_live_for_online_users_and_by_sync_for_the_rest() {
+    let server = TestServer::start().await;
+    let root = AdminApi::root(&server);
+    let client = server.client();
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    let carol = user(&client, "carol").await;
+    let mut alice_ws = alice
+        .api
+        .connect_ws(None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut bob_sse = bob
+        .api
+        .connect_sse(None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    alice
+        .api
+        .send_text(&bob.id, "before", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sent = root
+        .ok(
+            Method::POST,
+            "/v1/admin/broadcasts",
+            Some(json!({"content": {"title": "Release 2.0"}})),
+        )
+        .await;
+    assert_eq!(sent["broadcast_seq"], 1);
+    alice
+        .api
+        .send_text(&bob.id, "after", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // Live, in one order with the messages around it, on both transports.
+    let live: Vec<_> = [
+        ws_event(&mut alice_ws).await,
+        ws_event(&mut alice_ws).await,
+        ws_event(&mut alice_ws).await,
+    ]
+    .into();
+    assert_eq!(
+        live.iter().map(|e| (e.seq.0, e.kind)).collect::<Vec<_>>(),
+        vec![
+            (1, EventType::MessageNew),
+            (2, EventType::BroadcastNew),
+            (3, EventType::MessageNew)
+        ]
+    );
+    assert_eq!(live[1].data["content"]["title"], "Release 2.0");
+    let mut sse = Vec::new();
+    for _ in 0..3 {
+        sse.push(sse_event(&mut bob_sse).await.1);
+    }
+    assert_eq!(
+        sse.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        live.iter().map(|e| e.kind).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        full_sync(&alice.api).await,
+        live,
+        "sync returns what was delivered live"
+    );
+
+    // Carol was offline: she finds it by sync, at its place.
+    let carol_inbox = full_sync(&carol.api).await;
+    assert_eq!(carol_inbox.len(), 1);
+    assert_eq!(
+        (carol_inbox[0].seq, carol_inbox[0].kind),
+        (Seq(1), EventType::BroadcastNew)
+    );
+    // Someone who registers later does not get old announcements.
+    let dave = user(&client, "dave").await;
+    assert!(full_sync(&dave.api).await.is_empty());
+    // Resuming in the middle works across broadcast positions.
+    let mut resumed = alice
+        .api
+        .connect_ws(Some(Seq(1)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ws_event(&mut resumed).await.kind, EventType::BroadcastNew);
+    assert_eq!(ws_event(&mut resumed).await.seq, Seq(3));
+}

@@ -9,7 +9,7 @@ use unimsg_proto::{EventType, MessageId, Seq, UserId};
 use super::SqliteStore;
 use super::queries::{corrupt, db, from_ms, insert_event, map_unique, ms, to_i64, to_u64, user_id};
 use crate::{
-    Admin, Admins, Audit, AuditDraft, AuditQuery, AuditRow, ChainFn, NewNotification,
+    Admin, Admins, Audit, AuditDraft, AuditQuery, AuditRow, Broadcasts, ChainFn, NewNotification,
     NotificationStatus, Notifications, PasswordHash, Result, Sealed, StoreError,
     StoredNotification, audit_bytes,
 };
@@ -33,6 +33,30 @@ pub(super) fn read_notification(row: &Row<'_>, at: usize) -> Result<StoredNotifi
         },
         created_at: from_ms(row.get(at + 6).map_err(get)?)?,
     })
+}
+
+/// Broadcasts with `after < bseq <= head`, oldest first, with their bseq.
+pub(super) fn broadcasts_between(
+    conn: &Connection,
+    after: i64,
+    head: i64,
+    limit: u32,
+) -> Result<Vec<(i64, StoredNotification)>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT n.message_id, n.kind, n.sender, n.key_id, n.nonce, n.content, n.created_at, n.bseq \
+             FROM broadcasts n WHERE n.bseq > ?1 AND n.bseq <= ?2 ORDER BY n.bseq LIMIT ?3",
+        )
+        .map_err(db)?;
+    let mut rows = stmt
+        .query(params![after, head, i64::from(limit)])
+        .map_err(db)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(db)? {
+        let bseq: i64 = row.get(7).map_err(db)?;
+        out.push((bseq, read_notification(row, 0)?));
+    }
+    Ok(out)
 }
 
 fn notification_by_id(conn: &Connection, id: &str) -> Result<Option<StoredNotification>> {
@@ -82,6 +106,32 @@ impl Admins for SqliteStore {
             )
             .map_err(|e| map_unique(e, "admin"))?;
             Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Broadcasts for SqliteStore {
+    async fn append_broadcast(&self, b: NewNotification) -> Result<u64> {
+        self.write(move |conn| {
+            let bseq: i64 = conn
+                .query_row(
+                    "INSERT INTO broadcasts (message_id, kind, sender, key_id, nonce, content, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING bseq",
+                    params![
+                        b.message_id.as_str(),
+                        b.kind,
+                        b.sender,
+                        i64::from(b.content.key_id),
+                        b.content.nonce,
+                        b.content.ciphertext,
+                        ms(b.created_at)
+                    ],
+                    |r| r.get(0),
+                )
+                .map_err(|e| map_unique(e, "message"))?;
+            Ok(to_u64(bseq))
         })
         .await
     }

@@ -187,10 +187,46 @@ fn message_by_id(conn: &Connection, id: &str) -> Result<Option<StoredMessage>> {
 
 /// Allocates the next seq of a user's inbox. Only the writer calls this,
 /// inside its transaction, so seqs are gap-free and never reused.
-fn next_seq(conn: &Connection, user: &UserId) -> Result<Seq> {
+fn next_seq(conn: &Connection, user: &UserId) -> Result<(i64, i64)> {
+    conn.query_row(
+        "UPDATE users SET last_seq = last_seq + 1 WHERE user_id = ?1 RETURNING last_seq, bbase",
+        [user.as_str()],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+    .map_err(db)?
+    .ok_or(StoreError::NotFound("user"))
+}
+
+/// How many broadcasts exist: the newest `bseq`.
+pub(super) fn broadcast_head(conn: &Connection) -> Result<i64> {
+    conn.query_row("SELECT coalesce(max(bseq), 0) FROM broadcasts", [], |r| {
+        r.get(0)
+    })
+    .map_err(db)
+}
+
+/// The user's newest visible seq: inbox rows plus the broadcasts since
+/// the user was created.
+fn visible_last(conn: &Connection, user: &UserId) -> Result<Seq> {
+    let head = broadcast_head(conn)?;
+    let row: Option<(i64, i64)> = conn
+        .query_row(
+            "SELECT last_seq, bbase FROM users WHERE user_id = ?1",
+            [user.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db)?;
+    let (last, base) = row.ok_or(StoreError::NotFound("user"))?;
+    Ok(Seq(to_u64(last + head - base)))
+}
+
+/// The acknowledged position (a visible seq).
+fn acked_position(conn: &Connection, user: &UserId) -> Result<Seq> {
     let seq: Option<i64> = conn
         .query_row(
-            "UPDATE users SET last_seq = last_seq + 1 WHERE user_id = ?1 RETURNING last_seq",
+            "SELECT acked_seq FROM users WHERE user_id = ?1",
             [user.as_str()],
             |r| r.get(0),
         )
@@ -200,20 +236,8 @@ fn next_seq(conn: &Connection, user: &UserId) -> Result<Seq> {
         .ok_or(StoreError::NotFound("user"))
 }
 
-/// One of the user's inbox positions (`last_seq` or `acked_seq`).
-fn user_position(conn: &Connection, user: &UserId, column: &'static str) -> Result<Seq> {
-    let seq: Option<i64> = conn
-        .query_row(
-            &format!("SELECT {column} FROM users WHERE user_id = ?1"),
-            [user.as_str()],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(db)?;
-    seq.map(|s| Seq(to_u64(s)))
-        .ok_or(StoreError::NotFound("user"))
-}
-
+/// Appends one inbox row and returns its visible seq. Only the writer
+/// calls this, inside its transaction, so seqs are gap-free.
 pub(super) fn insert_event(
     conn: &Connection,
     user: &UserId,
@@ -222,13 +246,140 @@ pub(super) fn insert_event(
     data: Option<&str>,
     at: OffsetDateTime,
 ) -> Result<Seq> {
-    let seq = next_seq(conn, user)?;
+    let (seq, base) = next_seq(conn, user)?;
+    let head = broadcast_head(conn)?;
     conn.execute(
-        "INSERT INTO inbox (user_id, seq, kind, message_id, data, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![user.as_str(), to_i64(seq.0), kind.as_str(), message_id, data, ms(at)],
+        "INSERT INTO inbox (user_id, seq, kind, message_id, data, created_at, bpos) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            user.as_str(),
+            seq,
+            kind.as_str(),
+            message_id,
+            data,
+            ms(at),
+            head
+        ],
     )
     .map_err(db)?;
-    Ok(seq)
+    Ok(Seq(to_u64(seq + head - base)))
+}
+
+/// A user's visible stream after `after`: inbox rows and broadcasts merged
+/// in commit order. Broadcast `k` comes before an inbox row with
+/// `bpos >= k` and after one with `bpos < k`; an inbox row's visible seq is
+/// `seq + bpos - bbase` (see ARCHITECTURE.md, "Broadcast positions").
+fn merged_events_after(
+    conn: &Connection,
+    user: &UserId,
+    after: Seq,
+    limit: u32,
+) -> Result<Vec<StoredEvent>> {
+    let head = broadcast_head(conn)?;
+    let (last, base): (i64, i64) = conn
+        .query_row(
+            "SELECT last_seq, bbase FROM users WHERE user_id = ?1",
+            [user.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db)?
+        .ok_or(StoreError::NotFound("user"))?;
+    let position = to_i64(after.0).min(last + head - base);
+    // The inbox rows and broadcasts at or before `position`: the newest
+    // inbox row whose visible seq is within it, scanning back from the end.
+    let inbox_before: i64 = conn
+        .query_row(
+            "SELECT seq FROM inbox WHERE user_id = ?1 AND seq + bpos - ?2 <= ?3 ORDER BY seq DESC LIMIT 1",
+            params![user.as_str(), base, position],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db)?
+        .unwrap_or(0);
+    let broadcasts_before = base + (position - inbox_before);
+
+    let mut rows = inbox_rows(conn, user, inbox_before, limit)?
+        .into_iter()
+        .peekable();
+    let mut casts = super::ops::broadcasts_between(conn, broadcasts_before, head, limit)?
+        .into_iter()
+        .peekable();
+    let mut out = Vec::new();
+    let mut seq = position;
+    while out.len() < limit as usize {
+        let take_cast = match (rows.peek(), casts.peek()) {
+            (None, None) => break,
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+            (Some((bpos, _)), Some((bseq, _))) => bseq <= bpos,
+        };
+        seq += 1;
+        if take_cast {
+            let Some((_, b)) = casts.next() else { break };
+            out.push(StoredEvent {
+                user_id: user.clone(),
+                seq: Seq(to_u64(seq)),
+                kind: EventType::BroadcastNew,
+                at: b.created_at,
+                body: EventBody::Broadcast(Box::new(b)),
+            });
+        } else {
+            let Some((_, mut e)) = rows.next() else { break };
+            e.seq = Seq(to_u64(seq));
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+/// Inbox rows of `user` after internal seq `after`, with their `bpos`.
+fn inbox_rows(
+    conn: &Connection,
+    user: &UserId,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<(i64, StoredEvent)>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT i.seq, i.kind, i.created_at, i.data, {MESSAGE_COLUMNS}, {NOTIFICATION_COLUMNS}, i.bpos \
+             FROM inbox i LEFT JOIN messages m ON m.message_id = i.message_id \
+             LEFT JOIN notifications n ON n.message_id = i.message_id \
+             WHERE i.user_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3"
+        ))
+        .map_err(db)?;
+    let mut rows = stmt
+        .query(params![user.as_str(), after, i64::from(limit)])
+        .map_err(db)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(db)? {
+        let seq: i64 = row.get(0).map_err(db)?;
+        let kind: String = row.get(1).map_err(db)?;
+        let at: i64 = row.get(2).map_err(db)?;
+        let data: Option<String> = row.get(3).map_err(db)?;
+        let has_message: Option<String> = row.get(4).map_err(db)?;
+        let has_notification: Option<String> = row.get(16).map_err(db)?;
+        let bpos: i64 = row.get(23).map_err(db)?;
+        let body = match (data, has_message, has_notification) {
+            (Some(data), _, _) => EventBody::Data(data),
+            (None, Some(_), _) => {
+                EventBody::Message(Box::new(build_message(read_message(row, 4).map_err(db)?)?))
+            }
+            (None, None, Some(_)) => {
+                EventBody::Notification(Box::new(super::ops::read_notification(row, 16)?))
+            }
+            (None, None, None) => return Err(corrupt("inbox event without data")),
+        };
+        let event = StoredEvent {
+            user_id: user.clone(),
+            seq: Seq(to_u64(seq)),
+            kind: EventType::parse(&kind).ok_or_else(|| corrupt("event type"))?,
+            at: from_ms(at)?,
+            body,
+        };
+        out.push((bpos, event));
+    }
+    Ok(out)
 }
 
 fn append_drafts(conn: &Connection, drafts: Vec<EventDraft>) -> Result<Vec<StoredEvent>> {
@@ -292,7 +443,8 @@ fn insert_user(conn: &Connection, user: NewUser) -> Result<User> {
         return Err(StoreError::Conflict("user_id"));
     }
     conn.execute(
-        "INSERT INTO users (user_id, username, display_name, password_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO users (user_id, username, display_name, password_hash, created_at, bbase) \
+         VALUES (?1, ?2, ?3, ?4, ?5, (SELECT coalesce(max(bseq), 0) FROM broadcasts))",
         params![
             user.user_id.as_str(),
             user.username,
@@ -640,43 +792,10 @@ impl Inbox for SqliteStore {
     ) -> Result<Vec<StoredEvent>> {
         let user = user.clone();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT i.seq, i.kind, i.created_at, i.data, {MESSAGE_COLUMNS}, {NOTIFICATION_COLUMNS} \
-                     FROM inbox i LEFT JOIN messages m ON m.message_id = i.message_id \
-                     LEFT JOIN notifications n ON n.message_id = i.message_id \
-                     WHERE i.user_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3"
-                ))
-                .map_err(db)?;
-            let mut rows = stmt
-                .query(params![user.as_str(), to_i64(after.0), i64::from(limit)])
-                .map_err(db)?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(db)? {
-                let seq: i64 = row.get(0).map_err(db)?;
-                let kind: String = row.get(1).map_err(db)?;
-                let at: i64 = row.get(2).map_err(db)?;
-                let data: Option<String> = row.get(3).map_err(db)?;
-                let has_message: Option<String> = row.get(4).map_err(db)?;
-                let has_notification: Option<String> = row.get(16).map_err(db)?;
-                let body = match (data, has_message, has_notification) {
-                    (Some(data), _, _) => EventBody::Data(data),
-                    (None, Some(_), _) => {
-                        EventBody::Message(Box::new(build_message(read_message(row, 4).map_err(db)?)?))
-                    }
-                    (None, None, Some(_)) => {
-                        EventBody::Notification(Box::new(super::ops::read_notification(row, 16)?))
-                    }
-                    (None, None, None) => return Err(corrupt("inbox event without data")),
-                };
-                out.push(StoredEvent {
-                    user_id: user.clone(),
-                    seq: Seq(to_u64(seq)),
-                    kind: EventType::parse(&kind).ok_or_else(|| corrupt("event type"))?,
-                    at: from_ms(at)?,
-                    body,
-                });
-            }
+            // One snapshot for every statement below.
+            let tx = conn.unchecked_transaction().map_err(db)?;
+            let out = merged_events_after(&tx, &user, after, limit)?;
+            tx.commit().map_err(db)?;
             Ok(out)
         })
         .await
@@ -684,8 +803,7 @@ impl Inbox for SqliteStore {
 
     async fn last_seq(&self, user: &UserId) -> Result<Seq> {
         let user = user.clone();
-        self.read(move |conn| user_position(conn, &user, "last_seq"))
-            .await
+        self.read(move |conn| visible_last(conn, &user)).await
     }
 
     async fn ack(&self, user: &UserId, seq: Seq) -> Result<Seq> {
@@ -693,22 +811,23 @@ impl Inbox for SqliteStore {
         self.write(move |conn| {
             let acked: Option<i64> = conn
                 .query_row(
-                    "UPDATE users SET acked_seq = MAX(acked_seq, MIN(?2, last_seq)) WHERE user_id = ?1 \
-                     RETURNING acked_seq",
-                    params![user.as_str(), to_i64(seq.0)],
+                    "UPDATE users SET acked_seq = MAX(acked_seq, MIN(?2, last_seq + ?3 - bbase)) \
+                     WHERE user_id = ?1 RETURNING acked_seq",
+                    params![user.as_str(), to_i64(seq.0), broadcast_head(conn)?],
                     |r| r.get(0),
                 )
                 .optional()
                 .map_err(db)?;
-            acked.map(|s| Seq(to_u64(s))).ok_or(StoreError::NotFound("user"))
+            acked
+                .map(|s| Seq(to_u64(s)))
+                .ok_or(StoreError::NotFound("user"))
         })
         .await
     }
 
     async fn acked(&self, user: &UserId) -> Result<Seq> {
         let user = user.clone();
-        self.read(move |conn| user_position(conn, &user, "acked_seq"))
-            .await
+        self.read(move |conn| acked_position(conn, &user)).await
     }
 
     async fn message(&self, id: &MessageId) -> Result<Option<StoredMessage>> {
@@ -723,7 +842,8 @@ impl Inbox for SqliteStore {
         self.read(move |conn| {
             let seq: Option<i64> = conn
                 .query_row(
-                    "SELECT seq FROM inbox WHERE user_id = ?1 AND message_id = ?2",
+                    "SELECT i.seq + i.bpos - u.bbase FROM inbox i JOIN users u ON u.user_id = i.user_id \
+                     WHERE i.user_id = ?1 AND i.message_id = ?2",
                     params![user.as_str(), id.as_str()],
                     |r| r.get(0),
                 )

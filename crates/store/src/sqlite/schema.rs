@@ -122,6 +122,24 @@ CREATE TABLE audit_log (
     hash      BLOB NOT NULL
 );
 "#,
+    r#"
+-- Broadcasts are stored once. A user's visible stream merges them with the
+-- inbox: an inbox row records how many broadcasts existed when it was
+-- committed (bpos); a user sees the broadcasts after the count at their
+-- creation (bbase). See ARCHITECTURE.md, "Broadcast positions".
+CREATE TABLE broadcasts (
+    bseq       INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL UNIQUE,
+    kind       TEXT NOT NULL,
+    sender     TEXT NOT NULL,
+    key_id     INTEGER NOT NULL,
+    nonce      BLOB NOT NULL,
+    content    BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+ALTER TABLE inbox ADD COLUMN bpos INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN bbase INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Brings the database to the newest schema version.
