@@ -22,6 +22,7 @@ use crate::audit::AuditRecord;
 use crate::config::DevicePolicy;
 use crate::error::{CoreError, Result};
 use crate::keys::{OpaqueToken, new_opaque_token};
+use crate::limits::Limit;
 
 /// Who is calling: established from a valid access token of an active session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,9 +114,12 @@ fn session_info(s: &Session, current: &SessionId) -> SessionInfo {
 
 impl Core {
     /// `POST /v1/auth/register`
-    pub async fn register(&self, req: RegisterRequest) -> Result<UserProfile> {
+    pub async fn register(&self, req: RegisterRequest, client: &ClientInfo) -> Result<UserProfile> {
         if !self.config.auth.registration_open {
             return Err(CoreError::RegistrationClosed);
+        }
+        if let Some(ip) = &client.ip {
+            self.check_limit(Limit::Register, ip)?;
         }
         validate_username(&req.username)?;
         validate_password(&req.password)?;
@@ -157,9 +161,23 @@ impl Core {
         if req.password.len() > MAX_PASSWORD || req.username.len() > 64 {
             return Err(CoreError::Unauthorized("invalid username or password"));
         }
+        if let Some(ip) = &client.ip {
+            self.check_limit(Limit::Login, ip)?;
+        }
+        // Back-off after repeated failures, per account and per IP, is
+        // checked before the password so a locked account costs no hashing.
+        self.limits
+            .login_locked(&req.username, client.ip.as_deref())
+            .map_err(|r| CoreError::RateLimited(r.0))?;
         let user = self.store.user_by_username(&req.username).await?;
         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
         let ok = self.passwords.verify(req.password, hash).await?;
+        if ok {
+            self.limits.login_succeeded(&req.username);
+        } else {
+            self.limits
+                .login_failed(&req.username, client.ip.as_deref());
+        }
         let Some(user) = user.filter(|_| ok) else {
             self.audit(AuditRecord {
                 action: "auth.login_failed".into(),
@@ -318,7 +336,10 @@ impl Core {
 
     /// `POST /v1/auth/refresh`: rotates the pair. Presenting a refresh token
     /// that was already rotated revokes the whole session (theft detection).
-    pub async fn refresh(&self, presented: &str) -> Result<TokenPair> {
+    pub async fn refresh(&self, presented: &str, client: &ClientInfo) -> Result<TokenPair> {
+        if let Some(ip) = &client.ip {
+            self.check_limit(Limit::Token, ip)?;
+        }
         let now = self.clock.now();
         let presented = OpaqueToken(presented.to_owned());
         let (next, next_hash) =

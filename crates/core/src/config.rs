@@ -137,4 +137,5 @@ pub struct CoreConfig {
     pub messaging: MessagingConfig,
     pub delivery: DeliveryConfig,
     pub admin: AdminConfig,
+    pub limits: crate::limits::LimitsConfig,
 }

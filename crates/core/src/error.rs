@@ -23,6 +23,8 @@ pub enum CoreError {
     Gone(String),
     #[error("{0}")]
     TooLarge(String),
+    #[error("too many requests; retry later")]
+    RateLimited(std::time::Duration),
     #[error("the store is unavailable")]
     Unavailable(String),
     #[error("internal error")]
@@ -42,8 +44,17 @@ impl CoreError {
             CoreError::Conflict(_) => ErrorCode::Conflict,
             CoreError::Gone(_) => ErrorCode::Gone,
             CoreError::TooLarge(_) => ErrorCode::PayloadTooLarge,
+            CoreError::RateLimited(_) => ErrorCode::RateLimited,
             CoreError::Unavailable(_) => ErrorCode::Unavailable,
             CoreError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// For 429: how long until a retry may pass.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            CoreError::RateLimited(d) => Some(*d),
+            _ => None,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod config;
 mod error;
 pub mod hub;
 pub mod keys;
+pub mod limits;
 pub mod messaging;
 pub mod password;
 mod render;
@@ -29,6 +30,7 @@ use clock::Clock;
 use config::CoreConfig;
 use hub::Hub;
 use keys::{Keyring, SigningKey};
+use limits::{Limit, RateLimits};
 use password::PasswordWorkers;
 use replay::NonceStore;
 use unimsg_store::{Store, StoredEvent};
@@ -43,6 +45,7 @@ pub struct Core {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) passwords: PasswordWorkers,
     pub(crate) nonces: Arc<dyn NonceStore>,
+    pub(crate) limits: Arc<dyn RateLimits>,
     pub(crate) verified: admin::VerifiedSecrets,
     pub(crate) config: CoreConfig,
 }
@@ -65,6 +68,7 @@ pub struct CoreParts {
     pub clock: Arc<dyn Clock>,
     pub passwords: PasswordWorkers,
     pub nonces: Arc<dyn NonceStore>,
+    pub limits: Arc<dyn RateLimits>,
     pub config: CoreConfig,
 }
 
@@ -79,6 +83,7 @@ impl Core {
             clock: parts.clock,
             passwords: parts.passwords,
             nonces: parts.nonces,
+            limits: parts.limits,
             verified: admin::VerifiedSecrets::default(),
             config: parts.config,
         }
@@ -109,6 +114,13 @@ impl Core {
             admin.nonce_window_secs as i64,
             admin.require_nonce,
         )
+    }
+
+    /// Counts one request against a rate limit (429 with a retry time when over).
+    pub fn check_limit(&self, limit: Limit, key: &str) -> Result<()> {
+        self.limits
+            .check(limit, key)
+            .map_err(|r| CoreError::RateLimited(r.0))
     }
 
     /// Whether the store answers.

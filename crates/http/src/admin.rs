@@ -21,6 +21,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 use unimsg_core::admin::AdminContext;
 use unimsg_core::audit::AuditRecord;
+use unimsg_core::limits::Limit;
 use unimsg_proto::admin::{
     AdminToken, AdminTokenRequest, AdminUser, AuditPage, BroadcastRequest, BroadcastResponse,
     ForceLogoutRequest, ForceLogoutResponse, ImportRequest, ImportResponse, MessageStatus,
@@ -156,9 +157,12 @@ async fn admit(
         ));
     }
     let credential = if request.uri().path() == "/v1/admin/token" {
+        let ip = ip.map(|i| i.to_string()).unwrap_or_default();
+        core.check_limit(Limit::Token, &ip)?;
         None
     } else {
         let ctx = authenticate(state, request.headers()).await?;
+        core.check_limit(Limit::Admin, &ctx.admin_id)?;
         record.actor = ctx.admin_id.clone();
         record.scope = Some(
             ctx.scopes

@@ -4,7 +4,8 @@
 use std::any::Any;
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use unimsg_core::CoreError;
 use unimsg_proto::{ErrorBody, ErrorCode};
@@ -13,6 +14,8 @@ use unimsg_proto::{ErrorBody, ErrorCode};
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// For 429: sent as `Retry-After`, in whole seconds rounded up.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -20,6 +23,7 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -41,7 +45,9 @@ impl From<CoreError> for ApiError {
         if let Some(detail) = e.internal_detail() {
             tracing::error!(error = %detail, code = ?e.code(), "request failed");
         }
-        ApiError::new(e.code(), e.to_string())
+        let mut api = ApiError::new(e.code(), e.to_string());
+        api.retry_after = e.retry_after();
+        api
     }
 }
 
@@ -49,7 +55,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(self.body())).into_response()
+        let mut response = (status, Json(self.body())).into_response();
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
     }
 }
 

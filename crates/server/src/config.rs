@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use unimsg_core::config::{AdminConfig, AuthConfig, CoreConfig, DeliveryConfig, MessagingConfig};
+use unimsg_core::limits::LimitsConfig;
 use unimsg_http::HttpConfig;
 use unimsg_store::sqlite::Durability;
 
@@ -38,6 +39,7 @@ pub struct Config {
     pub messaging: MessagingConfig,
     pub delivery: DeliveryConfig,
     pub admin: AdminConfig,
+    pub limits: LimitsConfig,
     pub store: StoreConfig,
 }
 
@@ -52,6 +54,7 @@ impl Default for Config {
             messaging: MessagingConfig::default(),
             delivery: DeliveryConfig::default(),
             admin: AdminConfig::default(),
+            limits: LimitsConfig::default(),
             store: StoreConfig::default(),
         }
     }
@@ -177,6 +180,7 @@ impl Config {
             messaging: self.messaging.clone(),
             delivery: self.delivery.clone(),
             admin: self.admin.clone(),
+            limits: self.limits.clone(),
         }
     }
 

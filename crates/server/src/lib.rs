@@ -18,6 +18,7 @@ use unimsg_core::bus::LocalBus;
 use unimsg_core::clock::SystemClock;
 use unimsg_core::hub::Hub;
 use unimsg_core::keys::{Keyring, MasterKey, SigningKey};
+use unimsg_core::limits::MemoryLimits;
 use unimsg_core::password::PasswordWorkers;
 use unimsg_core::replay::MemoryNonces;
 use unimsg_core::{Core, CoreParts};
@@ -74,6 +75,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Core>> {
         clock: Arc::new(SystemClock),
         passwords: PasswordWorkers::for_this_machine(),
         nonces: Arc::new(MemoryNonces::new(config.admin.nonce_capacity)),
+        limits: Arc::new(MemoryLimits::new(config.limits.clone())),
         config: config.core(),
     })))
 }

@@ -15,9 +15,10 @@ use crate::extract::{Authed, Client, Json, PathId, path_id};
 /// `POST /v1/auth/register`
 pub async fn register(
     State(state): State<AppState>,
+    Client(client): Client,
     Json(req): Json<RegisterRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let profile: UserProfile = state.core.register(req).await?;
+    let profile: UserProfile = state.core.register(req, &client).await?;
     Ok((StatusCode::CREATED, axum::Json(profile)))
 }
 
@@ -33,9 +34,12 @@ pub async fn login(
 /// `POST /v1/auth/refresh`
 pub async fn refresh(
     State(state): State<AppState>,
+    Client(client): Client,
     Json(req): Json<RefreshRequest>,
 ) -> Result<axum::Json<TokenPair>, ApiError> {
-    Ok(axum::Json(state.core.refresh(&req.refresh_token).await?))
+    Ok(axum::Json(
+        state.core.refresh(&req.refresh_token, &client).await?,
+    ))
 }
 
 /// `POST /v1/auth/logout`
