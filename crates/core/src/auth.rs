@@ -194,6 +194,11 @@ impl Core {
             return Err(CoreError::Forbidden("this account is disabled".into()));
         }
         let ip = client.ip.clone();
+        let new_place = self
+            .store
+            .is_new_place(&user.user_id, req.device_id.as_deref(), ip.as_deref())
+            .await?;
+        let (platform, device) = (req.platform.clone(), req.device_id.clone());
         let pair = self
             .open_session(&user.user_id, req.platform, req.device_id, client)
             .await?;
@@ -201,13 +206,57 @@ impl Core {
             action: "auth.login".into(),
             actor_kind: "user".into(),
             actor: user.user_id.to_string(),
-            ip,
+            ip: ip.clone(),
             outcome: "ok".into(),
             session_id: Some(pair.session_id.to_string()),
             ..AuditRecord::default()
         })
         .await;
+        if new_place {
+            self.warn_new_place(&user.user_id, &platform, device, ip, &pair)
+                .await;
+        }
         Ok(pair)
+    }
+
+    /// A sign-in from a device and an address this user never used: an
+    /// audit entry, and a notification in the user's system conversation.
+    async fn warn_new_place(
+        &self,
+        user: &UserId,
+        platform: &Platform,
+        device: Option<String>,
+        ip: Option<String>,
+        pair: &TokenPair,
+    ) {
+        self.audit(AuditRecord {
+            action: "auth.new_place".into(),
+            actor_kind: "user".into(),
+            actor: user.to_string(),
+            ip: ip.clone(),
+            outcome: "ok".into(),
+            session_id: Some(pair.session_id.to_string()),
+            detail: device.clone(),
+            ..AuditRecord::default()
+        })
+        .await;
+        let content = serde_json::json!({
+            "title": "New sign-in",
+            "body": "Your account was used to sign in from a new device or address.",
+            "platform": platform,
+            "device_id": device,
+            "ip": ip,
+            "session_id": pair.session_id,
+        });
+        let request = unimsg_proto::admin::NotifyRequest {
+            to: unimsg_proto::admin::Target::Users(vec![user.clone()]),
+            kind: "notification".into(),
+            content,
+            from: Some("security".into()),
+        };
+        if let Err(error) = self.notify(request).await {
+            tracing::warn!(%error, user_id = %user, "cannot send the new sign-in notification");
+        }
     }
 
     /// Opens a session for a user whose identity is established, kicking

@@ -135,6 +135,14 @@ pub trait Sessions: Send + Sync {
         kick: Vec<Revocation>,
     ) -> Result<Vec<StoredEvent>>;
     async fn session(&self, id: &SessionId) -> Result<Option<Session>>;
+    /// Whether `user` had a session before (revoked or not) and none of
+    /// them came from this device or this IP: a sign-in from somewhere new.
+    async fn is_new_place(
+        &self,
+        user: &UserId,
+        device_id: Option<&str>,
+        ip: Option<&str>,
+    ) -> Result<bool>;
     /// The user's sessions that are not revoked, oldest first.
     async fn active_sessions(&self, user: &UserId) -> Result<Vec<Session>>;
     /// Revokes sessions that are still active and appends one event for each;

@@ -256,3 +256,37 @@ async fn registration_can_be_closed_and_usernames_are_unique() {
         .unwrap_or_else(|| panic!("registered while closed"));
     assert_eq!(err.status(), Some(403));
 }
+
+#[tokio::test]
+async fn a_sign_in_from_a_new_device_and_address_is_notified_and_audited() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    register(&client, "gina").await;
+    let first = login(&client, "gina", "web", Some("laptop")).await;
+    // Same address again, other device: not new.
+    login(&client, "gina", "ios", Some("phone")).await;
+    assert!(full_sync(&first.api).await.is_empty());
+
+    // Another loopback address and an unknown device.
+    let elsewhere = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let response = elsewhere
+        .post(format!("{}/v1/auth/login", server.base))
+        .json(&serde_json::json!({
+            "username": "gina", "password": PASSWORD, "platform": "desktop", "device_id": "kiosk"
+        }))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status(), 200);
+    let events = full_sync(&first.api).await;
+    let warning = events
+        .iter()
+        .find(|e| e.kind == EventType::NotificationNew)
+        .unwrap_or_else(|| panic!("no notification in {events:?}"));
+    assert_eq!(warning.data["from"], "security");
+    assert_eq!(warning.data["content"]["ip"], "127.0.0.2");
+    assert_eq!(warning.data["content"]["device_id"], "kiosk");
+}

@@ -8,5 +8,6 @@ mod delivery;
 mod durability;
 mod flow;
 mod harness;
+mod limits;
 mod property;
 mod support;

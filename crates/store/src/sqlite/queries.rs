@@ -614,6 +614,32 @@ impl Sessions for SqliteStore {
         .await
     }
 
+    async fn is_new_place(
+        &self,
+        user: &UserId,
+        device_id: Option<&str>,
+        ip: Option<&str>,
+    ) -> Result<bool> {
+        let (user, device_id, ip) = (
+            user.clone(),
+            device_id.map(str::to_owned),
+            ip.map(str::to_owned),
+        );
+        self.read(move |conn| {
+            let (any, known): (bool, bool) = conn
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM sessions WHERE user_id = ?1), \
+                     EXISTS(SELECT 1 FROM sessions WHERE user_id = ?1 AND \
+                     ((?2 IS NOT NULL AND device_id = ?2) OR (?3 IS NOT NULL AND ip = ?3)))",
+                    params![user.as_str(), device_id, ip],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(db)?;
+            Ok(any && !known)
+        })
+        .await
+    }
+
     async fn session(&self, id: &SessionId) -> Result<Option<Session>> {
         let id = id.clone();
         self.read(move |conn| session_by_id(conn, id.as_str()))
