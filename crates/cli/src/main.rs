@@ -1,11 +1,19 @@
 //! `unimsg`: the command-line entry point. Parses flags, loads the
-//! configuration and hands over to `unimsg-server`.
+//! configuration and hands over to `unimsg-server`, or calls the admin API
+//! of a running server (`admin.rs`).
+
+mod admin;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use unimsg_server::Config;
+
+use crate::admin::{
+    Action, CREDENTIALS_HELP, Message, NotifyArgs, Remote, TokenCommand, UserCommand,
+};
 
 #[derive(Parser)]
 #[command(name = "unimsg", version, about = "Unified messaging and login server")]
@@ -18,6 +26,44 @@ struct Cli {
 enum Command {
     /// Run the server (embedded store, no configuration needed).
     Serve(ServeArgs),
+    /// Manage the users of a running server (admin API).
+    #[command(after_help = CREDENTIALS_HELP)]
+    User {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Mint user tokens on a running server (admin API).
+    #[command(after_help = CREDENTIALS_HELP)]
+    Token {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Send a notification to some users of a running server (admin API).
+    ///
+    /// It arrives as `notification.new` in each recipient's inbox, live or
+    /// by sync. Prints {message_id, recipients} as JSON.
+    #[command(after_help = CREDENTIALS_HELP)]
+    Notify {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(flatten)]
+        args: NotifyArgs,
+    },
+    /// Announce something to every user of a running server (admin API).
+    ///
+    /// It arrives as `broadcast.new`, live for those online and by sync for
+    /// everyone else. Prints {message_id, broadcast_seq} as JSON.
+    #[command(after_help = CREDENTIALS_HELP)]
+    Broadcast {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(flatten)]
+        message: Message,
+    },
     /// Check the audit log.
     Audit {
         #[command(subcommand)]
@@ -65,10 +111,14 @@ enum ConfigCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
+        Command::User { remote, command } => admin::run(&remote, Action::User(command)),
+        Command::Token { remote, command } => admin::run(&remote, Action::Token(command)),
+        Command::Notify { remote, args } => admin::run(&remote, Action::Notify(args)),
+        Command::Broadcast { remote, message } => admin::run(&remote, Action::Broadcast(message)),
         Command::Audit {
             command: AuditCommand::Verify { data_dir },
         } => {
@@ -78,7 +128,7 @@ fn main() -> anyhow::Result<()> {
             match runtime.block_on(unimsg_server::verify_audit(&data_dir))? {
                 Ok(count) => {
                     println!("audit log intact: {count} entries verified");
-                    Ok(())
+                    Ok(ExitCode::SUCCESS)
                 }
                 Err(broken) => anyhow::bail!("audit log broken: {broken}"),
             }
@@ -87,14 +137,14 @@ fn main() -> anyhow::Result<()> {
             command: ConfigCommand::Defaults,
         } => {
             print!("{}", Config::default_toml());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Config {
             command: ConfigCommand::Show { config },
         } => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
             print!("{}", toml_of(&config));
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -229,7 +229,9 @@ impl Client {
         Ok(())
     }
 
-    fn request<B: Serialize + ?Sized>(
+    /// A request to `path` on this server, with an optional Bearer token
+    /// and JSON body.
+    pub(crate) fn request<B: Serialize + ?Sized>(
         &self,
         method: Method,
         path: &[&str],
@@ -452,7 +454,7 @@ pub fn text_message(to: &UserId, text: &str, client_msg_id: Option<&str>) -> Sen
 }
 
 /// Passes a 2xx response through; turns anything else into an error.
-async fn success(resp: Response) -> Result<Response> {
+pub(crate) async fn success(resp: Response) -> Result<Response> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);

@@ -1,5 +1,5 @@
-//! Client library for the unimsg v1 API: HTTP calls, the WebSocket connection
-//! and the SSE event stream.
+//! Client library for the unimsg v1 API: HTTP calls, the WebSocket connection,
+//! the SSE event stream and the admin API ([`AdminClient`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -25,11 +25,13 @@
 //! # }
 //! ```
 
+mod admin;
 mod client;
 mod error;
 mod sse;
 mod ws;
 
+pub use admin::{AdminClient, AdminCredentials, AuditFilter, MAX_IMPORT_BATCH};
 pub use client::{Authed, Client, text_message};
 pub use error::{ClientError, Result};
 pub use sse::{SseConnection, SseEvent};

@@ -9,13 +9,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::Router;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
@@ -29,31 +27,31 @@ use unimsg_proto::admin::{
     UserPatch,
 };
 use unimsg_proto::api::TokenPair;
-use unimsg_proto::{ErrorCode, MessageId, UserId};
+use unimsg_proto::{ErrorBody, ErrorCode, MessageId, UserId};
 use unimsg_store::AuditQuery;
+
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Json, PathId, Query, path_id};
 
-/// The admin routes, behind [`gate`].
-pub fn routes(state: AppState) -> Router<AppState> {
-    Router::new()
-        .route("/v1/admin/token", post(token))
-        .route("/v1/admin/admins", post(create_admin))
-        .route("/v1/admin/users", post(import_users))
-        .route(
-            "/v1/admin/users/{id}",
-            get(get_user).patch(patch_user).delete(delete_user),
-        )
-        .route("/v1/admin/users/{id}/tokens", post(mint))
-        .route("/v1/admin/users/{id}/logout", post(logout))
-        .route("/v1/admin/messages", post(notify))
-        .route("/v1/admin/broadcasts", post(broadcast))
-        .route("/v1/admin/messages/{id}/status", get(status))
-        .route("/v1/admin/audit", get(audit))
-        .route("/v1/admin/presence", get(presence))
-        .route_layer(middleware::from_fn_with_state(state, gate))
+/// The admin routes; [`crate::router`] puts them behind [`gate`].
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(token))
+        .routes(routes!(create_admin))
+        .routes(routes!(import_users))
+        .routes(routes!(get_user, patch_user, delete_user))
+        .routes(routes!(mint))
+        .routes(routes!(logout))
+        .routes(routes!(notify))
+        .routes(routes!(broadcast))
+        .routes(routes!(status))
+        .routes(routes!(audit))
+        .routes(routes!(presence))
 }
 
 /// The admin credential of the request, put there by [`gate`].
@@ -109,7 +107,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Guards and audits every admin request.
-async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let core = state.core.clone();
     let admin_config = &core.config().admin;
     let peer = request
@@ -211,6 +209,19 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AdminCont
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/token",
+    operation_id = "admin_token",
+    tag = "admin",
+    summary = "Exchange admin credentials for an admin token",
+    description = "Returns a Bearer token for the admin API with the account's scopes. Rate limited per address.",
+    request_body = AdminTokenRequest,
+    responses(
+        (status = 200, description = "An admin token.", body = AdminToken),
+        (status = 401, description = "Unknown admin or wrong secret (`unauthorized`).", body = ErrorBody),
+    ),
+)]
 /// `POST /v1/admin/token`
 async fn token(State(state): State<AppState>, Json(req): Json<AdminTokenRequest>) -> Response {
     let actor = AuditActor(req.admin_id.chars().take(64).collect());
@@ -227,6 +238,20 @@ async fn token(State(state): State<AppState>, Json(req): Json<AdminTokenRequest>
     response
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/admins",
+    operation_id = "admin_create_admin",
+    tag = "admin",
+    summary = "Create an admin account",
+    description = "Creates another admin account with the given scopes. Scope: `admin`.",
+    request_body = NewAdminRequest,
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 201, description = "Created."),
+        (status = 409, description = "The admin id exists, or `X-Nonce` was reused (`conflict`).", body = ErrorBody),
+    ),
+)]
 /// `POST /v1/admin/admins` (scope `admin`)
 async fn create_admin(
     State(state): State<AppState>,
@@ -241,6 +266,20 @@ async fn create_admin(
     Ok(StatusCode::CREATED)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/users",
+    operation_id = "admin_import_users",
+    tag = "admin",
+    summary = "Import users in a batch",
+    description = "Creates up to 10,000 users; each item is parsed and created on its own and has a result in request order. Scope: `users:write`.",
+    request_body = ImportRequest,
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 200, description = "A result per item.", body = ImportResponse),
+        (status = 400, description = "Not an object with `users`, or more than 10,000 users (`bad_request`).", body = ErrorBody),
+    ),
+)]
 /// `POST /v1/admin/users`
 async fn import_users(
     State(state): State<AppState>,
@@ -256,6 +295,20 @@ async fn import_users(
     Ok(axum::Json(state.core.import_users(req.users).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/users/{id}",
+    operation_id = "admin_get_user",
+    tag = "admin",
+    summary = "Get a user",
+    description = "Scope: `users:read`.",
+    params(("id" = UserId, Path, description = "The user id.")),
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 200, description = "The user.", body = AdminUser),
+        (status = 404, description = "No such user (`not_found`).", body = ErrorBody),
+    ),
+)]
 /// `GET /v1/admin/users/{id}`
 async fn get_user(
     State(state): State<AppState>,
@@ -267,6 +320,21 @@ async fn get_user(
     Ok(axum::Json(state.core.admin_user(&id).await?))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/admin/users/{id}",
+    operation_id = "admin_update_user",
+    tag = "admin",
+    summary = "Update a user",
+    description = "Changes the display name, the password or the status; disabling revokes every session at once. Scope: `users:write`.",
+    params(("id" = UserId, Path, description = "The user id.")),
+    request_body = UserPatch,
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 200, description = "The updated user.", body = AdminUser),
+        (status = 404, description = "No such user (`not_found`).", body = ErrorBody),
+    ),
+)]
 /// `PATCH /v1/admin/users/{id}`
 async fn patch_user(
     State(state): State<AppState>,
@@ -279,6 +347,20 @@ async fn patch_user(
     Ok(axum::Json(state.core.update_user(&id, patch).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/users/{id}",
+    operation_id = "admin_delete_user",
+    tag = "admin",
+    summary = "Delete a user",
+    description = "Deletes the user and revokes every session. Scope: `users:write`.",
+    params(("id" = UserId, Path, description = "The user id.")),
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "No such user (`not_found`).", body = ErrorBody),
+    ),
+)]
 /// `DELETE /v1/admin/users/{id}`
 async fn delete_user(
     State(state): State<AppState>,
@@ -291,6 +373,22 @@ async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/users/{id}/tokens",
+    operation_id = "admin_mint_tokens",
+    tag = "admin",
+    summary = "Mint tokens for a user",
+    description = "Opens a session for the user on the given platform (the device policy applies) and returns its tokens. Scope: `tokens:mint`.",
+    params(("id" = UserId, Path, description = "The user id.")),
+    request_body = MintRequest,
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 200, description = "The new session's tokens.", body = TokenPair),
+        (status = 403, description = "The user is disabled, the address is not allowed or the scope is missing (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such user (`not_found`).", body = ErrorBody),
+    ),
+)]
 /// `POST /v1/admin/users/{id}/tokens`
 async fn mint(
     State(state): State<AppState>,
@@ -308,6 +406,21 @@ async fn mint(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/users/{id}/logout",
+    operation_id = "admin_force_logout",
+    tag = "admin",
+    summary = "Force a user's logout",
+    description = "Revokes the user's sessions (of one platform, or all); their live connections receive `session.revoked` and close. The body is optional. Scope: `users:write`.",
+    params(("id" = UserId, Path, description = "The user id.")),
+    request_body(content = ForceLogoutRequest, description = "Optional: an empty body means every platform.", content_type = "application/json"),
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 200, description = "How many sessions were revoked.", body = ForceLogoutResponse),
+        (status = 404, description = "No such user (`not_found`).", body = ErrorBody),
+    ),
+)]
 /// `POST /v1/admin/users/{id}/logout`
 async fn logout(
     State(state): State<AppState>,
@@ -328,6 +441,20 @@ async fn logout(
     Ok(axum::Json(state.core.force_logout(&id, platform).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/messages",
+    operation_id = "admin_notify",
+    tag = "admin",
+    summary = "Send a notification to users",
+    description = "Stores the notification once and appends a `notification.new` event to each recipient's inbox (conversation `s:{user}`). Scope: `messages:send`.",
+    request_body = NotifyRequest,
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 200, description = "The notification's id and recipient count.", body = NotifyResponse),
+        (status = 404, description = "A recipient does not exist (`not_found`).", body = ErrorBody),
+    ),
+)]
 /// `POST /v1/admin/messages`
 async fn notify(
     State(state): State<AppState>,
@@ -338,6 +465,19 @@ async fn notify(
     Ok(axum::Json(state.core.notify(req).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/broadcasts",
+    operation_id = "admin_broadcast",
+    tag = "admin",
+    summary = "Broadcast to every user",
+    description = "Stores the announcement once; it reaches every user as `broadcast.new`, live when online and in sync. Scope: `messages:send`.",
+    request_body = BroadcastRequest,
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 200, description = "The broadcast's id and position.", body = BroadcastResponse),
+    ),
+)]
 /// `POST /v1/admin/broadcasts`
 async fn broadcast(
     State(state): State<AppState>,
@@ -348,13 +488,32 @@ async fn broadcast(
     Ok(axum::Json(state.core.broadcast(req).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct StatusQuery {
+    /// Page after this user id (`next_after` of the previous page).
     after: Option<UserId>,
+    /// Recipients per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/messages/{id}/status",
+    operation_id = "admin_message_status",
+    tag = "admin",
+    summary = "Delivery and read status of a notification",
+    description = "Counts and one page of per-recipient state, by user id. Scope: `messages:send`.",
+    params(("id" = MessageId, Path, description = "The notification's message id."), StatusQuery),
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 200, description = "The status.", body = MessageStatus),
+        (status = 400, description = "Bad query parameters (`bad_request`).", body = ErrorBody),
+        (status = 404, description = "No such notification (`not_found`).", body = ErrorBody),
+    ),
+)]
 /// `GET /v1/admin/messages/{id}/status?after=&limit=`
 async fn status(
     State(state): State<AppState>,
@@ -372,12 +531,29 @@ async fn status(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PresenceQuery {
+    /// Comma-separated user ids, 1 to 1000.
+    #[param(example = "alice,bob")]
     user_ids: String,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/presence",
+    operation_id = "admin_presence",
+    tag = "admin",
+    summary = "Live presence of users",
+    description = "For each user: online or not, and the platforms with a live WebSocket or SSE connection (on this node). Scope: `users:read`.",
+    params(PresenceQuery),
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 200, description = "One entry per requested user.", body = PresenceResponse),
+        (status = 400, description = "Missing, malformed or more than 1000 user ids (`bad_request`).", body = ErrorBody),
+    ),
+)]
 /// `GET /v1/admin/presence?user_ids=a,b,c` (at most 1000 ids)
 async fn presence(
     State(state): State<AppState>,
@@ -397,17 +573,38 @@ async fn presence(
     Ok(axum::Json(state.core.presence(ids)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct AuditParams {
+    /// Entries after this entry id (`next_after` of the previous page; default 0).
     #[serde(default)]
     after: u64,
+    /// Entries per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// Only this action, e.g. `admin.request`, `auth.login`, `session.revoked`.
     action: Option<String>,
+    /// Only this actor (admin id or user id).
     actor: Option<String>,
+    /// Only entries recorded with this `X-Operation-Id`.
     operation_id: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/audit",
+    operation_id = "admin_audit",
+    tag = "admin",
+    summary = "Read the audit log",
+    description = "Entries of the hash-chained audit log in order, filtered. Scope: `audit:read`.",
+    params(AuditParams),
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 200, description = "One page of entries.", body = AuditPage),
+        (status = 400, description = "Bad query parameters (`bad_request`).", body = ErrorBody),
+    ),
+)]
 /// `GET /v1/admin/audit?after=&limit=&action=&actor=&operation_id=`
 async fn audit(
     State(state): State<AppState>,

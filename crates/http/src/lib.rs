@@ -4,10 +4,13 @@
 //! Only this crate parses requests. Handlers are thin: extract, call the
 //! core, render. [`router`] builds the whole application from an
 //! [`AppState`], so the binary and the tests serve exactly the same thing.
+//! Routes are registered through `utoipa_axum`, so every served route is
+//! also described in the OpenAPI document ([`openapi`], `/openapi.json`).
 
 mod admin;
 mod error;
 mod extract;
+mod openapi;
 mod routes;
 mod sse;
 mod ws;
@@ -17,10 +20,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::middleware;
+use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use unimsg_core::Core;
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 
@@ -55,33 +62,55 @@ impl AppState {
     }
 }
 
+/// The user-facing routes, health and the document itself.
+fn user_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(routes::health::healthz))
+        .routes(routes!(routes::health::readyz))
+        .routes(routes!(routes::health::metrics))
+        .routes(routes!(openapi::document))
+        .routes(routes!(openapi::docs))
+        .routes(routes!(routes::auth::register))
+        .routes(routes!(routes::auth::login))
+        .routes(routes!(routes::auth::refresh))
+        .routes(routes!(routes::auth::logout))
+        .routes(routes!(routes::auth::me))
+        .routes(routes!(routes::auth::sessions))
+        .routes(routes!(routes::auth::end_session))
+        .routes(routes!(routes::messages::send))
+        .routes(routes!(routes::messages::recall))
+        .routes(routes!(routes::messages::sync))
+        .routes(routes!(routes::messages::ack))
+        .routes(routes!(routes::messages::conversations))
+        .routes(routes!(routes::messages::history))
+        .routes(routes!(routes::messages::read))
+        .routes(routes!(sse::events))
+        .routes(routes!(ws::upgrade))
+}
+
+/// The user routes, the admin routes (not yet behind their gate) and the
+/// OpenAPI document describing both.
+fn documented() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
+    let (user, mut doc) = user_routes().split_for_parts();
+    let (admin, admin_doc) = admin::routes().split_for_parts();
+    doc.merge(admin_doc);
+    openapi::CommonErrors.modify(&mut doc);
+    (user, admin, doc)
+}
+
+/// The OpenAPI 3.1 document of every route, as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented().2
+}
+
 /// The whole application.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.http.max_body_bytes;
-    Router::new()
-        .route("/healthz", get(routes::health::healthz))
-        .route("/readyz", get(routes::health::readyz))
-        .route("/metrics", get(routes::health::metrics))
-        .route("/v1/auth/register", post(routes::auth::register))
-        .route("/v1/auth/login", post(routes::auth::login))
-        .route("/v1/auth/refresh", post(routes::auth::refresh))
-        .route("/v1/auth/logout", post(routes::auth::logout))
-        .route("/v1/me", get(routes::auth::me))
-        .route("/v1/me/sessions", get(routes::auth::sessions))
-        .route("/v1/me/sessions/{id}", delete(routes::auth::end_session))
-        .route("/v1/messages", post(routes::messages::send))
-        .route("/v1/messages/{id}/recall", post(routes::messages::recall))
-        .route("/v1/sync", get(routes::messages::sync))
-        .route("/v1/ack", post(routes::messages::ack))
-        .route("/v1/conversations", get(routes::messages::conversations))
-        .route(
-            "/v1/conversations/{id}/messages",
-            get(routes::messages::history),
-        )
-        .route("/v1/conversations/{id}/read", post(routes::messages::read))
-        .route("/v1/events", get(sse::events))
-        .route("/v1/ws", get(ws::upgrade))
-        .merge(admin::routes(state.clone()))
+    let (user, admin, doc) = documented();
+    openapi::publish(&doc);
+    user.route("/docs/", get(openapi::docs_asset))
+        .route("/docs/{*file}", get(openapi::docs_asset))
+        .merge(admin.route_layer(middleware::from_fn_with_state(state.clone(), admin::gate)))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

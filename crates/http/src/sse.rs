@@ -18,20 +18,46 @@ use serde::Deserialize;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use unimsg_core::hub::Delivery;
 use unimsg_core::stream::InboxStream;
-use unimsg_proto::{Seq, SessionId};
+use unimsg_proto::{ErrorBody, Seq, SessionId};
+use utoipa::IntoParams;
 
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Query, bearer};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// The access token, for `EventSource` clients that cannot set
+    /// `Authorization` (the header wins when both are given).
     access_token: Option<String>,
+    /// Replay the inbox after this seq before following live events
+    /// (`Last-Event-ID` wins when both are given). Without either, only
+    /// live events are sent.
+    #[param(minimum = 0)]
     after: Option<u64>,
 }
 
 /// `GET /v1/events` (Bearer header or `?access_token=`; `Last-Event-ID` or `?after=`).
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    operation_id = "events",
+    tag = "realtime",
+    summary = "Server-Sent Events stream of the inbox",
+    description = "A `text/event-stream` of the caller's inbox events. Each SSE event has `id:` = its seq and `data:` = one `Event` as JSON (`{seq, type, ts, data}`, see the `Event` schema). The stream replays what the client missed (after `Last-Event-ID` or `after`), then follows live events in seq order, with comment heartbeats every `delivery.heartbeat_secs`. It ends after this session's `session.revoked`, or when the server drops a client that does not keep up. A reconnecting `EventSource` resumes by itself with `Last-Event-ID`.",
+    params(
+        EventsQuery,
+        ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "Resume after this seq (sent by `EventSource` on reconnect)."),
+    ),
+    security(("bearer" = []), ("access_token" = [])),
+    responses(
+        (status = 200, description = "The event stream: `id: <seq>` and `data: <Event JSON>` per event.", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Bad query parameters or `Last-Event-ID` (`bad_request`).", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked access token (`unauthorized`).", body = ErrorBody),
+    ),
+)]
 pub async fn events(
     State(state): State<AppState>,
     Query(q): Query<EventsQuery>,

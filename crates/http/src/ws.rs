@@ -26,7 +26,8 @@ use unimsg_core::hub::{Delivery, KillReason};
 use unimsg_core::stream::InboxStream;
 use unimsg_core::{Core, CoreError};
 use unimsg_proto::ws::{ClientFrame, ReplyFrame};
-use unimsg_proto::{ErrorCode, ErrorDetail, Seq};
+use unimsg_proto::{ErrorBody, ErrorCode, ErrorDetail, Seq};
+use utoipa::IntoParams;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -44,15 +45,35 @@ mod close {
     pub const INTERNAL: u16 = 1011;
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct WsQuery {
+    /// The access token. Without it (or an `Authorization` header) the
+    /// first frame must be `{"type":"auth","token":...}`.
     access_token: Option<String>,
+    /// Replay the inbox after this seq before live events.
+    #[param(minimum = 0)]
     after: Option<u64>,
 }
 
 /// The upgrade request. A token given in the query (or header) is checked
 /// before upgrading, so a bad one is a plain 401.
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    operation_id = "websocket",
+    tag = "realtime",
+    summary = "WebSocket connection",
+    description = "Upgrades to a WebSocket; every frame is one JSON text message. Authenticate with `?access_token=`, an `Authorization: Bearer` header, or a first frame `{\"type\":\"auth\",\"token\":...,\"after\":SEQ}` (`ClientFrame`). The server answers `ready` (`ReplyFrame`), replays the inbox after `after`, then sends live inbox events (`Event`, recognisable by their `seq`) in seq order. Client frames: `send`, `ack`, `read`, `ping`, each with an optional `id` echoed in its reply (`send.ok`, `ack.ok`, `read.ok`, `pong` or `error`). Close codes: 4000 idle, 4001 unauthorized or session revoked, 4008 slow consumer, 1001 going away (shutdown), 1011 internal error.",
+    params(WsQuery),
+    security(("bearer" = []), ("access_token" = []), ()),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket is open."),
+        (status = 400, description = "Not a WebSocket upgrade request, or bad query parameters (`bad_request`).", body = ErrorBody),
+        (status = 401, description = "The token given in the query or header is invalid, expired or revoked (`unauthorized`).", body = ErrorBody),
+    ),
+)]
 pub async fn upgrade(
     State(state): State<AppState>,
     Query(q): Query<WsQuery>,

@@ -8,6 +8,7 @@ use crate::ids::{MessageId, Platform, UserId};
 
 /// What an admin credential may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Scope {
     #[serde(rename = "users:read")]
     UsersRead,
@@ -52,6 +53,7 @@ impl Scope {
 
 /// `POST /v1/admin/token`
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AdminTokenRequest {
     pub admin_id: String,
@@ -68,6 +70,7 @@ impl std::fmt::Debug for AdminTokenRequest {
 }
 
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AdminToken {
     pub token: String,
     pub expires_in: u64,
@@ -85,6 +88,7 @@ impl std::fmt::Debug for AdminToken {
 
 /// `POST /v1/admin/admins`: another admin account with its scopes.
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewAdminRequest {
     pub admin_id: String,
@@ -105,6 +109,7 @@ impl std::fmt::Debug for NewAdminRequest {
 /// One user of `POST /v1/admin/users`. Items are parsed one by one, so a
 /// bad item fails alone.
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ImportUser {
     pub user_id: UserId,
@@ -129,12 +134,17 @@ impl std::fmt::Debug for ImportUser {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImportRequest {
+    /// Users to create, each parsed on its own: a malformed item fails
+    /// alone and is reported in `results`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<ImportUser>))]
     pub users: Vec<serde_json::Value>,
 }
 
 /// The outcome of one imported item, in request order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImportResult {
     pub index: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,6 +155,7 @@ pub struct ImportResult {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImportResponse {
     pub imported: usize,
     pub failed: usize,
@@ -153,6 +164,7 @@ pub struct ImportResponse {
 
 /// A user as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AdminUser {
     pub user_id: UserId,
     pub username: String,
@@ -166,6 +178,7 @@ pub struct AdminUser {
 
 /// `PATCH /v1/admin/users/{id}`: fields to change.
 #[derive(Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -189,6 +202,7 @@ impl std::fmt::Debug for UserPatch {
 
 /// `POST /v1/admin/users/{id}/tokens`
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MintRequest {
     pub platform: Platform,
@@ -201,6 +215,7 @@ pub struct MintRequest {
 
 /// `POST /v1/admin/users/{id}/logout`
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ForceLogoutRequest {
     /// Only this platform's sessions; all when absent.
@@ -209,12 +224,14 @@ pub struct ForceLogoutRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ForceLogoutResponse {
     pub revoked: usize,
 }
 
 /// Who a targeted message goes to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum Target {
     Users(Vec<UserId>),
@@ -223,6 +240,7 @@ pub enum Target {
 
 /// `POST /v1/admin/messages`
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NotifyRequest {
     pub to: Target,
@@ -240,6 +258,7 @@ fn notification_kind() -> String {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NotifyResponse {
     pub message_id: MessageId,
     pub recipients: usize,
@@ -247,6 +266,7 @@ pub struct NotifyResponse {
 
 /// `GET /v1/admin/messages/{id}/status`
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessageStatus {
     pub message_id: MessageId,
     pub recipients: u64,
@@ -259,6 +279,7 @@ pub struct MessageStatus {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecipientStatus {
     pub user_id: UserId,
     pub delivered: bool,
@@ -267,6 +288,7 @@ pub struct RecipientStatus {
 
 /// One entry of the audit log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     pub id: u64,
     #[serde(with = "time::serde::rfc3339")]
@@ -278,6 +300,7 @@ pub struct AuditEntry {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditPage {
     pub entries: Vec<AuditEntry>,
     pub next_after: Option<u64>,
@@ -285,6 +308,7 @@ pub struct AuditPage {
 
 /// One user of `GET /v1/admin/presence`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserPresence {
     pub user_id: UserId,
     pub online: bool,
@@ -293,12 +317,14 @@ pub struct UserPresence {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PresenceResponse {
     pub users: Vec<UserPresence>,
 }
 
 /// `POST /v1/admin/broadcasts`: an announcement to every user.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BroadcastRequest {
     /// `notification` (default), `event` or `status`.
@@ -310,6 +336,7 @@ pub struct BroadcastRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BroadcastResponse {
     pub message_id: MessageId,
     /// Position in the global broadcast stream.

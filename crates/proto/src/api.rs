@@ -10,6 +10,7 @@ use crate::ids::{ConversationId, MessageId, Platform, Seq, SessionId, UserId};
 
 /// `POST /v1/auth/register`
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     pub username: String,
@@ -30,6 +31,7 @@ impl std::fmt::Debug for RegisterRequest {
 
 /// A user as the user sees themself (`/v1/me`, register response).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserProfile {
     pub user_id: UserId,
     pub username: String,
@@ -40,6 +42,7 @@ pub struct UserProfile {
 
 /// `POST /v1/auth/login`
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub username: String,
@@ -62,6 +65,7 @@ impl std::fmt::Debug for LoginRequest {
 
 /// The response of login and refresh.
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenPair {
     pub access_token: String,
     pub refresh_token: String,
@@ -85,6 +89,7 @@ impl std::fmt::Debug for TokenPair {
 
 /// `POST /v1/auth/refresh`
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     pub refresh_token: String,
@@ -98,6 +103,7 @@ impl std::fmt::Debug for RefreshRequest {
 
 /// One entry of `GET /v1/me/sessions`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionInfo {
     pub session_id: SessionId,
     pub platform: Platform,
@@ -109,12 +115,14 @@ pub struct SessionInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionList {
     pub sessions: Vec<SessionInfo>,
 }
 
 /// The recipient of a message. Groups join in a later version of the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Recipient {
     pub user: UserId,
@@ -122,6 +130,7 @@ pub struct Recipient {
 
 /// The kind of a message sent by a user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MessageKind {
     Chat,
@@ -150,6 +159,7 @@ impl MessageKind {
 
 /// `POST /v1/messages`, and the `send` WebSocket frame.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
     pub to: Recipient,
@@ -169,6 +179,7 @@ fn default_kind() -> MessageKind {
 /// The answer to a send. `seq` is the position of the message in the
 /// sender's own inbox (so the sender's devices can recognise it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SendResponse {
     pub message_id: MessageId,
     pub conversation_id: ConversationId,
@@ -182,6 +193,7 @@ pub struct SendResponse {
 
 /// `GET /v1/sync`
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncResponse {
     pub events: Vec<Event>,
     pub next_after: Seq,
@@ -190,12 +202,14 @@ pub struct SyncResponse {
 
 /// `POST /v1/ack`
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AckRequest {
     pub seq: Seq,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AckResponse {
     /// The highest seq acknowledged so far (acks never move backwards).
     pub acked: Seq,
@@ -203,12 +217,14 @@ pub struct AckResponse {
 
 /// `POST /v1/conversations/{id}/read`
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReadRequest {
     pub message_id: MessageId,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReadResponse {
     pub conversation_id: ConversationId,
     /// The position in the conversation read up to.
@@ -217,6 +233,7 @@ pub struct ReadResponse {
 
 /// A stored message, as history returns it and as `message.new` carries it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Message {
     pub message_id: MessageId,
     pub conversation_id: ConversationId,
@@ -237,6 +254,7 @@ pub struct Message {
 
 /// One entry of `GET /v1/conversations`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConversationSummary {
     pub conversation_id: ConversationId,
     /// The other member of a direct conversation.
@@ -250,12 +268,14 @@ pub struct ConversationSummary {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConversationList {
     pub conversations: Vec<ConversationSummary>,
 }
 
 /// `GET /v1/conversations/{id}/messages?before=&limit=` — newest first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryPage {
     pub messages: Vec<Message>,
     /// Pass as `before` to get the next (older) page; absent at the beginning.
@@ -264,6 +284,7 @@ pub struct HistoryPage {
 
 /// `GET /healthz`, `GET /readyz`
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
     pub status: String,
 }

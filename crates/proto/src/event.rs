@@ -7,6 +7,7 @@ use crate::ids::Seq;
 
 /// What an inbox event means. The wire form is the dotted name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum EventType {
     #[serde(rename = "message.new")]
     MessageNew,
@@ -49,6 +50,7 @@ impl EventType {
 
 /// One inbox event: `{"seq": 42, "type": "message.new", "ts": "RFC 3339", "data": {...}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     pub seq: Seq,
     #[serde(rename = "type")]

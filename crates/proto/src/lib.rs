@@ -9,6 +9,8 @@ pub mod api;
 pub mod error;
 pub mod event;
 pub mod ids;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod ws;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

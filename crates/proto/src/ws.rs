@@ -11,6 +11,7 @@ use crate::error::ErrorDetail;
 use crate::ids::{ConversationId, MessageId, Seq};
 
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
     /// First frame when the token was not given as `access_token`.
@@ -119,6 +120,7 @@ impl ClientFrame {
 /// Replies of the server to client frames (inbox events are sent as
 /// [`crate::Event`] and are not part of this enum).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ReplyFrame {
     /// Authentication succeeded; `last_seq` is the newest seq of the inbox.

@@ -19,11 +19,15 @@ use unimsg_store::sqlite::Durability;
 
 pub const ENV_PREFIX: &str = "UNIMSG_";
 
-/// Variables with the prefix that are not configuration keys.
+/// Variables with the prefix that are not configuration keys (the last
+/// three are read by the admin commands of the `unimsg` binary).
 const NOT_CONFIG: &[&str] = &[
     "UNIMSG_CONFIG",
     "UNIMSG_MASTER_KEY",
     "UNIMSG_ADMIN_PASSWORD",
+    "UNIMSG_SERVER",
+    "UNIMSG_ADMIN_ID",
+    "UNIMSG_ADMIN_TOKEN",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,10 +4,12 @@
 mod admin;
 mod auth;
 mod bad_input;
+mod cli_admin;
 mod delivery;
 mod durability;
 mod flow;
 mod harness;
 mod limits;
+mod openapi;
 mod property;
 mod support;

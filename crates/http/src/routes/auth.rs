@@ -3,15 +3,31 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use unimsg_proto::SessionId;
 use unimsg_proto::api::{
     LoginRequest, RefreshRequest, RegisterRequest, SessionList, TokenPair, UserProfile,
 };
+use unimsg_proto::{ErrorBody, SessionId};
 
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Authed, Client, Json, PathId, path_id};
 
+#[utoipa::path(
+    post,
+    path = "/v1/auth/register",
+    operation_id = "register",
+    tag = "auth",
+    summary = "Register an account",
+    description = "Creates a user with a password (argon2id). Can be switched off (`auth.allow_registration`). Rate limited per address.",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "The new user.", body = UserProfile),
+        (status = 403, description = "Registration is closed (`registration_closed`).", body = ErrorBody),
+        (status = 409, description = "The username is taken (`conflict`).", body = ErrorBody),
+        (status = 429, description = "Too many registrations from this address (`rate_limited`).", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 /// `POST /v1/auth/register`
 pub async fn register(
     State(state): State<AppState>,
@@ -22,6 +38,21 @@ pub async fn register(
     Ok((StatusCode::CREATED, axum::Json(profile)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/auth/login",
+    operation_id = "login",
+    tag = "auth",
+    summary = "Log in",
+    description = "Opens a session on a platform (and device) and returns an access token (EdDSA JWT) and an opaque refresh token. The device policy (`auth.device_policy`) may end older sessions. Failed logins back off exponentially per account and per address.",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "The session's tokens.", body = TokenPair),
+        (status = 401, description = "Wrong username or password, or a disabled account (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "Too many attempts (`rate_limited`).", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 /// `POST /v1/auth/login`
 pub async fn login(
     State(state): State<AppState>,
@@ -31,6 +62,21 @@ pub async fn login(
     Ok(axum::Json(state.core.login(req, client).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/auth/refresh",
+    operation_id = "refresh",
+    tag = "auth",
+    summary = "Rotate the token pair",
+    description = "Exchanges a refresh token for a new pair. Presenting an already rotated refresh token again revokes the whole session.",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "The new tokens.", body = TokenPair),
+        (status = 401, description = "Unknown, expired, reused or revoked refresh token (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "Too many token requests from this address (`rate_limited`).", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 /// `POST /v1/auth/refresh`
 pub async fn refresh(
     State(state): State<AppState>,
@@ -42,6 +88,16 @@ pub async fn refresh(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/auth/logout",
+    operation_id = "logout",
+    tag = "auth",
+    summary = "Log out",
+    description = "Revokes the caller's session; its live connections receive `session.revoked` and close.",
+    security(("bearer" = [])),
+    responses((status = 204, description = "Logged out.")),
+)]
 /// `POST /v1/auth/logout`
 pub async fn logout(
     State(state): State<AppState>,
@@ -51,6 +107,15 @@ pub async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    operation_id = "me",
+    tag = "auth",
+    summary = "The caller's profile",
+    security(("bearer" = [])),
+    responses((status = 200, description = "The caller.", body = UserProfile)),
+)]
 /// `GET /v1/me`
 pub async fn me(
     State(state): State<AppState>,
@@ -59,6 +124,15 @@ pub async fn me(
     Ok(axum::Json(state.core.me(&auth).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/me/sessions",
+    operation_id = "list_sessions",
+    tag = "auth",
+    summary = "The caller's active sessions",
+    security(("bearer" = [])),
+    responses((status = 200, description = "Every active session; `current` marks the caller's.", body = SessionList)),
+)]
 /// `GET /v1/me/sessions`
 pub async fn sessions(
     State(state): State<AppState>,
@@ -69,6 +143,20 @@ pub async fn sessions(
     }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/me/sessions/{id}",
+    operation_id = "end_session",
+    tag = "auth",
+    summary = "End one of the caller's sessions",
+    description = "Revokes the session; its live connections receive `session.revoked` and close.",
+    params(("id" = SessionId, Path, description = "The session id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Ended."),
+        (status = 404, description = "No such session of the caller (`not_found`).", body = ErrorBody),
+    ),
+)]
 /// `DELETE /v1/me/sessions/{id}`
 pub async fn end_session(
     State(state): State<AppState>,

@@ -4,11 +4,20 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
+use unimsg_proto::ErrorBody;
 use unimsg_proto::api::Health;
 
 use crate::AppState;
 use crate::error::ApiError;
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "health",
+    summary = "Liveness",
+    responses((status = 200, description = "The process is up.", body = Health)),
+)]
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> Json<Health> {
     Json(Health {
@@ -16,6 +25,17 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "health",
+    summary = "Readiness",
+    responses(
+        (status = 200, description = "The store answers.", body = Health),
+        (status = 503, description = "The store is unavailable (`unavailable`).", body = ErrorBody),
+    ),
+)]
 /// `GET /readyz`: the process can serve (the store answers).
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     state.core.ready().await?;
@@ -24,6 +44,14 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "health",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4.", content_type = "text/plain", body = String)),
+)]
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let hub = state.core.hub();

@@ -7,12 +7,28 @@ use unimsg_proto::api::{
     AckRequest, AckResponse, ConversationList, HistoryPage, ReadRequest, ReadResponse, SendRequest,
     SendResponse, SyncResponse,
 };
-use unimsg_proto::{ConversationId, MessageId, Seq};
+use unimsg_proto::{ConversationId, ErrorBody, MessageId, Seq};
+use utoipa::IntoParams;
 
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Authed, Json, PathId, Query, path_id};
 
+#[utoipa::path(
+    post,
+    path = "/v1/messages",
+    operation_id = "send_message",
+    tag = "messages",
+    summary = "Send a direct message",
+    description = "Idempotent on `client_msg_id`: a retry returns the original message with `duplicate: true`. Answered only once the message is durable; `seq` is its position in the sender's own inbox. The recipient receives `message.new`.",
+    request_body = SendRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The stored message.", body = SendResponse),
+        (status = 404, description = "The recipient does not exist (`not_found`).", body = ErrorBody),
+        (status = 413, description = "The body or the content is over its limit (`payload_too_large`).", body = ErrorBody),
+    ),
+)]
 /// `POST /v1/messages`
 pub async fn send(
     State(state): State<AppState>,
@@ -22,6 +38,22 @@ pub async fn send(
     Ok(axum::Json(state.core.send(&auth, req).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/messages/{id}/recall",
+    operation_id = "recall_message",
+    tag = "messages",
+    summary = "Recall a message",
+    description = "The sender withdraws a message within `messaging.recall_window_secs`; both sides receive `message.recalled` and the content becomes `null`.",
+    params(("id" = MessageId, Path, description = "The message id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Recalled."),
+        (status = 403, description = "Not the caller's message (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such message (`not_found`).", body = ErrorBody),
+        (status = 410, description = "The recall window has passed (`gone`).", body = ErrorBody),
+    ),
+)]
 /// `POST /v1/messages/{id}/recall`
 pub async fn recall(
     State(state): State<AppState>,
@@ -33,14 +65,33 @@ pub async fn recall(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SyncQuery {
+    /// Events after this seq (0, the default, is the beginning).
     #[serde(default)]
+    #[param(minimum = 0)]
     after: u64,
+    /// Events per page, 1 to `messaging.max_page` (default and maximum 1000).
+    #[param(minimum = 1)]
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sync",
+    operation_id = "sync",
+    tag = "messages",
+    summary = "Inbox events after a seq",
+    description = "Gap-free catch-up: the caller's inbox events with `seq > after`, in order. Repeat with `after = next_after` while `has_more`.",
+    params(SyncQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One page of events.", body = SyncResponse),
+        (status = 400, description = "Bad query parameters (`bad_request`).", body = ErrorBody),
+    ),
+)]
 /// `GET /v1/sync?after=SEQ&limit=N`
 pub async fn sync(
     State(state): State<AppState>,
@@ -52,6 +103,17 @@ pub async fn sync(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/ack",
+    operation_id = "ack",
+    tag = "messages",
+    summary = "Acknowledge inbox events",
+    description = "Records that the caller has everything up to `seq`; acks never move backwards.",
+    request_body = AckRequest,
+    security(("bearer" = [])),
+    responses((status = 200, description = "The highest seq acknowledged so far.", body = AckResponse)),
+)]
 /// `POST /v1/ack`
 pub async fn ack(
     State(state): State<AppState>,
@@ -63,6 +125,16 @@ pub async fn ack(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/conversations",
+    operation_id = "list_conversations",
+    tag = "messages",
+    summary = "The caller's conversations",
+    description = "Each with its last message, unread count and read positions.",
+    security(("bearer" = [])),
+    responses((status = 200, description = "The conversations.", body = ConversationList)),
+)]
 /// `GET /v1/conversations`
 pub async fn conversations(
     State(state): State<AppState>,
@@ -71,13 +143,34 @@ pub async fn conversations(
     Ok(axum::Json(state.core.conversations(&auth).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
+    /// Messages before this position in the conversation (`conv_seq`;
+    /// `next_before` of the previous page). The newest when absent.
+    #[param(minimum = 1)]
     before: Option<u64>,
+    /// Messages per page, 1 to `messaging.max_page` (default 50).
+    #[param(minimum = 1)]
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{id}/messages",
+    operation_id = "history",
+    tag = "messages",
+    summary = "Message history of a conversation",
+    description = "Newest first; page back with `before = next_before`.",
+    params(("id" = ConversationId, Path, description = "The conversation id."), HistoryQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One page of messages.", body = HistoryPage),
+        (status = 400, description = "Bad query parameters (`bad_request`).", body = ErrorBody),
+        (status = 404, description = "No such conversation of the caller (`not_found`).", body = ErrorBody),
+    ),
+)]
 /// `GET /v1/conversations/{id}/messages?before=&limit=`
 pub async fn history(
     State(state): State<AppState>,
@@ -94,6 +187,21 @@ pub async fn history(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{id}/read",
+    operation_id = "mark_read",
+    tag = "messages",
+    summary = "Mark a conversation read",
+    description = "Marks the conversation read up to and including the message; the other member receives `receipt.read`. For notifications use the system conversation `s:{me}`.",
+    params(("id" = ConversationId, Path, description = "The conversation id.")),
+    request_body = ReadRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The new read position.", body = ReadResponse),
+        (status = 404, description = "No such conversation or message (`not_found`).", body = ErrorBody),
+    ),
+)]
 /// `POST /v1/conversations/{id}/read`
 pub async fn read(
     State(state): State<AppState>,

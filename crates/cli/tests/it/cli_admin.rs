@@ -1,0 +1,509 @@
+//! The admin commands of the `unimsg` binary (`user`, `token`, `notify`,
+//! `broadcast`) against a running server: each test runs the real binary
+//! with `--server` and credentials in the environment, and checks the
+//! effects through the server.
+
+use std::process::{Output, Stdio};
+
+use tokio::io::AsyncWriteExt;
+use unimsg_client::proto::admin::{AdminUser, NotifyResponse};
+use unimsg_client::proto::api::TokenPair;
+use unimsg_client::proto::{EventType, UserId};
+use unimsg_client::{AdminClient, AdminCredentials, AuditFilter, ClientError};
+
+use crate::harness::{ADMIN_PASSWORD, TestServer};
+use crate::support::*;
+
+/// One run of `unimsg`: arguments, environment and optional stdin.
+struct Run {
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+    stdin: Option<Vec<u8>>,
+}
+
+impl Run {
+    /// `unimsg ARGS --server URL` as `admin` with the right password.
+    fn new(server: &TestServer, args: &[&str]) -> Self {
+        let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        args.extend(["--server".to_owned(), server.base.clone()]);
+        Run {
+            args,
+            env: vec![("UNIMSG_ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned())],
+            stdin: None,
+        }
+    }
+
+    /// Replaces the environment given to the process.
+    fn env(mut self, env: &[(&'static str, &str)]) -> Self {
+        self.env = env.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        self
+    }
+
+    fn stdin(mut self, input: &str) -> Self {
+        self.stdin = Some(input.as_bytes().to_vec());
+        self
+    }
+
+    async fn output(self) -> Output {
+        let what = format!("unimsg {}", self.args.join(" "));
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_unimsg"));
+        cmd.args(&self.args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
+        if let (Some(input), Some(mut pipe)) = (self.stdin, child.stdin.take()) {
+            within("writing stdin", pipe.write_all(&input))
+                .await
+                .unwrap_or_else(|e| panic!("{what}: stdin: {e}"));
+        }
+        within(&what, child.wait_with_output())
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    /// Runs and requires success; returns stdout.
+    async fn ok(self) -> String {
+        let what = format!("unimsg {}", self.args.join(" "));
+        let out = self.output().await;
+        assert!(
+            out.status.success(),
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs and parses stdout as JSON.
+    async fn json<T: serde::de::DeserializeOwned>(self) -> T {
+        let stdout = self.ok().await;
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn root(server: &TestServer) -> AdminClient {
+    server.client().admin(AdminCredentials::Basic {
+        admin_id: "admin".into(),
+        secret: ADMIN_PASSWORD.into(),
+    })
+}
+
+fn uid(s: &str) -> UserId {
+    UserId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn exists(admin: &AdminClient, id: &str) -> bool {
+    match admin.user(&uid(id)).await {
+        Ok(user) => user.user_id.as_str() == id,
+        Err(e) if e.status() == Some(404) => false,
+        Err(e) => panic!("GET user {id}: {e}"),
+    }
+}
+
+fn jsonl_file(lines: &[&str]) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
+    std::io::Write::write_all(&mut file, lines.join("\n").as_bytes())
+        .unwrap_or_else(|e| panic!("{e}"));
+    file
+}
+
+#[tokio::test]
+async fn import_reports_each_bad_line_and_exits_non_zero() {
+    let server = TestServer::start().await;
+    let admin = root(&server);
+    let file = jsonl_file(&[
+        r#"{"user_id": "imp-1", "display_name": "One"}"#,
+        r#"{"user_id": "bad id!", "display_name": "Bad"}"#,
+        r#"{"user_id": "imp-3", "display_name": "Three", "username": "three", "password": "correct horse battery"}"#,
+    ]);
+    let path = file.path().to_string_lossy().into_owned();
+    let out = Run::new(&server, &["user", "import", &path]).output().await;
+    assert!(!out.status.success(), "a failed line must fail the command");
+    assert_eq!(stdout(&out).trim(), "imported 2, failed 1");
+    let err = stderr(&out);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("line 2: bad_request:") && l.contains("user id")),
+        "{err}"
+    );
+    assert!(!err.contains("line 1") && !err.contains("line 3"), "{err}");
+    assert!(exists(&admin, "imp-1").await);
+    assert!(exists(&admin, "imp-3").await);
+    // The imported password works.
+    login(&server.client(), "three", "web", None).await;
+
+    // A clean file exits 0.
+    let clean = jsonl_file(&[r#"{"user_id": "imp-4", "display_name": "Four"}"#, ""]);
+    let path = clean.path().to_string_lossy().into_owned();
+    let stdout = Run::new(&server, &["user", "import", &path]).ok().await;
+    assert_eq!(stdout.trim(), "imported 1, failed 0");
+    assert!(exists(&admin, "imp-4").await);
+}
+
+#[tokio::test]
+async fn import_from_stdin_in_batches_keeps_line_numbers() {
+    let server = TestServer::start().await;
+    let admin = root(&server);
+    let input = [
+        r#"{"user_id": "b-1", "display_name": "1"}"#,
+        r#"{"user_id": "b-2", "display_name": "2"}"#,
+        "",
+        r#"{"user_id": "b-4", "display_name": "#,
+        r#"{"user_id": "b-5", "display_name": "5"}"#,
+        r#"{"user_id": "b-1", "display_name": "again"}"#,
+        r#"{"user_id": "b-7", "display_name": "7"}"#,
+    ]
+    .join("\n");
+    let out = Run::new(&server, &["user", "import", "-", "--batch-size", "2"])
+        .stdin(&input)
+        .output()
+        .await;
+    assert!(!out.status.success());
+    assert_eq!(stdout(&out).trim(), "imported 4, failed 2");
+    let err = stderr(&out);
+    assert!(
+        err.lines().any(|l| l.starts_with("line 4: invalid JSON")),
+        "{err}"
+    );
+    assert!(
+        err.lines().any(|l| l.starts_with("line 6: conflict:")),
+        "the duplicate in the third batch is reported at its own line: {err}"
+    );
+    for id in ["b-1", "b-2", "b-5", "b-7"] {
+        assert!(exists(&admin, id).await, "{id}");
+    }
+    assert_eq!(
+        admin
+            .user(&uid("b-1"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .display_name,
+        "1"
+    );
+}
+
+#[tokio::test]
+async fn minted_tokens_work_until_the_user_is_disabled() {
+    let server = TestServer::start().await;
+    let admin = root(&server);
+    admin
+        .import_users(vec![
+            serde_json::json!({"user_id": "mint-1", "display_name": "M"}),
+        ])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let tokens: TokenPair = Run::new(&server, &["token", "mint", "mint-1", "--platform", "web"])
+        .json()
+        .await;
+    let api = server.client().with_token(tokens.access_token.clone());
+    let me = api.me().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(me.user_id.as_str(), "mint-1");
+    let shown: AdminUser = Run::new(&server, &["user", "show", "mint-1"]).json().await;
+    assert_eq!(
+        (shown.status.as_str(), shown.display_name.as_str()),
+        ("active", "M")
+    );
+
+    let disabled: AdminUser = Run::new(&server, &["user", "disable", "mint-1"])
+        .json()
+        .await;
+    assert_eq!(disabled.status, "disabled");
+    assert_eq!(api.me().await.err().and_then(|e| e.status()), Some(401));
+    let refused = Run::new(&server, &["token", "mint", "mint-1", "--platform", "ios"])
+        .output()
+        .await;
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("403"), "{}", stderr(&refused));
+
+    let enabled: AdminUser = Run::new(&server, &["user", "enable", "mint-1"])
+        .json()
+        .await;
+    assert_eq!(enabled.status, "active");
+    let again: TokenPair = Run::new(
+        &server,
+        &[
+            "token",
+            "mint",
+            "mint-1",
+            "--platform",
+            "ios",
+            "--device-id",
+            "d1",
+            "--ttl-secs",
+            "120",
+        ],
+    )
+    .json()
+    .await;
+    assert!(again.expires_in <= 120, "{}", again.expires_in);
+    let api = server.client().with_token(again.access_token);
+    api.me().await.unwrap_or_else(|e| panic!("{e}"));
+
+    let deleted = Run::new(&server, &["user", "delete", "mint-1"]).ok().await;
+    assert_eq!(deleted.trim(), "deleted mint-1");
+    assert!(!exists(&admin, "mint-1").await);
+    let missing = Run::new(&server, &["user", "show", "mint-1"])
+        .output()
+        .await;
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("404"), "{}", stderr(&missing));
+}
+
+#[tokio::test]
+async fn notify_and_broadcast_reach_the_users_sync() {
+    let server = TestServer::start().await;
+    let admin = root(&server);
+    let mut apis = Vec::new();
+    for id in ["nb-1", "nb-2", "nb-3"] {
+        admin
+            .import_users(vec![serde_json::json!({"user_id": id, "display_name": id})])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let tokens = admin
+            .mint_tokens(
+                &uid(id),
+                &unimsg_client::proto::admin::MintRequest {
+                    platform: unimsg_client::proto::Platform::parse("web")
+                        .unwrap_or_else(|e| panic!("{e}")),
+                    device_id: None,
+                    ttl_secs: None,
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        apis.push(server.client().with_token(tokens.access_token));
+    }
+
+    let sent: NotifyResponse = Run::new(
+        &server,
+        &[
+            "notify",
+            "--to",
+            "nb-1,nb-2",
+            "--content",
+            r#"{"title": "Maintenance"}"#,
+            "--from",
+            "ops",
+        ],
+    )
+    .json()
+    .await;
+    assert_eq!(sent.recipients, 2);
+    for api in &apis[..2] {
+        let events = full_sync(api).await;
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].kind, EventType::NotificationNew);
+        assert_eq!(events[0].data["message_id"], sent.message_id.as_str());
+        assert_eq!(events[0].data["content"]["title"], "Maintenance");
+        assert_eq!(events[0].data["from"], "ops");
+    }
+    assert!(full_sync(&apis[2]).await.is_empty());
+    let status = admin
+        .message_status(&sent.message_id, None, None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status.recipients, 2);
+
+    let announced: serde_json::Value = Run::new(
+        &server,
+        &["broadcast", "--content", r#"{"title": "Release 2.0"}"#],
+    )
+    .json()
+    .await;
+    assert_eq!(announced["broadcast_seq"], 1, "{announced}");
+    for api in &apis {
+        let events = full_sync(api).await;
+        let last = events.last().unwrap_or_else(|| panic!("no events"));
+        assert_eq!(last.kind, EventType::BroadcastNew);
+        assert_eq!(last.data["content"]["title"], "Release 2.0");
+        assert_gap_free(&events);
+    }
+}
+
+#[tokio::test]
+async fn bad_credentials_fail_with_a_message_and_tokens_work_from_the_environment() {
+    let server = TestServer::start().await;
+    let admin = root(&server);
+
+    let wrong = Run::new(&server, &["user", "show", "nobody"])
+        .env(&[("UNIMSG_ADMIN_PASSWORD", "not the password")])
+        .output()
+        .await;
+    assert!(!wrong.status.success());
+    let err = stderr(&wrong);
+    assert!(err.contains("401"), "{err}");
+    assert!(
+        !err.contains("not the password"),
+        "the secret leaked: {err}"
+    );
+    assert!(stdout(&wrong).is_empty());
+
+    let none = Run::new(&server, &["user", "show", "nobody"])
+        .env(&[])
+        .output()
+        .await;
+    assert!(!none.status.success());
+    assert!(
+        stderr(&none).contains("UNIMSG_ADMIN_PASSWORD"),
+        "{}",
+        stderr(&none)
+    );
+
+    // An admin token in UNIMSG_ADMIN_TOKEN, the server from UNIMSG_SERVER.
+    let token = server
+        .client()
+        .admin_token("admin", ADMIN_PASSWORD)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let file = jsonl_file(&[r#"{"user_id": "tok-1", "display_name": "T"}"#]);
+    let path = file.path().to_string_lossy().into_owned();
+    let out = Run {
+        args: vec!["user".into(), "import".into(), path],
+        env: vec![
+            ("UNIMSG_ADMIN_TOKEN", token.token.clone()),
+            ("UNIMSG_SERVER", server.base.clone()),
+        ],
+        stdin: None,
+    }
+    .ok()
+    .await;
+    assert_eq!(out.trim(), "imported 1, failed 0");
+    assert!(exists(&admin, "tok-1").await);
+
+    // Another admin account by --admin-id; its missing scope is a 403.
+    admin
+        .create_admin(&unimsg_client::proto::admin::NewAdminRequest {
+            admin_id: "reader".into(),
+            secret: "reader-secret-1".into(),
+            scopes: vec![unimsg_client::proto::admin::Scope::UsersRead],
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let shown: AdminUser = Run::new(&server, &["user", "show", "tok-1", "--admin-id", "reader"])
+        .env(&[("UNIMSG_ADMIN_PASSWORD", "reader-secret-1")])
+        .json()
+        .await;
+    assert_eq!(shown.display_name, "T");
+    let forbidden = Run::new(
+        &server,
+        &["user", "disable", "tok-1", "--admin-id", "reader"],
+    )
+    .env(&[("UNIMSG_ADMIN_PASSWORD", "reader-secret-1")])
+    .output()
+    .await;
+    assert!(!forbidden.status.success());
+    assert!(stderr(&forbidden).contains("403"), "{}", stderr(&forbidden));
+}
+
+#[tokio::test]
+async fn operation_ids_reach_the_audit_log_and_nonces_satisfy_strict_servers() {
+    let server = TestServer::start_with(&[("UNIMSG_ADMIN__REQUIRE_NONCE", "true")]).await;
+    let admin = root(&server).with_replay_protection(true);
+
+    let refused = Run::new(&server, &["broadcast", "--content", "{}"])
+        .output()
+        .await;
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("401"), "{}", stderr(&refused));
+
+    let file = jsonl_file(&[r#"{"user_id": "op-1", "display_name": "Op"}"#]);
+    let path = file.path().to_string_lossy().into_owned();
+    Run::new(
+        &server,
+        &[
+            "user",
+            "import",
+            &path,
+            "--nonce",
+            "--operation-id",
+            "ticket-77",
+        ],
+    )
+    .ok()
+    .await;
+    Run::new(&server, &["user", "show", "op-1", "--nonce"])
+        .ok()
+        .await;
+    let page = admin
+        .audit(&AuditFilter {
+            operation_id: Some("ticket-77".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(page.entries.len(), 1, "{page:?}");
+    let record = &page.entries[0].record;
+    assert_eq!(
+        (
+            record["method"].as_str(),
+            record["path"].as_str(),
+            record["outcome"].as_str()
+        ),
+        (Some("POST"), Some("/v1/admin/users"), Some("200"))
+    );
+
+    // The client's nonces are fresh on every request; without them the
+    // strict server refuses the client too.
+    for _ in 0..3 {
+        admin
+            .user(&uid("op-1"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let plain = admin.with_replay_protection(false).user(&uid("op-1")).await;
+    assert!(
+        matches!(plain, Err(ClientError::Api { status: 401, .. })),
+        "{plain:?}"
+    );
+}
+
+#[tokio::test]
+async fn every_admin_command_has_help() {
+    for args in [
+        &["user", "--help"][..],
+        &["user", "import", "--help"],
+        &["user", "show", "--help"],
+        &["user", "disable", "--help"],
+        &["user", "enable", "--help"],
+        &["user", "delete", "--help"],
+        &["token", "mint", "--help"],
+        &["notify", "--help"],
+        &["broadcast", "--help"],
+        &["audit", "verify", "--help"],
+    ] {
+        let out = within(
+            "unimsg --help",
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_unimsg"))
+                .args(args)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage: unimsg"), "{args:?}: {text}");
+        if args[0] != "audit" {
+            assert!(
+                text.contains("--server") && text.contains("UNIMSG_ADMIN_PASSWORD"),
+                "{args:?}: {text}"
+            );
+        }
+    }
+}
