@@ -30,6 +30,11 @@ pub struct AuthConfig {
     pub refresh_ttl_secs: u64,
     /// `multi`, `one_per_platform` or `single`.
     pub device_policy: DevicePolicy,
+    /// How long a QR login ticket stays valid, in seconds.
+    pub qr_ttl_secs: u64,
+    /// The server's public base URL for links in QR codes (e.g.
+    /// `https://chat.example.com`); empty to use the request's Host.
+    pub public_url: String,
 }
 
 impl Default for AuthConfig {
@@ -39,6 +44,8 @@ impl Default for AuthConfig {
             access_ttl_secs: 900,
             refresh_ttl_secs: 30 * 24 * 3600,
             device_policy: DevicePolicy::OnePerPlatform,
+            qr_ttl_secs: 300,
+            public_url: String::new(),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod keys;
 pub mod limits;
 pub mod messaging;
 pub mod password;
+pub mod qr;
 mod render;
 pub mod replay;
 pub mod stream;
@@ -32,6 +33,7 @@ use hub::Hub;
 use keys::{Keyring, SigningKey};
 use limits::{Limit, RateLimits};
 use password::PasswordWorkers;
+use qr::QrTickets;
 use replay::NonceStore;
 use unimsg_store::{Store, StoredEvent};
 
@@ -46,6 +48,7 @@ pub struct Core {
     pub(crate) passwords: PasswordWorkers,
     pub(crate) nonces: Arc<dyn NonceStore>,
     pub(crate) limits: Arc<dyn RateLimits>,
+    pub(crate) qr: Arc<dyn QrTickets>,
     pub(crate) verified: admin::VerifiedSecrets,
     pub(crate) config: CoreConfig,
 }
@@ -69,6 +72,7 @@ pub struct CoreParts {
     pub passwords: PasswordWorkers,
     pub nonces: Arc<dyn NonceStore>,
     pub limits: Arc<dyn RateLimits>,
+    pub qr: Arc<dyn QrTickets>,
     pub config: CoreConfig,
 }
 
@@ -84,6 +88,7 @@ impl Core {
             passwords: parts.passwords,
             nonces: parts.nonces,
             limits: parts.limits,
+            qr: parts.qr,
             verified: admin::VerifiedSecrets::default(),
             config: parts.config,
         }

@@ -29,6 +29,8 @@ pub enum Limit {
     Token,
     /// Any admin request, per admin credential.
     Admin,
+    /// `POST /v1/auth/qr` (new login tickets), per IP.
+    Qr,
 }
 
 /// `[limits]`
@@ -43,6 +45,8 @@ pub struct LimitsConfig {
     pub token_per_minute: u32,
     /// Admin API requests per second per admin credential.
     pub admin_per_second: u32,
+    /// QR login tickets created per minute from one IP.
+    pub qr_per_minute: u32,
     /// Failed logins (per account, and per IP) before back-off starts.
     pub login_failures_before_backoff: u32,
     /// Longest back-off after repeated failed logins, in seconds.
@@ -56,6 +60,7 @@ impl Default for LimitsConfig {
             register_per_minute: 60,
             token_per_minute: 120,
             admin_per_second: 500,
+            qr_per_minute: 60,
             login_failures_before_backoff: 5,
             max_backoff_secs: 900,
         }
@@ -89,6 +94,7 @@ pub struct MemoryLimits {
     register: Option<Keyed>,
     token: Option<Keyed>,
     admin: Option<Keyed>,
+    qr: Option<Keyed>,
     failures: Mutex<HashMap<String, Failures>>,
     config: LimitsConfig,
     checks: AtomicU64,
@@ -119,6 +125,7 @@ impl MemoryLimits {
             register: keyed(per_minute(config.register_per_minute)),
             token: keyed(per_minute(config.token_per_minute)),
             admin: keyed(per_second(config.admin_per_second)),
+            qr: keyed(per_minute(config.qr_per_minute)),
             failures: Mutex::new(HashMap::new()),
             config,
             checks: AtomicU64::new(0),
@@ -131,6 +138,7 @@ impl MemoryLimits {
             Limit::Register => self.register.as_ref(),
             Limit::Token => self.token.as_ref(),
             Limit::Admin => self.admin.as_ref(),
+            Limit::Qr => self.qr.as_ref(),
         }
     }
 
@@ -139,9 +147,15 @@ impl MemoryLimits {
         if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 != 4095 {
             return;
         }
-        for limiter in [&self.login, &self.register, &self.token, &self.admin]
-            .into_iter()
-            .flatten()
+        for limiter in [
+            &self.login,
+            &self.register,
+            &self.token,
+            &self.admin,
+            &self.qr,
+        ]
+        .into_iter()
+        .flatten()
         {
             limiter.retain_recent();
         }

@@ -21,10 +21,10 @@ use unimsg_core::admin::AdminContext;
 use unimsg_core::audit::AuditRecord;
 use unimsg_core::limits::Limit;
 use unimsg_proto::admin::{
-    AdminToken, AdminTokenRequest, AdminUser, AuditPage, BroadcastRequest, BroadcastResponse,
-    ForceLogoutRequest, ForceLogoutResponse, ImportRequest, ImportResponse, MessageStatus,
-    MintRequest, NewAdminRequest, NotifyRequest, NotifyResponse, PresenceResponse, Scope,
-    UserPatch,
+    AdminQrConfirm, AdminToken, AdminTokenRequest, AdminUser, AuditPage, BroadcastRequest,
+    BroadcastResponse, ForceLogoutRequest, ForceLogoutResponse, ImportRequest, ImportResponse,
+    MessageStatus, MintRequest, NewAdminRequest, NotifyRequest, NotifyResponse, PresenceResponse,
+    Scope, UserPatch,
 };
 use unimsg_proto::api::TokenPair;
 use unimsg_proto::{ErrorBody, ErrorCode, MessageId, UserId};
@@ -52,6 +52,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(status))
         .routes(routes!(audit))
         .routes(routes!(presence))
+        .routes(routes!(qr_confirm))
 }
 
 /// The admin credential of the request, put there by [`gate`].
@@ -486,6 +487,38 @@ async fn broadcast(
 ) -> Result<axum::Json<BroadcastResponse>, ApiError> {
     admin.require(Scope::MessagesSend)?;
     Ok(axum::Json(state.core.broadcast(req).await?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/admin/qr/{ticket_id}/confirm",
+    operation_id = "admin_qr_confirm",
+    tag = "admin",
+    summary = "Confirm a QR ticket for a user (third-party identity)",
+    description = "For a business system that verified the user elsewhere (e.g. a WeChat official-account callback): the waiting page is logged in as `user_id` and receives `confirmed` with its tokens. Scope `tokens:mint`.",
+    params(("ticket_id" = String, Path, description = "The ticket id.")),
+    request_body = AdminQrConfirm,
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 200, description = "The session opened for the waiting page.", body = unimsg_proto::api::QrConfirmed),
+        (status = 404, description = "Unknown ticket or user (`not_found`).", body = ErrorBody),
+        (status = 409, description = "Already confirmed (`conflict`).", body = ErrorBody),
+        (status = 410, description = "Cancelled or expired (`gone`).", body = ErrorBody),
+    ),
+)]
+/// `POST /v1/admin/qr/{ticket_id}/confirm`
+async fn qr_confirm(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    PathId(id): PathId,
+    Json(req): Json<AdminQrConfirm>,
+) -> Result<axum::Json<unimsg_proto::api::QrConfirmed>, ApiError> {
+    admin.require(Scope::TokensMint)?;
+    let session_id = state
+        .core
+        .admin_confirm_qr(&admin.admin_id, &id, req.user_id)
+        .await?;
+    Ok(axum::Json(unimsg_proto::api::QrConfirmed { session_id }))
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -11,6 +11,7 @@ mod admin;
 mod error;
 mod extract;
 mod openapi;
+mod qr;
 mod routes;
 mod sse;
 mod ws;
@@ -86,6 +87,7 @@ fn user_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::messages::read))
         .routes(routes!(sse::events))
         .routes(routes!(ws::upgrade))
+        .merge(qr::routes())
 }
 
 /// The user routes, the admin routes (not yet behind their gate) and the

@@ -342,3 +342,12 @@ pub struct BroadcastResponse {
     /// Position in the global broadcast stream.
     pub broadcast_seq: u64,
 }
+
+/// `POST /v1/admin/qr/{ticket_id}/confirm`: log the waiting page in as this
+/// user, verified by the business system elsewhere.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AdminQrConfirm {
+    pub user_id: UserId,
+}

@@ -288,3 +288,63 @@ pub struct HistoryPage {
 pub struct Health {
     pub status: String,
 }
+
+/// `POST /v1/auth/qr`: a login ticket for this page.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct QrTicketRequest {
+    pub platform: Platform,
+    /// A stable id of this browser: asking again while its ticket is open
+    /// returns the same ticket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+}
+
+/// A QR login ticket. Keep `ticket_id` on the waiting page: whoever holds
+/// it receives the tokens. The QR code (`qr_url`) carries only `code`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QrTicket {
+    pub ticket_id: String,
+    /// 8 characters from `23456789ABCDEFGHJKMNPQRSTUVWXYZ`.
+    pub code: String,
+    /// The phone page for this code, as the QR image encodes it.
+    pub qr_url: String,
+    /// Seconds until the ticket expires.
+    pub expires_in: u64,
+}
+
+/// `POST /v1/auth/qr/scan`: one of the two.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct QrScanRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_id: Option<String>,
+    /// The human code; case, spaces and dashes do not matter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+/// Who is asking to log in, shown to the phone before it confirms.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QrRequester {
+    pub ticket_id: String,
+    pub platform: Platform,
+    pub device_id: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// The session a confirmation opened for the waiting page.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QrConfirmed {
+    pub session_id: SessionId,
+}

@@ -20,6 +20,7 @@ use unimsg_core::hub::Hub;
 use unimsg_core::keys::{Keyring, MasterKey, SigningKey};
 use unimsg_core::limits::MemoryLimits;
 use unimsg_core::password::PasswordWorkers;
+use unimsg_core::qr::MemoryTickets;
 use unimsg_core::replay::MemoryNonces;
 use unimsg_core::{Core, CoreParts};
 use unimsg_http::AppState;
@@ -76,6 +77,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Core>> {
         passwords: PasswordWorkers::for_this_machine(),
         nonces: Arc::new(MemoryNonces::new(config.admin.nonce_capacity)),
         limits: Arc::new(MemoryLimits::new(config.limits.clone())),
+        qr: Arc::new(MemoryTickets::default()),
         config: config.core(),
     })))
 }

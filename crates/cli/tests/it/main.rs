@@ -12,4 +12,5 @@ mod harness;
 mod limits;
 mod openapi;
 mod property;
+mod qr;
 mod support;

@@ -48,6 +48,13 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/admin/messages/{id}/status"),
     ("get", "/v1/admin/audit"),
     ("get", "/v1/admin/presence"),
+    ("post", "/v1/admin/qr/{ticket_id}/confirm"),
+    ("post", "/v1/auth/qr"),
+    ("get", "/v1/auth/qr/{ticket_id}/events"),
+    ("get", "/v1/auth/qr/{ticket_id}/qr.svg"),
+    ("post", "/v1/auth/qr/scan"),
+    ("post", "/v1/auth/qr/{ticket_id}/confirm"),
+    ("post", "/v1/auth/qr/{ticket_id}/cancel"),
 ];
 
 const METHODS: &[&str] = &[
@@ -143,7 +150,11 @@ async fn openapi_document_is_valid_and_lists_every_route() {
                 );
             }
         }
-        let public = (path.starts_with("/v1/auth/") && path != "/v1/auth/logout")
+        // The phone's side of QR login is authenticated; the waiting page's is not.
+        let phone_side = path == "/v1/auth/qr/scan"
+            || path.ends_with("/confirm") && path.starts_with("/v1/auth/qr/")
+            || path.ends_with("/cancel");
+        let public = (path.starts_with("/v1/auth/") && path != "/v1/auth/logout" && !phone_side)
             || path == "/v1/admin/token"
             || !path.starts_with("/v1/");
         assert_eq!(

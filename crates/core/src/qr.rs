@@ -1,0 +1,490 @@
+//! QR-code login: a web page asks for a ticket, shows its QR code (or its
+//! short code) and waits; a logged-in phone scans it, sees who is asking,
+//! and confirms or cancels; the page receives its own new session.
+//!
+//! A ticket is `pending → scanned → confirmed | cancelled | expired`,
+//! single-use, valid for `auth.qr_ttl_secs`. The same device asking again
+//! while its ticket is open gets the same ticket (device binding). The QR
+//! code carries only the short code, never the ticket id: the ticket id is
+//! what the waiting page listens on, and whoever holds it receives the
+//! tokens, so it stays with that page.
+//!
+//! Tickets are short-lived shared state behind [`QrTickets`]; one node
+//! keeps them in memory, a cluster shares them.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+use unimsg_proto::api::TokenPair;
+use unimsg_proto::{Platform, SessionId, UserId};
+
+use crate::Core;
+use crate::auth::{AuthContext, ClientInfo};
+use crate::error::{CoreError, Result};
+use crate::limits::Limit;
+
+/// Characters of the human code: no 0/O, 1/I/L, so it can be read aloud and typed.
+const CODE_ALPHABET: &[u8] = b"23456789ABCDEFGHJKMNPQRSTUVWXYZ";
+const CODE_LEN: usize = 8;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TicketState {
+    Pending,
+    Scanned { by: UserId, display_name: String },
+    Confirmed,
+    Cancelled,
+    Expired,
+}
+
+impl TicketState {
+    fn is_open(&self) -> bool {
+        matches!(self, TicketState::Pending | TicketState::Scanned { .. })
+    }
+}
+
+/// A login ticket.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    pub ticket_id: String,
+    pub code: String,
+    pub platform: Platform,
+    pub device_id: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub state: TicketState,
+}
+
+/// What the waiting page hears.
+#[derive(Debug, Clone)]
+pub enum QrEvent {
+    Scanned { display_name: String },
+    Confirmed(Box<TokenPair>),
+    Cancelled,
+    Expired,
+}
+
+/// Where tickets live while they are valid.
+pub trait QrTickets: Send + Sync {
+    /// The open ticket of this device, if any (device binding).
+    fn open_for_device(&self, device_id: &str, now: OffsetDateTime) -> Option<Ticket>;
+    fn insert(&self, ticket: Ticket);
+    fn get(&self, ticket_id: &str) -> Option<Ticket>;
+    fn by_code(&self, code: &str) -> Option<Ticket>;
+    /// Applies `change` to the ticket atomically; its `Ok` is announced to
+    /// the ticket's listeners.
+    fn update(
+        &self,
+        ticket_id: &str,
+        change: &mut dyn FnMut(&mut Ticket) -> Result<Option<QrEvent>>,
+    ) -> Result<Ticket>;
+    /// Listens for the ticket's events from now on.
+    fn subscribe(&self, ticket_id: &str) -> Option<broadcast::Receiver<QrEvent>>;
+}
+
+struct Entry {
+    ticket: Ticket,
+    events: broadcast::Sender<QrEvent>,
+}
+
+/// The single-node ticket store. Expired tickets are dropped as new ones
+/// come in, so the map holds only what is still relevant.
+#[derive(Default)]
+pub struct MemoryTickets {
+    inner: Mutex<Tickets>,
+}
+
+#[derive(Default)]
+struct Tickets {
+    by_id: HashMap<String, Entry>,
+    by_code: HashMap<String, String>,
+    by_device: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for MemoryTickets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryTickets")
+    }
+}
+
+impl Tickets {
+    fn sweep(&mut self, now: OffsetDateTime) {
+        // Keep closed tickets a little past expiry so late listeners learn the outcome.
+        let dead: Vec<String> = self
+            .by_id
+            .iter()
+            .filter(|(_, e)| e.ticket.expires_at + time::Duration::minutes(1) < now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in dead {
+            if let Some(e) = self.by_id.remove(&id) {
+                self.by_code.remove(&e.ticket.code);
+                if let Some(device) = &e.ticket.device_id
+                    && self.by_device.get(device) == Some(&id)
+                {
+                    self.by_device.remove(device);
+                }
+            }
+        }
+    }
+}
+
+impl QrTickets for MemoryTickets {
+    fn open_for_device(&self, device_id: &str, now: OffsetDateTime) -> Option<Ticket> {
+        let inner = self.inner.lock().ok()?;
+        let id = inner.by_device.get(device_id)?;
+        let entry = inner.by_id.get(id)?;
+        (entry.ticket.state.is_open() && entry.ticket.expires_at > now)
+            .then(|| entry.ticket.clone())
+    }
+
+    fn insert(&self, ticket: Ticket) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        inner.sweep(ticket.created_at);
+        let (events, _) = broadcast::channel(8);
+        inner
+            .by_code
+            .insert(ticket.code.clone(), ticket.ticket_id.clone());
+        if let Some(device) = &ticket.device_id {
+            inner
+                .by_device
+                .insert(device.clone(), ticket.ticket_id.clone());
+        }
+        inner
+            .by_id
+            .insert(ticket.ticket_id.clone(), Entry { ticket, events });
+    }
+
+    fn get(&self, ticket_id: &str) -> Option<Ticket> {
+        self.inner
+            .lock()
+            .ok()?
+            .by_id
+            .get(ticket_id)
+            .map(|e| e.ticket.clone())
+    }
+
+    fn by_code(&self, code: &str) -> Option<Ticket> {
+        let inner = self.inner.lock().ok()?;
+        let id = inner.by_code.get(code)?;
+        inner.by_id.get(id).map(|e| e.ticket.clone())
+    }
+
+    fn update(
+        &self,
+        ticket_id: &str,
+        change: &mut dyn FnMut(&mut Ticket) -> Result<Option<QrEvent>>,
+    ) -> Result<Ticket> {
+        let mut inner = self
+            .inner
+            .lock()
+            .map_err(|_| CoreError::Internal("ticket store poisoned".into()))?;
+        let entry = inner
+            .by_id
+            .get_mut(ticket_id)
+            .ok_or_else(|| CoreError::NotFound("ticket not found".into()))?;
+        let mut next = entry.ticket.clone();
+        let event = change(&mut next)?;
+        entry.ticket = next.clone();
+        if let Some(event) = event {
+            // Nobody listening is fine: the state is kept for late listeners.
+            let _ = entry.events.send(event);
+        }
+        Ok(next)
+    }
+
+    fn subscribe(&self, ticket_id: &str) -> Option<broadcast::Receiver<QrEvent>> {
+        self.inner
+            .lock()
+            .ok()?
+            .by_id
+            .get(ticket_id)
+            .map(|e| e.events.subscribe())
+    }
+}
+
+fn new_code() -> Result<String> {
+    let bytes =
+        crate::keys::random_bytes::<CODE_LEN>().map_err(|e| CoreError::Internal(e.to_string()))?;
+    // 256 is not a multiple of 31; the slight bias does not matter for a
+    // code that lives five minutes and needs a logged-in user to use.
+    Ok(bytes
+        .iter()
+        .map(|b| CODE_ALPHABET[usize::from(*b) % CODE_ALPHABET.len()] as char)
+        .collect())
+}
+
+/// Normalises a typed code: upper case, without spaces or dashes.
+pub fn normalize_code(input: &str) -> String {
+    input
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+/// What `POST /v1/auth/qr` answers.
+#[derive(Debug, Clone)]
+pub struct NewTicket {
+    pub ticket: Ticket,
+    pub expires_in: u64,
+}
+
+fn closed(state: &TicketState) -> CoreError {
+    match state {
+        TicketState::Confirmed => CoreError::Conflict("the ticket was already confirmed".into()),
+        TicketState::Cancelled => CoreError::Gone("the ticket was cancelled".into()),
+        TicketState::Expired => CoreError::Gone("the ticket expired".into()),
+        _ => CoreError::Internal("ticket state".into()),
+    }
+}
+
+impl Core {
+    /// `POST /v1/auth/qr`
+    pub async fn create_qr_ticket(
+        &self,
+        platform: Platform,
+        device_id: Option<String>,
+        client: &ClientInfo,
+    ) -> Result<NewTicket> {
+        crate::auth::validate_device(device_id.as_deref())?;
+        if let Some(ip) = &client.ip {
+            self.check_limit(Limit::Qr, ip)?;
+        }
+        let now = self.clock.now();
+        if let Some(device) = &device_id
+            && let Some(ticket) = self.qr.open_for_device(device, now)
+        {
+            let expires_in = (ticket.expires_at - now).whole_seconds().max(0) as u64;
+            return Ok(NewTicket { ticket, expires_in });
+        }
+        let ttl = self.config.auth.qr_ttl_secs.max(1);
+        let mut code = new_code()?;
+        while self.qr.by_code(&code).is_some() {
+            code = new_code()?;
+        }
+        let ticket = Ticket {
+            ticket_id: uuid::Uuid::new_v4().simple().to_string(),
+            code,
+            platform,
+            device_id,
+            ip: client.ip.clone(),
+            user_agent: client.user_agent.clone(),
+            created_at: now,
+            expires_at: now + time::Duration::seconds(ttl as i64),
+            state: TicketState::Pending,
+        };
+        self.qr.insert(ticket.clone());
+        Ok(NewTicket {
+            ticket,
+            expires_in: ttl,
+        })
+    }
+
+    /// A ticket by id, with its state brought up to date (expiry).
+    pub fn qr_ticket(&self, ticket_id: &str) -> Result<Ticket> {
+        let ticket = self
+            .qr
+            .get(ticket_id)
+            .ok_or_else(|| CoreError::NotFound("ticket not found".into()))?;
+        if ticket.state.is_open() && ticket.expires_at <= self.clock.now() {
+            return self.expire_qr(ticket_id);
+        }
+        Ok(ticket)
+    }
+
+    /// Marks an open ticket expired (announcing it); returns its state.
+    pub fn expire_qr(&self, ticket_id: &str) -> Result<Ticket> {
+        let now = self.clock.now();
+        self.qr.update(ticket_id, &mut |t| {
+            if t.state.is_open() && t.expires_at <= now {
+                t.state = TicketState::Expired;
+                return Ok(Some(QrEvent::Expired));
+            }
+            Ok(None)
+        })
+    }
+
+    /// Listens for a ticket's events (the waiting page).
+    pub fn qr_events(&self, ticket_id: &str) -> Result<broadcast::Receiver<QrEvent>> {
+        self.qr
+            .subscribe(ticket_id)
+            .ok_or_else(|| CoreError::NotFound("ticket not found".into()))
+    }
+
+    /// `POST /v1/auth/qr/scan`: the phone's user claims the ticket and
+    /// learns who is asking.
+    pub async fn scan_qr(
+        &self,
+        auth: &AuthContext,
+        ticket_id: Option<&str>,
+        code: Option<&str>,
+    ) -> Result<Ticket> {
+        let found = match (ticket_id, code) {
+            (Some(id), None) => self.qr.get(id),
+            (None, Some(code)) => self.qr.by_code(&normalize_code(code)),
+            _ => {
+                return Err(CoreError::BadRequest(
+                    "give either ticket_id or code".into(),
+                ));
+            }
+        };
+        let ticket = found.ok_or_else(|| CoreError::NotFound("ticket not found".into()))?;
+        let ticket = self.qr_ticket(&ticket.ticket_id)?;
+        let user = self
+            .store
+            .user(&auth.user_id)
+            .await?
+            .ok_or_else(|| CoreError::NotFound("user not found".into()))?;
+        let me = auth.user_id.clone();
+        self.qr.update(&ticket.ticket_id, &mut |t| match &t.state {
+            TicketState::Pending => {
+                t.state = TicketState::Scanned {
+                    by: me.clone(),
+                    display_name: user.display_name.clone(),
+                };
+                Ok(Some(QrEvent::Scanned {
+                    display_name: user.display_name.clone(),
+                }))
+            }
+            TicketState::Scanned { by, .. } if *by == me => Ok(None),
+            TicketState::Scanned { .. } => Err(CoreError::Conflict(
+                "another user scanned this ticket".into(),
+            )),
+            other => Err(closed(other)),
+        })
+    }
+
+    fn scanned_by(&self, ticket_id: &str, auth: &AuthContext) -> Result<Ticket> {
+        let ticket = self.qr_ticket(ticket_id)?;
+        match &ticket.state {
+            TicketState::Scanned { by, .. } if *by == auth.user_id => Ok(ticket),
+            TicketState::Scanned { .. } | TicketState::Pending => Err(CoreError::Forbidden(
+                "scan the ticket first; only its scanner can answer it".into(),
+            )),
+            other => Err(closed(other)),
+        }
+    }
+
+    /// `POST /v1/auth/qr/{ticket_id}/confirm` by the phone that scanned it.
+    pub async fn confirm_qr(&self, auth: &AuthContext, ticket_id: &str) -> Result<SessionId> {
+        let ticket = self.scanned_by(ticket_id, auth)?;
+        self.complete_qr(ticket, auth.user_id.clone(), Some(&auth.session_id), "user")
+            .await
+    }
+
+    /// `POST /v1/admin/qr/{ticket_id}/confirm`: a business system that
+    /// verified the user elsewhere completes the ticket.
+    pub async fn admin_confirm_qr(
+        &self,
+        admin_id: &str,
+        ticket_id: &str,
+        user: UserId,
+    ) -> Result<SessionId> {
+        let ticket = self.qr_ticket(ticket_id)?;
+        if !ticket.state.is_open() {
+            return Err(closed(&ticket.state));
+        }
+        if self.store.user(&user).await?.is_none() {
+            return Err(CoreError::NotFound("user not found".into()));
+        }
+        self.complete_qr(ticket, user, None, admin_id).await
+    }
+
+    /// Opens the waiting page's session and hands it the tokens. The ticket
+    /// is closed first, so two confirmations cannot both open a session.
+    async fn complete_qr(
+        &self,
+        ticket: Ticket,
+        user: UserId,
+        approver_session: Option<&SessionId>,
+        approver: &str,
+    ) -> Result<SessionId> {
+        let now = self.clock.now();
+        let claimed = self.qr.update(&ticket.ticket_id, &mut |t| {
+            if !t.state.is_open() {
+                return Err(closed(&t.state));
+            }
+            if t.expires_at <= now {
+                t.state = TicketState::Expired;
+                return Ok(Some(QrEvent::Expired));
+            }
+            t.state = TicketState::Confirmed;
+            Ok(None)
+        })?;
+        if claimed.state == TicketState::Expired {
+            return Err(CoreError::Gone("the ticket expired".into()));
+        }
+        let client = ClientInfo {
+            ip: ticket.ip.clone(),
+            user_agent: ticket.user_agent.clone(),
+        };
+        let pair = self
+            .open_session(
+                &user,
+                ticket.platform.clone(),
+                ticket.device_id.clone(),
+                client,
+            )
+            .await?;
+        let session = pair.session_id.clone();
+        self.audit(crate::audit::AuditRecord {
+            action: "auth.qr_confirmed".into(),
+            actor_kind: if approver_session.is_some() {
+                "user".into()
+            } else {
+                "admin".into()
+            },
+            actor: approver.to_owned(),
+            ip: ticket.ip.clone(),
+            outcome: "ok".into(),
+            target: Some(user.to_string()),
+            session_id: Some(session.to_string()),
+            detail: Some(format!(
+                "ticket {}; approved from session {}",
+                ticket.ticket_id,
+                approver_session.map_or("-".to_owned(), |s| s.to_string())
+            )),
+            ..Default::default()
+        })
+        .await;
+        self.qr.update(&ticket.ticket_id, &mut |_| {
+            Ok(Some(QrEvent::Confirmed(Box::new(pair.clone()))))
+        })?;
+        Ok(session)
+    }
+
+    /// `POST /v1/auth/qr/{ticket_id}/cancel` by the phone that scanned it.
+    pub fn cancel_qr(&self, auth: &AuthContext, ticket_id: &str) -> Result<()> {
+        self.scanned_by(ticket_id, auth)?;
+        self.qr.update(ticket_id, &mut |t| {
+            if !t.state.is_open() {
+                return Err(closed(&t.state));
+            }
+            t.state = TicketState::Cancelled;
+            Ok(Some(QrEvent::Cancelled))
+        })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_short_and_unambiguous() {
+        for _ in 0..100 {
+            let code = new_code().unwrap_or_default();
+            assert_eq!(code.len(), CODE_LEN);
+            assert!(code.bytes().all(|b| CODE_ALPHABET.contains(&b)));
+            assert!(!code.contains(['0', 'O', '1', 'I', 'L']));
+        }
+        assert_eq!(normalize_code(" abcd-ef 23 "), "ABCDEF23");
+    }
+}

@@ -1,0 +1,350 @@
+//! QR-code login over HTTP: tickets, the waiting page's SSE stream, the QR
+//! image, and the phone's scan / confirm / cancel (see `unimsg_core::qr`).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, HOST};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use unimsg_core::qr::{QrEvent, Ticket, TicketState};
+use unimsg_proto::api::{QrConfirmed, QrRequester, QrScanRequest, QrTicket, QrTicketRequest};
+use unimsg_proto::{ErrorBody, ErrorCode};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{Authed, Client, Json, PathId};
+
+/// The user-facing QR routes.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create))
+        .routes(routes!(events))
+        .routes(routes!(image))
+        .routes(routes!(scan))
+        .routes(routes!(confirm))
+        .routes(routes!(cancel))
+}
+
+/// The page a QR code opens on the phone, for this code.
+fn qr_url(state: &AppState, headers: &HeaderMap, code: &str) -> String {
+    let configured = state.core.config().auth.public_url.trim_end_matches('/');
+    let base = if configured.is_empty() {
+        let host = headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost");
+        format!("http://{host}")
+    } else {
+        configured.to_owned()
+    };
+    format!("{base}/m/qr?code={code}")
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/auth/qr",
+    operation_id = "qr_create",
+    tag = "auth",
+    summary = "Ask for a QR login ticket",
+    description = "Creates a login ticket for this page (valid `auth.qr_ttl_secs`). The same `device_id` asking again while its ticket is open gets the same ticket. Show `qr_url` as a QR code (or `GET .../qr.svg`) and the short `code`; wait on `GET /v1/auth/qr/{ticket_id}/events`. Rate limited per address.",
+    request_body = QrTicketRequest,
+    responses(
+        (status = 200, description = "The ticket.", body = QrTicket),
+        (status = 429, description = "Too many tickets from this address (`rate_limited`).", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
+/// `POST /v1/auth/qr`
+pub async fn create(
+    State(state): State<AppState>,
+    Client(client): Client,
+    headers: HeaderMap,
+    Json(req): Json<QrTicketRequest>,
+) -> Result<axum::Json<QrTicket>, ApiError> {
+    let new = state
+        .core
+        .create_qr_ticket(req.platform, req.device_id, &client)
+        .await?;
+    let qr_url = qr_url(&state, &headers, &new.ticket.code);
+    Ok(axum::Json(QrTicket {
+        ticket_id: new.ticket.ticket_id,
+        code: new.ticket.code,
+        qr_url,
+        expires_in: new.expires_in,
+    }))
+}
+
+fn named(name: &'static str, data: serde_json::Value) -> SseEvent {
+    SseEvent::default().event(name).data(data.to_string())
+}
+
+fn scanned(display_name: &str) -> SseEvent {
+    named(
+        "scanned",
+        serde_json::json!({ "display_name": display_name }),
+    )
+}
+
+/// The SSE event for a ticket event, and whether it ends the stream.
+fn to_sse(event: QrEvent) -> (SseEvent, bool) {
+    match event {
+        QrEvent::Scanned { display_name } => (scanned(&display_name), false),
+        QrEvent::Confirmed(pair) => (
+            named(
+                "confirmed",
+                serde_json::to_value(&*pair).unwrap_or_default(),
+            ),
+            true,
+        ),
+        QrEvent::Cancelled => (named("cancelled", serde_json::json!({})), true),
+        QrEvent::Expired => (named("expired", serde_json::json!({})), true),
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/auth/qr/{ticket_id}/events",
+    operation_id = "qr_events",
+    tag = "auth",
+    summary = "Wait for a QR ticket (SSE)",
+    description = "A `text/event-stream` with named events: `pending` `{ticket_id, code, expires_in}` at connect, `scanned` `{display_name}` when a phone scans, then one of `confirmed` (the new session's tokens: `{access_token, refresh_token, expires_in, user_id, session_id}`), `cancelled` `{}` or `expired` `{}`, after which the stream ends. Comment heartbeats keep it open. Several pages may wait on one ticket; all get the events.",
+    params(("ticket_id" = String, Path, description = "The ticket id from `POST /v1/auth/qr`.")),
+    responses(
+        (status = 200, description = "The event stream.", content_type = "text/event-stream", body = String),
+        (status = 404, description = "Unknown ticket (`not_found`).", body = ErrorBody),
+        (status = 410, description = "The ticket was already used, cancelled or expired (`gone`).", body = ErrorBody),
+    ),
+)]
+/// `GET /v1/auth/qr/{ticket_id}/events`
+pub async fn events(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> Result<Response, ApiError> {
+    let core = state.core.clone();
+    // Listen first, then read the state: nothing falls between the two.
+    let rx = core.qr_events(&id)?;
+    let ticket = core.qr_ticket(&id)?;
+    let mut first = vec![named(
+        "pending",
+        serde_json::json!({
+            "ticket_id": ticket.ticket_id,
+            "code": ticket.code,
+            "expires_in": (ticket.expires_at - core.now()).whole_seconds().max(0),
+        }),
+    )];
+    match &ticket.state {
+        TicketState::Pending => {}
+        TicketState::Scanned { display_name, .. } => first.push(scanned(display_name)),
+        TicketState::Confirmed => {
+            return Err(ApiError::new(
+                ErrorCode::Gone,
+                "the ticket was already used",
+            ));
+        }
+        TicketState::Cancelled => {
+            return Err(ApiError::new(ErrorCode::Gone, "the ticket was cancelled"));
+        }
+        TicketState::Expired => return Err(ApiError::new(ErrorCode::Gone, "the ticket expired")),
+    }
+    let wait = (ticket.expires_at - core.now()).whole_milliseconds().max(0);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(u64::try_from(wait).unwrap_or(0));
+    let heartbeat = Duration::from_secs(core.config().delivery.heartbeat_secs.max(1));
+    let waiting = Waiting {
+        core,
+        id,
+        rx,
+        deadline,
+        first: first.into(),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(waiting, next_qr_event);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(heartbeat))
+        .into_response())
+}
+
+/// The event for a ticket's current state (after a missed event or at expiry).
+fn state_event(t: &Ticket) -> (SseEvent, bool) {
+    match &t.state {
+        TicketState::Pending => (named("pending", serde_json::json!({})), false),
+        TicketState::Scanned { display_name, .. } => (scanned(display_name), false),
+        TicketState::Confirmed => (named("confirmed", serde_json::json!({})), true),
+        TicketState::Cancelled => (named("cancelled", serde_json::json!({})), true),
+        TicketState::Expired => (named("expired", serde_json::json!({})), true),
+    }
+}
+
+/// A waiting page's stream: the opening events, then the ticket's events
+/// until one ends it or the ticket expires.
+struct Waiting {
+    core: std::sync::Arc<unimsg_core::Core>,
+    id: String,
+    rx: tokio::sync::broadcast::Receiver<QrEvent>,
+    deadline: tokio::time::Instant,
+    first: std::collections::VecDeque<SseEvent>,
+    done: bool,
+}
+
+async fn next_qr_event(mut w: Waiting) -> Option<(Result<SseEvent, Infallible>, Waiting)> {
+    if let Some(e) = w.first.pop_front() {
+        return Some((Ok(e), w));
+    }
+    if w.done {
+        return None;
+    }
+    let (event, ends) = loop {
+        tokio::select! {
+            received = w.rx.recv() => break match received {
+                Ok(event) => to_sse(event),
+                // Missed events: the state tells where the ticket stands.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    state_event(&w.core.qr_ticket(&w.id).ok()?)
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            },
+            () = tokio::time::sleep_until(w.deadline) => {
+                let ticket = w.core.expire_qr(&w.id).ok()?;
+                if ticket.state == TicketState::Confirmed {
+                    // Confirmed just before expiry: its tokens are on their way.
+                    w.deadline += Duration::from_secs(60);
+                    continue;
+                }
+                break state_event(&ticket);
+            }
+        }
+    };
+    w.done = ends;
+    Some((Ok(event), w))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/auth/qr/{ticket_id}/qr.svg",
+    operation_id = "qr_image",
+    tag = "auth",
+    summary = "The ticket's QR code",
+    description = "An SVG image of the ticket's `qr_url`.",
+    params(("ticket_id" = String, Path, description = "The ticket id.")),
+    responses(
+        (status = 200, description = "The QR code.", content_type = "image/svg+xml", body = String),
+        (status = 404, description = "Unknown ticket (`not_found`).", body = ErrorBody),
+    ),
+)]
+/// `GET /v1/auth/qr/{ticket_id}/qr.svg`
+pub async fn image(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PathId(id): PathId,
+) -> Result<Response, ApiError> {
+    let ticket = state.core.qr_ticket(&id)?;
+    let url = qr_url(&state, &headers, &ticket.code);
+    let code = qrcode::QrCode::new(url.as_bytes())
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cannot draw the QR code: {e}")))?;
+    let svg = code
+        .render::<qrcode::render::svg::Color<'_>>()
+        .min_dimensions(200, 200)
+        .quiet_zone(true)
+        .build();
+    Ok((
+        [(CONTENT_TYPE, "image/svg+xml"), (CACHE_CONTROL, "no-store")],
+        svg,
+    )
+        .into_response())
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/auth/qr/scan",
+    operation_id = "qr_scan",
+    tag = "auth",
+    summary = "Scan a QR ticket (phone)",
+    description = "The logged-in phone claims the ticket by `code` (as the QR code or a person gives it) or `ticket_id`, and learns who is asking. The waiting page receives `scanned`. Scanning again by the same user is harmless; another user gets 409.",
+    request_body = QrScanRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Who is asking.", body = QrRequester),
+        (status = 404, description = "Unknown ticket or code (`not_found`).", body = ErrorBody),
+        (status = 409, description = "Another user scanned it, or it was confirmed (`conflict`).", body = ErrorBody),
+        (status = 410, description = "Cancelled or expired (`gone`).", body = ErrorBody),
+    ),
+)]
+/// `POST /v1/auth/qr/scan`
+pub async fn scan(
+    State(state): State<AppState>,
+    Authed(auth): Authed,
+    Json(req): Json<QrScanRequest>,
+) -> Result<axum::Json<QrRequester>, ApiError> {
+    let t = state
+        .core
+        .scan_qr(&auth, req.ticket_id.as_deref(), req.code.as_deref())
+        .await?;
+    Ok(axum::Json(QrRequester {
+        ticket_id: t.ticket_id,
+        platform: t.platform,
+        device_id: t.device_id,
+        ip: t.ip,
+        user_agent: t.user_agent,
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+    }))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/auth/qr/{ticket_id}/confirm",
+    operation_id = "qr_confirm",
+    tag = "auth",
+    summary = "Confirm a QR ticket (phone)",
+    description = "The user who scanned the ticket confirms it: a session for that user opens on the ticket's platform and device (the device policy applies) and the waiting page receives its tokens in `confirmed`. A ticket is single-use.",
+    params(("ticket_id" = String, Path, description = "The ticket id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The session opened for the waiting page.", body = QrConfirmed),
+        (status = 403, description = "Not scanned by this user (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "Unknown ticket (`not_found`).", body = ErrorBody),
+        (status = 409, description = "Already confirmed (`conflict`).", body = ErrorBody),
+        (status = 410, description = "Cancelled or expired (`gone`).", body = ErrorBody),
+    ),
+)]
+/// `POST /v1/auth/qr/{ticket_id}/confirm`
+pub async fn confirm(
+    State(state): State<AppState>,
+    Authed(auth): Authed,
+    PathId(id): PathId,
+) -> Result<axum::Json<QrConfirmed>, ApiError> {
+    let session_id = state.core.confirm_qr(&auth, &id).await?;
+    Ok(axum::Json(QrConfirmed { session_id }))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/auth/qr/{ticket_id}/cancel",
+    operation_id = "qr_cancel",
+    tag = "auth",
+    summary = "Cancel a QR ticket (phone)",
+    description = "The user who scanned the ticket refuses it; the waiting page receives `cancelled`.",
+    params(("ticket_id" = String, Path, description = "The ticket id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Cancelled."),
+        (status = 403, description = "Not scanned by this user (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "Unknown ticket (`not_found`).", body = ErrorBody),
+        (status = 409, description = "Already confirmed (`conflict`).", body = ErrorBody),
+        (status = 410, description = "Cancelled or expired (`gone`).", body = ErrorBody),
+    ),
+)]
+/// `POST /v1/auth/qr/{ticket_id}/cancel`
+pub async fn cancel(
+    State(state): State<AppState>,
+    Authed(auth): Authed,
+    PathId(id): PathId,
+) -> Result<StatusCode, ApiError> {
+    state.core.cancel_qr(&auth, &id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
