@@ -8,6 +8,7 @@
 //! also described in the OpenAPI document ([`openapi`], `/openapi.json`).
 
 mod admin;
+mod console;
 mod error;
 mod extract;
 mod openapi;
@@ -113,6 +114,7 @@ pub fn router(state: AppState) -> Router {
     user.route("/docs/", get(openapi::docs_asset))
         .route("/docs/{*file}", get(openapi::docs_asset))
         .merge(admin.route_layer(middleware::from_fn_with_state(state.clone(), admin::gate)))
+        .merge(console::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
