@@ -273,6 +273,12 @@ impl Core {
                 .transpose()?;
             conversations.push(ConversationSummary {
                 conversation_id: s.conversation_id,
+                peer_display_name: self
+                    .store
+                    .user(&peer)
+                    .await?
+                    .map(|u| u.display_name)
+                    .unwrap_or_default(),
                 peer,
                 last_message,
                 unread: s.unread,

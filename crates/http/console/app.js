@@ -20,6 +20,7 @@ const state = {
   notice: null, // [key] shown above the login forms
   me: null,
   convs: [],
+  names: new Map(), // user_id → display name, from the conversation list
   open: null, // {kind: 'direct', id, peer} | {kind: 'system'}
   messages: new Map(), // message_id → message, for the open conversation
   nextBefore: null,
@@ -191,7 +192,7 @@ function renderConversations() {
         h(
           'span',
           { class: 'conv-main' },
-          h('span', { class: 'conv-title' }, c.peer),
+          h('span', { class: 'conv-title' }, c.peer_display_name || c.peer),
           h('span', { class: 'conv-preview' }, preview(c.last_message)),
         ),
         h(
@@ -260,7 +261,7 @@ function renderPane() {
     show($('send-form'), false);
     show($('load-older'), false);
   } else {
-    $('pane-title').textContent = open.peer;
+    $('pane-title').textContent = state.names.get(open.peer) || open.peer;
     const messages = [...state.messages.values()].sort((a, b) => a.conv_seq - b.conv_seq);
     list.replaceChildren(...messages.map(messageItem));
     empty.textContent = t('center.empty');
@@ -456,6 +457,7 @@ function sessionEnded(reason) {
 async function refreshConversations() {
   try {
     const { conversations } = await client.conversations();
+    for (const c of conversations) if (c.peer_display_name) state.names.set(c.peer, c.peer_display_name);
     state.convs = conversations;
   } catch (e) {
     if (client.loggedIn) announce(errorText(e));

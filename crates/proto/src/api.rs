@@ -259,6 +259,9 @@ pub struct ConversationSummary {
     pub conversation_id: ConversationId,
     /// The other member of a direct conversation.
     pub peer: UserId,
+    /// The other member's display name (empty if the user was deleted).
+    #[serde(default)]
+    pub peer_display_name: String,
     pub last_message: Option<Message>,
     pub unread: u64,
     /// Position in the conversation this user has read up to.
