@@ -60,6 +60,8 @@ pub struct MessagingConfig {
     pub recall_window_secs: u64,
     /// Largest page of `GET /v1/sync` and history.
     pub max_page: u32,
+    /// Direct messages only between friends.
+    pub require_friendship: bool,
 }
 
 impl Default for MessagingConfig {
@@ -68,6 +70,7 @@ impl Default for MessagingConfig {
             max_content_bytes: 64 * 1024,
             recall_window_secs: 120,
             max_page: 1000,
+            require_friendship: false,
         }
     }
 }
@@ -137,6 +140,20 @@ impl Default for AdminConfig {
     }
 }
 
+/// `[groups]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupsConfig {
+    /// Most members of one group.
+    pub max_members: usize,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        Self { max_members: 2000 }
+    }
+}
+
 /// The core's part of the configuration.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct CoreConfig {
@@ -145,4 +162,5 @@ pub struct CoreConfig {
     pub delivery: DeliveryConfig,
     pub admin: AdminConfig,
     pub limits: crate::limits::LimitsConfig,
+    pub groups: GroupsConfig,
 }

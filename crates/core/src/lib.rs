@@ -9,6 +9,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod bus;
+pub mod changes;
 pub mod clock;
 pub mod config;
 mod error;
@@ -49,6 +50,7 @@ pub struct Core {
     pub(crate) nonces: Arc<dyn NonceStore>,
     pub(crate) limits: Arc<dyn RateLimits>,
     pub(crate) qr: Arc<dyn QrTickets>,
+    pub(crate) changes: tokio::sync::broadcast::Sender<Arc<changes::Change>>,
     pub(crate) verified: admin::VerifiedSecrets,
     pub(crate) config: CoreConfig,
 }
@@ -89,6 +91,7 @@ impl Core {
             nonces: parts.nonces,
             limits: parts.limits,
             qr: parts.qr,
+            changes: changes::channel(),
             verified: admin::VerifiedSecrets::default(),
             config: parts.config,
         }

@@ -21,6 +21,14 @@ pub enum EventType {
     NotificationNew,
     #[serde(rename = "broadcast.new")]
     BroadcastNew,
+    #[serde(rename = "friend.request")]
+    FriendRequest,
+    #[serde(rename = "friend.changed")]
+    FriendChanged,
+    #[serde(rename = "block.changed")]
+    BlockChanged,
+    #[serde(rename = "group.changed")]
+    GroupChanged,
 }
 
 impl EventType {
@@ -32,6 +40,10 @@ impl EventType {
             EventType::SessionRevoked => "session.revoked",
             EventType::NotificationNew => "notification.new",
             EventType::BroadcastNew => "broadcast.new",
+            EventType::FriendRequest => "friend.request",
+            EventType::FriendChanged => "friend.changed",
+            EventType::BlockChanged => "block.changed",
+            EventType::GroupChanged => "group.changed",
         }
     }
 
@@ -43,6 +55,10 @@ impl EventType {
             "session.revoked" => EventType::SessionRevoked,
             "notification.new" => EventType::NotificationNew,
             "broadcast.new" => EventType::BroadcastNew,
+            "friend.request" => EventType::FriendRequest,
+            "friend.changed" => EventType::FriendChanged,
+            "block.changed" => EventType::BlockChanged,
+            "group.changed" => EventType::GroupChanged,
             _ => return None,
         })
     }

@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use unimsg_core::config::{AdminConfig, AuthConfig, CoreConfig, DeliveryConfig, MessagingConfig};
+use unimsg_core::config::{
+    AdminConfig, AuthConfig, CoreConfig, DeliveryConfig, GroupsConfig, MessagingConfig,
+};
 use unimsg_core::limits::LimitsConfig;
 use unimsg_http::HttpConfig;
 use unimsg_store::sqlite::Durability;
@@ -44,6 +46,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub admin: AdminConfig,
     pub limits: LimitsConfig,
+    pub groups: GroupsConfig,
     pub store: StoreConfig,
 }
 
@@ -59,6 +62,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             admin: AdminConfig::default(),
             limits: LimitsConfig::default(),
+            groups: GroupsConfig::default(),
             store: StoreConfig::default(),
         }
     }
@@ -185,6 +189,7 @@ impl Config {
             delivery: self.delivery.clone(),
             admin: self.admin.clone(),
             limits: self.limits.clone(),
+            groups: self.groups.clone(),
         }
     }
 

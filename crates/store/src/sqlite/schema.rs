@@ -140,6 +140,36 @@ CREATE TABLE broadcasts (
 ALTER TABLE inbox ADD COLUMN bpos INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN bbase INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- Relationships: one row per direction. A friendship is two rows with
+-- state 'friend'; a pending request is the requester's row 'requested'.
+CREATE TABLE friend_requests (
+    from_id    TEXT NOT NULL,
+    to_id      TEXT NOT NULL,
+    message    TEXT,
+    state      TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (from_id, to_id)
+) WITHOUT ROWID;
+CREATE INDEX friend_requests_to ON friend_requests(to_id, state);
+
+CREATE TABLE friends (
+    user_id    TEXT NOT NULL,
+    friend_id  TEXT NOT NULL,
+    tags       TEXT NOT NULL DEFAULT '[]',
+    remark     TEXT NOT NULL DEFAULT '',
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, friend_id)
+) WITHOUT ROWID;
+
+CREATE TABLE blocks (
+    user_id    TEXT NOT NULL,
+    blocked_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, blocked_id)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Brings the database to the newest schema version.
