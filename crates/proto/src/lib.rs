@@ -8,6 +8,7 @@ pub mod admin;
 pub mod api;
 pub mod error;
 pub mod event;
+pub mod friends;
 pub mod ids;
 #[cfg(feature = "openapi")]
 mod openapi;

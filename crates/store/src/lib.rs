@@ -51,6 +51,72 @@ pub trait Users: Send + Sync {
     async fn delete_user(&self, id: &UserId) -> Result<()>;
 }
 
+/// Friend requests, friendships (with each side's tags and remark) and
+/// blocks. Writes take the inbox events they cause and append them in the
+/// same transaction.
+#[async_trait]
+pub trait Relationships: Send + Sync {
+    /// Records a request from `from` to `to`. When `to` had already asked
+    /// `from`, the two become friends instead (`friends_events` are
+    /// appended then, `request_events` otherwise).
+    async fn request_friend(
+        &self,
+        request: FriendRequestRow,
+        request_events: Vec<EventDraft>,
+        friends_events: Vec<EventDraft>,
+    ) -> Result<(RequestOutcome, Vec<StoredEvent>)>;
+    /// Accepts (`true`) or declines the pending request `from → to`.
+    /// `NotFound` when there is none.
+    async fn answer_friend_request(
+        &self,
+        from: &UserId,
+        to: &UserId,
+        accept: bool,
+        at: OffsetDateTime,
+        events: Vec<EventDraft>,
+    ) -> Result<Vec<StoredEvent>>;
+    /// Pending requests to (`incoming`) or from the user.
+    async fn friend_requests(&self, user: &UserId, incoming: bool)
+    -> Result<Vec<FriendRequestRow>>;
+    async fn friends(&self, user: &UserId) -> Result<Vec<FriendRow>>;
+    async fn are_friends(&self, a: &UserId, b: &UserId) -> Result<bool>;
+    /// Ends a friendship on both sides; `false` if there was none.
+    async fn remove_friend(
+        &self,
+        user: &UserId,
+        friend: &UserId,
+        events: Vec<EventDraft>,
+    ) -> Result<(bool, Vec<StoredEvent>)>;
+    /// `NotFound` when they are not friends.
+    async fn update_friend(
+        &self,
+        user: &UserId,
+        friend: &UserId,
+        tags: Vec<String>,
+        remark: String,
+    ) -> Result<FriendRow>;
+    /// `false` when nothing changed (already blocked / not blocked).
+    async fn set_block(
+        &self,
+        user: &UserId,
+        other: &UserId,
+        blocked: bool,
+        at: OffsetDateTime,
+        events: Vec<EventDraft>,
+    ) -> Result<(bool, Vec<StoredEvent>)>;
+    async fn blocks(&self, user: &UserId) -> Result<Vec<(UserId, OffsetDateTime)>>;
+    /// Whether `blocker` blocked `other`.
+    async fn is_blocked(&self, blocker: &UserId, other: &UserId) -> Result<bool>;
+    /// Makes or ends a friendship directly (admin batch update).
+    async fn set_friendship(
+        &self,
+        a: &UserId,
+        b: &UserId,
+        friends: bool,
+        at: OffsetDateTime,
+    ) -> Result<bool>;
+}
+
 /// Admin accounts of the admin API.
 #[async_trait]
 pub trait Admins: Send + Sync {
@@ -223,7 +289,7 @@ pub trait DataKeys: Send + Sync {
 /// Everything the core needs from durable storage.
 #[async_trait]
 pub trait Store:
-    Users + Sessions + Inbox + DataKeys + Admins + Notifications + Broadcasts + Audit
+    Users + Sessions + Inbox + DataKeys + Admins + Notifications + Broadcasts + Audit + Relationships
 {
     /// Cheap liveness probe of the backend, for `/readyz`.
     async fn ping(&self) -> Result<()>;

@@ -300,3 +300,31 @@ pub struct ConversationState {
     /// Messages from others after this user's read position.
     pub unread: u64,
 }
+
+/// A friend request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FriendRequestRow {
+    pub from: UserId,
+    pub to: UserId,
+    pub message: Option<String>,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// Recorded; waiting for the other side.
+    Pending,
+    /// The other side had asked too: they are friends now.
+    Friends,
+    /// Nothing to do: a request is already pending, or they are friends.
+    Unchanged,
+}
+
+/// A friendship as one side sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FriendRow {
+    pub friend: UserId,
+    pub tags: Vec<String>,
+    pub remark: String,
+    pub since: OffsetDateTime,
+}

@@ -7,6 +7,7 @@
 //! after the `COMMIT` has returned, so an acknowledged write is durable.
 //! Reads run on a small pool of read-only connections on blocking threads.
 
+mod friends;
 mod ops;
 mod queries;
 mod schema;

@@ -382,7 +382,10 @@ fn inbox_rows(
     Ok(out)
 }
 
-fn append_drafts(conn: &Connection, drafts: Vec<EventDraft>) -> Result<Vec<StoredEvent>> {
+pub(super) fn append_drafts(
+    conn: &Connection,
+    drafts: Vec<EventDraft>,
+) -> Result<Vec<StoredEvent>> {
     let mut out = Vec::with_capacity(drafts.len());
     for d in drafts {
         let seq = insert_event(conn, &d.user_id, d.kind, None, Some(&d.data), d.at)?;

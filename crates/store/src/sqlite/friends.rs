@@ -1,0 +1,332 @@
+//! The relationship trait on SQLite: friend requests, friendships, blocks.
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use time::OffsetDateTime;
+use unimsg_proto::UserId;
+
+use super::SqliteStore;
+use super::queries::{append_drafts, db, from_ms, ms, user_id};
+use crate::{
+    EventDraft, FriendRequestRow, FriendRow, Relationships, RequestOutcome, Result, StoreError,
+    StoredEvent,
+};
+
+fn exists(conn: &Connection, sql: &str, a: &UserId, b: &UserId) -> Result<bool> {
+    conn.query_row(sql, params![a.as_str(), b.as_str()], |r| r.get(0))
+        .map_err(db)
+}
+
+fn are_friends(conn: &Connection, a: &UserId, b: &UserId) -> Result<bool> {
+    exists(
+        conn,
+        "SELECT EXISTS(SELECT 1 FROM friends WHERE user_id = ?1 AND friend_id = ?2)",
+        a,
+        b,
+    )
+}
+
+fn pending(conn: &Connection, from: &UserId, to: &UserId) -> Result<bool> {
+    exists(
+        conn,
+        "SELECT EXISTS(SELECT 1 FROM friend_requests WHERE from_id = ?1 AND to_id = ?2 AND state = 'pending')",
+        from,
+        to,
+    )
+}
+
+/// Makes two users friends (both rows) and closes requests between them.
+fn befriend(conn: &Connection, a: &UserId, b: &UserId, at: OffsetDateTime) -> Result<bool> {
+    let mut added = 0;
+    for (x, y) in [(a, b), (b, a)] {
+        added += conn
+            .execute(
+                "INSERT OR IGNORE INTO friends (user_id, friend_id, tags, created_at) VALUES (?1, ?2, '', ?3)",
+                params![x.as_str(), y.as_str(), ms(at)],
+            )
+            .map_err(db)?;
+        conn.execute(
+            "UPDATE friend_requests SET state = 'accepted', updated_at = ?3 \
+             WHERE from_id = ?1 AND to_id = ?2 AND state = 'pending'",
+            params![x.as_str(), y.as_str(), ms(at)],
+        )
+        .map_err(db)?;
+    }
+    Ok(added > 0)
+}
+
+fn unfriend(conn: &Connection, a: &UserId, b: &UserId) -> Result<bool> {
+    let removed = conn
+        .execute(
+            "DELETE FROM friends WHERE (user_id = ?1 AND friend_id = ?2) OR (user_id = ?2 AND friend_id = ?1)",
+            params![a.as_str(), b.as_str()],
+        )
+        .map_err(db)?;
+    Ok(removed > 0)
+}
+
+fn user_exists(conn: &Connection, u: &UserId) -> Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)",
+        [u.as_str()],
+        |r| r.get(0),
+    )
+    .map_err(db)
+}
+
+#[async_trait]
+impl Relationships for SqliteStore {
+    async fn request_friend(
+        &self,
+        request: FriendRequestRow,
+        request_events: Vec<EventDraft>,
+        friends_events: Vec<EventDraft>,
+    ) -> Result<(RequestOutcome, Vec<StoredEvent>)> {
+        self.write(move |conn| {
+            let (from, to) = (&request.from, &request.to);
+            if !user_exists(conn, to)? {
+                return Err(StoreError::NotFound("user"));
+            }
+            if are_friends(conn, from, to)? || pending(conn, from, to)? {
+                return Ok((RequestOutcome::Unchanged, Vec::new()));
+            }
+            if pending(conn, to, from)? {
+                befriend(conn, from, to, request.created_at)?;
+                return Ok((RequestOutcome::Friends, append_drafts(conn, friends_events)?));
+            }
+            conn.execute(
+                "INSERT INTO friend_requests (from_id, to_id, message, state, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?4) \
+                 ON CONFLICT (from_id, to_id) DO UPDATE SET message = excluded.message, state = 'pending', \
+                 created_at = excluded.created_at, updated_at = excluded.updated_at",
+                params![from.as_str(), to.as_str(), request.message, ms(request.created_at)],
+            )
+            .map_err(db)?;
+            Ok((RequestOutcome::Pending, append_drafts(conn, request_events)?))
+        })
+        .await
+    }
+
+    async fn answer_friend_request(
+        &self,
+        from: &UserId,
+        to: &UserId,
+        accept: bool,
+        at: OffsetDateTime,
+        events: Vec<EventDraft>,
+    ) -> Result<Vec<StoredEvent>> {
+        let (from, to) = (from.clone(), to.clone());
+        self.write(move |conn| {
+            if !pending(conn, &from, &to)? {
+                return Err(StoreError::NotFound("friend request"));
+            }
+            if accept {
+                befriend(conn, &from, &to, at)?;
+            } else {
+                conn.execute(
+                    "UPDATE friend_requests SET state = 'declined', updated_at = ?3 WHERE from_id = ?1 AND to_id = ?2",
+                    params![from.as_str(), to.as_str(), ms(at)],
+                )
+                .map_err(db)?;
+            }
+            append_drafts(conn, events)
+        })
+        .await
+    }
+
+    async fn friend_requests(
+        &self,
+        user: &UserId,
+        incoming: bool,
+    ) -> Result<Vec<FriendRequestRow>> {
+        let user = user.clone();
+        self.read(move |conn| {
+            let column = if incoming { "to_id" } else { "from_id" };
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT from_id, to_id, message, created_at FROM friend_requests \
+                     WHERE {column} = ?1 AND state = 'pending' ORDER BY created_at"
+                ))
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([user.as_str()], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })
+                .map_err(db)?;
+            rows.map(|r| {
+                let (from, to, message, at) = r.map_err(db)?;
+                Ok(FriendRequestRow {
+                    from: user_id(from)?,
+                    to: user_id(to)?,
+                    message,
+                    created_at: from_ms(at)?,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn friends(&self, user: &UserId) -> Result<Vec<FriendRow>> {
+        let user = user.clone();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT friend_id, tags, remark, created_at FROM friends WHERE user_id = ?1 ORDER BY friend_id",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([user.as_str()], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+                })
+                .map_err(db)?;
+            rows.map(|r| {
+                let (friend, tags, remark, at) = r.map_err(db)?;
+                Ok(FriendRow {
+                    friend: user_id(friend)?,
+                    tags: tags.split('\u{1f}').filter(|t| !t.is_empty()).map(str::to_owned).collect(),
+                    remark,
+                    since: from_ms(at)?,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn are_friends(&self, a: &UserId, b: &UserId) -> Result<bool> {
+        let (a, b) = (a.clone(), b.clone());
+        self.read(move |conn| are_friends(conn, &a, &b)).await
+    }
+
+    async fn remove_friend(
+        &self,
+        user: &UserId,
+        friend: &UserId,
+        events: Vec<EventDraft>,
+    ) -> Result<(bool, Vec<StoredEvent>)> {
+        let (user, friend) = (user.clone(), friend.clone());
+        self.write(move |conn| {
+            if !unfriend(conn, &user, &friend)? {
+                return Ok((false, Vec::new()));
+            }
+            Ok((true, append_drafts(conn, events)?))
+        })
+        .await
+    }
+
+    async fn update_friend(
+        &self,
+        user: &UserId,
+        friend: &UserId,
+        tags: Vec<String>,
+        remark: String,
+    ) -> Result<FriendRow> {
+        let (user, friend) = (user.clone(), friend.clone());
+        self.write(move |conn| {
+            // Tags are joined with the unit separator, which a tag cannot contain.
+            let joined = tags.join("\u{1f}");
+            let since: Option<i64> = conn
+                .query_row(
+                    "UPDATE friends SET tags = ?3, remark = ?4 WHERE user_id = ?1 AND friend_id = ?2 RETURNING created_at",
+                    params![user.as_str(), friend.as_str(), joined, remark],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            let since = since.ok_or(StoreError::NotFound("friend"))?;
+            Ok(FriendRow { friend, tags, remark, since: from_ms(since)? })
+        })
+        .await
+    }
+
+    async fn set_block(
+        &self,
+        user: &UserId,
+        other: &UserId,
+        blocked: bool,
+        at: OffsetDateTime,
+        events: Vec<EventDraft>,
+    ) -> Result<(bool, Vec<StoredEvent>)> {
+        let (user, other) = (user.clone(), other.clone());
+        self.write(move |conn| {
+            if !user_exists(conn, &other)? {
+                return Err(StoreError::NotFound("user"));
+            }
+            let changed = if blocked {
+                conn.execute(
+                    "INSERT OR IGNORE INTO blocks (user_id, blocked_id, created_at) VALUES (?1, ?2, ?3)",
+                    params![user.as_str(), other.as_str(), ms(at)],
+                )
+            } else {
+                conn.execute(
+                    "DELETE FROM blocks WHERE user_id = ?1 AND blocked_id = ?2",
+                    params![user.as_str(), other.as_str()],
+                )
+            }
+            .map_err(db)?;
+            if changed == 0 {
+                return Ok((false, Vec::new()));
+            }
+            Ok((true, append_drafts(conn, events)?))
+        })
+        .await
+    }
+
+    async fn blocks(&self, user: &UserId) -> Result<Vec<(UserId, OffsetDateTime)>> {
+        let user = user.clone();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT blocked_id, created_at FROM blocks WHERE user_id = ?1 ORDER BY blocked_id")
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([user.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(db)?;
+            rows.map(|r| {
+                let (u, at) = r.map_err(db)?;
+                Ok((user_id(u)?, from_ms(at)?))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn is_blocked(&self, blocker: &UserId, other: &UserId) -> Result<bool> {
+        let (blocker, other) = (blocker.clone(), other.clone());
+        self.read(move |conn| {
+            exists(
+                conn,
+                "SELECT EXISTS(SELECT 1 FROM blocks WHERE user_id = ?1 AND blocked_id = ?2)",
+                &blocker,
+                &other,
+            )
+        })
+        .await
+    }
+
+    async fn set_friendship(
+        &self,
+        a: &UserId,
+        b: &UserId,
+        friends: bool,
+        at: OffsetDateTime,
+    ) -> Result<bool> {
+        let (a, b) = (a.clone(), b.clone());
+        self.write(move |conn| {
+            if !user_exists(conn, &a)? || !user_exists(conn, &b)? {
+                return Err(StoreError::NotFound("user"));
+            }
+            if friends {
+                befriend(conn, &a, &b, at)
+            } else {
+                unfriend(conn, &a, &b)
+            }
+        })
+        .await
+    }
+}
