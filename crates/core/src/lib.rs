@@ -13,6 +13,7 @@ pub mod changes;
 pub mod clock;
 pub mod config;
 mod error;
+mod friends;
 pub mod hub;
 pub mod keys;
 pub mod limits;

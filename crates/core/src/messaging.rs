@@ -69,6 +69,7 @@ impl Core {
         if self.store.user(&to).await?.is_none() {
             return Err(CoreError::NotFound("recipient not found".into()));
         }
+        self.may_message(&auth.user_id, &to).await?;
         let message_id = new_message_id()?;
         let sealed = self
             .keyring

@@ -1,0 +1,366 @@
+//! Relationships: friend requests, friends with tags and remarks, blocks,
+//! the checks direct messages need, and the admin batch API.
+//!
+//! Every change goes through [`Core::changed`]: inbox events to both sides
+//! (`friend.request`, `friend.changed`) or to the blocker only
+//! (`block.changed`: a blocked user is not told), and the change stream.
+
+use unimsg_proto::admin::ImportResult;
+use unimsg_proto::friends::{
+    BlockList, Blocked, Friend, FriendList, FriendRequest, FriendRequestList, FriendRequestOutcome,
+    RelationshipOp, RelationshipsResponse, RelationshipsUpdateResponse, UserRelationships,
+};
+use unimsg_proto::{ErrorDetail, EventType, UserId};
+use unimsg_store::{FriendRequestRow, FriendRow, RequestOutcome};
+
+use crate::Core;
+use crate::auth::AuthContext;
+use crate::changes::Change;
+use crate::error::{CoreError, Result};
+
+/// The refusal a blocked user gets: it does not say they were blocked.
+fn refused() -> CoreError {
+    CoreError::Forbidden("this user does not accept this from you".into())
+}
+
+impl Core {
+    async fn other_user(&self, me: &UserId, other: &UserId) -> Result<()> {
+        if me == other {
+            return Err(CoreError::BadRequest("that is yourself".into()));
+        }
+        if self.store.user(other).await?.is_none() {
+            return Err(CoreError::NotFound("user not found".into()));
+        }
+        Ok(())
+    }
+
+    /// Whether `from` may send a direct message to `to`: not blocked by
+    /// `to`, and friends when `messaging.require_friendship` is on.
+    pub(crate) async fn may_message(&self, from: &UserId, to: &UserId) -> Result<()> {
+        if self.store.is_blocked(to, from).await? {
+            return Err(refused());
+        }
+        if self.config.messaging.require_friendship && !self.store.are_friends(from, to).await? {
+            return Err(CoreError::Forbidden(
+                "direct messages need a friendship on this server".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/friends/requests`
+    pub async fn request_friend(
+        &self,
+        auth: &AuthContext,
+        to: &UserId,
+        message: Option<String>,
+    ) -> Result<FriendRequestOutcome> {
+        self.other_user(&auth.user_id, to).await?;
+        if message.as_ref().is_some_and(|m| m.chars().count() > 200) {
+            return Err(CoreError::BadRequest(
+                "message must be at most 200 characters".into(),
+            ));
+        }
+        if self.store.is_blocked(to, &auth.user_id).await? {
+            return Err(refused());
+        }
+        let now = self.clock.now();
+        let me = &auth.user_id;
+        let asked = Change::new(
+            EventType::FriendRequest,
+            me,
+            serde_json::json!({"from": me, "to": to, "message": message}),
+            now,
+        );
+        let became = Change::new(
+            EventType::FriendChanged,
+            me,
+            serde_json::json!({"users": [me, to], "state": "friends"}),
+            now,
+        );
+        let row = FriendRequestRow {
+            from: me.clone(),
+            to: to.clone(),
+            message,
+            created_at: now,
+        };
+        let (outcome, events) = self
+            .store
+            .request_friend(row, asked.drafts(&[me, to]), became.drafts(&[me, to]))
+            .await?;
+        let state = match outcome {
+            RequestOutcome::Pending => {
+                self.changed(asked, &events).await;
+                "pending"
+            }
+            RequestOutcome::Friends => {
+                self.changed(became, &events).await;
+                "friends"
+            }
+            RequestOutcome::Unchanged => {
+                if self.store.are_friends(me, to).await? {
+                    "friends"
+                } else {
+                    "pending"
+                }
+            }
+        };
+        Ok(FriendRequestOutcome {
+            state: state.into(),
+        })
+    }
+
+    /// `POST /v1/friends/requests/{from}/accept` and `/decline`
+    pub async fn answer_friend_request(
+        &self,
+        auth: &AuthContext,
+        from: &UserId,
+        accept: bool,
+    ) -> Result<()> {
+        let me = &auth.user_id;
+        let state = if accept { "friends" } else { "declined" };
+        let change = Change::new(
+            EventType::FriendChanged,
+            me,
+            serde_json::json!({"users": [from, me], "state": state}),
+            self.clock.now(),
+        );
+        let events = self
+            .store
+            .answer_friend_request(from, me, accept, change.at, change.drafts(&[from, me]))
+            .await?;
+        self.changed(change, &events).await;
+        Ok(())
+    }
+
+    /// `GET /v1/friends/requests?direction=`
+    pub async fn friend_requests(
+        &self,
+        auth: &AuthContext,
+        incoming: bool,
+    ) -> Result<FriendRequestList> {
+        let rows = self.store.friend_requests(&auth.user_id, incoming).await?;
+        Ok(FriendRequestList {
+            requests: rows
+                .into_iter()
+                .map(|r| FriendRequest {
+                    from: r.from,
+                    to: r.to,
+                    message: r.message,
+                    created_at: r.created_at,
+                })
+                .collect(),
+        })
+    }
+
+    async fn friend_view(&self, row: FriendRow) -> Result<Friend> {
+        let display_name = self
+            .store
+            .user(&row.friend)
+            .await?
+            .map(|u| u.display_name)
+            .unwrap_or_default();
+        Ok(Friend {
+            user_id: row.friend,
+            display_name,
+            tags: row.tags,
+            remark: row.remark,
+            since: row.since,
+        })
+    }
+
+    /// `GET /v1/friends`
+    pub async fn friends(&self, auth: &AuthContext) -> Result<FriendList> {
+        let mut friends = Vec::new();
+        for row in self.store.friends(&auth.user_id).await? {
+            friends.push(self.friend_view(row).await?);
+        }
+        Ok(FriendList { friends })
+    }
+
+    /// `DELETE /v1/friends/{user_id}`: both sides lose the friendship.
+    pub async fn remove_friend(&self, auth: &AuthContext, friend: &UserId) -> Result<()> {
+        let me = &auth.user_id;
+        let change = Change::new(
+            EventType::FriendChanged,
+            me,
+            serde_json::json!({"users": [me, friend], "state": "removed"}),
+            self.clock.now(),
+        );
+        let (removed, events) = self
+            .store
+            .remove_friend(me, friend, change.drafts(&[me, friend]))
+            .await?;
+        if !removed {
+            return Err(CoreError::NotFound("not a friend".into()));
+        }
+        self.changed(change, &events).await;
+        Ok(())
+    }
+
+    /// `PUT /v1/friends/{user_id}`: this side's tags and remark. Only this
+    /// user's devices hear of it: tags are private.
+    pub async fn update_friend(
+        &self,
+        auth: &AuthContext,
+        friend: &UserId,
+        tags: Vec<String>,
+        remark: String,
+    ) -> Result<Friend> {
+        let tags_ok = tags.len() <= 20
+            && tags
+                .iter()
+                .all(|t| !t.trim().is_empty() && t.chars().count() <= 32 && !t.contains('\u{1f}'));
+        if !tags_ok {
+            return Err(CoreError::BadRequest(
+                "at most 20 tags of 1 to 32 characters".into(),
+            ));
+        }
+        if remark.chars().count() > 100 {
+            return Err(CoreError::BadRequest(
+                "remark must be at most 100 characters".into(),
+            ));
+        }
+        let row = self
+            .store
+            .update_friend(&auth.user_id, friend, tags, remark)
+            .await?;
+        let me = &auth.user_id;
+        let change = Change::new(
+            EventType::FriendChanged,
+            me,
+            serde_json::json!({"users": [me, friend], "state": "friends", "tags": row.tags, "remark": row.remark}),
+            self.clock.now(),
+        );
+        let events = self.store.append_events(change.drafts(&[me])).await?;
+        self.changed(change, &events).await;
+        self.friend_view(row).await
+    }
+
+    /// `POST /v1/blocks/{user_id}` (`blocked`) and `DELETE` (not).
+    pub async fn set_block(&self, auth: &AuthContext, other: &UserId, blocked: bool) -> Result<()> {
+        self.other_user(&auth.user_id, other).await?;
+        let me = &auth.user_id;
+        let change = Change::new(
+            EventType::BlockChanged,
+            me,
+            serde_json::json!({"user_id": other, "blocked": blocked}),
+            self.clock.now(),
+        );
+        let (changed, events) = self
+            .store
+            .set_block(me, other, blocked, change.at, change.drafts(&[me]))
+            .await?;
+        if changed {
+            self.changed(change, &events).await;
+        }
+        Ok(())
+    }
+
+    /// `GET /v1/blocks`
+    pub async fn blocks(&self, auth: &AuthContext) -> Result<BlockList> {
+        let rows = self.store.blocks(&auth.user_id).await?;
+        Ok(BlockList {
+            blocks: rows
+                .into_iter()
+                .map(|(user_id, since)| Blocked { user_id, since })
+                .collect(),
+        })
+    }
+
+    /// `GET /v1/admin/relationships?user_ids=`: many users in one call.
+    pub async fn relationships(&self, users: Vec<UserId>) -> Result<RelationshipsResponse> {
+        let mut out = Vec::with_capacity(users.len());
+        for user_id in users {
+            let friends = self
+                .store
+                .friends(&user_id)
+                .await?
+                .into_iter()
+                .map(|r| r.friend)
+                .collect();
+            let blocks = self
+                .store
+                .blocks(&user_id)
+                .await?
+                .into_iter()
+                .map(|(u, _)| u)
+                .collect();
+            out.push(UserRelationships {
+                user_id,
+                friends,
+                blocks,
+            });
+        }
+        Ok(RelationshipsResponse { users: out })
+    }
+
+    /// `PUT /v1/admin/relationships`: each op stands alone; the users
+    /// concerned get the same events as when they act themselves.
+    pub async fn update_relationships(
+        &self,
+        ops: Vec<RelationshipOp>,
+    ) -> Result<RelationshipsUpdateResponse> {
+        let mut results = Vec::with_capacity(ops.len());
+        for (index, op) in ops.into_iter().enumerate() {
+            let outcome = self.apply_relationship(&op).await;
+            results.push(ImportResult {
+                index,
+                user_id: Some(op.user_id.to_string()),
+                ok: outcome.is_ok(),
+                error: outcome.err().map(|e| ErrorDetail {
+                    code: e.code(),
+                    message: e.to_string(),
+                }),
+            });
+        }
+        Ok(RelationshipsUpdateResponse { results })
+    }
+
+    async fn apply_relationship(&self, op: &RelationshipOp) -> Result<()> {
+        let (a, b) = (&op.user_id, &op.other_id);
+        if a == b {
+            return Err(CoreError::BadRequest(
+                "user_id and other_id are the same".into(),
+            ));
+        }
+        let now = self.clock.now();
+        match op.op.as_str() {
+            "friend" | "unfriend" => {
+                let friends = op.op == "friend";
+                if self.store.set_friendship(a, b, friends, now).await? {
+                    let state = if friends { "friends" } else { "removed" };
+                    let change = Change::new(
+                        EventType::FriendChanged,
+                        a,
+                        serde_json::json!({"users": [a, b], "state": state}),
+                        now,
+                    );
+                    let events = self.store.append_events(change.drafts(&[a, b])).await?;
+                    self.changed(change, &events).await;
+                }
+                Ok(())
+            }
+            "block" | "unblock" => {
+                let blocked = op.op == "block";
+                let change = Change::new(
+                    EventType::BlockChanged,
+                    a,
+                    serde_json::json!({"user_id": b, "blocked": blocked}),
+                    now,
+                );
+                let (changed, events) = self
+                    .store
+                    .set_block(a, b, blocked, now, change.drafts(&[a]))
+                    .await?;
+                if changed {
+                    self.changed(change, &events).await;
+                }
+                Ok(())
+            }
+            _ => Err(CoreError::BadRequest(
+                "op must be friend, unfriend, block or unblock".into(),
+            )),
+        }
+    }
+}
