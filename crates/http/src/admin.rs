@@ -27,6 +27,9 @@ use unimsg_proto::admin::{
     Scope, UserPatch,
 };
 use unimsg_proto::api::TokenPair;
+use unimsg_proto::friends::{
+    RelationshipsResponse, RelationshipsUpdate, RelationshipsUpdateResponse,
+};
 use unimsg_proto::{ErrorBody, ErrorCode, MessageId, UserId};
 use unimsg_store::AuditQuery;
 
@@ -53,6 +56,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit))
         .routes(routes!(presence))
         .routes(routes!(qr_confirm))
+        .routes(routes!(relationships, update_relationships))
 }
 
 /// The admin credential of the request, put there by [`gate`].
@@ -487,6 +491,68 @@ async fn broadcast(
 ) -> Result<axum::Json<BroadcastResponse>, ApiError> {
     admin.require(Scope::MessagesSend)?;
     Ok(axum::Json(state.core.broadcast(req).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct RelationshipsQuery {
+    /// Comma-separated user ids (at most 1000).
+    user_ids: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/admin/relationships",
+    operation_id = "admin_relationships",
+    tag = "admin",
+    summary = "Relationships of many users",
+    description = "Friends and blocks of up to 1000 users in one call. Scope `users:read`.",
+    params(RelationshipsQuery),
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses((status = 200, description = "Per user, in request order.", body = RelationshipsResponse)),
+)]
+/// `GET /v1/admin/relationships?user_ids=a,b,c`
+async fn relationships(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    Query(q): Query<RelationshipsQuery>,
+) -> Result<axum::Json<RelationshipsResponse>, ApiError> {
+    admin.require(Scope::UsersRead)?;
+    let ids = q
+        .user_ids
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| UserId::parse(s).map_err(|e| ApiError::bad_request(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    if ids.is_empty() || ids.len() > 1000 {
+        return Err(ApiError::bad_request("give 1 to 1000 user_ids"));
+    }
+    Ok(axum::Json(state.core.relationships(ids).await?))
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/admin/relationships",
+    operation_id = "admin_update_relationships",
+    tag = "admin",
+    summary = "Change many relationships",
+    description = "Each op (`friend`, `unfriend`, `block`, `unblock` between `user_id` and `other_id`) succeeds or fails alone; the users get the same inbox events as when they act themselves. At most 1000 ops. Scope `users:write`.",
+    request_body = RelationshipsUpdate,
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses((status = 200, description = "The outcome of each op, in order.", body = RelationshipsUpdateResponse)),
+)]
+/// `PUT /v1/admin/relationships`
+async fn update_relationships(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    Json(req): Json<RelationshipsUpdate>,
+) -> Result<axum::Json<RelationshipsUpdateResponse>, ApiError> {
+    admin.require(Scope::UsersWrite)?;
+    if req.ops.len() > 1000 {
+        return Err(ApiError::bad_request("at most 1000 ops per request"));
+    }
+    Ok(axum::Json(state.core.update_relationships(req.ops).await?))
 }
 
 #[utoipa::path(

@@ -89,6 +89,13 @@ fn user_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(sse::events))
         .routes(routes!(ws::upgrade))
         .merge(qr::routes())
+        .routes(routes!(routes::friends::request, routes::friends::requests))
+        .routes(routes!(routes::friends::accept))
+        .routes(routes!(routes::friends::decline))
+        .routes(routes!(routes::friends::list))
+        .routes(routes!(routes::friends::update, routes::friends::remove))
+        .routes(routes!(routes::friends::blocks))
+        .routes(routes!(routes::friends::block, routes::friends::unblock))
 }
 
 /// The user routes, the admin routes (not yet behind their gate) and the

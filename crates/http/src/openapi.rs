@@ -52,6 +52,7 @@ pub(crate) const ADMIN_BEARER: &str = "admin_bearer";
     tags(
         (name = "auth", description = "Registration, login, token refresh, logout and the caller's sessions."),
         (name = "messages", description = "Direct messages, the inbox (sync and ack), read receipts, recall, conversations and history."),
+        (name = "friends", description = "Friend requests, friends with private tags and remarks, and blocks. Every change is an inbox event (`friend.request`, `friend.changed`, `block.changed`)."),
         (name = "realtime", description = "Live delivery: WebSocket (`/v1/ws`) and Server-Sent Events (`/v1/events`). Both replay what the client missed, then follow live events in seq order."),
         (name = "admin", description = "The API for business systems. Credentials: HTTP Basic `admin_id:password` or a Bearer admin token from `POST /v1/admin/token`. Optional replay protection with `X-Nonce` and `X-Timestamp`; every request is audited (`X-Operation-Id` is recorded)."),
         (name = "health", description = "Liveness, readiness, Prometheus metrics and this document."),

@@ -8,6 +8,7 @@ mod cli_admin;
 mod delivery;
 mod durability;
 mod flow;
+mod friends;
 mod harness;
 mod limits;
 mod openapi;

@@ -55,6 +55,18 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/auth/qr/scan"),
     ("post", "/v1/auth/qr/{ticket_id}/confirm"),
     ("post", "/v1/auth/qr/{ticket_id}/cancel"),
+    ("post", "/v1/friends/requests"),
+    ("get", "/v1/friends/requests"),
+    ("post", "/v1/friends/requests/{user_id}/accept"),
+    ("post", "/v1/friends/requests/{user_id}/decline"),
+    ("get", "/v1/friends"),
+    ("put", "/v1/friends/{user_id}"),
+    ("delete", "/v1/friends/{user_id}"),
+    ("get", "/v1/blocks"),
+    ("post", "/v1/blocks/{user_id}"),
+    ("delete", "/v1/blocks/{user_id}"),
+    ("get", "/v1/admin/relationships"),
+    ("put", "/v1/admin/relationships"),
 ];
 
 const METHODS: &[&str] = &[
@@ -133,7 +145,9 @@ async fn openapi_document_is_valid_and_lists_every_route() {
     );
 
     // Every operation is tagged, and every error response is the error body.
-    let tags = ["auth", "messages", "realtime", "admin", "health"];
+    let tags = [
+        "auth", "messages", "realtime", "admin", "health", "friends", "groups",
+    ];
     for (method, path) in &documented {
         let op = &doc["paths"][path][method];
         let tag = op["tags"][0].as_str().unwrap_or_default();

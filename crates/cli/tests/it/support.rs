@@ -21,6 +21,7 @@ pub const PASSWORD: &str = "correct horse battery";
 
 pub struct TestUser {
     pub id: UserId,
+    pub username: String,
     pub tokens: TokenPair,
     pub api: Authed,
 }
@@ -56,6 +57,7 @@ pub async fn login(
         .unwrap_or_else(|e| panic!("login {username}: {e}"));
     TestUser {
         id: tokens.user_id.clone(),
+        username: username.into(),
         api: client.with_token(tokens.access_token.clone()),
         tokens,
     }

@@ -1,5 +1,6 @@
 //! Route handlers, one module per area; each handler's doc names its path.
 
 pub mod auth;
+pub mod friends;
 pub mod health;
 pub mod messages;
