@@ -499,7 +499,7 @@ async fn http_worker(
             return Ok(ack);
         }
         let req = SendRequest {
-            to: Recipient { user: to.clone() },
+            to: Recipient::User(to.clone()),
             kind: MessageKind::Chat,
             content: sending.content(i),
             client_msg_id: sending.client_msg_id(sender, i),
@@ -537,7 +537,7 @@ async fn ws_sender(
         while in_flight.len() < window && next < n {
             let frame = ClientFrame::Send {
                 id: Some(next.to_string()),
-                to: Recipient { user: to.clone() },
+                to: Recipient::User(to.clone()),
                 kind: MessageKind::Chat,
                 content: sending.content(next),
                 client_msg_id: sending.client_msg_id(sender, next),

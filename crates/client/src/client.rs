@@ -446,7 +446,7 @@ impl Authed {
 /// [`WsConnection::send`].
 pub fn text_message(to: &UserId, text: &str, client_msg_id: Option<&str>) -> SendRequest {
     SendRequest {
-        to: Recipient { user: to.clone() },
+        to: Recipient::User(to.clone()),
         kind: MessageKind::Chat,
         content: serde_json::json!({ "text": text }),
         client_msg_id: client_msg_id.map(str::to_owned),

@@ -479,15 +479,13 @@ impl Core {
     }
 
     /// `POST /v1/admin/messages`: one notification, stored once, with a
-    /// `notification.new` event in each recipient's inbox.
+    /// `notification.new` event in each recipient's inbox (for a group:
+    /// each of its members).
     pub async fn notify(&self, req: NotifyRequest) -> Result<NotifyResponse> {
         let users = match req.to {
             Target::Users(users) => users,
-            Target::Group(_) => {
-                return Err(CoreError::BadRequest(
-                    "group targets need groups, which this server does not have yet".into(),
-                ));
-            }
+            // The members at this moment, each in their own system conversation.
+            Target::Group(group) => self.group_audience(&group).await?,
         };
         if users.is_empty() || users.len() > self.config.admin.max_recipients {
             return Err(CoreError::BadRequest(format!(

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 mod error;
 mod friends;
+pub mod groups;
 pub mod hub;
 pub mod keys;
 pub mod limits;

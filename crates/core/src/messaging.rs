@@ -7,8 +7,8 @@
 
 use time::OffsetDateTime;
 use unimsg_proto::api::{
-    ConversationList, ConversationSummary, HistoryPage, ReadResponse, SendRequest, SendResponse,
-    SyncResponse,
+    ConversationList, ConversationSummary, HistoryPage, ReadResponse, Recipient, SendRequest,
+    SendResponse, SyncResponse,
 };
 use unimsg_proto::{ConversationId, EventType, MessageId, Seq, UserId};
 use unimsg_store::{AppendOutcome, EventDraft, NewMessage, StoredMessage};
@@ -60,7 +60,14 @@ impl Core {
                 "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} bytes"
             )));
         }
-        let to = req.to.user;
+        let to = match req.to {
+            Recipient::User(user) => user,
+            Recipient::Group(group) => {
+                return self
+                    .send_to_group(auth, &group, req.kind, &content, req.client_msg_id)
+                    .await;
+            }
+        };
         if to == auth.user_id {
             return Err(CoreError::BadRequest(
                 "cannot send a direct message to yourself".into(),
@@ -79,7 +86,7 @@ impl Core {
             message_id,
             conversation_id: ConversationId::direct(&auth.user_id, &to),
             sender: auth.user_id.clone(),
-            recipient: to.clone(),
+            recipient: Recipient::User(to.clone()),
             kind: req.kind.as_str().to_owned(),
             content: sealed,
             client_msg_id: req.client_msg_id,
@@ -116,7 +123,11 @@ impl Core {
     }
 
     /// The seq of a message in its sender's inbox (for idempotent replays).
-    async fn sender_seq_of(&self, sender: &UserId, message: &StoredMessage) -> Result<Seq> {
+    pub(crate) async fn sender_seq_of(
+        &self,
+        sender: &UserId,
+        message: &StoredMessage,
+    ) -> Result<Seq> {
         Ok(self
             .store
             .message_seq(sender, &message.message_id)
@@ -178,6 +189,11 @@ impl Core {
                 read_upto: seq.0,
             });
         }
+        if let Some(group) = conversation.group_id() {
+            return self
+                .mark_group_read(auth, conversation, &group, message_id)
+                .await;
+        }
         let members = members_for(conversation, &auth.user_id)?;
         let message = self
             .store
@@ -222,6 +238,9 @@ impl Core {
             .message(message_id)
             .await?
             .ok_or_else(|| CoreError::NotFound("message not found".into()))?;
+        if let Some(group) = message.conversation_id.group_id() {
+            return self.recall_group_message(auth, &group, message).await;
+        }
         let members = members_for(&message.conversation_id, &auth.user_id)?;
         if message.sender != auth.user_id {
             return Err(CoreError::Forbidden(
@@ -257,7 +276,15 @@ impl Core {
     pub async fn conversations(&self, auth: &AuthContext) -> Result<ConversationList> {
         let states = self.store.conversations(&auth.user_id).await?;
         let mut conversations = Vec::with_capacity(states.len());
+        let mut groups = None;
         for s in states {
+            if let Some(group) = s.conversation_id.group_id() {
+                conversations.extend(
+                    self.group_summary(&auth.user_id, &group, s, &mut groups)
+                        .await?,
+                );
+                continue;
+            }
             let Some(members) = s.conversation_id.direct_members() else {
                 continue;
             };
@@ -280,7 +307,9 @@ impl Core {
                     .await?
                     .map(|u| u.display_name)
                     .unwrap_or_default(),
-                peer,
+                peer: Some(peer),
+                group_id: None,
+                group_name: None,
                 last_message,
                 unread: s.unread,
                 read_upto: s.read_upto,
@@ -298,6 +327,11 @@ impl Core {
         before: Option<u64>,
         limit: Option<u32>,
     ) -> Result<HistoryPage> {
+        if let Some(group) = conversation.group_id() {
+            return self
+                .group_history(auth, conversation, &group, before, limit)
+                .await;
+        }
         members_for(conversation, &auth.user_id)?;
         let limit = limit.unwrap_or(50).clamp(1, self.config.messaging.max_page);
         let stored = self.store.history(conversation, before, limit).await?;

@@ -2,8 +2,8 @@
 //! inbox events.
 
 use bytes::Bytes;
-use unimsg_proto::api::{Message, MessageKind, Recipient};
-use unimsg_proto::{Event, EventType, SessionId};
+use unimsg_proto::api::{Message, MessageKind};
+use unimsg_proto::{Event, EventType, Seq, SessionId, UserId};
 use unimsg_store::{EventBody, StoredEvent, StoredMessage, StoredNotification};
 
 use crate::error::{CoreError, Result};
@@ -28,9 +28,7 @@ pub(crate) fn message(keyring: &Keyring, m: &StoredMessage) -> Result<Message> {
         conversation_id: m.conversation_id.clone(),
         conv_seq: m.conv_seq,
         from: m.sender.clone(),
-        to: Recipient {
-            user: m.recipient.clone(),
-        },
+        to: m.recipient.clone(),
         kind: MessageKind::parse(&m.kind).unwrap_or(MessageKind::Chat),
         content,
         client_msg_id: m.client_msg_id.clone(),
@@ -99,4 +97,64 @@ pub(crate) fn delivery(keyring: &Keyring, e: &StoredEvent) -> Result<Delivery> {
         json: Bytes::from(json),
         revokes,
     })
+}
+
+/// Deliveries of one event that many users receive with the same data
+/// (a group message): the data is rendered and encoded once, and only the
+/// envelope with each user's own seq is written per user.
+pub(crate) fn shared_deliveries(
+    kind: EventType,
+    ts: time::OffsetDateTime,
+    data: &serde_json::Value,
+    targets: impl IntoIterator<Item = (UserId, Seq)>,
+) -> Result<Vec<std::sync::Arc<Delivery>>> {
+    let encode = |e: serde_json::Error| CoreError::Internal(format!("cannot encode: {e}"));
+    let data = serde_json::to_string(data).map_err(encode)?;
+    let ts = serde_json::to_string(
+        &ts.format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| CoreError::Internal(format!("cannot format a time: {e}")))?,
+    )
+    .map_err(encode)?;
+    let kind_json = serde_json::to_string(&kind).map_err(encode)?;
+    Ok(targets
+        .into_iter()
+        .map(|(user, seq)| {
+            // The same fields, in the same order, as `Event` serializes.
+            let json = format!(
+                r#"{{"seq":{},"type":{kind_json},"ts":{ts},"data":{data}}}"#,
+                seq.0
+            );
+            std::sync::Arc::new(Delivery {
+                user,
+                seq,
+                kind,
+                json: Bytes::from(json),
+                revokes: None,
+            })
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shared delivery is byte for byte what rendering the event alone gives.
+    #[test]
+    fn shared_deliveries_match_single_rendering() {
+        let ts = time::OffsetDateTime::from_unix_timestamp(1_700_000_000)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let data = serde_json::json!({"message_id": "m1", "content": {"text": "hé \"x\""}});
+        let user = UserId::parse("u1").unwrap_or_else(|e| panic!("{e}"));
+        let shared = shared_deliveries(EventType::MessageNew, ts, &data, [(user, Seq(7))])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let single = serde_json::to_vec(&Event {
+            seq: Seq(7),
+            kind: EventType::MessageNew,
+            ts,
+            data,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(shared[0].json.as_ref(), single.as_slice());
+    }
 }

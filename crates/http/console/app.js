@@ -456,7 +456,10 @@ function sessionEnded(reason) {
 
 async function refreshConversations() {
   try {
-    const { conversations } = await client.conversations();
+    const all = (await client.conversations()).conversations;
+    // The console chats one to one; group conversations (no `peer`) are
+    // left to group-aware clients.
+    const conversations = all.filter((c) => c.peer);
     for (const c of conversations) if (c.peer_display_name) state.names.set(c.peer, c.peer_display_name);
     state.convs = conversations;
   } catch (e) {

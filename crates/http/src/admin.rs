@@ -19,6 +19,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 use unimsg_core::admin::AdminContext;
 use unimsg_core::audit::AuditRecord;
+use unimsg_core::groups::GroupActor;
 use unimsg_core::limits::Limit;
 use unimsg_proto::admin::{
     AdminQrConfirm, AdminToken, AdminTokenRequest, AdminUser, AuditPage, BroadcastRequest,
@@ -30,7 +31,8 @@ use unimsg_proto::api::TokenPair;
 use unimsg_proto::friends::{
     RelationshipsResponse, RelationshipsUpdate, RelationshipsUpdateResponse,
 };
-use unimsg_proto::{ErrorBody, ErrorCode, MessageId, UserId};
+use unimsg_proto::groups::{AddMembersRequest, AdminCreateGroupRequest, GroupDetail, GroupInfo};
+use unimsg_proto::{ErrorBody, ErrorCode, GroupId, MessageId, UserId};
 use unimsg_store::AuditQuery;
 
 use utoipa::IntoParams;
@@ -39,7 +41,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Json, PathId, Query, path_id};
+use crate::extract::{Json, PathId, PathPair, Query, path_id};
 
 /// The admin routes; [`crate::router`] puts them behind [`gate`].
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -57,6 +59,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(presence))
         .routes(routes!(qr_confirm))
         .routes(routes!(relationships, update_relationships))
+        .routes(routes!(create_group))
+        .routes(routes!(get_group, dissolve_group))
+        .routes(routes!(add_group_members))
+        .routes(routes!(remove_group_member))
 }
 
 /// The admin credential of the request, put there by [`gate`].
@@ -452,12 +458,12 @@ async fn logout(
     operation_id = "admin_notify",
     tag = "admin",
     summary = "Send a notification to users",
-    description = "Stores the notification once and appends a `notification.new` event to each recipient's inbox (conversation `s:{user}`). Scope: `messages:send`.",
+    description = "Stores the notification once and appends a `notification.new` event to each recipient's inbox (conversation `s:{user}`); `to: {group}` reaches the group's members at this moment. Scope: `messages:send`.",
     request_body = NotifyRequest,
     security(("admin_basic" = []), ("admin_bearer" = [])),
     responses(
         (status = 200, description = "The notification's id and recipient count.", body = NotifyResponse),
-        (status = 404, description = "A recipient does not exist (`not_found`).", body = ErrorBody),
+        (status = 404, description = "A recipient or the group does not exist (`not_found`).", body = ErrorBody),
     ),
 )]
 /// `POST /v1/admin/messages`
@@ -719,6 +725,152 @@ async fn audit(
         operation_id: q.operation_id,
     };
     Ok(axum::Json(state.core.audit_page(query).await?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/admin/groups",
+    operation_id = "admin_create_group",
+    tag = "admin",
+    summary = "Create a group",
+    description = "A group with its owner and members, optionally under the business system's own `group_id`. Every member receives `group.changed` (`created`, with `admin` set). Scope: `users:write`.",
+    request_body = AdminCreateGroupRequest,
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 201, description = "The group and its members.", body = GroupDetail),
+        (status = 404, description = "The owner or a member does not exist (`not_found`).", body = ErrorBody),
+        (status = 409, description = "The group id was taken, more than `groups.max_members` members, or `X-Nonce` was reused (`conflict`).", body = ErrorBody),
+    ),
+)]
+/// `POST /v1/admin/groups`
+async fn create_group(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    Json(req): Json<AdminCreateGroupRequest>,
+) -> Result<(StatusCode, axum::Json<GroupDetail>), ApiError> {
+    admin.require(Scope::UsersWrite)?;
+    let detail = state.core.admin_create_group(&admin.admin_id, req).await?;
+    Ok((StatusCode::CREATED, axum::Json(detail)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/admin/groups/{id}",
+    operation_id = "admin_get_group",
+    tag = "admin",
+    summary = "Get a group with its members",
+    description = "Scope: `users:read`.",
+    params(("id" = GroupId, Path, description = "The group id.")),
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 200, description = "The group and its members.", body = GroupDetail),
+        (status = 404, description = "No such group (`not_found`).", body = ErrorBody),
+    ),
+)]
+/// `GET /v1/admin/groups/{id}`
+async fn get_group(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    PathId(id): PathId,
+) -> Result<axum::Json<GroupDetail>, ApiError> {
+    admin.require(Scope::UsersRead)?;
+    let id: GroupId = path_id(&id, "group")?;
+    Ok(axum::Json(state.core.admin_group(&id).await?))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/groups/{id}",
+    operation_id = "admin_dissolve_group",
+    tag = "admin",
+    summary = "Dissolve a group",
+    description = "Every member receives `group.changed` (`dissolved`) and loses the conversation. Scope: `users:write`.",
+    params(("id" = GroupId, Path, description = "The group id.")),
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 204, description = "Dissolved."),
+        (status = 404, description = "No such group (`not_found`).", body = ErrorBody),
+    ),
+)]
+/// `DELETE /v1/admin/groups/{id}`
+async fn dissolve_group(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    PathId(id): PathId,
+) -> Result<StatusCode, ApiError> {
+    admin.require(Scope::UsersWrite)?;
+    let id: GroupId = path_id(&id, "group")?;
+    state
+        .core
+        .dissolve_group(GroupActor::Admin(&admin.admin_id), &id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/admin/groups/{id}/members",
+    operation_id = "admin_add_group_members",
+    tag = "admin",
+    summary = "Add members to a group",
+    description = "Users already in are skipped; everyone in the group receives `group.changed` (`members_added`). Scope: `users:write`.",
+    params(("id" = GroupId, Path, description = "The group id.")),
+    request_body = AddMembersRequest,
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 200, description = "The group after the change.", body = GroupInfo),
+        (status = 404, description = "No such group or user (`not_found`).", body = ErrorBody),
+        (status = 409, description = "The group would exceed `groups.max_members`, or `X-Nonce` was reused (`conflict`).", body = ErrorBody),
+    ),
+)]
+/// `POST /v1/admin/groups/{id}/members`
+async fn add_group_members(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    PathId(id): PathId,
+    Json(req): Json<AddMembersRequest>,
+) -> Result<axum::Json<GroupInfo>, ApiError> {
+    admin.require(Scope::UsersWrite)?;
+    let id: GroupId = path_id(&id, "group")?;
+    Ok(axum::Json(
+        state
+            .core
+            .add_group_members(GroupActor::Admin(&admin.admin_id), &id, req.user_ids)
+            .await?,
+    ))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/groups/{id}/members/{user_id}",
+    operation_id = "admin_remove_group_member",
+    tag = "admin",
+    summary = "Remove a member from a group",
+    description = "The member and everyone in the group receive `group.changed` (`members_removed`). The owner is not removed (403): ownership is transferred first. Scope: `users:write`.",
+    params(
+        ("id" = GroupId, Path, description = "The group id."),
+        ("user_id" = UserId, Path, description = "The member."),
+    ),
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 204, description = "Removed."),
+        (status = 404, description = "No such group or member (`not_found`).", body = ErrorBody),
+    ),
+)]
+/// `DELETE /v1/admin/groups/{id}/members/{user_id}`
+async fn remove_group_member(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    PathPair(id, user): PathPair,
+) -> Result<StatusCode, ApiError> {
+    admin.require(Scope::UsersWrite)?;
+    let id: GroupId = path_id(&id, "group")?;
+    let user: UserId = path_id(&user, "member")?;
+    state
+        .core
+        .remove_group_member(GroupActor::Admin(&admin.admin_id), &id, &user)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

@@ -116,3 +116,18 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
             .map_err(|r| ApiError::bad_request(r.body_text()))
     }
 }
+
+/// The two segments of a route like `/v1/groups/{id}/members/{user_id}`,
+/// percent-decoded, in route order.
+pub struct PathPair(pub String, pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathPair {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path((a, b))| PathPair(a, b))
+            .map_err(|r| ApiError::bad_request(r.body_text()))
+    }
+}

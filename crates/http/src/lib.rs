@@ -86,6 +86,7 @@ fn user_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::messages::conversations))
         .routes(routes!(routes::messages::history))
         .routes(routes!(routes::messages::read))
+        .routes(routes!(routes::messages::reads))
         .routes(routes!(sse::events))
         .routes(routes!(ws::upgrade))
         .merge(qr::routes())
@@ -96,6 +97,20 @@ fn user_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::friends::update, routes::friends::remove))
         .routes(routes!(routes::friends::blocks))
         .routes(routes!(routes::friends::block, routes::friends::unblock))
+        .routes(routes!(routes::groups::create, routes::groups::list))
+        .routes(routes!(
+            routes::groups::get,
+            routes::groups::update,
+            routes::groups::dissolve
+        ))
+        .routes(routes!(routes::groups::add_members))
+        .routes(routes!(
+            routes::groups::remove_member,
+            routes::groups::update_member
+        ))
+        .routes(routes!(routes::groups::join))
+        .routes(routes!(routes::groups::transfer))
+        .routes(routes!(routes::groups::mute))
 }
 
 /// The user routes, the admin routes (not yet behind their gate) and the

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use bytes::Bytes;
 use unimsg_proto::ErrorBody;
 use unimsg_proto::admin::Scope;
+use unimsg_proto::groups::GroupChanged;
 use unimsg_proto::ws::{ClientFrame, ReplyFrame};
 use unimsg_proto::{ErrorCode, Event, EventType};
 use utoipa::openapi::header::HeaderBuilder;
@@ -53,11 +54,12 @@ pub(crate) const ADMIN_BEARER: &str = "admin_bearer";
         (name = "auth", description = "Registration, login, token refresh, logout and the caller's sessions."),
         (name = "messages", description = "Direct messages, the inbox (sync and ack), read receipts, recall, conversations and history."),
         (name = "friends", description = "Friend requests, friends with private tags and remarks, and blocks. Every change is an inbox event (`friend.request`, `friend.changed`, `block.changed`)."),
+        (name = "groups", description = "Groups with an owner, admins and members: membership, join policy, roles, mutes, ownership transfer, dissolution. Every change is a `group.changed` inbox event (`GroupChanged`) to the members concerned. Group messages are `POST /v1/messages` with `{\"to\": {\"group\": id}}`."),
         (name = "realtime", description = "Live delivery: WebSocket (`/v1/ws`) and Server-Sent Events (`/v1/events`). Both replay what the client missed, then follow live events in seq order."),
         (name = "admin", description = "The API for business systems. Credentials: HTTP Basic `admin_id:password` or a Bearer admin token from `POST /v1/admin/token`. Optional replay protection with `X-Nonce` and `X-Timestamp`; every request is audited (`X-Operation-Id` is recorded)."),
         (name = "health", description = "Liveness, readiness, Prometheus metrics and this document."),
     ),
-    components(schemas(Event, EventType, ClientFrame, ReplyFrame, ErrorBody, ErrorCode, Scope)),
+    components(schemas(Event, EventType, ClientFrame, ReplyFrame, ErrorBody, ErrorCode, Scope, GroupChanged)),
     modifiers(&SecuritySchemes),
 )]
 pub(crate) struct ApiDoc;

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::ErrorDetail;
-use crate::ids::{MessageId, Platform, UserId};
+use crate::ids::{GroupId, MessageId, Platform, UserId};
 
 /// What an admin credential may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -235,7 +235,7 @@ pub struct ForceLogoutResponse {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum Target {
     Users(Vec<UserId>),
-    Group(String),
+    Group(GroupId),
 }
 
 /// `POST /v1/admin/messages`

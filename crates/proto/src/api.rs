@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::event::Event;
-use crate::ids::{ConversationId, MessageId, Platform, Seq, SessionId, UserId};
+use crate::ids::{ConversationId, GroupId, MessageId, Platform, Seq, SessionId, UserId};
 
 /// `POST /v1/auth/register`
 #[derive(Clone, Serialize, Deserialize)]
@@ -120,12 +120,24 @@ pub struct SessionList {
     pub sessions: Vec<SessionInfo>,
 }
 
-/// The recipient of a message. Groups join in a later version of the server.
+/// The recipient of a message: `{"user": id}` for a direct message or
+/// `{"group": id}` for a group the sender belongs to; exactly one of them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
-pub struct Recipient {
-    pub user: UserId,
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Recipient {
+    User(UserId),
+    Group(GroupId),
+}
+
+impl Recipient {
+    /// The user's or the group's id.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Recipient::User(u) => u.as_str(),
+            Recipient::Group(g) => g.as_str(),
+        }
+    }
 }
 
 /// The kind of a message sent by a user.
@@ -257,16 +269,26 @@ pub struct Message {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConversationSummary {
     pub conversation_id: ConversationId,
-    /// The other member of a direct conversation.
-    pub peer: UserId,
-    /// The other member's display name (empty if the user was deleted).
+    /// The other member of a direct conversation (absent for a group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<UserId>,
+    /// The other member's display name (empty if the user was deleted, and
+    /// for a group).
     #[serde(default)]
     pub peer_display_name: String,
+    /// The group of a group conversation (`g:{group_id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<GroupId>,
+    /// The group's name, for a group conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_name: Option<String>,
     pub last_message: Option<Message>,
     pub unread: u64,
     /// Position in the conversation this user has read up to.
     pub read_upto: u64,
-    /// Position in the conversation the other side has read up to.
+    /// Position in the conversation the other side has read up to (direct
+    /// conversations; 0 for a group, whose read state is per message:
+    /// `GET /v1/conversations/{id}/messages/{message_id}/reads`).
     pub peer_read_upto: u64,
 }
 
@@ -283,6 +305,20 @@ pub struct HistoryPage {
     pub messages: Vec<Message>,
     /// Pass as `before` to get the next (older) page; absent at the beginning.
     pub next_before: Option<u64>,
+}
+
+/// `GET /v1/conversations/{id}/messages/{message_id}/reads`: how many of
+/// the members who received a message have read it, from their read
+/// positions. The sender is not counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReadCount {
+    pub message_id: MessageId,
+    pub conversation_id: ConversationId,
+    /// Members whose read position has reached the message.
+    pub read: u64,
+    /// Members who received the message and are still members.
+    pub members: u64,
 }
 
 /// `GET /healthz`, `GET /readyz`

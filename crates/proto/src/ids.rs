@@ -112,6 +112,14 @@ string_id!(
 );
 
 string_id!(
+    /// A group's id: server-generated (`g_` and a UUIDv7) or chosen by a
+    /// business system through the admin API.
+    GroupId,
+    "group id",
+    |s| check_token("group id", s, 64)
+);
+
+string_id!(
     /// A client platform such as `web`, `ios`, `android`, `desktop`,
     /// `mini_program` or `cli`: lower-case letters, digits and `_`.
     Platform,
@@ -130,9 +138,9 @@ string_id!(
     }
 );
 
-/// A conversation: `d:{a}:{b}` for direct chat between users `a < b`, or
-/// `s:{user}` for a user's system conversation (notifications from
-/// business systems). Groups join later with their own prefix.
+/// A conversation: `d:{a}:{b}` for direct chat between users `a < b`,
+/// `g:{group}` for a group's chat, or `s:{user}` for a user's system
+/// conversation (notifications from business systems).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct ConversationId(String);
@@ -147,6 +155,18 @@ impl ConversationId {
     /// The system conversation of a user.
     pub fn system(user: &UserId) -> Self {
         Self(format!("s:{user}"))
+    }
+
+    /// The conversation of a group.
+    pub fn group(group: &GroupId) -> Self {
+        Self(format!("g:{group}"))
+    }
+
+    /// The group of a group conversation.
+    pub fn group_id(&self) -> Option<GroupId> {
+        self.0
+            .strip_prefix("g:")
+            .and_then(|g| GroupId::parse(g).ok())
     }
 
     /// The owner of a system conversation.
@@ -166,6 +186,10 @@ impl ConversationId {
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some("s"), Some(user), None, None) => {
                 UserId::parse(user).map_err(|_| err("malformed user id"))?;
+                Ok(Self(s))
+            }
+            (Some("g"), Some(group), None, None) => {
+                GroupId::parse(group).map_err(|_| err("malformed group id"))?;
                 Ok(Self(s))
             }
             (Some("d"), Some(a), Some(b), None) => {
@@ -263,11 +287,17 @@ mod tests {
     #[test]
     fn conversation_parse_rejects_bad_shapes() {
         for bad in [
-            "", "d:", "d:a", "d:b:a", "d:a:a", "d:a:b:c", "x:a:b", "d:a b:c",
+            "", "d:", "d:a", "d:b:a", "d:a:a", "d:a:b:c", "x:a:b", "d:a b:c", "g:", "g:a:b",
+            "g:a b",
         ] {
             assert!(ConversationId::parse(bad).is_err(), "{bad:?} was accepted");
         }
         assert!(ConversationId::parse("d:a:b").is_ok());
+        let group = GroupId::parse("g_1").unwrap_or_else(|e| panic!("{e}"));
+        let conv = ConversationId::parse("g:g_1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(conv, ConversationId::group(&group));
+        assert_eq!(conv.group_id(), Some(group));
+        assert_eq!(conv.direct_members(), None);
     }
 
     proptest! {

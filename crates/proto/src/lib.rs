@@ -9,6 +9,7 @@ pub mod api;
 pub mod error;
 pub mod event;
 pub mod friends;
+pub mod groups;
 pub mod ids;
 #[cfg(feature = "openapi")]
 mod openapi;
@@ -16,4 +17,4 @@ pub mod ws;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use event::{Event, EventType};
-pub use ids::{ConversationId, IdError, MessageId, Platform, Seq, SessionId, UserId};
+pub use ids::{ConversationId, GroupId, IdError, MessageId, Platform, Seq, SessionId, UserId};

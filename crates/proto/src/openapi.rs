@@ -10,7 +10,7 @@ use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::{PartialSchema, ToSchema};
 
-use crate::ids::{ConversationId, MessageId, Platform, Seq, SessionId, UserId};
+use crate::ids::{ConversationId, GroupId, MessageId, Platform, Seq, SessionId, UserId};
 
 /// A user, session or message id: 1 to 64 ASCII letters, digits, `_ . -`.
 const TOKEN_PATTERN: &str = "^[A-Za-z0-9_.-]{1,64}$";
@@ -59,6 +59,12 @@ string_schema!(
     "0199a3b2-7c1e-7d6a-9f1e-3b7c2d4e5f61"
 );
 string_schema!(
+    GroupId,
+    TOKEN_PATTERN,
+    "A group's id: 'g_' and a UUIDv7 when the server creates it, or chosen by a business system (ASCII letters, digits, '_', '.' and '-').",
+    "g_0199a3b27c1e7d6a9f1e3b7c2d4e5f62"
+);
+string_schema!(
     Platform,
     "^[a-z0-9_]{1,32}$",
     "A client platform such as web, ios, android, desktop, mini_program or cli: 1 to 32 lower-case ASCII letters, digits and '_'.",
@@ -66,8 +72,8 @@ string_schema!(
 );
 string_schema!(
     ConversationId,
-    "^(d:[A-Za-z0-9_.-]{1,64}:[A-Za-z0-9_.-]{1,64}|s:[A-Za-z0-9_.-]{1,64})$",
-    "A conversation: 'd:{a}:{b}' for the direct chat of users a < b, or 's:{user}' for a user's system conversation (notifications).",
+    "^(d:[A-Za-z0-9_.-]{1,64}:[A-Za-z0-9_.-]{1,64}|[gs]:[A-Za-z0-9_.-]{1,64})$",
+    "A conversation: 'd:{a}:{b}' for the direct chat of users a < b, 'g:{group}' for a group's chat, or 's:{user}' for a user's system conversation (notifications).",
     "d:alice:bob"
 );
 
@@ -102,6 +108,8 @@ mod tests {
         assert!(UserId::parse("alice").is_ok());
         assert!(Platform::parse("web").is_ok());
         assert!(ConversationId::parse("d:alice:bob").is_ok());
+        assert!(ConversationId::parse("g:g_0199a3b27c1e7d6a9f1e3b7c2d4e5f62").is_ok());
+        assert!(GroupId::parse("g_0199a3b27c1e7d6a9f1e3b7c2d4e5f62").is_ok());
         let json = serde_json::to_value(UserId::schema()).unwrap_or_default();
         assert_eq!(json["type"], "string");
         assert_eq!(

@@ -172,7 +172,7 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let (id, req) = send.into_send().unwrap_or_else(|| panic!("not a send"));
         assert_eq!(id.as_deref(), Some("1"));
-        assert_eq!(req.to.user.as_str(), "bob");
+        assert_eq!(req.to.as_str(), "bob");
         assert_eq!(req.kind, MessageKind::Chat);
 
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"ping","bogus":1}"#).is_err());

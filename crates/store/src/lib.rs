@@ -13,7 +13,8 @@ pub use model::*;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
-use unimsg_proto::{ConversationId, MessageId, Seq, SessionId, UserId};
+use unimsg_proto::groups::GroupRole;
+use unimsg_proto::{ConversationId, GroupId, MessageId, Seq, SessionId, UserId};
 
 /// Why a storage operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -278,6 +279,61 @@ pub trait Inbox: Send + Sync {
     ) -> Result<Vec<StoredMessage>>;
 }
 
+/// What [`Groups::change_group`] fails with when the group changed after
+/// the version the change was decided on; the caller decides again.
+pub const GROUP_CHANGED: &str = "group changed concurrently";
+
+/// Groups, their members and roles, and group messages. Changes are
+/// decided by the caller on a snapshot ([`GroupRow::version`]) and applied
+/// only if the group is still at that version, with the inbox events they
+/// cause, in one transaction.
+#[async_trait]
+pub trait Groups: Send + Sync {
+    /// Creates a group with its members (the conversation `g:{id}` and a
+    /// read position for each) and appends `events`. `Conflict("group")`
+    /// if the id was ever taken; `NotFound("user")` for an unknown member.
+    async fn create_group(
+        &self,
+        group: NewGroup,
+        members: Vec<(UserId, GroupRole)>,
+        events: Vec<EventDraft>,
+    ) -> Result<(GroupRow, Vec<StoredEvent>)>;
+    /// A group that exists and is not dissolved.
+    async fn group(&self, id: &GroupId) -> Result<Option<GroupRow>>;
+    /// The members, oldest first.
+    async fn group_members(&self, id: &GroupId) -> Result<Vec<MemberRow>>;
+    async fn group_member(&self, id: &GroupId, user: &UserId) -> Result<Option<MemberRow>>;
+    /// The groups `user` belongs to, with their membership, newest first.
+    async fn user_groups(&self, user: &UserId) -> Result<Vec<(GroupRow, MemberRow)>>;
+    /// Applies `edits` in order if the group is still at `version`
+    /// (otherwise `Conflict(GROUP_CHANGED)`), moves the version on and
+    /// appends `events` (users deleted meanwhile are skipped). Returns the
+    /// group after the change (as it was, for a dissolution).
+    async fn change_group(
+        &self,
+        id: &GroupId,
+        version: u64,
+        edits: Vec<GroupEdit>,
+        at: OffsetDateTime,
+        events: Vec<EventDraft>,
+    ) -> Result<(GroupRow, Vec<StoredEvent>)>;
+    /// Stores a group message and appends `message.new` to the inbox of
+    /// every member at commit time, the sender included, in one
+    /// transaction. `NotFound("group member")` when the sender is not a
+    /// member (or the group is gone); a repeated `(sender, client_msg_id)`
+    /// is [`AppendOutcome::Duplicate`] as for direct messages.
+    async fn append_group_message(&self, message: NewMessage) -> Result<AppendOutcome>;
+    /// For the message at `conv_seq` of a conversation: how many members
+    /// other than `sender` received it and are still members, and how many
+    /// of them have read up to it. Computed from read positions.
+    async fn read_count(
+        &self,
+        conversation: &ConversationId,
+        conv_seq: u64,
+        sender: &UserId,
+    ) -> Result<(u64, u64)>;
+}
+
 /// Data-encryption keys, stored wrapped by the master key.
 #[async_trait]
 pub trait DataKeys: Send + Sync {
@@ -289,7 +345,16 @@ pub trait DataKeys: Send + Sync {
 /// Everything the core needs from durable storage.
 #[async_trait]
 pub trait Store:
-    Users + Sessions + Inbox + DataKeys + Admins + Notifications + Broadcasts + Audit + Relationships
+    Users
+    + Sessions
+    + Inbox
+    + DataKeys
+    + Admins
+    + Notifications
+    + Broadcasts
+    + Audit
+    + Relationships
+    + Groups
 {
     /// Cheap liveness probe of the backend, for `/readyz`.
     async fn ping(&self) -> Result<()>;

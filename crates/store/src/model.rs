@@ -3,7 +3,11 @@
 use std::fmt;
 
 use time::OffsetDateTime;
-use unimsg_proto::{ConversationId, EventType, MessageId, Platform, Seq, SessionId, UserId};
+use unimsg_proto::api::Recipient;
+use unimsg_proto::groups::{GroupRole, JoinPolicy};
+use unimsg_proto::{
+    ConversationId, EventType, GroupId, MessageId, Platform, Seq, SessionId, UserId,
+};
 
 /// An argon2id PHC string. `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -151,7 +155,8 @@ pub struct NewMessage {
     pub message_id: MessageId,
     pub conversation_id: ConversationId,
     pub sender: UserId,
-    pub recipient: UserId,
+    /// A user (direct message) or a group.
+    pub recipient: Recipient,
     /// `chat`, `event`, `status`, …
     pub kind: String,
     pub content: Sealed,
@@ -165,7 +170,8 @@ pub struct StoredMessage {
     pub conversation_id: ConversationId,
     pub conv_seq: u64,
     pub sender: UserId,
-    pub recipient: UserId,
+    /// A user (direct message) or a group.
+    pub recipient: Recipient,
     pub kind: String,
     pub content: Sealed,
     pub client_msg_id: Option<String>,
@@ -327,4 +333,64 @@ pub struct FriendRow {
     pub tags: Vec<String>,
     pub remark: String,
     pub since: OffsetDateTime,
+}
+
+/// A group as stored (dissolved groups are not returned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRow {
+    pub group_id: GroupId,
+    pub name: String,
+    pub notice: String,
+    pub join_policy: JoinPolicy,
+    pub all_muted: bool,
+    /// `None` only if the owner's account was deleted.
+    pub owner: Option<UserId>,
+    pub member_count: u64,
+    /// Counts the group's changes; a change names the version it was
+    /// decided on (optimistic concurrency).
+    pub version: u64,
+    pub created_at: OffsetDateTime,
+}
+
+/// A new group; its members come separately.
+#[derive(Debug, Clone)]
+pub struct NewGroup {
+    pub group_id: GroupId,
+    pub name: String,
+    pub notice: String,
+    pub join_policy: JoinPolicy,
+    pub created_at: OffsetDateTime,
+}
+
+/// One member of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRow {
+    pub user_id: UserId,
+    pub display_name: String,
+    pub role: GroupRole,
+    pub muted_until: Option<OffsetDateTime>,
+    pub joined_at: OffsetDateTime,
+    /// The conversation position when the member joined: they receive and
+    /// see only later messages.
+    pub since: u64,
+}
+
+/// One edit of a group, applied by [`crate::Groups::change_group`].
+#[derive(Debug, Clone)]
+pub enum GroupEdit {
+    /// `None` fields stay as they are.
+    Profile {
+        name: Option<String>,
+        notice: Option<String>,
+        join_policy: Option<JoinPolicy>,
+    },
+    AllMuted(bool),
+    /// Users already in are skipped; unknown users are `NotFound("user")`.
+    AddMembers(Vec<(UserId, GroupRole)>),
+    RemoveMembers(Vec<UserId>),
+    SetRole(UserId, GroupRole),
+    Mute(UserId, Option<OffsetDateTime>),
+    /// Ends the group: its members and read positions go, its id stays
+    /// taken.
+    Dissolve,
 }

@@ -210,7 +210,7 @@ async fn read_receipts_unread_counts_history_paging_and_recall() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(list.conversations[0].unread, 7);
-    assert_eq!(list.conversations[0].peer, alice.id);
+    assert_eq!(list.conversations[0].peer, Some(alice.id));
     assert_eq!(list.conversations[0].peer_display_name, "alice");
 
     let mut alice_ws = alice

@@ -9,6 +9,7 @@ mod delivery;
 mod durability;
 mod flow;
 mod friends;
+mod groups;
 mod harness;
 mod limits;
 mod openapi;

@@ -67,6 +67,23 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/blocks/{user_id}"),
     ("get", "/v1/admin/relationships"),
     ("put", "/v1/admin/relationships"),
+    ("get", "/v1/conversations/{id}/messages/{message_id}/reads"),
+    ("post", "/v1/groups"),
+    ("get", "/v1/groups"),
+    ("get", "/v1/groups/{id}"),
+    ("patch", "/v1/groups/{id}"),
+    ("delete", "/v1/groups/{id}"),
+    ("post", "/v1/groups/{id}/members"),
+    ("delete", "/v1/groups/{id}/members/{user_id}"),
+    ("put", "/v1/groups/{id}/members/{user_id}"),
+    ("post", "/v1/groups/{id}/join"),
+    ("post", "/v1/groups/{id}/transfer"),
+    ("post", "/v1/groups/{id}/mute"),
+    ("post", "/v1/admin/groups"),
+    ("get", "/v1/admin/groups/{id}"),
+    ("delete", "/v1/admin/groups/{id}"),
+    ("post", "/v1/admin/groups/{id}/members"),
+    ("delete", "/v1/admin/groups/{id}/members/{user_id}"),
 ];
 
 const METHODS: &[&str] = &[

@@ -4,28 +4,29 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use unimsg_proto::api::{
-    AckRequest, AckResponse, ConversationList, HistoryPage, ReadRequest, ReadResponse, SendRequest,
-    SendResponse, SyncResponse,
+    AckRequest, AckResponse, ConversationList, HistoryPage, ReadCount, ReadRequest, ReadResponse,
+    SendRequest, SendResponse, SyncResponse,
 };
 use unimsg_proto::{ConversationId, ErrorBody, MessageId, Seq};
 use utoipa::IntoParams;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Authed, Json, PathId, Query, path_id};
+use crate::extract::{Authed, Json, PathId, PathPair, Query, path_id};
 
 #[utoipa::path(
     post,
     path = "/v1/messages",
     operation_id = "send_message",
     tag = "messages",
-    summary = "Send a direct message",
-    description = "Idempotent on `client_msg_id`: a retry returns the original message with `duplicate: true`. Answered only once the message is durable; `seq` is its position in the sender's own inbox. The recipient receives `message.new`.",
+    summary = "Send a direct or group message",
+    description = "`to` is `{\"user\": id}` or `{\"group\": id}`. Idempotent on `client_msg_id`: a retry returns the original message with `duplicate: true`. Answered only once the message is durable; `seq` is its position in the sender's own inbox. The recipient — or every member of the group, each with their own seq, in one transaction — receives `message.new`.",
     request_body = SendRequest,
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The stored message.", body = SendResponse),
-        (status = 404, description = "The recipient does not exist (`not_found`).", body = ErrorBody),
+        (status = 403, description = "Refused: the recipient does not take messages from the caller, or the caller is not a member of the group or is muted in it (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "The recipient or the group does not exist (`not_found`).", body = ErrorBody),
         (status = 413, description = "The body or the content is over its limit (`payload_too_large`).", body = ErrorBody),
     ),
 )]
@@ -214,6 +215,40 @@ pub async fn read(
         state
             .core
             .mark_read(&auth, &conversation, &req.message_id)
+            .await?,
+    ))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{id}/messages/{message_id}/reads",
+    operation_id = "read_count",
+    tag = "messages",
+    summary = "How many have read a message",
+    description = "For the sender of the message: how many of the members who received it (the sender not counted, members who joined later neither) have read up to it, from their read positions (`POST /v1/conversations/{id}/read`). Direct and group conversations alike.",
+    params(
+        ("id" = ConversationId, Path, description = "The conversation id."),
+        ("message_id" = MessageId, Path, description = "The message id."),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The read count.", body = ReadCount),
+        (status = 403, description = "The caller did not send the message (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such conversation of the caller, or no such message in it (`not_found`).", body = ErrorBody),
+    ),
+)]
+/// `GET /v1/conversations/{id}/messages/{message_id}/reads`
+pub async fn reads(
+    State(state): State<AppState>,
+    Authed(auth): Authed,
+    PathPair(id, message): PathPair,
+) -> Result<axum::Json<ReadCount>, ApiError> {
+    let conversation: ConversationId = path_id(&id, "conversation")?;
+    let message: MessageId = path_id(&message, "message")?;
+    Ok(axum::Json(
+        state
+            .core
+            .read_count(&auth, &conversation, &message)
             .await?,
     ))
 }

@@ -2,5 +2,6 @@
 
 pub mod auth;
 pub mod friends;
+pub mod groups;
 pub mod health;
 pub mod messages;

@@ -8,6 +8,7 @@
 //! Reads run on a small pool of read-only connections on blocking threads.
 
 mod friends;
+mod groups;
 mod ops;
 mod queries;
 mod schema;

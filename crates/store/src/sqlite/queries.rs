@@ -3,7 +3,10 @@
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use time::OffsetDateTime;
-use unimsg_proto::{ConversationId, EventType, MessageId, Platform, Seq, SessionId, UserId};
+use unimsg_proto::api::Recipient;
+use unimsg_proto::{
+    ConversationId, EventType, GroupId, MessageId, Platform, Seq, SessionId, UserId,
+};
 
 use super::SqliteStore;
 use super::ops::NOTIFICATION_COLUMNS;
@@ -154,13 +157,20 @@ fn read_message(row: &Row<'_>, at: usize) -> rusqlite::Result<RawMessage> {
 }
 
 fn build_message(raw: RawMessage) -> Result<StoredMessage> {
+    let conversation_id =
+        ConversationId::parse(raw.conversation_id).map_err(|_| corrupt("conversation id"))?;
+    // `recipient_id` holds the group's id for a group message.
+    let recipient = if conversation_id.group_id().is_some() {
+        Recipient::Group(GroupId::parse(raw.recipient).map_err(|_| corrupt("group id"))?)
+    } else {
+        Recipient::User(user_id(raw.recipient)?)
+    };
     Ok(StoredMessage {
         message_id: MessageId::parse(raw.message_id).map_err(|_| corrupt("message id"))?,
-        conversation_id: ConversationId::parse(raw.conversation_id)
-            .map_err(|_| corrupt("conversation id"))?,
+        conversation_id,
         conv_seq: to_u64(raw.conv_seq),
         sender: user_id(raw.sender)?,
-        recipient: user_id(raw.recipient)?,
+        recipient,
         kind: raw.kind,
         content: Sealed {
             key_id: u32::try_from(raw.key_id).map_err(|_| corrupt("key id"))?,
@@ -173,7 +183,7 @@ fn build_message(raw: RawMessage) -> Result<StoredMessage> {
     })
 }
 
-fn message_by_id(conn: &Connection, id: &str) -> Result<Option<StoredMessage>> {
+pub(super) fn message_by_id(conn: &Connection, id: &str) -> Result<Option<StoredMessage>> {
     conn.query_row(
         &format!("SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.message_id = ?1"),
         [id],
@@ -188,11 +198,13 @@ fn message_by_id(conn: &Connection, id: &str) -> Result<Option<StoredMessage>> {
 /// Allocates the next seq of a user's inbox. Only the writer calls this,
 /// inside its transaction, so seqs are gap-free and never reused.
 fn next_seq(conn: &Connection, user: &UserId) -> Result<(i64, i64)> {
-    conn.query_row(
+    // Cached statements here and in `insert_event`: a group message runs
+    // them once per member.
+    conn.prepare_cached(
         "UPDATE users SET last_seq = last_seq + 1 WHERE user_id = ?1 RETURNING last_seq, bbase",
-        [user.as_str()],
-        |r| Ok((r.get(0)?, r.get(1)?)),
     )
+    .map_err(db)?
+    .query_row([user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
     .optional()
     .map_err(db)?
     .ok_or(StoreError::NotFound("user"))
@@ -200,10 +212,10 @@ fn next_seq(conn: &Connection, user: &UserId) -> Result<(i64, i64)> {
 
 /// How many broadcasts exist: the newest `bseq`.
 pub(super) fn broadcast_head(conn: &Connection) -> Result<i64> {
-    conn.query_row("SELECT coalesce(max(bseq), 0) FROM broadcasts", [], |r| {
-        r.get(0)
-    })
-    .map_err(db)
+    conn.prepare_cached("SELECT coalesce(max(bseq), 0) FROM broadcasts")
+        .map_err(db)?
+        .query_row([], |r| r.get(0))
+        .map_err(db)
 }
 
 /// The user's newest visible seq: inbox rows plus the broadcasts since
@@ -248,19 +260,20 @@ pub(super) fn insert_event(
 ) -> Result<Seq> {
     let (seq, base) = next_seq(conn, user)?;
     let head = broadcast_head(conn)?;
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO inbox (user_id, seq, kind, message_id, data, created_at, bpos) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            user.as_str(),
-            seq,
-            kind.as_str(),
-            message_id,
-            data,
-            ms(at),
-            head
-        ],
     )
+    .map_err(db)?
+    .execute(params![
+        user.as_str(),
+        seq,
+        kind.as_str(),
+        message_id,
+        data,
+        ms(at),
+        head
+    ])
     .map_err(db)?;
     Ok(Seq(to_u64(seq + head - base)))
 }
@@ -559,7 +572,15 @@ impl Users for SqliteStore {
                 [id.as_str()],
             )
             .map_err(db)?;
-            for table in ["sessions", "inbox", "conversation_members", "notification_recipients", "users"] {
+            // The groups they were in change: decisions taken on an older
+            // member list must be taken again.
+            conn.execute(
+                "UPDATE chat_groups SET version = version + 1 \
+                 WHERE group_id IN (SELECT group_id FROM group_members WHERE user_id = ?1)",
+                [id.as_str()],
+            )
+            .map_err(db)?;
+            for table in ["sessions", "inbox", "conversation_members", "notification_recipients", "group_members", "users"] {
                 conn.execute(&format!("DELETE FROM {table} WHERE user_id = ?1"), [id.as_str()]).map_err(db)?;
             }
             Ok(())
@@ -715,6 +736,106 @@ impl Sessions for SqliteStore {
     }
 }
 
+/// The message an earlier send with the same `(sender, client_msg_id)`
+/// stored, if any.
+pub(super) fn duplicate_of(
+    conn: &Connection,
+    message: &NewMessage,
+) -> Result<Option<StoredMessage>> {
+    let Some(cmid) = &message.client_msg_id else {
+        return Ok(None);
+    };
+    let existing: Option<String> = conn
+        .prepare_cached(
+            "SELECT message_id FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2",
+        )
+        .map_err(db)?
+        .query_row(params![message.sender.as_str(), cmid], |r| r.get(0))
+        .optional()
+        .map_err(db)?;
+    match existing {
+        Some(id) => Ok(Some(
+            message_by_id(conn, &id)?.ok_or_else(|| corrupt("idempotency index"))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Stores a message at the next position of its conversation.
+pub(super) fn insert_message(conn: &Connection, message: NewMessage) -> Result<StoredMessage> {
+    let at = ms(message.created_at);
+    let conv_seq: i64 = conn
+        .prepare_cached(
+            "INSERT INTO conversations (conversation_id, last_conv_seq, updated_at) VALUES (?1, 1, ?2) \
+             ON CONFLICT (conversation_id) DO UPDATE \
+             SET last_conv_seq = last_conv_seq + 1, updated_at = excluded.updated_at \
+             RETURNING last_conv_seq",
+        )
+        .map_err(db)?
+        .query_row(params![message.conversation_id.as_str(), at], |r| r.get(0))
+        .map_err(db)?;
+    conn.prepare_cached(
+        "INSERT INTO messages (message_id, conversation_id, conv_seq, sender_id, recipient_id, kind, \
+         key_id, nonce, content, client_msg_id, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )
+    .map_err(db)?
+    .execute(params![
+        message.message_id.as_str(),
+        message.conversation_id.as_str(),
+        conv_seq,
+        message.sender.as_str(),
+        message.recipient.as_str(),
+        message.kind,
+        i64::from(message.content.key_id),
+        message.content.nonce,
+        message.content.ciphertext,
+        message.client_msg_id,
+        at
+    ])
+    .map_err(|e| map_unique(e, "message"))?;
+    Ok(StoredMessage {
+        message_id: message.message_id,
+        conversation_id: message.conversation_id,
+        conv_seq: to_u64(conv_seq),
+        sender: message.sender,
+        recipient: message.recipient,
+        kind: message.kind,
+        content: message.content,
+        client_msg_id: message.client_msg_id,
+        created_at: message.created_at,
+        recalled_at: None,
+    })
+}
+
+/// Appends one `message.new` event per recipient; each carries the message.
+pub(super) fn append_message_events(
+    conn: &Connection,
+    stored: &StoredMessage,
+    recipients: Vec<UserId>,
+) -> Result<Vec<StoredEvent>> {
+    let body = Box::new(stored.clone());
+    let mut events = Vec::with_capacity(recipients.len());
+    for user in recipients {
+        let seq = insert_event(
+            conn,
+            &user,
+            EventType::MessageNew,
+            Some(stored.message_id.as_str()),
+            None,
+            stored.created_at,
+        )?;
+        events.push(StoredEvent {
+            user_id: user,
+            seq,
+            kind: EventType::MessageNew,
+            at: stored.created_at,
+            body: EventBody::Message(body.clone()),
+        });
+    }
+    Ok(events)
+}
+
 #[async_trait]
 impl Inbox for SqliteStore {
     async fn append_message(
@@ -723,87 +844,25 @@ impl Inbox for SqliteStore {
         recipients: Vec<UserId>,
     ) -> Result<AppendOutcome> {
         self.write(move |conn| {
-            if let Some(cmid) = &message.client_msg_id {
-                let existing: Option<String> = conn
-                    .query_row(
-                        "SELECT message_id FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2",
-                        params![message.sender.as_str(), cmid],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(db)?;
-                if let Some(id) = existing {
-                    let original = message_by_id(conn, &id)?.ok_or_else(|| corrupt("idempotency index"))?;
-                    return Ok(AppendOutcome::Duplicate(original));
-                }
+            if let Some(original) = duplicate_of(conn, &message)? {
+                return Ok(AppendOutcome::Duplicate(original));
             }
-            let at = ms(message.created_at);
-            let conv_seq: i64 = conn
-                .query_row(
-                    "INSERT INTO conversations (conversation_id, last_conv_seq, updated_at) VALUES (?1, 1, ?2) \
-                     ON CONFLICT (conversation_id) DO UPDATE \
-                     SET last_conv_seq = last_conv_seq + 1, updated_at = excluded.updated_at \
-                     RETURNING last_conv_seq",
-                    params![message.conversation_id.as_str(), at],
-                    |r| r.get(0),
-                )
-                .map_err(db)?;
-            conn.execute(
-                "INSERT INTO messages (message_id, conversation_id, conv_seq, sender_id, recipient_id, kind, \
-                 key_id, nonce, content, client_msg_id, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![
-                    message.message_id.as_str(),
-                    message.conversation_id.as_str(),
-                    conv_seq,
-                    message.sender.as_str(),
-                    message.recipient.as_str(),
-                    message.kind,
-                    i64::from(message.content.key_id),
-                    message.content.nonce,
-                    message.content.ciphertext,
-                    message.client_msg_id,
-                    at
-                ],
-            )
-            .map_err(|e| map_unique(e, "message"))?;
-            for member in [&message.sender, &message.recipient] {
+            let members = match &message.recipient {
+                Recipient::User(user) => [message.sender.clone(), user.clone()],
+                Recipient::Group(_) => {
+                    return Err(StoreError::Internal("a group message is not a direct message".into()));
+                }
+            };
+            let conversation = message.conversation_id.clone();
+            let stored = insert_message(conn, message)?;
+            for member in &members {
                 conn.execute(
                     "INSERT OR IGNORE INTO conversation_members (conversation_id, user_id) VALUES (?1, ?2)",
-                    params![message.conversation_id.as_str(), member.as_str()],
+                    params![conversation.as_str(), member.as_str()],
                 )
                 .map_err(db)?;
             }
-            let stored = StoredMessage {
-                message_id: message.message_id,
-                conversation_id: message.conversation_id,
-                conv_seq: to_u64(conv_seq),
-                sender: message.sender,
-                recipient: message.recipient,
-                kind: message.kind,
-                content: message.content,
-                client_msg_id: message.client_msg_id,
-                created_at: message.created_at,
-                recalled_at: None,
-            };
-            let mut events = Vec::with_capacity(recipients.len());
-            for user in recipients {
-                let seq = insert_event(
-                    conn,
-                    &user,
-                    EventType::MessageNew,
-                    Some(stored.message_id.as_str()),
-                    None,
-                    stored.created_at,
-                )?;
-                events.push(StoredEvent {
-                    user_id: user,
-                    seq,
-                    kind: EventType::MessageNew,
-                    at: stored.created_at,
-                    body: EventBody::Message(Box::new(stored.clone())),
-                });
-            }
+            let events = append_message_events(conn, &stored, recipients)?;
             Ok(AppendOutcome::Created { message: stored, events })
         })
         .await
@@ -960,14 +1019,20 @@ impl Inbox for SqliteStore {
                 .map_err(db)?;
             let mut out = Vec::with_capacity(convs.len());
             for (cid, read_upto) in convs {
-                let mut members = conn
-                    .prepare_cached("SELECT user_id, read_upto FROM conversation_members WHERE conversation_id = ?1")
-                    .map_err(db)?;
-                let members_read = members
-                    .query_map([&cid], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                    .map_err(db)?
-                    .map(|r| r.map_err(db).and_then(|(u, n)| Ok((user_id(u)?, to_u64(n)))))
-                    .collect::<Result<Vec<_>>>()?;
+                // A group's positions are summed per message (`read_count`),
+                // never listed: a group has up to `groups.max_members`.
+                let members_read = if cid.starts_with("g:") {
+                    Vec::new()
+                } else {
+                    let mut members = conn
+                        .prepare_cached("SELECT user_id, read_upto FROM conversation_members WHERE conversation_id = ?1")
+                        .map_err(db)?;
+                    members
+                        .query_map([&cid], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                        .map_err(db)?
+                        .map(|r| r.map_err(db).and_then(|(u, n)| Ok((user_id(u)?, to_u64(n)))))
+                        .collect::<Result<Vec<_>>>()?
+                };
                 let last_message = conn
                     .query_row(
                         &format!(

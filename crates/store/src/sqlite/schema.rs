@@ -170,6 +170,36 @@ CREATE TABLE blocks (
     PRIMARY KEY (user_id, blocked_id)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- Groups. Roles and mutes live in group_members; read positions live in
+-- conversation_members (conversation 'g:{group_id}'), as for direct chats:
+-- no per-message per-member rows. `since` is the conversation position
+-- when the member joined: they receive and see only later messages.
+-- `version` counts the group's changes (optimistic concurrency). A
+-- dissolved group keeps its row so that its id is never reused.
+CREATE TABLE chat_groups (
+    group_id     TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    notice       TEXT NOT NULL DEFAULT '',
+    join_policy  TEXT NOT NULL,
+    all_muted    INTEGER NOT NULL DEFAULT 0,
+    version      INTEGER NOT NULL DEFAULT 1,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    dissolved_at INTEGER
+) WITHOUT ROWID;
+
+CREATE TABLE group_members (
+    group_id    TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    muted_until INTEGER,
+    since       INTEGER NOT NULL DEFAULT 0,
+    joined_at   INTEGER NOT NULL,
+    PRIMARY KEY (group_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX group_members_by_user ON group_members(user_id);
+"#,
 ];
 
 /// Brings the database to the newest schema version.
