@@ -852,21 +852,9 @@ impl Core {
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!("unimsg_messages_sent_total").increment(1);
                 metrics::counter!("unimsg_group_messages_total").increment(1);
-                Ok(SendResponse {
-                    message_id: message.message_id,
-                    conversation_id: message.conversation_id,
-                    seq,
-                    sent_at: message.created_at,
-                    duplicate: false,
-                })
+                Ok(crate::messaging::sent(message, seq))
             }
-            AppendOutcome::Duplicate(original) => Ok(SendResponse {
-                seq: self.sender_seq_of(&auth.user_id, &original).await?,
-                message_id: original.message_id,
-                conversation_id: original.conversation_id,
-                sent_at: original.created_at,
-                duplicate: true,
-            }),
+            AppendOutcome::Duplicate(original) => self.resent(&auth.user_id, original).await,
         }
     }
 

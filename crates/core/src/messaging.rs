@@ -41,7 +41,32 @@ fn peer_of(members: &(UserId, UserId), user: &UserId) -> UserId {
     }
 }
 
+/// The answer to a send that stored `message` at the sender's `seq`.
+pub(crate) fn sent(message: StoredMessage, seq: Seq) -> SendResponse {
+    SendResponse {
+        message_id: message.message_id,
+        conversation_id: message.conversation_id,
+        seq,
+        sent_at: message.created_at,
+        duplicate: false,
+    }
+}
+
 impl Core {
+    /// The answer to a retried send: the original message, at its place in
+    /// the sender's inbox.
+    pub(crate) async fn resent(
+        &self,
+        sender: &UserId,
+        original: StoredMessage,
+    ) -> Result<SendResponse> {
+        let seq = self.sender_seq_of(sender, &original).await?;
+        Ok(SendResponse {
+            duplicate: true,
+            ..sent(original, seq)
+        })
+    }
+
     /// `POST /v1/messages`
     pub async fn send(&self, auth: &AuthContext, req: SendRequest) -> Result<SendResponse> {
         let content = serde_json::to_vec(&req.content)
@@ -104,21 +129,9 @@ impl Core {
                     .find(|e| e.user_id == auth.user_id)
                     .map_or(Seq::ZERO, |e| e.seq);
                 metrics::counter!("unimsg_messages_sent_total").increment(1);
-                Ok(SendResponse {
-                    message_id: message.message_id,
-                    conversation_id: message.conversation_id,
-                    seq,
-                    sent_at: message.created_at,
-                    duplicate: false,
-                })
+                Ok(sent(message, seq))
             }
-            AppendOutcome::Duplicate(original) => Ok(SendResponse {
-                seq: self.sender_seq_of(&auth.user_id, &original).await?,
-                message_id: original.message_id,
-                conversation_id: original.conversation_id,
-                sent_at: original.created_at,
-                duplicate: true,
-            }),
+            AppendOutcome::Duplicate(original) => self.resent(&auth.user_id, original).await,
         }
     }
 
