@@ -23,7 +23,6 @@ use unimsg_store::{
 use crate::Core;
 use crate::auth::ClientInfo;
 use crate::error::{CoreError, Result};
-use crate::hub::Delivery;
 
 /// The id of the admin account created at first start.
 pub const INITIAL_ADMIN: &str = "admin";
@@ -524,25 +523,8 @@ impl Core {
                 .append_notification(notification.clone(), i == 0, chunk.to_vec())
                 .await?;
             recipients += seqs.len();
-            let deliveries = seqs
-                .into_iter()
-                .filter_map(|(user, seq)| {
-                    let event = unimsg_proto::Event {
-                        seq,
-                        kind: EventType::NotificationNew,
-                        ts,
-                        data: data.clone(),
-                    };
-                    let json = serde_json::to_vec(&event).ok()?;
-                    Some(std::sync::Arc::new(Delivery {
-                        user,
-                        seq,
-                        kind: EventType::NotificationNew,
-                        json: bytes::Bytes::from(json),
-                        revokes: None,
-                    }))
-                })
-                .collect();
+            let deliveries =
+                crate::render::shared_deliveries(EventType::NotificationNew, ts, &data, seqs)?;
             if let Err(error) = self.bus.publish(deliveries).await {
                 tracing::warn!(%error, "live delivery failed; clients will catch up by sync");
             }

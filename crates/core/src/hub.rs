@@ -76,6 +76,8 @@ pub struct Hub {
     slow_consumers: AtomicU64,
     connections: AtomicU64,
     shutdown: CancellationToken,
+    /// Woken whenever the last connection goes away.
+    idle: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Hub {
@@ -96,6 +98,7 @@ impl Hub {
             slow_consumers: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
+            idle: tokio::sync::Notify::new(),
         })
     }
 
@@ -144,7 +147,9 @@ impl Hub {
             let before = conns.len();
             conns.retain(|c| c.id != id);
             if conns.len() < before {
-                self.connections.fetch_sub(1, Ordering::Relaxed);
+                if self.connections.fetch_sub(1, Ordering::Relaxed) == 1 {
+                    self.idle.notify_waiters();
+                }
                 metrics::gauge!("unimsg_connections").decrement(1.0);
             }
             if conns.is_empty() {
@@ -212,7 +217,9 @@ impl Hub {
                 shard.remove(user);
             }
         }
-        self.connections.fetch_sub(dropped, Ordering::Relaxed);
+        if dropped > 0 && self.connections.fetch_sub(dropped, Ordering::Relaxed) == dropped {
+            self.idle.notify_waiters();
+        }
         self.slow_consumers.fetch_add(dropped, Ordering::Relaxed);
         metrics::gauge!("unimsg_connections").decrement(dropped as f64);
         metrics::counter!("unimsg_slow_consumer_disconnects_total").increment(dropped);
@@ -244,6 +251,21 @@ impl Hub {
     }
 
     /// Ends every connection (graceful shutdown).
+    /// Resolves once no connection is left (after [`Self::shutdown`], when
+    /// every connection task has sent its close frame and ended).
+    pub async fn drained(&self) {
+        loop {
+            let woken = self.idle.notified();
+            tokio::pin!(woken);
+            // Registered before the check, so a wake-up in between is kept.
+            woken.as_mut().enable();
+            if self.connections() == 0 {
+                return;
+            }
+            woken.await;
+        }
+    }
+
     pub fn shutdown(&self) {
         self.shutdown.cancel();
     }

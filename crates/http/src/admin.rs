@@ -86,6 +86,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
 #[derive(Clone)]
 struct AuditActor(String);
 
+/// A comma-separated list of 1 to 1000 user ids.
+fn user_ids(raw: &str) -> Result<Vec<UserId>, ApiError> {
+    let ids = raw
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| UserId::parse(s).map_err(|e| ApiError::bad_request(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    if ids.is_empty() || ids.len() > 1000 {
+        return Err(ApiError::bad_request("give 1 to 1000 user_ids"));
+    }
+    Ok(ids)
+}
+
 /// The caller's address: the peer, or — when the peer is a trusted proxy —
 /// the nearest `X-Forwarded-For` address that is not a trusted proxy.
 pub(crate) fn client_ip(
@@ -525,15 +538,7 @@ async fn relationships(
     Query(q): Query<RelationshipsQuery>,
 ) -> Result<axum::Json<RelationshipsResponse>, ApiError> {
     admin.require(Scope::UsersRead)?;
-    let ids = q
-        .user_ids
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| UserId::parse(s).map_err(|e| ApiError::bad_request(e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
-    if ids.is_empty() || ids.len() > 1000 {
-        return Err(ApiError::bad_request("give 1 to 1000 user_ids"));
-    }
+    let ids = user_ids(&q.user_ids)?;
     Ok(axum::Json(state.core.relationships(ids).await?))
 }
 
@@ -666,15 +671,7 @@ async fn presence(
     Query(q): Query<PresenceQuery>,
 ) -> Result<axum::Json<PresenceResponse>, ApiError> {
     admin.require(Scope::UsersRead)?;
-    let ids = q
-        .user_ids
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| UserId::parse(s).map_err(|e| ApiError::bad_request(e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
-    if ids.is_empty() || ids.len() > 1000 {
-        return Err(ApiError::bad_request("give 1 to 1000 user_ids"));
-    }
+    let ids = user_ids(&q.user_ids)?;
     Ok(axum::Json(state.core.presence(ids)))
 }
 

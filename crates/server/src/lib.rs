@@ -119,6 +119,7 @@ pub async fn run(
     let addr = listener.local_addr()?;
     tracing::info!(target: LIFECYCLE, "listening on http://{addr}");
     let hub = core.hub().clone();
+    let draining = hub.clone();
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -129,6 +130,14 @@ pub async fn run(
         hub.shutdown();
     })
     .await?;
+    // Upgraded connections live outside the HTTP server: wait until each
+    // has sent its close frame, within a bound.
+    if tokio::time::timeout(std::time::Duration::from_secs(10), draining.drained())
+        .await
+        .is_err()
+    {
+        tracing::warn!(target: LIFECYCLE, left = draining.connections(), "connections still open at exit");
+    }
     tracing::info!(target: LIFECYCLE, "stopped");
     Ok(())
 }
