@@ -539,19 +539,22 @@ impl Core {
     /// `GET /v1/admin/presence?user_ids=a,b,c`: live platforms per user.
     /// One node answers from its own hub; a cluster answers from the shared
     /// presence of the bus.
-    pub fn presence(&self, users: Vec<UserId>) -> PresenceResponse {
+    pub async fn presence(&self, users: Vec<UserId>) -> Result<PresenceResponse> {
+        let platforms = self
+            .bus
+            .presence(&users)
+            .await
+            .map_err(|e| CoreError::Unavailable(e.to_string()))?;
         let users = users
             .into_iter()
-            .map(|user_id| {
-                let platforms = self.hub.platforms(&user_id);
-                UserPresence {
-                    online: !platforms.is_empty(),
-                    user_id,
-                    platforms,
-                }
+            .zip(platforms)
+            .map(|(user_id, platforms)| UserPresence {
+                online: !platforms.is_empty(),
+                user_id,
+                platforms,
             })
             .collect();
-        PresenceResponse { users }
+        Ok(PresenceResponse { users })
     }
 
     /// `POST /v1/admin/broadcasts`: stored once; everyone online is told at

@@ -119,7 +119,7 @@ impl Core {
             return Err(CoreError::RegistrationClosed);
         }
         if let Some(ip) = &client.ip {
-            self.check_limit(Limit::Register, ip)?;
+            self.check_limit(Limit::Register, ip).await?;
         }
         validate_username(&req.username)?;
         validate_password(&req.password)?;
@@ -162,21 +162,23 @@ impl Core {
             return Err(CoreError::Unauthorized("invalid username or password"));
         }
         if let Some(ip) = &client.ip {
-            self.check_limit(Limit::Login, ip)?;
+            self.check_limit(Limit::Login, ip).await?;
         }
         // Back-off after repeated failures, per account and per IP, is
         // checked before the password so a locked account costs no hashing.
         self.limits
             .login_locked(&req.username, client.ip.as_deref())
+            .await
             .map_err(|r| CoreError::RateLimited(r.0))?;
         let user = self.store.user_by_username(&req.username).await?;
         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
         let ok = self.passwords.verify(req.password, hash).await?;
         if ok {
-            self.limits.login_succeeded(&req.username);
+            self.limits.login_succeeded(&req.username).await;
         } else {
             self.limits
-                .login_failed(&req.username, client.ip.as_deref());
+                .login_failed(&req.username, client.ip.as_deref())
+                .await;
         }
         let Some(user) = user.filter(|_| ok) else {
             self.audit(AuditRecord {
@@ -387,7 +389,7 @@ impl Core {
     /// that was already rotated revokes the whole session (theft detection).
     pub async fn refresh(&self, presented: &str, client: &ClientInfo) -> Result<TokenPair> {
         if let Some(ip) = &client.ip {
-            self.check_limit(Limit::Token, ip)?;
+            self.check_limit(Limit::Token, ip).await?;
         }
         let now = self.clock.now();
         let presented = OpaqueToken(presented.to_owned());

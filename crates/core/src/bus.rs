@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use unimsg_proto::{Platform, UserId};
 
 use crate::hub::{Delivery, Hub};
 
@@ -24,6 +25,20 @@ pub trait Bus: Send + Sync {
 
     /// Tells every node's connections that a broadcast was committed.
     async fn broadcast(&self) -> Result<(), BusError>;
+
+    /// A connection of `user` on `platform` opened on this node: from now
+    /// on the user's events must reach this node. Resolves once they do,
+    /// so that reading the inbox's end afterwards cannot miss an event.
+    /// The connection counts even when this fails; a bus that reconnects
+    /// routes it again and makes every connection catch up from the store.
+    async fn attach(&self, user: &UserId, platform: &Platform) -> Result<(), BusError>;
+
+    /// That connection closed. Never waits.
+    fn detach(&self, user: &UserId, platform: &Platform);
+
+    /// Where each user is connected, over all nodes: their live platforms,
+    /// sorted and without repeats (empty when offline), in input order.
+    async fn presence(&self, users: &[UserId]) -> Result<Vec<Vec<Platform>>, BusError>;
 }
 
 /// The single-node bus.
@@ -50,5 +65,16 @@ impl Bus for LocalBus {
     async fn broadcast(&self) -> Result<(), BusError> {
         self.hub.broadcast();
         Ok(())
+    }
+
+    async fn attach(&self, _user: &UserId, _platform: &Platform) -> Result<(), BusError> {
+        // The hub registered the connection already; nothing else routes.
+        Ok(())
+    }
+
+    fn detach(&self, _user: &UserId, _platform: &Platform) {}
+
+    async fn presence(&self, users: &[UserId]) -> Result<Vec<Vec<Platform>>, BusError> {
+        Ok(users.iter().map(|u| self.hub.platforms(u)).collect())
     }
 }

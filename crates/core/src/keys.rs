@@ -191,11 +191,24 @@ impl fmt::Debug for Keyring {
     }
 }
 
+/// The key id under which a cluster keeps its token signing key, wrapped
+/// by the master key like a data key (see [`SigningKey::load_or_create_shared`]).
+pub const SIGNING_KEY_ID: u32 = u32::MAX;
+
+/// The stored data keys, without the shared signing key.
+async fn stored_data_keys(store: &dyn DataKeys) -> Result<Vec<WrappedKey>, KeyError> {
+    let mut stored = store.data_keys().await?;
+    stored.retain(|w| w.key_id != SIGNING_KEY_ID);
+    Ok(stored)
+}
+
 impl Keyring {
-    /// Unwraps every stored data key; creates the first one when there is none.
+    /// Unwraps every stored data key; creates the first one when there is
+    /// none. Nodes starting together agree on the first key: whoever
+    /// stores it second reads the winner's.
     pub async fn load(store: &dyn DataKeys, master: &MasterKey) -> Result<Self, KeyError> {
         let master_key = aead_key(&master.0)?;
-        let mut stored = store.data_keys().await?;
+        let mut stored = stored_data_keys(store).await?;
         if stored.is_empty() {
             let fresh = random_bytes::<32>()?;
             let (nonce, ct) = seal_with(&master_key, &fresh, &wrap_aad(1))?;
@@ -204,8 +217,11 @@ impl Keyring {
                 wrapped: [nonce, ct].concat(),
                 created_at: OffsetDateTime::now_utc(),
             };
-            store.insert_data_key(wrapped.clone()).await?;
-            stored.push(wrapped);
+            match store.insert_data_key(wrapped.clone()).await {
+                Ok(()) => stored.push(wrapped),
+                Err(StoreError::Conflict(_)) => stored = stored_data_keys(store).await?,
+                Err(e) => return Err(e.into()),
+            }
         }
         let mut keys = HashMap::new();
         for w in &stored {
@@ -285,6 +301,46 @@ impl SigningKey {
                 source,
             }),
         }
+    }
+
+    /// The cluster's signing key, kept in the shared store wrapped by the
+    /// master key: every node signs and verifies with the same key. The
+    /// first node to start creates it; the others read it.
+    pub async fn load_or_create_shared(
+        store: &dyn DataKeys,
+        master: &MasterKey,
+    ) -> Result<Self, KeyError> {
+        let master_key = aead_key(&master.0)?;
+        let aad = wrap_aad(SIGNING_KEY_ID);
+        let find = |keys: Vec<WrappedKey>| keys.into_iter().find(|w| w.key_id == SIGNING_KEY_ID);
+        let wrapped = match find(store.data_keys().await?) {
+            Some(w) => w,
+            None => {
+                let key = Self::generate()?;
+                let (nonce, ct) = seal_with(&master_key, &key.pkcs8, &aad)?;
+                let w = WrappedKey {
+                    key_id: SIGNING_KEY_ID,
+                    wrapped: [nonce, ct].concat(),
+                    created_at: OffsetDateTime::now_utc(),
+                };
+                match store.insert_data_key(w.clone()).await {
+                    Ok(()) => {
+                        tracing::info!("created the cluster's token signing key");
+                        w
+                    }
+                    Err(StoreError::Conflict(_)) => find(store.data_keys().await?)
+                        .ok_or_else(|| KeyError::Invalid("the signing key vanished".into()))?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        if wrapped.wrapped.len() < NONCE_LEN {
+            return Err(KeyError::WrongMasterKey(SIGNING_KEY_ID));
+        }
+        let (nonce, ct) = wrapped.wrapped.split_at(NONCE_LEN);
+        let pkcs8 = open_with(&master_key, nonce, ct, &aad)
+            .map_err(|_| KeyError::WrongMasterKey(SIGNING_KEY_ID))?;
+        Self::from_pkcs8(&pkcs8)
     }
 
     pub(crate) fn pkcs8(&self) -> &[u8] {

@@ -108,7 +108,7 @@ impl Core {
     }
 
     /// Checks an admin request's `X-Nonce` / `X-Timestamp` (see [`replay`]).
-    pub fn check_replay(
+    pub async fn check_replay(
         &self,
         credential: &str,
         nonce: Option<&str>,
@@ -124,12 +124,14 @@ impl Core {
             admin.nonce_window_secs as i64,
             admin.require_nonce,
         )
+        .await
     }
 
     /// Counts one request against a rate limit (429 with a retry time when over).
-    pub fn check_limit(&self, limit: Limit, key: &str) -> Result<()> {
+    pub async fn check_limit(&self, limit: Limit, key: &str) -> Result<()> {
         self.limits
             .check(limit, key)
+            .await
             .map_err(|r| CoreError::RateLimited(r.0))
     }
 

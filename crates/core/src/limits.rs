@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use governor::clock::{Clock as _, MonotonicClock};
 use governor::state::keyed::HashMapStateStore;
 use governor::{Quota, RateLimiter as Gcra};
@@ -72,14 +73,15 @@ impl Default for LimitsConfig {
 pub struct RetryAfter(pub Duration);
 
 /// Counters a cluster shares; one node keeps them in memory.
+#[async_trait]
 pub trait RateLimits: Send + Sync {
-    fn check(&self, limit: Limit, key: &str) -> Result<(), RetryAfter>;
+    async fn check(&self, limit: Limit, key: &str) -> Result<(), RetryAfter>;
     /// Whether logins for this account or from this IP are locked now.
-    fn login_locked(&self, account: &str, ip: Option<&str>) -> Result<(), RetryAfter>;
-    /// Records a failed login; returns the lock it starts, if any.
-    fn login_failed(&self, account: &str, ip: Option<&str>);
+    async fn login_locked(&self, account: &str, ip: Option<&str>) -> Result<(), RetryAfter>;
+    /// Records a failed login, which may start a lock.
+    async fn login_failed(&self, account: &str, ip: Option<&str>);
     /// A successful login clears the account's failures.
-    fn login_succeeded(&self, account: &str);
+    async fn login_succeeded(&self, account: &str);
 }
 
 type Keyed = Gcra<String, HashMapStateStore<String>, MonotonicClock>;
@@ -179,8 +181,9 @@ impl MemoryLimits {
     }
 }
 
+#[async_trait]
 impl RateLimits for MemoryLimits {
-    fn check(&self, limit: Limit, key: &str) -> Result<(), RetryAfter> {
+    async fn check(&self, limit: Limit, key: &str) -> Result<(), RetryAfter> {
         self.housekeeping();
         let Some(limiter) = self.limiter(limit) else {
             return Ok(());
@@ -190,7 +193,7 @@ impl RateLimits for MemoryLimits {
             .map_err(|not_until| RetryAfter(not_until.wait_time_from(MonotonicClock.now())))
     }
 
-    fn login_locked(&self, account: &str, ip: Option<&str>) -> Result<(), RetryAfter> {
+    async fn login_locked(&self, account: &str, ip: Option<&str>) -> Result<(), RetryAfter> {
         let now = tokio::time::Instant::now();
         let Ok(f) = self.failures.lock() else {
             return Ok(());
@@ -213,7 +216,7 @@ impl RateLimits for MemoryLimits {
         }
     }
 
-    fn login_failed(&self, account: &str, ip: Option<&str>) {
+    async fn login_failed(&self, account: &str, ip: Option<&str>) {
         let now = tokio::time::Instant::now();
         let Ok(mut f) = self.failures.lock() else {
             return;
@@ -236,7 +239,7 @@ impl RateLimits for MemoryLimits {
         }
     }
 
-    fn login_succeeded(&self, account: &str) {
+    async fn login_succeeded(&self, account: &str) {
         if let Ok(mut f) = self.failures.lock() {
             f.remove(&format!("acct:{account}"));
         }
@@ -247,20 +250,20 @@ impl RateLimits for MemoryLimits {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_bucket_refuses_with_a_retry_time_per_key() {
+    #[tokio::test]
+    async fn a_bucket_refuses_with_a_retry_time_per_key() {
         let limits = MemoryLimits::new(LimitsConfig {
             register_per_minute: 2,
             ..LimitsConfig::default()
         });
-        assert!(limits.check(Limit::Register, "1.2.3.4").is_ok());
-        assert!(limits.check(Limit::Register, "1.2.3.4").is_ok());
-        let refused = limits.check(Limit::Register, "1.2.3.4");
+        assert!(limits.check(Limit::Register, "1.2.3.4").await.is_ok());
+        assert!(limits.check(Limit::Register, "1.2.3.4").await.is_ok());
+        let refused = limits.check(Limit::Register, "1.2.3.4").await;
         assert!(
             matches!(refused, Err(RetryAfter(d)) if d > Duration::ZERO && d <= Duration::from_secs(60))
         );
         assert!(
-            limits.check(Limit::Register, "5.6.7.8").is_ok(),
+            limits.check(Limit::Register, "5.6.7.8").await.is_ok(),
             "keys are independent"
         );
         let off = MemoryLimits::new(LimitsConfig {
@@ -268,7 +271,7 @@ mod tests {
             ..LimitsConfig::default()
         });
         for _ in 0..1000 {
-            assert!(off.check(Limit::Register, "k").is_ok());
+            assert!(off.check(Limit::Register, "k").await.is_ok());
         }
     }
 
@@ -280,28 +283,28 @@ mod tests {
             ..LimitsConfig::default()
         });
         for _ in 0..2 {
-            limits.login_failed("bob", Some("9.9.9.9"));
+            limits.login_failed("bob", Some("9.9.9.9")).await;
         }
-        assert!(limits.login_locked("bob", Some("9.9.9.9")).is_ok());
-        limits.login_failed("bob", Some("9.9.9.9"));
+        assert!(limits.login_locked("bob", Some("9.9.9.9")).await.is_ok());
+        limits.login_failed("bob", Some("9.9.9.9")).await;
         assert_eq!(
-            limits.login_locked("bob", None),
+            limits.login_locked("bob", None).await,
             Err(RetryAfter(Duration::from_secs(1)))
         );
         // The IP is locked for other accounts too.
-        assert!(limits.login_locked("carol", Some("9.9.9.9")).is_err());
+        assert!(limits.login_locked("carol", Some("9.9.9.9")).await.is_err());
         for _ in 0..10 {
-            limits.login_failed("bob", None);
+            limits.login_failed("bob", None).await;
         }
         assert_eq!(
-            limits.login_locked("bob", None),
+            limits.login_locked("bob", None).await,
             Err(RetryAfter(Duration::from_secs(8))),
             "capped"
         );
         tokio::time::advance(Duration::from_secs(9)).await;
-        assert!(limits.login_locked("bob", None).is_ok());
-        limits.login_failed("dave", None);
-        limits.login_succeeded("dave");
+        assert!(limits.login_locked("bob", None).await.is_ok());
+        limits.login_failed("dave", None).await;
+        limits.login_succeeded("dave").await;
         assert!(
             limits
                 .failures

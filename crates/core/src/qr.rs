@@ -15,6 +15,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
 use unimsg_proto::api::TokenPair;
@@ -29,7 +32,7 @@ use crate::limits::Limit;
 const CODE_ALPHABET: &[u8] = b"23456789ABCDEFGHJKMNPQRSTUVWXYZ";
 const CODE_LEN: usize = 8;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TicketState {
     Pending,
     Scanned { by: UserId, display_name: String },
@@ -39,13 +42,13 @@ pub enum TicketState {
 }
 
 impl TicketState {
-    fn is_open(&self) -> bool {
+    pub fn is_open(&self) -> bool {
         matches!(self, TicketState::Pending | TicketState::Scanned { .. })
     }
 }
 
 /// A login ticket.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ticket {
     pub ticket_id: String,
     pub code: String,
@@ -58,8 +61,9 @@ pub struct Ticket {
     pub state: TicketState,
 }
 
-/// What the waiting page hears.
-#[derive(Debug, Clone)]
+/// What the waiting page hears (serializable, so that a cluster can
+/// carry it between nodes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum QrEvent {
     Scanned { display_name: String },
     Confirmed(Box<TokenPair>),
@@ -67,22 +71,26 @@ pub enum QrEvent {
     Expired,
 }
 
-/// Where tickets live while they are valid.
+/// A change to a ticket: edits it and names the event to announce.
+pub type TicketChange<'a> = dyn FnMut(&mut Ticket) -> Result<Option<QrEvent>> + Send + 'a;
+
+/// Where tickets live while they are valid. Errors mean the shared store
+/// cannot be reached.
+#[async_trait]
 pub trait QrTickets: Send + Sync {
     /// The open ticket of this device, if any (device binding).
-    fn open_for_device(&self, device_id: &str, now: OffsetDateTime) -> Option<Ticket>;
-    fn insert(&self, ticket: Ticket);
-    fn get(&self, ticket_id: &str) -> Option<Ticket>;
-    fn by_code(&self, code: &str) -> Option<Ticket>;
-    /// Applies `change` to the ticket atomically; its `Ok` is announced to
-    /// the ticket's listeners.
-    fn update(
-        &self,
-        ticket_id: &str,
-        change: &mut dyn FnMut(&mut Ticket) -> Result<Option<QrEvent>>,
-    ) -> Result<Ticket>;
-    /// Listens for the ticket's events from now on.
-    fn subscribe(&self, ticket_id: &str) -> Option<broadcast::Receiver<QrEvent>>;
+    async fn open_for_device(&self, device_id: &str, now: OffsetDateTime)
+    -> Result<Option<Ticket>>;
+    async fn insert(&self, ticket: Ticket) -> Result<()>;
+    async fn get(&self, ticket_id: &str) -> Result<Option<Ticket>>;
+    async fn by_code(&self, code: &str) -> Result<Option<Ticket>>;
+    /// Applies `change` to the ticket atomically (it may be called more
+    /// than once if the ticket changed meanwhile); its `Ok(Some(event))` is
+    /// announced to the ticket's listeners.
+    async fn update(&self, ticket_id: &str, change: &mut TicketChange<'_>) -> Result<Ticket>;
+    /// Listens for the ticket's events from now on: once this returns,
+    /// every later announcement reaches the receiver.
+    async fn subscribe(&self, ticket_id: &str) -> Result<Option<broadcast::Receiver<QrEvent>>>;
 }
 
 struct Entry {
@@ -132,19 +140,33 @@ impl Tickets {
     }
 }
 
+impl MemoryTickets {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Tickets>> {
+        self.inner
+            .lock()
+            .map_err(|_| CoreError::Internal("ticket store poisoned".into()))
+    }
+}
+
+#[async_trait]
 impl QrTickets for MemoryTickets {
-    fn open_for_device(&self, device_id: &str, now: OffsetDateTime) -> Option<Ticket> {
-        let inner = self.inner.lock().ok()?;
-        let id = inner.by_device.get(device_id)?;
-        let entry = inner.by_id.get(id)?;
-        (entry.ticket.state.is_open() && entry.ticket.expires_at > now)
-            .then(|| entry.ticket.clone())
+    async fn open_for_device(
+        &self,
+        device_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<Ticket>> {
+        let inner = self.lock()?;
+        let entry = inner
+            .by_device
+            .get(device_id)
+            .and_then(|id| inner.by_id.get(id));
+        Ok(entry
+            .filter(|e| e.ticket.state.is_open() && e.ticket.expires_at > now)
+            .map(|e| e.ticket.clone()))
     }
 
-    fn insert(&self, ticket: Ticket) {
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
-        };
+    async fn insert(&self, ticket: Ticket) -> Result<()> {
+        let mut inner = self.lock()?;
         inner.sweep(ticket.created_at);
         let (events, _) = broadcast::channel(8);
         inner
@@ -158,32 +180,24 @@ impl QrTickets for MemoryTickets {
         inner
             .by_id
             .insert(ticket.ticket_id.clone(), Entry { ticket, events });
+        Ok(())
     }
 
-    fn get(&self, ticket_id: &str) -> Option<Ticket> {
-        self.inner
-            .lock()
-            .ok()?
-            .by_id
-            .get(ticket_id)
-            .map(|e| e.ticket.clone())
+    async fn get(&self, ticket_id: &str) -> Result<Option<Ticket>> {
+        Ok(self.lock()?.by_id.get(ticket_id).map(|e| e.ticket.clone()))
     }
 
-    fn by_code(&self, code: &str) -> Option<Ticket> {
-        let inner = self.inner.lock().ok()?;
-        let id = inner.by_code.get(code)?;
-        inner.by_id.get(id).map(|e| e.ticket.clone())
+    async fn by_code(&self, code: &str) -> Result<Option<Ticket>> {
+        let inner = self.lock()?;
+        Ok(inner
+            .by_code
+            .get(code)
+            .and_then(|id| inner.by_id.get(id))
+            .map(|e| e.ticket.clone()))
     }
 
-    fn update(
-        &self,
-        ticket_id: &str,
-        change: &mut dyn FnMut(&mut Ticket) -> Result<Option<QrEvent>>,
-    ) -> Result<Ticket> {
-        let mut inner = self
-            .inner
-            .lock()
-            .map_err(|_| CoreError::Internal("ticket store poisoned".into()))?;
+    async fn update(&self, ticket_id: &str, change: &mut TicketChange<'_>) -> Result<Ticket> {
+        let mut inner = self.lock()?;
         let entry = inner
             .by_id
             .get_mut(ticket_id)
@@ -198,13 +212,12 @@ impl QrTickets for MemoryTickets {
         Ok(next)
     }
 
-    fn subscribe(&self, ticket_id: &str) -> Option<broadcast::Receiver<QrEvent>> {
-        self.inner
-            .lock()
-            .ok()?
+    async fn subscribe(&self, ticket_id: &str) -> Result<Option<broadcast::Receiver<QrEvent>>> {
+        Ok(self
+            .lock()?
             .by_id
             .get(ticket_id)
-            .map(|e| e.events.subscribe())
+            .map(|e| e.events.subscribe()))
     }
 }
 
@@ -254,18 +267,18 @@ impl Core {
     ) -> Result<NewTicket> {
         crate::auth::validate_device(device_id.as_deref())?;
         if let Some(ip) = &client.ip {
-            self.check_limit(Limit::Qr, ip)?;
+            self.check_limit(Limit::Qr, ip).await?;
         }
         let now = self.clock.now();
         if let Some(device) = &device_id
-            && let Some(ticket) = self.qr.open_for_device(device, now)
+            && let Some(ticket) = self.qr.open_for_device(device, now).await?
         {
             let expires_in = (ticket.expires_at - now).whole_seconds().max(0) as u64;
             return Ok(NewTicket { ticket, expires_in });
         }
         let ttl = self.config.auth.qr_ttl_secs.max(1);
         let mut code = new_code()?;
-        while self.qr.by_code(&code).is_some() {
+        while self.qr.by_code(&code).await?.is_some() {
             code = new_code()?;
         }
         let ticket = Ticket {
@@ -279,7 +292,7 @@ impl Core {
             expires_at: now + time::Duration::seconds(ttl as i64),
             state: TicketState::Pending,
         };
-        self.qr.insert(ticket.clone());
+        self.qr.insert(ticket.clone()).await?;
         Ok(NewTicket {
             ticket,
             expires_in: ttl,
@@ -287,33 +300,37 @@ impl Core {
     }
 
     /// A ticket by id, with its state brought up to date (expiry).
-    pub fn qr_ticket(&self, ticket_id: &str) -> Result<Ticket> {
+    pub async fn qr_ticket(&self, ticket_id: &str) -> Result<Ticket> {
         let ticket = self
             .qr
             .get(ticket_id)
+            .await?
             .ok_or_else(|| CoreError::NotFound("ticket not found".into()))?;
         if ticket.state.is_open() && ticket.expires_at <= self.clock.now() {
-            return self.expire_qr(ticket_id);
+            return self.expire_qr(ticket_id).await;
         }
         Ok(ticket)
     }
 
     /// Marks an open ticket expired (announcing it); returns its state.
-    pub fn expire_qr(&self, ticket_id: &str) -> Result<Ticket> {
+    pub async fn expire_qr(&self, ticket_id: &str) -> Result<Ticket> {
         let now = self.clock.now();
-        self.qr.update(ticket_id, &mut |t| {
-            if t.state.is_open() && t.expires_at <= now {
-                t.state = TicketState::Expired;
-                return Ok(Some(QrEvent::Expired));
-            }
-            Ok(None)
-        })
+        self.qr
+            .update(ticket_id, &mut |t| {
+                if t.state.is_open() && t.expires_at <= now {
+                    t.state = TicketState::Expired;
+                    return Ok(Some(QrEvent::Expired));
+                }
+                Ok(None)
+            })
+            .await
     }
 
     /// Listens for a ticket's events (the waiting page).
-    pub fn qr_events(&self, ticket_id: &str) -> Result<broadcast::Receiver<QrEvent>> {
+    pub async fn qr_events(&self, ticket_id: &str) -> Result<broadcast::Receiver<QrEvent>> {
         self.qr
             .subscribe(ticket_id)
+            .await?
             .ok_or_else(|| CoreError::NotFound("ticket not found".into()))
     }
 
@@ -326,8 +343,8 @@ impl Core {
         code: Option<&str>,
     ) -> Result<Ticket> {
         let found = match (ticket_id, code) {
-            (Some(id), None) => self.qr.get(id),
-            (None, Some(code)) => self.qr.by_code(&normalize_code(code)),
+            (Some(id), None) => self.qr.get(id).await?,
+            (None, Some(code)) => self.qr.by_code(&normalize_code(code)).await?,
             _ => {
                 return Err(CoreError::BadRequest(
                     "give either ticket_id or code".into(),
@@ -335,33 +352,35 @@ impl Core {
             }
         };
         let ticket = found.ok_or_else(|| CoreError::NotFound("ticket not found".into()))?;
-        let ticket = self.qr_ticket(&ticket.ticket_id)?;
+        let ticket = self.qr_ticket(&ticket.ticket_id).await?;
         let user = self
             .store
             .user(&auth.user_id)
             .await?
             .ok_or_else(|| CoreError::NotFound("user not found".into()))?;
         let me = auth.user_id.clone();
-        self.qr.update(&ticket.ticket_id, &mut |t| match &t.state {
-            TicketState::Pending => {
-                t.state = TicketState::Scanned {
-                    by: me.clone(),
-                    display_name: user.display_name.clone(),
-                };
-                Ok(Some(QrEvent::Scanned {
-                    display_name: user.display_name.clone(),
-                }))
-            }
-            TicketState::Scanned { by, .. } if *by == me => Ok(None),
-            TicketState::Scanned { .. } => Err(CoreError::Conflict(
-                "another user scanned this ticket".into(),
-            )),
-            other => Err(closed(other)),
-        })
+        self.qr
+            .update(&ticket.ticket_id, &mut |t| match &t.state {
+                TicketState::Pending => {
+                    t.state = TicketState::Scanned {
+                        by: me.clone(),
+                        display_name: user.display_name.clone(),
+                    };
+                    Ok(Some(QrEvent::Scanned {
+                        display_name: user.display_name.clone(),
+                    }))
+                }
+                TicketState::Scanned { by, .. } if *by == me => Ok(None),
+                TicketState::Scanned { .. } => Err(CoreError::Conflict(
+                    "another user scanned this ticket".into(),
+                )),
+                other => Err(closed(other)),
+            })
+            .await
     }
 
-    fn scanned_by(&self, ticket_id: &str, auth: &AuthContext) -> Result<Ticket> {
-        let ticket = self.qr_ticket(ticket_id)?;
+    async fn scanned_by(&self, ticket_id: &str, auth: &AuthContext) -> Result<Ticket> {
+        let ticket = self.qr_ticket(ticket_id).await?;
         match &ticket.state {
             TicketState::Scanned { by, .. } if *by == auth.user_id => Ok(ticket),
             TicketState::Scanned { .. } | TicketState::Pending => Err(CoreError::Forbidden(
@@ -373,7 +392,7 @@ impl Core {
 
     /// `POST /v1/auth/qr/{ticket_id}/confirm` by the phone that scanned it.
     pub async fn confirm_qr(&self, auth: &AuthContext, ticket_id: &str) -> Result<SessionId> {
-        let ticket = self.scanned_by(ticket_id, auth)?;
+        let ticket = self.scanned_by(ticket_id, auth).await?;
         self.complete_qr(ticket, auth.user_id.clone(), Some(&auth.session_id), "user")
             .await
     }
@@ -386,7 +405,7 @@ impl Core {
         ticket_id: &str,
         user: UserId,
     ) -> Result<SessionId> {
-        let ticket = self.qr_ticket(ticket_id)?;
+        let ticket = self.qr_ticket(ticket_id).await?;
         if !ticket.state.is_open() {
             return Err(closed(&ticket.state));
         }
@@ -406,17 +425,20 @@ impl Core {
         approver: &str,
     ) -> Result<SessionId> {
         let now = self.clock.now();
-        let claimed = self.qr.update(&ticket.ticket_id, &mut |t| {
-            if !t.state.is_open() {
-                return Err(closed(&t.state));
-            }
-            if t.expires_at <= now {
-                t.state = TicketState::Expired;
-                return Ok(Some(QrEvent::Expired));
-            }
-            t.state = TicketState::Confirmed;
-            Ok(None)
-        })?;
+        let claimed = self
+            .qr
+            .update(&ticket.ticket_id, &mut |t| {
+                if !t.state.is_open() {
+                    return Err(closed(&t.state));
+                }
+                if t.expires_at <= now {
+                    t.state = TicketState::Expired;
+                    return Ok(Some(QrEvent::Expired));
+                }
+                t.state = TicketState::Confirmed;
+                Ok(None)
+            })
+            .await?;
         if claimed.state == TicketState::Expired {
             return Err(CoreError::Gone("the ticket expired".into()));
         }
@@ -453,22 +475,26 @@ impl Core {
             ..Default::default()
         })
         .await;
-        self.qr.update(&ticket.ticket_id, &mut |_| {
-            Ok(Some(QrEvent::Confirmed(Box::new(pair.clone()))))
-        })?;
+        self.qr
+            .update(&ticket.ticket_id, &mut |_| {
+                Ok(Some(QrEvent::Confirmed(Box::new(pair.clone()))))
+            })
+            .await?;
         Ok(session)
     }
 
     /// `POST /v1/auth/qr/{ticket_id}/cancel` by the phone that scanned it.
-    pub fn cancel_qr(&self, auth: &AuthContext, ticket_id: &str) -> Result<()> {
-        self.scanned_by(ticket_id, auth)?;
-        self.qr.update(ticket_id, &mut |t| {
-            if !t.state.is_open() {
-                return Err(closed(&t.state));
-            }
-            t.state = TicketState::Cancelled;
-            Ok(Some(QrEvent::Cancelled))
-        })?;
+    pub async fn cancel_qr(&self, auth: &AuthContext, ticket_id: &str) -> Result<()> {
+        self.scanned_by(ticket_id, auth).await?;
+        self.qr
+            .update(ticket_id, &mut |t| {
+                if !t.state.is_open() {
+                    return Err(closed(&t.state));
+                }
+                t.state = TicketState::Cancelled;
+                Ok(Some(QrEvent::Cancelled))
+            })
+            .await?;
         Ok(())
     }
 }

@@ -9,13 +9,17 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
+use async_trait::async_trait;
+
 use crate::error::{CoreError, Result};
 
 /// Remembers nonces until they expire.
+#[async_trait]
 pub trait NonceStore: Send + Sync {
     /// Records `key` until `expires_at` (Unix seconds). `false` if it was
-    /// already recorded and has not expired.
-    fn insert(&self, key: &str, now: i64, expires_at: i64) -> bool;
+    /// already recorded and has not expired; an error when the shared store
+    /// cannot be reached (the request is refused, not let through).
+    async fn insert(&self, key: &str, now: i64, expires_at: i64) -> Result<bool>;
 }
 
 /// The single-node nonce store: a map plus an expiry queue, bounded.
@@ -40,11 +44,13 @@ impl MemoryNonces {
     }
 }
 
+#[async_trait]
 impl NonceStore for MemoryNonces {
-    fn insert(&self, key: &str, now: i64, expires_at: i64) -> bool {
-        let Ok(mut inner) = self.inner.lock() else {
-            return false;
-        };
+    async fn insert(&self, key: &str, now: i64, expires_at: i64) -> Result<bool> {
+        let mut inner = self
+            .inner
+            .lock()
+            .map_err(|_| CoreError::Internal("nonce store poisoned".into()))?;
         // Forget what has expired, and the oldest when over capacity.
         while let Some((expiry, _)) = inner.order.front() {
             if *expiry > now && inner.order.len() < self.capacity {
@@ -57,17 +63,17 @@ impl NonceStore for MemoryNonces {
             }
         }
         if inner.seen.get(key).is_some_and(|expiry| *expiry > now) {
-            return false;
+            return Ok(false);
         }
         inner.seen.insert(key.to_owned(), expires_at);
         inner.order.push_back((expires_at, key.to_owned()));
-        true
+        Ok(true)
     }
 }
 
 /// Checks a request's nonce and timestamp. `required` refuses requests
 /// that carry neither.
-pub fn check(
+pub async fn check(
     store: &dyn NonceStore,
     credential: &str,
     nonce: Option<&str>,
@@ -100,7 +106,10 @@ pub fn check(
         ));
     }
     // Remembered for the whole time its timestamp stays acceptable.
-    if !store.insert(&format!("{credential}\n{nonce}"), now, ts + window) {
+    if !store
+        .insert(&format!("{credential}\n{nonce}"), now, ts + window)
+        .await?
+    {
         return Err(CoreError::Conflict("this nonce was already used".into()));
     }
     Ok(())
@@ -110,37 +119,45 @@ pub fn check(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_nonce_is_refused_inside_the_window_and_forgotten_after() {
+    #[tokio::test]
+    async fn a_nonce_is_refused_inside_the_window_and_forgotten_after() {
         let store = MemoryNonces::new(10);
-        assert!(check(&store, "a", Some("n1"), Some("1000"), 1000, 300, false).is_ok());
+        assert!(
+            check(&store, "a", Some("n1"), Some("1000"), 1000, 300, false)
+                .await
+                .is_ok()
+        );
         assert!(matches!(
-            check(&store, "a", Some("n1"), Some("1000"), 1010, 300, false),
+            check(&store, "a", Some("n1"), Some("1000"), 1010, 300, false).await,
             Err(CoreError::Conflict(_))
         ));
         // Another credential may use the same nonce.
-        assert!(check(&store, "b", Some("n1"), Some("1000"), 1010, 300, false).is_ok());
+        assert!(
+            check(&store, "b", Some("n1"), Some("1000"), 1010, 300, false)
+                .await
+                .is_ok()
+        );
         // After the window the timestamp itself is refused.
         assert!(matches!(
-            check(&store, "a", Some("n1"), Some("1000"), 1301, 300, false),
+            check(&store, "a", Some("n1"), Some("1000"), 1301, 300, false).await,
             Err(CoreError::Unauthorized(_))
         ));
         assert!(matches!(
-            check(&store, "a", Some("n2"), Some("0"), 3600, 300, false),
+            check(&store, "a", Some("n2"), Some("0"), 3600, 300, false).await,
             Err(CoreError::Unauthorized(_))
         ));
     }
 
-    #[test]
-    fn missing_headers_pass_unless_required_and_the_store_stays_bounded() {
+    #[tokio::test]
+    async fn missing_headers_pass_unless_required_and_the_store_stays_bounded() {
         let store = MemoryNonces::new(3);
-        assert!(check(&store, "a", None, None, 0, 300, false).is_ok());
+        assert!(check(&store, "a", None, None, 0, 300, false).await.is_ok());
         assert!(matches!(
-            check(&store, "a", None, None, 0, 300, true),
+            check(&store, "a", None, None, 0, 300, true).await,
             Err(CoreError::Unauthorized(_))
         ));
         assert!(matches!(
-            check(&store, "a", Some("x"), None, 0, 300, false),
+            check(&store, "a", Some("x"), None, 0, 300, false).await,
             Err(CoreError::Unauthorized(_))
         ));
         for i in 0..100 {
@@ -154,6 +171,7 @@ mod tests {
                     300,
                     false
                 )
+                .await
                 .is_ok()
             );
         }

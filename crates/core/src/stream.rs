@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use tokio_util::sync::WaitForCancellationFutureOwned;
-use unimsg_proto::{Seq, SessionId, UserId};
+use unimsg_proto::{Platform, Seq, SessionId, UserId};
 
 use crate::auth::AuthContext;
 use crate::error::{CoreError, Result};
@@ -24,7 +24,21 @@ pub struct InboxStream {
     user: UserId,
     session: SessionId,
     subscription: Subscription,
+    _attached: Attached,
     last: Seq,
+}
+
+/// Keeps the user's events routed to this node while the stream lives.
+struct Attached {
+    bus: Arc<dyn crate::bus::Bus>,
+    user: UserId,
+    platform: Platform,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.bus.detach(&self.user, &self.platform);
+    }
 }
 
 impl std::fmt::Debug for InboxStream {
@@ -44,6 +58,16 @@ impl InboxStream {
         let subscription = core
             .hub
             .subscribe(&auth.user_id, &auth.session_id, &auth.platform);
+        let attached = Attached {
+            bus: core.bus.clone(),
+            user: auth.user_id.clone(),
+            platform: auth.platform.clone(),
+        };
+        if let Err(error) = core.bus.attach(&auth.user_id, &auth.platform).await {
+            // Still counted: when the bus is back, it routes this user
+            // again and every connection catches up from the store.
+            tracing::warn!(%error, "live routing is not in place yet");
+        }
         // Checked after subscribing: a revocation committed from now on is
         // published to this subscription, one committed before is seen here.
         if !core.session_active(&auth.session_id).await? {
@@ -56,6 +80,7 @@ impl InboxStream {
             user: auth.user_id.clone(),
             session: auth.session_id.clone(),
             subscription,
+            _attached: attached,
             last,
         })
     }

@@ -180,11 +180,11 @@ async fn admit(
     }
     let credential = if request.uri().path() == "/v1/admin/token" {
         let ip = ip.map(|i| i.to_string()).unwrap_or_default();
-        core.check_limit(Limit::Token, &ip)?;
+        core.check_limit(Limit::Token, &ip).await?;
         None
     } else {
         let ctx = authenticate(state, request.headers()).await?;
-        core.check_limit(Limit::Admin, &ctx.admin_id)?;
+        core.check_limit(Limit::Admin, &ctx.admin_id).await?;
         record.actor = ctx.admin_id.clone();
         record.scope = Some(
             ctx.scopes
@@ -203,7 +203,8 @@ async fn admit(
         &key,
         header(request.headers(), "x-nonce"),
         header(request.headers(), "x-timestamp"),
-    )?;
+    )
+    .await?;
     if let Some(ctx) = credential {
         request.extensions_mut().insert(ctx);
     }
@@ -672,7 +673,7 @@ async fn presence(
 ) -> Result<axum::Json<PresenceResponse>, ApiError> {
     admin.require(Scope::UsersRead)?;
     let ids = user_ids(&q.user_ids)?;
-    Ok(axum::Json(state.core.presence(ids)))
+    Ok(axum::Json(state.core.presence(ids).await?))
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -127,8 +127,8 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let core = state.core.clone();
     // Listen first, then read the state: nothing falls between the two.
-    let rx = core.qr_events(&id)?;
-    let ticket = core.qr_ticket(&id)?;
+    let rx = core.qr_events(&id).await?;
+    let ticket = core.qr_ticket(&id).await?;
     let mut first = vec![named(
         "pending",
         serde_json::json!({
@@ -204,12 +204,12 @@ async fn next_qr_event(mut w: Waiting) -> Option<(Result<SseEvent, Infallible>, 
                 Ok(event) => to_sse(event),
                 // Missed events: the state tells where the ticket stands.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    state_event(&w.core.qr_ticket(&w.id).ok()?)
+                    state_event(&w.core.qr_ticket(&w.id).await.ok()?)
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             },
             () = tokio::time::sleep_until(w.deadline) => {
-                let ticket = w.core.expire_qr(&w.id).ok()?;
+                let ticket = w.core.expire_qr(&w.id).await.ok()?;
                 if ticket.state == TicketState::Confirmed {
                     // Confirmed just before expiry: its tokens are on their way.
                     w.deadline += Duration::from_secs(60);
@@ -242,7 +242,7 @@ pub async fn image(
     headers: HeaderMap,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
-    let ticket = state.core.qr_ticket(&id)?;
+    let ticket = state.core.qr_ticket(&id).await?;
     let url = qr_url(&state, &headers, &ticket.code);
     let code = qrcode::QrCode::new(url.as_bytes())
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cannot draw the QR code: {e}")))?;
@@ -345,6 +345,6 @@ pub async fn cancel(
     Authed(auth): Authed,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
-    state.core.cancel_qr(&auth, &id)?;
+    state.core.cancel_qr(&auth, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

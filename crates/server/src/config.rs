@@ -48,6 +48,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub groups: GroupsConfig,
     pub store: StoreConfig,
+    pub bus: BusConfig,
 }
 
 impl Default for Config {
@@ -64,6 +65,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             groups: GroupsConfig::default(),
             store: StoreConfig::default(),
+            bus: BusConfig::default(),
         }
     }
 }
@@ -100,13 +102,48 @@ pub enum LogFormat {
 pub struct StoreConfig {
     /// `full` syncs every commit to disk (survives power loss); `normal`
     /// survives a process crash only. Commits are grouped either way.
+    /// (Embedded store only.)
     pub sync: String,
+    /// Cluster mode: `postgres://user:password@host:port/database`. Empty
+    /// keeps the embedded SQLite store in the data directory.
+    pub url: String,
+    /// Connections each node keeps to PostgreSQL.
+    pub pool_size: usize,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             sync: "full".into(),
+            url: String::new(),
+            pool_size: 16,
+        }
+    }
+}
+
+/// `[bus]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// Cluster mode: `redis://[:password@]host:port/[db]` for cross-node
+    /// delivery, presence, nonces, rate limits and QR tickets. Empty runs
+    /// a single node with all of it in memory. Needs `store.url`.
+    pub url: String,
+    /// Prefix of every Redis key and channel.
+    pub prefix: String,
+    /// This node's id in the cluster; empty picks a random one at start.
+    pub node_id: String,
+    /// How long a node's presence entries outlive it if it dies, in seconds.
+    pub presence_ttl_secs: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            prefix: "unimsg:".into(),
+            node_id: String::new(),
+            presence_ttl_secs: 30,
         }
     }
 }

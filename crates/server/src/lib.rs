@@ -24,9 +24,12 @@ use unimsg_core::qr::MemoryTickets;
 use unimsg_core::replay::MemoryNonces;
 use unimsg_core::{Core, CoreParts};
 use unimsg_http::AppState;
+use unimsg_redis::{Cluster, RedisBus, RedisLimits, RedisNonces, RedisOptions, RedisTickets};
+use unimsg_store::Store;
 use unimsg_store::sqlite::{SqliteOptions, SqliteStore};
+use unimsg_store_postgres::{PgOptions, PgStore};
 
-pub use config::{Config, ConfigError, ENV_PREFIX, LogConfig, LogFormat, StoreConfig};
+pub use config::{BusConfig, Config, ConfigError, ENV_PREFIX, LogConfig, LogFormat, StoreConfig};
 
 /// Log target of start and stop lines, shown at every log level: scripts
 /// wait for `listening on http://ADDR`.
@@ -50,27 +53,56 @@ fn metrics_handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
-/// Opens everything under the data directory and builds the core.
-pub async fn build(config: &Config) -> anyhow::Result<Arc<Core>> {
+/// A built node: the core, and the cluster connection in cluster mode.
+pub struct Node {
+    pub core: Arc<Core>,
+    pub cluster: Option<Arc<unimsg_redis::Cluster>>,
+}
+
+/// Opens the store (embedded, or PostgreSQL in cluster mode), loads the
+/// keys, joins the cluster bus if configured, and builds the core.
+pub async fn build(config: &Config) -> anyhow::Result<Node> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
             config.data_dir.display()
         )
     })?;
+    let clustered = !config.store.url.is_empty();
+    anyhow::ensure!(
+        config.bus.url.is_empty() || clustered,
+        "bus.url needs store.url: the nodes of a cluster share one PostgreSQL database"
+    );
     let master_env = std::env::var(MASTER_KEY_ENV).ok();
+    anyhow::ensure!(
+        !clustered || master_env.is_some() || config.data_dir.join("master.key").exists(),
+        "cluster mode needs the same master key on every node: set {MASTER_KEY_ENV} \
+         (base64 of 32 bytes) or copy master.key into the data directory"
+    );
     let master = MasterKey::load_or_create(&config.data_dir, master_env.as_deref())?;
-    let signing = SigningKey::load_or_create(&config.data_dir)?;
-    let mut options = SqliteOptions::new(config.data_dir.join("unimsg.db"));
-    options.durability = config.store.durability();
-    let store = Arc::new(SqliteStore::open(options)?);
+    let (store, signing): (Arc<dyn Store>, SigningKey) = if clustered {
+        let mut options = PgOptions::new(config.store.url.clone());
+        options.pool_size = config.store.pool_size.max(1);
+        let store = PgStore::connect(options)
+            .await
+            .context("cannot open the PostgreSQL store")?;
+        let signing = SigningKey::load_or_create_shared(&store, &master).await?;
+        (Arc::new(store), signing)
+    } else {
+        let mut options = SqliteOptions::new(config.data_dir.join("unimsg.db"));
+        options.durability = config.store.durability();
+        let store = SqliteStore::open(options)?;
+        (
+            Arc::new(store),
+            SigningKey::load_or_create(&config.data_dir)?,
+        )
+    };
     let keyring = Keyring::load(&*store, &master).await?;
     let hub = Hub::new(config.delivery.outbound_queue);
-    let bus = Arc::new(LocalBus::new(hub.clone()));
-    Ok(Arc::new(Core::new(CoreParts {
+    let mut parts = CoreParts {
         store,
-        bus,
-        hub,
+        bus: Arc::new(LocalBus::new(hub.clone())),
+        hub: hub.clone(),
         keyring,
         signing,
         clock: Arc::new(SystemClock),
@@ -79,7 +111,41 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Core>> {
         limits: Arc::new(MemoryLimits::new(config.limits.clone())),
         qr: Arc::new(MemoryTickets::default()),
         config: config.core(),
-    })))
+    };
+    let cluster = if config.bus.url.is_empty() {
+        None
+    } else {
+        let node_id = if config.bus.node_id.is_empty() {
+            format!("node-{}", uuid_suffix())
+        } else {
+            config.bus.node_id.clone()
+        };
+        let options = RedisOptions {
+            url: config.bus.url.clone(),
+            prefix: config.bus.prefix.clone(),
+            node_id,
+            presence_ttl: std::time::Duration::from_secs(config.bus.presence_ttl_secs.max(1)),
+            timeout: std::time::Duration::from_secs(2),
+        };
+        let cluster = Cluster::connect(options, hub)
+            .await
+            .context("cannot connect to Redis")?;
+        parts.bus = Arc::new(RedisBus::new(cluster.clone()));
+        parts.nonces = Arc::new(RedisNonces::new(cluster.clone()));
+        parts.limits = Arc::new(RedisLimits::new(cluster.clone(), config.limits.clone()));
+        parts.qr = Arc::new(RedisTickets::new(cluster.clone()));
+        Some(cluster)
+    };
+    Ok(Node {
+        core: Arc::new(Core::new(parts)),
+        cluster,
+    })
+}
+
+/// Eight random hex digits for a generated node id.
+fn uuid_suffix() -> String {
+    let bytes = unimsg_core::keys::random_bytes::<4>().unwrap_or([0; 4]);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `unimsg audit verify`: walks the audit log of the data directory's store.
@@ -99,7 +165,10 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let core = build(&config).await?;
+    let Node { core, cluster } = build(&config).await?;
+    if let Some(cluster) = &cluster {
+        tracing::info!(target: LIFECYCLE, node_id = cluster.node_id(), "cluster mode: PostgreSQL store, Redis bus");
+    }
     let initial = core
         .ensure_initial_admin(std::env::var(ADMIN_PASSWORD_ENV).ok())
         .await?;
@@ -138,6 +207,9 @@ pub async fn run(
     {
         tracing::warn!(target: LIFECYCLE, left = draining.connections(), "connections still open at exit");
     }
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
+    }
     tracing::info!(target: LIFECYCLE, "stopped");
     Ok(())
 }
@@ -152,10 +224,15 @@ pub fn to_toml(config: &Config) -> String {
 pub fn init_logging(log: &LogConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
-    let filter = match format!("{LIFECYCLE}=info").parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
-    };
+    // The PostgreSQL driver logs query parameters (password hashes,
+    // wrapped keys) at debug level: never let them through.
+    let filter = [
+        format!("{LIFECYCLE}=info"),
+        "tokio_postgres=info".to_owned(),
+    ]
+    .iter()
+    .filter_map(|d| d.parse().ok())
+    .fold(filter, |f, directive| f.add_directive(directive));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

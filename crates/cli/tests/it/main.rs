@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod bad_input;
 mod cli_admin;
+mod cluster;
 mod delivery;
 mod durability;
 mod flow;

@@ -1,0 +1,495 @@
+//! Cluster mode: real PostgreSQL and Redis servers (started by
+//! `unimsg-testkit` in temporary directories on loopback) and two or three
+//! `unimsg` nodes sharing them.
+
+use std::collections::HashSet;
+
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use reqwest::Method;
+use serde_json::{Value, json};
+use unimsg_client::proto::{EventType, Seq};
+use unimsg_client::text_message;
+use unimsg_testkit::{Postgres, Redis};
+
+use crate::harness::{ADMIN_PASSWORD, TestServer};
+use crate::support::*;
+
+/// The master key every node of a test cluster shares.
+const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+struct TestCluster {
+    pg: Postgres,
+    redis: Redis,
+    nodes: Vec<TestServer>,
+}
+
+impl TestCluster {
+    async fn start(nodes: usize, extra: &[(&str, &str)]) -> Self {
+        let pg = Postgres::start();
+        let redis = Redis::start();
+        let mut cluster = TestCluster {
+            pg,
+            redis,
+            nodes: Vec::new(),
+        };
+        for i in 0..nodes {
+            let node = cluster.node(&format!("node-{i}"), extra).await;
+            cluster.nodes.push(node);
+        }
+        cluster
+    }
+
+    /// Starts one more node on the shared PostgreSQL and Redis.
+    async fn node(&self, id: &str, extra: &[(&str, &str)]) -> TestServer {
+        let store = self.pg.url("postgres");
+        let bus = self.redis.url();
+        let mut env = vec![
+            ("UNIMSG_STORE__URL", store.as_str()),
+            ("UNIMSG_BUS__URL", bus.as_str()),
+            ("UNIMSG_BUS__NODE_ID", id),
+            ("UNIMSG_MASTER_KEY", MASTER_KEY),
+        ];
+        env.extend_from_slice(extra);
+        TestServer::start_with(&env).await
+    }
+}
+
+fn texts(events: &[unimsg_client::proto::Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.kind == EventType::MessageNew)
+        .map(text)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_message_sent_on_one_node_is_live_on_another_and_synced_on_a_third() {
+    let c = TestCluster::start(3, &[]).await;
+    let (a, b, third) = (
+        c.nodes[0].client(),
+        c.nodes[1].client(),
+        c.nodes[2].client(),
+    );
+    let alice = user(&a, "alice").await;
+    register(&a, "bob").await;
+    let bob = login(&b, "bob", "web", None).await;
+    let mut ws = bob
+        .api
+        .connect_ws(None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let sent: Vec<String> = (0..20).map(|i| format!("hello {i}")).collect();
+    for t in &sent {
+        alice
+            .api
+            .send(&text_message(&bob.id, t, None))
+            .await
+            .unwrap_or_else(|e| panic!("send: {e}"));
+    }
+    let mut live = Vec::new();
+    while live.len() < sent.len() {
+        live.push(ws_event(&mut ws).await);
+    }
+    assert_eq!(texts(&live), sent, "live on node B, in order");
+    assert_gap_free(&live);
+
+    let on_third = third.with_token(bob.tokens.access_token.clone());
+    let synced = full_sync(&on_third).await;
+    assert_gap_free(&synced);
+    assert_eq!(texts(&synced), sent, "sync on node C");
+}
+
+#[tokio::test]
+async fn concurrent_sends_through_three_nodes_leave_a_gap_free_inbox() {
+    let c = TestCluster::start(3, &[]).await;
+    let bob_id = register(&c.nodes[0].client(), "bob").await;
+    let mut senders = Vec::new();
+    for (i, node) in c.nodes.iter().enumerate() {
+        senders.push(user(&node.client(), &format!("sender{i}")).await);
+    }
+    let per_sender = 40;
+    let mut tasks = Vec::new();
+    for s in senders {
+        let to = bob_id.clone();
+        tasks.push(tokio::spawn(async move {
+            for k in 0..per_sender {
+                let text = format!("{} #{k}", s.username);
+                let cmid = format!("{}-{k}", s.username);
+                s.api
+                    .send(&text_message(&to, &text, Some(&cmid)))
+                    .await
+                    .unwrap_or_else(|e| panic!("send: {e}"));
+                // A retry of the same message through the same node must
+                // not add a second copy.
+                if k % 10 == 0 {
+                    s.api
+                        .send(&text_message(&to, &text, Some(&cmid)))
+                        .await
+                        .unwrap_or_else(|e| panic!("retry: {e}"));
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let bob = login(&c.nodes[1].client(), "bob", "web", None).await;
+    let inbox = full_sync(&bob.api).await;
+    assert_gap_free(&inbox);
+    let ids: HashSet<String> = inbox.iter().map(message_id).collect();
+    assert_eq!(inbox.len(), 3 * per_sender, "every message once");
+    assert_eq!(ids.len(), inbox.len(), "no duplicate");
+    for i in 0..3 {
+        let from_one: Vec<String> = texts(&inbox)
+            .into_iter()
+            .filter(|t| t.starts_with(&format!("sender{i} ")))
+            .collect();
+        let expected: Vec<String> = (0..per_sender).map(|k| format!("sender{i} #{k}")).collect();
+        assert_eq!(from_one, expected, "each sender's messages in their order");
+    }
+}
+
+#[tokio::test]
+async fn logout_on_one_node_is_refused_on_another_and_closes_its_websocket() {
+    let c = TestCluster::start(2, &[]).await;
+    let (a, b) = (c.nodes[0].client(), c.nodes[1].client());
+    register(&a, "bob").await;
+    let bob = login(&a, "bob", "web", None).await;
+    let on_b = b.with_token(bob.tokens.access_token.clone());
+    on_b.me().await.unwrap_or_else(|e| panic!("me on B: {e}"));
+    let mut ws = on_b
+        .connect_ws(None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    bob.api
+        .logout()
+        .await
+        .unwrap_or_else(|e| panic!("logout on A: {e}"));
+    let refused = on_b.me().await;
+    assert!(
+        matches!(&refused, Err(e) if e.status() == Some(401)),
+        "the token is refused on B at once: {refused:?}"
+    );
+    let revoked = ws_event(&mut ws).await;
+    assert_eq!(revoked.kind, EventType::SessionRevoked);
+    assert_eq!(
+        within("the close", ws.next_event())
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        None
+    );
+    assert_eq!(ws.close_code(), Some(4001));
+}
+
+async fn post_json(base: &str, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap_or_else(|e| panic!("{e}"));
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_qr_ticket_made_on_a_waited_on_b_and_confirmed_on_c_completes() {
+    let c = TestCluster::start(3, &[]).await;
+    let (base_a, base_b, base_c) = (&c.nodes[0].base, &c.nodes[1].base, &c.nodes[2].base);
+    register(&c.nodes[0].client(), "bob").await;
+    let phone = login(&c.nodes[2].client(), "bob", "ios", Some("phone")).await;
+
+    let (status, ticket) = post_json(
+        base_a,
+        "/v1/auth/qr",
+        None,
+        json!({"platform": "web", "device_id": "desk"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{ticket}");
+    let id = ticket["ticket_id"].as_str().unwrap_or_default().to_owned();
+    let r = reqwest::Client::new()
+        .get(format!("{base_b}/v1/auth/qr/{id}/events"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status(), 200);
+    let mut page = Box::pin(r.bytes_stream().eventsource().filter_map(|e| async move {
+        let e = e.ok()?;
+        Some((
+            e.event,
+            serde_json::from_str::<Value>(&e.data).unwrap_or(Value::Null),
+        ))
+    }));
+    let mut next = async || {
+        within("a QR event", page.next())
+            .await
+            .unwrap_or_else(|| panic!("the stream ended"))
+    };
+    assert_eq!(next().await.0, "pending");
+
+    let (status, asking) = post_json(
+        base_c,
+        "/v1/auth/qr/scan",
+        Some(&phone.tokens.access_token),
+        json!({"code": ticket["code"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{asking}");
+    let (event, data) = next().await;
+    assert_eq!(
+        (event.as_str(), data["display_name"].as_str()),
+        ("scanned", Some("bob"))
+    );
+
+    let (status, confirmed) = post_json(
+        base_c,
+        &format!("/v1/auth/qr/{id}/confirm"),
+        Some(&phone.tokens.access_token),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{confirmed}");
+    let (event, data) = next().await;
+    assert_eq!(event, "confirmed");
+    assert_eq!(data["session_id"], confirmed["session_id"]);
+    let token = data["access_token"].as_str().unwrap_or_default().to_owned();
+    let me = c.nodes[0]
+        .client()
+        .with_token(token)
+        .me()
+        .await
+        .unwrap_or_else(|e| panic!("the page's token on A: {e}"));
+    assert_eq!(me.user_id, phone.id);
+
+    // Single use, whichever node is asked.
+    let (status, _) = post_json(
+        base_a,
+        &format!("/v1/auth/qr/{id}/confirm"),
+        Some(&phone.tokens.access_token),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 409);
+}
+
+async fn admin_get(base: &str, path: &str, headers: &[(&str, String)]) -> u16 {
+    let mut req = reqwest::Client::new()
+        .request(Method::GET, format!("{base}{path}"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD));
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    req.send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_replayed_nonce_and_a_rate_limit_hold_across_nodes() {
+    let c = TestCluster::start(3, &[("UNIMSG_LIMITS__REGISTER_PER_MINUTE", "3")]).await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let fresh = [
+        ("x-nonce", "cluster-nonce-1".to_owned()),
+        ("x-timestamp", now.to_string()),
+    ];
+    assert_eq!(
+        admin_get(&c.nodes[0].base, "/v1/admin/audit", &fresh).await,
+        200
+    );
+    assert_eq!(
+        admin_get(&c.nodes[1].base, "/v1/admin/audit", &fresh).await,
+        409,
+        "the nonce seen on A is refused on B"
+    );
+
+    let mut statuses = Vec::new();
+    for (i, node) in [0, 1, 2, 0].into_iter().enumerate() {
+        let (status, _) = post_json(
+            &c.nodes[node].base,
+            "/v1/auth/register",
+            None,
+            json!({"username": format!("user{i}"), "password": PASSWORD}),
+        )
+        .await;
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses,
+        [201, 201, 201, 429],
+        "three registrations a minute per IP, counted over all nodes"
+    );
+}
+
+#[tokio::test]
+async fn presence_is_seen_from_every_node() {
+    let c = TestCluster::start(2, &[]).await;
+    register(&c.nodes[0].client(), "bob").await;
+    let bob = login(&c.nodes[1].client(), "bob", "ios", None).await;
+    let url = format!("/v1/admin/presence?user_ids={}", bob.id);
+    let presence = async |base: &str| -> Value {
+        reqwest::Client::new()
+            .get(format!("{base}{url}"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert_eq!(
+        presence(&c.nodes[0].base).await["users"][0]["online"],
+        false
+    );
+    let ws = bob
+        .api
+        .connect_ws(None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let seen = presence(&c.nodes[0].base).await;
+    assert_eq!(seen["users"][0]["online"], true, "{seen}");
+    assert_eq!(seen["users"][0]["platforms"], json!(["ios"]));
+    drop(ws);
+    // The close is noticed by node B asynchronously: wait for it, bounded.
+    within("presence to clear", async {
+        while presence(&c.nodes[0].base).await["users"][0]["online"] != false {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+/// Sends `texts` from `alice` to `to` one by one; all must be acknowledged.
+async fn send_all(alice: &TestUser, to: &unimsg_client::proto::UserId, from: usize, to_n: usize) {
+    for i in from..to_n {
+        alice
+            .api
+            .send(&text_message(to, &format!("m{i}"), Some(&format!("m{i}"))))
+            .await
+            .unwrap_or_else(|e| panic!("send m{i}: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn a_redis_restart_pauses_live_delivery_and_loses_nothing() {
+    let mut c = TestCluster::start(2, &[]).await;
+    let alice = user(&c.nodes[0].client(), "alice").await;
+    register(&c.nodes[0].client(), "bob").await;
+    let bob = login(&c.nodes[1].client(), "bob", "web", None).await;
+    let mut ws = bob
+        .api
+        .connect_ws(None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    send_all(&alice, &bob.id, 0, 10).await;
+    let mut live = Vec::new();
+    while live.len() < 10 {
+        live.push(ws_event(&mut ws).await);
+    }
+    c.redis.stop();
+    // Sends still succeed: PostgreSQL holds them; only live delivery waits.
+    send_all(&alice, &bob.id, 10, 20).await;
+    c.redis.start_again();
+    // Nothing more is sent: node B notices Redis is back and has its
+    // connections catch up from the store.
+    while live.len() < 20 {
+        live.push(ws_event(&mut ws).await);
+    }
+    send_all(&alice, &bob.id, 20, 30).await;
+    while live.len() < 30 {
+        live.push(ws_event(&mut ws).await);
+    }
+    assert_gap_free(&live);
+    let expected: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts(&live), expected, "the WebSocket caught up, in order");
+    let synced = full_sync(&bob.api).await;
+    assert_eq!(texts(&synced), expected, "nothing acknowledged is lost");
+}
+
+#[tokio::test]
+async fn while_postgres_is_down_sends_fail_with_503_and_nothing_acknowledged_is_lost() {
+    let c = TestCluster::start(2, &[]).await;
+    let alice = user(&c.nodes[0].client(), "alice").await;
+    let bob_id = register(&c.nodes[0].client(), "bob").await;
+    send_all(&alice, &bob_id, 0, 5).await;
+
+    c.pg.stop();
+    let failed = alice
+        .api
+        .send(&text_message(&bob_id, "while down", Some("down")))
+        .await;
+    assert!(
+        matches!(&failed, Err(e) if e.status() == Some(503)),
+        "503 while PostgreSQL is down: {failed:?}"
+    );
+    c.pg.start_again();
+    // The pool reconnects on its own: the same request now goes through.
+    within("sends to succeed again", async {
+        loop {
+            match alice
+                .api
+                .send(&text_message(&bob_id, "while down", Some("down")))
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if e.status() == Some(503) => tokio::task::yield_now().await,
+                Err(e) => panic!("unexpected failure after the restart: {e}"),
+            }
+        }
+    })
+    .await;
+    send_all(&alice, &bob_id, 5, 10).await;
+
+    let bob = login(&c.nodes[1].client(), "bob", "web", None).await;
+    let synced = full_sync(&bob.api).await;
+    assert_gap_free(&synced);
+    let mut expected: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
+    expected.push("while down".into());
+    expected.extend((5..10).map(|i| format!("m{i}")));
+    assert_eq!(texts(&synced), expected);
+}
+
+#[tokio::test]
+async fn clients_of_a_killed_node_resume_on_another_with_nothing_lost() {
+    let mut c = TestCluster::start(3, &[]).await;
+    let alice = user(&c.nodes[2].client(), "alice").await;
+    register(&c.nodes[0].client(), "bob").await;
+    let bob = login(&c.nodes[0].client(), "bob", "web", None).await;
+    let mut ws = bob
+        .api
+        .connect_ws(None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    send_all(&alice, &bob.id, 0, 10).await;
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        got.push(ws_event(&mut ws).await);
+    }
+    let last = got.last().map_or(Seq(0), |e| e.seq);
+    ws.ack(last).await.unwrap_or_else(|e| panic!("ack: {e}"));
+
+    c.nodes[0].kill9().await;
+    send_all(&alice, &bob.id, 10, 20).await;
+    let on_b = c.nodes[1]
+        .client()
+        .with_token(bob.tokens.access_token.clone());
+    let mut ws = on_b
+        .connect_ws(Some(last))
+        .await
+        .unwrap_or_else(|e| panic!("reconnect on B: {e}"));
+    send_all(&alice, &bob.id, 20, 25).await;
+    while got.len() < 25 {
+        got.push(ws_event(&mut ws).await);
+    }
+    assert_gap_free(&got);
+    let expected: Vec<String> = (0..25).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts(&got), expected);
+}

@@ -1,0 +1,832 @@
+//! The inbox trait on PostgreSQL: messages, per-user event streams merged
+//! with broadcasts, delivery and read positions, conversations, and the
+//! group fan-out that the groups module calls.
+//!
+//! Writes take their locks in the crate's order (broadcast clock, then the
+//! conversation or message row, then the users through
+//! [`crate::append_inbox`]); reads that combine several statements run in
+//! one `REPEATABLE READ` snapshot, so a user's visible seqs (ARCHITECTURE.md,
+//! "Broadcast positions") are computed from one consistent state.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use deadpool_postgres::Transaction;
+use time::OffsetDateTime;
+use tokio_postgres::Row;
+use tokio_postgres::types::FromSql;
+use unimsg_proto::api::Recipient;
+use unimsg_proto::{ConversationId, EventType, GroupId, MessageId, Seq, UserId};
+use unimsg_store::{
+    AppendOutcome, ConversationState, EventBody, EventDraft, Inbox, NewMessage, Result, Sealed,
+    StoreError, StoredEvent, StoredMessage,
+};
+
+use crate::admin::{NOTIFICATION_COLUMNS, broadcasts_between, read_notification};
+use crate::{
+    InboxRow, PgStore, append_inbox, broadcast_clock, corrupt, from_ms, ms, pg, to_i64, to_u64,
+    unique, user_id,
+};
+
+/// Message columns, prefixed for the joins that use them (12 columns, read
+/// by [`read_message`]).
+pub(crate) const MESSAGE_COLUMNS: &str = "m.message_id, m.conversation_id, m.conv_seq, m.sender_id, m.recipient_id, m.kind, \
+     m.key_id, m.nonce, m.content, m.client_msg_id, m.created_at, m.recalled_at";
+
+/// The savepoint a send with a `client_msg_id` rolls back to when a
+/// concurrent send of the same message won the idempotency index.
+const SEND_SAVEPOINT: &str = "unimsg_send";
+
+/// Reads column `idx`; a type mismatch is a corrupt row, not a lost
+/// connection (which is what [`pg`] would make of a non-database error).
+fn col<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> Result<T> {
+    row.try_get(idx)
+        .map_err(|e| StoreError::Internal(format!("corrupt row: column {idx}: {e}")))
+}
+
+/// Reads the [`MESSAGE_COLUMNS`] starting at `at`.
+pub(crate) fn read_message(row: &Row, at: usize) -> Result<StoredMessage> {
+    let conversation_id: String = col(row, at + 1)?;
+    let conversation_id =
+        ConversationId::parse(conversation_id).map_err(|_| corrupt("conversation id"))?;
+    let recipient: String = col(row, at + 4)?;
+    // `recipient_id` holds the group's id for a group message.
+    let recipient = if conversation_id.group_id().is_some() {
+        Recipient::Group(GroupId::parse(recipient).map_err(|_| corrupt("group id"))?)
+    } else {
+        Recipient::User(user_id(recipient)?)
+    };
+    let message_id: String = col(row, at)?;
+    let key_id: i64 = col(row, at + 6)?;
+    let recalled_at: Option<i64> = col(row, at + 11)?;
+    Ok(StoredMessage {
+        message_id: MessageId::parse(message_id).map_err(|_| corrupt("message id"))?,
+        conversation_id,
+        conv_seq: to_u64(col(row, at + 2)?),
+        sender: user_id(col(row, at + 3)?)?,
+        recipient,
+        kind: col(row, at + 5)?,
+        content: Sealed {
+            key_id: u32::try_from(key_id).map_err(|_| corrupt("key id"))?,
+            nonce: col(row, at + 7)?,
+            ciphertext: col(row, at + 8)?,
+        },
+        client_msg_id: col(row, at + 9)?,
+        created_at: from_ms(col(row, at + 10)?)?,
+        recalled_at: recalled_at.map(from_ms).transpose()?,
+    })
+}
+
+/// The message with this id, on a connection or inside a transaction.
+pub(crate) async fn message_by_id<C>(client: &C, id: &str) -> Result<Option<StoredMessage>>
+where
+    C: deadpool_postgres::GenericClient,
+{
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.message_id = $1"
+        ))
+        .await
+        .map_err(pg)?;
+    client
+        .query_opt(&stmt, &[&id])
+        .await
+        .map_err(pg)?
+        .map(|row| read_message(&row, 0))
+        .transpose()
+}
+
+/// The message an earlier send with the same `(sender, client_msg_id)`
+/// stored, if any.
+async fn duplicate_of(tx: &Transaction<'_>, message: &NewMessage) -> Result<Option<StoredMessage>> {
+    let Some(cmid) = &message.client_msg_id else {
+        return Ok(None);
+    };
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender_id = $1 AND m.client_msg_id = $2"
+        ))
+        .await
+        .map_err(pg)?;
+    tx.query_opt(&stmt, &[&message.sender.as_str(), &cmid.as_str()])
+        .await
+        .map_err(pg)?
+        .map(|row| read_message(&row, 0))
+        .transpose()
+}
+
+/// Sets the savepoint a send returns to when it turns out to be a
+/// duplicate (only sends with a `client_msg_id` can be).
+async fn mark_send(tx: &Transaction<'_>, message: &NewMessage) -> Result<()> {
+    if message.client_msg_id.is_some() {
+        tx.batch_execute(&format!("SAVEPOINT {SEND_SAVEPOINT}"))
+            .await
+            .map_err(pg)?;
+    }
+    Ok(())
+}
+
+/// A concurrent send of the same `(sender, client_msg_id)` committed first:
+/// undoes everything since [`mark_send`] (the conversation counter bump)
+/// and returns the original, so that nothing of this send is written.
+async fn lost_race(tx: &Transaction<'_>, message: &NewMessage) -> Result<AppendOutcome> {
+    tx.batch_execute(&format!("ROLLBACK TO SAVEPOINT {SEND_SAVEPOINT}"))
+        .await
+        .map_err(pg)?;
+    // READ COMMITTED: this statement sees the winner's committed row.
+    let original = duplicate_of(tx, message)
+        .await?
+        .ok_or_else(|| corrupt("idempotency index"))?;
+    Ok(AppendOutcome::Duplicate(original))
+}
+
+/// Moves the conversation's counter on and returns the message's
+/// `conv_seq`. The row stays locked until commit: concurrent sends to the
+/// conversation (and group membership changes) queue behind it.
+async fn bump_conversation(tx: &Transaction<'_>, message: &NewMessage) -> Result<i64> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO conversations (conversation_id, last_conv_seq, updated_at) VALUES ($1, 1, $2) \
+             ON CONFLICT (conversation_id) DO UPDATE \
+             SET last_conv_seq = conversations.last_conv_seq + 1, updated_at = excluded.updated_at \
+             RETURNING last_conv_seq",
+        )
+        .await
+        .map_err(pg)?;
+    let row = tx
+        .query_one(
+            &stmt,
+            &[&message.conversation_id.as_str(), &ms(message.created_at)],
+        )
+        .await
+        .map_err(pg)?;
+    col(&row, 0)
+}
+
+/// Stores a message at `conv_seq`. `None` when a concurrent send with the
+/// same `(sender, client_msg_id)` committed first (the caller then calls
+/// [`lost_race`]); a taken message id is `Conflict("message")`.
+async fn insert_message(
+    tx: &Transaction<'_>,
+    message: &NewMessage,
+    conv_seq: i64,
+) -> Result<Option<StoredMessage>> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO messages (message_id, conversation_id, conv_seq, sender_id, recipient_id, kind, \
+             key_id, nonce, content, client_msg_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING",
+        )
+        .await
+        .map_err(pg)?;
+    let inserted = tx
+        .execute(
+            &stmt,
+            &[
+                &message.message_id.as_str(),
+                &message.conversation_id.as_str(),
+                &conv_seq,
+                &message.sender.as_str(),
+                &message.recipient.as_str(),
+                &message.kind,
+                &i64::from(message.content.key_id),
+                &message.content.nonce,
+                &message.content.ciphertext,
+                &message.client_msg_id,
+                &ms(message.created_at),
+            ],
+        )
+        .await
+        .map_err(|e| unique(e, "message"))?;
+    if inserted == 0 {
+        return Ok(None);
+    }
+    Ok(Some(StoredMessage {
+        message_id: message.message_id.clone(),
+        conversation_id: message.conversation_id.clone(),
+        conv_seq: to_u64(conv_seq),
+        sender: message.sender.clone(),
+        recipient: message.recipient.clone(),
+        kind: message.kind.clone(),
+        content: message.content.clone(),
+        client_msg_id: message.client_msg_id.clone(),
+        created_at: message.created_at,
+        recalled_at: None,
+    }))
+}
+
+/// Appends one `message.new` event per recipient, each carrying the
+/// message, with one [`append_inbox`] call. With `skip_unknown`, users
+/// deleted meanwhile get nothing; otherwise they are `NotFound("user")`.
+async fn append_message_events(
+    tx: &Transaction<'_>,
+    stored: &StoredMessage,
+    recipients: &[UserId],
+    skip_unknown: bool,
+) -> Result<Vec<StoredEvent>> {
+    let rows: Vec<InboxRow<'_>> = recipients
+        .iter()
+        .map(|user| InboxRow {
+            user,
+            kind: EventType::MessageNew,
+            message_id: Some(stored.message_id.as_str()),
+            data: None,
+            at: stored.created_at,
+        })
+        .collect();
+    let seqs = append_inbox(tx, &rows, skip_unknown).await?;
+    let body = Box::new(stored.clone());
+    Ok(recipients
+        .iter()
+        .zip(seqs)
+        .filter_map(|(user, seq)| {
+            seq.map(|seq| StoredEvent {
+                user_id: user.clone(),
+                seq,
+                kind: EventType::MessageNew,
+                at: stored.created_at,
+                body: EventBody::Message(body.clone()),
+            })
+        })
+        .collect())
+}
+
+/// Appends events that carry their own data with one [`append_inbox`]
+/// call, in input order. Unknown users are `NotFound("user")`, or skipped
+/// with `skip_unknown`.
+pub(crate) async fn append_drafts(
+    tx: &Transaction<'_>,
+    drafts: &[EventDraft],
+    skip_unknown: bool,
+) -> Result<Vec<StoredEvent>> {
+    let rows: Vec<InboxRow<'_>> = drafts
+        .iter()
+        .map(|d| InboxRow {
+            user: &d.user_id,
+            kind: d.kind,
+            message_id: None,
+            data: Some(d.data.as_str()),
+            at: d.at,
+        })
+        .collect();
+    let seqs = append_inbox(tx, &rows, skip_unknown).await?;
+    Ok(drafts
+        .iter()
+        .zip(seqs)
+        .filter_map(|(d, seq)| {
+            seq.map(|seq| StoredEvent {
+                user_id: d.user_id.clone(),
+                seq,
+                kind: d.kind,
+                at: d.at,
+                body: EventBody::Data(d.data.clone()),
+            })
+        })
+        .collect())
+}
+
+/// A user's raw inbox position, broadcast base and the newest bseq, read
+/// without locks (inside a snapshot). `NotFound("user")` for an unknown user.
+async fn positions(tx: &Transaction<'_>, user: &UserId) -> Result<(i64, i64, i64)> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT u.last_seq, u.bbase, c.head FROM users u CROSS JOIN broadcast_clock c \
+             WHERE u.user_id = $1 AND c.id = 1",
+        )
+        .await
+        .map_err(pg)?;
+    let row = tx
+        .query_opt(&stmt, &[&user.as_str()])
+        .await
+        .map_err(pg)?
+        .ok_or(StoreError::NotFound("user"))?;
+    Ok((col(&row, 0)?, col(&row, 1)?, col(&row, 2)?))
+}
+
+/// A user's visible stream after `after`: inbox rows and broadcasts merged
+/// in commit order. Broadcast `k` comes before an inbox row with
+/// `bpos >= k` and after one with `bpos < k`; an inbox row's visible seq is
+/// `seq + bpos - bbase` (see ARCHITECTURE.md, "Broadcast positions"). Must
+/// run inside one snapshot.
+async fn merged_events_after(
+    tx: &Transaction<'_>,
+    user: &UserId,
+    after: Seq,
+    limit: u32,
+) -> Result<Vec<StoredEvent>> {
+    let (last, base, head) = positions(tx, user).await?;
+    let position = to_i64(after.0).min(last + head - base);
+    // The inbox rows and broadcasts at or before `position`: the newest
+    // inbox row whose visible seq is within it, scanning back from the end.
+    let inbox_before: i64 = if head == base {
+        // No broadcast since the user was created: every row has
+        // `bpos == bbase`, so visible and raw seqs coincide (the scan
+        // below would find exactly `position`).
+        position
+    } else {
+        let stmt = tx
+            .prepare_cached(
+                "SELECT seq FROM inbox WHERE user_id = $1 AND seq + bpos - $2 <= $3 \
+                 ORDER BY seq DESC LIMIT 1",
+            )
+            .await
+            .map_err(pg)?;
+        match tx
+            .query_opt(&stmt, &[&user.as_str(), &base, &position])
+            .await
+            .map_err(pg)?
+        {
+            Some(row) => col(&row, 0)?,
+            None => 0,
+        }
+    };
+    let broadcasts_before = base + (position - inbox_before);
+
+    // Both tails at once (pipelined on the connection); with no broadcast
+    // after `broadcasts_before` the second is empty and not asked for.
+    let (rows, casts) = if broadcasts_before < head {
+        tokio::try_join!(
+            inbox_rows(tx, user, inbox_before, limit),
+            broadcasts_between(tx, broadcasts_before, head, limit)
+        )?
+    } else {
+        (inbox_rows(tx, user, inbox_before, limit).await?, Vec::new())
+    };
+    let mut rows = rows.into_iter().peekable();
+    let mut casts = casts.into_iter().peekable();
+    let mut out = Vec::new();
+    let mut seq = position;
+    while out.len() < limit as usize {
+        let take_cast = match (rows.peek(), casts.peek()) {
+            (None, None) => break,
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+            (Some((bpos, _)), Some((bseq, _))) => bseq <= bpos,
+        };
+        seq += 1;
+        if take_cast {
+            let Some((_, b)) = casts.next() else { break };
+            out.push(StoredEvent {
+                user_id: user.clone(),
+                seq: Seq(to_u64(seq)),
+                kind: EventType::BroadcastNew,
+                at: b.created_at,
+                body: EventBody::Broadcast(Box::new(b)),
+            });
+        } else {
+            let Some((_, mut e)) = rows.next() else { break };
+            e.seq = Seq(to_u64(seq));
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+/// Inbox rows of `user` after raw seq `after`, with their `bpos`.
+async fn inbox_rows(
+    tx: &Transaction<'_>,
+    user: &UserId,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<(i64, StoredEvent)>> {
+    // Columns: 0 seq, 1 kind, 2 created_at, 3 data, 4..=15 the message,
+    // 16..=22 the notification, 23 bpos.
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT i.seq, i.kind, i.created_at, i.data, {MESSAGE_COLUMNS}, {NOTIFICATION_COLUMNS}, i.bpos \
+             FROM inbox i LEFT JOIN messages m ON m.message_id = i.message_id \
+             LEFT JOIN notifications n ON n.message_id = i.message_id \
+             WHERE i.user_id = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3"
+        ))
+        .await
+        .map_err(pg)?;
+    let rows = tx
+        .query(&stmt, &[&user.as_str(), &after, &i64::from(limit)])
+        .await
+        .map_err(pg)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let seq: i64 = col(row, 0)?;
+        let kind: String = col(row, 1)?;
+        let at: i64 = col(row, 2)?;
+        let data: Option<String> = col(row, 3)?;
+        let has_message: Option<String> = col(row, 4)?;
+        let has_notification: Option<String> = col(row, 16)?;
+        let bpos: i64 = col(row, 23)?;
+        let body = match (data, has_message, has_notification) {
+            (Some(data), _, _) => EventBody::Data(data),
+            (None, Some(_), _) => EventBody::Message(Box::new(read_message(row, 4)?)),
+            (None, None, Some(_)) => EventBody::Notification(Box::new(read_notification(row, 16)?)),
+            (None, None, None) => return Err(corrupt("inbox event without data")),
+        };
+        let event = StoredEvent {
+            user_id: user.clone(),
+            seq: Seq(to_u64(seq)),
+            kind: EventType::parse(&kind).ok_or_else(|| corrupt("event type"))?,
+            at: from_ms(at)?,
+            body,
+        };
+        out.push((bpos, event));
+    }
+    Ok(out)
+}
+
+/// Stores a group message and appends `message.new` to every member's
+/// inbox, the sender included ([`unimsg_store::Groups::append_group_message`]).
+///
+/// The member list is read after the group's conversation row is locked
+/// (by the counter bump), in the transaction that fans the message out:
+/// membership changes that lock that row too are either fully before this
+/// message (and decide who gets it) or fully after it.
+pub(crate) async fn append_group_message(
+    store: &PgStore,
+    message: NewMessage,
+) -> Result<AppendOutcome> {
+    transaction!(store, |tx| {
+        if let Some(original) = duplicate_of(tx, &message).await? {
+            return Ok(AppendOutcome::Duplicate(original));
+        }
+        let Recipient::Group(group) = &message.recipient else {
+            return Err(StoreError::Internal(
+                "a direct message is not a group message".into(),
+            ));
+        };
+        // Lock order: broadcast clock, conversation row, users.
+        broadcast_clock(tx).await?;
+        mark_send(tx, &message).await?;
+        let conv_seq = bump_conversation(tx, &message).await?;
+        // Membership is decided here, under the conversation lock: a member
+        // removed before this commit gets nothing, one added gets it.
+        let stmt = tx
+            .prepare_cached(
+                "SELECT m.user_id FROM group_members m JOIN chat_groups g ON g.group_id = m.group_id \
+                 WHERE m.group_id = $1 AND g.dissolved_at IS NULL ORDER BY m.user_id COLLATE \"C\"",
+            )
+            .await
+            .map_err(pg)?;
+        let members = tx
+            .query(&stmt, &[&group.as_str()])
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|row| col::<String>(row, 0).and_then(user_id))
+            .collect::<Result<Vec<_>>>()?;
+        if !members.contains(&message.sender) {
+            // The error rolls the counter bump back with the transaction.
+            return Err(StoreError::NotFound("group member"));
+        }
+        let Some(stored) = insert_message(tx, &message, conv_seq).await? else {
+            return lost_race(tx, &message).await;
+        };
+        // Members are users (deleting a user removes their memberships);
+        // one deleted concurrently is skipped rather than failing the send.
+        let events = append_message_events(tx, &stored, &members, true).await?;
+        Ok(AppendOutcome::Created {
+            message: stored,
+            events,
+        })
+    })
+}
+
+/// For the message at `conv_seq` of a conversation: how many members other
+/// than `sender` have read up to it, and how many received it and are
+/// still members (`(read, members)`), from the read positions. Members who
+/// joined after the message (`since >= conv_seq`) did not receive it.
+pub(crate) async fn read_count(
+    store: &PgStore,
+    conversation: &ConversationId,
+    conv_seq: u64,
+    sender: &UserId,
+) -> Result<(u64, u64)> {
+    let group = conversation.group_id();
+    let group = group.as_ref().map(GroupId::as_str);
+    let client = store.client().await?;
+    // One pass over the conversation's read positions.
+    let stmt = client
+        .prepare_cached(
+            "SELECT count(*), count(*) FILTER (WHERE cm.read_upto >= $3) FROM conversation_members cm \
+             LEFT JOIN group_members gm ON gm.group_id = $4 AND gm.user_id = cm.user_id \
+             WHERE cm.conversation_id = $1 AND cm.user_id <> $2 AND coalesce(gm.since, 0) < $3",
+        )
+        .await
+        .map_err(pg)?;
+    let row = client
+        .query_one(
+            &stmt,
+            &[
+                &conversation.as_str(),
+                &sender.as_str(),
+                &to_i64(conv_seq),
+                &group,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    let members: i64 = col(&row, 0)?;
+    let read: i64 = col(&row, 1)?;
+    Ok((to_u64(read), to_u64(members)))
+}
+
+#[async_trait]
+impl Inbox for PgStore {
+    async fn append_message(
+        &self,
+        message: NewMessage,
+        recipients: Vec<UserId>,
+    ) -> Result<AppendOutcome> {
+        transaction!(self, |tx| {
+            if let Some(original) = duplicate_of(tx, &message).await? {
+                return Ok(AppendOutcome::Duplicate(original));
+            }
+            let members = match &message.recipient {
+                Recipient::User(user) => [message.sender.as_str(), user.as_str()],
+                Recipient::Group(_) => {
+                    return Err(StoreError::Internal(
+                        "a group message is not a direct message".into(),
+                    ));
+                }
+            };
+            // Lock order: broadcast clock, conversation row, users.
+            broadcast_clock(tx).await?;
+            mark_send(tx, &message).await?;
+            let conv_seq = bump_conversation(tx, &message).await?;
+            let Some(stored) = insert_message(tx, &message, conv_seq).await? else {
+                return lost_race(tx, &message).await;
+            };
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO conversation_members (conversation_id, user_id) \
+                     SELECT $1, u FROM unnest($2::text[]) AS t(u) ON CONFLICT DO NOTHING",
+                )
+                .await
+                .map_err(pg)?;
+            tx.execute(
+                &stmt,
+                &[&message.conversation_id.as_str(), &members.as_slice()],
+            )
+            .await
+            .map_err(pg)?;
+            let events = append_message_events(tx, &stored, &recipients, false).await?;
+            Ok(AppendOutcome::Created {
+                message: stored,
+                events,
+            })
+        })
+    }
+
+    async fn append_events(&self, events: Vec<EventDraft>) -> Result<Vec<StoredEvent>> {
+        transaction!(self, |tx| append_drafts(tx, &events, false).await)
+    }
+
+    async fn events_after(
+        &self,
+        user: &UserId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        snapshot!(self, |tx| merged_events_after(tx, user, after, limit).await)
+    }
+
+    async fn last_seq(&self, user: &UserId) -> Result<Seq> {
+        // The user's newest visible seq: inbox rows plus the broadcasts
+        // since the user was created.
+        snapshot!(self, |tx| {
+            let (last, base, head) = positions(tx, user).await?;
+            Ok(Seq(to_u64(last + head - base)))
+        })
+    }
+
+    async fn ack(&self, user: &UserId, seq: Seq) -> Result<Seq> {
+        transaction!(self, |tx| {
+            // With the clock held no broadcast commits before this does, and
+            // the user row is read after its lock: the clamp is exact.
+            let head = broadcast_clock(tx).await?;
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE users SET acked_seq = GREATEST(acked_seq, LEAST($2, last_seq + $3 - bbase)) \
+                     WHERE user_id = $1 RETURNING acked_seq",
+                )
+                .await
+                .map_err(pg)?;
+            let row = tx
+                .query_opt(&stmt, &[&user.as_str(), &to_i64(seq.0), &head])
+                .await
+                .map_err(pg)?
+                .ok_or(StoreError::NotFound("user"))?;
+            Ok(Seq(to_u64(col(&row, 0)?)))
+        })
+    }
+
+    async fn acked(&self, user: &UserId) -> Result<Seq> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT acked_seq FROM users WHERE user_id = $1")
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_opt(&stmt, &[&user.as_str()])
+            .await
+            .map_err(pg)?
+            .ok_or(StoreError::NotFound("user"))?;
+        Ok(Seq(to_u64(col(&row, 0)?)))
+    }
+
+    async fn message(&self, id: &MessageId) -> Result<Option<StoredMessage>> {
+        let client = self.client().await?;
+        message_by_id(&client, id.as_str()).await
+    }
+
+    async fn message_seq(&self, user: &UserId, id: &MessageId) -> Result<Option<Seq>> {
+        let client = self.client().await?;
+        // A range scan of this user's inbox: only idempotent retries ask.
+        let stmt = client
+            .prepare_cached(
+                "SELECT i.seq + i.bpos - u.bbase FROM inbox i JOIN users u ON u.user_id = i.user_id \
+                 WHERE i.user_id = $1 AND i.message_id = $2 ORDER BY i.seq LIMIT 1",
+            )
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_opt(&stmt, &[&user.as_str(), &id.as_str()])
+            .await
+            .map_err(pg)?;
+        row.map(|r| col::<i64>(&r, 0).map(|s| Seq(to_u64(s))))
+            .transpose()
+    }
+
+    async fn mark_read(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+        upto: u64,
+        events: Vec<EventDraft>,
+    ) -> Result<(u64, Vec<StoredEvent>)> {
+        transaction!(self, |tx| {
+            if !events.is_empty() {
+                // Lock order: the clock before the read position's row.
+                broadcast_clock(tx).await?;
+            }
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE conversation_members SET read_upto = $3 \
+                     WHERE conversation_id = $1 AND user_id = $2 AND read_upto < $3",
+                )
+                .await
+                .map_err(pg)?;
+            let moved = tx
+                .execute(
+                    &stmt,
+                    &[&conversation.as_str(), &user.as_str(), &to_i64(upto)],
+                )
+                .await
+                .map_err(pg)?;
+            if moved == 1 {
+                return Ok((upto, append_drafts(tx, &events, false).await?));
+            }
+            let stmt = tx
+                .prepare_cached(
+                    "SELECT read_upto FROM conversation_members WHERE conversation_id = $1 AND user_id = $2",
+                )
+                .await
+                .map_err(pg)?;
+            match tx
+                .query_opt(&stmt, &[&conversation.as_str(), &user.as_str()])
+                .await
+                .map_err(pg)?
+            {
+                Some(row) => Ok((to_u64(col(&row, 0)?), Vec::new())),
+                None => Err(StoreError::NotFound("conversation")),
+            }
+        })
+    }
+
+    async fn recall(
+        &self,
+        id: &MessageId,
+        now: OffsetDateTime,
+        events: Vec<EventDraft>,
+    ) -> Result<Vec<StoredEvent>> {
+        transaction!(self, |tx| {
+            if !events.is_empty() {
+                // Lock order: the clock before the message row.
+                broadcast_clock(tx).await?;
+            }
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE messages SET recalled_at = $2 WHERE message_id = $1 AND recalled_at IS NULL",
+                )
+                .await
+                .map_err(pg)?;
+            let changed = tx
+                .execute(&stmt, &[&id.as_str(), &ms(now)])
+                .await
+                .map_err(pg)?;
+            if changed == 0 {
+                return match message_by_id(tx, id.as_str()).await? {
+                    Some(_) => Err(StoreError::Conflict("already recalled")),
+                    None => Err(StoreError::NotFound("message")),
+                };
+            }
+            append_drafts(tx, &events, false).await
+        })
+    }
+
+    async fn conversations(&self, user: &UserId) -> Result<Vec<ConversationState>> {
+        snapshot!(self, |tx| {
+            // The newest 1000 conversations first, then each one's last
+            // message and unread count: one statement instead of a round
+            // trip per conversation. Ids sort bytewise, as in SQLite.
+            let stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT s.conversation_id, s.read_upto, \
+                     (SELECT count(*) FROM messages x WHERE x.conversation_id = s.conversation_id \
+                      AND x.conv_seq > s.read_upto AND x.sender_id <> $1 AND x.recalled_at IS NULL), \
+                     {MESSAGE_COLUMNS} \
+                     FROM (SELECT cm.conversation_id, cm.read_upto, c.updated_at \
+                           FROM conversation_members cm \
+                           JOIN conversations c ON c.conversation_id = cm.conversation_id \
+                           WHERE cm.user_id = $1 \
+                           ORDER BY c.updated_at DESC, c.conversation_id COLLATE \"C\" LIMIT 1000) s \
+                     LEFT JOIN LATERAL (SELECT * FROM messages l WHERE l.conversation_id = s.conversation_id \
+                                        ORDER BY l.conv_seq DESC LIMIT 1) m ON TRUE \
+                     ORDER BY s.updated_at DESC, s.conversation_id COLLATE \"C\""
+                ))
+                .await
+                .map_err(pg)?;
+            let rows = tx.query(&stmt, &[&user.as_str()]).await.map_err(pg)?;
+            // A group's positions are summed per message (`read_count`),
+            // never listed: a group has up to `groups.max_members`.
+            let listed: Vec<String> = rows
+                .iter()
+                .map(|row| col::<String>(row, 0))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .filter(|cid| !cid.starts_with("g:"))
+                .collect();
+            let mut members_read: HashMap<String, Vec<(UserId, u64)>> = HashMap::new();
+            if !listed.is_empty() {
+                let stmt = tx
+                    .prepare_cached(
+                        "SELECT conversation_id, user_id, read_upto FROM conversation_members \
+                         WHERE conversation_id = ANY($1) ORDER BY conversation_id, user_id COLLATE \"C\"",
+                    )
+                    .await
+                    .map_err(pg)?;
+                for row in tx.query(&stmt, &[&listed]).await.map_err(pg)? {
+                    let cid: String = col(&row, 0)?;
+                    let member = user_id(col(&row, 1)?)?;
+                    let read: i64 = col(&row, 2)?;
+                    members_read
+                        .entry(cid)
+                        .or_default()
+                        .push((member, to_u64(read)));
+                }
+            }
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let cid: String = col(row, 0)?;
+                let read_upto: i64 = col(row, 1)?;
+                let unread: i64 = col(row, 2)?;
+                let has_message: Option<String> = col(row, 3)?;
+                let last_message = match has_message {
+                    Some(_) => Some(read_message(row, 3)?),
+                    None => None,
+                };
+                out.push(ConversationState {
+                    members_read: members_read.remove(&cid).unwrap_or_default(),
+                    conversation_id: ConversationId::parse(cid)
+                        .map_err(|_| corrupt("conversation id"))?,
+                    read_upto: to_u64(read_upto),
+                    last_message,
+                    unread: to_u64(unread),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    async fn history(
+        &self,
+        conversation: &ConversationId,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = $1 AND m.conv_seq < $2 \
+                 ORDER BY m.conv_seq DESC LIMIT $3"
+            ))
+            .await
+            .map_err(pg)?;
+        let before = before.map_or(i64::MAX, to_i64);
+        client
+            .query(&stmt, &[&conversation.as_str(), &before, &i64::from(limit)])
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|row| read_message(row, 0))
+            .collect()
+    }
+}

@@ -1,0 +1,312 @@
+//! The PostgreSQL backend of the storage traits, for cluster mode.
+//!
+//! Any number of unimsg nodes share one database. Consistency comes from
+//! row locks taken in one global order, never from a single writer:
+//!
+//! 1. the broadcast clock row, `FOR SHARE` (a broadcast takes it
+//!    `FOR UPDATE`, so it commits strictly between the inbox rows before
+//!    and after it: see ARCHITECTURE.md, "Broadcast positions");
+//! 2. conversation and group rows;
+//! 3. user rows, sorted by user id, `FOR UPDATE`: a user's seq is bumped
+//!    under that lock, so inbox seqs stay gap-free and never repeat
+//!    whichever node writes.
+//!
+//! A transaction that still hits a deadlock or a serialization failure is
+//! run again from the start ([`transaction!`]). Reads that combine several
+//! statements run in one read-only `REPEATABLE READ` snapshot. Content
+//! arrives sealed, exactly as in the embedded store.
+
+#[macro_use]
+mod macros;
+mod admin;
+mod inbox;
+mod schema;
+mod social;
+mod users;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use time::OffsetDateTime;
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+use unimsg_proto::{EventType, Seq, UserId};
+use unimsg_store::{Result, Store, StoreError};
+
+/// Options of the PostgreSQL store.
+#[derive(Clone)]
+pub struct PgOptions {
+    /// `postgres://user:password@host:port/database` (or key=value form).
+    pub url: String,
+    /// Connections kept by this node.
+    pub pool_size: usize,
+    /// How long a request waits for a connection, or for a new one to open,
+    /// before failing with "unavailable" (503).
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("PgOptions")
+            .field("url", &"[redacted]")
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl PgOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            pool_size: 16,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The PostgreSQL store. Cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("status", &self.pool.status())
+            .finish()
+    }
+}
+
+impl PgStore {
+    /// Connects, applies migrations (one node at a time) and keeps a pool.
+    pub async fn connect(options: PgOptions) -> Result<Self> {
+        let mut config: tokio_postgres::Config = options
+            .url
+            .parse()
+            .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
+        config.connect_timeout(options.timeout);
+        if config.get_application_name().is_none() {
+            config.application_name("unimsg");
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.timeout))
+            .create_timeout(Some(options.timeout))
+            .recycle_timeout(Some(options.timeout))
+            .build()
+            .map_err(|e| StoreError::Internal(format!("cannot build the pool: {e}")))?;
+        let store = Self { pool };
+        let mut client = store.client().await?;
+        schema::migrate(&mut client).await?;
+        Ok(store)
+    }
+
+    /// A pooled connection; "unavailable" when none can be had in time.
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("PostgreSQL: {e}")))
+    }
+}
+
+/// Prefix of the errors that [`transaction!`] retries.
+const RETRY: &str = "retry: ";
+
+/// Maps a driver error: lost connections are "unavailable" (the caller may
+/// retry, HTTP 503), deadlocks and serialization failures are retried by
+/// [`transaction!`], unique violations are left to the caller
+/// ([`unique`]), anything else is internal.
+pub(crate) fn pg(e: tokio_postgres::Error) -> StoreError {
+    match e.code() {
+        Some(c)
+            if *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::T_R_SERIALIZATION_FAILURE =>
+        {
+            StoreError::Unavailable(format!("{RETRY}{e}"))
+        }
+        Some(c) if c.code().starts_with("08") || c.code().starts_with("57P") => {
+            StoreError::Unavailable(format!("PostgreSQL: {e}"))
+        }
+        Some(_) => StoreError::Internal(format!("PostgreSQL: {e}")),
+        None if e.is_closed() || e.as_db_error().is_none() => {
+            StoreError::Unavailable(format!("PostgreSQL: {e}"))
+        }
+        None => StoreError::Internal(format!("PostgreSQL: {e}")),
+    }
+}
+
+/// Maps a unique violation to `Conflict(what)`, anything else as [`pg`].
+pub(crate) fn unique(e: tokio_postgres::Error, what: &'static str) -> StoreError {
+    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        StoreError::Conflict(what)
+    } else {
+        pg(e)
+    }
+}
+
+/// Whether [`transaction!`] should run the transaction again.
+pub(crate) fn retryable(e: &StoreError) -> bool {
+    matches!(e, StoreError::Unavailable(m) if m.starts_with(RETRY))
+}
+
+pub(crate) fn corrupt(what: &str) -> StoreError {
+    StoreError::Internal(format!("corrupt row: {what}"))
+}
+
+pub(crate) fn ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+pub(crate) fn from_ms(v: i64) -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1_000_000)
+        .map_err(|_| corrupt("timestamp"))
+}
+
+pub(crate) fn user_id(s: String) -> Result<UserId> {
+    UserId::parse(s).map_err(|_| corrupt("user id"))
+}
+
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// One inbox row to append.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InboxRow<'a> {
+    pub user: &'a UserId,
+    pub kind: EventType,
+    /// The message or notification the event is about.
+    pub message_id: Option<&'a str>,
+    /// The event's own JSON data (any other event).
+    pub data: Option<&'a str>,
+    pub at: OffsetDateTime,
+}
+
+/// Takes the broadcast clock `FOR SHARE` and returns the newest bseq: no
+/// broadcast can commit until this transaction ends. Call it before any
+/// user row is locked (lock order, see the crate docs).
+pub(crate) async fn broadcast_clock(tx: &deadpool_postgres::Transaction<'_>) -> Result<i64> {
+    let stmt = tx
+        .prepare_cached("SELECT head FROM broadcast_clock WHERE id = 1 FOR SHARE")
+        .await
+        .map_err(pg)?;
+    let row = tx.query_one(&stmt, &[]).await.map_err(pg)?;
+    Ok(row.get(0))
+}
+
+/// Appends inbox rows in one go and returns each row's visible seq, in
+/// input order. Locks the broadcast clock and then every user involved in
+/// user-id order, bumps each user's seq by the number of their rows and
+/// inserts the rows with one statement. Unknown users are `NotFound("user")`,
+/// or `None` with `skip_unknown`.
+pub(crate) async fn append_inbox(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &[InboxRow<'_>],
+    skip_unknown: bool,
+) -> Result<Vec<Option<Seq>>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let head = broadcast_clock(tx).await?;
+    let mut users: Vec<&str> = rows.iter().map(|r| r.user.as_str()).collect();
+    users.sort_unstable();
+    users.dedup();
+    let lock = tx
+        .prepare_cached(
+            "SELECT user_id, last_seq, bbase FROM users WHERE user_id = ANY($1) \
+             ORDER BY user_id FOR UPDATE",
+        )
+        .await
+        .map_err(pg)?;
+    // user → (last seq so far, bbase)
+    let mut state: std::collections::HashMap<String, (i64, i64)> = tx
+        .query(&lock, &[&users])
+        .await
+        .map_err(pg)?
+        .into_iter()
+        .map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2))))
+        .collect();
+    let mut seqs = Vec::with_capacity(rows.len());
+    let (mut c_user, mut c_seq, mut c_kind, mut c_msg, mut c_data, mut c_at) = (
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+    );
+    for row in rows {
+        let Some((last, base)) = state.get_mut(row.user.as_str()) else {
+            if skip_unknown {
+                seqs.push(None);
+                continue;
+            }
+            return Err(StoreError::NotFound("user"));
+        };
+        *last += 1;
+        seqs.push(Some(Seq(to_u64(*last + head - *base))));
+        c_user.push(row.user.as_str());
+        c_seq.push(*last);
+        c_kind.push(row.kind.as_str());
+        c_msg.push(row.message_id);
+        c_data.push(row.data);
+        c_at.push(ms(row.at));
+    }
+    if c_user.is_empty() {
+        return Ok(seqs);
+    }
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO inbox (user_id, seq, kind, message_id, data, created_at, bpos) \
+             SELECT u, s, k, m, d, a, $7 FROM unnest($1::text[], $2::int8[], $3::text[], \
+             $4::text[], $5::text[], $6::int8[]) AS t(u, s, k, m, d, a)",
+        )
+        .await
+        .map_err(pg)?;
+    tx.execute(
+        &insert,
+        &[&c_user, &c_seq, &c_kind, &c_msg, &c_data, &c_at, &head],
+    )
+    .await
+    .map_err(pg)?;
+    let (ids, lasts): (Vec<&str>, Vec<i64>) = users
+        .iter()
+        .filter_map(|u| state.get(*u).map(|(last, _)| (*u, *last)))
+        .unzip();
+    let bump = tx
+        .prepare_cached(
+            "UPDATE users AS u SET last_seq = t.last \
+             FROM unnest($1::text[], $2::int8[]) AS t(id, last) WHERE u.user_id = t.id",
+        )
+        .await
+        .map_err(pg)?;
+    tx.execute(&bump, &[&ids, &lasts]).await.map_err(pg)?;
+    state.clear();
+    Ok(seqs)
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<()> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(pg)?;
+        Ok(())
+    }
+}
