@@ -24,6 +24,8 @@ pub mod qr;
 mod render;
 pub mod replay;
 pub mod stream;
+/// The test suite every nonce store, rate limiter and ticket store must pass.
+pub mod suite;
 
 use std::sync::Arc;
 

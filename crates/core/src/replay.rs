@@ -105,9 +105,10 @@ pub async fn check(
             "X-Timestamp is outside the accepted window",
         ));
     }
-    // Remembered for the whole time its timestamp stays acceptable.
+    // Remembered for the whole time its timestamp stays acceptable: the
+    // last accepted second is `ts + window`, so it expires one after.
     if !store
-        .insert(&format!("{credential}\n{nonce}"), now, ts + window)
+        .insert(&format!("{credential}\n{nonce}"), now, ts + window + 1)
         .await?
     {
         return Err(CoreError::Conflict("this nonce was already used".into()));

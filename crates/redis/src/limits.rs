@@ -1,8 +1,12 @@
 //! Replay nonces, rate limits and login back-off shared by every node.
 //!
-//! - A nonce is `SET NX` with an absolute expiry: the first node to record
-//!   it wins, every other sees it taken. When Redis cannot be reached the
-//!   request is refused (503): a replay must never pass for lack of memory.
+//! - A nonce is a key holding its expiry, set with that absolute expiry
+//!   by a script that refuses it while the stored expiry is after the
+//!   caller's `now`: the first node to record it wins, every other sees it
+//!   taken. Expiry is judged by the caller's clock, as in memory, not by
+//!   Redis's (the key's own expiry only frees the memory). When Redis
+//!   cannot be reached the request is refused (503): a replay must never
+//!   pass for lack of memory.
 //! - A rate limit is a fixed window per key: the first request of a window
 //!   starts the key's expiry, each request counts, a request over the
 //!   quota is refused until the window ends (`Retry-After`). When Redis
@@ -22,15 +26,28 @@ use unimsg_core::replay::NonceStore;
 
 use crate::Cluster;
 
+/// Records a nonce (KEYS[1]) until ARGV[2] unless it is recorded with an
+/// expiry after ARGV[1] (now); 1 when recorded, 0 when refused.
+const NONCE: &str = r"
+local seen = tonumber(redis.call('GET', KEYS[1]))
+if seen and seen > tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EXAT', ARGV[2])
+return 1
+";
+
 /// Replay nonces in Redis.
 #[derive(Debug, Clone)]
 pub struct RedisNonces {
     cluster: Arc<Cluster>,
+    script: Script,
 }
 
 impl RedisNonces {
     pub fn new(cluster: Arc<Cluster>) -> Self {
-        Self { cluster }
+        Self {
+            cluster,
+            script: Script::new(NONCE),
+        }
     }
 }
 
@@ -41,16 +58,15 @@ impl NonceStore for RedisNonces {
             return Ok(true);
         }
         let mut conn = self.cluster.conn();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(self.cluster.key(&format!("nonce:{key}")))
-            .arg(1)
-            .arg("NX")
-            .arg("EXAT")
+        let recorded: i64 = self
+            .script
+            .key(self.cluster.key(&format!("nonce:{key}")))
+            .arg(now)
             .arg(expires_at)
-            .query_async(&mut conn)
+            .invoke_async(&mut conn)
             .await
             .map_err(|e| CoreError::Unavailable(format!("Redis: {e}")))?;
-        Ok(set.is_some())
+        Ok(recorded == 1)
     }
 }
 
@@ -76,8 +92,8 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 local before = tonumber(ARGV[1])
 if n >= before then
   local over = math.min(n - before, 30)
-  local ms = math.min(1000 * (2 ^ over), tonumber(ARGV[2]))
-  redis.call('SET', KEYS[2], 1, 'PX', math.floor(ms))
+  local ms = math.floor(math.min(1000 * (2 ^ over), tonumber(ARGV[2])))
+  if ms >= 1 then redis.call('SET', KEYS[2], 1, 'PX', ms) end
 end
 return n
 ";

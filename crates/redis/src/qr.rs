@@ -210,10 +210,13 @@ impl QrTickets for RedisTickets {
         };
         let channel = self.cluster.key(&format!("qr:e:{ticket_id}"));
         if fresh {
-            self.cluster
-                .subscribe(vec![channel])
-                .await
-                .map_err(unavailable)?;
+            if let Err(error) = self.cluster.subscribe(vec![channel]).await {
+                // Not listening after all: let the next listener try again.
+                if let Ok(mut listeners) = self.cluster.tickets.lock() {
+                    listeners.remove(ticket_id);
+                }
+                return Err(unavailable(error));
+            }
         } else {
             self.cluster.barrier().await.map_err(unavailable)?;
         }
@@ -246,22 +249,19 @@ pub(crate) fn local_channels(cluster: &Cluster) -> Vec<String> {
 }
 
 /// Drops listeners nobody holds any more and unsubscribes their channels.
+/// The unsubscribes are queued under the lock, so a new listener of the
+/// same ticket (which subscribes after taking the lock) is never undone.
 pub(crate) fn forget_idle(cluster: &Cluster) {
-    let idle: Vec<String> = match cluster.tickets.lock() {
-        Ok(mut listeners) => {
-            let idle: Vec<String> = listeners
-                .iter()
-                .filter(|(_, tx)| tx.receiver_count() == 0)
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in &idle {
-                listeners.remove(id);
-            }
-            idle
-        }
-        Err(_) => return,
+    let Ok(mut listeners) = cluster.tickets.lock() else {
+        return;
     };
+    let idle: Vec<String> = listeners
+        .iter()
+        .filter(|(_, tx)| tx.receiver_count() == 0)
+        .map(|(id, _)| id.clone())
+        .collect();
     for id in idle {
+        listeners.remove(&id);
         cluster.unsubscribe(cluster.key(&format!("qr:e:{id}")));
     }
 }

@@ -1,0 +1,75 @@
+//! The Redis implementations against a real Redis server: the core's
+//! shared suite of nonces, rate limits and QR tickets, and a ticket
+//! changed on one node heard by a listener on another.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use unimsg_core::hub::Hub;
+use unimsg_core::limits::{LimitsConfig, RateLimits};
+use unimsg_core::qr::{QrEvent, QrTickets, TicketState};
+use unimsg_core::suite;
+use unimsg_redis::{Cluster, RedisLimits, RedisNonces, RedisOptions, RedisTickets};
+use unimsg_testkit::Redis;
+
+async fn node(redis: &Redis, node_id: &str) -> Arc<Cluster> {
+    let options = RedisOptions {
+        url: redis.url(),
+        prefix: "suite:".into(),
+        node_id: node_id.into(),
+        presence_ttl: Duration::from_secs(30),
+        timeout: Duration::from_secs(2),
+    };
+    Cluster::connect(options, Hub::new(64))
+        .await
+        .unwrap_or_else(|e| panic!("connect {node_id}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_passes_the_ephemeral_state_suite() {
+    let redis = Redis::start();
+    let cluster = node(&redis, "a").await;
+    let nonces = RedisNonces::new(cluster.clone());
+    let tickets = RedisTickets::new(cluster.clone());
+    let make = |config: LimitsConfig| -> Arc<dyn RateLimits> {
+        Arc::new(RedisLimits::new(cluster.clone(), config))
+    };
+    suite::run_all(&nonces, &make, &tickets).await;
+    // Again on the same Redis: every run uses keys of its own.
+    suite::run_all(&nonces, &make, &tickets).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_changed_on_one_node_is_heard_on_another() {
+    let redis = Redis::start();
+    let (a, b) = tokio::join!(node(&redis, "a"), node(&redis, "b"));
+    let (on_a, on_b) = (RedisTickets::new(a), RedisTickets::new(b));
+
+    let ticket = suite::pending_ticket(OffsetDateTime::now_utc());
+    let id = ticket.ticket_id.clone();
+    on_a.insert(ticket)
+        .await
+        .unwrap_or_else(|e| panic!("insert on a: {e}"));
+    let mut rx = on_b
+        .subscribe(&id)
+        .await
+        .unwrap_or_else(|e| panic!("subscribe on b: {e}"))
+        .unwrap_or_else(|| panic!("b does not see the ticket a inserted"));
+
+    on_a.update(&id, &mut |t| {
+        t.state = TicketState::Cancelled;
+        Ok(Some(QrEvent::Cancelled))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("update on a: {e}"));
+
+    let event = suite::next_event(&mut rx, "b's listener").await;
+    assert!(matches!(event, QrEvent::Cancelled), "b heard {event:?}");
+    let seen = on_b
+        .get(&id)
+        .await
+        .unwrap_or_else(|e| panic!("get on b: {e}"))
+        .unwrap_or_else(|| panic!("b does not see the ticket"));
+    assert_eq!(seen.state, TicketState::Cancelled);
+}
