@@ -156,8 +156,8 @@ pub async fn run(ctx: &Ctx, args: DirectArgs) -> Result<Value> {
     let run = users::run_id();
     let s = usize::try_from(args.senders)?;
     eprintln!("direct: creating {s} senders and {s} receivers (run {run})");
-    let senders = users::create(&ctx.client, &run, "s", s, CREATE_CONCURRENCY).await?;
-    let receivers = users::create(&ctx.client, &run, "r", s, CREATE_CONCURRENCY).await?;
+    let senders = users::provision(ctx, &run, "s", s, CREATE_CONCURRENCY).await?;
+    let receivers = users::provision(ctx, &run, "r", s, CREATE_CONCURRENCY).await?;
 
     let per_sender: Vec<u64> = (0..args.senders)
         .map(|i| args.messages / args.senders + u64::from(i < args.messages % args.senders))
@@ -332,25 +332,32 @@ pub async fn run(ctx: &Ctx, args: DirectArgs) -> Result<Value> {
         _ => None,
     };
 
-    println!(
+    say!(
+        ctx,
         "== direct: {} transport, {s} sender(s) -> {s} receiver(s), window {}, {} B text",
         args.transport.as_str(),
         args.window,
         args.content_bytes
     );
-    println!(
+    say!(
+        ctx,
         "messages       {} requested, {sent} sent, {acked} acked, {send_errors} send errors",
         args.messages
     );
-    println!("delivered      {delivered} in {wall_secs:.3} s  =>  {rate:.0} msg/s");
-    println!(
+    say!(
+        ctx,
+        "delivered      {delivered} in {wall_secs:.3} s  =>  {rate:.0} msg/s"
+    );
+    say!(
+        ctx,
         "send rate      {:.0} msg/s acked ({send_secs:.3} s)",
         acked as f64 / send_secs
     );
-    println!("latency        {}", lat.line());
-    println!("ack latency    {}", ack.line());
+    say!(ctx, "latency        {}", lat.line());
+    say!(ctx, "ack latency    {}", ack.line());
     if let Some(server) = &server {
-        println!(
+        say!(
+            ctx,
             "server         cpu {} s ({} cores busy), {} us/msg, rss {} -> {} KiB",
             server["cpu_secs"],
             server["cpu_cores_busy"],
@@ -360,7 +367,7 @@ pub async fn run(ctx: &Ctx, args: DirectArgs) -> Result<Value> {
         );
     }
     if let Some(cpu) = bench_cpu {
-        println!("bench          cpu {cpu} s");
+        say!(ctx, "bench          cpu {cpu} s");
     }
     let problems = stalled
         || send_errors > 0
@@ -370,15 +377,16 @@ pub async fn run(ctx: &Ctx, args: DirectArgs) -> Result<Value> {
         || !sender_failures.is_empty()
         || !receiver_failures.is_empty();
     if problems {
-        println!(
+        say!(
+            ctx,
             "PROBLEMS       stalled={stalled} undelivered={} seq_anomalies={seq_anomalies} bad_content={bad_content}",
             acked.saturating_sub(delivered)
         );
         if let Some(e) = progress.first_error() {
-            println!("  first send error: {e}");
+            say!(ctx, "  first send error: {e}");
         }
         for f in sender_failures.iter().chain(&receiver_failures) {
-            println!("  {f}");
+            say!(ctx, "  {f}");
         }
     }
 

@@ -22,7 +22,9 @@
 //!   MiB of RSS, returned at unpredictable later moments (seen: −170 MiB in
 //!   the middle of opening 1000 connections). For meaningful numbers run the
 //!   server with `MALLOC_MMAP_THRESHOLD_=131072`, which pins the threshold
-//!   (`scripts/bench` does). Users are also created one at a time here.
+//!   (`scripts/bench` does). Users are also created one at a time here,
+//!   and with `--admin-password` they are imported and given minted tokens
+//!   instead, which hashes no password at all.
 //! - Opening connections runs store reads on tokio's blocking pool, which
 //!   grows by dozens of threads (stacks, arenas) and shrinks again after
 //!   10 s idle. The baseline is taken after `--quiet-secs` without
@@ -113,7 +115,7 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Value> {
     let run = users::run_id();
     let user_count = usize::try_from(n.div_ceil(per_user))?;
     eprintln!("idle: creating {user_count} users for {n} connections (run {run})");
-    let users = users::create(&ctx.client, &run, "i", user_count, 1).await?;
+    let users = users::provision(ctx, &run, "i", user_count, 1).await?;
 
     let closures = Arc::new(Closures::default());
     let stop = CancellationToken::new();
@@ -226,44 +228,53 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Value> {
     };
     let opt_kib = |x: Option<u64>| x.map_or_else(|| "n/a".to_owned(), |x| format!("{x} KiB"));
 
-    println!("== idle: {n} WebSocket connections, {per_user} per user ({user_count} users)");
-    println!(
+    say!(
+        ctx,
+        "== idle: {n} WebSocket connections, {per_user} per user ({user_count} users)"
+    );
+    say!(
+        ctx,
         "opened         {opened} in {connect_secs:.3} s ({:.0}/s), {failed} failed",
         opened as f64 / connect_secs
     );
-    println!("connect        {}", connect.line());
-    println!(
+    say!(ctx, "connect        {}", connect.line());
+    say!(
+        ctx,
         "server rss     {} before, {} open, {} after hold, {} after close",
         opt_kib(rss(before_open)),
         opt_kib(rss(after_open)),
         opt_kib(rss(after_hold)),
         opt_kib(rss(after_close))
     );
-    println!(
+    say!(
+        ctx,
         "rss/conn       {} after hold ({} right after opening)",
         opt(rss_per_conn, "KiB"),
         opt(rss_per_conn_at_open, "KiB")
     );
-    println!(
+    say!(
+        ctx,
         "connect cpu    {} ({} per connection)",
         opt(connect_cpu, "s"),
         opt(connect_cpu_us, "us")
     );
-    println!(
+    say!(
+        ctx,
         "hold cpu       {} over {hold_secs:.1} s ({} per connection-minute)",
         opt(hold_cpu, "s"),
         opt(hold_cpu_us_per_conn_min, "us")
     );
     if let Some(cpu) = bench_cpu {
-        println!("bench cpu      {cpu:.3} s during hold");
+        say!(ctx, "bench cpu      {cpu:.3} s during hold");
     }
     if failed > 0 || closures.count() > 0 {
-        println!(
+        say!(
+            ctx,
             "PROBLEMS       {failed} failed to open, {} closed by the server ({closed_during_hold} during the hold)",
             closures.count()
         );
         for (reason, count) in failures.iter().chain(&closures.reasons()) {
-            println!("  {count} x {reason}");
+            say!(ctx, "  {count} x {reason}");
         }
     }
 

@@ -1,24 +1,46 @@
-//! `unimsg-bench`: a load generator for an already running unimsg server.
+//! `unimsg-bench`: a load generator for an already running unimsg server,
+//! and a smoke mode that starts its own server and runs every scenario.
 //!
 //! Each scenario prints a human summary on stdout, then, as the very last
 //! line of stdout, one JSON object with every measured number. Progress goes
 //! to stderr. With `--server-pid`, server CPU time and RSS are read from
-//! `/proc` (Linux only) around the measured phases.
+//! `/proc` (Linux only) around the measured phases. With
+//! `--admin-password`, users are created through the admin API (bulk
+//! import, minted tokens) instead of register + login, which costs the
+//! server an argon2 hash each; `broadcast` and `sse` need it.
 //!
 //! ```text
 //! unimsg-bench --url http://127.0.0.1:8080 --server-pid 1234 direct --messages 20000 --window 64
 //! unimsg-bench --url http://127.0.0.1:8080 --server-pid 1234 idle --connections 1000
+//! unimsg-bench --url http://127.0.0.1:8080 --admin-password PW broadcast --connections 1000
+//! unimsg-bench --url http://127.0.0.1:8080 sync --messages 10000
+//! unimsg-bench smoke --server-bin target/debug/unimsg
 //! ```
 
+/// Writes one line of a scenario's human summary (see [`Ctx::say`]).
+macro_rules! say {
+    ($ctx:expr, $($arg:tt)*) => {
+        $ctx.say(format_args!($($arg)*))
+    };
+}
+
+mod broadcast;
 mod direct;
+mod fanout;
+mod group;
 mod idle;
+mod login;
 mod procfs;
+mod smoke;
 mod stats;
+mod sync;
 mod users;
+
+use std::io::Write;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use unimsg_client::Client;
+use unimsg_client::{AdminClient, AdminCredentials, Client};
 
 use crate::procfs::Probe;
 
@@ -29,7 +51,7 @@ use crate::procfs::Probe;
     about = "Load generator for a running unimsg server"
 )]
 struct Cli {
-    /// Base URL of the server.
+    /// Base URL of the server (ignored by `smoke`, which starts its own).
     #[arg(
         long,
         global = true,
@@ -40,9 +62,21 @@ struct Cli {
     /// The server's process id, to report its CPU time and RSS (from /proc).
     #[arg(long, global = true, env = "UNIMSG_BENCH_SERVER_PID")]
     server_pid: Option<u32>,
+    /// Admin account for the admin API (user import, tokens, broadcasts).
+    #[arg(
+        long,
+        global = true,
+        env = "UNIMSG_BENCH_ADMIN_ID",
+        default_value = "admin"
+    )]
+    admin_id: String,
+    /// Password of `--admin-id`. Without it users register and log in one
+    /// by one, and `broadcast` and `sse` cannot run.
+    #[arg(long, global = true, env = "UNIMSG_BENCH_ADMIN_PASSWORD")]
+    admin_password: Option<String>,
     /// Worker threads of the bench's own runtime [default: one per core].
-    #[arg(long, global = true)]
-    threads: Option<usize>,
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    threads: Option<u64>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -53,16 +87,59 @@ enum Scenario {
     Direct(direct::DirectArgs),
     /// Many idle WebSocket connections: server memory and CPU per connection.
     Idle(idle::IdleArgs),
+    /// Admin broadcasts fanned out to many WebSocket connections.
+    Broadcast(broadcast::BroadcastArgs),
+    /// Catching up on many missed messages: HTTP sync, WebSocket and SSE replay.
+    Sync(sync::SyncArgs),
+    /// Group chat: one member sends, every member's WebSocket receives.
+    Group(group::GroupArgs),
+    /// Password logins and QR-code logins per second.
+    Login(login::LoginArgs),
+    /// Admin broadcasts fanned out to many SSE connections.
+    Sse(broadcast::BroadcastArgs),
+    /// Starts a server and runs every scenario with tiny parameters,
+    /// checking that everything expected was delivered (not timings).
+    Smoke(smoke::SmokeArgs),
+}
+
+/// Where a scenario's human summary goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SummaryTo {
+    /// Standard output, before the JSON line (a scenario run on its own).
+    Stdout,
+    /// Standard error (inside `smoke`, whose stdout is its own summary).
+    Stderr,
 }
 
 /// What every scenario works with.
 #[derive(Debug)]
 pub struct Ctx {
     pub client: Client,
+    /// The admin API, when `--admin-password` was given.
+    pub admin: Option<AdminClient>,
     /// The server process, when `--server-pid` was given.
     pub server: Option<Probe>,
     /// The bench process itself.
     pub bench: Probe,
+    pub summary_to: SummaryTo,
+}
+
+impl Ctx {
+    /// Writes one line of the human summary (use the `say!` macro).
+    pub fn say(&self, line: std::fmt::Arguments<'_>) {
+        // A closed stdout or stderr is no reason to abort a measurement.
+        let _ = match self.summary_to {
+            SummaryTo::Stdout => writeln!(std::io::stdout().lock(), "{line}"),
+            SummaryTo::Stderr => writeln!(std::io::stderr().lock(), "{line}"),
+        };
+    }
+
+    /// The admin API, or an error naming the scenario that needs it.
+    pub fn admin(&self, scenario: &str) -> Result<&AdminClient> {
+        self.admin.as_ref().with_context(|| {
+            format!("`{scenario}` uses the admin API: pass --admin-password (or UNIMSG_BENCH_ADMIN_PASSWORD)")
+        })
+    }
 }
 
 fn main() -> Result<()> {
@@ -70,7 +147,7 @@ fn main() -> Result<()> {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(threads) = cli.threads {
-        runtime.worker_threads(threads.max(1));
+        runtime.worker_threads(usize::try_from(threads)?);
     }
     let runtime = runtime.build().context("cannot start the async runtime")?;
     let report = runtime.block_on(run(cli))?;
@@ -79,20 +156,42 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<serde_json::Value> {
+    if let Scenario::Smoke(args) = cli.scenario {
+        return smoke::run(args).await;
+    }
     let client = Client::new(&cli.url).with_context(|| format!("bad --url {:?}", cli.url))?;
     client
         .health()
         .await
         .with_context(|| format!("the server at {} does not answer /healthz", cli.url))?;
     let server = cli.server_pid.map(Probe::new).transpose()?;
+    let admin = cli.admin_password.map(|secret| {
+        client.admin(AdminCredentials::Basic {
+            admin_id: cli.admin_id.clone(),
+            secret,
+        })
+    });
     let ctx = Ctx {
         client,
+        admin,
         server,
         bench: Probe::this_process(),
+        summary_to: SummaryTo::Stdout,
     };
-    match cli.scenario {
-        Scenario::Direct(args) => direct::run(&ctx, args).await,
-        Scenario::Idle(args) => idle::run(&ctx, args).await,
+    run_scenario(&ctx, cli.scenario).await
+}
+
+/// Runs one measuring scenario and returns its JSON report.
+async fn run_scenario(ctx: &Ctx, scenario: Scenario) -> Result<serde_json::Value> {
+    match scenario {
+        Scenario::Direct(args) => direct::run(ctx, args).await,
+        Scenario::Idle(args) => idle::run(ctx, args).await,
+        Scenario::Broadcast(args) => broadcast::run(ctx, args, fanout::Transport::Ws).await,
+        Scenario::Sync(args) => sync::run(ctx, args).await,
+        Scenario::Group(args) => group::run(ctx, args).await,
+        Scenario::Login(args) => login::run(ctx, args).await,
+        Scenario::Sse(args) => broadcast::run(ctx, args, fanout::Transport::Sse).await,
+        Scenario::Smoke(_) => anyhow::bail!("smoke does not nest"),
     }
 }
 
@@ -126,9 +225,34 @@ mod tests {
                 assert_eq!(d.messages, 20_000);
                 assert_eq!(d.transport, direct::Transport::Http);
             }
-            Scenario::Idle(_) => panic!("parsed as idle"),
+            other => panic!("parsed as {other:?}"),
         }
         assert!(Cli::try_parse_from(["unimsg-bench", "direct", "--senders", "0"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn new_scenarios_have_their_defaults() -> Result<()> {
+        let cli = Cli::try_parse_from(["unimsg-bench", "broadcast", "--admin-password", "pw"])?;
+        assert_eq!(cli.admin_password.as_deref(), Some("pw"));
+        match cli.scenario {
+            Scenario::Broadcast(b) => assert_eq!((b.connections, b.broadcasts), (1000, 5)),
+            other => panic!("parsed as {other:?}"),
+        }
+        match Cli::try_parse_from(["unimsg-bench", "sync"])?.scenario {
+            Scenario::Sync(s) => assert_eq!(s.messages, 10_000),
+            other => panic!("parsed as {other:?}"),
+        }
+        match Cli::try_parse_from(["unimsg-bench", "group"])?.scenario {
+            Scenario::Group(g) => assert_eq!(g.members, 200),
+            other => panic!("parsed as {other:?}"),
+        }
+        match Cli::try_parse_from(["unimsg-bench", "smoke", "--server-bin", "x"])?.scenario {
+            Scenario::Smoke(s) => assert_eq!(s.server_bin, std::path::PathBuf::from("x")),
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["unimsg-bench", "smoke"]).is_err());
+        assert!(Cli::try_parse_from(["unimsg-bench", "group", "--members", "1"]).is_err());
         Ok(())
     }
 }

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use unimsg_core::admin::INITIAL_ADMIN;
@@ -189,6 +190,13 @@ pub async fn run(
     tracing::info!(target: LIFECYCLE, "listening on http://{addr}");
     let hub = core.hub().clone();
     let draining = hub.clone();
+    // Small writes (events, acks, QR status) must leave at once: without
+    // TCP_NODELAY they wait for the client's delayed ACK (~40 ms).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

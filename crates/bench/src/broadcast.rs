@@ -1,0 +1,368 @@
+//! `broadcast` and `sse`: admin broadcasts fanned out to N live
+//! connections (WebSocket for `broadcast`, SSE for `sse`).
+//!
+//! Users are imported through the admin API with a minted `cli` token each
+//! (`--conns-per-user` connections share one user and its session), the N
+//! connections are opened, then K broadcasts are sent one after another with
+//! `POST /v1/admin/broadcasts`: each starts once the previous one reached
+//! every connection (or stalled). The content carries the run id and the
+//! round, so broadcasts of other runs on the same server are ignored.
+//!
+//! For each broadcast: the time from the POST to the last connection
+//! receiving its `broadcast.new` event, deliveries per second (connections /
+//! that time) and the percentiles of the per-connection receive latency
+//! (POST → event read). Over all broadcasts: the same, and with
+//! `--server-pid` the server's CPU time during the broadcasts per delivered
+//! event. A broadcast is stored once; every connection then reads its place
+//! in its own inbox from the store, so this is the cost of N store reads,
+//! renders and writes per broadcast.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use unimsg_client::proto::EventType;
+use unimsg_client::proto::admin::BroadcastRequest;
+
+use crate::Ctx;
+use crate::fanout::{self, Fleet, Matcher, Next, Seen, Transport};
+use crate::stats::{Latency, round3};
+use crate::users;
+
+/// Users registered at once if [`users::provision`] had no admin
+/// credentials; unused in practice, since broadcasting needs them and
+/// users are then imported.
+const REGISTER_CONCURRENCY: usize = 8;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BroadcastArgs {
+    /// Connections receiving the broadcasts.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub connections: u64,
+    /// Connections sharing one user (and its one session).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub conns_per_user: u64,
+    /// Broadcasts, sent one after another.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub broadcasts: u64,
+    /// Connection attempts in flight at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub connect_concurrency: u64,
+    /// Length of the `text` padding of each broadcast, in bytes.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub content_bytes: u64,
+    /// Give up on a broadcast after this many seconds without a new delivery.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub stall_secs: u64,
+}
+
+/// One broadcast's measurements.
+#[derive(Debug)]
+struct Round {
+    posted_at: Instant,
+    post_latency: Option<Duration>,
+    post_error: Option<String>,
+    delivered: u64,
+    last_at: Option<Instant>,
+    latency: Latency,
+}
+
+impl Round {
+    fn time_to_last(&self) -> Option<Duration> {
+        self.last_at.map(|l| l.duration_since(self.posted_at))
+    }
+}
+
+pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result<Value> {
+    let name = match transport {
+        Transport::Ws => "broadcast",
+        Transport::Sse => "sse",
+    };
+    let admin = ctx.admin(name)?.clone();
+    let run = users::run_id();
+    let n = args.connections;
+    let user_count = usize::try_from(n.div_ceil(args.conns_per_user))?;
+    eprintln!("{name}: creating {user_count} users for {n} connections (run {run})");
+    let users = users::provision(ctx, &run, "b", user_count, REGISTER_CONCURRENCY).await?;
+    let owners = fanout::owners(&users, n, args.conns_per_user)?;
+    let matcher = Matcher {
+        kind: EventType::BroadcastNew,
+        run: run.as_str().into(),
+    };
+    let mut fleet = Fleet::open(
+        owners,
+        transport,
+        usize::try_from(args.connect_concurrency)?,
+        matcher,
+        name,
+    )
+    .await?;
+    let opened = fleet.opened as u64;
+    eprintln!(
+        "{name}: {opened} connections open ({} failed); {} broadcasts",
+        fleet.failed(),
+        args.broadcasts
+    );
+
+    let pad = "x".repeat(usize::try_from(args.content_bytes)?);
+    let base = Instant::now();
+    let stall = Duration::from_secs(args.stall_secs);
+    let mut rounds: Vec<Round> = Vec::new();
+    let mut seen_pairs: HashSet<(usize, u64)> = HashSet::new();
+    let mut duplicates = 0u64;
+    let mut stalled = false;
+    let server_before = ctx.server.as_ref().and_then(|p| p.try_sample());
+    let bench_before = ctx.bench.try_sample();
+    let started = Instant::now();
+
+    for k in 0..args.broadcasts {
+        let content = json!({
+            "text": pad,
+            "run": run,
+            "round": k,
+            "t": fanout::nanos_since(base),
+        });
+        let req = BroadcastRequest {
+            kind: "notification".into(),
+            content,
+            from: None,
+        };
+        let posted_at = Instant::now();
+        let posted = admin.broadcast(&req).await;
+        rounds.push(Round {
+            posted_at,
+            post_latency: posted.is_ok().then(|| posted_at.elapsed()),
+            post_error: posted.err().map(|e| format!("{e:#}")),
+            delivered: 0,
+            last_at: None,
+            latency: Latency::new()?,
+        });
+        if rounds.last().is_some_and(|r| r.post_error.is_some()) {
+            continue;
+        }
+        // Wait until every connection has it, or nothing new arrives.
+        let mut last_progress = Instant::now();
+        while rounds.last().is_some_and(|r| r.delivered < opened) {
+            let left = stall.saturating_sub(last_progress.elapsed());
+            let Next::Seen(seen) = fleet.next(left).await else {
+                stalled = true;
+                break;
+            };
+            if account(seen, &mut rounds, &mut seen_pairs) {
+                last_progress = Instant::now();
+            } else {
+                duplicates += 1;
+            }
+        }
+        if stalled {
+            let r = rounds.len();
+            eprintln!(
+                "{name}: STALLED: broadcast {r} reached {} of {opened} connections; no delivery for {} s",
+                rounds.last().map_or(0, |r| r.delivered),
+                stall.as_secs()
+            );
+            break;
+        }
+        if let Some(r) = rounds.last() {
+            eprintln!(
+                "{name}: broadcast {} reached {opened} connections in {:.1} ms",
+                k + 1,
+                r.time_to_last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
+            );
+        }
+    }
+    let finished = Instant::now();
+    let server_after = ctx.server.as_ref().and_then(|p| p.try_sample());
+    let bench_after = ctx.bench.try_sample();
+    // Anything still queued (late copies) counts before closing.
+    while let Some(seen) = fleet.try_next() {
+        if !account(seen, &mut rounds, &mut seen_pairs) {
+            duplicates += 1;
+        }
+    }
+    let connect = fleet.connect_latency.summary();
+    let connect_secs = fleet.connect_secs.max(1e-9);
+    let failed = fleet.failed();
+    let failures = fleet.failures.clone();
+    let closed = fleet.close().await;
+
+    // Report.
+    let sent = rounds.iter().filter(|r| r.post_error.is_none()).count() as u64;
+    let expected = opened * sent;
+    let delivered: u64 = rounds.iter().map(|r| r.delivered).sum();
+    let mut latency = Latency::new()?;
+    let mut post = Latency::new()?;
+    let mut fan_out_secs = 0.0;
+    let mut per_round = Vec::new();
+    for (i, r) in rounds.iter().enumerate() {
+        latency.merge(&r.latency)?;
+        if let Some(p) = r.post_latency {
+            post.record(p);
+        }
+        let to_last = r.time_to_last().map(|d| d.as_secs_f64());
+        let complete = r.delivered == opened && r.post_error.is_none();
+        if complete {
+            fan_out_secs += to_last.unwrap_or(0.0);
+        }
+        let rate = to_last.map(|s| r.delivered as f64 / s.max(1e-9));
+        let s = r.latency.summary();
+        per_round.push(json!({
+            "broadcast": i + 1,
+            "post_ms": r.post_latency.map(|d| round3(d.as_secs_f64() * 1e3)),
+            "post_error": r.post_error,
+            "delivered": r.delivered,
+            "complete": complete,
+            "time_to_last_ms": to_last.map(|s| round3(s * 1e3)),
+            "deliveries_per_sec": rate.map(round3),
+            "latency_ms": s.to_json(),
+        }));
+    }
+    let complete_deliveries: u64 = rounds
+        .iter()
+        .filter(|r| r.delivered == opened && r.post_error.is_none())
+        .map(|r| r.delivered)
+        .sum();
+    let rate = complete_deliveries as f64 / fan_out_secs.max(1e-9);
+    let wall_secs = finished.duration_since(started).as_secs_f64();
+    let server = fanout::server_usage(
+        ctx.server.as_ref(),
+        server_before,
+        server_after,
+        wall_secs,
+        Some(("delivery", delivered)),
+    );
+    let bench_cpu = match (bench_before, bench_after) {
+        (Some(b), Some(a)) => Some(round3(a.cpu_secs - b.cpu_secs)),
+        _ => None,
+    };
+    let lat = latency.summary();
+
+    say!(
+        ctx,
+        "== {name}: {opened} {} connections ({user_count} users, {} per user), {} broadcasts, {} B text",
+        transport.as_str(),
+        args.conns_per_user,
+        args.broadcasts,
+        args.content_bytes
+    );
+    say!(
+        ctx,
+        "opened         {opened} in {connect_secs:.3} s ({:.0}/s), {failed} failed",
+        opened as f64 / connect_secs
+    );
+    say!(ctx, "connect        {}", connect.line());
+    for (i, r) in rounds.iter().enumerate() {
+        let s = r.latency.summary();
+        match (&r.post_error, r.time_to_last()) {
+            (Some(e), _) => say!(ctx, "broadcast {:<4} POST failed: {e}", i + 1),
+            (None, Some(d)) => say!(
+                ctx,
+                "broadcast {:<4} {}/{opened} in {:.3} ms => {:.0} deliveries/s  p50 {:.3}  p99 {:.3} ms (POST {:.3} ms)",
+                i + 1,
+                r.delivered,
+                d.as_secs_f64() * 1e3,
+                r.delivered as f64 / d.as_secs_f64().max(1e-9),
+                s.p50,
+                s.p99,
+                r.post_latency.map_or(0.0, |p| p.as_secs_f64() * 1e3)
+            ),
+            (None, None) => say!(ctx, "broadcast {:<4} reached no connection", i + 1),
+        }
+    }
+    say!(
+        ctx,
+        "delivered      {delivered} of {expected} expected  =>  {rate:.0} deliveries/s over complete broadcasts"
+    );
+    say!(ctx, "latency        {}", lat.line());
+    say!(ctx, "POST           {}", post.summary().line());
+    if let Some(server) = &server {
+        say!(
+            ctx,
+            "server         cpu {} s ({} cores busy), {} us/delivery, rss {} -> {} KiB",
+            server["cpu_secs"],
+            server["cpu_cores_busy"],
+            server["cpu_us_per_delivery"],
+            server["rss_kib_before"],
+            server["rss_kib_after"]
+        );
+    }
+    if let Some(cpu) = bench_cpu {
+        say!(ctx, "bench          cpu {cpu} s");
+    }
+    let post_errors = rounds.iter().filter(|r| r.post_error.is_some()).count();
+    if stalled
+        || failed > 0
+        || delivered < expected
+        || duplicates > 0
+        || post_errors > 0
+        || closed.ended_early_count() > 0
+    {
+        say!(
+            ctx,
+            "PROBLEMS       stalled={stalled} failed_to_open={failed} missing={} duplicates={duplicates} post_errors={post_errors} ended_early={}",
+            expected.saturating_sub(delivered),
+            closed.ended_early_count()
+        );
+        for (reason, count) in failures.iter().chain(&closed.ended_early) {
+            say!(ctx, "  {count} x {reason}");
+        }
+    }
+
+    Ok(json!({
+        "scenario": name,
+        "run": run,
+        "config": {
+            "transport": transport.as_str(),
+            "connections": n,
+            "conns_per_user": args.conns_per_user,
+            "users": user_count,
+            "broadcasts": args.broadcasts,
+            "connect_concurrency": args.connect_concurrency,
+            "content_bytes": args.content_bytes,
+            "stall_secs": args.stall_secs,
+        },
+        "opened": opened,
+        "failed_to_open": failed,
+        "open_failures": failures,
+        "connect_secs": round3(connect_secs),
+        "connect_latency_ms": connect.to_json(),
+        "broadcasts_sent": sent,
+        "post_errors": post_errors,
+        "expected_deliveries": expected,
+        "delivered": delivered,
+        "missing": expected.saturating_sub(delivered),
+        "duplicates": duplicates,
+        "stalled": stalled,
+        "ended_early": closed.ended_early,
+        "other_events": closed.other_events,
+        "per_broadcast": per_round,
+        "fan_out_secs": round3(fan_out_secs),
+        "deliveries_per_sec": round3(rate),
+        "latency_ms": lat.to_json(),
+        "post_latency_ms": post.summary().to_json(),
+        "wall_secs": round3(wall_secs),
+        "server": server,
+        "bench_cpu_secs": bench_cpu,
+    }))
+}
+
+/// Counts one event; false when it is a copy already seen or of no round
+/// sent.
+fn account(seen: Seen, rounds: &mut [Round], seen_pairs: &mut HashSet<(usize, u64)>) -> bool {
+    let Some(r) = usize::try_from(seen.round)
+        .ok()
+        .and_then(|i| rounds.get_mut(i))
+    else {
+        return false;
+    };
+    if !seen_pairs.insert((seen.conn, seen.round)) {
+        return false;
+    }
+    r.delivered += 1;
+    r.latency
+        .record(seen.at.saturating_duration_since(r.posted_at));
+    r.last_at = r.last_at.max(Some(seen.at));
+    true
+}
