@@ -353,34 +353,13 @@ async fn merged_events_after(
     } else {
         (inbox_rows(tx, user, inbox_before, limit).await?, Vec::new())
     };
-    let mut rows = rows.into_iter().peekable();
-    let mut casts = casts.into_iter().peekable();
-    let mut out = Vec::new();
-    let mut seq = position;
-    while out.len() < limit as usize {
-        let take_cast = match (rows.peek(), casts.peek()) {
-            (None, None) => break,
-            (None, Some(_)) => true,
-            (Some(_), None) => false,
-            (Some((bpos, _)), Some((bseq, _))) => bseq <= bpos,
-        };
-        seq += 1;
-        if take_cast {
-            let Some((_, b)) = casts.next() else { break };
-            out.push(StoredEvent {
-                user_id: user.clone(),
-                seq: Seq(to_u64(seq)),
-                kind: EventType::BroadcastNew,
-                at: b.created_at,
-                body: EventBody::Broadcast(Box::new(b)),
-            });
-        } else {
-            let Some((_, mut e)) = rows.next() else { break };
-            e.seq = Seq(to_u64(seq));
-            out.push(e);
-        }
-    }
-    Ok(out)
+    Ok(unimsg_store::merge_broadcasts(
+        user,
+        rows,
+        casts,
+        to_u64(position),
+        limit,
+    ))
 }
 
 /// Inbox rows of `user` after raw seq `after`, with their `bpos`.

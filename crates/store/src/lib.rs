@@ -14,7 +14,7 @@ pub use model::*;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 use unimsg_proto::groups::GroupRole;
-use unimsg_proto::{ConversationId, GroupId, MessageId, Seq, SessionId, UserId};
+use unimsg_proto::{ConversationId, EventType, GroupId, MessageId, Seq, SessionId, UserId};
 
 /// Why a storage operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -187,6 +187,48 @@ pub type ChainFn = for<'a, 'b> fn(&'a [u8; 32], &'b [u8]) -> [u8; 32];
 /// editing any of them breaks the chain.
 pub fn audit_bytes(id: u64, at_ms: i64, content: &str) -> Vec<u8> {
     format!("{id}\n{at_ms}\n{content}").into_bytes()
+}
+
+/// Merges a user's inbox rows (each with its `bpos`) and broadcasts (each
+/// with its `bseq`), both in order, into the visible stream after
+/// `position`: broadcast `k` comes before an inbox row iff `k <= bpos`, and
+/// the events are numbered `position + 1, position + 2, …` (ARCHITECTURE.md,
+/// "Broadcast positions"). Every backend reads the two tails and calls this.
+pub fn merge_broadcasts(
+    user: &UserId,
+    rows: Vec<(i64, StoredEvent)>,
+    casts: Vec<(i64, StoredNotification)>,
+    position: u64,
+    limit: u32,
+) -> Vec<StoredEvent> {
+    let mut rows = rows.into_iter().peekable();
+    let mut casts = casts.into_iter().peekable();
+    let mut out = Vec::new();
+    let mut seq = position;
+    while out.len() < limit as usize {
+        let take_cast = match (rows.peek(), casts.peek()) {
+            (None, None) => break,
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+            (Some((bpos, _)), Some((bseq, _))) => bseq <= bpos,
+        };
+        seq += 1;
+        if take_cast {
+            let Some((_, b)) = casts.next() else { break };
+            out.push(StoredEvent {
+                user_id: user.clone(),
+                seq: Seq(seq),
+                kind: EventType::BroadcastNew,
+                at: b.created_at,
+                body: EventBody::Broadcast(Box::new(b)),
+            });
+        } else {
+            let Some((_, mut e)) = rows.next() else { break };
+            e.seq = Seq(seq);
+            out.push(e);
+        }
+    }
+    out
 }
 
 /// Login sessions and their refresh tokens.

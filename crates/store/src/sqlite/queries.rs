@@ -312,38 +312,15 @@ fn merged_events_after(
         .unwrap_or(0);
     let broadcasts_before = base + (position - inbox_before);
 
-    let mut rows = inbox_rows(conn, user, inbox_before, limit)?
-        .into_iter()
-        .peekable();
-    let mut casts = super::ops::broadcasts_between(conn, broadcasts_before, head, limit)?
-        .into_iter()
-        .peekable();
-    let mut out = Vec::new();
-    let mut seq = position;
-    while out.len() < limit as usize {
-        let take_cast = match (rows.peek(), casts.peek()) {
-            (None, None) => break,
-            (None, Some(_)) => true,
-            (Some(_), None) => false,
-            (Some((bpos, _)), Some((bseq, _))) => bseq <= bpos,
-        };
-        seq += 1;
-        if take_cast {
-            let Some((_, b)) = casts.next() else { break };
-            out.push(StoredEvent {
-                user_id: user.clone(),
-                seq: Seq(to_u64(seq)),
-                kind: EventType::BroadcastNew,
-                at: b.created_at,
-                body: EventBody::Broadcast(Box::new(b)),
-            });
-        } else {
-            let Some((_, mut e)) = rows.next() else { break };
-            e.seq = Seq(to_u64(seq));
-            out.push(e);
-        }
-    }
-    Ok(out)
+    let rows = inbox_rows(conn, user, inbox_before, limit)?;
+    let casts = super::ops::broadcasts_between(conn, broadcasts_before, head, limit)?;
+    Ok(crate::merge_broadcasts(
+        user,
+        rows,
+        casts,
+        to_u64(position),
+        limit,
+    ))
 }
 
 /// Inbox rows of `user` after internal seq `after`, with their `bpos`.
