@@ -148,8 +148,11 @@ impl Bus for RedisBus {
                 .map_err(|_| BusError("routes poisoned".into()))?;
             let first = !routes.users.contains_key(user);
             let entry = routes.users.entry(user.clone()).or_default();
-            *entry.entry(platform.clone()).or_default() += 1;
-            (first, platform_list(entry))
+            let count = entry.entry(platform.clone()).or_default();
+            *count += 1;
+            // Presence changes only when a platform appears on this node.
+            let new_platform = *count == 1;
+            (first, new_platform.then(|| platform_list(entry)))
         };
         if first {
             // Every attach of a user subscribes through the same ordered
@@ -162,9 +165,12 @@ impl Bus for RedisBus {
         } else {
             self.cluster.barrier().await.map_err(bus_error)?;
         }
-        write_presence(&self.cluster, user, &platforms)
-            .await
-            .map_err(bus_error)
+        match platforms {
+            Some(platforms) => write_presence(&self.cluster, user, &platforms)
+                .await
+                .map_err(bus_error),
+            None => Ok(()),
+        }
     }
 
     fn detach(&self, user: &UserId, platform: &Platform) {
@@ -174,12 +180,15 @@ impl Bus for RedisBus {
         let Some(entry) = routes.users.get_mut(user) else {
             return;
         };
-        if let Some(n) = entry.get_mut(platform) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                entry.remove(platform);
-            }
+        let Some(n) = entry.get_mut(platform) else {
+            return;
+        };
+        *n = n.saturating_sub(1);
+        if *n > 0 {
+            // Another connection of this platform remains: nothing changes.
+            return;
         }
+        entry.remove(platform);
         let platforms = platform_list(entry);
         if platforms.is_empty() {
             routes.users.remove(user);
