@@ -16,8 +16,13 @@
 //! event. A broadcast is stored once; every connection then reads its place
 //! in its own inbox from the store, so this is the cost of N store reads,
 //! renders and writes per broadcast.
+//!
+//! `--procs` and `--source-ips` spread the connections over child
+//! processes and local addresses ([`crate::hold`]). Arrivals are then
+//! timed on the wall clock (shared by the processes) against the moment
+//! the POST was sent; each holder reports per broadcast its deliveries,
+//! its last arrival and a latency histogram, and this process adds them up.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -27,7 +32,8 @@ use unimsg_client::proto::EventType;
 use unimsg_client::proto::admin::BroadcastRequest;
 
 use crate::Ctx;
-use crate::fanout::{self, Fleet, Matcher, Next, Seen, Transport};
+use crate::fanout::{self, Transport};
+use crate::hold::{self, Holders, OpenedAll, Plan, SpreadArgs};
 use crate::stats::{Latency, round3};
 use crate::users;
 
@@ -47,7 +53,7 @@ pub struct BroadcastArgs {
     /// Broadcasts, sent one after another.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub broadcasts: u64,
-    /// Connection attempts in flight at once.
+    /// Connection attempts in flight at once (over all processes).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub connect_concurrency: u64,
     /// Length of the `text` padding of each broadcast, in bytes.
@@ -56,22 +62,52 @@ pub struct BroadcastArgs {
     /// Give up on a broadcast after this many seconds without a new delivery.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub stall_secs: u64,
+    #[command(flatten)]
+    pub spread: SpreadArgs,
 }
 
 /// One broadcast's measurements.
 #[derive(Debug)]
 struct Round {
-    posted_at: Instant,
+    /// When the POST was sent, wall clock µs since the UNIX epoch.
+    posted_us: u64,
     post_latency: Option<Duration>,
     post_error: Option<String>,
+    /// Deliveries so far, by holder (from progress reports; replaced by
+    /// the holders' final counts at the end).
+    by_holder: Vec<u64>,
     delivered: u64,
-    last_at: Option<Instant>,
+    /// The earliest and latest arrival, wall clock µs (the earliest only
+    /// from the holders' final counts).
+    first_us: Option<u64>,
+    last_us: Option<u64>,
     latency: Latency,
 }
 
 impl Round {
     fn time_to_last(&self) -> Option<Duration> {
-        self.last_at.map(|l| l.duration_since(self.posted_at))
+        self.last_us
+            .map(|l| Duration::from_micros(l.saturating_sub(self.posted_us)))
+    }
+
+    fn time_to_first(&self) -> Option<Duration> {
+        self.first_us
+            .map(|f| Duration::from_micros(f.saturating_sub(self.posted_us)))
+    }
+
+    /// Takes a holder's progress report; true when it is news.
+    fn progress(&mut self, holder: usize, delivered: u64, last_us: u64) -> bool {
+        if self.by_holder.len() <= holder {
+            self.by_holder.resize(holder + 1, 0);
+        }
+        self.last_us = self.last_us.max(Some(last_us));
+        let known = &mut self.by_holder[holder];
+        if delivered <= *known {
+            return false;
+        }
+        self.delivered += delivered - *known;
+        *known = delivered;
+        true
     }
 }
 
@@ -83,35 +119,33 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result
     let admin = ctx.admin(name)?.clone();
     let run = users::run_id();
     let n = args.connections;
+    let procs = args.spread.procs.max(1);
     let user_count = usize::try_from(n.div_ceil(args.conns_per_user))?;
     eprintln!("{name}: creating {user_count} users for {n} connections (run {run})");
     let users = users::provision(ctx, &run, "b", user_count, REGISTER_CONCURRENCY).await?;
-    let owners = fanout::owners(&users, n, args.conns_per_user)?;
-    let matcher = Matcher {
-        kind: EventType::BroadcastNew,
-        run: run.as_str().into(),
-    };
-    let mut fleet = Fleet::open(
-        owners,
+    let plan = Plan {
+        label: name,
+        url: ctx.client.base_url().to_string(),
         transport,
-        usize::try_from(args.connect_concurrency)?,
-        matcher,
-        name,
-    )
-    .await?;
-    let opened = fleet.opened as u64;
+        connect_concurrency: args.connect_concurrency,
+        kind: EventType::BroadcastNew,
+        run: run.clone(),
+        spread: &args.spread,
+    };
+    let mut holders = Holders::start(&plan, &users, n, args.conns_per_user).await?;
+    let open = OpenedAll::of(&holders.ready().await?)?;
+    let opened = open.opened;
+    let failed = open.failed();
     eprintln!(
-        "{name}: {opened} connections open ({} failed); {} broadcasts",
-        fleet.failed(),
+        "{name}: {opened} connections open ({failed} failed) in {procs} process(es); {} broadcasts",
         args.broadcasts
     );
+    let baseline = holders.report(&[]).await?;
 
     let pad = "x".repeat(usize::try_from(args.content_bytes)?);
     let base = Instant::now();
     let stall = Duration::from_secs(args.stall_secs);
     let mut rounds: Vec<Round> = Vec::new();
-    let mut seen_pairs: HashSet<(usize, u64)> = HashSet::new();
-    let mut duplicates = 0u64;
     let mut stalled = false;
     let server_before = ctx.server.as_ref().and_then(|p| p.try_sample());
     let bench_before = ctx.bench.try_sample();
@@ -129,14 +163,17 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result
             content,
             from: None,
         };
+        let posted_us = hold::wall_us();
         let posted_at = Instant::now();
         let posted = admin.broadcast(&req).await;
         rounds.push(Round {
-            posted_at,
+            posted_us,
             post_latency: posted.is_ok().then(|| posted_at.elapsed()),
             post_error: posted.err().map(|e| format!("{e:#}")),
+            by_holder: Vec::new(),
             delivered: 0,
-            last_at: None,
+            first_us: None,
+            last_us: None,
             latency: Latency::new()?,
         });
         if rounds.last().is_some_and(|r| r.post_error.is_some()) {
@@ -146,14 +183,17 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result
         let mut last_progress = Instant::now();
         while rounds.last().is_some_and(|r| r.delivered < opened) {
             let left = stall.saturating_sub(last_progress.elapsed());
-            let Next::Seen(seen) = fleet.next(left).await else {
+            let Some(p) = holders.next_progress(left).await? else {
                 stalled = true;
                 break;
             };
-            if account(seen, &mut rounds, &mut seen_pairs) {
+            let round = usize::try_from(p.round)
+                .ok()
+                .and_then(|r| rounds.get_mut(r));
+            if let Some(round) = round
+                && round.progress(p.holder, p.delivered, p.last_us)
+            {
                 last_progress = Instant::now();
-            } else {
-                duplicates += 1;
             }
         }
         if stalled {
@@ -176,17 +216,31 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result
     let finished = Instant::now();
     let server_after = ctx.server.as_ref().and_then(|p| p.try_sample());
     let bench_after = ctx.bench.try_sample();
-    // Anything still queued (late copies) counts before closing.
-    while let Some(seen) = fleet.try_next() {
-        if !account(seen, &mut rounds, &mut seen_pairs) {
-            duplicates += 1;
+    // The holders' own counts, late copies included, replace the progress.
+    let posted_us: Vec<u64> = rounds.iter().map(|r| r.posted_us).collect();
+    let counts = holders.report(&posted_us).await?;
+    let duplicates: u64 = counts.iter().map(|c| c.duplicates).sum();
+    for (i, r) in rounds.iter_mut().enumerate() {
+        r.delivered = 0;
+        r.last_us = None;
+        for holder in &counts {
+            let Some(c) = holder.rounds.get(i) else {
+                continue;
+            };
+            r.delivered += c.delivered;
+            r.first_us = match (r.first_us, c.first_us) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            r.last_us = r.last_us.max(c.last_us);
+            r.latency.merge(&Latency::from_buckets(&c.latency)?)?;
         }
     }
-    let connect = fleet.connect_latency.summary();
-    let connect_secs = fleet.connect_secs.max(1e-9);
-    let failed = fleet.failed();
-    let failures = fleet.failures.clone();
-    let closed = fleet.close().await;
+    let connect = open.connect_latency.summary();
+    let connect_secs = open.connect_secs.max(1e-9);
+    let failures = open.failures;
+    let closed = hold::ended_all(&holders.close().await?);
+    let ended_early_count: u64 = closed.ended_early.values().sum();
 
     // Report.
     let sent = rounds.iter().filter(|r| r.post_error.is_none()).count() as u64;
@@ -214,6 +268,7 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result
             "post_error": r.post_error,
             "delivered": r.delivered,
             "complete": complete,
+            "time_to_first_ms": r.time_to_first().map(|d| round3(d.as_secs_f64() * 1e3)),
             "time_to_last_ms": to_last.map(|s| round3(s * 1e3)),
             "deliveries_per_sec": rate.map(round3),
             "latency_ms": s.to_json(),
@@ -233,19 +288,29 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result
         wall_secs,
         Some(("delivery", delivered)),
     );
-    let bench_cpu = match (bench_before, bench_after) {
-        (Some(b), Some(a)) => Some(round3(a.cpu_secs - b.cpu_secs)),
+    let bench_cpu = match (
+        bench_before,
+        bench_after,
+        Holders::child_cpu_secs(&baseline, &counts),
+    ) {
+        (Some(b), Some(a), Some(children)) => Some(round3(a.cpu_secs - b.cpu_secs + children)),
         _ => None,
     };
     let lat = latency.summary();
+    let source_ips = args.spread.source_ips_json();
 
     say!(
         ctx,
-        "== {name}: {opened} {} connections ({user_count} users, {} per user), {} broadcasts, {} B text",
+        "== {name}: {opened} {} connections ({user_count} users, {} per user), {} broadcasts, {} B text, {procs} process(es), source {}",
         transport.as_str(),
         args.conns_per_user,
         args.broadcasts,
-        args.content_bytes
+        args.content_bytes,
+        if source_ips.is_empty() {
+            "any".to_owned()
+        } else {
+            source_ips.join(",")
+        }
     );
     say!(
         ctx,
@@ -259,10 +324,11 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result
             (Some(e), _) => say!(ctx, "broadcast {:<4} POST failed: {e}", i + 1),
             (None, Some(d)) => say!(
                 ctx,
-                "broadcast {:<4} {}/{opened} in {:.3} ms => {:.0} deliveries/s  p50 {:.3}  p99 {:.3} ms (POST {:.3} ms)",
+                "broadcast {:<4} {}/{opened} in {:.3} ms (first {:.3} ms) => {:.0} deliveries/s  p50 {:.3}  p99 {:.3} ms (POST {:.3} ms)",
                 i + 1,
                 r.delivered,
                 d.as_secs_f64() * 1e3,
+                r.time_to_first().map_or(0.0, |f| f.as_secs_f64() * 1e3),
                 r.delivered as f64 / d.as_secs_f64().max(1e-9),
                 s.p50,
                 s.p99,
@@ -289,7 +355,7 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result
         );
     }
     if let Some(cpu) = bench_cpu {
-        say!(ctx, "bench          cpu {cpu} s");
+        say!(ctx, "bench          cpu {cpu} s (all bench processes)");
     }
     let post_errors = rounds.iter().filter(|r| r.post_error.is_some()).count();
     if stalled
@@ -297,13 +363,12 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result
         || delivered < expected
         || duplicates > 0
         || post_errors > 0
-        || closed.ended_early_count() > 0
+        || ended_early_count > 0
     {
         say!(
             ctx,
-            "PROBLEMS       stalled={stalled} failed_to_open={failed} missing={} duplicates={duplicates} post_errors={post_errors} ended_early={}",
+            "PROBLEMS       stalled={stalled} failed_to_open={failed} missing={} duplicates={duplicates} post_errors={post_errors} ended_early={ended_early_count}",
             expected.saturating_sub(delivered),
-            closed.ended_early_count()
         );
         for (reason, count) in failures.iter().chain(&closed.ended_early) {
             say!(ctx, "  {count} x {reason}");
@@ -322,6 +387,8 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result
             "connect_concurrency": args.connect_concurrency,
             "content_bytes": args.content_bytes,
             "stall_secs": args.stall_secs,
+            "procs": procs,
+            "source_ips": source_ips,
         },
         "opened": opened,
         "failed_to_open": failed,
@@ -348,21 +415,28 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result
     }))
 }
 
-/// Counts one event; false when it is a copy already seen or of no round
-/// sent.
-fn account(seen: Seen, rounds: &mut [Round], seen_pairs: &mut HashSet<(usize, u64)>) -> bool {
-    let Some(r) = usize::try_from(seen.round)
-        .ok()
-        .and_then(|i| rounds.get_mut(i))
-    else {
-        return false;
-    };
-    if !seen_pairs.insert((seen.conn, seen.round)) {
-        return false;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_counts_each_holder_once() -> Result<()> {
+        let mut r = Round {
+            posted_us: 1_000,
+            post_latency: None,
+            post_error: None,
+            by_holder: Vec::new(),
+            delivered: 0,
+            first_us: None,
+            last_us: None,
+            latency: Latency::new()?,
+        };
+        assert!(r.progress(1, 3, 1_500));
+        assert!(r.progress(0, 2, 1_200));
+        assert!(!r.progress(1, 3, 1_500), "no news");
+        assert!(r.progress(1, 5, 2_000));
+        assert_eq!(r.delivered, 7);
+        assert_eq!(r.time_to_last(), Some(Duration::from_micros(1_000)));
+        Ok(())
     }
-    r.delivered += 1;
-    r.latency
-        .record(seen.at.saturating_duration_since(r.posted_at));
-    r.last_at = r.last_at.max(Some(seen.at));
-    true
 }

@@ -8,13 +8,18 @@
 //! sent, in nanoseconds since an `Instant` shared by the bench process.
 //! Everything else (receipts, `group.changed`, broadcasts of other runs) is
 //! counted and skipped.
+//!
+//! `idle`, `broadcast` and `sse` run their fleets through [`crate::hold`],
+//! which can spread them over several processes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use futures_util::{StreamExt, stream};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -29,7 +34,8 @@ use crate::stats::Latency;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which real-time transport the receivers use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// `GET /v1/ws`
     Ws,
@@ -154,6 +160,8 @@ pub struct Fleet {
     rx: mpsc::UnboundedReceiver<Seen>,
     tasks: Vec<JoinHandle<ReaderEnd>>,
     stop: CancellationToken,
+    /// Connections the server has ended so far.
+    ended: Arc<AtomicU64>,
 }
 
 /// What the readers reported once closed.
@@ -183,6 +191,7 @@ impl Fleet {
     ) -> Result<Fleet> {
         let (tx, rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
+        let ended = Arc::new(AtomicU64::new(0));
         let total = owners.len();
         let started = Instant::now();
         let mut attempts = stream::iter(owners.into_iter().enumerate())
@@ -200,6 +209,7 @@ impl Fleet {
             rx,
             tasks: Vec::with_capacity(total),
             stop: stop.clone(),
+            ended: ended.clone(),
         };
         let mut last_print = Instant::now();
         while let Some((i, took, conn)) = attempts.next().await {
@@ -213,6 +223,7 @@ impl Fleet {
                         matcher.clone(),
                         tx.clone(),
                         stop.clone(),
+                        ended.clone(),
                     )));
                 }
                 Err(e) => *fleet.failures.entry(format!("{e:#}")).or_default() += 1,
@@ -249,6 +260,17 @@ impl Fleet {
     /// An event of this run that has already arrived, without waiting.
     pub fn try_next(&mut self) -> Option<Seen> {
         self.rx.try_recv().ok()
+    }
+
+    /// The next event of this run; `None` once every connection has ended.
+    pub async fn recv(&mut self) -> Option<Seen> {
+        self.rx.recv().await
+    }
+
+    /// Connections the server has ended so far (their reasons come with
+    /// [`Fleet::close`]).
+    pub fn ended_so_far(&self) -> u64 {
+        self.ended.load(Ordering::Relaxed)
     }
 
     /// Stops the readers, closes the connections and collects the readers'
@@ -291,6 +313,7 @@ async fn read(
     matcher: Matcher,
     tx: mpsc::UnboundedSender<Seen>,
     stop: CancellationToken,
+    ended: Arc<AtomicU64>,
 ) -> ReaderEnd {
     let mut end = ReaderEnd::default();
     loop {
@@ -315,10 +338,12 @@ async fn read(
                 None => end.other_events += 1,
             },
             Ok(None) => {
+                ended.fetch_add(1, Ordering::Relaxed);
                 end.ended = Some(conn.ended_reason());
                 return end;
             }
             Err(e) => {
+                ended.fetch_add(1, Ordering::Relaxed);
                 end.ended = Some(format!("{} read failed: {e}", conn_kind(&conn)));
                 return end;
             }
@@ -371,20 +396,6 @@ pub fn server_usage(
         v[format!("cpu_us_per_{unit}")] = json!(round3(cpu * 1e6 / count as f64));
     }
     Some(v)
-}
-
-/// `n` connection owners from `users`, `per_user` consecutive connections
-/// each.
-pub fn owners(users: &[crate::users::User], n: u64, per_user: u64) -> Result<Vec<Authed>> {
-    (0..n)
-        .map(|i| {
-            let u = usize::try_from(i / per_user.max(1))?;
-            match users.get(u) {
-                Some(user) => Ok(user.authed.clone()),
-                None => bail!("no user for connection {i}"),
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! allows any number of connections per session. Each connection uses the
 //! query-token form (`/v1/ws?access_token=…`) and counts as open once the
 //! server's `ready` frame arrived. A task per connection keeps reading, so
-//! the server's heartbeat pings are answered (by tungstenite, while reading).
+//! the server's heartbeat pings are answered (by tungstenite, while reading);
+//! it would count events of this run, of which there are none.
 //!
 //! Reported: server RSS before opening, right after all connections are
 //! open (plus `--settle-ms`) and at the end of `--hold-secs`; the growth per
@@ -33,26 +34,25 @@
 //!   the figure right after opening is reported too.
 //!
 //! One process can hold about as many sockets as its open-file limit
-//! (20 000 on the reference machine): up to ~15 000 connections per bench
-//! process. Binding to several source addresses (`--source-ips`) to go past
-//! one client's ephemeral port range is a follow-up.
+//! (20 000 on the reference machine, ~19.9k connections), and one source
+//! address reaches the server through ~28k ephemeral ports. `--procs P`
+//! spreads the connections over P child processes and `--source-ips`
+//! over several local addresses (see [`crate::hold`]); the server's RSS and
+//! CPU are sampled by this process either way, and the bench's own CPU
+//! during the hold is the sum over its processes.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Result, bail};
-use futures_util::{StreamExt, stream};
+use anyhow::Result;
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use unimsg_client::WsConnection;
+use unimsg_client::proto::EventType;
 
 use crate::Ctx;
+use crate::fanout::Transport;
+use crate::hold::{self, Holders, OpenedAll, Plan, SpreadArgs};
 use crate::procfs::Sample;
-use crate::stats::{Latency, round3};
+use crate::stats::round3;
 use crate::users;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -63,7 +63,7 @@ pub struct IdleArgs {
     /// Connections sharing one user (and its one session).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub conns_per_user: u64,
-    /// Connection attempts in flight at once.
+    /// Connection attempts in flight at once (over all processes).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub connect_concurrency: u64,
     /// How long to keep the connections open and idle, in seconds.
@@ -76,40 +76,20 @@ pub struct IdleArgs {
     /// server's idle blocking threads (kept 10 s) exit first, in seconds.
     #[arg(long, default_value_t = 12)]
     pub quiet_secs: u64,
-}
-
-/// Why connections ended before the bench closed them, by reason.
-#[derive(Debug, Default)]
-struct Closures {
-    count: AtomicU64,
-    reasons: Mutex<BTreeMap<String, u64>>,
-}
-
-impl Closures {
-    fn record(&self, reason: String) {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut reasons) = self.reasons.lock() {
-            *reasons.entry(reason).or_default() += 1;
-        }
-    }
-
-    fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn reasons(&self) -> BTreeMap<String, u64> {
-        self.reasons.lock().map(|r| r.clone()).unwrap_or_default()
-    }
+    #[command(flatten)]
+    pub spread: SpreadArgs,
 }
 
 pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Value> {
     let n = args.connections;
     let per_user = args.conns_per_user;
+    let procs = args.spread.procs.max(1);
     if let Some(limit) = open_files_limit()
-        && n + 64 > limit
+        && n.div_ceil(procs) + 64 > limit
     {
         eprintln!(
-            "idle: warning: {n} connections need more file descriptors than this process's limit ({limit}); raise `ulimit -n`"
+            "idle: warning: {} connections per process need more file descriptors than the limit ({limit}); raise `ulimit -n` or --procs",
+            n.div_ceil(procs)
         );
     }
     let run = users::run_id();
@@ -117,60 +97,31 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Value> {
     eprintln!("idle: creating {user_count} users for {n} connections (run {run})");
     let users = users::provision(ctx, &run, "i", user_count, 1).await?;
 
-    let closures = Arc::new(Closures::default());
-    let stop = CancellationToken::new();
     let settle = Duration::from_millis(args.settle_ms);
     eprintln!("idle: quiet for {} s before the baseline", args.quiet_secs);
     tokio::time::sleep(Duration::from_secs(args.quiet_secs)).await;
     let before_open = ctx.server.as_ref().and_then(|p| p.try_sample());
 
     // Open.
-    let started = Instant::now();
-    let mut attempts = stream::iter(0..n)
-        .map(|i| {
-            let authed = usize::try_from(i / per_user)
-                .ok()
-                .and_then(|u| users.get(u))
-                .map(|u| u.authed.clone());
-            async move {
-                let Some(authed) = authed else {
-                    bail!("no user for connection {i}");
-                };
-                let t0 = Instant::now();
-                let ws = authed.connect_ws(None).await?;
-                Ok((t0.elapsed(), ws))
-            }
-        })
-        .buffer_unordered(usize::try_from(args.connect_concurrency)?);
-    let mut connect_latency = Latency::new()?;
-    let mut tasks: Vec<JoinHandle<()>> = Vec::with_capacity(usize::try_from(n)?);
-    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
-    let mut last_print = Instant::now();
-    while let Some(attempt) = attempts.next().await {
-        match attempt {
-            Ok((took, ws)) => {
-                connect_latency.record(took);
-                tasks.push(tokio::spawn(hold(ws, closures.clone(), stop.clone())));
-            }
-            Err(e) => *failures.entry(format!("{e:#}")).or_default() += 1,
-        }
-        if last_print.elapsed() >= Duration::from_secs(1) {
-            last_print = Instant::now();
-            eprintln!(
-                "idle: [{:5.1}s] open {}  failed {}",
-                started.elapsed().as_secs_f64(),
-                tasks.len(),
-                failures.values().sum::<u64>()
-            );
-        }
-    }
-    drop(attempts);
-    let connect_secs = started.elapsed().as_secs_f64().max(1e-9);
-    let opened = tasks.len() as u64;
-    let failed: u64 = failures.values().sum();
+    let plan = Plan {
+        label: "idle",
+        url: ctx.client.base_url().to_string(),
+        transport: Transport::Ws,
+        connect_concurrency: args.connect_concurrency,
+        // Nothing is sent to this run: the readers only keep reading.
+        kind: EventType::BroadcastNew,
+        run: run.clone(),
+        spread: &args.spread,
+    };
+    let mut holders = Holders::start(&plan, &users, n, per_user).await?;
+    let all = OpenedAll::of(&holders.ready().await?)?;
+    let (opened, failed) = (all.opened, all.failed());
+    let connect_secs = all.connect_secs.max(1e-9);
+    let failures = all.failures;
     tokio::time::sleep(settle).await;
     let after_open = ctx.server.as_ref().and_then(|p| p.try_sample());
-    let closed_before_hold = closures.count();
+    let at_open = holders.report(&[]).await?;
+    let closed_before_hold: u64 = at_open.iter().map(|c| c.ended).sum();
 
     // Hold.
     eprintln!("idle: {opened} open; holding for {} s", args.hold_secs);
@@ -180,31 +131,31 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Value> {
     while hold_start.elapsed() < hold_for {
         let left = hold_for.saturating_sub(hold_start.elapsed());
         tokio::time::sleep(left.min(Duration::from_secs(5))).await;
+        let so_far = holders.report(&[]).await?;
         eprintln!(
             "idle: [{:5.1}s] holding; {} closed by the server so far",
             hold_start.elapsed().as_secs_f64(),
-            closures.count()
+            so_far.iter().map(|c| c.ended).sum::<u64>()
         );
     }
     let hold_secs = hold_start.elapsed().as_secs_f64();
     let after_hold = ctx.server.as_ref().and_then(|p| p.try_sample());
     let bench_after = ctx.bench.try_sample();
-    let closed_during_hold = closures.count() - closed_before_hold;
+    let at_end = holders.report(&[]).await?;
+    let closed_during_hold = at_end
+        .iter()
+        .map(|c| c.ended)
+        .sum::<u64>()
+        .saturating_sub(closed_before_hold);
 
     // Close.
-    stop.cancel();
-    let close_deadline = Instant::now() + Duration::from_secs(10);
-    for task in tasks {
-        if tokio::time::timeout_at(close_deadline, task).await.is_err() {
-            eprintln!("idle: warning: connections did not close within 10 s");
-            break;
-        }
-    }
+    let close_reasons = hold::ended_all(&holders.close().await?).ended_early;
+    let closed_by_server: u64 = close_reasons.values().sum();
     tokio::time::sleep(settle).await;
     let after_close = ctx.server.as_ref().and_then(|p| p.try_sample());
 
     // Report.
-    let connect = connect_latency.summary();
+    let connect = all.connect_latency.summary();
     let rss = |s: Option<Sample>| s.map(|s| s.rss_kib);
     let cpu_between = |a: Option<Sample>, b: Option<Sample>| match (a, b) {
         (Some(a), Some(b)) => Some(b.cpu_secs - a.cpu_secs),
@@ -222,15 +173,27 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Value> {
     let hold_cpu = cpu_between(after_open, after_hold);
     let hold_cpu_us_per_conn_min =
         hold_cpu.and_then(|c| per_conn(c * 1e6 / (hold_secs.max(1e-9) / 60.0)));
-    let bench_cpu = cpu_between(bench_before, bench_after);
+    let bench_cpu = match (
+        cpu_between(bench_before, bench_after),
+        Holders::child_cpu_secs(&at_open, &at_end),
+    ) {
+        (Some(own), Some(children)) => Some(own + children),
+        _ => None,
+    };
     let opt = |x: Option<f64>, unit: &str| {
         x.map_or_else(|| "n/a".to_owned(), |x| format!("{x:.3} {unit}"))
     };
     let opt_kib = |x: Option<u64>| x.map_or_else(|| "n/a".to_owned(), |x| format!("{x} KiB"));
+    let source_ips = args.spread.source_ips_json();
 
     say!(
         ctx,
-        "== idle: {n} WebSocket connections, {per_user} per user ({user_count} users)"
+        "== idle: {n} WebSocket connections, {per_user} per user ({user_count} users), {procs} process(es), source {}",
+        if source_ips.is_empty() {
+            "any".to_owned()
+        } else {
+            source_ips.join(",")
+        }
     );
     say!(
         ctx,
@@ -265,15 +228,17 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Value> {
         opt(hold_cpu_us_per_conn_min, "us")
     );
     if let Some(cpu) = bench_cpu {
-        say!(ctx, "bench cpu      {cpu:.3} s during hold");
-    }
-    if failed > 0 || closures.count() > 0 {
         say!(
             ctx,
-            "PROBLEMS       {failed} failed to open, {} closed by the server ({closed_during_hold} during the hold)",
-            closures.count()
+            "bench cpu      {cpu:.3} s during hold (all bench processes)"
         );
-        for (reason, count) in failures.iter().chain(&closures.reasons()) {
+    }
+    if failed > 0 || closed_by_server > 0 {
+        say!(
+            ctx,
+            "PROBLEMS       {failed} failed to open, {closed_by_server} closed by the server ({closed_during_hold} during the hold)",
+        );
+        for (reason, count) in failures.iter().chain(&close_reasons) {
             say!(ctx, "  {count} x {reason}");
         }
     }
@@ -289,13 +254,15 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Value> {
             "hold_secs": args.hold_secs,
             "settle_ms": args.settle_ms,
             "quiet_secs": args.quiet_secs,
+            "procs": procs,
+            "source_ips": source_ips,
         },
         "opened": opened,
         "failed": failed,
         "failures": failures,
-        "closed_by_server": closures.count(),
+        "closed_by_server": closed_by_server,
         "closed_during_hold": closed_during_hold,
-        "close_reasons": closures.reasons(),
+        "close_reasons": close_reasons,
         "connect_secs": round3(connect_secs),
         "connects_per_sec": round3(opened as f64 / connect_secs),
         "connect_latency_ms": connect.to_json(),
@@ -315,31 +282,6 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Value> {
         "hold_secs_measured": round3(hold_secs),
         "bench_hold_cpu_secs": bench_cpu.map(round3),
     }))
-}
-
-/// Keeps a connection read until `stop`, then closes it.
-async fn hold(mut ws: WsConnection, closures: Arc<Closures>, stop: CancellationToken) {
-    loop {
-        let event = tokio::select! {
-            biased;
-            () = stop.cancelled() => {
-                let _ = ws.close().await;
-                return;
-            }
-            event = ws.next_event() => event,
-        };
-        match event {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                closures.record(format!("closed (close code {:?})", ws.close_code()));
-                return;
-            }
-            Err(e) => {
-                closures.record(format!("error: {e}"));
-                return;
-            }
-        }
-    }
 }
 
 /// The soft limit on open files of this process, from `/proc/self/limits`.

@@ -12,6 +12,7 @@
 //! ```text
 //! unimsg-bench --url http://127.0.0.1:8080 --server-pid 1234 direct --messages 20000 --window 64
 //! unimsg-bench --url http://127.0.0.1:8080 --server-pid 1234 idle --connections 1000
+//! unimsg-bench --url http://127.0.0.1:8080 --server-pid 1234 idle --connections 19000 --procs 2 --source-ips 127.0.0.1,127.0.0.2
 //! unimsg-bench --url http://127.0.0.1:8080 --admin-password PW broadcast --connections 1000
 //! unimsg-bench --url http://127.0.0.1:8080 sync --messages 10000
 //! unimsg-bench smoke --server-bin target/debug/unimsg
@@ -28,8 +29,10 @@ mod broadcast;
 mod direct;
 mod fanout;
 mod group;
+mod hold;
 mod idle;
 mod login;
+mod peers;
 mod procfs;
 mod smoke;
 mod stats;
@@ -100,6 +103,13 @@ enum Scenario {
     /// Starts a server and runs every scenario with tiny parameters,
     /// checking that everything expected was delivered (not timings).
     Smoke(smoke::SmokeArgs),
+    /// The `idle`, `broadcast` and `direct` scenarios against another
+    /// server (nchan, soketi, mosquitto, ejabberd), for side-by-side numbers.
+    Peer(peers::PeerArgs),
+    /// Internal: holds a share of the connections of `idle`, `broadcast`
+    /// or `sse` run with `--procs` > 1 (a job on stdin, JSON lines).
+    #[command(hide = true)]
+    Hold,
 }
 
 /// Where a scenario's human summary goes.
@@ -150,6 +160,12 @@ fn main() -> Result<()> {
         runtime.worker_threads(usize::try_from(threads)?);
     }
     let runtime = runtime.build().context("cannot start the async runtime")?;
+    if let Scenario::Hold = cli.scenario {
+        let outcome = runtime.block_on(hold::child_main());
+        // Without waiting for the blocking read of stdin to return.
+        runtime.shutdown_background();
+        return outcome;
+    }
     let report = runtime.block_on(run(cli))?;
     println!("{report}");
     Ok(())
@@ -158,6 +174,9 @@ fn main() -> Result<()> {
 async fn run(cli: Cli) -> Result<serde_json::Value> {
     if let Scenario::Smoke(args) = cli.scenario {
         return smoke::run(args).await;
+    }
+    if let Scenario::Peer(args) = cli.scenario {
+        return peers::run(args, cli.server_pid).await;
     }
     let client = Client::new(&cli.url).with_context(|| format!("bad --url {:?}", cli.url))?;
     client
@@ -192,6 +211,8 @@ async fn run_scenario(ctx: &Ctx, scenario: Scenario) -> Result<serde_json::Value
         Scenario::Login(args) => login::run(ctx, args).await,
         Scenario::Sse(args) => broadcast::run(ctx, args, fanout::Transport::Sse).await,
         Scenario::Smoke(_) => anyhow::bail!("smoke does not nest"),
+        Scenario::Peer(_) => anyhow::bail!("`peer` runs on its own"),
+        Scenario::Hold => anyhow::bail!("`hold` is started by `idle`, `broadcast` or `sse`"),
     }
 }
 

@@ -8,6 +8,10 @@
 //! connection opened, no send failed. Timings are printed, never checked,
 //! so a slow machine cannot fail it. The server is killed at the end, on
 //! failure too (and by `kill_on_drop` if the bench itself panics).
+//!
+//! `idle` and `broadcast` also run once more spread over two holder
+//! processes and two source addresses (`--procs 2 --source-ips
+//! 127.0.0.1,127.0.0.2`), so that path cannot rot either.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -25,7 +29,7 @@ use unimsg_client::{AdminCredentials, Client};
 
 use crate::procfs::Probe;
 use crate::{Ctx, Scenario, SummaryTo};
-use crate::{broadcast, direct, fanout, group, idle, login, sync};
+use crate::{broadcast, direct, fanout, group, hold, idle, login, sync};
 
 /// Server log lines kept to show when something fails.
 const LOG_TAIL: usize = 60;
@@ -119,7 +123,7 @@ async fn run_all(
                 name.to_owned(),
                 format!("not run: the server exited ({status})"),
             ));
-            println!("smoke: FAIL {name:<10} not run: the server exited ({status})");
+            println!("smoke: FAIL {name:<15} not run: the server exited ({status})");
             continue;
         }
         eprintln!("smoke: ----- {name}");
@@ -133,11 +137,11 @@ async fn run_all(
         let secs = started.elapsed().as_secs_f64();
         match outcome {
             Ok(summary) => {
-                println!("smoke: ok   {name:<10} {summary} ({secs:.1} s)");
+                println!("smoke: ok   {name:<15} {summary} ({secs:.1} s)");
                 passed.push(name.to_owned());
             }
             Err(e) => {
-                println!("smoke: FAIL {name:<10} {e:#} ({secs:.1} s)");
+                println!("smoke: FAIL {name:<15} {e:#} ({secs:.1} s)");
                 failed.push((name.to_owned(), format!("{e:#}")));
             }
         }
@@ -163,6 +167,32 @@ fn plan() -> Vec<(&'static str, Scenario)> {
         connect_concurrency: 16,
         content_bytes: 32,
         stall_secs: 10,
+        spread: hold::SpreadArgs::default(),
+    };
+    let idle = idle::IdleArgs {
+        connections: 20,
+        conns_per_user: 10,
+        connect_concurrency: 16,
+        hold_secs: 1,
+        settle_ms: 0,
+        quiet_secs: 0,
+        spread: hold::SpreadArgs::default(),
+    };
+    // Two holder processes, two source addresses; shares that do not
+    // divide evenly, and users split between the processes.
+    let spread = hold::SpreadArgs {
+        procs: 2,
+        source_ips: vec![[127, 0, 0, 1].into(), [127, 0, 0, 2].into()],
+    };
+    let idle_spread = idle::IdleArgs {
+        connections: 21,
+        spread: spread.clone(),
+        ..idle.clone()
+    };
+    let fan_out_spread = broadcast::BroadcastArgs {
+        connections: 21,
+        spread,
+        ..fan_out.clone()
     };
     vec![
         (
@@ -173,18 +203,10 @@ fn plan() -> Vec<(&'static str, Scenario)> {
             "direct-ws",
             Scenario::Direct(direct(direct::Transport::Ws, false)),
         ),
-        (
-            "idle",
-            Scenario::Idle(idle::IdleArgs {
-                connections: 20,
-                conns_per_user: 10,
-                connect_concurrency: 16,
-                hold_secs: 1,
-                settle_ms: 0,
-                quiet_secs: 0,
-            }),
-        ),
+        ("idle", Scenario::Idle(idle)),
+        ("idle-procs", Scenario::Idle(idle_spread)),
         ("broadcast", Scenario::Broadcast(fan_out.clone())),
+        ("broadcast-procs", Scenario::Broadcast(fan_out_spread)),
         (
             "sync",
             Scenario::Sync(sync::SyncArgs {
@@ -260,13 +282,15 @@ fn check(name: &str, r: &Value) -> Result<String> {
             }
             Ok(format!("{requested}/{requested} messages delivered"))
         }
-        "idle" => {
+        "idle" | "idle-procs" => {
+            spread_as_planned(name, r)?;
             let n = num("/config/connections")?;
             want("opened", num("/opened")?, n)?;
             want("closed by the server", num("/closed_by_server")?, 0)?;
             Ok(format!("{n}/{n} connections opened and held"))
         }
-        "broadcast" | "sse" => {
+        "broadcast" | "broadcast-procs" | "sse" => {
+            spread_as_planned(name, r)?;
             let n = num("/config/connections")?;
             let k = num("/config/broadcasts")?;
             want("opened", num("/opened")?, n)?;
@@ -341,6 +365,24 @@ fn check(name: &str, r: &Value) -> Result<String> {
         }
         other => bail!("no check for scenario {other}"),
     }
+}
+
+/// Checks that a `-procs` run says it ran spread as planned.
+fn spread_as_planned(name: &str, r: &Value) -> Result<()> {
+    let (procs, ips) = if name.ends_with("-procs") {
+        (2, json!(["127.0.0.1", "127.0.0.2"]))
+    } else {
+        (1, json!([]))
+    };
+    let got = (r.pointer("/config/procs"), r.pointer("/config/source_ips"));
+    if got != (Some(&json!(procs)), Some(&ips)) {
+        bail!(
+            "expected {procs} process(es) from {ips}, the report says {:?} from {:?}",
+            got.0,
+            got.1
+        );
+    }
+    Ok(())
 }
 
 /// The server process under test.
@@ -539,7 +581,7 @@ mod tests {
     #[test]
     fn incomplete_reports_fail() {
         let broadcast = json!({
-            "config": {"connections": 20, "broadcasts": 3},
+            "config": {"connections": 20, "broadcasts": 3, "procs": 1, "source_ips": []},
             "opened": 20, "broadcasts_sent": 3, "delivered": 59, "duplicates": 0,
             "stalled": true, "ended_early": {},
         });

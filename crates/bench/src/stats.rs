@@ -32,6 +32,29 @@ impl Latency {
         self.record_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     }
 
+    /// Records a latency given in microseconds.
+    pub fn record_micros(&mut self, micros: u64) {
+        self.hist.saturating_record(micros.max(1));
+    }
+
+    /// The recorded values as `[microseconds, count]` pairs, one per
+    /// non-empty bucket: a compact form to send to another process.
+    pub fn to_buckets(&self) -> Vec<[u64; 2]> {
+        self.hist
+            .iter_recorded()
+            .map(|v| [v.value_iterated_to(), v.count_at_value()])
+            .collect()
+    }
+
+    /// The histogram [`Latency::to_buckets`] described.
+    pub fn from_buckets(buckets: &[[u64; 2]]) -> Result<Latency> {
+        let mut latency = Latency::new()?;
+        for &[micros, count] in buckets {
+            latency.hist.saturating_record_n(micros.max(1), count);
+        }
+        Ok(latency)
+    }
+
     pub fn merge(&mut self, other: &Latency) -> Result<()> {
         self.hist
             .add(&other.hist)
@@ -113,6 +136,18 @@ mod tests {
         assert!((s.p50 - 50.0).abs() < 0.1, "{s:?}");
         assert!((s.p99 - 99.0).abs() < 0.1, "{s:?}");
         assert!((s.max - 100.0).abs() < 0.1, "{s:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn buckets_round_trip() -> Result<()> {
+        let mut a = Latency::new()?;
+        for us in [1, 2, 2, 1_500, 1_501, 250_000, 7_000_000] {
+            a.record_micros(us);
+        }
+        let b = Latency::from_buckets(&a.to_buckets())?;
+        assert_eq!(a.summary(), b.summary());
+        assert_eq!(Latency::from_buckets(&[])?.summary(), Summary::default());
         Ok(())
     }
 

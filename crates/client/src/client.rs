@@ -2,6 +2,7 @@
 //! [`Authed`] for calls made with an access token.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
@@ -25,12 +26,16 @@ use crate::ws::WsConnection;
 pub struct Client {
     http: reqwest::Client,
     base: Arc<Url>,
+    /// The local address WebSocket connections are bound to (HTTP and SSE
+    /// requests get it from `http`).
+    local: Option<IpAddr>,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
             .field("base", &self.base.as_str())
+            .field("local", &self.local)
             .finish()
     }
 }
@@ -43,18 +48,37 @@ impl Client {
         Client::with_http_client(reqwest::Client::builder().build()?, base_url)
     }
 
+    /// Like [`Client::new`], but every connection it opens (HTTP requests,
+    /// SSE streams and WebSockets) leaves from the local address `local`,
+    /// e.g. one of several `127.0.0.x` addresses, each with its own range
+    /// of ephemeral ports. `None` lets the operating system choose, as
+    /// [`Client::new`] does.
+    pub fn with_local_address(base_url: &str, local: Option<IpAddr>) -> Result<Client> {
+        let http = reqwest::Client::builder().local_address(local).build()?;
+        let mut client = Client::with_http_client(http, base_url)?;
+        client.local = local;
+        Ok(client)
+    }
+
     /// Like [`Client::new`], with a preconfigured `reqwest` client (timeouts, proxies…).
     pub fn with_http_client(http: reqwest::Client, base_url: &str) -> Result<Client> {
         let base = parse_base(base_url)?;
         Ok(Client {
             http,
             base: Arc::new(base),
+            local: None,
         })
     }
 
     /// The base URL all endpoints are relative to.
     pub fn base_url(&self) -> &Url {
         &self.base
+    }
+
+    /// The local address connections leave from, if one was chosen with
+    /// [`Client::with_local_address`].
+    pub fn local_address(&self) -> Option<IpAddr> {
+        self.local
     }
 
     /// An authenticated handle that sends `access_token` as a Bearer token.
@@ -147,7 +171,8 @@ impl Client {
     /// Opens `GET /v1/ws?access_token=…[&after=…]` and waits for the `ready` frame.
     /// With `after`, the inbox after that seq is replayed before live events.
     pub async fn connect_ws(&self, token: &str, after: Option<Seq>) -> Result<WsConnection> {
-        WsConnection::connect(ws_url(&self.base, Some(token), after)?, None).await
+        let url = ws_url(&self.base, Some(token), after)?;
+        WsConnection::connect(url, None, self.local).await
     }
 
     /// Opens `GET /v1/ws` without credentials, authenticates with a first
@@ -158,7 +183,7 @@ impl Client {
         after: Option<Seq>,
     ) -> Result<WsConnection> {
         let url = ws_url(&self.base, None, None)?;
-        WsConnection::connect(url, Some((token, after))).await
+        WsConnection::connect(url, Some((token, after)), self.local).await
     }
 
     /// Opens `GET /v1/events` with a Bearer token, resuming after
@@ -596,6 +621,17 @@ mod tests {
             v,
             serde_json::json!({"to": {"user": "bob"}, "kind": "chat", "content": {"text": "hi"}, "client_msg_id": "c1"})
         );
+    }
+
+    #[test]
+    fn local_address_is_kept() {
+        let local = IpAddr::from([127, 0, 0, 2]);
+        let client = ok(Client::with_local_address("http://h", Some(local)));
+        assert_eq!(client.local_address(), Some(local));
+        assert_eq!(client.with_token("t").client().local_address(), Some(local));
+        assert_eq!(ok(Client::new("http://h")).local_address(), None);
+        let any = ok(Client::with_local_address("http://h", None));
+        assert_eq!(any.local_address(), None);
     }
 
     #[test]

@@ -8,11 +8,12 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 
 use futures_util::{SinkExt, StreamExt};
 use reqwest::Url;
 use serde::Deserialize;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use unimsg_proto::api::{ReadResponse, SendRequest, SendResponse};
@@ -49,10 +50,28 @@ impl fmt::Debug for WsConnection {
 }
 
 impl WsConnection {
-    /// Connects to `url`; with `auth`, authenticates with a first `auth` frame.
-    /// Then waits for the `ready` frame.
-    pub(crate) async fn connect(url: Url, auth: Option<(&str, Option<Seq>)>) -> Result<Self> {
-        let (socket, _response) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    /// Connects to `url`, from the local address `local` when given; with
+    /// `auth`, authenticates with a first `auth` frame. Then waits for the
+    /// `ready` frame.
+    pub(crate) async fn connect(
+        url: Url,
+        auth: Option<(&str, Option<Seq>)>,
+        local: Option<IpAddr>,
+    ) -> Result<Self> {
+        let (socket, _response) = match local {
+            None => tokio_tungstenite::connect_async(url.as_str()).await?,
+            Some(local) => {
+                if url.scheme() != "ws" {
+                    // As `connect_async` says without a TLS feature.
+                    return Err(tungstenite::Error::Url(
+                        tungstenite::error::UrlError::TlsFeatureNotEnabled,
+                    )
+                    .into());
+                }
+                let stream = connect_from(&url, local).await?;
+                tokio_tungstenite::client_async(url.as_str(), MaybeTlsStream::Plain(stream)).await?
+            }
+        };
         let mut frames = Frames::new(socket);
         if let Some((token, after)) = auth {
             frames
@@ -248,6 +267,44 @@ impl WsConnection {
             reply => Ok(reply),
         }
     }
+}
+
+/// A TCP connection to the host and port of `url` whose local end is
+/// bound to `local` (any port): the first of the host's addresses of the
+/// same family that accepts.
+async fn connect_from(url: &Url, local: IpAddr) -> Result<TcpStream> {
+    let io = |e: std::io::Error| ClientError::WebSocket(tungstenite::Error::Io(e));
+    let host = url
+        .host_str()
+        .ok_or_else(|| ClientError::Protocol(format!("no host in {url}")))?;
+    // `Url` keeps the brackets of an IPv6 literal; the resolver wants none.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| ClientError::Protocol(format!("no port for {url}")))?;
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host((host, port)).await.map_err(io)? {
+        if addr.is_ipv4() != local.is_ipv4() {
+            continue;
+        }
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(io)?;
+        socket.bind(SocketAddr::new(local, 0)).map_err(io)?;
+        match socket.connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(match last_error {
+        Some(e) => io(e),
+        None => ClientError::Protocol(format!(
+            "{host} has no {} address to connect to from {local}",
+            if local.is_ipv4() { "IPv4" } else { "IPv6" }
+        )),
+    })
 }
 
 /// A frame from the server.
@@ -465,6 +522,31 @@ mod tests {
         ] {
             assert!(classify(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[tokio::test]
+    async fn connections_leave_from_the_local_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .port();
+        let local = IpAddr::from([127, 0, 0, 2]);
+        for host in ["127.0.0.1", "localhost"] {
+            let url =
+                Url::parse(&format!("ws://{host}:{port}/v1/ws")).unwrap_or_else(|e| panic!("{e}"));
+            let (stream, accepted) = tokio::join!(connect_from(&url, local), listener.accept());
+            let stream = stream.unwrap_or_else(|e| panic!("{host}: {e}"));
+            let (_, peer) = accepted.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(peer.ip(), local);
+            assert_eq!(stream.local_addr().map(|a| a.ip()).ok(), Some(local));
+        }
+        // No IPv6 address of 127.0.0.1 to connect to.
+        let url = Url::parse(&format!("ws://127.0.0.1:{port}/")).unwrap_or_else(|e| panic!("{e}"));
+        let v6 = connect_from(&url, IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])).await;
+        assert!(matches!(v6, Err(ClientError::Protocol(_))), "{v6:?}");
     }
 
     #[test]

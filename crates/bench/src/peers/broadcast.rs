@@ -1,0 +1,439 @@
+//! `peer … broadcast`: one message fanned out to N connections of a peer,
+//! K rounds; the counterpart of unimsg's `broadcast` (same flags where they
+//! apply, same JSON keys).
+//!
+//! Every connection subscribes to one channel (nchan, soketi) or topic
+//! (mosquitto) of this run. Each round publishes one message and waits
+//! until every connection received it (or nothing arrived for
+//! `--stall-secs`) before the next:
+//! - nchan: `POST /pub/CHANNEL`; "post" is the HTTP round trip.
+//! - soketi: signed `POST /apps/ID/events`; "post" is the HTTP round trip.
+//! - mosquitto: one QoS 1 PUBLISH on a separate publisher session, to
+//!   QoS 0 subscriptions (so deliveries are QoS 0, like a WebSocket push);
+//!   "post" is PUBLISH → PUBACK.
+//!
+//! Measured per round and overall: time from the publish to the last
+//! delivery, deliveries per second, per-connection latency (publish →
+//! payload read) and, with `--server-pid`, server CPU per delivery.
+//! Complete means every connection got every round exactly once.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4::Packet;
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::fleet::{Fleet, Next, Seen, Sub};
+use super::{Outcome, Peer, PeerCtx, mqtt, nchan, soketi};
+use crate::fanout::server_usage;
+use crate::stats::{Latency, round3};
+
+/// Longest wait for the publisher's PUBACK.
+const PUBACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BroadcastArgs {
+    /// Connections receiving the broadcasts.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub connections: u64,
+    /// Broadcasts, sent one after another.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub broadcasts: u64,
+    /// Connection attempts in flight at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub connect_concurrency: u64,
+    /// Length of the `text` padding of each broadcast, in bytes.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub content_bytes: u64,
+    /// Give up on a broadcast after this many seconds without a new delivery.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub stall_secs: u64,
+}
+
+/// Where broadcasts are published.
+enum Publisher {
+    Nchan {
+        channel: String,
+    },
+    Soketi {
+        channel: String,
+    },
+    Mqtt {
+        conn: Box<mqtt::Conn>,
+        topic: String,
+    },
+}
+
+impl Publisher {
+    async fn publish(&mut self, ctx: &PeerCtx, content: String) -> Result<()> {
+        match self {
+            Publisher::Nchan { channel } => nchan::publish(ctx, channel, content).await,
+            Publisher::Soketi { channel } => soketi::trigger(ctx, channel, content).await,
+            Publisher::Mqtt { conn, topic } => {
+                let pkid = conn
+                    .publish(topic, QoS::AtLeastOnce, content.into_bytes())
+                    .await?;
+                tokio::time::timeout(PUBACK_TIMEOUT, async {
+                    loop {
+                        match conn.next_packet().await? {
+                            Some(Packet::PubAck(ack)) if ack.pkid == pkid => return Ok(()),
+                            Some(_) => {}
+                            None => bail!("the broker closed the publisher's session"),
+                        }
+                    }
+                })
+                .await
+                .context("no PUBACK in time")?
+            }
+        }
+    }
+}
+
+/// One broadcast's measurements.
+#[derive(Debug)]
+struct Round {
+    posted_at: Instant,
+    post_latency: Option<Duration>,
+    post_error: Option<String>,
+    delivered: u64,
+    last_at: Option<Instant>,
+    latency: Latency,
+}
+
+impl Round {
+    fn time_to_last(&self) -> Option<Duration> {
+        self.last_at.map(|l| l.duration_since(self.posted_at))
+    }
+}
+
+pub async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
+    let peer = ctx.peer;
+    let run = super::run_id();
+    let n = args.connections;
+    let channel = super::channel("b", &run, None);
+    let topic = format!("unimsg-bench/{run}/broadcast");
+    let mut publisher = match peer {
+        Peer::Nchan => Publisher::Nchan {
+            channel: channel.clone(),
+        },
+        Peer::Soketi => Publisher::Soketi {
+            channel: channel.clone(),
+        },
+        Peer::Mosquitto => {
+            let client_id = format!("b{run}pub");
+            let session = mqtt::Session {
+                client_id: &client_id,
+                clean: true,
+            };
+            Publisher::Mqtt {
+                conn: Box::new(mqtt::Conn::connect(&ctx.ws_url("/"), session).await?),
+                topic: topic.clone(),
+            }
+        }
+        Peer::Ejabberd => bail!(
+            "broadcast is not implemented for ejabberd: XMPP has no plain one-to-N publish (it would take MUC or PubSub)"
+        ),
+    };
+    eprintln!(
+        "broadcast: opening {n} connections to {} (run {run})",
+        peer.as_str()
+    );
+    let (channel_ref, topic_ref, run_ref) = (channel.as_str(), topic.as_str(), run.as_str());
+    let mut fleet = Fleet::open(
+        n,
+        usize::try_from(args.connect_concurrency)?,
+        &run,
+        "broadcast",
+        |i| async move {
+            Ok(match peer {
+                Peer::Nchan => Sub::Nchan(Box::new(nchan::subscribe(ctx, channel_ref).await?)),
+                Peer::Soketi => Sub::Pusher(Box::new(soketi::subscribe(ctx, channel_ref).await?)),
+                Peer::Mosquitto => {
+                    let client_id = format!("b{run_ref}c{i}");
+                    let session = mqtt::Session {
+                        client_id: &client_id,
+                        clean: true,
+                    };
+                    let mut conn = mqtt::Conn::connect(&ctx.ws_url("/"), session).await?;
+                    conn.subscribe(topic_ref, QoS::AtMostOnce).await?;
+                    Sub::Mqtt(Box::new(conn))
+                }
+                Peer::Ejabberd => bail!("unreachable: ejabberd was refused above"),
+            })
+        },
+    )
+    .await?;
+    let opened = fleet.opened as u64;
+    eprintln!(
+        "broadcast: {opened} connections open ({} failed); {} broadcasts",
+        fleet.failed(),
+        args.broadcasts
+    );
+
+    let pad = "x".repeat(usize::try_from(args.content_bytes)?);
+    let base = Instant::now();
+    let stall = Duration::from_secs(args.stall_secs);
+    let mut rounds: Vec<Round> = Vec::new();
+    let mut seen_pairs: HashSet<(usize, u64)> = HashSet::new();
+    let mut duplicates = 0u64;
+    let mut stalled = false;
+    let server_before = ctx.server.as_ref().and_then(|p| p.try_sample());
+    let bench_before = ctx.bench.try_sample();
+    let started = Instant::now();
+
+    for k in 0..args.broadcasts {
+        let content = super::content(&run, "round", k, super::nanos_since(base), &pad);
+        let posted_at = Instant::now();
+        let posted = publisher.publish(ctx, content).await;
+        rounds.push(Round {
+            posted_at,
+            post_latency: posted.is_ok().then(|| posted_at.elapsed()),
+            post_error: posted.err().map(|e| format!("{e:#}")),
+            delivered: 0,
+            last_at: None,
+            latency: Latency::new()?,
+        });
+        if rounds.last().is_some_and(|r| r.post_error.is_some()) {
+            continue;
+        }
+        let mut last_progress = Instant::now();
+        while rounds.last().is_some_and(|r| r.delivered < opened) {
+            let left = stall.saturating_sub(last_progress.elapsed());
+            let Next::Seen(seen) = fleet.next(left).await else {
+                stalled = true;
+                break;
+            };
+            if account(seen, &mut rounds, &mut seen_pairs) {
+                last_progress = Instant::now();
+            } else {
+                duplicates += 1;
+            }
+        }
+        if stalled {
+            eprintln!(
+                "broadcast: STALLED: broadcast {} reached {} of {opened} connections; no delivery for {} s",
+                k + 1,
+                rounds.last().map_or(0, |r| r.delivered),
+                stall.as_secs()
+            );
+            break;
+        }
+        if let Some(r) = rounds.last() {
+            eprintln!(
+                "broadcast: broadcast {} reached {opened} connections in {:.1} ms",
+                k + 1,
+                r.time_to_last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
+            );
+        }
+    }
+    let finished = Instant::now();
+    let server_after = ctx.server.as_ref().and_then(|p| p.try_sample());
+    let bench_after = ctx.bench.try_sample();
+    while let Some(seen) = fleet.try_next() {
+        if !account(seen, &mut rounds, &mut seen_pairs) {
+            duplicates += 1;
+        }
+    }
+    let connect = fleet.connect_latency.summary();
+    let connect_secs = fleet.connect_secs.max(1e-9);
+    let failed = fleet.failed();
+    let failures = fleet.failures.clone();
+    let closed = fleet.close().await;
+    if let Publisher::Mqtt { conn, .. } = publisher {
+        conn.close().await;
+    }
+
+    // Report.
+    let sent = rounds.iter().filter(|r| r.post_error.is_none()).count() as u64;
+    let expected = opened * sent;
+    let delivered: u64 = rounds.iter().map(|r| r.delivered).sum();
+    let mut latency = Latency::new()?;
+    let mut post = Latency::new()?;
+    let mut fan_out_secs = 0.0;
+    let mut per_round = Vec::new();
+    for (i, r) in rounds.iter().enumerate() {
+        latency.merge(&r.latency)?;
+        if let Some(p) = r.post_latency {
+            post.record(p);
+        }
+        let to_last = r.time_to_last().map(|d| d.as_secs_f64());
+        let complete = r.delivered == opened && r.post_error.is_none();
+        if complete {
+            fan_out_secs += to_last.unwrap_or(0.0);
+        }
+        let rate = to_last.map(|s| r.delivered as f64 / s.max(1e-9));
+        per_round.push(json!({
+            "broadcast": i + 1,
+            "post_ms": r.post_latency.map(|d| round3(d.as_secs_f64() * 1e3)),
+            "post_error": r.post_error,
+            "delivered": r.delivered,
+            "complete": complete,
+            "time_to_last_ms": to_last.map(|s| round3(s * 1e3)),
+            "deliveries_per_sec": rate.map(round3),
+            "latency_ms": r.latency.summary().to_json(),
+        }));
+    }
+    let complete_deliveries: u64 = rounds
+        .iter()
+        .filter(|r| r.delivered == opened && r.post_error.is_none())
+        .map(|r| r.delivered)
+        .sum();
+    let rate = complete_deliveries as f64 / fan_out_secs.max(1e-9);
+    let wall_secs = finished.duration_since(started).as_secs_f64();
+    let server = server_usage(
+        ctx.server.as_ref(),
+        server_before,
+        server_after,
+        wall_secs,
+        Some(("delivery", delivered)),
+    );
+    let bench_cpu = match (bench_before, bench_after) {
+        (Some(b), Some(a)) => Some(round3(a.cpu_secs - b.cpu_secs)),
+        _ => None,
+    };
+    let lat = latency.summary();
+
+    say!(
+        ctx,
+        "== {} broadcast: {opened} connections, {} broadcasts, {} B text",
+        peer.as_str(),
+        args.broadcasts,
+        args.content_bytes
+    );
+    say!(
+        ctx,
+        "opened         {opened} in {connect_secs:.3} s ({:.0}/s), {failed} failed",
+        opened as f64 / connect_secs
+    );
+    say!(ctx, "connect        {}", connect.line());
+    for (i, r) in rounds.iter().enumerate() {
+        let s = r.latency.summary();
+        match (&r.post_error, r.time_to_last()) {
+            (Some(e), _) => say!(ctx, "broadcast {:<4} publish failed: {e}", i + 1),
+            (None, Some(d)) => say!(
+                ctx,
+                "broadcast {:<4} {}/{opened} in {:.3} ms => {:.0} deliveries/s  p50 {:.3}  p99 {:.3} ms (publish {:.3} ms)",
+                i + 1,
+                r.delivered,
+                d.as_secs_f64() * 1e3,
+                r.delivered as f64 / d.as_secs_f64().max(1e-9),
+                s.p50,
+                s.p99,
+                r.post_latency.map_or(0.0, |p| p.as_secs_f64() * 1e3)
+            ),
+            (None, None) => say!(ctx, "broadcast {:<4} reached no connection", i + 1),
+        }
+    }
+    say!(
+        ctx,
+        "delivered      {delivered} of {expected} expected  =>  {rate:.0} deliveries/s over complete broadcasts"
+    );
+    say!(ctx, "latency        {}", lat.line());
+    say!(ctx, "publish        {}", post.summary().line());
+    if let Some(server) = &server {
+        say!(
+            ctx,
+            "server         cpu {} s ({} cores busy), {} us/delivery, rss {} -> {} KiB",
+            server["cpu_secs"],
+            server["cpu_cores_busy"],
+            server["cpu_us_per_delivery"],
+            server["rss_kib_before"],
+            server["rss_kib_after"]
+        );
+    }
+    if let Some(cpu) = bench_cpu {
+        say!(ctx, "bench          cpu {cpu} s");
+    }
+    let post_errors = rounds.iter().filter(|r| r.post_error.is_some()).count() as u64;
+    let missing = expected.saturating_sub(delivered);
+    let mut problems = Vec::new();
+    if stalled {
+        problems.push("stalled".to_owned());
+    }
+    if failed > 0 {
+        problems.push(format!("{failed} of {n} connections failed to open"));
+    }
+    if missing > 0 {
+        problems.push(format!("{missing} deliveries missing"));
+    }
+    if duplicates > 0 {
+        problems.push(format!("{duplicates} duplicate deliveries"));
+    }
+    if post_errors > 0 {
+        problems.push(format!("{post_errors} publishes failed"));
+    }
+    if closed.ended_early_count() > 0 {
+        problems.push(format!(
+            "{} connections ended early",
+            closed.ended_early_count()
+        ));
+    }
+    if !problems.is_empty() {
+        say!(ctx, "PROBLEMS       {}", problems.join("; "));
+        for (reason, count) in failures.iter().chain(&closed.ended_early) {
+            say!(ctx, "  {count} x {reason}");
+        }
+        if let Some(e) = rounds.iter().find_map(|r| r.post_error.as_ref()) {
+            say!(ctx, "  first publish error: {e}");
+        }
+    }
+
+    let report = json!({
+        "scenario": "broadcast",
+        "peer": peer.as_str(),
+        "run": run,
+        "config": {
+            "transport": "ws",
+            "connections": n,
+            "broadcasts": args.broadcasts,
+            "connect_concurrency": args.connect_concurrency,
+            "content_bytes": args.content_bytes,
+            "stall_secs": args.stall_secs,
+        },
+        "opened": opened,
+        "failed_to_open": failed,
+        "open_failures": failures,
+        "connect_secs": round3(connect_secs),
+        "connect_latency_ms": connect.to_json(),
+        "broadcasts_sent": sent,
+        "post_errors": post_errors,
+        "expected_deliveries": expected,
+        "delivered": delivered,
+        "missing": missing,
+        "duplicates": duplicates,
+        "stalled": stalled,
+        "ended_early": closed.ended_early,
+        "other_events": closed.other_events,
+        "per_broadcast": per_round,
+        "fan_out_secs": round3(fan_out_secs),
+        "deliveries_per_sec": round3(rate),
+        "latency_ms": lat.to_json(),
+        "post_latency_ms": post.summary().to_json(),
+        "wall_secs": round3(wall_secs),
+        "server": server,
+        "bench_cpu_secs": bench_cpu,
+    });
+    Ok(Outcome { report, problems })
+}
+
+/// Counts one delivery; false when it is a copy already seen or of no
+/// round sent.
+fn account(seen: Seen, rounds: &mut [Round], seen_pairs: &mut HashSet<(usize, u64)>) -> bool {
+    let Some(r) = usize::try_from(seen.round)
+        .ok()
+        .and_then(|i| rounds.get_mut(i))
+    else {
+        return false;
+    };
+    if !seen_pairs.insert((seen.conn, seen.round)) {
+        return false;
+    }
+    r.delivered += 1;
+    r.latency
+        .record(seen.at.saturating_duration_since(r.posted_at));
+    r.last_at = r.last_at.max(Some(seen.at));
+    true
+}

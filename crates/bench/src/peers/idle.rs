@@ -1,0 +1,280 @@
+//! `peer … idle`: N idle connections to a peer, the counterpart of unimsg's
+//! `idle` (same flags, same JSON keys).
+//!
+//! Each connection is what a client of that peer holds to be reachable:
+//! nchan, a WebSocket subscribed to a channel; soketi, a Pusher WebSocket
+//! subscribed to a public channel; mosquitto, an MQTT session over
+//! WebSocket subscribed to a topic; ejabberd, an authenticated, bound XMPP
+//! session with initial presence. `--conns-per-user` connections share one
+//! channel, topic or user, as unimsg's connections share one user's inbox
+//! (ejabberd allows 10 sessions per user in the bench config). ejabberd's
+//! users are registered before the quiet period, so the RSS baseline
+//! follows it.
+//!
+//! Reported, as for unimsg: server RSS before opening, right after opening
+//! (plus `--settle-ms`), after `--hold-secs` and after closing; the growth
+//! per connection; server CPU spent opening and while holding.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use rumqttc::mqttbytes::QoS;
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::fleet::{Fleet, Sub};
+use super::{Outcome, Peer, PeerCtx, mqtt, nchan, soketi, xmpp};
+use crate::procfs::Sample;
+use crate::stats::round3;
+
+/// Sessions per user that `scripts/peers/ejabberd/ejabberd.yml` allows.
+const EJABBERD_MAX_SESSIONS: u64 = 10;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct IdleArgs {
+    /// Connections to open.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub connections: u64,
+    /// Connections sharing one channel, topic or (ejabberd) user.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub conns_per_user: u64,
+    /// Connection attempts in flight at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub connect_concurrency: u64,
+    /// How long to keep the connections open and idle, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub hold_secs: u64,
+    /// Pause after opening (and after closing) before sampling RSS, in ms.
+    #[arg(long, default_value_t = 1000)]
+    pub settle_ms: u64,
+    /// Quiet time before the RSS baseline, in seconds.
+    #[arg(long, default_value_t = 12)]
+    pub quiet_secs: u64,
+}
+
+pub async fn run(ctx: &PeerCtx, args: IdleArgs) -> Result<Outcome> {
+    let peer = ctx.peer;
+    let n = args.connections;
+    let per_user = args.conns_per_user;
+    if peer == Peer::Ejabberd && per_user > EJABBERD_MAX_SESSIONS {
+        bail!(
+            "ejabberd allows {EJABBERD_MAX_SESSIONS} sessions per user (max_user_sessions): use --conns-per-user {EJABBERD_MAX_SESSIONS} or less"
+        );
+    }
+    let run = super::run_id();
+    let groups = n.div_ceil(per_user);
+    let users: Vec<String> = (0..groups).map(|u| format!("i{run}u{u}")).collect();
+    if peer == Peer::Ejabberd {
+        eprintln!("idle: registering {groups} ejabberd users (run {run})");
+        xmpp::register(ctx, &users).await?;
+    }
+    eprintln!("idle: quiet for {} s before the baseline", args.quiet_secs);
+    tokio::time::sleep(Duration::from_secs(args.quiet_secs)).await;
+    let before_open = ctx.server.as_ref().and_then(|p| p.try_sample());
+
+    // Open.
+    let users = &users;
+    let run_ref = run.as_str();
+    let fleet = Fleet::open(
+        n,
+        usize::try_from(args.connect_concurrency)?,
+        &run,
+        "idle",
+        |i| async move {
+            let group = i / per_user;
+            open(ctx, run_ref, i, group, users).await
+        },
+    )
+    .await?;
+    let opened = fleet.opened as u64;
+    let failed = fleet.failed();
+    let connect_secs = fleet.connect_secs.max(1e-9);
+    let settle = Duration::from_millis(args.settle_ms);
+    tokio::time::sleep(settle).await;
+    let after_open = ctx.server.as_ref().and_then(|p| p.try_sample());
+    let closed_before_hold = fleet.ended();
+
+    // Hold.
+    eprintln!("idle: {opened} open; holding for {} s", args.hold_secs);
+    let bench_before = ctx.bench.try_sample();
+    let hold_start = Instant::now();
+    let hold_for = Duration::from_secs(args.hold_secs);
+    while hold_start.elapsed() < hold_for {
+        let left = hold_for.saturating_sub(hold_start.elapsed());
+        tokio::time::sleep(left.min(Duration::from_secs(5))).await;
+        eprintln!(
+            "idle: [{:5.1}s] holding; {} closed by the server so far",
+            hold_start.elapsed().as_secs_f64(),
+            fleet.ended()
+        );
+    }
+    let hold_secs = hold_start.elapsed().as_secs_f64();
+    let after_hold = ctx.server.as_ref().and_then(|p| p.try_sample());
+    let bench_after = ctx.bench.try_sample();
+    let closed_during_hold = fleet.ended() - closed_before_hold;
+
+    // Close.
+    let connect = fleet.connect_latency.summary();
+    let failures = fleet.failures.clone();
+    let closed = fleet.close().await;
+    tokio::time::sleep(settle).await;
+    let after_close = ctx.server.as_ref().and_then(|p| p.try_sample());
+
+    // Report.
+    let rss = |s: Option<Sample>| s.map(|s| s.rss_kib);
+    let cpu_between = |a: Option<Sample>, b: Option<Sample>| match (a, b) {
+        (Some(a), Some(b)) => Some(b.cpu_secs - a.cpu_secs),
+        _ => None,
+    };
+    let per_conn = |x: f64| (opened > 0).then(|| x / opened as f64);
+    let rss_growth = |after: Option<Sample>| match (before_open, after) {
+        (Some(b), Some(a)) => per_conn(a.rss_kib as f64 - b.rss_kib as f64),
+        _ => None,
+    };
+    let rss_per_conn = rss_growth(after_hold);
+    let rss_per_conn_at_open = rss_growth(after_open);
+    let connect_cpu = cpu_between(before_open, after_open);
+    let connect_cpu_us = connect_cpu.and_then(|c| per_conn(c * 1e6));
+    let hold_cpu = cpu_between(after_open, after_hold);
+    let hold_cpu_us_per_conn_min =
+        hold_cpu.and_then(|c| per_conn(c * 1e6 / (hold_secs.max(1e-9) / 60.0)));
+    let bench_cpu = cpu_between(bench_before, bench_after);
+    let opt = |x: Option<f64>, unit: &str| {
+        x.map_or_else(|| "n/a".to_owned(), |x| format!("{x:.3} {unit}"))
+    };
+    let opt_kib = |x: Option<u64>| x.map_or_else(|| "n/a".to_owned(), |x| format!("{x} KiB"));
+    let closed_by_server = closed.ended_early_count();
+
+    say!(
+        ctx,
+        "== {} idle: {n} connections, {per_user} per channel/user ({groups} of them)",
+        peer.as_str()
+    );
+    say!(
+        ctx,
+        "opened         {opened} in {connect_secs:.3} s ({:.0}/s), {failed} failed",
+        opened as f64 / connect_secs
+    );
+    say!(ctx, "connect        {}", connect.line());
+    say!(
+        ctx,
+        "server rss     {} before, {} open, {} after hold, {} after close",
+        opt_kib(rss(before_open)),
+        opt_kib(rss(after_open)),
+        opt_kib(rss(after_hold)),
+        opt_kib(rss(after_close))
+    );
+    say!(
+        ctx,
+        "rss/conn       {} after hold ({} right after opening)",
+        opt(rss_per_conn, "KiB"),
+        opt(rss_per_conn_at_open, "KiB")
+    );
+    say!(
+        ctx,
+        "connect cpu    {} ({} per connection)",
+        opt(connect_cpu, "s"),
+        opt(connect_cpu_us, "us")
+    );
+    say!(
+        ctx,
+        "hold cpu       {} over {hold_secs:.1} s ({} per connection-minute)",
+        opt(hold_cpu, "s"),
+        opt(hold_cpu_us_per_conn_min, "us")
+    );
+    if let Some(cpu) = bench_cpu {
+        say!(ctx, "bench cpu      {cpu:.3} s during hold");
+    }
+    let mut problems = Vec::new();
+    if failed > 0 {
+        problems.push(format!("{failed} of {n} connections failed to open"));
+    }
+    if closed_by_server > 0 {
+        problems.push(format!(
+            "{closed_by_server} connections closed by the server ({closed_during_hold} during the hold)"
+        ));
+    }
+    if !problems.is_empty() {
+        say!(ctx, "PROBLEMS       {}", problems.join("; "));
+        for (reason, count) in failures.iter().chain(&closed.ended_early) {
+            say!(ctx, "  {count} x {reason}");
+        }
+    }
+
+    let report = json!({
+        "scenario": "idle",
+        "peer": peer.as_str(),
+        "run": run,
+        "config": {
+            "connections": n,
+            "conns_per_user": per_user,
+            "users": groups,
+            "connect_concurrency": args.connect_concurrency,
+            "hold_secs": args.hold_secs,
+            "settle_ms": args.settle_ms,
+            "quiet_secs": args.quiet_secs,
+        },
+        "opened": opened,
+        "failed": failed,
+        "failures": failures,
+        "closed_by_server": closed_by_server,
+        "closed_during_hold": closed_during_hold,
+        "close_reasons": closed.ended_early,
+        "other_events": closed.other_events,
+        "connect_secs": round3(connect_secs),
+        "connects_per_sec": round3(opened as f64 / connect_secs),
+        "connect_latency_ms": connect.to_json(),
+        "server": ctx.server.as_ref().map(|p| json!({
+            "pid": p.pid(),
+            "rss_kib_before_open": rss(before_open),
+            "rss_kib_open": rss(after_open),
+            "rss_kib_after_hold": rss(after_hold),
+            "rss_kib_after_close": rss(after_close),
+            "rss_kib_per_conn": rss_per_conn.map(round3),
+            "rss_kib_per_conn_at_open": rss_per_conn_at_open.map(round3),
+            "connect_cpu_secs": connect_cpu.map(round3),
+            "connect_cpu_us_per_conn": connect_cpu_us.map(round3),
+            "hold_cpu_secs": hold_cpu.map(round3),
+            "hold_cpu_us_per_conn_per_min": hold_cpu_us_per_conn_min.map(round3),
+        })),
+        "hold_secs_measured": round3(hold_secs),
+        "bench_hold_cpu_secs": bench_cpu.map(round3),
+    });
+    Ok(Outcome { report, problems })
+}
+
+/// Opens idle connection `i`, member of channel / topic / user `group`.
+async fn open(ctx: &PeerCtx, run: &str, i: u64, group: u64, users: &[String]) -> Result<Sub> {
+    Ok(match ctx.peer {
+        Peer::Nchan => Sub::Nchan(Box::new(
+            nchan::subscribe(ctx, &super::channel("idle", run, Some(group))).await?,
+        )),
+        Peer::Soketi => Sub::Pusher(Box::new(
+            soketi::subscribe(ctx, &super::channel("idle", run, Some(group))).await?,
+        )),
+        Peer::Mosquitto => {
+            let client_id = format!("i{run}c{i}");
+            let session = mqtt::Session {
+                client_id: &client_id,
+                clean: true,
+            };
+            let mut conn = mqtt::Conn::connect(&ctx.ws_url("/"), session).await?;
+            conn.subscribe(&format!("unimsg-bench/{run}/idle/{group}"), QoS::AtMostOnce)
+                .await?;
+            Sub::Mqtt(Box::new(conn))
+        }
+        Peer::Ejabberd => {
+            let Some(user) = usize::try_from(group).ok().and_then(|g| users.get(g)) else {
+                bail!("no user for connection {i}");
+            };
+            let login = xmpp::Login {
+                user,
+                password: xmpp::PASSWORD,
+                resource: &format!("c{i}"),
+            };
+            Sub::Xmpp(Box::new(
+                xmpp::Conn::login(&ctx.ws_url("/ws"), login).await?,
+            ))
+        }
+    })
+}
