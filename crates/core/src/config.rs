@@ -89,7 +89,8 @@ pub struct DeliveryConfig {
     pub outbound_queue: usize,
     /// Largest WebSocket message (and frame) a client may send, in bytes.
     pub ws_max_message_bytes: usize,
-    /// WebSocket read and write buffer sizes, in bytes.
+    /// WebSocket read buffer, allocated per connection, in bytes (at least
+    /// 256); writes are gathered up to 8 times this before a socket write.
     pub ws_buffer_bytes: usize,
 }
 
@@ -101,7 +102,7 @@ impl Default for DeliveryConfig {
             auth_timeout_secs: 10,
             outbound_queue: 1024,
             ws_max_message_bytes: 128 * 1024,
-            ws_buffer_bytes: 4096,
+            ws_buffer_bytes: 1024,
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::Instrument;
 use unimsg_core::auth::AuthContext;
-use unimsg_core::hub::{Delivery, KillReason};
+use unimsg_core::hub::{Delivery, KillReason, Outbound};
 use unimsg_core::stream::InboxStream;
 use unimsg_core::{Core, CoreError};
 use unimsg_proto::ws::{ClientFrame, ReplyFrame};
@@ -99,14 +99,18 @@ pub async fn upgrade(
         None => None,
     };
     let d = &state.core.config().delivery;
-    let buffer = d.ws_buffer_bytes.max(1024);
+    // The read buffer is allocated for every connection up front; writes
+    // are gathered up to 8 times that before they go to the socket.
+    let buffer = d.ws_buffer_bytes.max(256);
     upgrade
         .read_buffer_size(buffer)
-        .write_buffer_size(buffer)
-        .max_write_buffer_size(buffer * 16 + d.ws_max_message_bytes)
+        .write_buffer_size(buffer * 8)
+        .max_write_buffer_size(buffer * 64 + d.ws_max_message_bytes)
         .max_message_size(d.ws_max_message_bytes)
         .max_frame_size(d.ws_max_message_bytes)
-        .on_upgrade(move |socket| connection(state, socket, auth, q.after.map(Seq)))
+        .on_upgrade(move |socket| {
+            connection(Box::new(Conn { state, socket }), auth, q.after.map(Seq))
+        })
 }
 
 fn frame(reply: &ReplyFrame) -> Message {
@@ -155,21 +159,27 @@ async fn first_frame_auth(
     }
 }
 
-async fn connection(
+/// What a connection owns for its whole life, kept in one allocation: the
+/// futures below borrow it instead of moving it from one to the next,
+/// since every by-value argument of an `async fn` is stored twice in its
+/// future, and that future is parked in memory for as long as the
+/// connection is open.
+struct Conn {
     state: AppState,
-    mut socket: WebSocket,
-    auth: Option<AuthContext>,
-    after: Option<Seq>,
-) {
-    let core = state.core.clone();
+    socket: WebSocket,
+}
+
+async fn connection(mut conn: Box<Conn>, auth: Option<AuthContext>, after: Option<Seq>) {
+    let core = conn.state.core.clone();
     let wait = Duration::from_secs(core.config().delivery.auth_timeout_secs.max(1));
     let (auth, after) = match auth {
         Some(a) => (a, after),
-        None => match first_frame_auth(&core, &mut socket, wait).await {
+        None => match Box::pin(first_frame_auth(&core, &mut conn.socket, wait)).await {
             Ok((a, first_after)) => (a, first_after.or(after)),
             Err(e) => {
-                let _ = socket.send(error_frame(None, e)).await;
-                let _ = socket
+                let _ = conn.socket.send(error_frame(None, e)).await;
+                let _ = conn
+                    .socket
                     .send(close_frame(close::UNAUTHORIZED, "unauthorized"))
                     .await;
                 return;
@@ -177,19 +187,15 @@ async fn connection(
         },
     };
     let span = tracing::debug_span!("ws", user_id = %auth.user_id, session_id = %auth.session_id);
-    serve_authenticated(state, socket, auth, after)
+    serve_authenticated(&mut conn, &auth, after)
         .instrument(span)
         .await;
 }
 
-async fn serve_authenticated(
-    state: AppState,
-    mut socket: WebSocket,
-    auth: AuthContext,
-    after: Option<Seq>,
-) {
-    let core = state.core.clone();
-    let mut stream = match InboxStream::open(core.clone(), &auth, after).await {
+async fn serve_authenticated(conn: &mut Conn, auth: &AuthContext, after: Option<Seq>) {
+    let core = &conn.state.core;
+    let socket = &mut conn.socket;
+    let mut stream = match Box::pin(InboxStream::open(core.clone(), auth, after)).await {
         Ok(s) => s,
         Err(e) => {
             let code = if matches!(e, CoreError::Unauthorized(_)) {
@@ -204,46 +210,42 @@ async fn serve_authenticated(
             return;
         }
     };
-    let last_seq = core.last_seq(&auth.user_id).await.unwrap_or(stream.last());
-    let ready = ReplyFrame::Ready {
+    let last_seq = Box::pin(core.last_seq(&auth.user_id))
+        .await
+        .unwrap_or(stream.last());
+    let ready = frame(&ReplyFrame::Ready {
         user_id: auth.user_id.clone(),
         session_id: auth.session_id.clone(),
         last_seq,
-    };
-    if socket.send(frame(&ready)).await.is_err() {
+    });
+    if socket.send(ready).await.is_err() {
         return;
     }
-    let end = run(&state, &mut socket, &mut stream, &auth).await;
+    let end = run(&conn.state, &mut conn.socket, &mut stream, auth).await;
     if let Some((code, reason)) = end {
-        let _ = socket.send(close_frame(code, reason)).await;
+        let _ = conn.socket.send(close_frame(code, reason)).await;
     }
     tracing::debug!("websocket closed");
 }
 
 /// Runs the connection until it ends; returns the close frame to send, if any.
+///
+/// An idle connection spends its life parked in the `select!` below, so
+/// the size of this future is memory per connection. Everything that
+/// awaits something big (store reads, a send's commit, a burst of writes)
+/// runs in its own boxed future, allocated only while it runs: the parked
+/// state holds little more than the socket, the queue and the timers.
 async fn run(
     state: &AppState,
     socket: &mut WebSocket,
     stream: &mut InboxStream,
     auth: &AuthContext,
 ) -> Option<(u16, &'static str)> {
-    let core = state.core.clone();
+    let core = &state.core;
     let mut killed = pin!(stream.kill_signal());
 
-    // Replay what the client missed, one page at a time.
-    loop {
-        match stream.backlog().await {
-            Ok(page) if page.is_empty() => break,
-            Ok(page) => {
-                if let Some(end) = send_events(socket, &page, auth, killed.as_mut()).await {
-                    return end;
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "replay failed");
-                return Some((close::INTERNAL, "replay failed"));
-            }
-        }
+    if let Some(end) = Box::pin(replay(socket, stream, auth, killed.as_mut())).await {
+        return end;
     }
 
     let idle = Duration::from_secs(core.config().delivery.idle_timeout_secs.max(1));
@@ -260,41 +262,25 @@ async fn run(
             }
             delivery = stream.recv() => {
                 let Some(first) = delivery else { return Some((close::GOING_AWAY, "closed")) };
-                // Write a burst in one flush: one syscall instead of one per event.
-                let mut burst = vec![first];
-                burst.extend(stream.ready_now(BURST));
-                let mut ordered = Vec::with_capacity(burst.len());
-                for d in burst {
-                    match stream.accept(d).await {
-                        Ok(o) => ordered.extend(o),
-                        Err(e) => {
-                            tracing::error!(error = %e, "gap fill failed");
-                            return Some((close::INTERNAL, "delivery failed"));
-                        }
-                    }
-                }
-                if let Some(end) = send_events(socket, &ordered, auth, killed.as_mut()).await {
+                let delivered = deliver(socket, stream, first, auth, killed.as_mut());
+                if let Some(end) = Box::pin(delivered).await {
                     return end;
                 }
             }
             incoming = socket.recv() => {
                 let Some(Ok(message)) = incoming else { return None };
                 last_heard = Instant::now();
-                match message {
-                    Message::Text(text) => {
-                        let reply = handle_frame(&core, auth, &text).await;
-                        if socket.send(reply).await.is_err() {
-                            return None;
-                        }
-                    }
-                    Message::Binary(_) => {
-                        let e = ApiError::bad_request("binary frames are not supported; send JSON text frames");
-                        if socket.send(error_frame(None, e)).await.is_err() {
-                            return None;
-                        }
-                    }
+                let reply = match message {
+                    Message::Text(text) => Box::pin(handle_frame(core, auth, &text)).await,
+                    Message::Binary(_) => error_frame(
+                        None,
+                        ApiError::bad_request("binary frames are not supported; send JSON text frames"),
+                    ),
                     Message::Close(_) => return None,
-                    Message::Ping(_) | Message::Pong(_) => {}
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                };
+                if socket.send(reply).await.is_err() {
+                    return None;
                 }
             }
             _ = heartbeat.tick() => {
@@ -307,6 +293,53 @@ async fn run(
             }
         }
     }
+}
+
+/// Replays what the client missed, one page at a time.
+async fn replay(
+    socket: &mut WebSocket,
+    stream: &mut InboxStream,
+    auth: &AuthContext,
+    mut killed: Pin<&mut WaitForCancellationFutureOwned>,
+) -> Option<Option<(u16, &'static str)>> {
+    loop {
+        match stream.backlog().await {
+            Ok(page) if page.is_empty() => return None,
+            Ok(page) => {
+                if let Some(end) = send_events(socket, &page, auth, killed.as_mut()).await {
+                    return Some(end);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "replay failed");
+                return Some(Some((close::INTERNAL, "replay failed")));
+            }
+        }
+    }
+}
+
+/// Places `first` and whatever else is queued (up to [`BURST`]) in seq
+/// order and writes them in one flush: one syscall instead of one per event.
+async fn deliver(
+    socket: &mut WebSocket,
+    stream: &mut InboxStream,
+    first: Outbound,
+    auth: &AuthContext,
+    killed: Pin<&mut WaitForCancellationFutureOwned>,
+) -> Option<Option<(u16, &'static str)>> {
+    let mut burst = vec![first];
+    burst.extend(stream.ready_now(BURST));
+    let mut ordered = Vec::with_capacity(burst.len());
+    for d in burst {
+        match stream.accept(d).await {
+            Ok(o) => ordered.extend(o),
+            Err(e) => {
+                tracing::error!(error = %e, "gap fill failed");
+                return Some(Some((close::INTERNAL, "delivery failed")));
+            }
+        }
+    }
+    send_events(socket, &ordered, auth, killed).await
 }
 
 /// Writes events in one flush. Returns how the connection must end, if it
