@@ -17,7 +17,8 @@ use unimsg_proto::admin::{
 use unimsg_proto::api::TokenPair;
 use unimsg_proto::{ErrorDetail, EventType, MessageId, Platform, UserId};
 use unimsg_store::{
-    Admin, NewNotification, NewUser, PasswordHash, StoreError, User, UserStatus, UserUpdate,
+    Admin, NewNotification, NewUser, PasswordHash, StoreError, StoredNotification, User,
+    UserStatus, UserUpdate,
 };
 
 use crate::Core;
@@ -569,7 +570,15 @@ impl Core {
             content: sealed,
             created_at: self.clock.now(),
         };
+        let placed = StoredNotification {
+            message_id: broadcast.message_id.clone(),
+            kind: broadcast.kind.clone(),
+            sender: broadcast.sender.clone(),
+            content: broadcast.content.clone(),
+            created_at: broadcast.created_at,
+        };
         let broadcast_seq = self.store.append_broadcast(broadcast).await?;
+        self.place_broadcast(broadcast_seq, &placed).await;
         if let Err(error) = self.bus.broadcast().await {
             tracing::warn!(%error, "live broadcast failed; clients will catch up by sync");
         }
@@ -578,6 +587,36 @@ impl Core {
             message_id,
             broadcast_seq,
         })
+    }
+
+    /// Hands committed broadcast `bseq` to this node's connections with
+    /// each user's seq already known: one store read places it for every
+    /// online user, and its data is opened and rendered once. A connection
+    /// whose user was not placed (it opened meanwhile) reads its own stream
+    /// from the store instead, as every connection does if this fails.
+    async fn place_broadcast(&self, bseq: u64, broadcast: &StoredNotification) {
+        let users = self.hub.online_users();
+        if users.is_empty() {
+            return;
+        }
+        let placed = async {
+            let positions = self.store.broadcast_positions(bseq, users).await?;
+            let data = crate::render::notification(&self.keyring, broadcast)?;
+            crate::render::shared_deliveries(
+                EventType::BroadcastNew,
+                broadcast.created_at,
+                &data,
+                positions,
+            )
+        }
+        .await;
+        match placed {
+            Ok(deliveries) => self.hub.broadcast_placed(&deliveries),
+            Err(error) => {
+                tracing::warn!(%error, "cannot place a broadcast; connections read it from the store");
+                self.hub.broadcast();
+            }
+        }
     }
 
     /// Checks and seals the content of a notification or broadcast.

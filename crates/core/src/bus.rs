@@ -23,7 +23,8 @@ pub trait Bus: Send + Sync {
     /// recovered by sync, never lost.
     async fn publish(&self, deliveries: Vec<Arc<Delivery>>) -> Result<(), BusError>;
 
-    /// Tells every node's connections that a broadcast was committed.
+    /// Tells the connections of every other node that a broadcast was
+    /// committed (this node's got it already, placed in their streams).
     async fn broadcast(&self) -> Result<(), BusError>;
 
     /// A connection of `user` on `platform` opened on this node: from now
@@ -63,7 +64,7 @@ impl Bus for LocalBus {
     }
 
     async fn broadcast(&self) -> Result<(), BusError> {
-        self.hub.broadcast();
+        // There is no other node.
         Ok(())
     }
 

@@ -175,6 +175,45 @@ impl Hub {
         self.drop_slow(&user, &slow);
     }
 
+    /// The users with at least one connection on this node.
+    pub fn online_users(&self) -> Vec<UserId> {
+        let mut users = Vec::new();
+        for shard in &self.shards {
+            if let Ok(shard) = shard.read() {
+                users.extend(shard.keys().cloned());
+            }
+        }
+        users
+    }
+
+    /// Hands a committed broadcast to every local connection: as the
+    /// rendered event when its user's seq is among `placed` (see
+    /// `Store::broadcast_positions`), else as [`Outbound::Broadcast`], and
+    /// the connection reads its stream from the store. Never waits.
+    pub fn broadcast_placed(&self, placed: &[Arc<Delivery>]) {
+        let by_user: HashMap<&UserId, &Arc<Delivery>> =
+            placed.iter().map(|d| (&d.user, d)).collect();
+        for shard in &self.shards {
+            let mut slow: Vec<(UserId, u64)> = Vec::new();
+            if let Ok(shard) = shard.read() {
+                for (user, conns) in shard.iter() {
+                    let item = match by_user.get(user) {
+                        Some(d) => Outbound::Event(Arc::clone(d)),
+                        None => Outbound::Broadcast,
+                    };
+                    for conn in conns {
+                        if offer(conn, item.clone()) {
+                            slow.push((user.clone(), conn.id));
+                        }
+                    }
+                }
+            }
+            for (user, id) in slow {
+                self.drop_slow(&user, &[id]);
+            }
+        }
+    }
+
     /// Tells every local connection that a broadcast was committed. Never waits.
     pub fn broadcast(&self) {
         for shard in &self.shards {

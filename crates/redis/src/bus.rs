@@ -125,7 +125,6 @@ impl Bus for RedisBus {
     }
 
     async fn broadcast(&self) -> Result<(), BusError> {
-        self.cluster.hub.broadcast();
         let payload = serde_json::to_vec(&Origin {
             o: self.cluster.node_id(),
         })

@@ -116,6 +116,35 @@ impl Broadcasts for PgStore {
             Ok(to_u64(bseq))
         })
     }
+
+    async fn broadcast_positions(
+        &self,
+        bseq: u64,
+        users: Vec<UserId>,
+    ) -> Result<Vec<(UserId, Seq)>> {
+        let k = to_i64(bseq);
+        let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
+        let client = self.client().await?;
+        // Inbox rows with `bpos < k` all committed before broadcast `k`
+        // (it took the clock FOR UPDATE); `bpos` never decreases along a
+        // user's inbox, so the newest of them is found scanning back.
+        let stmt = client
+            .prepare_cached(
+                "SELECT u.user_id, u.bbase, coalesce((SELECT i.seq FROM inbox i \
+                   WHERE i.user_id = u.user_id AND i.bpos < $2 ORDER BY i.seq DESC LIMIT 1), 0) \
+                 FROM users u WHERE u.user_id = ANY($1) AND u.bbase < $2",
+            )
+            .await
+            .map_err(pg)?;
+        let rows = client.query(&stmt, &[&ids, &k]).await.map_err(pg)?;
+        rows.iter()
+            .map(|row| {
+                let bbase: i64 = column(row, 1)?;
+                let before: i64 = column(row, 2)?;
+                Ok((user_id(column(row, 0)?)?, Seq(to_u64(before + k - bbase))))
+            })
+            .collect()
+    }
 }
 
 #[async_trait]

@@ -166,6 +166,15 @@ pub trait Broadcasts: Send + Sync {
     /// Stores a broadcast and returns its position in the global broadcast
     /// stream (`bseq`, 1, 2, 3…).
     async fn append_broadcast(&self, broadcast: NewNotification) -> Result<u64>;
+    /// Where committed broadcast `bseq` sits in each listed user's visible
+    /// stream: its seq there. Users created after it (who never see it) and
+    /// unknown users are left out. One call places a broadcast for every
+    /// online user, instead of each connection reading its stream.
+    async fn broadcast_positions(
+        &self,
+        bseq: u64,
+        users: Vec<UserId>,
+    ) -> Result<Vec<(UserId, Seq)>>;
 }
 
 /// The tamper-evident audit log.

@@ -379,6 +379,43 @@ async fn broadcasts_merge_into_every_inbox(store: &dyn Store) {
         (labels(&tail), tail[0].seq),
         (vec!["B:bc4".to_owned()], Seq(3))
     );
+    // Placing a broadcast for many users at once agrees with each stream,
+    // also after later inbox rows; users who do not see it, or do not
+    // exist, are left out.
+    store
+        .append_message(send("bm4"), vec![a.clone(), b.clone()])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ghost = UserId::parse("nobody-here").unwrap_or_else(|e| panic!("{e}"));
+    for (bseq, label) in [(1, "B:bc1"), (2, "B:bc2"), (3, "B:bc3"), (4, "B:bc4")] {
+        let mut placed = store
+            .broadcast_positions(bseq, vec![a.clone(), late.clone(), ghost.clone()])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        placed.sort();
+        let mut expected = Vec::new();
+        for u in [&a, &late] {
+            let stream = store
+                .events_after(u, Seq(0), 100)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            if let Some(e) = stream
+                .iter()
+                .find(|e| labels(std::slice::from_ref(e))[0] == label)
+            {
+                expected.push(((*u).clone(), e.seq));
+            }
+        }
+        expected.sort();
+        assert_eq!(placed, expected, "broadcast {bseq}");
+    }
+    assert_eq!(
+        store
+            .broadcast_positions(1, vec![a.clone()])
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        vec![(a.clone(), Seq(2))]
+    );
 }
 
 fn test_chain(prev: &[u8; 32], bytes: &[u8]) -> [u8; 32] {

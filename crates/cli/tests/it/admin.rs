@@ -778,3 +778,73 @@ async fn a_broadcast_arrives_live_for_online_users_and_by_sync_for_the_rest() {
     assert_eq!(ws_event(&mut resumed).await.kind, EventType::BroadcastNew);
     assert_eq!(ws_event(&mut resumed).await.seq, Seq(3));
 }
+
+/// Broadcasts posted while messages are being sent: every connection
+/// receives its own stream live, gap-free, without duplicates and exactly
+/// as sync returns it, whichever of a broadcast and an earlier message
+/// reaches the connection first.
+#[tokio::test]
+async fn broadcasts_racing_messages_keep_every_live_stream_in_order() {
+    let server = TestServer::start().await;
+    let root = AdminApi::root(&server);
+    let client = server.client();
+    let mut users = Vec::new();
+    for i in 0..4 {
+        users.push(user(&client, &format!("racer{i}")).await);
+    }
+    let mut sockets = Vec::new();
+    for u in &users {
+        for _ in 0..2 {
+            sockets.push((
+                u,
+                u.api
+                    .connect_ws(None)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ));
+        }
+    }
+    const MESSAGES: usize = 12;
+    const BROADCASTS: usize = 6;
+    let sends = futures_util::future::join_all(users.iter().enumerate().map(|(i, from)| {
+        let to = &users[(i + 1) % users.len()];
+        async move {
+            for n in 0..MESSAGES {
+                from.api
+                    .send_text(&to.id, &format!("m{n}"), None)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+    }));
+    let casts = async {
+        for n in 0..BROADCASTS {
+            root.ok(
+                Method::POST,
+                "/v1/admin/broadcasts",
+                Some(json!({"content": {"n": n}})),
+            )
+            .await;
+        }
+    };
+    tokio::join!(sends, casts);
+
+    // Each user sent MESSAGES and received MESSAGES (both in its inbox),
+    // and sees every broadcast.
+    let expected = 2 * MESSAGES + BROADCASTS;
+    for (u, ws) in &mut sockets {
+        let mut live = Vec::new();
+        while live.len() < expected {
+            live.push(ws_event(ws).await);
+        }
+        assert_gap_free(&live);
+        assert_eq!(live.first().map(|e| e.seq), Some(Seq(1)));
+        assert_eq!(
+            live.iter()
+                .filter(|e| e.kind == EventType::BroadcastNew)
+                .count(),
+            BROADCASTS
+        );
+        assert_eq!(full_sync(&u.api).await, live, "{}", u.username);
+    }
+}

@@ -135,6 +135,49 @@ impl Broadcasts for SqliteStore {
         })
         .await
     }
+
+    async fn broadcast_positions(
+        &self,
+        bseq: u64,
+        users: Vec<UserId>,
+    ) -> Result<Vec<(UserId, Seq)>> {
+        let k = to_i64(bseq);
+        self.read(move |conn| {
+            let mut base = conn
+                .prepare_cached("SELECT bbase FROM users WHERE user_id = ?1")
+                .map_err(db)?;
+            // Inbox rows committed before broadcast `k` are those with
+            // `bpos < k`; `bpos` never decreases along a user's inbox, so
+            // the newest of them is found scanning back from the end, past
+            // the few rows committed since.
+            let mut before = conn
+                .prepare_cached(
+                    "SELECT seq FROM inbox WHERE user_id = ?1 AND bpos < ?2 ORDER BY seq DESC LIMIT 1",
+                )
+                .map_err(db)?;
+            let mut out = Vec::with_capacity(users.len());
+            for user in users {
+                let Some(bbase) = base
+                    .query_row([user.as_str()], |r| r.get::<_, i64>(0))
+                    .optional()
+                    .map_err(db)?
+                else {
+                    continue;
+                };
+                if k <= bbase {
+                    continue;
+                }
+                let rows: i64 = before
+                    .query_row(params![user.as_str(), k], |r| r.get(0))
+                    .optional()
+                    .map_err(db)?
+                    .unwrap_or(0);
+                out.push((user, Seq(to_u64(rows + k - bbase))));
+            }
+            Ok(out)
+        })
+        .await
+    }
 }
 
 #[async_trait]
