@@ -143,14 +143,16 @@ impl Broadcasts for SqliteStore {
     ) -> Result<Vec<(UserId, Seq)>> {
         let k = to_i64(bseq);
         self.read(move |conn| {
-            let mut base = conn
+            // One read transaction: a lock taken once, not twice per user.
+            let tx = conn.unchecked_transaction().map_err(db)?;
+            let mut base = tx
                 .prepare_cached("SELECT bbase FROM users WHERE user_id = ?1")
                 .map_err(db)?;
             // Inbox rows committed before broadcast `k` are those with
             // `bpos < k`; `bpos` never decreases along a user's inbox, so
             // the newest of them is found scanning back from the end, past
             // the few rows committed since.
-            let mut before = conn
+            let mut before = tx
                 .prepare_cached(
                     "SELECT seq FROM inbox WHERE user_id = ?1 AND bpos < ?2 ORDER BY seq DESC LIMIT 1",
                 )
@@ -174,6 +176,8 @@ impl Broadcasts for SqliteStore {
                     .unwrap_or(0);
                 out.push((user, Seq(to_u64(rows + k - bbase))));
             }
+            drop((base, before));
+            tx.commit().map_err(db)?;
             Ok(out)
         })
         .await
