@@ -7,6 +7,9 @@
 //! the next request; live connections of a revoked session receive
 //! `session.revoked` through their inbox and close.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -48,6 +51,63 @@ struct Claims {
     exp: i64,
     iat: i64,
     jti: String,
+}
+
+/// Seconds an access token is still accepted after its `exp`.
+const TOKEN_LEEWAY_SECS: u64 = 5;
+
+/// Most access tokens remembered as verified at once.
+const VERIFIED_TOKENS: usize = 65_536;
+
+fn token_digest(token: &str) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Access tokens whose signature was verified, by SHA-256 of the token,
+/// with what they say and until when they are valid. An Ed25519
+/// verification costs tens of microseconds, more than the rest of a small
+/// request; a client sends the same token until it refreshes it. Only
+/// digests are kept, never tokens; the map is bounded (expired entries
+/// are dropped when it is full, then everything if that is not enough).
+#[derive(Default)]
+pub(crate) struct VerifiedTokens(Mutex<HashMap<[u8; 32], VerifiedToken>>);
+
+type TokenSubject = (UserId, SessionId, Platform);
+
+struct VerifiedToken {
+    subject: TokenSubject,
+    /// Accepted up to and including this unix second.
+    until: i64,
+}
+
+impl std::fmt::Debug for VerifiedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VerifiedTokens([redacted])")
+    }
+}
+
+impl VerifiedTokens {
+    fn get(&self, digest: &[u8; 32], now: i64) -> Option<TokenSubject> {
+        let map = self.0.lock().ok()?;
+        map.get(digest)
+            .filter(|t| now <= t.until)
+            .map(|t| t.subject.clone())
+    }
+
+    fn insert(&self, digest: [u8; 32], subject: TokenSubject, exp: i64, now: i64) {
+        let Ok(mut map) = self.0.lock() else { return };
+        if map.len() >= VERIFIED_TOKENS {
+            map.retain(|_, t| now <= t.until);
+            if map.len() >= VERIFIED_TOKENS {
+                map.clear();
+            }
+        }
+        let until = exp.saturating_add(i64::try_from(TOKEN_LEEWAY_SECS).unwrap_or(0));
+        map.insert(digest, VerifiedToken { subject, until });
+    }
 }
 
 const MIN_PASSWORD: usize = 8;
@@ -479,19 +539,32 @@ impl Core {
         if token.len() > 4096 {
             return Err(INVALID);
         }
-        let key = DecodingKey::from_ed_der(self.signing.public());
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.leeway = 5;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|_| INVALID)?;
-        let claims = data.claims;
-        let (Ok(user_id), Ok(session_id), Ok(platform)) = (
-            UserId::parse(claims.sub),
-            SessionId::parse(claims.sid),
-            Platform::parse(claims.plt),
-        ) else {
-            return Err(INVALID);
+        let digest = token_digest(token);
+        let now = self.clock.now().unix_timestamp();
+        let (user_id, session_id, platform) = match self.tokens.get(&digest, now) {
+            Some(known) => known,
+            None => {
+                let key = DecodingKey::from_ed_der(self.signing.public());
+                let mut validation = Validation::new(Algorithm::EdDSA);
+                validation.leeway = TOKEN_LEEWAY_SECS;
+                validation.set_required_spec_claims(&["exp", "sub"]);
+                let data = jsonwebtoken::decode::<Claims>(token, &key, &validation)
+                    .map_err(|_| INVALID)?;
+                let claims = data.claims;
+                let (Ok(user_id), Ok(session_id), Ok(platform)) = (
+                    UserId::parse(claims.sub),
+                    SessionId::parse(claims.sid),
+                    Platform::parse(claims.plt),
+                ) else {
+                    return Err(INVALID);
+                };
+                let known = (user_id, session_id, platform);
+                self.tokens.insert(digest, known.clone(), claims.exp, now);
+                known
+            }
         };
+        // The signature is checked once per token; the session is checked
+        // on every use, so a revocation takes effect at once.
         match self.store.session(&session_id).await? {
             Some(s) if s.is_active() && s.user_id == user_id => Ok(AuthContext {
                 user_id,
@@ -543,5 +616,47 @@ pub(crate) fn revocation(session: &SessionId, reason: &str, at: OffsetDateTime) 
         reason: reason.to_owned(),
         at,
         event_data: data.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(n: usize) -> TokenSubject {
+        (
+            UserId::parse(format!("u{n}")).unwrap_or_else(|e| panic!("{e}")),
+            SessionId::parse(format!("s{n}")).unwrap_or_else(|e| panic!("{e}")),
+            Platform::parse("web".to_owned()).unwrap_or_else(|e| panic!("{e}")),
+        )
+    }
+
+    #[test]
+    fn a_verified_token_is_known_until_its_expiry_and_leeway() {
+        let tokens = VerifiedTokens::default();
+        let d = token_digest("a.b.c");
+        assert!(tokens.get(&d, 100).is_none());
+        tokens.insert(d, subject(1), 200, 100);
+        assert_eq!(tokens.get(&d, 205), Some(subject(1)));
+        assert!(tokens.get(&d, 206).is_none(), "past exp + leeway");
+        assert!(tokens.get(&token_digest("a.b.d"), 100).is_none());
+    }
+
+    #[test]
+    fn the_map_stays_bounded() {
+        let tokens = VerifiedTokens::default();
+        for n in 0..VERIFIED_TOKENS + 10 {
+            tokens.insert(token_digest(&n.to_string()), subject(1), 200, 100);
+        }
+        let len = tokens.0.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+        assert!(len <= VERIFIED_TOKENS, "{len}");
+        // Expired entries go first when it is full.
+        let tokens = VerifiedTokens::default();
+        for n in 0..VERIFIED_TOKENS {
+            tokens.insert(token_digest(&n.to_string()), subject(1), 50, 10);
+        }
+        tokens.insert(token_digest("fresh"), subject(2), 500, 100);
+        assert_eq!(tokens.get(&token_digest("fresh"), 100), Some(subject(2)));
+        assert_eq!(tokens.0.lock().map(|m| m.len()).unwrap_or(0), 1);
     }
 }

@@ -56,6 +56,7 @@ pub struct Core {
     pub(crate) qr: Arc<dyn QrTickets>,
     pub(crate) changes: tokio::sync::broadcast::Sender<Arc<changes::Change>>,
     pub(crate) verified: admin::VerifiedSecrets,
+    pub(crate) tokens: auth::VerifiedTokens,
     pub(crate) config: CoreConfig,
 }
 
@@ -97,6 +98,7 @@ impl Core {
             qr: parts.qr,
             changes: changes::channel(),
             verified: admin::VerifiedSecrets::default(),
+            tokens: auth::VerifiedTokens::default(),
             config: parts.config,
         }
     }

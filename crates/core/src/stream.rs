@@ -19,6 +19,11 @@ use crate::{Core, render};
 
 const PAGE: u32 = 500;
 
+/// How long a live event that arrived ahead of others waits for them on
+/// the queue before they are read from the store (see
+/// [`InboxStream::accept_burst`]).
+pub const GAP_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
+
 pub struct InboxStream {
     core: Arc<Core>,
     user: UserId,
@@ -132,6 +137,59 @@ impl InboxStream {
             }
         }
         out
+    }
+
+    /// Orders `first` and whatever else is queued (up to `max` more):
+    /// returns what to send now, in seq order. Concurrent commits publish
+    /// in any order, so when the queued events leave a gap, the stream
+    /// first waits up to [`GAP_WAIT`] for the missing ones to arrive on
+    /// its queue, and reads from the store only what is still missing.
+    pub async fn accept_burst(
+        &mut self,
+        first: Outbound,
+        max: usize,
+    ) -> Result<Vec<Arc<Delivery>>> {
+        let mut items = vec![first];
+        items.extend(self.ready_now(max));
+        let deadline = tokio::time::Instant::now() + GAP_WAIT;
+        while self.has_gap(&items) && items.len() < max.saturating_mul(4) {
+            match tokio::time::timeout_at(deadline, self.subscription.recv()).await {
+                Ok(Some(item)) => {
+                    items.push(item);
+                    items.extend(self.ready_now(max));
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        // Events in seq order first; broadcast signals read the store
+        // for whatever is new after them.
+        items.sort_by_key(|item| match item {
+            Outbound::Event(d) => (0, d.seq),
+            Outbound::Broadcast => (1, Seq(0)),
+        });
+        let mut out = Vec::new();
+        for item in items {
+            out.extend(self.accept(item).await?);
+        }
+        Ok(out)
+    }
+
+    /// Whether the queued events, in seq order, do not follow on from the
+    /// last seq handed out (a broadcast signal reads the store anyway).
+    fn has_gap(&self, items: &[Outbound]) -> bool {
+        let mut seqs = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Outbound::Event(d) if d.seq > self.last => seqs.push(d.seq.0),
+                Outbound::Event(_) => {}
+                Outbound::Broadcast => return false,
+            }
+        }
+        seqs.sort_unstable();
+        seqs.dedup();
+        (self.last.0 + 1..)
+            .zip(seqs)
+            .any(|(expected, seq)| seq != expected)
     }
 
     /// Orders a live item: returns what to send now, in seq order. A

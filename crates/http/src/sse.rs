@@ -135,15 +135,11 @@ async fn next_event(mut f: Follow) -> Option<(Result<SseEvent, Infallible>, Foll
         tokio::select! {
             () = f.killed.as_mut() => return None,
             d = f.stream.recv() => {
-                let mut burst = vec![d?];
-                burst.extend(f.stream.ready_now(64));
-                for d in burst {
-                    match f.stream.accept(d).await {
-                        Ok(ordered) => f.pending.extend(ordered),
-                        Err(e) => {
-                            tracing::error!(error = %e, "SSE gap fill failed");
-                            return None;
-                        }
+                match f.stream.accept_burst(d?, 64).await {
+                    Ok(ordered) => f.pending.extend(ordered),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SSE gap fill failed");
+                        return None;
                     }
                 }
             }

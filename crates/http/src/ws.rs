@@ -318,8 +318,8 @@ async fn replay(
     }
 }
 
-/// Places `first` and whatever else is queued (up to [`BURST`]) in seq
-/// order and writes them in one flush: one syscall instead of one per event.
+/// Places `first` and whatever else is queued (up to [`BURST`] more) in
+/// seq order and writes them in one flush: one syscall instead of one per event.
 async fn deliver(
     socket: &mut WebSocket,
     stream: &mut InboxStream,
@@ -327,19 +327,13 @@ async fn deliver(
     auth: &AuthContext,
     killed: Pin<&mut WaitForCancellationFutureOwned>,
 ) -> Option<Option<(u16, &'static str)>> {
-    let mut burst = vec![first];
-    burst.extend(stream.ready_now(BURST));
-    let mut ordered = Vec::with_capacity(burst.len());
-    for d in burst {
-        match stream.accept(d).await {
-            Ok(o) => ordered.extend(o),
-            Err(e) => {
-                tracing::error!(error = %e, "gap fill failed");
-                return Some(Some((close::INTERNAL, "delivery failed")));
-            }
+    match stream.accept_burst(first, BURST).await {
+        Ok(ordered) => send_events(socket, &ordered, auth, killed).await,
+        Err(e) => {
+            tracing::error!(error = %e, "gap fill failed");
+            Some(Some((close::INTERNAL, "delivery failed")))
         }
     }
-    send_events(socket, &ordered, auth, killed).await
 }
 
 /// Writes events in one flush. Returns how the connection must end, if it
