@@ -102,7 +102,7 @@ impl Default for DeliveryConfig {
             auth_timeout_secs: 10,
             outbound_queue: 1024,
             ws_max_message_bytes: 128 * 1024,
-            ws_buffer_bytes: 1024,
+            ws_buffer_bytes: 512,
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct InboxStream {
     subscription: Subscription,
     _attached: Attached,
     last: Seq,
+    /// The inbox's end when the stream opened.
+    newest: Seq,
 }
 
 /// Keeps the user's events routed to this node while the stream lives.
@@ -81,6 +83,7 @@ impl InboxStream {
         let newest = core.store.last_seq(&auth.user_id).await?;
         let last = after.map_or(newest, |a| a.min(newest));
         Ok(Self {
+            newest,
             core,
             user: auth.user_id.clone(),
             session: auth.session_id.clone(),
@@ -88,6 +91,11 @@ impl InboxStream {
             _attached: attached,
             last,
         })
+    }
+
+    /// The inbox's end when the stream opened (what a `ready` frame reports).
+    pub fn newest(&self) -> Seq {
+        self.newest
     }
 
     /// The last seq handed out.

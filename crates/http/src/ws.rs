@@ -210,9 +210,7 @@ async fn serve_authenticated(conn: &mut Conn, auth: &AuthContext, after: Option<
             return;
         }
     };
-    let last_seq = Box::pin(core.last_seq(&auth.user_id))
-        .await
-        .unwrap_or(stream.last());
+    let last_seq = stream.newest();
     let ready = frame(&ReplyFrame::Ready {
         user_id: auth.user_id.clone(),
         session_id: auth.session_id.clone(),

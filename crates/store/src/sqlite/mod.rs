@@ -160,6 +160,37 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// A read of a few rows by key (a session, a user's inbox end), asked
+    /// for on every request and connection: run on the calling thread
+    /// with an idle pooled reader, since handing it to a blocking thread
+    /// and back costs more than the read. Falls back to [`Self::read`]
+    /// when no reader is idle, so this never opens a connection or waits.
+    pub(crate) async fn read_point<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let Ok(permit) = self.readers.permits.clone().try_acquire_owned() else {
+            return self.read(f).await;
+        };
+        let pooled = self
+            .readers
+            .idle
+            .lock()
+            .map_err(|_| StoreError::Internal("reader pool poisoned".into()))?
+            .pop();
+        let Some(conn) = pooled else {
+            drop(permit);
+            return self.read(f).await;
+        };
+        let result = f(&conn);
+        self.readers.give_back(conn);
+        drop(permit);
+        result
+    }
+}
+
 struct ReaderPool {
     path: PathBuf,
     durability: Durability,

@@ -108,11 +108,11 @@ fn build_session(raw: RawSession) -> Result<Session> {
 }
 
 fn session_by_id(conn: &Connection, id: &str) -> Result<Option<Session>> {
-    conn.query_row(
-        &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1"),
-        [id],
-        read_session,
-    )
+    conn.prepare_cached(&format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1"
+    ))
+    .map_err(db)?
+    .query_row([id], read_session)
     .optional()
     .map_err(db)?
     .map(build_session)
@@ -223,11 +223,9 @@ pub(super) fn broadcast_head(conn: &Connection) -> Result<i64> {
 fn visible_last(conn: &Connection, user: &UserId) -> Result<Seq> {
     let head = broadcast_head(conn)?;
     let row: Option<(i64, i64)> = conn
-        .query_row(
-            "SELECT last_seq, bbase FROM users WHERE user_id = ?1",
-            [user.as_str()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT last_seq, bbase FROM users WHERE user_id = ?1")
+        .map_err(db)?
+        .query_row([user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
         .map_err(db)?;
     let (last, base) = row.ok_or(StoreError::NotFound("user"))?;
@@ -643,7 +641,7 @@ impl Sessions for SqliteStore {
 
     async fn session(&self, id: &SessionId) -> Result<Option<Session>> {
         let id = id.clone();
-        self.read(move |conn| session_by_id(conn, id.as_str()))
+        self.read_point(move |conn| session_by_id(conn, id.as_str()))
             .await
     }
 
@@ -868,7 +866,7 @@ impl Inbox for SqliteStore {
 
     async fn last_seq(&self, user: &UserId) -> Result<Seq> {
         let user = user.clone();
-        self.read(move |conn| visible_last(conn, &user)).await
+        self.read_point(move |conn| visible_last(conn, &user)).await
     }
 
     async fn ack(&self, user: &UserId, seq: Seq) -> Result<Seq> {
