@@ -16,6 +16,11 @@
 //!   serial throughput; the sender's WebSocket also receives the copy of
 //!   each message in the sender's own inbox (read and dropped).
 //!
+//! With `--rate R` (HTTP only) the senders are paced to R messages per
+//! second in all: sender i's message k is not sent before
+//! `start + k / (R / S)`, so latency can be measured at a chosen fraction
+//! of the peak rate; the window still caps what is in flight.
+//!
 //! Delivery is complete when every successfully sent message has been
 //! received, or "stalled" when nothing progressed for `--stall-secs`.
 
@@ -80,6 +85,10 @@ pub struct DirectArgs {
     /// Give every message a `client_msg_id` (the server then checks for duplicates).
     #[arg(long)]
     pub client_msg_ids: bool,
+    /// Pace the senders to this many messages per second in all (HTTP
+    /// only; 0: as fast as the window allows).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
     /// Give up waiting for deliveries after this many seconds without progress.
     #[arg(long, default_value_t = 10)]
     pub stall_secs: u64,
@@ -116,6 +125,8 @@ struct Sending {
     run: Arc<str>,
     client_msg_ids: bool,
     progress: Arc<Progress>,
+    /// With `--rate`: when sending starts, and each sender's messages per second.
+    pace: Option<(Instant, f64)>,
 }
 
 impl Sending {
@@ -185,17 +196,22 @@ pub async fn run(ctx: &Ctx, args: DirectArgs) -> Result<Value> {
         )));
     }
 
-    let sending = Sending {
+    let mut sending = Sending {
         base,
         pad: "x".repeat(args.content_bytes).into(),
         run: run.as_str().into(),
         client_msg_ids: args.client_msg_ids,
         progress: progress.clone(),
+        pace: None,
     };
     let window = usize::try_from(args.window)?;
+    if args.rate > 0 && args.transport != Transport::Http {
+        bail!("--rate paces HTTP senders only");
+    }
     let server_before = ctx.server.as_ref().and_then(|p| p.try_sample());
     let bench_before = ctx.bench.try_sample();
     let started = Instant::now();
+    sending.pace = (args.rate > 0).then(|| (started, args.rate as f64 / args.senders as f64));
 
     let mut send_tasks: Vec<JoinHandle<Result<Latency>>> = Vec::new();
     for (i, (sender, receiver)) in senders.iter().zip(&receivers).enumerate() {
@@ -397,6 +413,7 @@ pub async fn run(ctx: &Ctx, args: DirectArgs) -> Result<Value> {
             "messages": args.messages,
             "senders": args.senders,
             "window": args.window,
+            "rate": args.rate,
             "content_bytes": args.content_bytes,
             "transport": args.transport.as_str(),
             "client_msg_ids": args.client_msg_ids,
@@ -505,6 +522,9 @@ async fn http_worker(
         let i = next.fetch_add(1, Ordering::Relaxed);
         if i >= n {
             return Ok(ack);
+        }
+        if let Some((start, per_sec)) = sending.pace {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / per_sec)).await;
         }
         let req = SendRequest {
             to: Recipient::User(to.clone()),

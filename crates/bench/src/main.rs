@@ -197,7 +197,23 @@ async fn run(cli: Cli) -> Result<serde_json::Value> {
         bench: Probe::this_process(),
         summary_to: SummaryTo::Stdout,
     };
-    run_scenario(&ctx, cli.scenario).await
+    let name = match &cli.scenario {
+        Scenario::Direct(_) => "direct",
+        Scenario::Idle(_) => "idle",
+        Scenario::Broadcast(_) => "broadcast",
+        Scenario::Sync(_) => "sync",
+        Scenario::Group(_) => "group",
+        Scenario::Login(_) => "login",
+        Scenario::Sse(_) => "sse",
+        Scenario::Smoke(_) | Scenario::Peer(_) | Scenario::Hold => "",
+    };
+    let report = run_scenario(&ctx, cli.scenario).await?;
+    // An incomplete run still reports what it measured, then fails.
+    if let Err(problem) = smoke::check_complete(name, &report, false) {
+        println!("{report}");
+        anyhow::bail!("{name} is incomplete: {problem}");
+    }
+    Ok(report)
 }
 
 /// Runs one measuring scenario and returns its JSON report.
