@@ -160,7 +160,11 @@ fn plan() -> Vec<(&'static str, Scenario)> {
         client_msg_ids,
         // Paced over HTTP (200 messages in about a quarter of a second),
         // so the pacing path runs too.
-        rate: if transport == direct::Transport::Http { 800 } else { 0 },
+        rate: if transport == direct::Transport::Http {
+            800
+        } else {
+            0
+        },
         stall_secs: 10,
     };
     let fan_out = broadcast::BroadcastArgs {

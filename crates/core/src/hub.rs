@@ -6,14 +6,13 @@
 //! cancelled, removed and counted, so one client that stops reading can
 //! never grow the server's memory. No lock is held across an await.
 
-use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use unimsg_proto::{EventType, Platform, Seq, SessionId, UserId};
 
@@ -43,11 +42,83 @@ pub enum Outbound {
 
 /// Queues an item; `true` when the queue is full (a slow consumer).
 fn offer(conn: &Conn, item: Outbound) -> bool {
-    match conn.tx.try_send(item) {
-        Ok(()) => false,
-        Err(mpsc::error::TrySendError::Full(_)) => true,
-        // The connection is going away; its drop unregisters it.
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    conn.queue.push(item)
+}
+
+/// One connection's queue of deliveries: bounded, never waits to push,
+/// woken reader. An idle connection holds one of these for its whole life,
+/// so it is kept small (a general-purpose channel costs about 0.5 KiB per
+/// connection before anything is sent); the buffer is allocated on the
+/// first push.
+struct Queue {
+    state: Mutex<QueueState>,
+    ready: tokio::sync::Notify,
+    limit: usize,
+}
+
+#[derive(Default)]
+struct QueueState {
+    items: VecDeque<Outbound>,
+    /// The hub let go of the connection: nothing more will come.
+    closed: bool,
+}
+
+impl Queue {
+    fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(QueueState::default()),
+            ready: tokio::sync::Notify::new(),
+            limit,
+        })
+    }
+
+    /// Queues an item; `true` when the queue is full. Once closed, items
+    /// are dropped (the connection is going away).
+    fn push(&self, item: Outbound) -> bool {
+        {
+            let Ok(mut state) = self.state.lock() else {
+                return false;
+            };
+            if state.closed {
+                return false;
+            }
+            if state.items.len() >= self.limit {
+                return true;
+            }
+            state.items.push_back(item);
+        }
+        // A permit is kept when the reader is not waiting yet.
+        self.ready.notify_one();
+        false
+    }
+
+    fn close(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.closed = true;
+        }
+        self.ready.notify_one();
+    }
+
+    /// The next item; `None` when nothing is queued (and `Some(None)` once
+    /// the queue is closed and empty).
+    fn pop(&self) -> Option<Option<Outbound>> {
+        let mut state = self.state.lock().ok()?;
+        match state.items.pop_front() {
+            Some(item) => Some(Some(item)),
+            None if state.closed => Some(None),
+            None => None,
+        }
+    }
+
+    /// Waits for the next item; `None` once closed and drained. Cancel-safe:
+    /// an item stays queued until it is returned.
+    async fn recv(&self) -> Option<Outbound> {
+        loop {
+            if let Some(next) = self.pop() {
+                return next;
+            }
+            self.ready.notified().await;
+        }
     }
 }
 
@@ -57,7 +128,7 @@ struct Conn {
     id: u64,
     session: SessionId,
     platform: Platform,
-    tx: mpsc::Sender<Outbound>,
+    queue: Arc<Queue>,
     kill: CancellationToken,
 }
 
@@ -116,13 +187,13 @@ impl Hub {
         platform: &Platform,
     ) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.queue);
+        let queue = Queue::new(self.queue);
         let kill = self.shutdown.child_token();
         let conn = Conn {
             id,
             session: session.clone(),
             platform: platform.clone(),
-            tx,
+            queue: queue.clone(),
             kill: kill.clone(),
         };
         if let Ok(mut shard) = self.shard(user).write() {
@@ -134,7 +205,7 @@ impl Hub {
             hub: self.clone(),
             user: user.clone(),
             id,
-            rx,
+            queue,
             kill,
             reason: None,
         }
@@ -145,7 +216,12 @@ impl Hub {
             && let Some(conns) = shard.get_mut(user)
         {
             let before = conns.len();
-            conns.retain(|c| c.id != id);
+            conns.retain(|c| {
+                if c.id == id {
+                    c.queue.close();
+                }
+                c.id != id
+            });
             if conns.len() < before {
                 if self.connections.fetch_sub(1, Ordering::Relaxed) == 1 {
                     self.idle.notify_waiters();
@@ -246,6 +322,7 @@ impl Hub {
                 if slow.contains(&c.id) {
                     tracing::info!(user_id = %user, session_id = %c.session, "disconnecting a slow consumer");
                     c.kill.cancel();
+                    c.queue.close();
                     dropped += 1;
                     false
                 } else {
@@ -316,7 +393,7 @@ pub struct Subscription {
     hub: Arc<Hub>,
     user: UserId,
     id: u64,
-    rx: mpsc::Receiver<Outbound>,
+    queue: Arc<Queue>,
     kill: CancellationToken,
     reason: Option<KillReason>,
 }
@@ -324,12 +401,12 @@ pub struct Subscription {
 impl Subscription {
     /// The next queued delivery. Cancel-safe.
     pub async fn recv(&mut self) -> Option<Outbound> {
-        self.rx.recv().await
+        self.queue.recv().await
     }
 
     /// A queued delivery, if one is ready now.
     pub fn try_recv(&mut self) -> Option<Outbound> {
-        self.rx.try_recv().ok()
+        self.queue.pop().flatten()
     }
 
     /// Resolves when the hub ends this connection.
@@ -377,6 +454,28 @@ mod tests {
             json: Bytes::from_static(b"{}"),
             revokes: None,
         })
+    }
+
+    #[tokio::test]
+    async fn a_queue_is_bounded_wakes_its_reader_and_ends_when_closed() {
+        let user = UserId::parse("u").unwrap_or_else(|e| panic!("{e}"));
+        let q = Queue::new(2);
+        assert!(q.pop().is_none());
+        let reader = {
+            let q = q.clone();
+            tokio::spawn(async move { q.recv().await.map(seq_of) })
+        };
+        assert!(!q.push(Outbound::Event(delivery(&user, 1))));
+        assert_eq!(reader.await.unwrap_or_else(|e| panic!("{e}")), Some(Seq(1)));
+        assert!(!q.push(Outbound::Event(delivery(&user, 2))));
+        assert!(!q.push(Outbound::Event(delivery(&user, 3))));
+        assert!(q.push(Outbound::Event(delivery(&user, 4))), "full");
+        q.close();
+        assert_eq!(q.recv().await.map(seq_of), Some(Seq(2)));
+        assert_eq!(q.recv().await.map(seq_of), Some(Seq(3)));
+        assert!(q.recv().await.is_none());
+        assert!(!q.push(Outbound::Broadcast), "closed: dropped, not full");
+        assert!(q.pop().is_some_and(|next| next.is_none()));
     }
 
     #[tokio::test]
