@@ -13,9 +13,10 @@
 //! that time) and the percentiles of the per-connection receive latency
 //! (POST → event read). Over all broadcasts: the same, and with
 //! `--server-pid` the server's CPU time during the broadcasts per delivered
-//! event. A broadcast is stored once; every connection then reads its place
-//! in its own inbox from the store, so this is the cost of N store reads,
-//! renders and writes per broadcast.
+//! event. A broadcast is stored once and placed for every online user in
+//! one store read; each connection then writes its own copy (the rendered
+//! data is shared, only the `seq` differs), so this is mostly the cost of N
+//! socket writes per broadcast.
 //!
 //! `--procs` and `--source-ips` spread the connections over child
 //! processes and local addresses ([`crate::hold`]). Arrivals are then
