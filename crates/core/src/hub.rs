@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use unimsg_proto::{EventType, Platform, Seq, SessionId, UserId};
 
 /// One rendered inbox event on its way to a user's connections. The JSON is
@@ -40,6 +40,27 @@ pub enum Outbound {
     Broadcast,
 }
 
+/// Resolves when the hub ends a connection (slow consumer, shutdown); owned,
+/// so a transport can hold it beside the connection's queue.
+pub struct KillSignal(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+
+impl std::future::Future for KillSignal {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl std::fmt::Debug for KillSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KillSignal")
+    }
+}
+
 /// Queues an item; `true` when the queue is full (a slow consumer).
 fn offer(conn: &Conn, item: Outbound) -> bool {
     conn.queue.push(item)
@@ -53,6 +74,8 @@ fn offer(conn: &Conn, item: Outbound) -> bool {
 struct Queue {
     state: Mutex<QueueState>,
     ready: tokio::sync::Notify,
+    /// Wakes whoever waits for the kill (see [`KillSignal`]).
+    gone: tokio::sync::Notify,
     limit: usize,
 }
 
@@ -61,6 +84,8 @@ struct QueueState {
     items: VecDeque<Outbound>,
     /// The hub let go of the connection: nothing more will come.
     closed: bool,
+    /// The hub ended the connection, and why.
+    killed: Option<KillReason>,
 }
 
 impl Queue {
@@ -68,6 +93,7 @@ impl Queue {
         Arc::new(Self {
             state: Mutex::new(QueueState::default()),
             ready: tokio::sync::Notify::new(),
+            gone: tokio::sync::Notify::new(),
             limit,
         })
     }
@@ -97,6 +123,35 @@ impl Queue {
             state.closed = true;
         }
         self.ready.notify_one();
+    }
+
+    /// Ends the connection: closes the queue and fires its kill signal
+    /// (the first reason given stays).
+    fn kill(&self, reason: KillReason) {
+        if let Ok(mut state) = self.state.lock() {
+            state.closed = true;
+            state.killed.get_or_insert(reason);
+        }
+        self.ready.notify_one();
+        self.gone.notify_waiters();
+    }
+
+    fn kill_reason(&self) -> Option<KillReason> {
+        self.state.lock().ok().and_then(|s| s.killed)
+    }
+
+    /// Resolves once [`Self::kill`] was called.
+    async fn killed(&self) {
+        loop {
+            let woken = self.gone.notified();
+            tokio::pin!(woken);
+            // Registered before the check, so a kill in between is seen.
+            woken.as_mut().enable();
+            if self.kill_reason().is_some() {
+                return;
+            }
+            woken.await;
+        }
     }
 
     /// The next item; `None` when nothing is queued (and `Some(None)` once
@@ -129,7 +184,6 @@ struct Conn {
     session: SessionId,
     platform: Platform,
     queue: Arc<Queue>,
-    kill: CancellationToken,
 }
 
 /// Why the hub ended a connection.
@@ -188,15 +242,18 @@ impl Hub {
     ) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let queue = Queue::new(self.queue);
-        let kill = self.shutdown.child_token();
         let conn = Conn {
             id,
             session: session.clone(),
             platform: platform.clone(),
             queue: queue.clone(),
-            kill: kill.clone(),
         };
         if let Ok(mut shard) = self.shard(user).write() {
+            // Checked under the lock [`Self::shutdown`] takes after
+            // cancelling: either it sees this connection, or this sees it.
+            if self.shutdown.is_cancelled() {
+                queue.kill(KillReason::Shutdown);
+            }
             shard.entry(user.clone()).or_default().push(conn);
         }
         self.connections.fetch_add(1, Ordering::Relaxed);
@@ -206,8 +263,6 @@ impl Hub {
             user: user.clone(),
             id,
             queue,
-            kill,
-            reason: None,
         }
     }
 
@@ -321,8 +376,7 @@ impl Hub {
             conns.retain(|c| {
                 if slow.contains(&c.id) {
                     tracing::info!(user_id = %user, session_id = %c.session, "disconnecting a slow consumer");
-                    c.kill.cancel();
-                    c.queue.close();
+                    c.queue.kill(KillReason::SlowConsumer);
                     dropped += 1;
                     false
                 } else {
@@ -384,6 +438,13 @@ impl Hub {
 
     pub fn shutdown(&self) {
         self.shutdown.cancel();
+        for shard in &self.shards {
+            if let Ok(shard) = shard.write() {
+                for conn in shard.values().flatten() {
+                    conn.queue.kill(KillReason::Shutdown);
+                }
+            }
+        }
     }
 }
 
@@ -394,8 +455,6 @@ pub struct Subscription {
     user: UserId,
     id: u64,
     queue: Arc<Queue>,
-    kill: CancellationToken,
-    reason: Option<KillReason>,
 }
 
 impl Subscription {
@@ -410,22 +469,14 @@ impl Subscription {
     }
 
     /// Resolves when the hub ends this connection.
-    pub fn killed(&self) -> WaitForCancellationFutureOwned {
-        self.kill.clone().cancelled_owned()
+    pub fn killed(&self) -> KillSignal {
+        let queue = self.queue.clone();
+        KillSignal(Box::pin(async move { queue.killed().await }))
     }
 
     /// Why the connection was ended, once [`Self::killed`] resolved.
     pub fn kill_reason(&mut self) -> KillReason {
-        if let Some(r) = self.reason {
-            return r;
-        }
-        let r = if self.hub.shutdown.is_cancelled() {
-            KillReason::Shutdown
-        } else {
-            KillReason::SlowConsumer
-        };
-        self.reason = Some(r);
-        r
+        self.queue.kill_reason().unwrap_or(KillReason::SlowConsumer)
     }
 }
 
@@ -479,6 +530,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn shutdown_ends_every_connection_and_any_that_opens_after() {
+        let hub = Hub::new(4);
+        let user = UserId::parse("u").unwrap_or_else(|e| panic!("{e}"));
+        let sid = SessionId::parse("s").unwrap_or_else(|e| panic!("{e}"));
+        let web = Platform::parse("web").unwrap_or_else(|e| panic!("{e}"));
+        let mut before = hub.subscribe(&user, &sid, &web);
+        let waiting = before.killed();
+        hub.shutdown();
+        waiting.await;
+        assert_eq!(before.kill_reason(), KillReason::Shutdown);
+        assert!(before.recv().await.is_none(), "the queue is closed");
+        let mut after = hub.subscribe(&user, &sid, &web);
+        after.killed().await;
+        assert_eq!(after.kill_reason(), KillReason::Shutdown);
+        drop((before, after));
+        assert_eq!(hub.connections(), 0);
+    }
+
+    #[tokio::test]
     async fn a_full_queue_disconnects_only_that_connection() {
         let hub = Hub::new(2);
         let user = UserId::parse("u").unwrap_or_else(|e| panic!("{e}"));
@@ -496,7 +566,9 @@ mod tests {
         hub.deliver(delivery(&user, 3));
         assert_eq!(hub.slow_consumer_disconnects(), 1);
         assert_eq!(hub.connections(), 1);
+        let mut stalled = stalled;
         stalled.killed().await;
+        assert_eq!(stalled.kill_reason(), KillReason::SlowConsumer);
         assert_eq!(hub.platforms(&user), vec![web]);
         assert_eq!(reader.recv().await.map(seq_of), Some(Seq(3)));
         hub.broadcast();

@@ -9,12 +9,11 @@
 
 use std::sync::Arc;
 
-use tokio_util::sync::WaitForCancellationFutureOwned;
 use unimsg_proto::{Platform, Seq, SessionId, UserId};
 
 use crate::auth::AuthContext;
 use crate::error::{CoreError, Result};
-use crate::hub::{Delivery, KillReason, Outbound, Subscription};
+use crate::hub::{Delivery, KillReason, KillSignal, Outbound, Subscription};
 use crate::{Core, render};
 
 const PAGE: u32 = 500;
@@ -26,10 +25,10 @@ pub const GAP_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 
 pub struct InboxStream {
     core: Arc<Core>,
-    user: UserId,
     session: SessionId,
     subscription: Subscription,
-    _attached: Attached,
+    /// Also whose stream this is (`attached.user`).
+    attached: Attached,
     last: Seq,
     /// The inbox's end when the stream opened.
     newest: Seq,
@@ -51,7 +50,7 @@ impl Drop for Attached {
 impl std::fmt::Debug for InboxStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InboxStream")
-            .field("user", &self.user)
+            .field("user", &self.attached.user)
             .field("last", &self.last)
             .finish()
     }
@@ -85,10 +84,9 @@ impl InboxStream {
         Ok(Self {
             newest,
             core,
-            user: auth.user_id.clone(),
             session: auth.session_id.clone(),
             subscription,
-            _attached: attached,
+            attached,
             last,
         })
     }
@@ -116,7 +114,7 @@ impl InboxStream {
         let stored = self
             .core
             .store
-            .events_after(&self.user, self.last, limit)
+            .events_after(&self.attached.user, self.last, limit)
             .await?;
         let mut out = Vec::with_capacity(stored.len());
         for e in &stored {
@@ -243,7 +241,7 @@ impl InboxStream {
 
     /// Resolves when the hub ends this connection (slow consumer,
     /// shutdown). Owned, so a transport can hold it beside [`Self::recv`].
-    pub fn kill_signal(&self) -> WaitForCancellationFutureOwned {
+    pub fn kill_signal(&self) -> KillSignal {
         self.subscription.killed()
     }
 

@@ -15,8 +15,7 @@ use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use serde::Deserialize;
-use tokio_util::sync::WaitForCancellationFutureOwned;
-use unimsg_core::hub::Delivery;
+use unimsg_core::hub::{Delivery, KillSignal};
 use unimsg_core::stream::InboxStream;
 use unimsg_proto::{ErrorBody, Seq, SessionId};
 use utoipa::IntoParams;
@@ -98,7 +97,7 @@ pub async fn events(
 struct Follow {
     session: SessionId,
     stream: InboxStream,
-    killed: Pin<Box<WaitForCancellationFutureOwned>>,
+    killed: Pin<Box<KillSignal>>,
     pending: VecDeque<Arc<Delivery>>,
     caught_up: bool,
     done: bool,

@@ -19,10 +19,9 @@ use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
 use serde::Deserialize;
 use tokio::time::Instant;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::Instrument;
 use unimsg_core::auth::AuthContext;
-use unimsg_core::hub::{Delivery, KillReason, Outbound};
+use unimsg_core::hub::{Delivery, KillReason, KillSignal, Outbound};
 use unimsg_core::stream::InboxStream;
 use unimsg_core::{Core, CoreError};
 use unimsg_proto::ws::{ClientFrame, ReplyFrame};
@@ -109,7 +108,12 @@ pub async fn upgrade(
         .max_message_size(d.ws_max_message_bytes)
         .max_frame_size(d.ws_max_message_bytes)
         .on_upgrade(move |socket| {
-            connection(Box::new(Conn { state, socket }), auth, q.after.map(Seq))
+            connection(Box::new(Conn {
+                state,
+                socket,
+                auth,
+                after: q.after.map(Seq),
+            }))
         })
 }
 
@@ -167,15 +171,20 @@ async fn first_frame_auth(
 struct Conn {
     state: AppState,
     socket: WebSocket,
+    /// Known before the upgrade when the token came with the request.
+    auth: Option<AuthContext>,
+    after: Option<Seq>,
 }
 
-async fn connection(mut conn: Box<Conn>, auth: Option<AuthContext>, after: Option<Seq>) {
-    let core = conn.state.core.clone();
-    let wait = Duration::from_secs(core.config().delivery.auth_timeout_secs.max(1));
-    let (auth, after) = match auth {
-        Some(a) => (a, after),
-        None => match Box::pin(first_frame_auth(&core, &mut conn.socket, wait)).await {
-            Ok((a, first_after)) => (a, first_after.or(after)),
+async fn connection(mut conn: Box<Conn>) {
+    if conn.auth.is_none() {
+        let core = conn.state.core.clone();
+        let wait = Duration::from_secs(core.config().delivery.auth_timeout_secs.max(1));
+        match Box::pin(first_frame_auth(&core, &mut conn.socket, wait)).await {
+            Ok((a, first_after)) => {
+                conn.auth = Some(a);
+                conn.after = first_after.or(conn.after);
+            }
             Err(e) => {
                 let _ = conn.socket.send(error_frame(None, e)).await;
                 let _ = conn
@@ -184,17 +193,30 @@ async fn connection(mut conn: Box<Conn>, auth: Option<AuthContext>, after: Optio
                     .await;
                 return;
             }
-        },
+        }
+    }
+    let Conn {
+        state,
+        socket,
+        auth: Some(auth),
+        after,
+    } = &mut *conn
+    else {
+        return;
     };
     let span = tracing::debug_span!("ws", user_id = %auth.user_id, session_id = %auth.session_id);
-    serve_authenticated(&mut conn, &auth, after)
+    serve_authenticated(state, socket, auth, *after)
         .instrument(span)
         .await;
 }
 
-async fn serve_authenticated(conn: &mut Conn, auth: &AuthContext, after: Option<Seq>) {
-    let core = &conn.state.core;
-    let socket = &mut conn.socket;
+async fn serve_authenticated(
+    state: &AppState,
+    socket: &mut WebSocket,
+    auth: &AuthContext,
+    after: Option<Seq>,
+) {
+    let core = &state.core;
     let mut stream = match Box::pin(InboxStream::open(core.clone(), auth, after)).await {
         Ok(s) => s,
         Err(e) => {
@@ -219,9 +241,9 @@ async fn serve_authenticated(conn: &mut Conn, auth: &AuthContext, after: Option<
     if socket.send(ready).await.is_err() {
         return;
     }
-    let end = run(&conn.state, &mut conn.socket, &mut stream, auth).await;
+    let end = run(state, socket, &mut stream, auth).await;
     if let Some((code, reason)) = end {
-        let _ = conn.socket.send(close_frame(code, reason)).await;
+        let _ = socket.send(close_frame(code, reason)).await;
     }
     tracing::debug!("websocket closed");
 }
@@ -298,7 +320,7 @@ async fn replay(
     socket: &mut WebSocket,
     stream: &mut InboxStream,
     auth: &AuthContext,
-    mut killed: Pin<&mut WaitForCancellationFutureOwned>,
+    mut killed: Pin<&mut KillSignal>,
 ) -> Option<Option<(u16, &'static str)>> {
     loop {
         match stream.backlog().await {
@@ -323,7 +345,7 @@ async fn deliver(
     stream: &mut InboxStream,
     first: Outbound,
     auth: &AuthContext,
-    killed: Pin<&mut WaitForCancellationFutureOwned>,
+    killed: Pin<&mut KillSignal>,
 ) -> Option<Option<(u16, &'static str)>> {
     match stream.accept_burst(first, BURST).await {
         Ok(ordered) => send_events(socket, &ordered, auth, killed).await,
@@ -340,7 +362,7 @@ async fn send_events(
     socket: &mut WebSocket,
     events: &[Arc<Delivery>],
     auth: &AuthContext,
-    mut killed: Pin<&mut WaitForCancellationFutureOwned>,
+    mut killed: Pin<&mut KillSignal>,
 ) -> Option<Option<(u16, &'static str)>> {
     if events.is_empty() {
         return None;
