@@ -21,11 +21,13 @@
 //!   threshold above 19 MiB, so later buffers come from the heap arenas and
 //!   stay resident after being freed: a few dozen logins leave hundreds of
 //!   MiB of RSS, returned at unpredictable later moments (seen: −170 MiB in
-//!   the middle of opening 1000 connections). For meaningful numbers run the
-//!   server with `MALLOC_MMAP_THRESHOLD_=131072`, which pins the threshold
-//!   (`scripts/bench` does). Users are also created one at a time here,
-//!   and with `--admin-password` they are imported and given minted tokens
-//!   instead, which hashes no password at all.
+//!   the middle of opening 1000 connections). The server now hashes on a
+//!   fixed pool of two workers that reuse their buffers, and with
+//!   `--admin-password` users are imported and given minted tokens, which
+//!   hashes no password at all (`scripts/bench` does this). Pinning the
+//!   threshold with `MALLOC_MMAP_THRESHOLD_=131072` also steadies RSS, but
+//!   costs the server about a third of its 1:1 throughput (glibc then maps
+//!   every large allocation afresh), so the published numbers do without.
 //! - Opening connections runs store reads on tokio's blocking pool, which
 //!   grows by dozens of threads (stacks, arenas) and shrinks again after
 //!   10 s idle. The baseline is taken after `--quiet-secs` without
