@@ -345,15 +345,7 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result
     say!(ctx, "latency        {}", lat.line());
     say!(ctx, "POST           {}", post.summary().line());
     if let Some(server) = &server {
-        say!(
-            ctx,
-            "server         cpu {} s ({} cores busy), {} us/delivery, rss {} -> {} KiB",
-            server["cpu_secs"],
-            server["cpu_cores_busy"],
-            server["cpu_us_per_delivery"],
-            server["rss_kib_before"],
-            server["rss_kib_after"]
-        );
+        say!(ctx, "{}", crate::fanout::server_line(server, "delivery"));
     }
     if let Some(cpu) = bench_cpu {
         say!(ctx, "bench          cpu {cpu} s (all bench processes)");

@@ -141,11 +141,11 @@ impl Matcher {
 
 /// What one reader counted when it stopped.
 #[derive(Debug, Default)]
-struct ReaderEnd {
-    /// Events of other types or runs.
-    other_events: u64,
+pub struct ReaderEnd {
+    /// Events (or frames) of other types or runs.
+    pub other_events: u64,
     /// Why the connection ended before the bench closed it.
-    ended: Option<String>,
+    pub ended: Option<String>,
 }
 
 /// The open connections and their readers.
@@ -276,34 +276,40 @@ impl Fleet {
     /// Stops the readers, closes the connections and collects the readers'
     /// counts.
     pub async fn close(self) -> Closed {
-        self.stop.cancel();
-        let deadline = Instant::now() + CLOSE_TIMEOUT;
-        let mut closed = Closed::default();
-        for task in self.tasks {
-            match tokio::time::timeout_at(deadline, task).await {
-                Ok(Ok(end)) => {
-                    closed.other_events += end.other_events;
-                    if let Some(reason) = end.ended {
-                        *closed.ended_early.entry(reason).or_default() += 1;
-                    }
-                }
-                Ok(Err(e)) => {
-                    *closed
-                        .ended_early
-                        .entry(format!("reader task failed: {e}"))
-                        .or_default() += 1;
-                }
-                Err(_) => {
-                    eprintln!(
-                        "warning: connections did not close within {} s",
-                        CLOSE_TIMEOUT.as_secs()
-                    );
-                    break;
+        close_readers(&self.stop, self.tasks).await
+    }
+}
+
+/// Stops readers (unimsg's or a peer's), waits for them to close their
+/// connections (at most [`CLOSE_TIMEOUT`] in all) and adds up their counts.
+pub async fn close_readers(stop: &CancellationToken, tasks: Vec<JoinHandle<ReaderEnd>>) -> Closed {
+    stop.cancel();
+    let deadline = Instant::now() + CLOSE_TIMEOUT;
+    let mut closed = Closed::default();
+    for task in tasks {
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(end)) => {
+                closed.other_events += end.other_events;
+                if let Some(reason) = end.ended {
+                    *closed.ended_early.entry(reason).or_default() += 1;
                 }
             }
+            Ok(Err(e)) => {
+                *closed
+                    .ended_early
+                    .entry(format!("reader task failed: {e}"))
+                    .or_default() += 1;
+            }
+            Err(_) => {
+                eprintln!(
+                    "warning: connections did not close within {} s",
+                    CLOSE_TIMEOUT.as_secs()
+                );
+                break;
+            }
         }
-        closed
     }
+    closed
 }
 
 /// Reads one connection until `stop` or its end, reporting this run's events.
@@ -396,6 +402,19 @@ pub fn server_usage(
         v[format!("cpu_us_per_{unit}")] = json!(round3(cpu * 1e6 / count as f64));
     }
     Some(v)
+}
+
+/// The summary line of [`server_usage`]'s report; `unit` as given there
+/// (`delivery`, `msg`).
+pub fn server_line(server: &Value, unit: &str) -> String {
+    format!(
+        "server         cpu {} s ({} cores busy), {} us/{unit}, rss {} -> {} KiB",
+        server["cpu_secs"],
+        server["cpu_cores_busy"],
+        server[format!("cpu_us_per_{unit}")],
+        server["rss_kib_before"],
+        server["rss_kib_after"]
+    )
 }
 
 #[cfg(test)]

@@ -273,15 +273,7 @@ pub async fn run(ctx: &Ctx, args: GroupArgs) -> Result<Value> {
     say!(ctx, "to last member {}", fan.line());
     say!(ctx, "send ack       {}", ack.line());
     if let Some(server) = &server {
-        say!(
-            ctx,
-            "server         cpu {} s ({} cores busy), {} us/delivery, rss {} -> {} KiB",
-            server["cpu_secs"],
-            server["cpu_cores_busy"],
-            server["cpu_us_per_delivery"],
-            server["rss_kib_before"],
-            server["rss_kib_after"]
-        );
+        say!(ctx, "{}", crate::fanout::server_line(server, "delivery"));
     }
     if let Some(cpu) = bench_cpu {
         say!(ctx, "bench          cpu {cpu} s");

@@ -352,15 +352,7 @@ pub async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
     say!(ctx, "latency        {}", lat.line());
     say!(ctx, "ack latency    {}", ack.line());
     if let Some(server) = &server {
-        say!(
-            ctx,
-            "server         cpu {} s ({} cores busy), {} us/msg, rss {} -> {} KiB",
-            server["cpu_secs"],
-            server["cpu_cores_busy"],
-            server["cpu_us_per_msg"],
-            server["rss_kib_before"],
-            server["rss_kib_after"]
-        );
+        say!(ctx, "{}", crate::fanout::server_line(server, "msg"));
     }
     if let Some(cpu) = bench_cpu {
         say!(ctx, "bench          cpu {cpu} s");

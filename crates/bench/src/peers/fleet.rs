@@ -26,10 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::ws::{Message, Ws};
 use super::{mqtt, soketi, xmpp};
+use crate::fanout::{Closed, ReaderEnd, close_readers};
 use crate::stats::Latency;
-
-/// How long closing the connections may take at the end.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One open, subscribed (or logged-in) connection to a peer.
 #[derive(Debug)]
@@ -166,28 +164,6 @@ pub enum Next {
     AllEnded,
 }
 
-/// What one reader counted when it stopped.
-#[derive(Debug, Default)]
-struct ReaderEnd {
-    other: u64,
-    ended: Option<String>,
-}
-
-/// What the readers reported once closed.
-#[derive(Debug, Default)]
-pub struct Closed {
-    /// Frames or payloads that were not content of this run.
-    pub other_events: u64,
-    /// Connections the server ended early, by reason.
-    pub ended_early: BTreeMap<String, u64>,
-}
-
-impl Closed {
-    pub fn ended_early_count(&self) -> u64 {
-        self.ended_early.values().sum()
-    }
-}
-
 /// The open connections and their readers.
 #[derive(Debug)]
 pub struct Fleet {
@@ -295,33 +271,7 @@ impl Fleet {
 
     /// Stops the readers, closes the connections and collects the counts.
     pub async fn close(self) -> Closed {
-        self.stop.cancel();
-        let deadline = Instant::now() + CLOSE_TIMEOUT;
-        let mut closed = Closed::default();
-        for task in self.tasks {
-            match tokio::time::timeout_at(deadline, task).await {
-                Ok(Ok(end)) => {
-                    closed.other_events += end.other;
-                    if let Some(reason) = end.ended {
-                        *closed.ended_early.entry(reason).or_default() += 1;
-                    }
-                }
-                Ok(Err(e)) => {
-                    *closed
-                        .ended_early
-                        .entry(format!("reader task failed: {e}"))
-                        .or_default() += 1;
-                }
-                Err(_) => {
-                    eprintln!(
-                        "warning: connections did not close within {} s",
-                        CLOSE_TIMEOUT.as_secs()
-                    );
-                    break;
-                }
-            }
-        }
-        closed
+        close_readers(&self.stop, self.tasks).await
     }
 }
 
@@ -379,12 +329,12 @@ async fn read(
                             at,
                         });
                     }
-                    None => end.other += 1,
+                    None => end.other_events += 1,
                 }
                 None
             }
             Step::Read(Ok(Some(Incoming::Other))) => {
-                end.other += 1;
+                end.other_events += 1;
                 None
             }
             Step::Read(Ok(None)) => Some("closed by the server".to_owned()),
