@@ -183,6 +183,23 @@ impl InboxStream {
     /// Whether the queued events, in seq order, do not follow on from the
     /// last seq handed out (a broadcast signal reads the store anyway).
     fn has_gap(&self, items: &[Outbound]) -> bool {
+        // The common case, events already in order, without allocating.
+        let mut expected = self.last.0 + 1;
+        let mut in_order = true;
+        for item in items {
+            match item {
+                Outbound::Event(d) if d.seq.0 == expected => expected += 1,
+                Outbound::Event(d) if d.seq <= self.last => {}
+                Outbound::Event(_) => {
+                    in_order = false;
+                    break;
+                }
+                Outbound::Broadcast => return false,
+            }
+        }
+        if in_order {
+            return false;
+        }
         let mut seqs = Vec::with_capacity(items.len());
         for item in items {
             match item {
