@@ -77,6 +77,17 @@ fn secret_digest(secret: &str) -> [u8; 32] {
     crate::keys::OpaqueToken(secret.to_owned()).hash().0
 }
 
+/// The one length rule for every admin secret, the initial admin's
+/// (`UNIMSG_ADMIN_PASSWORD`) included.
+fn check_admin_secret(secret: &str) -> Result<()> {
+    if secret.len() < 12 || secret.len() > 1024 {
+        return Err(CoreError::BadRequest(
+            "an admin secret must be 12 to 1024 bytes".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn to_admin_user(u: User) -> AdminUser {
     AdminUser {
         has_password: u.password_hash.is_some(),
@@ -108,7 +119,10 @@ impl Core {
             return Ok(None);
         }
         let (password, generated) = match password {
-            Some(p) if !p.is_empty() => (p, false),
+            Some(p) if !p.is_empty() => {
+                check_admin_secret(&p)?;
+                (p, false)
+            }
             _ => {
                 let bytes = crate::keys::random_bytes::<18>()
                     .map_err(|e| CoreError::Internal(e.to_string()))?;
@@ -186,11 +200,7 @@ impl Core {
                 "admin_id must be 1 to 64 of A-Z a-z 0-9 _ . -".into(),
             ));
         }
-        if secret.len() < 12 || secret.len() > 1024 {
-            return Err(CoreError::BadRequest(
-                "secret must be 12 to 1024 bytes".into(),
-            ));
-        }
+        check_admin_secret(&secret)?;
         if scopes.is_empty() {
             return Err(CoreError::BadRequest("give at least one scope".into()));
         }

@@ -33,7 +33,8 @@ pub struct AuthConfig {
     /// How long a QR login ticket stays valid, in seconds.
     pub qr_ttl_secs: u64,
     /// The server's public base URL for links in QR codes (e.g.
-    /// `https://chat.example.com`); empty to use the request's Host.
+    /// `https://chat.example.com`); empty to use the listening address
+    /// (never the request's `Host` header, which a client chooses).
     pub public_url: String,
 }
 

@@ -3,11 +3,18 @@
 //! and confirms or cancels; the page receives its own new session.
 //!
 //! A ticket is `pending → scanned → confirmed | cancelled | expired`,
-//! single-use, valid for `auth.qr_ttl_secs`. The same device asking again
-//! while its ticket is open gets the same ticket (device binding). The QR
-//! code carries only the short code, never the ticket id: the ticket id is
-//! what the waiting page listens on, and whoever holds it receives the
-//! tokens, so it stays with that page.
+//! single-use, valid for `auth.qr_ttl_secs`.
+//!
+//! Only the page that created a ticket can receive its tokens. Creating a
+//! ticket issues a random **page secret** (32 bytes) that is answered once,
+//! to that page, and kept only as its SHA-256. Listening for the ticket's
+//! events needs the secret, and so does getting the same ticket again: the
+//! page asking again with its secret (and the same device) while the ticket
+//! is open gets the same ticket and code (seed 003's device binding). The
+//! device id is a hint for the session that will open, never a credential:
+//! naming another page's device id gets a new ticket of one's own. The
+//! ticket id and the short code are public (the phone sees both); neither
+//! lets anyone act as the page.
 //!
 //! Tickets are short-lived shared state behind [`QrTickets`]; one node
 //! keeps them in memory, a cluster shares them.
@@ -26,6 +33,7 @@ use unimsg_proto::{Platform, SessionId, UserId};
 use crate::Core;
 use crate::auth::{AuthContext, ClientInfo};
 use crate::error::{CoreError, Result};
+use crate::keys::OpaqueToken;
 use crate::limits::Limit;
 
 /// Characters of the human code: no 0/O, 1/I/L, so it can be read aloud and typed.
@@ -52,6 +60,9 @@ impl TicketState {
 pub struct Ticket {
     pub ticket_id: String,
     pub code: String,
+    /// Hex SHA-256 of the page secret: the proof of being the page that
+    /// created the ticket.
+    pub page_hash: String,
     pub platform: Platform,
     pub device_id: Option<String>,
     pub ip: Option<String>,
@@ -78,9 +89,9 @@ pub type TicketChange<'a> = dyn FnMut(&mut Ticket) -> Result<Option<QrEvent>> + 
 /// cannot be reached.
 #[async_trait]
 pub trait QrTickets: Send + Sync {
-    /// The open ticket of this device, if any (device binding).
-    async fn open_for_device(&self, device_id: &str, now: OffsetDateTime)
-    -> Result<Option<Ticket>>;
+    /// The open ticket whose page secret hashes to `page_hash`, if any
+    /// (how a page gets its own ticket again).
+    async fn open_for_page(&self, page_hash: &str, now: OffsetDateTime) -> Result<Option<Ticket>>;
     async fn insert(&self, ticket: Ticket) -> Result<()>;
     async fn get(&self, ticket_id: &str) -> Result<Option<Ticket>>;
     async fn by_code(&self, code: &str) -> Result<Option<Ticket>>;
@@ -109,7 +120,7 @@ pub struct MemoryTickets {
 struct Tickets {
     by_id: HashMap<String, Entry>,
     by_code: HashMap<String, String>,
-    by_device: HashMap<String, String>,
+    by_page: HashMap<String, String>,
 }
 
 impl std::fmt::Debug for MemoryTickets {
@@ -130,11 +141,7 @@ impl Tickets {
         for id in dead {
             if let Some(e) = self.by_id.remove(&id) {
                 self.by_code.remove(&e.ticket.code);
-                if let Some(device) = &e.ticket.device_id
-                    && self.by_device.get(device) == Some(&id)
-                {
-                    self.by_device.remove(device);
-                }
+                self.by_page.remove(&e.ticket.page_hash);
             }
         }
     }
@@ -150,15 +157,11 @@ impl MemoryTickets {
 
 #[async_trait]
 impl QrTickets for MemoryTickets {
-    async fn open_for_device(
-        &self,
-        device_id: &str,
-        now: OffsetDateTime,
-    ) -> Result<Option<Ticket>> {
+    async fn open_for_page(&self, page_hash: &str, now: OffsetDateTime) -> Result<Option<Ticket>> {
         let inner = self.lock()?;
         let entry = inner
-            .by_device
-            .get(device_id)
+            .by_page
+            .get(page_hash)
             .and_then(|id| inner.by_id.get(id));
         Ok(entry
             .filter(|e| e.ticket.state.is_open() && e.ticket.expires_at > now)
@@ -172,11 +175,9 @@ impl QrTickets for MemoryTickets {
         inner
             .by_code
             .insert(ticket.code.clone(), ticket.ticket_id.clone());
-        if let Some(device) = &ticket.device_id {
-            inner
-                .by_device
-                .insert(device.clone(), ticket.ticket_id.clone());
-        }
+        inner
+            .by_page
+            .insert(ticket.page_hash.clone(), ticket.ticket_id.clone());
         inner
             .by_id
             .insert(ticket.ticket_id.clone(), Entry { ticket, events });
@@ -245,7 +246,31 @@ pub fn normalize_code(input: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct NewTicket {
     pub ticket: Ticket,
+    /// The page secret, handed only to the page that created the ticket
+    /// (and again to that page when it proves it holds it).
+    pub page_secret: OpaqueToken,
     pub expires_in: u64,
+}
+
+/// The hex SHA-256 a ticket keeps of its page secret.
+pub fn page_hash(secret: &str) -> String {
+    OpaqueToken(secret.to_owned())
+        .hash()
+        .0
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `secret` is the page secret of `ticket` (compared in constant time).
+fn holds_secret(ticket: &Ticket, secret: &str) -> bool {
+    let given = page_hash(secret);
+    given.len() == ticket.page_hash.len()
+        && aws_lc_rs::constant_time::verify_slices_are_equal(
+            given.as_bytes(),
+            ticket.page_hash.as_bytes(),
+        )
+        .is_ok()
 }
 
 fn closed(state: &TicketState) -> CoreError {
@@ -258,24 +283,41 @@ fn closed(state: &TicketState) -> CoreError {
 }
 
 impl Core {
-    /// `POST /v1/auth/qr`
+    /// `POST /v1/auth/qr`. A page that sends the secret of its open ticket
+    /// (for the same platform and device) gets that ticket again; anyone
+    /// else gets a new ticket and secret of their own.
     pub async fn create_qr_ticket(
         &self,
         platform: Platform,
         device_id: Option<String>,
+        page_secret: Option<&str>,
         client: &ClientInfo,
     ) -> Result<NewTicket> {
         crate::auth::validate_device(device_id.as_deref())?;
+        if page_secret.is_some_and(|s| s.is_empty() || s.len() > 128) {
+            return Err(CoreError::BadRequest(
+                "page_secret must be the secret this page was given".into(),
+            ));
+        }
         if let Some(ip) = &client.ip {
             self.check_limit(Limit::Qr, ip).await?;
         }
         let now = self.clock.now();
-        if let Some(device) = &device_id
-            && let Some(ticket) = self.qr.open_for_device(device, now).await?
+        if let Some(secret) = page_secret
+            && let Some(ticket) = self.qr.open_for_page(&page_hash(secret), now).await?
+            && holds_secret(&ticket, secret)
+            && ticket.device_id == device_id
+            && ticket.platform == platform
         {
             let expires_in = (ticket.expires_at - now).whole_seconds().max(0) as u64;
-            return Ok(NewTicket { ticket, expires_in });
+            return Ok(NewTicket {
+                ticket,
+                page_secret: OpaqueToken(secret.to_owned()),
+                expires_in,
+            });
         }
+        let (secret, _) =
+            crate::keys::new_opaque_token().map_err(|e| CoreError::Internal(e.to_string()))?;
         let ttl = self.config.auth.qr_ttl_secs.max(1);
         let mut code = new_code()?;
         while self.qr.by_code(&code).await?.is_some() {
@@ -284,6 +326,7 @@ impl Core {
         let ticket = Ticket {
             ticket_id: uuid::Uuid::new_v4().simple().to_string(),
             code,
+            page_hash: page_hash(&secret.0),
             platform,
             device_id,
             ip: client.ip.clone(),
@@ -295,6 +338,7 @@ impl Core {
         self.qr.insert(ticket.clone()).await?;
         Ok(NewTicket {
             ticket,
+            page_secret: secret,
             expires_in: ttl,
         })
     }
@@ -326,12 +370,28 @@ impl Core {
             .await
     }
 
-    /// Listens for a ticket's events (the waiting page).
-    pub async fn qr_events(&self, ticket_id: &str) -> Result<broadcast::Receiver<QrEvent>> {
+    /// Listens for a ticket's events: only the page holding the ticket's
+    /// secret may (its `confirmed` event carries the new session's tokens).
+    /// A wrong or missing secret is answered like an unknown ticket, so the
+    /// answer does not tell which ticket ids exist.
+    pub async fn qr_events(
+        &self,
+        ticket_id: &str,
+        page_secret: Option<&str>,
+    ) -> Result<broadcast::Receiver<QrEvent>> {
+        const NOT_YOURS: &str = "ticket not found (or not this page's: give its page_secret)";
+        let ticket = self
+            .qr
+            .get(ticket_id)
+            .await?
+            .ok_or_else(|| CoreError::NotFound(NOT_YOURS.into()))?;
+        if !page_secret.is_some_and(|s| holds_secret(&ticket, s)) {
+            return Err(CoreError::NotFound(NOT_YOURS.into()));
+        }
         self.qr
             .subscribe(ticket_id)
             .await?
-            .ok_or_else(|| CoreError::NotFound("ticket not found".into()))
+            .ok_or_else(|| CoreError::NotFound(NOT_YOURS.into()))
     }
 
     /// `POST /v1/auth/qr/scan`: the phone's user claims the ticket and

@@ -276,6 +276,7 @@ pub fn pending_ticket(now: OffsetDateTime) -> Ticket {
     let tag = unique();
     Ticket {
         code: tag[..8].to_uppercase(),
+        page_hash: crate::qr::page_hash(&format!("secret-{tag}")),
         ticket_id: tag.clone(),
         platform: Platform::parse("web").unwrap_or_else(|e| panic!("{e}")),
         device_id: Some(format!("device-{tag}")),
@@ -329,6 +330,7 @@ async fn subscribe(store: &dyn QrTickets, id: &str) -> broadcast::Receiver<QrEve
 fn same(found: &Ticket, expected: &Ticket, what: &str) {
     assert_eq!(found.ticket_id, expected.ticket_id, "{what}: id");
     assert_eq!(found.code, expected.code, "{what}: code");
+    assert_eq!(found.page_hash, expected.page_hash, "{what}: page hash");
     assert_eq!(found.platform, expected.platform, "{what}: platform");
     assert_eq!(found.device_id, expected.device_id, "{what}: device");
     assert_eq!(found.ip, expected.ip, "{what}: ip");
@@ -350,7 +352,7 @@ pub async fn tickets(store: &dyn QrTickets) {
 async fn lookups(store: &dyn QrTickets, now: OffsetDateTime) {
     let ticket = pending_ticket(now);
     let id = ticket.ticket_id.clone();
-    let device = ticket.device_id.clone().unwrap_or_default();
+    let page = ticket.page_hash.clone();
     store
         .insert(ticket.clone())
         .await
@@ -379,20 +381,20 @@ async fn lookups(store: &dyn QrTickets, now: OffsetDateTime) {
             .is_none()
     );
 
-    // Device binding: only while open and unexpired.
+    // The page's own ticket, by its secret's hash: only while open and unexpired.
     let open = |at: OffsetDateTime| {
-        let device = device.clone();
+        let page = page.clone();
         async move {
             store
-                .open_for_device(&device, at)
+                .open_for_page(&page, at)
                 .await
-                .unwrap_or_else(|e| panic!("open_for_device: {e}"))
+                .unwrap_or_else(|e| panic!("open_for_page: {e}"))
         }
     };
     let found = open(now)
         .await
-        .unwrap_or_else(|| panic!("the device's open ticket"));
-    same(&found, &ticket, "by device");
+        .unwrap_or_else(|| panic!("the page's open ticket"));
+    same(&found, &ticket, "by page");
     assert!(
         open(ticket.expires_at - time::Duration::seconds(1))
             .await
@@ -409,11 +411,26 @@ async fn lookups(store: &dyn QrTickets, now: OffsetDateTime) {
     );
     assert!(
         store
-            .open_for_device(&missing, now)
+            .open_for_page(&crate::qr::page_hash(&missing), now)
             .await
             .unwrap_or_else(|e| panic!("{e}"))
             .is_none(),
-        "an unknown device has none"
+        "an unknown secret has none"
+    );
+    // Another ticket of the same device is not this page's.
+    let mut same_device = pending_ticket(now);
+    same_device.device_id = ticket.device_id.clone();
+    store
+        .insert(same_device.clone())
+        .await
+        .unwrap_or_else(|e| panic!("insert: {e}"));
+    let found = open(now)
+        .await
+        .unwrap_or_else(|| panic!("the page's ticket after another of its device"));
+    same(
+        &found,
+        &ticket,
+        "by page, beside another ticket of the device",
     );
 
     // Closed: no longer the device's open ticket, though still readable.
@@ -426,18 +443,6 @@ async fn lookups(store: &dyn QrTickets, now: OffsetDateTime) {
         .unwrap_or_else(|e| panic!("cancel: {e}"));
     assert!(open(now).await.is_none(), "a closed ticket is not open");
     assert_eq!(get(store, &id).await.state, TicketState::Cancelled);
-
-    // A newer ticket of the same device is the one found.
-    let mut newer = pending_ticket(now);
-    newer.device_id = Some(device.clone());
-    store
-        .insert(newer.clone())
-        .await
-        .unwrap_or_else(|e| panic!("insert: {e}"));
-    let found = open(now)
-        .await
-        .unwrap_or_else(|| panic!("the device's newer ticket"));
-    same(&found, &newer, "the newer ticket by device");
 
     // Unknown tickets cannot be updated or listened to.
     let result = store.update(&missing, &mut |_| Ok(None)).await;

@@ -312,9 +312,9 @@ async function startQr(status = 'qr.loading') {
   setQrStatus(status);
   let ticket;
   try {
+    // The page's remembered secret brings back its open ticket; never reuse a dead one.
     ticket = await client.createQrTicket('web', client.deviceId);
-    // Device binding hands back this device's ticket; never reuse a dead one.
-    if (qr.dead.has(ticket.ticket_id)) ticket = await client.createQrTicket('web', null);
+    if (qr.dead.has(ticket.ticket_id)) ticket = await client.createQrTicket('web', client.deviceId, { reuse: false });
   } catch (e) {
     if (generation !== qr.generation) return;
     qr.stale = true;
@@ -335,9 +335,10 @@ async function startQr(status = 'qr.loading') {
   const id = ticket.ticket_id;
   const dead = () => {
     qr.dead.add(id);
+    client.forgetQrTicket();
     stopQr();
   };
-  qr.waiter = client.waitQr(id, {
+  qr.waiter = client.waitQr(ticket, {
     pending: () => {
       if (qr.status[0] === 'qr.loading') setQrStatus('qr.waiting');
     },

@@ -63,7 +63,6 @@ function render() {
   if (r) {
     $('asking').textContent = t('phone.asking', { name: state.me?.display_name ?? '' });
     $('req-platform').textContent = r.platform || t('phone.unknown');
-    $('req-device').textContent = r.device_id || t('phone.unknown');
     $('req-ip').textContent = r.ip || t('phone.unknown');
     $('req-agent').textContent = describeAgent(r.user_agent);
     $('req-agent').title = r.user_agent || '';

@@ -17,6 +17,7 @@
 
 const TOKENS_KEY = 'unimsg.tokens';
 const DEVICE_KEY = 'unimsg.device_id';
+const QR_KEY = 'unimsg.qr_ticket';
 const SEQ_KEY = 'unimsg.last_seq.';
 
 /** The SSE events of a QR ticket, in the order they can happen. */
@@ -310,11 +311,46 @@ export class Client {
 
   // ---- QR-code login ---------------------------------------------------
 
-  /** Asks for a login ticket: `{ticket_id, code, qr_url, expires_in}`. */
-  createQrTicket(platform = 'web', deviceId = this.deviceId) {
+  /**
+   * Asks for a login ticket: `{ticket_id, code, qr_url, expires_in,
+   * page_secret}`. The secret of this browser's last ticket goes along, so
+   * while that ticket is open the same ticket and code come back (unless
+   * `reuse` is false). The answer is checked and remembered; the secret is
+   * what listening for the tokens takes, so it never leaves this origin.
+   */
+  async createQrTicket(platform = 'web', deviceId = this.deviceId, { reuse = true } = {}) {
     const body = { platform };
     if (deviceId) body.device_id = deviceId;
-    return this.request('POST', '/v1/auth/qr', body, { auth: false });
+    const kept = reuse ? this.keptQrTicket(platform, deviceId) : null;
+    if (kept) body.page_secret = kept.page_secret;
+    const ticket = await this.request('POST', '/v1/auth/qr', body, { auth: false });
+    const complete = ['ticket_id', 'code', 'page_secret'].every((k) => typeof ticket?.[k] === 'string' && ticket[k]);
+    const consistent = !kept || ticket.ticket_id !== kept.ticket_id || ticket.page_secret === kept.page_secret;
+    if (!complete || !consistent) {
+      this.forgetQrTicket();
+      throw new ApiError(0, 'bad_answer', 'the server sent an unusable QR ticket');
+    }
+    this.storage.setItem(
+      QR_KEY,
+      JSON.stringify({ ticket_id: ticket.ticket_id, page_secret: ticket.page_secret, platform, device_id: deviceId ?? null }),
+    );
+    return ticket;
+  }
+
+  /** The ticket this browser last asked for on this platform and device, if any. */
+  keptQrTicket(platform, deviceId) {
+    try {
+      const kept = JSON.parse(this.storage.getItem(QR_KEY) ?? 'null');
+      const fits = kept && kept.platform === platform && kept.device_id === (deviceId ?? null);
+      return fits && typeof kept.page_secret === 'string' ? kept : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Forgets the remembered ticket (it was used, cancelled or expired). */
+  forgetQrTicket() {
+    this.storage.removeItem(QR_KEY);
   }
 
   /** The URL of a ticket's QR image (SVG). */
@@ -323,18 +359,26 @@ export class Client {
   }
 
   /**
-   * Follows a ticket over SSE. `handlers` may have `pending`, `scanned`,
-   * `confirmed`, `cancelled`, `expired` (each called with the event's JSON
-   * data) and `error` (the stream failed for good, e.g. an unknown ticket).
-   * A `confirmed` ticket's tokens are stored before `confirmed` runs. The
-   * stream is closed after a terminal event. Returns `{close()}`.
+   * Follows a ticket (as `createQrTicket` answered it) over SSE, with its
+   * page secret. `handlers` may have `pending`, `scanned`, `confirmed`,
+   * `cancelled`, `expired` (each called with the event's JSON data) and
+   * `error` (the stream failed for good, e.g. an unknown ticket, or it sent
+   * something that does not belong to this ticket). A `confirmed` ticket's
+   * tokens are checked and stored before `confirmed` runs. The stream is
+   * closed after a terminal event. Returns `{close()}`.
    */
-  waitQr(ticketId, handlers = {}) {
-    const source = new EventSource(this.url(`/v1/auth/qr/${encodeURIComponent(ticketId)}/events`));
+  waitQr(ticket, handlers = {}) {
+    const id = encodeURIComponent(ticket.ticket_id);
+    const secret = encodeURIComponent(ticket.page_secret);
+    const source = new EventSource(this.url(`/v1/auth/qr/${id}/events?secret=${secret}`));
     let done = false;
     const finish = () => {
       done = true;
       source.close();
+    };
+    const fail = () => {
+      finish();
+      handlers.error?.();
     };
     for (const name of QR_EVENTS) {
       source.addEventListener(name, (event) => {
@@ -345,7 +389,17 @@ export class Client {
         } catch {
           data = {};
         }
-        if (name === 'confirmed' || name === 'cancelled' || name === 'expired') finish();
+        if (name === 'pending' && data.ticket_id !== undefined && data.ticket_id !== ticket.ticket_id) return fail();
+        if (name === 'confirmed') {
+          const usable = ['access_token', 'refresh_token', 'user_id', 'session_id'].every(
+            (k) => typeof data[k] === 'string' && data[k],
+          );
+          if (!usable) return fail();
+        }
+        if (name === 'confirmed' || name === 'cancelled' || name === 'expired') {
+          finish();
+          this.forgetQrTicket();
+        }
         if (name === 'confirmed') this.setTokens(data);
         handlers[name]?.(data);
       });
@@ -353,10 +407,7 @@ export class Client {
     source.addEventListener('error', () => {
       // EventSource reconnects by itself after a dropped connection; it
       // gives up (CLOSED) on an error status such as 404 for an unknown ticket.
-      if (!done && source.readyState === EventSource.CLOSED) {
-        finish();
-        handlers.error?.();
-      }
+      if (!done && source.readyState === EventSource.CLOSED) fail();
     });
     return { close: finish, source };
   }

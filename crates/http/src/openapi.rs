@@ -12,7 +12,10 @@ use std::borrow::Cow;
 use std::sync::{Arc, LazyLock, OnceLock};
 
 use axum::extract::Path;
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
+    X_FRAME_OPTIONS,
+};
 use axum::response::{IntoResponse, Redirect, Response};
 use bytes::Bytes;
 use unimsg_proto::ErrorBody;
@@ -328,7 +331,16 @@ pub(crate) async fn docs() -> Redirect {
     Redirect::to("/docs/")
 }
 
-/// `GET /docs/` and `GET /docs/{*file}`: the page and its vendored assets.
+/// The reference page's policy: its own scripts only (Swagger UI's bundle
+/// and initializer are files, no inline script), inline styles and data
+/// images (Swagger UI sets both at run time), requests to this server only,
+/// and no framing.
+const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+    img-src 'self' data:; connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none'; \
+    frame-ancestors 'none'";
+
+/// `GET /docs/` and `GET /docs/{*file}`: the page and its vendored assets,
+/// with the same framing and sniffing protection as the console.
 pub(crate) async fn docs_asset(file: Option<Path<String>>) -> Result<Response, ApiError> {
     let file = file.map(|Path(f)| f).unwrap_or_default();
     match utoipa_swagger_ui::serve(&file, SWAGGER.clone()) {
@@ -336,6 +348,10 @@ pub(crate) async fn docs_asset(file: Option<Path<String>>) -> Result<Response, A
             [
                 (CONTENT_TYPE, asset.content_type),
                 (CACHE_CONTROL, "no-cache".to_owned()),
+                (CONTENT_SECURITY_POLICY, DOCS_CSP.to_owned()),
+                (X_FRAME_OPTIONS, "DENY".to_owned()),
+                (X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+                (REFERRER_POLICY, "no-referrer".to_owned()),
             ],
             match asset.bytes {
                 Cow::Borrowed(bytes) => Bytes::from_static(bytes),

@@ -5,19 +5,21 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, HOST};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
 use unimsg_core::qr::{QrEvent, Ticket, TicketState};
 use unimsg_proto::api::{QrConfirmed, QrRequester, QrScanRequest, QrTicket, QrTicketRequest};
 use unimsg_proto::{ErrorBody, ErrorCode};
+use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Authed, Client, Json, PathId};
+use crate::extract::{Authed, Client, Json, PathId, Query};
 
 /// The user-facing QR routes.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -30,19 +32,26 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(cancel))
 }
 
-/// The page a QR code opens on the phone, for this code.
-fn qr_url(state: &AppState, headers: &HeaderMap, code: &str) -> String {
-    let configured = state.core.config().auth.public_url.trim_end_matches('/');
-    let base = if configured.is_empty() {
-        let host = headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("localhost");
-        format!("http://{host}")
-    } else {
-        configured.to_owned()
-    };
+/// The page a QR code opens on the phone, for this code: under
+/// `auth.public_url`, which `server::run` sets to the listening address when
+/// it is empty. Never from the request's `Host` header, which the client
+/// chooses.
+fn qr_url(state: &AppState, code: &str) -> String {
+    let base = state.core.config().auth.public_url.trim_end_matches('/');
     format!("{base}/m/qr?code={code}")
+}
+
+/// The header a non-browser page may send its secret in (browsers' EventSource
+/// cannot set headers, so `?secret=` is accepted too).
+const SECRET_HEADER: &str = "x-qr-secret";
+
+/// `?secret=` of the events stream.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// The ticket's `page_secret` (or send it in the `X-QR-Secret` header).
+    #[serde(default)]
+    secret: Option<String>,
 }
 
 #[utoipa::path(
@@ -51,10 +60,11 @@ fn qr_url(state: &AppState, headers: &HeaderMap, code: &str) -> String {
     operation_id = "qr_create",
     tag = "auth",
     summary = "Ask for a QR login ticket",
-    description = "Creates a login ticket for this page (valid `auth.qr_ttl_secs`). The same `device_id` asking again while its ticket is open gets the same ticket. Show `qr_url` as a QR code (or `GET .../qr.svg`) and the short `code`; wait on `GET /v1/auth/qr/{ticket_id}/events`. Rate limited per address.",
+    description = "Creates a login ticket for this page (valid `auth.qr_ttl_secs`) and a `page_secret` that only this answer carries: keep it on the page. Asking again with that `page_secret` (same platform and `device_id`) while the ticket is open returns the same ticket and code; without it, or with another page's, a new ticket. Show `qr_url` as a QR code (or `GET .../qr.svg`) and the short `code`; wait on `GET /v1/auth/qr/{ticket_id}/events` with the secret. Rate limited per address.",
     request_body = QrTicketRequest,
     responses(
         (status = 200, description = "The ticket.", body = QrTicket),
+        (status = 400, description = "A malformed `device_id` or `page_secret` (`bad_request`).", body = ErrorBody),
         (status = 429, description = "Too many tickets from this address (`rate_limited`).", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ),
@@ -63,19 +73,24 @@ fn qr_url(state: &AppState, headers: &HeaderMap, code: &str) -> String {
 pub async fn create(
     State(state): State<AppState>,
     Client(client): Client,
-    headers: HeaderMap,
     Json(req): Json<QrTicketRequest>,
 ) -> Result<axum::Json<QrTicket>, ApiError> {
     let new = state
         .core
-        .create_qr_ticket(req.platform, req.device_id, &client)
+        .create_qr_ticket(
+            req.platform,
+            req.device_id,
+            req.page_secret.as_deref(),
+            &client,
+        )
         .await?;
-    let qr_url = qr_url(&state, &headers, &new.ticket.code);
+    let qr_url = qr_url(&state, &new.ticket.code);
     Ok(axum::Json(QrTicket {
         ticket_id: new.ticket.ticket_id,
         code: new.ticket.code,
         qr_url,
         expires_in: new.expires_in,
+        page_secret: new.page_secret.0,
     }))
 }
 
@@ -112,11 +127,15 @@ fn to_sse(event: QrEvent) -> (SseEvent, bool) {
     operation_id = "qr_events",
     tag = "auth",
     summary = "Wait for a QR ticket (SSE)",
-    description = "A `text/event-stream` with named events: `pending` `{ticket_id, code, expires_in}` at connect, `scanned` `{display_name}` when a phone scans, then one of `confirmed` (the new session's tokens: `{access_token, refresh_token, expires_in, user_id, session_id}`), `cancelled` `{}` or `expired` `{}`, after which the stream ends. Comment heartbeats keep it open. Several pages may wait on one ticket; all get the events.",
-    params(("ticket_id" = String, Path, description = "The ticket id from `POST /v1/auth/qr`.")),
+    description = "A `text/event-stream` with named events: `pending` `{ticket_id, code, expires_in}` at connect, `scanned` `{display_name}` when a phone scans, then one of `confirmed` (the new session's tokens: `{access_token, refresh_token, expires_in, user_id, session_id}`), `cancelled` `{}` or `expired` `{}`, after which the stream ends. Comment heartbeats keep it open. Only the page that created the ticket may listen: give its `page_secret` as `?secret=` (for EventSource) or in the `X-QR-Secret` header.",
+    params(
+        ("ticket_id" = String, Path, description = "The ticket id from `POST /v1/auth/qr`."),
+        ("X-QR-Secret" = Option<String>, Header, description = "The ticket's `page_secret` (or give it as `?secret=`)."),
+        EventsQuery,
+    ),
     responses(
         (status = 200, description = "The event stream.", content_type = "text/event-stream", body = String),
-        (status = 404, description = "Unknown ticket (`not_found`).", body = ErrorBody),
+        (status = 404, description = "Unknown ticket, or not this page's: a missing or wrong secret (`not_found`).", body = ErrorBody),
         (status = 410, description = "The ticket was already used, cancelled or expired (`gone`).", body = ErrorBody),
     ),
 )]
@@ -124,10 +143,16 @@ fn to_sse(event: QrEvent) -> (SseEvent, bool) {
 pub async fn events(
     State(state): State<AppState>,
     PathId(id): PathId,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
 ) -> Result<Response, ApiError> {
     let core = state.core.clone();
+    let secret = headers
+        .get(SECRET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .or(query.secret.as_deref());
     // Listen first, then read the state: nothing falls between the two.
-    let rx = core.qr_events(&id).await?;
+    let rx = core.qr_events(&id, secret).await?;
     let ticket = core.qr_ticket(&id).await?;
     let mut first = vec![named(
         "pending",
@@ -239,11 +264,10 @@ async fn next_qr_event(mut w: Waiting) -> Option<(Result<SseEvent, Infallible>, 
 /// `GET /v1/auth/qr/{ticket_id}/qr.svg`
 pub async fn image(
     State(state): State<AppState>,
-    headers: HeaderMap,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let ticket = state.core.qr_ticket(&id).await?;
-    let url = qr_url(&state, &headers, &ticket.code);
+    let url = qr_url(&state, &ticket.code);
     let code = qrcode::QrCode::new(url.as_bytes())
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cannot draw the QR code: {e}")))?;
     let svg = code
@@ -264,7 +288,7 @@ pub async fn image(
     operation_id = "qr_scan",
     tag = "auth",
     summary = "Scan a QR ticket (phone)",
-    description = "The logged-in phone claims the ticket by `code` (as the QR code or a person gives it) or `ticket_id`, and learns who is asking. The waiting page receives `scanned`. Scanning again by the same user is harmless; another user gets 409.",
+    description = "The logged-in phone claims the ticket by `code` (as the QR code or a person gives it) or `ticket_id`, and learns who is asking (platform, address, browser, time; nothing that lets it act as the page). The waiting page receives `scanned`. Scanning again by the same user is harmless; another user gets 409.",
     request_body = QrScanRequest,
     security(("bearer" = [])),
     responses(
@@ -287,7 +311,6 @@ pub async fn scan(
     Ok(axum::Json(QrRequester {
         ticket_id: t.ticket_id,
         platform: t.platform,
-        device_id: t.device_id,
         ip: t.ip,
         user_agent: t.user_agent,
         created_at: t.created_at,

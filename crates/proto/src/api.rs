@@ -329,20 +329,39 @@ pub struct Health {
 }
 
 /// `POST /v1/auth/qr`: a login ticket for this page.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct QrTicketRequest {
     pub platform: Platform,
-    /// A stable id of this browser: asking again while its ticket is open
-    /// returns the same ticket.
+    /// A stable id of this browser, for the session that will open. A hint,
+    /// not a credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
+    /// The `page_secret` this page was given with its ticket: asking again
+    /// with it (same platform and device) while the ticket is open returns
+    /// the same ticket and code. Without it, a new ticket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_secret: Option<String>,
 }
 
-/// A QR login ticket. Keep `ticket_id` on the waiting page: whoever holds
-/// it receives the tokens. The QR code (`qr_url`) carries only `code`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+impl std::fmt::Debug for QrTicketRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QrTicketRequest")
+            .field("platform", &self.platform)
+            .field("device_id", &self.device_id)
+            .field(
+                "page_secret",
+                &self.page_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
+}
+
+/// A QR login ticket. Keep `page_secret` on the waiting page and show
+/// nobody: it is what listening for the tokens takes. The QR code
+/// (`qr_url`) carries only `code`; `ticket_id` is not secret.
+#[derive(Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QrTicket {
     pub ticket_id: String,
@@ -352,6 +371,21 @@ pub struct QrTicket {
     pub qr_url: String,
     /// Seconds until the ticket expires.
     pub expires_in: u64,
+    /// The secret of the page that asked: required to listen on
+    /// `GET /v1/auth/qr/{ticket_id}/events` and to get this ticket again.
+    pub page_secret: String,
+}
+
+impl std::fmt::Debug for QrTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QrTicket")
+            .field("ticket_id", &self.ticket_id)
+            .field("code", &self.code)
+            .field("qr_url", &self.qr_url)
+            .field("expires_in", &self.expires_in)
+            .field("page_secret", &"[redacted]")
+            .finish()
+    }
 }
 
 /// `POST /v1/auth/qr/scan`: one of the two.
@@ -372,7 +406,6 @@ pub struct QrScanRequest {
 pub struct QrRequester {
     pub ticket_id: String,
     pub platform: Platform,
-    pub device_id: Option<String>,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     #[serde(with = "time::serde::rfc3339")]

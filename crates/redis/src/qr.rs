@@ -2,7 +2,8 @@
 //! be waited on from a second and confirmed from a third.
 //!
 //! A ticket is a JSON value at `{prefix}qr:t:{id}`, with lookups by code
-//! (`qr:c:`) and device (`qr:d:`), all expiring a minute after the ticket
+//! (`qr:c:`) and by the hash of its page secret (`qr:p:`), all expiring a
+//! minute after the ticket
 //! (late listeners still learn the outcome). A change is compare-and-set:
 //! read, apply, and write only if the value is still the one read, in one
 //! script that also publishes the change's event on `{prefix}qr:e:{id}`,
@@ -99,13 +100,13 @@ fn keep_ms(ticket: &Ticket) -> i64 {
 
 #[async_trait]
 impl QrTickets for RedisTickets {
-    async fn open_for_device(
+    async fn open_for_page(
         &self,
-        device_id: &str,
+        page_hash: &str,
         now: OffsetDateTime,
     ) -> unimsg_core::Result<Option<Ticket>> {
         Ok(self
-            .lookup(&format!("qr:d:{device_id}"))
+            .lookup(&format!("qr:p:{page_hash}"))
             .await?
             .filter(|t| t.state.is_open() && t.expires_at > now))
     }
@@ -123,15 +124,13 @@ impl QrTickets for RedisTickets {
                 &ticket.ticket_id,
                 ms as u64,
             )
-            .ignore();
-        if let Some(device) = &ticket.device_id {
-            pipe.pset_ex(
-                self.cluster.key(&format!("qr:d:{device}")),
+            .ignore()
+            .pset_ex(
+                self.cluster.key(&format!("qr:p:{}", ticket.page_hash)),
                 &ticket.ticket_id,
                 ms as u64,
             )
             .ignore();
-        }
         let mut conn = self.cluster.conn();
         pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
     }

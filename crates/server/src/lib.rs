@@ -166,13 +166,26 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let mut config = config;
+    let addr = listener.local_addr()?;
+    if config.auth.public_url.is_empty() {
+        // QR codes link to the phone page under this URL; a request's Host
+        // header is never used for it (a client could point it anywhere).
+        config.auth.public_url = format!("http://{addr}");
+        if !addr.ip().is_loopback() {
+            tracing::warn!(target: LIFECYCLE, url = %config.auth.public_url,
+                "auth.public_url is empty: QR codes link to the listening address; \
+                 set auth.public_url (UNIMSG_AUTH__PUBLIC_URL) to the address phones reach");
+        }
+    }
     let Node { core, cluster } = build(&config).await?;
     if let Some(cluster) = &cluster {
         tracing::info!(target: LIFECYCLE, node_id = cluster.node_id(), "cluster mode: PostgreSQL store, Redis bus");
     }
     let initial = core
         .ensure_initial_admin(std::env::var(ADMIN_PASSWORD_ENV).ok())
-        .await?;
+        .await
+        .with_context(|| format!("cannot create the admin account from {ADMIN_PASSWORD_ENV}"))?;
     if let Some(password) = initial {
         // Shown once, on stdout rather than in the log; only its hash is stored.
         println!(
@@ -186,7 +199,6 @@ pub async fn run(
         metrics: metrics_handle(),
     };
     let app = unimsg_http::router(state);
-    let addr = listener.local_addr()?;
     tracing::info!(target: LIFECYCLE, "listening on http://{addr}");
     let hub = core.hub().clone();
     let draining = hub.clone();

@@ -214,6 +214,10 @@ async fn a_qr_ticket_made_on_a_waited_on_b_and_confirmed_on_c_completes() {
     let id = ticket["ticket_id"].as_str().unwrap_or_default().to_owned();
     let r = reqwest::Client::new()
         .get(format!("{base_b}/v1/auth/qr/{id}/events"))
+        .header(
+            "x-qr-secret",
+            ticket["page_secret"].as_str().unwrap_or_default(),
+        )
         .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"));

@@ -11,6 +11,7 @@ mod durability;
 mod flow;
 mod friends;
 mod groups;
+mod hardening;
 mod harness;
 mod limits;
 mod openapi;
