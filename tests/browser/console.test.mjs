@@ -305,6 +305,16 @@ test('desktop: the login page shows a QR code and a human code', async () => {
   assert.ok(image, 'the QR image loaded');
   const deviceId = await desktop.evaluate(() => localStorage.getItem('unimsg.device_id'));
   assert.ok(deviceId, 'a stable device id is kept');
+  // The page keeps its ticket's secret: a reload within the ticket's life
+  // shows the same code (and only this page's secret brings it back).
+  const kept = await desktop.evaluate(() => JSON.parse(localStorage.getItem('unimsg.qr_ticket')));
+  assert.ok(kept?.page_secret?.length >= 32, 'the page secret is kept');
+  assert.equal(await desktop.getAttribute('#qr-code', 'data-ticket'), kept.ticket_id);
+  await desktop.reload();
+  await waitVisible(desktop, '#login-view');
+  await desktop.waitForFunction(() => /^[2-9A-Z]{8}$/.test(document.querySelector('#qr-code')?.textContent ?? ''));
+  assert.equal(await desktop.textContent('#qr-code'), desktopCode, 'a reload shows the same code');
+  await waitText(desktop, '#qr-state', 'Waiting for your phone');
   await assertAccessible(desktop, 'desktop login');
   await assertNoOverflow(desktop, 'login page at 1280 px');
   await shot(desktop, 'desktop-login-qr');

@@ -333,9 +333,10 @@ async function startQr(status = 'qr.loading') {
   if (status === 'qr.loading') setQrStatus('qr.waiting');
   qr.timer = setInterval(renderExpiry, 1000);
   const id = ticket.ticket_id;
+  // (The remembered ticket is not forgotten here: an aborted stream, as on
+  // reload, ends the same way, and the server hands back only open tickets.)
   const dead = () => {
     qr.dead.add(id);
-    client.forgetQrTicket();
     stopQr();
   };
   qr.waiter = client.waitQr(ticket, {
