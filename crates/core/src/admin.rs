@@ -24,6 +24,7 @@ use unimsg_store::{
 use crate::Core;
 use crate::auth::ClientInfo;
 use crate::error::{CoreError, Result};
+use crate::limits::Realm;
 
 /// The id of the admin account created at first start.
 pub const INITIAL_ADMIN: &str = "admin";
@@ -75,6 +76,18 @@ const VERIFIED_FOR_SECS: i64 = 60;
 
 fn secret_digest(secret: &str) -> [u8; 32] {
     crate::keys::OpaqueToken(secret.to_owned()).hash().0
+}
+
+/// The context of an authenticated admin account.
+fn context(admin: Admin) -> AdminContext {
+    AdminContext {
+        admin_id: admin.admin_id,
+        scopes: admin
+            .scopes
+            .iter()
+            .filter_map(|s| Scope::parse(s))
+            .collect(),
+    }
 }
 
 fn to_admin_user(u: User) -> AdminUser {
@@ -129,12 +142,22 @@ impl Core {
         Ok(generated.then_some(password))
     }
 
-    async fn admin_by_secret(&self, admin_id: &str, secret: &str) -> Result<AdminContext> {
+    /// Checks an admin id and secret from the address `ip`, in an order
+    /// that keeps failed attempts cheap: a remembered secret passes first,
+    /// without hashing and whatever the back-off (so a business system
+    /// keeps working while its admin id or address is under attack); then
+    /// the back-off of this (admin id, IP) pair and of this IP (429); only
+    /// then one argon2 verification, on the admin pool (busy → 503).
+    async fn admin_by_secret(
+        &self,
+        admin_id: &str,
+        secret: &str,
+        ip: Option<&str>,
+    ) -> Result<AdminContext> {
         const DENIED: CoreError = CoreError::Unauthorized("invalid admin credentials");
         if admin_id.is_empty() || admin_id.len() > 64 || secret.len() > 1024 {
             return Err(DENIED);
         }
-        let admin = self.store.admin(admin_id).await?;
         let now = self.clock.now().unix_timestamp();
         let key = (admin_id.to_owned(), secret_digest(secret));
         let cached = self
@@ -143,30 +166,30 @@ impl Core {
             .lock()
             .map(|m| m.get(&key).is_some_and(|until| *until > now))
             .unwrap_or(false);
-        let ok = match &admin {
-            Some(_) if cached => true,
-            Some(a) => {
-                self.passwords
-                    .verify(secret.to_owned(), Some(a.secret_hash.clone()))
-                    .await?
-            }
-            None => self.passwords.verify(secret.to_owned(), None).await?,
-        };
+        if cached {
+            // A deleted admin's remembered secret stops working.
+            let admin = self.store.admin(admin_id).await?.ok_or(DENIED)?;
+            return Ok(context(admin));
+        }
+        self.limits
+            .login_locked(Realm::Admin, admin_id, ip)
+            .await
+            .map_err(|r| CoreError::RateLimited(r.0))?;
+        let admin = self.store.admin(admin_id).await?;
+        let hash = admin.as_ref().map(|a| a.secret_hash.clone());
+        let ok = self.admin_passwords.verify(secret.to_owned(), hash).await?;
         let Some(admin) = admin.filter(|_| ok) else {
+            self.limits.login_failed(Realm::Admin, admin_id, ip).await;
             return Err(DENIED);
         };
-        if !cached && let Ok(mut m) = self.verified.0.lock() {
+        self.limits
+            .login_succeeded(Realm::Admin, admin_id, ip)
+            .await;
+        if let Ok(mut m) = self.verified.0.lock() {
             m.retain(|_, until| *until > now);
             m.insert(key, now + VERIFIED_FOR_SECS);
         }
-        Ok(AdminContext {
-            admin_id: admin.admin_id,
-            scopes: admin
-                .scopes
-                .iter()
-                .filter_map(|s| Scope::parse(s))
-                .collect(),
-        })
+        Ok(context(admin))
     }
 
     /// `POST /v1/admin/admins`: another admin account with the given scopes.
@@ -207,14 +230,25 @@ impl Core {
         })
     }
 
-    /// HTTP Basic `admin_id:password`.
-    pub async fn admin_basic(&self, admin_id: &str, secret: &str) -> Result<AdminContext> {
-        self.admin_by_secret(admin_id, secret).await
+    /// HTTP Basic `admin_id:password`, sent from `ip`.
+    pub async fn admin_basic(
+        &self,
+        admin_id: &str,
+        secret: &str,
+        ip: Option<&str>,
+    ) -> Result<AdminContext> {
+        self.admin_by_secret(admin_id, secret, ip).await
     }
 
-    /// `POST /v1/admin/token`: a short-lived admin token for a secret.
-    pub async fn admin_token(&self, admin_id: &str, secret: &str) -> Result<AdminToken> {
-        let ctx = self.admin_by_secret(admin_id, secret).await?;
+    /// `POST /v1/admin/token`: a short-lived admin token for a secret sent
+    /// from `ip`.
+    pub async fn admin_token(
+        &self,
+        admin_id: &str,
+        secret: &str,
+        ip: Option<&str>,
+    ) -> Result<AdminToken> {
+        let ctx = self.admin_by_secret(admin_id, secret, ip).await?;
         let now = self.clock.now().unix_timestamp();
         let ttl = self.config.admin.token_ttl_secs;
         let scopes: Vec<Scope> = ctx.scopes.iter().copied().collect();
