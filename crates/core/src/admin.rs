@@ -3,7 +3,7 @@
 //! their delivery status.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -24,6 +24,7 @@ use unimsg_store::{
 use crate::Core;
 use crate::auth::ClientInfo;
 use crate::error::{CoreError, Result};
+use crate::limits::Realm;
 
 /// The id of the admin account created at first start.
 pub const INITIAL_ADMIN: &str = "admin";
@@ -65,11 +66,68 @@ struct AdminClaims {
     jti: String,
 }
 
+type SecretKey = (String, [u8; 32]);
+
 /// Basic credentials verified recently, by admin id and SHA-256 of the
 /// secret, so that a business system sending Basic auth on every request
-/// does not pay an argon2 verification each time.
+/// does not pay an argon2 verification each time; and the checks under
+/// way, so that a burst of requests with one credential that is not
+/// remembered yet waits for one verification instead of filling the small
+/// admin pool.
 #[derive(Debug, Default)]
-pub struct VerifiedSecrets(Mutex<HashMap<(String, [u8; 32]), i64>>);
+pub struct VerifiedSecrets {
+    remembered: Mutex<HashMap<SecretKey, i64>>,
+    checking: Mutex<HashMap<SecretKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl VerifiedSecrets {
+    fn remembered(&self, key: &SecretKey, now: i64) -> bool {
+        self.remembered
+            .lock()
+            .map(|m| m.get(key).is_some_and(|until| *until > now))
+            .unwrap_or(false)
+    }
+
+    fn remember(&self, key: SecretKey, now: i64) {
+        if let Ok(mut m) = self.remembered.lock() {
+            m.retain(|_, until| *until > now);
+            m.insert(key, now + VERIFIED_FOR_SECS);
+        }
+    }
+
+    /// A place in the queue of checks of this credential (one at a time).
+    fn turn(&self, key: &SecretKey) -> Turn<'_> {
+        let lock = match self.checking.lock() {
+            Ok(mut m) => m.entry(key.clone()).or_default().clone(),
+            Err(_) => Arc::default(),
+        };
+        Turn {
+            secrets: self,
+            key: key.clone(),
+            lock,
+        }
+    }
+}
+
+/// See [`VerifiedSecrets::turn`]. Dropped — also when the request is
+/// cancelled — it forgets the queue if nobody else holds or waits for it,
+/// so the map holds only checks under way.
+struct Turn<'a> {
+    secrets: &'a VerifiedSecrets,
+    key: SecretKey,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.secrets.checking.lock() {
+            // Ours and the map's: nobody else has it.
+            if Arc::strong_count(&self.lock) <= 2 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
 
 const VERIFIED_FOR_SECS: i64 = 60;
 
@@ -86,6 +144,18 @@ fn check_admin_secret(secret: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The context of an authenticated admin account.
+fn context(admin: Admin) -> AdminContext {
+    AdminContext {
+        admin_id: admin.admin_id,
+        scopes: admin
+            .scopes
+            .iter()
+            .filter_map(|s| Scope::parse(s))
+            .collect(),
+    }
 }
 
 fn to_admin_user(u: User) -> AdminUser {
@@ -143,44 +213,76 @@ impl Core {
         Ok(generated.then_some(password))
     }
 
-    async fn admin_by_secret(&self, admin_id: &str, secret: &str) -> Result<AdminContext> {
+    /// Checks an admin id and secret from the address `ip`, in an order
+    /// that keeps failed attempts cheap: a remembered secret passes first,
+    /// without hashing and whatever the back-off (so a business system
+    /// keeps working while its admin id or address is under attack); then
+    /// the back-off of this (admin id, IP) pair and of this IP (429); only
+    /// then one argon2 verification, on the admin pool (busy → 503).
+    async fn admin_by_secret(
+        &self,
+        admin_id: &str,
+        secret: &str,
+        ip: Option<&str>,
+    ) -> Result<AdminContext> {
         const DENIED: CoreError = CoreError::Unauthorized("invalid admin credentials");
         if admin_id.is_empty() || admin_id.len() > 64 || secret.len() > 1024 {
             return Err(DENIED);
         }
-        let admin = self.store.admin(admin_id).await?;
-        let now = self.clock.now().unix_timestamp();
         let key = (admin_id.to_owned(), secret_digest(secret));
-        let cached = self
+        if self
             .verified
-            .0
-            .lock()
-            .map(|m| m.get(&key).is_some_and(|until| *until > now))
-            .unwrap_or(false);
-        let ok = match &admin {
-            Some(_) if cached => true,
-            Some(a) => {
-                self.passwords
-                    .verify(secret.to_owned(), Some(a.secret_hash.clone()))
-                    .await?
-            }
-            None => self.passwords.verify(secret.to_owned(), None).await?,
-        };
+            .remembered(&key, self.clock.now().unix_timestamp())
+        {
+            return self.remembered_admin(admin_id).await;
+        }
+        let turn = self.verified.turn(&key);
+        // Declared after `turn`, so dropped before it, also on cancellation.
+        let _held = turn.lock.lock().await;
+        self.admin_check(admin_id, secret, ip, &key).await
+    }
+
+    /// The admin whose remembered secret was given. A deleted admin's
+    /// remembered secret stops working.
+    async fn remembered_admin(&self, admin_id: &str) -> Result<AdminContext> {
+        let admin = self.store.admin(admin_id).await?;
+        admin
+            .map(context)
+            .ok_or(CoreError::Unauthorized("invalid admin credentials"))
+    }
+
+    /// One check of a secret that was not remembered, while no other check
+    /// of the same credential runs.
+    async fn admin_check(
+        &self,
+        admin_id: &str,
+        secret: &str,
+        ip: Option<&str>,
+        key: &SecretKey,
+    ) -> Result<AdminContext> {
+        const DENIED: CoreError = CoreError::Unauthorized("invalid admin credentials");
+        let now = self.clock.now().unix_timestamp();
+        // A check of the same credential that ran while this one waited
+        // may have verified it.
+        if self.verified.remembered(key, now) {
+            return self.remembered_admin(admin_id).await;
+        }
+        self.limits
+            .login_locked(Realm::Admin, admin_id, ip)
+            .await
+            .map_err(|r| CoreError::RateLimited(r.0))?;
+        let admin = self.store.admin(admin_id).await?;
+        let hash = admin.as_ref().map(|a| a.secret_hash.clone());
+        let ok = self.admin_passwords.verify(secret.to_owned(), hash).await?;
         let Some(admin) = admin.filter(|_| ok) else {
+            self.limits.login_failed(Realm::Admin, admin_id, ip).await;
             return Err(DENIED);
         };
-        if !cached && let Ok(mut m) = self.verified.0.lock() {
-            m.retain(|_, until| *until > now);
-            m.insert(key, now + VERIFIED_FOR_SECS);
-        }
-        Ok(AdminContext {
-            admin_id: admin.admin_id,
-            scopes: admin
-                .scopes
-                .iter()
-                .filter_map(|s| Scope::parse(s))
-                .collect(),
-        })
+        self.limits
+            .login_succeeded(Realm::Admin, admin_id, ip)
+            .await;
+        self.verified.remember(key.clone(), now);
+        Ok(context(admin))
     }
 
     /// `POST /v1/admin/admins`: another admin account with the given scopes.
@@ -217,14 +319,25 @@ impl Core {
         })
     }
 
-    /// HTTP Basic `admin_id:password`.
-    pub async fn admin_basic(&self, admin_id: &str, secret: &str) -> Result<AdminContext> {
-        self.admin_by_secret(admin_id, secret).await
+    /// HTTP Basic `admin_id:password`, sent from `ip`.
+    pub async fn admin_basic(
+        &self,
+        admin_id: &str,
+        secret: &str,
+        ip: Option<&str>,
+    ) -> Result<AdminContext> {
+        self.admin_by_secret(admin_id, secret, ip).await
     }
 
-    /// `POST /v1/admin/token`: a short-lived admin token for a secret.
-    pub async fn admin_token(&self, admin_id: &str, secret: &str) -> Result<AdminToken> {
-        let ctx = self.admin_by_secret(admin_id, secret).await?;
+    /// `POST /v1/admin/token`: a short-lived admin token for a secret sent
+    /// from `ip`.
+    pub async fn admin_token(
+        &self,
+        admin_id: &str,
+        secret: &str,
+        ip: Option<&str>,
+    ) -> Result<AdminToken> {
+        let ctx = self.admin_by_secret(admin_id, secret, ip).await?;
         let now = self.clock.now().unix_timestamp();
         let ttl = self.config.admin.token_ttl_secs;
         let scopes: Vec<Scope> = ctx.scopes.iter().copied().collect();
@@ -698,5 +811,51 @@ impl Core {
                 .collect(),
             next_after,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(secret: &str) -> SecretKey {
+        ("admin".to_owned(), secret_digest(secret))
+    }
+
+    fn checking(v: &VerifiedSecrets) -> usize {
+        v.checking.lock().map(|m| m.len()).unwrap_or(usize::MAX)
+    }
+
+    #[tokio::test]
+    async fn checks_of_one_credential_take_turns_and_leave_nothing_behind() {
+        let v = VerifiedSecrets::default();
+        let first = v.turn(&key("s"));
+        let held = first.lock.clone().try_lock_owned();
+        assert!(held.is_ok(), "the first check runs at once");
+        let second = v.turn(&key("s"));
+        assert!(
+            second.lock.try_lock().is_err(),
+            "a second check of the same credential waits"
+        );
+        let other = v.turn(&key("t"));
+        assert!(other.lock.try_lock().is_ok(), "another credential does not");
+        assert_eq!(checking(&v), 2);
+        drop(other);
+        assert_eq!(checking(&v), 1);
+        drop(held);
+        drop(first);
+        assert_eq!(checking(&v), 1, "the waiting check still needs the queue");
+        assert!(second.lock.try_lock().is_ok(), "and now has its turn");
+        drop(second);
+        assert_eq!(checking(&v), 0, "nothing is left once no check runs");
+    }
+
+    #[test]
+    fn a_remembered_secret_expires() {
+        let v = VerifiedSecrets::default();
+        v.remember(key("s"), 1000);
+        assert!(v.remembered(&key("s"), 1000 + VERIFIED_FOR_SECS - 1));
+        assert!(!v.remembered(&key("s"), 1000 + VERIFIED_FOR_SECS));
+        assert!(!v.remembered(&key("t"), 1000));
     }
 }

@@ -25,7 +25,7 @@ use crate::audit::AuditRecord;
 use crate::config::DevicePolicy;
 use crate::error::{CoreError, Result};
 use crate::keys::{OpaqueToken, new_opaque_token};
-use crate::limits::Limit;
+use crate::limits::{Limit, Realm};
 
 /// Who is calling: established from a valid access token of an active session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,20 +224,24 @@ impl Core {
         if let Some(ip) = &client.ip {
             self.check_limit(Limit::Login, ip).await?;
         }
-        // Back-off after repeated failures, per account and per IP, is
-        // checked before the password so a locked account costs no hashing.
+        // Back-off after repeated failures of this account from this IP
+        // (see `limits`) is checked before the password, so a locked pair
+        // costs no hashing.
+        let ip = client.ip.as_deref();
         self.limits
-            .login_locked(&req.username, client.ip.as_deref())
+            .login_locked(Realm::User, &req.username, ip)
             .await
             .map_err(|r| CoreError::RateLimited(r.0))?;
         let user = self.store.user_by_username(&req.username).await?;
         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
         let ok = self.passwords.verify(req.password, hash).await?;
         if ok {
-            self.limits.login_succeeded(&req.username).await;
+            self.limits
+                .login_succeeded(Realm::User, &req.username, ip)
+                .await;
         } else {
             self.limits
-                .login_failed(&req.username, client.ip.as_deref())
+                .login_failed(Realm::User, &req.username, ip)
                 .await;
         }
         let Some(user) = user.filter(|_| ok) else {

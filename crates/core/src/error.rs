@@ -27,6 +27,9 @@ pub enum CoreError {
     RateLimited(std::time::Duration),
     #[error("the store is unavailable")]
     Unavailable(String),
+    /// The password workers' queue is full: a refusal, not a failure.
+    #[error("too many password checks in progress; try again in a moment")]
+    Busy,
     #[error("internal error")]
     Internal(String),
 }
@@ -46,14 +49,16 @@ impl CoreError {
             CoreError::TooLarge(_) => ErrorCode::PayloadTooLarge,
             CoreError::RateLimited(_) => ErrorCode::RateLimited,
             CoreError::Unavailable(_) => ErrorCode::Unavailable,
+            CoreError::Busy => ErrorCode::Busy,
             CoreError::Internal(_) => ErrorCode::Internal,
         }
     }
 
-    /// For 429: how long until a retry may pass.
+    /// For 429 and a busy 503: how long until a retry may pass.
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
             CoreError::RateLimited(d) => Some(*d),
+            CoreError::Busy => Some(std::time::Duration::from_secs(1)),
             _ => None,
         }
     }

@@ -51,6 +51,8 @@ pub struct Core {
     pub(crate) signing: SigningKey,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) passwords: PasswordWorkers,
+    /// Admin secrets are verified here, never on `passwords`.
+    pub(crate) admin_passwords: PasswordWorkers,
     pub(crate) nonces: Arc<dyn NonceStore>,
     pub(crate) limits: Arc<dyn RateLimits>,
     pub(crate) qr: Arc<dyn QrTickets>,
@@ -77,6 +79,10 @@ pub struct CoreParts {
     pub signing: SigningKey,
     pub clock: Arc<dyn Clock>,
     pub passwords: PasswordWorkers,
+    /// A small pool of its own for verifying admin secrets
+    /// ([`PasswordWorkers::for_admin_checks`]), so failed admin
+    /// authentications cannot starve user logins.
+    pub admin_passwords: PasswordWorkers,
     pub nonces: Arc<dyn NonceStore>,
     pub limits: Arc<dyn RateLimits>,
     pub qr: Arc<dyn QrTickets>,
@@ -93,6 +99,7 @@ impl Core {
             signing: parts.signing,
             clock: parts.clock,
             passwords: parts.passwords,
+            admin_passwords: parts.admin_passwords,
             nonces: parts.nonces,
             limits: parts.limits,
             qr: parts.qr,

@@ -51,12 +51,17 @@ impl PasswordWorkers {
     /// Starts `workers` threads with room for `queue` waiting jobs. The
     /// threads end when the last handle is dropped.
     pub fn start(workers: usize, queue: usize) -> Self {
+        Self::start_named("unimsg-argon2", workers, queue)
+    }
+
+    /// Like [`PasswordWorkers::start`], with threads named `{name}-{i}`.
+    pub fn start_named(name: &str, workers: usize, queue: usize) -> Self {
         let (tx, rx) = sync_channel::<Job>(queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..workers.max(1) {
             let rx = rx.clone();
             let spawned = std::thread::Builder::new()
-                .name(format!("unimsg-argon2-{i}"))
+                .name(format!("{name}-{i}"))
                 .spawn(move || work(&rx));
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start a password worker");
@@ -71,10 +76,19 @@ impl PasswordWorkers {
         Self::start(cores, cores * 64)
     }
 
+    /// The admin credentials' own pool: one worker and a short queue.
+    /// Failed admin authentications cost no more than one core and can
+    /// never take the workers user logins hash on; a flood beyond the
+    /// queue is refused as busy (remembered secrets need no worker).
+    pub fn for_admin_checks() -> Self {
+        Self::start_named("unimsg-argon2-admin", 1, 16)
+    }
+
     fn submit(&self, job: Job) -> Result<()> {
         self.jobs.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) => {
-                CoreError::Unavailable("too many password checks in progress".into())
+                metrics::counter!("unimsg_password_busy_total").increment(1);
+                CoreError::Busy
             }
             TrySendError::Disconnected(_) => {
                 CoreError::Internal("the password workers stopped".into())
@@ -249,7 +263,7 @@ mod tests {
                 reply,
             }) {
                 Ok(()) => accepted.push(rx),
-                Err(CoreError::Unavailable(_)) => refused += 1,
+                Err(CoreError::Busy) => refused += 1,
                 Err(e) => panic!("{e}"),
             }
         }

@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 use unimsg_proto::{Platform, UserId};
 
 use crate::error::{CoreError, Result};
-use crate::limits::{Limit, LimitsConfig, RateLimits, RetryAfter};
+use crate::limits::{Limit, LimitsConfig, RateLimits, Realm, RetryAfter};
 use crate::qr::{QrEvent, QrTickets, Ticket, TicketState};
 use crate::replay::NonceStore;
 
@@ -116,6 +116,7 @@ pub fn suite_limits() -> LimitsConfig {
         login_per_minute: 2,
         register_per_minute: 2,
         login_failures_before_backoff: 2,
+        account_failures_before_slowdown: 3,
         max_backoff_secs: 4,
         ..LimitsConfig::default()
     }
@@ -189,47 +190,57 @@ pub async fn limits(make: &(dyn Fn(LimitsConfig) -> Arc<dyn RateLimits> + Sync))
         );
     }
 
-    login_back_off(&*limits, &config, &tag).await;
+    // The pair rule alone, with an account ceiling out of reach.
+    let pairs = make(LimitsConfig {
+        account_failures_before_slowdown: 1000,
+        ..config.clone()
+    });
+    login_back_off(&*pairs, &config, &tag).await;
+    account_slowdown(&*limits, &config, &tag).await;
+    admin_back_off(&*limits, &config, &tag).await;
 }
 
+/// Back-off per (account, IP): the pair locks from the threshold on, longer
+/// with each failure, and a success clears it; nothing else is locked.
 async fn login_back_off(limits: &dyn RateLimits, config: &LimitsConfig, tag: &str) {
     let most = Duration::from_secs(config.max_backoff_secs);
+    let user = Realm::User;
     let (bob, carol) = (format!("bob-{tag}"), format!("carol-{tag}"));
     let (ip, other_ip) = (format!("9.9.9.9-{tag}"), format!("8.8.8.8-{tag}"));
+    let (ip, other_ip) = (Some(ip.as_str()), Some(other_ip.as_str()));
 
-    assert!(limits.login_locked(&bob, Some(&ip)).await.is_ok());
+    assert!(limits.login_locked(user, &bob, ip).await.is_ok());
     // Below the threshold (2): not locked.
-    limits.login_failed(&bob, Some(&ip)).await;
+    limits.login_failed(user, &bob, ip).await;
     assert!(
-        limits.login_locked(&bob, Some(&ip)).await.is_ok(),
+        limits.login_locked(user, &bob, ip).await.is_ok(),
         "one failure is below the threshold"
     );
-    // At the threshold: locked, the account and the IP.
-    limits.login_failed(&bob, Some(&ip)).await;
+    // At the threshold: that pair is locked, nothing else.
+    limits.login_failed(user, &bob, ip).await;
     let first = refused_within(
-        limits.login_locked(&bob, None).await,
+        limits.login_locked(user, &bob, ip).await,
         most,
-        "the account at the threshold",
-    );
-    refused_within(
-        limits.login_locked(&carol, Some(&ip)).await,
-        most,
-        "the IP, for another account too",
+        "the pair at the threshold",
     );
     assert!(
-        limits.login_locked(&carol, None).await.is_ok(),
-        "another account is not locked by itself"
+        limits.login_locked(user, &bob, other_ip).await.is_ok(),
+        "the account from another address is not locked"
     );
     assert!(
-        limits.login_locked(&carol, Some(&other_ip)).await.is_ok(),
-        "another IP is not locked"
+        limits.login_locked(user, &carol, ip).await.is_ok(),
+        "another account from that address is not locked"
+    );
+    assert!(
+        limits.login_locked(Realm::Admin, &bob, ip).await.is_ok(),
+        "an admin id of the same name shares nothing"
     );
     // Each further failure lengthens the lock, up to the ceiling.
     for _ in 0..6 {
-        limits.login_failed(&bob, None).await;
+        limits.login_failed(user, &bob, ip).await;
     }
     let longest = refused_within(
-        limits.login_locked(&bob, None).await,
+        limits.login_locked(user, &bob, ip).await,
         most,
         "the lock stays under its ceiling",
     );
@@ -237,37 +248,133 @@ async fn login_back_off(limits: &dyn RateLimits, config: &LimitsConfig, tag: &st
         longest > first,
         "further failures lengthen the lock: {first:?}, then {longest:?}"
     );
-    // A success clears the account's lock and failures, not the IP's.
-    limits.login_succeeded(&bob).await;
+    // A success clears the pair's lock and failures.
+    limits.login_succeeded(user, &bob, ip).await;
     assert!(
-        limits.login_locked(&bob, None).await.is_ok(),
-        "a success clears the account's lock"
+        limits.login_locked(user, &bob, ip).await.is_ok(),
+        "a success clears the pair's lock"
     );
-    refused_within(
-        limits.login_locked(&bob, Some(&ip)).await,
-        most,
-        "the IP's lock outlives the account's success",
-    );
-    limits.login_failed(&bob, None).await;
+    limits.login_failed(user, &bob, ip).await;
     assert!(
-        limits.login_locked(&bob, None).await.is_ok(),
-        "the account's failures were cleared too: one more is below the threshold"
+        limits.login_locked(user, &bob, ip).await.is_ok(),
+        "the pair's failures were cleared too: one more is below the threshold"
     );
 
-    // Failures of different accounts from one IP add up for that IP only.
-    let (dave, erin) = (format!("dave-{tag}"), format!("erin-{tag}"));
+    // Failures of unknown names from one IP lock no other user there.
     let shared_ip = format!("7.7.7.7-{tag}");
-    limits.login_failed(&dave, Some(&shared_ip)).await;
-    limits.login_failed(&erin, Some(&shared_ip)).await;
-    refused_within(
+    for n in 0..5 {
         limits
-            .login_locked(&format!("frank-{tag}"), Some(&shared_ip))
-            .await,
-        most,
-        "the IP after failures of two accounts",
+            .login_failed(user, &format!("nobody-{n}-{tag}"), Some(&shared_ip))
+            .await;
+    }
+    assert!(
+        limits
+            .login_locked(user, &format!("frank-{tag}"), Some(&shared_ip))
+            .await
+            .is_ok(),
+        "no lock per IP across user accounts"
     );
-    assert!(limits.login_locked(&dave, None).await.is_ok());
-    assert!(limits.login_locked(&erin, None).await.is_ok());
+}
+
+/// The account ceiling: past it every pair locks after its first failure,
+/// an address without failures is never refused, and a success elsewhere
+/// does not lift it.
+async fn account_slowdown(limits: &dyn RateLimits, config: &LimitsConfig, tag: &str) {
+    let most = Duration::from_secs(config.max_backoff_secs);
+    let user = Realm::User;
+    let dave = format!("dave-{tag}");
+    let ips: Vec<String> = (1..=6).map(|n| format!("6.6.6.{n}-{tag}")).collect();
+    let ip = |n: usize| Some(ips[n - 1].as_str());
+
+    // Two failures from two addresses: each pair below its threshold.
+    for n in [1, 2] {
+        limits.login_failed(user, &dave, ip(n)).await;
+        assert!(limits.login_locked(user, &dave, ip(n)).await.is_ok());
+    }
+    // The account's third failure (its ceiling): that pair locks at once.
+    limits.login_failed(user, &dave, ip(3)).await;
+    refused_within(
+        limits.login_locked(user, &dave, ip(3)).await,
+        most,
+        "a pair of a slowed account after its first failure",
+    );
+    assert!(
+        limits.login_locked(user, &dave, ip(4)).await.is_ok(),
+        "an address without failures is never refused"
+    );
+    assert!(
+        limits.login_locked(user, &dave, ip(1)).await.is_ok(),
+        "a pair that failed before the slowdown is not locked until it fails again"
+    );
+    limits.login_failed(user, &dave, ip(1)).await;
+    refused_within(
+        limits.login_locked(user, &dave, ip(1)).await,
+        most,
+        "and then it is",
+    );
+    limits.login_succeeded(user, &dave, ip(5)).await;
+    limits.login_failed(user, &dave, ip(6)).await;
+    refused_within(
+        limits.login_locked(user, &dave, ip(6)).await,
+        most,
+        "a success from one address does not lift the slowdown",
+    );
+    assert!(
+        limits
+            .login_locked(user, &format!("erin-{tag}"), ip(6))
+            .await
+            .is_ok(),
+        "other accounts are not slowed"
+    );
+}
+
+/// Admin credentials: the pair rule in their own namespace, plus a
+/// back-off per IP across admin ids.
+async fn admin_back_off(limits: &dyn RateLimits, config: &LimitsConfig, tag: &str) {
+    let most = Duration::from_secs(config.max_backoff_secs);
+    let admin = Realm::Admin;
+    let (ip, other_ip) = (format!("5.5.5.5-{tag}"), format!("4.4.4.4-{tag}"));
+    let (ip, other_ip) = (Some(ip.as_str()), Some(other_ip.as_str()));
+    let ghost = |n: u32| format!("ghost-{n}-{tag}");
+
+    limits.login_failed(admin, &ghost(1), ip).await;
+    assert!(limits.login_locked(admin, &ghost(2), ip).await.is_ok());
+    limits.login_failed(admin, &ghost(2), ip).await;
+    refused_within(
+        limits.login_locked(admin, &ghost(3), ip).await,
+        most,
+        "the IP after failures of two admin ids",
+    );
+    assert!(
+        limits
+            .login_locked(admin, &ghost(3), other_ip)
+            .await
+            .is_ok(),
+        "another IP is not locked"
+    );
+    assert!(
+        limits
+            .login_locked(Realm::User, &ghost(3), ip)
+            .await
+            .is_ok(),
+        "user logins from that IP are not locked"
+    );
+    // The pair rule holds for admins too (without an address, so no IP
+    // lock is involved).
+    let (real, elsewhere) = (format!("real-{tag}"), format!("3.3.3.3-{tag}"));
+    let elsewhere = Some(elsewhere.as_str());
+    for _ in 0..2 {
+        limits.login_failed(admin, &real, None).await;
+    }
+    refused_within(
+        limits.login_locked(admin, &real, None).await,
+        most,
+        "the (admin id, IP) pair at the threshold",
+    );
+    assert!(
+        limits.login_locked(admin, &real, elsewhere).await.is_ok(),
+        "the admin id from another address is not locked"
+    );
 }
 
 /// A pending ticket with a unique id, code and device, open for five

@@ -183,7 +183,7 @@ async fn admit(
         core.check_limit(Limit::Token, &ip).await?;
         None
     } else {
-        let ctx = authenticate(state, request.headers()).await?;
+        let ctx = authenticate(state, request.headers(), ip).await?;
         core.check_limit(Limit::Admin, &ctx.admin_id).await?;
         record.actor = ctx.admin_id.clone();
         record.scope = Some(
@@ -211,7 +211,13 @@ async fn admit(
     Ok(next.run(request).await)
 }
 
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AdminContext, ApiError> {
+/// The request's admin credential; `ip` is the client's address, which the
+/// back-off of failed Basic authentications counts by.
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    ip: Option<IpAddr>,
+) -> Result<AdminContext, ApiError> {
     let value = header(headers, "authorization")
         .ok_or_else(|| ApiError::unauthorized("admin credentials required"))?;
     let (scheme, rest) = value
@@ -226,7 +232,8 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AdminCont
         let (id, secret) = decoded
             .split_once(':')
             .ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
-        Ok(state.core.admin_basic(id, secret).await?)
+        let ip = ip.map(|i| i.to_string());
+        Ok(state.core.admin_basic(id, secret, ip.as_deref()).await?)
     } else if scheme.eq_ignore_ascii_case("bearer") {
         Ok(state.core.admin_bearer(rest.trim()).await?)
     } else {
@@ -245,14 +252,24 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AdminCont
     responses(
         (status = 200, description = "An admin token.", body = AdminToken),
         (status = 401, description = "Unknown admin or wrong secret (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "Too many failed secrets from this address, or for this admin id from it (`rate_limited`, with `Retry-After`).", body = ErrorBody),
+        (status = 503, description = "Too many password checks in progress (`busy`, with `Retry-After`).", body = ErrorBody),
     ),
 )]
 /// `POST /v1/admin/token`
-async fn token(State(state): State<AppState>, Json(req): Json<AdminTokenRequest>) -> Response {
+async fn token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    Json(req): Json<AdminTokenRequest>,
+) -> Response {
     let actor = AuditActor(req.admin_id.chars().take(64).collect());
+    // The same address `gate` found, for the back-off of failed secrets.
+    let trusted = &state.core.config().admin.trusted_proxies;
+    let ip = client_ip(peer.map(|p| p.0.0.ip()), &headers, trusted).map(|i| i.to_string());
     let result: Result<AdminToken, ApiError> = state
         .core
-        .admin_token(&req.admin_id, &req.secret)
+        .admin_token(&req.admin_id, &req.secret, ip.as_deref())
         .await
         .map_err(ApiError::from);
     let mut response = match result {

@@ -30,6 +30,8 @@ pub enum ErrorCode {
     Internal,
     /// A dependency (the store) is unavailable; retry later.
     Unavailable,
+    /// Too many password checks are in progress; retry after `Retry-After`.
+    Busy,
 }
 
 impl ErrorCode {
@@ -46,7 +48,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
-            ErrorCode::Unavailable => 503,
+            ErrorCode::Unavailable | ErrorCode::Busy => 503,
         }
     }
 }

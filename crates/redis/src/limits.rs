@@ -12,8 +12,11 @@
 //!   quota is refused until the window ends (`Retry-After`). When Redis
 //!   cannot be reached, limits let requests through and say so in the log
 //!   and metrics: an outage of Redis must not lock every user out.
-//! - Failed logins count per account and per IP; from the configured
-//!   number on, each failure doubles a lock key's expiry, up to a ceiling.
+//! - Failed password checks count per (account, IP) pair, per account and
+//!   (admins only) per IP, by the rule of `unimsg_core::limits` and under
+//!   the same key names (`BackoffKeys`): one script counts a failure on
+//!   all of them and sets the lock keys whose expiry the back-off doubles,
+//!   up to a ceiling. Counters expire when their failures stop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::Script;
 use unimsg_core::CoreError;
-use unimsg_core::limits::{Limit, LimitsConfig, RateLimits, RetryAfter};
+use unimsg_core::limits::{BackoffKeys, Limit, LimitsConfig, RateLimits, Realm, RetryAfter};
 use unimsg_core::replay::NonceStore;
 
 use crate::Cluster;
@@ -83,19 +86,32 @@ end
 return -1
 ";
 
-/// Counts a failed login (KEYS[1] = failures, KEYS[2] = lock). ARGV:
-/// failures before back-off, longest lock in ms, how long failures are
-/// remembered in ms.
+/// Counts a failed password check. KEYS: the account's failures, the
+/// pair's failures, the pair's lock, and for admins the IP's failures and
+/// the IP's lock. ARGV: failures before back-off, the account's failures
+/// before the slowdown, longest lock in ms, how long failures are
+/// remembered in ms. A lock only grows. Returns the account's failures.
 const FAILED: &str = r"
-local n = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-local before = tonumber(ARGV[1])
-if n >= before then
-  local over = math.min(n - before, 30)
-  local ms = math.floor(math.min(1000 * (2 ^ over), tonumber(ARGV[2])))
-  if ms >= 1 then redis.call('SET', KEYS[2], 1, 'PX', ms) end
+local memory = tonumber(ARGV[4])
+local function fail(count_key, lock_key, before)
+  local n = redis.call('INCR', count_key)
+  redis.call('PEXPIRE', count_key, memory)
+  if lock_key and n >= before then
+    local over = math.min(n - before, 30)
+    local ms = math.floor(math.min(1000 * (2 ^ over), tonumber(ARGV[3])))
+    if ms >= 1 and ms > redis.call('PTTL', lock_key) then
+      redis.call('SET', lock_key, 1, 'PX', ms)
+    end
+  end
+  return n
 end
-return n
+local before = math.max(tonumber(ARGV[1]), 1)
+local account = fail(KEYS[1], nil, 0)
+local pair_before = before
+if account >= math.max(tonumber(ARGV[2]), 1) then pair_before = 1 end
+fail(KEYS[2], KEYS[3], pair_before)
+if #KEYS >= 5 then fail(KEYS[4], KEYS[5], before) end
+return account
 ";
 
 /// Rate limits and login back-off in Redis.
@@ -174,11 +190,16 @@ impl RateLimits for RedisLimits {
         }
     }
 
-    async fn login_locked(&self, account: &str, ip: Option<&str>) -> Result<(), RetryAfter> {
+    async fn login_locked(
+        &self,
+        realm: Realm,
+        account: &str,
+        ip: Option<&str>,
+    ) -> Result<(), RetryAfter> {
+        let keys = BackoffKeys::new(realm, account, ip);
         let mut pipe = redis::pipe();
-        pipe.pttl(self.cluster.key(&format!("lock:acct:{account}")));
-        if let Some(ip) = ip {
-            pipe.pttl(self.cluster.key(&format!("lock:ip:{ip}")));
+        for key in [Some(&keys.pair), keys.ip.as_ref()].into_iter().flatten() {
+            pipe.pttl(self.cluster.key(&format!("lock:{key}")));
         }
         let mut conn = self.cluster.conn();
         let ttls: Vec<i64> = match pipe.query_async(&mut conn).await {
@@ -196,34 +217,37 @@ impl RateLimits for RedisLimits {
         }
     }
 
-    async fn login_failed(&self, account: &str, ip: Option<&str>) {
-        let keys = [
-            Some(format!("acct:{account}")),
-            ip.map(|ip| format!("ip:{ip}")),
-        ];
-        let horizon = self.config.max_backoff_secs.max(60) * 1000;
-        for key in keys.into_iter().flatten() {
-            let mut conn = self.cluster.conn();
-            let result: Result<i64, _> = self
-                .failed
-                .key(self.cluster.key(&format!("fail:{key}")))
-                .key(self.cluster.key(&format!("lock:{key}")))
-                .arg(self.config.login_failures_before_backoff.max(1))
-                .arg(self.config.max_backoff_secs.saturating_mul(1000))
-                .arg(horizon)
-                .invoke_async(&mut conn)
-                .await;
-            if let Err(error) = result {
-                unavailable("login back-off", &error);
-            }
+    async fn login_failed(&self, realm: Realm, account: &str, ip: Option<&str>) {
+        let keys = BackoffKeys::new(realm, account, ip);
+        let memory = u64::try_from(self.config.failure_memory().as_millis()).unwrap_or(u64::MAX);
+        let mut invocation = self.failed.prepare_invoke();
+        invocation
+            .key(self.cluster.key(&format!("fail:{}", keys.account)))
+            .key(self.cluster.key(&format!("fail:{}", keys.pair)))
+            .key(self.cluster.key(&format!("lock:{}", keys.pair)));
+        if let Some(ip) = &keys.ip {
+            invocation
+                .key(self.cluster.key(&format!("fail:{ip}")))
+                .key(self.cluster.key(&format!("lock:{ip}")));
+        }
+        invocation
+            .arg(self.config.login_failures_before_backoff)
+            .arg(self.config.account_failures_before_slowdown)
+            .arg(self.config.max_backoff_secs.saturating_mul(1000))
+            .arg(memory);
+        let mut conn = self.cluster.conn();
+        let result: Result<i64, _> = invocation.invoke_async(&mut conn).await;
+        if let Err(error) = result {
+            unavailable("login back-off", &error);
         }
     }
 
-    async fn login_succeeded(&self, account: &str) {
+    async fn login_succeeded(&self, realm: Realm, account: &str, ip: Option<&str>) {
+        let pair = BackoffKeys::new(realm, account, ip).pair;
         let mut conn = self.cluster.conn();
         let result: Result<(), _> = redis::cmd("DEL")
-            .arg(self.cluster.key(&format!("fail:acct:{account}")))
-            .arg(self.cluster.key(&format!("lock:acct:{account}")))
+            .arg(self.cluster.key(&format!("fail:{pair}")))
+            .arg(self.cluster.key(&format!("lock:{pair}")))
             .query_async(&mut conn)
             .await;
         if let Err(error) = result {

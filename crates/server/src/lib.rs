@@ -108,6 +108,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
         signing,
         clock: Arc::new(SystemClock),
         passwords: PasswordWorkers::for_this_machine(),
+        admin_passwords: PasswordWorkers::for_admin_checks(),
         nonces: Arc::new(MemoryNonces::new(config.admin.nonce_capacity)),
         limits: Arc::new(MemoryLimits::new(config.limits.clone())),
         qr: Arc::new(MemoryTickets::default()),
