@@ -4,8 +4,18 @@
 //! `hash(n) = SHA-256(hash(n-1) ‖ "n\nat_ms\ncontent")`, with 32 zero bytes
 //! before the first entry. Editing, removing or reordering any entry breaks
 //! every hash after it; [`verify`] names the first entry that does not fit.
+//!
+//! Refused admin requests without a valid credential are not written one
+//! row each (a client could make the store write as fast as it can send):
+//! [`Core::audit_refusal`] writes the first refusal of a source in an
+//! interval at once and counts the rest, and [`Core::flush_refusals`]
+//! writes one `admin.refused` row with the count when the interval ends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use serde::Serialize;
+use time::OffsetDateTime;
 use unimsg_proto::admin::{AuditEntry, AuditPage};
 use unimsg_store::{AuditDraft, AuditQuery, AuditRow, audit_bytes};
 
@@ -42,6 +52,9 @@ pub struct AuditRecord {
     pub session_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// `admin.refused`: how many refused requests the entry stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 /// The chain function: SHA-256 over the previous hash and the entry's bytes.
@@ -119,7 +132,134 @@ pub enum VerifyError {
     Store(String),
 }
 
+/// Most sources counted at once; refusals from further sources are
+/// counted together under [`OVERFLOW`], so memory stays bounded.
+const MAX_SOURCES: usize = 10_000;
+
+/// The source key of refusals counted together once [`MAX_SOURCES`] is reached.
+const OVERFLOW: &str = "*";
+
+/// Refusals counted per source since the first one of its interval.
+#[derive(Debug, Default)]
+pub(crate) struct Refusals(Mutex<HashMap<String, Pending>>);
+
+#[derive(Debug)]
+struct Pending {
+    since: OffsetDateTime,
+    ip: Option<String>,
+    actor: String,
+    /// Refusals after the first, by outcome (HTTP status).
+    held: BTreeMap<String, u64>,
+}
+
+impl Pending {
+    fn summary(self, now: OffsetDateTime) -> Option<AuditRecord> {
+        let count: u64 = self.held.values().sum();
+        if count == 0 {
+            return None;
+        }
+        let outcomes = self
+            .held
+            .iter()
+            .map(|(outcome, n)| format!("{outcome}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let since = self.since.unix_timestamp();
+        let until = now.unix_timestamp();
+        Some(AuditRecord {
+            action: "admin.refused".into(),
+            actor_kind: "admin".into(),
+            actor: self.actor,
+            ip: self.ip,
+            outcome: "denied".into(),
+            detail: Some(format!(
+                "{count} more refused requests from {since} to {until} (Unix seconds); by status: {outcomes}"
+            )),
+            count: Some(count),
+            ..AuditRecord::default()
+        })
+    }
+}
+
 impl Core {
+    /// Audits a refused admin request that no valid credential vouches for
+    /// (or one over its credential's rate limit). The first refusal of a
+    /// source in an interval is written at once; later ones are counted
+    /// and written as one `admin.refused` row when the interval ends
+    /// ([`Core::flush_refusals`]). The source is the client's address
+    /// (with the admin id when one was verified).
+    pub async fn audit_refusal(&self, record: AuditRecord) {
+        let now = self.clock.now();
+        let interval =
+            time::Duration::seconds(self.config.admin.refusal_audit_interval_secs.max(1) as i64);
+        let mut key = format!(
+            "{}\n{}",
+            record.ip.as_deref().unwrap_or("unknown"),
+            record.actor
+        );
+        let (first, ended) = {
+            let Ok(mut pending) = self.refusals.0.lock() else {
+                return;
+            };
+            if !pending.contains_key(&key) && pending.len() >= MAX_SOURCES {
+                key = OVERFLOW.to_owned();
+            }
+            match pending.get_mut(&key) {
+                Some(p) if now < p.since + interval => {
+                    *p.held.entry(record.outcome.clone()).or_default() += 1;
+                    (false, None)
+                }
+                found => {
+                    let ended =
+                        found.map(|p| std::mem::replace(p, Pending::start(now, &key, &record)));
+                    if ended.is_none() {
+                        pending.insert(key.clone(), Pending::start(now, &key, &record));
+                    }
+                    (true, ended.and_then(|p| p.summary(now)))
+                }
+            }
+        };
+        if let Some(summary) = ended {
+            self.audit(summary).await;
+        }
+        if first {
+            tracing::debug!(
+                ip = record.ip.as_deref().unwrap_or("unknown"),
+                outcome = %record.outcome,
+                "refused an admin request; further refusals from this source are counted until the interval ends"
+            );
+            self.audit(record).await;
+        }
+    }
+
+    /// Writes the `admin.refused` row of every source whose interval has
+    /// ended (of every source with `all`, at shutdown). Called by a
+    /// periodic task of the server.
+    pub async fn flush_refusals(&self, all: bool) {
+        let now = self.clock.now();
+        let interval =
+            time::Duration::seconds(self.config.admin.refusal_audit_interval_secs.max(1) as i64);
+        let ended: Vec<Pending> = {
+            let Ok(mut pending) = self.refusals.0.lock() else {
+                return;
+            };
+            let keys: Vec<String> = pending
+                .iter()
+                .filter(|(_, p)| all || p.since + interval <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| pending.remove(k)).collect()
+        };
+        for summary in ended.into_iter().filter_map(|p| p.summary(now)) {
+            tracing::info!(
+                ip = summary.ip.as_deref().unwrap_or("unknown"),
+                count = summary.count.unwrap_or(0),
+                "refused admin requests from one source"
+            );
+            self.audit(summary).await;
+        }
+    }
+
     /// Appends an audit entry. A failure is logged, not returned: the
     /// action it records has already happened.
     pub async fn audit(&self, record: AuditRecord) {
@@ -172,6 +312,26 @@ impl Core {
             entries,
             next_after,
         })
+    }
+}
+
+impl Pending {
+    fn start(now: OffsetDateTime, key: &str, record: &AuditRecord) -> Self {
+        let overflow = key == OVERFLOW;
+        Pending {
+            since: now,
+            ip: if overflow {
+                Some(OVERFLOW.into())
+            } else {
+                record.ip.clone()
+            },
+            actor: if overflow {
+                "-".into()
+            } else {
+                record.actor.clone()
+            },
+            held: BTreeMap::new(),
+        }
     }
 }
 

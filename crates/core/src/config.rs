@@ -119,8 +119,17 @@ pub struct AdminConfig {
     pub require_nonce: bool,
     /// How far `X-Timestamp` may be from now, and how long a nonce is remembered, in seconds.
     pub nonce_window_secs: u64,
-    /// Most nonces remembered at once; the oldest are forgotten first.
+    /// Most nonces remembered at once. A nonce is never forgotten inside
+    /// its window: when the store is full, new nonces are refused (503
+    /// `busy`) until old ones expire.
     pub nonce_capacity: usize,
+    /// Most unexpired nonces of one admin credential, so that one credential
+    /// cannot fill the store for the others (refused with 503 `busy`).
+    pub nonce_per_credential: usize,
+    /// Refused admin requests without a valid credential are audited one
+    /// row per source and interval: the first at once, then an
+    /// `admin.refused` row with the count of the rest. In seconds.
+    pub refusal_audit_interval_secs: u64,
     /// Lifetime of admin tokens from `POST /v1/admin/token`, in seconds.
     pub token_ttl_secs: u64,
     /// Most recipients of one targeted message.
@@ -135,6 +144,8 @@ impl Default for AdminConfig {
             require_nonce: false,
             nonce_window_secs: 300,
             nonce_capacity: 100_000,
+            nonce_per_credential: 25_000,
+            refusal_audit_interval_secs: 60,
             token_ttl_secs: 900,
             max_recipients: 100_000,
         }

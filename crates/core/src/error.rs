@@ -27,6 +27,10 @@ pub enum CoreError {
     RateLimited(std::time::Duration),
     #[error("the store is unavailable")]
     Unavailable(String),
+    /// An expected refusal under load (503 `busy`): nothing is broken, so
+    /// it is not logged as an error.
+    #[error("{0}")]
+    Busy(&'static str),
     #[error("internal error")]
     Internal(String),
 }
@@ -46,6 +50,7 @@ impl CoreError {
             CoreError::TooLarge(_) => ErrorCode::PayloadTooLarge,
             CoreError::RateLimited(_) => ErrorCode::RateLimited,
             CoreError::Unavailable(_) => ErrorCode::Unavailable,
+            CoreError::Busy(_) => ErrorCode::Busy,
             CoreError::Internal(_) => ErrorCode::Internal,
         }
     }

@@ -74,7 +74,7 @@ impl PasswordWorkers {
     fn submit(&self, job: Job) -> Result<()> {
         self.jobs.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) => {
-                CoreError::Unavailable("too many password checks in progress".into())
+                CoreError::Busy("too many password checks in progress; retry later")
             }
             TrySendError::Disconnected(_) => {
                 CoreError::Internal("the password workers stopped".into())
@@ -249,7 +249,7 @@ mod tests {
                 reply,
             }) {
                 Ok(()) => accepted.push(rx),
-                Err(CoreError::Unavailable(_)) => refused += 1,
+                Err(CoreError::Busy(_)) => refused += 1,
                 Err(e) => panic!("{e}"),
             }
         }

@@ -30,6 +30,9 @@ pub enum ErrorCode {
     Internal,
     /// A dependency (the store) is unavailable; retry later.
     Unavailable,
+    /// The server refuses new work of this kind for now (e.g. the replay
+    /// store or the password workers are full); retry later.
+    Busy,
 }
 
 impl ErrorCode {
@@ -46,7 +49,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
-            ErrorCode::Unavailable => 503,
+            ErrorCode::Unavailable | ErrorCode::Busy => 503,
         }
     }
 }
