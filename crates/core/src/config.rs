@@ -113,7 +113,11 @@ impl Default for DeliveryConfig {
 pub struct AdminConfig {
     /// CIDRs allowed to call `/v1/admin/*`; empty allows every address.
     pub ip_allowlist: Vec<ipnet::IpNet>,
-    /// Proxies whose `X-Forwarded-For` is believed (CIDRs).
+    /// Proxies whose `X-Forwarded-For` is believed (CIDRs), for the admin
+    /// allowlist and every per-IP limit (user routes too). Entries are
+    /// walked from the right through trusted proxies; the first untrusted
+    /// one is the client, and one that does not parse makes the client
+    /// unknown (refused by the allowlist, limited under one shared key).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Refuse admin requests without `X-Nonce` and `X-Timestamp`.
     pub require_nonce: bool,

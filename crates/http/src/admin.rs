@@ -231,7 +231,7 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AdminCont
     operation_id = "admin_token",
     tag = "admin",
     summary = "Exchange admin credentials for an admin token",
-    description = "Returns a Bearer token for the admin API with the account's scopes. Rate limited per address.",
+    description = "Returns a Bearer token for the admin API with the account's scopes. Rate limited per address. `X-Nonce` is checked and recorded only once the secret is verified, so a failed attempt does not use it up.",
     request_body = AdminTokenRequest,
     responses(
         (status = 200, description = "An admin token.", body = AdminToken),
