@@ -278,8 +278,11 @@ impl Core {
     /// and written as one `admin.refused` row when the interval ends
     /// ([`Core::flush_refusals`], or the source's next refusal after it).
     /// The source is the client's address (with the admin id when one was
-    /// verified). One log line per source and interval, at debug level.
+    /// verified). One log line per source and interval, at debug level;
+    /// every refusal counts `unimsg_admin_refused_total`.
     pub async fn audit_refusal(&self, record: AuditRecord) {
+        // Every refusal is still counted where operators alert on it.
+        metrics::counter!("unimsg_admin_refused_total").increment(1);
         let write = self
             .refusals
             .count(self.clock.now(), self.refusal_interval(), record);

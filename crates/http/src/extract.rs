@@ -358,4 +358,33 @@ mod tests {
             ClientAddr::Ip(ip("203.0.113.9"))
         );
     }
+
+    proptest::proptest! {
+        /// Whatever a client writes to the left, the entry a trusted proxy
+        /// appended for it decides: the client's own address when it
+        /// parses, unknown when it does not. Nothing panics.
+        #[test]
+        fn what_the_client_writes_never_decides(
+            left in proptest::collection::vec("[ -~]{0,24}", 0..6),
+            client in proptest::prelude::any::<[u8; 4]>(),
+        ) {
+            let trusted = [net("127.0.0.1/32")];
+            let peer = Some(ip("127.0.0.1"));
+            let client = IpAddr::from(client);
+            // A client that is itself the trusted proxy hands the walk on.
+            proptest::prop_assume!(client != ip("127.0.0.1"));
+            let mut entries = left;
+            entries.push(client.to_string());
+            for (value, want) in [
+                (entries.join(","), ClientAddr::Ip(client)),
+                (format!("{},unknown", entries.join(",")), ClientAddr::Unknown),
+            ] {
+                if let Ok(value) = value.parse::<axum::http::HeaderValue>() {
+                    let mut headers = HeaderMap::new();
+                    headers.insert("x-forwarded-for", value);
+                    proptest::prop_assert_eq!(client_addr(peer, &headers, &trusted), want);
+                }
+            }
+        }
+    }
 }
