@@ -159,11 +159,13 @@ pub fn client_addr(
 
 /// The client of a request (see [`client_addr`]).
 pub(crate) fn request_client(
-    parts_ext: &axum::http::Extensions,
+    extensions: &axum::http::Extensions,
     headers: &HeaderMap,
     state: &AppState,
 ) -> ClientAddr {
-    let peer = parts_ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
     client_addr(peer, headers, &state.core.config().admin.trusted_proxies)
 }
 
