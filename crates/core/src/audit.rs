@@ -4,8 +4,18 @@
 //! `hash(n) = SHA-256(hash(n-1) ‖ "n\nat_ms\ncontent")`, with 32 zero bytes
 //! before the first entry. Editing, removing or reordering any entry breaks
 //! every hash after it; [`verify`] names the first entry that does not fit.
+//!
+//! Refused admin requests without a valid credential are not written one
+//! row each (a client could make the store write as fast as it can send):
+//! [`Core::audit_refusal`] writes the first refusal of a source in an
+//! interval at once and counts the rest, and [`Core::flush_refusals`]
+//! writes one `admin.refused` row with the count when the interval ends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use serde::Serialize;
+use time::OffsetDateTime;
 use unimsg_proto::admin::{AuditEntry, AuditPage};
 use unimsg_store::{AuditDraft, AuditQuery, AuditRow, audit_bytes};
 
@@ -42,6 +52,9 @@ pub struct AuditRecord {
     pub session_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// `admin.refused`: how many refused requests the entry stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 /// The chain function: SHA-256 over the previous hash and the entry's bytes.
@@ -119,7 +132,190 @@ pub enum VerifyError {
     Store(String),
 }
 
+/// Most sources counted at once; refusals from further sources are
+/// counted together under [`OVERFLOW`], so memory stays bounded.
+const MAX_SOURCES: usize = 10_000;
+
+/// The source key of refusals counted together once [`MAX_SOURCES`] is reached.
+const OVERFLOW: &str = "*";
+
+/// Refusals counted per source since the first one of its interval.
+#[derive(Debug, Default)]
+pub(crate) struct Refusals(Mutex<HashMap<String, Pending>>);
+
+#[derive(Debug)]
+struct Pending {
+    since: OffsetDateTime,
+    ip: Option<String>,
+    actor: String,
+    /// Refusals after the first, by outcome (HTTP status).
+    held: BTreeMap<String, u64>,
+}
+
+/// What to write for one refusal: the refusal itself when it is the first
+/// of its source's interval, and the summary of the interval it ended.
+#[derive(Debug, Default)]
+pub(crate) struct ToWrite {
+    pub(crate) summary: Option<AuditRecord>,
+    pub(crate) first: Option<AuditRecord>,
+}
+
+impl Pending {
+    fn start(now: OffsetDateTime, key: &str, record: &AuditRecord) -> Self {
+        let overflow = key == OVERFLOW;
+        Pending {
+            since: now,
+            ip: if overflow {
+                Some(OVERFLOW.into())
+            } else {
+                record.ip.clone()
+            },
+            actor: if overflow {
+                "-".into()
+            } else {
+                record.actor.clone()
+            },
+            held: BTreeMap::new(),
+        }
+    }
+
+    fn summary(self, now: OffsetDateTime) -> Option<AuditRecord> {
+        let count: u64 = self.held.values().sum();
+        if count == 0 {
+            return None;
+        }
+        let outcomes = self
+            .held
+            .iter()
+            .map(|(outcome, n)| format!("{outcome}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let since = self.since.unix_timestamp();
+        let until = now.unix_timestamp();
+        Some(AuditRecord {
+            action: "admin.refused".into(),
+            actor_kind: "admin".into(),
+            actor: self.actor,
+            ip: self.ip,
+            outcome: "denied".into(),
+            detail: Some(format!(
+                "{count} more refused requests from {since} to {until} (Unix seconds); by status: {outcomes}"
+            )),
+            count: Some(count),
+            ..AuditRecord::default()
+        })
+    }
+}
+
+impl Refusals {
+    /// Counts one refusal of the source `(ip, actor)` of `record`.
+    pub(crate) fn count(
+        &self,
+        now: OffsetDateTime,
+        interval: time::Duration,
+        record: AuditRecord,
+    ) -> ToWrite {
+        let Ok(mut pending) = self.0.lock() else {
+            return ToWrite::default();
+        };
+        let mut key = format!(
+            "{}\n{}",
+            record.ip.as_deref().unwrap_or("unknown"),
+            record.actor
+        );
+        if !pending.contains_key(&key) && pending.len() >= MAX_SOURCES {
+            key = OVERFLOW.to_owned();
+        }
+        if let Some(p) = pending.get_mut(&key) {
+            if now < p.since + interval {
+                *p.held.entry(record.outcome).or_default() += 1;
+                return ToWrite::default();
+            }
+            let ended = std::mem::replace(p, Pending::start(now, &key, &record));
+            return ToWrite {
+                summary: ended.summary(now),
+                first: Some(record),
+            };
+        }
+        pending.insert(key.clone(), Pending::start(now, &key, &record));
+        ToWrite {
+            summary: None,
+            first: Some(record),
+        }
+    }
+
+    /// Takes the summaries of every source whose interval has ended (of
+    /// every source with `all`).
+    pub(crate) fn take_ended(
+        &self,
+        now: OffsetDateTime,
+        interval: time::Duration,
+        all: bool,
+    ) -> Vec<AuditRecord> {
+        let Ok(mut pending) = self.0.lock() else {
+            return Vec::new();
+        };
+        let keys: Vec<String> = pending
+            .iter()
+            .filter(|(_, p)| all || p.since + interval <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.iter()
+            .filter_map(|k| pending.remove(k))
+            .filter_map(|p| p.summary(now))
+            .collect()
+    }
+}
+
 impl Core {
+    fn refusal_interval(&self) -> time::Duration {
+        time::Duration::seconds(self.config.admin.refusal_audit_interval_secs.max(1) as i64)
+    }
+
+    /// Audits a refused admin request that no valid credential vouches for
+    /// (or one over its credential's rate limit). The first refusal of a
+    /// source in an interval is written at once; later ones are counted
+    /// and written as one `admin.refused` row when the interval ends
+    /// ([`Core::flush_refusals`], or the source's next refusal after it).
+    /// The source is the client's address (with the admin id when one was
+    /// verified). One log line per source and interval, at debug level;
+    /// every refusal counts `unimsg_admin_refused_total`.
+    pub async fn audit_refusal(&self, record: AuditRecord) {
+        // Every refusal is still counted where operators alert on it.
+        metrics::counter!("unimsg_admin_refused_total").increment(1);
+        let write = self
+            .refusals
+            .count(self.clock.now(), self.refusal_interval(), record);
+        if let Some(summary) = write.summary {
+            self.audit(summary).await;
+        }
+        if let Some(first) = write.first {
+            tracing::debug!(
+                ip = first.ip.as_deref().unwrap_or("unknown"),
+                outcome = %first.outcome,
+                "refused an admin request; further refusals from this source are counted until the interval ends"
+            );
+            self.audit(first).await;
+        }
+    }
+
+    /// Writes the `admin.refused` row of every source whose interval has
+    /// ended (of every source with `all`, at shutdown). Called by a
+    /// periodic task of the server.
+    pub async fn flush_refusals(&self, all: bool) {
+        let ended = self
+            .refusals
+            .take_ended(self.clock.now(), self.refusal_interval(), all);
+        for summary in ended {
+            tracing::info!(
+                ip = summary.ip.as_deref().unwrap_or("unknown"),
+                count = summary.count.unwrap_or(0),
+                "refused admin requests from one source"
+            );
+            self.audit(summary).await;
+        }
+    }
+
     /// Appends an audit entry. A failure is logged, not returned: the
     /// action it records has already happened.
     pub async fn audit(&self, record: AuditRecord) {
@@ -243,5 +439,92 @@ mod tests {
             verify((0, [0; 32]), &rehashed),
             Err(ChainBreak::Unlinked { id: 3 })
         );
+    }
+
+    fn refusal(ip: &str, outcome: &str) -> AuditRecord {
+        AuditRecord {
+            action: "admin.request".into(),
+            actor_kind: "admin".into(),
+            actor: "-".into(),
+            ip: Some(ip.into()),
+            outcome: outcome.into(),
+            ..AuditRecord::default()
+        }
+    }
+
+    #[test]
+    fn refusals_write_the_first_of_an_interval_and_then_one_count() {
+        let refusals = Refusals::default();
+        let t0 = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+        let minute = time::Duration::minutes(1);
+        let first = refusals.count(t0, minute, refusal("198.51.100.1", "401"));
+        assert!(first.first.is_some() && first.summary.is_none());
+        for i in 0..500 {
+            let outcome = if i % 5 == 0 { "429" } else { "401" };
+            let w = refusals.count(t0, minute, refusal("198.51.100.1", outcome));
+            assert!(w.first.is_none() && w.summary.is_none(), "refusal {i}");
+        }
+        let other = refusals.count(t0, minute, refusal("198.51.100.2", "403"));
+        assert!(other.first.is_some(), "each source has its own first row");
+        assert!(
+            refusals.take_ended(t0, minute, false).is_empty(),
+            "not ended yet"
+        );
+
+        // The source's next refusal after the interval writes the summary
+        // and starts a new interval with itself.
+        let later = t0 + minute;
+        let w = refusals.count(later, minute, refusal("198.51.100.1", "401"));
+        let summary = w.summary.unwrap_or_else(|| panic!("no summary"));
+        assert_eq!(summary.action, "admin.refused");
+        assert_eq!(summary.count, Some(500));
+        assert_eq!(summary.ip.as_deref(), Some("198.51.100.1"));
+        assert!(
+            summary
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.contains("401: 400, 429: 100")),
+            "{summary:?}"
+        );
+        assert!(w.first.is_some());
+
+        // The periodic flush writes nothing for a source with only its first
+        // row, and a count for one with more.
+        let _ = refusals.count(later, minute, refusal("198.51.100.1", "401"));
+        let ended = refusals.take_ended(later + minute, minute, false);
+        assert_eq!(
+            ended.iter().map(|r| r.count).collect::<Vec<_>>(),
+            vec![Some(1)]
+        );
+        assert!(refusals.take_ended(later + minute, minute, true).is_empty());
+    }
+
+    #[test]
+    fn refusals_from_too_many_sources_are_counted_together() {
+        let refusals = Refusals::default();
+        let t0 = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+        let minute = time::Duration::minutes(1);
+        let mut firsts = 0;
+        for i in 0..MAX_SOURCES + 1000 {
+            let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+            if refusals
+                .count(t0, minute, refusal(&ip, "401"))
+                .first
+                .is_some()
+            {
+                firsts += 1;
+            }
+        }
+        assert_eq!(
+            firsts,
+            MAX_SOURCES + 1,
+            "one row per source, one for the rest"
+        );
+        let len = refusals.0.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+        assert_eq!(len, MAX_SOURCES + 1);
+        let ended = refusals.take_ended(t0, minute, true);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].ip.as_deref(), Some(OVERFLOW));
+        assert_eq!(ended[0].count, Some(999));
     }
 }

@@ -114,14 +114,27 @@ impl Default for DeliveryConfig {
 pub struct AdminConfig {
     /// CIDRs allowed to call `/v1/admin/*`; empty allows every address.
     pub ip_allowlist: Vec<ipnet::IpNet>,
-    /// Proxies whose `X-Forwarded-For` is believed (CIDRs).
+    /// Proxies whose `X-Forwarded-For` is believed (CIDRs), for the admin
+    /// allowlist and every per-IP limit (user routes too). Entries are
+    /// walked from the right through trusted proxies; the first untrusted
+    /// one is the client, and one that does not parse makes the client
+    /// unknown (refused by the allowlist, limited under one shared key).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Refuse admin requests without `X-Nonce` and `X-Timestamp`.
     pub require_nonce: bool,
     /// How far `X-Timestamp` may be from now, and how long a nonce is remembered, in seconds.
     pub nonce_window_secs: u64,
-    /// Most nonces remembered at once; the oldest are forgotten first.
+    /// Most nonces remembered at once. A nonce is never forgotten inside
+    /// its window: when the store is full, new nonces are refused (503
+    /// `busy`) until old ones expire.
     pub nonce_capacity: usize,
+    /// Most unexpired nonces of one admin credential, so that one credential
+    /// cannot fill the store for the others (refused with 503 `busy`).
+    pub nonce_per_credential: usize,
+    /// Refused admin requests without a valid credential are audited one
+    /// row per source and interval: the first at once, then an
+    /// `admin.refused` row with the count of the rest. In seconds.
+    pub refusal_audit_interval_secs: u64,
     /// Lifetime of admin tokens from `POST /v1/admin/token`, in seconds.
     pub token_ttl_secs: u64,
     /// Most recipients of one targeted message.
@@ -136,6 +149,8 @@ impl Default for AdminConfig {
             require_nonce: false,
             nonce_window_secs: 300,
             nonce_capacity: 100_000,
+            nonce_per_credential: 25_000,
+            refusal_audit_interval_secs: 60,
             token_ttl_secs: 900,
             max_recipients: 100_000,
         }

@@ -27,9 +27,10 @@ pub enum CoreError {
     RateLimited(std::time::Duration),
     #[error("the store is unavailable")]
     Unavailable(String),
-    /// The password workers' queue is full: a refusal, not a failure.
-    #[error("too many password checks in progress; try again in a moment")]
-    Busy,
+    /// An expected refusal under load (503 `busy`): nothing is broken, so
+    /// it is not logged as an error.
+    #[error("{0}")]
+    Busy(&'static str),
     #[error("internal error")]
     Internal(String),
 }
@@ -49,7 +50,7 @@ impl CoreError {
             CoreError::TooLarge(_) => ErrorCode::PayloadTooLarge,
             CoreError::RateLimited(_) => ErrorCode::RateLimited,
             CoreError::Unavailable(_) => ErrorCode::Unavailable,
-            CoreError::Busy => ErrorCode::Busy,
+            CoreError::Busy(_) => ErrorCode::Busy,
             CoreError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -58,7 +59,7 @@ impl CoreError {
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
             CoreError::RateLimited(d) => Some(*d),
-            CoreError::Busy => Some(std::time::Duration::from_secs(1)),
+            CoreError::Busy(_) => Some(std::time::Duration::from_secs(1)),
             _ => None,
         }
     }

@@ -26,6 +26,7 @@ pub mod replay;
 pub mod stream;
 /// The test suite every nonce store, rate limiter and ticket store must pass.
 pub mod suite;
+pub mod throttle;
 
 use std::sync::Arc;
 
@@ -59,6 +60,8 @@ pub struct Core {
     pub(crate) changes: tokio::sync::broadcast::Sender<Arc<changes::Change>>,
     pub(crate) verified: admin::VerifiedSecrets,
     pub(crate) tokens: auth::VerifiedTokens,
+    pub(crate) refusals: audit::Refusals,
+    pub(crate) replay_alerts: throttle::LogThrottle,
     pub(crate) config: CoreConfig,
 }
 
@@ -106,6 +109,8 @@ impl Core {
             changes: changes::channel(),
             verified: admin::VerifiedSecrets::default(),
             tokens: auth::VerifiedTokens::default(),
+            refusals: audit::Refusals::default(),
+            replay_alerts: throttle::LogThrottle::new(std::time::Duration::from_secs(60)),
             config: parts.config,
         }
     }
@@ -118,8 +123,40 @@ impl Core {
         &self.hub
     }
 
-    /// Checks an admin request's `X-Nonce` / `X-Timestamp` (see [`replay`]).
+    /// Checks an admin request's `X-Nonce` / `X-Timestamp` (see [`replay`])
+    /// for a credential that was verified: only then is a nonce recorded.
+    /// A full store (overall or for this credential) refuses with 503
+    /// `busy`, counts `unimsg_replay_store_full_total` and warns at most
+    /// once a minute per kind.
     pub async fn check_replay(
+        &self,
+        credential: &str,
+        nonce: Option<&str>,
+        timestamp: Option<&str>,
+    ) -> Result<()> {
+        let result = self.check_replay_inner(credential, nonce, timestamp).await;
+        if let Err(CoreError::Busy(reason)) = &result {
+            let scope = if *reason == replay::STORE_FULL {
+                "overall"
+            } else {
+                "credential"
+            };
+            metrics::counter!("unimsg_replay_store_full_total", "scope" => scope).increment(1);
+            if let Some(held_back) = self.replay_alerts.allow(scope) {
+                let admin = &self.config.admin;
+                tracing::warn!(
+                    scope,
+                    held_back,
+                    capacity = admin.nonce_capacity,
+                    per_credential = admin.nonce_per_credential,
+                    "the replay store is full: admin requests with new nonces are refused (503) until old nonces expire"
+                );
+            }
+        }
+        result
+    }
+
+    async fn check_replay_inner(
         &self,
         credential: &str,
         nonce: Option<&str>,

@@ -88,7 +88,7 @@ impl PasswordWorkers {
         self.jobs.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) => {
                 metrics::counter!("unimsg_password_busy_total").increment(1);
-                CoreError::Busy
+                CoreError::Busy("too many password checks in progress; try again in a moment")
             }
             TrySendError::Disconnected(_) => {
                 CoreError::Internal("the password workers stopped".into())
@@ -263,7 +263,7 @@ mod tests {
                 reply,
             }) {
                 Ok(()) => accepted.push(rx),
-                Err(CoreError::Busy) => refused += 1,
+                Err(CoreError::Busy(_)) => refused += 1,
                 Err(e) => panic!("{e}"),
             }
         }

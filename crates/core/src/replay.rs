@@ -1,78 +1,165 @@
 //! Replay protection for the admin API: `X-Nonce` + `X-Timestamp`.
 //!
 //! A timestamp further than the window from now is refused (401); a nonce
-//! already seen inside the window is refused (409). Nonces are kept in a
-//! bounded store that forgets them when they age out of the window, so a
-//! flood of nonces cannot grow memory. The store is a trait: one node keeps
-//! it in memory, a cluster shares it.
+//! already seen inside the window is refused (409). Only requests whose
+//! credential was verified record a nonce, keyed by that credential, so a
+//! client without credentials cannot put anything into the store.
+//!
+//! A nonce is never forgotten inside its window: forgetting one would let
+//! its request run twice. The store is bounded overall and per credential,
+//! and when a bound is reached new nonces are refused (503 `busy`) instead
+//! of evicting old ones; one credential can use at most its own share, so
+//! it cannot crowd out the others. The store is a trait: one node keeps it
+//! in memory, a cluster shares it.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 
 use crate::error::{CoreError, Result};
 
-/// Remembers nonces until they expire.
-#[async_trait]
-pub trait NonceStore: Send + Sync {
-    /// Records `key` until `expires_at` (Unix seconds). `false` if it was
-    /// already recorded and has not expired; an error when the shared store
-    /// cannot be reached (the request is refused, not let through).
-    async fn insert(&self, key: &str, now: i64, expires_at: i64) -> Result<bool>;
+/// What [`NonceStore::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Recorded until its expiry (or already expired: nothing to record).
+    New,
+    /// Already recorded for this credential and not expired.
+    Replayed,
+    /// This credential holds its share of unexpired nonces; nothing recorded.
+    CredentialFull,
+    /// The store holds its capacity of unexpired nonces; nothing recorded.
+    StoreFull,
 }
 
-/// The single-node nonce store: a map plus an expiry queue, bounded.
+/// How many unexpired nonces a store holds, overall and per credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NonceBounds {
+    pub capacity: usize,
+    pub per_credential: usize,
+}
+
+impl NonceBounds {
+    pub fn new(capacity: usize, per_credential: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            per_credential: per_credential.max(1),
+        }
+    }
+}
+
+/// Remembers nonces per credential until they expire.
+#[async_trait]
+pub trait NonceStore: Send + Sync {
+    /// Records `nonce` of `credential` until `expires_at` (Unix seconds;
+    /// expired means `expires_at <= now`). Never forgets an unexpired
+    /// nonce to make room; an error when the shared store cannot be reached
+    /// (the request is refused, not let through).
+    async fn insert(
+        &self,
+        credential: &str,
+        nonce: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Recorded>;
+}
+
+/// The single-node nonce store: the nonces of each credential, and one
+/// heap of every expiry, so that everything expired is forgotten before a
+/// bound is judged.
 #[derive(Debug)]
 pub struct MemoryNonces {
     inner: Mutex<Inner>,
-    capacity: usize,
+    bounds: NonceBounds,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    seen: HashMap<String, i64>,
-    order: VecDeque<(i64, String)>,
+    by_credential: HashMap<String, HashSet<String>>,
+    /// One entry per recorded nonce: `(expiry, credential, nonce)`.
+    expiries: BinaryHeap<Reverse<(i64, String, String)>>,
+}
+
+impl Inner {
+    fn forget_expired(&mut self, now: i64) {
+        while self
+            .expiries
+            .peek()
+            .is_some_and(|Reverse((expiry, _, _))| *expiry <= now)
+        {
+            let Some(Reverse((_, credential, nonce))) = self.expiries.pop() else {
+                break;
+            };
+            if let Some(set) = self.by_credential.get_mut(&credential) {
+                set.remove(&nonce);
+                if set.is_empty() {
+                    self.by_credential.remove(&credential);
+                }
+            }
+        }
+    }
 }
 
 impl MemoryNonces {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(bounds: NonceBounds) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
-            capacity: capacity.max(1),
+            bounds: NonceBounds::new(bounds.capacity, bounds.per_credential),
         }
     }
 }
 
 #[async_trait]
 impl NonceStore for MemoryNonces {
-    async fn insert(&self, key: &str, now: i64, expires_at: i64) -> Result<bool> {
+    async fn insert(
+        &self,
+        credential: &str,
+        nonce: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Recorded> {
         let mut inner = self
             .inner
             .lock()
             .map_err(|_| CoreError::Internal("nonce store poisoned".into()))?;
-        // Forget what has expired, and the oldest when over capacity.
-        while let Some((expiry, _)) = inner.order.front() {
-            if *expiry > now && inner.order.len() < self.capacity {
-                break;
-            }
-            if let Some((expiry, old)) = inner.order.pop_front()
-                && inner.seen.get(&old) == Some(&expiry)
-            {
-                inner.seen.remove(&old);
-            }
+        inner.forget_expired(now);
+        let held = inner.by_credential.get(credential);
+        if held.is_some_and(|set| set.contains(nonce)) {
+            return Ok(Recorded::Replayed);
         }
-        if inner.seen.get(key).is_some_and(|expiry| *expiry > now) {
-            return Ok(false);
+        if expires_at <= now {
+            return Ok(Recorded::New);
         }
-        inner.seen.insert(key.to_owned(), expires_at);
-        inner.order.push_back((expires_at, key.to_owned()));
-        Ok(true)
+        if held.is_some_and(|set| set.len() >= self.bounds.per_credential) {
+            return Ok(Recorded::CredentialFull);
+        }
+        if inner.expiries.len() >= self.bounds.capacity {
+            return Ok(Recorded::StoreFull);
+        }
+        inner
+            .by_credential
+            .entry(credential.to_owned())
+            .or_default()
+            .insert(nonce.to_owned());
+        inner.expiries.push(Reverse((
+            expires_at,
+            credential.to_owned(),
+            nonce.to_owned(),
+        )));
+        Ok(Recorded::New)
     }
 }
 
-/// Checks a request's nonce and timestamp. `required` refuses requests
-/// that carry neither.
+/// The refusal when a credential holds its share of the store.
+pub const CREDENTIAL_FULL: &str =
+    "too many recent nonces for this credential; retry when older ones expire";
+
+/// The refusal when the whole store is full.
+pub const STORE_FULL: &str = "the replay store is full; retry later";
+
+/// Checks a request's nonce and timestamp for an authenticated
+/// `credential`. `required` refuses requests that carry neither.
 pub async fn check(
     store: &dyn NonceStore,
     credential: &str,
@@ -107,51 +194,70 @@ pub async fn check(
     }
     // Remembered for the whole time its timestamp stays acceptable: the
     // last accepted second is `ts + window`, so it expires one after.
-    if !store
-        .insert(&format!("{credential}\n{nonce}"), now, ts + window + 1)
+    match store
+        .insert(credential, nonce, now, ts + window + 1)
         .await?
     {
-        return Err(CoreError::Conflict("this nonce was already used".into()));
+        Recorded::New => Ok(()),
+        Recorded::Replayed => Err(CoreError::Conflict("this nonce was already used".into())),
+        Recorded::CredentialFull => Err(CoreError::Busy(CREDENTIAL_FULL)),
+        Recorded::StoreFull => Err(CoreError::Busy(STORE_FULL)),
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn store(capacity: usize, per_credential: usize) -> MemoryNonces {
+        MemoryNonces::new(NonceBounds::new(capacity, per_credential))
+    }
+
+    fn held(store: &MemoryNonces) -> usize {
+        store
+            .inner
+            .lock()
+            .map(|inner| inner.expiries.len())
+            .unwrap_or(usize::MAX)
+    }
+
+    async fn at(store: &MemoryNonces, who: &str, nonce: &str, ts: i64, now: i64) -> Result<()> {
+        check(
+            store,
+            who,
+            Some(nonce),
+            Some(&ts.to_string()),
+            now,
+            300,
+            false,
+        )
+        .await
+    }
+
     #[tokio::test]
     async fn a_nonce_is_refused_inside_the_window_and_forgotten_after() {
-        let store = MemoryNonces::new(10);
-        assert!(
-            check(&store, "a", Some("n1"), Some("1000"), 1000, 300, false)
-                .await
-                .is_ok()
-        );
+        let store = store(10, 10);
+        assert!(at(&store, "a", "n1", 1000, 1000).await.is_ok());
         assert!(matches!(
-            check(&store, "a", Some("n1"), Some("1000"), 1010, 300, false).await,
+            at(&store, "a", "n1", 1000, 1010).await,
             Err(CoreError::Conflict(_))
         ));
         // Another credential may use the same nonce.
-        assert!(
-            check(&store, "b", Some("n1"), Some("1000"), 1010, 300, false)
-                .await
-                .is_ok()
-        );
+        assert!(at(&store, "b", "n1", 1000, 1010).await.is_ok());
         // After the window the timestamp itself is refused.
         assert!(matches!(
-            check(&store, "a", Some("n1"), Some("1000"), 1301, 300, false).await,
+            at(&store, "a", "n1", 1000, 1301).await,
             Err(CoreError::Unauthorized(_))
         ));
         assert!(matches!(
-            check(&store, "a", Some("n2"), Some("0"), 3600, 300, false).await,
+            at(&store, "a", "n2", 0, 3600).await,
             Err(CoreError::Unauthorized(_))
         ));
     }
 
     #[tokio::test]
-    async fn missing_headers_pass_unless_required_and_the_store_stays_bounded() {
-        let store = MemoryNonces::new(3);
+    async fn missing_headers_pass_unless_required() {
+        let store = store(3, 3);
         assert!(check(&store, "a", None, None, 0, 300, false).await.is_ok());
         assert!(matches!(
             check(&store, "a", None, None, 0, 300, true).await,
@@ -161,22 +267,86 @@ mod tests {
             check(&store, "a", Some("x"), None, 0, 300, false).await,
             Err(CoreError::Unauthorized(_))
         ));
-        for i in 0..100 {
+    }
+
+    /// The attack of the audit: fill the store with fresh nonces, then
+    /// replay an old one. A full store refuses the fresh ones instead.
+    #[tokio::test]
+    async fn a_full_store_refuses_new_nonces_and_never_forgets_unexpired_ones() {
+        let store = store(4, 4);
+        assert!(at(&store, "admin", "broadcast-1", 1000, 1000).await.is_ok());
+        for i in 0..3 {
             assert!(
-                check(
-                    &store,
-                    "a",
-                    Some(&format!("n{i}")),
-                    Some("0"),
-                    0,
-                    300,
-                    false
-                )
-                .await
-                .is_ok()
+                at(&store, "other", &format!("f{i}"), 1000, 1000)
+                    .await
+                    .is_ok()
             );
         }
-        let inner = store.inner.lock().unwrap_or_else(|p| p.into_inner());
-        assert!(inner.seen.len() <= 3 && inner.order.len() <= 3);
+        for i in 3..100 {
+            assert!(matches!(
+                at(&store, "other", &format!("f{i}"), 1000, 1001).await,
+                Err(CoreError::Busy(STORE_FULL))
+            ));
+        }
+        assert!(
+            matches!(
+                at(&store, "admin", "broadcast-1", 1000, 1200).await,
+                Err(CoreError::Conflict(_))
+            ),
+            "the replay is still refused"
+        );
+        assert_eq!(held(&store), 4);
+        // Once the window has passed the room is free again.
+        assert!(at(&store, "other", "later", 1301, 1301).await.is_ok());
+        assert_eq!(held(&store), 1, "every expired nonce was forgotten");
+    }
+
+    #[tokio::test]
+    async fn one_credential_cannot_take_the_share_of_another() {
+        let store = store(10, 3);
+        for i in 0..3 {
+            assert!(
+                at(&store, "greedy", &format!("g{i}"), 1000, 1000)
+                    .await
+                    .is_ok()
+            );
+        }
+        assert!(matches!(
+            at(&store, "greedy", "g3", 1000, 1000).await,
+            Err(CoreError::Busy(CREDENTIAL_FULL))
+        ));
+        assert!(
+            matches!(
+                at(&store, "greedy", "g0", 1000, 1000).await,
+                Err(CoreError::Conflict(_))
+            ),
+            "a replay is still a replay when the share is full"
+        );
+        for i in 0..3 {
+            assert!(
+                at(&store, "modest", &format!("m{i}"), 1000, 1000)
+                    .await
+                    .is_ok()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn expiries_out_of_order_are_all_forgotten() {
+        let store = store(3, 3);
+        // Timestamps anywhere in the window: expiries are not in insertion order.
+        assert!(at(&store, "a", "late", 1200, 1000).await.is_ok());
+        assert!(at(&store, "a", "early", 800, 1000).await.is_ok());
+        assert!(at(&store, "a", "mid", 1000, 1000).await.is_ok());
+        // At 1101 only `early` (expiry 1101) has gone.
+        assert!(at(&store, "a", "x", 1101, 1101).await.is_ok());
+        assert!(matches!(
+            at(&store, "a", "y", 1101, 1101).await,
+            Err(CoreError::Busy(_))
+        ));
+        assert!(matches!(
+            at(&store, "a", "late", 1200, 1400).await,
+            Err(CoreError::Conflict(_))
+        ));
     }
 }

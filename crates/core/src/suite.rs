@@ -10,7 +10,7 @@
 //! failure.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -20,7 +20,7 @@ use unimsg_proto::{Platform, UserId};
 use crate::error::{CoreError, Result};
 use crate::limits::{Limit, LimitsConfig, RateLimits, Realm, RetryAfter};
 use crate::qr::{QrEvent, QrTickets, Ticket, TicketState};
-use crate::replay::NonceStore;
+use crate::replay::{NonceBounds, NonceStore, Recorded};
 
 /// How long an announced event may take to reach a listener.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,23 +30,108 @@ fn unique() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// Runs every check of the suite. `limits` builds a limiter with the given
-/// configuration (the suite needs small quotas).
+/// Builds a nonce store with the given bounds (on a shared server, over
+/// the same data as every other store it builds).
+pub type MakeNonces<'a> = dyn Fn(NonceBounds) -> Arc<dyn NonceStore> + Sync + 'a;
+
+/// Runs every check of the suite. `make_nonces` and `make_limits` build a
+/// store or limiter with the given bounds or configuration (the suite needs
+/// small ones).
 pub async fn run_all(
-    nonces_store: &dyn NonceStore,
+    make_nonces: &MakeNonces<'_>,
     make_limits: &(dyn Fn(LimitsConfig) -> Arc<dyn RateLimits> + Sync),
     tickets_store: &dyn QrTickets,
 ) {
-    nonces(nonces_store).await;
+    nonces(&*make_nonces(NonceBounds::new(1000, 1000))).await;
+    nonce_bounds(make_nonces).await;
     limits(make_limits).await;
     tickets(tickets_store).await;
 }
 
-async fn insert(store: &dyn NonceStore, key: &str, now: i64, expires_at: i64) -> bool {
+async fn record(
+    store: &dyn NonceStore,
+    credential: &str,
+    nonce: &str,
+    now: i64,
+    expires_at: i64,
+) -> Recorded {
     store
-        .insert(key, now, expires_at)
+        .insert(credential, nonce, now, expires_at)
         .await
-        .unwrap_or_else(|e| panic!("insert nonce {key}: {e}"))
+        .unwrap_or_else(|e| panic!("insert nonce {credential}/{nonce}: {e}"))
+}
+
+async fn insert(store: &dyn NonceStore, key: &str, now: i64, expires_at: i64) -> bool {
+    match record(store, "suite", key, now, expires_at).await {
+        Recorded::New => true,
+        Recorded::Replayed => false,
+        full => panic!("nonce {key}: the store is not full, yet it answered {full:?}"),
+    }
+}
+
+/// Bounds: a full store and a full share refuse new nonces, never forget
+/// unexpired ones, and one credential's share does not take another's.
+///
+/// Judged at a `now` far ahead of the clock and later for every call, so
+/// that everything recorded before (by other checks and runs on the same
+/// server) has expired by then and the store holds only this check's
+/// nonces.
+pub async fn nonce_bounds(make: &MakeNonces<'_>) {
+    static RUNS: AtomicI64 = AtomicI64::new(0);
+    let tag = unique();
+    let run = RUNS.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = OffsetDateTime::now_utc().unix_timestamp() + run * 10_000_000;
+    let store = make(NonceBounds::new(5, 3));
+    let (a, b, c) = (
+        format!("bounds-a-{tag}"),
+        format!("bounds-b-{tag}"),
+        format!("bounds-c-{tag}"),
+    );
+    for i in 0..3 {
+        assert_eq!(
+            record(&*store, &a, &format!("n{i}"), now, now + 300).await,
+            Recorded::New
+        );
+    }
+    assert_eq!(
+        record(&*store, &a, "n3", now, now + 300).await,
+        Recorded::CredentialFull,
+        "a credential holding its share records no more"
+    );
+    assert_eq!(
+        record(&*store, &a, "n0", now, now + 300).await,
+        Recorded::Replayed,
+        "a replay is still refused as a replay when the share is full"
+    );
+    for i in 0..2 {
+        assert_eq!(
+            record(&*store, &b, &format!("n{i}"), now, now + 300).await,
+            Recorded::New,
+            "another credential has its own share"
+        );
+    }
+    assert_eq!(
+        record(&*store, &c, "n0", now, now + 300).await,
+        Recorded::StoreFull,
+        "a full store refuses a new nonce"
+    );
+    for i in 0..3 {
+        assert_eq!(
+            record(&*store, &a, &format!("n{i}"), now + 299, now + 600).await,
+            Recorded::Replayed,
+            "nothing unexpired was evicted to make room"
+        );
+    }
+    assert_eq!(
+        record(&*store, &c, "n0", now + 300, now + 600).await,
+        Recorded::New,
+        "once they expire there is room again"
+    );
+    assert_eq!(
+        record(&*store, &a, "n3", now + 300, now + 600).await,
+        Recorded::New,
+        "and the credential's share is free again"
+    );
 }
 
 /// Replay nonces: refused while unexpired, independent per key, accepted
@@ -734,8 +819,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_memory_implementations_pass_the_suite() {
-        let nonces = MemoryNonces::new(1000);
         let tickets = MemoryTickets::default();
+        let nonces =
+            |bounds: NonceBounds| -> Arc<dyn NonceStore> { Arc::new(MemoryNonces::new(bounds)) };
         let make =
             |config: LimitsConfig| -> Arc<dyn RateLimits> { Arc::new(MemoryLimits::new(config)) };
         run_all(&nonces, &make, &tickets).await;

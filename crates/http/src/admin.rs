@@ -1,15 +1,18 @@
 //! `/v1/admin/*`: the API for business systems.
 //!
 //! One middleware, [`gate`], guards every admin route in this order: the
-//! IP allowlist (403), the credential — HTTP Basic `admin_id:password` or a
-//! Bearer admin token — (401), replay protection with `X-Nonce` and
-//! `X-Timestamp` (409 / 401); then it runs the handler and writes one audit
-//! entry with the outcome, whether the request was served or refused.
-//! Handlers check the scope they need (403).
+//! IP allowlist (403; the client by [`crate::extract::client_addr`], an
+//! unknown client is refused), the credential — HTTP Basic
+//! `admin_id:password` or a Bearer admin token — (401), the credential's
+//! rate limit (429), replay protection with `X-Nonce` and `X-Timestamp`
+//! keyed by the verified admin id (409 / 401, 503 `busy` when the replay
+//! store is full); then it runs the handler. Served requests, and refused
+//! ones with a valid credential, are audited one entry each; refusals
+//! without one (and over a credential's limit) are counted per source
+//! ([`unimsg_core::Core::audit_refusal`]). Handlers check the scope they
+//! need (403).
 
-use std::net::{IpAddr, SocketAddr};
-
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -41,7 +44,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Json, PathId, PathPair, Query, path_id};
+use crate::extract::{Client, ClientAddr, Json, PathId, PathPair, Query, path_id, request_client};
 
 /// The admin routes; [`crate::router`] puts them behind [`gate`].
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -82,9 +85,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
 }
 
 /// Set by a handler on its response to name the actor when the request
-/// itself carried no credential (`POST /v1/admin/token`).
+/// itself carried no credential (`POST /v1/admin/token`), once the
+/// credential in the body was verified.
 #[derive(Clone)]
 struct AuditActor(String);
+
+/// Set by `POST /v1/admin/token` when the credential in the body was
+/// refused: the admin id it named, recorded as the target, never as the actor.
+#[derive(Clone)]
+struct ClaimedAdmin(String);
 
 /// A comma-separated list of 1 to 1000 user ids.
 fn user_ids(raw: &str) -> Result<Vec<UserId>, ApiError> {
@@ -99,33 +108,6 @@ fn user_ids(raw: &str) -> Result<Vec<UserId>, ApiError> {
     Ok(ids)
 }
 
-/// The caller's address: the peer, or — when the peer is a trusted proxy —
-/// the nearest `X-Forwarded-For` address that is not a trusted proxy.
-pub(crate) fn client_ip(
-    peer: Option<IpAddr>,
-    headers: &HeaderMap,
-    trusted: &[ipnet::IpNet],
-) -> Option<IpAddr> {
-    let peer = peer?;
-    if !trusted.iter().any(|net| net.contains(&peer)) {
-        return Some(peer);
-    }
-    let forwarded: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    Some(
-        forwarded
-            .into_iter()
-            .rev()
-            .find(|ip| !trusted.iter().any(|net| net.contains(ip)))
-            .unwrap_or(peer),
-    )
-}
-
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -133,24 +115,19 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// Guards and audits every admin request.
 pub(crate) async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let core = state.core.clone();
-    let admin_config = &core.config().admin;
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    let ip = client_ip(peer, request.headers(), &admin_config.trusted_proxies);
+    let client = request_client(request.extensions(), request.headers(), &state);
     let mut record = AuditRecord {
         action: "admin.request".into(),
         actor_kind: "admin".into(),
         actor: "-".into(),
-        ip: ip.map(|i| i.to_string()),
+        ip: Some(client.key()),
         operation_id: header(request.headers(), "x-operation-id")
             .map(|s| s.chars().take(128).collect()),
         method: Some(request.method().to_string()),
         path: Some(request.uri().path().chars().take(256).collect()),
         ..AuditRecord::default()
     };
-    let outcome = admit(&state, ip, request, next, &mut record).await;
+    let outcome = admit(&state, client, request, next, &mut record).await;
     let response = match outcome {
         Ok(response) => response,
         Err(e) => e.into_response(),
@@ -158,56 +135,70 @@ pub(crate) async fn gate(State(state): State<AppState>, request: Request, next: 
     if let Some(actor) = response.extensions().get::<AuditActor>() {
         record.actor = actor.0.clone();
     }
-    record.outcome = response.status().as_u16().to_string();
-    core.audit(record).await;
+    if let Some(claimed) = response.extensions().get::<ClaimedAdmin>() {
+        record.target = Some(claimed.0.clone());
+    }
+    let status = response.status().as_u16();
+    record.outcome = status.to_string();
+    // Only a verified credential sets the actor. Refusals no credential
+    // vouches for, and refusals over a credential's limits, are counted
+    // per source instead of written one row each: otherwise anyone could
+    // make the audit log (and the writer that message sends use) write
+    // as fast as they can send.
+    let verified = record.actor != "-";
+    if status >= 400 && (!verified || matches!(status, 429 | 503)) {
+        core.audit_refusal(record).await;
+    } else {
+        core.audit(record).await;
+    }
     response
 }
 
+/// The allowlist, the credential, the credential's rate limit and its
+/// nonce, in this order: a nonce is recorded only once a credential is
+/// verified, keyed by it. `POST /v1/admin/token` carries its credential in
+/// the body, so its handler checks the nonce after verifying it.
 async fn admit(
     state: &AppState,
-    ip: Option<IpAddr>,
+    client: ClientAddr,
     mut request: Request,
     next: Next,
     record: &mut AuditRecord,
 ) -> Result<Response, ApiError> {
     let core = &state.core;
     let allow = &core.config().admin.ip_allowlist;
-    if !allow.is_empty() && !ip.is_some_and(|ip| allow.iter().any(|net| net.contains(&ip))) {
+    let allowed = match client {
+        ClientAddr::Ip(ip) => allow.iter().any(|net| net.contains(&ip)),
+        // An unknown client cannot be shown to be on the list.
+        ClientAddr::Unknown => false,
+    };
+    if !allow.is_empty() && !allowed {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "this address may not use the admin API",
         ));
     }
-    let credential = if request.uri().path() == "/v1/admin/token" {
-        let ip = ip.map(|i| i.to_string()).unwrap_or_default();
-        core.check_limit(Limit::Token, &ip).await?;
-        None
-    } else {
-        let ctx = authenticate(state, request.headers(), ip).await?;
-        core.check_limit(Limit::Admin, &ctx.admin_id).await?;
-        record.actor = ctx.admin_id.clone();
-        record.scope = Some(
-            ctx.scopes
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        Some(ctx)
-    };
-    let key = credential.as_ref().map_or_else(
-        || format!("ip:{}", ip.map(|i| i.to_string()).unwrap_or_default()),
-        |c| c.admin_id.clone(),
+    if request.uri().path() == "/v1/admin/token" {
+        core.check_limit(Limit::Token, &client.key()).await?;
+        return Ok(next.run(request).await);
+    }
+    let ctx = authenticate(state, request.headers(), &client.key()).await?;
+    record.actor = ctx.admin_id.clone();
+    record.scope = Some(
+        ctx.scopes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
     );
+    core.check_limit(Limit::Admin, &ctx.admin_id).await?;
     core.check_replay(
-        &key,
+        &ctx.admin_id,
         header(request.headers(), "x-nonce"),
         header(request.headers(), "x-timestamp"),
     )
     .await?;
-    if let Some(ctx) = credential {
-        request.extensions_mut().insert(ctx);
-    }
+    request.extensions_mut().insert(ctx);
     Ok(next.run(request).await)
 }
 
@@ -216,7 +207,7 @@ async fn admit(
 async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
-    ip: Option<IpAddr>,
+    client: &str,
 ) -> Result<AdminContext, ApiError> {
     let value = header(headers, "authorization")
         .ok_or_else(|| ApiError::unauthorized("admin credentials required"))?;
@@ -232,8 +223,7 @@ async fn authenticate(
         let (id, secret) = decoded
             .split_once(':')
             .ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
-        let ip = ip.map(|i| i.to_string());
-        Ok(state.core.admin_basic(id, secret, ip.as_deref()).await?)
+        Ok(state.core.admin_basic(id, secret, Some(client)).await?)
     } else if scheme.eq_ignore_ascii_case("bearer") {
         Ok(state.core.admin_bearer(rest.trim()).await?)
     } else {
@@ -247,7 +237,7 @@ async fn authenticate(
     operation_id = "admin_token",
     tag = "admin",
     summary = "Exchange admin credentials for an admin token",
-    description = "Returns a Bearer token for the admin API with the account's scopes. Rate limited per address.",
+    description = "Returns a Bearer token for the admin API with the account's scopes. Rate limited per address. `X-Nonce` is checked and recorded only once the secret is verified, so a failed attempt does not use it up.",
     request_body = AdminTokenRequest,
     responses(
         (status = 200, description = "An admin token.", body = AdminToken),
@@ -257,27 +247,56 @@ async fn authenticate(
     ),
 )]
 /// `POST /v1/admin/token`
+///
+/// The nonce is checked only after the credential verified, keyed by the
+/// admin id: a failed attempt records nothing, so it neither consumes the
+/// nonce of the real request nor fills the store.
 async fn token(
     State(state): State<AppState>,
+    Client(client): Client,
     headers: HeaderMap,
-    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     Json(req): Json<AdminTokenRequest>,
 ) -> Response {
-    let actor = AuditActor(req.admin_id.chars().take(64).collect());
-    // The same address `gate` found, for the back-off of failed secrets.
-    let trusted = &state.core.config().admin.trusted_proxies;
-    let ip = client_ip(peer.map(|p| p.0.0.ip()), &headers, trusted).map(|i| i.to_string());
-    let result: Result<AdminToken, ApiError> = state
+    // The same client `gate` found, for the back-off of failed secrets.
+    let result = match state
         .core
-        .admin_token(&req.admin_id, &req.secret, ip.as_deref())
+        .admin_token(&req.admin_id, &req.secret, client.ip.as_deref())
         .await
-        .map_err(ApiError::from);
-    let mut response = match result {
-        Ok(t) => axum::Json(t).into_response(),
-        Err(e) => e.into_response(),
+    {
+        Ok(token) => state
+            .core
+            .check_replay(
+                &req.admin_id,
+                header(&headers, "x-nonce"),
+                header(&headers, "x-timestamp"),
+            )
+            .await
+            .map(|()| token)
+            .map_err(|e| (ApiError::from(e), true)),
+        Err(e) => Err((ApiError::from(e), false)),
     };
-    response.extensions_mut().insert(actor);
-    response
+    match result {
+        Ok(token) => {
+            let mut response = axum::Json(token).into_response();
+            response
+                .extensions_mut()
+                .insert(AuditActor(req.admin_id.clone()));
+            response
+        }
+        Err((error, verified)) => {
+            let mut response = error.into_response();
+            if verified {
+                response
+                    .extensions_mut()
+                    .insert(AuditActor(req.admin_id.clone()));
+            } else {
+                response
+                    .extensions_mut()
+                    .insert(ClaimedAdmin(req.admin_id.chars().take(64).collect()));
+            }
+            response
+        }
+    }
 }
 
 #[utoipa::path(
@@ -886,36 +905,4 @@ async fn remove_group_member(
         .remove_group_member(GroupActor::Admin(&admin.admin_id), &id, &user)
         .await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forwarded_for_is_believed_only_from_trusted_proxies() {
-        let trusted: Vec<ipnet::IpNet> =
-            vec!["10.0.0.0/8".parse().unwrap_or_else(|e| panic!("{e}"))];
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "x-forwarded-for",
-            "203.0.113.9, 10.1.1.1"
-                .parse()
-                .unwrap_or_else(|e| panic!("{e}")),
-        );
-        let proxy: IpAddr = "10.2.2.2".parse().unwrap_or_else(|e| panic!("{e}"));
-        let stranger: IpAddr = "198.51.100.7".parse().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            client_ip(Some(proxy), &headers, &trusted),
-            "203.0.113.9".parse().ok()
-        );
-        assert_eq!(
-            client_ip(Some(stranger), &headers, &trusted),
-            Some(stranger)
-        );
-        assert_eq!(
-            client_ip(Some(proxy), &HeaderMap::new(), &trusted),
-            Some(proxy)
-        );
-    }
 }

@@ -2,12 +2,14 @@
 //! status fixed by the code. 5xx details go to the log, never to clients.
 
 use std::any::Any;
+use std::sync::OnceLock;
 
 use axum::Json;
 use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use unimsg_core::CoreError;
+use unimsg_core::throttle::LogThrottle;
 use unimsg_proto::{ErrorBody, ErrorCode};
 
 #[derive(Debug)]
@@ -40,10 +42,22 @@ impl ApiError {
     }
 }
 
+/// 5xx details are logged at most once per 10 s per detail (with the count
+/// held back), so a failing dependency under a flood of requests writes a
+/// few lines, not one per request. Expected refusals (4xx, 503 `busy`)
+/// carry no detail and are not logged here at all.
+fn failure_log() -> &'static LogThrottle {
+    static THROTTLE: OnceLock<LogThrottle> = OnceLock::new();
+    THROTTLE.get_or_init(|| LogThrottle::new(std::time::Duration::from_secs(10)))
+}
+
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
         if let Some(detail) = e.internal_detail() {
-            tracing::error!(error = %detail, code = ?e.code(), "request failed");
+            let key: String = detail.chars().take(120).collect();
+            if let Some(held_back) = failure_log().allow(&key) {
+                tracing::error!(error = %detail, code = ?e.code(), held_back, "request failed");
+            }
         }
         let mut api = ApiError::new(e.code(), e.to_string());
         api.retry_after = e.retry_after();

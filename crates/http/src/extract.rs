@@ -1,7 +1,7 @@
 //! Extractors whose failures speak the API's error format: JSON bodies,
 //! query strings, path ids and the caller's identity.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
@@ -77,17 +77,108 @@ impl FromRequestParts<AppState> for Authed {
     }
 }
 
-/// Where the request comes from (peer address and user agent).
+/// Where a request comes from, as far as the server can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAddr {
+    Ip(IpAddr),
+    /// A trusted proxy named the hop before it in a form that does not
+    /// parse (`unknown`, an obfuscated name, garbage), or there is no peer.
+    /// Nothing about the client can be believed: an allowlist refuses it,
+    /// and rate limits count all unknown clients under one key.
+    Unknown,
+}
+
+impl ClientAddr {
+    /// The key of per-IP rate limits and the address recorded in sessions
+    /// and the audit log.
+    pub fn key(self) -> String {
+        match self {
+            ClientAddr::Ip(ip) => ip.to_string(),
+            ClientAddr::Unknown => "unknown".to_owned(),
+        }
+    }
+}
+
+/// One `X-Forwarded-For` entry: `1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]`
+/// or `[::1]:443`; `None` for anything else.
+fn forwarded_hop(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    let ip = entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            entry
+                .strip_prefix('[')
+                .and_then(|e| e.strip_suffix(']'))
+                .and_then(|e| e.parse::<Ipv6Addr>().ok())
+                .map(IpAddr::V6)
+        })?;
+    Some(ip.to_canonical())
+}
+
+/// The client of a request: the one rule for the admin allowlist, the
+/// admin limits and every per-IP limit of the user routes.
+///
+/// The TCP peer is the client unless it is a trusted proxy. Then the
+/// `X-Forwarded-For` entries (all such headers, in order) are walked from
+/// the right, the nearest hop first: each trusted proxy passes the walk on
+/// to the entry before it; the first entry that is not a trusted proxy is
+/// the client, and the first that does not parse makes the client
+/// [`ClientAddr::Unknown`] — never skipped, since what lies to its left was
+/// written by someone no trusted proxy vouches for. When every entry is a
+/// trusted proxy, the leftmost is the client (the peer, without entries).
+pub fn client_addr(
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> ClientAddr {
+    let Some(peer) = peer.map(|p| p.to_canonical()) else {
+        return ClientAddr::Unknown;
+    };
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return ClientAddr::Ip(peer);
+    }
+    let values: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
+    let mut nearest = peer;
+    for value in values.into_iter().rev() {
+        let Ok(value) = value.to_str() else {
+            return ClientAddr::Unknown;
+        };
+        for entry in value.rsplit(',') {
+            match forwarded_hop(entry) {
+                None => return ClientAddr::Unknown,
+                Some(ip) if !is_trusted(&ip) => return ClientAddr::Ip(ip),
+                Some(ip) => nearest = ip,
+            }
+        }
+    }
+    ClientAddr::Ip(nearest)
+}
+
+/// The client of a request (see [`client_addr`]).
+pub(crate) fn request_client(
+    extensions: &axum::http::Extensions,
+    headers: &HeaderMap,
+    state: &AppState,
+) -> ClientAddr {
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    client_addr(peer, headers, &state.core.config().admin.trusted_proxies)
+}
+
+/// Where the request comes from (the client by [`client_addr`], and the
+/// user agent). The address is always set — `unknown` when it cannot be
+/// told — so per-IP limits in the core always apply.
 pub struct Client(pub ClientInfo);
 
-impl<S: Send + Sync> FromRequestParts<S> for Client {
+impl FromRequestParts<AppState> for Client {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ip = Some(request_client(&parts.extensions, &parts.headers, state).key());
         let user_agent = parts
             .headers
             .get(USER_AGENT)
@@ -129,5 +220,173 @@ impl<S: Send + Sync> FromRequestParts<S> for PathPair {
             .await
             .map(|axum::extract::Path((a, b))| PathPair(a, b))
             .map_err(|r| ApiError::bad_request(r.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> ipnet::IpNet {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(
+                "x-forwarded-for",
+                v.parse().unwrap_or_else(|e| panic!("{v}: {e}")),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn every_usual_form_of_an_entry_parses() {
+        for (entry, want) in [
+            ("1.2.3.4", "1.2.3.4"),
+            (" 1.2.3.4 ", "1.2.3.4"),
+            ("1.2.3.4:5678", "1.2.3.4"),
+            ("::1", "::1"),
+            ("[::1]", "::1"),
+            ("[::1]:443", "::1"),
+            ("2001:db8::7", "2001:db8::7"),
+            ("[2001:db8::7]:8080", "2001:db8::7"),
+            ("::ffff:10.0.0.5", "10.0.0.5"),
+        ] {
+            assert_eq!(forwarded_hop(entry), Some(ip(want)), "{entry}");
+        }
+        for entry in [
+            "",
+            "unknown",
+            "_hidden",
+            "1.2.3",
+            "1.2.3.4:",
+            "[::1",
+            "::1]:80",
+            "fe80::1%eth0",
+            "300.1.1.1",
+        ] {
+            assert_eq!(forwarded_hop(entry), None, "{entry:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted = [net("10.0.0.0/8")];
+        let headers = forwarded(&["203.0.113.9, 10.1.1.1"]);
+        assert_eq!(
+            client_addr(Some(ip("10.2.2.2")), &headers, &trusted),
+            ClientAddr::Ip(ip("203.0.113.9"))
+        );
+        assert_eq!(
+            client_addr(Some(ip("198.51.100.7")), &headers, &trusted),
+            ClientAddr::Ip(ip("198.51.100.7")),
+            "an untrusted peer is the client whatever it says"
+        );
+        assert_eq!(
+            client_addr(Some(ip("10.2.2.2")), &HeaderMap::new(), &trusted),
+            ClientAddr::Ip(ip("10.2.2.2")),
+            "a proxy without the header is the client itself"
+        );
+        assert_eq!(
+            client_addr(
+                Some(ip("10.2.2.2")),
+                &forwarded(&["10.3.3.3, 10.1.1.1"]),
+                &trusted
+            ),
+            ClientAddr::Ip(ip("10.3.3.3")),
+            "all trusted: the leftmost"
+        );
+        assert_eq!(client_addr(None, &headers, &trusted), ClientAddr::Unknown);
+    }
+
+    /// The audit's bypass: a proxy that appends a form the old parser
+    /// skipped made the client-written entry to its left the client.
+    #[test]
+    fn an_unparsable_entry_makes_the_client_unknown_never_the_entry_before_it() {
+        let trusted = [net("127.0.0.1/32")];
+        let peer = Some(ip("127.0.0.1"));
+        for value in [
+            "10.0.0.5, unknown",
+            "10.0.0.5, _obfuscated",
+            "10.0.0.5,",
+            "10.0.0.5, 1.2.3",
+        ] {
+            assert_eq!(
+                client_addr(peer, &forwarded(&[value]), &trusted),
+                ClientAddr::Unknown,
+                "{value}"
+            );
+        }
+        for (value, want) in [
+            ("10.0.0.5, 203.0.113.9:4711", "203.0.113.9"),
+            ("10.0.0.5, [2001:db8::9]", "2001:db8::9"),
+            ("10.0.0.5, [2001:db8::9]:443", "2001:db8::9"),
+            ("10.0.0.5, 2001:db8::9", "2001:db8::9"),
+            ("10.0.0.5, 127.0.0.1:9000, 203.0.113.9", "203.0.113.9"),
+        ] {
+            assert_eq!(
+                client_addr(peer, &forwarded(&[value]), &trusted),
+                ClientAddr::Ip(ip(want)),
+                "{value}"
+            );
+        }
+        // Several headers are one list, in order: the last one is nearest.
+        assert_eq!(
+            client_addr(peer, &forwarded(&["10.0.0.5", "203.0.113.9"]), &trusted),
+            ClientAddr::Ip(ip("203.0.113.9"))
+        );
+        assert_eq!(
+            client_addr(peer, &forwarded(&["10.0.0.5", "unknown"]), &trusted),
+            ClientAddr::Unknown
+        );
+    }
+
+    #[test]
+    fn mapped_peers_are_judged_as_ipv4() {
+        let trusted = [net("127.0.0.1/32")];
+        assert_eq!(
+            client_addr(
+                Some(ip("::ffff:127.0.0.1")),
+                &forwarded(&["203.0.113.9"]),
+                &trusted
+            ),
+            ClientAddr::Ip(ip("203.0.113.9"))
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever a client writes to the left, the entry a trusted proxy
+        /// appended for it decides: the client's own address when it
+        /// parses, unknown when it does not. Nothing panics.
+        #[test]
+        fn what_the_client_writes_never_decides(
+            left in proptest::collection::vec("[ -~]{0,24}", 0..6),
+            client in proptest::prelude::any::<[u8; 4]>(),
+        ) {
+            let trusted = [net("127.0.0.1/32")];
+            let peer = Some(ip("127.0.0.1"));
+            let client = IpAddr::from(client);
+            // A client that is itself the trusted proxy hands the walk on.
+            proptest::prop_assume!(client != ip("127.0.0.1"));
+            let mut entries = left;
+            entries.push(client.to_string());
+            for (value, want) in [
+                (entries.join(","), ClientAddr::Ip(client)),
+                (format!("{},unknown", entries.join(",")), ClientAddr::Unknown),
+            ] {
+                if let Ok(value) = value.parse::<axum::http::HeaderValue>() {
+                    let mut headers = HeaderMap::new();
+                    headers.insert("x-forwarded-for", value);
+                    proptest::prop_assert_eq!(client_addr(peer, &headers, &trusted), want);
+                }
+            }
+        }
     }
 }

@@ -122,7 +122,7 @@ const OPTIONAL_BODIES: &[&str] = &["admin_force_logout"];
 /// Adds what comes from shared code rather than from a handler: the error
 /// responses of the JSON body extractor (400, 413, and 415 for required
 /// bodies), of the bearer check (401) and of the admin gate (400, 401,
-/// 403, 409, 429, and the gate's request headers).
+/// 403, 409, 429, 503, and the gate's request headers).
 pub(crate) struct CommonErrors;
 
 fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
@@ -247,6 +247,11 @@ impl Modify for CommonErrors {
                         error_response("`X-Nonce` was already used (`conflict`).")
                     });
                     add(responses, "429", rate_limited);
+                    add(responses, "503", || {
+                        error_response(
+                            "The replay store holds its capacity of unexpired nonces, overall (`admin.nonce_capacity`) or for this credential (`admin.nonce_per_credential`); no nonce is forgotten to make room. Retry when older nonces expire (`busy`).",
+                        )
+                    });
                     let params = op.parameters.get_or_insert_with(Vec::new);
                     params.push(header_param(
                         "X-Nonce",
@@ -420,7 +425,7 @@ mod tests {
     fn admin_operations_carry_the_gate_and_optional_bodies_stay_optional() {
         let doc = serde_json::to_value(crate::openapi()).unwrap_or_else(|e| panic!("{e}"));
         let audit = &doc["paths"]["/v1/admin/audit"]["get"];
-        for status in ["401", "403", "409", "429"] {
+        for status in ["401", "403", "409", "429", "503"] {
             assert!(audit["responses"].get(status).is_some(), "{status}");
         }
         let names: Vec<&str> = audit["parameters"]

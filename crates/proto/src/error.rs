@@ -30,7 +30,8 @@ pub enum ErrorCode {
     Internal,
     /// A dependency (the store) is unavailable; retry later.
     Unavailable,
-    /// Too many password checks are in progress; retry after `Retry-After`.
+    /// The server refuses new work of this kind for now (e.g. the replay
+    /// store or the password workers are full); retry later.
     Busy,
 }
 

@@ -1,12 +1,15 @@
 //! Replay nonces, rate limits and login back-off shared by every node.
 //!
-//! - A nonce is a key holding its expiry, set with that absolute expiry
-//!   by a script that refuses it while the stored expiry is after the
-//!   caller's `now`: the first node to record it wins, every other sees it
-//!   taken. Expiry is judged by the caller's clock, as in memory, not by
-//!   Redis's (the key's own expiry only frees the memory). When Redis
-//!   cannot be reached the request is refused (503): a replay must never
-//!   pass for lack of memory.
+//! - Nonces live in sorted sets scored by their expiry: one per credential
+//!   (member: the nonce) and one for all of them (member: credential and
+//!   nonce), changed together by one script, so the first node to record a
+//!   nonce wins and every other sees it taken. The script first drops what
+//!   has expired by the caller's `now` (expiry is judged by the caller's
+//!   clock, as in memory; the keys' own expiry only frees the memory), then
+//!   refuses a nonce still present, and refuses to record one more when the
+//!   credential's share or the whole store is full (never evicting an
+//!   unexpired nonce). When Redis cannot be reached the request is refused
+//!   (503): a replay must never pass for lack of memory.
 //! - A rate limit is a fixed window per key: the first request of a window
 //!   starts the key's expiry, each request counts, a request over the
 //!   quota is refused until the window ends (`Retry-After`). When Redis
@@ -25,51 +28,82 @@ use async_trait::async_trait;
 use redis::Script;
 use unimsg_core::CoreError;
 use unimsg_core::limits::{BackoffKeys, Limit, LimitsConfig, RateLimits, Realm, RetryAfter};
-use unimsg_core::replay::NonceStore;
+use unimsg_core::replay::{NonceBounds, NonceStore, Recorded};
 
 use crate::Cluster;
 
-/// Records a nonce (KEYS[1]) until ARGV[2] unless it is recorded with an
-/// expiry after ARGV[1] (now); 1 when recorded, 0 when refused.
+/// Records a nonce. KEYS[1]: the credential's sorted set, KEYS[2]: the
+/// store's. ARGV: now, expiry, nonce, member of the store's set, the
+/// credential's share, the store's capacity. Answers 1 recorded, 0
+/// replayed, 2 the credential's share is full, 3 the store is full.
 const NONCE: &str = r"
-local seen = tonumber(redis.call('GET', KEYS[1]))
-if seen and seen > tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'EXAT', ARGV[2])
+local now = tonumber(ARGV[1])
+local expiry = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return 0 end
+if expiry <= now then return 1 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[5]) then return 2 end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[6]) then return 3 end
+redis.call('ZADD', KEYS[1], expiry, ARGV[3])
+redis.call('ZADD', KEYS[2], expiry, ARGV[4])
+for i = 1, 2 do
+  local last = redis.call('ZRANGE', KEYS[i], -1, -1, 'WITHSCORES')
+  redis.call('EXPIREAT', KEYS[i], math.max(expiry, tonumber(last[2])))
+end
 return 1
 ";
 
-/// Replay nonces in Redis.
+/// Replay nonces in Redis, with the same bounds as in memory.
 #[derive(Debug, Clone)]
 pub struct RedisNonces {
     cluster: Arc<Cluster>,
     script: Script,
+    bounds: NonceBounds,
 }
 
 impl RedisNonces {
-    pub fn new(cluster: Arc<Cluster>) -> Self {
+    pub fn new(cluster: Arc<Cluster>, bounds: NonceBounds) -> Self {
         Self {
             cluster,
             script: Script::new(NONCE),
+            bounds: NonceBounds::new(bounds.capacity, bounds.per_credential),
         }
     }
 }
 
 #[async_trait]
 impl NonceStore for RedisNonces {
-    async fn insert(&self, key: &str, now: i64, expires_at: i64) -> unimsg_core::Result<bool> {
-        if expires_at <= now {
-            return Ok(true);
-        }
+    async fn insert(
+        &self,
+        credential: &str,
+        nonce: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> unimsg_core::Result<Recorded> {
         let mut conn = self.cluster.conn();
-        let recorded: i64 = self
+        let answer: i64 = self
             .script
-            .key(self.cluster.key(&format!("nonce:{key}")))
+            .key(self.cluster.key(&format!("nonces:{credential}")))
+            .key(self.cluster.key("nonces"))
             .arg(now)
             .arg(expires_at)
+            .arg(nonce)
+            .arg(format!("{credential}\n{nonce}"))
+            .arg(self.bounds.per_credential)
+            .arg(self.bounds.capacity)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| CoreError::Unavailable(format!("Redis: {e}")))?;
-        Ok(recorded == 1)
+        match answer {
+            1 => Ok(Recorded::New),
+            0 => Ok(Recorded::Replayed),
+            2 => Ok(Recorded::CredentialFull),
+            3 => Ok(Recorded::StoreFull),
+            other => Err(CoreError::Internal(format!(
+                "the nonce script answered {other}"
+            ))),
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use unimsg_core::keys::{Keyring, MasterKey, SigningKey};
 use unimsg_core::limits::MemoryLimits;
 use unimsg_core::password::PasswordWorkers;
 use unimsg_core::qr::MemoryTickets;
-use unimsg_core::replay::MemoryNonces;
+use unimsg_core::replay::{MemoryNonces, NonceBounds};
 use unimsg_core::{Core, CoreParts};
 use unimsg_http::AppState;
 use unimsg_redis::{Cluster, RedisBus, RedisLimits, RedisNonces, RedisOptions, RedisTickets};
@@ -100,6 +100,10 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
     };
     let keyring = Keyring::load(&*store, &master).await?;
     let hub = Hub::new(config.delivery.outbound_queue);
+    let nonce_bounds = NonceBounds::new(
+        config.admin.nonce_capacity,
+        config.admin.nonce_per_credential,
+    );
     let mut parts = CoreParts {
         store,
         bus: Arc::new(LocalBus::new(hub.clone())),
@@ -109,7 +113,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
         clock: Arc::new(SystemClock),
         passwords: PasswordWorkers::for_this_machine(),
         admin_passwords: PasswordWorkers::for_admin_checks(),
-        nonces: Arc::new(MemoryNonces::new(config.admin.nonce_capacity)),
+        nonces: Arc::new(MemoryNonces::new(nonce_bounds)),
         limits: Arc::new(MemoryLimits::new(config.limits.clone())),
         qr: Arc::new(MemoryTickets::default()),
         config: config.core(),
@@ -133,7 +137,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
             .await
             .context("cannot connect to Redis")?;
         parts.bus = Arc::new(RedisBus::new(cluster.clone()));
-        parts.nonces = Arc::new(RedisNonces::new(cluster.clone()));
+        parts.nonces = Arc::new(RedisNonces::new(cluster.clone(), nonce_bounds));
         parts.limits = Arc::new(RedisLimits::new(cluster.clone(), config.limits.clone()));
         parts.qr = Arc::new(RedisTickets::new(cluster.clone()));
         Some(cluster)
@@ -203,6 +207,21 @@ pub async fn run(
     tracing::info!(target: LIFECYCLE, "listening on http://{addr}");
     let hub = core.hub().clone();
     let draining = hub.clone();
+    // Counted refusals of the admin API are written when their interval
+    // ends (see `Core::audit_refusal`).
+    let flusher = {
+        let core = core.clone();
+        let every =
+            std::time::Duration::from_secs(config.admin.refusal_audit_interval_secs.clamp(1, 60));
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                core.flush_refusals(false).await;
+            }
+        })
+    };
     // Small writes (events, acks, QR status) must leave at once: without
     // TCP_NODELAY they wait for the client's delayed ACK (~40 ms).
     let listener = listener.tap_io(|tcp| {
@@ -228,6 +247,8 @@ pub async fn run(
     {
         tracing::warn!(target: LIFECYCLE, left = draining.connections(), "connections still open at exit");
     }
+    flusher.abort();
+    core.flush_refusals(true).await;
     if let Some(cluster) = &cluster {
         cluster.leave().await;
     }

@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 use unimsg_core::hub::Hub;
 use unimsg_core::limits::{LimitsConfig, RateLimits};
 use unimsg_core::qr::{QrEvent, QrTickets, TicketState};
+use unimsg_core::replay::{NonceBounds, NonceStore};
 use unimsg_core::suite;
 use unimsg_redis::{Cluster, RedisLimits, RedisNonces, RedisOptions, RedisTickets};
 use unimsg_testkit::Redis;
@@ -30,7 +31,9 @@ async fn node(redis: &Redis, node_id: &str) -> Arc<Cluster> {
 async fn redis_passes_the_ephemeral_state_suite() {
     let redis = Redis::start();
     let cluster = node(&redis, "a").await;
-    let nonces = RedisNonces::new(cluster.clone());
+    let nonces = |bounds: NonceBounds| -> Arc<dyn NonceStore> {
+        Arc::new(RedisNonces::new(cluster.clone(), bounds))
+    };
     let tickets = RedisTickets::new(cluster.clone());
     let make = |config: LimitsConfig| -> Arc<dyn RateLimits> {
         Arc::new(RedisLimits::new(cluster.clone(), config))
