@@ -82,11 +82,18 @@ pub struct Session {
     pub device_id: Option<String>,
     pub created_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
+    /// The status of the session's user, read in the same statement as the
+    /// session (a user that no longer exists reads as disabled), so that
+    /// one point read per request checks both.
+    pub user_status: UserStatus,
 }
 
 impl Session {
+    /// Not revoked, and its user is not disabled: the only state in which
+    /// a session's tokens are accepted. Disabling a user revokes their
+    /// sessions too; this covers a session opened while that happened.
     pub fn is_active(&self) -> bool {
-        self.revoked_at.is_none()
+        self.revoked_at.is_none() && self.user_status == UserStatus::Active
     }
 }
 
