@@ -48,6 +48,29 @@ impl Core {
         Ok(())
     }
 
+    /// Whether `me` may put `users` into a group (creating it, or adding
+    /// them): nobody who blocked `me` or whom `me` blocked (the same
+    /// refusal as a direct message's, which does not say why), and only
+    /// friends when `groups.add_requires_friendship` is on. The admin API
+    /// is not bound by this. Users who do not exist are left to the store.
+    pub(crate) async fn may_add_to_group(&self, me: &UserId, users: &[UserId]) -> Result<()> {
+        for user in users.iter().filter(|u| *u != me) {
+            if self.store.is_blocked(user, me).await? || self.store.is_blocked(me, user).await? {
+                return Err(refused());
+            }
+        }
+        if self.config.groups.add_requires_friendship {
+            for user in users.iter().filter(|u| *u != me) {
+                if !self.store.are_friends(me, user).await? {
+                    return Err(CoreError::Forbidden(
+                        "on this server only friends can be added to a group".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `POST /v1/friends/requests`
     pub async fn request_friend(
         &self,
