@@ -132,6 +132,41 @@ pub struct Sealed {
     pub ciphertext: Vec<u8>,
 }
 
+impl Sealed {
+    /// One byte string for a single column or a JSON field: a format
+    /// byte (1), the key id (4 bytes, big-endian), the nonce's length
+    /// (1 byte), the nonce, the ciphertext.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(6 + self.nonce.len() + self.ciphertext.len());
+        out.push(1);
+        out.extend_from_slice(&self.key_id.to_be_bytes());
+        out.push(u8::try_from(self.nonce.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(&self.nonce);
+        out.extend_from_slice(&self.ciphertext);
+        out
+    }
+
+    /// Reads [`Self::to_bytes`]; `None` for anything else.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let (&format, rest) = bytes.split_first()?;
+        if format != 1 || rest.len() < 5 {
+            return None;
+        }
+        let key_id = u32::from_be_bytes(rest[..4].try_into().ok()?);
+        let nonce_len = usize::from(rest[4]);
+        let rest = &rest[5..];
+        if rest.len() < nonce_len {
+            return None;
+        }
+        let (nonce, ciphertext) = rest.split_at(nonce_len);
+        Some(Self {
+            key_id,
+            nonce: nonce.to_vec(),
+            ciphertext: ciphertext.to_vec(),
+        })
+    }
+}
+
 impl fmt::Debug for Sealed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -319,8 +354,18 @@ pub struct ConversationState {
 pub struct FriendRequestRow {
     pub from: UserId,
     pub to: UserId,
-    pub message: Option<String>,
+    /// The requester's words, sealed like message content.
+    pub message: Option<StoredText>,
     pub created_at: OffsetDateTime,
+}
+
+/// User-written text as a row holds it: sealed, or plaintext in rows
+/// written before the text was sealed (they still read).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredText {
+    Sealed(Sealed),
+    /// A row from before sealing; never written any more by the core.
+    Plain(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
