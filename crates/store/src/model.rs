@@ -446,3 +446,29 @@ pub enum GroupEdit {
     /// taken.
     Dissolve,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_bytes_round_trip_and_garbage_is_refused() {
+        let sealed = Sealed {
+            key_id: 0x0102_0304,
+            nonce: vec![9; 12],
+            ciphertext: b"cipher and tag".to_vec(),
+        };
+        assert_eq!(Sealed::from_bytes(&sealed.to_bytes()), Some(sealed.clone()));
+        let empty = Sealed {
+            key_id: 1,
+            nonce: Vec::new(),
+            ciphertext: Vec::new(),
+        };
+        assert_eq!(Sealed::from_bytes(&empty.to_bytes()), Some(empty));
+        assert_eq!(Sealed::from_bytes(b""), None);
+        assert_eq!(Sealed::from_bytes(b"plain text"), None, "wrong format byte");
+        let mut short = sealed.to_bytes();
+        short.truncate(8);
+        assert_eq!(Sealed::from_bytes(&short), None, "nonce cut off");
+    }
+}
