@@ -436,6 +436,8 @@ impl Server {
             .env("UNIMSG_LIMITS__QR_PER_MINUTE", "0")
             .env("UNIMSG_LIMITS__TOKEN_PER_MINUTE", "0")
             .env("UNIMSG_LIMITS__ADMIN_PER_SECOND", "0")
+            .env("UNIMSG_LIMITS__SEND_PER_MINUTE", "0")
+            .env("UNIMSG_LIMITS__DELIVERIES_PER_MINUTE", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -169,6 +169,24 @@ fn to_admin_user(u: User) -> AdminUser {
     }
 }
 
+/// Unknown ids named in a 404, at most this many (the count says the rest).
+const UNKNOWN_NAMED: usize = 20;
+
+/// "unknown user ids: a, b (and 3 more)"; each distinct id once.
+fn unknown_users_message(unknown: &[UserId]) -> String {
+    let mut seen = BTreeSet::new();
+    let distinct: Vec<&str> = unknown
+        .iter()
+        .filter(|u| seen.insert(u.as_str()))
+        .map(UserId::as_str)
+        .collect();
+    let named = distinct[..distinct.len().min(UNKNOWN_NAMED)].join(", ");
+    match distinct.len().saturating_sub(UNKNOWN_NAMED) {
+        0 => format!("unknown user ids: {named}"),
+        more => format!("unknown user ids: {named} (and {more} more)"),
+    }
+}
+
 fn bad_item(index: usize, user_id: Option<String>, e: &CoreError) -> ImportResult {
     ImportResult {
         index,
@@ -578,7 +596,7 @@ impl Core {
             .await?
             .ok_or_else(|| CoreError::NotFound("user not found".into()))?;
         if user.status == UserStatus::Disabled {
-            return Err(CoreError::Forbidden("this account is disabled".into()));
+            return Err(crate::auth::disabled());
         }
         if ttl_secs.is_some_and(|t| t == 0 || t > 30 * 24 * 3600) {
             return Err(CoreError::BadRequest(
@@ -605,6 +623,7 @@ impl Core {
     /// `notification.new` event in each recipient's inbox (for a group:
     /// each of its members).
     pub async fn notify(&self, req: NotifyRequest) -> Result<NotifyResponse> {
+        let named = matches!(req.to, Target::Users(_));
         let users = match req.to {
             Target::Users(users) => users,
             // The members at this moment, each in their own system conversation.
@@ -615,6 +634,15 @@ impl Core {
                 "a message goes to 1 to {} users",
                 self.config.admin.max_recipients
             )));
+        }
+        if named {
+            // A list with an unknown id is a mistake of the caller: nothing
+            // is sent, and the answer names the ids (a user deleted after
+            // this check is skipped, as the store skips unknown users).
+            let unknown = self.store.unknown_users(users.clone()).await?;
+            if !unknown.is_empty() {
+                return Err(CoreError::NotFound(unknown_users_message(&unknown)));
+            }
         }
         let (message_id, sealed, kind, sender) =
             self.prepare_announcement(req.kind, req.from, &req.content)?;

@@ -257,7 +257,7 @@ impl Core {
             return Err(CoreError::Unauthorized("invalid username or password"));
         };
         if user.status == UserStatus::Disabled {
-            return Err(CoreError::Forbidden("this account is disabled".into()));
+            return Err(disabled());
         }
         let ip = client.ip.clone();
         let new_place = self
@@ -347,6 +347,15 @@ impl Core {
         client: ClientInfo,
         access_ttl: Option<u64>,
     ) -> Result<TokenPair> {
+        // Every way in (password, minted tokens, QR by a phone or by the
+        // admin API) ends here, so this is where a disabled account is
+        // stopped; `authenticate` refuses a session whose user was
+        // disabled while it was being opened.
+        match self.store.user(user).await? {
+            Some(u) if u.status == UserStatus::Active => {}
+            Some(_) => return Err(disabled()),
+            None => return Err(CoreError::NotFound("user not found".into())),
+        }
         let now = self.clock.now();
         let active = self.store.active_sessions(user).await?;
         let kicked = active
@@ -473,8 +482,10 @@ impl Core {
             .await?;
         match outcome {
             RefreshOutcome::Rotated(session) => {
-                let user = self.store.user(&session.user_id).await?;
-                if user.is_none_or(|u| u.status == UserStatus::Disabled) {
+                // The store rotates only for an active session of an active
+                // user (`Session::is_active`); checked again here so that
+                // a backend cannot forget it.
+                if !session.is_active() {
                     return Err(CoreError::Unauthorized("invalid refresh token"));
                 }
                 self.token_pair(
@@ -567,8 +578,9 @@ impl Core {
                 known
             }
         };
-        // The signature is checked once per token; the session is checked
-        // on every use, so a revocation takes effect at once.
+        // The signature is checked once per token; the session (with its
+        // user's status, in the same read) is checked on every use, so a
+        // revocation or a disabled account takes effect at once.
         match self.store.session(&session_id).await? {
             Some(s) if s.is_active() && s.user_id == user_id => Ok(AuthContext {
                 user_id,
@@ -611,6 +623,12 @@ impl Core {
             .map(|s| session_info(s, &auth.session_id))
             .collect())
     }
+}
+
+/// The refusal for a disabled account (given only to a caller who proved
+/// who they are, or to the admin API).
+pub(crate) fn disabled() -> CoreError {
+    CoreError::Forbidden("this account is disabled".into())
 }
 
 pub(crate) fn revocation(session: &SessionId, reason: &str, at: OffsetDateTime) -> Revocation {

@@ -163,11 +163,18 @@ impl Default for AdminConfig {
 pub struct GroupsConfig {
     /// Most members of one group.
     pub max_members: usize,
+    /// Users may put only their friends into a group (when creating it or
+    /// adding members); joining an open group is unchanged, and the admin
+    /// API is not bound by it. Off: anyone not blocked either way.
+    pub add_requires_friendship: bool,
 }
 
 impl Default for GroupsConfig {
     fn default() -> Self {
-        Self { max_members: 2000 }
+        Self {
+            max_members: 2000,
+            add_requires_friendship: false,
+        }
     }
 }
 

@@ -5,18 +5,21 @@
 //! (`friend.request`, `friend.changed`) or to the blocker only
 //! (`block.changed`: a blocked user is not told), and the change stream.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use unimsg_proto::admin::ImportResult;
 use unimsg_proto::friends::{
     BlockList, Blocked, Friend, FriendList, FriendRequest, FriendRequestList, FriendRequestOutcome,
     RelationshipOp, RelationshipsResponse, RelationshipsUpdateResponse, UserRelationships,
 };
 use unimsg_proto::{ErrorDetail, EventType, UserId};
-use unimsg_store::{FriendRequestRow, FriendRow, RequestOutcome};
+use unimsg_store::{FriendRequestRow, FriendRow, RequestOutcome, StoredText};
 
 use crate::Core;
 use crate::auth::AuthContext;
 use crate::changes::Change;
 use crate::error::{CoreError, Result};
+use crate::render;
 
 /// The refusal a blocked user gets: it does not say they were blocked.
 fn refused() -> CoreError {
@@ -48,6 +51,29 @@ impl Core {
         Ok(())
     }
 
+    /// Whether `me` may put `users` into a group (creating it, or adding
+    /// them): nobody who blocked `me` or whom `me` blocked (the same
+    /// refusal as a direct message's, which does not say why), and only
+    /// friends when `groups.add_requires_friendship` is on. The admin API
+    /// is not bound by this. Users who do not exist are left to the store.
+    pub(crate) async fn may_add_to_group(&self, me: &UserId, users: &[UserId]) -> Result<()> {
+        for user in users.iter().filter(|u| *u != me) {
+            if self.store.is_blocked(user, me).await? || self.store.is_blocked(me, user).await? {
+                return Err(refused());
+            }
+        }
+        if self.config.groups.add_requires_friendship {
+            for user in users.iter().filter(|u| *u != me) {
+                if !self.store.are_friends(me, user).await? {
+                    return Err(CoreError::Forbidden(
+                        "on this server only friends can be added to a group".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `POST /v1/friends/requests`
     pub async fn request_friend(
         &self,
@@ -66,7 +92,29 @@ impl Core {
         }
         let now = self.clock.now();
         let me = &auth.user_id;
-        let asked = Change::new(
+        // The words are sealed like message content, in the row and in the
+        // inbox event (`render` opens them); listeners of the change
+        // stream, in memory, get them as written.
+        let sealed = message
+            .as_ref()
+            .map(|m| {
+                self.keyring.seal(
+                    m.as_bytes(),
+                    &render::friend_request_aad(me.as_str(), to.as_str()),
+                )
+            })
+            .transpose()
+            .map_err(|e| CoreError::Internal(format!("cannot seal a friend request: {e}")))?;
+        let stored_data = match &sealed {
+            Some(s) => serde_json::json!({
+                "from": me,
+                "to": to,
+                "message_sealed": STANDARD.encode(s.to_bytes()),
+            }),
+            None => serde_json::json!({"from": me, "to": to, "message": null}),
+        };
+        let asked = Change::new(EventType::FriendRequest, me, stored_data, now);
+        let announced = Change::new(
             EventType::FriendRequest,
             me,
             serde_json::json!({"from": me, "to": to, "message": message}),
@@ -81,7 +129,7 @@ impl Core {
         let row = FriendRequestRow {
             from: me.clone(),
             to: to.clone(),
-            message,
+            message: sealed.map(StoredText::Sealed),
             created_at: now,
         };
         let (outcome, events) = self
@@ -90,7 +138,7 @@ impl Core {
             .await?;
         let state = match outcome {
             RequestOutcome::Pending => {
-                self.changed(asked, &events).await;
+                self.changed(announced, &events).await;
                 "pending"
             }
             RequestOutcome::Friends => {
@@ -144,9 +192,14 @@ impl Core {
             requests: rows
                 .into_iter()
                 .map(|r| FriendRequest {
+                    message: render::request_text(
+                        &self.keyring,
+                        r.message.as_ref(),
+                        r.from.as_str(),
+                        r.to.as_str(),
+                    ),
                     from: r.from,
                     to: r.to,
-                    message: r.message,
                     created_at: r.created_at,
                 })
                 .collect(),

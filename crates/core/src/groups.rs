@@ -327,6 +327,9 @@ impl Core {
         let notice = check_notice(&notice)?;
         let members = distinct(members, Some(owner));
         self.room_for(1, members.len())?;
+        if let GroupActor::User(me) = actor {
+            self.may_add_to_group(me, &members).await?;
+        }
         let mut all = vec![(owner.clone(), GroupRole::Owner)];
         all.extend(members.iter().map(|u| (u.clone(), GroupRole::Member)));
         let count = all.len() as u64;
@@ -529,6 +532,9 @@ impl Core {
         }
         let users = distinct(users, None);
         self.room_for(0, users.len())?;
+        if let GroupActor::User(me) = actor {
+            self.may_add_to_group(me, &users).await?;
+        }
         let row = self
             .change_group(id, actor, |s, _| {
                 let rank = s.rank(actor)?;
@@ -805,6 +811,9 @@ impl Core {
         if row.all_muted && me.role == GroupRole::Member {
             return Err(forbidden("the group is muted"));
         }
+        // The fan-out counts against the sender: one inbox row per other member.
+        self.check_send_limits(&auth.user_id, row.member_count.saturating_sub(1))
+            .await?;
         let message_id = MessageId::parse(uuid::Uuid::now_v7().simple().to_string())
             .map_err(|e| CoreError::Internal(e.to_string()))?;
         let sealed = self

@@ -60,6 +60,15 @@ pub enum Limit {
     Admin,
     /// `POST /v1/auth/qr` (new login tickets), per IP.
     Qr,
+    // ---- Per-user send limits (audit item 9) ----
+    /// Messages a user sends, direct and to groups (WebSocket `send` too),
+    /// per user id.
+    Send,
+    /// Inbox rows a user's messages write for others — 1 per direct
+    /// message, the other members for a group message — per user id;
+    /// counted with [`RateLimits::check_n`].
+    Deliveries,
+    // ---- end of per-user send limits ----
 }
 
 /// `[limits]`
@@ -86,6 +95,14 @@ pub struct LimitsConfig {
     pub account_failures_before_slowdown: u32,
     /// Longest back-off after repeated failed logins, in seconds.
     pub max_backoff_secs: u64,
+    // ---- Per-user send limits (audit item 9) ----
+    /// Messages (direct and group) one user may send per minute.
+    pub send_per_minute: u32,
+    /// Inbox rows one user's messages may write for other users per
+    /// minute: a direct message counts 1, a group message the group's
+    /// other members (one larger than this takes the whole minute).
+    pub deliveries_per_minute: u32,
+    // ---- end of per-user send limits ----
 }
 
 impl Default for LimitsConfig {
@@ -99,6 +116,9 @@ impl Default for LimitsConfig {
             login_failures_before_backoff: 5,
             account_failures_before_slowdown: 20,
             max_backoff_secs: 900,
+            // Per-user send limits (audit item 9).
+            send_per_minute: 600,
+            deliveries_per_minute: 20_000,
         }
     }
 }
@@ -204,6 +224,13 @@ pub trait RateLimits: Send + Sync {
     async fn login_failed(&self, realm: Realm, account: &str, ip: Option<&str>);
     /// A successful check clears the failures of this (account, IP) pair.
     async fn login_succeeded(&self, realm: Realm, account: &str, ip: Option<&str>);
+
+    // ---- Per-user send limits (audit item 9) ----
+    /// Counts `n` units at once against `limit` for `key` (for
+    /// [`Limit::Deliveries`]); `n` larger than the whole quota counts as
+    /// the whole quota, so one big request can pass on a full bucket.
+    /// `n == 0` always passes.
+    async fn check_n(&self, limit: Limit, key: &str, n: u32) -> Result<(), RetryAfter>;
 }
 
 type Keyed = Gcra<String, HashMapStateStore<String>, MonotonicClock>;
@@ -219,6 +246,9 @@ pub struct MemoryLimits {
     token: Option<Keyed>,
     admin: Option<Keyed>,
     qr: Option<Keyed>,
+    // Per-user send limits (audit item 9).
+    send: Option<Keyed>,
+    deliveries: Option<Keyed>,
     failures: Mutex<HashMap<String, Failures>>,
     config: LimitsConfig,
     checks: AtomicU64,
@@ -250,6 +280,8 @@ impl MemoryLimits {
             token: keyed(per_minute(config.token_per_minute)),
             admin: keyed(per_second(config.admin_per_second)),
             qr: keyed(per_minute(config.qr_per_minute)),
+            send: keyed(per_minute(config.send_per_minute)),
+            deliveries: keyed(per_minute(config.deliveries_per_minute)),
             failures: Mutex::new(HashMap::new()),
             config,
             checks: AtomicU64::new(0),
@@ -263,6 +295,8 @@ impl MemoryLimits {
             Limit::Token => self.token.as_ref(),
             Limit::Admin => self.admin.as_ref(),
             Limit::Qr => self.qr.as_ref(),
+            Limit::Send => self.send.as_ref(),
+            Limit::Deliveries => self.deliveries.as_ref(),
         }
     }
 
@@ -277,6 +311,8 @@ impl MemoryLimits {
             &self.token,
             &self.admin,
             &self.qr,
+            &self.send,
+            &self.deliveries,
         ]
         .into_iter()
         .flatten()
@@ -368,6 +404,28 @@ impl RateLimits for MemoryLimits {
     async fn login_succeeded(&self, realm: Realm, account: &str, ip: Option<&str>) {
         if let Ok(mut f) = self.failures.lock() {
             f.remove(&BackoffKeys::new(realm, account, ip).pair);
+        }
+    }
+
+    // ---- Per-user send limits (audit item 9) ----
+    async fn check_n(&self, limit: Limit, key: &str, n: u32) -> Result<(), RetryAfter> {
+        self.housekeeping();
+        let (Some(limiter), Some(n)) = (self.limiter(limit), NonZeroU32::new(n)) else {
+            return Ok(());
+        };
+        let key = key.to_owned();
+        let result = match limiter.check_key_n(&key, n) {
+            // More than the bucket holds: take the whole bucket.
+            Err(governor::InsufficientCapacity(all)) => match NonZeroU32::new(all) {
+                Some(all) => limiter.check_key_n(&key, all),
+                None => return Ok(()),
+            },
+            other => other,
+        };
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(RetryAfter(not_until.wait_time_from(MonotonicClock.now()))),
+            Err(_) => Err(RetryAfter(Duration::from_secs(60))),
         }
     }
 }

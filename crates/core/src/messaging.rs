@@ -16,6 +16,7 @@ use unimsg_store::{AppendOutcome, EventDraft, NewMessage, StoredMessage};
 use crate::Core;
 use crate::auth::AuthContext;
 use crate::error::{CoreError, Result};
+use crate::limits::Limit;
 use crate::render;
 
 const MAX_CLIENT_MSG_ID: usize = 128;
@@ -102,6 +103,7 @@ impl Core {
             return Err(CoreError::NotFound("recipient not found".into()));
         }
         self.may_message(&auth.user_id, &to).await?;
+        self.check_send_limits(&auth.user_id, 1).await?;
         let message_id = new_message_id()?;
         let sealed = self
             .keyring
@@ -133,6 +135,23 @@ impl Core {
             }
             AppendOutcome::Duplicate(original) => self.resent(&auth.user_id, original).await,
         }
+    }
+
+    /// The per-user send limits: one message, and `deliveries` inbox rows
+    /// it writes for others (`limits.send_per_minute`,
+    /// `limits.deliveries_per_minute`; 429 with `Retry-After`). Admin
+    /// messages and admin group changes are not user sends and are not
+    /// counted.
+    pub(crate) async fn check_send_limits(&self, sender: &UserId, deliveries: u64) -> Result<()> {
+        self.check_limit(Limit::Send, sender.as_str()).await?;
+        self.limits
+            .check_n(
+                Limit::Deliveries,
+                sender.as_str(),
+                u32::try_from(deliveries).unwrap_or(u32::MAX),
+            )
+            .await
+            .map_err(|r| CoreError::RateLimited(r.0))
     }
 
     /// The seq of a message in its sender's inbox (for idempotent replays).

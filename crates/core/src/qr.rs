@@ -469,8 +469,14 @@ impl Core {
         if !ticket.state.is_open() {
             return Err(closed(&ticket.state));
         }
-        if self.store.user(&user).await?.is_none() {
-            return Err(CoreError::NotFound("user not found".into()));
+        // Checked before the ticket is claimed, so that a refusal leaves it
+        // open; `open_session` checks again.
+        match self.store.user(&user).await? {
+            None => return Err(CoreError::NotFound("user not found".into())),
+            Some(u) if u.status == unimsg_store::UserStatus::Disabled => {
+                return Err(crate::auth::disabled());
+            }
+            Some(_) => {}
         }
         self.complete_qr(ticket, user, None, admin_id).await
     }

@@ -1,10 +1,12 @@
 //! Turns stored rows into wire values: opens sealed content and renders
 //! inbox events.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use unimsg_proto::api::{Message, MessageKind};
 use unimsg_proto::{Event, EventType, Seq, SessionId, UserId};
-use unimsg_store::{EventBody, StoredEvent, StoredMessage, StoredNotification};
+use unimsg_store::{EventBody, Sealed, StoredEvent, StoredMessage, StoredNotification, StoredText};
 
 use crate::error::{CoreError, Result};
 use crate::hub::Delivery;
@@ -60,8 +62,59 @@ pub(crate) fn notification(keyring: &Keyring, n: &StoredNotification) -> Result<
     }))
 }
 
+/// Associated data of a friend request's sealed text: it opens only as
+/// the text of the request from `from` to `to`.
+pub(crate) fn friend_request_aad(from: &str, to: &str) -> Vec<u8> {
+    format!("friend-request:{from}:{to}").into_bytes()
+}
+
+/// The words of a friend request as a row holds them. A text that does not
+/// open (a lost data key) reads as none, with a warning, rather than
+/// making the whole list or inbox unreadable.
+pub(crate) fn request_text(
+    keyring: &Keyring,
+    text: Option<&StoredText>,
+    from: &str,
+    to: &str,
+) -> Option<String> {
+    match text? {
+        StoredText::Plain(plain) => Some(plain.clone()),
+        StoredText::Sealed(sealed) => open_request_text(keyring, sealed, from, to),
+    }
+}
+
+fn open_request_text(keyring: &Keyring, sealed: &Sealed, from: &str, to: &str) -> Option<String> {
+    match keyring.open(sealed, &friend_request_aad(from, to)) {
+        Ok(plain) => String::from_utf8(plain).ok(),
+        Err(error) => {
+            tracing::warn!(%error, from, to, "cannot open a friend request's text");
+            None
+        }
+    }
+}
+
+/// A `friend.request` event's data carries the text sealed
+/// (`message_sealed`, base64 of `Sealed::to_bytes`); the client sees it
+/// as `message`. Events written before sealing carry `message` already.
+fn open_friend_request(keyring: &Keyring, data: &mut serde_json::Value) {
+    let Some(obj) = data.as_object_mut() else {
+        return;
+    };
+    let Some(sealed) = obj.remove("message_sealed") else {
+        return;
+    };
+    let from = obj.get("from").and_then(|v| v.as_str()).unwrap_or_default();
+    let to = obj.get("to").and_then(|v| v.as_str()).unwrap_or_default();
+    let text = sealed
+        .as_str()
+        .and_then(|b| STANDARD.decode(b).ok())
+        .and_then(|bytes| Sealed::from_bytes(&bytes))
+        .and_then(|s| open_request_text(keyring, &s, from, to));
+    obj.insert("message".into(), text.into());
+}
+
 pub(crate) fn event(keyring: &Keyring, e: &StoredEvent) -> Result<Event> {
-    let data = match &e.body {
+    let mut data = match &e.body {
         EventBody::Notification(n) | EventBody::Broadcast(n) => notification(keyring, n)?,
         EventBody::Message(m) => serde_json::to_value(message(keyring, m)?)
             .map_err(|err| CoreError::Internal(format!("cannot render a message: {err}")))?,
@@ -69,6 +122,9 @@ pub(crate) fn event(keyring: &Keyring, e: &StoredEvent) -> Result<Event> {
             CoreError::Internal(format!("event {} has corrupt data: {err}", e.seq))
         })?,
     };
+    if e.kind == EventType::FriendRequest {
+        open_friend_request(keyring, &mut data);
+    }
     Ok(Event {
         seq: e.seq,
         kind: e.kind,

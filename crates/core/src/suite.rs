@@ -283,7 +283,67 @@ pub async fn limits(make: &(dyn Fn(LimitsConfig) -> Arc<dyn RateLimits> + Sync))
     login_back_off(&*pairs, &config, &tag).await;
     account_slowdown(&*limits, &config, &tag).await;
     admin_back_off(&*limits, &config, &tag).await;
+    send_limits(make, &tag).await;
 }
+
+// ---- Per-user send limits (audit item 9) ----
+/// `Limit::Send` counts one per call, `Limit::Deliveries` counts `n` per
+/// call with `check_n`; more than the quota at once takes the whole quota.
+async fn send_limits(make: &(dyn Fn(LimitsConfig) -> Arc<dyn RateLimits> + Sync), tag: &str) {
+    let minute = Duration::from_secs(60);
+    let limits = make(LimitsConfig {
+        send_per_minute: 3,
+        deliveries_per_minute: 10,
+        ..suite_limits()
+    });
+    let (u1, u2) = (format!("user1-{tag}"), format!("user2-{tag}"));
+    for n in 1..=3 {
+        assert!(
+            limits.check(Limit::Send, &u1).await.is_ok(),
+            "send {n} passes"
+        );
+    }
+    refused_within(
+        limits.check(Limit::Send, &u1).await,
+        minute,
+        "the fourth send",
+    );
+    for n in 1..=2 {
+        assert!(
+            limits.check_n(Limit::Deliveries, &u1, 4).await.is_ok(),
+            "4 deliveries, time {n}, pass"
+        );
+    }
+    refused_within(
+        limits.check_n(Limit::Deliveries, &u1, 4).await,
+        minute,
+        "12 deliveries of 10",
+    );
+    assert!(
+        limits.check_n(Limit::Deliveries, &u1, 0).await.is_ok(),
+        "nothing to deliver passes"
+    );
+    assert!(
+        limits.check_n(Limit::Deliveries, &u2, 25).await.is_ok(),
+        "more than the quota at once passes on a full bucket"
+    );
+    refused_within(
+        limits.check_n(Limit::Deliveries, &u2, 1).await,
+        minute,
+        "and leaves nothing",
+    );
+    let off = make(LimitsConfig {
+        deliveries_per_minute: 0,
+        ..suite_limits()
+    });
+    for n in 0..20 {
+        assert!(
+            off.check_n(Limit::Deliveries, &u1, 1000).await.is_ok(),
+            "call {n} with the limit off"
+        );
+    }
+}
+// ---- end of per-user send limits ----
 
 /// Back-off per (account, IP): the pair locks from the threshold on, longer
 /// with each failure, and a success clears it; nothing else is locked.

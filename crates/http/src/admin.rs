@@ -513,7 +513,7 @@ async fn logout(
     security(("admin_basic" = []), ("admin_bearer" = [])),
     responses(
         (status = 200, description = "The notification's id and recipient count.", body = NotifyResponse),
-        (status = 404, description = "A recipient or the group does not exist (`not_found`).", body = ErrorBody),
+        (status = 404, description = "A recipient or the group does not exist (`not_found`); the message names the unknown user ids (the first 20, and how many more), and nothing is sent.", body = ErrorBody),
     ),
 )]
 /// `POST /v1/admin/messages`

@@ -148,12 +148,28 @@ if #KEYS >= 5 then fail(KEYS[4], KEYS[5], before) end
 return account
 ";
 
+// ---- Per-user send limits (audit item 9) ----
+/// [`WINDOW`] counting ARGV[3] units at once.
+const WINDOW_N: &str = r"
+local n = redis.call('INCRBY', KEYS[1], ARGV[3])
+if n == tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+if n > tonumber(ARGV[2]) then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
+  return ttl
+end
+return -1
+";
+// ---- end of per-user send limits ----
+
 /// Rate limits and login back-off in Redis.
 pub struct RedisLimits {
     cluster: Arc<Cluster>,
     config: LimitsConfig,
     window: Script,
     failed: Script,
+    /// Per-user send limits (audit item 9).
+    window_n: Script,
 }
 
 impl std::fmt::Debug for RedisLimits {
@@ -172,6 +188,7 @@ impl RedisLimits {
             config,
             window: Script::new(WINDOW),
             failed: Script::new(FAILED),
+            window_n: Script::new(WINDOW_N),
         }
     }
 
@@ -188,6 +205,9 @@ impl RedisLimits {
                 Duration::from_secs(1),
             ),
             Limit::Qr => ("qr", self.config.qr_per_minute, minute),
+            // Per-user send limits (audit item 9).
+            Limit::Send => ("send", self.config.send_per_minute, minute),
+            Limit::Deliveries => ("deliveries", self.config.deliveries_per_minute, minute),
         };
         (n > 0).then_some((name, n, window))
     }
@@ -286,6 +306,36 @@ impl RateLimits for RedisLimits {
             .await;
         if let Err(error) = result {
             unavailable("login back-off", &error);
+        }
+    }
+
+    // ---- Per-user send limits (audit item 9) ----
+    async fn check_n(&self, limit: Limit, key: &str, n: u32) -> Result<(), RetryAfter> {
+        let Some((name, quota, window)) = self.quota(limit) else {
+            return Ok(());
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let mut conn = self.cluster.conn();
+        let result: Result<i64, _> = self
+            .window_n
+            .key(self.cluster.key(&format!("rl:{name}:{key}")))
+            .arg(u64::try_from(window.as_millis()).unwrap_or(u64::MAX))
+            .arg(quota)
+            // More than the window holds counts as the whole window.
+            .arg(n.min(quota))
+            .invoke_async(&mut conn)
+            .await;
+        match result {
+            Ok(wait) if wait >= 0 => Err(RetryAfter(Duration::from_millis(
+                u64::try_from(wait).unwrap_or(0).max(1),
+            ))),
+            Ok(_) => Ok(()),
+            Err(error) => {
+                unavailable("rate limit", &error);
+                Ok(())
+            }
         }
     }
 }

@@ -63,12 +63,7 @@ pub struct Node {
 /// Opens the store (embedded, or PostgreSQL in cluster mode), loads the
 /// keys, joins the cluster bus if configured, and builds the core.
 pub async fn build(config: &Config) -> anyhow::Result<Node> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            config.data_dir.display()
-        )
-    })?;
+    create_data_dir(&config.data_dir)?;
     let clustered = !config.store.url.is_empty();
     anyhow::ensure!(
         config.bus.url.is_empty() || clustered,
@@ -146,6 +141,40 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
         core: Arc::new(Core::new(parts)),
         cluster,
     })
+}
+
+/// Creates the data directory (and missing parents) accessible to its
+/// owner only (0700): it holds the database, the master key and the
+/// signing key. An existing directory is left as it is, with a warning if
+/// other users may enter it.
+fn create_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder
+            .create(dir)
+            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        let mode = std::fs::metadata(dir)
+            .with_context(|| format!("cannot read the data directory {}", dir.display()))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %dir.display(),
+                mode = format!("{mode:04o}"),
+                "the data directory is accessible to other users; chmod 700 it"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    Ok(())
 }
 
 /// Eight random hex digits for a generated node id.

@@ -13,7 +13,8 @@ const MIGRATION_LOCK: i64 = 0x756e_696d_7367; // "unimsg"
 /// Each entry moves the schema from version `i` to `i + 1`. Never edit a
 /// released migration: append a new one. Times are Unix milliseconds
 /// (`BIGINT`), as in the embedded store.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     user_id       TEXT PRIMARY KEY,
     username      TEXT NOT NULL UNIQUE,
@@ -212,7 +213,13 @@ CREATE TABLE group_members (
     PRIMARY KEY (group_id, user_id)
 );
 CREATE INDEX group_members_by_user ON group_members(user_id);
-"#];
+"#,
+    // Friend-request text is sealed like message content
+    // (`Sealed::to_bytes`); `message` stays for rows written before.
+    r#"
+ALTER TABLE friend_requests ADD COLUMN message_sealed BYTEA;
+"#,
+];
 
 /// Brings the database to the newest schema version.
 pub(crate) async fn migrate(client: &mut Client) -> Result<()> {

@@ -29,8 +29,8 @@ use unimsg_proto::groups::{GroupRole, JoinPolicy};
 use unimsg_proto::{ConversationId, GroupId, UserId};
 use unimsg_store::{
     AppendOutcome, EventDraft, FriendRequestRow, FriendRow, GROUP_CHANGED, GroupEdit, GroupRow,
-    Groups, MemberRow, NewGroup, NewMessage, Relationships, RequestOutcome, Result, StoreError,
-    StoredEvent,
+    Groups, MemberRow, NewGroup, NewMessage, Relationships, RequestOutcome, Result, Sealed,
+    StoreError, StoredEvent, StoredText,
 };
 
 use crate::inbox::append_drafts;
@@ -159,8 +159,16 @@ fn friend_request(row: &Row) -> Result<FriendRequestRow> {
     Ok(FriendRequestRow {
         from: user_id(col(row, 0)?)?,
         to: user_id(col(row, 1)?)?,
-        message: col(row, 2)?,
-        created_at: from_ms(col(row, 3)?)?,
+        message: match (
+            col::<Option<Vec<u8>>>(row, 3)?,
+            col::<Option<String>>(row, 2)?,
+        ) {
+            (Some(bytes), _) => Some(StoredText::Sealed(Sealed::from_bytes(&bytes).ok_or_else(
+                || StoreError::Internal("a sealed friend-request text is corrupt".into()),
+            )?)),
+            (None, plain) => plain.map(StoredText::Plain),
+        },
+        created_at: from_ms(col(row, 4)?)?,
     })
 }
 
@@ -192,20 +200,27 @@ impl Relationships for PgStore {
             let stmt = tx
                 .prepare_cached(
                     "INSERT INTO friend_requests \
-                     (from_id, to_id, message, state, created_at, updated_at) \
-                     VALUES ($1, $2, $3, 'pending', $4, $4) \
+                     (from_id, to_id, message, message_sealed, state, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, 'pending', $5, $5) \
                      ON CONFLICT (from_id, to_id) DO UPDATE SET message = EXCLUDED.message, \
+                     message_sealed = EXCLUDED.message_sealed, \
                      state = 'pending', created_at = EXCLUDED.created_at, \
                      updated_at = EXCLUDED.updated_at",
                 )
                 .await
                 .map_err(pg)?;
+            let (plain, sealed) = match &request.message {
+                None => (None, None),
+                Some(StoredText::Plain(p)) => (Some(p.as_str()), None),
+                Some(StoredText::Sealed(s)) => (None, Some(s.to_bytes())),
+            };
             tx.execute(
                 &stmt,
                 &[
                     &from.as_str(),
                     &to.as_str(),
-                    &request.message,
+                    &plain,
+                    &sealed,
                     &ms(request.created_at),
                 ],
             )
@@ -256,11 +271,11 @@ impl Relationships for PgStore {
         // SQLite leaves ties in created_at to its scan order; here they go
         // by the pair, bytewise like SQLite's BINARY collation.
         let sql = if incoming {
-            "SELECT from_id, to_id, message, created_at FROM friend_requests \
+            "SELECT from_id, to_id, message, message_sealed, created_at FROM friend_requests \
              WHERE to_id = $1 AND state = 'pending' \
              ORDER BY created_at, from_id COLLATE \"C\""
         } else {
-            "SELECT from_id, to_id, message, created_at FROM friend_requests \
+            "SELECT from_id, to_id, message, message_sealed, created_at FROM friend_requests \
              WHERE from_id = $1 AND state = 'pending' \
              ORDER BY created_at, to_id COLLATE \"C\""
         };

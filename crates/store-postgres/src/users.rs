@@ -130,6 +130,20 @@ impl Users for PgStore {
         user_where(self, "username", username).await
     }
 
+    async fn unknown_users(&self, ids: Vec<UserId>) -> Result<Vec<UserId>> {
+        let client = self.client().await?;
+        let names: Vec<&str> = ids.iter().map(UserId::as_str).collect();
+        let stmt = client
+            .prepare_cached(
+                "SELECT u.id FROM unnest($1::text[]) WITH ORDINALITY AS u(id, n) \
+                 WHERE NOT EXISTS (SELECT 1 FROM users WHERE user_id = u.id) ORDER BY u.n",
+            )
+            .await
+            .map_err(pg)?;
+        let rows = client.query(&stmt, &[&names]).await.map_err(pg)?;
+        rows.iter().map(|r| user_id(column(r, 0)?)).collect()
+    }
+
     async fn import_users(&self, users: Vec<NewUser>) -> Result<Vec<Result<User>>> {
         transaction!(self, |tx| {
             let head = broadcast_clock(tx).await?;
@@ -225,14 +239,22 @@ impl Users for PgStore {
     }
 }
 
-const SESSION_COLUMNS: &str = "session_id, user_id, platform, device_id, created_at, revoked_at";
+/// A session's columns and its user's status (a primary-key lookup in
+/// the same statement: a request still costs one round trip).
+const SESSION_COLUMNS: &str = "session_id, user_id, platform, device_id, created_at, revoked_at, \
+     (SELECT u.status FROM users u WHERE u.user_id = sessions.user_id)";
 
 /// Reads the [`SESSION_COLUMNS`].
 fn read_session(row: &Row) -> Result<Session> {
     let sid: String = column(row, 0)?;
     let platform: String = column(row, 2)?;
     let revoked: Option<i64> = column(row, 5)?;
+    let status: Option<String> = column(row, 6)?;
     Ok(Session {
+        user_status: match status.as_deref() {
+            Some("active") => UserStatus::Active,
+            _ => UserStatus::Disabled,
+        },
         session_id: SessionId::parse(sid).map_err(|_| corrupt("session id"))?,
         user_id: user_id(column(row, 1)?)?,
         platform: Platform::parse(platform).map_err(|_| corrupt("platform"))?,

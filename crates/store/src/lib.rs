@@ -42,6 +42,9 @@ pub trait Users: Send + Sync {
     async fn create_user(&self, user: NewUser) -> Result<User>;
     async fn user(&self, id: &UserId) -> Result<Option<User>>;
     async fn user_by_username(&self, username: &str) -> Result<Option<User>>;
+    /// The ids among `ids` that name no user, in input order (duplicates
+    /// kept): one read for a whole audience.
+    async fn unknown_users(&self, ids: Vec<UserId>) -> Result<Vec<UserId>>;
     /// Creates many users in one transaction; each item succeeds or fails
     /// alone (`Conflict` for a taken id or username), in input order.
     async fn import_users(&self, users: Vec<NewUser>) -> Result<Vec<Result<User>>>;

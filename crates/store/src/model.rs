@@ -82,11 +82,18 @@ pub struct Session {
     pub device_id: Option<String>,
     pub created_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
+    /// The status of the session's user, read in the same statement as the
+    /// session (a user that no longer exists reads as disabled), so that
+    /// one point read per request checks both.
+    pub user_status: UserStatus,
 }
 
 impl Session {
+    /// Not revoked, and its user is not disabled: the only state in which
+    /// a session's tokens are accepted. Disabling a user revokes their
+    /// sessions too; this covers a session opened while that happened.
     pub fn is_active(&self) -> bool {
-        self.revoked_at.is_none()
+        self.revoked_at.is_none() && self.user_status == UserStatus::Active
     }
 }
 
@@ -123,6 +130,41 @@ pub struct Sealed {
     pub key_id: u32,
     pub nonce: Vec<u8>,
     pub ciphertext: Vec<u8>,
+}
+
+impl Sealed {
+    /// One byte string for a single column or a JSON field: a format
+    /// byte (1), the key id (4 bytes, big-endian), the nonce's length
+    /// (1 byte), the nonce, the ciphertext.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(6 + self.nonce.len() + self.ciphertext.len());
+        out.push(1);
+        out.extend_from_slice(&self.key_id.to_be_bytes());
+        out.push(u8::try_from(self.nonce.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(&self.nonce);
+        out.extend_from_slice(&self.ciphertext);
+        out
+    }
+
+    /// Reads [`Self::to_bytes`]; `None` for anything else.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let (&format, rest) = bytes.split_first()?;
+        if format != 1 || rest.len() < 5 {
+            return None;
+        }
+        let key_id = u32::from_be_bytes(rest[..4].try_into().ok()?);
+        let nonce_len = usize::from(rest[4]);
+        let rest = &rest[5..];
+        if rest.len() < nonce_len {
+            return None;
+        }
+        let (nonce, ciphertext) = rest.split_at(nonce_len);
+        Some(Self {
+            key_id,
+            nonce: nonce.to_vec(),
+            ciphertext: ciphertext.to_vec(),
+        })
+    }
 }
 
 impl fmt::Debug for Sealed {
@@ -312,8 +354,18 @@ pub struct ConversationState {
 pub struct FriendRequestRow {
     pub from: UserId,
     pub to: UserId,
-    pub message: Option<String>,
+    /// The requester's words, sealed like message content.
+    pub message: Option<StoredText>,
     pub created_at: OffsetDateTime,
+}
+
+/// User-written text as a row holds it: sealed, or plaintext in rows
+/// written before the text was sealed (they still read).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredText {
+    Sealed(Sealed),
+    /// A row from before sealing; never written any more by the core.
+    Plain(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -393,4 +445,30 @@ pub enum GroupEdit {
     /// Ends the group: its members and read positions go, its id stays
     /// taken.
     Dissolve,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_bytes_round_trip_and_garbage_is_refused() {
+        let sealed = Sealed {
+            key_id: 0x0102_0304,
+            nonce: vec![9; 12],
+            ciphertext: b"cipher and tag".to_vec(),
+        };
+        assert_eq!(Sealed::from_bytes(&sealed.to_bytes()), Some(sealed.clone()));
+        let empty = Sealed {
+            key_id: 1,
+            nonce: Vec::new(),
+            ciphertext: Vec::new(),
+        };
+        assert_eq!(Sealed::from_bytes(&empty.to_bytes()), Some(empty));
+        assert_eq!(Sealed::from_bytes(b""), None);
+        assert_eq!(Sealed::from_bytes(b"plain text"), None, "wrong format byte");
+        let mut short = sealed.to_bytes();
+        short.truncate(8);
+        assert_eq!(Sealed::from_bytes(&short), None, "nonce cut off");
+    }
 }

@@ -89,10 +89,90 @@ fn new_session(id: &str, user: &UserId) -> NewSession {
     }
 }
 
+/// A session read says whether its user is disabled, in the same read; a
+/// disabled user's refresh token does not rotate, and their sessions are
+/// still listed (so that they can be revoked).
+async fn disabled_users_sessions(store: &dyn Store) {
+    let u = user(store, "dis1").await;
+    store
+        .open_session(new_session("dis-s1", &u), refresh(201), vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let session = store
+        .session(&sid("dis-s1"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no session"));
+    assert!(session.is_active());
+    assert_eq!(session.user_status, crate::UserStatus::Active);
+    let disable = |status| UserUpdate {
+        status: Some(status),
+        ..UserUpdate::default()
+    };
+    store
+        .update_user(&u, disable(crate::UserStatus::Disabled))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let session = store
+        .session(&sid("dis-s1"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no session"));
+    assert_eq!(session.user_status, crate::UserStatus::Disabled);
+    assert!(session.revoked_at.is_none() && !session.is_active());
+    let listed = store
+        .active_sessions(&u)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(listed.len(), 1, "still listed, so that it can be revoked");
+    let rotated = store
+        .rotate_refresh(&TokenHash([201; 32]), refresh(202), now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(rotated, RefreshOutcome::Invalid), "{rotated:?}");
+    store
+        .update_user(&u, disable(crate::UserStatus::Active))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rotated = store
+        .rotate_refresh(&TokenHash([201; 32]), refresh(203), now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(rotated, RefreshOutcome::Rotated(_)), "{rotated:?}");
+}
+
+/// `unknown_users` names the ids that are no user, in order.
+async fn unknown_users(store: &dyn Store) {
+    let known = user(store, "known1").await;
+    let unknown = store
+        .unknown_users(vec![
+            known.clone(),
+            uid("ghost-a"),
+            known,
+            uid("ghost-b"),
+            uid("ghost-a"),
+        ])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        unknown,
+        vec![uid("ghost-a"), uid("ghost-b"), uid("ghost-a")]
+    );
+    assert!(
+        store
+            .unknown_users(Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_empty()
+    );
+}
+
 /// Runs every check of the suite against `store`, which must be empty.
 pub async fn run_all(store: Arc<dyn Store>) {
     users(&*store).await;
     sessions(&*store).await;
+    disabled_users_sessions(&*store).await;
+    unknown_users(&*store).await;
     inbox(&*store).await;
     concurrent_appends_are_gap_free(store.clone()).await;
     reads_and_recalls(&*store).await;
@@ -108,10 +188,15 @@ async fn relationships(store: &dyn Store) {
         user(store, "rb1").await,
         user(store, "rc1").await,
     );
+    let sealed_hi = Sealed {
+        key_id: 7,
+        nonce: vec![3; 12],
+        ciphertext: b"sealed hi".to_vec(),
+    };
     let req = |from: &UserId, to: &UserId| crate::FriendRequestRow {
         from: from.clone(),
         to: to.clone(),
-        message: Some("hi".into()),
+        message: Some(crate::StoredText::Sealed(sealed_hi.clone())),
         created_at: now(),
     };
     let draft = |u: &UserId| {
@@ -140,6 +225,49 @@ async fn relationships(store: &dyn Store) {
         incoming.iter().map(|r| r.from.clone()).collect::<Vec<_>>(),
         vec![a.clone()]
     );
+    assert_eq!(
+        incoming[0].message,
+        Some(crate::StoredText::Sealed(sealed_hi.clone())),
+        "the sealed text reads back as it was written"
+    );
+    // A plaintext text (as rows from before sealing hold) still reads.
+    let legacy = crate::FriendRequestRow {
+        message: Some(crate::StoredText::Plain("old words".into())),
+        ..req(&c, &b)
+    };
+    store
+        .request_friend(legacy, vec![], vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let from_c = store
+        .friend_requests(&c, false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        from_c[0].message,
+        Some(crate::StoredText::Plain("old words".into()))
+    );
+    // Asked again with sealed text, the row holds only the sealed text.
+    store
+        .answer_friend_request(&c, &b, false, now(), vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    store
+        .request_friend(req(&c, &b), vec![], vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let from_c = store
+        .friend_requests(&c, false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        from_c[0].message,
+        Some(crate::StoredText::Sealed(sealed_hi.clone()))
+    );
+    store
+        .answer_friend_request(&c, &b, false, now(), vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     // b asking a back meets the pending request: friends.
     let (met, _) = store
         .request_friend(req(&b, &a), vec![], draft(&a))

@@ -3,6 +3,7 @@
 
 mod admin;
 mod audit_auth;
+mod audit_domain;
 mod audit_gate;
 mod auth;
 mod bad_input;

@@ -30,6 +30,7 @@ fn group(raw: &str) -> Result<GroupId, ApiError> {
     security(("bearer" = [])),
     responses(
         (status = 201, description = "The new group.", body = GroupInfo),
+        (status = 403, description = "A member does not take this from the caller (a block either way; the answer does not say which), or is no friend of the caller while `groups.add_requires_friendship` is on (`forbidden`).", body = ErrorBody),
         (status = 404, description = "A member does not exist (`not_found`).", body = ErrorBody),
         (status = 409, description = "More than `groups.max_members` members (`conflict`).", body = ErrorBody),
     ),
@@ -154,7 +155,7 @@ pub async fn dissolve(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The group after the change.", body = GroupInfo),
-        (status = 403, description = "Not allowed to add members (`forbidden`).", body = ErrorBody),
+        (status = 403, description = "Not allowed to add members, or one of them does not take this from the caller (a block either way; the answer does not say which), or is no friend of the caller while `groups.add_requires_friendship` is on (`forbidden`).", body = ErrorBody),
         (status = 404, description = "No such group or user (`not_found`).", body = ErrorBody),
         (status = 409, description = "The group would exceed `groups.max_members` (`conflict`).", body = ErrorBody),
     ),

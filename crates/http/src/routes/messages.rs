@@ -28,6 +28,7 @@ use crate::extract::{Authed, Json, PathId, PathPair, Query, path_id};
         (status = 403, description = "Refused: the recipient does not take messages from the caller, or the caller is not a member of the group or is muted in it (`forbidden`).", body = ErrorBody),
         (status = 404, description = "The recipient or the group does not exist (`not_found`).", body = ErrorBody),
         (status = 413, description = "The body or the content is over its limit (`payload_too_large`).", body = ErrorBody),
+        (status = 429, description = "The sender is over `limits.send_per_minute` messages or `limits.deliveries_per_minute` inbox rows for others (a group message counts its other members); `Retry-After` says when to try again (`rate_limited`).", body = ErrorBody),
     ),
 )]
 /// `POST /v1/messages`

@@ -8,13 +8,32 @@ use unimsg_proto::UserId;
 use super::SqliteStore;
 use super::queries::{append_drafts, db, from_ms, ms, user_id};
 use crate::{
-    EventDraft, FriendRequestRow, FriendRow, Relationships, RequestOutcome, Result, StoreError,
-    StoredEvent,
+    EventDraft, FriendRequestRow, FriendRow, Relationships, RequestOutcome, Result, Sealed,
+    StoreError, StoredEvent, StoredText,
 };
 
 fn exists(conn: &Connection, sql: &str, a: &UserId, b: &UserId) -> Result<bool> {
     conn.query_row(sql, params![a.as_str(), b.as_str()], |r| r.get(0))
         .map_err(db)
+}
+
+/// The `(message, message_sealed)` columns of a stored text.
+fn text_columns(text: Option<&StoredText>) -> (Option<&str>, Option<Vec<u8>>) {
+    match text {
+        None => (None, None),
+        Some(StoredText::Plain(p)) => (Some(p.as_str()), None),
+        Some(StoredText::Sealed(s)) => (None, Some(s.to_bytes())),
+    }
+}
+
+/// A text from its two columns: sealed when sealed, plaintext in older rows.
+fn stored_text(plain: Option<String>, sealed: Option<Vec<u8>>) -> Result<Option<StoredText>> {
+    match (sealed, plain) {
+        (Some(bytes), _) => Sealed::from_bytes(&bytes)
+            .map(|s| Some(StoredText::Sealed(s)))
+            .ok_or_else(|| StoreError::Internal("a sealed friend-request text is corrupt".into())),
+        (None, plain) => Ok(plain.map(StoredText::Plain)),
+    }
 }
 
 fn are_friends(conn: &Connection, a: &UserId, b: &UserId) -> Result<bool> {
@@ -94,12 +113,14 @@ impl Relationships for SqliteStore {
                 befriend(conn, from, to, request.created_at)?;
                 return Ok((RequestOutcome::Friends, append_drafts(conn, friends_events)?));
             }
+            let (plain, sealed) = text_columns(request.message.as_ref());
             conn.execute(
-                "INSERT INTO friend_requests (from_id, to_id, message, state, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, 'pending', ?4, ?4) \
-                 ON CONFLICT (from_id, to_id) DO UPDATE SET message = excluded.message, state = 'pending', \
+                "INSERT INTO friend_requests (from_id, to_id, message, message_sealed, state, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5) \
+                 ON CONFLICT (from_id, to_id) DO UPDATE SET message = excluded.message, \
+                 message_sealed = excluded.message_sealed, state = 'pending', \
                  created_at = excluded.created_at, updated_at = excluded.updated_at",
-                params![from.as_str(), to.as_str(), request.message, ms(request.created_at)],
+                params![from.as_str(), to.as_str(), plain, sealed, ms(request.created_at)],
             )
             .map_err(db)?;
             Ok((RequestOutcome::Pending, append_drafts(conn, request_events)?))
@@ -144,7 +165,7 @@ impl Relationships for SqliteStore {
             let column = if incoming { "to_id" } else { "from_id" };
             let mut stmt = conn
                 .prepare_cached(&format!(
-                    "SELECT from_id, to_id, message, created_at FROM friend_requests \
+                    "SELECT from_id, to_id, message, message_sealed, created_at FROM friend_requests \
                      WHERE {column} = ?1 AND state = 'pending' ORDER BY created_at"
                 ))
                 .map_err(db)?;
@@ -154,16 +175,17 @@ impl Relationships for SqliteStore {
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,
                         r.get::<_, Option<String>>(2)?,
-                        r.get::<_, i64>(3)?,
+                        r.get::<_, Option<Vec<u8>>>(3)?,
+                        r.get::<_, i64>(4)?,
                     ))
                 })
                 .map_err(db)?;
             rows.map(|r| {
-                let (from, to, message, at) = r.map_err(db)?;
+                let (from, to, plain, sealed, at) = r.map_err(db)?;
                 Ok(FriendRequestRow {
                     from: user_id(from)?,
                     to: user_id(to)?,
-                    message,
+                    message: stored_text(plain, sealed)?,
                     created_at: from_ms(at)?,
                 })
             })

@@ -83,8 +83,10 @@ impl SqliteStore {
     /// Opens (creating if needed) the database, applies migrations and starts
     /// the writer thread. The thread ends when the last clone is dropped.
     pub fn open(options: SqliteOptions) -> Result<Self> {
+        create_private(&options.path)?;
         let mut conn = open_connection(&options.path, false, options.durability)?;
         schema::migrate(&mut conn).map_err(internal)?;
+        warn_if_readable_by_others(&options.path);
         let (tx, rx) = mpsc::channel::<Job>(options.max_batch.max(1) * 4);
         let max_batch = options.max_batch.max(1);
         std::thread::Builder::new()
@@ -219,6 +221,60 @@ impl ReaderPool {
             idle.push(conn);
         }
     }
+}
+
+/// Creates the database file readable and writable by its owner only
+/// (0600), before SQLite opens it: SQLite gives the `-wal` and `-shm`
+/// files the database file's mode, so the database holds password and
+/// refresh-token hashes that no other local user can read. An existing
+/// file is left as it is.
+fn create_private(path: &Path) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "cannot create {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Warns about database files that other local users may read or write
+/// (a file made by an older version, or copied in). They are not changed:
+/// the operator may have chosen so.
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut files = vec![path.to_path_buf()];
+        for suffix in ["-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            files.push(PathBuf::from(name));
+        }
+        for file in files {
+            let Ok(meta) = std::fs::metadata(&file) else {
+                continue;
+            };
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %file.display(),
+                    mode = format!("{mode:04o}"),
+                    "the database file is accessible to other users; chmod 600 it"
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 fn open_connection(path: &Path, read_only: bool, durability: Durability) -> Result<Connection> {

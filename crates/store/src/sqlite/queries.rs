@@ -80,9 +80,20 @@ pub(super) fn build_user(
     })
 }
 
-const SESSION_COLUMNS: &str = "session_id, user_id, platform, device_id, created_at, revoked_at";
+/// A session's columns and its user's status (a primary-key lookup in
+/// the same statement: a request still costs one point read).
+const SESSION_COLUMNS: &str = "session_id, user_id, platform, device_id, created_at, revoked_at, \
+     (SELECT u.status FROM users u WHERE u.user_id = sessions.user_id)";
 
-type RawSession = (String, String, String, Option<String>, i64, Option<i64>);
+type RawSession = (
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    Option<i64>,
+    Option<String>,
+);
 
 fn read_session(row: &Row<'_>) -> rusqlite::Result<RawSession> {
     Ok((
@@ -92,12 +103,17 @@ fn read_session(row: &Row<'_>) -> rusqlite::Result<RawSession> {
         row.get(3)?,
         row.get(4)?,
         row.get(5)?,
+        row.get(6)?,
     ))
 }
 
 fn build_session(raw: RawSession) -> Result<Session> {
-    let (sid, uid, platform, device_id, created, revoked) = raw;
+    let (sid, uid, platform, device_id, created, revoked, status) = raw;
     Ok(Session {
+        user_status: match status.as_deref() {
+            Some("active") => UserStatus::Active,
+            _ => UserStatus::Disabled,
+        },
         session_id: SessionId::parse(sid).map_err(|_| corrupt("session id"))?,
         user_id: user_id(uid)?,
         platform: Platform::parse(platform).map_err(|_| corrupt("platform"))?,
@@ -559,6 +575,23 @@ impl Users for SqliteStore {
                 conn.execute(&format!("DELETE FROM {table} WHERE user_id = ?1"), [id.as_str()]).map_err(db)?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn unknown_users(&self, ids: Vec<UserId>) -> Result<Vec<UserId>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)")
+                .map_err(db)?;
+            let mut unknown = Vec::new();
+            for id in ids {
+                let known: bool = stmt.query_row([id.as_str()], |r| r.get(0)).map_err(db)?;
+                if !known {
+                    unknown.push(id);
+                }
+            }
+            Ok(unknown)
         })
         .await
     }

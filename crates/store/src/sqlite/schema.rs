@@ -200,6 +200,11 @@ CREATE TABLE group_members (
 ) WITHOUT ROWID;
 CREATE INDEX group_members_by_user ON group_members(user_id);
 "#,
+    // Friend-request text is sealed like message content
+    // (`Sealed::to_bytes`); `message` stays for rows written before.
+    r#"
+ALTER TABLE friend_requests ADD COLUMN message_sealed BLOB;
+"#,
 ];
 
 /// Brings the database to the newest schema version.
