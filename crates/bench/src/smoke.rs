@@ -436,6 +436,9 @@ impl Server {
             .env("UNIMSG_LIMITS__QR_PER_MINUTE", "0")
             .env("UNIMSG_LIMITS__TOKEN_PER_MINUTE", "0")
             .env("UNIMSG_LIMITS__ADMIN_PER_SECOND", "0")
+            // Every connection comes from 127.0.0.1, many share a session.
+            .env("UNIMSG_HTTP__MAX_CONNECTIONS_PER_IP", "0")
+            .env("UNIMSG_DELIVERY__MAX_CONNECTIONS_PER_SESSION", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

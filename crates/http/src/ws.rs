@@ -40,8 +40,34 @@ mod close {
     pub const IDLE: u16 = 4000;
     pub const UNAUTHORIZED: u16 = 4001;
     pub const SLOW_CONSUMER: u16 = 4008;
+    pub const TOO_MANY: u16 = 4029;
     pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
+}
+
+/// The close frame owed for a read error: RFC 6455 asks for 1002 after a
+/// protocol violation (reserved bits, unknown opcode, bad framing), 1007
+/// for a text message that is not UTF-8 and 1009 for a message over
+/// `delivery.ws_max_message_bytes`. A peer that just went away gets none.
+fn read_error_close(error: axum::Error) -> Option<(u16, &'static str)> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    let inner = error.into_inner();
+    let error = inner.downcast_ref::<WsError>()?;
+    match error {
+        WsError::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake
+            | ProtocolError::ReceivedAfterClosing
+            | ProtocolError::SendAfterClosing,
+        ) => None,
+        WsError::Protocol(_) => Some((close::PROTOCOL, "protocol error")),
+        WsError::Utf8(_) => Some((close::INVALID_DATA, "text frame is not valid UTF-8")),
+        WsError::Capacity(_) => Some((close::TOO_BIG, "message too big")),
+        _ => None,
+    }
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -64,13 +90,14 @@ pub struct WsQuery {
     operation_id = "websocket",
     tag = "realtime",
     summary = "WebSocket connection",
-    description = "Upgrades to a WebSocket; every frame is one JSON text message. Authenticate with `?access_token=`, an `Authorization: Bearer` header, or a first frame `{\"type\":\"auth\",\"token\":...,\"after\":SEQ}` (`ClientFrame`). The server answers `ready` (`ReplyFrame`), replays the inbox after `after`, then sends live inbox events (`Event`, recognisable by their `seq`) in seq order. Client frames: `send`, `ack`, `read`, `ping`, each with an optional `id` echoed in its reply (`send.ok`, `ack.ok`, `read.ok`, `pong` or `error`). Close codes: 4000 idle, 4001 unauthorized or session revoked, 4008 slow consumer, 1001 going away (shutdown), 1011 internal error.",
+    description = "Upgrades to a WebSocket; every frame is one JSON text message. Authenticate with `?access_token=`, an `Authorization: Bearer` header, or a first frame `{\"type\":\"auth\",\"token\":...,\"after\":SEQ}` (`ClientFrame`). The server answers `ready` (`ReplyFrame`), replays the inbox after `after`, then sends live inbox events (`Event`, recognisable by their `seq`) in seq order. Client frames: `send`, `ack`, `read`, `ping`, each with an optional `id` echoed in its reply (`send.ok`, `ack.ok`, `read.ok`, `pong` or `error`). The socket closes with 4001 when its access token expires (at the token's `exp`; reconnect with a fresh token). Close codes: 4000 idle, 4001 unauthorized, session revoked or token expired, 4008 slow consumer, 4029 too many connections for this session, 1001 going away (shutdown), 1002 protocol error, 1007 a text frame that is not UTF-8, 1009 a message over the size limit, 1011 internal error.",
     params(WsQuery),
     security(("bearer" = []), ("access_token" = []), ()),
     responses(
         (status = 101, description = "Switching Protocols: the WebSocket is open."),
         (status = 400, description = "Not a WebSocket upgrade request, or bad query parameters (`bad_request`).", body = ErrorBody),
         (status = 401, description = "The token given in the query or header is invalid, expired or revoked (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "The session already holds `delivery.max_connections_per_session` live connections on this server (`rate_limited`).", body = ErrorBody),
     ),
 )]
 pub async fn upgrade(
@@ -98,6 +125,23 @@ pub async fn upgrade(
         None => None,
     };
     let d = &state.core.config().delivery;
+    // Refused before upgrading when the session is known; the hub checks
+    // again, under its lock, when the connection subscribes.
+    if let Some(a) = &auth
+        && d.max_connections_per_session > 0
+        && state
+            .core
+            .hub()
+            .session_connections(&a.user_id, &a.session_id)
+            >= d.max_connections_per_session
+    {
+        return ApiError::from(CoreError::TooManyConnections(format!(
+            "this session already has {} live connections (WebSocket and SSE) on this \
+             server; close one first",
+            d.max_connections_per_session
+        )))
+        .into_response();
+    }
     // The read buffer is allocated for every connection up front; writes
     // are gathered up to 8 times that before they go to the socket.
     let buffer = d.ws_buffer_bytes.max(256);
@@ -220,15 +264,15 @@ async fn serve_authenticated(
     let mut stream = match Box::pin(InboxStream::open(core.clone(), auth, after)).await {
         Ok(s) => s,
         Err(e) => {
-            let code = if matches!(e, CoreError::Unauthorized(_)) {
-                close::UNAUTHORIZED
-            } else {
-                close::INTERNAL
+            let (code, reason) = match e {
+                CoreError::Unauthorized(_) => (close::UNAUTHORIZED, "cannot open the inbox"),
+                CoreError::TooManyConnections(_) => {
+                    (close::TOO_MANY, "too many connections for this session")
+                }
+                _ => (close::INTERNAL, "cannot open the inbox"),
             };
             let _ = socket.send(error_frame(None, e.into())).await;
-            let _ = socket
-                .send(close_frame(code, "cannot open the inbox"))
-                .await;
+            let _ = socket.send(close_frame(code, reason)).await;
             return;
         }
     };
@@ -269,8 +313,12 @@ async fn run(
     }
 
     let idle = Duration::from_secs(core.config().delivery.idle_timeout_secs.max(1));
-    let mut heartbeat = tokio::time::interval(state.heartbeat());
-    heartbeat.reset();
+    // One timer serves the heartbeat and the token's expiry: it is set to
+    // whichever comes first, so the parked connection holds no second one.
+    let beat = state.heartbeat();
+    let expiry = core.token_deadline(auth);
+    let mut next_beat = Instant::now() + beat;
+    let mut timer = Box::pin(tokio::time::sleep_until(next_beat.min(expiry)));
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
@@ -288,7 +336,11 @@ async fn run(
                 }
             }
             incoming = socket.recv() => {
-                let Some(Ok(message)) = incoming else { return None };
+                let message = match incoming {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => return read_error_close(error),
+                    None => return None,
+                };
                 last_heard = Instant::now();
                 let reply = match message {
                     Message::Text(text) => Box::pin(handle_frame(core, auth, &text)).await,
@@ -303,13 +355,23 @@ async fn run(
                     return None;
                 }
             }
-            _ = heartbeat.tick() => {
-                if last_heard.elapsed() > idle {
-                    return Some((close::IDLE, "idle timeout"));
+            () = timer.as_mut() => {
+                let now = Instant::now();
+                if now >= expiry {
+                    // As HTTP refuses the token from now on; the client
+                    // reconnects with a fresh one (from its refresh token).
+                    return Some((close::UNAUTHORIZED, "access token expired"));
                 }
-                if socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
-                    return None;
+                if now >= next_beat {
+                    if last_heard.elapsed() > idle {
+                        return Some((close::IDLE, "idle timeout"));
+                    }
+                    if socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                        return None;
+                    }
+                    next_beat = now + beat;
                 }
+                timer.as_mut().reset(next_beat.min(expiry));
             }
         }
     }

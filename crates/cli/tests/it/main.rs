@@ -2,6 +2,7 @@
 //! `127.0.0.1:0` and talks to it as clients do, through `unimsg-client`.
 
 mod admin;
+mod audit_transport;
 mod auth;
 mod bad_input;
 mod cli_admin;
