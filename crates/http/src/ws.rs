@@ -2,10 +2,12 @@
 //!
 //! One task per connection runs a single loop over four sources: the
 //! client's frames, the connection's delivery queue, the kill signal
-//! (slow consumer, shutdown) and the heartbeat timer. Writes to the socket
-//! happen only in that loop, so no lock is ever held across a write, and a
-//! write that blocks on a client that stopped reading is abandoned as soon
-//! as the hub gives up on the connection.
+//! (slow consumer, shutdown) and one timer for the heartbeat and the
+//! access token's expiry (the socket closes with 4001 at the token's
+//! `exp`). Writes to the socket happen only in that loop, so no lock is
+//! ever held across a write, and a write that blocks on a client that
+//! stopped reading is abandoned as soon as the hub gives up on the
+//! connection.
 
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -315,9 +317,10 @@ async fn run(
     let idle = Duration::from_secs(core.config().delivery.idle_timeout_secs.max(1));
     // One timer serves the heartbeat and the token's expiry: it is set to
     // whichever comes first, so the parked connection holds no second one.
-    let beat = state.heartbeat();
+    // (The period is asked for again rather than kept: every value kept
+    // across the select is memory of the parked connection.)
     let expiry = core.token_deadline(auth);
-    let mut next_beat = Instant::now() + beat;
+    let mut next_beat = Instant::now() + state.heartbeat();
     let mut timer = Box::pin(tokio::time::sleep_until(next_beat.min(expiry)));
     let mut last_heard = Instant::now();
     loop {
@@ -369,7 +372,7 @@ async fn run(
                     if socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
                         return None;
                     }
-                    next_beat = now + beat;
+                    next_beat = now + state.heartbeat();
                 }
                 timer.as_mut().reset(next_beat.min(expiry));
             }

@@ -66,13 +66,16 @@ pub(crate) fn max_connections(config: &HttpConfig) -> (usize, Option<u64>) {
     if config.max_connections > 0 {
         return (config.max_connections, limit);
     }
-    let derived = match limit {
+    (derived_max_connections(limit), limit)
+}
+
+fn derived_max_connections(limit: Option<u64>) -> usize {
+    match limit {
         Some(l) => usize::try_from(l.saturating_sub(FD_RESERVE).max(l / 2))
             .unwrap_or(FALLBACK_MAX_CONNECTIONS)
             .max(1),
         None => FALLBACK_MAX_CONNECTIONS,
-    };
-    (derived, limit)
+    }
 }
 
 /// Why a connection was refused.
@@ -373,4 +376,40 @@ pub(crate) async fn serve(
     drop(signal_tx);
     drop(close_rx);
     close_tx.closed().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_derived_cap_leaves_descriptors_for_the_server() {
+        assert_eq!(derived_max_connections(Some(1024)), 768);
+        assert_eq!(derived_max_connections(Some(20_000)), 19_744);
+        assert_eq!(
+            derived_max_connections(Some(256)),
+            128,
+            "half of a small limit"
+        );
+        assert_eq!(derived_max_connections(Some(1)), 1);
+        // "unlimited" does not parse as a number.
+        assert_eq!(derived_max_connections(None), FALLBACK_MAX_CONNECTIONS);
+    }
+
+    #[test]
+    fn caps_count_in_all_and_per_ip_and_exempt_trusted_proxies() {
+        let proxy: IpNet = "10.9.9.9/32".parse().unwrap_or_else(|e| panic!("{e}"));
+        let caps = Caps::new(4, 2, vec![proxy]);
+        let a: IpAddr = "192.0.2.1".parse().unwrap_or_else(|e| panic!("{e}"));
+        let p: IpAddr = "10.9.9.9".parse().unwrap_or_else(|e| panic!("{e}"));
+        let first = caps.admit(a).unwrap_or_else(|e| panic!("{e:?}"));
+        let _second = caps.admit(a).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(caps.admit(a).err(), Some(Refusal::PerIp));
+        let _p1 = caps.admit(p).unwrap_or_else(|e| panic!("{e:?}"));
+        let _p2 = caps.admit(p).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(caps.admit(p).err(), Some(Refusal::Total));
+        drop(first);
+        assert!(caps.admit(a).is_ok(), "a dropped permit frees its place");
+        assert!(caps.counts.lock().map(|c| c.total).unwrap_or(0) <= 4);
+    }
 }
