@@ -594,6 +594,16 @@ impl Core {
         tokio::time::Instant::now() + left
     }
 
+    /// The unix second of a runtime instant (the inverse of
+    /// [`Self::token_deadline`], for telling clients when).
+    pub fn unix_deadline(&self, at: tokio::time::Instant) -> i64 {
+        let left = at.saturating_duration_since(tokio::time::Instant::now());
+        // Rounded up: the deadline came from a whole second.
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        let left = i64::try_from(secs).unwrap_or(i64::MAX);
+        self.clock.now().unix_timestamp().saturating_add(left)
+    }
+
     /// Whether a session is still active (for connections to re-check after subscribing).
     pub async fn session_active(&self, session: &SessionId) -> Result<bool> {
         Ok(self

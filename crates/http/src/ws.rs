@@ -37,6 +37,10 @@ use crate::extract::{Query, bearer};
 /// Most queued events written in one flush.
 const BURST: usize = 64;
 
+/// How long before its token's expiry a socket is sent `token.expiring`
+/// (at once if the token is younger than that).
+const EXPIRY_NOTICE: Duration = Duration::from_secs(30);
+
 /// Close codes of the application range (4000–4999).
 mod close {
     pub const IDLE: u16 = 4000;
@@ -92,7 +96,7 @@ pub struct WsQuery {
     operation_id = "websocket",
     tag = "realtime",
     summary = "WebSocket connection",
-    description = "Upgrades to a WebSocket; every frame is one JSON text message. Authenticate with `?access_token=`, an `Authorization: Bearer` header, or a first frame `{\"type\":\"auth\",\"token\":...,\"after\":SEQ}` (`ClientFrame`). The server answers `ready` (`ReplyFrame`), replays the inbox after `after`, then sends live inbox events (`Event`, recognisable by their `seq`) in seq order. Client frames: `send`, `ack`, `read`, `ping`, each with an optional `id` echoed in its reply (`send.ok`, `ack.ok`, `read.ok`, `pong` or `error`). The socket closes with 4001 when its access token expires (at the token's `exp`; reconnect with a fresh token). Close codes: 4000 idle, 4001 unauthorized, session revoked or token expired, 4008 slow consumer, 4029 too many connections for this session, 1001 going away (shutdown), 1002 protocol error, 1007 a text frame that is not UTF-8, 1009 a message over the size limit, 1011 internal error.",
+    description = "Upgrades to a WebSocket; every frame is one JSON text message. Authenticate with `?access_token=`, an `Authorization: Bearer` header, or a first frame `{\"type\":\"auth\",\"token\":...,\"after\":SEQ}` (`ClientFrame`). The server answers `ready` (`ReplyFrame`), replays the inbox after `after`, then sends live inbox events (`Event`, recognisable by their `seq`) in seq order. Client frames: `send`, `ack`, `read`, `ping`, each with an optional `id` echoed in its reply (`send.ok`, `ack.ok`, `read.ok`, `pong` or `error`). The socket closes with 4001 when its access token expires (at the token's `exp`). 30 s before (at once for a younger token) the server sends `token.expiring`; an `auth` frame with a fresh token of the same session (from a refresh) moves the deadline to that token's expiry and is answered `auth.ok`, one of another session gets an `error` and changes nothing. Close codes: 4000 idle, 4001 unauthorized, session revoked or token expired, 4008 slow consumer, 4029 too many connections for this session, 1001 going away (shutdown), 1002 protocol error, 1007 a text frame that is not UTF-8, 1009 a message over the size limit, 1011 internal error.",
     params(WsQuery),
     security(("bearer" = []), ("access_token" = []), ()),
     responses(
@@ -319,9 +323,21 @@ async fn run(
     // whichever comes first, so the parked connection holds no second one.
     // (The period is asked for again rather than kept: every value kept
     // across the select is memory of the parked connection.)
-    let expiry = core.token_deadline(auth);
+    let mut expiry = core.token_deadline(auth);
+    // Whether `token.expiring` was sent for the current deadline.
+    let mut warned = false;
+    let next_wake = |next_beat: Instant, expiry: Instant, warned: bool| {
+        let due = if warned {
+            expiry
+        } else {
+            expiry.checked_sub(EXPIRY_NOTICE).unwrap_or(expiry)
+        };
+        next_beat.min(due)
+    };
     let mut next_beat = Instant::now() + state.heartbeat();
-    let mut timer = Box::pin(tokio::time::sleep_until(next_beat.min(expiry)));
+    let mut timer = Box::pin(tokio::time::sleep_until(next_wake(
+        next_beat, expiry, warned,
+    )));
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
@@ -346,7 +362,15 @@ async fn run(
                 };
                 last_heard = Instant::now();
                 let reply = match message {
-                    Message::Text(text) => Box::pin(handle_frame(core, auth, &text)).await,
+                    Message::Text(text) => {
+                        let (reply, fresh) = Box::pin(handle_frame(core, auth, &text)).await;
+                        if let Some(deadline) = fresh {
+                            expiry = deadline;
+                            warned = false;
+                            timer.as_mut().reset(next_wake(next_beat, expiry, warned));
+                        }
+                        reply
+                    }
                     Message::Binary(_) => error_frame(
                         None,
                         ApiError::bad_request("binary frames are not supported; send JSON text frames"),
@@ -365,6 +389,14 @@ async fn run(
                     // reconnects with a fresh one (from its refresh token).
                     return Some((close::UNAUTHORIZED, "access token expired"));
                 }
+                if !warned && now + EXPIRY_NOTICE >= expiry {
+                    warned = true;
+                    let expires_at = core.unix_deadline(expiry);
+                    let notice = frame(&ReplyFrame::TokenExpiring { expires_at });
+                    if socket.send(notice).await.is_err() {
+                        return None;
+                    }
+                }
                 if now >= next_beat {
                     if last_heard.elapsed() > idle {
                         return Some((close::IDLE, "idle timeout"));
@@ -374,7 +406,7 @@ async fn run(
                     }
                     next_beat = now + state.heartbeat();
                 }
-                timer.as_mut().reset(next_beat.min(expiry));
+                timer.as_mut().reset(next_wake(next_beat, expiry, warned));
             }
         }
     }
@@ -455,12 +487,49 @@ async fn send_events(
     None
 }
 
-/// Handles one client frame and returns the reply.
-async fn handle_frame(core: &Core, auth: &AuthContext, text: &str) -> Message {
+/// Checks a fresh token sent on an open socket, as the first frame's is
+/// checked (signature, expiry, active session), and that it belongs to
+/// the socket's own session: a socket cannot change hands.
+async fn reauthenticate(
+    core: &Core,
+    auth: &AuthContext,
+    token: &str,
+) -> Result<AuthContext, ApiError> {
+    let fresh = core.authenticate(token).await?;
+    if fresh.session_id != auth.session_id || fresh.user_id != auth.user_id {
+        return Err(ApiError::unauthorized(
+            "the token belongs to another session; open a new socket for it",
+        ));
+    }
+    Ok(fresh)
+}
+
+/// Handles one client frame and returns the reply, and the socket's new
+/// deadline when the frame was an accepted `auth`.
+async fn handle_frame(core: &Core, auth: &AuthContext, text: &str) -> (Message, Option<Instant>) {
     let parsed = match serde_json::from_str::<ClientFrame>(text) {
         Ok(f) => f,
-        Err(e) => return error_frame(None, ApiError::bad_request(format!("invalid frame: {e}"))),
+        Err(e) => {
+            let e = ApiError::bad_request(format!("invalid frame: {e}"));
+            return (error_frame(None, e), None);
+        }
     };
+    if let ClientFrame::Auth { token, .. } = &parsed {
+        return match reauthenticate(core, auth, token).await {
+            Ok(fresh) => (
+                frame(&ReplyFrame::AuthOk {
+                    expires_at: fresh.expires_at,
+                }),
+                Some(core.token_deadline(&fresh)),
+            ),
+            Err(e) => (error_frame(None, e), None),
+        };
+    }
+    (handle_request(core, auth, parsed).await, None)
+}
+
+/// Handles one client request frame and returns the reply.
+async fn handle_request(core: &Core, auth: &AuthContext, parsed: ClientFrame) -> Message {
     match parsed {
         ClientFrame::Auth { .. } => {
             error_frame(None, ApiError::bad_request("already authenticated"))
