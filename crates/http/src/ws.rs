@@ -195,21 +195,47 @@ fn event_frame(d: &Delivery) -> Message {
     }
 }
 
+/// Why a socket waiting for its auth frame is closed: with 4001, or
+/// after a protocol violation with the close code that names it.
+enum FirstFrameError {
+    Unauthorized(ApiError),
+    Violation(u16, &'static str),
+}
+
+impl From<ApiError> for FirstFrameError {
+    fn from(e: ApiError) -> Self {
+        FirstFrameError::Unauthorized(e)
+    }
+}
+
+impl From<CoreError> for FirstFrameError {
+    fn from(e: CoreError) -> Self {
+        FirstFrameError::Unauthorized(e.into())
+    }
+}
+
 /// Waits for `{"type":"auth","token":...}` as the first frame.
 async fn first_frame_auth(
     core: &Core,
     socket: &mut WebSocket,
     wait: Duration,
-) -> Result<(AuthContext, Option<Seq>), ApiError> {
+) -> Result<(AuthContext, Option<Seq>), FirstFrameError> {
     let first = tokio::time::timeout(wait, socket.recv())
         .await
         .map_err(|_| ApiError::unauthorized("no auth frame in time"))?;
-    let Some(Ok(Message::Text(text))) = first else {
-        return Err(ApiError::unauthorized("expected an auth frame"));
+    let text = match first {
+        Some(Ok(Message::Text(text))) => text,
+        Some(Err(error)) => {
+            if let Some((code, reason)) = read_error_close(error) {
+                return Err(FirstFrameError::Violation(code, reason));
+            }
+            return Err(ApiError::unauthorized("expected an auth frame").into());
+        }
+        _ => return Err(ApiError::unauthorized("expected an auth frame").into()),
     };
     match serde_json::from_str::<ClientFrame>(&text) {
         Ok(ClientFrame::Auth { token, after }) => Ok((core.authenticate(&token).await?, after)),
-        _ => Err(ApiError::unauthorized("expected an auth frame")),
+        _ => Err(ApiError::unauthorized("expected an auth frame").into()),
     }
 }
 
@@ -235,12 +261,16 @@ async fn connection(mut conn: Box<Conn>) {
                 conn.auth = Some(a);
                 conn.after = first_after.or(conn.after);
             }
-            Err(e) => {
+            Err(FirstFrameError::Unauthorized(e)) => {
                 let _ = conn.socket.send(error_frame(None, e)).await;
                 let _ = conn
                     .socket
                     .send(close_frame(close::UNAUTHORIZED, "unauthorized"))
                     .await;
+                return;
+            }
+            Err(FirstFrameError::Violation(code, reason)) => {
+                let _ = conn.socket.send(close_frame(code, reason)).await;
                 return;
             }
         }

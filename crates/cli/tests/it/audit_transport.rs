@@ -315,8 +315,14 @@ async fn a_trickled_body_gets_408() {
 /// refusal's status and JSON body.
 async fn raw_upgrade(server: &TestServer, token: &str) -> Result<TcpStream, (u16, Value)> {
     let mut tcp = connect(server).await;
+    // No token at all: the socket authenticates with its first frame.
+    let query = if token.is_empty() {
+        String::new()
+    } else {
+        format!("?access_token={token}")
+    };
     let request = format!(
-        "GET /v1/ws?access_token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+        "GET /v1/ws{query} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
          Sec-WebSocket-Version: 13\r\n\r\n",
         addr(server)
@@ -648,6 +654,18 @@ async fn websocket_protocol_violations_get_their_close_codes() {
             "{name}: no {code} close frame in {bytes:?}"
         );
     }
+    // The same before authenticating: a socket waiting for its auth frame.
+    let mut tcp = raw_upgrade(&server, "")
+        .await
+        .unwrap_or_else(|(s, b)| panic!("upgrade without a token refused: {s} {b}"));
+    let _ = tcp
+        .write_all(&client_frame(0x80 | 0x1, &[0xc3, 0x28]))
+        .await;
+    let bytes = closed_by_server(&mut tcp, "the close after a violation").await;
+    assert!(
+        contains(&bytes, &close_frame(1007, "text frame is not valid UTF-8")),
+        "first frame: no 1007 close frame in {bytes:?}"
+    );
     server
         .client()
         .health()
