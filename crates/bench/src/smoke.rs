@@ -438,6 +438,9 @@ impl Server {
             .env("UNIMSG_LIMITS__ADMIN_PER_SECOND", "0")
             .env("UNIMSG_LIMITS__SEND_PER_MINUTE", "0")
             .env("UNIMSG_LIMITS__DELIVERIES_PER_MINUTE", "0")
+            // Every connection comes from 127.0.0.1, many share a session.
+            .env("UNIMSG_HTTP__MAX_CONNECTIONS_PER_IP", "0")
+            .env("UNIMSG_DELIVERY__MAX_CONNECTIONS_PER_SESSION", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -333,7 +333,9 @@ fn classify(text: &str) -> Result<Incoming> {
 /// The id a reply echoes, if any.
 fn reply_id(reply: &ReplyFrame) -> Option<&str> {
     match reply {
-        ReplyFrame::Ready { .. } => None,
+        ReplyFrame::Ready { .. } | ReplyFrame::TokenExpiring { .. } | ReplyFrame::AuthOk { .. } => {
+            None
+        }
         ReplyFrame::SendOk { id, .. }
         | ReplyFrame::AckOk { id, .. }
         | ReplyFrame::ReadOk { id, .. }

@@ -33,6 +33,9 @@ pub struct AuthContext {
     pub user_id: UserId,
     pub session_id: SessionId,
     pub platform: Platform,
+    /// The token's `exp` (unix seconds): live connections opened with it
+    /// end then, as HTTP refuses it from then on.
+    pub expires_at: i64,
 }
 
 /// Where a login comes from, for the session record.
@@ -90,11 +93,13 @@ impl std::fmt::Debug for VerifiedTokens {
 }
 
 impl VerifiedTokens {
-    fn get(&self, digest: &[u8; 32], now: i64) -> Option<TokenSubject> {
+    /// What a known token says, and its `exp`.
+    fn get(&self, digest: &[u8; 32], now: i64) -> Option<(TokenSubject, i64)> {
         let map = self.0.lock().ok()?;
+        let leeway = i64::try_from(TOKEN_LEEWAY_SECS).unwrap_or(0);
         map.get(digest)
             .filter(|t| now <= t.until)
-            .map(|t| t.subject.clone())
+            .map(|t| (t.subject.clone(), t.until.saturating_sub(leeway)))
     }
 
     fn insert(&self, digest: [u8; 32], subject: TokenSubject, exp: i64, now: i64) {
@@ -556,7 +561,7 @@ impl Core {
         }
         let digest = token_digest(token);
         let now = self.clock.now().unix_timestamp();
-        let (user_id, session_id, platform) = match self.tokens.get(&digest, now) {
+        let ((user_id, session_id, platform), expires_at) = match self.tokens.get(&digest, now) {
             Some(known) => known,
             None => {
                 let key = DecodingKey::from_ed_der(self.signing.public());
@@ -575,7 +580,7 @@ impl Core {
                 };
                 let known = (user_id, session_id, platform);
                 self.tokens.insert(digest, known.clone(), claims.exp, now);
-                known
+                (known, claims.exp)
             }
         };
         // The signature is checked once per token; the session (with its
@@ -586,9 +591,33 @@ impl Core {
                 user_id,
                 session_id,
                 platform,
+                expires_at,
             }),
             _ => Err(CoreError::Unauthorized("the session was revoked")),
         }
+    }
+
+    /// When a live connection opened with `auth` must end: the token's
+    /// `exp`, on the runtime's clock (at once if it has passed).
+    pub fn token_deadline(&self, auth: &AuthContext) -> tokio::time::Instant {
+        let now = self.clock.now();
+        let exp = OffsetDateTime::from_unix_timestamp(auth.expires_at).unwrap_or(now);
+        // Bounded, so the addition below cannot overflow.
+        const YEAR: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+        let left = std::time::Duration::try_from(exp - now)
+            .unwrap_or_default()
+            .min(YEAR);
+        tokio::time::Instant::now() + left
+    }
+
+    /// The unix second of a runtime instant (the inverse of
+    /// [`Self::token_deadline`], for telling clients when).
+    pub fn unix_deadline(&self, at: tokio::time::Instant) -> i64 {
+        let left = at.saturating_duration_since(tokio::time::Instant::now());
+        // Rounded up: the deadline came from a whole second.
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        let left = i64::try_from(secs).unwrap_or(i64::MAX);
+        self.clock.now().unix_timestamp().saturating_add(left)
     }
 
     /// Whether a session is still active (for connections to re-check after subscribing).
@@ -659,7 +688,7 @@ mod tests {
         let d = token_digest("a.b.c");
         assert!(tokens.get(&d, 100).is_none());
         tokens.insert(d, subject(1), 200, 100);
-        assert_eq!(tokens.get(&d, 205), Some(subject(1)));
+        assert_eq!(tokens.get(&d, 205), Some((subject(1), 200)));
         assert!(tokens.get(&d, 206).is_none(), "past exp + leeway");
         assert!(tokens.get(&token_digest("a.b.d"), 100).is_none());
     }
@@ -678,7 +707,10 @@ mod tests {
             tokens.insert(token_digest(&n.to_string()), subject(1), 50, 10);
         }
         tokens.insert(token_digest("fresh"), subject(2), 500, 100);
-        assert_eq!(tokens.get(&token_digest("fresh"), 100), Some(subject(2)));
+        assert_eq!(
+            tokens.get(&token_digest("fresh"), 100),
+            Some((subject(2), 500))
+        );
         assert_eq!(tokens.0.lock().map(|m| m.len()).unwrap_or(0), 1);
     }
 }

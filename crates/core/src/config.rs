@@ -93,6 +93,9 @@ pub struct DeliveryConfig {
     /// WebSocket read buffer, allocated per connection, in bytes (at least
     /// 256); writes are gathered up to 8 times this before a socket write.
     pub ws_buffer_bytes: usize,
+    /// Most live connections (WebSocket and SSE together) one session may
+    /// hold on this node; one more is refused with 429. 0: no cap.
+    pub max_connections_per_session: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -104,6 +107,7 @@ impl Default for DeliveryConfig {
             outbound_queue: 1024,
             ws_max_message_bytes: 128 * 1024,
             ws_buffer_bytes: 512,
+            max_connections_per_session: 16,
         }
     }
 }

@@ -25,6 +25,10 @@ pub enum CoreError {
     TooLarge(String),
     #[error("too many requests; retry later")]
     RateLimited(std::time::Duration),
+    /// A cap on live connections was reached (429, no `Retry-After`: a
+    /// slot frees when one of the caller's connections closes).
+    #[error("{0}")]
+    TooManyConnections(String),
     #[error("the store is unavailable")]
     Unavailable(String),
     /// An expected refusal under load (503 `busy`): nothing is broken, so
@@ -48,7 +52,7 @@ impl CoreError {
             CoreError::Conflict(_) => ErrorCode::Conflict,
             CoreError::Gone(_) => ErrorCode::Gone,
             CoreError::TooLarge(_) => ErrorCode::PayloadTooLarge,
-            CoreError::RateLimited(_) => ErrorCode::RateLimited,
+            CoreError::RateLimited(_) | CoreError::TooManyConnections(_) => ErrorCode::RateLimited,
             CoreError::Unavailable(_) => ErrorCode::Unavailable,
             CoreError::Busy(_) => ErrorCode::Busy,
             CoreError::Internal(_) => ErrorCode::Internal,

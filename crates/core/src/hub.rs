@@ -186,6 +186,10 @@ struct Conn {
     queue: Arc<Queue>,
 }
 
+/// A session already holds this many connections on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyConnections(pub usize);
+
 /// Why the hub ended a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KillReason {
@@ -240,6 +244,24 @@ impl Hub {
         session: &SessionId,
         platform: &Platform,
     ) -> Subscription {
+        match self.try_subscribe(user, session, platform, 0) {
+            Ok(s) => s,
+            Err(TooManyConnections(_)) => unreachable!("no cap"),
+        }
+    }
+
+    /// Registers a connection of `user` in `session`, unless the session
+    /// already holds `max_per_session` connections here (0: no cap).
+    /// Counted under the shard's write lock, so concurrent connects of one
+    /// session cannot pass the cap together, and without memory of its
+    /// own: the user's connection list already names each one's session.
+    pub fn try_subscribe(
+        self: &Arc<Self>,
+        user: &UserId,
+        session: &SessionId,
+        platform: &Platform,
+        max_per_session: usize,
+    ) -> Result<Subscription, TooManyConnections> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let queue = Queue::new(self.queue);
         let conn = Conn {
@@ -254,16 +276,27 @@ impl Hub {
             if self.shutdown.is_cancelled() {
                 queue.kill(KillReason::Shutdown);
             }
-            shard.entry(user.clone()).or_default().push(conn);
+            let conns = shard.entry(user.clone()).or_default();
+            if max_per_session > 0 {
+                let held = conns.iter().filter(|c| c.session == *session).count();
+                if held >= max_per_session {
+                    if conns.is_empty() {
+                        shard.remove(user);
+                    }
+                    metrics::counter!("unimsg_session_connections_refused_total").increment(1);
+                    return Err(TooManyConnections(max_per_session));
+                }
+            }
+            conns.push(conn);
         }
         self.connections.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("unimsg_connections").increment(1.0);
-        Subscription {
+        Ok(Subscription {
             hub: self.clone(),
             user: user.clone(),
             id,
             queue,
-        }
+        })
     }
 
     fn remove(&self, user: &UserId, id: u64) {
@@ -408,6 +441,16 @@ impl Hub {
         out.sort();
         out.dedup();
         out
+    }
+
+    /// Live connections of `session` on this node.
+    pub fn session_connections(&self, user: &UserId, session: &SessionId) -> usize {
+        match self.shard(user).read() {
+            Ok(shard) => shard
+                .get(user)
+                .map_or(0, |c| c.iter().filter(|c| c.session == *session).count()),
+            Err(_) => 0,
+        }
     }
 
     /// Live connections on this node.

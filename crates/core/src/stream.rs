@@ -61,9 +61,16 @@ impl InboxStream {
     /// after that seq are replayed first ([`Self::backlog`]); without it the
     /// stream starts at the inbox's current end.
     pub async fn open(core: Arc<Core>, auth: &AuthContext, after: Option<Seq>) -> Result<Self> {
+        let cap = core.config().delivery.max_connections_per_session;
         let subscription = core
             .hub
-            .subscribe(&auth.user_id, &auth.session_id, &auth.platform);
+            .try_subscribe(&auth.user_id, &auth.session_id, &auth.platform, cap)
+            .map_err(|crate::hub::TooManyConnections(max)| {
+                CoreError::TooManyConnections(format!(
+                    "this session already has {max} live connections (WebSocket and SSE) \
+                     on this server; close one first"
+                ))
+            })?;
         let attached = Attached {
             bus: core.bus.clone(),
             user: auth.user_id.clone(),

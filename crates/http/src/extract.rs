@@ -31,6 +31,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 }
 
 fn json_rejection(r: JsonRejection) -> ApiError {
+    if crate::guard::is_body_timeout(&r) {
+        return crate::guard::timeout_error();
+    }
     match r.status() {
         StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::new(ErrorCode::PayloadTooLarge, "request body is too large")

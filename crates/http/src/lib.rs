@@ -11,6 +11,7 @@ mod admin;
 mod console;
 mod error;
 mod extract;
+mod guard;
 mod openapi;
 mod qr;
 mod routes;
@@ -37,14 +38,35 @@ pub use error::ApiError;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Largest request body, in bytes.
+    /// Largest request body, in bytes. A request that declares a longer
+    /// `Content-Length` gets 413 before its body is read.
     pub max_body_bytes: usize,
+    /// Time a client has to send a request's headers, in seconds, from the
+    /// connection's start or the end of the previous response (an idle
+    /// keep-alive connection is closed after it too).
+    pub header_read_timeout_secs: u64,
+    /// Time a client has to send a request's whole body after its
+    /// headers, in seconds; later is 408. Handlers, WebSocket and SSE
+    /// streams are not limited by it.
+    pub request_timeout_secs: u64,
+    /// Most open connections (HTTP, WebSocket and SSE together); one more
+    /// is closed at once. 0: the process's open-file limit less a reserve
+    /// for the store, logs and the cluster (see `server::limits`).
+    pub max_connections: usize,
+    /// Most open connections from one IP address; 0: no cap. Peers in
+    /// `admin.trusted_proxies` are exempt (behind a proxy every client
+    /// shares its address).
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
+            header_read_timeout_secs: 10,
+            request_timeout_secs: 30,
+            max_connections: 0,
+            max_connections_per_ip: 1000,
         }
     }
 }
@@ -140,6 +162,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             error::panic_response,
         ))

@@ -3,7 +3,8 @@
 //! Each event's `id:` is its inbox seq, so a reconnecting `EventSource`
 //! resumes by itself with `Last-Event-ID`. The stream replays what the
 //! client missed, then follows live events in order; it ends after this
-//! session's `session.revoked`, or when the hub drops the connection.
+//! session's `session.revoked`, at the access token's expiry, or when the
+//! hub drops the connection.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -45,7 +46,7 @@ pub struct EventsQuery {
     operation_id = "events",
     tag = "realtime",
     summary = "Server-Sent Events stream of the inbox",
-    description = "A `text/event-stream` of the caller's inbox events. Each SSE event has `id:` = its seq and `data:` = one `Event` as JSON (`{seq, type, ts, data}`, see the `Event` schema). The stream replays what the client missed (after `Last-Event-ID` or `after`), then follows live events in seq order, with comment heartbeats every `delivery.heartbeat_secs`. It ends after this session's `session.revoked`, or when the server drops a client that does not keep up. A reconnecting `EventSource` resumes by itself with `Last-Event-ID`.",
+    description = "A `text/event-stream` of the caller's inbox events. Each SSE event has `id:` = its seq and `data:` = one `Event` as JSON (`{seq, type, ts, data}`, see the `Event` schema). The stream replays what the client missed (after `Last-Event-ID` or `after`), then follows live events in seq order, with comment heartbeats every `delivery.heartbeat_secs`. It ends after this session's `session.revoked`, when the access token expires (at its `exp`), or when the server drops a client that does not keep up. A reconnecting `EventSource` resumes by itself with `Last-Event-ID`.",
     params(
         EventsQuery,
         ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "Resume after this seq (sent by `EventSource` on reconnect)."),
@@ -55,6 +56,7 @@ pub struct EventsQuery {
         (status = 200, description = "The event stream: `id: <seq>` and `data: <Event JSON>` per event.", content_type = "text/event-stream", body = String),
         (status = 400, description = "Bad query parameters or `Last-Event-ID` (`bad_request`).", body = ErrorBody),
         (status = 401, description = "Missing, invalid, expired or revoked access token (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "The session already holds `delivery.max_connections_per_session` live connections on this server (`rate_limited`).", body = ErrorBody),
     ),
 )]
 pub async fn events(
@@ -81,11 +83,13 @@ pub async fn events(
     let after = last_event_id.or(q.after).map(Seq);
     let stream = InboxStream::open(state.core.clone(), &auth, after).await?;
     let killed = Box::pin(stream.kill_signal());
+    let expires = Box::pin(tokio::time::sleep_until(state.core.token_deadline(&auth)));
     let heartbeat = state.heartbeat();
     let follow = Follow {
         session: auth.session_id,
         stream,
         killed,
+        expires,
         pending: VecDeque::new(),
         caught_up: false,
         done: false,
@@ -98,6 +102,9 @@ struct Follow {
     session: SessionId,
     stream: InboxStream,
     killed: Pin<Box<KillSignal>>,
+    /// The access token's `exp`: the stream ends then, as HTTP refuses
+    /// the token from then on (`EventSource` reconnects, with a fresh one).
+    expires: Pin<Box<tokio::time::Sleep>>,
     pending: VecDeque<Arc<Delivery>>,
     caught_up: bool,
     done: bool,
@@ -133,6 +140,7 @@ async fn next_event(mut f: Follow) -> Option<(Result<SseEvent, Infallible>, Foll
         }
         tokio::select! {
             () = f.killed.as_mut() => return None,
+            () = f.expires.as_mut() => return None,
             d = f.stream.recv() => {
                 match f.stream.accept_burst(d?, 64).await {
                     Ok(ordered) => f.pending.extend(ordered),

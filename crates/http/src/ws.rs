@@ -2,10 +2,12 @@
 //!
 //! One task per connection runs a single loop over four sources: the
 //! client's frames, the connection's delivery queue, the kill signal
-//! (slow consumer, shutdown) and the heartbeat timer. Writes to the socket
-//! happen only in that loop, so no lock is ever held across a write, and a
-//! write that blocks on a client that stopped reading is abandoned as soon
-//! as the hub gives up on the connection.
+//! (slow consumer, shutdown) and one timer for the heartbeat and the
+//! access token's expiry (the socket closes with 4001 at the token's
+//! `exp`). Writes to the socket happen only in that loop, so no lock is
+//! ever held across a write, and a write that blocks on a client that
+//! stopped reading is abandoned as soon as the hub gives up on the
+//! connection.
 
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -35,13 +37,43 @@ use crate::extract::{Query, bearer};
 /// Most queued events written in one flush.
 const BURST: usize = 64;
 
+/// How long before its token's expiry a socket is sent `token.expiring`
+/// (at once if the token is younger than that).
+const EXPIRY_NOTICE: Duration = Duration::from_secs(30);
+
 /// Close codes of the application range (4000–4999).
 mod close {
     pub const IDLE: u16 = 4000;
     pub const UNAUTHORIZED: u16 = 4001;
     pub const SLOW_CONSUMER: u16 = 4008;
+    pub const TOO_MANY: u16 = 4029;
     pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
+}
+
+/// The close frame owed for a read error: RFC 6455 asks for 1002 after a
+/// protocol violation (reserved bits, unknown opcode, bad framing), 1007
+/// for a text message that is not UTF-8 and 1009 for a message over
+/// `delivery.ws_max_message_bytes`. A peer that just went away gets none.
+fn read_error_close(error: axum::Error) -> Option<(u16, &'static str)> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    let inner = error.into_inner();
+    let error = inner.downcast_ref::<WsError>()?;
+    match error {
+        WsError::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake
+            | ProtocolError::ReceivedAfterClosing
+            | ProtocolError::SendAfterClosing,
+        ) => None,
+        WsError::Protocol(_) => Some((close::PROTOCOL, "protocol error")),
+        WsError::Utf8(_) => Some((close::INVALID_DATA, "text frame is not valid UTF-8")),
+        WsError::Capacity(_) => Some((close::TOO_BIG, "message too big")),
+        _ => None,
+    }
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -64,13 +96,14 @@ pub struct WsQuery {
     operation_id = "websocket",
     tag = "realtime",
     summary = "WebSocket connection",
-    description = "Upgrades to a WebSocket; every frame is one JSON text message. Authenticate with `?access_token=`, an `Authorization: Bearer` header, or a first frame `{\"type\":\"auth\",\"token\":...,\"after\":SEQ}` (`ClientFrame`). The server answers `ready` (`ReplyFrame`), replays the inbox after `after`, then sends live inbox events (`Event`, recognisable by their `seq`) in seq order. Client frames: `send`, `ack`, `read`, `ping`, each with an optional `id` echoed in its reply (`send.ok`, `ack.ok`, `read.ok`, `pong` or `error`). Close codes: 4000 idle, 4001 unauthorized or session revoked, 4008 slow consumer, 1001 going away (shutdown), 1011 internal error.",
+    description = "Upgrades to a WebSocket; every frame is one JSON text message. Authenticate with `?access_token=`, an `Authorization: Bearer` header, or a first frame `{\"type\":\"auth\",\"token\":...,\"after\":SEQ}` (`ClientFrame`). The server answers `ready` (`ReplyFrame`), replays the inbox after `after`, then sends live inbox events (`Event`, recognisable by their `seq`) in seq order. Client frames: `send`, `ack`, `read`, `ping`, each with an optional `id` echoed in its reply (`send.ok`, `ack.ok`, `read.ok`, `pong` or `error`). The socket closes with 4001 when its access token expires (at the token's `exp`). 30 s before (at once for a younger token) the server sends `token.expiring`; an `auth` frame with a fresh token of the same session (from a refresh) moves the deadline to that token's expiry and is answered `auth.ok`, one of another session gets an `error` and changes nothing. Close codes: 4000 idle, 4001 unauthorized, session revoked or token expired, 4008 slow consumer, 4029 too many connections for this session, 1001 going away (shutdown), 1002 protocol error, 1007 a text frame that is not UTF-8, 1009 a message over the size limit, 1011 internal error.",
     params(WsQuery),
     security(("bearer" = []), ("access_token" = []), ()),
     responses(
         (status = 101, description = "Switching Protocols: the WebSocket is open."),
         (status = 400, description = "Not a WebSocket upgrade request, or bad query parameters (`bad_request`).", body = ErrorBody),
         (status = 401, description = "The token given in the query or header is invalid, expired or revoked (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "The session already holds `delivery.max_connections_per_session` live connections on this server (`rate_limited`).", body = ErrorBody),
     ),
 )]
 pub async fn upgrade(
@@ -98,6 +131,23 @@ pub async fn upgrade(
         None => None,
     };
     let d = &state.core.config().delivery;
+    // Refused before upgrading when the session is known; the hub checks
+    // again, under its lock, when the connection subscribes.
+    if let Some(a) = &auth
+        && d.max_connections_per_session > 0
+        && state
+            .core
+            .hub()
+            .session_connections(&a.user_id, &a.session_id)
+            >= d.max_connections_per_session
+    {
+        return ApiError::from(CoreError::TooManyConnections(format!(
+            "this session already has {} live connections (WebSocket and SSE) on this \
+             server; close one first",
+            d.max_connections_per_session
+        )))
+        .into_response();
+    }
     // The read buffer is allocated for every connection up front; writes
     // are gathered up to 8 times that before they go to the socket.
     let buffer = d.ws_buffer_bytes.max(256);
@@ -145,21 +195,47 @@ fn event_frame(d: &Delivery) -> Message {
     }
 }
 
+/// Why a socket waiting for its auth frame is closed: with 4001, or
+/// after a protocol violation with the close code that names it.
+enum FirstFrameError {
+    Unauthorized(ApiError),
+    Violation(u16, &'static str),
+}
+
+impl From<ApiError> for FirstFrameError {
+    fn from(e: ApiError) -> Self {
+        FirstFrameError::Unauthorized(e)
+    }
+}
+
+impl From<CoreError> for FirstFrameError {
+    fn from(e: CoreError) -> Self {
+        FirstFrameError::Unauthorized(e.into())
+    }
+}
+
 /// Waits for `{"type":"auth","token":...}` as the first frame.
 async fn first_frame_auth(
     core: &Core,
     socket: &mut WebSocket,
     wait: Duration,
-) -> Result<(AuthContext, Option<Seq>), ApiError> {
+) -> Result<(AuthContext, Option<Seq>), FirstFrameError> {
     let first = tokio::time::timeout(wait, socket.recv())
         .await
         .map_err(|_| ApiError::unauthorized("no auth frame in time"))?;
-    let Some(Ok(Message::Text(text))) = first else {
-        return Err(ApiError::unauthorized("expected an auth frame"));
+    let text = match first {
+        Some(Ok(Message::Text(text))) => text,
+        Some(Err(error)) => {
+            if let Some((code, reason)) = read_error_close(error) {
+                return Err(FirstFrameError::Violation(code, reason));
+            }
+            return Err(ApiError::unauthorized("expected an auth frame").into());
+        }
+        _ => return Err(ApiError::unauthorized("expected an auth frame").into()),
     };
     match serde_json::from_str::<ClientFrame>(&text) {
         Ok(ClientFrame::Auth { token, after }) => Ok((core.authenticate(&token).await?, after)),
-        _ => Err(ApiError::unauthorized("expected an auth frame")),
+        _ => Err(ApiError::unauthorized("expected an auth frame").into()),
     }
 }
 
@@ -185,12 +261,16 @@ async fn connection(mut conn: Box<Conn>) {
                 conn.auth = Some(a);
                 conn.after = first_after.or(conn.after);
             }
-            Err(e) => {
+            Err(FirstFrameError::Unauthorized(e)) => {
                 let _ = conn.socket.send(error_frame(None, e)).await;
                 let _ = conn
                     .socket
                     .send(close_frame(close::UNAUTHORIZED, "unauthorized"))
                     .await;
+                return;
+            }
+            Err(FirstFrameError::Violation(code, reason)) => {
+                let _ = conn.socket.send(close_frame(code, reason)).await;
                 return;
             }
         }
@@ -220,15 +300,15 @@ async fn serve_authenticated(
     let mut stream = match Box::pin(InboxStream::open(core.clone(), auth, after)).await {
         Ok(s) => s,
         Err(e) => {
-            let code = if matches!(e, CoreError::Unauthorized(_)) {
-                close::UNAUTHORIZED
-            } else {
-                close::INTERNAL
+            let (code, reason) = match e {
+                CoreError::Unauthorized(_) => (close::UNAUTHORIZED, "cannot open the inbox"),
+                CoreError::TooManyConnections(_) => {
+                    (close::TOO_MANY, "too many connections for this session")
+                }
+                _ => (close::INTERNAL, "cannot open the inbox"),
             };
             let _ = socket.send(error_frame(None, e.into())).await;
-            let _ = socket
-                .send(close_frame(code, "cannot open the inbox"))
-                .await;
+            let _ = socket.send(close_frame(code, reason)).await;
             return;
         }
     };
@@ -269,8 +349,25 @@ async fn run(
     }
 
     let idle = Duration::from_secs(core.config().delivery.idle_timeout_secs.max(1));
-    let mut heartbeat = tokio::time::interval(state.heartbeat());
-    heartbeat.reset();
+    // One timer serves the heartbeat and the token's expiry: it is set to
+    // whichever comes first, so the parked connection holds no second one.
+    // (The period is asked for again rather than kept: every value kept
+    // across the select is memory of the parked connection.)
+    let mut expiry = core.token_deadline(auth);
+    // Whether `token.expiring` was sent for the current deadline.
+    let mut warned = false;
+    let next_wake = |next_beat: Instant, expiry: Instant, warned: bool| {
+        let due = if warned {
+            expiry
+        } else {
+            expiry.checked_sub(EXPIRY_NOTICE).unwrap_or(expiry)
+        };
+        next_beat.min(due)
+    };
+    let mut next_beat = Instant::now() + state.heartbeat();
+    let mut timer = Box::pin(tokio::time::sleep_until(next_wake(
+        next_beat, expiry, warned,
+    )));
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
@@ -288,10 +385,22 @@ async fn run(
                 }
             }
             incoming = socket.recv() => {
-                let Some(Ok(message)) = incoming else { return None };
+                let message = match incoming {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => return read_error_close(error),
+                    None => return None,
+                };
                 last_heard = Instant::now();
                 let reply = match message {
-                    Message::Text(text) => Box::pin(handle_frame(core, auth, &text)).await,
+                    Message::Text(text) => {
+                        let (reply, fresh) = Box::pin(handle_frame(core, auth, &text)).await;
+                        if let Some(deadline) = fresh {
+                            expiry = deadline;
+                            warned = false;
+                            timer.as_mut().reset(next_wake(next_beat, expiry, warned));
+                        }
+                        reply
+                    }
                     Message::Binary(_) => error_frame(
                         None,
                         ApiError::bad_request("binary frames are not supported; send JSON text frames"),
@@ -303,13 +412,31 @@ async fn run(
                     return None;
                 }
             }
-            _ = heartbeat.tick() => {
-                if last_heard.elapsed() > idle {
-                    return Some((close::IDLE, "idle timeout"));
+            () = timer.as_mut() => {
+                let now = Instant::now();
+                if now >= expiry {
+                    // As HTTP refuses the token from now on; the client
+                    // reconnects with a fresh one (from its refresh token).
+                    return Some((close::UNAUTHORIZED, "access token expired"));
                 }
-                if socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
-                    return None;
+                if !warned && now + EXPIRY_NOTICE >= expiry {
+                    warned = true;
+                    let expires_at = core.unix_deadline(expiry);
+                    let notice = frame(&ReplyFrame::TokenExpiring { expires_at });
+                    if socket.send(notice).await.is_err() {
+                        return None;
+                    }
                 }
+                if now >= next_beat {
+                    if last_heard.elapsed() > idle {
+                        return Some((close::IDLE, "idle timeout"));
+                    }
+                    if socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                        return None;
+                    }
+                    next_beat = now + state.heartbeat();
+                }
+                timer.as_mut().reset(next_wake(next_beat, expiry, warned));
             }
         }
     }
@@ -390,12 +517,49 @@ async fn send_events(
     None
 }
 
-/// Handles one client frame and returns the reply.
-async fn handle_frame(core: &Core, auth: &AuthContext, text: &str) -> Message {
+/// Checks a fresh token sent on an open socket, as the first frame's is
+/// checked (signature, expiry, active session), and that it belongs to
+/// the socket's own session: a socket cannot change hands.
+async fn reauthenticate(
+    core: &Core,
+    auth: &AuthContext,
+    token: &str,
+) -> Result<AuthContext, ApiError> {
+    let fresh = core.authenticate(token).await?;
+    if fresh.session_id != auth.session_id || fresh.user_id != auth.user_id {
+        return Err(ApiError::unauthorized(
+            "the token belongs to another session; open a new socket for it",
+        ));
+    }
+    Ok(fresh)
+}
+
+/// Handles one client frame and returns the reply, and the socket's new
+/// deadline when the frame was an accepted `auth`.
+async fn handle_frame(core: &Core, auth: &AuthContext, text: &str) -> (Message, Option<Instant>) {
     let parsed = match serde_json::from_str::<ClientFrame>(text) {
         Ok(f) => f,
-        Err(e) => return error_frame(None, ApiError::bad_request(format!("invalid frame: {e}"))),
+        Err(e) => {
+            let e = ApiError::bad_request(format!("invalid frame: {e}"));
+            return (error_frame(None, e), None);
+        }
     };
+    if let ClientFrame::Auth { token, .. } = &parsed {
+        return match reauthenticate(core, auth, token).await {
+            Ok(fresh) => (
+                frame(&ReplyFrame::AuthOk {
+                    expires_at: fresh.expires_at,
+                }),
+                Some(core.token_deadline(&fresh)),
+            ),
+            Err(e) => (error_frame(None, e), None),
+        };
+    }
+    (handle_request(core, auth, parsed).await, None)
+}
+
+/// Handles one client request frame and returns the reply.
+async fn handle_request(core: &Core, auth: &AuthContext, parsed: ClientFrame) -> Message {
     match parsed {
         ClientFrame::Auth { .. } => {
             error_frame(None, ApiError::bad_request("already authenticated"))

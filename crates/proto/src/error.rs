@@ -26,6 +26,8 @@ pub enum ErrorCode {
     /// The body, the content or a frame is over its limit.
     PayloadTooLarge,
     UnsupportedMediaType,
+    /// The request's body did not arrive within `http.request_timeout_secs`.
+    RequestTimeout,
     RateLimited,
     Internal,
     /// A dependency (the store) is unavailable; retry later.
@@ -47,6 +49,7 @@ impl ErrorCode {
             ErrorCode::Gone => 410,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable | ErrorCode::Busy => 503,

@@ -14,7 +14,9 @@ use crate::ids::{ConversationId, MessageId, Seq};
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
-    /// First frame when the token was not given as `access_token`.
+    /// First frame when the token was not given as `access_token`. Sent
+    /// later on an open socket, a fresh access token of the same session
+    /// moves the socket's deadline to that token's expiry (`auth.ok`).
     Auth {
         token: String,
         /// Replay the inbox after this seq before live events.
@@ -158,6 +160,15 @@ pub enum ReplyFrame {
         id: Option<String>,
         error: ErrorDetail,
     },
+    /// The socket's access token expires at `expires_at` (unix seconds),
+    /// when the socket closes with 4001, unless an `auth` frame with a
+    /// fresh token of the same session arrives first.
+    #[serde(rename = "token.expiring")]
+    TokenExpiring { expires_at: i64 },
+    /// An `auth` frame on an open socket was accepted: it now closes at
+    /// the new token's expiry, `expires_at` (unix seconds).
+    #[serde(rename = "auth.ok")]
+    AuthOk { expires_at: i64 },
 }
 
 #[cfg(test)]

@@ -5,13 +5,12 @@
 //! configuration and a shutdown future; the binary and the tests call it.
 
 mod config;
+mod serve;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use unimsg_core::admin::INITIAL_ADMIN;
@@ -233,6 +232,21 @@ pub async fn run(
         metrics: metrics_handle(),
     };
     let app = unimsg_http::router(state);
+    let (max_connections, fd_limit) = serve::max_connections(&config.http);
+    let caps = serve::Caps::new(
+        max_connections,
+        config.http.max_connections_per_ip,
+        config.admin.trusted_proxies.clone(),
+    );
+    tracing::info!(
+        target: LIFECYCLE,
+        max_connections,
+        open_file_limit = fd_limit,
+        max_connections_per_ip = config.http.max_connections_per_ip,
+        header_read_timeout_secs = config.http.header_read_timeout_secs,
+        request_timeout_secs = config.http.request_timeout_secs,
+        "connection caps and timeouts"
+    );
     tracing::info!(target: LIFECYCLE, "listening on http://{addr}");
     let hub = core.hub().clone();
     let draining = hub.clone();
@@ -251,23 +265,11 @@ pub async fn run(
             }
         })
     };
-    // Small writes (events, acks, QR status) must leave at once: without
-    // TCP_NODELAY they wait for the client's delayed ACK (~40 ms).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
+    serve::serve(listener, app, &config.http, caps, shutdown, move || {
         tracing::info!(target: LIFECYCLE, "shutting down: closing live connections");
         hub.shutdown();
     })
-    .await?;
+    .await;
     // Upgraded connections live outside the HTTP server: wait until each
     // has sent its close frame, within a bound.
     if tokio::time::timeout(std::time::Duration::from_secs(10), draining.drained())

@@ -394,7 +394,6 @@ async fn bad_websocket_frames_get_error_frames_and_oversized_ones_close_only_tha
         r#"{"type":"send"}"#,
         r#"{"type":"ack","seq":"x"}"#,
         "[1,2,3]",
-        r#"{"type":"auth","token":"t"}"#,
     ] {
         ws.send_raw_text(junk.to_owned())
             .await
@@ -412,6 +411,19 @@ async fn bad_websocket_frames_get_error_frames_and_oversized_ones_close_only_tha
             }
             other => panic!("{junk}: expected an error reply, got {other:?}"),
         }
+    }
+    // A later auth frame with a bad token is refused; the socket stays.
+    ws.send_raw_text(r#"{"type":"auth","token":"t"}"#.to_owned())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    match within("an error reply", ws.next_reply())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    {
+        Some(unimsg_client::proto::ws::ReplyFrame::Error { error, .. }) => {
+            assert_eq!(error.code, unimsg_client::proto::ErrorCode::Unauthorized);
+        }
+        other => panic!("a bad re-auth token: expected an error reply, got {other:?}"),
     }
     // The connection still works after bad frames.
     let sent = ws

@@ -5,6 +5,7 @@ mod admin;
 mod audit_auth;
 mod audit_domain;
 mod audit_gate;
+mod audit_transport;
 mod auth;
 mod bad_input;
 mod cli_admin;
