@@ -9,7 +9,7 @@
 //!   revokes the user's previous `web` session.
 //! - `qr`: the whole QR flow as a browser page and a phone do it:
 //!   `POST /v1/auth/qr` (ticket), the page's `GET /v1/auth/qr/{id}/events`
-//!   stream (`pending`), the phone's `POST /v1/auth/qr/scan` and
+//!   stream with its page secret (`pending`), the phone's `POST /v1/auth/qr/scan` and
 //!   `POST /v1/auth/qr/{id}/confirm`, until the page's stream says
 //!   `confirmed` with an access token. No password is hashed.
 //!
@@ -301,7 +301,10 @@ async fn qr_login(client: &Client, http: &reqwest::Client, phone: &Authed) -> Re
         "{}/v1/auth/qr/{id}/events",
         client.base_url().as_str().trim_end_matches('/')
     );
-    let resp = http.get(url).send().await?;
+    let secret = ticket["page_secret"]
+        .as_str()
+        .context("the ticket has no page_secret")?;
+    let resp = http.get(url).header("x-qr-secret", secret).send().await?;
     if resp.status() != 200 {
         bail!("the QR waiting page's stream answered {}", resp.status());
     }
