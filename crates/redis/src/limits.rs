@@ -107,19 +107,6 @@ impl NonceStore for RedisNonces {
     }
 }
 
-/// Counts a request in the key's window; answers -1 when it passes, or
-/// the milliseconds until the window ends.
-const WINDOW: &str = r"
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-if n > tonumber(ARGV[2]) then
-  local ttl = redis.call('PTTL', KEYS[1])
-  if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
-  return ttl
-end
-return -1
-";
-
 /// Counts a failed password check. KEYS: the account's failures, the
 /// pair's failures, the pair's lock, and for admins the IP's failures and
 /// the IP's lock. ARGV: failures before back-off, the account's failures
@@ -148,9 +135,10 @@ if #KEYS >= 5 then fail(KEYS[4], KEYS[5], before) end
 return account
 ";
 
-// ---- Per-user send limits (audit item 9) ----
-/// [`WINDOW`] counting ARGV[3] units at once.
-const WINDOW_N: &str = r"
+/// Counts ARGV[3] units (one request, or a send's deliveries) in the key's
+/// window of ARGV[1] ms holding ARGV[2]; answers -1 when they pass, or the
+/// milliseconds until the window ends.
+const WINDOW: &str = r"
 local n = redis.call('INCRBY', KEYS[1], ARGV[3])
 if n == tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 if n > tonumber(ARGV[2]) then
@@ -160,7 +148,6 @@ if n > tonumber(ARGV[2]) then
 end
 return -1
 ";
-// ---- end of per-user send limits ----
 
 /// Rate limits and login back-off in Redis.
 pub struct RedisLimits {
@@ -168,8 +155,6 @@ pub struct RedisLimits {
     config: LimitsConfig,
     window: Script,
     failed: Script,
-    /// Per-user send limits (audit item 9).
-    window_n: Script,
 }
 
 impl std::fmt::Debug for RedisLimits {
@@ -188,7 +173,6 @@ impl RedisLimits {
             config,
             window: Script::new(WINDOW),
             failed: Script::new(FAILED),
-            window_n: Script::new(WINDOW_N),
         }
     }
 
@@ -221,27 +205,7 @@ fn unavailable(what: &str, error: &redis::RedisError) {
 #[async_trait]
 impl RateLimits for RedisLimits {
     async fn check(&self, limit: Limit, key: &str) -> Result<(), RetryAfter> {
-        let Some((name, quota, window)) = self.quota(limit) else {
-            return Ok(());
-        };
-        let mut conn = self.cluster.conn();
-        let result: Result<i64, _> = self
-            .window
-            .key(self.cluster.key(&format!("rl:{name}:{key}")))
-            .arg(u64::try_from(window.as_millis()).unwrap_or(u64::MAX))
-            .arg(quota)
-            .invoke_async(&mut conn)
-            .await;
-        match result {
-            Ok(wait) if wait >= 0 => Err(RetryAfter(Duration::from_millis(
-                u64::try_from(wait).unwrap_or(0).max(1),
-            ))),
-            Ok(_) => Ok(()),
-            Err(error) => {
-                unavailable("rate limit", &error);
-                Ok(())
-            }
-        }
+        self.check_n(limit, key, 1).await
     }
 
     async fn login_locked(
@@ -319,7 +283,7 @@ impl RateLimits for RedisLimits {
         }
         let mut conn = self.cluster.conn();
         let result: Result<i64, _> = self
-            .window_n
+            .window
             .key(self.cluster.key(&format!("rl:{name}:{key}")))
             .arg(u64::try_from(window.as_millis()).unwrap_or(u64::MAX))
             .arg(quota)
