@@ -289,8 +289,8 @@ impl Hub {
             }
             conns.push(conn);
         }
+        // Counted once, here; `/metrics` renders it as `unimsg_hub_connections`.
         self.connections.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!("unimsg_connections").increment(1.0);
         Ok(Subscription {
             hub: self.clone(),
             user: user.clone(),
@@ -314,7 +314,6 @@ impl Hub {
                 if self.connections.fetch_sub(1, Ordering::Relaxed) == 1 {
                     self.idle.notify_waiters();
                 }
-                metrics::gauge!("unimsg_connections").decrement(1.0);
             }
             if conns.is_empty() {
                 shard.remove(user);
@@ -423,9 +422,8 @@ impl Hub {
         if dropped > 0 && self.connections.fetch_sub(dropped, Ordering::Relaxed) == dropped {
             self.idle.notify_waiters();
         }
+        // `/metrics` renders it as `unimsg_hub_slow_consumer_disconnects`.
         self.slow_consumers.fetch_add(dropped, Ordering::Relaxed);
-        metrics::gauge!("unimsg_connections").decrement(dropped as f64);
-        metrics::counter!("unimsg_slow_consumer_disconnects_total").increment(dropped);
     }
 
     /// The platforms on which `user` has live connections on this node,
