@@ -310,10 +310,8 @@ impl Hub {
                 }
                 c.id != id
             });
-            if conns.len() < before {
-                if self.connections.fetch_sub(1, Ordering::Relaxed) == 1 {
-                    self.idle.notify_waiters();
-                }
+            if conns.len() < before && self.connections.fetch_sub(1, Ordering::Relaxed) == 1 {
+                self.idle.notify_waiters();
             }
             if conns.is_empty() {
                 shard.remove(user);
