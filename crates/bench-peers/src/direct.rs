@@ -36,10 +36,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::fleet::{Incoming, Sub};
-use super::{Outcome, Peer, PeerCtx, mqtt, xmpp};
-use crate::fanout::server_usage;
-use crate::stats::{Latency, round3};
+use crate::fleet::{Incoming, Sub};
+use crate::{Outcome, Peer, PeerCtx, mqtt, xmpp};
+use unimsg_bench::fanout::server_usage;
+use unimsg_bench::say;
+use unimsg_bench::stats::{Latency, round3};
 
 /// Largest MQTT window: packet ids in flight must stay unique.
 const MAX_MQTT_WINDOW: u64 = 32_768;
@@ -84,7 +85,7 @@ struct Sending {
 
 impl Sending {
     fn content(&self, i: u64) -> String {
-        super::content(&self.run, "i", i, super::nanos_since(self.base), &self.pad)
+        crate::content(&self.run, "i", i, crate::nanos_since(self.base), &self.pad)
     }
 }
 
@@ -123,7 +124,7 @@ pub async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
     if peer == Peer::Mosquitto && args.window > MAX_MQTT_WINDOW {
         bail!("--window is at most {MAX_MQTT_WINDOW} for MQTT (packet ids in flight)");
     }
-    let run = super::run_id();
+    let run = crate::run_id();
     let s = usize::try_from(args.senders)?;
     let senders_names: Vec<String> = (0..s).map(|i| format!("d{run}s{i}")).collect();
     let receiver_names: Vec<String> = (0..s).map(|i| format!("d{run}r{i}")).collect();
@@ -352,7 +353,7 @@ pub async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
     say!(ctx, "latency        {}", lat.line());
     say!(ctx, "ack latency    {}", ack.line());
     if let Some(server) = &server {
-        say!(ctx, "{}", crate::fanout::server_line(server, "msg"));
+        say!(ctx, "{}", unimsg_bench::fanout::server_line(server, "msg"));
     }
     if let Some(cpu) = bench_cpu {
         say!(ctx, "bench          cpu {cpu} s");
@@ -462,7 +463,7 @@ async fn receive(
             () = stop.cancelled() => break,
             incoming = sub.next() => incoming,
         };
-        let now = super::nanos_since(base);
+        let now = crate::nanos_since(base);
         let payload = match incoming {
             Ok(Some(Incoming::Payload(payload))) => payload,
             Ok(Some(Incoming::Other)) => {
@@ -478,7 +479,7 @@ async fn receive(
                 return Ok(r);
             }
         };
-        let Some((i, t)) = super::parse_content(&payload, &run, "i") else {
+        let Some((i, t)) = crate::parse_content(&payload, &run, "i") else {
             r.bad_content += 1;
             continue;
         };

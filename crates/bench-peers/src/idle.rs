@@ -22,10 +22,11 @@ use rumqttc::mqttbytes::QoS;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::fleet::{Fleet, Sub};
-use super::{Outcome, Peer, PeerCtx, mqtt, nchan, soketi, xmpp};
-use crate::procfs::Sample;
-use crate::stats::round3;
+use crate::fleet::{Fleet, Sub};
+use crate::{Outcome, Peer, PeerCtx, mqtt, nchan, soketi, xmpp};
+use unimsg_bench::procfs::Sample;
+use unimsg_bench::say;
+use unimsg_bench::stats::round3;
 
 /// Sessions per user that `scripts/peers/ejabberd/ejabberd.yml` allows.
 const EJABBERD_MAX_SESSIONS: u64 = 10;
@@ -61,7 +62,7 @@ pub async fn run(ctx: &PeerCtx, args: IdleArgs) -> Result<Outcome> {
             "ejabberd allows {EJABBERD_MAX_SESSIONS} sessions per user (max_user_sessions): use --conns-per-user {EJABBERD_MAX_SESSIONS} or less"
         );
     }
-    let run = super::run_id();
+    let run = crate::run_id();
     let groups = n.div_ceil(per_user);
     let users: Vec<String> = (0..groups).map(|u| format!("i{run}u{u}")).collect();
     if peer == Peer::Ejabberd {
@@ -247,10 +248,10 @@ pub async fn run(ctx: &PeerCtx, args: IdleArgs) -> Result<Outcome> {
 async fn open(ctx: &PeerCtx, run: &str, i: u64, group: u64, users: &[String]) -> Result<Sub> {
     Ok(match ctx.peer {
         Peer::Nchan => Sub::Nchan(Box::new(
-            nchan::subscribe(ctx, &super::channel("idle", run, Some(group))).await?,
+            nchan::subscribe(ctx, &crate::channel("idle", run, Some(group))).await?,
         )),
         Peer::Soketi => Sub::Pusher(Box::new(
-            soketi::subscribe(ctx, &super::channel("idle", run, Some(group))).await?,
+            soketi::subscribe(ctx, &crate::channel("idle", run, Some(group))).await?,
         )),
         Peer::Mosquitto => {
             let client_id = format!("i{run}c{i}");

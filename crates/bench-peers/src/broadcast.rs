@@ -26,10 +26,11 @@ use rumqttc::mqttbytes::v4::Packet;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::fleet::{Fleet, Next, Seen, Sub};
-use super::{Outcome, Peer, PeerCtx, mqtt, nchan, soketi};
-use crate::fanout::server_usage;
-use crate::stats::{Latency, round3};
+use crate::fleet::{Fleet, Next, Seen, Sub};
+use crate::{Outcome, Peer, PeerCtx, mqtt, nchan, soketi};
+use unimsg_bench::fanout::server_usage;
+use unimsg_bench::say;
+use unimsg_bench::stats::{Latency, round3};
 
 /// Longest wait for the publisher's PUBACK.
 const PUBACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -111,9 +112,9 @@ impl Round {
 
 pub async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
     let peer = ctx.peer;
-    let run = super::run_id();
+    let run = crate::run_id();
     let n = args.connections;
-    let channel = super::channel("b", &run, None);
+    let channel = crate::channel("b", &run, None);
     let topic = format!("unimsg-bench/{run}/broadcast");
     let mut publisher = match peer {
         Peer::Nchan => Publisher::Nchan {
@@ -185,7 +186,7 @@ pub async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
     let started = Instant::now();
 
     for k in 0..args.broadcasts {
-        let content = super::content(&run, "round", k, super::nanos_since(base), &pad);
+        let content = crate::content(&run, "round", k, crate::nanos_since(base), &pad);
         let posted_at = Instant::now();
         let posted = publisher.publish(ctx, content).await;
         rounds.push(Round {
@@ -334,7 +335,11 @@ pub async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
     say!(ctx, "latency        {}", lat.line());
     say!(ctx, "publish        {}", post.summary().line());
     if let Some(server) = &server {
-        say!(ctx, "{}", crate::fanout::server_line(server, "delivery"));
+        say!(
+            ctx,
+            "{}",
+            unimsg_bench::fanout::server_line(server, "delivery")
+        );
     }
     if let Some(cpu) = bench_cpu {
         say!(ctx, "bench          cpu {cpu} s");

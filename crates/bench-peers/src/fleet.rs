@@ -6,7 +6,7 @@
 //! MQTT PUBLISH's payload, a `<message>`'s body) and does the protocol's
 //! chores on the way (answering `pusher:ping`, PUBACK for QoS 1, the
 //! client keep-alive of Pusher and MQTT). A reader reports every payload
-//! that is content of this run ([`super::parse_content`] with key `round`)
+//! that is content of this run ([`crate::parse_content`] with key `round`)
 //! to one channel with its arrival time, and counts the rest.
 
 use std::collections::BTreeMap;
@@ -24,10 +24,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::ws::{Message, Ws};
-use super::{mqtt, soketi, xmpp};
-use crate::fanout::{Closed, ReaderEnd, close_readers};
-use crate::stats::Latency;
+use crate::ws::{Message, Ws};
+use crate::{mqtt, soketi, xmpp};
+use unimsg_bench::fanout::{Closed, ReaderEnd, close_readers};
+use unimsg_bench::stats::Latency;
 
 /// One open, subscribed (or logged-in) connection to a peer.
 #[derive(Debug)]
@@ -320,7 +320,7 @@ async fn read(
                 .err()
                 .map(|e| format!("keep-alive failed: {e:#}")),
             Step::Read(Ok(Some(Incoming::Payload(payload)))) => {
-                match super::parse_content(&payload, &run, "round") {
+                match crate::parse_content(&payload, &run, "round") {
                     // The receiver lives as long as the fleet.
                     Some((round, _)) => {
                         let _ = tx.send(Seen {
