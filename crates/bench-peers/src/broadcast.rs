@@ -26,8 +26,11 @@ use rumqttc::mqttbytes::v4::Packet;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::fleet::{Fleet, Next, Seen, Sub};
+use crate::fleet::{self, Next, Seen, Sub};
 use crate::{Outcome, Peer, PeerCtx, mqtt, nchan, soketi};
+use unimsg_bench::engine::idle::merge;
+use unimsg_bench::engine::rounds::{Round as RoundReport, Rounds};
+use unimsg_bench::engine::say_opened;
 use unimsg_bench::fanout::server_usage;
 use unimsg_bench::say;
 use unimsg_bench::stats::{Latency, round3};
@@ -143,7 +146,7 @@ pub async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
         peer.as_str()
     );
     let (channel_ref, topic_ref, run_ref) = (channel.as_str(), topic.as_str(), run.as_str());
-    let mut fleet = Fleet::open(
+    let mut fleet = fleet::open(
         n,
         usize::try_from(args.connect_concurrency)?,
         &run,
@@ -248,54 +251,30 @@ pub async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
     }
 
     // Report.
-    let sent = rounds.iter().filter(|r| r.post_error.is_none()).count() as u64;
-    let expected = opened * sent;
-    let delivered: u64 = rounds.iter().map(|r| r.delivered).sum();
-    let mut latency = Latency::new()?;
-    let mut post = Latency::new()?;
-    let mut fan_out_secs = 0.0;
-    let mut per_round = Vec::new();
-    for (i, r) in rounds.iter().enumerate() {
-        latency.merge(&r.latency)?;
-        if let Some(p) = r.post_latency {
-            post.record(p);
-        }
-        let to_last = r.time_to_last().map(|d| d.as_secs_f64());
-        let complete = r.delivered == opened && r.post_error.is_none();
-        if complete {
-            fan_out_secs += to_last.unwrap_or(0.0);
-        }
-        let rate = to_last.map(|s| r.delivered as f64 / s.max(1e-9));
-        per_round.push(json!({
-            "broadcast": i + 1,
-            "post_ms": r.post_latency.map(|d| round3(d.as_secs_f64() * 1e3)),
-            "post_error": r.post_error,
-            "delivered": r.delivered,
-            "complete": complete,
-            "time_to_last_ms": to_last.map(|s| round3(s * 1e3)),
-            "deliveries_per_sec": rate.map(round3),
-            "latency_ms": r.latency.summary().to_json(),
-        }));
-    }
-    let complete_deliveries: u64 = rounds
+    let measured = rounds
         .iter()
-        .filter(|r| r.delivered == opened && r.post_error.is_none())
-        .map(|r| r.delivered)
-        .sum();
-    let rate = complete_deliveries as f64 / fan_out_secs.max(1e-9);
+        .map(|r| RoundReport {
+            post_latency: r.post_latency,
+            post_error: r.post_error.clone(),
+            delivered: r.delivered,
+            time_to_first: None,
+            time_to_last: r.time_to_last(),
+            latency: &r.latency,
+        })
+        .collect();
+    let totals = Rounds::new(measured, opened, "publish", false)?;
     let wall_secs = finished.duration_since(started).as_secs_f64();
     let server = server_usage(
         ctx.server.as_ref(),
         server_before,
         server_after,
         wall_secs,
-        Some(("delivery", delivered)),
+        Some(("delivery", totals.delivered)),
     );
     let bench_cpu = match (bench_before, bench_after) {
         (Some(b), Some(a)) => Some(round3(a.cpu_secs - b.cpu_secs)),
         _ => None,
     };
-    let lat = latency.summary();
 
     say!(
         ctx,
@@ -304,36 +283,8 @@ pub async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
         args.broadcasts,
         args.content_bytes
     );
-    say!(
-        ctx,
-        "opened         {opened} in {connect_secs:.3} s ({:.0}/s), {failed} failed",
-        opened as f64 / connect_secs
-    );
-    say!(ctx, "connect        {}", connect.line());
-    for (i, r) in rounds.iter().enumerate() {
-        let s = r.latency.summary();
-        match (&r.post_error, r.time_to_last()) {
-            (Some(e), _) => say!(ctx, "broadcast {:<4} publish failed: {e}", i + 1),
-            (None, Some(d)) => say!(
-                ctx,
-                "broadcast {:<4} {}/{opened} in {:.3} ms => {:.0} deliveries/s  p50 {:.3}  p99 {:.3} ms (publish {:.3} ms)",
-                i + 1,
-                r.delivered,
-                d.as_secs_f64() * 1e3,
-                r.delivered as f64 / d.as_secs_f64().max(1e-9),
-                s.p50,
-                s.p99,
-                r.post_latency.map_or(0.0, |p| p.as_secs_f64() * 1e3)
-            ),
-            (None, None) => say!(ctx, "broadcast {:<4} reached no connection", i + 1),
-        }
-    }
-    say!(
-        ctx,
-        "delivered      {delivered} of {expected} expected  =>  {rate:.0} deliveries/s over complete broadcasts"
-    );
-    say!(ctx, "latency        {}", lat.line());
-    say!(ctx, "publish        {}", post.summary().line());
+    say_opened(ctx, opened, failed, connect_secs, connect);
+    totals.say(ctx);
     if let Some(server) = &server {
         say!(
             ctx,
@@ -344,8 +295,8 @@ pub async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
     if let Some(cpu) = bench_cpu {
         say!(ctx, "bench          cpu {cpu} s");
     }
-    let post_errors = rounds.iter().filter(|r| r.post_error.is_some()).count() as u64;
-    let missing = expected.saturating_sub(delivered);
+    let post_errors = totals.post_errors;
+    let missing = totals.missing();
     let mut problems = Vec::new();
     if stalled {
         problems.push("stalled".to_owned());
@@ -378,7 +329,7 @@ pub async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
         }
     }
 
-    let report = json!({
+    let mut report = json!({
         "scenario": "broadcast",
         "peer": peer.as_str(),
         "run": run,
@@ -395,24 +346,15 @@ pub async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
         "open_failures": failures,
         "connect_secs": round3(connect_secs),
         "connect_latency_ms": connect.to_json(),
-        "broadcasts_sent": sent,
-        "post_errors": post_errors,
-        "expected_deliveries": expected,
-        "delivered": delivered,
-        "missing": missing,
         "duplicates": duplicates,
         "stalled": stalled,
         "ended_early": closed.ended_early,
         "other_events": closed.other_events,
-        "per_broadcast": per_round,
-        "fan_out_secs": round3(fan_out_secs),
-        "deliveries_per_sec": round3(rate),
-        "latency_ms": lat.to_json(),
-        "post_latency_ms": post.summary().to_json(),
         "wall_secs": round3(wall_secs),
         "server": server,
         "bench_cpu_secs": bench_cpu,
     });
+    merge(&mut report, totals.to_json());
     Ok(Outcome { report, problems })
 }
 

@@ -1,5 +1,6 @@
-//! Many open peer connections, each read by its own task: the receivers of
-//! `broadcast` and the held connections of `idle`.
+//! The peers' connections as the scenario engine reads them: the
+//! receivers of `broadcast` and the held connections of `idle` run in the
+//! engine's [`Fleet`], like unimsg's.
 //!
 //! [`Sub`] hides the protocol: it yields the application payloads a
 //! connection receives (nchan's frame, the `data` of a Pusher event, an
@@ -9,25 +10,19 @@
 //! that is content of this run ([`crate::parse_content`] with key `round`)
 //! to one channel with its arrival time, and counts the rest.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
-use futures_util::{SinkExt, StreamExt, stream};
+use futures_util::{SinkExt, StreamExt};
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::Packet;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+pub use unimsg_bench::engine::fleet::{Fleet, Incoming, Next, Seen};
+use unimsg_bench::engine::fleet::{Matches, Receiver};
 
 use crate::ws::{Message, Ws};
 use crate::{mqtt, soketi, xmpp};
-use unimsg_bench::fanout::{Closed, ReaderEnd, close_readers};
-use unimsg_bench::stats::Latency;
 
 /// One open, subscribed (or logged-in) connection to a peer.
 #[derive(Debug)]
@@ -38,19 +33,10 @@ pub enum Sub {
     Xmpp(Box<xmpp::Conn>),
 }
 
-/// What [`Sub::next`] read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Incoming {
-    /// An application payload.
-    Payload(String),
-    /// A protocol frame that carries none (pongs, presence, …).
-    Other,
-}
-
 impl Sub {
     /// The next thing read; `None` once the server closed the connection.
     /// Safe to cancel while waiting for the socket.
-    pub async fn next(&mut self) -> Result<Option<Incoming>> {
+    pub async fn next(&mut self) -> Result<Option<Incoming<String>>> {
         match self {
             Sub::Nchan(ws) => Ok(match next_ws(ws).await? {
                 Some(Message::Text(text)) => Some(Incoming::Payload(text.as_str().to_owned())),
@@ -143,209 +129,43 @@ async fn next_ws(ws: &mut Ws) -> Result<Option<Message>> {
     }
 }
 
-/// One payload of this run seen by one connection.
-#[derive(Debug, Clone, Copy)]
-pub struct Seen {
-    /// Index of the connection in the fleet.
-    pub conn: usize,
-    /// The content's `round`.
-    pub round: u64,
-    /// When the reader got it.
-    pub at: Instant,
-}
+impl Receiver for Sub {
+    type Payload = String;
 
-/// What [`Fleet::next`] found.
-#[derive(Debug, Clone, Copy)]
-pub enum Next {
-    Seen(Seen),
-    /// Nothing within the wait.
-    Quiet,
-    /// Every reader has ended.
-    AllEnded,
-}
-
-/// The open connections and their readers.
-#[derive(Debug)]
-pub struct Fleet {
-    pub opened: usize,
-    /// Failed attempts, by error.
-    pub failures: BTreeMap<String, u64>,
-    pub connect_latency: Latency,
-    pub connect_secs: f64,
-    rx: mpsc::UnboundedReceiver<Seen>,
-    tasks: Vec<JoinHandle<ReaderEnd>>,
-    stop: CancellationToken,
-    ended: Arc<AtomicU64>,
-}
-
-impl Fleet {
-    /// Opens `n` connections with `open(i)`, `concurrency` at a time, and
-    /// starts a reader on each. Failed attempts are counted, not fatal.
-    pub async fn open<F, Fut>(
-        n: u64,
-        concurrency: usize,
-        run: &str,
-        label: &str,
-        open: F,
-    ) -> Result<Fleet>
-    where
-        F: Fn(u64) -> Fut,
-        Fut: Future<Output = Result<Sub>>,
-    {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let stop = CancellationToken::new();
-        let ended = Arc::new(AtomicU64::new(0));
-        let run: Arc<str> = run.into();
-        let started = Instant::now();
-        let open = &open;
-        let mut attempts = stream::iter(0..n)
-            .map(|i| async move {
-                let t0 = Instant::now();
-                let sub = open(i).await;
-                (i, t0.elapsed(), sub)
-            })
-            .buffer_unordered(concurrency.max(1));
-        let mut fleet = Fleet {
-            opened: 0,
-            failures: BTreeMap::new(),
-            connect_latency: Latency::new()?,
-            connect_secs: 0.0,
-            rx,
-            tasks: Vec::with_capacity(usize::try_from(n)?),
-            stop: stop.clone(),
-            ended: ended.clone(),
-        };
-        let mut last_print = Instant::now();
-        while let Some((i, took, sub)) = attempts.next().await {
-            match sub {
-                Ok(sub) => {
-                    fleet.connect_latency.record(took);
-                    fleet.opened += 1;
-                    fleet.tasks.push(tokio::spawn(read(
-                        sub,
-                        usize::try_from(i)?,
-                        run.clone(),
-                        tx.clone(),
-                        stop.clone(),
-                        ended.clone(),
-                    )));
-                }
-                Err(e) => *fleet.failures.entry(format!("{e:#}")).or_default() += 1,
-            }
-            if last_print.elapsed() >= Duration::from_secs(1) {
-                last_print = Instant::now();
-                eprintln!(
-                    "{label}: [{:5.1}s] {} of {n} connections open, {} failed",
-                    started.elapsed().as_secs_f64(),
-                    fleet.opened,
-                    fleet.failed()
-                );
-            }
-        }
-        fleet.connect_secs = started.elapsed().as_secs_f64();
-        Ok(fleet)
+    async fn next_payload(&mut self) -> Result<Option<Incoming<String>>> {
+        self.next().await
     }
 
-    pub fn failed(&self) -> u64 {
-        self.failures.values().sum()
+    fn keepalive(&self) -> Option<Duration> {
+        Sub::keepalive(self)
     }
 
-    /// Connections that ended (closed by the server or failed) so far.
-    pub fn ended(&self) -> u64 {
-        self.ended.load(Ordering::Relaxed)
+    async fn ping(&mut self) -> Result<()> {
+        Sub::ping(self).await
     }
 
-    /// The next payload of this run, waiting at most `wait`.
-    pub async fn next(&mut self, wait: Duration) -> Next {
-        match tokio::time::timeout(wait, self.rx.recv()).await {
-            Ok(Some(seen)) => Next::Seen(seen),
-            Ok(None) => Next::AllEnded,
-            Err(_) => Next::Quiet,
-        }
-    }
-
-    /// A payload that has already arrived, without waiting.
-    pub fn try_next(&mut self) -> Option<Seen> {
-        self.rx.try_recv().ok()
-    }
-
-    /// Stops the readers, closes the connections and collects the counts.
-    pub async fn close(self) -> Closed {
-        close_readers(&self.stop, self.tasks).await
+    async fn close(self) {
+        Sub::close(self).await;
     }
 }
 
-/// What a reader's wait ended with.
-enum Step {
-    Stop,
-    Ping,
-    Read(Result<Option<Incoming>>),
-}
-
-/// Reads one connection until `stop` or its end, reporting this run's
-/// payloads and keeping the connection alive.
-async fn read(
-    mut sub: Sub,
-    index: usize,
-    run: Arc<str>,
-    tx: mpsc::UnboundedSender<Seen>,
-    stop: CancellationToken,
-    ended: Arc<AtomicU64>,
-) -> ReaderEnd {
-    let mut end = ReaderEnd::default();
-    let mut keepalive = sub
-        .keepalive()
-        .map(|every| tokio::time::interval_at(Instant::now() + every, every));
-    loop {
-        let tick = async {
-            match keepalive.as_mut() {
-                Some(k) => {
-                    k.tick().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        let step = tokio::select! {
-            biased;
-            () = stop.cancelled() => Step::Stop,
-            () = tick => Step::Ping,
-            read = sub.next() => Step::Read(read),
-        };
-        let at = Instant::now();
-        let failure = match step {
-            Step::Stop => break,
-            Step::Ping => sub
-                .ping()
-                .await
-                .err()
-                .map(|e| format!("keep-alive failed: {e:#}")),
-            Step::Read(Ok(Some(Incoming::Payload(payload)))) => {
-                match crate::parse_content(&payload, &run, "round") {
-                    // The receiver lives as long as the fleet.
-                    Some((round, _)) => {
-                        let _ = tx.send(Seen {
-                            conn: index,
-                            round,
-                            at,
-                        });
-                    }
-                    None => end.other_events += 1,
-                }
-                None
-            }
-            Step::Read(Ok(Some(Incoming::Other))) => {
-                end.other_events += 1;
-                None
-            }
-            Step::Read(Ok(None)) => Some("closed by the server".to_owned()),
-            Step::Read(Err(e)) => Some(format!("read failed: {e:#}")),
-        };
-        if let Some(reason) = failure {
-            end.ended = Some(reason);
-            ended.fetch_add(1, Ordering::Relaxed);
-            return end;
-        }
-    }
-    sub.close().await;
-    end
+/// Opens `n` connections with `open(i)`, `concurrency` at a time, in the
+/// engine's [`Fleet`]; its readers report the payloads that are content of
+/// `run` by `round`. Failed attempts are counted, not fatal.
+pub async fn open<F, Fut>(
+    n: u64,
+    concurrency: usize,
+    run: &str,
+    label: &str,
+    open: F,
+) -> Result<Fleet>
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = Result<Sub>>,
+{
+    let run: Arc<str> = run.into();
+    let matches: Matches<String> = Arc::new(move |payload: &String| {
+        crate::parse_content(payload, &run, "round").map(|(round, t)| (round, Some(t)))
+    });
+    Fleet::open(n, concurrency, label, "connections", open, matches).await
 }

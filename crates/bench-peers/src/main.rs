@@ -168,6 +168,12 @@ impl PeerCtx {
     }
 }
 
+impl unimsg_bench::engine::Say for PeerCtx {
+    fn say(&self, line: std::fmt::Arguments<'_>) {
+        PeerCtx::say(self, line);
+    }
+}
+
 /// A scenario's JSON report and what was incomplete about the run.
 #[derive(Debug)]
 pub struct Outcome {

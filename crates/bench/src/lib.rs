@@ -17,6 +17,7 @@ macro_rules! say {
 
 pub mod broadcast;
 pub mod direct;
+pub mod engine;
 pub mod fanout;
 pub mod group;
 pub mod hold;

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use unimsg_client::{Authed, Client};
 
 use super::protocol::{Command, Counts, Ended, Job, Opened, Reply, RoundCounts, wall_us};
-use crate::fanout::{Fleet, Matcher, Seen};
+use crate::fanout::{Matcher, Seen, open_fleet};
 use crate::procfs::Probe;
 use crate::stats::Latency;
 
@@ -170,7 +170,7 @@ pub async fn serve(
         kind: job.kind,
         run: job.run.as_str().into(),
     };
-    let mut fleet = Fleet::open(
+    let mut fleet = open_fleet(
         owners,
         job.transport,
         usize::try_from(job.connect_concurrency)?,
