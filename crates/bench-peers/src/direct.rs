@@ -38,6 +38,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fleet::{Incoming, Sub};
 use crate::{Outcome, Peer, PeerCtx, mqtt, xmpp};
+use unimsg_bench::engine::direct::{self as engine, Delivery, watch};
+use unimsg_bench::engine::idle::merge;
 use unimsg_bench::fanout::server_usage;
 use unimsg_bench::say;
 use unimsg_bench::stats::{Latency, round3};
@@ -72,6 +74,32 @@ struct Progress {
     acked: AtomicU64,
     received: AtomicU64,
     senders_done: AtomicU64,
+}
+
+/// What the watch of the run looks at.
+struct Watching<'a> {
+    progress: &'a Progress,
+    senders: u64,
+    send_tasks: &'a [JoinHandle<Result<Latency>>],
+    receiving: &'a [JoinHandle<Result<Received>>],
+}
+
+impl engine::Progress for Watching<'_> {
+    fn acked_received(&self) -> (u64, u64) {
+        (
+            self.progress.acked.load(Ordering::Relaxed),
+            self.progress.received.load(Ordering::Relaxed),
+        )
+    }
+
+    fn senders_done(&self) -> bool {
+        self.progress.senders_done.load(Ordering::Relaxed) == self.senders
+            || self.send_tasks.iter().all(JoinHandle::is_finished)
+    }
+
+    fn receivers_gone(&self) -> bool {
+        self.receiving.iter().all(JoinHandle::is_finished)
+    }
 }
 
 /// What every sender needs to build its messages.
@@ -230,46 +258,15 @@ pub async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
     }
 
     // Watch progress until everything sent was delivered, or nothing moves.
+    let watching = Watching {
+        progress: &progress,
+        senders: args.senders,
+        send_tasks: &send_tasks,
+        receiving: &receiving,
+    };
     let stall = Duration::from_secs(args.stall_secs.max(1));
-    let mut seen = (0, 0);
-    let mut last_change = Instant::now();
-    let mut last_print = Instant::now();
-    let mut sends_done_at = None;
-    let mut stalled = false;
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let acked = progress.acked.load(Ordering::Relaxed);
-        let received = progress.received.load(Ordering::Relaxed);
-        if (acked, received) != seen {
-            seen = (acked, received);
-            last_change = Instant::now();
-        }
-        let senders_finished = progress.senders_done.load(Ordering::Relaxed) == args.senders
-            || send_tasks.iter().all(JoinHandle::is_finished);
-        if sends_done_at.is_none() && senders_finished {
-            sends_done_at = Some(Instant::now());
-        }
-        let receivers_gone = receiving.iter().all(JoinHandle::is_finished);
-        if sends_done_at.is_some() && (received >= acked || receivers_gone) {
-            break;
-        }
-        if last_change.elapsed() >= stall {
-            stalled = true;
-            eprintln!(
-                "direct: STALLED: no progress for {} s (acked {acked}, received {received})",
-                stall.as_secs()
-            );
-            break;
-        }
-        if last_print.elapsed() >= Duration::from_secs(1) {
-            last_print = Instant::now();
-            eprintln!(
-                "direct: [{:5.1}s] acked {acked}  received {received}",
-                started.elapsed().as_secs_f64()
-            );
-        }
-    }
-    let finished = Instant::now();
+    let watched = watch(started, stall, &watching).await;
+    let stalled = watched.stalled;
     let server_after = ctx.server.as_ref().and_then(|p| p.try_sample());
     let bench_after = ctx.bench.try_sample();
     stop.cancel();
@@ -304,24 +301,19 @@ pub async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
 
     let sent = progress.sent.load(Ordering::Relaxed);
     let acked = progress.acked.load(Ordering::Relaxed);
-    let wall_secs = last_delivery
-        .unwrap_or(finished)
-        .duration_since(started)
-        .as_secs_f64()
-        .max(1e-9);
-    let send_secs = sends_done_at
-        .unwrap_or(finished)
-        .duration_since(started)
-        .as_secs_f64()
-        .max(1e-9);
-    let rate = delivered as f64 / wall_secs;
-    let lat = latency.summary();
-    let ack = ack_latency.summary();
+    let delivery = Delivery::new(
+        started,
+        watched,
+        last_delivery,
+        (delivered, acked),
+        &latency,
+        &ack_latency,
+    );
     let server = server_usage(
         ctx.server.as_ref(),
         server_before,
         server_after,
-        wall_secs,
+        delivery.wall_secs,
         Some(("msg", delivered)),
     );
     let bench_cpu = match (bench_before, bench_after) {
@@ -341,23 +333,7 @@ pub async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
         "messages       {} requested, {sent} sent, {acked} acked",
         args.messages
     );
-    say!(
-        ctx,
-        "delivered      {delivered} in {wall_secs:.3} s  =>  {rate:.0} msg/s"
-    );
-    say!(
-        ctx,
-        "send rate      {:.0} msg/s acked ({send_secs:.3} s)",
-        acked as f64 / send_secs
-    );
-    say!(ctx, "latency        {}", lat.line());
-    say!(ctx, "ack latency    {}", ack.line());
-    if let Some(server) = &server {
-        say!(ctx, "{}", unimsg_bench::fanout::server_line(server, "msg"));
-    }
-    if let Some(cpu) = bench_cpu {
-        say!(ctx, "bench          cpu {cpu} s");
-    }
+    delivery.say(ctx, server.as_ref(), bench_cpu);
     let mut problems = Vec::new();
     if stalled {
         problems.push("stalled".to_owned());
@@ -381,7 +357,7 @@ pub async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
         say!(ctx, "PROBLEMS       {}", problems.join("; "));
     }
 
-    let report = json!({
+    let mut report = json!({
         "scenario": "direct",
         "peer": peer.as_str(),
         "run": run,
@@ -409,15 +385,10 @@ pub async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
         "other_events": other_events,
         "sender_failures": sender_failures,
         "receiver_failures": receiver_failures,
-        "wall_secs": round3(wall_secs),
-        "send_secs": round3(send_secs),
-        "msgs_per_sec": round3(rate),
-        "acked_per_sec": round3(acked as f64 / send_secs),
-        "latency_ms": lat.to_json(),
-        "ack_latency_ms": ack.to_json(),
         "server": server,
         "bench_cpu_secs": bench_cpu,
     });
+    merge(&mut report, delivery.to_json());
     Ok(Outcome { report, problems })
 }
 

@@ -41,6 +41,8 @@ use unimsg_client::proto::{EventType, UserId};
 use unimsg_client::{Authed, WsConnection};
 
 use crate::Ctx;
+use crate::engine::direct::{self as engine, Delivery, watch};
+use crate::engine::idle::merge;
 use crate::stats::{Latency, round3};
 use crate::users;
 
@@ -114,6 +116,35 @@ impl Progress {
 
     fn first_error(&self) -> Option<String> {
         self.first_error.lock().ok().and_then(|g| g.clone())
+    }
+}
+
+/// What the watch of the run looks at.
+struct Watching<'a> {
+    progress: &'a Progress,
+    send_tasks: &'a [JoinHandle<Result<Latency>>],
+    receiving: &'a [JoinHandle<Received>],
+}
+
+impl engine::Progress for Watching<'_> {
+    fn acked_received(&self) -> (u64, u64) {
+        (
+            self.progress.acked.load(Ordering::Relaxed),
+            self.progress.received.load(Ordering::Relaxed),
+        )
+    }
+
+    fn senders_done(&self) -> bool {
+        self.send_tasks.iter().all(JoinHandle::is_finished)
+    }
+
+    fn receivers_gone(&self) -> bool {
+        self.receiving.iter().all(JoinHandle::is_finished)
+    }
+
+    fn extra(&self) -> String {
+        let errors = self.progress.send_errors.load(Ordering::Relaxed);
+        format!("  errors {errors}")
     }
 }
 
@@ -243,45 +274,14 @@ pub async fn run(ctx: &Ctx, args: DirectArgs) -> Result<Value> {
     }
 
     // Watch progress until everything sent was delivered, or nothing moves.
+    let watching = Watching {
+        progress: &progress,
+        send_tasks: &send_tasks,
+        receiving: &receiving,
+    };
     let stall = Duration::from_secs(args.stall_secs.max(1));
-    let mut seen = (0, 0);
-    let mut last_change = Instant::now();
-    let mut last_print = Instant::now();
-    let mut sends_done_at = None;
-    let mut stalled = false;
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let acked = progress.acked.load(Ordering::Relaxed);
-        let received = progress.received.load(Ordering::Relaxed);
-        let errors = progress.send_errors.load(Ordering::Relaxed);
-        if (acked, received) != seen {
-            seen = (acked, received);
-            last_change = Instant::now();
-        }
-        if sends_done_at.is_none() && send_tasks.iter().all(JoinHandle::is_finished) {
-            sends_done_at = Some(Instant::now());
-        }
-        let receivers_gone = receiving.iter().all(JoinHandle::is_finished);
-        if sends_done_at.is_some() && (received >= acked || receivers_gone) {
-            break;
-        }
-        if last_change.elapsed() >= stall {
-            stalled = true;
-            eprintln!(
-                "direct: STALLED: no progress for {}s (acked {acked}, received {received})",
-                stall.as_secs()
-            );
-            break;
-        }
-        if last_print.elapsed() >= Duration::from_secs(1) {
-            last_print = Instant::now();
-            eprintln!(
-                "direct: [{:5.1}s] acked {acked}  received {received}  errors {errors}",
-                started.elapsed().as_secs_f64()
-            );
-        }
-    }
-    let finished = Instant::now();
+    let watched = watch(started, stall, &watching).await;
+    let stalled = watched.stalled;
     let server_after = ctx.server.as_ref().and_then(|p| p.try_sample());
     let bench_after = ctx.bench.try_sample();
     stop.cancel();
@@ -318,16 +318,15 @@ pub async fn run(ctx: &Ctx, args: DirectArgs) -> Result<Value> {
     let sent = progress.sent.load(Ordering::Relaxed);
     let acked = progress.acked.load(Ordering::Relaxed);
     let send_errors = progress.send_errors.load(Ordering::Relaxed);
-    let wall = last_delivery.unwrap_or(finished).duration_since(started);
-    let wall_secs = wall.as_secs_f64().max(1e-9);
-    let send_secs = sends_done_at
-        .unwrap_or(finished)
-        .duration_since(started)
-        .as_secs_f64()
-        .max(1e-9);
-    let rate = delivered as f64 / wall_secs;
-    let lat = latency.summary();
-    let ack = ack_latency.summary();
+    let delivery = Delivery::new(
+        started,
+        watched,
+        last_delivery,
+        (delivered, acked),
+        &latency,
+        &ack_latency,
+    );
+    let wall_secs = delivery.wall_secs;
 
     let server = match (&ctx.server, server_before, server_after) {
         (Some(probe), Some(b), Some(a)) => {
@@ -360,23 +359,7 @@ pub async fn run(ctx: &Ctx, args: DirectArgs) -> Result<Value> {
         "messages       {} requested, {sent} sent, {acked} acked, {send_errors} send errors",
         args.messages
     );
-    say!(
-        ctx,
-        "delivered      {delivered} in {wall_secs:.3} s  =>  {rate:.0} msg/s"
-    );
-    say!(
-        ctx,
-        "send rate      {:.0} msg/s acked ({send_secs:.3} s)",
-        acked as f64 / send_secs
-    );
-    say!(ctx, "latency        {}", lat.line());
-    say!(ctx, "ack latency    {}", ack.line());
-    if let Some(server) = &server {
-        say!(ctx, "{}", crate::fanout::server_line(server, "msg"));
-    }
-    if let Some(cpu) = bench_cpu {
-        say!(ctx, "bench          cpu {cpu} s");
-    }
+    delivery.say(ctx, server.as_ref(), bench_cpu);
     let problems = stalled
         || send_errors > 0
         || delivered < acked
@@ -398,7 +381,7 @@ pub async fn run(ctx: &Ctx, args: DirectArgs) -> Result<Value> {
         }
     }
 
-    Ok(json!({
+    let mut report = json!({
         "scenario": "direct",
         "run": run,
         "config": {
@@ -422,15 +405,11 @@ pub async fn run(ctx: &Ctx, args: DirectArgs) -> Result<Value> {
         "other_events": other_events,
         "sender_failures": sender_failures,
         "receiver_failures": receiver_failures,
-        "wall_secs": round3(wall_secs),
-        "send_secs": round3(send_secs),
-        "msgs_per_sec": round3(rate),
-        "acked_per_sec": round3(acked as f64 / send_secs),
-        "latency_ms": lat.to_json(),
-        "ack_latency_ms": ack.to_json(),
         "server": server,
         "bench_cpu_secs": bench_cpu,
-    }))
+    });
+    merge(&mut report, delivery.to_json());
+    Ok(report)
 }
 
 /// Reads a receiver's WebSocket until `expected` messages arrived, the

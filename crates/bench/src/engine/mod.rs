@@ -11,10 +11,13 @@
 //!   connections, and their summary lines and JSON.
 //! - [`rounds`]: broadcast rounds (publish, every connection receives)
 //!   added up, with their summary lines and JSON.
+//! - [`direct`]: watching senders and receivers until everything sent has
+//!   arrived or the run stalls, and the throughput and latency figures.
 //!
 //! A scenario's report goes through [`Say`], the summary's one method, so
 //! that both crates' contexts can take it.
 
+pub mod direct;
 pub mod fleet;
 pub mod idle;
 pub mod rounds;
