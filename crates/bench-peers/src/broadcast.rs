@@ -26,10 +26,10 @@ use rumqttc::mqttbytes::v4::Packet;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::fleet::{self, Next, Seen, Sub};
+use crate::fleet::{self, Fleet, Next, Seen, Sub};
 use crate::{Outcome, Peer, PeerCtx, mqtt, nchan, soketi};
 use unimsg_bench::engine::idle::merge;
-use unimsg_bench::engine::rounds::{Round as RoundReport, Rounds};
+use unimsg_bench::engine::rounds::{Publish, Round as RoundReport, Rounds, publish_rounds};
 use unimsg_bench::engine::say_opened;
 use unimsg_bench::fanout::server_usage;
 use unimsg_bench::say;
@@ -113,6 +113,62 @@ impl Round {
     }
 }
 
+/// The publishes of one run, counted from the fleet's deliveries.
+struct Broadcasts<'a> {
+    ctx: &'a PeerCtx,
+    publisher: &'a mut Publisher,
+    fleet: &'a mut Fleet,
+    rounds: Vec<Round>,
+    /// (connection, round) pairs seen.
+    seen_pairs: HashSet<(usize, u64)>,
+    duplicates: u64,
+    run: &'a str,
+    pad: &'a str,
+    base: Instant,
+}
+
+impl Publish for Broadcasts<'_> {
+    async fn publish(&mut self, k: u64) -> Result<bool> {
+        let content = crate::content(
+            self.run,
+            "round",
+            k,
+            crate::nanos_since(self.base),
+            self.pad,
+        );
+        let posted_at = Instant::now();
+        let posted = self.publisher.publish(self.ctx, content).await;
+        let ok = posted.is_ok();
+        self.rounds.push(Round {
+            posted_at,
+            post_latency: ok.then(|| posted_at.elapsed()),
+            post_error: posted.err().map(|e| format!("{e:#}")),
+            delivered: 0,
+            last_at: None,
+            latency: Latency::new()?,
+        });
+        Ok(ok)
+    }
+
+    async fn next_delivery(&mut self, wait: Duration) -> Result<Option<bool>> {
+        let Next::Seen(seen) = self.fleet.next(wait).await else {
+            return Ok(None);
+        };
+        let news = account(seen, &mut self.rounds, &mut self.seen_pairs);
+        if !news {
+            self.duplicates += 1;
+        }
+        Ok(Some(news))
+    }
+
+    fn reached(&self, k: u64) -> (u64, Option<Duration>) {
+        usize::try_from(k)
+            .ok()
+            .and_then(|k| self.rounds.get(k))
+            .map_or((0, None), |r| (r.delivered, r.time_to_last()))
+    }
+}
+
 pub async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
     let peer = ctx.peer;
     let run = crate::run_id();
@@ -180,59 +236,27 @@ pub async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
     let pad = "x".repeat(usize::try_from(args.content_bytes)?);
     let base = Instant::now();
     let stall = Duration::from_secs(args.stall_secs);
-    let mut rounds: Vec<Round> = Vec::new();
-    let mut seen_pairs: HashSet<(usize, u64)> = HashSet::new();
-    let mut duplicates = 0u64;
-    let mut stalled = false;
     let server_before = ctx.server.as_ref().and_then(|p| p.try_sample());
     let bench_before = ctx.bench.try_sample();
     let started = Instant::now();
-
-    for k in 0..args.broadcasts {
-        let content = crate::content(&run, "round", k, crate::nanos_since(base), &pad);
-        let posted_at = Instant::now();
-        let posted = publisher.publish(ctx, content).await;
-        rounds.push(Round {
-            posted_at,
-            post_latency: posted.is_ok().then(|| posted_at.elapsed()),
-            post_error: posted.err().map(|e| format!("{e:#}")),
-            delivered: 0,
-            last_at: None,
-            latency: Latency::new()?,
-        });
-        if rounds.last().is_some_and(|r| r.post_error.is_some()) {
-            continue;
-        }
-        let mut last_progress = Instant::now();
-        while rounds.last().is_some_and(|r| r.delivered < opened) {
-            let left = stall.saturating_sub(last_progress.elapsed());
-            let Next::Seen(seen) = fleet.next(left).await else {
-                stalled = true;
-                break;
-            };
-            if account(seen, &mut rounds, &mut seen_pairs) {
-                last_progress = Instant::now();
-            } else {
-                duplicates += 1;
-            }
-        }
-        if stalled {
-            eprintln!(
-                "broadcast: STALLED: broadcast {} reached {} of {opened} connections; no delivery for {} s",
-                k + 1,
-                rounds.last().map_or(0, |r| r.delivered),
-                stall.as_secs()
-            );
-            break;
-        }
-        if let Some(r) = rounds.last() {
-            eprintln!(
-                "broadcast: broadcast {} reached {opened} connections in {:.1} ms",
-                k + 1,
-                r.time_to_last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
-            );
-        }
-    }
+    let mut side = Broadcasts {
+        ctx,
+        publisher: &mut publisher,
+        fleet: &mut fleet,
+        rounds: Vec::new(),
+        seen_pairs: HashSet::new(),
+        duplicates: 0,
+        run: &run,
+        pad: &pad,
+        base,
+    };
+    let stalled = publish_rounds("broadcast", args.broadcasts, opened, stall, &mut side).await?;
+    let Broadcasts {
+        mut rounds,
+        mut seen_pairs,
+        mut duplicates,
+        ..
+    } = side;
     let finished = Instant::now();
     let server_after = ctx.server.as_ref().and_then(|p| p.try_sample());
     let bench_after = ctx.bench.try_sample();

@@ -29,12 +29,13 @@ use std::time::Duration;
 use anyhow::Result;
 use serde_json::{Value, json};
 use tokio::time::Instant;
+use unimsg_client::AdminClient;
 use unimsg_client::proto::EventType;
 use unimsg_client::proto::admin::BroadcastRequest;
 
 use crate::Ctx;
 use crate::engine::idle::merge;
-use crate::engine::rounds::{Round as RoundReport, Rounds};
+use crate::engine::rounds::{Publish, Round as RoundReport, Rounds, publish_rounds};
 use crate::engine::say_opened;
 use crate::fanout::{self, Transport};
 use crate::hold::{self, Holders, OpenedAll, Plan, SpreadArgs};
@@ -115,6 +116,66 @@ impl Round {
     }
 }
 
+/// The admin broadcasts of one run, counted from the holders' progress.
+struct Broadcasts<'a> {
+    admin: &'a AdminClient,
+    holders: &'a mut Holders,
+    rounds: Vec<Round>,
+    run: &'a str,
+    pad: &'a str,
+    base: Instant,
+}
+
+impl Publish for Broadcasts<'_> {
+    async fn publish(&mut self, k: u64) -> Result<bool> {
+        let content = json!({
+            "text": self.pad,
+            "run": self.run,
+            "round": k,
+            "t": fanout::nanos_since(self.base),
+        });
+        let req = BroadcastRequest {
+            kind: "notification".into(),
+            content,
+            from: None,
+        };
+        let posted_us = hold::wall_us();
+        let posted_at = Instant::now();
+        let posted = self.admin.broadcast(&req).await;
+        let ok = posted.is_ok();
+        self.rounds.push(Round {
+            posted_us,
+            post_latency: ok.then(|| posted_at.elapsed()),
+            post_error: posted.err().map(|e| format!("{e:#}")),
+            by_holder: Vec::new(),
+            delivered: 0,
+            first_us: None,
+            last_us: None,
+            latency: Latency::new()?,
+        });
+        Ok(ok)
+    }
+
+    async fn next_delivery(&mut self, wait: Duration) -> Result<Option<bool>> {
+        let Some(p) = self.holders.next_progress(wait).await? else {
+            return Ok(None);
+        };
+        let round = usize::try_from(p.round)
+            .ok()
+            .and_then(|r| self.rounds.get_mut(r));
+        Ok(Some(round.is_some_and(|round| {
+            round.progress(p.holder, p.delivered, p.last_us)
+        })))
+    }
+
+    fn reached(&self, k: u64) -> (u64, Option<Duration>) {
+        usize::try_from(k)
+            .ok()
+            .and_then(|k| self.rounds.get(k))
+            .map_or((0, None), |r| (r.delivered, r.time_to_last()))
+    }
+}
+
 pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result<Value> {
     let name = match transport {
         Transport::Ws => "broadcast",
@@ -149,74 +210,19 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result
     let pad = "x".repeat(usize::try_from(args.content_bytes)?);
     let base = Instant::now();
     let stall = Duration::from_secs(args.stall_secs);
-    let mut rounds: Vec<Round> = Vec::new();
-    let mut stalled = false;
     let server_before = ctx.server.as_ref().and_then(|p| p.try_sample());
     let bench_before = ctx.bench.try_sample();
     let started = Instant::now();
-
-    for k in 0..args.broadcasts {
-        let content = json!({
-            "text": pad,
-            "run": run,
-            "round": k,
-            "t": fanout::nanos_since(base),
-        });
-        let req = BroadcastRequest {
-            kind: "notification".into(),
-            content,
-            from: None,
-        };
-        let posted_us = hold::wall_us();
-        let posted_at = Instant::now();
-        let posted = admin.broadcast(&req).await;
-        rounds.push(Round {
-            posted_us,
-            post_latency: posted.is_ok().then(|| posted_at.elapsed()),
-            post_error: posted.err().map(|e| format!("{e:#}")),
-            by_holder: Vec::new(),
-            delivered: 0,
-            first_us: None,
-            last_us: None,
-            latency: Latency::new()?,
-        });
-        if rounds.last().is_some_and(|r| r.post_error.is_some()) {
-            continue;
-        }
-        // Wait until every connection has it, or nothing new arrives.
-        let mut last_progress = Instant::now();
-        while rounds.last().is_some_and(|r| r.delivered < opened) {
-            let left = stall.saturating_sub(last_progress.elapsed());
-            let Some(p) = holders.next_progress(left).await? else {
-                stalled = true;
-                break;
-            };
-            let round = usize::try_from(p.round)
-                .ok()
-                .and_then(|r| rounds.get_mut(r));
-            if let Some(round) = round
-                && round.progress(p.holder, p.delivered, p.last_us)
-            {
-                last_progress = Instant::now();
-            }
-        }
-        if stalled {
-            let r = rounds.len();
-            eprintln!(
-                "{name}: STALLED: broadcast {r} reached {} of {opened} connections; no delivery for {} s",
-                rounds.last().map_or(0, |r| r.delivered),
-                stall.as_secs()
-            );
-            break;
-        }
-        if let Some(r) = rounds.last() {
-            eprintln!(
-                "{name}: broadcast {} reached {opened} connections in {:.1} ms",
-                k + 1,
-                r.time_to_last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
-            );
-        }
-    }
+    let mut side = Broadcasts {
+        admin: &admin,
+        holders: &mut holders,
+        rounds: Vec::new(),
+        run: &run,
+        pad: &pad,
+        base,
+    };
+    let stalled = publish_rounds(name, args.broadcasts, opened, stall, &mut side).await?;
+    let mut rounds = side.rounds;
     let finished = Instant::now();
     let server_after = ctx.server.as_ref().and_then(|p| p.try_sample());
     let bench_after = ctx.bench.try_sample();

@@ -1,13 +1,16 @@
 //! Broadcast rounds added up, the same against unimsg and against a peer:
 //! each round is one publish (an admin broadcast, an HTTP publish, an MQTT
-//! PUBLISH) that every connection should receive once. The scenario
-//! publishes and counts; [`Rounds`] makes the per-round and overall
-//! figures, their summary lines and their JSON keys.
+//! PUBLISH) that every connection should receive once. A scenario's side
+//! publishes and counts ([`Publish`]); [`publish_rounds`] runs the rounds
+//! one after another; [`Rounds`] makes the per-round and overall figures,
+//! their summary lines and their JSON keys.
 
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use super::Say;
 use crate::stats::{Latency, round3};
@@ -177,4 +180,61 @@ impl<'a> Rounds<'a> {
             "post_latency_ms": self.post.summary().to_json(),
         })
     }
+}
+
+/// One side of a broadcast run: what publishes a round (an admin
+/// broadcast, an HTTP publish, an MQTT PUBLISH) and counts who got it.
+pub trait Publish {
+    /// Publishes round `k` and starts counting it; `Ok(false)` when the
+    /// publish failed (the side keeps the error for its report).
+    fn publish(&mut self, k: u64) -> impl Future<Output = Result<bool>>;
+
+    /// Waits at most `wait` for deliveries: `None` when nothing came (or
+    /// nothing more can), else whether a round moved.
+    fn next_delivery(&mut self, wait: Duration) -> impl Future<Output = Result<Option<bool>>>;
+
+    /// Connections round `k` has reached so far, and publish → the last
+    /// of them.
+    fn reached(&self, k: u64) -> (u64, Option<Duration>);
+}
+
+/// Publishes `count` rounds one after another, each once the previous one
+/// reached all `opened` connections or nothing arrived for `stall`;
+/// `Ok(true)` when a round stalled (and the run stopped there).
+pub async fn publish_rounds(
+    label: &str,
+    count: u64,
+    opened: u64,
+    stall: Duration,
+    side: &mut impl Publish,
+) -> Result<bool> {
+    for k in 0..count {
+        if !side.publish(k).await? {
+            continue;
+        }
+        // Wait until every connection has it, or nothing new arrives.
+        let mut last_progress = Instant::now();
+        while side.reached(k).0 < opened {
+            let left = stall.saturating_sub(last_progress.elapsed());
+            match side.next_delivery(left).await? {
+                Some(true) => last_progress = Instant::now(),
+                Some(false) => {}
+                None => {
+                    eprintln!(
+                        "{label}: STALLED: broadcast {} reached {} of {opened} connections; no delivery for {} s",
+                        k + 1,
+                        side.reached(k).0,
+                        stall.as_secs()
+                    );
+                    return Ok(true);
+                }
+            }
+        }
+        eprintln!(
+            "{label}: broadcast {} reached {opened} connections in {:.1} ms",
+            k + 1,
+            side.reached(k).1.map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        );
+    }
+    Ok(false)
 }
