@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fleet::{Incoming, Sub};
 use crate::{Outcome, Peer, PeerCtx, mqtt, xmpp};
-use unimsg_bench::engine::direct::{self as engine, Delivery, watch};
+use unimsg_bench::engine::direct::{self as engine, Delivery, Received, ReceivedAll, watch};
 use unimsg_bench::engine::idle::merge;
 use unimsg_bench::fanout::server_usage;
 use unimsg_bench::say;
@@ -121,22 +121,6 @@ impl Sending {
 enum Sender {
     Mqtt { conn: mqtt::Conn, topic: String },
     Xmpp { conn: xmpp::Conn, to: String },
-}
-
-/// What one receiver saw.
-#[derive(Debug)]
-struct Received {
-    latency: Latency,
-    /// Distinct messages received.
-    received: u64,
-    duplicates: u64,
-    /// Arrivals whose index was not the previous one + 1.
-    seq_anomalies: u64,
-    /// Payloads of this run that are not a valid message.
-    bad_content: u64,
-    other_events: u64,
-    last_at: Option<Instant>,
-    ended: Option<String>,
 }
 
 pub async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
@@ -282,22 +266,20 @@ pub async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
             Err(_) => sender_failures.push("sender did not stop".to_owned()),
         }
     }
-    let mut latency = Latency::new()?;
-    let (mut delivered, mut duplicates, mut seq_anomalies, mut bad_content, mut other_events) =
-        (0, 0, 0, 0, 0);
-    let mut last_delivery = None::<Instant>;
-    let mut receiver_failures = Vec::new();
+    let mut all = ReceivedAll::new()?;
     for task in receiving {
-        let r = task.await.context("receiver task failed")??;
-        latency.merge(&r.latency)?;
-        delivered += r.received;
-        duplicates += r.duplicates;
-        seq_anomalies += r.seq_anomalies;
-        bad_content += r.bad_content;
-        other_events += r.other_events;
-        last_delivery = last_delivery.max(r.last_at);
-        receiver_failures.extend(r.ended);
+        all.add(task.await.context("receiver task failed")??)?;
     }
+    let ReceivedAll {
+        latency,
+        delivered,
+        duplicates,
+        seq_anomalies,
+        bad_content,
+        other_events,
+        last_delivery,
+        failures: receiver_failures,
+    } = all;
 
     let sent = progress.sent.load(Ordering::Relaxed);
     let acked = progress.acked.load(Ordering::Relaxed);

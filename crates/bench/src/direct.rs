@@ -41,7 +41,7 @@ use unimsg_client::proto::{EventType, UserId};
 use unimsg_client::{Authed, WsConnection};
 
 use crate::Ctx;
-use crate::engine::direct::{self as engine, Delivery, watch};
+use crate::engine::direct::{self as engine, Delivery, Received, ReceivedAll, watch};
 use crate::engine::idle::merge;
 use crate::stats::{Latency, round3};
 use crate::users;
@@ -175,22 +175,6 @@ fn nanos_since(base: Instant) -> u64 {
     u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// What one receiver saw.
-#[derive(Debug)]
-struct Received {
-    latency: Latency,
-    received: u64,
-    /// Events whose seq was not the previous one + 1.
-    seq_anomalies: u64,
-    /// `message.new` events without a numeric `content.t`.
-    bad_content: u64,
-    /// Events of other types (receipts, revocations).
-    other_events: u64,
-    last_at: Option<Instant>,
-    /// Why the connection ended early, if it did.
-    ended: Option<String>,
-}
-
 pub async fn run(ctx: &Ctx, args: DirectArgs) -> Result<Value> {
     if args.messages == 0 {
         bail!("--messages must be at least 1");
@@ -300,20 +284,20 @@ pub async fn run(ctx: &Ctx, args: DirectArgs) -> Result<Value> {
             Err(e) => sender_failures.push(format!("sender task failed: {e}")),
         }
     }
-    let mut latency = Latency::new()?;
-    let (mut delivered, mut seq_anomalies, mut bad_content, mut other_events) = (0, 0, 0, 0);
-    let mut last_delivery = None::<Instant>;
-    let mut receiver_failures = Vec::new();
+    let mut all = ReceivedAll::new()?;
     for task in receiving {
-        let r = task.await.context("receiver task failed")?;
-        latency.merge(&r.latency)?;
-        delivered += r.received;
-        seq_anomalies += r.seq_anomalies;
-        bad_content += r.bad_content;
-        other_events += r.other_events;
-        last_delivery = last_delivery.max(r.last_at);
-        receiver_failures.extend(r.ended);
+        all.add(task.await.context("receiver task failed")?)?;
     }
+    let ReceivedAll {
+        latency,
+        delivered,
+        duplicates: _,
+        seq_anomalies,
+        bad_content,
+        other_events,
+        last_delivery,
+        failures: receiver_failures,
+    } = all;
 
     let sent = progress.sent.load(Ordering::Relaxed);
     let acked = progress.acked.load(Ordering::Relaxed);
@@ -425,6 +409,7 @@ async fn receive(
     let mut r = Received {
         latency,
         received: 0,
+        duplicates: 0,
         seq_anomalies: 0,
         bad_content: 0,
         other_events: 0,

@@ -162,3 +162,65 @@ impl Delivery {
         })
     }
 }
+
+/// What one receiver of a `direct` run saw.
+#[derive(Debug)]
+pub struct Received {
+    /// Send → receipt.
+    pub latency: Latency,
+    /// Distinct messages received.
+    pub received: u64,
+    /// Copies of a message already received.
+    pub duplicates: u64,
+    /// Arrivals out of sequence (the seq or index not the previous one + 1).
+    pub seq_anomalies: u64,
+    /// Payloads of this run that are not a valid message.
+    pub bad_content: u64,
+    /// Events or payloads of other kinds (receipts, revocations, …).
+    pub other_events: u64,
+    pub last_at: Option<Instant>,
+    /// Why the connection ended early, if it did.
+    pub ended: Option<String>,
+}
+
+/// Every receiver's [`Received`], added up.
+#[derive(Debug)]
+pub struct ReceivedAll {
+    pub latency: Latency,
+    pub delivered: u64,
+    pub duplicates: u64,
+    pub seq_anomalies: u64,
+    pub bad_content: u64,
+    pub other_events: u64,
+    /// The last receipt of any receiver.
+    pub last_delivery: Option<Instant>,
+    /// Why receivers ended early.
+    pub failures: Vec<String>,
+}
+
+impl ReceivedAll {
+    pub fn new() -> anyhow::Result<ReceivedAll> {
+        Ok(ReceivedAll {
+            latency: Latency::new()?,
+            delivered: 0,
+            duplicates: 0,
+            seq_anomalies: 0,
+            bad_content: 0,
+            other_events: 0,
+            last_delivery: None,
+            failures: Vec::new(),
+        })
+    }
+
+    pub fn add(&mut self, r: Received) -> anyhow::Result<()> {
+        self.latency.merge(&r.latency)?;
+        self.delivered += r.received;
+        self.duplicates += r.duplicates;
+        self.seq_anomalies += r.seq_anomalies;
+        self.bad_content += r.bad_content;
+        self.other_events += r.other_events;
+        self.last_delivery = self.last_delivery.max(r.last_at);
+        self.failures.extend(r.ended);
+        Ok(())
+    }
+}
