@@ -20,8 +20,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use rumqttc::mqttbytes::QoS;
 use serde_json::json;
-use tokio::time::Instant;
-use unimsg_bench::engine::idle::{IdleCosts, IdleSamples, cpu_between};
+use unimsg_bench::engine::idle::{IdleCosts, IdleSamples, cpu_between, hold, quiet};
 use unimsg_bench::say;
 
 use crate::fleet::{self, Sub};
@@ -68,9 +67,7 @@ pub async fn run(ctx: &PeerCtx, args: IdleArgs) -> Result<Outcome> {
         eprintln!("idle: registering {groups} ejabberd users (run {run})");
         xmpp::register(ctx, &users).await?;
     }
-    eprintln!("idle: quiet for {} s before the baseline", args.quiet_secs);
-    tokio::time::sleep(Duration::from_secs(args.quiet_secs)).await;
-    let before_open = ctx.server.as_ref().and_then(|p| p.try_sample());
+    let before_open = quiet(args.quiet_secs, ctx.server.as_ref()).await;
 
     // Open.
     let users = &users;
@@ -95,22 +92,16 @@ pub async fn run(ctx: &PeerCtx, args: IdleArgs) -> Result<Outcome> {
     let closed_before_hold = fleet.ended_so_far();
 
     // Hold.
-    eprintln!("idle: {opened} open; holding for {} s", args.hold_secs);
-    let bench_before = ctx.bench.try_sample();
-    let hold_start = Instant::now();
-    let hold_for = Duration::from_secs(args.hold_secs);
-    while hold_start.elapsed() < hold_for {
-        let left = hold_for.saturating_sub(hold_start.elapsed());
-        tokio::time::sleep(left.min(Duration::from_secs(5))).await;
-        eprintln!(
-            "idle: [{:5.1}s] holding; {} closed by the server so far",
-            hold_start.elapsed().as_secs_f64(),
-            fleet.ended_so_far()
-        );
-    }
-    let hold_secs = hold_start.elapsed().as_secs_f64();
-    let after_hold = ctx.server.as_ref().and_then(|p| p.try_sample());
-    let bench_after = ctx.bench.try_sample();
+    let closed_so_far = async || Ok(fleet.ended_so_far());
+    let held = hold(
+        args.hold_secs,
+        opened,
+        ctx.server.as_ref(),
+        &ctx.bench,
+        closed_so_far,
+    )
+    .await?;
+    let (hold_secs, after_hold) = (held.secs, held.after_hold);
     let closed_during_hold = fleet.ended_so_far() - closed_before_hold;
 
     // Close.
@@ -128,7 +119,7 @@ pub async fn run(ctx: &PeerCtx, args: IdleArgs) -> Result<Outcome> {
         after_close,
     };
     let costs = IdleCosts::new(samples, opened, connect_secs, connect, hold_secs);
-    let bench_cpu = cpu_between(bench_before, bench_after);
+    let bench_cpu = cpu_between(held.bench_before, held.bench_after);
     let closed_by_server = closed.ended_early_count();
 
     say!(

@@ -47,11 +47,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use tokio::time::Instant;
 use unimsg_client::proto::EventType;
 
 use crate::Ctx;
-use crate::engine::idle::{IdleCosts, IdleSamples, cpu_between};
+use crate::engine::idle::{IdleCosts, IdleSamples, cpu_between, hold, quiet};
 use crate::fanout::Transport;
 use crate::hold::{self, Holders, OpenedAll, Plan, SpreadArgs};
 use crate::users;
@@ -99,9 +98,7 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Value> {
     let users = users::provision(ctx, &run, "i", user_count, 1).await?;
 
     let settle = Duration::from_millis(args.settle_ms);
-    eprintln!("idle: quiet for {} s before the baseline", args.quiet_secs);
-    tokio::time::sleep(Duration::from_secs(args.quiet_secs)).await;
-    let before_open = ctx.server.as_ref().and_then(|p| p.try_sample());
+    let before_open = quiet(args.quiet_secs, ctx.server.as_ref()).await;
 
     // Open.
     let plan = Plan {
@@ -125,23 +122,16 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Value> {
     let closed_before_hold: u64 = at_open.iter().map(|c| c.ended).sum();
 
     // Hold.
-    eprintln!("idle: {opened} open; holding for {} s", args.hold_secs);
-    let bench_before = ctx.bench.try_sample();
-    let hold_start = Instant::now();
-    let hold_for = Duration::from_secs(args.hold_secs);
-    while hold_start.elapsed() < hold_for {
-        let left = hold_for.saturating_sub(hold_start.elapsed());
-        tokio::time::sleep(left.min(Duration::from_secs(5))).await;
-        let so_far = holders.report(&[]).await?;
-        eprintln!(
-            "idle: [{:5.1}s] holding; {} closed by the server so far",
-            hold_start.elapsed().as_secs_f64(),
-            so_far.iter().map(|c| c.ended).sum::<u64>()
-        );
-    }
-    let hold_secs = hold_start.elapsed().as_secs_f64();
-    let after_hold = ctx.server.as_ref().and_then(|p| p.try_sample());
-    let bench_after = ctx.bench.try_sample();
+    let closed_so_far = async || Ok(holders.report(&[]).await?.iter().map(|c| c.ended).sum());
+    let held = hold(
+        args.hold_secs,
+        opened,
+        ctx.server.as_ref(),
+        &ctx.bench,
+        closed_so_far,
+    )
+    .await?;
+    let (hold_secs, after_hold) = (held.secs, held.after_hold);
     let at_end = holders.report(&[]).await?;
     let closed_during_hold = at_end
         .iter()
@@ -165,7 +155,7 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Value> {
     let connect = all.connect_latency.summary();
     let costs = IdleCosts::new(samples, opened, connect_secs, connect, hold_secs);
     let bench_cpu = match (
-        cpu_between(bench_before, bench_after),
+        cpu_between(held.bench_before, held.bench_after),
         Holders::child_cpu_secs(&at_open, &at_end),
     ) {
         (Some(own), Some(children)) => Some(own + children),

@@ -4,7 +4,11 @@
 //! while holding. The scenario opens, holds and closes; [`IdleCosts`]
 //! turns its samples into the summary lines and the JSON keys.
 
+use std::time::Duration;
+
+use anyhow::Result;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use super::{Say, say_opened};
 use crate::procfs::{Probe, Sample};
@@ -18,6 +22,56 @@ pub struct IdleSamples {
     pub after_open: Option<Sample>,
     pub after_hold: Option<Sample>,
     pub after_close: Option<Sample>,
+}
+
+/// Waits `quiet_secs` without requests, then takes the server's RSS
+/// baseline.
+pub async fn quiet(quiet_secs: u64, server: Option<&Probe>) -> Option<Sample> {
+    eprintln!("idle: quiet for {quiet_secs} s before the baseline");
+    tokio::time::sleep(Duration::from_secs(quiet_secs)).await;
+    server.and_then(Probe::try_sample)
+}
+
+/// What [`hold`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Held {
+    pub secs: f64,
+    /// The server after the hold.
+    pub after_hold: Option<Sample>,
+    /// The bench process before and after the hold.
+    pub bench_before: Option<Sample>,
+    pub bench_after: Option<Sample>,
+}
+
+/// Holds `opened` connections for `hold_secs`, saying every 5 s how many
+/// the server has closed so far (`closed_so_far`).
+pub async fn hold(
+    hold_secs: u64,
+    opened: u64,
+    server: Option<&Probe>,
+    bench: &Probe,
+    mut closed_so_far: impl AsyncFnMut() -> Result<u64>,
+) -> Result<Held> {
+    eprintln!("idle: {opened} open; holding for {hold_secs} s");
+    let bench_before = bench.try_sample();
+    let hold_start = Instant::now();
+    let hold_for = Duration::from_secs(hold_secs);
+    while hold_start.elapsed() < hold_for {
+        let left = hold_for.saturating_sub(hold_start.elapsed());
+        tokio::time::sleep(left.min(Duration::from_secs(5))).await;
+        let closed = closed_so_far().await?;
+        eprintln!(
+            "idle: [{:5.1}s] holding; {closed} closed by the server so far",
+            hold_start.elapsed().as_secs_f64(),
+        );
+    }
+    let secs = hold_start.elapsed().as_secs_f64();
+    Ok(Held {
+        secs,
+        after_hold: server.and_then(Probe::try_sample),
+        bench_before,
+        bench_after: bench.try_sample(),
+    })
 }
 
 /// An `idle` run's costs, computed from its samples.
