@@ -1,6 +1,9 @@
 //! `unimsg-bench-peers`: the `idle`, `broadcast` and `direct` scenarios of
-//! `unimsg-bench` run against other messaging servers on the same machine, so `scripts/bench-peers` can put
-//! unimsg's numbers next to theirs.
+//! `unimsg-bench` run against other messaging servers on the same machine,
+//! so `scripts/bench-peers` can put unimsg's numbers next to theirs. The
+//! protocols are here (one module each: `nchan`, `soketi`, `mqtt`,
+//! `xmpp`; `fleet` makes their connections a `Receiver` of the scenario
+//! engine); holding, measuring and reporting are `unimsg_bench::engine`'s.
 //!
 //! Every scenario takes the flags of its unimsg counterpart (where they
 //! apply) and prints the same JSON keys as its last stdout line, plus

@@ -17,6 +17,10 @@
 //! unimsg-bench --url http://127.0.0.1:8080 sync --messages 10000
 //! unimsg-bench smoke --server-bin target/debug/unimsg
 //! ```
+//!
+//! The scenarios live in the library (`src/lib.rs`); the same `idle`,
+//! `broadcast` and `direct` against other servers are `unimsg-bench-peers`
+//! (`crates/bench-peers`), on the library's scenario engine.
 
 use anyhow::{Context, Result};
 use clap::Parser;

@@ -9,8 +9,10 @@
 //!   of the scenario.
 //! - [`idle`]: the server's memory and CPU around opening and holding idle
 //!   connections, and their summary lines and JSON.
-//! - [`rounds`]: broadcast rounds (publish, every connection receives)
-//!   added up, with their summary lines and JSON.
+//! - [`rounds`]: broadcast rounds, one after another, each published by a
+//!   [`rounds::Publish`] side (an admin broadcast, an HTTP publish, an
+//!   MQTT PUBLISH) and counted until every connection has it or it stalls;
+//!   then added up, with their summary lines and JSON.
 //! - [`direct`]: watching senders and receivers until everything sent has
 //!   arrived or the run stalls, and the throughput and latency figures.
 //!
