@@ -29,10 +29,14 @@ use std::time::Duration;
 use anyhow::Result;
 use serde_json::{Value, json};
 use tokio::time::Instant;
+use unimsg_client::AdminClient;
 use unimsg_client::proto::EventType;
 use unimsg_client::proto::admin::BroadcastRequest;
 
 use crate::Ctx;
+use crate::engine::idle::merge;
+use crate::engine::rounds::{Publish, Round as RoundReport, Rounds, publish_rounds};
+use crate::engine::say_opened;
 use crate::fanout::{self, Transport};
 use crate::hold::{self, Holders, OpenedAll, Plan, SpreadArgs};
 use crate::stats::{Latency, round3};
@@ -112,6 +116,66 @@ impl Round {
     }
 }
 
+/// The admin broadcasts of one run, counted from the holders' progress.
+struct Broadcasts<'a> {
+    admin: &'a AdminClient,
+    holders: &'a mut Holders,
+    rounds: Vec<Round>,
+    run: &'a str,
+    pad: &'a str,
+    base: Instant,
+}
+
+impl Publish for Broadcasts<'_> {
+    async fn publish(&mut self, k: u64) -> Result<bool> {
+        let content = json!({
+            "text": self.pad,
+            "run": self.run,
+            "round": k,
+            "t": fanout::nanos_since(self.base),
+        });
+        let req = BroadcastRequest {
+            kind: "notification".into(),
+            content,
+            from: None,
+        };
+        let posted_us = hold::wall_us();
+        let posted_at = Instant::now();
+        let posted = self.admin.broadcast(&req).await;
+        let ok = posted.is_ok();
+        self.rounds.push(Round {
+            posted_us,
+            post_latency: ok.then(|| posted_at.elapsed()),
+            post_error: posted.err().map(|e| format!("{e:#}")),
+            by_holder: Vec::new(),
+            delivered: 0,
+            first_us: None,
+            last_us: None,
+            latency: Latency::new()?,
+        });
+        Ok(ok)
+    }
+
+    async fn next_delivery(&mut self, wait: Duration) -> Result<Option<bool>> {
+        let Some(p) = self.holders.next_progress(wait).await? else {
+            return Ok(None);
+        };
+        let round = usize::try_from(p.round)
+            .ok()
+            .and_then(|r| self.rounds.get_mut(r));
+        Ok(Some(round.is_some_and(|round| {
+            round.progress(p.holder, p.delivered, p.last_us)
+        })))
+    }
+
+    fn reached(&self, k: u64) -> (u64, Option<Duration>) {
+        usize::try_from(k)
+            .ok()
+            .and_then(|k| self.rounds.get(k))
+            .map_or((0, None), |r| (r.delivered, r.time_to_last()))
+    }
+}
+
 pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result<Value> {
     let name = match transport {
         Transport::Ws => "broadcast",
@@ -146,74 +210,19 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result
     let pad = "x".repeat(usize::try_from(args.content_bytes)?);
     let base = Instant::now();
     let stall = Duration::from_secs(args.stall_secs);
-    let mut rounds: Vec<Round> = Vec::new();
-    let mut stalled = false;
     let server_before = ctx.server.as_ref().and_then(|p| p.try_sample());
     let bench_before = ctx.bench.try_sample();
     let started = Instant::now();
-
-    for k in 0..args.broadcasts {
-        let content = json!({
-            "text": pad,
-            "run": run,
-            "round": k,
-            "t": fanout::nanos_since(base),
-        });
-        let req = BroadcastRequest {
-            kind: "notification".into(),
-            content,
-            from: None,
-        };
-        let posted_us = hold::wall_us();
-        let posted_at = Instant::now();
-        let posted = admin.broadcast(&req).await;
-        rounds.push(Round {
-            posted_us,
-            post_latency: posted.is_ok().then(|| posted_at.elapsed()),
-            post_error: posted.err().map(|e| format!("{e:#}")),
-            by_holder: Vec::new(),
-            delivered: 0,
-            first_us: None,
-            last_us: None,
-            latency: Latency::new()?,
-        });
-        if rounds.last().is_some_and(|r| r.post_error.is_some()) {
-            continue;
-        }
-        // Wait until every connection has it, or nothing new arrives.
-        let mut last_progress = Instant::now();
-        while rounds.last().is_some_and(|r| r.delivered < opened) {
-            let left = stall.saturating_sub(last_progress.elapsed());
-            let Some(p) = holders.next_progress(left).await? else {
-                stalled = true;
-                break;
-            };
-            let round = usize::try_from(p.round)
-                .ok()
-                .and_then(|r| rounds.get_mut(r));
-            if let Some(round) = round
-                && round.progress(p.holder, p.delivered, p.last_us)
-            {
-                last_progress = Instant::now();
-            }
-        }
-        if stalled {
-            let r = rounds.len();
-            eprintln!(
-                "{name}: STALLED: broadcast {r} reached {} of {opened} connections; no delivery for {} s",
-                rounds.last().map_or(0, |r| r.delivered),
-                stall.as_secs()
-            );
-            break;
-        }
-        if let Some(r) = rounds.last() {
-            eprintln!(
-                "{name}: broadcast {} reached {opened} connections in {:.1} ms",
-                k + 1,
-                r.time_to_last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
-            );
-        }
-    }
+    let mut side = Broadcasts {
+        admin: &admin,
+        holders: &mut holders,
+        rounds: Vec::new(),
+        run: &run,
+        pad: &pad,
+        base,
+    };
+    let stalled = publish_rounds(name, args.broadcasts, opened, stall, &mut side).await?;
+    let mut rounds = side.rounds;
     let finished = Instant::now();
     let server_after = ctx.server.as_ref().and_then(|p| p.try_sample());
     let bench_after = ctx.bench.try_sample();
@@ -244,43 +253,20 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result
     let ended_early_count: u64 = closed.ended_early.values().sum();
 
     // Report.
-    let sent = rounds.iter().filter(|r| r.post_error.is_none()).count() as u64;
-    let expected = opened * sent;
-    let delivered: u64 = rounds.iter().map(|r| r.delivered).sum();
-    let mut latency = Latency::new()?;
-    let mut post = Latency::new()?;
-    let mut fan_out_secs = 0.0;
-    let mut per_round = Vec::new();
-    for (i, r) in rounds.iter().enumerate() {
-        latency.merge(&r.latency)?;
-        if let Some(p) = r.post_latency {
-            post.record(p);
-        }
-        let to_last = r.time_to_last().map(|d| d.as_secs_f64());
-        let complete = r.delivered == opened && r.post_error.is_none();
-        if complete {
-            fan_out_secs += to_last.unwrap_or(0.0);
-        }
-        let rate = to_last.map(|s| r.delivered as f64 / s.max(1e-9));
-        let s = r.latency.summary();
-        per_round.push(json!({
-            "broadcast": i + 1,
-            "post_ms": r.post_latency.map(|d| round3(d.as_secs_f64() * 1e3)),
-            "post_error": r.post_error,
-            "delivered": r.delivered,
-            "complete": complete,
-            "time_to_first_ms": r.time_to_first().map(|d| round3(d.as_secs_f64() * 1e3)),
-            "time_to_last_ms": to_last.map(|s| round3(s * 1e3)),
-            "deliveries_per_sec": rate.map(round3),
-            "latency_ms": s.to_json(),
-        }));
-    }
-    let complete_deliveries: u64 = rounds
+    let measured = rounds
         .iter()
-        .filter(|r| r.delivered == opened && r.post_error.is_none())
-        .map(|r| r.delivered)
-        .sum();
-    let rate = complete_deliveries as f64 / fan_out_secs.max(1e-9);
+        .map(|r| RoundReport {
+            post_latency: r.post_latency,
+            post_error: r.post_error.clone(),
+            delivered: r.delivered,
+            time_to_first: r.time_to_first(),
+            time_to_last: r.time_to_last(),
+            latency: &r.latency,
+        })
+        .collect();
+    let totals = Rounds::new(measured, opened, "POST", true)?;
+    let (delivered, expected, post_errors) =
+        (totals.delivered, totals.expected, totals.post_errors);
     let wall_secs = finished.duration_since(started).as_secs_f64();
     let server = fanout::server_usage(
         ctx.server.as_ref(),
@@ -297,7 +283,6 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result
         (Some(b), Some(a), Some(children)) => Some(round3(a.cpu_secs - b.cpu_secs + children)),
         _ => None,
     };
-    let lat = latency.summary();
     let source_ips = args.spread.source_ips_json();
 
     say!(
@@ -313,44 +298,14 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result
             source_ips.join(",")
         }
     );
-    say!(
-        ctx,
-        "opened         {opened} in {connect_secs:.3} s ({:.0}/s), {failed} failed",
-        opened as f64 / connect_secs
-    );
-    say!(ctx, "connect        {}", connect.line());
-    for (i, r) in rounds.iter().enumerate() {
-        let s = r.latency.summary();
-        match (&r.post_error, r.time_to_last()) {
-            (Some(e), _) => say!(ctx, "broadcast {:<4} POST failed: {e}", i + 1),
-            (None, Some(d)) => say!(
-                ctx,
-                "broadcast {:<4} {}/{opened} in {:.3} ms (first {:.3} ms) => {:.0} deliveries/s  p50 {:.3}  p99 {:.3} ms (POST {:.3} ms)",
-                i + 1,
-                r.delivered,
-                d.as_secs_f64() * 1e3,
-                r.time_to_first().map_or(0.0, |f| f.as_secs_f64() * 1e3),
-                r.delivered as f64 / d.as_secs_f64().max(1e-9),
-                s.p50,
-                s.p99,
-                r.post_latency.map_or(0.0, |p| p.as_secs_f64() * 1e3)
-            ),
-            (None, None) => say!(ctx, "broadcast {:<4} reached no connection", i + 1),
-        }
-    }
-    say!(
-        ctx,
-        "delivered      {delivered} of {expected} expected  =>  {rate:.0} deliveries/s over complete broadcasts"
-    );
-    say!(ctx, "latency        {}", lat.line());
-    say!(ctx, "POST           {}", post.summary().line());
+    say_opened(ctx, opened, failed, connect_secs, connect);
+    totals.say(ctx);
     if let Some(server) = &server {
         say!(ctx, "{}", crate::fanout::server_line(server, "delivery"));
     }
     if let Some(cpu) = bench_cpu {
         say!(ctx, "bench          cpu {cpu} s (all bench processes)");
     }
-    let post_errors = rounds.iter().filter(|r| r.post_error.is_some()).count();
     if stalled
         || failed > 0
         || delivered < expected
@@ -361,14 +316,14 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result
         say!(
             ctx,
             "PROBLEMS       stalled={stalled} failed_to_open={failed} missing={} duplicates={duplicates} post_errors={post_errors} ended_early={ended_early_count}",
-            expected.saturating_sub(delivered),
+            totals.missing(),
         );
         for (reason, count) in failures.iter().chain(&closed.ended_early) {
             say!(ctx, "  {count} x {reason}");
         }
     }
 
-    Ok(json!({
+    let mut report = json!({
         "scenario": name,
         "run": run,
         "config": {
@@ -388,24 +343,16 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result
         "open_failures": failures,
         "connect_secs": round3(connect_secs),
         "connect_latency_ms": connect.to_json(),
-        "broadcasts_sent": sent,
-        "post_errors": post_errors,
-        "expected_deliveries": expected,
-        "delivered": delivered,
-        "missing": expected.saturating_sub(delivered),
         "duplicates": duplicates,
         "stalled": stalled,
         "ended_early": closed.ended_early,
         "other_events": closed.other_events,
-        "per_broadcast": per_round,
-        "fan_out_secs": round3(fan_out_secs),
-        "deliveries_per_sec": round3(rate),
-        "latency_ms": lat.to_json(),
-        "post_latency_ms": post.summary().to_json(),
         "wall_secs": round3(wall_secs),
         "server": server,
         "bench_cpu_secs": bench_cpu,
-    }))
+    });
+    merge(&mut report, totals.to_json());
+    Ok(report)
 }
 
 #[cfg(test)]

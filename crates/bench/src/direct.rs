@@ -41,6 +41,8 @@ use unimsg_client::proto::{EventType, UserId};
 use unimsg_client::{Authed, WsConnection};
 
 use crate::Ctx;
+use crate::engine::direct::{self as engine, Delivery, Received, ReceivedAll, watch};
+use crate::engine::idle::merge;
 use crate::stats::{Latency, round3};
 use crate::users;
 
@@ -117,6 +119,35 @@ impl Progress {
     }
 }
 
+/// What the watch of the run looks at.
+struct Watching<'a> {
+    progress: &'a Progress,
+    send_tasks: &'a [JoinHandle<Result<Latency>>],
+    receiving: &'a [JoinHandle<Received>],
+}
+
+impl engine::Progress for Watching<'_> {
+    fn acked_received(&self) -> (u64, u64) {
+        (
+            self.progress.acked.load(Ordering::Relaxed),
+            self.progress.received.load(Ordering::Relaxed),
+        )
+    }
+
+    fn senders_done(&self) -> bool {
+        self.send_tasks.iter().all(JoinHandle::is_finished)
+    }
+
+    fn receivers_gone(&self) -> bool {
+        self.receiving.iter().all(JoinHandle::is_finished)
+    }
+
+    fn extra(&self) -> String {
+        let errors = self.progress.send_errors.load(Ordering::Relaxed);
+        format!("  errors {errors}")
+    }
+}
+
 /// What every sender needs to build its messages.
 #[derive(Debug, Clone)]
 struct Sending {
@@ -142,22 +173,6 @@ impl Sending {
 
 fn nanos_since(base: Instant) -> u64 {
     u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// What one receiver saw.
-#[derive(Debug)]
-struct Received {
-    latency: Latency,
-    received: u64,
-    /// Events whose seq was not the previous one + 1.
-    seq_anomalies: u64,
-    /// `message.new` events without a numeric `content.t`.
-    bad_content: u64,
-    /// Events of other types (receipts, revocations).
-    other_events: u64,
-    last_at: Option<Instant>,
-    /// Why the connection ended early, if it did.
-    ended: Option<String>,
 }
 
 pub async fn run(ctx: &Ctx, args: DirectArgs) -> Result<Value> {
@@ -243,45 +258,14 @@ pub async fn run(ctx: &Ctx, args: DirectArgs) -> Result<Value> {
     }
 
     // Watch progress until everything sent was delivered, or nothing moves.
+    let watching = Watching {
+        progress: &progress,
+        send_tasks: &send_tasks,
+        receiving: &receiving,
+    };
     let stall = Duration::from_secs(args.stall_secs.max(1));
-    let mut seen = (0, 0);
-    let mut last_change = Instant::now();
-    let mut last_print = Instant::now();
-    let mut sends_done_at = None;
-    let mut stalled = false;
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let acked = progress.acked.load(Ordering::Relaxed);
-        let received = progress.received.load(Ordering::Relaxed);
-        let errors = progress.send_errors.load(Ordering::Relaxed);
-        if (acked, received) != seen {
-            seen = (acked, received);
-            last_change = Instant::now();
-        }
-        if sends_done_at.is_none() && send_tasks.iter().all(JoinHandle::is_finished) {
-            sends_done_at = Some(Instant::now());
-        }
-        let receivers_gone = receiving.iter().all(JoinHandle::is_finished);
-        if sends_done_at.is_some() && (received >= acked || receivers_gone) {
-            break;
-        }
-        if last_change.elapsed() >= stall {
-            stalled = true;
-            eprintln!(
-                "direct: STALLED: no progress for {}s (acked {acked}, received {received})",
-                stall.as_secs()
-            );
-            break;
-        }
-        if last_print.elapsed() >= Duration::from_secs(1) {
-            last_print = Instant::now();
-            eprintln!(
-                "direct: [{:5.1}s] acked {acked}  received {received}  errors {errors}",
-                started.elapsed().as_secs_f64()
-            );
-        }
-    }
-    let finished = Instant::now();
+    let watched = watch(started, stall, &watching).await;
+    let stalled = watched.stalled;
     let server_after = ctx.server.as_ref().and_then(|p| p.try_sample());
     let bench_after = ctx.bench.try_sample();
     stop.cancel();
@@ -300,34 +284,33 @@ pub async fn run(ctx: &Ctx, args: DirectArgs) -> Result<Value> {
             Err(e) => sender_failures.push(format!("sender task failed: {e}")),
         }
     }
-    let mut latency = Latency::new()?;
-    let (mut delivered, mut seq_anomalies, mut bad_content, mut other_events) = (0, 0, 0, 0);
-    let mut last_delivery = None::<Instant>;
-    let mut receiver_failures = Vec::new();
+    let mut all = ReceivedAll::new()?;
     for task in receiving {
-        let r = task.await.context("receiver task failed")?;
-        latency.merge(&r.latency)?;
-        delivered += r.received;
-        seq_anomalies += r.seq_anomalies;
-        bad_content += r.bad_content;
-        other_events += r.other_events;
-        last_delivery = last_delivery.max(r.last_at);
-        receiver_failures.extend(r.ended);
+        all.add(task.await.context("receiver task failed")?)?;
     }
+    let ReceivedAll {
+        latency,
+        delivered,
+        duplicates: _,
+        seq_anomalies,
+        bad_content,
+        other_events,
+        last_delivery,
+        failures: receiver_failures,
+    } = all;
 
     let sent = progress.sent.load(Ordering::Relaxed);
     let acked = progress.acked.load(Ordering::Relaxed);
     let send_errors = progress.send_errors.load(Ordering::Relaxed);
-    let wall = last_delivery.unwrap_or(finished).duration_since(started);
-    let wall_secs = wall.as_secs_f64().max(1e-9);
-    let send_secs = sends_done_at
-        .unwrap_or(finished)
-        .duration_since(started)
-        .as_secs_f64()
-        .max(1e-9);
-    let rate = delivered as f64 / wall_secs;
-    let lat = latency.summary();
-    let ack = ack_latency.summary();
+    let delivery = Delivery::new(
+        started,
+        watched,
+        last_delivery,
+        (delivered, acked),
+        &latency,
+        &ack_latency,
+    );
+    let wall_secs = delivery.wall_secs;
 
     let server = match (&ctx.server, server_before, server_after) {
         (Some(probe), Some(b), Some(a)) => {
@@ -360,23 +343,7 @@ pub async fn run(ctx: &Ctx, args: DirectArgs) -> Result<Value> {
         "messages       {} requested, {sent} sent, {acked} acked, {send_errors} send errors",
         args.messages
     );
-    say!(
-        ctx,
-        "delivered      {delivered} in {wall_secs:.3} s  =>  {rate:.0} msg/s"
-    );
-    say!(
-        ctx,
-        "send rate      {:.0} msg/s acked ({send_secs:.3} s)",
-        acked as f64 / send_secs
-    );
-    say!(ctx, "latency        {}", lat.line());
-    say!(ctx, "ack latency    {}", ack.line());
-    if let Some(server) = &server {
-        say!(ctx, "{}", crate::fanout::server_line(server, "msg"));
-    }
-    if let Some(cpu) = bench_cpu {
-        say!(ctx, "bench          cpu {cpu} s");
-    }
+    delivery.say(ctx, server.as_ref(), bench_cpu);
     let problems = stalled
         || send_errors > 0
         || delivered < acked
@@ -398,7 +365,7 @@ pub async fn run(ctx: &Ctx, args: DirectArgs) -> Result<Value> {
         }
     }
 
-    Ok(json!({
+    let mut report = json!({
         "scenario": "direct",
         "run": run,
         "config": {
@@ -422,15 +389,11 @@ pub async fn run(ctx: &Ctx, args: DirectArgs) -> Result<Value> {
         "other_events": other_events,
         "sender_failures": sender_failures,
         "receiver_failures": receiver_failures,
-        "wall_secs": round3(wall_secs),
-        "send_secs": round3(send_secs),
-        "msgs_per_sec": round3(rate),
-        "acked_per_sec": round3(acked as f64 / send_secs),
-        "latency_ms": lat.to_json(),
-        "ack_latency_ms": ack.to_json(),
         "server": server,
         "bench_cpu_secs": bench_cpu,
-    }))
+    });
+    merge(&mut report, delivery.to_json());
+    Ok(report)
 }
 
 /// Reads a receiver's WebSocket until `expected` messages arrived, the
@@ -446,6 +409,7 @@ async fn receive(
     let mut r = Received {
         latency,
         received: 0,
+        duplicates: 0,
         seq_anomalies: 0,
         bad_content: 0,
         other_events: 0,

@@ -1,6 +1,6 @@
-//! Fan-out receivers shared by `broadcast`, `sse` and `group`: many
-//! WebSocket or SSE connections, each read by its own task, reporting every
-//! event that belongs to this run to one channel with its arrival time.
+//! unimsg's side of the fan-out receivers of `broadcast`, `sse` and
+//! `group`: WebSocket or SSE connections as a [`Receiver`] of the scenario
+//! engine's [`Fleet`], and which of their events belong to this run.
 //!
 //! An event belongs to the run when it has the expected type and its
 //! `data.content.run` is the run id; its `data.content.round` says which
@@ -12,26 +12,17 @@
 //! `idle`, `broadcast` and `sse` run their fleets through [`crate::hold`],
 //! which can spread them over several processes.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use anyhow::Result;
-use futures_util::{StreamExt, stream};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use unimsg_client::proto::{Event, EventType, Seq};
 use unimsg_client::{Authed, SseConnection, WsConnection};
 
-use crate::stats::Latency;
-
-/// How long closing the connections may take at the end.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::engine::fleet::{Closed, Fleet, Next, Seen};
+use crate::engine::fleet::{Incoming, Matches, Receiver};
 
 /// Which real-time transport the receivers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -95,27 +86,28 @@ impl Conn {
     }
 }
 
-/// One event of this run seen by one connection.
-#[derive(Debug, Clone, Copy)]
-pub struct Seen {
-    /// Index of the connection in the fleet.
-    pub conn: usize,
-    /// `data.content.round`.
-    pub round: u64,
-    /// When the reader got it.
-    pub at: Instant,
-    /// `data.content.t`, if present.
-    pub stamp: Option<u64>,
-}
+impl Receiver for Conn {
+    type Payload = Event;
 
-/// What [`Fleet::next`] found.
-#[derive(Debug, Clone, Copy)]
-pub enum Next {
-    Seen(Seen),
-    /// Nothing within the wait.
-    Quiet,
-    /// Every connection has ended: nothing more will come.
-    AllEnded,
+    async fn next_payload(&mut self) -> Result<Option<Incoming<Event>>> {
+        Ok(self.next_event().await?.map(Incoming::Payload))
+    }
+
+    async fn close(self) {
+        Conn::close(self).await;
+    }
+
+    fn ended_reason(&self) -> String {
+        Conn::ended_reason(self)
+    }
+
+    fn read_failed(&self, error: &anyhow::Error) -> String {
+        let kind = match self {
+            Conn::Ws(_) => "websocket",
+            Conn::Sse(_) => "event stream",
+        };
+        format!("{kind} read failed: {error}")
+    }
 }
 
 /// Which events the readers report.
@@ -137,233 +129,39 @@ impl Matcher {
         }
         Some((content["round"].as_u64()?, content["t"].as_u64()))
     }
-}
 
-/// What one reader counted when it stopped.
-#[derive(Debug, Default)]
-pub struct ReaderEnd {
-    /// Events (or frames) of other types or runs.
-    pub other_events: u64,
-    /// Why the connection ended before the bench closed it.
-    pub ended: Option<String>,
-}
-
-/// The open connections and their readers.
-#[derive(Debug)]
-pub struct Fleet {
-    /// Connections that opened.
-    pub opened: usize,
-    /// Failed attempts, by error.
-    pub failures: BTreeMap<String, u64>,
-    pub connect_latency: Latency,
-    pub connect_secs: f64,
-    rx: mpsc::UnboundedReceiver<Seen>,
-    tasks: Vec<JoinHandle<ReaderEnd>>,
-    stop: CancellationToken,
-    /// Connections the server has ended so far.
-    ended: Arc<AtomicU64>,
-}
-
-/// What the readers reported once closed.
-#[derive(Debug, Default)]
-pub struct Closed {
-    pub other_events: u64,
-    /// Connections the server ended early, by reason.
-    pub ended_early: BTreeMap<String, u64>,
-}
-
-impl Closed {
-    pub fn ended_early_count(&self) -> u64 {
-        self.ended_early.values().sum()
+    /// The matcher as the engine's fleet takes it.
+    fn into_matches(self) -> Matches<Event> {
+        Arc::new(move |event| self.matches(event))
     }
 }
 
-impl Fleet {
-    /// Opens `owners.len()` connections, connection `i` with the token of
-    /// `owners[i]`, `concurrency` attempts at a time, and starts a reader on
-    /// each. Attempts that fail are counted, not fatal.
-    pub async fn open(
-        owners: Vec<Authed>,
-        transport: Transport,
-        concurrency: usize,
-        matcher: Matcher,
-        label: &str,
-    ) -> Result<Fleet> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let stop = CancellationToken::new();
-        let ended = Arc::new(AtomicU64::new(0));
-        let total = owners.len();
-        let started = Instant::now();
-        let mut attempts = stream::iter(owners.into_iter().enumerate())
-            .map(|(i, authed)| async move {
-                let t0 = Instant::now();
-                let conn = Conn::open(&authed, transport, None).await;
-                (i, t0.elapsed(), conn)
-            })
-            .buffer_unordered(concurrency.max(1));
-        let mut fleet = Fleet {
-            opened: 0,
-            failures: BTreeMap::new(),
-            connect_latency: Latency::new()?,
-            connect_secs: 0.0,
-            rx,
-            tasks: Vec::with_capacity(total),
-            stop: stop.clone(),
-            ended: ended.clone(),
-        };
-        let mut last_print = Instant::now();
-        while let Some((i, took, conn)) = attempts.next().await {
-            match conn {
-                Ok(conn) => {
-                    fleet.connect_latency.record(took);
-                    fleet.opened += 1;
-                    fleet.tasks.push(tokio::spawn(read(
-                        conn,
-                        i,
-                        matcher.clone(),
-                        tx.clone(),
-                        stop.clone(),
-                        ended.clone(),
-                    )));
-                }
-                Err(e) => *fleet.failures.entry(format!("{e:#}")).or_default() += 1,
-            }
-            if last_print.elapsed() >= Duration::from_secs(1) {
-                last_print = Instant::now();
-                eprintln!(
-                    "{label}: [{:5.1}s] {} of {total} {} connections open, {} failed",
-                    started.elapsed().as_secs_f64(),
-                    fleet.opened,
-                    transport.as_str(),
-                    fleet.failed()
-                );
-            }
-        }
-        fleet.connect_secs = started.elapsed().as_secs_f64();
-        Ok(fleet)
-    }
-
-    /// Failed connection attempts.
-    pub fn failed(&self) -> u64 {
-        self.failures.values().sum()
-    }
-
-    /// The next event of this run, waiting at most `wait` for it.
-    pub async fn next(&mut self, wait: Duration) -> Next {
-        match tokio::time::timeout(wait, self.rx.recv()).await {
-            Ok(Some(seen)) => Next::Seen(seen),
-            Ok(None) => Next::AllEnded,
-            Err(_) => Next::Quiet,
-        }
-    }
-
-    /// An event of this run that has already arrived, without waiting.
-    pub fn try_next(&mut self) -> Option<Seen> {
-        self.rx.try_recv().ok()
-    }
-
-    /// The next event of this run; `None` once every connection has ended.
-    pub async fn recv(&mut self) -> Option<Seen> {
-        self.rx.recv().await
-    }
-
-    /// Connections the server has ended so far (their reasons come with
-    /// [`Fleet::close`]).
-    pub fn ended_so_far(&self) -> u64 {
-        self.ended.load(Ordering::Relaxed)
-    }
-
-    /// Stops the readers, closes the connections and collects the readers'
-    /// counts.
-    pub async fn close(self) -> Closed {
-        close_readers(&self.stop, self.tasks).await
-    }
-}
-
-/// Stops readers (unimsg's or a peer's), waits for them to close their
-/// connections (at most [`CLOSE_TIMEOUT`] in all) and adds up their counts.
-pub async fn close_readers(stop: &CancellationToken, tasks: Vec<JoinHandle<ReaderEnd>>) -> Closed {
-    stop.cancel();
-    let deadline = Instant::now() + CLOSE_TIMEOUT;
-    let mut closed = Closed::default();
-    for task in tasks {
-        match tokio::time::timeout_at(deadline, task).await {
-            Ok(Ok(end)) => {
-                closed.other_events += end.other_events;
-                if let Some(reason) = end.ended {
-                    *closed.ended_early.entry(reason).or_default() += 1;
-                }
-            }
-            Ok(Err(e)) => {
-                *closed
-                    .ended_early
-                    .entry(format!("reader task failed: {e}"))
-                    .or_default() += 1;
-            }
-            Err(_) => {
-                eprintln!(
-                    "warning: connections did not close within {} s",
-                    CLOSE_TIMEOUT.as_secs()
-                );
-                break;
-            }
-        }
-    }
-    closed
-}
-
-/// Reads one connection until `stop` or its end, reporting this run's events.
-async fn read(
-    mut conn: Conn,
-    index: usize,
+/// Opens `owners.len()` connections, connection `i` with the token of
+/// `owners[i]`, `concurrency` attempts at a time, and starts a reader on
+/// each (see [`Fleet::open`]).
+pub async fn open_fleet(
+    owners: Vec<Authed>,
+    transport: Transport,
+    concurrency: usize,
     matcher: Matcher,
-    tx: mpsc::UnboundedSender<Seen>,
-    stop: CancellationToken,
-    ended: Arc<AtomicU64>,
-) -> ReaderEnd {
-    let mut end = ReaderEnd::default();
-    loop {
-        let event = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            event = conn.next_event() => event,
-        };
-        let at = Instant::now();
-        match event {
-            Ok(Some(event)) => match matcher.matches(&event) {
-                Some((round, stamp)) => {
-                    // The receiver lives as long as the fleet; a send error
-                    // only happens while it is being dropped.
-                    let _ = tx.send(Seen {
-                        conn: index,
-                        round,
-                        at,
-                        stamp,
-                    });
-                }
-                None => end.other_events += 1,
-            },
-            Ok(None) => {
-                ended.fetch_add(1, Ordering::Relaxed);
-                end.ended = Some(conn.ended_reason());
-                return end;
-            }
-            Err(e) => {
-                ended.fetch_add(1, Ordering::Relaxed);
-                end.ended = Some(format!("{} read failed: {e}", conn_kind(&conn)));
-                return end;
-            }
-        }
-    }
-    conn.close().await;
-    end
-}
-
-fn conn_kind(conn: &Conn) -> &'static str {
-    match conn {
-        Conn::Ws(_) => "websocket",
-        Conn::Sse(_) => "event stream",
-    }
+    label: &str,
+) -> Result<Fleet> {
+    let owners = &owners;
+    Fleet::open(
+        owners.len() as u64,
+        concurrency,
+        label,
+        &format!("{} connections", transport.as_str()),
+        |i| async move {
+            let authed = usize::try_from(i)
+                .ok()
+                .and_then(|i| owners.get(i))
+                .ok_or_else(|| anyhow::anyhow!("no owner for connection {i}"))?;
+            Conn::open(authed, transport, None).await
+        },
+        matcher.into_matches(),
+    )
+    .await
 }
 
 /// Nanoseconds from `base` to `at` (0 if `at` is earlier).

@@ -30,7 +30,7 @@ use unimsg_client::proto::{EventType, GroupId};
 use unimsg_client::{Authed, Method};
 
 use crate::Ctx;
-use crate::fanout::{self, Fleet, Matcher, Next, Transport};
+use crate::fanout::{self, Matcher, Next, Transport};
 use crate::stats::{Latency, round3};
 use crate::users;
 
@@ -98,7 +98,7 @@ pub async fn run(ctx: &Ctx, args: GroupArgs) -> Result<Value> {
         run: run.as_str().into(),
     };
     let owners = members.iter().map(|m| m.authed.clone()).collect();
-    let mut fleet = Fleet::open(
+    let mut fleet = fanout::open_fleet(
         owners,
         args.transport,
         usize::try_from(args.connect_concurrency)?,

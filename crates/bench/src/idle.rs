@@ -47,14 +47,12 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use tokio::time::Instant;
 use unimsg_client::proto::EventType;
 
 use crate::Ctx;
+use crate::engine::idle::{IdleCosts, IdleSamples, cpu_between, hold, quiet};
 use crate::fanout::Transport;
 use crate::hold::{self, Holders, OpenedAll, Plan, SpreadArgs};
-use crate::procfs::Sample;
-use crate::stats::round3;
 use crate::users;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -100,9 +98,7 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Value> {
     let users = users::provision(ctx, &run, "i", user_count, 1).await?;
 
     let settle = Duration::from_millis(args.settle_ms);
-    eprintln!("idle: quiet for {} s before the baseline", args.quiet_secs);
-    tokio::time::sleep(Duration::from_secs(args.quiet_secs)).await;
-    let before_open = ctx.server.as_ref().and_then(|p| p.try_sample());
+    let before_open = quiet(args.quiet_secs, ctx.server.as_ref()).await;
 
     // Open.
     let plan = Plan {
@@ -126,23 +122,16 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Value> {
     let closed_before_hold: u64 = at_open.iter().map(|c| c.ended).sum();
 
     // Hold.
-    eprintln!("idle: {opened} open; holding for {} s", args.hold_secs);
-    let bench_before = ctx.bench.try_sample();
-    let hold_start = Instant::now();
-    let hold_for = Duration::from_secs(args.hold_secs);
-    while hold_start.elapsed() < hold_for {
-        let left = hold_for.saturating_sub(hold_start.elapsed());
-        tokio::time::sleep(left.min(Duration::from_secs(5))).await;
-        let so_far = holders.report(&[]).await?;
-        eprintln!(
-            "idle: [{:5.1}s] holding; {} closed by the server so far",
-            hold_start.elapsed().as_secs_f64(),
-            so_far.iter().map(|c| c.ended).sum::<u64>()
-        );
-    }
-    let hold_secs = hold_start.elapsed().as_secs_f64();
-    let after_hold = ctx.server.as_ref().and_then(|p| p.try_sample());
-    let bench_after = ctx.bench.try_sample();
+    let closed_so_far = async || Ok(holders.report(&[]).await?.iter().map(|c| c.ended).sum());
+    let held = hold(
+        args.hold_secs,
+        opened,
+        ctx.server.as_ref(),
+        &ctx.bench,
+        closed_so_far,
+    )
+    .await?;
+    let (hold_secs, after_hold) = (held.secs, held.after_hold);
     let at_end = holders.report(&[]).await?;
     let closed_during_hold = at_end
         .iter()
@@ -157,35 +146,21 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Value> {
     let after_close = ctx.server.as_ref().and_then(|p| p.try_sample());
 
     // Report.
+    let samples = IdleSamples {
+        before_open,
+        after_open,
+        after_hold,
+        after_close,
+    };
     let connect = all.connect_latency.summary();
-    let rss = |s: Option<Sample>| s.map(|s| s.rss_kib);
-    let cpu_between = |a: Option<Sample>, b: Option<Sample>| match (a, b) {
-        (Some(a), Some(b)) => Some(b.cpu_secs - a.cpu_secs),
-        _ => None,
-    };
-    let per_conn = |x: f64| (opened > 0).then(|| x / opened as f64);
-    let rss_growth = |after: Option<Sample>| match (before_open, after) {
-        (Some(b), Some(a)) => per_conn(a.rss_kib as f64 - b.rss_kib as f64),
-        _ => None,
-    };
-    let rss_per_conn = rss_growth(after_hold);
-    let rss_per_conn_at_open = rss_growth(after_open);
-    let connect_cpu = cpu_between(before_open, after_open);
-    let connect_cpu_us = connect_cpu.and_then(|c| per_conn(c * 1e6));
-    let hold_cpu = cpu_between(after_open, after_hold);
-    let hold_cpu_us_per_conn_min =
-        hold_cpu.and_then(|c| per_conn(c * 1e6 / (hold_secs.max(1e-9) / 60.0)));
+    let costs = IdleCosts::new(samples, opened, connect_secs, connect, hold_secs);
     let bench_cpu = match (
-        cpu_between(bench_before, bench_after),
+        cpu_between(held.bench_before, held.bench_after),
         Holders::child_cpu_secs(&at_open, &at_end),
     ) {
         (Some(own), Some(children)) => Some(own + children),
         _ => None,
     };
-    let opt = |x: Option<f64>, unit: &str| {
-        x.map_or_else(|| "n/a".to_owned(), |x| format!("{x:.3} {unit}"))
-    };
-    let opt_kib = |x: Option<u64>| x.map_or_else(|| "n/a".to_owned(), |x| format!("{x} KiB"));
     let source_ips = args.spread.source_ips_json();
 
     say!(
@@ -197,38 +172,7 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Value> {
             source_ips.join(",")
         }
     );
-    say!(
-        ctx,
-        "opened         {opened} in {connect_secs:.3} s ({:.0}/s), {failed} failed",
-        opened as f64 / connect_secs
-    );
-    say!(ctx, "connect        {}", connect.line());
-    say!(
-        ctx,
-        "server rss     {} before, {} open, {} after hold, {} after close",
-        opt_kib(rss(before_open)),
-        opt_kib(rss(after_open)),
-        opt_kib(rss(after_hold)),
-        opt_kib(rss(after_close))
-    );
-    say!(
-        ctx,
-        "rss/conn       {} after hold ({} right after opening)",
-        opt(rss_per_conn, "KiB"),
-        opt(rss_per_conn_at_open, "KiB")
-    );
-    say!(
-        ctx,
-        "connect cpu    {} ({} per connection)",
-        opt(connect_cpu, "s"),
-        opt(connect_cpu_us, "us")
-    );
-    say!(
-        ctx,
-        "hold cpu       {} over {hold_secs:.1} s ({} per connection-minute)",
-        opt(hold_cpu, "s"),
-        opt(hold_cpu_us_per_conn_min, "us")
-    );
+    costs.say(ctx, failed);
     if let Some(cpu) = bench_cpu {
         say!(
             ctx,
@@ -245,7 +189,7 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Value> {
         }
     }
 
-    Ok(json!({
+    let mut report = json!({
         "scenario": "idle",
         "run": run,
         "config": {
@@ -265,25 +209,9 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Value> {
         "closed_by_server": closed_by_server,
         "closed_during_hold": closed_during_hold,
         "close_reasons": close_reasons,
-        "connect_secs": round3(connect_secs),
-        "connects_per_sec": round3(opened as f64 / connect_secs),
-        "connect_latency_ms": connect.to_json(),
-        "server": ctx.server.as_ref().map(|p| json!({
-            "pid": p.pid(),
-            "rss_kib_before_open": rss(before_open),
-            "rss_kib_open": rss(after_open),
-            "rss_kib_after_hold": rss(after_hold),
-            "rss_kib_after_close": rss(after_close),
-            "rss_kib_per_conn": rss_per_conn.map(round3),
-            "rss_kib_per_conn_at_open": rss_per_conn_at_open.map(round3),
-            "connect_cpu_secs": connect_cpu.map(round3),
-            "connect_cpu_us_per_conn": connect_cpu_us.map(round3),
-            "hold_cpu_secs": hold_cpu.map(round3),
-            "hold_cpu_us_per_conn_per_min": hold_cpu_us_per_conn_min.map(round3),
-        })),
-        "hold_secs_measured": round3(hold_secs),
-        "bench_hold_cpu_secs": bench_cpu.map(round3),
-    }))
+    });
+    costs.add_to(&mut report, ctx.server.as_ref(), bench_cpu);
+    Ok(report)
 }
 
 /// The soft limit on open files of this process, from `/proc/self/limits`.

@@ -17,35 +17,16 @@
 //! unimsg-bench --url http://127.0.0.1:8080 sync --messages 10000
 //! unimsg-bench smoke --server-bin target/debug/unimsg
 //! ```
-
-/// Writes one line of a scenario's human summary (see [`Ctx::say`]).
-macro_rules! say {
-    ($ctx:expr, $($arg:tt)*) => {
-        $ctx.say(format_args!($($arg)*))
-    };
-}
-
-mod broadcast;
-mod direct;
-mod fanout;
-mod group;
-mod hold;
-mod idle;
-mod login;
-mod peers;
-mod procfs;
-mod smoke;
-mod stats;
-mod sync;
-mod users;
-
-use std::io::Write;
+//!
+//! The scenarios live in the library (`src/lib.rs`); the same `idle`,
+//! `broadcast` and `direct` against other servers are `unimsg-bench-peers`
+//! (`crates/bench-peers`), on the library's scenario engine.
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use unimsg_client::{AdminClient, AdminCredentials, Client};
-
-use crate::procfs::Probe;
+use clap::Parser;
+use unimsg_bench::procfs::Probe;
+use unimsg_bench::{Ctx, Scenario, SummaryTo, hold, run_scenario, smoke};
+use unimsg_client::{AdminCredentials, Client};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -84,74 +65,6 @@ struct Cli {
     scenario: Scenario,
 }
 
-#[derive(Debug, Subcommand)]
-enum Scenario {
-    /// One-to-one chat: throughput and send→receive latency.
-    Direct(direct::DirectArgs),
-    /// Many idle WebSocket connections: server memory and CPU per connection.
-    Idle(idle::IdleArgs),
-    /// Admin broadcasts fanned out to many WebSocket connections.
-    Broadcast(broadcast::BroadcastArgs),
-    /// Catching up on many missed messages: HTTP sync, WebSocket and SSE replay.
-    Sync(sync::SyncArgs),
-    /// Group chat: one member sends, every member's WebSocket receives.
-    Group(group::GroupArgs),
-    /// Password logins and QR-code logins per second.
-    Login(login::LoginArgs),
-    /// Admin broadcasts fanned out to many SSE connections.
-    Sse(broadcast::BroadcastArgs),
-    /// Starts a server and runs every scenario with tiny parameters,
-    /// checking that everything expected was delivered (not timings).
-    Smoke(smoke::SmokeArgs),
-    /// The `idle`, `broadcast` and `direct` scenarios against another
-    /// server (nchan, soketi, mosquitto, ejabberd), for side-by-side numbers.
-    Peer(peers::PeerArgs),
-    /// Internal: holds a share of the connections of `idle`, `broadcast`
-    /// or `sse` run with `--procs` > 1 (a job on stdin, JSON lines).
-    #[command(hide = true)]
-    Hold,
-}
-
-/// Where a scenario's human summary goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SummaryTo {
-    /// Standard output, before the JSON line (a scenario run on its own).
-    Stdout,
-    /// Standard error (inside `smoke`, whose stdout is its own summary).
-    Stderr,
-}
-
-/// What every scenario works with.
-#[derive(Debug)]
-pub struct Ctx {
-    pub client: Client,
-    /// The admin API, when `--admin-password` was given.
-    pub admin: Option<AdminClient>,
-    /// The server process, when `--server-pid` was given.
-    pub server: Option<Probe>,
-    /// The bench process itself.
-    pub bench: Probe,
-    pub summary_to: SummaryTo,
-}
-
-impl Ctx {
-    /// Writes one line of the human summary (use the `say!` macro).
-    pub fn say(&self, line: std::fmt::Arguments<'_>) {
-        // A closed stdout or stderr is no reason to abort a measurement.
-        let _ = match self.summary_to {
-            SummaryTo::Stdout => writeln!(std::io::stdout().lock(), "{line}"),
-            SummaryTo::Stderr => writeln!(std::io::stderr().lock(), "{line}"),
-        };
-    }
-
-    /// The admin API, or an error naming the scenario that needs it.
-    pub fn admin(&self, scenario: &str) -> Result<&AdminClient> {
-        self.admin.as_ref().with_context(|| {
-            format!("`{scenario}` uses the admin API: pass --admin-password (or UNIMSG_BENCH_ADMIN_PASSWORD)")
-        })
-    }
-}
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -175,9 +88,6 @@ async fn run(cli: Cli) -> Result<serde_json::Value> {
     if let Scenario::Smoke(args) = cli.scenario {
         return smoke::run(args).await;
     }
-    if let Scenario::Peer(args) = cli.scenario {
-        return peers::run(args, cli.server_pid).await;
-    }
     let client = Client::new(&cli.url).with_context(|| format!("bad --url {:?}", cli.url))?;
     client
         .health()
@@ -197,16 +107,7 @@ async fn run(cli: Cli) -> Result<serde_json::Value> {
         bench: Probe::this_process(),
         summary_to: SummaryTo::Stdout,
     };
-    let name = match &cli.scenario {
-        Scenario::Direct(_) => "direct",
-        Scenario::Idle(_) => "idle",
-        Scenario::Broadcast(_) => "broadcast",
-        Scenario::Sync(_) => "sync",
-        Scenario::Group(_) => "group",
-        Scenario::Login(_) => "login",
-        Scenario::Sse(_) => "sse",
-        Scenario::Smoke(_) | Scenario::Peer(_) | Scenario::Hold => "",
-    };
+    let name = cli.scenario.name();
     let report = run_scenario(&ctx, cli.scenario).await?;
     // An incomplete run still reports what it measured, then fails.
     if let Err(problem) = smoke::check_complete(name, &report, false) {
@@ -216,26 +117,11 @@ async fn run(cli: Cli) -> Result<serde_json::Value> {
     Ok(report)
 }
 
-/// Runs one measuring scenario and returns its JSON report.
-async fn run_scenario(ctx: &Ctx, scenario: Scenario) -> Result<serde_json::Value> {
-    match scenario {
-        Scenario::Direct(args) => direct::run(ctx, args).await,
-        Scenario::Idle(args) => idle::run(ctx, args).await,
-        Scenario::Broadcast(args) => broadcast::run(ctx, args, fanout::Transport::Ws).await,
-        Scenario::Sync(args) => sync::run(ctx, args).await,
-        Scenario::Group(args) => group::run(ctx, args).await,
-        Scenario::Login(args) => login::run(ctx, args).await,
-        Scenario::Sse(args) => broadcast::run(ctx, args, fanout::Transport::Sse).await,
-        Scenario::Smoke(_) => anyhow::bail!("smoke does not nest"),
-        Scenario::Peer(_) => anyhow::bail!("`peer` runs on its own"),
-        Scenario::Hold => anyhow::bail!("`hold` is started by `idle`, `broadcast` or `sse`"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use unimsg_bench::direct;
 
     #[test]
     fn cli_is_consistent() {

@@ -33,8 +33,8 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};
 use serde_json::json;
 
-use super::PeerCtx;
-use super::ws::{self, Message, Ws};
+use crate::PeerCtx;
+use crate::ws::{self, Message, Ws};
 
 /// The virtual host of `scripts/peers/ejabberd/ejabberd.yml`.
 pub const DOMAIN: &str = "localhost";

@@ -26,10 +26,14 @@ use rumqttc::mqttbytes::v4::Packet;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::fleet::{Fleet, Next, Seen, Sub};
-use super::{Outcome, Peer, PeerCtx, mqtt, nchan, soketi};
-use crate::fanout::server_usage;
-use crate::stats::{Latency, round3};
+use crate::fleet::{self, Fleet, Next, Seen, Sub};
+use crate::{Outcome, Peer, PeerCtx, mqtt, nchan, soketi};
+use unimsg_bench::engine::idle::merge;
+use unimsg_bench::engine::rounds::{Publish, Round as RoundReport, Rounds, publish_rounds};
+use unimsg_bench::engine::say_opened;
+use unimsg_bench::fanout::server_usage;
+use unimsg_bench::say;
+use unimsg_bench::stats::{Latency, round3};
 
 /// Longest wait for the publisher's PUBACK.
 const PUBACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -109,11 +113,67 @@ impl Round {
     }
 }
 
+/// The publishes of one run, counted from the fleet's deliveries.
+struct Broadcasts<'a> {
+    ctx: &'a PeerCtx,
+    publisher: &'a mut Publisher,
+    fleet: &'a mut Fleet,
+    rounds: Vec<Round>,
+    /// (connection, round) pairs seen.
+    seen_pairs: HashSet<(usize, u64)>,
+    duplicates: u64,
+    run: &'a str,
+    pad: &'a str,
+    base: Instant,
+}
+
+impl Publish for Broadcasts<'_> {
+    async fn publish(&mut self, k: u64) -> Result<bool> {
+        let content = crate::content(
+            self.run,
+            "round",
+            k,
+            crate::nanos_since(self.base),
+            self.pad,
+        );
+        let posted_at = Instant::now();
+        let posted = self.publisher.publish(self.ctx, content).await;
+        let ok = posted.is_ok();
+        self.rounds.push(Round {
+            posted_at,
+            post_latency: ok.then(|| posted_at.elapsed()),
+            post_error: posted.err().map(|e| format!("{e:#}")),
+            delivered: 0,
+            last_at: None,
+            latency: Latency::new()?,
+        });
+        Ok(ok)
+    }
+
+    async fn next_delivery(&mut self, wait: Duration) -> Result<Option<bool>> {
+        let Next::Seen(seen) = self.fleet.next(wait).await else {
+            return Ok(None);
+        };
+        let news = account(seen, &mut self.rounds, &mut self.seen_pairs);
+        if !news {
+            self.duplicates += 1;
+        }
+        Ok(Some(news))
+    }
+
+    fn reached(&self, k: u64) -> (u64, Option<Duration>) {
+        usize::try_from(k)
+            .ok()
+            .and_then(|k| self.rounds.get(k))
+            .map_or((0, None), |r| (r.delivered, r.time_to_last()))
+    }
+}
+
 pub async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
     let peer = ctx.peer;
-    let run = super::run_id();
+    let run = crate::run_id();
     let n = args.connections;
-    let channel = super::channel("b", &run, None);
+    let channel = crate::channel("b", &run, None);
     let topic = format!("unimsg-bench/{run}/broadcast");
     let mut publisher = match peer {
         Peer::Nchan => Publisher::Nchan {
@@ -142,7 +202,7 @@ pub async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
         peer.as_str()
     );
     let (channel_ref, topic_ref, run_ref) = (channel.as_str(), topic.as_str(), run.as_str());
-    let mut fleet = Fleet::open(
+    let mut fleet = fleet::open(
         n,
         usize::try_from(args.connect_concurrency)?,
         &run,
@@ -176,59 +236,27 @@ pub async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
     let pad = "x".repeat(usize::try_from(args.content_bytes)?);
     let base = Instant::now();
     let stall = Duration::from_secs(args.stall_secs);
-    let mut rounds: Vec<Round> = Vec::new();
-    let mut seen_pairs: HashSet<(usize, u64)> = HashSet::new();
-    let mut duplicates = 0u64;
-    let mut stalled = false;
     let server_before = ctx.server.as_ref().and_then(|p| p.try_sample());
     let bench_before = ctx.bench.try_sample();
     let started = Instant::now();
-
-    for k in 0..args.broadcasts {
-        let content = super::content(&run, "round", k, super::nanos_since(base), &pad);
-        let posted_at = Instant::now();
-        let posted = publisher.publish(ctx, content).await;
-        rounds.push(Round {
-            posted_at,
-            post_latency: posted.is_ok().then(|| posted_at.elapsed()),
-            post_error: posted.err().map(|e| format!("{e:#}")),
-            delivered: 0,
-            last_at: None,
-            latency: Latency::new()?,
-        });
-        if rounds.last().is_some_and(|r| r.post_error.is_some()) {
-            continue;
-        }
-        let mut last_progress = Instant::now();
-        while rounds.last().is_some_and(|r| r.delivered < opened) {
-            let left = stall.saturating_sub(last_progress.elapsed());
-            let Next::Seen(seen) = fleet.next(left).await else {
-                stalled = true;
-                break;
-            };
-            if account(seen, &mut rounds, &mut seen_pairs) {
-                last_progress = Instant::now();
-            } else {
-                duplicates += 1;
-            }
-        }
-        if stalled {
-            eprintln!(
-                "broadcast: STALLED: broadcast {} reached {} of {opened} connections; no delivery for {} s",
-                k + 1,
-                rounds.last().map_or(0, |r| r.delivered),
-                stall.as_secs()
-            );
-            break;
-        }
-        if let Some(r) = rounds.last() {
-            eprintln!(
-                "broadcast: broadcast {} reached {opened} connections in {:.1} ms",
-                k + 1,
-                r.time_to_last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
-            );
-        }
-    }
+    let mut side = Broadcasts {
+        ctx,
+        publisher: &mut publisher,
+        fleet: &mut fleet,
+        rounds: Vec::new(),
+        seen_pairs: HashSet::new(),
+        duplicates: 0,
+        run: &run,
+        pad: &pad,
+        base,
+    };
+    let stalled = publish_rounds("broadcast", args.broadcasts, opened, stall, &mut side).await?;
+    let Broadcasts {
+        mut rounds,
+        mut seen_pairs,
+        mut duplicates,
+        ..
+    } = side;
     let finished = Instant::now();
     let server_after = ctx.server.as_ref().and_then(|p| p.try_sample());
     let bench_after = ctx.bench.try_sample();
@@ -247,54 +275,30 @@ pub async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
     }
 
     // Report.
-    let sent = rounds.iter().filter(|r| r.post_error.is_none()).count() as u64;
-    let expected = opened * sent;
-    let delivered: u64 = rounds.iter().map(|r| r.delivered).sum();
-    let mut latency = Latency::new()?;
-    let mut post = Latency::new()?;
-    let mut fan_out_secs = 0.0;
-    let mut per_round = Vec::new();
-    for (i, r) in rounds.iter().enumerate() {
-        latency.merge(&r.latency)?;
-        if let Some(p) = r.post_latency {
-            post.record(p);
-        }
-        let to_last = r.time_to_last().map(|d| d.as_secs_f64());
-        let complete = r.delivered == opened && r.post_error.is_none();
-        if complete {
-            fan_out_secs += to_last.unwrap_or(0.0);
-        }
-        let rate = to_last.map(|s| r.delivered as f64 / s.max(1e-9));
-        per_round.push(json!({
-            "broadcast": i + 1,
-            "post_ms": r.post_latency.map(|d| round3(d.as_secs_f64() * 1e3)),
-            "post_error": r.post_error,
-            "delivered": r.delivered,
-            "complete": complete,
-            "time_to_last_ms": to_last.map(|s| round3(s * 1e3)),
-            "deliveries_per_sec": rate.map(round3),
-            "latency_ms": r.latency.summary().to_json(),
-        }));
-    }
-    let complete_deliveries: u64 = rounds
+    let measured = rounds
         .iter()
-        .filter(|r| r.delivered == opened && r.post_error.is_none())
-        .map(|r| r.delivered)
-        .sum();
-    let rate = complete_deliveries as f64 / fan_out_secs.max(1e-9);
+        .map(|r| RoundReport {
+            post_latency: r.post_latency,
+            post_error: r.post_error.clone(),
+            delivered: r.delivered,
+            time_to_first: None,
+            time_to_last: r.time_to_last(),
+            latency: &r.latency,
+        })
+        .collect();
+    let totals = Rounds::new(measured, opened, "publish", false)?;
     let wall_secs = finished.duration_since(started).as_secs_f64();
     let server = server_usage(
         ctx.server.as_ref(),
         server_before,
         server_after,
         wall_secs,
-        Some(("delivery", delivered)),
+        Some(("delivery", totals.delivered)),
     );
     let bench_cpu = match (bench_before, bench_after) {
         (Some(b), Some(a)) => Some(round3(a.cpu_secs - b.cpu_secs)),
         _ => None,
     };
-    let lat = latency.summary();
 
     say!(
         ctx,
@@ -303,44 +307,20 @@ pub async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
         args.broadcasts,
         args.content_bytes
     );
-    say!(
-        ctx,
-        "opened         {opened} in {connect_secs:.3} s ({:.0}/s), {failed} failed",
-        opened as f64 / connect_secs
-    );
-    say!(ctx, "connect        {}", connect.line());
-    for (i, r) in rounds.iter().enumerate() {
-        let s = r.latency.summary();
-        match (&r.post_error, r.time_to_last()) {
-            (Some(e), _) => say!(ctx, "broadcast {:<4} publish failed: {e}", i + 1),
-            (None, Some(d)) => say!(
-                ctx,
-                "broadcast {:<4} {}/{opened} in {:.3} ms => {:.0} deliveries/s  p50 {:.3}  p99 {:.3} ms (publish {:.3} ms)",
-                i + 1,
-                r.delivered,
-                d.as_secs_f64() * 1e3,
-                r.delivered as f64 / d.as_secs_f64().max(1e-9),
-                s.p50,
-                s.p99,
-                r.post_latency.map_or(0.0, |p| p.as_secs_f64() * 1e3)
-            ),
-            (None, None) => say!(ctx, "broadcast {:<4} reached no connection", i + 1),
-        }
-    }
-    say!(
-        ctx,
-        "delivered      {delivered} of {expected} expected  =>  {rate:.0} deliveries/s over complete broadcasts"
-    );
-    say!(ctx, "latency        {}", lat.line());
-    say!(ctx, "publish        {}", post.summary().line());
+    say_opened(ctx, opened, failed, connect_secs, connect);
+    totals.say(ctx);
     if let Some(server) = &server {
-        say!(ctx, "{}", crate::fanout::server_line(server, "delivery"));
+        say!(
+            ctx,
+            "{}",
+            unimsg_bench::fanout::server_line(server, "delivery")
+        );
     }
     if let Some(cpu) = bench_cpu {
         say!(ctx, "bench          cpu {cpu} s");
     }
-    let post_errors = rounds.iter().filter(|r| r.post_error.is_some()).count() as u64;
-    let missing = expected.saturating_sub(delivered);
+    let post_errors = totals.post_errors;
+    let missing = totals.missing();
     let mut problems = Vec::new();
     if stalled {
         problems.push("stalled".to_owned());
@@ -373,7 +353,7 @@ pub async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
         }
     }
 
-    let report = json!({
+    let mut report = json!({
         "scenario": "broadcast",
         "peer": peer.as_str(),
         "run": run,
@@ -390,24 +370,15 @@ pub async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
         "open_failures": failures,
         "connect_secs": round3(connect_secs),
         "connect_latency_ms": connect.to_json(),
-        "broadcasts_sent": sent,
-        "post_errors": post_errors,
-        "expected_deliveries": expected,
-        "delivered": delivered,
-        "missing": missing,
         "duplicates": duplicates,
         "stalled": stalled,
         "ended_early": closed.ended_early,
         "other_events": closed.other_events,
-        "per_broadcast": per_round,
-        "fan_out_secs": round3(fan_out_secs),
-        "deliveries_per_sec": round3(rate),
-        "latency_ms": lat.to_json(),
-        "post_latency_ms": post.summary().to_json(),
         "wall_secs": round3(wall_secs),
         "server": server,
         "bench_cpu_secs": bench_cpu,
     });
+    merge(&mut report, totals.to_json());
     Ok(Outcome { report, problems })
 }
 

@@ -31,8 +31,8 @@ use futures_util::{SinkExt, StreamExt};
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
 
-use super::PeerCtx;
-use super::ws::{self, Message, Ws};
+use crate::PeerCtx;
+use crate::ws::{self, Message, Ws};
 
 pub const APP_ID: &str = "app-id";
 pub const APP_KEY: &str = "app-key";

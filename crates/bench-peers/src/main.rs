@@ -1,6 +1,9 @@
-//! `peer`: the `idle`, `broadcast` and `direct` scenarios run against other
-//! messaging servers on the same machine, so `scripts/bench-peers` can put
-//! unimsg's numbers next to theirs.
+//! `unimsg-bench-peers`: the `idle`, `broadcast` and `direct` scenarios of
+//! `unimsg-bench` run against other messaging servers on the same machine,
+//! so `scripts/bench-peers` can put unimsg's numbers next to theirs. The
+//! protocols are here (one module each: `nchan`, `soketi`, `mqtt`,
+//! `xmpp`; `fleet` makes their connections a `Receiver` of the scenario
+//! engine); holding, measuring and reporting are `unimsg_bench::engine`'s.
 //!
 //! Every scenario takes the flags of its unimsg counterpart (where they
 //! apply) and prints the same JSON keys as its last stdout line, plus
@@ -23,6 +26,17 @@
 //! `--server-pid` is the process that holds the connections: nginx's worker
 //! (not the master), soketi's node process, mosquitto, ejabberd's
 //! `beam.smp`.
+//!
+//! ```text
+//! unimsg-bench-peers --peer nchan --server-pid 1234 idle --connections 1000 --conns-per-user 10
+//! unimsg-bench-peers --peer mosquitto broadcast --connections 1000 --broadcasts 5
+//! unimsg-bench-peers --peer ejabberd direct --messages 20000 --senders 4 --window 64
+//! ```
+//!
+//! This crate is outside the workspace's `default-members` (a root
+//! `cargo build` or `cargo test` skips it; `scripts/bench-peers` builds
+//! it): its protocol dependencies (`rumqttc`, `quick-xml`, `md-5`) serve
+//! the comparison only.
 
 mod broadcast;
 mod direct;
@@ -38,16 +52,27 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::Subcommand;
+use clap::{Parser, Subcommand};
 use serde_json::Value;
-
-use crate::procfs::Probe;
+use unimsg_bench::procfs::Probe;
 
 /// Time allowed for one HTTP request to a peer.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Parser)]
+#[command(
+    name = "unimsg-bench-peers",
+    version,
+    about = "The idle, broadcast and direct scenarios against other messaging servers"
+)]
 pub struct PeerArgs {
+    /// The peer's server process id, to report its CPU time and RSS (from
+    /// /proc).
+    #[arg(long, global = true, env = "UNIMSG_BENCH_SERVER_PID")]
+    pub server_pid: Option<u32>,
+    /// Worker threads of the bench's own runtime [default: one per core].
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub threads: Option<u64>,
     /// Which peer server to drive.
     #[arg(long, value_enum)]
     pub peer: Peer,
@@ -146,6 +171,12 @@ impl PeerCtx {
     }
 }
 
+impl unimsg_bench::engine::Say for PeerCtx {
+    fn say(&self, line: std::fmt::Arguments<'_>) {
+        PeerCtx::say(self, line);
+    }
+}
+
 /// A scenario's JSON report and what was incomplete about the run.
 #[derive(Debug)]
 pub struct Outcome {
@@ -154,12 +185,25 @@ pub struct Outcome {
     pub problems: Vec<String>,
 }
 
+fn main() -> Result<()> {
+    let args = PeerArgs::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = args.threads {
+        runtime.worker_threads(usize::try_from(threads)?);
+    }
+    let runtime = runtime.build().context("cannot start the async runtime")?;
+    let report = runtime.block_on(run(args))?;
+    println!("{report}");
+    Ok(())
+}
+
 /// Runs one peer scenario. An incomplete run prints its JSON line anyway,
 /// then fails.
-pub async fn run(args: PeerArgs, server_pid: Option<u32>) -> Result<Value> {
+pub async fn run(args: PeerArgs) -> Result<Value> {
     let peer = args.peer;
     let port = args.port.unwrap_or_else(|| peer.default_port());
-    let server = server_pid.map(Probe::new).transpose()?;
+    let server = args.server_pid.map(Probe::new).transpose()?;
     let http = reqwest::Client::builder()
         .timeout(HTTP_TIMEOUT)
         .build()
@@ -194,7 +238,7 @@ pub async fn run(args: PeerArgs, server_pid: Option<u32>) -> Result<Value> {
 
 /// A random 8-hex-digit id for this run (channel, topic and user names).
 pub fn run_id() -> String {
-    crate::users::run_id()
+    unimsg_bench::users::run_id()
 }
 
 /// The content every broadcast or direct message carries: the run, a
@@ -230,6 +274,25 @@ pub fn nanos_since(base: tokio::time::Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() -> Result<()> {
+        PeerArgs::command().debug_assert();
+        let cli = PeerArgs::try_parse_from([
+            "unimsg-bench-peers",
+            "--peer",
+            "nchan",
+            "idle",
+            "--connections",
+            "5",
+            "--server-pid",
+            "7",
+        ])?;
+        assert_eq!((cli.peer, cli.server_pid), (Peer::Nchan, Some(7)));
+        assert!(matches!(cli.scenario, PeerScenario::Idle(ref i) if i.connections == 5));
+        Ok(())
+    }
 
     #[test]
     fn content_round_trips_and_filters_runs() {

@@ -25,7 +25,7 @@ use rumqttc::mqttbytes::v4::{
 };
 use rumqttc::mqttbytes::{self, QoS};
 
-use super::ws::{self, Message, Ws};
+use crate::ws::{self, Message, Ws};
 
 /// Largest packet accepted from the broker.
 const MAX_PACKET: usize = 1 << 20;

@@ -20,12 +20,11 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use rumqttc::mqttbytes::QoS;
 use serde_json::json;
-use tokio::time::Instant;
+use unimsg_bench::engine::idle::{IdleCosts, IdleSamples, cpu_between, hold, quiet};
+use unimsg_bench::say;
 
-use super::fleet::{Fleet, Sub};
-use super::{Outcome, Peer, PeerCtx, mqtt, nchan, soketi, xmpp};
-use crate::procfs::Sample;
-use crate::stats::round3;
+use crate::fleet::{self, Sub};
+use crate::{Outcome, Peer, PeerCtx, mqtt, nchan, soketi, xmpp};
 
 /// Sessions per user that `scripts/peers/ejabberd/ejabberd.yml` allows.
 const EJABBERD_MAX_SESSIONS: u64 = 10;
@@ -61,21 +60,19 @@ pub async fn run(ctx: &PeerCtx, args: IdleArgs) -> Result<Outcome> {
             "ejabberd allows {EJABBERD_MAX_SESSIONS} sessions per user (max_user_sessions): use --conns-per-user {EJABBERD_MAX_SESSIONS} or less"
         );
     }
-    let run = super::run_id();
+    let run = crate::run_id();
     let groups = n.div_ceil(per_user);
     let users: Vec<String> = (0..groups).map(|u| format!("i{run}u{u}")).collect();
     if peer == Peer::Ejabberd {
         eprintln!("idle: registering {groups} ejabberd users (run {run})");
         xmpp::register(ctx, &users).await?;
     }
-    eprintln!("idle: quiet for {} s before the baseline", args.quiet_secs);
-    tokio::time::sleep(Duration::from_secs(args.quiet_secs)).await;
-    let before_open = ctx.server.as_ref().and_then(|p| p.try_sample());
+    let before_open = quiet(args.quiet_secs, ctx.server.as_ref()).await;
 
     // Open.
     let users = &users;
     let run_ref = run.as_str();
-    let fleet = Fleet::open(
+    let fleet = fleet::open(
         n,
         usize::try_from(args.connect_concurrency)?,
         &run,
@@ -92,26 +89,20 @@ pub async fn run(ctx: &PeerCtx, args: IdleArgs) -> Result<Outcome> {
     let settle = Duration::from_millis(args.settle_ms);
     tokio::time::sleep(settle).await;
     let after_open = ctx.server.as_ref().and_then(|p| p.try_sample());
-    let closed_before_hold = fleet.ended();
+    let closed_before_hold = fleet.ended_so_far();
 
     // Hold.
-    eprintln!("idle: {opened} open; holding for {} s", args.hold_secs);
-    let bench_before = ctx.bench.try_sample();
-    let hold_start = Instant::now();
-    let hold_for = Duration::from_secs(args.hold_secs);
-    while hold_start.elapsed() < hold_for {
-        let left = hold_for.saturating_sub(hold_start.elapsed());
-        tokio::time::sleep(left.min(Duration::from_secs(5))).await;
-        eprintln!(
-            "idle: [{:5.1}s] holding; {} closed by the server so far",
-            hold_start.elapsed().as_secs_f64(),
-            fleet.ended()
-        );
-    }
-    let hold_secs = hold_start.elapsed().as_secs_f64();
-    let after_hold = ctx.server.as_ref().and_then(|p| p.try_sample());
-    let bench_after = ctx.bench.try_sample();
-    let closed_during_hold = fleet.ended() - closed_before_hold;
+    let closed_so_far = async || Ok(fleet.ended_so_far());
+    let held = hold(
+        args.hold_secs,
+        opened,
+        ctx.server.as_ref(),
+        &ctx.bench,
+        closed_so_far,
+    )
+    .await?;
+    let (hold_secs, after_hold) = (held.secs, held.after_hold);
+    let closed_during_hold = fleet.ended_so_far() - closed_before_hold;
 
     // Close.
     let connect = fleet.connect_latency.summary();
@@ -121,28 +112,14 @@ pub async fn run(ctx: &PeerCtx, args: IdleArgs) -> Result<Outcome> {
     let after_close = ctx.server.as_ref().and_then(|p| p.try_sample());
 
     // Report.
-    let rss = |s: Option<Sample>| s.map(|s| s.rss_kib);
-    let cpu_between = |a: Option<Sample>, b: Option<Sample>| match (a, b) {
-        (Some(a), Some(b)) => Some(b.cpu_secs - a.cpu_secs),
-        _ => None,
+    let samples = IdleSamples {
+        before_open,
+        after_open,
+        after_hold,
+        after_close,
     };
-    let per_conn = |x: f64| (opened > 0).then(|| x / opened as f64);
-    let rss_growth = |after: Option<Sample>| match (before_open, after) {
-        (Some(b), Some(a)) => per_conn(a.rss_kib as f64 - b.rss_kib as f64),
-        _ => None,
-    };
-    let rss_per_conn = rss_growth(after_hold);
-    let rss_per_conn_at_open = rss_growth(after_open);
-    let connect_cpu = cpu_between(before_open, after_open);
-    let connect_cpu_us = connect_cpu.and_then(|c| per_conn(c * 1e6));
-    let hold_cpu = cpu_between(after_open, after_hold);
-    let hold_cpu_us_per_conn_min =
-        hold_cpu.and_then(|c| per_conn(c * 1e6 / (hold_secs.max(1e-9) / 60.0)));
-    let bench_cpu = cpu_between(bench_before, bench_after);
-    let opt = |x: Option<f64>, unit: &str| {
-        x.map_or_else(|| "n/a".to_owned(), |x| format!("{x:.3} {unit}"))
-    };
-    let opt_kib = |x: Option<u64>| x.map_or_else(|| "n/a".to_owned(), |x| format!("{x} KiB"));
+    let costs = IdleCosts::new(samples, opened, connect_secs, connect, hold_secs);
+    let bench_cpu = cpu_between(held.bench_before, held.bench_after);
     let closed_by_server = closed.ended_early_count();
 
     say!(
@@ -150,38 +127,7 @@ pub async fn run(ctx: &PeerCtx, args: IdleArgs) -> Result<Outcome> {
         "== {} idle: {n} connections, {per_user} per channel/user ({groups} of them)",
         peer.as_str()
     );
-    say!(
-        ctx,
-        "opened         {opened} in {connect_secs:.3} s ({:.0}/s), {failed} failed",
-        opened as f64 / connect_secs
-    );
-    say!(ctx, "connect        {}", connect.line());
-    say!(
-        ctx,
-        "server rss     {} before, {} open, {} after hold, {} after close",
-        opt_kib(rss(before_open)),
-        opt_kib(rss(after_open)),
-        opt_kib(rss(after_hold)),
-        opt_kib(rss(after_close))
-    );
-    say!(
-        ctx,
-        "rss/conn       {} after hold ({} right after opening)",
-        opt(rss_per_conn, "KiB"),
-        opt(rss_per_conn_at_open, "KiB")
-    );
-    say!(
-        ctx,
-        "connect cpu    {} ({} per connection)",
-        opt(connect_cpu, "s"),
-        opt(connect_cpu_us, "us")
-    );
-    say!(
-        ctx,
-        "hold cpu       {} over {hold_secs:.1} s ({} per connection-minute)",
-        opt(hold_cpu, "s"),
-        opt(hold_cpu_us_per_conn_min, "us")
-    );
+    costs.say(ctx, failed);
     if let Some(cpu) = bench_cpu {
         say!(ctx, "bench cpu      {cpu:.3} s during hold");
     }
@@ -201,7 +147,7 @@ pub async fn run(ctx: &PeerCtx, args: IdleArgs) -> Result<Outcome> {
         }
     }
 
-    let report = json!({
+    let mut report = json!({
         "scenario": "idle",
         "peer": peer.as_str(),
         "run": run,
@@ -221,25 +167,8 @@ pub async fn run(ctx: &PeerCtx, args: IdleArgs) -> Result<Outcome> {
         "closed_during_hold": closed_during_hold,
         "close_reasons": closed.ended_early,
         "other_events": closed.other_events,
-        "connect_secs": round3(connect_secs),
-        "connects_per_sec": round3(opened as f64 / connect_secs),
-        "connect_latency_ms": connect.to_json(),
-        "server": ctx.server.as_ref().map(|p| json!({
-            "pid": p.pid(),
-            "rss_kib_before_open": rss(before_open),
-            "rss_kib_open": rss(after_open),
-            "rss_kib_after_hold": rss(after_hold),
-            "rss_kib_after_close": rss(after_close),
-            "rss_kib_per_conn": rss_per_conn.map(round3),
-            "rss_kib_per_conn_at_open": rss_per_conn_at_open.map(round3),
-            "connect_cpu_secs": connect_cpu.map(round3),
-            "connect_cpu_us_per_conn": connect_cpu_us.map(round3),
-            "hold_cpu_secs": hold_cpu.map(round3),
-            "hold_cpu_us_per_conn_per_min": hold_cpu_us_per_conn_min.map(round3),
-        })),
-        "hold_secs_measured": round3(hold_secs),
-        "bench_hold_cpu_secs": bench_cpu.map(round3),
     });
+    costs.add_to(&mut report, ctx.server.as_ref(), bench_cpu);
     Ok(Outcome { report, problems })
 }
 
@@ -247,10 +176,10 @@ pub async fn run(ctx: &PeerCtx, args: IdleArgs) -> Result<Outcome> {
 async fn open(ctx: &PeerCtx, run: &str, i: u64, group: u64, users: &[String]) -> Result<Sub> {
     Ok(match ctx.peer {
         Peer::Nchan => Sub::Nchan(Box::new(
-            nchan::subscribe(ctx, &super::channel("idle", run, Some(group))).await?,
+            nchan::subscribe(ctx, &crate::channel("idle", run, Some(group))).await?,
         )),
         Peer::Soketi => Sub::Pusher(Box::new(
-            soketi::subscribe(ctx, &super::channel("idle", run, Some(group))).await?,
+            soketi::subscribe(ctx, &crate::channel("idle", run, Some(group))).await?,
         )),
         Peer::Mosquitto => {
             let client_id = format!("i{run}c{i}");

@@ -36,10 +36,13 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::fleet::{Incoming, Sub};
-use super::{Outcome, Peer, PeerCtx, mqtt, xmpp};
-use crate::fanout::server_usage;
-use crate::stats::{Latency, round3};
+use crate::fleet::{Incoming, Sub};
+use crate::{Outcome, Peer, PeerCtx, mqtt, xmpp};
+use unimsg_bench::engine::direct::{self as engine, Delivery, Received, ReceivedAll, watch};
+use unimsg_bench::engine::idle::merge;
+use unimsg_bench::fanout::server_usage;
+use unimsg_bench::say;
+use unimsg_bench::stats::{Latency, round3};
 
 /// Largest MQTT window: packet ids in flight must stay unique.
 const MAX_MQTT_WINDOW: u64 = 32_768;
@@ -73,6 +76,32 @@ struct Progress {
     senders_done: AtomicU64,
 }
 
+/// What the watch of the run looks at.
+struct Watching<'a> {
+    progress: &'a Progress,
+    senders: u64,
+    send_tasks: &'a [JoinHandle<Result<Latency>>],
+    receiving: &'a [JoinHandle<Result<Received>>],
+}
+
+impl engine::Progress for Watching<'_> {
+    fn acked_received(&self) -> (u64, u64) {
+        (
+            self.progress.acked.load(Ordering::Relaxed),
+            self.progress.received.load(Ordering::Relaxed),
+        )
+    }
+
+    fn senders_done(&self) -> bool {
+        self.progress.senders_done.load(Ordering::Relaxed) == self.senders
+            || self.send_tasks.iter().all(JoinHandle::is_finished)
+    }
+
+    fn receivers_gone(&self) -> bool {
+        self.receiving.iter().all(JoinHandle::is_finished)
+    }
+}
+
 /// What every sender needs to build its messages.
 #[derive(Debug, Clone)]
 struct Sending {
@@ -84,7 +113,7 @@ struct Sending {
 
 impl Sending {
     fn content(&self, i: u64) -> String {
-        super::content(&self.run, "i", i, super::nanos_since(self.base), &self.pad)
+        crate::content(&self.run, "i", i, crate::nanos_since(self.base), &self.pad)
     }
 }
 
@@ -92,22 +121,6 @@ impl Sending {
 enum Sender {
     Mqtt { conn: mqtt::Conn, topic: String },
     Xmpp { conn: xmpp::Conn, to: String },
-}
-
-/// What one receiver saw.
-#[derive(Debug)]
-struct Received {
-    latency: Latency,
-    /// Distinct messages received.
-    received: u64,
-    duplicates: u64,
-    /// Arrivals whose index was not the previous one + 1.
-    seq_anomalies: u64,
-    /// Payloads of this run that are not a valid message.
-    bad_content: u64,
-    other_events: u64,
-    last_at: Option<Instant>,
-    ended: Option<String>,
 }
 
 pub async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
@@ -123,7 +136,7 @@ pub async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
     if peer == Peer::Mosquitto && args.window > MAX_MQTT_WINDOW {
         bail!("--window is at most {MAX_MQTT_WINDOW} for MQTT (packet ids in flight)");
     }
-    let run = super::run_id();
+    let run = crate::run_id();
     let s = usize::try_from(args.senders)?;
     let senders_names: Vec<String> = (0..s).map(|i| format!("d{run}s{i}")).collect();
     let receiver_names: Vec<String> = (0..s).map(|i| format!("d{run}r{i}")).collect();
@@ -229,46 +242,15 @@ pub async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
     }
 
     // Watch progress until everything sent was delivered, or nothing moves.
+    let watching = Watching {
+        progress: &progress,
+        senders: args.senders,
+        send_tasks: &send_tasks,
+        receiving: &receiving,
+    };
     let stall = Duration::from_secs(args.stall_secs.max(1));
-    let mut seen = (0, 0);
-    let mut last_change = Instant::now();
-    let mut last_print = Instant::now();
-    let mut sends_done_at = None;
-    let mut stalled = false;
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let acked = progress.acked.load(Ordering::Relaxed);
-        let received = progress.received.load(Ordering::Relaxed);
-        if (acked, received) != seen {
-            seen = (acked, received);
-            last_change = Instant::now();
-        }
-        let senders_finished = progress.senders_done.load(Ordering::Relaxed) == args.senders
-            || send_tasks.iter().all(JoinHandle::is_finished);
-        if sends_done_at.is_none() && senders_finished {
-            sends_done_at = Some(Instant::now());
-        }
-        let receivers_gone = receiving.iter().all(JoinHandle::is_finished);
-        if sends_done_at.is_some() && (received >= acked || receivers_gone) {
-            break;
-        }
-        if last_change.elapsed() >= stall {
-            stalled = true;
-            eprintln!(
-                "direct: STALLED: no progress for {} s (acked {acked}, received {received})",
-                stall.as_secs()
-            );
-            break;
-        }
-        if last_print.elapsed() >= Duration::from_secs(1) {
-            last_print = Instant::now();
-            eprintln!(
-                "direct: [{:5.1}s] acked {acked}  received {received}",
-                started.elapsed().as_secs_f64()
-            );
-        }
-    }
-    let finished = Instant::now();
+    let watched = watch(started, stall, &watching).await;
+    let stalled = watched.stalled;
     let server_after = ctx.server.as_ref().and_then(|p| p.try_sample());
     let bench_after = ctx.bench.try_sample();
     stop.cancel();
@@ -284,43 +266,36 @@ pub async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
             Err(_) => sender_failures.push("sender did not stop".to_owned()),
         }
     }
-    let mut latency = Latency::new()?;
-    let (mut delivered, mut duplicates, mut seq_anomalies, mut bad_content, mut other_events) =
-        (0, 0, 0, 0, 0);
-    let mut last_delivery = None::<Instant>;
-    let mut receiver_failures = Vec::new();
+    let mut all = ReceivedAll::new()?;
     for task in receiving {
-        let r = task.await.context("receiver task failed")??;
-        latency.merge(&r.latency)?;
-        delivered += r.received;
-        duplicates += r.duplicates;
-        seq_anomalies += r.seq_anomalies;
-        bad_content += r.bad_content;
-        other_events += r.other_events;
-        last_delivery = last_delivery.max(r.last_at);
-        receiver_failures.extend(r.ended);
+        all.add(task.await.context("receiver task failed")??)?;
     }
+    let ReceivedAll {
+        latency,
+        delivered,
+        duplicates,
+        seq_anomalies,
+        bad_content,
+        other_events,
+        last_delivery,
+        failures: receiver_failures,
+    } = all;
 
     let sent = progress.sent.load(Ordering::Relaxed);
     let acked = progress.acked.load(Ordering::Relaxed);
-    let wall_secs = last_delivery
-        .unwrap_or(finished)
-        .duration_since(started)
-        .as_secs_f64()
-        .max(1e-9);
-    let send_secs = sends_done_at
-        .unwrap_or(finished)
-        .duration_since(started)
-        .as_secs_f64()
-        .max(1e-9);
-    let rate = delivered as f64 / wall_secs;
-    let lat = latency.summary();
-    let ack = ack_latency.summary();
+    let delivery = Delivery::new(
+        started,
+        watched,
+        last_delivery,
+        (delivered, acked),
+        &latency,
+        &ack_latency,
+    );
     let server = server_usage(
         ctx.server.as_ref(),
         server_before,
         server_after,
-        wall_secs,
+        delivery.wall_secs,
         Some(("msg", delivered)),
     );
     let bench_cpu = match (bench_before, bench_after) {
@@ -340,23 +315,7 @@ pub async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
         "messages       {} requested, {sent} sent, {acked} acked",
         args.messages
     );
-    say!(
-        ctx,
-        "delivered      {delivered} in {wall_secs:.3} s  =>  {rate:.0} msg/s"
-    );
-    say!(
-        ctx,
-        "send rate      {:.0} msg/s acked ({send_secs:.3} s)",
-        acked as f64 / send_secs
-    );
-    say!(ctx, "latency        {}", lat.line());
-    say!(ctx, "ack latency    {}", ack.line());
-    if let Some(server) = &server {
-        say!(ctx, "{}", crate::fanout::server_line(server, "msg"));
-    }
-    if let Some(cpu) = bench_cpu {
-        say!(ctx, "bench          cpu {cpu} s");
-    }
+    delivery.say(ctx, server.as_ref(), bench_cpu);
     let mut problems = Vec::new();
     if stalled {
         problems.push("stalled".to_owned());
@@ -380,7 +339,7 @@ pub async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
         say!(ctx, "PROBLEMS       {}", problems.join("; "));
     }
 
-    let report = json!({
+    let mut report = json!({
         "scenario": "direct",
         "peer": peer.as_str(),
         "run": run,
@@ -408,15 +367,10 @@ pub async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
         "other_events": other_events,
         "sender_failures": sender_failures,
         "receiver_failures": receiver_failures,
-        "wall_secs": round3(wall_secs),
-        "send_secs": round3(send_secs),
-        "msgs_per_sec": round3(rate),
-        "acked_per_sec": round3(acked as f64 / send_secs),
-        "latency_ms": lat.to_json(),
-        "ack_latency_ms": ack.to_json(),
         "server": server,
         "bench_cpu_secs": bench_cpu,
     });
+    merge(&mut report, delivery.to_json());
     Ok(Outcome { report, problems })
 }
 
@@ -462,7 +416,7 @@ async fn receive(
             () = stop.cancelled() => break,
             incoming = sub.next() => incoming,
         };
-        let now = super::nanos_since(base);
+        let now = crate::nanos_since(base);
         let payload = match incoming {
             Ok(Some(Incoming::Payload(payload))) => payload,
             Ok(Some(Incoming::Other)) => {
@@ -478,7 +432,7 @@ async fn receive(
                 return Ok(r);
             }
         };
-        let Some((i, t)) = super::parse_content(&payload, &run, "i") else {
+        let Some((i, t)) = crate::parse_content(&payload, &run, "i") else {
             r.bad_content += 1;
             continue;
         };

@@ -13,8 +13,8 @@
 
 use anyhow::{Context, Result, bail};
 
-use super::PeerCtx;
-use super::ws::{self, Ws};
+use crate::PeerCtx;
+use crate::ws::{self, Ws};
 
 /// A WebSocket subscribed to `channel`.
 pub async fn subscribe(ctx: &PeerCtx, channel: &str) -> Result<Ws> {
