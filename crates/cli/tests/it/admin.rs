@@ -2,65 +2,12 @@
 //! notifications and their status, forced logout, replay protection, the
 //! IP allowlist and the audit log with `unimsg audit verify`.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::{Value, json};
 use unimsg_client::proto::{EventType, Seq};
 
 use crate::harness::{ADMIN_PASSWORD, TestServer};
 use crate::support::*;
-
-/// A minimal admin client over reqwest: Basic or Bearer credentials.
-struct AdminApi {
-    base: String,
-    http: reqwest::Client,
-    auth: String,
-}
-
-impl AdminApi {
-    fn basic(server: &TestServer, id: &str, secret: &str) -> Self {
-        let auth = format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")));
-        Self {
-            base: server.base.clone(),
-            http: reqwest::Client::new(),
-            auth,
-        }
-    }
-
-    fn root(server: &TestServer) -> Self {
-        Self::basic(server, "admin", ADMIN_PASSWORD)
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-        headers: &[(&str, String)],
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("authorization", &self.auth);
-        for (k, v) in headers {
-            req = req.header(*k, v);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
-        let (status, v) = self.call(method, path, body, &[]).await;
-        assert!(status.is_success(), "{path}: {status} {v}");
-        v
-    }
-}
 
 async fn import(admin: &AdminApi, ids: &[&str]) {
     let users: Vec<Value> = ids
@@ -101,17 +48,12 @@ async fn credentials_tokens_and_scopes_are_enforced() {
 
     let wrong = AdminApi::basic(&server, "admin", "not the password");
     assert_eq!(
-        wrong
-            .call(Method::GET, "/v1/admin/users/u1", None, &[])
-            .await
-            .0,
+        wrong.call(Method::GET, "/v1/admin/users/u1", None).await.0,
         401
     );
     let mut none = AdminApi::root(&server);
     none.auth = String::new();
-    let (status, body) = none
-        .call(Method::GET, "/v1/admin/users/u1", None, &[])
-        .await;
+    let (status, body) = none.call(Method::GET, "/v1/admin/users/u1", None).await;
     assert_eq!(
         (status.as_u16(), body["error"]["code"].as_str()),
         (401, Some("unauthorized"))
@@ -150,7 +92,7 @@ async fn credentials_tokens_and_scopes_are_enforced() {
     as_user.auth = format!("Bearer {}", tokens.access_token);
     assert_eq!(
         as_user
-            .call(Method::GET, "/v1/admin/users/u1", None, &[])
+            .call(Method::GET, "/v1/admin/users/u1", None)
             .await
             .0,
         401
@@ -367,15 +309,12 @@ async fn force_logout_refuses_the_token_and_closes_the_socket() {
             Method::POST,
             "/v1/admin/users/kick/tokens",
             Some(json!({"platform": "web"})),
-            &[],
         )
         .await;
     assert_eq!(status, 403);
     root.ok(Method::DELETE, "/v1/admin/users/kick", None).await;
     assert_eq!(
-        root.call(Method::GET, "/v1/admin/users/kick", None, &[])
-            .await
-            .0,
+        root.call(Method::GET, "/v1/admin/users/kick", None).await.0,
         404
     );
 }
@@ -390,13 +329,13 @@ async fn replayed_nonces_and_stale_timestamps_are_refused() {
         ("x-timestamp", now.to_string()),
     ];
     assert_eq!(
-        root.call(Method::GET, "/v1/admin/audit", None, &fresh)
+        root.call_with(Method::GET, "/v1/admin/audit", None, &fresh)
             .await
             .0,
         200
     );
     let (status, body) = root
-        .call(Method::GET, "/v1/admin/audit", None, &fresh)
+        .call_with(Method::GET, "/v1/admin/audit", None, &fresh)
         .await;
     assert_eq!(
         (status.as_u16(), body["error"]["code"].as_str()),
@@ -407,7 +346,7 @@ async fn replayed_nonces_and_stale_timestamps_are_refused() {
         ("x-timestamp", (now - 3600).to_string()),
     ];
     assert_eq!(
-        root.call(Method::GET, "/v1/admin/audit", None, &old)
+        root.call_with(Method::GET, "/v1/admin/audit", None, &old)
             .await
             .0,
         401
@@ -415,16 +354,15 @@ async fn replayed_nonces_and_stale_timestamps_are_refused() {
 
     let strict = TestServer::start_with(&[("UNIMSG_ADMIN__REQUIRE_NONCE", "true")]).await;
     let root = AdminApi::root(&strict);
-    assert_eq!(
-        root.call(Method::GET, "/v1/admin/audit", None, &[]).await.0,
-        401
-    );
+    assert_eq!(root.call(Method::GET, "/v1/admin/audit", None).await.0, 401);
     let ok = [
         ("x-nonce", "n-3".to_owned()),
         ("x-timestamp", now.to_string()),
     ];
     assert_eq!(
-        root.call(Method::GET, "/v1/admin/audit", None, &ok).await.0,
+        root.call_with(Method::GET, "/v1/admin/audit", None, &ok)
+            .await
+            .0,
         200
     );
 }
@@ -433,7 +371,7 @@ async fn replayed_nonces_and_stale_timestamps_are_refused() {
 async fn the_ip_allowlist_guards_admin_routes_only() {
     let server = TestServer::start_with(&[("UNIMSG_ADMIN__IP_ALLOWLIST", "10.0.0.0/8")]).await;
     let root = AdminApi::root(&server);
-    let (status, body) = root.call(Method::GET, "/v1/admin/audit", None, &[]).await;
+    let (status, body) = root.call(Method::GET, "/v1/admin/audit", None).await;
     assert_eq!(
         (status.as_u16(), body["error"]["code"].as_str()),
         (403, Some("forbidden"))
@@ -441,7 +379,7 @@ async fn the_ip_allowlist_guards_admin_routes_only() {
     // X-Forwarded-For from an untrusted peer changes nothing.
     let spoof = [("x-forwarded-for", "10.1.2.3".to_owned())];
     assert_eq!(
-        root.call(Method::GET, "/v1/admin/audit", None, &spoof)
+        root.call_with(Method::GET, "/v1/admin/audit", None, &spoof)
             .await
             .0,
         403
@@ -464,16 +402,12 @@ async fn missing_scopes_are_403() {
             Method::POST,
             "/v1/admin/admins",
             Some(json!({"admin_id": "reader", "secret": "reader-secret-1", "scopes": ["users:read"]})),
-            &[],
         )
         .await;
     assert_eq!(created.0, 201, "{}", created.1);
     let reader = AdminApi::basic(&server, "reader", "reader-secret-1");
     assert_eq!(
-        reader
-            .call(Method::GET, "/v1/admin/users/s1", None, &[])
-            .await
-            .0,
+        reader.call(Method::GET, "/v1/admin/users/s1", None).await.0,
         200
     );
     for (method, path, body) in [
@@ -495,7 +429,7 @@ async fn missing_scopes_are_403() {
             Some(json!({"admin_id": "x", "secret": "another-secret", "scopes": ["admin"]})),
         ),
     ] {
-        let (status, body) = reader.call(method, path, body, &[]).await;
+        let (status, body) = reader.call(method, path, body).await;
         assert_eq!(
             (status.as_u16(), body["error"]["code"].as_str()),
             (403, Some("forbidden")),
@@ -510,7 +444,7 @@ async fn the_audit_log_records_operation_ids_and_verify_names_an_edited_entry() 
     let root = AdminApi::root(&server);
     for op in ["op-alpha", "op-beta", "op-gamma"] {
         let (status, _) = root
-            .call(
+            .call_with(
                 Method::POST,
                 "/v1/admin/users",
                 Some(json!({"users": [{"user_id": op, "display_name": op}]})),
@@ -684,7 +618,7 @@ async fn presence_lists_each_users_live_platforms() {
         ])
     );
     assert_eq!(
-        root.call(Method::GET, "/v1/admin/presence?user_ids=", None, &[])
+        root.call(Method::GET, "/v1/admin/presence?user_ids=", None)
             .await
             .0,
         400

@@ -10,8 +10,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
 use crate::harness::{ADMIN_PASSWORD, TestServer};
@@ -76,10 +74,10 @@ async fn login(http: &reqwest::Client, base: &str, username: &str, password: &st
 
 /// An admin request with HTTP Basic credentials.
 async fn basic(http: &reqwest::Client, base: &str, id: &str, secret: &str) -> Answer {
-    let auth = format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")));
+    let (name, value) = basic_auth(id, secret);
     let sent = http
         .get(format!("{base}/v1/admin/audit?limit=1"))
-        .header("authorization", auth)
+        .header(name, value)
         .send()
         .await;
     answer(sent, "admin request").await

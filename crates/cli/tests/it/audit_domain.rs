@@ -5,46 +5,17 @@
 //! friend-request text at rest in plaintext, and an admin message to an
 //! unknown user answered 200.
 
-use std::process::Stdio;
-
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use unimsg_client::Authed;
 use unimsg_client::proto::{EventType, UserId};
+use unimsg_testkit::unimsg;
 
-use crate::harness::{ADMIN_PASSWORD, TestServer};
+use crate::harness::{ADMIN_PASSWORD, START_TIMEOUT, TestServer};
 use crate::support::*;
 
-/// The admin API with the root Basic credentials.
-async fn admin(
-    server: &TestServer,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{}{path}", server.base))
-        .header(
-            "authorization",
-            format!(
-                "Basic {}",
-                STANDARD.encode(format!("admin:{ADMIN_PASSWORD}"))
-            ),
-        );
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 /// A user request; the status, the `Retry-After` header and the body.
-async fn call(
+async fn user_request(
     server: &TestServer,
     token: &str,
     method: Method,
@@ -139,7 +110,7 @@ async fn a_disabled_account_opens_no_session_by_any_way_in() {
     );
     // The phone of the disabled account cannot confirm either.
     let ticket = new_qr_ticket(&server).await;
-    let (status, _, _) = call(
+    let (status, _, _) = user_request(
         &server,
         &phone.tokens.access_token,
         Method::POST,
@@ -261,7 +232,7 @@ async fn a_blocked_user_cannot_put_the_blocker_into_a_group() {
     let before = full_sync(&alice.api).await;
 
     // Creating a group with the blocker in it.
-    let (status, _, v) = call(
+    let (status, _, v) = user_request(
         &server,
         &mallory.tokens.access_token,
         Method::POST,
@@ -275,7 +246,7 @@ async fn a_blocked_user_cannot_put_the_blocker_into_a_group() {
         "the refusal does not say why: {v}"
     );
     // Adding the blocker to a group of one's own.
-    let (status, _, v) = call(
+    let (status, _, v) = user_request(
         &server,
         &mallory.tokens.access_token,
         Method::POST,
@@ -285,7 +256,7 @@ async fn a_blocked_user_cannot_put_the_blocker_into_a_group() {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
     let group = v["group_id"].as_str().unwrap_or_default().to_owned();
-    let (status, _, v) = call(
+    let (status, _, v) = user_request(
         &server,
         &mallory.tokens.access_token,
         Method::POST,
@@ -295,7 +266,7 @@ async fn a_blocked_user_cannot_put_the_blocker_into_a_group() {
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
     assert!(!error_message(&v).contains("block"), "{v}");
-    let (status, _, v) = call(
+    let (status, _, v) = user_request(
         &server,
         &mallory.tokens.access_token,
         Method::POST,
@@ -318,7 +289,7 @@ async fn a_blocked_user_cannot_put_the_blocker_into_a_group() {
     );
 
     // The blocker cannot put the blocked user into a group either.
-    let (status, _, v) = call(
+    let (status, _, v) = user_request(
         &server,
         &alice.tokens.access_token,
         Method::POST,
@@ -340,7 +311,7 @@ async fn with_add_requires_friendship_only_friends_are_added() {
     let bob = user(&client, "bob").await;
     let stranger = user(&client, "stranger").await;
     let create = |members: Vec<&UserId>| {
-        call(
+        user_request(
             &server,
             &stranger.tokens.access_token,
             Method::POST,
@@ -353,7 +324,7 @@ async fn with_add_requires_friendship_only_friends_are_added() {
     let (status, _, v) = create(vec![]).await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
     let group = v["group_id"].as_str().unwrap_or_default().to_owned();
-    let (status, _, v) = call(
+    let (status, _, v) = user_request(
         &server,
         &stranger.tokens.access_token,
         Method::POST,
@@ -372,7 +343,7 @@ async fn with_add_requires_friendship_only_friends_are_added() {
 
     // Friends can be added.
     for (from, to) in [(&alice, &bob.id), (&bob, &alice.id)] {
-        let (status, _, v) = call(
+        let (status, _, v) = user_request(
             &server,
             &from.tokens.access_token,
             Method::POST,
@@ -382,7 +353,7 @@ async fn with_add_requires_friendship_only_friends_are_added() {
         .await;
         assert_eq!(status, StatusCode::OK, "{v}");
     }
-    let (status, _, v) = call(
+    let (status, _, v) = user_request(
         &server,
         &alice.tokens.access_token,
         Method::POST,
@@ -427,7 +398,7 @@ async fn sends_and_group_fan_out_are_limited_per_user() {
             .await
             .unwrap_or_else(|e| panic!("send {n}: {e}"));
     }
-    let (status, retry, v) = call(
+    let (status, retry, v) = user_request(
         &server,
         &alice.tokens.access_token,
         Method::POST,
@@ -472,7 +443,7 @@ async fn sends_and_group_fan_out_are_limited_per_user() {
         let server = &server;
         let group = group.clone();
         async move {
-            call(
+            user_request(
                 server,
                 &token,
                 Method::POST,
@@ -519,34 +490,18 @@ async fn sends_and_group_fan_out_are_limited_per_user() {
 /// directory that does not exist yet; returns the process once it
 /// listens.
 async fn serve_fresh(data_dir: &std::path::Path) -> tokio::process::Child {
-    let mut child = tokio::process::Command::new("sh")
-        .arg("-c")
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
         .arg("umask 022 && exec \"$0\" serve --listen 127.0.0.1:0 --data-dir \"$1\"")
         .arg(env!("CARGO_BIN_EXE_unimsg"))
         .arg(data_dir)
         .env_remove("RUST_LOG")
         .env("UNIMSG_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env("UNIMSG_LOG__LEVEL", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start unimsg: {e}"));
-    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
-    let mut lines = BufReader::new(stderr).lines();
-    within("the server to listen", async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("listening on http://") {
-                return;
-            }
-        }
-        panic!("the server exited before listening");
-    })
-    .await;
-    // Keep draining stderr so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    child
+        .env("UNIMSG_LOG__LEVEL", "info");
+    unimsg::start(cmd, START_TIMEOUT)
+        .await
+        .expect("the server on a fresh data directory")
+        .child
 }
 
 #[cfg(unix)]
@@ -606,7 +561,7 @@ async fn friend_request_text_is_sealed_at_rest() {
     let client = server.client();
     let alice = user(&client, "alice").await;
     let bob = user(&client, "bob").await;
-    let (status, _, v) = call(
+    let (status, _, v) = user_request(
         &server,
         &alice.tokens.access_token,
         Method::POST,

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::harness::{ADMIN_PASSWORD, TestServer};
+use crate::harness::TestServer;
 use crate::support::*;
 
 fn addr(server: &TestServer) -> SocketAddr {
@@ -427,31 +427,21 @@ async fn one_session_cannot_hold_more_than_its_cap_of_live_connections() {
 
 /// Imports `id` and mints it a token that expires in `ttl_secs`.
 async fn short_token(server: &TestServer, id: &str, ttl_secs: u64) -> String {
-    let http = reqwest::Client::new();
-    let call = |method: Method, path: String, body: Value| {
-        http.request(method, format!("{}{path}", server.base))
-            .basic_auth("admin", Some(ADMIN_PASSWORD))
-            .json(&body)
-            .send()
-    };
-    let imported = call(
-        Method::POST,
-        "/v1/admin/users".into(),
-        json!({"users": [{"user_id": id, "display_name": id}]}),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert!(imported.status().is_success(), "{}", imported.status());
-    let minted: Value = call(
-        Method::POST,
-        format!("/v1/admin/users/{id}/tokens"),
-        json!({"platform": "web", "ttl_secs": ttl_secs}),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
-    .json()
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let admin = AdminApi::root(server);
+    admin
+        .ok(
+            Method::POST,
+            "/v1/admin/users",
+            Some(json!({"users": [{"user_id": id, "display_name": id}]})),
+        )
+        .await;
+    let minted = admin
+        .ok(
+            Method::POST,
+            &format!("/v1/admin/users/{id}/tokens"),
+            Some(json!({"platform": "web", "ttl_secs": ttl_secs})),
+        )
+        .await;
     minted["access_token"]
         .as_str()
         .unwrap_or_else(|| panic!("no token in {minted}"))
@@ -487,17 +477,13 @@ async fn a_websocket_closes_with_4001_when_its_token_expires() {
 
 /// Imports `id` and mints it a token pair (access token valid `ttl_secs`).
 async fn short_tokens(server: &TestServer, id: &str, ttl_secs: u64) -> (String, String) {
-    let http = reqwest::Client::new();
-    let minted: Value = http
-        .post(format!("{}/v1/admin/users/{id}/tokens", server.base))
-        .basic_auth("admin", Some(ADMIN_PASSWORD))
-        .json(&json!({"platform": "web", "device_id": "d1", "ttl_secs": ttl_secs}))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let minted = AdminApi::root(server)
+        .ok(
+            Method::POST,
+            &format!("/v1/admin/users/{id}/tokens"),
+            Some(json!({"platform": "web", "device_id": "d1", "ttl_secs": ttl_secs})),
+        )
+        .await;
     let field = |k: &str| {
         minted[k]
             .as_str()

@@ -281,17 +281,11 @@ async fn a_qr_ticket_made_on_a_waited_on_b_and_confirmed_on_c_completes() {
     assert_eq!(status, 409);
 }
 
-async fn admin_get(base: &str, path: &str, headers: &[(&str, String)]) -> u16 {
-    let mut req = reqwest::Client::new()
-        .request(Method::GET, format!("{base}{path}"))
-        .basic_auth("admin", Some(ADMIN_PASSWORD));
-    for (k, v) in headers {
-        req = req.header(*k, v);
-    }
-    req.send()
+async fn admin_get(node: &TestServer, path: &str, headers: &[(&str, String)]) -> u16 {
+    AdminApi::root(node)
+        .call_with(Method::GET, path, None, headers)
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .status()
+        .0
         .as_u16()
 }
 
@@ -303,12 +297,9 @@ async fn a_replayed_nonce_and_a_rate_limit_hold_across_nodes() {
         ("x-nonce", "cluster-nonce-1".to_owned()),
         ("x-timestamp", now.to_string()),
     ];
+    assert_eq!(admin_get(&c.nodes[0], "/v1/admin/audit", &fresh).await, 200);
     assert_eq!(
-        admin_get(&c.nodes[0].base, "/v1/admin/audit", &fresh).await,
-        200
-    );
-    assert_eq!(
-        admin_get(&c.nodes[1].base, "/v1/admin/audit", &fresh).await,
+        admin_get(&c.nodes[1], "/v1/admin/audit", &fresh).await,
         409,
         "the nonce seen on A is refused on B"
     );

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use unimsg_testkit::unimsg;
 
-use crate::harness::TestServer;
+use crate::harness::{START_TIMEOUT, TestServer};
 use crate::support::*;
 
 /// Opens a WebSocket by hand and never answers anything, so the server's
@@ -161,39 +162,17 @@ async fn a_client_that_stops_reading_is_disconnected_and_counted() {
 #[tokio::test]
 async fn serve_starts_with_no_configuration_at_all() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_unimsg"))
-        .arg("serve")
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_unimsg"));
+    cmd.arg("serve")
         .current_dir(dir.path())
         // Only the port is chosen: 8080 may be taken on a shared machine.
         .env("UNIMSG_LISTEN", "127.0.0.1:0")
         .env_remove("UNIMSG_DATA_DIR")
-        .env_remove("UNIMSG_CONFIG")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
-    let mut lines = tokio::io::BufReader::new(stderr);
-    let mut line = String::new();
-    let addr = within("the listening line", async {
-        loop {
-            line.clear();
-            let n = tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut line)
-                .await
-                .unwrap_or(0);
-            assert!(n > 0, "the server exited");
-            if let Some(pos) = line.find("listening on http://") {
-                let rest = &line[pos + "listening on http://".len()..];
-                break rest
-                    .trim()
-                    .split(|c: char| c.is_whitespace() || c == '\u{1b}')
-                    .next()
-                    .unwrap_or("")
-                    .to_owned();
-            }
-        }
-    })
-    .await;
+        .env_remove("UNIMSG_CONFIG");
+    let started = unimsg::start(cmd, START_TIMEOUT)
+        .await
+        .expect("the server without configuration");
+    let (mut child, addr) = (started.child, started.addr);
     let health = reqwest::get(format!("http://{addr}/readyz"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));

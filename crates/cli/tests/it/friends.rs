@@ -8,20 +8,6 @@ use unimsg_client::proto::EventType;
 use crate::harness::{ADMIN_PASSWORD, TestServer};
 use crate::support::*;
 
-async fn call(
-    api: &unimsg_client::Authed,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let bytes = body
-        .map(|b| serde_json::to_vec(&b).unwrap_or_default())
-        .unwrap_or_default();
-    api.raw(method, path, bytes, Some("application/json"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
 #[tokio::test]
 async fn a_request_and_accept_reach_both_sides_live_and_by_sync() {
     let server = TestServer::start().await;

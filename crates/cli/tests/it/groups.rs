@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -21,104 +19,60 @@ use unimsg_client::proto::api::{Recipient, SendRequest};
 use unimsg_client::proto::{Event, EventType, GroupId, Seq, UserId};
 use unimsg_client::{Authed, WsConnection};
 
-use crate::harness::{ADMIN_PASSWORD, TestServer};
+use crate::harness::TestServer;
 use crate::support::*;
 
-/// The admin API with the root credential.
-struct Admin {
-    base: String,
-    http: reqwest::Client,
-    auth: String,
+/// Imports users `{prefix}0000`, `{prefix}0001`… and returns their ids.
+async fn import(admin: &AdminApi, prefix: &str, count: usize) -> Vec<UserId> {
+    let ids: Vec<String> = (0..count).map(|i| format!("{prefix}{i:04}")).collect();
+    for chunk in ids.chunks(10_000) {
+        let users: Vec<Value> = chunk
+            .iter()
+            .map(|id| json!({"user_id": id, "display_name": id.to_uppercase()}))
+            .collect();
+        let (status, v) = admin
+            .call(
+                Method::POST,
+                "/v1/admin/users",
+                Some(json!({ "users": users })),
+            )
+            .await;
+        assert_eq!(
+            (status.as_u16(), v["imported"].as_u64()),
+            (200, Some(chunk.len() as u64)),
+            "{v}"
+        );
+    }
+    ids.iter()
+        .map(|id| UserId::parse(id.as_str()).unwrap_or_else(|e| panic!("{e}")))
+        .collect()
 }
 
-impl Admin {
-    fn root(server: &TestServer) -> Self {
-        Self {
-            base: server.base.clone(),
-            http: reqwest::Client::new(),
-            auth: format!(
-                "Basic {}",
-                STANDARD.encode(format!("admin:{ADMIN_PASSWORD}"))
-            ),
-        }
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("authorization", &self.auth);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    /// Imports users `{prefix}0000`, `{prefix}0001`… and returns their ids.
-    async fn import(&self, prefix: &str, count: usize) -> Vec<UserId> {
-        let ids: Vec<String> = (0..count).map(|i| format!("{prefix}{i:04}")).collect();
-        for chunk in ids.chunks(10_000) {
-            let users: Vec<Value> = chunk
-                .iter()
-                .map(|id| json!({"user_id": id, "display_name": id.to_uppercase()}))
-                .collect();
-            let (status, v) = self
-                .call(
-                    Method::POST,
-                    "/v1/admin/users",
-                    Some(json!({ "users": users })),
-                )
-                .await;
-            assert_eq!(
-                (status, v["imported"].as_u64()),
-                (200, Some(chunk.len() as u64)),
-                "{v}"
-            );
-        }
-        ids.iter()
-            .map(|id| UserId::parse(id.as_str()).unwrap_or_else(|e| panic!("{e}")))
-            .collect()
-    }
-
-    /// A minted access token for each user, as an API handle.
-    async fn mint_all(&self, server: &TestServer, ids: &[UserId]) -> Vec<Authed> {
-        let client = server.client();
-        stream::iter(ids.iter().cloned())
-            .map(|id| {
-                let client = client.clone();
-                async move {
-                    let (status, v) = self
-                        .call(
-                            Method::POST,
-                            &format!("/v1/admin/users/{id}/tokens"),
-                            Some(json!({"platform": "web"})),
-                        )
-                        .await;
-                    assert_eq!(status, 200, "{v}");
-                    let token = v["access_token"].as_str().unwrap_or_default().to_owned();
-                    Ok::<_, String>(client.with_token(token))
-                }
-            })
-            .buffered(32)
-            .try_collect()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-}
-
-async fn call(api: &Authed, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let bytes = body
-        .map(|b| serde_json::to_vec(&b).unwrap_or_default())
-        .unwrap_or_default();
-    api.raw(method, path, bytes, Some("application/json"))
+/// A minted access token for each user, as an API handle.
+async fn mint_all(admin: &AdminApi, server: &TestServer, ids: &[UserId]) -> Vec<Authed> {
+    let client = server.client();
+    stream::iter(ids.iter().cloned())
+        .map(|id| {
+            let client = client.clone();
+            async move {
+                let (status, v) = admin
+                    .call(
+                        Method::POST,
+                        &format!("/v1/admin/users/{id}/tokens"),
+                        Some(json!({"platform": "web"})),
+                    )
+                    .await;
+                assert_eq!(status, 200, "{v}");
+                let token = v["access_token"].as_str().unwrap_or_default().to_owned();
+                Ok::<_, String>(client.with_token(token))
+            }
+        })
+        .buffered(32)
+        .try_collect()
         .await
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Sends `{"text": text}` to a group; the status and the answer.
 async fn say(api: &Authed, group: &str, text: &str, cmid: Option<&str>) -> (u16, Value) {
     let mut body = json!({"to": {"group": group}, "content": {"text": text}});
     if let Some(cmid) = cmid {
@@ -158,9 +112,9 @@ fn of_kind(events: &[Event], kind: EventType) -> Vec<&Event> {
 #[tokio::test]
 async fn a_group_of_50_gets_each_message_live_or_by_sync_with_its_own_seq() {
     let server = TestServer::start().await;
-    let admin = Admin::root(&server);
-    let ids = admin.import("m", 50).await;
-    let apis = admin.mint_all(&server, &ids).await;
+    let admin = AdminApi::root(&server);
+    let ids = import(&admin, "m", 50).await;
+    let apis = mint_all(&admin, &server, &ids).await;
     // Different inbox lengths before the group: every member's seq differs.
     for (i, to) in ids.iter().enumerate().skip(2).take(10) {
         for n in 0..i {
@@ -264,9 +218,9 @@ async fn a_group_of_50_gets_each_message_live_or_by_sync_with_its_own_seq() {
 #[tokio::test]
 async fn mutes_removal_and_roles_are_enforced() {
     let server = TestServer::start().await;
-    let admin = Admin::root(&server);
-    let ids = admin.import("r", 6).await;
-    let apis = admin.mint_all(&server, &ids).await;
+    let admin = AdminApi::root(&server);
+    let ids = import(&admin, "r", 6).await;
+    let apis = mint_all(&admin, &server, &ids).await;
     let (owner, a, b, c, d, outsider) =
         (&apis[0], &apis[1], &apis[2], &apis[3], &apis[4], &apis[5]);
     let group = create(
@@ -583,9 +537,9 @@ async fn mutes_removal_and_roles_are_enforced() {
 #[tokio::test]
 async fn the_sender_sees_how_many_members_read_a_message() {
     let server = TestServer::start().await;
-    let admin = Admin::root(&server);
-    let ids = admin.import("c", 7).await;
-    let apis = admin.mint_all(&server, &ids).await;
+    let admin = AdminApi::root(&server);
+    let ids = import(&admin, "c", 7).await;
+    let apis = mint_all(&admin, &server, &ids).await;
     let members: Vec<&UserId> = ids.iter().skip(1).take(5).collect();
     let group = create(&apis[0], "Readers", &members, "invite").await;
     let (_, sent) = say(&apis[0], &group, "please read", None).await;
@@ -732,9 +686,9 @@ async fn a_full_group_fans_out_completely_and_refuses_one_more() {
         ("UNIMSG_LOG__LEVEL", "info"),
     ])
     .await;
-    let admin = Admin::root(&server);
-    let ids = admin.import("f", size + 1).await;
-    let apis = admin.mint_all(&server, &ids).await;
+    let admin = AdminApi::root(&server);
+    let ids = import(&admin, "f", size + 1).await;
+    let apis = mint_all(&admin, &server, &ids).await;
 
     // A business system creates the group at its limit.
     let (status, v) = admin
@@ -745,7 +699,7 @@ async fn a_full_group_fans_out_completely_and_refuses_one_more() {
         )
         .await;
     assert_eq!(
-        (status, v["group"]["member_count"].as_u64()),
+        (status.as_u16(), v["group"]["member_count"].as_u64()),
         (201, Some(size as u64)),
         "{v}"
     );
@@ -856,7 +810,7 @@ async fn a_full_group_fans_out_completely_and_refuses_one_more() {
         )
         .await;
     assert_eq!(
-        (status, v["recipients"].as_u64()),
+        (status.as_u16(), v["recipients"].as_u64()),
         (200, Some(size as u64)),
         "{v}"
     );
@@ -879,7 +833,7 @@ async fn a_full_group_fans_out_completely_and_refuses_one_more() {
         .call(Method::GET, "/v1/admin/groups/team-full", None)
         .await;
     assert_eq!(
-        (status, v["group"]["owner"].as_str()),
+        (status.as_u16(), v["group"]["owner"].as_str()),
         (200, Some(ids[0].as_str())),
         "{v}"
     );
@@ -918,7 +872,7 @@ async fn a_full_group_fans_out_completely_and_refuses_one_more() {
         )
         .await;
     assert_eq!(
-        (status, v["member_count"].as_u64()),
+        (status.as_u16(), v["member_count"].as_u64()),
         (200, Some(size as u64)),
         "{v}"
     );

@@ -74,22 +74,6 @@ async fn next(stream: &mut (impl Stream<Item = (String, Value)> + Unpin)) -> (St
         .unwrap_or_else(|| panic!("the stream ended"))
 }
 
-async fn call(
-    api: &unimsg_client::Authed,
-    method: Method,
-    path: &str,
-    body: Value,
-) -> (u16, Value) {
-    api.raw(
-        method,
-        path,
-        serde_json::to_vec(&body).unwrap_or_default(),
-        Some("application/json"),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
 #[tokio::test]
 async fn the_same_device_gets_the_same_ticket_and_codes_are_typable() {
     let server = TestServer::start().await;
@@ -178,7 +162,7 @@ async fn scan_by_code_then_confirm_logs_the_page_in_as_the_phone_user() {
         &phone.api,
         Method::POST,
         "/v1/auth/qr/scan",
-        json!({"code": typed}),
+        Some(json!({"code": typed})),
     )
     .await;
     assert_eq!(status, 200, "{asking}");
@@ -204,7 +188,7 @@ async fn scan_by_code_then_confirm_logs_the_page_in_as_the_phone_user() {
         &phone.api,
         Method::POST,
         &format!("/v1/auth/qr/{id}/confirm"),
-        json!({}),
+        Some(json!({})),
     )
     .await;
     assert_eq!(status, 200, "{confirmed}");
@@ -241,7 +225,7 @@ async fn scan_by_code_then_confirm_logs_the_page_in_as_the_phone_user() {
         &phone.api,
         Method::POST,
         &format!("/v1/auth/qr/{id}/confirm"),
-        json!({}),
+        Some(json!({})),
     )
     .await;
     assert!(status == 409 || status == 410, "second confirm: {status}");
@@ -249,7 +233,7 @@ async fn scan_by_code_then_confirm_logs_the_page_in_as_the_phone_user() {
         &phone.api,
         Method::POST,
         "/v1/auth/qr/scan",
-        json!({"ticket_id": id}),
+        Some(json!({"ticket_id": id})),
     )
     .await;
     assert!(status == 409 || status == 410);
@@ -290,7 +274,7 @@ async fn cancel_refusal_and_access_rules() {
         &phone.api,
         Method::POST,
         "/v1/auth/qr/scan",
-        json!({"code": "ZZZZZZZZ"}),
+        Some(json!({"code": "ZZZZZZZZ"})),
     )
     .await;
     assert_eq!(status, 404);
@@ -299,7 +283,7 @@ async fn cancel_refusal_and_access_rules() {
         &phone.api,
         Method::POST,
         &format!("/v1/auth/qr/{id}/confirm"),
-        json!({}),
+        Some(json!({})),
     )
     .await;
     assert_eq!(status, 403);
@@ -308,7 +292,7 @@ async fn cancel_refusal_and_access_rules() {
         &phone.api,
         Method::POST,
         "/v1/auth/qr/scan",
-        json!({"ticket_id": id}),
+        Some(json!({"ticket_id": id})),
     )
     .await;
     assert_eq!(status, 200);
@@ -318,7 +302,7 @@ async fn cancel_refusal_and_access_rules() {
         &stranger.api,
         Method::POST,
         "/v1/auth/qr/scan",
-        json!({"ticket_id": id}),
+        Some(json!({"ticket_id": id})),
     )
     .await;
     assert_eq!(status, 409);
@@ -326,7 +310,7 @@ async fn cancel_refusal_and_access_rules() {
         &stranger.api,
         Method::POST,
         &format!("/v1/auth/qr/{id}/confirm"),
-        json!({}),
+        Some(json!({})),
     )
     .await;
     assert_eq!(status, 403);
@@ -335,7 +319,7 @@ async fn cancel_refusal_and_access_rules() {
         &phone.api,
         Method::POST,
         &format!("/v1/auth/qr/{id}/cancel"),
-        json!({}),
+        Some(json!({})),
     )
     .await;
     assert_eq!(status, 204);
@@ -344,7 +328,7 @@ async fn cancel_refusal_and_access_rules() {
         &phone.api,
         Method::POST,
         &format!("/v1/auth/qr/{id}/confirm"),
-        json!({}),
+        Some(json!({})),
     )
     .await;
     assert_eq!(status, 410);
@@ -391,7 +375,7 @@ async fn an_unanswered_ticket_expires_and_the_page_is_told() {
         &phone.api,
         Method::POST,
         "/v1/auth/qr/scan",
-        json!({"ticket_id": id}),
+        Some(json!({"ticket_id": id})),
     )
     .await;
     assert_eq!(status, 410);
@@ -419,7 +403,7 @@ async fn the_scan_cancel_reask_chain_never_hands_the_tokens_to_the_attacker() {
         &attacker_phone.api,
         Method::POST,
         "/v1/auth/qr/scan",
-        json!({"code": first["code"]}),
+        Some(json!({"code": first["code"]})),
     )
     .await;
     assert_eq!(status, 200, "{asking}");
@@ -441,7 +425,7 @@ async fn the_scan_cancel_reask_chain_never_hands_the_tokens_to_the_attacker() {
         &attacker_phone.api,
         Method::POST,
         &format!("/v1/auth/qr/{}/cancel", id_of(&first)),
-        json!({}),
+        Some(json!({})),
     )
     .await;
     assert_eq!(status, 204);
@@ -471,7 +455,7 @@ async fn the_scan_cancel_reask_chain_never_hands_the_tokens_to_the_attacker() {
         &victim_phone.api,
         Method::POST,
         "/v1/auth/qr/scan",
-        json!({"code": again["code"]}),
+        Some(json!({"code": again["code"]})),
     )
     .await;
     assert_eq!(status, 200);
@@ -479,7 +463,7 @@ async fn the_scan_cancel_reask_chain_never_hands_the_tokens_to_the_attacker() {
         &victim_phone.api,
         Method::POST,
         &format!("/v1/auth/qr/{}/confirm", id_of(&again)),
-        json!({}),
+        Some(json!({})),
     )
     .await;
     assert_eq!(status, 200, "{confirmed}");
@@ -494,7 +478,7 @@ async fn the_scan_cancel_reask_chain_never_hands_the_tokens_to_the_attacker() {
         &attacker_phone.api,
         Method::POST,
         "/v1/auth/qr/scan",
-        json!({"ticket_id": id_of(&planted)}),
+        Some(json!({"ticket_id": id_of(&planted)})),
     )
     .await;
     assert_eq!(status, 200);
@@ -502,7 +486,7 @@ async fn the_scan_cancel_reask_chain_never_hands_the_tokens_to_the_attacker() {
         &attacker_phone.api,
         Method::POST,
         &format!("/v1/auth/qr/{}/cancel", id_of(&planted)),
-        json!({}),
+        Some(json!({})),
     )
     .await;
     assert_eq!(status, 204);
