@@ -115,8 +115,8 @@ async fn a_flood_of_wrong_basic_credentials_does_not_stop_user_logins() {
     let base = server.base.clone();
     let users = from("127.0.0.2");
     let flood = from("127.0.0.1");
-    let registered = unimsg_client::Client::with_local_address(&base, "127.0.0.2".parse().ok())
-        .unwrap_or_else(|e| panic!("client: {e}"));
+    let registered =
+        unimsg_client::Client::with_local_address(&base, "127.0.0.2".parse().ok()).expect("client");
     register(&registered, "flood-alice").await;
     // The business system starts with a burst larger than the admin pool
     // holds: its secret is verified once (the others wait for that check)
@@ -175,9 +175,7 @@ async fn a_flood_of_wrong_basic_credentials_does_not_stop_user_logins() {
     let mut flood_answers = Vec::new();
     let mut exhausted = 0;
     for task in tasks {
-        let (answers, ran_out) = within("a flood task", task)
-            .await
-            .unwrap_or_else(|e| panic!("flood task: {e}"));
+        let (answers, ran_out) = within("a flood task", task).await.expect("flood task");
         flood_answers.extend(answers);
         exhausted += usize::from(ran_out);
     }

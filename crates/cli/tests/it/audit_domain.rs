@@ -60,9 +60,9 @@ async fn new_qr_ticket(server: &TestServer) -> String {
         .json(&json!({"platform": "web"}))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap_or_else(|e| panic!("{e}"));
+    let v: Value = r.json().await.unwrap();
     v["ticket_id"]
         .as_str()
         .unwrap_or_else(|| panic!("no ticket_id: {v}"))
@@ -124,7 +124,7 @@ async fn a_disabled_account_opens_no_session_by_any_way_in() {
     let login_req = unimsg_client::proto::api::LoginRequest {
         username: "carol".into(),
         password: PASSWORD.into(),
-        platform: unimsg_client::proto::Platform::parse("web").unwrap_or_else(|e| panic!("{e}")),
+        platform: unimsg_client::proto::Platform::parse("web").unwrap(),
         device_id: None,
     };
     assert_eq!(
@@ -148,7 +148,7 @@ async fn a_disabled_account_opens_no_session_by_any_way_in() {
     // nothing above opened one.
     set_status(&server, &carol.id, "active").await;
     let again = login(&client, "carol", "web", None).await;
-    let sessions = again.api.sessions().await.unwrap_or_else(|e| panic!("{e}"));
+    let sessions = again.api.sessions().await.unwrap();
     assert_eq!(
         sessions
             .sessions
@@ -171,14 +171,13 @@ async fn a_session_that_survived_the_disabling_is_refused() {
     assert!(dave.api.me().await.is_ok());
     server.terminate().await;
     {
-        let db = rusqlite::Connection::open(server.data_dir().join("unimsg.db"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let db = rusqlite::Connection::open(server.data_dir().join("unimsg.db")).unwrap();
         let changed = db
             .execute(
                 "UPDATE users SET status = 'disabled' WHERE user_id = ?1",
                 [dave.id.as_str()],
             )
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert_eq!(changed, 1);
         let active: i64 = db
             .query_row(
@@ -186,7 +185,7 @@ async fn a_session_that_survived_the_disabling_is_refused() {
                 [dave.id.as_str()],
                 |r| r.get(0),
             )
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert_eq!(active, 1, "the session row survives");
     }
     let server = server.restart().await;
@@ -214,7 +213,7 @@ async fn block(api: &Authed, other: &UserId) {
             None,
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(status, 204);
 }
 
@@ -416,10 +415,7 @@ async fn sends_and_group_fan_out_are_limited_per_user() {
     );
     assert_eq!(v["error"]["code"], "rate_limited", "{v}");
     // Bob is not limited by Alice's sends.
-    bob.api
-        .send_text(&alice.id, "hi", None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    bob.api.send_text(&alice.id, "hi", None).await.unwrap();
 
     // A group of 25: each message writes 24 rows for others.
     let mut members = Vec::new();
@@ -520,14 +516,14 @@ fn mode(path: &std::path::Path) -> u32 {
 #[tokio::test]
 async fn the_data_directory_and_database_are_private() {
     use std::os::unix::fs::PermissionsExt;
-    let parent = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("fresh").join("data");
     let mut child = serve_fresh(&dir).await;
     assert_eq!(mode(&dir), 0o700, "the data directory");
     for file in ["unimsg.db", "unimsg.db-wal", "unimsg.db-shm"] {
         assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
     }
-    child.kill().await.unwrap_or_else(|e| panic!("{e}"));
+    child.kill().await.unwrap();
 
     // Opened wider by someone else: the server warns at start.
     let mut server = TestServer::start().await;
@@ -579,14 +575,14 @@ async fn friend_request_text_is_sealed_at_rest() {
                 None,
             )
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["requests"][0]["message"], WORDS, "{v}");
         let events = full_sync(&api).await;
         let request = events
             .iter()
             .find(|e| e.kind == EventType::FriendRequest)
-            .unwrap_or_else(|| panic!("no friend.request event"));
+            .expect("no friend.request event");
         assert_eq!(request.data["message"], WORDS, "{:?}", request.data);
         assert!(request.data.get("message_sealed").is_none());
     };

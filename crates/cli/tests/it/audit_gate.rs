@@ -74,7 +74,7 @@ async fn filling_the_nonce_store_without_credentials_cannot_replay_a_broadcast()
     let flooder = reqwest::Client::builder()
         .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     for i in 0..200 {
         let [a, b] = nonce(&format!("flood-{i}"));
         let status = flooder
@@ -84,7 +84,7 @@ async fn filling_the_nonce_store_without_credentials_cannot_replay_a_broadcast()
             .json(&json!({"admin_id": "admin", "secret": format!("wrong guess {i}")}))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap()
             .status();
         assert!(
             matches!(status.as_u16(), 401 | 429),
@@ -359,14 +359,10 @@ async fn a_flood_of_refused_admin_requests_writes_a_few_rows_and_no_error_lines(
     let http = reqwest::Client::builder()
         .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let url = format!("{}/v1/admin/audit", server.base);
     for _ in 0..NO_CREDENTIAL {
-        let r = http
-            .get(&url)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let r = http.get(&url).send().await.unwrap();
         assert_eq!(r.status(), 401);
     }
     for _ in 0..BAD_BEARER {
@@ -375,7 +371,7 @@ async fn a_flood_of_refused_admin_requests_writes_a_few_rows_and_no_error_lines(
             .bearer_auth("not.a.token")
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert_eq!(r.status(), 401);
     }
     // Wrong Basic secrets all at once: each costs a password check, and
@@ -392,7 +388,7 @@ async fn a_flood_of_refused_admin_requests_writes_a_few_rows_and_no_error_lines(
     });
     let statuses = within("the wrong secrets", futures_util::future::join_all(guesses)).await;
     for status in statuses {
-        let status = status.unwrap_or_else(|e| panic!("{e}"));
+        let status = status.unwrap();
         assert!(matches!(status, 401 | 429 | 503), "{status}");
     }
     let flood_logs = server
@@ -455,14 +451,13 @@ async fn a_flood_of_refused_admin_requests_writes_a_few_rows_and_no_error_lines(
     // At shutdown the counted refusals are written: with the first one,
     // they account for every refused request of the flood.
     server.terminate().await;
-    let db = rusqlite::Connection::open(server.data_dir().join("unimsg.db"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let db = rusqlite::Connection::open(server.data_dir().join("unimsg.db")).unwrap();
     let mut stmt = db
         .prepare("SELECT content FROM audit_log ORDER BY id")
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let records: Vec<Value> = stmt
         .query_map([], |row| row.get::<_, String>(0))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .filter_map(|r| r.ok())
         .filter_map(|c| serde_json::from_str(&c).ok())
         .collect();
@@ -489,7 +484,7 @@ async fn a_flood_of_refused_admin_requests_writes_a_few_rows_and_no_error_lines(
         .args(["audit", "verify", "--data-dir"])
         .arg(server.data_dir())
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(
         verify.status.success(),
         "{}",

@@ -44,7 +44,7 @@ async fn import(admin: &AdminApi, prefix: &str, count: usize) -> Vec<UserId> {
         );
     }
     ids.iter()
-        .map(|id| UserId::parse(id.as_str()).unwrap_or_else(|e| panic!("{e}")))
+        .map(|id| UserId::parse(id.as_str()).unwrap())
         .collect()
 }
 
@@ -70,7 +70,7 @@ async fn mint_all(admin: &AdminApi, server: &TestServer, ids: &[UserId]) -> Vec<
         .buffered(32)
         .try_collect()
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
 }
 
 async fn say(api: &Authed, group: &str, text: &str, cmid: Option<&str>) -> (u16, Value) {
@@ -121,7 +121,7 @@ async fn a_group_of_50_gets_each_message_live_or_by_sync_with_its_own_seq() {
             apis[1]
                 .send_text(to, &format!("warm-up {n}"), None)
                 .await
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
         }
     }
     let members: Vec<&UserId> = ids.iter().skip(1).collect();
@@ -130,7 +130,7 @@ async fn a_group_of_50_gets_each_message_live_or_by_sync_with_its_own_seq() {
     // Half of the members are online; the rest catch up by sync.
     let mut live = Vec::new();
     for api in apis.iter().take(25) {
-        live.push(api.connect_ws(None).await.unwrap_or_else(|e| panic!("{e}")));
+        live.push(api.connect_ws(None).await.unwrap());
     }
     let (status, sent) = say(&apis[0], &group, "hello fifty", Some("hello-1")).await;
     assert_eq!(status, 200, "{sent}");
@@ -177,15 +177,12 @@ async fn a_group_of_50_gets_each_message_live_or_by_sync_with_its_own_seq() {
 
     // A WebSocket `send` frame to the group works too.
     let req = SendRequest {
-        to: Recipient::Group(GroupId::parse(group.as_str()).unwrap_or_else(|e| panic!("{e}"))),
+        to: Recipient::Group(GroupId::parse(group.as_str()).unwrap()),
         kind: unimsg_client::proto::api::MessageKind::Chat,
         content: json!({"text": "over the socket"}),
         client_msg_id: None,
     };
-    let reply = live[7]
-        .send(req, None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let reply = live[7].send(req, None).await.unwrap();
     for ws in &mut live {
         let e = next_of(ws, EventType::MessageNew).await;
         assert_eq!(
@@ -198,14 +195,11 @@ async fn a_group_of_50_gets_each_message_live_or_by_sync_with_its_own_seq() {
     // History and the conversation list of a member who was offline.
     let conv = format!("g:{group}");
     let history = apis[40]
-        .history(&conv.parse().unwrap_or_else(|e| panic!("{e}")), None, None)
+        .history(&conv.parse().unwrap(), None, None)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(history.messages.len(), 2);
-    let list = apis[40]
-        .conversations()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let list = apis[40].conversations().await.unwrap();
     let summary = list
         .conversations
         .iter()
@@ -395,7 +389,7 @@ async fn mutes_removal_and_roles_are_enforced() {
     let mut b_ws = b
         .connect_ws(Some(Seq(full_sync(b).await.len() as u64)))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(
         call(c, Method::DELETE, &format!("{g}/members/{}", ids[2]), None)
             .await
@@ -413,12 +407,7 @@ async fn mutes_removal_and_roles_are_enforced() {
     assert_eq!(status, 200);
     let mut a_events = full_sync(a).await;
     assert_eq!(
-        message_id(
-            a_events
-                .pop()
-                .as_ref()
-                .unwrap_or_else(|| panic!("a got nothing"))
-        ),
+        message_id(a_events.pop().as_ref().expect("a got nothing")),
         after_removal["message_id"].as_str().unwrap_or_default()
     );
     assert_eq!(
@@ -439,7 +428,7 @@ async fn mutes_removal_and_roles_are_enforced() {
         204
     );
     let left = full_sync(d).await;
-    let last = left.last().unwrap_or_else(|| panic!("d got nothing"));
+    let last = left.last().expect("d got nothing");
     assert_eq!(
         (last.kind, last.data["action"].as_str()),
         (EventType::GroupChanged, Some("member_left"))
@@ -459,7 +448,7 @@ async fn mutes_removal_and_roles_are_enforced() {
         "{v}"
     );
     a_events = full_sync(a).await;
-    let last = a_events.last().unwrap_or_else(|| panic!("a got nothing"));
+    let last = a_events.last().expect("a got nothing");
     assert_eq!(
         (
             last.data["action"].as_str(),
@@ -525,7 +514,7 @@ async fn mutes_removal_and_roles_are_enforced() {
     assert_eq!(call(c, Method::DELETE, &g, None).await.0, 204);
     for api in [owner, a, c, outsider] {
         let events = full_sync(api).await;
-        let last = events.last().unwrap_or_else(|| panic!("nothing"));
+        let last = events.last().expect("nothing");
         assert_eq!(last.data["action"], "dissolved");
     }
     assert_eq!(call(a, Method::GET, &g, None).await.0, 404);
@@ -589,15 +578,9 @@ async fn the_sender_sees_how_many_members_read_a_message() {
     let sender = full_sync(&apis[0]).await;
     assert!(of_kind(&sender, EventType::ReceiptRead).is_empty());
     // Unread counts follow the positions.
-    let list = apis[4]
-        .conversations()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let list = apis[4].conversations().await.unwrap();
     assert_eq!(list.conversations.iter().map(|c| c.unread).sum::<u64>(), 1);
-    let list = apis[2]
-        .conversations()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let list = apis[2].conversations().await.unwrap();
     assert_eq!(list.conversations.iter().map(|c| c.unread).sum::<u64>(), 0);
 
     // Only the sender asks; non-members see nothing; a member who joins
@@ -756,7 +739,7 @@ async fn a_full_group_fans_out_completely_and_refuses_one_more() {
     // Every member online; one message reaches all of them.
     let mut sockets = Vec::with_capacity(size);
     for api in &apis[..size] {
-        sockets.push(api.connect_ws(None).await.unwrap_or_else(|e| panic!("{e}")));
+        sockets.push(api.connect_ws(None).await.unwrap());
     }
     let started = Instant::now();
     let (status, sent) = say(&apis[1], "team-full", "to everyone", None).await;

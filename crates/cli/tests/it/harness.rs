@@ -32,7 +32,7 @@ impl TestServer {
 
     /// A server with extra `UNIMSG_*` environment settings.
     pub async fn start_with(env: &[(&str, &str)]) -> Self {
-        let dir = Arc::new(tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")));
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         let env = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -67,7 +67,7 @@ impl TestServer {
     }
 
     pub fn client(&self) -> unimsg_client::Client {
-        unimsg_client::Client::new(&self.base).unwrap_or_else(|e| panic!("client: {e}"))
+        unimsg_client::Client::new(&self.base).expect("client")
     }
 
     pub fn data_dir(&self) -> &std::path::Path {
@@ -81,15 +81,12 @@ impl TestServer {
 
     /// `kill -9`: no chance to flush or clean up.
     pub async fn kill9(&mut self) {
-        self.child
-            .kill()
-            .await
-            .unwrap_or_else(|e| panic!("kill: {e}"));
+        self.child.kill().await.expect("kill");
     }
 
     /// `SIGTERM`, then waits for a clean exit.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().unwrap_or_else(|| panic!("no pid"));
+        let pid = self.child.id().expect("no pid");
         let status = Command::new("kill")
             .arg("-TERM")
             .arg(pid.to_string())
@@ -98,8 +95,8 @@ impl TestServer {
         assert!(status.is_ok_and(|s| s.success()), "kill -TERM failed");
         tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
-            .unwrap_or_else(|_| panic!("the server did not stop after SIGTERM"))
-            .unwrap_or_else(|e| panic!("wait: {e}"))
+            .expect("the server did not stop after SIGTERM")
+            .expect("wait")
     }
 
     /// Kills this process (if still running) and starts a new one on the

@@ -28,9 +28,9 @@ async fn ticket_again(server: &TestServer, device: Option<&str>, secret: Option<
         .json(&body)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(r.status(), 200);
-    r.json().await.unwrap_or_else(|e| panic!("{e}"))
+    r.json().await.unwrap()
 }
 
 fn id_of(t: &Value) -> String {
@@ -44,7 +44,7 @@ async fn listen(server: &TestServer, id: &str, secret: Option<&str>) -> reqwest:
     if let Some(secret) = secret {
         request = request.header("x-qr-secret", secret);
     }
-    request.send().await.unwrap_or_else(|e| panic!("{e}"))
+    request.send().await.unwrap()
 }
 
 /// The waiting page of ticket `t` (with its secret): named SSE events as
@@ -71,7 +71,7 @@ fn events_of(r: reqwest::Response) -> Events {
 async fn next(stream: &mut (impl Stream<Item = (String, Value)> + Unpin)) -> (String, Value) {
     within("a QR event", stream.next())
         .await
-        .unwrap_or_else(|| panic!("the stream ended"))
+        .expect("the stream ended")
 }
 
 #[tokio::test]
@@ -117,7 +117,7 @@ async fn the_same_device_gets_the_same_ticket_and_codes_are_typable() {
         a["ticket_id"].as_str().unwrap_or("")
     ))
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     assert_eq!(
         svg.headers()
             .get("content-type")
@@ -146,7 +146,7 @@ async fn scan_by_code_then_confirm_logs_the_page_in_as_the_phone_user() {
         t["page_secret"].as_str().unwrap_or_default()
     ))
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     assert_eq!(by_query.status(), 200);
     let mut tab2 = events_of(by_query);
     assert_eq!(next(&mut tab1).await.0, "pending");
@@ -205,15 +205,8 @@ async fn scan_by_code_then_confirm_logs_the_page_in_as_the_phone_user() {
     }
     // The page's tokens are the phone user's.
     let page = client.with_token(tokens[0].clone());
-    assert_eq!(
-        page.me().await.unwrap_or_else(|e| panic!("{e}")).user_id,
-        phone.id
-    );
-    let sessions = page
-        .sessions()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .sessions;
+    assert_eq!(page.me().await.unwrap().user_id, phone.id);
+    let sessions = page.sessions().await.unwrap().sessions;
     assert!(
         sessions
             .iter()
@@ -267,7 +260,7 @@ async fn cancel_refusal_and_access_rules() {
             Some("application/json"),
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(status, 401);
     // Unknown code: 404.
     let (status, _) = call(
@@ -349,15 +342,12 @@ async fn a_business_system_can_confirm_for_a_user_it_verified() {
         .json(&json!({"user_id": carol.id}))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(r.status(), 200);
     let (event, data) = next(&mut tab).await;
     assert_eq!(event, "confirmed");
     let page = client.with_token(data["access_token"].as_str().unwrap_or_default().to_owned());
-    assert_eq!(
-        page.me().await.unwrap_or_else(|e| panic!("{e}")).user_id,
-        carol.id
-    );
+    assert_eq!(page.me().await.unwrap().user_id, carol.id);
 }
 
 #[tokio::test]
@@ -512,9 +502,9 @@ async fn the_qr_url_ignores_the_host_header() {
         .json(&json!({"platform": "web"}))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let t: Value = r.json().await.unwrap_or_else(|e| panic!("{e}"));
+    let t: Value = r.json().await.unwrap();
     let url = t["qr_url"].as_str().unwrap_or_default();
     assert!(
         url.starts_with(&format!("{}/m/qr?code=", server.base)),

@@ -56,7 +56,7 @@ pub async fn login(
     let req = LoginRequest {
         username: username.into(),
         password: PASSWORD.into(),
-        platform: Platform::parse(platform).unwrap_or_else(|e| panic!("{e}")),
+        platform: Platform::parse(platform).unwrap(),
         device_id: device.map(str::to_owned),
     };
     let tokens = client
@@ -80,15 +80,15 @@ pub async fn user(client: &Client, username: &str) -> TestUser {
 pub async fn ws_event(ws: &mut WsConnection) -> Event {
     within("a WebSocket event", ws.next_event())
         .await
-        .unwrap_or_else(|e| panic!("websocket: {e}"))
+        .expect("websocket")
         .unwrap_or_else(|| panic!("websocket closed (code {:?})", ws.close_code()))
 }
 
 pub async fn sse_event(sse: &mut SseConnection) -> (Option<String>, Event) {
     let e = within("an SSE event", sse.next_event())
         .await
-        .unwrap_or_else(|e| panic!("sse: {e}"))
-        .unwrap_or_else(|| panic!("sse stream ended"));
+        .expect("sse")
+        .expect("sse stream ended");
     (e.id, e.event)
 }
 
@@ -97,10 +97,7 @@ pub async fn full_sync(api: &Authed) -> Vec<Event> {
     let mut out = Vec::new();
     let mut after = Seq(0);
     loop {
-        let page = api
-            .sync(Some(after), Some(200))
-            .await
-            .unwrap_or_else(|e| panic!("sync: {e}"));
+        let page = api.sync(Some(after), Some(200)).await.expect("sync");
         out.extend(page.events);
         after = page.next_after;
         if !page.has_more {

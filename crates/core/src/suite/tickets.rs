@@ -23,7 +23,7 @@ pub fn pending_ticket(now: OffsetDateTime) -> Ticket {
         code: tag[..8].to_uppercase(),
         page_hash: crate::qr::page_hash(&format!("secret-{tag}")),
         ticket_id: tag.clone(),
-        platform: Platform::parse("web").unwrap_or_else(|e| panic!("{e}")),
+        platform: Platform::parse("web").expect("`web` is a platform"),
         device_id: Some(format!("device-{tag}")),
         ip: Some("192.0.2.1".into()),
         user_agent: Some("suite".into()),
@@ -93,47 +93,25 @@ pub async fn tickets_are_found_by_id_code_and_page(backend: &dyn Backend) {
     let ticket = pending_ticket(now);
     let id = ticket.ticket_id.clone();
     let page = ticket.page_hash.clone();
-    store
-        .insert(ticket.clone())
-        .await
-        .unwrap_or_else(|e| panic!("insert: {e}"));
+    store.insert(ticket.clone()).await.expect("insert");
 
     same(&get(store, &id).await, &ticket, "by id");
     let by_code = store
         .by_code(&ticket.code)
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|| panic!("not found by code"));
+        .expect("by_code")
+        .expect("not found by code");
     same(&by_code, &ticket, "by code");
     let missing = format!("missing-{}", unique());
-    assert!(
-        store
-            .get(&missing)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .is_none()
-    );
-    assert!(
-        store
-            .by_code(&missing)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .is_none()
-    );
+    assert!(store.get(&missing).await.expect("get").is_none());
+    assert!(store.by_code(&missing).await.expect("by_code").is_none());
 
     // The page's own ticket, by its secret's hash: only while open and unexpired.
     let open = |at: OffsetDateTime| {
         let page = page.clone();
-        async move {
-            store
-                .open_for_page(&page, at)
-                .await
-                .unwrap_or_else(|e| panic!("open_for_page: {e}"))
-        }
+        async move { store.open_for_page(&page, at).await.expect("open_for_page") }
     };
-    let found = open(now)
-        .await
-        .unwrap_or_else(|| panic!("the page's open ticket"));
+    let found = open(now).await.expect("the page's open ticket");
     same(&found, &ticket, "by page");
     assert!(
         open(ticket.expires_at - time::Duration::seconds(1))
@@ -153,20 +131,17 @@ pub async fn tickets_are_found_by_id_code_and_page(backend: &dyn Backend) {
         store
             .open_for_page(&crate::qr::page_hash(&missing), now)
             .await
-            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("open_for_page")
             .is_none(),
         "an unknown secret has none"
     );
     // Another ticket of the same device is not this page's.
     let mut same_device = pending_ticket(now);
     same_device.device_id = ticket.device_id.clone();
-    store
-        .insert(same_device.clone())
-        .await
-        .unwrap_or_else(|e| panic!("insert: {e}"));
+    store.insert(same_device.clone()).await.expect("insert");
     let found = open(now)
         .await
-        .unwrap_or_else(|| panic!("the page's ticket after another of its device"));
+        .expect("the page's ticket after another of its device");
     same(
         &found,
         &ticket,
@@ -180,7 +155,7 @@ pub async fn tickets_are_found_by_id_code_and_page(backend: &dyn Backend) {
             Ok(None)
         })
         .await
-        .unwrap_or_else(|e| panic!("cancel: {e}"));
+        .expect("cancel");
     assert!(open(now).await.is_none(), "a closed ticket is not open");
     assert_eq!(get(store, &id).await.state, TicketState::Cancelled);
 
@@ -194,7 +169,7 @@ pub async fn tickets_are_found_by_id_code_and_page(backend: &dyn Backend) {
         store
             .subscribe(&missing)
             .await
-            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("subscribe")
             .is_none(),
         "subscribing to an unknown ticket"
     );
@@ -207,16 +182,13 @@ pub async fn updates_are_stored_whole_and_announced(backend: &dyn Backend) {
     let now = OffsetDateTime::now_utc();
     let ticket = pending_ticket(now);
     let id = ticket.ticket_id.clone();
-    store
-        .insert(ticket.clone())
-        .await
-        .unwrap_or_else(|e| panic!("insert: {e}"));
+    store.insert(ticket.clone()).await.expect("insert");
     let mut rx = subscribe(store, &id).await;
     let mut second = subscribe(store, &id).await;
 
     // A change is stored whole, returned, and its event announced to every
     // listener.
-    let by = UserId::parse(format!("u{}", unique())).unwrap_or_else(|e| panic!("{e}"));
+    let by = UserId::parse(format!("u{}", unique())).expect("a user id");
     let updated = store
         .update(&id, &mut |t| {
             assert_eq!(t.state, TicketState::Pending, "the change sees the state");
@@ -228,7 +200,7 @@ pub async fn updates_are_stored_whole_and_announced(backend: &dyn Backend) {
             Ok(Some(scanned("first")))
         })
         .await
-        .unwrap_or_else(|e| panic!("update: {e}"));
+        .expect("update");
     let mut expected = ticket.clone();
     expected.state = TicketState::Scanned {
         by: by.clone(),
@@ -267,7 +239,7 @@ pub async fn updates_are_stored_whole_and_announced(backend: &dyn Backend) {
             Ok(None)
         })
         .await
-        .unwrap_or_else(|e| panic!("update: {e}"));
+        .expect("update");
     expected.user_agent = Some("quiet".into());
     same(&quiet, &expected, "a change without an event");
     same(&get(store, &id).await, &expected, "after a quiet change");
@@ -277,7 +249,7 @@ pub async fn updates_are_stored_whole_and_announced(backend: &dyn Backend) {
     store
         .update(&id, &mut |_| Ok(Some(scanned("second"))))
         .await
-        .unwrap_or_else(|e| panic!("update: {e}"));
+        .expect("update");
     assert_eq!(
         marker(&next_event(&mut rx, "the event after").await),
         "second",
@@ -296,7 +268,7 @@ pub async fn updates_are_stored_whole_and_announced(backend: &dyn Backend) {
             Ok(Some(QrEvent::Expired))
         })
         .await
-        .unwrap_or_else(|e| panic!("update: {e}"));
+        .expect("update");
     for (rx, who) in [
         (&mut rx, "first"),
         (&mut second, "second"),
@@ -317,10 +289,7 @@ pub async fn of_two_racing_claims_exactly_one_wins(backend: &dyn Backend) {
     let now = OffsetDateTime::now_utc();
     let ticket = pending_ticket(now);
     let id = ticket.ticket_id.clone();
-    store
-        .insert(ticket)
-        .await
-        .unwrap_or_else(|e| panic!("insert: {e}"));
+    store.insert(ticket).await.expect("insert");
     let mut rx = subscribe(store, &id).await;
 
     // Two claims at once: each confirms the ticket only if it is still
@@ -357,7 +326,7 @@ pub async fn of_two_racing_claims_exactly_one_wins(backend: &dyn Backend) {
     store
         .update(&id, &mut |_| Ok(Some(scanned("after"))))
         .await
-        .unwrap_or_else(|e| panic!("update: {e}"));
+        .expect("update");
     assert_eq!(
         marker(&next_event(&mut rx, "after the race").await),
         "after",

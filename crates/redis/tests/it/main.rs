@@ -69,28 +69,26 @@ async fn a_ticket_changed_on_one_node_is_heard_on_another() {
 
     let ticket = suite::tickets::pending_ticket(OffsetDateTime::now_utc());
     let id = ticket.ticket_id.clone();
-    on_a.insert(ticket)
-        .await
-        .unwrap_or_else(|e| panic!("insert on a: {e}"));
+    on_a.insert(ticket).await.expect("insert on a");
     let mut rx = on_b
         .subscribe(&id)
         .await
-        .unwrap_or_else(|e| panic!("subscribe on b: {e}"))
-        .unwrap_or_else(|| panic!("b does not see the ticket a inserted"));
+        .expect("subscribe on b")
+        .expect("b does not see the ticket a inserted");
 
     on_a.update(&id, &mut |t| {
         t.state = TicketState::Cancelled;
         Ok(Some(QrEvent::Cancelled))
     })
     .await
-    .unwrap_or_else(|e| panic!("update on a: {e}"));
+    .expect("update on a");
 
     let event = suite::tickets::next_event(&mut rx, "b's listener").await;
     assert!(matches!(event, QrEvent::Cancelled), "b heard {event:?}");
     let seen = on_b
         .get(&id)
         .await
-        .unwrap_or_else(|e| panic!("get on b: {e}"))
-        .unwrap_or_else(|| panic!("b does not see the ticket"));
+        .expect("get on b")
+        .expect("b does not see the ticket");
     assert_eq!(seen.state, TicketState::Cancelled);
 }
