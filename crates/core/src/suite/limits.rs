@@ -1,5 +1,6 @@
-//! Rate limits and login back-off ([`RateLimits`]): fixed quotas per key
-//! and limit, the pair and account rules for users, the address rule for
+//! Rate limits and login back-off
+//! ([`RateLimits`](crate::limits::RateLimits)): fixed quotas per key and
+//! limit, the pair and account rules for users, the address rule for
 //! admins, and the per-user send windows.
 
 use std::time::Duration;

@@ -40,9 +40,9 @@ fn unique() -> String {
 /// on its own.
 ///
 /// `ephemeral_state_suite!(#[tokio::test] backend);` where `backend` is an
-/// `async fn` of the invoking module returning a [`Backend`] (which may
-/// hold the server it runs on: it lives until the test ends). The
-/// attribute is the test's, such as
+/// `async fn` of the invoking module returning a
+/// [`Backend`](crate::suite::Backend) (which may hold the server it runs
+/// on: it lives until the test ends). The attribute is the test's, such as
 /// `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`. Each
 /// test runs its check twice on one backend: a check must use keys of its
 /// own, as it does on a server that several runs share.
