@@ -541,11 +541,11 @@ mod tests {
     use super::*;
 
     fn base(s: &str) -> Url {
-        parse_base(s).unwrap_or_else(|e| panic!("{e}"))
+        parse_base(s).unwrap()
     }
 
     fn ok<T>(r: Result<T>) -> T {
-        r.unwrap_or_else(|e| panic!("{e}"))
+        r.unwrap()
     }
 
     #[test]
@@ -614,7 +614,7 @@ mod tests {
 
     #[test]
     fn text_message_is_chat_with_text_content() {
-        let to = UserId::parse("bob").unwrap_or_else(|e| panic!("{e}"));
+        let to = UserId::parse("bob").unwrap();
         let req = text_message(&to, "hi", Some("c1"));
         let v = serde_json::to_value(&req).unwrap_or_default();
         assert_eq!(
@@ -636,7 +636,7 @@ mod tests {
 
     #[test]
     fn debug_redacts_token() {
-        let client = Client::new("http://h").unwrap_or_else(|e| panic!("{e}"));
+        let client = Client::new("http://h").unwrap();
         let authed = client.with_token("secret-token");
         let s = format!("{authed:?}");
         assert!(!s.contains("secret-token"));

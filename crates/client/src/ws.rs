@@ -528,25 +528,19 @@ mod tests {
 
     #[tokio::test]
     async fn connections_leave_from_the_local_address() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let port = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("{e}"))
-            .port();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
         let local = IpAddr::from([127, 0, 0, 2]);
         for host in ["127.0.0.1", "localhost"] {
-            let url =
-                Url::parse(&format!("ws://{host}:{port}/v1/ws")).unwrap_or_else(|e| panic!("{e}"));
+            let url = Url::parse(&format!("ws://{host}:{port}/v1/ws")).unwrap();
             let (stream, accepted) = tokio::join!(connect_from(&url, local), listener.accept());
             let stream = stream.unwrap_or_else(|e| panic!("{host}: {e}"));
-            let (_, peer) = accepted.unwrap_or_else(|e| panic!("{e}"));
+            let (_, peer) = accepted.unwrap();
             assert_eq!(peer.ip(), local);
             assert_eq!(stream.local_addr().map(|a| a.ip()).ok(), Some(local));
         }
         // No IPv6 address of 127.0.0.1 to connect to.
-        let url = Url::parse(&format!("ws://127.0.0.1:{port}/")).unwrap_or_else(|e| panic!("{e}"));
+        let url = Url::parse(&format!("ws://127.0.0.1:{port}/")).unwrap();
         let v6 = connect_from(&url, IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])).await;
         assert!(matches!(v6, Err(ClientError::Protocol(_))), "{v6:?}");
     }

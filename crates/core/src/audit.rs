@@ -475,7 +475,7 @@ mod tests {
         // and starts a new interval with itself.
         let later = t0 + minute;
         let w = refusals.count(later, minute, refusal("198.51.100.1", "401"));
-        let summary = w.summary.unwrap_or_else(|| panic!("no summary"));
+        let summary = w.summary.expect("no summary");
         assert_eq!(summary.action, "admin.refused");
         assert_eq!(summary.count, Some(500));
         assert_eq!(summary.ip.as_deref(), Some("198.51.100.1"));

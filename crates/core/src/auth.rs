@@ -676,9 +676,9 @@ mod tests {
 
     fn subject(n: usize) -> TokenSubject {
         (
-            UserId::parse(format!("u{n}")).unwrap_or_else(|e| panic!("{e}")),
-            SessionId::parse(format!("s{n}")).unwrap_or_else(|e| panic!("{e}")),
-            Platform::parse("web".to_owned()).unwrap_or_else(|e| panic!("{e}")),
+            UserId::parse(format!("u{n}")).unwrap(),
+            SessionId::parse(format!("s{n}")).unwrap(),
+            Platform::parse("web".to_owned()).unwrap(),
         )
     }
 

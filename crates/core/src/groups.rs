@@ -1074,14 +1074,14 @@ mod tests {
     use super::*;
 
     fn uid(s: &str) -> UserId {
-        UserId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+        UserId::parse(s).unwrap()
     }
 
     fn snapshot(members: &[(&str, GroupRole)]) -> Snapshot {
         let now = OffsetDateTime::now_utc();
         Snapshot {
             group: GroupRow {
-                group_id: GroupId::parse("g_t").unwrap_or_else(|e| panic!("{e}")),
+                group_id: GroupId::parse("g_t").unwrap(),
                 name: "T".into(),
                 notice: String::new(),
                 join_policy: JoinPolicy::Invite,

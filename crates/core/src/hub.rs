@@ -548,7 +548,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_queue_is_bounded_wakes_its_reader_and_ends_when_closed() {
-        let user = UserId::parse("u").unwrap_or_else(|e| panic!("{e}"));
+        let user = UserId::parse("u").unwrap();
         let q = Queue::new(2);
         assert!(q.pop().is_none());
         let reader = {
@@ -556,7 +556,7 @@ mod tests {
             tokio::spawn(async move { q.recv().await.map(seq_of) })
         };
         assert!(!q.push(Outbound::Event(delivery(&user, 1))));
-        assert_eq!(reader.await.unwrap_or_else(|e| panic!("{e}")), Some(Seq(1)));
+        assert_eq!(reader.await.unwrap(), Some(Seq(1)));
         assert!(!q.push(Outbound::Event(delivery(&user, 2))));
         assert!(!q.push(Outbound::Event(delivery(&user, 3))));
         assert!(q.push(Outbound::Event(delivery(&user, 4))), "full");
@@ -571,9 +571,9 @@ mod tests {
     #[tokio::test]
     async fn shutdown_ends_every_connection_and_any_that_opens_after() {
         let hub = Hub::new(4);
-        let user = UserId::parse("u").unwrap_or_else(|e| panic!("{e}"));
-        let sid = SessionId::parse("s").unwrap_or_else(|e| panic!("{e}"));
-        let web = Platform::parse("web").unwrap_or_else(|e| panic!("{e}"));
+        let user = UserId::parse("u").unwrap();
+        let sid = SessionId::parse("s").unwrap();
+        let web = Platform::parse("web").unwrap();
         let mut before = hub.subscribe(&user, &sid, &web);
         let waiting = before.killed();
         hub.shutdown();
@@ -590,10 +590,10 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_disconnects_only_that_connection() {
         let hub = Hub::new(2);
-        let user = UserId::parse("u").unwrap_or_else(|e| panic!("{e}"));
-        let sid = SessionId::parse("s").unwrap_or_else(|e| panic!("{e}"));
-        let web = Platform::parse("web").unwrap_or_else(|e| panic!("{e}"));
-        let ios = Platform::parse("ios").unwrap_or_else(|e| panic!("{e}"));
+        let user = UserId::parse("u").unwrap();
+        let sid = SessionId::parse("s").unwrap();
+        let web = Platform::parse("web").unwrap();
+        let ios = Platform::parse("ios").unwrap();
         let mut reader = hub.subscribe(&user, &sid, &web);
         let stalled = hub.subscribe(&user, &sid, &ios);
         assert_eq!(hub.platforms(&user), vec![ios.clone(), web.clone()]);

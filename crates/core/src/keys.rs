@@ -358,26 +358,19 @@ mod tests {
 
     #[test]
     fn seal_binds_the_row_identity() {
-        let key = aead_key(&[7u8; 32]).unwrap_or_else(|e| panic!("{e}"));
+        let key = aead_key(&[7u8; 32]).unwrap();
         let ring = Keyring {
             keys: HashMap::from([(1, key)]),
             active: 1,
         };
-        let sealed = ring
-            .seal(b"secret text", b"m1")
-            .unwrap_or_else(|e| panic!("{e}"));
+        let sealed = ring.seal(b"secret text", b"m1").unwrap();
         assert_ne!(sealed.ciphertext, b"secret text");
-        assert_eq!(
-            ring.open(&sealed, b"m1").unwrap_or_else(|e| panic!("{e}")),
-            b"secret text"
-        );
+        assert_eq!(ring.open(&sealed, b"m1").unwrap(), b"secret text");
         assert!(
             ring.open(&sealed, b"m2").is_err(),
             "ciphertext moved to another row must not open"
         );
-        let again = ring
-            .seal(b"secret text", b"m1")
-            .unwrap_or_else(|e| panic!("{e}"));
+        let again = ring.seal(b"secret text", b"m1").unwrap();
         assert_ne!(again.nonce, sealed.nonce, "nonces must differ per row");
     }
 

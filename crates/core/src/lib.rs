@@ -24,7 +24,9 @@ pub mod qr;
 mod render;
 pub mod replay;
 pub mod stream;
-/// The test suite every nonce store, rate limiter and ticket store must pass.
+/// The test suite every nonce store, rate limiter and ticket store must
+/// pass: for tests only, behind the `suite` feature.
+#[cfg(any(test, feature = "suite"))]
 pub mod suite;
 pub mod throttle;
 

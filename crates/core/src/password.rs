@@ -224,10 +224,7 @@ mod tests {
     #[tokio::test]
     async fn hashes_verify_and_a_missing_hash_never_matches() {
         let workers = PasswordWorkers::start(1, 4);
-        let hash = workers
-            .hash("s3cret-pass".into())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let hash = workers.hash("s3cret-pass".into()).await.unwrap();
         assert!(hash.0.starts_with("$argon2id$"));
         assert!(
             workers

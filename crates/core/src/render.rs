@@ -198,19 +198,17 @@ mod tests {
     /// A shared delivery is byte for byte what rendering the event alone gives.
     #[test]
     fn shared_deliveries_match_single_rendering() {
-        let ts = time::OffsetDateTime::from_unix_timestamp(1_700_000_000)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let ts = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
         let data = serde_json::json!({"message_id": "m1", "content": {"text": "hé \"x\""}});
-        let user = UserId::parse("u1").unwrap_or_else(|e| panic!("{e}"));
-        let shared = shared_deliveries(EventType::MessageNew, ts, &data, [(user, Seq(7))])
-            .unwrap_or_else(|e| panic!("{e}"));
+        let user = UserId::parse("u1").unwrap();
+        let shared = shared_deliveries(EventType::MessageNew, ts, &data, [(user, Seq(7))]).unwrap();
         let single = serde_json::to_vec(&Event {
             seq: Seq(7),
             kind: EventType::MessageNew,
             ts,
             data,
         })
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         assert_eq!(shared[0].json.as_ref(), single.as_slice());
     }
 }

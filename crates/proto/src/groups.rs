@@ -296,15 +296,13 @@ mod tests {
 
     #[test]
     fn member_update_tells_absent_from_null() {
-        let absent: MemberUpdate =
-            serde_json::from_str(r#"{"role":"admin"}"#).unwrap_or_else(|e| panic!("{e}"));
+        let absent: MemberUpdate = serde_json::from_str(r#"{"role":"admin"}"#).unwrap();
         assert_eq!(absent.muted_until, None);
         assert_eq!(absent.role, Some(GroupRole::Admin));
-        let cleared: MemberUpdate =
-            serde_json::from_str(r#"{"muted_until":null}"#).unwrap_or_else(|e| panic!("{e}"));
+        let cleared: MemberUpdate = serde_json::from_str(r#"{"muted_until":null}"#).unwrap();
         assert_eq!(cleared.muted_until, Some(None));
-        let set: MemberUpdate = serde_json::from_str(r#"{"muted_until":"2030-01-01T00:00:00Z"}"#)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let set: MemberUpdate =
+            serde_json::from_str(r#"{"muted_until":"2030-01-01T00:00:00Z"}"#).unwrap();
         assert!(matches!(set.muted_until, Some(Some(_))));
         assert!(serde_json::from_str::<MemberUpdate>(r#"{"mute":1}"#).is_err());
     }
@@ -312,11 +310,9 @@ mod tests {
     #[test]
     fn recipient_is_exactly_one_of_user_and_group() {
         use crate::api::Recipient;
-        let user: Recipient =
-            serde_json::from_str(r#"{"user":"alice"}"#).unwrap_or_else(|e| panic!("{e}"));
+        let user: Recipient = serde_json::from_str(r#"{"user":"alice"}"#).unwrap();
         assert!(matches!(user, Recipient::User(_)));
-        let group: Recipient =
-            serde_json::from_str(r#"{"group":"g_1"}"#).unwrap_or_else(|e| panic!("{e}"));
+        let group: Recipient = serde_json::from_str(r#"{"group":"g_1"}"#).unwrap();
         assert!(matches!(group, Recipient::Group(_)));
         for bad in [
             r#"{}"#,

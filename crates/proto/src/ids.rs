@@ -275,8 +275,8 @@ mod tests {
 
     #[test]
     fn direct_conversation_is_order_independent() {
-        let a = UserId::parse("alice").unwrap_or_else(|e| panic!("{e}"));
-        let b = UserId::parse("bob").unwrap_or_else(|e| panic!("{e}"));
+        let a = UserId::parse("alice").unwrap();
+        let b = UserId::parse("bob").unwrap();
         assert_eq!(
             ConversationId::direct(&a, &b),
             ConversationId::direct(&b, &a)
@@ -293,8 +293,8 @@ mod tests {
             assert!(ConversationId::parse(bad).is_err(), "{bad:?} was accepted");
         }
         assert!(ConversationId::parse("d:a:b").is_ok());
-        let group = GroupId::parse("g_1").unwrap_or_else(|e| panic!("{e}"));
-        let conv = ConversationId::parse("g:g_1").unwrap_or_else(|e| panic!("{e}"));
+        let group = GroupId::parse("g_1").unwrap();
+        let conv = ConversationId::parse("g:g_1").unwrap();
         assert_eq!(conv, ConversationId::group(&group));
         assert_eq!(conv.group_id(), Some(group));
         assert_eq!(conv.direct_members(), None);
@@ -312,10 +312,10 @@ mod tests {
         #[test]
         fn conversation_members_round_trip(a in "[a-z0-9_.-]{1,20}", b in "[a-z0-9_.-]{1,20}") {
             prop_assume!(a != b);
-            let (ua, ub) = (UserId::parse(a).unwrap_or_else(|e| panic!("{e}")), UserId::parse(b).unwrap_or_else(|e| panic!("{e}")));
+            let (ua, ub) = (UserId::parse(a).unwrap(), UserId::parse(b).unwrap());
             let c = ConversationId::direct(&ua, &ub);
-            let parsed = ConversationId::parse(c.as_str()).unwrap_or_else(|e| panic!("{e}"));
-            let (lo, hi) = parsed.direct_members().unwrap_or_else(|| panic!("no members"));
+            let parsed = ConversationId::parse(c.as_str()).unwrap();
+            let (lo, hi) = parsed.direct_members().expect("no members");
             prop_assert!(lo < hi);
             prop_assert!((lo == ua && hi == ub) || (lo == ub && hi == ua));
         }

@@ -180,8 +180,8 @@ mod tests {
         let send: ClientFrame = serde_json::from_str(
             r#"{"type":"send","id":"1","to":{"user":"bob"},"content":{"text":"hi"},"client_msg_id":"c1"}"#,
         )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let (id, req) = send.into_send().unwrap_or_else(|| panic!("not a send"));
+        .unwrap();
+        let (id, req) = send.into_send().expect("not a send");
         assert_eq!(id.as_deref(), Some("1"));
         assert_eq!(req.to.as_str(), "bob");
         assert_eq!(req.kind, MessageKind::Chat);

@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn no_file_and_no_env_gives_defaults() {
-        let c = Config::load(None, env(&[])).unwrap_or_else(|e| panic!("{e}"));
+        let c = Config::load(None, env(&[])).unwrap();
         assert_eq!(c, Config::default());
     }
 
@@ -303,7 +303,7 @@ mod tests {
                 ("OTHER", "ignored"),
             ]),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         assert_eq!(c.listen.port(), 0);
         assert_eq!(
             c.auth.device_policy,
@@ -316,10 +316,9 @@ mod tests {
 
     #[test]
     fn unknown_file_keys_are_errors() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "[auth]\nregistration_opne = true\n")
-            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, "[auth]\nregistration_opne = true\n").unwrap();
         assert!(Config::load(Some(&path), env(&[])).is_err());
     }
 
@@ -330,7 +329,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../unimsg.example.toml");
         let example =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let parsed = Config::load(Some(&path), env(&[])).unwrap_or_else(|e| panic!("{e}"));
+        let parsed = Config::load(Some(&path), env(&[])).unwrap();
         assert_eq!(
             parsed,
             Config::default(),

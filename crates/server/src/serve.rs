@@ -398,10 +398,10 @@ mod tests {
 
     #[test]
     fn caps_count_in_all_and_per_ip_and_exempt_trusted_proxies() {
-        let proxy: IpNet = "10.9.9.9/32".parse().unwrap_or_else(|e| panic!("{e}"));
+        let proxy: IpNet = "10.9.9.9/32".parse().unwrap();
         let caps = Caps::new(4, 2, vec![proxy]);
-        let a: IpAddr = "192.0.2.1".parse().unwrap_or_else(|e| panic!("{e}"));
-        let p: IpAddr = "10.9.9.9".parse().unwrap_or_else(|e| panic!("{e}"));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let p: IpAddr = "10.9.9.9".parse().unwrap();
         let first = caps.admit(a).unwrap_or_else(|e| panic!("{e:?}"));
         let _second = caps.admit(a).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(caps.admit(a).err(), Some(Refusal::PerIp));

@@ -1,5 +1,7 @@
 //! Real PostgreSQL and Redis servers for tests, each in its own temporary
-//! directory on a free loopback port, stopped when dropped.
+//! directory on a free loopback port, stopped when dropped; and
+//! [`unimsg::start`], which starts the unimsg binary and waits for its
+//! address.
 //!
 //! The binaries come from Debian's packages (`postgresql`,
 //! `redis-server`), which the README's test command installs; set
@@ -9,6 +11,12 @@
 //!
 //! Servers can be stopped and started again on the same port and data, to
 //! test how unimsg behaves while they are down.
+//!
+//! Without those binaries a test that needs them fails at once with one
+//! line naming the packages to install ([`MISSING`]), before anything is
+//! started: no wait, no failure deeper in the test to decode.
+
+pub mod unimsg;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -21,7 +29,7 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+        .expect("no free loopback port")
 }
 
 fn is_root() -> bool {
@@ -32,10 +40,27 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The directory with `initdb`, `pg_ctl` and `postgres`.
-fn pg_bin() -> PathBuf {
+/// What a test needing PostgreSQL or Redis says when their binaries are
+/// missing, after naming which.
+pub const MISSING: &str = "cluster-mode tests start their own PostgreSQL and Redis: \
+    install Debian's postgresql, postgresql-client and redis-server (scripts/test does), \
+    or set UNIMSG_PG_BIN to a PostgreSQL bin directory";
+
+/// Whether `program` is an executable file in a directory of `PATH`.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+/// Fails the test with one line when `what` is absent.
+fn require(present: bool, what: &str) {
+    assert!(present, "{what} is missing: {MISSING}");
+}
+
+/// The directory with `initdb`, `pg_ctl` and `postgres`, if any.
+fn pg_bin() -> Option<PathBuf> {
     if let Ok(dir) = std::env::var("UNIMSG_PG_BIN") {
-        return PathBuf::from(dir);
+        return Some(PathBuf::from(dir));
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
@@ -48,13 +73,34 @@ fn pg_bin() -> PathBuf {
         })
         .collect();
     versions.sort();
-    match versions.pop() {
-        Some((_, bin)) => bin,
-        None => panic!(
-            "PostgreSQL is not installed: run scripts/test (it installs Debian's postgresql), \
-             or set UNIMSG_PG_BIN to a directory holding initdb and pg_ctl"
-        ),
+    versions.pop().map(|(_, bin)| bin)
+}
+
+/// Checks everything [`Postgres::start`] runs, so that a missing piece is
+/// named before anything starts.
+fn require_postgres(as_postgres: bool) -> PathBuf {
+    let bin = pg_bin();
+    require(
+        bin.as_ref()
+            .is_some_and(|b| b.join("initdb").is_file() && b.join("pg_ctl").is_file()),
+        "PostgreSQL (initdb and pg_ctl under /usr/lib/postgresql/*/bin or UNIMSG_PG_BIN)",
+    );
+    require(on_path("psql"), "psql (package postgresql-client)");
+    if as_postgres {
+        // As root the server runs as `postgres`, which Debian's package creates.
+        require(on_path("runuser"), "runuser (package util-linux)");
+        let user = Command::new("id")
+            .args(["-u", "postgres"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        require(
+            user,
+            "the postgres user (PostgreSQL refuses to run as root)",
+        );
     }
+    bin.unwrap_or_default()
 }
 
 /// A PostgreSQL server of its own: trust authentication for `postgres` on
@@ -77,12 +123,12 @@ impl std::fmt::Debug for Postgres {
 impl Postgres {
     /// Creates a cluster and starts it.
     pub fn start() -> Self {
-        let bin = pg_bin();
+        let as_postgres = is_root();
+        let bin = require_postgres(as_postgres);
         let dir = tempfile::Builder::new()
             .prefix("unimsg-pg-")
             .tempdir()
-            .unwrap_or_else(|e| panic!("temp dir: {e}"));
-        let as_postgres = is_root();
+            .expect("temp dir");
         if as_postgres {
             run(Command::new("chown").arg("postgres").arg(dir.path()));
         }
@@ -190,9 +236,10 @@ impl Drop for Postgres {
 }
 
 fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(e) => panic!("cannot run {cmd:?}: {e}"),
+    };
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
@@ -214,11 +261,13 @@ impl std::fmt::Debug for Redis {
 }
 
 impl Redis {
+    /// Starts a server on a free port; returns once it accepts connections.
     pub fn start() -> Self {
+        require(on_path("redis-server"), "redis-server");
         let dir = tempfile::Builder::new()
             .prefix("unimsg-redis-")
             .tempdir()
-            .unwrap_or_else(|e| panic!("temp dir: {e}"));
+            .expect("temp dir");
         let mut redis = Self {
             dir,
             port: free_port(),
@@ -246,12 +295,7 @@ impl Redis {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}): run scripts/test, which installs \
-                     Debian's redis-server"
-                )
-            });
+            .expect("cannot start redis-server");
         wait_ready(&mut child, self.dir.path());
         self.child = Some(child);
     }

@@ -2,65 +2,12 @@
 //! notifications and their status, forced logout, replay protection, the
 //! IP allowlist and the audit log with `unimsg audit verify`.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::{Value, json};
 use unimsg_client::proto::{EventType, Seq};
 
 use crate::harness::{ADMIN_PASSWORD, TestServer};
 use crate::support::*;
-
-/// A minimal admin client over reqwest: Basic or Bearer credentials.
-struct AdminApi {
-    base: String,
-    http: reqwest::Client,
-    auth: String,
-}
-
-impl AdminApi {
-    fn basic(server: &TestServer, id: &str, secret: &str) -> Self {
-        let auth = format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")));
-        Self {
-            base: server.base.clone(),
-            http: reqwest::Client::new(),
-            auth,
-        }
-    }
-
-    fn root(server: &TestServer) -> Self {
-        Self::basic(server, "admin", ADMIN_PASSWORD)
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-        headers: &[(&str, String)],
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("authorization", &self.auth);
-        for (k, v) in headers {
-            req = req.header(*k, v);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
-        let (status, v) = self.call(method, path, body, &[]).await;
-        assert!(status.is_success(), "{path}: {status} {v}");
-        v
-    }
-}
 
 async fn import(admin: &AdminApi, ids: &[&str]) {
     let users: Vec<Value> = ids
@@ -85,7 +32,7 @@ async fn mint(admin: &AdminApi, id: &str) -> unimsg_client::proto::api::TokenPai
             Some(json!({"platform": "web"})),
         )
         .await;
-    serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+    serde_json::from_value(v).unwrap()
 }
 
 #[tokio::test]
@@ -101,17 +48,12 @@ async fn credentials_tokens_and_scopes_are_enforced() {
 
     let wrong = AdminApi::basic(&server, "admin", "not the password");
     assert_eq!(
-        wrong
-            .call(Method::GET, "/v1/admin/users/u1", None, &[])
-            .await
-            .0,
+        wrong.call(Method::GET, "/v1/admin/users/u1", None).await.0,
         401
     );
     let mut none = AdminApi::root(&server);
     none.auth = String::new();
-    let (status, body) = none
-        .call(Method::GET, "/v1/admin/users/u1", None, &[])
-        .await;
+    let (status, body) = none.call(Method::GET, "/v1/admin/users/u1", None).await;
     assert_eq!(
         (status.as_u16(), body["error"]["code"].as_str()),
         (401, Some("unauthorized"))
@@ -124,10 +66,10 @@ async fn credentials_tokens_and_scopes_are_enforced() {
         .json(&json!({"admin_id": "admin", "secret": ADMIN_PASSWORD}))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .json()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let bearer = token["token"]
         .as_str()
         .unwrap_or_else(|| panic!("no token: {token}"))
@@ -141,7 +83,7 @@ async fn credentials_tokens_and_scopes_are_enforced() {
         .json(&json!({"admin_id": "admin", "secret": "nope"}))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(bad.status(), 401);
 
     // A user's access token is not an admin token, and the reverse.
@@ -150,7 +92,7 @@ async fn credentials_tokens_and_scopes_are_enforced() {
     as_user.auth = format!("Bearer {}", tokens.access_token);
     assert_eq!(
         as_user
-            .call(Method::GET, "/v1/admin/users/u1", None, &[])
+            .call(Method::GET, "/v1/admin/users/u1", None)
             .await
             .0,
         401
@@ -191,15 +133,8 @@ async fn imported_users_get_minted_tokens_that_work_on_me_and_ws() {
     for id in ["emp-1", "emp-2", "emp-3", "emp-4", "emp-5"] {
         let tokens = mint(&root, id).await;
         let api = client.with_token(tokens.access_token.clone());
-        assert_eq!(
-            api.me()
-                .await
-                .unwrap_or_else(|e| panic!("{e}"))
-                .user_id
-                .as_str(),
-            id
-        );
-        let ws = api.connect_ws(None).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(api.me().await.unwrap().user_id.as_str(), id);
+        let ws = api.connect_ws(None).await.unwrap();
         assert_eq!(ws.ready().user_id.as_str(), id);
     }
     // The imported password logs in too.
@@ -216,14 +151,8 @@ async fn a_notification_reaches_its_recipients_live_or_by_sync_and_status_follow
     for id in ["n1", "n2", "n3", "n4", "n5"] {
         apis.push(client.with_token(mint(&root, id).await.access_token));
     }
-    let mut online = apis[0]
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut bystander = apis[3]
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut online = apis[0].connect_ws(None).await.unwrap();
+    let mut bystander = apis[3].connect_ws(None).await.unwrap();
 
     let sent = root
         .ok(
@@ -265,21 +194,16 @@ async fn a_notification_reaches_its_recipients_live_or_by_sync_and_status_follow
         ),
         (Some(3), Some(0), Some(0))
     );
-    online.ack(live.seq).await.unwrap_or_else(|e| panic!("{e}"));
+    online.ack(live.seq).await.unwrap();
     let st = root.ok(Method::GET, &status_path, None).await;
     assert_eq!(
         (st["delivered"].as_u64(), st["read"].as_u64()),
         (Some(1), Some(0)),
         "{st}"
     );
-    let system =
-        unimsg_client::proto::ConversationId::parse("s:n1").unwrap_or_else(|e| panic!("{e}"));
-    let mid = unimsg_client::proto::MessageId::parse(message_id.clone())
-        .unwrap_or_else(|e| panic!("{e}"));
-    apis[0]
-        .read(&system, &mid)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let system = unimsg_client::proto::ConversationId::parse("s:n1").unwrap();
+    let mid = unimsg_client::proto::MessageId::parse(message_id.clone()).unwrap();
+    apis[0].read(&system, &mid).await.unwrap();
     let st = root.ok(Method::GET, &status_path, None).await;
     assert_eq!(
         (st["delivered"].as_u64(), st["read"].as_u64()),
@@ -332,7 +256,7 @@ async fn force_logout_refuses_the_token_and_closes_the_socket() {
     import(&root, &["kick"]).await;
     let tokens = mint(&root, "kick").await;
     let api = server.client().with_token(tokens.access_token.clone());
-    let mut ws = api.connect_ws(None).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut ws = api.connect_ws(None).await.unwrap();
     let v = root
         .ok(Method::POST, "/v1/admin/users/kick/logout", None)
         .await;
@@ -367,15 +291,12 @@ async fn force_logout_refuses_the_token_and_closes_the_socket() {
             Method::POST,
             "/v1/admin/users/kick/tokens",
             Some(json!({"platform": "web"})),
-            &[],
         )
         .await;
     assert_eq!(status, 403);
     root.ok(Method::DELETE, "/v1/admin/users/kick", None).await;
     assert_eq!(
-        root.call(Method::GET, "/v1/admin/users/kick", None, &[])
-            .await
-            .0,
+        root.call(Method::GET, "/v1/admin/users/kick", None).await.0,
         404
     );
 }
@@ -390,13 +311,13 @@ async fn replayed_nonces_and_stale_timestamps_are_refused() {
         ("x-timestamp", now.to_string()),
     ];
     assert_eq!(
-        root.call(Method::GET, "/v1/admin/audit", None, &fresh)
+        root.call_with(Method::GET, "/v1/admin/audit", None, &fresh)
             .await
             .0,
         200
     );
     let (status, body) = root
-        .call(Method::GET, "/v1/admin/audit", None, &fresh)
+        .call_with(Method::GET, "/v1/admin/audit", None, &fresh)
         .await;
     assert_eq!(
         (status.as_u16(), body["error"]["code"].as_str()),
@@ -407,7 +328,7 @@ async fn replayed_nonces_and_stale_timestamps_are_refused() {
         ("x-timestamp", (now - 3600).to_string()),
     ];
     assert_eq!(
-        root.call(Method::GET, "/v1/admin/audit", None, &old)
+        root.call_with(Method::GET, "/v1/admin/audit", None, &old)
             .await
             .0,
         401
@@ -415,16 +336,15 @@ async fn replayed_nonces_and_stale_timestamps_are_refused() {
 
     let strict = TestServer::start_with(&[("UNIMSG_ADMIN__REQUIRE_NONCE", "true")]).await;
     let root = AdminApi::root(&strict);
-    assert_eq!(
-        root.call(Method::GET, "/v1/admin/audit", None, &[]).await.0,
-        401
-    );
+    assert_eq!(root.call(Method::GET, "/v1/admin/audit", None).await.0, 401);
     let ok = [
         ("x-nonce", "n-3".to_owned()),
         ("x-timestamp", now.to_string()),
     ];
     assert_eq!(
-        root.call(Method::GET, "/v1/admin/audit", None, &ok).await.0,
+        root.call_with(Method::GET, "/v1/admin/audit", None, &ok)
+            .await
+            .0,
         200
     );
 }
@@ -433,7 +353,7 @@ async fn replayed_nonces_and_stale_timestamps_are_refused() {
 async fn the_ip_allowlist_guards_admin_routes_only() {
     let server = TestServer::start_with(&[("UNIMSG_ADMIN__IP_ALLOWLIST", "10.0.0.0/8")]).await;
     let root = AdminApi::root(&server);
-    let (status, body) = root.call(Method::GET, "/v1/admin/audit", None, &[]).await;
+    let (status, body) = root.call(Method::GET, "/v1/admin/audit", None).await;
     assert_eq!(
         (status.as_u16(), body["error"]["code"].as_str()),
         (403, Some("forbidden"))
@@ -441,17 +361,13 @@ async fn the_ip_allowlist_guards_admin_routes_only() {
     // X-Forwarded-For from an untrusted peer changes nothing.
     let spoof = [("x-forwarded-for", "10.1.2.3".to_owned())];
     assert_eq!(
-        root.call(Method::GET, "/v1/admin/audit", None, &spoof)
+        root.call_with(Method::GET, "/v1/admin/audit", None, &spoof)
             .await
             .0,
         403
     );
     let alice = user(&server.client(), "alice").await;
-    alice
-        .api
-        .me()
-        .await
-        .unwrap_or_else(|e| panic!("user routes keep working: {e}"));
+    alice.api.me().await.expect("user routes keep working");
 }
 
 #[tokio::test]
@@ -464,16 +380,12 @@ async fn missing_scopes_are_403() {
             Method::POST,
             "/v1/admin/admins",
             Some(json!({"admin_id": "reader", "secret": "reader-secret-1", "scopes": ["users:read"]})),
-            &[],
         )
         .await;
     assert_eq!(created.0, 201, "{}", created.1);
     let reader = AdminApi::basic(&server, "reader", "reader-secret-1");
     assert_eq!(
-        reader
-            .call(Method::GET, "/v1/admin/users/s1", None, &[])
-            .await
-            .0,
+        reader.call(Method::GET, "/v1/admin/users/s1", None).await.0,
         200
     );
     for (method, path, body) in [
@@ -495,7 +407,7 @@ async fn missing_scopes_are_403() {
             Some(json!({"admin_id": "x", "secret": "another-secret", "scopes": ["admin"]})),
         ),
     ] {
-        let (status, body) = reader.call(method, path, body, &[]).await;
+        let (status, body) = reader.call(method, path, body).await;
         assert_eq!(
             (status.as_u16(), body["error"]["code"].as_str()),
             (403, Some("forbidden")),
@@ -510,7 +422,7 @@ async fn the_audit_log_records_operation_ids_and_verify_names_an_edited_entry() 
     let root = AdminApi::root(&server);
     for op in ["op-alpha", "op-beta", "op-gamma"] {
         let (status, _) = root
-            .call(
+            .call_with(
                 Method::POST,
                 "/v1/admin/users",
                 Some(json!({"users": [{"user_id": op, "display_name": op}]})),
@@ -520,7 +432,7 @@ async fn the_audit_log_records_operation_ids_and_verify_names_an_edited_entry() 
         assert_eq!(status, 200);
     }
     let alice = user(&server.client(), "alice").await;
-    alice.api.logout().await.unwrap_or_else(|e| panic!("{e}"));
+    alice.api.logout().await.unwrap();
     let page = root
         .ok(Method::GET, "/v1/admin/audit?limit=1000", None)
         .await;
@@ -550,7 +462,7 @@ async fn the_audit_log_records_operation_ids_and_verify_names_an_edited_entry() 
         .iter()
         .find(|e| e["record"]["operation_id"] == "op-beta")
         .and_then(|e| e["id"].as_u64())
-        .unwrap_or_else(|| panic!("no op-beta"));
+        .expect("no op-beta");
 
     server.terminate().await;
     let unimsg = env!("CARGO_BIN_EXE_unimsg");
@@ -559,7 +471,7 @@ async fn the_audit_log_records_operation_ids_and_verify_names_an_edited_entry() 
             .args(["audit", "verify", "--data-dir"])
             .arg(server.data_dir())
             .output()
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap()
     };
     let intact = verify();
     assert!(
@@ -570,14 +482,13 @@ async fn the_audit_log_records_operation_ids_and_verify_names_an_edited_entry() 
     assert!(String::from_utf8_lossy(&intact.stdout).contains("intact"));
 
     // Edit one row by hand, as an intruder with database access would.
-    let db = rusqlite::Connection::open(server.data_dir().join("unimsg.db"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let db = rusqlite::Connection::open(server.data_dir().join("unimsg.db")).unwrap();
     let changed = db
         .execute(
             "UPDATE audit_log SET content = replace(content, 'op-beta', 'op-innocent') WHERE id = ?1",
             [target as i64],
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(changed, 1);
     drop(db);
     let broken = verify();
@@ -666,13 +577,13 @@ async fn presence_lists_each_users_live_platforms() {
         .with_token(web.access_token)
         .connect_ws(None)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let ios_token = ios["access_token"].as_str().unwrap_or_default().to_owned();
     let _sse = client
         .with_token(ios_token)
         .connect_sse(None)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let v = root
         .ok(Method::GET, "/v1/admin/presence?user_ids=on-1,off-1", None)
         .await;
@@ -684,7 +595,7 @@ async fn presence_lists_each_users_live_platforms() {
         ])
     );
     assert_eq!(
-        root.call(Method::GET, "/v1/admin/presence?user_ids=", None, &[])
+        root.call(Method::GET, "/v1/admin/presence?user_ids=", None)
             .await
             .0,
         400
@@ -699,22 +610,10 @@ async fn a_broadcast_arrives_live_for_online_users_and_by_sync_for_the_rest() {
     let alice = user(&client, "alice").await;
     let bob = user(&client, "bob").await;
     let carol = user(&client, "carol").await;
-    let mut alice_ws = alice
-        .api
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut bob_sse = bob
-        .api
-        .connect_sse(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut alice_ws = alice.api.connect_ws(None).await.unwrap();
+    let mut bob_sse = bob.api.connect_sse(None).await.unwrap();
 
-    alice
-        .api
-        .send_text(&bob.id, "before", None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    alice.api.send_text(&bob.id, "before", None).await.unwrap();
     let sent = root
         .ok(
             Method::POST,
@@ -723,11 +622,7 @@ async fn a_broadcast_arrives_live_for_online_users_and_by_sync_for_the_rest() {
         )
         .await;
     assert_eq!(sent["broadcast_seq"], 1);
-    alice
-        .api
-        .send_text(&bob.id, "after", None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    alice.api.send_text(&bob.id, "after", None).await.unwrap();
 
     // Live, in one order with the messages around it, on both transports.
     let live: Vec<_> = [
@@ -770,11 +665,7 @@ async fn a_broadcast_arrives_live_for_online_users_and_by_sync_for_the_rest() {
     let dave = user(&client, "dave").await;
     assert!(full_sync(&dave.api).await.is_empty());
     // Resuming in the middle works across broadcast positions.
-    let mut resumed = alice
-        .api
-        .connect_ws(Some(Seq(1)))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut resumed = alice.api.connect_ws(Some(Seq(1))).await.unwrap();
     assert_eq!(ws_event(&mut resumed).await.kind, EventType::BroadcastNew);
     assert_eq!(ws_event(&mut resumed).await.seq, Seq(3));
 }
@@ -795,13 +686,7 @@ async fn broadcasts_racing_messages_keep_every_live_stream_in_order() {
     let mut sockets = Vec::new();
     for u in &users {
         for _ in 0..2 {
-            sockets.push((
-                u,
-                u.api
-                    .connect_ws(None)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}")),
-            ));
+            sockets.push((u, u.api.connect_ws(None).await.unwrap()));
         }
     }
     const MESSAGES: usize = 12;
@@ -813,7 +698,7 @@ async fn broadcasts_racing_messages_keep_every_live_stream_in_order() {
                 from.api
                     .send_text(&to.id, &format!("m{n}"), None)
                     .await
-                    .unwrap_or_else(|e| panic!("{e}"));
+                    .unwrap();
             }
         }
     }));

@@ -10,8 +10,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
 use crate::harness::{ADMIN_PASSWORD, TestServer};
@@ -76,10 +74,10 @@ async fn login(http: &reqwest::Client, base: &str, username: &str, password: &st
 
 /// An admin request with HTTP Basic credentials.
 async fn basic(http: &reqwest::Client, base: &str, id: &str, secret: &str) -> Answer {
-    let auth = format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")));
+    let (name, value) = basic_auth(id, secret);
     let sent = http
         .get(format!("{base}/v1/admin/audit?limit=1"))
-        .header("authorization", auth)
+        .header(name, value)
         .send()
         .await;
     answer(sent, "admin request").await
@@ -117,8 +115,8 @@ async fn a_flood_of_wrong_basic_credentials_does_not_stop_user_logins() {
     let base = server.base.clone();
     let users = from("127.0.0.2");
     let flood = from("127.0.0.1");
-    let registered = unimsg_client::Client::with_local_address(&base, "127.0.0.2".parse().ok())
-        .unwrap_or_else(|e| panic!("client: {e}"));
+    let registered =
+        unimsg_client::Client::with_local_address(&base, "127.0.0.2".parse().ok()).expect("client");
     register(&registered, "flood-alice").await;
     // The business system starts with a burst larger than the admin pool
     // holds: its secret is verified once (the others wait for that check)
@@ -177,9 +175,7 @@ async fn a_flood_of_wrong_basic_credentials_does_not_stop_user_logins() {
     let mut flood_answers = Vec::new();
     let mut exhausted = 0;
     for task in tasks {
-        let (answers, ran_out) = within("a flood task", task)
-            .await
-            .unwrap_or_else(|e| panic!("flood task: {e}"));
+        let (answers, ran_out) = within("a flood task", task).await.expect("flood task");
         flood_answers.extend(answers);
         exhausted += usize::from(ran_out);
     }

@@ -5,46 +5,17 @@
 //! friend-request text at rest in plaintext, and an admin message to an
 //! unknown user answered 200.
 
-use std::process::Stdio;
-
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use unimsg_client::Authed;
 use unimsg_client::proto::{EventType, UserId};
+use unimsg_testkit::unimsg;
 
-use crate::harness::{ADMIN_PASSWORD, TestServer};
+use crate::harness::{ADMIN_PASSWORD, START_TIMEOUT, TestServer};
 use crate::support::*;
 
-/// The admin API with the root Basic credentials.
-async fn admin(
-    server: &TestServer,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{}{path}", server.base))
-        .header(
-            "authorization",
-            format!(
-                "Basic {}",
-                STANDARD.encode(format!("admin:{ADMIN_PASSWORD}"))
-            ),
-        );
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 /// A user request; the status, the `Retry-After` header and the body.
-async fn call(
+async fn user_request(
     server: &TestServer,
     token: &str,
     method: Method,
@@ -89,9 +60,9 @@ async fn new_qr_ticket(server: &TestServer) -> String {
         .json(&json!({"platform": "web"}))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap_or_else(|e| panic!("{e}"));
+    let v: Value = r.json().await.unwrap();
     v["ticket_id"]
         .as_str()
         .unwrap_or_else(|| panic!("no ticket_id: {v}"))
@@ -139,7 +110,7 @@ async fn a_disabled_account_opens_no_session_by_any_way_in() {
     );
     // The phone of the disabled account cannot confirm either.
     let ticket = new_qr_ticket(&server).await;
-    let (status, _, _) = call(
+    let (status, _, _) = user_request(
         &server,
         &phone.tokens.access_token,
         Method::POST,
@@ -153,7 +124,7 @@ async fn a_disabled_account_opens_no_session_by_any_way_in() {
     let login_req = unimsg_client::proto::api::LoginRequest {
         username: "carol".into(),
         password: PASSWORD.into(),
-        platform: unimsg_client::proto::Platform::parse("web").unwrap_or_else(|e| panic!("{e}")),
+        platform: unimsg_client::proto::Platform::parse("web").unwrap(),
         device_id: None,
     };
     assert_eq!(
@@ -177,7 +148,7 @@ async fn a_disabled_account_opens_no_session_by_any_way_in() {
     // nothing above opened one.
     set_status(&server, &carol.id, "active").await;
     let again = login(&client, "carol", "web", None).await;
-    let sessions = again.api.sessions().await.unwrap_or_else(|e| panic!("{e}"));
+    let sessions = again.api.sessions().await.unwrap();
     assert_eq!(
         sessions
             .sessions
@@ -200,14 +171,13 @@ async fn a_session_that_survived_the_disabling_is_refused() {
     assert!(dave.api.me().await.is_ok());
     server.terminate().await;
     {
-        let db = rusqlite::Connection::open(server.data_dir().join("unimsg.db"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let db = rusqlite::Connection::open(server.data_dir().join("unimsg.db")).unwrap();
         let changed = db
             .execute(
                 "UPDATE users SET status = 'disabled' WHERE user_id = ?1",
                 [dave.id.as_str()],
             )
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert_eq!(changed, 1);
         let active: i64 = db
             .query_row(
@@ -215,7 +185,7 @@ async fn a_session_that_survived_the_disabling_is_refused() {
                 [dave.id.as_str()],
                 |r| r.get(0),
             )
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert_eq!(active, 1, "the session row survives");
     }
     let server = server.restart().await;
@@ -243,7 +213,7 @@ async fn block(api: &Authed, other: &UserId) {
             None,
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(status, 204);
 }
 
@@ -261,7 +231,7 @@ async fn a_blocked_user_cannot_put_the_blocker_into_a_group() {
     let before = full_sync(&alice.api).await;
 
     // Creating a group with the blocker in it.
-    let (status, _, v) = call(
+    let (status, _, v) = user_request(
         &server,
         &mallory.tokens.access_token,
         Method::POST,
@@ -275,7 +245,7 @@ async fn a_blocked_user_cannot_put_the_blocker_into_a_group() {
         "the refusal does not say why: {v}"
     );
     // Adding the blocker to a group of one's own.
-    let (status, _, v) = call(
+    let (status, _, v) = user_request(
         &server,
         &mallory.tokens.access_token,
         Method::POST,
@@ -285,7 +255,7 @@ async fn a_blocked_user_cannot_put_the_blocker_into_a_group() {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
     let group = v["group_id"].as_str().unwrap_or_default().to_owned();
-    let (status, _, v) = call(
+    let (status, _, v) = user_request(
         &server,
         &mallory.tokens.access_token,
         Method::POST,
@@ -295,7 +265,7 @@ async fn a_blocked_user_cannot_put_the_blocker_into_a_group() {
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
     assert!(!error_message(&v).contains("block"), "{v}");
-    let (status, _, v) = call(
+    let (status, _, v) = user_request(
         &server,
         &mallory.tokens.access_token,
         Method::POST,
@@ -318,7 +288,7 @@ async fn a_blocked_user_cannot_put_the_blocker_into_a_group() {
     );
 
     // The blocker cannot put the blocked user into a group either.
-    let (status, _, v) = call(
+    let (status, _, v) = user_request(
         &server,
         &alice.tokens.access_token,
         Method::POST,
@@ -340,7 +310,7 @@ async fn with_add_requires_friendship_only_friends_are_added() {
     let bob = user(&client, "bob").await;
     let stranger = user(&client, "stranger").await;
     let create = |members: Vec<&UserId>| {
-        call(
+        user_request(
             &server,
             &stranger.tokens.access_token,
             Method::POST,
@@ -353,7 +323,7 @@ async fn with_add_requires_friendship_only_friends_are_added() {
     let (status, _, v) = create(vec![]).await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
     let group = v["group_id"].as_str().unwrap_or_default().to_owned();
-    let (status, _, v) = call(
+    let (status, _, v) = user_request(
         &server,
         &stranger.tokens.access_token,
         Method::POST,
@@ -372,7 +342,7 @@ async fn with_add_requires_friendship_only_friends_are_added() {
 
     // Friends can be added.
     for (from, to) in [(&alice, &bob.id), (&bob, &alice.id)] {
-        let (status, _, v) = call(
+        let (status, _, v) = user_request(
             &server,
             &from.tokens.access_token,
             Method::POST,
@@ -382,7 +352,7 @@ async fn with_add_requires_friendship_only_friends_are_added() {
         .await;
         assert_eq!(status, StatusCode::OK, "{v}");
     }
-    let (status, _, v) = call(
+    let (status, _, v) = user_request(
         &server,
         &alice.tokens.access_token,
         Method::POST,
@@ -427,7 +397,7 @@ async fn sends_and_group_fan_out_are_limited_per_user() {
             .await
             .unwrap_or_else(|e| panic!("send {n}: {e}"));
     }
-    let (status, retry, v) = call(
+    let (status, retry, v) = user_request(
         &server,
         &alice.tokens.access_token,
         Method::POST,
@@ -445,10 +415,7 @@ async fn sends_and_group_fan_out_are_limited_per_user() {
     );
     assert_eq!(v["error"]["code"], "rate_limited", "{v}");
     // Bob is not limited by Alice's sends.
-    bob.api
-        .send_text(&alice.id, "hi", None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    bob.api.send_text(&alice.id, "hi", None).await.unwrap();
 
     // A group of 25: each message writes 24 rows for others.
     let mut members = Vec::new();
@@ -472,7 +439,7 @@ async fn sends_and_group_fan_out_are_limited_per_user() {
         let server = &server;
         let group = group.clone();
         async move {
-            call(
+            user_request(
                 server,
                 &token,
                 Method::POST,
@@ -519,34 +486,18 @@ async fn sends_and_group_fan_out_are_limited_per_user() {
 /// directory that does not exist yet; returns the process once it
 /// listens.
 async fn serve_fresh(data_dir: &std::path::Path) -> tokio::process::Child {
-    let mut child = tokio::process::Command::new("sh")
-        .arg("-c")
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
         .arg("umask 022 && exec \"$0\" serve --listen 127.0.0.1:0 --data-dir \"$1\"")
         .arg(env!("CARGO_BIN_EXE_unimsg"))
         .arg(data_dir)
         .env_remove("RUST_LOG")
         .env("UNIMSG_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env("UNIMSG_LOG__LEVEL", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start unimsg: {e}"));
-    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
-    let mut lines = BufReader::new(stderr).lines();
-    within("the server to listen", async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("listening on http://") {
-                return;
-            }
-        }
-        panic!("the server exited before listening");
-    })
-    .await;
-    // Keep draining stderr so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    child
+        .env("UNIMSG_LOG__LEVEL", "info");
+    unimsg::start(cmd, START_TIMEOUT)
+        .await
+        .expect("the server on a fresh data directory")
+        .child
 }
 
 #[cfg(unix)]
@@ -565,14 +516,14 @@ fn mode(path: &std::path::Path) -> u32 {
 #[tokio::test]
 async fn the_data_directory_and_database_are_private() {
     use std::os::unix::fs::PermissionsExt;
-    let parent = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("fresh").join("data");
     let mut child = serve_fresh(&dir).await;
     assert_eq!(mode(&dir), 0o700, "the data directory");
     for file in ["unimsg.db", "unimsg.db-wal", "unimsg.db-shm"] {
         assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
     }
-    child.kill().await.unwrap_or_else(|e| panic!("{e}"));
+    child.kill().await.unwrap();
 
     // Opened wider by someone else: the server warns at start.
     let mut server = TestServer::start().await;
@@ -606,7 +557,7 @@ async fn friend_request_text_is_sealed_at_rest() {
     let client = server.client();
     let alice = user(&client, "alice").await;
     let bob = user(&client, "bob").await;
-    let (status, _, v) = call(
+    let (status, _, v) = user_request(
         &server,
         &alice.tokens.access_token,
         Method::POST,
@@ -624,14 +575,14 @@ async fn friend_request_text_is_sealed_at_rest() {
                 None,
             )
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["requests"][0]["message"], WORDS, "{v}");
         let events = full_sync(&api).await;
         let request = events
             .iter()
             .find(|e| e.kind == EventType::FriendRequest)
-            .unwrap_or_else(|| panic!("no friend.request event"));
+            .expect("no friend.request event");
         assert_eq!(request.data["message"], WORDS, "{:?}", request.data);
         assert!(request.data.get("message_sealed").is_none());
     };

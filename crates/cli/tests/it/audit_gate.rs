@@ -4,46 +4,12 @@
 //! skipped, and floods of refused requests that used to write one audit
 //! row and one log line each.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use unimsg_client::proto::EventType;
 
 use crate::harness::{ADMIN_PASSWORD, TestServer};
 use crate::support::*;
-
-/// One request to the server, with any headers; the status and the JSON body.
-async fn call(
-    server: &TestServer,
-    method: Method,
-    path: &str,
-    headers: &[(&str, String)],
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = reqwest::Client::new().request(method, format!("{}{path}", server.base));
-    for (k, v) in headers {
-        req = req.header(*k, v);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-fn basic(id: &str, secret: &str) -> (&'static str, String) {
-    (
-        "authorization",
-        format!("Basic {}", STANDARD.encode(format!("{id}:{secret}"))),
-    )
-}
-
-fn root() -> (&'static str, String) {
-    basic("admin", ADMIN_PASSWORD)
-}
 
 /// `X-Nonce: nonce` with the current `X-Timestamp`.
 fn nonce(nonce: &str) -> [(&'static str, String); 2] {
@@ -59,11 +25,11 @@ fn code(body: &Value) -> &str {
 }
 
 async fn create_admin(server: &TestServer, id: &str, scopes: &[&str]) {
-    let (status, body) = call(
+    let (status, body) = request(
         server,
         Method::POST,
         "/v1/admin/admins",
-        &[root()],
+        &[root_auth()],
         Some(json!({"admin_id": id, "secret": format!("{id}-secret-123"), "scopes": scopes})),
     )
     .await;
@@ -72,11 +38,11 @@ async fn create_admin(server: &TestServer, id: &str, scopes: &[&str]) {
 
 async fn broadcast(server: &TestServer, n: &str, title: &str) -> (StatusCode, Value) {
     let [a, b] = nonce(n);
-    call(
+    request(
         server,
         Method::POST,
         "/v1/admin/broadcasts",
-        &[root(), a, b],
+        &[root_auth(), a, b],
         Some(json!({"content": {"title": title}})),
     )
     .await
@@ -108,7 +74,7 @@ async fn filling_the_nonce_store_without_credentials_cannot_replay_a_broadcast()
     let flooder = reqwest::Client::builder()
         .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     for i in 0..200 {
         let [a, b] = nonce(&format!("flood-{i}"));
         let status = flooder
@@ -118,7 +84,7 @@ async fn filling_the_nonce_store_without_credentials_cannot_replay_a_broadcast()
             .json(&json!({"admin_id": "admin", "secret": format!("wrong guess {i}")}))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap()
             .status();
         assert!(
             matches!(status.as_u16(), 401 | 429),
@@ -141,31 +107,31 @@ async fn filling_the_nonce_store_without_credentials_cannot_replay_a_broadcast()
     // `admin` fills its share (6: the broadcast's nonce and 5 more) …
     for i in 0..5 {
         let [a, b] = nonce(&format!("admin-{i}"));
-        let (status, body) = call(
+        let (status, body) = request(
             &server,
             Method::GET,
             "/v1/admin/audit",
-            &[root(), a, b],
+            &[root_auth(), a, b],
             None,
         )
         .await;
         assert_eq!(status, 200, "{body}");
     }
     let [a, b] = nonce("admin-over");
-    let (status, body) = call(
+    let (status, body) = request(
         &server,
         Method::GET,
         "/v1/admin/audit",
-        &[root(), a, b],
+        &[root_auth(), a, b],
         None,
     )
     .await;
     assert_eq!((status.as_u16(), code(&body)), (503, "busy"), "{body}");
     // … which leaves `ops` its own share of the store.
-    let ops = basic("ops", "ops-secret-123");
+    let ops = basic_auth("ops", "ops-secret-123");
     for i in 0..6 {
         let [a, b] = nonce(&format!("ops-{i}"));
-        let (status, body) = call(
+        let (status, body) = request(
             &server,
             Method::POST,
             "/v1/admin/broadcasts",
@@ -178,11 +144,11 @@ async fn filling_the_nonce_store_without_credentials_cannot_replay_a_broadcast()
     // Now the store holds its capacity (12): a new nonce of anyone is
     // refused, nothing is evicted, and the old nonce is still refused.
     let [a, b] = nonce("third-0");
-    let (status, body) = call(
+    let (status, body) = request(
         &server,
         Method::POST,
         "/v1/admin/broadcasts",
-        &[basic("third", "third-secret-123"), a, b],
+        &[basic_auth("third", "third-secret-123"), a, b],
         Some(json!({"content": {"title": "third"}})),
     )
     .await;
@@ -212,7 +178,7 @@ async fn filling_the_nonce_store_without_credentials_cannot_replay_a_broadcast()
 async fn a_failed_token_attempt_does_not_consume_its_nonce() {
     let server = TestServer::start_with(&[("UNIMSG_ADMIN__REQUIRE_NONCE", "true")]).await;
     let headers = nonce("token-nonce");
-    let (status, _) = call(
+    let (status, _) = request(
         &server,
         Method::POST,
         "/v1/admin/token",
@@ -221,7 +187,7 @@ async fn a_failed_token_attempt_does_not_consume_its_nonce() {
     )
     .await;
     assert_eq!(status, 401);
-    let (status, body) = call(
+    let (status, body) = request(
         &server,
         Method::POST,
         "/v1/admin/token",
@@ -231,7 +197,7 @@ async fn a_failed_token_attempt_does_not_consume_its_nonce() {
     .await;
     assert_eq!(status, 200, "the real request with the same nonce: {body}");
     assert!(body["token"].as_str().is_some_and(|t| !t.is_empty()));
-    let (status, body) = call(
+    let (status, body) = request(
         &server,
         Method::POST,
         "/v1/admin/token",
@@ -244,7 +210,7 @@ async fn a_failed_token_attempt_does_not_consume_its_nonce() {
         (409, "conflict"),
         "a verified request's nonce is recorded: {body}"
     );
-    let (status, _) = call(
+    let (status, _) = request(
         &server,
         Method::POST,
         "/v1/admin/token",
@@ -269,10 +235,10 @@ async fn forwarded_entries_that_were_skipped_no_longer_pass_the_allowlist() {
     ])
     .await;
     let audit = |xff: &str| {
-        let headers = [root(), ("x-forwarded-for", xff.to_owned())];
+        let headers = [root_auth(), ("x-forwarded-for", xff.to_owned())];
         let server = &server;
         async move {
-            call(
+            request(
                 server,
                 Method::GET,
                 "/v1/admin/audit?limit=1",
@@ -298,11 +264,11 @@ async fn forwarded_entries_that_were_skipped_no_longer_pass_the_allowlist() {
     ] {
         assert_eq!(audit(xff).await, 403, "{xff} must not pass as 10.0.0.5");
     }
-    let (status, _) = call(
+    let (status, _) = request(
         &server,
         Method::GET,
         "/v1/admin/audit?limit=1",
-        &[root()],
+        &[root_auth()],
         None,
     )
     .await;
@@ -310,7 +276,7 @@ async fn forwarded_entries_that_were_skipped_no_longer_pass_the_allowlist() {
 }
 
 async fn login_from(server: &TestServer, xff: &str, username: &str) -> u16 {
-    call(
+    request(
         server,
         Method::POST,
         "/v1/auth/login",
@@ -393,14 +359,10 @@ async fn a_flood_of_refused_admin_requests_writes_a_few_rows_and_no_error_lines(
     let http = reqwest::Client::builder()
         .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let url = format!("{}/v1/admin/audit", server.base);
     for _ in 0..NO_CREDENTIAL {
-        let r = http
-            .get(&url)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let r = http.get(&url).send().await.unwrap();
         assert_eq!(r.status(), 401);
     }
     for _ in 0..BAD_BEARER {
@@ -409,7 +371,7 @@ async fn a_flood_of_refused_admin_requests_writes_a_few_rows_and_no_error_lines(
             .bearer_auth("not.a.token")
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert_eq!(r.status(), 401);
     }
     // Wrong Basic secrets all at once: each costs a password check, and
@@ -426,7 +388,7 @@ async fn a_flood_of_refused_admin_requests_writes_a_few_rows_and_no_error_lines(
     });
     let statuses = within("the wrong secrets", futures_util::future::join_all(guesses)).await;
     for status in statuses {
-        let status = status.unwrap_or_else(|e| panic!("{e}"));
+        let status = status.unwrap();
         assert!(matches!(status, 401 | 429 | 503), "{status}");
     }
     let flood_logs = server
@@ -436,9 +398,9 @@ async fn a_flood_of_refused_admin_requests_writes_a_few_rows_and_no_error_lines(
         .to_owned();
 
     // With a valid credential: a refusal (scope) and a served request, one row each.
-    let reader = basic("reader", "reader-secret-123");
+    let reader = basic_auth("reader", "reader-secret-123");
     for _ in 0..3 {
-        let (status, _) = call(
+        let (status, _) = request(
             &server,
             Method::GET,
             "/v1/admin/audit",
@@ -448,11 +410,11 @@ async fn a_flood_of_refused_admin_requests_writes_a_few_rows_and_no_error_lines(
         .await;
         assert_eq!(status, 403);
     }
-    let (status, page) = call(
+    let (status, page) = request(
         &server,
         Method::GET,
         "/v1/admin/audit?action=admin.request&limit=1000",
-        &[root()],
+        &[root_auth()],
         None,
     )
     .await;
@@ -489,14 +451,13 @@ async fn a_flood_of_refused_admin_requests_writes_a_few_rows_and_no_error_lines(
     // At shutdown the counted refusals are written: with the first one,
     // they account for every refused request of the flood.
     server.terminate().await;
-    let db = rusqlite::Connection::open(server.data_dir().join("unimsg.db"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let db = rusqlite::Connection::open(server.data_dir().join("unimsg.db")).unwrap();
     let mut stmt = db
         .prepare("SELECT content FROM audit_log ORDER BY id")
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let records: Vec<Value> = stmt
         .query_map([], |row| row.get::<_, String>(0))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .filter_map(|r| r.ok())
         .filter_map(|c| serde_json::from_str(&c).ok())
         .collect();
@@ -523,7 +484,7 @@ async fn a_flood_of_refused_admin_requests_writes_a_few_rows_and_no_error_lines(
         .args(["audit", "verify", "--data-dir"])
         .arg(server.data_dir())
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(
         verify.status.success(),
         "{}",

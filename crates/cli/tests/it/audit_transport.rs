@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::harness::{ADMIN_PASSWORD, TestServer};
+use crate::harness::TestServer;
 use crate::support::*;
 
 fn addr(server: &TestServer) -> SocketAddr {
@@ -20,19 +20,16 @@ fn addr(server: &TestServer) -> SocketAddr {
         .base
         .trim_start_matches("http://")
         .parse()
-        .unwrap_or_else(|e| panic!("server address: {e}"))
+        .expect("server address")
 }
 
 /// A TCP connection to the server from the loopback address `from`.
 async fn connect_from(server: &TestServer, from: Ipv4Addr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap_or_else(|e| panic!("socket: {e}"));
+    let socket = TcpSocket::new_v4().expect("socket");
     socket
         .bind(SocketAddr::new(IpAddr::V4(from), 0))
         .unwrap_or_else(|e| panic!("bind {from}: {e}"));
-    socket
-        .connect(addr(server))
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"))
+    socket.connect(addr(server)).await.expect("connect")
 }
 
 async fn connect(server: &TestServer) -> TcpStream {
@@ -44,7 +41,7 @@ async fn half_open(server: &TestServer, from: Ipv4Addr) -> TcpStream {
     let mut tcp = connect_from(server, from).await;
     tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: unimsg\r\nX-Slow: 1\r\n")
         .await
-        .unwrap_or_else(|e| panic!("write: {e}"));
+        .expect("write");
     tcp
 }
 
@@ -107,7 +104,7 @@ async fn read_response(tcp: &mut TcpStream, what: &str) -> (u16, Value) {
 async fn healthz_over(tcp: &mut TcpStream) -> u16 {
     tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: unimsg\r\n\r\n")
         .await
-        .unwrap_or_else(|e| panic!("write: {e}"));
+        .expect("write");
     read_response(tcp, "the /healthz answer").await.0
 }
 
@@ -120,7 +117,7 @@ async fn healthz_eventually(server: &TestServer) {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
             .build()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         if let Ok(resp) = client.get(&url).send().await
             && resp.status().is_success()
         {
@@ -137,16 +134,8 @@ async fn half_open_and_idle_connections_are_closed_after_the_header_timeout() {
     let client = server.client();
     let alice = user(&client, "alice").await;
     let bob = user(&client, "bob").await;
-    let mut sse = bob
-        .api
-        .connect_sse(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut ws = bob
-        .api
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut sse = bob.api.connect_sse(None).await.unwrap();
+    let mut ws = bob.api.connect_ws(None).await.unwrap();
     let mut slow = half_open(&server, Ipv4Addr::LOCALHOST).await;
     let mut silent = connect(&server).await;
     closed_by_server(&mut slow, "the server to close a half-open request").await;
@@ -160,7 +149,7 @@ async fn half_open_and_idle_connections_are_closed_after_the_header_timeout() {
         .api
         .send_text(&bob.id, "still streaming", None)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(text(&sse_event(&mut sse).await.1), "still streaming");
     assert_eq!(text(&ws_event(&mut ws).await), "still streaming");
 }
@@ -193,10 +182,10 @@ async fn connections_over_the_cap_are_closed_and_healthz_answers_once_they_go() 
     healthz_eventually(&server).await;
     let metrics = reqwest::get(format!("{}/metrics", server.base))
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .text()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     // The three above, and any attempt of `healthz_eventually` that came
     // before a place was free.
     let refused: u64 = metrics
@@ -263,9 +252,7 @@ async fn a_declared_length_over_the_limit_gets_413_before_any_body() {
             "POST {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\n\
              Content-Length: 99999999999\r\n\r\n"
         );
-        tcp.write_all(head.as_bytes())
-            .await
-            .unwrap_or_else(|e| panic!("write: {e}"));
+        tcp.write_all(head.as_bytes()).await.expect("write");
         let (status, body) = read_response(&mut tcp, "the 413 answer").await;
         assert_eq!(status, 413, "{path}: {body}");
         assert_eq!(body["error"]["code"], "payload_too_large", "{path}: {body}");
@@ -281,9 +268,7 @@ async fn a_trickled_body_gets_408() {
          Content-Length: 1000\r\n\r\n{{",
         addr(&server)
     );
-    tcp.write_all(head.as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("write: {e}"));
+    tcp.write_all(head.as_bytes()).await.expect("write");
     let (mut read, mut write) = tcp.into_split();
     // The attacker: one byte every 200 ms, never the whole body (bounded).
     let trickle = tokio::spawn(async move {
@@ -327,16 +312,12 @@ async fn raw_upgrade(server: &TestServer, token: &str) -> Result<TcpStream, (u16
          Sec-WebSocket-Version: 13\r\n\r\n",
         addr(server)
     );
-    tcp.write_all(request.as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("write: {e}"));
+    tcp.write_all(request.as_bytes()).await.expect("write");
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     within("the upgrade answer", async {
         while !head.ends_with(b"\r\n\r\n") {
-            tcp.read_exact(&mut byte)
-                .await
-                .unwrap_or_else(|e| panic!("handshake: {e}"));
+            tcp.read_exact(&mut byte).await.expect("handshake");
             head.push(byte[0]);
         }
     })
@@ -361,7 +342,7 @@ async fn raw_upgrade(server: &TestServer, token: &str) -> Result<TcpStream, (u16
     let mut body = vec![0u8; length];
     within("the refusal's body", tcp.read_exact(&mut body))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     Err((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
 }
 
@@ -372,16 +353,8 @@ async fn one_session_cannot_hold_more_than_its_cap_of_live_connections() {
     let client = server.client();
     let alice = user(&client, "alice").await;
     let token = alice.tokens.access_token.clone();
-    let first = alice
-        .api
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let _sse = alice
-        .api
-        .connect_sse(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let first = alice.api.connect_ws(None).await.unwrap();
+    let _sse = alice.api.connect_sse(None).await.unwrap();
     // WebSocket and SSE count together: a third of either is refused.
     match raw_upgrade(&server, &token).await {
         Ok(_) => panic!("a third live connection of one session was accepted"),
@@ -397,7 +370,7 @@ async fn one_session_cannot_hold_more_than_its_cap_of_live_connections() {
         .bearer_auth(&token)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(sse.status().as_u16(), 429);
     // The same check holds for a socket that authenticates in its first frame.
     let err = client.connect_ws_first_frame(&token, None).await.err();
@@ -408,7 +381,7 @@ async fn one_session_cannot_hold_more_than_its_cap_of_live_connections() {
         .api
         .connect_ws(None)
         .await
-        .unwrap_or_else(|e| panic!("another session was refused: {e}"));
+        .expect("another session was refused");
     // Closing one frees its place.
     drop(first);
     let mut reopened = None;
@@ -427,31 +400,21 @@ async fn one_session_cannot_hold_more_than_its_cap_of_live_connections() {
 
 /// Imports `id` and mints it a token that expires in `ttl_secs`.
 async fn short_token(server: &TestServer, id: &str, ttl_secs: u64) -> String {
-    let http = reqwest::Client::new();
-    let call = |method: Method, path: String, body: Value| {
-        http.request(method, format!("{}{path}", server.base))
-            .basic_auth("admin", Some(ADMIN_PASSWORD))
-            .json(&body)
-            .send()
-    };
-    let imported = call(
-        Method::POST,
-        "/v1/admin/users".into(),
-        json!({"users": [{"user_id": id, "display_name": id}]}),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert!(imported.status().is_success(), "{}", imported.status());
-    let minted: Value = call(
-        Method::POST,
-        format!("/v1/admin/users/{id}/tokens"),
-        json!({"platform": "web", "ttl_secs": ttl_secs}),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
-    .json()
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let admin = AdminApi::root(server);
+    admin
+        .ok(
+            Method::POST,
+            "/v1/admin/users",
+            Some(json!({"users": [{"user_id": id, "display_name": id}]})),
+        )
+        .await;
+    let minted = admin
+        .ok(
+            Method::POST,
+            &format!("/v1/admin/users/{id}/tokens"),
+            Some(json!({"platform": "web", "ttl_secs": ttl_secs})),
+        )
+        .await;
     minted["access_token"]
         .as_str()
         .unwrap_or_else(|| panic!("no token in {minted}"))
@@ -487,17 +450,13 @@ async fn a_websocket_closes_with_4001_when_its_token_expires() {
 
 /// Imports `id` and mints it a token pair (access token valid `ttl_secs`).
 async fn short_tokens(server: &TestServer, id: &str, ttl_secs: u64) -> (String, String) {
-    let http = reqwest::Client::new();
-    let minted: Value = http
-        .post(format!("{}/v1/admin/users/{id}/tokens", server.base))
-        .basic_auth("admin", Some(ADMIN_PASSWORD))
-        .json(&json!({"platform": "web", "device_id": "d1", "ttl_secs": ttl_secs}))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let minted = AdminApi::root(server)
+        .ok(
+            Method::POST,
+            &format!("/v1/admin/users/{id}/tokens"),
+            Some(json!({"platform": "web", "device_id": "d1", "ttl_secs": ttl_secs})),
+        )
+        .await;
     let field = |k: &str| {
         minted[k]
             .as_str()
@@ -516,14 +475,8 @@ async fn a_fresh_token_of_the_same_session_keeps_a_websocket_open_past_the_old_e
     let _ = short_token(&server, "keeper", 2).await;
     let (access, refresh) = short_tokens(&server, "keeper", 2).await;
     let witness = short_token(&server, "witness", 2).await;
-    let mut ws = client
-        .connect_ws(&access, None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    match within("token.expiring", ws.next_reply())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-    {
+    let mut ws = client.connect_ws(&access, None).await.unwrap();
+    match within("token.expiring", ws.next_reply()).await.unwrap() {
         Some(unimsg_client::proto::ws::ReplyFrame::TokenExpiring { expires_at }) => {
             assert!(expires_at > 0);
         }
@@ -532,27 +485,18 @@ async fn a_fresh_token_of_the_same_session_keeps_a_websocket_open_past_the_old_e
     // A token of another session does not move the deadline.
     ws.send_raw_text(json!({"type": "auth", "token": witness}).to_string())
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    match within("the refusal", ws.next_reply())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-    {
+        .unwrap();
+    match within("the refusal", ws.next_reply()).await.unwrap() {
         Some(unimsg_client::proto::ws::ReplyFrame::Error { error, .. }) => {
             assert_eq!(error.code, unimsg_client::proto::ErrorCode::Unauthorized);
         }
         other => panic!("expected an error, got {other:?}"),
     }
-    let fresh = client
-        .refresh(&refresh)
-        .await
-        .unwrap_or_else(|e| panic!("refresh: {e}"));
+    let fresh = client.refresh(&refresh).await.expect("refresh");
     ws.send_raw_text(json!({"type": "auth", "token": fresh.access_token}).to_string())
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    match within("auth.ok", ws.next_reply())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-    {
+        .unwrap();
+    match within("auth.ok", ws.next_reply()).await.unwrap() {
         Some(unimsg_client::proto::ws::ReplyFrame::AuthOk { expires_at }) => {
             assert!(expires_at > 0);
         }
@@ -565,13 +509,12 @@ async fn a_fresh_token_of_the_same_session_keeps_a_websocket_open_past_the_old_e
         .unwrap_or_else(|(s, b)| panic!("upgrade refused: {s} {b}"));
     let bytes = closed_by_server(&mut tcp, "the witness to expire").await;
     assert!(bytes.ends_with(&close_frame(4001, "access token expired")));
-    let keeper =
-        unimsg_client::proto::UserId::parse("keeper".to_owned()).unwrap_or_else(|e| panic!("{e}"));
+    let keeper = unimsg_client::proto::UserId::parse("keeper".to_owned()).unwrap();
     sender
         .api
         .send_text(&keeper, "after the old expiry", None)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(text(&ws_event(&mut ws).await), "after the old expiry");
     assert!(!ws.is_closed(), "closed with {:?}", ws.close_code());
 }
@@ -580,14 +523,10 @@ async fn a_fresh_token_of_the_same_session_keeps_a_websocket_open_past_the_old_e
 async fn an_sse_stream_ends_when_its_token_expires() {
     let server = TestServer::start().await;
     let token = short_token(&server, "brief", 2).await;
-    let mut sse = server
-        .client()
-        .connect_sse(&token, None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut sse = server.client().connect_sse(&token, None).await.unwrap();
     let end = within("the stream to end at the token's expiry", sse.next_event())
         .await
-        .unwrap_or_else(|e| panic!("sse: {e}"));
+        .expect("sse");
     assert!(end.is_none(), "an event instead of the end: {end:?}");
     assert!(sse.is_ended());
 }
@@ -666,9 +605,5 @@ async fn websocket_protocol_violations_get_their_close_codes() {
         contains(&bytes, &close_frame(1007, "text frame is not valid UTF-8")),
         "first frame: no 1007 close frame in {bytes:?}"
     );
-    server
-        .client()
-        .health()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    server.client().health().await.unwrap();
 }

@@ -12,25 +12,15 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_session() {
     let client = server.client();
     let alice = user(&client, "alice").await;
     let first = alice.tokens.refresh_token.clone();
-    let rotated = client
-        .refresh(&first)
-        .await
-        .unwrap_or_else(|e| panic!("refresh: {e}"));
+    let rotated = client.refresh(&first).await.expect("refresh");
     assert_ne!(rotated.refresh_token, first);
     assert_ne!(rotated.access_token, alice.tokens.access_token);
     assert_eq!(rotated.session_id, alice.tokens.session_id);
     let fresh = client.with_token(rotated.access_token.clone());
-    fresh
-        .me()
-        .await
-        .unwrap_or_else(|e| panic!("the rotated access token works: {e}"));
+    fresh.me().await.expect("the rotated access token works");
 
     // Replaying the rotated token: theft. The session dies with everything in it.
-    let err = client
-        .refresh(&first)
-        .await
-        .err()
-        .unwrap_or_else(|| panic!("reuse accepted"));
+    let err = client.refresh(&first).await.expect_err("reuse accepted");
     assert_eq!(err.status(), Some(401));
     assert_eq!(fresh.me().await.err().and_then(|e| e.status()), Some(401));
     assert_eq!(
@@ -40,8 +30,7 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_session() {
     let err = client
         .refresh(&rotated.refresh_token)
         .await
-        .err()
-        .unwrap_or_else(|| panic!("revoked refresh"));
+        .expect_err("revoked refresh");
     assert_eq!(err.status(), Some(401));
 
     // The user's inbox records the revocation.
@@ -65,20 +54,9 @@ async fn logout_refuses_the_token_at_once_and_closes_live_connections() {
     let server = TestServer::start().await;
     let client = server.client();
     let bob = user(&client, "bob").await;
-    let mut ws = bob
-        .api
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut sse = bob
-        .api
-        .connect_sse(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    bob.api
-        .logout()
-        .await
-        .unwrap_or_else(|e| panic!("logout: {e}"));
+    let mut ws = bob.api.connect_ws(None).await.unwrap();
+    let mut sse = bob.api.connect_sse(None).await.unwrap();
+    bob.api.logout().await.expect("logout");
     assert_eq!(bob.api.me().await.err().and_then(|e| e.status()), Some(401));
 
     let revoked = ws_event(&mut ws).await;
@@ -109,15 +87,13 @@ async fn logout_refuses_the_token_at_once_and_closes_live_connections() {
         .api
         .connect_ws(None)
         .await
-        .err()
-        .unwrap_or_else(|| panic!("revoked token connected"));
+        .expect_err("revoked token connected");
     assert_eq!(err.status(), Some(401));
     let err = bob
         .api
         .connect_sse(None)
         .await
-        .err()
-        .unwrap_or_else(|| panic!("revoked token streamed"));
+        .expect_err("revoked token streamed");
     assert_eq!(err.status(), Some(401));
 }
 
@@ -128,11 +104,7 @@ async fn a_second_login_on_the_same_platform_kicks_the_first_by_default() {
     register(&client, "carol").await;
     let web1 = login(&client, "carol", "web", Some("laptop")).await;
     let phone = login(&client, "carol", "ios", Some("phone")).await;
-    let mut ws = web1
-        .api
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut ws = web1.api.connect_ws(None).await.unwrap();
     let web2 = login(&client, "carol", "web", Some("desktop")).await;
 
     let revoked = ws_event(&mut ws).await;
@@ -151,22 +123,10 @@ async fn a_second_login_on_the_same_platform_kicks_the_first_by_default() {
         web1.api.me().await.err().and_then(|e| e.status()),
         Some(401)
     );
-    web2.api
-        .me()
-        .await
-        .unwrap_or_else(|e| panic!("the new session works: {e}"));
-    phone
-        .api
-        .me()
-        .await
-        .unwrap_or_else(|e| panic!("another platform is untouched: {e}"));
+    web2.api.me().await.expect("the new session works");
+    phone.api.me().await.expect("another platform is untouched");
 
-    let sessions = web2
-        .api
-        .sessions()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .sessions;
+    let sessions = web2.api.sessions().await.unwrap().sessions;
     let mut ids: Vec<&SessionId> = sessions.iter().map(|s| &s.session_id).collect();
     ids.sort();
     let mut expected = vec![&phone.tokens.session_id, &web2.tokens.session_id];
@@ -182,7 +142,7 @@ async fn a_second_login_on_the_same_platform_kicks_the_first_by_default() {
     web2.api
         .revoke_session(&phone.tokens.session_id)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(
         phone.api.me().await.err().and_then(|e| e.status()),
         Some(401)
@@ -201,25 +161,22 @@ async fn single_and_multi_policies() {
         Some(401),
         "single: any login kicks"
     );
-    ios.api.me().await.unwrap_or_else(|e| panic!("{e}"));
+    ios.api.me().await.unwrap();
 
     let server = TestServer::start_with(&[("UNIMSG_AUTH__DEVICE_POLICY", "multi")]).await;
     let client = server.client();
     register(&client, "erin").await;
     let a = login(&client, "erin", "web", Some("a")).await;
     let b = login(&client, "erin", "web", Some("b")).await;
-    a.api
-        .me()
-        .await
-        .unwrap_or_else(|e| panic!("multi keeps other devices: {e}"));
+    a.api.me().await.expect("multi keeps other devices");
     let a2 = login(&client, "erin", "web", Some("a")).await;
     assert_eq!(
         a.api.me().await.err().and_then(|e| e.status()),
         Some(401),
         "same device is replaced"
     );
-    b.api.me().await.unwrap_or_else(|e| panic!("{e}"));
-    a2.api.me().await.unwrap_or_else(|e| panic!("{e}"));
+    b.api.me().await.unwrap();
+    a2.api.me().await.unwrap();
 }
 
 #[tokio::test]
@@ -239,7 +196,7 @@ async fn registration_can_be_closed_and_usernames_are_unique() {
     let wrong = unimsg_client::proto::api::LoginRequest {
         username: "frank".into(),
         password: "wrong password".into(),
-        platform: "web".parse().unwrap_or_else(|e| panic!("{e}")),
+        platform: "web".parse().unwrap(),
         device_id: None,
     };
     assert_eq!(
@@ -252,8 +209,7 @@ async fn registration_can_be_closed_and_usernames_are_unique() {
         .client()
         .register(&req)
         .await
-        .err()
-        .unwrap_or_else(|| panic!("registered while closed"));
+        .expect_err("registered while closed");
     assert_eq!(err.status(), Some(403));
 }
 
@@ -271,7 +227,7 @@ async fn a_sign_in_from_a_new_device_and_address_is_notified_and_audited() {
     let elsewhere = reqwest::Client::builder()
         .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let response = elsewhere
         .post(format!("{}/v1/auth/login", server.base))
         .json(&serde_json::json!({
@@ -279,7 +235,7 @@ async fn a_sign_in_from_a_new_device_and_address_is_notified_and_audited() {
         }))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(response.status(), 200);
     let events = full_sync(&first.api).await;
     let warning = events

@@ -63,11 +63,7 @@ async fn a_table_of_bad_requests_gets_4xx_json_and_changes_nothing() {
     let alice = user(&client, "alice").await;
     let bob = user(&client, "bob").await;
     let carol = user(&client, "carol").await;
-    alice
-        .api
-        .send_text(&bob.id, "before", None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    alice.api.send_text(&bob.id, "before", None).await.unwrap();
     let before_bob = full_sync(&bob.api).await;
     let before_alice = full_sync(&alice.api).await;
 
@@ -367,14 +363,8 @@ async fn a_table_of_bad_requests_gets_4xx_json_and_changes_nothing() {
         before_alice,
         "alice's inbox changed"
     );
-    client
-        .health()
-        .await
-        .unwrap_or_else(|e| panic!("the server is down: {e}"));
-    client
-        .ready()
-        .await
-        .unwrap_or_else(|e| panic!("the server is not ready: {e}"));
+    client.health().await.expect("the server is down");
+    client.ready().await.expect("the server is not ready");
 }
 
 #[tokio::test]
@@ -383,11 +373,7 @@ async fn bad_websocket_frames_get_error_frames_and_oversized_ones_close_only_tha
     let client = server.client();
     let alice = user(&client, "alice").await;
     let bob = user(&client, "bob").await;
-    let mut ws = alice
-        .api
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut ws = alice.api.connect_ws(None).await.unwrap();
     for junk in [
         "not json",
         "{}",
@@ -395,13 +381,8 @@ async fn bad_websocket_frames_get_error_frames_and_oversized_ones_close_only_tha
         r#"{"type":"ack","seq":"x"}"#,
         "[1,2,3]",
     ] {
-        ws.send_raw_text(junk.to_owned())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        match within("an error reply", ws.next_reply())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-        {
+        ws.send_raw_text(junk.to_owned()).await.unwrap();
+        match within("an error reply", ws.next_reply()).await.unwrap() {
             Some(unimsg_client::proto::ws::ReplyFrame::Error { error, .. }) => {
                 assert_eq!(
                     error.code,
@@ -415,11 +396,8 @@ async fn bad_websocket_frames_get_error_frames_and_oversized_ones_close_only_tha
     // A later auth frame with a bad token is refused; the socket stays.
     ws.send_raw_text(r#"{"type":"auth","token":"t"}"#.to_owned())
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    match within("an error reply", ws.next_reply())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-    {
+        .unwrap();
+    match within("an error reply", ws.next_reply()).await.unwrap() {
         Some(unimsg_client::proto::ws::ReplyFrame::Error { error, .. }) => {
             assert_eq!(error.code, unimsg_client::proto::ErrorCode::Unauthorized);
         }
@@ -432,7 +410,7 @@ async fn bad_websocket_frames_get_error_frames_and_oversized_ones_close_only_tha
             None,
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(sent.seq, Seq(1));
 
     // A frame over the limit ends that connection, not the server.
@@ -443,10 +421,7 @@ async fn bad_websocket_frames_get_error_frames_and_oversized_ones_close_only_tha
     }
     let inbox = full_sync(&bob.api).await;
     assert_eq!(inbox.len(), 1);
-    client
-        .health()
-        .await
-        .unwrap_or_else(|e| panic!("the server is down: {e}"));
+    client.health().await.expect("the server is down");
 
     // A first frame that is not an auth frame is refused.
     let err = client.connect_ws_first_frame("garbage", None).await.err();

@@ -105,7 +105,7 @@ fn root(server: &TestServer) -> AdminClient {
 }
 
 fn uid(s: &str) -> UserId {
-    UserId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    UserId::parse(s).unwrap()
 }
 
 async fn exists(admin: &AdminClient, id: &str) -> bool {
@@ -117,9 +117,8 @@ async fn exists(admin: &AdminClient, id: &str) -> bool {
 }
 
 fn jsonl_file(lines: &[&str]) -> tempfile::NamedTempFile {
-    let mut file = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
-    std::io::Write::write_all(&mut file, lines.join("\n").as_bytes())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut file, lines.join("\n").as_bytes()).unwrap();
     file
 }
 
@@ -188,14 +187,7 @@ async fn import_from_stdin_in_batches_keeps_line_numbers() {
     for id in ["b-1", "b-2", "b-5", "b-7"] {
         assert!(exists(&admin, id).await, "{id}");
     }
-    assert_eq!(
-        admin
-            .user(&uid("b-1"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .display_name,
-        "1"
-    );
+    assert_eq!(admin.user(&uid("b-1")).await.unwrap().display_name, "1");
 }
 
 #[tokio::test]
@@ -207,13 +199,13 @@ async fn minted_tokens_work_until_the_user_is_disabled() {
             serde_json::json!({"user_id": "mint-1", "display_name": "M"}),
         ])
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
 
     let tokens: TokenPair = Run::new(&server, &["token", "mint", "mint-1", "--platform", "web"])
         .json()
         .await;
     let api = server.client().with_token(tokens.access_token.clone());
-    let me = api.me().await.unwrap_or_else(|e| panic!("{e}"));
+    let me = api.me().await.unwrap();
     assert_eq!(me.user_id.as_str(), "mint-1");
     let shown: AdminUser = Run::new(&server, &["user", "show", "mint-1"]).json().await;
     assert_eq!(
@@ -254,7 +246,7 @@ async fn minted_tokens_work_until_the_user_is_disabled() {
     .await;
     assert!(again.expires_in <= 120, "{}", again.expires_in);
     let api = server.client().with_token(again.access_token);
-    api.me().await.unwrap_or_else(|e| panic!("{e}"));
+    api.me().await.unwrap();
 
     let deleted = Run::new(&server, &["user", "delete", "mint-1"]).ok().await;
     assert_eq!(deleted.trim(), "deleted mint-1");
@@ -275,19 +267,18 @@ async fn notify_and_broadcast_reach_the_users_sync() {
         admin
             .import_users(vec![serde_json::json!({"user_id": id, "display_name": id})])
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         let tokens = admin
             .mint_tokens(
                 &uid(id),
                 &unimsg_client::proto::admin::MintRequest {
-                    platform: unimsg_client::proto::Platform::parse("web")
-                        .unwrap_or_else(|e| panic!("{e}")),
+                    platform: unimsg_client::proto::Platform::parse("web").unwrap(),
                     device_id: None,
                     ttl_secs: None,
                 },
             )
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         apis.push(server.client().with_token(tokens.access_token));
     }
 
@@ -318,7 +309,7 @@ async fn notify_and_broadcast_reach_the_users_sync() {
     let status = admin
         .message_status(&sent.message_id, None, None)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(status.recipients, 2);
 
     let announced: serde_json::Value = Run::new(
@@ -330,7 +321,7 @@ async fn notify_and_broadcast_reach_the_users_sync() {
     assert_eq!(announced["broadcast_seq"], 1, "{announced}");
     for api in &apis {
         let events = full_sync(api).await;
-        let last = events.last().unwrap_or_else(|| panic!("no events"));
+        let last = events.last().expect("no events");
         assert_eq!(last.kind, EventType::BroadcastNew);
         assert_eq!(last.data["content"]["title"], "Release 2.0");
         assert_gap_free(&events);
@@ -371,7 +362,7 @@ async fn bad_credentials_fail_with_a_message_and_tokens_work_from_the_environmen
         .client()
         .admin_token("admin", ADMIN_PASSWORD)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let file = jsonl_file(&[r#"{"user_id": "tok-1", "display_name": "T"}"#]);
     let path = file.path().to_string_lossy().into_owned();
     let out = Run {
@@ -395,7 +386,7 @@ async fn bad_credentials_fail_with_a_message_and_tokens_work_from_the_environmen
             scopes: vec![unimsg_client::proto::admin::Scope::UsersRead],
         })
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let shown: AdminUser = Run::new(&server, &["user", "show", "tok-1", "--admin-id", "reader"])
         .env(&[("UNIMSG_ADMIN_PASSWORD", "reader-secret-1")])
         .json()
@@ -447,7 +438,7 @@ async fn operation_ids_reach_the_audit_log_and_nonces_satisfy_strict_servers() {
             ..AuditFilter::default()
         })
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(page.entries.len(), 1, "{page:?}");
     let record = &page.entries[0].record;
     assert_eq!(
@@ -462,10 +453,7 @@ async fn operation_ids_reach_the_audit_log_and_nonces_satisfy_strict_servers() {
     // The client's nonces are fresh on every request; without them the
     // strict server refuses the client too.
     for _ in 0..3 {
-        admin
-            .user(&uid("op-1"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        admin.user(&uid("op-1")).await.unwrap();
     }
     let plain = admin.with_replay_protection(false).user(&uid("op-1")).await;
     assert!(
@@ -495,7 +483,7 @@ async fn every_admin_command_has_help() {
                 .output(),
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         assert!(out.status.success(), "{args:?}");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("Usage: unimsg"), "{args:?}: {text}");

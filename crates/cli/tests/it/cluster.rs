@@ -74,11 +74,7 @@ async fn a_message_sent_on_one_node_is_live_on_another_and_synced_on_a_third() {
     let alice = user(&a, "alice").await;
     register(&a, "bob").await;
     let bob = login(&b, "bob", "web", None).await;
-    let mut ws = bob
-        .api
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut ws = bob.api.connect_ws(None).await.unwrap();
 
     let sent: Vec<String> = (0..20).map(|i| format!("hello {i}")).collect();
     for t in &sent {
@@ -86,7 +82,7 @@ async fn a_message_sent_on_one_node_is_live_on_another_and_synced_on_a_third() {
             .api
             .send(&text_message(&bob.id, t, None))
             .await
-            .unwrap_or_else(|e| panic!("send: {e}"));
+            .expect("send");
     }
     let mut live = Vec::new();
     while live.len() < sent.len() {
@@ -120,20 +116,20 @@ async fn concurrent_sends_through_three_nodes_leave_a_gap_free_inbox() {
                 s.api
                     .send(&text_message(&to, &text, Some(&cmid)))
                     .await
-                    .unwrap_or_else(|e| panic!("send: {e}"));
+                    .expect("send");
                 // A retry of the same message through the same node must
                 // not add a second copy.
                 if k % 10 == 0 {
                     s.api
                         .send(&text_message(&to, &text, Some(&cmid)))
                         .await
-                        .unwrap_or_else(|e| panic!("retry: {e}"));
+                        .expect("retry");
                 }
             }
         }));
     }
     for t in tasks {
-        t.await.unwrap_or_else(|e| panic!("{e}"));
+        t.await.unwrap();
     }
     let bob = login(&c.nodes[1].client(), "bob", "web", None).await;
     let inbox = full_sync(&bob.api).await;
@@ -158,16 +154,10 @@ async fn logout_on_one_node_is_refused_on_another_and_closes_its_websocket() {
     register(&a, "bob").await;
     let bob = login(&a, "bob", "web", None).await;
     let on_b = b.with_token(bob.tokens.access_token.clone());
-    on_b.me().await.unwrap_or_else(|e| panic!("me on B: {e}"));
-    let mut ws = on_b
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    on_b.me().await.expect("me on B");
+    let mut ws = on_b.connect_ws(None).await.unwrap();
 
-    bob.api
-        .logout()
-        .await
-        .unwrap_or_else(|e| panic!("logout on A: {e}"));
+    bob.api.logout().await.expect("logout on A");
     let refused = on_b.me().await;
     assert!(
         matches!(&refused, Err(e) if e.status() == Some(401)),
@@ -175,12 +165,7 @@ async fn logout_on_one_node_is_refused_on_another_and_closes_its_websocket() {
     );
     let revoked = ws_event(&mut ws).await;
     assert_eq!(revoked.kind, EventType::SessionRevoked);
-    assert_eq!(
-        within("the close", ws.next_event())
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-        None
-    );
+    assert_eq!(within("the close", ws.next_event()).await.unwrap(), None);
     assert_eq!(ws.close_code(), Some(4001));
 }
 
@@ -191,7 +176,7 @@ async fn post_json(base: &str, path: &str, token: Option<&str>, body: Value) -> 
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
-    let r = req.send().await.unwrap_or_else(|e| panic!("{e}"));
+    let r = req.send().await.unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
@@ -220,7 +205,7 @@ async fn a_qr_ticket_made_on_a_waited_on_b_and_confirmed_on_c_completes() {
         )
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(r.status(), 200);
     let mut page = Box::pin(r.bytes_stream().eventsource().filter_map(|e| async move {
         let e = e.ok()?;
@@ -232,7 +217,7 @@ async fn a_qr_ticket_made_on_a_waited_on_b_and_confirmed_on_c_completes() {
     let mut next = async || {
         within("a QR event", page.next())
             .await
-            .unwrap_or_else(|| panic!("the stream ended"))
+            .expect("the stream ended")
     };
     assert_eq!(next().await.0, "pending");
 
@@ -267,7 +252,7 @@ async fn a_qr_ticket_made_on_a_waited_on_b_and_confirmed_on_c_completes() {
         .with_token(token)
         .me()
         .await
-        .unwrap_or_else(|e| panic!("the page's token on A: {e}"));
+        .expect("the page's token on A");
     assert_eq!(me.user_id, phone.id);
 
     // Single use, whichever node is asked.
@@ -281,17 +266,11 @@ async fn a_qr_ticket_made_on_a_waited_on_b_and_confirmed_on_c_completes() {
     assert_eq!(status, 409);
 }
 
-async fn admin_get(base: &str, path: &str, headers: &[(&str, String)]) -> u16 {
-    let mut req = reqwest::Client::new()
-        .request(Method::GET, format!("{base}{path}"))
-        .basic_auth("admin", Some(ADMIN_PASSWORD));
-    for (k, v) in headers {
-        req = req.header(*k, v);
-    }
-    req.send()
+async fn admin_get(node: &TestServer, path: &str, headers: &[(&str, String)]) -> u16 {
+    AdminApi::root(node)
+        .call_with(Method::GET, path, None, headers)
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .status()
+        .0
         .as_u16()
 }
 
@@ -303,12 +282,9 @@ async fn a_replayed_nonce_and_a_rate_limit_hold_across_nodes() {
         ("x-nonce", "cluster-nonce-1".to_owned()),
         ("x-timestamp", now.to_string()),
     ];
+    assert_eq!(admin_get(&c.nodes[0], "/v1/admin/audit", &fresh).await, 200);
     assert_eq!(
-        admin_get(&c.nodes[0].base, "/v1/admin/audit", &fresh).await,
-        200
-    );
-    assert_eq!(
-        admin_get(&c.nodes[1].base, "/v1/admin/audit", &fresh).await,
+        admin_get(&c.nodes[1], "/v1/admin/audit", &fresh).await,
         409,
         "the nonce seen on A is refused on B"
     );
@@ -343,20 +319,16 @@ async fn presence_is_seen_from_every_node() {
             .basic_auth("admin", Some(ADMIN_PASSWORD))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap()
             .json()
             .await
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap()
     };
     assert_eq!(
         presence(&c.nodes[0].base).await["users"][0]["online"],
         false
     );
-    let ws = bob
-        .api
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let ws = bob.api.connect_ws(None).await.unwrap();
     let seen = presence(&c.nodes[0].base).await;
     assert_eq!(seen["users"][0]["online"], true, "{seen}");
     assert_eq!(seen["users"][0]["platforms"], json!(["ios"]));
@@ -387,11 +359,7 @@ async fn a_redis_restart_pauses_live_delivery_and_loses_nothing() {
     let alice = user(&c.nodes[0].client(), "alice").await;
     register(&c.nodes[0].client(), "bob").await;
     let bob = login(&c.nodes[1].client(), "bob", "web", None).await;
-    let mut ws = bob
-        .api
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut ws = bob.api.connect_ws(None).await.unwrap();
 
     send_all(&alice, &bob.id, 0, 10).await;
     let mut live = Vec::new();
@@ -467,28 +435,21 @@ async fn clients_of_a_killed_node_resume_on_another_with_nothing_lost() {
     let alice = user(&c.nodes[2].client(), "alice").await;
     register(&c.nodes[0].client(), "bob").await;
     let bob = login(&c.nodes[0].client(), "bob", "web", None).await;
-    let mut ws = bob
-        .api
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut ws = bob.api.connect_ws(None).await.unwrap();
     send_all(&alice, &bob.id, 0, 10).await;
     let mut got = Vec::new();
     while got.len() < 10 {
         got.push(ws_event(&mut ws).await);
     }
     let last = got.last().map_or(Seq(0), |e| e.seq);
-    ws.ack(last).await.unwrap_or_else(|e| panic!("ack: {e}"));
+    ws.ack(last).await.expect("ack");
 
     c.nodes[0].kill9().await;
     send_all(&alice, &bob.id, 10, 20).await;
     let on_b = c.nodes[1]
         .client()
         .with_token(bob.tokens.access_token.clone());
-    let mut ws = on_b
-        .connect_ws(Some(last))
-        .await
-        .unwrap_or_else(|e| panic!("reconnect on B: {e}"));
+    let mut ws = on_b.connect_ws(Some(last)).await.expect("reconnect on B");
     send_all(&alice, &bob.id, 20, 25).await;
     while got.len() < 25 {
         got.push(ws_event(&mut ws).await);

@@ -5,30 +5,25 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use unimsg_testkit::unimsg;
 
-use crate::harness::TestServer;
+use crate::harness::{START_TIMEOUT, TestServer};
 use crate::support::*;
 
 /// Opens a WebSocket by hand and never answers anything, so the server's
 /// pings go unanswered and nothing is read until asked.
 async fn raw_ws(base: &str, token: &str) -> TcpStream {
     let addr = base.trim_start_matches("http://");
-    let mut tcp = TcpStream::connect(addr)
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
     let request = format!(
         "GET /v1/ws?access_token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
-    tcp.write_all(request.as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("write: {e}"));
+    tcp.write_all(request.as_bytes()).await.expect("write");
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        tcp.read_exact(&mut byte)
-            .await
-            .unwrap_or_else(|e| panic!("handshake: {e}"));
+        tcp.read_exact(&mut byte).await.expect("handshake");
         head.push(byte[0]);
     }
     assert!(
@@ -88,11 +83,7 @@ async fn an_answering_client_is_not_idle() {
     let client = server.client();
     let alice = user(&client, "alice").await;
     let bob = user(&client, "bob").await;
-    let mut ws = bob
-        .api
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut ws = bob.api.connect_ws(None).await.unwrap();
     // Reading answers the server's pings. Listening for longer than two
     // idle timeouts, the socket must neither close nor deliver anything.
     let quiet = tokio::time::timeout(Duration::from_secs(5), ws.next_event()).await;
@@ -105,7 +96,7 @@ async fn an_answering_client_is_not_idle() {
         .api
         .send_text(&bob.id, "still there", None)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(text(&ws_event(&mut ws).await), "still there");
     assert!(!ws.is_closed(), "closed with code {:?}", ws.close_code());
 }
@@ -121,30 +112,22 @@ async fn a_client_that_stops_reading_is_disconnected_and_counted() {
     let alice = user(&client, "alice").await;
     let bob = user(&client, "bob").await;
     let mut stalled = raw_ws(&server.base, &bob.tokens.access_token).await;
-    let mut reader = bob
-        .api
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut reader = bob.api.connect_ws(None).await.unwrap();
     let chunk = "x".repeat(60 * 1024);
     let mut counted = false;
     // Enough to fill the kernel's socket buffers many times over; stops as
     // soon as the server reports the disconnect.
     for i in 0..3000u64 {
-        alice
-            .api
-            .send_text(&bob.id, &chunk, None)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        alice.api.send_text(&bob.id, &chunk, None).await.unwrap();
         // The reading connection keeps up and is never dropped.
         assert_eq!(ws_event(&mut reader).await.seq.0, i + 1);
         if i % 16 == 15 {
             let text = reqwest::get(format!("{}/metrics", server.base))
                 .await
-                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap()
                 .text()
                 .await
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
             if text.contains("unimsg_hub_slow_consumer_disconnects 1") {
                 counted = true;
                 break;
@@ -155,48 +138,24 @@ async fn a_client_that_stops_reading_is_disconnected_and_counted() {
     let bytes = read_to_end(&mut stalled).await;
     assert!(!bytes.is_empty());
     assert!(!reader.is_closed());
-    client.health().await.unwrap_or_else(|e| panic!("{e}"));
+    client.health().await.unwrap();
 }
 
 #[tokio::test]
 async fn serve_starts_with_no_configuration_at_all() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_unimsg"))
-        .arg("serve")
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_unimsg"));
+    cmd.arg("serve")
         .current_dir(dir.path())
         // Only the port is chosen: 8080 may be taken on a shared machine.
         .env("UNIMSG_LISTEN", "127.0.0.1:0")
         .env_remove("UNIMSG_DATA_DIR")
-        .env_remove("UNIMSG_CONFIG")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
-    let mut lines = tokio::io::BufReader::new(stderr);
-    let mut line = String::new();
-    let addr = within("the listening line", async {
-        loop {
-            line.clear();
-            let n = tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut line)
-                .await
-                .unwrap_or(0);
-            assert!(n > 0, "the server exited");
-            if let Some(pos) = line.find("listening on http://") {
-                let rest = &line[pos + "listening on http://".len()..];
-                break rest
-                    .trim()
-                    .split(|c: char| c.is_whitespace() || c == '\u{1b}')
-                    .next()
-                    .unwrap_or("")
-                    .to_owned();
-            }
-        }
-    })
-    .await;
-    let health = reqwest::get(format!("http://{addr}/readyz"))
+        .env_remove("UNIMSG_CONFIG");
+    let started = unimsg::start(cmd, START_TIMEOUT)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the server without configuration");
+    let (mut child, addr) = (started.child, started.addr);
+    let health = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
     assert_eq!(health.status(), 200);
     for file in ["data/unimsg.db", "data/master.key", "data/signing.key"] {
         assert!(dir.path().join(file).exists(), "{file} was not created");
@@ -217,9 +176,9 @@ async fn sse_sends_heartbeats_and_refuses_a_malformed_last_event_id() {
         .header("Last-Event-ID", "seven")
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(bad.status(), 400);
-    let body: serde_json::Value = bad.json().await.unwrap_or_else(|e| panic!("{e}"));
+    let body: serde_json::Value = bad.json().await.unwrap();
     assert_eq!(body["error"]["code"], "bad_request");
 
     let mut stream = http
@@ -227,7 +186,7 @@ async fn sse_sends_heartbeats_and_refuses_a_malformed_last_event_id() {
         .bearer_auth(&alice.tokens.access_token)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(stream.status(), 200);
     let content_type = stream
         .headers()
@@ -241,8 +200,8 @@ async fn sse_sends_heartbeats_and_refuses_a_malformed_last_event_id() {
     // With no events, the first bytes on the stream are a heartbeat comment.
     let chunk = within("a heartbeat", stream.chunk())
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|| panic!("the stream ended"));
+        .unwrap()
+        .expect("the stream ended");
     assert!(
         chunk.starts_with(b":"),
         "{:?}",

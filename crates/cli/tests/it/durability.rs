@@ -31,18 +31,14 @@ async fn acknowledged_sends_survive_kill_9_exactly_once_in_order() {
                 let r = api
                     .send_text(&to, &format!("{tag}{i}"), Some(&format!("{tag}-{i}")))
                     .await;
-                acked.push(
-                    r.unwrap_or_else(|e| panic!("send: {e}"))
-                        .message_id
-                        .to_string(),
-                );
+                acked.push(r.expect("send").message_id.to_string());
             }
             acked
         }));
     }
     let mut acknowledged = Vec::new();
     for t in tasks {
-        acknowledged.extend(t.await.unwrap_or_else(|e| panic!("{e}")));
+        acknowledged.extend(t.await.unwrap());
     }
     server.kill9().await;
     let server = server.restart().await;
@@ -87,15 +83,10 @@ async fn acknowledged_sends_survive_kill_9_exactly_once_in_order() {
         .api
         .send_text(&bob.id, "again", Some("a-3"))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(retry.duplicate);
     assert_eq!(
-        bob.api
-            .sync(Some(newest), None)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .events
-            .len(),
+        bob.api.sync(Some(newest), None).await.unwrap().events.len(),
         0
     );
 }
@@ -105,11 +96,7 @@ async fn sigterm_closes_connections_and_exits_cleanly() {
     let mut server = TestServer::start().await;
     let client = server.client();
     let alice = user(&client, "alice").await;
-    let mut ws = alice
-        .api
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut ws = alice.api.connect_ws(None).await.unwrap();
     let status = server.terminate().await;
     assert!(status.success(), "exit status {status}");
     assert!(
@@ -135,7 +122,7 @@ async fn the_data_directory_holds_no_plaintext_and_the_log_no_secrets() {
             .api
             .send_text(&bob.id, &format!("{marker} number {i}"), None)
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
     }
     let inbox = full_sync(&bob.api).await;
     assert!(
@@ -144,9 +131,9 @@ async fn the_data_directory_holds_no_plaintext_and_the_log_no_secrets() {
     );
 
     let mut scanned = 0;
-    for entry in std::fs::read_dir(server.data_dir()).unwrap_or_else(|e| panic!("{e}")) {
-        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
+    for entry in std::fs::read_dir(server.data_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
         scanned += bytes.len();
         let found = bytes.windows(marker.len()).any(|w| w == marker.as_bytes());
         assert!(!found, "{} contains message plaintext", path.display());
@@ -176,7 +163,7 @@ async fn the_master_key_can_come_from_the_environment_and_a_wrong_one_is_refused
         .api
         .send_text(&bob.id, "sealed under the env key", None)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(
         !server.data_dir().join("master.key").exists(),
         "the env key must not be written to disk"
@@ -202,7 +189,7 @@ async fn the_master_key_can_come_from_the_environment_and_a_wrong_one_is_refused
         .output();
     let output = within("the server to refuse the key", output)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -14,16 +14,8 @@ async fn fifty_messages_arrive_live_on_both_transports_in_order_and_sync_matches
     let client = server.client();
     let alice = user(&client, "alice").await;
     let bob = user(&client, "bob").await;
-    let mut ws = bob
-        .api
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("ws: {e}"));
-    let mut sse = bob
-        .api
-        .connect_sse(None)
-        .await
-        .unwrap_or_else(|e| panic!("sse: {e}"));
+    let mut ws = bob.api.connect_ws(None).await.expect("ws");
+    let mut sse = bob.api.connect_sse(None).await.expect("sse");
 
     let mut sent = Vec::new();
     for i in 0..50 {
@@ -60,7 +52,7 @@ async fn fifty_messages_arrive_live_on_both_transports_in_order_and_sync_matches
         .api
         .send_text(&bob.id, "again", Some("cm-7"))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(retry.duplicate);
     assert_eq!(retry.message_id.to_string(), sent[7]);
     assert_eq!(retry.seq, Seq(8));
@@ -81,7 +73,7 @@ async fn fifty_messages_arrive_live_on_both_transports_in_order_and_sync_matches
         .api
         .send_text(&bob.id, "after retry", None)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(ws_event(&mut ws).await.seq, Seq(51));
     assert_eq!(sse_event(&mut sse).await.1.seq, Seq(51));
 }
@@ -97,28 +89,16 @@ async fn sse_last_event_id_and_ws_after_resume_exactly_after_the_given_seq() {
             .api
             .send_text(&bob.id, &format!("m{i}"), None)
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
     }
-    let mut sse = bob
-        .api
-        .connect_sse(Some(Seq(12)))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut ws = bob
-        .api
-        .connect_ws(Some(Seq(25)))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut sse = bob.api.connect_sse(Some(Seq(12))).await.unwrap();
+    let mut ws = bob.api.connect_ws(Some(Seq(25))).await.unwrap();
     let mut first_frame = client
         .connect_ws_first_frame(&bob.tokens.access_token, Some(Seq(28)))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(ws.ready().last_seq, Seq(30));
-    alice
-        .api
-        .send_text(&bob.id, "live", None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    alice.api.send_text(&bob.id, "live", None).await.unwrap();
 
     for expected in 13..=31 {
         let (id, e) = sse_event(&mut sse).await;
@@ -138,21 +118,13 @@ async fn websocket_send_ack_read_and_ping_frames() {
     let client = server.client();
     let alice = user(&client, "alice").await;
     let bob = user(&client, "bob").await;
-    let mut alice_ws = alice
-        .api
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut bob_ws = bob
-        .api
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut alice_ws = alice.api.connect_ws(None).await.unwrap();
+    let mut bob_ws = bob.api.connect_ws(None).await.unwrap();
 
     let sent = alice_ws
         .send(text_message(&bob.id, "over ws", Some("w1")), Some("req-1"))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(sent.seq, Seq(1));
     let own = ws_event(&mut alice_ws).await;
     assert_eq!(
@@ -163,27 +135,17 @@ async fn websocket_send_ack_read_and_ping_frames() {
     let got = ws_event(&mut bob_ws).await;
     assert_eq!(text(&got), "over ws");
 
-    assert_eq!(
-        bob_ws.ack(got.seq).await.unwrap_or_else(|e| panic!("{e}")),
-        Seq(1)
-    );
+    assert_eq!(bob_ws.ack(got.seq).await.unwrap(), Seq(1));
     let conv = ConversationId::direct(&alice.id, &bob.id);
-    let read = bob_ws
-        .read(&conv, &sent.message_id)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let read = bob_ws.read(&conv, &sent.message_id).await.unwrap();
     assert_eq!(read.read_upto, 1);
     let receipt = ws_event(&mut alice_ws).await;
     assert_eq!(receipt.kind, EventType::ReceiptRead);
     assert_eq!(receipt.data["user_id"], bob.id.as_str());
     assert_eq!(receipt.data["read_upto"], 1);
-    bob_ws.ping().await.unwrap_or_else(|e| panic!("{e}"));
+    bob_ws.ping().await.unwrap();
 
-    let convs = alice
-        .api
-        .conversations()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let convs = alice.api.conversations().await.unwrap();
     assert_eq!(convs.conversations.len(), 1);
     assert_eq!(convs.conversations[0].peer_read_upto, 1);
 }
@@ -200,46 +162,27 @@ async fn read_receipts_unread_counts_history_paging_and_recall() {
             .api
             .send_text(&bob.id, &format!("h{i}"), None)
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         ids.push(r.message_id);
     }
     let conv = ConversationId::direct(&alice.id, &bob.id);
-    let list = bob
-        .api
-        .conversations()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let list = bob.api.conversations().await.unwrap();
     assert_eq!(list.conversations[0].unread, 7);
     assert_eq!(list.conversations[0].peer, Some(alice.id));
     assert_eq!(list.conversations[0].peer_display_name, "alice");
 
-    let mut alice_ws = alice
-        .api
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    bob.api
-        .read(&conv, &ids[4])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut alice_ws = alice.api.connect_ws(None).await.unwrap();
+    bob.api.read(&conv, &ids[4]).await.unwrap();
     let receipt = ws_event(&mut alice_ws).await;
     assert_eq!(
         (receipt.kind, receipt.data["read_upto"].as_u64()),
         (EventType::ReceiptRead, Some(5))
     );
-    let list = bob
-        .api
-        .conversations()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let list = bob.api.conversations().await.unwrap();
     assert_eq!(list.conversations[0].unread, 2);
 
     // History pages newest first with a cursor.
-    let page = bob
-        .api
-        .history(&conv, None, Some(3))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let page = bob.api.history(&conv, None, Some(3)).await.unwrap();
     assert_eq!(
         page.messages.iter().map(|m| m.conv_seq).collect::<Vec<_>>(),
         vec![7, 6, 5]
@@ -248,7 +191,7 @@ async fn read_receipts_unread_counts_history_paging_and_recall() {
         .api
         .history(&conv, page.next_before, Some(3))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(
         page.messages.iter().map(|m| m.conv_seq).collect::<Vec<_>>(),
         vec![4, 3, 2]
@@ -257,7 +200,7 @@ async fn read_receipts_unread_counts_history_paging_and_recall() {
         .api
         .history(&conv, page.next_before, Some(3))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(
         page.messages.iter().map(|m| m.conv_seq).collect::<Vec<_>>(),
         vec![1]
@@ -267,45 +210,27 @@ async fn read_receipts_unread_counts_history_paging_and_recall() {
     assert_eq!(page.messages[0].kind, MessageKind::Chat);
 
     // Recall: only the sender; both sides get message.recalled; content is gone.
-    let mut bob_ws = bob
-        .api
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut bob_ws = bob.api.connect_ws(None).await.unwrap();
     let err = bob
         .api
         .recall(&ids[6])
         .await
-        .err()
-        .unwrap_or_else(|| panic!("the recipient recalled"));
+        .expect_err("the recipient recalled");
     assert_eq!(err.status(), Some(403));
-    alice
-        .api
-        .recall(&ids[6])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    alice.api.recall(&ids[6]).await.unwrap();
     let recalled = ws_event(&mut bob_ws).await;
     assert_eq!(recalled.kind, EventType::MessageRecalled);
     assert_eq!(recalled.data["message_id"], ids[6].as_str());
-    let again = alice
-        .api
-        .recall(&ids[6])
-        .await
-        .err()
-        .unwrap_or_else(|| panic!("recalled twice"));
+    let again = alice.api.recall(&ids[6]).await.expect_err("recalled twice");
     assert_eq!(again.status(), Some(409));
-    let page = bob
-        .api
-        .history(&conv, None, Some(1))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let page = bob.api.history(&conv, None, Some(1)).await.unwrap();
     assert!(page.messages[0].recalled);
     assert!(page.messages[0].content.is_null());
     let synced = full_sync(&bob.api).await;
     let original = synced
         .iter()
         .find(|e| e.data["message_id"] == ids[6].as_str())
-        .unwrap_or_else(|| panic!("gone"));
+        .expect("gone");
     assert!(
         original.data["content"].is_null(),
         "sync no longer reveals recalled content"
@@ -322,15 +247,14 @@ async fn recall_after_the_window_is_refused() {
         .api
         .send_text(&bob.id, "too late", None)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let err = alice
         .api
         .recall(&sent.message_id)
         .await
-        .err()
-        .unwrap_or_else(|| panic!("recalled outside the window"));
+        .expect_err("recalled outside the window");
     assert_eq!(err.status(), Some(410));
-    let unknown = MessageId::parse("nope").unwrap_or_else(|e| panic!("{e}"));
+    let unknown = MessageId::parse("nope").unwrap();
     assert_eq!(
         alice
             .api

@@ -8,36 +8,14 @@ use unimsg_client::proto::EventType;
 use crate::harness::{ADMIN_PASSWORD, TestServer};
 use crate::support::*;
 
-async fn call(
-    api: &unimsg_client::Authed,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let bytes = body
-        .map(|b| serde_json::to_vec(&b).unwrap_or_default())
-        .unwrap_or_default();
-    api.raw(method, path, bytes, Some("application/json"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
 #[tokio::test]
 async fn a_request_and_accept_reach_both_sides_live_and_by_sync() {
     let server = TestServer::start().await;
     let client = server.client();
     let alice = user(&client, "alice").await;
     let bob = user(&client, "bob").await;
-    let mut alice_ws = alice
-        .api
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut bob_ws = bob
-        .api
-        .connect_ws(None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut alice_ws = alice.api.connect_ws(None).await.unwrap();
+    let mut bob_ws = bob.api.connect_ws(None).await.unwrap();
 
     let (status, v) = call(
         &alice.api,
@@ -145,7 +123,7 @@ async fn a_block_refuses_messages_and_requests_and_unblock_restores_them() {
         .api
         .send_text(&alice.id, "before", None)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let (status, _) = call(
         &alice.api,
         Method::POST,
@@ -161,8 +139,7 @@ async fn a_block_refuses_messages_and_requests_and_unblock_restores_them() {
         .api
         .send_text(&alice.id, "after", None)
         .await
-        .err()
-        .unwrap_or_else(|| panic!("sent while blocked"));
+        .expect_err("sent while blocked");
     assert_eq!(err.status(), Some(403));
     assert!(
         !format!("{err}").contains("block"),
@@ -193,7 +170,7 @@ async fn a_block_refuses_messages_and_requests_and_unblock_restores_them() {
         .api
         .send_text(&mallory.id, "I can", None)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let (_, blocks) = call(&alice.api, Method::GET, "/v1/blocks", None).await;
     assert_eq!(blocks["blocks"][0]["user_id"], mallory.id.as_str());
 
@@ -209,7 +186,7 @@ async fn a_block_refuses_messages_and_requests_and_unblock_restores_them() {
         .api
         .send_text(&alice.id, "again", None)
         .await
-        .unwrap_or_else(|e| panic!("unblocked: {e}"));
+        .expect("unblocked");
 }
 
 #[tokio::test]
@@ -222,8 +199,7 @@ async fn with_require_friendship_strangers_cannot_message() {
         .api
         .send_text(&bob.id, "hello stranger", None)
         .await
-        .err()
-        .unwrap_or_else(|| panic!("sent"));
+        .expect_err("sent");
     assert_eq!(err.status(), Some(403));
     call(
         &alice.api,
@@ -245,7 +221,7 @@ async fn with_require_friendship_strangers_cannot_message() {
         .api
         .send_text(&bob.id, "hello friend", None)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
 }
 
 #[tokio::test]
@@ -263,7 +239,7 @@ async fn admin_batch_query_of_a_thousand_users_and_batch_update() {
         .json(&json!({"users": users}))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(r.status(), 200);
     let ops = json!({"ops": [
         {"user_id": "r0", "other_id": "r1", "op": "friend"},
@@ -276,7 +252,7 @@ async fn admin_batch_query_of_a_thousand_users_and_batch_update() {
         .json(&ops)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .json()
         .await
         .unwrap_or_default();
@@ -297,7 +273,7 @@ async fn admin_batch_query_of_a_thousand_users_and_batch_update() {
     )
     .send()
     .await
-    .unwrap_or_else(|e| panic!("{e}"))
+    .unwrap()
     .json()
     .await
     .unwrap_or_default();

@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -21,104 +19,60 @@ use unimsg_client::proto::api::{Recipient, SendRequest};
 use unimsg_client::proto::{Event, EventType, GroupId, Seq, UserId};
 use unimsg_client::{Authed, WsConnection};
 
-use crate::harness::{ADMIN_PASSWORD, TestServer};
+use crate::harness::TestServer;
 use crate::support::*;
 
-/// The admin API with the root credential.
-struct Admin {
-    base: String,
-    http: reqwest::Client,
-    auth: String,
+/// Imports users `{prefix}0000`, `{prefix}0001`… and returns their ids.
+async fn import(admin: &AdminApi, prefix: &str, count: usize) -> Vec<UserId> {
+    let ids: Vec<String> = (0..count).map(|i| format!("{prefix}{i:04}")).collect();
+    for chunk in ids.chunks(10_000) {
+        let users: Vec<Value> = chunk
+            .iter()
+            .map(|id| json!({"user_id": id, "display_name": id.to_uppercase()}))
+            .collect();
+        let (status, v) = admin
+            .call(
+                Method::POST,
+                "/v1/admin/users",
+                Some(json!({ "users": users })),
+            )
+            .await;
+        assert_eq!(
+            (status.as_u16(), v["imported"].as_u64()),
+            (200, Some(chunk.len() as u64)),
+            "{v}"
+        );
+    }
+    ids.iter()
+        .map(|id| UserId::parse(id.as_str()).unwrap())
+        .collect()
 }
 
-impl Admin {
-    fn root(server: &TestServer) -> Self {
-        Self {
-            base: server.base.clone(),
-            http: reqwest::Client::new(),
-            auth: format!(
-                "Basic {}",
-                STANDARD.encode(format!("admin:{ADMIN_PASSWORD}"))
-            ),
-        }
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("authorization", &self.auth);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    /// Imports users `{prefix}0000`, `{prefix}0001`… and returns their ids.
-    async fn import(&self, prefix: &str, count: usize) -> Vec<UserId> {
-        let ids: Vec<String> = (0..count).map(|i| format!("{prefix}{i:04}")).collect();
-        for chunk in ids.chunks(10_000) {
-            let users: Vec<Value> = chunk
-                .iter()
-                .map(|id| json!({"user_id": id, "display_name": id.to_uppercase()}))
-                .collect();
-            let (status, v) = self
-                .call(
-                    Method::POST,
-                    "/v1/admin/users",
-                    Some(json!({ "users": users })),
-                )
-                .await;
-            assert_eq!(
-                (status, v["imported"].as_u64()),
-                (200, Some(chunk.len() as u64)),
-                "{v}"
-            );
-        }
-        ids.iter()
-            .map(|id| UserId::parse(id.as_str()).unwrap_or_else(|e| panic!("{e}")))
-            .collect()
-    }
-
-    /// A minted access token for each user, as an API handle.
-    async fn mint_all(&self, server: &TestServer, ids: &[UserId]) -> Vec<Authed> {
-        let client = server.client();
-        stream::iter(ids.iter().cloned())
-            .map(|id| {
-                let client = client.clone();
-                async move {
-                    let (status, v) = self
-                        .call(
-                            Method::POST,
-                            &format!("/v1/admin/users/{id}/tokens"),
-                            Some(json!({"platform": "web"})),
-                        )
-                        .await;
-                    assert_eq!(status, 200, "{v}");
-                    let token = v["access_token"].as_str().unwrap_or_default().to_owned();
-                    Ok::<_, String>(client.with_token(token))
-                }
-            })
-            .buffered(32)
-            .try_collect()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-}
-
-async fn call(api: &Authed, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let bytes = body
-        .map(|b| serde_json::to_vec(&b).unwrap_or_default())
-        .unwrap_or_default();
-    api.raw(method, path, bytes, Some("application/json"))
+/// A minted access token for each user, as an API handle.
+async fn mint_all(admin: &AdminApi, server: &TestServer, ids: &[UserId]) -> Vec<Authed> {
+    let client = server.client();
+    stream::iter(ids.iter().cloned())
+        .map(|id| {
+            let client = client.clone();
+            async move {
+                let (status, v) = admin
+                    .call(
+                        Method::POST,
+                        &format!("/v1/admin/users/{id}/tokens"),
+                        Some(json!({"platform": "web"})),
+                    )
+                    .await;
+                assert_eq!(status, 200, "{v}");
+                let token = v["access_token"].as_str().unwrap_or_default().to_owned();
+                Ok::<_, String>(client.with_token(token))
+            }
+        })
+        .buffered(32)
+        .try_collect()
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
 }
 
-/// Sends `{"text": text}` to a group; the status and the answer.
 async fn say(api: &Authed, group: &str, text: &str, cmid: Option<&str>) -> (u16, Value) {
     let mut body = json!({"to": {"group": group}, "content": {"text": text}});
     if let Some(cmid) = cmid {
@@ -158,16 +112,16 @@ fn of_kind(events: &[Event], kind: EventType) -> Vec<&Event> {
 #[tokio::test]
 async fn a_group_of_50_gets_each_message_live_or_by_sync_with_its_own_seq() {
     let server = TestServer::start().await;
-    let admin = Admin::root(&server);
-    let ids = admin.import("m", 50).await;
-    let apis = admin.mint_all(&server, &ids).await;
+    let admin = AdminApi::root(&server);
+    let ids = import(&admin, "m", 50).await;
+    let apis = mint_all(&admin, &server, &ids).await;
     // Different inbox lengths before the group: every member's seq differs.
     for (i, to) in ids.iter().enumerate().skip(2).take(10) {
         for n in 0..i {
             apis[1]
                 .send_text(to, &format!("warm-up {n}"), None)
                 .await
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
         }
     }
     let members: Vec<&UserId> = ids.iter().skip(1).collect();
@@ -176,7 +130,7 @@ async fn a_group_of_50_gets_each_message_live_or_by_sync_with_its_own_seq() {
     // Half of the members are online; the rest catch up by sync.
     let mut live = Vec::new();
     for api in apis.iter().take(25) {
-        live.push(api.connect_ws(None).await.unwrap_or_else(|e| panic!("{e}")));
+        live.push(api.connect_ws(None).await.unwrap());
     }
     let (status, sent) = say(&apis[0], &group, "hello fifty", Some("hello-1")).await;
     assert_eq!(status, 200, "{sent}");
@@ -223,15 +177,12 @@ async fn a_group_of_50_gets_each_message_live_or_by_sync_with_its_own_seq() {
 
     // A WebSocket `send` frame to the group works too.
     let req = SendRequest {
-        to: Recipient::Group(GroupId::parse(group.as_str()).unwrap_or_else(|e| panic!("{e}"))),
+        to: Recipient::Group(GroupId::parse(group.as_str()).unwrap()),
         kind: unimsg_client::proto::api::MessageKind::Chat,
         content: json!({"text": "over the socket"}),
         client_msg_id: None,
     };
-    let reply = live[7]
-        .send(req, None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let reply = live[7].send(req, None).await.unwrap();
     for ws in &mut live {
         let e = next_of(ws, EventType::MessageNew).await;
         assert_eq!(
@@ -244,14 +195,11 @@ async fn a_group_of_50_gets_each_message_live_or_by_sync_with_its_own_seq() {
     // History and the conversation list of a member who was offline.
     let conv = format!("g:{group}");
     let history = apis[40]
-        .history(&conv.parse().unwrap_or_else(|e| panic!("{e}")), None, None)
+        .history(&conv.parse().unwrap(), None, None)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(history.messages.len(), 2);
-    let list = apis[40]
-        .conversations()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let list = apis[40].conversations().await.unwrap();
     let summary = list
         .conversations
         .iter()
@@ -264,9 +212,9 @@ async fn a_group_of_50_gets_each_message_live_or_by_sync_with_its_own_seq() {
 #[tokio::test]
 async fn mutes_removal_and_roles_are_enforced() {
     let server = TestServer::start().await;
-    let admin = Admin::root(&server);
-    let ids = admin.import("r", 6).await;
-    let apis = admin.mint_all(&server, &ids).await;
+    let admin = AdminApi::root(&server);
+    let ids = import(&admin, "r", 6).await;
+    let apis = mint_all(&admin, &server, &ids).await;
     let (owner, a, b, c, d, outsider) =
         (&apis[0], &apis[1], &apis[2], &apis[3], &apis[4], &apis[5]);
     let group = create(
@@ -441,7 +389,7 @@ async fn mutes_removal_and_roles_are_enforced() {
     let mut b_ws = b
         .connect_ws(Some(Seq(full_sync(b).await.len() as u64)))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(
         call(c, Method::DELETE, &format!("{g}/members/{}", ids[2]), None)
             .await
@@ -459,12 +407,7 @@ async fn mutes_removal_and_roles_are_enforced() {
     assert_eq!(status, 200);
     let mut a_events = full_sync(a).await;
     assert_eq!(
-        message_id(
-            a_events
-                .pop()
-                .as_ref()
-                .unwrap_or_else(|| panic!("a got nothing"))
-        ),
+        message_id(a_events.pop().as_ref().expect("a got nothing")),
         after_removal["message_id"].as_str().unwrap_or_default()
     );
     assert_eq!(
@@ -485,7 +428,7 @@ async fn mutes_removal_and_roles_are_enforced() {
         204
     );
     let left = full_sync(d).await;
-    let last = left.last().unwrap_or_else(|| panic!("d got nothing"));
+    let last = left.last().expect("d got nothing");
     assert_eq!(
         (last.kind, last.data["action"].as_str()),
         (EventType::GroupChanged, Some("member_left"))
@@ -505,7 +448,7 @@ async fn mutes_removal_and_roles_are_enforced() {
         "{v}"
     );
     a_events = full_sync(a).await;
-    let last = a_events.last().unwrap_or_else(|| panic!("a got nothing"));
+    let last = a_events.last().expect("a got nothing");
     assert_eq!(
         (
             last.data["action"].as_str(),
@@ -571,7 +514,7 @@ async fn mutes_removal_and_roles_are_enforced() {
     assert_eq!(call(c, Method::DELETE, &g, None).await.0, 204);
     for api in [owner, a, c, outsider] {
         let events = full_sync(api).await;
-        let last = events.last().unwrap_or_else(|| panic!("nothing"));
+        let last = events.last().expect("nothing");
         assert_eq!(last.data["action"], "dissolved");
     }
     assert_eq!(call(a, Method::GET, &g, None).await.0, 404);
@@ -583,9 +526,9 @@ async fn mutes_removal_and_roles_are_enforced() {
 #[tokio::test]
 async fn the_sender_sees_how_many_members_read_a_message() {
     let server = TestServer::start().await;
-    let admin = Admin::root(&server);
-    let ids = admin.import("c", 7).await;
-    let apis = admin.mint_all(&server, &ids).await;
+    let admin = AdminApi::root(&server);
+    let ids = import(&admin, "c", 7).await;
+    let apis = mint_all(&admin, &server, &ids).await;
     let members: Vec<&UserId> = ids.iter().skip(1).take(5).collect();
     let group = create(&apis[0], "Readers", &members, "invite").await;
     let (_, sent) = say(&apis[0], &group, "please read", None).await;
@@ -635,15 +578,9 @@ async fn the_sender_sees_how_many_members_read_a_message() {
     let sender = full_sync(&apis[0]).await;
     assert!(of_kind(&sender, EventType::ReceiptRead).is_empty());
     // Unread counts follow the positions.
-    let list = apis[4]
-        .conversations()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let list = apis[4].conversations().await.unwrap();
     assert_eq!(list.conversations.iter().map(|c| c.unread).sum::<u64>(), 1);
-    let list = apis[2]
-        .conversations()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let list = apis[2].conversations().await.unwrap();
     assert_eq!(list.conversations.iter().map(|c| c.unread).sum::<u64>(), 0);
 
     // Only the sender asks; non-members see nothing; a member who joins
@@ -732,9 +669,9 @@ async fn a_full_group_fans_out_completely_and_refuses_one_more() {
         ("UNIMSG_LOG__LEVEL", "info"),
     ])
     .await;
-    let admin = Admin::root(&server);
-    let ids = admin.import("f", size + 1).await;
-    let apis = admin.mint_all(&server, &ids).await;
+    let admin = AdminApi::root(&server);
+    let ids = import(&admin, "f", size + 1).await;
+    let apis = mint_all(&admin, &server, &ids).await;
 
     // A business system creates the group at its limit.
     let (status, v) = admin
@@ -745,7 +682,7 @@ async fn a_full_group_fans_out_completely_and_refuses_one_more() {
         )
         .await;
     assert_eq!(
-        (status, v["group"]["member_count"].as_u64()),
+        (status.as_u16(), v["group"]["member_count"].as_u64()),
         (201, Some(size as u64)),
         "{v}"
     );
@@ -802,7 +739,7 @@ async fn a_full_group_fans_out_completely_and_refuses_one_more() {
     // Every member online; one message reaches all of them.
     let mut sockets = Vec::with_capacity(size);
     for api in &apis[..size] {
-        sockets.push(api.connect_ws(None).await.unwrap_or_else(|e| panic!("{e}")));
+        sockets.push(api.connect_ws(None).await.unwrap());
     }
     let started = Instant::now();
     let (status, sent) = say(&apis[1], "team-full", "to everyone", None).await;
@@ -856,7 +793,7 @@ async fn a_full_group_fans_out_completely_and_refuses_one_more() {
         )
         .await;
     assert_eq!(
-        (status, v["recipients"].as_u64()),
+        (status.as_u16(), v["recipients"].as_u64()),
         (200, Some(size as u64)),
         "{v}"
     );
@@ -879,7 +816,7 @@ async fn a_full_group_fans_out_completely_and_refuses_one_more() {
         .call(Method::GET, "/v1/admin/groups/team-full", None)
         .await;
     assert_eq!(
-        (status, v["group"]["owner"].as_str()),
+        (status.as_u16(), v["group"]["owner"].as_str()),
         (200, Some(ids[0].as_str())),
         "{v}"
     );
@@ -918,7 +855,7 @@ async fn a_full_group_fans_out_completely_and_refuses_one_more() {
         )
         .await;
     assert_eq!(
-        (status, v["member_count"].as_u64()),
+        (status.as_u16(), v["member_count"].as_u64()),
         (200, Some(size as u64)),
         "{v}"
     );

@@ -11,7 +11,7 @@ use crate::support::within;
 /// (other admins need 12 bytes too): the server does not start with it.
 #[tokio::test]
 async fn a_short_initial_admin_password_is_refused() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     let output = within(
         "unimsg to refuse the password",
         tokio::process::Command::new(env!("CARGO_BIN_EXE_unimsg"))
@@ -29,7 +29,7 @@ async fn a_short_initial_admin_password_is_refused() {
             .output(),
     )
     .await
-    .unwrap_or_else(|e| panic!("cannot run unimsg: {e}"));
+    .expect("cannot run unimsg");
     assert!(
         !output.status.success(),
         "the server started with a 5-byte admin password"
@@ -51,7 +51,7 @@ async fn a_short_initial_admin_password_is_refused() {
         .json(&serde_json::json!({"admin_id": "admin", "secret": "twelve-bytes"}))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -63,7 +63,7 @@ async fn the_api_reference_cannot_be_framed() {
     for path in ["/docs/", "/docs/index.html", "/docs/swagger-initializer.js"] {
         let r = reqwest::get(format!("{}{path}", server.base))
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert_eq!(r.status(), 200, "{path}");
         let header = |name: &str| {
             r.headers()

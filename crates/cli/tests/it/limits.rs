@@ -14,7 +14,7 @@ async fn post(base: &str, path: &str, body: serde_json::Value) -> reqwest::Respo
         .json(&body)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
 }
 
 fn retry_after(r: &reqwest::Response) -> u64 {
@@ -22,7 +22,7 @@ fn retry_after(r: &reqwest::Response) -> u64 {
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no Retry-After header"))
+        .expect("no Retry-After header")
 }
 
 #[tokio::test]
@@ -57,12 +57,8 @@ async fn registration_and_token_endpoints_are_limited_per_ip() {
         .client()
         .refresh(&alice.tokens.refresh_token)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let second = server
-        .client()
-        .refresh(&first.refresh_token)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
+    let second = server.client().refresh(&first.refresh_token).await.unwrap();
     let third = server.client().refresh(&second.refresh_token).await;
     assert_eq!(third.err().and_then(|e| e.status()), Some(429));
     let admin = post(
@@ -114,7 +110,7 @@ async fn admin_calls_are_limited_per_credential() {
             .basic_auth("admin", Some(ADMIN_PASSWORD))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         statuses.push(r.status().as_u16());
     }
     assert_eq!(&statuses[..2], &[200, 200]);

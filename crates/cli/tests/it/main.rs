@@ -1,6 +1,11 @@
 //! Integration tests: each starts the real `unimsg` binary on
 //! `127.0.0.1:0` and talks to it as clients do, through `unimsg-client`.
 
+// All of this crate is test code, where a panic is how a failure is
+// reported; clippy's `allow-unwrap-in-tests` covers `#[test]` functions
+// and `#[cfg(test)]` modules only, not the helpers of a test crate.
+#![allow(clippy::unwrap_used)]
+
 mod admin;
 mod audit_auth;
 mod audit_domain;

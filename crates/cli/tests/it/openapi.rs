@@ -93,7 +93,7 @@ const METHODS: &[&str] = &[
 async fn fetch_document(server: &TestServer) -> (String, Value) {
     let response = reqwest::get(format!("{}/openapi.json", server.base))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let content_type = response
         .headers()
@@ -105,16 +105,14 @@ async fn fetch_document(server: &TestServer) -> (String, Value) {
         content_type.starts_with("application/json"),
         "{content_type}"
     );
-    let text = response.text().await.unwrap_or_else(|e| panic!("{e}"));
-    let doc = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    let text = response.text().await.unwrap();
+    let doc = serde_json::from_str(&text).unwrap();
     (text, doc)
 }
 
 /// `(method, path)` of every operation in the document.
 fn operations(doc: &Value) -> BTreeSet<(String, String)> {
-    let paths = doc["paths"]
-        .as_object()
-        .unwrap_or_else(|| panic!("no paths"));
+    let paths = doc["paths"].as_object().expect("no paths");
     paths
         .iter()
         .flat_map(|(path, item)| {
@@ -134,14 +132,14 @@ async fn openapi_document_is_valid_and_lists_every_route() {
 
     // A real validator: the OpenAPI 3.1 meta-schema, references, unique
     // operation ids, path parameters.
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("openapi.json");
-    std::fs::write(&file, &text).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&file, &text).unwrap();
     let out = Command::new("python3")
         .args(["-m", "openapi_spec_validator"])
         .arg(&file)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 (scripts/test installs it): {e}"));
+        .expect("cannot run python3 (scripts/test installs it)");
     assert!(
         out.status.success(),
         "openapi-spec-validator refused the document (or is missing: \
@@ -205,16 +203,11 @@ async fn every_documented_operation_is_served() {
     let http = reqwest::Client::builder()
         .redirect(Policy::none())
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     for (method, path) in operations(&doc) {
         let url = format!("{}{}", server.base, path.replace("{id}", "x"));
-        let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())
-            .unwrap_or_else(|e| panic!("{e}"));
-        let response = http
-            .request(method.clone(), &url)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let response = http.request(method.clone(), &url).send().await.unwrap();
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
         assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
@@ -258,9 +251,7 @@ fn attribute_values(html: &str, attr: &str) -> Vec<String> {
 #[tokio::test]
 async fn docs_page_is_served_from_vendored_assets() {
     let server = TestServer::start().await;
-    let response = reqwest::get(format!("{}/docs", server.base))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let response = reqwest::get(format!("{}/docs", server.base)).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let page_url = response.url().clone();
     let content_type = response
@@ -270,7 +261,7 @@ async fn docs_page_is_served_from_vendored_assets() {
         .unwrap_or_default()
         .to_owned();
     assert!(content_type.starts_with("text/html"), "{content_type}");
-    let html = response.text().await.unwrap_or_else(|e| panic!("{e}"));
+    let html = response.text().await.unwrap();
     assert!(
         outside_urls(&html, &server.base).is_empty(),
         "the page names outside URLs: {:?}",
@@ -291,10 +282,8 @@ async fn docs_page_is_served_from_vendored_assets() {
             !asset.starts_with("//") && !asset.contains("://"),
             "{asset} is not served by this server"
         );
-        let url = page_url.join(asset).unwrap_or_else(|e| panic!("{e}"));
-        let response = reqwest::get(url.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let url = page_url.join(asset).unwrap();
+        let response = reqwest::get(url.clone()).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{url}");
         let text = response.text().await.unwrap_or_default();
         if asset.ends_with(".css") {
@@ -309,16 +298,12 @@ async fn docs_page_is_served_from_vendored_assets() {
 
     // The initializer points the page at our own document, with the online
     // validator badge switched off.
-    let init = reqwest::get(
-        page_url
-            .join("swagger-initializer.js")
-            .unwrap_or_else(|e| panic!("{e}")),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
-    .text()
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let init = reqwest::get(page_url.join("swagger-initializer.js").unwrap())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(init.contains("\"/openapi.json\""), "{init}");
     assert!(init.contains("\"validatorUrl\": \"none\""), "{init}");
     assert!(

@@ -64,14 +64,14 @@ impl Peer {
             .api
             .connect_ws(Some(self.last_live()))
             .await
-            .unwrap_or_else(|e| panic!("ws: {e}"));
+            .expect("ws");
         self.ws = Some(ws);
     }
 
     /// Reads live events until the stream has reached `target`.
     async fn drain_to(&mut self, target: Seq) {
         while self.last_live() < target {
-            let ws = self.ws.as_mut().unwrap_or_else(|| panic!("no socket"));
+            let ws = self.ws.as_mut().expect("no socket");
             let e: Event = ws_event(ws).await;
             self.live.push(e.seq);
         }
@@ -124,7 +124,7 @@ async fn run(ops: Vec<Op>) {
                     .api
                     .send_text(&to, &cmid, Some(&cmid))
                     .await
-                    .unwrap_or_else(|e| panic!("{e}"));
+                    .unwrap();
                 assert!(!r.duplicate);
                 acknowledged.insert(r.message_id.to_string());
                 by_cmid.insert(cmid.clone(), r.message_id.to_string());
@@ -139,22 +139,14 @@ async fn run(ops: Vec<Op>) {
                     .api
                     .send_text(&to, "retry", Some(&cmid))
                     .await
-                    .unwrap_or_else(|e| panic!("{e}"));
+                    .unwrap();
                 assert!(r.duplicate);
                 assert_eq!(Some(&r.message_id.to_string()), by_cmid.get(&cmid));
             }
             Op::Ack { user } => {
-                let last = peers[user]
-                    .api
-                    .sync(None, Some(1))
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
+                let last = peers[user].api.sync(None, Some(1)).await.unwrap();
                 let upto = Seq(last.next_after.0);
-                peers[user]
-                    .api
-                    .ack(upto)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
+                peers[user].api.ack(upto).await.unwrap();
             }
             Op::Reconnect { user } => {
                 if let Some(mut ws) = peers[user].ws.take() {
@@ -221,7 +213,7 @@ proptest! {
             .worker_threads(2)
             .enable_all()
             .build()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         runtime.block_on(run(ops));
     }
 }

@@ -28,9 +28,9 @@ async fn ticket_again(server: &TestServer, device: Option<&str>, secret: Option<
         .json(&body)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(r.status(), 200);
-    r.json().await.unwrap_or_else(|e| panic!("{e}"))
+    r.json().await.unwrap()
 }
 
 fn id_of(t: &Value) -> String {
@@ -44,7 +44,7 @@ async fn listen(server: &TestServer, id: &str, secret: Option<&str>) -> reqwest:
     if let Some(secret) = secret {
         request = request.header("x-qr-secret", secret);
     }
-    request.send().await.unwrap_or_else(|e| panic!("{e}"))
+    request.send().await.unwrap()
 }
 
 /// The waiting page of ticket `t` (with its secret): named SSE events as
@@ -71,23 +71,7 @@ fn events_of(r: reqwest::Response) -> Events {
 async fn next(stream: &mut (impl Stream<Item = (String, Value)> + Unpin)) -> (String, Value) {
     within("a QR event", stream.next())
         .await
-        .unwrap_or_else(|| panic!("the stream ended"))
-}
-
-async fn call(
-    api: &unimsg_client::Authed,
-    method: Method,
-    path: &str,
-    body: Value,
-) -> (u16, Value) {
-    api.raw(
-        method,
-        path,
-        serde_json::to_vec(&body).unwrap_or_default(),
-        Some("application/json"),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
+        .expect("the stream ended")
 }
 
 #[tokio::test]
@@ -133,7 +117,7 @@ async fn the_same_device_gets_the_same_ticket_and_codes_are_typable() {
         a["ticket_id"].as_str().unwrap_or("")
     ))
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     assert_eq!(
         svg.headers()
             .get("content-type")
@@ -162,7 +146,7 @@ async fn scan_by_code_then_confirm_logs_the_page_in_as_the_phone_user() {
         t["page_secret"].as_str().unwrap_or_default()
     ))
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     assert_eq!(by_query.status(), 200);
     let mut tab2 = events_of(by_query);
     assert_eq!(next(&mut tab1).await.0, "pending");
@@ -178,7 +162,7 @@ async fn scan_by_code_then_confirm_logs_the_page_in_as_the_phone_user() {
         &phone.api,
         Method::POST,
         "/v1/auth/qr/scan",
-        json!({"code": typed}),
+        Some(json!({"code": typed})),
     )
     .await;
     assert_eq!(status, 200, "{asking}");
@@ -204,7 +188,7 @@ async fn scan_by_code_then_confirm_logs_the_page_in_as_the_phone_user() {
         &phone.api,
         Method::POST,
         &format!("/v1/auth/qr/{id}/confirm"),
-        json!({}),
+        Some(json!({})),
     )
     .await;
     assert_eq!(status, 200, "{confirmed}");
@@ -221,15 +205,8 @@ async fn scan_by_code_then_confirm_logs_the_page_in_as_the_phone_user() {
     }
     // The page's tokens are the phone user's.
     let page = client.with_token(tokens[0].clone());
-    assert_eq!(
-        page.me().await.unwrap_or_else(|e| panic!("{e}")).user_id,
-        phone.id
-    );
-    let sessions = page
-        .sessions()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .sessions;
+    assert_eq!(page.me().await.unwrap().user_id, phone.id);
+    let sessions = page.sessions().await.unwrap().sessions;
     assert!(
         sessions
             .iter()
@@ -241,7 +218,7 @@ async fn scan_by_code_then_confirm_logs_the_page_in_as_the_phone_user() {
         &phone.api,
         Method::POST,
         &format!("/v1/auth/qr/{id}/confirm"),
-        json!({}),
+        Some(json!({})),
     )
     .await;
     assert!(status == 409 || status == 410, "second confirm: {status}");
@@ -249,7 +226,7 @@ async fn scan_by_code_then_confirm_logs_the_page_in_as_the_phone_user() {
         &phone.api,
         Method::POST,
         "/v1/auth/qr/scan",
-        json!({"ticket_id": id}),
+        Some(json!({"ticket_id": id})),
     )
     .await;
     assert!(status == 409 || status == 410);
@@ -283,14 +260,14 @@ async fn cancel_refusal_and_access_rules() {
             Some("application/json"),
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(status, 401);
     // Unknown code: 404.
     let (status, _) = call(
         &phone.api,
         Method::POST,
         "/v1/auth/qr/scan",
-        json!({"code": "ZZZZZZZZ"}),
+        Some(json!({"code": "ZZZZZZZZ"})),
     )
     .await;
     assert_eq!(status, 404);
@@ -299,7 +276,7 @@ async fn cancel_refusal_and_access_rules() {
         &phone.api,
         Method::POST,
         &format!("/v1/auth/qr/{id}/confirm"),
-        json!({}),
+        Some(json!({})),
     )
     .await;
     assert_eq!(status, 403);
@@ -308,7 +285,7 @@ async fn cancel_refusal_and_access_rules() {
         &phone.api,
         Method::POST,
         "/v1/auth/qr/scan",
-        json!({"ticket_id": id}),
+        Some(json!({"ticket_id": id})),
     )
     .await;
     assert_eq!(status, 200);
@@ -318,7 +295,7 @@ async fn cancel_refusal_and_access_rules() {
         &stranger.api,
         Method::POST,
         "/v1/auth/qr/scan",
-        json!({"ticket_id": id}),
+        Some(json!({"ticket_id": id})),
     )
     .await;
     assert_eq!(status, 409);
@@ -326,7 +303,7 @@ async fn cancel_refusal_and_access_rules() {
         &stranger.api,
         Method::POST,
         &format!("/v1/auth/qr/{id}/confirm"),
-        json!({}),
+        Some(json!({})),
     )
     .await;
     assert_eq!(status, 403);
@@ -335,7 +312,7 @@ async fn cancel_refusal_and_access_rules() {
         &phone.api,
         Method::POST,
         &format!("/v1/auth/qr/{id}/cancel"),
-        json!({}),
+        Some(json!({})),
     )
     .await;
     assert_eq!(status, 204);
@@ -344,7 +321,7 @@ async fn cancel_refusal_and_access_rules() {
         &phone.api,
         Method::POST,
         &format!("/v1/auth/qr/{id}/confirm"),
-        json!({}),
+        Some(json!({})),
     )
     .await;
     assert_eq!(status, 410);
@@ -365,15 +342,12 @@ async fn a_business_system_can_confirm_for_a_user_it_verified() {
         .json(&json!({"user_id": carol.id}))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(r.status(), 200);
     let (event, data) = next(&mut tab).await;
     assert_eq!(event, "confirmed");
     let page = client.with_token(data["access_token"].as_str().unwrap_or_default().to_owned());
-    assert_eq!(
-        page.me().await.unwrap_or_else(|e| panic!("{e}")).user_id,
-        carol.id
-    );
+    assert_eq!(page.me().await.unwrap().user_id, carol.id);
 }
 
 #[tokio::test]
@@ -391,7 +365,7 @@ async fn an_unanswered_ticket_expires_and_the_page_is_told() {
         &phone.api,
         Method::POST,
         "/v1/auth/qr/scan",
-        json!({"ticket_id": id}),
+        Some(json!({"ticket_id": id})),
     )
     .await;
     assert_eq!(status, 410);
@@ -419,7 +393,7 @@ async fn the_scan_cancel_reask_chain_never_hands_the_tokens_to_the_attacker() {
         &attacker_phone.api,
         Method::POST,
         "/v1/auth/qr/scan",
-        json!({"code": first["code"]}),
+        Some(json!({"code": first["code"]})),
     )
     .await;
     assert_eq!(status, 200, "{asking}");
@@ -441,7 +415,7 @@ async fn the_scan_cancel_reask_chain_never_hands_the_tokens_to_the_attacker() {
         &attacker_phone.api,
         Method::POST,
         &format!("/v1/auth/qr/{}/cancel", id_of(&first)),
-        json!({}),
+        Some(json!({})),
     )
     .await;
     assert_eq!(status, 204);
@@ -471,7 +445,7 @@ async fn the_scan_cancel_reask_chain_never_hands_the_tokens_to_the_attacker() {
         &victim_phone.api,
         Method::POST,
         "/v1/auth/qr/scan",
-        json!({"code": again["code"]}),
+        Some(json!({"code": again["code"]})),
     )
     .await;
     assert_eq!(status, 200);
@@ -479,7 +453,7 @@ async fn the_scan_cancel_reask_chain_never_hands_the_tokens_to_the_attacker() {
         &victim_phone.api,
         Method::POST,
         &format!("/v1/auth/qr/{}/confirm", id_of(&again)),
-        json!({}),
+        Some(json!({})),
     )
     .await;
     assert_eq!(status, 200, "{confirmed}");
@@ -494,7 +468,7 @@ async fn the_scan_cancel_reask_chain_never_hands_the_tokens_to_the_attacker() {
         &attacker_phone.api,
         Method::POST,
         "/v1/auth/qr/scan",
-        json!({"ticket_id": id_of(&planted)}),
+        Some(json!({"ticket_id": id_of(&planted)})),
     )
     .await;
     assert_eq!(status, 200);
@@ -502,7 +476,7 @@ async fn the_scan_cancel_reask_chain_never_hands_the_tokens_to_the_attacker() {
         &attacker_phone.api,
         Method::POST,
         &format!("/v1/auth/qr/{}/cancel", id_of(&planted)),
-        json!({}),
+        Some(json!({})),
     )
     .await;
     assert_eq!(status, 204);
@@ -528,9 +502,9 @@ async fn the_qr_url_ignores_the_host_header() {
         .json(&json!({"platform": "web"}))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let t: Value = r.json().await.unwrap_or_else(|e| panic!("{e}"));
+    let t: Value = r.json().await.unwrap();
     let url = t["qr_url"].as_str().unwrap_or_default();
     assert!(
         url.starts_with(&format!("{}/m/qr?code=", server.base)),

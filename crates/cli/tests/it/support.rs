@@ -1,11 +1,19 @@
-//! Helpers shared by the integration tests: users, bounded waits, event checks.
+//! Helpers shared by the integration tests: users, bounded waits, event
+//! checks, and raw HTTP calls (the admin API with any credentials and
+//! headers, user requests the SDK has no method for).
 
 use std::future::Future;
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
 use unimsg_client::proto::api::{LoginRequest, RegisterRequest, TokenPair};
 use unimsg_client::proto::{Event, EventType, Platform, Seq, UserId};
 use unimsg_client::{Authed, Client, SseConnection, WsConnection};
+
+use crate::harness::{ADMIN_PASSWORD, TestServer};
 
 /// A bound on how long a test waits for something the server must do.
 /// Reaching it fails the test; it never paces the test.
@@ -48,7 +56,7 @@ pub async fn login(
     let req = LoginRequest {
         username: username.into(),
         password: PASSWORD.into(),
-        platform: Platform::parse(platform).unwrap_or_else(|e| panic!("{e}")),
+        platform: Platform::parse(platform).unwrap(),
         device_id: device.map(str::to_owned),
     };
     let tokens = client
@@ -72,15 +80,15 @@ pub async fn user(client: &Client, username: &str) -> TestUser {
 pub async fn ws_event(ws: &mut WsConnection) -> Event {
     within("a WebSocket event", ws.next_event())
         .await
-        .unwrap_or_else(|e| panic!("websocket: {e}"))
+        .expect("websocket")
         .unwrap_or_else(|| panic!("websocket closed (code {:?})", ws.close_code()))
 }
 
 pub async fn sse_event(sse: &mut SseConnection) -> (Option<String>, Event) {
     let e = within("an SSE event", sse.next_event())
         .await
-        .unwrap_or_else(|e| panic!("sse: {e}"))
-        .unwrap_or_else(|| panic!("sse stream ended"));
+        .expect("sse")
+        .expect("sse stream ended");
     (e.id, e.event)
 }
 
@@ -89,10 +97,7 @@ pub async fn full_sync(api: &Authed) -> Vec<Event> {
     let mut out = Vec::new();
     let mut after = Seq(0);
     loop {
-        let page = api
-            .sync(Some(after), Some(200))
-            .await
-            .unwrap_or_else(|e| panic!("sync: {e}"));
+        let page = api.sync(Some(after), Some(200)).await.expect("sync");
         out.extend(page.events);
         after = page.next_after;
         if !page.has_more {
@@ -126,4 +131,127 @@ pub fn text(e: &Event) -> String {
         .as_str()
         .unwrap_or_default()
         .to_owned()
+}
+
+/// The `authorization` header of HTTP Basic credentials.
+pub fn basic_auth(id: &str, secret: &str) -> (&'static str, String) {
+    (
+        "authorization",
+        format!("Basic {}", STANDARD.encode(format!("{id}:{secret}"))),
+    )
+}
+
+/// The root admin's Basic credentials (`admin` with [`ADMIN_PASSWORD`]).
+pub fn root_auth() -> (&'static str, String) {
+    basic_auth("admin", ADMIN_PASSWORD)
+}
+
+/// Sends `req` with `headers` and an optional JSON body; the status and
+/// the JSON body (`null` when there is none or it is not JSON).
+async fn answer(
+    mut req: reqwest::RequestBuilder,
+    headers: &[(&str, String)],
+    body: Option<Value>,
+    path: &str,
+) -> (StatusCode, Value) {
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// One request to the server with exactly the headers given (credentials
+/// included, if any): what the SDK cannot send, such as forwarded
+/// addresses or replay headers on their own.
+pub async fn request(
+    server: &TestServer,
+    method: Method,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let req = reqwest::Client::new().request(method, format!("{}{path}", server.base));
+    answer(req, headers, body, path).await
+}
+
+/// A minimal admin client over reqwest: Basic or Bearer credentials in
+/// `auth`, sent as the `authorization` header of every call.
+pub struct AdminApi {
+    base: String,
+    http: reqwest::Client,
+    pub auth: String,
+}
+
+impl AdminApi {
+    pub fn basic(server: &TestServer, id: &str, secret: &str) -> Self {
+        Self {
+            base: server.base.clone(),
+            http: reqwest::Client::new(),
+            auth: basic_auth(id, secret).1,
+        }
+    }
+
+    /// The root admin (`admin` with [`ADMIN_PASSWORD`]).
+    pub fn root(server: &TestServer) -> Self {
+        Self::basic(server, "admin", ADMIN_PASSWORD)
+    }
+
+    /// A call with the credentials and nothing else.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.call_with(method, path, body, &[]).await
+    }
+
+    /// A call with the credentials and extra headers.
+    pub async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, String)],
+    ) -> (StatusCode, Value) {
+        let req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("authorization", &self.auth);
+        answer(req, headers, body, path).await
+    }
+
+    /// A call that must succeed; its JSON body.
+    pub async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(method, path, body).await;
+        assert!(status.is_success(), "{path}: {status} {v}");
+        v
+    }
+}
+
+/// A root admin call.
+pub async fn admin(
+    server: &TestServer,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    AdminApi::root(server).call(method, path, body).await
+}
+
+/// A user request with an optional JSON body through the SDK's raw call:
+/// the status and the JSON body.
+pub async fn call(api: &Authed, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let bytes = body
+        .map(|b| serde_json::to_vec(&b).unwrap_or_default())
+        .unwrap_or_default();
+    api.raw(method, path, bytes, Some("application/json"))
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
 }

@@ -27,21 +27,39 @@ async fn node(redis: &Redis, node_id: &str) -> Arc<Cluster> {
         .unwrap_or_else(|e| panic!("connect {node_id}: {e}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_passes_the_ephemeral_state_suite() {
-    let redis = Redis::start();
-    let cluster = node(&redis, "a").await;
-    let nonces = |bounds: NonceBounds| -> Arc<dyn NonceStore> {
-        Arc::new(RedisNonces::new(cluster.clone(), bounds))
-    };
-    let tickets = RedisTickets::new(cluster.clone());
-    let make = |config: LimitsConfig| -> Arc<dyn RateLimits> {
-        Arc::new(RedisLimits::new(cluster.clone(), config))
-    };
-    suite::run_all(&nonces, &make, &tickets).await;
-    // Again on the same Redis: every run uses keys of its own.
-    suite::run_all(&nonces, &make, &tickets).await;
+/// One Redis server and a node on it, for one test of the suite.
+struct OnRedis {
+    cluster: Arc<Cluster>,
+    _server: Redis,
 }
+
+impl suite::Backend for OnRedis {
+    fn nonces(&self, bounds: NonceBounds) -> Arc<dyn NonceStore> {
+        Arc::new(RedisNonces::new(self.cluster.clone(), bounds))
+    }
+
+    fn limits(&self, config: LimitsConfig) -> Arc<dyn RateLimits> {
+        Arc::new(RedisLimits::new(self.cluster.clone(), config))
+    }
+
+    fn tickets(&self) -> Arc<dyn QrTickets> {
+        Arc::new(RedisTickets::new(self.cluster.clone()))
+    }
+}
+
+async fn on_redis() -> OnRedis {
+    let server = Redis::start();
+    OnRedis {
+        cluster: node(&server, "a").await,
+        _server: server,
+    }
+}
+
+// The core's suite of nonces, rate limits and QR tickets, one test per check.
+unimsg_core::ephemeral_state_suite!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    on_redis
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticket_changed_on_one_node_is_heard_on_another() {
@@ -49,30 +67,28 @@ async fn a_ticket_changed_on_one_node_is_heard_on_another() {
     let (a, b) = tokio::join!(node(&redis, "a"), node(&redis, "b"));
     let (on_a, on_b) = (RedisTickets::new(a), RedisTickets::new(b));
 
-    let ticket = suite::pending_ticket(OffsetDateTime::now_utc());
+    let ticket = suite::tickets::pending_ticket(OffsetDateTime::now_utc());
     let id = ticket.ticket_id.clone();
-    on_a.insert(ticket)
-        .await
-        .unwrap_or_else(|e| panic!("insert on a: {e}"));
+    on_a.insert(ticket).await.expect("insert on a");
     let mut rx = on_b
         .subscribe(&id)
         .await
-        .unwrap_or_else(|e| panic!("subscribe on b: {e}"))
-        .unwrap_or_else(|| panic!("b does not see the ticket a inserted"));
+        .expect("subscribe on b")
+        .expect("b does not see the ticket a inserted");
 
     on_a.update(&id, &mut |t| {
         t.state = TicketState::Cancelled;
         Ok(Some(QrEvent::Cancelled))
     })
     .await
-    .unwrap_or_else(|e| panic!("update on a: {e}"));
+    .expect("update on a");
 
-    let event = suite::next_event(&mut rx, "b's listener").await;
+    let event = suite::tickets::next_event(&mut rx, "b's listener").await;
     assert!(matches!(event, QrEvent::Cancelled), "b heard {event:?}");
     let seen = on_b
         .get(&id)
         .await
-        .unwrap_or_else(|e| panic!("get on b: {e}"))
-        .unwrap_or_else(|| panic!("b does not see the ticket"));
+        .expect("get on b")
+        .expect("b does not see the ticket");
     assert_eq!(seen.state, TicketState::Cancelled);
 }
