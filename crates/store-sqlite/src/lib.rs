@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::{Result, StoreError};
+use unimsg_store::{Result, StoreError};
 
 /// How hard SQLite syncs on commit. `Full` survives power loss; `Normal`
 /// survives a process crash (`kill -9`) but not a power cut.

@@ -6,19 +6,19 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 use unimsg_proto::{EventType, MessageId, Seq, UserId};
 
-use super::SqliteStore;
-use super::queries::{corrupt, db, from_ms, insert_event, map_unique, ms, to_i64, to_u64, user_id};
-use crate::{
+use crate::SqliteStore;
+use crate::queries::{corrupt, db, from_ms, insert_event, map_unique, ms, to_i64, to_u64, user_id};
+use unimsg_store::{
     Admin, Admins, Audit, AuditDraft, AuditQuery, AuditRow, Broadcasts, ChainFn, NewNotification,
     NotificationStatus, Notifications, PasswordHash, Result, Sealed, StoreError,
     StoredNotification, audit_bytes,
 };
 
-pub(super) const NOTIFICATION_COLUMNS: &str =
+pub(crate) const NOTIFICATION_COLUMNS: &str =
     "n.message_id, n.kind, n.sender, n.key_id, n.nonce, n.content, n.created_at";
 
 /// Reads the notification columns starting at `at`.
-pub(super) fn read_notification(row: &Row<'_>, at: usize) -> Result<StoredNotification> {
+pub(crate) fn read_notification(row: &Row<'_>, at: usize) -> Result<StoredNotification> {
     let get = |e: rusqlite::Error| db(e);
     let id: String = row.get(at).map_err(get)?;
     let key_id: i64 = row.get(at + 3).map_err(get)?;
@@ -36,7 +36,7 @@ pub(super) fn read_notification(row: &Row<'_>, at: usize) -> Result<StoredNotifi
 }
 
 /// Broadcasts with `after < bseq <= head`, oldest first, with their bseq.
-pub(super) fn broadcasts_between(
+pub(crate) fn broadcasts_between(
     conn: &Connection,
     after: i64,
     head: i64,

@@ -5,9 +5,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 use unimsg_proto::UserId;
 
-use super::SqliteStore;
-use super::queries::{append_drafts, db, from_ms, ms, user_id};
-use crate::{
+use crate::SqliteStore;
+use crate::queries::{append_drafts, db, from_ms, ms, user_id};
+use unimsg_store::{
     EventDraft, FriendRequestRow, FriendRow, Relationships, RequestOutcome, Result, Sealed,
     StoreError, StoredEvent, StoredText,
 };

@@ -8,12 +8,12 @@ use unimsg_proto::api::Recipient;
 use unimsg_proto::groups::{GroupRole, JoinPolicy};
 use unimsg_proto::{ConversationId, GroupId, UserId};
 
-use super::SqliteStore;
-use super::queries::{
+use crate::SqliteStore;
+use crate::queries::{
     append_message_events, corrupt, db, duplicate_of, from_ms, insert_event, insert_message, ms,
     to_i64, to_u64, user_id,
 };
-use crate::{
+use unimsg_store::{
     AppendOutcome, EventBody, EventDraft, GROUP_CHANGED, GroupEdit, GroupRow, Groups, MemberRow,
     NewGroup, NewMessage, Result, StoreError, StoredEvent,
 };

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use unimsg_store::sqlite::{SqliteOptions, SqliteStore};
 use unimsg_store::{Store, Users, suite};
+use unimsg_store_sqlite::{SqliteOptions, SqliteStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_passes_the_backend_suite() {

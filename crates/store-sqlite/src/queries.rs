@@ -8,48 +8,48 @@ use unimsg_proto::{
     ConversationId, EventType, GroupId, MessageId, Platform, Seq, SessionId, UserId,
 };
 
-use super::SqliteStore;
-use super::ops::NOTIFICATION_COLUMNS;
-use crate::{
+use crate::SqliteStore;
+use crate::ops::NOTIFICATION_COLUMNS;
+use unimsg_store::{
     AppendOutcome, ConversationState, DataKeys, EventBody, EventDraft, Inbox, NewMessage,
     NewRefreshToken, NewSession, NewUser, PasswordHash, RefreshOutcome, Result, Revocation, Sealed,
     Session, Sessions, Store, StoreError, StoredEvent, StoredMessage, TokenHash, User, UserStatus,
     UserUpdate, Users, WrappedKey,
 };
 
-pub(super) fn db(e: rusqlite::Error) -> StoreError {
+pub(crate) fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Internal(e.to_string())
 }
 
-pub(super) fn corrupt(what: &str) -> StoreError {
+pub(crate) fn corrupt(what: &str) -> StoreError {
     StoreError::Internal(format!("corrupt row: {what}"))
 }
 
-pub(super) fn ms(t: OffsetDateTime) -> i64 {
+pub(crate) fn ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-pub(super) fn from_ms(v: i64) -> Result<OffsetDateTime> {
+pub(crate) fn from_ms(v: i64) -> Result<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1_000_000)
         .map_err(|_| corrupt("timestamp"))
 }
 
-pub(super) fn user_id(s: String) -> Result<UserId> {
+pub(crate) fn user_id(s: String) -> Result<UserId> {
     UserId::parse(s).map_err(|_| corrupt("user id"))
 }
 
-pub(super) fn to_i64(v: u64) -> i64 {
+pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-pub(super) fn to_u64(v: i64) -> u64 {
+pub(crate) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-pub(super) const USER_COLUMNS: &str =
+pub(crate) const USER_COLUMNS: &str =
     "user_id, username, display_name, password_hash, status, created_at";
 
-pub(super) fn read_user(
+pub(crate) fn read_user(
     row: &Row<'_>,
 ) -> rusqlite::Result<(String, String, String, Option<String>, String, i64)> {
     Ok((
@@ -62,7 +62,7 @@ pub(super) fn read_user(
     ))
 }
 
-pub(super) fn build_user(
+pub(crate) fn build_user(
     raw: (String, String, String, Option<String>, String, i64),
 ) -> Result<User> {
     let (id, username, display_name, hash, status, created) = raw;
@@ -199,7 +199,7 @@ fn build_message(raw: RawMessage) -> Result<StoredMessage> {
     })
 }
 
-pub(super) fn message_by_id(conn: &Connection, id: &str) -> Result<Option<StoredMessage>> {
+pub(crate) fn message_by_id(conn: &Connection, id: &str) -> Result<Option<StoredMessage>> {
     conn.query_row(
         &format!("SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.message_id = ?1"),
         [id],
@@ -227,7 +227,7 @@ fn next_seq(conn: &Connection, user: &UserId) -> Result<(i64, i64)> {
 }
 
 /// How many broadcasts exist: the newest `bseq`.
-pub(super) fn broadcast_head(conn: &Connection) -> Result<i64> {
+pub(crate) fn broadcast_head(conn: &Connection) -> Result<i64> {
     conn.prepare_cached("SELECT coalesce(max(bseq), 0) FROM broadcasts")
         .map_err(db)?
         .query_row([], |r| r.get(0))
@@ -264,7 +264,7 @@ fn acked_position(conn: &Connection, user: &UserId) -> Result<Seq> {
 
 /// Appends one inbox row and returns its visible seq. Only the writer
 /// calls this, inside its transaction, so seqs are gap-free.
-pub(super) fn insert_event(
+pub(crate) fn insert_event(
     conn: &Connection,
     user: &UserId,
     kind: EventType,
@@ -327,8 +327,8 @@ fn merged_events_after(
     let broadcasts_before = base + (position - inbox_before);
 
     let rows = inbox_rows(conn, user, inbox_before, limit)?;
-    let casts = super::ops::broadcasts_between(conn, broadcasts_before, head, limit)?;
-    Ok(crate::merge_broadcasts(
+    let casts = crate::ops::broadcasts_between(conn, broadcasts_before, head, limit)?;
+    Ok(unimsg_store::merge_broadcasts(
         user,
         rows,
         casts,
@@ -370,7 +370,7 @@ fn inbox_rows(
                 EventBody::Message(Box::new(build_message(read_message(row, 4).map_err(db)?)?))
             }
             (None, None, Some(_)) => {
-                EventBody::Notification(Box::new(super::ops::read_notification(row, 16)?))
+                EventBody::Notification(Box::new(crate::ops::read_notification(row, 16)?))
             }
             (None, None, None) => return Err(corrupt("inbox event without data")),
         };
@@ -386,7 +386,7 @@ fn inbox_rows(
     Ok(out)
 }
 
-pub(super) fn append_drafts(
+pub(crate) fn append_drafts(
     conn: &Connection,
     drafts: Vec<EventDraft>,
 ) -> Result<Vec<StoredEvent>> {
@@ -404,7 +404,7 @@ pub(super) fn append_drafts(
     Ok(out)
 }
 
-pub(super) fn revoke(conn: &Connection, revocations: Vec<Revocation>) -> Result<Vec<StoredEvent>> {
+pub(crate) fn revoke(conn: &Connection, revocations: Vec<Revocation>) -> Result<Vec<StoredEvent>> {
     let mut out = Vec::new();
     for r in revocations {
         let owner: Option<String> = conn
@@ -471,7 +471,7 @@ fn insert_user(conn: &Connection, user: NewUser) -> Result<User> {
     })
 }
 
-pub(super) fn map_unique(e: rusqlite::Error, what: &'static str) -> StoreError {
+pub(crate) fn map_unique(e: rusqlite::Error, what: &'static str) -> StoreError {
     match e {
         rusqlite::Error::SqliteFailure(f, _)
             if f.code == rusqlite::ErrorCode::ConstraintViolation =>
@@ -746,7 +746,7 @@ impl Sessions for SqliteStore {
 
 /// The message an earlier send with the same `(sender, client_msg_id)`
 /// stored, if any.
-pub(super) fn duplicate_of(
+pub(crate) fn duplicate_of(
     conn: &Connection,
     message: &NewMessage,
 ) -> Result<Option<StoredMessage>> {
@@ -770,7 +770,7 @@ pub(super) fn duplicate_of(
 }
 
 /// Stores a message at the next position of its conversation.
-pub(super) fn insert_message(conn: &Connection, message: NewMessage) -> Result<StoredMessage> {
+pub(crate) fn insert_message(conn: &Connection, message: NewMessage) -> Result<StoredMessage> {
     let at = ms(message.created_at);
     let conv_seq: i64 = conn
         .prepare_cached(
@@ -817,7 +817,7 @@ pub(super) fn insert_message(conn: &Connection, message: NewMessage) -> Result<S
 }
 
 /// Appends one `message.new` event per recipient; each carries the message.
-pub(super) fn append_message_events(
+pub(crate) fn append_message_events(
     conn: &Connection,
     stored: &StoredMessage,
     recipients: Vec<UserId>,
