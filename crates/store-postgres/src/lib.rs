@@ -15,23 +15,38 @@
 //! run again from the start ([`transaction!`]). Reads that combine several
 //! statements run in one read-only `REPEATABLE READ` snapshot. Content
 //! arrives sealed, exactly as in the embedded store.
+//!
+//! One file per storage trait, named as in the embedded backend:
+//! `users.rs`, `sessions.rs`, `inbox.rs`, `data_keys.rs`, `admins.rs`,
+//! `notifications.rs`, `broadcasts.rs`, `audit.rs`, `relationships.rs`,
+//! `groups.rs`; `schema.rs` holds the migrations and `macros.rs` the
+//! transaction helpers.
 
 #[macro_use]
 mod macros;
-mod admin;
+mod admins;
+mod audit;
+mod broadcasts;
+mod data_keys;
+mod groups;
 mod inbox;
+mod notifications;
+mod relationships;
 mod schema;
-mod social;
+mod sessions;
 mod users;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use time::OffsetDateTime;
-use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::FromSql;
+use tokio_postgres::{NoTls, Row};
 use unimsg_proto::{EventType, Seq, UserId};
+use unimsg_store::sql::{SqlRow, bad_column, ms, to_u64};
 use unimsg_store::{Result, Store, StoreError};
 
 /// Options of the PostgreSQL store.
@@ -162,29 +177,38 @@ pub(crate) fn retryable(e: &StoreError) -> bool {
     matches!(e, StoreError::Unavailable(m) if m.starts_with(RETRY))
 }
 
-pub(crate) fn corrupt(what: &str) -> StoreError {
-    StoreError::Internal(format!("corrupt row: {what}"))
+/// Reads column `i`; a value of an unexpected type is a corrupt row, not a
+/// lost connection (which is what [`pg`] would make of a driver error
+/// without a server code).
+pub(crate) fn column<'a, T: FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
+    row.try_get(i).map_err(|e| bad_column(i, e))
 }
 
-pub(crate) fn ms(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
-}
+/// A PostgreSQL row read through the shared readers of [`unimsg_store::sql`].
+pub(crate) struct Cols<'a>(pub &'a Row);
 
-pub(crate) fn from_ms(v: i64) -> Result<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1_000_000)
-        .map_err(|_| corrupt("timestamp"))
-}
-
-pub(crate) fn user_id(s: String) -> Result<UserId> {
-    UserId::parse(s).map_err(|_| corrupt("user id"))
-}
-
-pub(crate) fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
+impl SqlRow for Cols<'_> {
+    fn text(&self, i: usize) -> Result<String> {
+        column(self.0, i)
+    }
+    fn text_opt(&self, i: usize) -> Result<Option<String>> {
+        column(self.0, i)
+    }
+    fn int(&self, i: usize) -> Result<i64> {
+        column(self.0, i)
+    }
+    fn int_opt(&self, i: usize) -> Result<Option<i64>> {
+        column(self.0, i)
+    }
+    fn bytes(&self, i: usize) -> Result<Vec<u8>> {
+        column(self.0, i)
+    }
+    fn bytes_opt(&self, i: usize) -> Result<Option<Vec<u8>>> {
+        column(self.0, i)
+    }
+    fn flag(&self, i: usize) -> Result<bool> {
+        column(self.0, i)
+    }
 }
 
 /// One inbox row to append.
@@ -300,6 +324,32 @@ pub(crate) async fn append_inbox(
     tx.execute(&bump, &[&ids, &lasts]).await.map_err(pg)?;
     state.clear();
     Ok(seqs)
+}
+
+/// Locks the rows of `users` `FOR UPDATE` in user-id order (the order
+/// [`append_inbox`] uses) and returns the ids of those that exist. The
+/// caller has taken the broadcast clock already.
+pub(crate) async fn lock_users(
+    tx: &deadpool_postgres::Transaction<'_>,
+    mut ids: Vec<&str>,
+) -> Result<HashSet<String>> {
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "SELECT user_id FROM users WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE",
+        )
+        .await
+        .map_err(pg)?;
+    tx.query(&stmt, &[&ids])
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| column::<String>(r, 0))
+        .collect()
 }
 
 #[async_trait]

@@ -1,63 +1,23 @@
-//! The group trait on SQLite: groups, members with roles and mutes, and
+//! The `Groups` trait on SQLite: groups, members with roles and mutes, and
 //! group messages fanned out to every member's inbox in one transaction.
 
 use async_trait::async_trait;
-use rusqlite::{Connection, Row, params};
+use rusqlite::{Connection, params};
 use time::OffsetDateTime;
 use unimsg_proto::api::Recipient;
 use unimsg_proto::groups::{GroupRole, JoinPolicy};
 use unimsg_proto::{ConversationId, GroupId, UserId};
-
-use crate::SqliteStore;
-use crate::queries::{
-    append_message_events, corrupt, db, duplicate_of, from_ms, insert_event, insert_message, ms,
-    to_i64, to_u64, user_id,
+use unimsg_store::sql::{
+    GROUP_COLUMNS, GROUP_WIDTH, MEMBER_COLUMNS, changed_group, check_version, corrupt, ms,
+    read_group, read_member, to_i64, to_u64, user_id,
 };
 use unimsg_store::{
-    AppendOutcome, EventBody, EventDraft, GROUP_CHANGED, GroupEdit, GroupRow, Groups, MemberRow,
-    NewGroup, NewMessage, Result, StoreError, StoredEvent,
+    AppendOutcome, EventBody, EventDraft, GroupEdit, GroupRow, Groups, MemberRow, NewGroup,
+    NewMessage, Result, StoreError, StoredEvent,
 };
 
-/// Group columns with the owner and the member count, from `chat_groups g`.
-const GROUP_COLUMNS: &str = "g.group_id, g.name, g.notice, g.join_policy, g.all_muted, g.version, g.created_at, \
-     (SELECT o.user_id FROM group_members o WHERE o.group_id = g.group_id AND o.role = 'owner' LIMIT 1), \
-     (SELECT count(*) FROM group_members c WHERE c.group_id = g.group_id)";
-
-/// Member columns, from `group_members m LEFT JOIN users u`.
-const MEMBER_COLUMNS: &str =
-    "m.user_id, coalesce(u.display_name, ''), m.role, m.muted_until, m.joined_at, m.since";
-
-fn read_group(row: &Row<'_>, at: usize) -> Result<GroupRow> {
-    let get = |e: rusqlite::Error| db(e);
-    let id: String = row.get(at).map_err(get)?;
-    let policy: String = row.get(at + 3).map_err(get)?;
-    let owner: Option<String> = row.get(at + 7).map_err(get)?;
-    Ok(GroupRow {
-        group_id: GroupId::parse(id).map_err(|_| corrupt("group id"))?,
-        name: row.get(at + 1).map_err(get)?,
-        notice: row.get(at + 2).map_err(get)?,
-        join_policy: JoinPolicy::parse(&policy).ok_or_else(|| corrupt("join policy"))?,
-        all_muted: row.get(at + 4).map_err(get)?,
-        version: to_u64(row.get(at + 5).map_err(get)?),
-        created_at: from_ms(row.get(at + 6).map_err(get)?)?,
-        owner: owner.map(user_id).transpose()?,
-        member_count: to_u64(row.get(at + 8).map_err(get)?),
-    })
-}
-
-fn read_member(row: &Row<'_>, at: usize) -> Result<MemberRow> {
-    let get = |e: rusqlite::Error| db(e);
-    let role: String = row.get(at + 2).map_err(get)?;
-    let muted: Option<i64> = row.get(at + 3).map_err(get)?;
-    Ok(MemberRow {
-        user_id: user_id(row.get(at).map_err(get)?)?,
-        display_name: row.get(at + 1).map_err(get)?,
-        role: GroupRole::parse(&role).ok_or_else(|| corrupt("group role"))?,
-        muted_until: muted.map(from_ms).transpose()?,
-        joined_at: from_ms(row.get(at + 4).map_err(get)?)?,
-        since: to_u64(row.get(at + 5).map_err(get)?),
-    })
-}
+use crate::inbox::{append_message_events, duplicate_of, insert_event, insert_message};
+use crate::{SqliteStore, all, db, first};
 
 fn group_by_id(conn: &Connection, id: &GroupId) -> Result<Option<GroupRow>> {
     let mut stmt = conn
@@ -65,11 +25,7 @@ fn group_by_id(conn: &Connection, id: &GroupId) -> Result<Option<GroupRow>> {
             "SELECT {GROUP_COLUMNS} FROM chat_groups g WHERE g.group_id = ?1 AND g.dissolved_at IS NULL"
         ))
         .map_err(db)?;
-    let mut rows = stmt.query([id.as_str()]).map_err(db)?;
-    match rows.next().map_err(db)? {
-        Some(row) => Ok(Some(read_group(row, 0)?)),
-        None => Ok(None),
-    }
+    first(&mut stmt, [id.as_str()], |r| read_group(r, 0))
 }
 
 fn member(conn: &Connection, id: &GroupId, user: &UserId) -> Result<Option<MemberRow>> {
@@ -79,11 +35,9 @@ fn member(conn: &Connection, id: &GroupId, user: &UserId) -> Result<Option<Membe
              WHERE m.group_id = ?1 AND m.user_id = ?2"
         ))
         .map_err(db)?;
-    let mut rows = stmt.query([id.as_str(), user.as_str()]).map_err(db)?;
-    match rows.next().map_err(db)? {
-        Some(row) => Ok(Some(read_member(row, 0)?)),
-        None => Ok(None),
-    }
+    first(&mut stmt, [id.as_str(), user.as_str()], |r| {
+        read_member(r, 0)
+    })
 }
 
 /// Adds a member from the conversation's current position on; `false` if
@@ -329,12 +283,7 @@ impl Groups for SqliteStore {
                      WHERE m.group_id = ?1 ORDER BY m.joined_at, m.user_id"
                 ))
                 .map_err(db)?;
-            let mut rows = stmt.query([id.as_str()]).map_err(db)?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(db)? {
-                out.push(read_member(row, 0)?);
-            }
-            Ok(out)
+            all(&mut stmt, [id.as_str()], |r| read_member(r, 0))
         })
         .await
     }
@@ -356,12 +305,9 @@ impl Groups for SqliteStore {
                      ORDER BY g.created_at DESC, g.group_id"
                 ))
                 .map_err(db)?;
-            let mut rows = stmt.query([user.as_str()]).map_err(db)?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(db)? {
-                out.push((read_group(row, 0)?, read_member(row, 9)?));
-            }
-            Ok(out)
+            all(&mut stmt, [user.as_str()], |r| {
+                Ok((read_group(r, 0)?, read_member(r, GROUP_WIDTH)?))
+            })
         })
         .await
     }
@@ -377,9 +323,7 @@ impl Groups for SqliteStore {
         let id = id.clone();
         self.write(move |conn| {
             let before = group_by_id(conn, &id)?.ok_or(StoreError::NotFound("group"))?;
-            if before.version != version {
-                return Err(StoreError::Conflict(GROUP_CHANGED));
-            }
+            check_version(before.version, version)?;
             let conversation = ConversationId::group(&id);
             for edit in edits {
                 apply(conn, &id, &conversation, edit, at)?;
@@ -390,16 +334,8 @@ impl Groups for SqliteStore {
             )
             .map_err(db)?;
             let events = append_to_known(conn, events)?;
-            let after = match group_by_id(conn, &id)? {
-                Some(after) => after,
-                None => GroupRow {
-                    member_count: 0,
-                    owner: None,
-                    version: before.version + 1,
-                    ..before
-                },
-            };
-            Ok((after, events))
+            let after = group_by_id(conn, &id)?;
+            Ok((changed_group(before, after), events))
         })
         .await
     }

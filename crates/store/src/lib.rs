@@ -7,6 +7,7 @@
 //! sealed ([`Sealed`]): the store never sees plaintext.
 
 mod model;
+pub mod sql;
 #[cfg(feature = "suite")]
 pub mod suite;
 

@@ -1,39 +1,24 @@
-//! The relationship trait on SQLite: friend requests, friendships, blocks.
+//! The `Relationships` trait on SQLite: friend requests, friendships, blocks.
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 use unimsg_proto::UserId;
-
-use crate::SqliteStore;
-use crate::queries::{append_drafts, db, from_ms, ms, user_id};
-use unimsg_store::{
-    EventDraft, FriendRequestRow, FriendRow, Relationships, RequestOutcome, Result, Sealed,
-    StoreError, StoredEvent, StoredText,
+use unimsg_store::sql::{
+    FRIEND_COLUMNS, FRIEND_REQUEST_COLUMNS, from_ms, join_tags, ms, read_friend,
+    read_friend_request, text_columns, user_id,
 };
+use unimsg_store::{
+    EventDraft, FriendRequestRow, FriendRow, Relationships, RequestOutcome, Result, StoreError,
+    StoredEvent,
+};
+
+use crate::inbox::append_drafts;
+use crate::{SqliteStore, all, db};
 
 fn exists(conn: &Connection, sql: &str, a: &UserId, b: &UserId) -> Result<bool> {
     conn.query_row(sql, params![a.as_str(), b.as_str()], |r| r.get(0))
         .map_err(db)
-}
-
-/// The `(message, message_sealed)` columns of a stored text.
-fn text_columns(text: Option<&StoredText>) -> (Option<&str>, Option<Vec<u8>>) {
-    match text {
-        None => (None, None),
-        Some(StoredText::Plain(p)) => (Some(p.as_str()), None),
-        Some(StoredText::Sealed(s)) => (None, Some(s.to_bytes())),
-    }
-}
-
-/// A text from its two columns: sealed when sealed, plaintext in older rows.
-fn stored_text(plain: Option<String>, sealed: Option<Vec<u8>>) -> Result<Option<StoredText>> {
-    match (sealed, plain) {
-        (Some(bytes), _) => Sealed::from_bytes(&bytes)
-            .map(|s| Some(StoredText::Sealed(s)))
-            .ok_or_else(|| StoreError::Internal("a sealed friend-request text is corrupt".into())),
-        (None, plain) => Ok(plain.map(StoredText::Plain)),
-    }
 }
 
 fn are_friends(conn: &Connection, a: &UserId, b: &UserId) -> Result<bool> {
@@ -165,31 +150,11 @@ impl Relationships for SqliteStore {
             let column = if incoming { "to_id" } else { "from_id" };
             let mut stmt = conn
                 .prepare_cached(&format!(
-                    "SELECT from_id, to_id, message, message_sealed, created_at FROM friend_requests \
+                    "SELECT {FRIEND_REQUEST_COLUMNS} FROM friend_requests \
                      WHERE {column} = ?1 AND state = 'pending' ORDER BY created_at"
                 ))
                 .map_err(db)?;
-            let rows = stmt
-                .query_map([user.as_str()], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                        r.get::<_, Option<Vec<u8>>>(3)?,
-                        r.get::<_, i64>(4)?,
-                    ))
-                })
-                .map_err(db)?;
-            rows.map(|r| {
-                let (from, to, plain, sealed, at) = r.map_err(db)?;
-                Ok(FriendRequestRow {
-                    from: user_id(from)?,
-                    to: user_id(to)?,
-                    message: stored_text(plain, sealed)?,
-                    created_at: from_ms(at)?,
-                })
-            })
-            .collect()
+            all(&mut stmt, [user.as_str()], read_friend_request)
         })
         .await
     }
@@ -198,25 +163,11 @@ impl Relationships for SqliteStore {
         let user = user.clone();
         self.read(move |conn| {
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT friend_id, tags, remark, created_at FROM friends WHERE user_id = ?1 ORDER BY friend_id",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {FRIEND_COLUMNS} FROM friends WHERE user_id = ?1 ORDER BY friend_id"
+                ))
                 .map_err(db)?;
-            let rows = stmt
-                .query_map([user.as_str()], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
-                })
-                .map_err(db)?;
-            rows.map(|r| {
-                let (friend, tags, remark, at) = r.map_err(db)?;
-                Ok(FriendRow {
-                    friend: user_id(friend)?,
-                    tags: tags.split('\u{1f}').filter(|t| !t.is_empty()).map(str::to_owned).collect(),
-                    remark,
-                    since: from_ms(at)?,
-                })
-            })
-            .collect()
+            all(&mut stmt, [user.as_str()], read_friend)
         })
         .await
     }
@@ -251,8 +202,7 @@ impl Relationships for SqliteStore {
     ) -> Result<FriendRow> {
         let (user, friend) = (user.clone(), friend.clone());
         self.write(move |conn| {
-            // Tags are joined with the unit separator, which a tag cannot contain.
-            let joined = tags.join("\u{1f}");
+            let joined = join_tags(&tags);
             let since: Option<i64> = conn
                 .query_row(
                     "UPDATE friends SET tags = ?3, remark = ?4 WHERE user_id = ?1 AND friend_id = ?2 RETURNING created_at",
