@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use unimsg_store::sql::{AUDIT_COLUMNS, hash32, ms, read_audit, to_i64, to_u64};
 use unimsg_store::{Audit, AuditDraft, AuditQuery, AuditRow, ChainFn, Result, audit_bytes};
 
-use crate::{Cols, PgStore, column, pg};
+use crate::{PgStore, column, read};
 
 /// Key of the advisory lock that serialises audit appends across nodes:
 /// each entry is chained to the newest one, so two appenders must never
@@ -21,13 +21,11 @@ impl Audit for PgStore {
             // next statement then sees the entry the previous holder
             // committed.
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
-                .await
-                .map_err(pg)?;
+                .await?;
             let newest = tx
                 .prepare_cached("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
-                .await
-                .map_err(pg)?;
-            let (prev_id, prev_hash) = match tx.query_opt(&newest, &[]).await.map_err(pg)? {
+                .await?;
+            let (prev_id, prev_hash) = match tx.query_opt(&newest, &[]).await? {
                 Some(row) => {
                     let id: i64 = column(&row, 0)?;
                     let hash: Vec<u8> = column(&row, 1)?;
@@ -43,7 +41,7 @@ impl Audit for PgStore {
                     "INSERT INTO audit_log (id, at, content, prev_hash, hash) VALUES ($1, $2, $3, $4, $5)",
                 )
                 .await
-                .map_err(pg)?;
+                ?;
             tx.execute(
                 &insert,
                 &[
@@ -54,8 +52,7 @@ impl Audit for PgStore {
                     &&hash[..],
                 ],
             )
-            .await
-            .map_err(pg)?;
+            .await?;
             Ok(AuditRow {
                 id,
                 at_ms,
@@ -67,32 +64,31 @@ impl Audit for PgStore {
     }
 
     async fn audit_entries(&self, q: AuditQuery) -> Result<Vec<AuditRow>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE id > $1 \
-                 AND ($2::text IS NULL OR content::jsonb ->> 'action' = $2::text) \
-                 AND ($3::text IS NULL OR content::jsonb ->> 'actor' = $3::text) \
-                 AND ($4::text IS NULL OR content::jsonb ->> 'operation_id' = $4::text) \
-                 ORDER BY id LIMIT $5"
-            ))
-            .await
-            .map_err(pg)?;
-        client
-            .query(
-                &stmt,
-                &[
-                    &to_i64(q.after),
-                    &q.action,
-                    &q.actor,
-                    &q.operation_id,
-                    &i64::from(q.limit),
-                ],
-            )
-            .await
-            .map_err(pg)?
-            .iter()
-            .map(|r| read_audit(&Cols(r)))
-            .collect()
+        connected!(self, |client| {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE id > $1 \
+                     AND ($2::text IS NULL OR content::jsonb ->> 'action' = $2::text) \
+                     AND ($3::text IS NULL OR content::jsonb ->> 'actor' = $3::text) \
+                     AND ($4::text IS NULL OR content::jsonb ->> 'operation_id' = $4::text) \
+                     ORDER BY id LIMIT $5"
+                ))
+                .await?;
+            client
+                .query(
+                    &stmt,
+                    &[
+                        &to_i64(q.after),
+                        &q.action,
+                        &q.actor,
+                        &q.operation_id,
+                        &i64::from(q.limit),
+                    ],
+                )
+                .await?
+                .iter()
+                .map(|r| read(r, read_audit))
+                .collect()
+        })
     }
 }

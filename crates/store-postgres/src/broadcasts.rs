@@ -9,7 +9,7 @@ use unimsg_store::sql::{
 };
 use unimsg_store::{Broadcasts, NewNotification, Result, StoredNotification};
 
-use crate::{Cols, PgStore, column, pg, unique};
+use crate::{DbResult, PgStore, column, read, unique};
 
 /// Broadcasts with `after < bseq <= head`, oldest first, with their bseq.
 pub(crate) async fn broadcasts_between(
@@ -17,22 +17,20 @@ pub(crate) async fn broadcasts_between(
     after: i64,
     head: i64,
     limit: u32,
-) -> Result<Vec<(i64, StoredNotification)>> {
+) -> DbResult<Vec<(i64, StoredNotification)>> {
     let stmt = tx
         .prepare_cached(&format!(
             "SELECT {NOTIFICATION_COLUMNS}, n.bseq FROM broadcasts n \
              WHERE n.bseq > $1 AND n.bseq <= $2 ORDER BY n.bseq LIMIT $3"
         ))
-        .await
-        .map_err(pg)?;
+        .await?;
     tx.query(&stmt, &[&after, &head, &i64::from(limit)])
-        .await
-        .map_err(pg)?
+        .await?
         .iter()
         .map(|row| {
             Ok((
                 column(row, NOTIFICATION_WIDTH)?,
-                read_notification(&Cols(row), 0)?,
+                read(row, |r| read_notification(r, 0))?,
             ))
         })
         .collect()
@@ -50,16 +48,15 @@ impl Broadcasts for PgStore {
                 .prepare_cached(
                     "UPDATE broadcast_clock SET head = head + 1 WHERE id = 1 RETURNING head",
                 )
-                .await
-                .map_err(pg)?;
-            let bseq: i64 = column(&tx.query_one(&bump, &[]).await.map_err(pg)?, 0)?;
+                .await?;
+            let bseq: i64 = column(&tx.query_one(&bump, &[]).await?, 0)?;
             let insert = tx
                 .prepare_cached(
                     "INSERT INTO broadcasts (bseq, message_id, kind, sender, key_id, nonce, content, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .await
-                .map_err(pg)?;
+                ?;
             tx.execute(
                 &insert,
                 &[
@@ -86,25 +83,26 @@ impl Broadcasts for PgStore {
     ) -> Result<Vec<(UserId, Seq)>> {
         let k = to_i64(bseq);
         let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
-        let client = self.client().await?;
-        // Inbox rows with `bpos < k` all committed before broadcast `k`
-        // (it took the clock FOR UPDATE); `bpos` never decreases along a
-        // user's inbox, so the newest of them is found scanning back.
-        let stmt = client
-            .prepare_cached(
-                "SELECT u.user_id, u.bbase, coalesce((SELECT i.seq FROM inbox i \
-                   WHERE i.user_id = u.user_id AND i.bpos < $2 ORDER BY i.seq DESC LIMIT 1), 0) \
-                 FROM users u WHERE u.user_id = ANY($1) AND u.bbase < $2",
-            )
-            .await
-            .map_err(pg)?;
-        let rows = client.query(&stmt, &[&ids, &k]).await.map_err(pg)?;
-        rows.iter()
-            .map(|row| {
-                let bbase: i64 = column(row, 1)?;
-                let before: i64 = column(row, 2)?;
-                Ok((user_id(column(row, 0)?)?, Seq(to_u64(before + k - bbase))))
-            })
-            .collect()
+        connected!(self, |client| {
+            // Inbox rows with `bpos < k` all committed before broadcast `k`
+            // (it took the clock FOR UPDATE); `bpos` never decreases along a
+            // user's inbox, so the newest of them is found scanning back.
+            let stmt = client
+                .prepare_cached(
+                    "SELECT u.user_id, u.bbase, coalesce((SELECT i.seq FROM inbox i \
+                       WHERE i.user_id = u.user_id AND i.bpos < $2 ORDER BY i.seq DESC LIMIT 1), 0) \
+                     FROM users u WHERE u.user_id = ANY($1) AND u.bbase < $2",
+                )
+                .await
+                ?;
+            let rows = client.query(&stmt, &[&ids, &k]).await?;
+            rows.iter()
+                .map(|row| {
+                    let bbase: i64 = column(row, 1)?;
+                    let before: i64 = column(row, 2)?;
+                    Ok((user_id(column(row, 0)?)?, Seq(to_u64(before + k - bbase))))
+                })
+                .collect()
+        })
     }
 }

@@ -29,22 +29,20 @@ use crate::inbox::{
     append_drafts, append_message_events, bump_conversation, duplicate_of, insert_message,
     lost_race, mark_send,
 };
-use crate::{Cols, PgStore, broadcast_clock, column, lock_users, pg};
+use crate::{DbResult, PgStore, broadcast_clock, column, lock_users, read};
 
 /// A group that exists and is not dissolved.
-async fn group_by_id(client: &impl GenericClient, id: &GroupId) -> Result<Option<GroupRow>> {
+async fn group_by_id(client: &impl GenericClient, id: &GroupId) -> DbResult<Option<GroupRow>> {
     let stmt = client
         .prepare_cached(&format!(
             "SELECT {GROUP_COLUMNS} FROM chat_groups g \
              WHERE g.group_id = $1 AND g.dissolved_at IS NULL"
         ))
-        .await
-        .map_err(pg)?;
+        .await?;
     client
         .query_opt(&stmt, &[&id.as_str()])
-        .await
-        .map_err(pg)?
-        .map(|r| read_group(&Cols(&r), 0))
+        .await?
+        .map(|r| read(&r, |r| read_group(r, 0)))
         .transpose()
 }
 
@@ -59,7 +57,7 @@ async fn add_members(
     conversation: &ConversationId,
     members: &[(UserId, GroupRole)],
     at: OffsetDateTime,
-) -> Result<()> {
+) -> DbResult<()> {
     let mut seen = HashSet::with_capacity(members.len());
     let (users, roles): (Vec<&str>, Vec<&str>) = members
         .iter()
@@ -85,8 +83,7 @@ async fn add_members(
              SELECT $4, user_id, since FROM added \
              ON CONFLICT (conversation_id, user_id) DO UPDATE SET read_upto = EXCLUDED.read_upto",
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     tx.execute(
         &stmt,
         &[
@@ -97,8 +94,7 @@ async fn add_members(
             &ms(at),
         ],
     )
-    .await
-    .map_err(pg)?;
+    .await?;
     Ok(())
 }
 
@@ -110,7 +106,7 @@ async fn apply(
     edit: &GroupEdit,
     at: OffsetDateTime,
     known: &HashSet<String>,
-) -> Result<()> {
+) -> DbResult<()> {
     let one_member = |changed: u64| {
         if changed == 0 {
             Err(StoreError::NotFound("group member"))
@@ -130,8 +126,7 @@ async fn apply(
                      notice = coalesce($3, notice), join_policy = coalesce($4, join_policy) \
                      WHERE group_id = $1",
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             tx.execute(
                 &stmt,
                 &[
@@ -141,21 +136,17 @@ async fn apply(
                     &join_policy.map(JoinPolicy::as_str),
                 ],
             )
-            .await
-            .map_err(pg)?;
+            .await?;
         }
         GroupEdit::AllMuted(muted) => {
             let stmt = tx
                 .prepare_cached("UPDATE chat_groups SET all_muted = $2 WHERE group_id = $1")
-                .await
-                .map_err(pg)?;
-            tx.execute(&stmt, &[&id.as_str(), muted])
-                .await
-                .map_err(pg)?;
+                .await?;
+            tx.execute(&stmt, &[&id.as_str(), muted]).await?;
         }
         GroupEdit::AddMembers(members) => {
             if members.iter().any(|(u, _)| !known.contains(u.as_str())) {
-                return Err(StoreError::NotFound("user"));
+                return Err(StoreError::NotFound("user").into());
             }
             add_members(tx, id, conversation, members, at).await?;
         }
@@ -169,23 +160,19 @@ async fn apply(
                      DELETE FROM conversation_members \
                      WHERE conversation_id = $3 AND user_id = ANY($2::text[])",
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             tx.execute(&stmt, &[&id.as_str(), &users, &conversation.as_str()])
-                .await
-                .map_err(pg)?;
+                .await?;
         }
         GroupEdit::SetRole(user, role) => {
             let stmt = tx
                 .prepare_cached(
                     "UPDATE group_members SET role = $3 WHERE group_id = $1 AND user_id = $2",
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             one_member(
                 tx.execute(&stmt, &[&id.as_str(), &user.as_str(), &role.as_str()])
-                    .await
-                    .map_err(pg)?,
+                    .await?,
             )?;
         }
         GroupEdit::Mute(user, until) => {
@@ -194,11 +181,10 @@ async fn apply(
                     "UPDATE group_members SET muted_until = $3 WHERE group_id = $1 AND user_id = $2",
                 )
                 .await
-                .map_err(pg)?;
+                ?;
             one_member(
                 tx.execute(&stmt, &[&id.as_str(), &user.as_str(), &until.map(ms)])
-                    .await
-                    .map_err(pg)?,
+                    .await?,
             )?;
         }
         GroupEdit::Dissolve => {
@@ -211,11 +197,9 @@ async fn apply(
                      ) \
                      DELETE FROM conversation_members WHERE conversation_id = $2",
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             tx.execute(&stmt, &[&id.as_str(), &conversation.as_str(), &ms(at)])
-                .await
-                .map_err(pg)?;
+                .await?;
         }
     }
     Ok(())
@@ -261,7 +245,7 @@ impl Groups for PgStore {
                      VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (group_id) DO NOTHING",
                 )
                 .await
-                .map_err(pg)?;
+                ?;
             let inserted = tx
                 .execute(
                     &stmt,
@@ -273,10 +257,9 @@ impl Groups for PgStore {
                         &at,
                     ],
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             if inserted == 0 {
-                return Err(StoreError::Conflict("group"));
+                return Err(StoreError::Conflict("group").into());
             }
             // The conversation exists from the start, so that the group is
             // listed among its members' conversations before any message.
@@ -285,16 +268,13 @@ impl Groups for PgStore {
                     "INSERT INTO conversations (conversation_id, last_conv_seq, updated_at) \
                      VALUES ($1, 0, $2) ON CONFLICT (conversation_id) DO NOTHING",
                 )
-                .await
-                .map_err(pg)?;
-            tx.execute(&stmt, &[&conversation.as_str(), &at])
-                .await
-                .map_err(pg)?;
+                .await?;
+            tx.execute(&stmt, &[&conversation.as_str(), &at]).await?;
             let mut ids = touched(&[], &events);
             ids.extend(members.iter().map(|(u, _)| u.as_str()));
             let known = lock_users(tx, ids).await?;
             if members.iter().any(|(u, _)| !known.contains(u.as_str())) {
-                return Err(StoreError::NotFound("user"));
+                return Err(StoreError::NotFound("user").into());
             }
             add_members(
                 tx,
@@ -313,71 +293,67 @@ impl Groups for PgStore {
     }
 
     async fn group(&self, id: &GroupId) -> Result<Option<GroupRow>> {
-        let client = self.client().await?;
-        group_by_id(&client, id).await
+        connected!(self, |client| group_by_id(&client, id).await)
     }
 
     async fn group_members(&self, id: &GroupId) -> Result<Vec<MemberRow>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {MEMBER_COLUMNS} FROM group_members m \
-                 LEFT JOIN users u ON u.user_id = m.user_id \
-                 WHERE m.group_id = $1 ORDER BY m.joined_at, m.user_id COLLATE \"C\""
-            ))
-            .await
-            .map_err(pg)?;
-        client
-            .query(&stmt, &[&id.as_str()])
-            .await
-            .map_err(pg)?
-            .iter()
-            .map(|r| read_member(&Cols(r), 0))
-            .collect()
+        connected!(self, |client| {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {MEMBER_COLUMNS} FROM group_members m \
+                     LEFT JOIN users u ON u.user_id = m.user_id \
+                     WHERE m.group_id = $1 ORDER BY m.joined_at, m.user_id COLLATE \"C\""
+                ))
+                .await?;
+            client
+                .query(&stmt, &[&id.as_str()])
+                .await?
+                .iter()
+                .map(|r| read(r, |r| read_member(r, 0)))
+                .collect()
+        })
     }
 
     async fn group_member(&self, id: &GroupId, user: &UserId) -> Result<Option<MemberRow>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {MEMBER_COLUMNS} FROM group_members m \
-                 LEFT JOIN users u ON u.user_id = m.user_id \
-                 WHERE m.group_id = $1 AND m.user_id = $2"
-            ))
-            .await
-            .map_err(pg)?;
-        client
-            .query_opt(&stmt, &[&id.as_str(), &user.as_str()])
-            .await
-            .map_err(pg)?
-            .map(|r| read_member(&Cols(&r), 0))
-            .transpose()
+        connected!(self, |client| {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {MEMBER_COLUMNS} FROM group_members m \
+                     LEFT JOIN users u ON u.user_id = m.user_id \
+                     WHERE m.group_id = $1 AND m.user_id = $2"
+                ))
+                .await?;
+            client
+                .query_opt(&stmt, &[&id.as_str(), &user.as_str()])
+                .await?
+                .map(|r| read(&r, |r| read_member(r, 0)))
+                .transpose()
+        })
     }
 
     async fn user_groups(&self, user: &UserId) -> Result<Vec<(GroupRow, MemberRow)>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {GROUP_COLUMNS}, {MEMBER_COLUMNS} FROM group_members m \
-                 JOIN chat_groups g ON g.group_id = m.group_id \
-                 LEFT JOIN users u ON u.user_id = m.user_id \
-                 WHERE m.user_id = $1 AND g.dissolved_at IS NULL \
-                 ORDER BY g.created_at DESC, g.group_id COLLATE \"C\""
-            ))
-            .await
-            .map_err(pg)?;
-        client
-            .query(&stmt, &[&user.as_str()])
-            .await
-            .map_err(pg)?
-            .iter()
-            .map(|r| {
-                Ok((
-                    read_group(&Cols(r), 0)?,
-                    read_member(&Cols(r), GROUP_WIDTH)?,
+        connected!(self, |client| {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {GROUP_COLUMNS}, {MEMBER_COLUMNS} FROM group_members m \
+                     JOIN chat_groups g ON g.group_id = m.group_id \
+                     LEFT JOIN users u ON u.user_id = m.user_id \
+                     WHERE m.user_id = $1 AND g.dissolved_at IS NULL \
+                     ORDER BY g.created_at DESC, g.group_id COLLATE \"C\""
                 ))
-            })
-            .collect()
+                .await?;
+            client
+                .query(&stmt, &[&user.as_str()])
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok((
+                        read(r, |r| read_group(r, 0))?,
+                        read(r, |r| read_member(r, GROUP_WIDTH))?,
+                    ))
+                })
+                .collect()
+        })
     }
 
     async fn change_group(
@@ -399,12 +375,10 @@ impl Groups for PgStore {
                     "SELECT version FROM chat_groups \
                      WHERE group_id = $1 AND dissolved_at IS NULL FOR UPDATE",
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             let locked = tx
                 .query_opt(&lock, &[&id.as_str()])
-                .await
-                .map_err(pg)?
+                .await?
                 .ok_or(StoreError::NotFound("group"))?;
             check_version(to_u64(column(&locked, 0)?), version)?;
             if edits.iter().any(changes_members) {
@@ -416,11 +390,8 @@ impl Groups for PgStore {
                     .prepare_cached(
                         "SELECT 1 FROM conversations WHERE conversation_id = $1 FOR UPDATE",
                     )
-                    .await
-                    .map_err(pg)?;
-                tx.query_opt(&stmt, &[&conversation.as_str()])
-                    .await
-                    .map_err(pg)?;
+                    .await?;
+                tx.query_opt(&stmt, &[&conversation.as_str()]).await?;
             }
             let before = group_by_id(tx, id)
                 .await?
@@ -436,11 +407,8 @@ impl Groups for PgStore {
                     "UPDATE chat_groups SET version = version + 1, updated_at = $2 \
                      WHERE group_id = $1",
                 )
-                .await
-                .map_err(pg)?;
-            tx.execute(&stmt, &[&id.as_str(), &ms(at)])
-                .await
-                .map_err(pg)?;
+                .await?;
+            tx.execute(&stmt, &[&id.as_str(), &ms(at)]).await?;
             let events = append_drafts(tx, &events, true).await?;
             let after = group_by_id(tx, id).await?;
             Ok((changed_group(before, after), events))
@@ -457,7 +425,7 @@ impl Groups for PgStore {
         conv_seq: u64,
         sender: &UserId,
     ) -> Result<(u64, u64)> {
-        read_count(self, conversation, conv_seq, sender).await
+        Ok(read_count(self, conversation, conv_seq, sender).await?)
     }
 }
 
@@ -474,9 +442,9 @@ async fn append_group_message(store: &PgStore, message: NewMessage) -> Result<Ap
             return Ok(AppendOutcome::Duplicate(original));
         }
         let Recipient::Group(group) = &message.recipient else {
-            return Err(StoreError::Internal(
-                "a direct message is not a group message".into(),
-            ));
+            return Err(
+                StoreError::Internal("a direct message is not a group message".into()).into(),
+            );
         };
         // Lock order: broadcast clock, conversation row, users.
         broadcast_clock(tx).await?;
@@ -490,17 +458,16 @@ async fn append_group_message(store: &PgStore, message: NewMessage) -> Result<Ap
                  WHERE m.group_id = $1 AND g.dissolved_at IS NULL ORDER BY m.user_id COLLATE \"C\"",
             )
             .await
-            .map_err(pg)?;
+            ?;
         let members = tx
             .query(&stmt, &[&group.as_str()])
-            .await
-            .map_err(pg)?
+            .await?
             .iter()
             .map(|row| column::<String>(row, 0).and_then(user_id))
             .collect::<Result<Vec<_>>>()?;
         if !members.contains(&message.sender) {
             // The error rolls the counter bump back with the transaction.
-            return Err(StoreError::NotFound("group member"));
+            return Err(StoreError::NotFound("group member").into());
         }
         let Some(stored) = insert_message(tx, &message, conv_seq).await? else {
             return lost_race(tx, &message).await;
@@ -524,7 +491,7 @@ async fn read_count(
     conversation: &ConversationId,
     conv_seq: u64,
     sender: &UserId,
-) -> Result<(u64, u64)> {
+) -> DbResult<(u64, u64)> {
     let group = conversation.group_id();
     let group = group.as_ref().map(GroupId::as_str);
     let client = store.client().await?;
@@ -536,7 +503,7 @@ async fn read_count(
              WHERE cm.conversation_id = $1 AND cm.user_id <> $2 AND coalesce(gm.since, 0) < $3",
         )
         .await
-        .map_err(pg)?;
+        ?;
     let row = client
         .query_one(
             &stmt,
@@ -547,8 +514,7 @@ async fn read_count(
                 &group,
             ],
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     let members: i64 = column(&row, 0)?;
     let read: i64 = column(&row, 1)?;
     Ok((to_u64(read), to_u64(members)))

@@ -25,14 +25,14 @@ use unimsg_store::{
 };
 
 use crate::broadcasts::broadcasts_between;
-use crate::{Cols, InboxRow, PgStore, append_inbox, broadcast_clock, column, pg, unique};
+use crate::{DbResult, InboxRow, PgStore, append_inbox, broadcast_clock, column, read, unique};
 
 /// The savepoint a send with a `client_msg_id` rolls back to when a
 /// concurrent send of the same message won the idempotency index.
 const SEND_SAVEPOINT: &str = "unimsg_send";
 
 /// The message with this id, on a connection or inside a transaction.
-pub(crate) async fn message_by_id<C>(client: &C, id: &str) -> Result<Option<StoredMessage>>
+pub(crate) async fn message_by_id<C>(client: &C, id: &str) -> DbResult<Option<StoredMessage>>
 where
     C: deadpool_postgres::GenericClient,
 {
@@ -40,13 +40,11 @@ where
         .prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.message_id = $1"
         ))
-        .await
-        .map_err(pg)?;
+        .await?;
     client
         .query_opt(&stmt, &[&id])
-        .await
-        .map_err(pg)?
-        .map(|row| read_message(&Cols(&row), 0))
+        .await?
+        .map(|row| read(&row, |r| read_message(r, 0)))
         .transpose()
 }
 
@@ -55,7 +53,7 @@ where
 pub(crate) async fn duplicate_of(
     tx: &Transaction<'_>,
     message: &NewMessage,
-) -> Result<Option<StoredMessage>> {
+) -> DbResult<Option<StoredMessage>> {
     let Some(cmid) = &message.client_msg_id else {
         return Ok(None);
     };
@@ -64,21 +62,19 @@ pub(crate) async fn duplicate_of(
             "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender_id = $1 AND m.client_msg_id = $2"
         ))
         .await
-        .map_err(pg)?;
+        ?;
     tx.query_opt(&stmt, &[&message.sender.as_str(), &cmid.as_str()])
-        .await
-        .map_err(pg)?
-        .map(|row| read_message(&Cols(&row), 0))
+        .await?
+        .map(|row| read(&row, |r| read_message(r, 0)))
         .transpose()
 }
 
 /// Sets the savepoint a send returns to when it turns out to be a
 /// duplicate (only sends with a `client_msg_id` can be).
-pub(crate) async fn mark_send(tx: &Transaction<'_>, message: &NewMessage) -> Result<()> {
+pub(crate) async fn mark_send(tx: &Transaction<'_>, message: &NewMessage) -> DbResult<()> {
     if message.client_msg_id.is_some() {
         tx.batch_execute(&format!("SAVEPOINT {SEND_SAVEPOINT}"))
-            .await
-            .map_err(pg)?;
+            .await?;
     }
     Ok(())
 }
@@ -86,10 +82,12 @@ pub(crate) async fn mark_send(tx: &Transaction<'_>, message: &NewMessage) -> Res
 /// A concurrent send of the same `(sender, client_msg_id)` committed first:
 /// undoes everything since [`mark_send`] (the conversation counter bump)
 /// and returns the original, so that nothing of this send is written.
-pub(crate) async fn lost_race(tx: &Transaction<'_>, message: &NewMessage) -> Result<AppendOutcome> {
+pub(crate) async fn lost_race(
+    tx: &Transaction<'_>,
+    message: &NewMessage,
+) -> DbResult<AppendOutcome> {
     tx.batch_execute(&format!("ROLLBACK TO SAVEPOINT {SEND_SAVEPOINT}"))
-        .await
-        .map_err(pg)?;
+        .await?;
     // READ COMMITTED: this statement sees the winner's committed row.
     let original = duplicate_of(tx, message)
         .await?
@@ -100,7 +98,7 @@ pub(crate) async fn lost_race(tx: &Transaction<'_>, message: &NewMessage) -> Res
 /// Moves the conversation's counter on and returns the message's
 /// `conv_seq`. The row stays locked until commit: concurrent sends to the
 /// conversation (and group membership changes) queue behind it.
-pub(crate) async fn bump_conversation(tx: &Transaction<'_>, message: &NewMessage) -> Result<i64> {
+pub(crate) async fn bump_conversation(tx: &Transaction<'_>, message: &NewMessage) -> DbResult<i64> {
     let stmt = tx
         .prepare_cached(
             "INSERT INTO conversations (conversation_id, last_conv_seq, updated_at) VALUES ($1, 1, $2) \
@@ -109,15 +107,14 @@ pub(crate) async fn bump_conversation(tx: &Transaction<'_>, message: &NewMessage
              RETURNING last_conv_seq",
         )
         .await
-        .map_err(pg)?;
+        ?;
     let row = tx
         .query_one(
             &stmt,
             &[&message.conversation_id.as_str(), &ms(message.created_at)],
         )
-        .await
-        .map_err(pg)?;
-    column(&row, 0)
+        .await?;
+    Ok(column(&row, 0)?)
 }
 
 /// Stores a message at `conv_seq`. `None` when a concurrent send with the
@@ -127,7 +124,7 @@ pub(crate) async fn insert_message(
     tx: &Transaction<'_>,
     message: &NewMessage,
     conv_seq: i64,
-) -> Result<Option<StoredMessage>> {
+) -> DbResult<Option<StoredMessage>> {
     let stmt = tx
         .prepare_cached(
             "INSERT INTO messages (message_id, conversation_id, conv_seq, sender_id, recipient_id, kind, \
@@ -136,7 +133,7 @@ pub(crate) async fn insert_message(
              ON CONFLICT (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING",
         )
         .await
-        .map_err(pg)?;
+        ?;
     let inserted = tx
         .execute(
             &stmt,
@@ -181,7 +178,7 @@ pub(crate) async fn append_message_events(
     stored: &StoredMessage,
     recipients: &[UserId],
     skip_unknown: bool,
-) -> Result<Vec<StoredEvent>> {
+) -> DbResult<Vec<StoredEvent>> {
     let rows: Vec<InboxRow<'_>> = recipients
         .iter()
         .map(|user| InboxRow {
@@ -216,7 +213,7 @@ pub(crate) async fn append_drafts(
     tx: &Transaction<'_>,
     drafts: &[EventDraft],
     skip_unknown: bool,
-) -> Result<Vec<StoredEvent>> {
+) -> DbResult<Vec<StoredEvent>> {
     let rows: Vec<InboxRow<'_>> = drafts
         .iter()
         .map(|d| InboxRow {
@@ -245,18 +242,16 @@ pub(crate) async fn append_drafts(
 
 /// A user's raw inbox position, broadcast base and the newest bseq, read
 /// without locks (inside a snapshot). `NotFound("user")` for an unknown user.
-async fn positions(tx: &Transaction<'_>, user: &UserId) -> Result<(i64, i64, i64)> {
+async fn positions(tx: &Transaction<'_>, user: &UserId) -> DbResult<(i64, i64, i64)> {
     let stmt = tx
         .prepare_cached(
             "SELECT u.last_seq, u.bbase, c.head FROM users u CROSS JOIN broadcast_clock c \
              WHERE u.user_id = $1 AND c.id = 1",
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     let row = tx
         .query_opt(&stmt, &[&user.as_str()])
-        .await
-        .map_err(pg)?
+        .await?
         .ok_or(StoreError::NotFound("user"))?;
     Ok((column(&row, 0)?, column(&row, 1)?, column(&row, 2)?))
 }
@@ -271,7 +266,7 @@ async fn merged_events_after(
     user: &UserId,
     after: Seq,
     limit: u32,
-) -> Result<Vec<StoredEvent>> {
+) -> DbResult<Vec<StoredEvent>> {
     let (last, base, head) = positions(tx, user).await?;
     let position = to_i64(after.0).min(last + head - base);
     // The inbox rows and broadcasts at or before `position`: the newest
@@ -287,12 +282,10 @@ async fn merged_events_after(
                 "SELECT seq FROM inbox WHERE user_id = $1 AND seq + bpos - $2 <= $3 \
                  ORDER BY seq DESC LIMIT 1",
             )
-            .await
-            .map_err(pg)?;
+            .await?;
         match tx
             .query_opt(&stmt, &[&user.as_str(), &base, &position])
-            .await
-            .map_err(pg)?
+            .await?
         {
             Some(row) => column(&row, 0)?,
             None => 0,
@@ -325,7 +318,7 @@ async fn inbox_rows(
     user: &UserId,
     after: i64,
     limit: u32,
-) -> Result<Vec<(i64, StoredEvent)>> {
+) -> DbResult<Vec<(i64, StoredEvent)>> {
     // Columns: 0 seq, 1 kind, 2 created_at, 3 data, 4..=15 the message,
     // 16..=22 the notification, 23 bpos.
     let stmt = tx
@@ -336,11 +329,10 @@ async fn inbox_rows(
              WHERE i.user_id = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3"
         ))
         .await
-        .map_err(pg)?;
+        ?;
     let rows = tx
         .query(&stmt, &[&user.as_str(), &after, &i64::from(limit)])
-        .await
-        .map_err(pg)?;
+        .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
         let seq: i64 = column(row, 0)?;
@@ -352,11 +344,11 @@ async fn inbox_rows(
         let bpos: i64 = column(row, 23)?;
         let body = match (data, has_message, has_notification) {
             (Some(data), _, _) => EventBody::Data(data),
-            (None, Some(_), _) => EventBody::Message(Box::new(read_message(&Cols(row), 4)?)),
+            (None, Some(_), _) => EventBody::Message(Box::new(read(row, |r| read_message(r, 4))?)),
             (None, None, Some(_)) => {
-                EventBody::Notification(Box::new(read_notification(&Cols(row), 16)?))
+                EventBody::Notification(Box::new(read(row, |r| read_notification(r, 16))?))
             }
-            (None, None, None) => return Err(corrupt("inbox event without data")),
+            (None, None, None) => return Err(corrupt("inbox event without data").into()),
         };
         let event = StoredEvent {
             user_id: user.clone(),
@@ -386,7 +378,8 @@ impl Inbox for PgStore {
                 Recipient::Group(_) => {
                     return Err(StoreError::Internal(
                         "a group message is not a direct message".into(),
-                    ));
+                    )
+                    .into());
                 }
             };
             // Lock order: broadcast clock, conversation row, users.
@@ -401,14 +394,12 @@ impl Inbox for PgStore {
                     "INSERT INTO conversation_members (conversation_id, user_id) \
                      SELECT $1, u FROM unnest($2::text[]) AS t(u) ON CONFLICT DO NOTHING",
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             tx.execute(
                 &stmt,
                 &[&message.conversation_id.as_str(), &members.as_slice()],
             )
-            .await
-            .map_err(pg)?;
+            .await?;
             let events = append_message_events(tx, &stored, &recipients, false).await?;
             Ok(AppendOutcome::Created {
                 message: stored,
@@ -450,51 +441,48 @@ impl Inbox for PgStore {
                      WHERE user_id = $1 RETURNING acked_seq",
                 )
                 .await
-                .map_err(pg)?;
+                ?;
             let row = tx
                 .query_opt(&stmt, &[&user.as_str(), &to_i64(seq.0), &head])
-                .await
-                .map_err(pg)?
+                .await?
                 .ok_or(StoreError::NotFound("user"))?;
             Ok(Seq(to_u64(column(&row, 0)?)))
         })
     }
 
     async fn acked(&self, user: &UserId) -> Result<Seq> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached("SELECT acked_seq FROM users WHERE user_id = $1")
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_opt(&stmt, &[&user.as_str()])
-            .await
-            .map_err(pg)?
-            .ok_or(StoreError::NotFound("user"))?;
-        Ok(Seq(to_u64(column(&row, 0)?)))
+        connected!(self, |client| {
+            let stmt = client
+                .prepare_cached("SELECT acked_seq FROM users WHERE user_id = $1")
+                .await?;
+            let row = client
+                .query_opt(&stmt, &[&user.as_str()])
+                .await?
+                .ok_or(StoreError::NotFound("user"))?;
+            Ok(Seq(to_u64(column(&row, 0)?)))
+        })
     }
 
     async fn message(&self, id: &MessageId) -> Result<Option<StoredMessage>> {
-        let client = self.client().await?;
-        message_by_id(&client, id.as_str()).await
+        connected!(self, |client| message_by_id(&client, id.as_str()).await)
     }
 
     async fn message_seq(&self, user: &UserId, id: &MessageId) -> Result<Option<Seq>> {
-        let client = self.client().await?;
-        // A range scan of this user's inbox: only idempotent retries ask.
-        let stmt = client
-            .prepare_cached(
-                "SELECT i.seq + i.bpos - u.bbase FROM inbox i JOIN users u ON u.user_id = i.user_id \
-                 WHERE i.user_id = $1 AND i.message_id = $2 ORDER BY i.seq LIMIT 1",
-            )
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_opt(&stmt, &[&user.as_str(), &id.as_str()])
-            .await
-            .map_err(pg)?;
-        row.map(|r| column::<i64>(&r, 0).map(|s| Seq(to_u64(s))))
-            .transpose()
+        connected!(self, |client| {
+            // A range scan of this user's inbox: only idempotent retries ask.
+            let stmt = client
+                .prepare_cached(
+                    "SELECT i.seq + i.bpos - u.bbase FROM inbox i JOIN users u ON u.user_id = i.user_id \
+                     WHERE i.user_id = $1 AND i.message_id = $2 ORDER BY i.seq LIMIT 1",
+                )
+                .await
+                ?;
+            let row = client
+                .query_opt(&stmt, &[&user.as_str(), &id.as_str()])
+                .await?;
+            let seq = row.map(|r| column::<i64>(&r, 0)).transpose()?;
+            Ok(seq.map(|s| Seq(to_u64(s))))
+        })
     }
 
     async fn mark_read(
@@ -514,15 +502,13 @@ impl Inbox for PgStore {
                     "UPDATE conversation_members SET read_upto = $3 \
                      WHERE conversation_id = $1 AND user_id = $2 AND read_upto < $3",
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             let moved = tx
                 .execute(
                     &stmt,
                     &[&conversation.as_str(), &user.as_str(), &to_i64(upto)],
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             if moved == 1 {
                 return Ok((upto, append_drafts(tx, &events, false).await?));
             }
@@ -531,14 +517,13 @@ impl Inbox for PgStore {
                     "SELECT read_upto FROM conversation_members WHERE conversation_id = $1 AND user_id = $2",
                 )
                 .await
-                .map_err(pg)?;
+                ?;
             match tx
                 .query_opt(&stmt, &[&conversation.as_str(), &user.as_str()])
-                .await
-                .map_err(pg)?
+                .await?
             {
                 Some(row) => Ok((to_u64(column(&row, 0)?), Vec::new())),
-                None => Err(StoreError::NotFound("conversation")),
+                None => Err(StoreError::NotFound("conversation").into()),
             }
         })
     }
@@ -559,15 +544,12 @@ impl Inbox for PgStore {
                     "UPDATE messages SET recalled_at = $2 WHERE message_id = $1 AND recalled_at IS NULL",
                 )
                 .await
-                .map_err(pg)?;
-            let changed = tx
-                .execute(&stmt, &[&id.as_str(), &ms(now)])
-                .await
-                .map_err(pg)?;
+                ?;
+            let changed = tx.execute(&stmt, &[&id.as_str(), &ms(now)]).await?;
             if changed == 0 {
                 return match message_by_id(tx, id.as_str()).await? {
-                    Some(_) => Err(StoreError::Conflict("already recalled")),
-                    None => Err(StoreError::NotFound("message")),
+                    Some(_) => Err(StoreError::Conflict("already recalled").into()),
+                    None => Err(StoreError::NotFound("message").into()),
                 };
             }
             append_drafts(tx, &events, false).await
@@ -595,8 +577,8 @@ impl Inbox for PgStore {
                      ORDER BY s.updated_at DESC, s.conversation_id COLLATE \"C\""
                 ))
                 .await
-                .map_err(pg)?;
-            let rows = tx.query(&stmt, &[&user.as_str()]).await.map_err(pg)?;
+                ?;
+            let rows = tx.query(&stmt, &[&user.as_str()]).await?;
             // A group's positions are summed per message (`read_count`),
             // never listed: a group has up to `groups.max_members`.
             let listed: Vec<String> = rows
@@ -614,8 +596,8 @@ impl Inbox for PgStore {
                          WHERE conversation_id = ANY($1) ORDER BY conversation_id, user_id COLLATE \"C\"",
                     )
                     .await
-                    .map_err(pg)?;
-                for row in tx.query(&stmt, &[&listed]).await.map_err(pg)? {
+                    ?;
+                for row in tx.query(&stmt, &[&listed]).await? {
                     let cid: String = column(&row, 0)?;
                     let member = user_id(column(&row, 1)?)?;
                     let read: i64 = column(&row, 2)?;
@@ -632,7 +614,7 @@ impl Inbox for PgStore {
                 let unread: i64 = column(row, 2)?;
                 let has_message: Option<String> = column(row, 3)?;
                 let last_message = match has_message {
-                    Some(_) => Some(read_message(&Cols(row), 3)?),
+                    Some(_) => Some(read(row, |r| read_message(r, 3))?),
                     None => None,
                 };
                 out.push(ConversationState {
@@ -654,21 +636,21 @@ impl Inbox for PgStore {
         before: Option<u64>,
         limit: u32,
     ) -> Result<Vec<StoredMessage>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = $1 AND m.conv_seq < $2 \
-                 ORDER BY m.conv_seq DESC LIMIT $3"
-            ))
-            .await
-            .map_err(pg)?;
-        let before = before.map_or(i64::MAX, to_i64);
-        client
-            .query(&stmt, &[&conversation.as_str(), &before, &i64::from(limit)])
-            .await
-            .map_err(pg)?
-            .iter()
-            .map(|row| read_message(&Cols(row), 0))
-            .collect()
+        connected!(self, |client| {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = $1 AND m.conv_seq < $2 \
+                     ORDER BY m.conv_seq DESC LIMIT $3"
+                ))
+                .await
+                ?;
+            let before = before.map_or(i64::MAX, to_i64);
+            client
+                .query(&stmt, &[&conversation.as_str(), &before, &i64::from(limit)])
+                .await?
+                .iter()
+                .map(|row| read(row, |r| read_message(r, 0)))
+                .collect()
+        })
     }
 }

@@ -172,6 +172,42 @@ pub(crate) fn unique(e: tokio_postgres::Error, what: &'static str) -> StoreError
     }
 }
 
+/// What the code running on a connection fails with: a driver error or a
+/// decision of the store. `?` takes both, so that code reads without a
+/// `map_err` per statement; [`transaction!`], [`snapshot!`] and
+/// [`connected!`] hand the caller a [`StoreError`] ([`pg`] for a driver
+/// error). A unique violation that is a conflict is still mapped where it
+/// can occur, with [`unique`].
+#[derive(Debug)]
+pub(crate) enum Error {
+    Pg(tokio_postgres::Error),
+    Store(StoreError),
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Pg(e)
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<Error> for StoreError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Pg(e) => pg(e),
+            Error::Store(e) => e,
+        }
+    }
+}
+
+/// The result of the code that runs on a connection.
+pub(crate) type DbResult<T> = std::result::Result<T, Error>;
+
 /// Whether [`transaction!`] should run the transaction again.
 pub(crate) fn retryable(e: &StoreError) -> bool {
     matches!(e, StoreError::Unavailable(m) if m.starts_with(RETRY))
@@ -184,8 +220,13 @@ pub(crate) fn column<'a, T: FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
     row.try_get(i).map_err(|e| bad_column(i, e))
 }
 
+/// Reads `row` with one of the shared readers of [`unimsg_store::sql`].
+pub(crate) fn read<T>(row: &Row, reader: impl FnOnce(&dyn SqlRow) -> Result<T>) -> DbResult<T> {
+    Ok(reader(&Cols(row))?)
+}
+
 /// A PostgreSQL row read through the shared readers of [`unimsg_store::sql`].
-pub(crate) struct Cols<'a>(pub &'a Row);
+struct Cols<'a>(&'a Row);
 
 impl SqlRow for Cols<'_> {
     fn text(&self, i: usize) -> Result<String> {
@@ -226,12 +267,11 @@ pub(crate) struct InboxRow<'a> {
 /// Takes the broadcast clock `FOR SHARE` and returns the newest bseq: no
 /// broadcast can commit until this transaction ends. Call it before any
 /// user row is locked (lock order, see the crate docs).
-pub(crate) async fn broadcast_clock(tx: &deadpool_postgres::Transaction<'_>) -> Result<i64> {
+pub(crate) async fn broadcast_clock(tx: &deadpool_postgres::Transaction<'_>) -> DbResult<i64> {
     let stmt = tx
         .prepare_cached("SELECT head FROM broadcast_clock WHERE id = 1 FOR SHARE")
-        .await
-        .map_err(pg)?;
-    let row = tx.query_one(&stmt, &[]).await.map_err(pg)?;
+        .await?;
+    let row = tx.query_one(&stmt, &[]).await?;
     Ok(row.get(0))
 }
 
@@ -244,7 +284,7 @@ pub(crate) async fn append_inbox(
     tx: &deadpool_postgres::Transaction<'_>,
     rows: &[InboxRow<'_>],
     skip_unknown: bool,
-) -> Result<Vec<Option<Seq>>> {
+) -> DbResult<Vec<Option<Seq>>> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -257,13 +297,11 @@ pub(crate) async fn append_inbox(
             "SELECT user_id, last_seq, bbase FROM users WHERE user_id = ANY($1) \
              ORDER BY user_id FOR UPDATE",
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     // user → (last seq so far, bbase)
     let mut state: std::collections::HashMap<String, (i64, i64)> = tx
         .query(&lock, &[&users])
-        .await
-        .map_err(pg)?
+        .await?
         .into_iter()
         .map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2))))
         .collect();
@@ -282,7 +320,7 @@ pub(crate) async fn append_inbox(
                 seqs.push(None);
                 continue;
             }
-            return Err(StoreError::NotFound("user"));
+            return Err(StoreError::NotFound("user").into());
         };
         *last += 1;
         seqs.push(Some(Seq(to_u64(*last + head - *base))));
@@ -302,14 +340,12 @@ pub(crate) async fn append_inbox(
              SELECT u, s, k, m, d, a, $7 FROM unnest($1::text[], $2::int8[], $3::text[], \
              $4::text[], $5::text[], $6::int8[]) AS t(u, s, k, m, d, a)",
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     tx.execute(
         &insert,
         &[&c_user, &c_seq, &c_kind, &c_msg, &c_data, &c_at, &head],
     )
-    .await
-    .map_err(pg)?;
+    .await?;
     let (ids, lasts): (Vec<&str>, Vec<i64>) = users
         .iter()
         .filter_map(|u| state.get(*u).map(|(last, _)| (*u, *last)))
@@ -319,9 +355,8 @@ pub(crate) async fn append_inbox(
             "UPDATE users AS u SET last_seq = t.last \
              FROM unnest($1::text[], $2::int8[]) AS t(id, last) WHERE u.user_id = t.id",
         )
-        .await
-        .map_err(pg)?;
-    tx.execute(&bump, &[&ids, &lasts]).await.map_err(pg)?;
+        .await?;
+    tx.execute(&bump, &[&ids, &lasts]).await?;
     state.clear();
     Ok(seqs)
 }
@@ -332,7 +367,7 @@ pub(crate) async fn append_inbox(
 pub(crate) async fn lock_users(
     tx: &deadpool_postgres::Transaction<'_>,
     mut ids: Vec<&str>,
-) -> Result<HashSet<String>> {
+) -> DbResult<HashSet<String>> {
     ids.sort_unstable();
     ids.dedup();
     if ids.is_empty() {
@@ -342,13 +377,11 @@ pub(crate) async fn lock_users(
         .prepare_cached(
             "SELECT user_id FROM users WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE",
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     tx.query(&stmt, &[&ids])
-        .await
-        .map_err(pg)?
+        .await?
         .iter()
-        .map(|r| column::<String>(r, 0))
+        .map(|r| Ok(column::<String>(r, 0)?))
         .collect()
 }
 

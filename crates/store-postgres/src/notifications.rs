@@ -11,7 +11,7 @@ use unimsg_store::{
     NewNotification, NotificationStatus, Notifications, Result, StoreError, StoredNotification,
 };
 
-use crate::{Cols, InboxRow, PgStore, append_inbox, column, pg, unique};
+use crate::{InboxRow, PgStore, append_inbox, column, read, unique};
 
 #[async_trait]
 impl Notifications for PgStore {
@@ -40,7 +40,7 @@ impl Notifications for PgStore {
                          VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     )
                     .await
-                    .map_err(pg)?;
+                    ?;
                 tx.execute(
                     &insert,
                     &[
@@ -62,10 +62,9 @@ impl Notifications for PgStore {
                         "SELECT 1 FROM users WHERE user_id = ANY($1) LIMIT 1",
                         &[&repeated],
                     )
-                    .await
-                    .map_err(pg)?;
+                    .await?;
                 if known.is_some() {
-                    return Err(StoreError::Conflict("recipient listed twice"));
+                    return Err(StoreError::Conflict("recipient listed twice").into());
                 }
             }
             let rows: Vec<InboxRow<'_>> = recipients
@@ -87,7 +86,7 @@ impl Notifications for PgStore {
                 let Some(seq) = seq else { continue };
                 // Only a user created since the check above can get here.
                 if !delivered.insert(user.as_str()) {
-                    return Err(StoreError::Conflict("recipient listed twice"));
+                    return Err(StoreError::Conflict("recipient listed twice").into());
                 }
                 users.push(user.as_str());
                 raw.push(to_i64(seq.0));
@@ -100,16 +99,14 @@ impl Notifications for PgStore {
                          SELECT $1::text, u, s FROM unnest($2::text[], $3::int8[]) AS t(u, s) \
                          ON CONFLICT DO NOTHING",
                     )
-                    .await
-                    .map_err(pg)?;
+                    .await?;
                 let recorded = tx
                     .execute(&record, &[&n.message_id.as_str(), &users, &raw])
-                    .await
-                    .map_err(pg)?;
+                    .await?;
                 // A row already there: an earlier batch of this
                 // notification listed the user too.
                 if recorded != users.len() as u64 {
-                    return Err(StoreError::Conflict("recipient listed twice"));
+                    return Err(StoreError::Conflict("recipient listed twice").into());
                 }
             }
             Ok(out)
@@ -117,19 +114,18 @@ impl Notifications for PgStore {
     }
 
     async fn notification(&self, id: &MessageId) -> Result<Option<StoredNotification>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {NOTIFICATION_COLUMNS} FROM notifications n WHERE n.message_id = $1"
-            ))
-            .await
-            .map_err(pg)?;
-        client
-            .query_opt(&stmt, &[&id.as_str()])
-            .await
-            .map_err(pg)?
-            .map(|row| read_notification(&Cols(&row), 0))
-            .transpose()
+        connected!(self, |client| {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {NOTIFICATION_COLUMNS} FROM notifications n WHERE n.message_id = $1"
+                ))
+                .await?;
+            client
+                .query_opt(&stmt, &[&id.as_str()])
+                .await?
+                .map(|row| read(&row, |r| read_notification(r, 0)))
+                .transpose()
+        })
     }
 
     async fn notification_status(
@@ -148,9 +144,8 @@ impl Notifications for PgStore {
                      FROM notification_recipients r JOIN users u ON u.user_id = r.user_id \
                      WHERE r.message_id = $1",
                 )
-                .await
-                .map_err(pg)?;
-            let row = tx.query_one(&counts, &[&id.as_str()]).await.map_err(pg)?;
+                .await?;
+            let row = tx.query_one(&counts, &[&id.as_str()]).await?;
             let (recipients, delivered, read): (i64, i64, i64) =
                 (column(&row, 0)?, column(&row, 1)?, column(&row, 2)?);
             let page = tx
@@ -159,12 +154,10 @@ impl Notifications for PgStore {
                      FROM notification_recipients r JOIN users u ON u.user_id = r.user_id \
                      WHERE r.message_id = $1 AND r.user_id > $2 ORDER BY r.user_id LIMIT $3",
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             let page = tx
                 .query(&page, &[&id.as_str(), &after, &i64::from(limit)])
-                .await
-                .map_err(pg)?
+                .await?
                 .iter()
                 .map(|r| Ok((user_id(column(r, 0)?)?, column(r, 1)?, column(r, 2)?)))
                 .collect::<Result<Vec<_>>>()?;
@@ -189,25 +182,21 @@ impl Notifications for PgStore {
                     "SELECT seq FROM notification_recipients WHERE message_id = $1 AND user_id = $2",
                 )
                 .await
-                .map_err(pg)?;
+                ?;
             let seq: i64 = match tx
                 .query_opt(&find, &[&upto.as_str(), &user.as_str()])
-                .await
-                .map_err(pg)?
+                .await?
             {
                 Some(row) => column(&row, 0)?,
-                None => return Err(StoreError::NotFound("notification")),
+                None => return Err(StoreError::NotFound("notification").into()),
             };
             let mark = tx
                 .prepare_cached(
                     "UPDATE notification_recipients SET read_at = $3 \
                      WHERE user_id = $1 AND seq <= $2 AND read_at IS NULL",
                 )
-                .await
-                .map_err(pg)?;
-            tx.execute(&mark, &[&user.as_str(), &seq, &ms(at)])
-                .await
-                .map_err(pg)?;
+                .await?;
+            tx.execute(&mark, &[&user.as_str(), &seq, &ms(at)]).await?;
             Ok(Seq(to_u64(seq)))
         })
     }

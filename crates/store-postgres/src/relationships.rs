@@ -22,11 +22,15 @@ use unimsg_store::{
 };
 
 use crate::inbox::append_drafts;
-use crate::{Cols, PgStore, broadcast_clock, column, lock_users, pg};
+use crate::{DbResult, PgStore, broadcast_clock, column, lock_users, read};
 
 /// Where `from` and `to` stand: (friends, `from → to` pending,
 /// `to → from` pending).
-async fn standing(tx: &Transaction<'_>, from: &UserId, to: &UserId) -> Result<(bool, bool, bool)> {
+async fn standing(
+    tx: &Transaction<'_>,
+    from: &UserId,
+    to: &UserId,
+) -> DbResult<(bool, bool, bool)> {
     let stmt = tx
         .prepare_cached(
             "SELECT EXISTS(SELECT 1 FROM friends WHERE user_id = $1 AND friend_id = $2), \
@@ -34,11 +38,8 @@ async fn standing(tx: &Transaction<'_>, from: &UserId, to: &UserId) -> Result<(b
              EXISTS(SELECT 1 FROM friend_requests WHERE from_id = $2 AND to_id = $1 AND state = 'pending')",
         )
         .await
-        .map_err(pg)?;
-    let row = tx
-        .query_one(&stmt, &[&from.as_str(), &to.as_str()])
-        .await
-        .map_err(pg)?;
+        ?;
+    let row = tx.query_one(&stmt, &[&from.as_str(), &to.as_str()]).await?;
     Ok((column(&row, 0)?, column(&row, 1)?, column(&row, 2)?))
 }
 
@@ -49,46 +50,38 @@ async fn befriend(
     a: &UserId,
     b: &UserId,
     at: OffsetDateTime,
-) -> Result<bool> {
+) -> DbResult<bool> {
     // Tags start empty: the joined form of no tag is ''.
     let insert = tx
         .prepare_cached(
             "INSERT INTO friends (user_id, friend_id, tags, created_at) \
              VALUES ($1, $2, '', $3), ($2, $1, '', $3) ON CONFLICT DO NOTHING",
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     let added = tx
         .execute(&insert, &[&a.as_str(), &b.as_str(), &ms(at)])
-        .await
-        .map_err(pg)?;
+        .await?;
     let close = tx
         .prepare_cached(
             "UPDATE friend_requests SET state = 'accepted', updated_at = $3 \
              WHERE ((from_id = $1 AND to_id = $2) OR (from_id = $2 AND to_id = $1)) \
              AND state = 'pending'",
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     tx.execute(&close, &[&a.as_str(), &b.as_str(), &ms(at)])
-        .await
-        .map_err(pg)?;
+        .await?;
     Ok(added > 0)
 }
 
 /// Ends a friendship on both sides; `true` if there was one.
-async fn unfriend(tx: &Transaction<'_>, a: &UserId, b: &UserId) -> Result<bool> {
+async fn unfriend(tx: &Transaction<'_>, a: &UserId, b: &UserId) -> DbResult<bool> {
     let stmt = tx
         .prepare_cached(
             "DELETE FROM friends \
              WHERE (user_id = $1 AND friend_id = $2) OR (user_id = $2 AND friend_id = $1)",
         )
-        .await
-        .map_err(pg)?;
-    let removed = tx
-        .execute(&stmt, &[&a.as_str(), &b.as_str()])
-        .await
-        .map_err(pg)?;
+        .await?;
+    let removed = tx.execute(&stmt, &[&a.as_str(), &b.as_str()]).await?;
     Ok(removed > 0)
 }
 
@@ -99,7 +92,7 @@ async fn lock_pair(
     a: &UserId,
     b: &UserId,
     events: &[&[EventDraft]],
-) -> Result<HashSet<String>> {
+) -> DbResult<HashSet<String>> {
     broadcast_clock(tx).await?;
     let mut ids = vec![a.as_str(), b.as_str()];
     for list in events {
@@ -122,7 +115,7 @@ impl Relationships for PgStore {
             // node waits here and then sees this one.
             let known = lock_pair(tx, from, to, &[&request_events, &friends_events]).await?;
             if !known.contains(to.as_str()) {
-                return Err(StoreError::NotFound("user"));
+                return Err(StoreError::NotFound("user").into());
             }
             let (friends, asked, asked_back) = standing(tx, from, to).await?;
             if friends || asked {
@@ -143,8 +136,7 @@ impl Relationships for PgStore {
                      state = 'pending', created_at = EXCLUDED.created_at, \
                      updated_at = EXCLUDED.updated_at",
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             let (plain, sealed) = text_columns(request.message.as_ref());
             tx.execute(
                 &stmt,
@@ -156,8 +148,7 @@ impl Relationships for PgStore {
                     &ms(request.created_at),
                 ],
             )
-            .await
-            .map_err(pg)?;
+            .await?;
             let events = append_drafts(tx, &request_events, false).await?;
             Ok((RequestOutcome::Pending, events))
         })
@@ -175,7 +166,7 @@ impl Relationships for PgStore {
             lock_pair(tx, from, to, &[&events]).await?;
             let (_, pending, _) = standing(tx, from, to).await?;
             if !pending {
-                return Err(StoreError::NotFound("friend request"));
+                return Err(StoreError::NotFound("friend request").into());
             }
             if accept {
                 befriend(tx, from, to, at).await?;
@@ -185,11 +176,9 @@ impl Relationships for PgStore {
                         "UPDATE friend_requests SET state = 'declined', updated_at = $3 \
                          WHERE from_id = $1 AND to_id = $2",
                     )
-                    .await
-                    .map_err(pg)?;
+                    .await?;
                 tx.execute(&stmt, &[&from.as_str(), &to.as_str(), &ms(at)])
-                    .await
-                    .map_err(pg)?;
+                    .await?;
             }
             append_drafts(tx, &events, false).await
         })
@@ -207,55 +196,50 @@ impl Relationships for PgStore {
         } else {
             ("from_id", "to_id")
         };
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {FRIEND_REQUEST_COLUMNS} FROM friend_requests \
-                 WHERE {column} = $1 AND state = 'pending' \
-                 ORDER BY created_at, {other} COLLATE \"C\""
-            ))
-            .await
-            .map_err(pg)?;
-        client
-            .query(&stmt, &[&user.as_str()])
-            .await
-            .map_err(pg)?
-            .iter()
-            .map(|r| read_friend_request(&Cols(r)))
-            .collect()
+        connected!(self, |client| {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {FRIEND_REQUEST_COLUMNS} FROM friend_requests \
+                     WHERE {column} = $1 AND state = 'pending' \
+                     ORDER BY created_at, {other} COLLATE \"C\""
+                ))
+                .await?;
+            client
+                .query(&stmt, &[&user.as_str()])
+                .await?
+                .iter()
+                .map(|r| read(r, read_friend_request))
+                .collect()
+        })
     }
 
     async fn friends(&self, user: &UserId) -> Result<Vec<FriendRow>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {FRIEND_COLUMNS} FROM friends \
-                 WHERE user_id = $1 ORDER BY friend_id COLLATE \"C\""
-            ))
-            .await
-            .map_err(pg)?;
-        client
-            .query(&stmt, &[&user.as_str()])
-            .await
-            .map_err(pg)?
-            .iter()
-            .map(|r| read_friend(&Cols(r)))
-            .collect()
+        connected!(self, |client| {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {FRIEND_COLUMNS} FROM friends \
+                     WHERE user_id = $1 ORDER BY friend_id COLLATE \"C\""
+                ))
+                .await?;
+            client
+                .query(&stmt, &[&user.as_str()])
+                .await?
+                .iter()
+                .map(|r| read(r, read_friend))
+                .collect()
+        })
     }
 
     async fn are_friends(&self, a: &UserId, b: &UserId) -> Result<bool> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT EXISTS(SELECT 1 FROM friends WHERE user_id = $1 AND friend_id = $2)",
-            )
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_one(&stmt, &[&a.as_str(), &b.as_str()])
-            .await
-            .map_err(pg)?;
-        column(&row, 0)
+        connected!(self, |client| {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT EXISTS(SELECT 1 FROM friends WHERE user_id = $1 AND friend_id = $2)",
+                )
+                .await?;
+            let row = client.query_one(&stmt, &[&a.as_str(), &b.as_str()]).await?;
+            Ok(column(&row, 0)?)
+        })
     }
 
     async fn remove_friend(
@@ -282,24 +266,23 @@ impl Relationships for PgStore {
     ) -> Result<FriendRow> {
         // Tags are joined with the unit separator, which a tag cannot contain.
         let joined = join_tags(&tags);
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "UPDATE friends SET tags = $3, remark = $4 \
-                 WHERE user_id = $1 AND friend_id = $2 RETURNING created_at",
-            )
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_opt(&stmt, &[&user.as_str(), &friend.as_str(), &joined, &remark])
-            .await
-            .map_err(pg)?
-            .ok_or(StoreError::NotFound("friend"))?;
-        Ok(FriendRow {
-            friend: friend.clone(),
-            tags,
-            remark,
-            since: from_ms(column(&row, 0)?)?,
+        connected!(self, |client| {
+            let stmt = client
+                .prepare_cached(
+                    "UPDATE friends SET tags = $3, remark = $4 \
+                     WHERE user_id = $1 AND friend_id = $2 RETURNING created_at",
+                )
+                .await?;
+            let row = client
+                .query_opt(&stmt, &[&user.as_str(), &friend.as_str(), &joined, &remark])
+                .await?
+                .ok_or(StoreError::NotFound("friend"))?;
+            Ok(FriendRow {
+                friend: friend.clone(),
+                tags,
+                remark,
+                since: from_ms(column(&row, 0)?)?,
+            })
         })
     }
 
@@ -314,7 +297,7 @@ impl Relationships for PgStore {
         transaction!(self, |tx| {
             let known = lock_pair(tx, user, other, &[&events]).await?;
             if !known.contains(other.as_str()) {
-                return Err(StoreError::NotFound("user"));
+                return Err(StoreError::NotFound("user").into());
             }
             let changed = if blocked {
                 let stmt = tx
@@ -322,19 +305,15 @@ impl Relationships for PgStore {
                         "INSERT INTO blocks (user_id, blocked_id, created_at) VALUES ($1, $2, $3) \
                          ON CONFLICT DO NOTHING",
                     )
-                    .await
-                    .map_err(pg)?;
+                    .await?;
                 tx.execute(&stmt, &[&user.as_str(), &other.as_str(), &ms(at)])
-                    .await
-                    .map_err(pg)?
+                    .await?
             } else {
                 let stmt = tx
                     .prepare_cached("DELETE FROM blocks WHERE user_id = $1 AND blocked_id = $2")
-                    .await
-                    .map_err(pg)?;
+                    .await?;
                 tx.execute(&stmt, &[&user.as_str(), &other.as_str()])
-                    .await
-                    .map_err(pg)?
+                    .await?
             };
             if changed == 0 {
                 return Ok((false, Vec::new()));
@@ -344,36 +323,34 @@ impl Relationships for PgStore {
     }
 
     async fn blocks(&self, user: &UserId) -> Result<Vec<(UserId, OffsetDateTime)>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT blocked_id, created_at FROM blocks WHERE user_id = $1 \
-                 ORDER BY blocked_id COLLATE \"C\"",
-            )
-            .await
-            .map_err(pg)?;
-        client
-            .query(&stmt, &[&user.as_str()])
-            .await
-            .map_err(pg)?
-            .iter()
-            .map(|r| Ok((user_id(column(r, 0)?)?, from_ms(column(r, 1)?)?)))
-            .collect()
+        connected!(self, |client| {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT blocked_id, created_at FROM blocks WHERE user_id = $1 \
+                     ORDER BY blocked_id COLLATE \"C\"",
+                )
+                .await?;
+            client
+                .query(&stmt, &[&user.as_str()])
+                .await?
+                .iter()
+                .map(|r| Ok((user_id(column(r, 0)?)?, from_ms(column(r, 1)?)?)))
+                .collect()
+        })
     }
 
     async fn is_blocked(&self, blocker: &UserId, other: &UserId) -> Result<bool> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT EXISTS(SELECT 1 FROM blocks WHERE user_id = $1 AND blocked_id = $2)",
-            )
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_one(&stmt, &[&blocker.as_str(), &other.as_str()])
-            .await
-            .map_err(pg)?;
-        column(&row, 0)
+        connected!(self, |client| {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT EXISTS(SELECT 1 FROM blocks WHERE user_id = $1 AND blocked_id = $2)",
+                )
+                .await?;
+            let row = client
+                .query_one(&stmt, &[&blocker.as_str(), &other.as_str()])
+                .await?;
+            Ok(column(&row, 0)?)
+        })
     }
 
     async fn set_friendship(
@@ -386,7 +363,7 @@ impl Relationships for PgStore {
         transaction!(self, |tx| {
             let known = lock_pair(tx, a, b, &[]).await?;
             if !known.contains(a.as_str()) || !known.contains(b.as_str()) {
-                return Err(StoreError::NotFound("user"));
+                return Err(StoreError::NotFound("user").into());
             }
             if friends {
                 befriend(tx, a, b, at).await

@@ -14,27 +14,25 @@ use unimsg_store::{
     StoreError, StoredEvent, TokenHash,
 };
 
-use crate::{Cols, InboxRow, PgStore, append_inbox, broadcast_clock, column, pg, unique};
+use crate::{DbResult, InboxRow, PgStore, append_inbox, broadcast_clock, column, read, unique};
 
-async fn session_by_id<C: GenericClient>(client: &C, id: &str) -> Result<Option<Session>> {
+async fn session_by_id<C: GenericClient>(client: &C, id: &str) -> DbResult<Option<Session>> {
     let stmt = client
         .prepare_cached(&format!(
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1"
         ))
-        .await
-        .map_err(pg)?;
+        .await?;
     client
         .query_opt(&stmt, &[&id])
-        .await
-        .map_err(pg)?
-        .map(|row| read_session(&Cols(&row)))
+        .await?
+        .map(|row| read(&row, read_session))
         .transpose()
 }
 
 /// Revokes the sessions that are still active and appends one
 /// `session.revoked` event for each, in input order. A session listed
 /// twice is revoked by its first entry.
-async fn revoke(tx: &Transaction<'_>, revocations: &[Revocation]) -> Result<Vec<StoredEvent>> {
+async fn revoke(tx: &Transaction<'_>, revocations: &[Revocation]) -> DbResult<Vec<StoredEvent>> {
     if revocations.is_empty() {
         return Ok(Vec::new());
     }
@@ -56,10 +54,9 @@ async fn revoke(tx: &Transaction<'_>, revocations: &[Revocation]) -> Result<Vec<
              WHERE s.session_id = t.id AND s.revoked_at IS NULL \
              RETURNING s.session_id, s.user_id",
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     let mut owners: HashMap<String, UserId> = HashMap::new();
-    for row in tx.query(&stmt, &[&ids, &ats, &reasons]).await.map_err(pg)? {
+    for row in tx.query(&stmt, &[&ids, &ats, &reasons]).await? {
         owners.insert(column(&row, 0)?, user_id(column(&row, 1)?)?);
     }
     let revoked: Vec<(&Revocation, &UserId)> = firsts
@@ -98,13 +95,12 @@ async fn insert_refresh(
     tx: &Transaction<'_>,
     token: &NewRefreshToken,
     session: &str,
-) -> Result<()> {
+) -> DbResult<()> {
     let stmt = tx
         .prepare_cached(
             "INSERT INTO refresh_tokens (token_hash, session_id, expires_at) VALUES ($1, $2, $3)",
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     tx.execute(
         &stmt,
         &[&&token.hash.0[..], &session, &ms(token.expires_at)],
@@ -134,7 +130,7 @@ impl Sessions for PgStore {
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .await
-                .map_err(pg)?;
+                ?;
             tx.execute(
                 &stmt,
                 &[
@@ -163,8 +159,7 @@ impl Sessions for PgStore {
     }
 
     async fn session(&self, id: &SessionId) -> Result<Option<Session>> {
-        let client = self.client().await?;
-        session_by_id(&client, id.as_str()).await
+        connected!(self, |client| session_by_id(&client, id.as_str()).await)
     }
 
     async fn is_new_place(
@@ -173,39 +168,39 @@ impl Sessions for PgStore {
         device_id: Option<&str>,
         ip: Option<&str>,
     ) -> Result<bool> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT EXISTS(SELECT 1 FROM sessions WHERE user_id = $1), \
-                 EXISTS(SELECT 1 FROM sessions WHERE user_id = $1 AND \
-                 (($2::text IS NOT NULL AND device_id = $2::text) OR ($3::text IS NOT NULL AND ip = $3::text)))",
-            )
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_one(&stmt, &[&user.as_str(), &device_id, &ip])
-            .await
-            .map_err(pg)?;
-        let (any, known): (bool, bool) = (column(&row, 0)?, column(&row, 1)?);
-        Ok(any && !known)
+        connected!(self, |client| {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT EXISTS(SELECT 1 FROM sessions WHERE user_id = $1), \
+                     EXISTS(SELECT 1 FROM sessions WHERE user_id = $1 AND \
+                     (($2::text IS NOT NULL AND device_id = $2::text) OR ($3::text IS NOT NULL AND ip = $3::text)))",
+                )
+                .await
+                ?;
+            let row = client
+                .query_one(&stmt, &[&user.as_str(), &device_id, &ip])
+                .await?;
+            let (any, known): (bool, bool) = (column(&row, 0)?, column(&row, 1)?);
+            Ok(any && !known)
+        })
     }
 
     async fn active_sessions(&self, user: &UserId) -> Result<Vec<Session>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = $1 AND revoked_at IS NULL \
-                 ORDER BY created_at, session_id"
-            ))
-            .await
-            .map_err(pg)?;
-        client
-            .query(&stmt, &[&user.as_str()])
-            .await
-            .map_err(pg)?
-            .iter()
-            .map(|r| read_session(&Cols(r)))
-            .collect()
+        connected!(self, |client| {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = $1 AND revoked_at IS NULL \
+                     ORDER BY created_at, session_id"
+                ))
+                .await
+                ?;
+            client
+                .query(&stmt, &[&user.as_str()])
+                .await?
+                .iter()
+                .map(|r| read(r, read_session))
+                .collect()
+        })
     }
 
     async fn revoke_sessions(&self, revocations: Vec<Revocation>) -> Result<Vec<StoredEvent>> {
@@ -226,13 +221,8 @@ impl Sessions for PgStore {
                     "SELECT session_id, expires_at, rotated_at FROM refresh_tokens \
                      WHERE token_hash = $1 FOR UPDATE",
                 )
-                .await
-                .map_err(pg)?;
-            let Some(row) = tx
-                .query_opt(&find, &[&&presented.0[..]])
-                .await
-                .map_err(pg)?
-            else {
+                .await?;
+            let Some(row) = tx.query_opt(&find, &[&&presented.0[..]]).await? else {
                 return Ok(RefreshOutcome::Invalid);
             };
             let sid: String = column(&row, 0)?;
@@ -252,11 +242,8 @@ impl Sessions for PgStore {
             }
             let retire = tx
                 .prepare_cached("UPDATE refresh_tokens SET rotated_at = $2 WHERE token_hash = $1")
-                .await
-                .map_err(pg)?;
-            tx.execute(&retire, &[&&presented.0[..], &ms(now)])
-                .await
-                .map_err(pg)?;
+                .await?;
+            tx.execute(&retire, &[&&presented.0[..], &ms(now)]).await?;
             insert_refresh(tx, &next, &sid).await?;
             Ok(RefreshOutcome::Rotated(session))
         })

@@ -6,19 +6,18 @@ use unimsg_proto::UserId;
 use unimsg_store::sql::{USER_COLUMNS, ms, read_user, user_id};
 use unimsg_store::{NewUser, Result, StoreError, User, UserStatus, UserUpdate, Users};
 
-use crate::{Cols, PgStore, broadcast_clock, column, pg};
+use crate::{DbResult, Error, PgStore, broadcast_clock, column, read};
 
 /// Inserts one user who sees the broadcasts after `head`. A taken id is
 /// `Conflict("user_id")`, a taken username `Conflict("username")`; neither
 /// aborts the transaction, so an import goes on with the next item.
-async fn insert_user(tx: &Transaction<'_>, head: i64, user: &NewUser) -> Result<User> {
+async fn insert_user(tx: &Transaction<'_>, head: i64, user: &NewUser) -> DbResult<User> {
     let insert = tx
         .prepare_cached(
             "INSERT INTO users (user_id, username, display_name, password_hash, created_at, bbase) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     let inserted = tx
         .execute(
             &insert,
@@ -31,26 +30,15 @@ async fn insert_user(tx: &Transaction<'_>, head: i64, user: &NewUser) -> Result<
                 &head,
             ],
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     if inserted == 0 {
         // Which rule clashed; the id is checked first, as in the embedded
         // store.
         let taken = tx
             .prepare_cached("SELECT EXISTS(SELECT 1 FROM users WHERE user_id = $1)")
-            .await
-            .map_err(pg)?;
-        let taken: bool = column(
-            &tx.query_one(&taken, &[&user.user_id.as_str()])
-                .await
-                .map_err(pg)?,
-            0,
-        )?;
-        return Err(StoreError::Conflict(if taken {
-            "user_id"
-        } else {
-            "username"
-        }));
+            .await?;
+        let taken: bool = column(&tx.query_one(&taken, &[&user.user_id.as_str()]).await?, 0)?;
+        return Err(StoreError::Conflict(if taken { "user_id" } else { "username" }).into());
     }
     Ok(User {
         user_id: user.user_id.clone(),
@@ -63,19 +51,17 @@ async fn insert_user(tx: &Transaction<'_>, head: i64, user: &NewUser) -> Result<
 }
 
 /// One user by a unique column (`user_id` or `username`).
-async fn user_where(store: &PgStore, column_name: &str, value: &str) -> Result<Option<User>> {
+async fn user_where(store: &PgStore, column_name: &str, value: &str) -> DbResult<Option<User>> {
     let client = store.client().await?;
     let stmt = client
         .prepare_cached(&format!(
             "SELECT {USER_COLUMNS} FROM users WHERE {column_name} = $1"
         ))
-        .await
-        .map_err(pg)?;
+        .await?;
     client
         .query_opt(&stmt, &[&value])
-        .await
-        .map_err(pg)?
-        .map(|row| read_user(&Cols(&row)))
+        .await?
+        .map(|row| read(&row, read_user))
         .transpose()
 }
 
@@ -91,25 +77,25 @@ impl Users for PgStore {
     }
 
     async fn user(&self, id: &UserId) -> Result<Option<User>> {
-        user_where(self, "user_id", id.as_str()).await
+        Ok(user_where(self, "user_id", id.as_str()).await?)
     }
 
     async fn user_by_username(&self, username: &str) -> Result<Option<User>> {
-        user_where(self, "username", username).await
+        Ok(user_where(self, "username", username).await?)
     }
 
     async fn unknown_users(&self, ids: Vec<UserId>) -> Result<Vec<UserId>> {
-        let client = self.client().await?;
-        let names: Vec<&str> = ids.iter().map(UserId::as_str).collect();
-        let stmt = client
-            .prepare_cached(
-                "SELECT u.id FROM unnest($1::text[]) WITH ORDINALITY AS u(id, n) \
-                 WHERE NOT EXISTS (SELECT 1 FROM users WHERE user_id = u.id) ORDER BY u.n",
-            )
-            .await
-            .map_err(pg)?;
-        let rows = client.query(&stmt, &[&names]).await.map_err(pg)?;
-        rows.iter().map(|r| user_id(column(r, 0)?)).collect()
+        connected!(self, |client| {
+            let names: Vec<&str> = ids.iter().map(UserId::as_str).collect();
+            let stmt = client
+                .prepare_cached(
+                    "SELECT u.id FROM unnest($1::text[]) WITH ORDINALITY AS u(id, n) \
+                     WHERE NOT EXISTS (SELECT 1 FROM users WHERE user_id = u.id) ORDER BY u.n",
+                )
+                .await?;
+            let rows = client.query(&stmt, &[&names]).await?;
+            rows.iter().map(|r| Ok(user_id(column(r, 0)?)?)).collect()
+        })
     }
 
     async fn import_users(&self, users: Vec<NewUser>) -> Result<Vec<Result<User>>> {
@@ -120,7 +106,9 @@ impl Users for PgStore {
                 // A clash fails the item alone (it wrote nothing); any other
                 // error has aborted the transaction and fails the batch.
                 match insert_user(tx, head, user).await {
-                    Err(StoreError::Conflict(what)) => out.push(Err(StoreError::Conflict(what))),
+                    Err(Error::Store(StoreError::Conflict(what))) => {
+                        out.push(Err(StoreError::Conflict(what)))
+                    }
                     other => out.push(Ok(other?)),
                 }
             }
@@ -129,29 +117,28 @@ impl Users for PgStore {
     }
 
     async fn update_user(&self, id: &UserId, update: UserUpdate) -> Result<User> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "UPDATE users SET display_name = COALESCE($2, display_name), \
-                 password_hash = COALESCE($3, password_hash), status = COALESCE($4, status) \
-                 WHERE user_id = $1 RETURNING {USER_COLUMNS}"
-            ))
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_opt(
-                &stmt,
-                &[
-                    &id.as_str(),
-                    &update.display_name,
-                    &update.password_hash.as_ref().map(|h| h.0.as_str()),
-                    &update.status.map(UserStatus::as_str),
-                ],
-            )
-            .await
-            .map_err(pg)?
-            .ok_or(StoreError::NotFound("user"))?;
-        read_user(&Cols(&row))
+        connected!(self, |client| {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "UPDATE users SET display_name = COALESCE($2, display_name), \
+                     password_hash = COALESCE($3, password_hash), status = COALESCE($4, status) \
+                     WHERE user_id = $1 RETURNING {USER_COLUMNS}"
+                ))
+                .await?;
+            let row = client
+                .query_opt(
+                    &stmt,
+                    &[
+                        &id.as_str(),
+                        &update.display_name,
+                        &update.password_hash.as_ref().map(|h| h.0.as_str()),
+                        &update.status.map(UserStatus::as_str),
+                    ],
+                )
+                .await?
+                .ok_or(StoreError::NotFound("user"))?;
+            read(&row, read_user)
+        })
     }
 
     async fn delete_user(&self, id: &UserId) -> Result<()> {
@@ -164,23 +151,20 @@ impl Users for PgStore {
                  ORDER BY group_id FOR UPDATE",
                 &[&id],
             )
-            .await
-            .map_err(pg)?;
+            .await?;
             // Held to the end: no inbox row can be appended for them meanwhile.
             let exists = tx
                 .query_opt("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE", &[&id])
-                .await
-                .map_err(pg)?;
+                .await?;
             if exists.is_none() {
-                return Err(StoreError::NotFound("user"));
+                return Err(StoreError::NotFound("user").into());
             }
             tx.execute(
                 "DELETE FROM refresh_tokens WHERE session_id IN \
                  (SELECT session_id FROM sessions WHERE user_id = $1)",
                 &[&id],
             )
-            .await
-            .map_err(pg)?;
+            .await?;
             // The groups they were in change: decisions taken on an older
             // member list must be taken again.
             tx.execute(
@@ -188,8 +172,7 @@ impl Users for PgStore {
                  WHERE group_id IN (SELECT group_id FROM group_members WHERE user_id = $1)",
                 &[&id],
             )
-            .await
-            .map_err(pg)?;
+            .await?;
             for table in [
                 "sessions",
                 "inbox",
@@ -199,8 +182,7 @@ impl Users for PgStore {
                 "users",
             ] {
                 tx.execute(&format!("DELETE FROM {table} WHERE user_id = $1"), &[&id])
-                    .await
-                    .map_err(pg)?;
+                    .await?;
             }
             Ok(())
         })

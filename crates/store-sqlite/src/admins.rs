@@ -5,18 +5,16 @@ use rusqlite::params;
 use unimsg_store::sql::{ADMIN_COLUMNS, ms, read_admin};
 use unimsg_store::{Admin, Admins, Result};
 
-use crate::{SqliteStore, db, first, map_unique};
+use crate::{SqliteStore, first, map_unique};
 
 #[async_trait]
 impl Admins for SqliteStore {
     async fn admin(&self, id: &str) -> Result<Option<Admin>> {
         let id = id.to_owned();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare(&format!(
-                    "SELECT {ADMIN_COLUMNS} FROM admins WHERE admin_id = ?1"
-                ))
-                .map_err(db)?;
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {ADMIN_COLUMNS} FROM admins WHERE admin_id = ?1"
+            ))?;
             first(&mut stmt, [&id], read_admin)
         })
         .await

@@ -6,7 +6,7 @@ use rusqlite::{OptionalExtension, params};
 use unimsg_store::sql::{AUDIT_COLUMNS, hash32, ms, read_audit, to_i64, to_u64};
 use unimsg_store::{Audit, AuditDraft, AuditQuery, AuditRow, ChainFn, Result, audit_bytes};
 
-use crate::{SqliteStore, all, db};
+use crate::{SqliteStore, all};
 
 #[async_trait]
 impl Audit for SqliteStore {
@@ -17,7 +17,7 @@ impl Audit for SqliteStore {
                     Ok((r.get(0)?, r.get(1)?))
                 })
                 .optional()
-                .map_err(db)?;
+                ?;
             let (prev_id, prev_hash) = match last {
                 Some((id, hash)) => (to_u64(id), hash32(&hash)),
                 None => (0, [0; 32]),
@@ -29,7 +29,7 @@ impl Audit for SqliteStore {
                 "INSERT INTO audit_log (id, at, content, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![to_i64(id), at_ms, draft.content, &prev_hash[..], &hash[..]],
             )
-            .map_err(db)?;
+            ?;
             Ok(AuditRow { id, at_ms, content: draft.content, prev_hash, hash })
         })
         .await
@@ -37,15 +37,13 @@ impl Audit for SqliteStore {
 
     async fn audit_entries(&self, q: AuditQuery) -> Result<Vec<AuditRow>> {
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE id > ?1 \
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE id > ?1 \
                      AND (?2 IS NULL OR json_extract(content, '$.action') = ?2) \
                      AND (?3 IS NULL OR json_extract(content, '$.actor') = ?3) \
                      AND (?4 IS NULL OR json_extract(content, '$.operation_id') = ?4) \
                      ORDER BY id LIMIT ?5"
-                ))
-                .map_err(db)?;
+            ))?;
             all(
                 &mut stmt,
                 params![

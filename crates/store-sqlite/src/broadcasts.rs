@@ -10,7 +10,7 @@ use unimsg_store::sql::{
 };
 use unimsg_store::{Broadcasts, NewNotification, Result, StoredNotification};
 
-use crate::{SqliteStore, all, db, map_unique};
+use crate::{DbResult, SqliteStore, all, map_unique};
 
 /// Broadcasts with `after < bseq <= head`, oldest first, with their bseq.
 pub(crate) fn broadcasts_between(
@@ -18,13 +18,11 @@ pub(crate) fn broadcasts_between(
     after: i64,
     head: i64,
     limit: u32,
-) -> Result<Vec<(i64, StoredNotification)>> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT {NOTIFICATION_COLUMNS}, n.bseq \
+) -> DbResult<Vec<(i64, StoredNotification)>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {NOTIFICATION_COLUMNS}, n.bseq \
              FROM broadcasts n WHERE n.bseq > ?1 AND n.bseq <= ?2 ORDER BY n.bseq LIMIT ?3"
-        ))
-        .map_err(db)?;
+    ))?;
     all(&mut stmt, params![after, head, i64::from(limit)], |r| {
         Ok((r.int(NOTIFICATION_WIDTH)?, read_notification(r, 0)?))
     })
@@ -63,25 +61,20 @@ impl Broadcasts for SqliteStore {
         let k = to_i64(bseq);
         self.read(move |conn| {
             // One read transaction: a lock taken once, not twice per user.
-            let tx = conn.unchecked_transaction().map_err(db)?;
-            let mut base = tx
-                .prepare_cached("SELECT bbase FROM users WHERE user_id = ?1")
-                .map_err(db)?;
+            let tx = conn.unchecked_transaction()?;
+            let mut base = tx.prepare_cached("SELECT bbase FROM users WHERE user_id = ?1")?;
             // Inbox rows committed before broadcast `k` are those with
             // `bpos < k`; `bpos` never decreases along a user's inbox, so
             // the newest of them is found scanning back from the end, past
             // the few rows committed since.
-            let mut before = tx
-                .prepare_cached(
-                    "SELECT seq FROM inbox WHERE user_id = ?1 AND bpos < ?2 ORDER BY seq DESC LIMIT 1",
-                )
-                .map_err(db)?;
+            let mut before = tx.prepare_cached(
+                "SELECT seq FROM inbox WHERE user_id = ?1 AND bpos < ?2 ORDER BY seq DESC LIMIT 1",
+            )?;
             let mut out = Vec::with_capacity(users.len());
             for user in users {
                 let Some(bbase) = base
                     .query_row([user.as_str()], |r| r.get::<_, i64>(0))
-                    .optional()
-                    .map_err(db)?
+                    .optional()?
                 else {
                     continue;
                 };
@@ -90,13 +83,12 @@ impl Broadcasts for SqliteStore {
                 }
                 let rows: i64 = before
                     .query_row(params![user.as_str(), k], |r| r.get(0))
-                    .optional()
-                    .map_err(db)?
+                    .optional()?
                     .unwrap_or(0);
                 out.push((user, Seq(to_u64(rows + k - bbase))));
             }
             drop((base, before));
-            tx.commit().map_err(db)?;
+            tx.commit()?;
             Ok(out)
         })
         .await

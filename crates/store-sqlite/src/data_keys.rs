@@ -5,17 +5,15 @@ use rusqlite::params;
 use unimsg_store::sql::{DATA_KEY_COLUMNS, ms, read_data_key};
 use unimsg_store::{DataKeys, Result, WrappedKey};
 
-use crate::{SqliteStore, all, db, map_unique};
+use crate::{SqliteStore, all, map_unique};
 
 #[async_trait]
 impl DataKeys for SqliteStore {
     async fn data_keys(&self) -> Result<Vec<WrappedKey>> {
         self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {DATA_KEY_COLUMNS} FROM data_keys ORDER BY key_id"
-                ))
-                .map_err(db)?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {DATA_KEY_COLUMNS} FROM data_keys ORDER BY key_id"
+            ))?;
             all(&mut stmt, [], read_data_key)
         })
         .await

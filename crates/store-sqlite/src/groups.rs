@@ -17,24 +17,20 @@ use unimsg_store::{
 };
 
 use crate::inbox::{append_message_events, duplicate_of, insert_event, insert_message};
-use crate::{SqliteStore, all, db, first};
+use crate::{DbResult, Error, SqliteStore, all, db, first};
 
-fn group_by_id(conn: &Connection, id: &GroupId) -> Result<Option<GroupRow>> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT {GROUP_COLUMNS} FROM chat_groups g WHERE g.group_id = ?1 AND g.dissolved_at IS NULL"
-        ))
-        .map_err(db)?;
+fn group_by_id(conn: &Connection, id: &GroupId) -> DbResult<Option<GroupRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {GROUP_COLUMNS} FROM chat_groups g WHERE g.group_id = ?1 AND g.dissolved_at IS NULL"
+    ))?;
     first(&mut stmt, [id.as_str()], |r| read_group(r, 0))
 }
 
-fn member(conn: &Connection, id: &GroupId, user: &UserId) -> Result<Option<MemberRow>> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT {MEMBER_COLUMNS} FROM group_members m LEFT JOIN users u ON u.user_id = m.user_id \
+fn member(conn: &Connection, id: &GroupId, user: &UserId) -> DbResult<Option<MemberRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {MEMBER_COLUMNS} FROM group_members m LEFT JOIN users u ON u.user_id = m.user_id \
              WHERE m.group_id = ?1 AND m.user_id = ?2"
-        ))
-        .map_err(db)?;
+    ))?;
     first(&mut stmt, [id.as_str(), user.as_str()], |r| {
         read_member(r, 0)
     })
@@ -49,36 +45,32 @@ fn add_member(
     user: &UserId,
     role: GroupRole,
     at: OffsetDateTime,
-) -> Result<bool> {
+) -> DbResult<bool> {
     let known: bool = conn
-        .prepare_cached("SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)")
-        .map_err(db)?
-        .query_row([user.as_str()], |r| r.get(0))
-        .map_err(db)?;
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)")?
+        .query_row([user.as_str()], |r| r.get(0))?;
     if !known {
-        return Err(StoreError::NotFound("user"));
+        return Err(StoreError::NotFound("user").into());
     }
     let since: i64 = conn
         .prepare_cached(
             "SELECT coalesce((SELECT last_conv_seq FROM conversations WHERE conversation_id = ?1), 0)",
         )
-        .map_err(db)?
+        ?
         .query_row([conversation.as_str()], |r| r.get(0))
-        .map_err(db)?;
+        ?;
     let added = conn
         .prepare_cached(
             "INSERT OR IGNORE INTO group_members (group_id, user_id, role, since, joined_at) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .map_err(db)?
+        )?
         .execute(params![
             id.as_str(),
             user.as_str(),
             role.as_str(),
             since,
             ms(at)
-        ])
-        .map_err(db)?;
+        ])?;
     if added == 0 {
         return Ok(false);
     }
@@ -88,9 +80,9 @@ fn add_member(
         "INSERT INTO conversation_members (conversation_id, user_id, read_upto) VALUES (?1, ?2, ?3) \
          ON CONFLICT (conversation_id, user_id) DO UPDATE SET read_upto = excluded.read_upto",
     )
-    .map_err(db)?
+    ?
     .execute(params![conversation.as_str(), user.as_str(), since])
-    .map_err(db)?;
+    ?;
     Ok(true)
 }
 
@@ -99,28 +91,26 @@ fn remove_member(
     id: &GroupId,
     conversation: &ConversationId,
     user: &UserId,
-) -> Result<()> {
+) -> DbResult<()> {
     conn.execute(
         "DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2",
         params![id.as_str(), user.as_str()],
-    )
-    .map_err(db)?;
+    )?;
     conn.execute(
         "DELETE FROM conversation_members WHERE conversation_id = ?1 AND user_id = ?2",
         params![conversation.as_str(), user.as_str()],
-    )
-    .map_err(db)?;
+    )?;
     Ok(())
 }
 
 /// Appends event drafts, skipping users deleted since the caller read the
 /// member list (their inbox is gone).
-fn append_to_known(conn: &Connection, drafts: Vec<EventDraft>) -> Result<Vec<StoredEvent>> {
+fn append_to_known(conn: &Connection, drafts: Vec<EventDraft>) -> DbResult<Vec<StoredEvent>> {
     let mut out = Vec::with_capacity(drafts.len());
     for d in drafts {
         let seq = match insert_event(conn, &d.user_id, d.kind, None, Some(&d.data), d.at) {
             Ok(seq) => seq,
-            Err(StoreError::NotFound(_)) => continue,
+            Err(Error::Store(StoreError::NotFound(_))) => continue,
             Err(e) => return Err(e),
         };
         out.push(StoredEvent {
@@ -140,7 +130,7 @@ fn apply(
     conversation: &ConversationId,
     edit: GroupEdit,
     at: OffsetDateTime,
-) -> Result<()> {
+) -> DbResult<()> {
     let one_member = |changed: usize| {
         if changed == 0 {
             Err(StoreError::NotFound("group member"))
@@ -163,15 +153,13 @@ fn apply(
                     notice,
                     join_policy.map(JoinPolicy::as_str)
                 ],
-            )
-            .map_err(db)?;
+            )?;
         }
         GroupEdit::AllMuted(muted) => {
             conn.execute(
                 "UPDATE chat_groups SET all_muted = ?2 WHERE group_id = ?1",
                 params![id.as_str(), muted],
-            )
-            .map_err(db)?;
+            )?;
         }
         GroupEdit::AddMembers(members) => {
             for (user, role) in members {
@@ -183,36 +171,27 @@ fn apply(
                 remove_member(conn, id, conversation, &user)?;
             }
         }
-        GroupEdit::SetRole(user, role) => one_member(
-            conn.execute(
-                "UPDATE group_members SET role = ?3 WHERE group_id = ?1 AND user_id = ?2",
-                params![id.as_str(), user.as_str(), role.as_str()],
-            )
-            .map_err(db)?,
-        )?,
-        GroupEdit::Mute(user, until) => one_member(
-            conn.execute(
-                "UPDATE group_members SET muted_until = ?3 WHERE group_id = ?1 AND user_id = ?2",
-                params![id.as_str(), user.as_str(), until.map(ms)],
-            )
-            .map_err(db)?,
-        )?,
+        GroupEdit::SetRole(user, role) => one_member(conn.execute(
+            "UPDATE group_members SET role = ?3 WHERE group_id = ?1 AND user_id = ?2",
+            params![id.as_str(), user.as_str(), role.as_str()],
+        )?)?,
+        GroupEdit::Mute(user, until) => one_member(conn.execute(
+            "UPDATE group_members SET muted_until = ?3 WHERE group_id = ?1 AND user_id = ?2",
+            params![id.as_str(), user.as_str(), until.map(ms)],
+        )?)?,
         GroupEdit::Dissolve => {
             conn.execute(
                 "UPDATE chat_groups SET dissolved_at = ?2 WHERE group_id = ?1",
                 params![id.as_str(), ms(at)],
-            )
-            .map_err(db)?;
+            )?;
             conn.execute(
                 "DELETE FROM group_members WHERE group_id = ?1",
                 [id.as_str()],
-            )
-            .map_err(db)?;
+            )?;
             conn.execute(
                 "DELETE FROM conversation_members WHERE conversation_id = ?1",
                 [conversation.as_str()],
-            )
-            .map_err(db)?;
+            )?;
         }
     }
     Ok(())
@@ -233,9 +212,9 @@ impl Groups for SqliteStore {
                     [group.group_id.as_str()],
                     |r| r.get(0),
                 )
-                .map_err(db)?;
+                ?;
             if taken {
-                return Err(StoreError::Conflict("group"));
+                return Err(StoreError::Conflict("group").into());
             }
             let at = ms(group.created_at);
             conn.execute(
@@ -249,7 +228,7 @@ impl Groups for SqliteStore {
                     at
                 ],
             )
-            .map_err(db)?;
+            ?;
             let conversation = ConversationId::group(&group.group_id);
             // The conversation exists from the start, so that the group is
             // listed among its members' conversations before any message.
@@ -258,7 +237,7 @@ impl Groups for SqliteStore {
                  VALUES (?1, 0, ?2)",
                 params![conversation.as_str(), at],
             )
-            .map_err(db)?;
+            ?;
             for (user, role) in members {
                 add_member(conn, &group.group_id, &conversation, &user, role, group.created_at)?;
             }
@@ -282,7 +261,7 @@ impl Groups for SqliteStore {
                     "SELECT {MEMBER_COLUMNS} FROM group_members m LEFT JOIN users u ON u.user_id = m.user_id \
                      WHERE m.group_id = ?1 ORDER BY m.joined_at, m.user_id"
                 ))
-                .map_err(db)?;
+                ?;
             all(&mut stmt, [id.as_str()], |r| read_member(r, 0))
         })
         .await
@@ -296,15 +275,13 @@ impl Groups for SqliteStore {
     async fn user_groups(&self, user: &UserId) -> Result<Vec<(GroupRow, MemberRow)>> {
         let user = user.clone();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {GROUP_COLUMNS}, {MEMBER_COLUMNS} FROM group_members m \
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {GROUP_COLUMNS}, {MEMBER_COLUMNS} FROM group_members m \
                      JOIN chat_groups g ON g.group_id = m.group_id \
                      LEFT JOIN users u ON u.user_id = m.user_id \
                      WHERE m.user_id = ?1 AND g.dissolved_at IS NULL \
                      ORDER BY g.created_at DESC, g.group_id"
-                ))
-                .map_err(db)?;
+            ))?;
             all(&mut stmt, [user.as_str()], |r| {
                 Ok((read_group(r, 0)?, read_member(r, GROUP_WIDTH)?))
             })
@@ -331,8 +308,7 @@ impl Groups for SqliteStore {
             conn.execute(
                 "UPDATE chat_groups SET version = version + 1, updated_at = ?2 WHERE group_id = ?1",
                 params![id.as_str(), ms(at)],
-            )
-            .map_err(db)?;
+            )?;
             let events = append_to_known(conn, events)?;
             let after = group_by_id(conn, &id)?;
             Ok((changed_group(before, after), events))
@@ -346,7 +322,7 @@ impl Groups for SqliteStore {
                 return Ok(AppendOutcome::Duplicate(original));
             }
             let Recipient::Group(group) = message.recipient.clone() else {
-                return Err(StoreError::Internal("a direct message is not a group message".into()));
+                return Err(StoreError::Internal("a direct message is not a group message".into()).into());
             };
             // Membership is decided here, in the transaction that fans the
             // message out: a member removed before this commit gets nothing.
@@ -355,18 +331,18 @@ impl Groups for SqliteStore {
                     "SELECT EXISTS(SELECT 1 FROM group_members m JOIN chat_groups g ON g.group_id = m.group_id \
                      WHERE m.group_id = ?1 AND m.user_id = ?2 AND g.dissolved_at IS NULL)",
                 )
-                .map_err(db)?
+                ?
                 .query_row([group.as_str(), message.sender.as_str()], |r| r.get(0))
-                .map_err(db)?;
+                ?;
             if !member {
-                return Err(StoreError::NotFound("group member"));
+                return Err(StoreError::NotFound("group member").into());
             }
             let stored = insert_message(conn, message)?;
             let members = conn
                 .prepare_cached("SELECT user_id FROM group_members WHERE group_id = ?1")
-                .map_err(db)?
+                ?
                 .query_map([group.as_str()], |r| r.get::<_, String>(0))
-                .map_err(db)?
+                ?
                 .map(|r| r.map_err(db).and_then(user_id))
                 .collect::<Result<Vec<_>>>()?;
             let events = append_message_events(conn, &stored, members)?;
@@ -392,12 +368,12 @@ impl Groups for SqliteStore {
                      LEFT JOIN group_members gm ON gm.group_id = ?4 AND gm.user_id = cm.user_id \
                      WHERE cm.conversation_id = ?1 AND cm.user_id != ?2 AND coalesce(gm.since, 0) < ?3",
                 )
-                .map_err(db)?
+                ?
                 .query_row(
                     params![conversation.as_str(), sender.as_str(), to_i64(conv_seq), group],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
-                .map_err(db)?;
+                ?;
             Ok((to_u64(read), to_u64(members)))
         })
         .await

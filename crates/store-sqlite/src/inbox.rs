@@ -18,66 +18,59 @@ use unimsg_store::{
 };
 
 use crate::broadcasts::broadcasts_between;
-use crate::{Cols, SqliteStore, all, db, first, map_unique};
+use crate::{Cols, DbResult, SqliteStore, all, db, first, map_unique};
 
-pub(crate) fn message_by_id(conn: &Connection, id: &str) -> Result<Option<StoredMessage>> {
-    let mut stmt = conn
-        .prepare(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.message_id = ?1"
-        ))
-        .map_err(db)?;
+pub(crate) fn message_by_id(conn: &Connection, id: &str) -> DbResult<Option<StoredMessage>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.message_id = ?1"
+    ))?;
     first(&mut stmt, [id], |r| read_message(r, 0))
 }
 
 /// Allocates the next seq of a user's inbox. Only the writer calls this,
 /// inside its transaction, so seqs are gap-free and never reused.
-fn next_seq(conn: &Connection, user: &UserId) -> Result<(i64, i64)> {
+fn next_seq(conn: &Connection, user: &UserId) -> DbResult<(i64, i64)> {
     // Cached statements here and in `insert_event`: a group message runs
     // them once per member.
     conn.prepare_cached(
         "UPDATE users SET last_seq = last_seq + 1 WHERE user_id = ?1 RETURNING last_seq, bbase",
-    )
-    .map_err(db)?
+    )?
     .query_row([user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-    .optional()
-    .map_err(db)?
-    .ok_or(StoreError::NotFound("user"))
+    .optional()?
+    .ok_or(StoreError::NotFound("user").into())
 }
 
 /// How many broadcasts exist: the newest `bseq`.
-pub(crate) fn broadcast_head(conn: &Connection) -> Result<i64> {
-    conn.prepare_cached("SELECT coalesce(max(bseq), 0) FROM broadcasts")
-        .map_err(db)?
-        .query_row([], |r| r.get(0))
-        .map_err(db)
+pub(crate) fn broadcast_head(conn: &Connection) -> DbResult<i64> {
+    Ok(conn
+        .prepare_cached("SELECT coalesce(max(bseq), 0) FROM broadcasts")?
+        .query_row([], |r| r.get(0))?)
 }
 
 /// The user's newest visible seq: inbox rows plus the broadcasts since
 /// the user was created.
-fn visible_last(conn: &Connection, user: &UserId) -> Result<Seq> {
+fn visible_last(conn: &Connection, user: &UserId) -> DbResult<Seq> {
     let head = broadcast_head(conn)?;
     let row: Option<(i64, i64)> = conn
-        .prepare_cached("SELECT last_seq, bbase FROM users WHERE user_id = ?1")
-        .map_err(db)?
+        .prepare_cached("SELECT last_seq, bbase FROM users WHERE user_id = ?1")?
         .query_row([user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()
-        .map_err(db)?;
+        .optional()?;
     let (last, base) = row.ok_or(StoreError::NotFound("user"))?;
     Ok(Seq(to_u64(last + head - base)))
 }
 
 /// The acknowledged position (a visible seq).
-fn acked_position(conn: &Connection, user: &UserId) -> Result<Seq> {
+fn acked_position(conn: &Connection, user: &UserId) -> DbResult<Seq> {
     let seq: Option<i64> = conn
         .query_row(
             "SELECT acked_seq FROM users WHERE user_id = ?1",
             [user.as_str()],
             |r| r.get(0),
         )
-        .optional()
-        .map_err(db)?;
-    seq.map(|s| Seq(to_u64(s)))
-        .ok_or(StoreError::NotFound("user"))
+        .optional()?;
+    Ok(seq
+        .map(|s| Seq(to_u64(s)))
+        .ok_or(StoreError::NotFound("user"))?)
 }
 
 /// Appends one inbox row and returns its visible seq. Only the writer
@@ -89,14 +82,13 @@ pub(crate) fn insert_event(
     message_id: Option<&str>,
     data: Option<&str>,
     at: OffsetDateTime,
-) -> Result<Seq> {
+) -> DbResult<Seq> {
     let (seq, base) = next_seq(conn, user)?;
     let head = broadcast_head(conn)?;
     conn.prepare_cached(
         "INSERT INTO inbox (user_id, seq, kind, message_id, data, created_at, bpos) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )
-    .map_err(db)?
+    )?
     .execute(params![
         user.as_str(),
         seq,
@@ -105,8 +97,7 @@ pub(crate) fn insert_event(
         data,
         ms(at),
         head
-    ])
-    .map_err(db)?;
+    ])?;
     Ok(Seq(to_u64(seq + head - base)))
 }
 
@@ -119,7 +110,7 @@ fn merged_events_after(
     user: &UserId,
     after: Seq,
     limit: u32,
-) -> Result<Vec<StoredEvent>> {
+) -> DbResult<Vec<StoredEvent>> {
     let head = broadcast_head(conn)?;
     let (last, base): (i64, i64) = conn
         .query_row(
@@ -127,8 +118,7 @@ fn merged_events_after(
             [user.as_str()],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .optional()
-        .map_err(db)?
+        .optional()?
         .ok_or(StoreError::NotFound("user"))?;
     let position = to_i64(after.0).min(last + head - base);
     // The inbox rows and broadcasts at or before `position`: the newest
@@ -140,7 +130,7 @@ fn merged_events_after(
             |r| r.get(0),
         )
         .optional()
-        .map_err(db)?
+        ?
         .unwrap_or(0);
     let broadcasts_before = base + (position - inbox_before);
 
@@ -161,7 +151,7 @@ fn inbox_rows(
     user: &UserId,
     after: i64,
     limit: u32,
-) -> Result<Vec<(i64, StoredEvent)>> {
+) -> DbResult<Vec<(i64, StoredEvent)>> {
     let mut stmt = conn
         .prepare_cached(&format!(
             "SELECT i.seq, i.kind, i.created_at, i.data, {MESSAGE_COLUMNS}, {NOTIFICATION_COLUMNS}, i.bpos \
@@ -169,26 +159,24 @@ fn inbox_rows(
              LEFT JOIN notifications n ON n.message_id = i.message_id \
              WHERE i.user_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3"
         ))
-        .map_err(db)?;
-    let mut rows = stmt
-        .query(params![user.as_str(), after, i64::from(limit)])
-        .map_err(db)?;
+        ?;
+    let mut rows = stmt.query(params![user.as_str(), after, i64::from(limit)])?;
     let mut out = Vec::new();
-    while let Some(row) = rows.next().map_err(db)? {
-        let seq: i64 = row.get(0).map_err(db)?;
-        let kind: String = row.get(1).map_err(db)?;
-        let at: i64 = row.get(2).map_err(db)?;
-        let data: Option<String> = row.get(3).map_err(db)?;
-        let has_message: Option<String> = row.get(4).map_err(db)?;
-        let has_notification: Option<String> = row.get(16).map_err(db)?;
-        let bpos: i64 = row.get(23).map_err(db)?;
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let kind: String = row.get(1)?;
+        let at: i64 = row.get(2)?;
+        let data: Option<String> = row.get(3)?;
+        let has_message: Option<String> = row.get(4)?;
+        let has_notification: Option<String> = row.get(16)?;
+        let bpos: i64 = row.get(23)?;
         let body = match (data, has_message, has_notification) {
             (Some(data), _, _) => EventBody::Data(data),
             (None, Some(_), _) => EventBody::Message(Box::new(read_message(&Cols(row), 4)?)),
             (None, None, Some(_)) => {
                 EventBody::Notification(Box::new(read_notification(&Cols(row), 16)?))
             }
-            (None, None, None) => return Err(corrupt("inbox event without data")),
+            (None, None, None) => return Err(corrupt("inbox event without data").into()),
         };
         let event = StoredEvent {
             user_id: user.clone(),
@@ -205,7 +193,7 @@ fn inbox_rows(
 pub(crate) fn append_drafts(
     conn: &Connection,
     drafts: Vec<EventDraft>,
-) -> Result<Vec<StoredEvent>> {
+) -> DbResult<Vec<StoredEvent>> {
     let mut out = Vec::with_capacity(drafts.len());
     for d in drafts {
         let seq = insert_event(conn, &d.user_id, d.kind, None, Some(&d.data), d.at)?;
@@ -225,18 +213,16 @@ pub(crate) fn append_drafts(
 pub(crate) fn duplicate_of(
     conn: &Connection,
     message: &NewMessage,
-) -> Result<Option<StoredMessage>> {
+) -> DbResult<Option<StoredMessage>> {
     let Some(cmid) = &message.client_msg_id else {
         return Ok(None);
     };
     let existing: Option<String> = conn
         .prepare_cached(
             "SELECT message_id FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2",
-        )
-        .map_err(db)?
+        )?
         .query_row(params![message.sender.as_str(), cmid], |r| r.get(0))
-        .optional()
-        .map_err(db)?;
+        .optional()?;
     match existing {
         Some(id) => Ok(Some(
             message_by_id(conn, &id)?.ok_or_else(|| corrupt("idempotency index"))?,
@@ -246,7 +232,7 @@ pub(crate) fn duplicate_of(
 }
 
 /// Stores a message at the next position of its conversation.
-pub(crate) fn insert_message(conn: &Connection, message: NewMessage) -> Result<StoredMessage> {
+pub(crate) fn insert_message(conn: &Connection, message: NewMessage) -> DbResult<StoredMessage> {
     let at = ms(message.created_at);
     let conv_seq: i64 = conn
         .prepare_cached(
@@ -255,15 +241,15 @@ pub(crate) fn insert_message(conn: &Connection, message: NewMessage) -> Result<S
              SET last_conv_seq = last_conv_seq + 1, updated_at = excluded.updated_at \
              RETURNING last_conv_seq",
         )
-        .map_err(db)?
+        ?
         .query_row(params![message.conversation_id.as_str(), at], |r| r.get(0))
-        .map_err(db)?;
+        ?;
     conn.prepare_cached(
         "INSERT INTO messages (message_id, conversation_id, conv_seq, sender_id, recipient_id, kind, \
          key_id, nonce, content, client_msg_id, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )
-    .map_err(db)?
+    ?
     .execute(params![
         message.message_id.as_str(),
         message.conversation_id.as_str(),
@@ -297,7 +283,7 @@ pub(crate) fn append_message_events(
     conn: &Connection,
     stored: &StoredMessage,
     recipients: Vec<UserId>,
-) -> Result<Vec<StoredEvent>> {
+) -> DbResult<Vec<StoredEvent>> {
     let body = Box::new(stored.clone());
     let mut events = Vec::with_capacity(recipients.len());
     for user in recipients {
@@ -334,7 +320,7 @@ impl Inbox for SqliteStore {
             let members = match &message.recipient {
                 Recipient::User(user) => [message.sender.clone(), user.clone()],
                 Recipient::Group(_) => {
-                    return Err(StoreError::Internal("a group message is not a direct message".into()));
+                    return Err(StoreError::Internal("a group message is not a direct message".into()).into());
                 }
             };
             let conversation = message.conversation_id.clone();
@@ -344,7 +330,7 @@ impl Inbox for SqliteStore {
                     "INSERT OR IGNORE INTO conversation_members (conversation_id, user_id) VALUES (?1, ?2)",
                     params![conversation.as_str(), member.as_str()],
                 )
-                .map_err(db)?;
+                ?;
             }
             let events = append_message_events(conn, &stored, recipients)?;
             Ok(AppendOutcome::Created { message: stored, events })
@@ -365,9 +351,9 @@ impl Inbox for SqliteStore {
         let user = user.clone();
         self.read(move |conn| {
             // One snapshot for every statement below.
-            let tx = conn.unchecked_transaction().map_err(db)?;
+            let tx = conn.unchecked_transaction()?;
             let out = merged_events_after(&tx, &user, after, limit)?;
-            tx.commit().map_err(db)?;
+            tx.commit()?;
             Ok(out)
         })
         .await
@@ -388,11 +374,10 @@ impl Inbox for SqliteStore {
                     params![user.as_str(), to_i64(seq.0), broadcast_head(conn)?],
                     |r| r.get(0),
                 )
-                .optional()
-                .map_err(db)?;
-            acked
+                .optional()?;
+            Ok(acked
                 .map(|s| Seq(to_u64(s)))
-                .ok_or(StoreError::NotFound("user"))
+                .ok_or(StoreError::NotFound("user"))?)
         })
         .await
     }
@@ -420,7 +405,7 @@ impl Inbox for SqliteStore {
                     |r| r.get(0),
                 )
                 .optional()
-                .map_err(db)?;
+                ?;
             Ok(seq.map(|s| Seq(to_u64(s))))
         })
         .await
@@ -441,7 +426,7 @@ impl Inbox for SqliteStore {
                      WHERE conversation_id = ?1 AND user_id = ?2 AND read_upto < ?3",
                     params![conversation.as_str(), user.as_str(), to_i64(upto)],
                 )
-                .map_err(db)?;
+                ?;
             if moved == 1 {
                 return Ok((upto, append_drafts(conn, events)?));
             }
@@ -452,10 +437,10 @@ impl Inbox for SqliteStore {
                     |r| r.get(0),
                 )
                 .optional()
-                .map_err(db)?;
+                ?;
             match current {
                 Some(c) => Ok((to_u64(c), Vec::new())),
-                None => Err(StoreError::NotFound("conversation")),
+                None => Err(StoreError::NotFound("conversation").into()),
             }
         })
         .await
@@ -474,11 +459,11 @@ impl Inbox for SqliteStore {
                     "UPDATE messages SET recalled_at = ?2 WHERE message_id = ?1 AND recalled_at IS NULL",
                     params![id.as_str(), ms(now)],
                 )
-                .map_err(db)?;
+                ?;
             if changed == 0 {
                 return match message_by_id(conn, id.as_str())? {
-                    Some(_) => Err(StoreError::Conflict("already recalled")),
-                    None => Err(StoreError::NotFound("message")),
+                    Some(_) => Err(StoreError::Conflict("already recalled").into()),
+                    None => Err(StoreError::NotFound("message").into()),
                 };
             }
             append_drafts(conn, events)
@@ -495,12 +480,12 @@ impl Inbox for SqliteStore {
                      JOIN conversations c ON c.conversation_id = cm.conversation_id \
                      WHERE cm.user_id = ?1 ORDER BY c.updated_at DESC, c.conversation_id LIMIT 1000",
                 )
-                .map_err(db)?;
+                ?;
             let convs: Vec<(String, i64)> = list
                 .query_map([user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(db)?
+                ?
                 .collect::<rusqlite::Result<_>>()
-                .map_err(db)?;
+                ?;
             let mut out = Vec::with_capacity(convs.len());
             for (cid, read_upto) in convs {
                 // A group's positions are summed per message (`read_count`),
@@ -510,10 +495,10 @@ impl Inbox for SqliteStore {
                 } else {
                     let mut members = conn
                         .prepare_cached("SELECT user_id, read_upto FROM conversation_members WHERE conversation_id = ?1")
-                        .map_err(db)?;
+                        ?;
                     members
                         .query_map([&cid], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                        .map_err(db)?
+                        ?
                         .map(|r| r.map_err(db).and_then(|(u, n)| Ok((user_id(u)?, to_u64(n)))))
                         .collect::<Result<Vec<_>>>()?
                 };
@@ -522,7 +507,7 @@ impl Inbox for SqliteStore {
                         "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = ?1 \
                          ORDER BY m.conv_seq DESC LIMIT 1"
                     ))
-                    .map_err(db)?;
+                    ?;
                 let last_message = first(&mut last, [&cid], |r| read_message(r, 0))?;
                 let unread: i64 = conn
                     .query_row(
@@ -531,7 +516,7 @@ impl Inbox for SqliteStore {
                         params![cid, read_upto, user.as_str()],
                         |r| r.get(0),
                     )
-                    .map_err(db)?;
+                    ?;
                 out.push(ConversationState {
                     conversation_id: ConversationId::parse(cid).map_err(|_| corrupt("conversation id"))?,
                     read_upto: to_u64(read_upto),
@@ -558,7 +543,7 @@ impl Inbox for SqliteStore {
                     "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = ?1 AND m.conv_seq < ?2 \
                      ORDER BY m.conv_seq DESC LIMIT ?3"
                 ))
-                .map_err(db)?;
+                ?;
             let before = before.map_or(i64::MAX, to_i64);
             all(&mut stmt, params![conversation.as_str(), before, i64::from(limit)], |r| read_message(r, 0))
         })

@@ -94,6 +94,41 @@ pub(crate) fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Internal(e.to_string())
 }
 
+/// What the code running on a connection fails with: a driver error or a
+/// decision of the store. `?` takes both, so that code reads without a
+/// `map_err` per statement; [`SqliteStore::write`] and
+/// [`SqliteStore::read`] hand the caller a [`StoreError`] ([`db`] for a
+/// driver error).
+#[derive(Debug)]
+pub(crate) enum Error {
+    Sqlite(rusqlite::Error),
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sqlite(e)
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<Error> for StoreError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Sqlite(e) => db(e),
+            Error::Store(e) => e,
+        }
+    }
+}
+
+/// The result of the code that runs on a connection.
+pub(crate) type DbResult<T> = std::result::Result<T, Error>;
+
 /// Maps a constraint violation to `Conflict(what)`, anything else as [`db`].
 pub(crate) fn map_unique(e: rusqlite::Error, what: &'static str) -> StoreError {
     match e {
@@ -144,10 +179,10 @@ pub(crate) fn first<T>(
     stmt: &mut Statement<'_>,
     params: impl Params,
     read: impl FnOnce(&dyn SqlRow) -> Result<T>,
-) -> Result<Option<T>> {
-    let mut rows = stmt.query(params).map_err(db)?;
-    match rows.next().map_err(db)? {
-        Some(row) => read(&Cols(row)).map(Some),
+) -> DbResult<Option<T>> {
+    let mut rows = stmt.query(params)?;
+    match rows.next()? {
+        Some(row) => Ok(Some(read(&Cols(row))?)),
         None => Ok(None),
     }
 }
@@ -157,10 +192,10 @@ pub(crate) fn all<T>(
     stmt: &mut Statement<'_>,
     params: impl Params,
     read: impl Fn(&dyn SqlRow) -> Result<T>,
-) -> Result<Vec<T>> {
-    let mut rows = stmt.query(params).map_err(db)?;
+) -> DbResult<Vec<T>> {
+    let mut rows = stmt.query(params)?;
     let mut out = Vec::new();
-    while let Some(row) = rows.next().map_err(db)? {
+    while let Some(row) = rows.next()? {
         out.push(read(&Cols(row))?);
     }
     Ok(out)
@@ -198,12 +233,12 @@ impl SqliteStore {
     pub(crate) async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Connection) -> DbResult<T> + Send + 'static,
     {
         let (done_tx, done_rx) = oneshot::channel::<Result<T>>();
         let job: Job = Box::new(move |conn| {
             let result = match conn {
-                Some(conn) => f(conn),
+                Some(conn) => f(conn).map_err(StoreError::from),
                 None => Err(StoreError::Unavailable("no transaction".into())),
             };
             let ok = result.is_ok();
@@ -227,7 +262,7 @@ impl SqliteStore {
     pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Connection) -> DbResult<T> + Send + 'static,
     {
         let permit = self
             .readers
@@ -240,7 +275,7 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let conn = pool.take()?;
-            let result = f(&conn);
+            let result = f(&conn).map_err(StoreError::from);
             pool.give_back(conn);
             result
         })
@@ -258,7 +293,7 @@ impl SqliteStore {
     pub(crate) async fn read_point<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Connection) -> DbResult<T> + Send + 'static,
     {
         let Ok(permit) = self.readers.permits.clone().try_acquire_owned() else {
             return self.read(f).await;
@@ -273,7 +308,7 @@ impl SqliteStore {
             drop(permit);
             return self.read(f).await;
         };
-        let result = f(&conn);
+        let result = f(&conn).map_err(StoreError::from);
         self.readers.give_back(conn);
         drop(permit);
         result
@@ -444,7 +479,7 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Job>) {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
-        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(db))
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
     }
 }

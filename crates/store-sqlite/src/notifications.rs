@@ -11,14 +11,12 @@ use unimsg_store::{
 };
 
 use crate::inbox::insert_event;
-use crate::{SqliteStore, db, first, map_unique};
+use crate::{DbResult, Error, SqliteStore, db, first, map_unique};
 
-fn notification_by_id(conn: &Connection, id: &str) -> Result<Option<StoredNotification>> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT {NOTIFICATION_COLUMNS} FROM notifications n WHERE n.message_id = ?1"
-        ))
-        .map_err(db)?;
+fn notification_by_id(conn: &Connection, id: &str) -> DbResult<Option<StoredNotification>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {NOTIFICATION_COLUMNS} FROM notifications n WHERE n.message_id = ?1"
+    ))?;
     first(&mut stmt, [id], |r| read_notification(r, 0))
 }
 
@@ -52,7 +50,7 @@ impl Notifications for SqliteStore {
                 .prepare_cached(
                     "INSERT OR IGNORE INTO notification_recipients (message_id, user_id, seq) VALUES (?1, ?2, ?3)",
                 )
-                .map_err(db)?;
+                ?;
             for user in recipients {
                 let seq = match insert_event(
                     conn,
@@ -64,11 +62,11 @@ impl Notifications for SqliteStore {
                 ) {
                     Ok(seq) => seq,
                     // Unknown users are skipped, not fatal.
-                    Err(StoreError::NotFound(_)) => continue,
+                    Err(Error::Store(StoreError::NotFound(_))) => continue,
                     Err(e) => return Err(e),
                 };
-                if recorded.execute(params![n.message_id.as_str(), user.as_str(), to_i64(seq.0)]).map_err(db)? == 0 {
-                    return Err(StoreError::Conflict("recipient listed twice"));
+                if recorded.execute(params![n.message_id.as_str(), user.as_str(), to_i64(seq.0)])? == 0 {
+                    return Err(StoreError::Conflict("recipient listed twice").into());
                 }
                 out.push((user, seq));
             }
@@ -91,22 +89,18 @@ impl Notifications for SqliteStore {
     ) -> Result<NotificationStatus> {
         let id = id.clone();
         self.read(move |conn| {
-            let (recipients, delivered, read): (i64, Option<i64>, Option<i64>) = conn
-                .query_row(
-                    "SELECT count(*), sum(u.acked_seq >= r.seq), sum(r.read_at IS NOT NULL) \
+            let (recipients, delivered, read): (i64, Option<i64>, Option<i64>) = conn.query_row(
+                "SELECT count(*), sum(u.acked_seq >= r.seq), sum(r.read_at IS NOT NULL) \
                      FROM notification_recipients r JOIN users u ON u.user_id = r.user_id \
                      WHERE r.message_id = ?1",
-                    [id.as_str()],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .map_err(db)?;
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT r.user_id, u.acked_seq >= r.seq, r.read_at IS NOT NULL \
+                [id.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT r.user_id, u.acked_seq >= r.seq, r.read_at IS NOT NULL \
                      FROM notification_recipients r JOIN users u ON u.user_id = r.user_id \
                      WHERE r.message_id = ?1 AND r.user_id > ?2 ORDER BY r.user_id LIMIT ?3",
-                )
-                .map_err(db)?;
+            )?;
             let after = after.map(|u| u.to_string()).unwrap_or_default();
             let page = stmt
                 .query_map(params![id.as_str(), after, i64::from(limit)], |r| {
@@ -115,8 +109,7 @@ impl Notifications for SqliteStore {
                         r.get::<_, bool>(1)?,
                         r.get::<_, bool>(2)?,
                     ))
-                })
-                .map_err(db)?
+                })?
                 .map(|r| {
                     r.map_err(db)
                         .and_then(|(u, d, rd)| Ok((user_id(u)?, d, rd)))
@@ -147,14 +140,14 @@ impl Notifications for SqliteStore {
                     |r| r.get(0),
                 )
                 .optional()
-                .map_err(db)?;
+                ?;
             let seq = seq.ok_or(StoreError::NotFound("notification"))?;
             conn.execute(
                 "UPDATE notification_recipients SET read_at = ?3 \
                  WHERE user_id = ?1 AND seq <= ?2 AND read_at IS NULL",
                 params![user.as_str(), seq, ms(at)],
             )
-            .map_err(db)?;
+            ?;
             Ok(Seq(to_u64(seq)))
         })
         .await

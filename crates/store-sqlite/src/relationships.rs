@@ -14,14 +14,13 @@ use unimsg_store::{
 };
 
 use crate::inbox::append_drafts;
-use crate::{SqliteStore, all, db};
+use crate::{DbResult, SqliteStore, all};
 
-fn exists(conn: &Connection, sql: &str, a: &UserId, b: &UserId) -> Result<bool> {
-    conn.query_row(sql, params![a.as_str(), b.as_str()], |r| r.get(0))
-        .map_err(db)
+fn exists(conn: &Connection, sql: &str, a: &UserId, b: &UserId) -> DbResult<bool> {
+    Ok(conn.query_row(sql, params![a.as_str(), b.as_str()], |r| r.get(0))?)
 }
 
-fn are_friends(conn: &Connection, a: &UserId, b: &UserId) -> Result<bool> {
+fn are_friends(conn: &Connection, a: &UserId, b: &UserId) -> DbResult<bool> {
     exists(
         conn,
         "SELECT EXISTS(SELECT 1 FROM friends WHERE user_id = ?1 AND friend_id = ?2)",
@@ -30,7 +29,7 @@ fn are_friends(conn: &Connection, a: &UserId, b: &UserId) -> Result<bool> {
     )
 }
 
-fn pending(conn: &Connection, from: &UserId, to: &UserId) -> Result<bool> {
+fn pending(conn: &Connection, from: &UserId, to: &UserId) -> DbResult<bool> {
     exists(
         conn,
         "SELECT EXISTS(SELECT 1 FROM friend_requests WHERE from_id = ?1 AND to_id = ?2 AND state = 'pending')",
@@ -40,7 +39,7 @@ fn pending(conn: &Connection, from: &UserId, to: &UserId) -> Result<bool> {
 }
 
 /// Makes two users friends (both rows) and closes requests between them.
-fn befriend(conn: &Connection, a: &UserId, b: &UserId, at: OffsetDateTime) -> Result<bool> {
+fn befriend(conn: &Connection, a: &UserId, b: &UserId, at: OffsetDateTime) -> DbResult<bool> {
     let mut added = 0;
     for (x, y) in [(a, b), (b, a)] {
         added += conn
@@ -48,34 +47,32 @@ fn befriend(conn: &Connection, a: &UserId, b: &UserId, at: OffsetDateTime) -> Re
                 "INSERT OR IGNORE INTO friends (user_id, friend_id, tags, created_at) VALUES (?1, ?2, '', ?3)",
                 params![x.as_str(), y.as_str(), ms(at)],
             )
-            .map_err(db)?;
+            ?;
         conn.execute(
             "UPDATE friend_requests SET state = 'accepted', updated_at = ?3 \
              WHERE from_id = ?1 AND to_id = ?2 AND state = 'pending'",
             params![x.as_str(), y.as_str(), ms(at)],
-        )
-        .map_err(db)?;
+        )?;
     }
     Ok(added > 0)
 }
 
-fn unfriend(conn: &Connection, a: &UserId, b: &UserId) -> Result<bool> {
+fn unfriend(conn: &Connection, a: &UserId, b: &UserId) -> DbResult<bool> {
     let removed = conn
         .execute(
             "DELETE FROM friends WHERE (user_id = ?1 AND friend_id = ?2) OR (user_id = ?2 AND friend_id = ?1)",
             params![a.as_str(), b.as_str()],
         )
-        .map_err(db)?;
+        ?;
     Ok(removed > 0)
 }
 
-fn user_exists(conn: &Connection, u: &UserId) -> Result<bool> {
-    conn.query_row(
+fn user_exists(conn: &Connection, u: &UserId) -> DbResult<bool> {
+    Ok(conn.query_row(
         "SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)",
         [u.as_str()],
         |r| r.get(0),
-    )
-    .map_err(db)
+    )?)
 }
 
 #[async_trait]
@@ -89,7 +86,7 @@ impl Relationships for SqliteStore {
         self.write(move |conn| {
             let (from, to) = (&request.from, &request.to);
             if !user_exists(conn, to)? {
-                return Err(StoreError::NotFound("user"));
+                return Err(StoreError::NotFound("user").into());
             }
             if are_friends(conn, from, to)? || pending(conn, from, to)? {
                 return Ok((RequestOutcome::Unchanged, Vec::new()));
@@ -107,7 +104,7 @@ impl Relationships for SqliteStore {
                  created_at = excluded.created_at, updated_at = excluded.updated_at",
                 params![from.as_str(), to.as_str(), plain, sealed, ms(request.created_at)],
             )
-            .map_err(db)?;
+            ?;
             Ok((RequestOutcome::Pending, append_drafts(conn, request_events)?))
         })
         .await
@@ -124,7 +121,7 @@ impl Relationships for SqliteStore {
         let (from, to) = (from.clone(), to.clone());
         self.write(move |conn| {
             if !pending(conn, &from, &to)? {
-                return Err(StoreError::NotFound("friend request"));
+                return Err(StoreError::NotFound("friend request").into());
             }
             if accept {
                 befriend(conn, &from, &to, at)?;
@@ -133,7 +130,7 @@ impl Relationships for SqliteStore {
                     "UPDATE friend_requests SET state = 'declined', updated_at = ?3 WHERE from_id = ?1 AND to_id = ?2",
                     params![from.as_str(), to.as_str(), ms(at)],
                 )
-                .map_err(db)?;
+                ?;
             }
             append_drafts(conn, events)
         })
@@ -148,12 +145,10 @@ impl Relationships for SqliteStore {
         let user = user.clone();
         self.read(move |conn| {
             let column = if incoming { "to_id" } else { "from_id" };
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {FRIEND_REQUEST_COLUMNS} FROM friend_requests \
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {FRIEND_REQUEST_COLUMNS} FROM friend_requests \
                      WHERE {column} = ?1 AND state = 'pending' ORDER BY created_at"
-                ))
-                .map_err(db)?;
+            ))?;
             all(&mut stmt, [user.as_str()], read_friend_request)
         })
         .await
@@ -162,11 +157,9 @@ impl Relationships for SqliteStore {
     async fn friends(&self, user: &UserId) -> Result<Vec<FriendRow>> {
         let user = user.clone();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {FRIEND_COLUMNS} FROM friends WHERE user_id = ?1 ORDER BY friend_id"
-                ))
-                .map_err(db)?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {FRIEND_COLUMNS} FROM friends WHERE user_id = ?1 ORDER BY friend_id"
+            ))?;
             all(&mut stmt, [user.as_str()], read_friend)
         })
         .await
@@ -210,7 +203,7 @@ impl Relationships for SqliteStore {
                     |r| r.get(0),
                 )
                 .optional()
-                .map_err(db)?;
+                ?;
             let since = since.ok_or(StoreError::NotFound("friend"))?;
             Ok(FriendRow { friend, tags, remark, since: from_ms(since)? })
         })
@@ -228,7 +221,7 @@ impl Relationships for SqliteStore {
         let (user, other) = (user.clone(), other.clone());
         self.write(move |conn| {
             if !user_exists(conn, &other)? {
-                return Err(StoreError::NotFound("user"));
+                return Err(StoreError::NotFound("user").into());
             }
             let changed = if blocked {
                 conn.execute(
@@ -241,7 +234,7 @@ impl Relationships for SqliteStore {
                     params![user.as_str(), other.as_str()],
                 )
             }
-            .map_err(db)?;
+            ?;
             if changed == 0 {
                 return Ok((false, Vec::new()));
             }
@@ -253,14 +246,14 @@ impl Relationships for SqliteStore {
     async fn blocks(&self, user: &UserId) -> Result<Vec<(UserId, OffsetDateTime)>> {
         let user = user.clone();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT blocked_id, created_at FROM blocks WHERE user_id = ?1 ORDER BY blocked_id")
-                .map_err(db)?;
-            let rows = stmt
-                .query_map([user.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                .map_err(db)?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT blocked_id, created_at FROM blocks WHERE user_id = ?1 ORDER BY blocked_id",
+            )?;
+            let rows = stmt.query_map([user.as_str()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?;
             rows.map(|r| {
-                let (u, at) = r.map_err(db)?;
+                let (u, at) = r?;
                 Ok((user_id(u)?, from_ms(at)?))
             })
             .collect()
@@ -291,7 +284,7 @@ impl Relationships for SqliteStore {
         let (a, b) = (a.clone(), b.clone());
         self.write(move |conn| {
             if !user_exists(conn, &a)? || !user_exists(conn, &b)? {
-                return Err(StoreError::NotFound("user"));
+                return Err(StoreError::NotFound("user").into());
             }
             if friends {
                 befriend(conn, &a, &b, at)

@@ -12,20 +12,18 @@ use unimsg_store::{
 };
 
 use crate::inbox::insert_event;
-use crate::{SqliteStore, all, db, first, map_unique};
+use crate::{DbResult, SqliteStore, all, first, map_unique};
 
-fn session_by_id(conn: &Connection, id: &str) -> Result<Option<Session>> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1"
-        ))
-        .map_err(db)?;
+fn session_by_id(conn: &Connection, id: &str) -> DbResult<Option<Session>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1"
+    ))?;
     first(&mut stmt, [id], read_session)
 }
 
 /// Revokes the sessions that are still active and appends one
 /// `session.revoked` event for each.
-fn revoke(conn: &Connection, revocations: Vec<Revocation>) -> Result<Vec<StoredEvent>> {
+fn revoke(conn: &Connection, revocations: Vec<Revocation>) -> DbResult<Vec<StoredEvent>> {
     let mut out = Vec::new();
     for r in revocations {
         let owner: Option<String> = conn
@@ -35,8 +33,7 @@ fn revoke(conn: &Connection, revocations: Vec<Revocation>) -> Result<Vec<StoredE
                 params![r.session_id.as_str(), ms(r.at), r.reason],
                 |row| row.get(0),
             )
-            .optional()
-            .map_err(db)?;
+            .optional()?;
         if let Some(owner) = owner {
             let owner = user_id(owner)?;
             let seq = insert_event(
@@ -104,15 +101,13 @@ impl Sessions for SqliteStore {
             ip.map(str::to_owned),
         );
         self.read(move |conn| {
-            let (any, known): (bool, bool) = conn
-                .query_row(
-                    "SELECT EXISTS(SELECT 1 FROM sessions WHERE user_id = ?1), \
+            let (any, known): (bool, bool) = conn.query_row(
+                "SELECT EXISTS(SELECT 1 FROM sessions WHERE user_id = ?1), \
                      EXISTS(SELECT 1 FROM sessions WHERE user_id = ?1 AND \
                      ((?2 IS NOT NULL AND device_id = ?2) OR (?3 IS NOT NULL AND ip = ?3)))",
-                    params![user.as_str(), device_id, ip],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .map_err(db)?;
+                params![user.as_str(), device_id, ip],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             Ok(any && !known)
         })
         .await
@@ -127,12 +122,10 @@ impl Sessions for SqliteStore {
     async fn active_sessions(&self, user: &UserId) -> Result<Vec<Session>> {
         let user = user.clone();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ?1 AND revoked_at IS NULL \
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ?1 AND revoked_at IS NULL \
                      ORDER BY created_at, session_id"
-                ))
-                .map_err(db)?;
+            ))?;
             all(&mut stmt, [user.as_str()], read_session)
         })
         .await
@@ -157,7 +150,7 @@ impl Sessions for SqliteStore {
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()
-                .map_err(db)?;
+                ?;
             let Some((sid, expires_at, rotated_at)) = found else {
                 return Ok(RefreshOutcome::Invalid);
             };
@@ -177,7 +170,7 @@ impl Sessions for SqliteStore {
                 "UPDATE refresh_tokens SET rotated_at = ?2 WHERE token_hash = ?1",
                 params![&presented.0[..], ms(now)],
             )
-            .map_err(db)?;
+            ?;
             conn.execute(
                 "INSERT INTO refresh_tokens (token_hash, session_id, expires_at) VALUES (?1, ?2, ?3)",
                 params![&next.hash.0[..], sid, ms(next.expires_at)],

@@ -7,18 +7,16 @@ use unimsg_proto::UserId;
 use unimsg_store::sql::{USER_COLUMNS, ms, read_user};
 use unimsg_store::{NewUser, Result, StoreError, User, UserStatus, UserUpdate, Users};
 
-use crate::{SqliteStore, db, first, map_unique};
+use crate::{DbResult, SqliteStore, first, map_unique};
 
-fn insert_user(conn: &Connection, user: NewUser) -> Result<User> {
-    let taken: bool = conn
-        .query_row(
-            "SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)",
-            [user.user_id.as_str()],
-            |r| r.get(0),
-        )
-        .map_err(db)?;
+fn insert_user(conn: &Connection, user: NewUser) -> DbResult<User> {
+    let taken: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)",
+        [user.user_id.as_str()],
+        |r| r.get(0),
+    )?;
     if taken {
-        return Err(StoreError::Conflict("user_id"));
+        return Err(StoreError::Conflict("user_id").into());
     }
     conn.execute(
         "INSERT INTO users (user_id, username, display_name, password_hash, created_at, bbase) \
@@ -51,11 +49,9 @@ impl Users for SqliteStore {
     async fn user(&self, id: &UserId) -> Result<Option<User>> {
         let id = id.clone();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare(&format!(
-                    "SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"
-                ))
-                .map_err(db)?;
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"
+            ))?;
             first(&mut stmt, [id.as_str()], read_user)
         })
         .await
@@ -66,15 +62,15 @@ impl Users for SqliteStore {
             let mut out = Vec::with_capacity(users.len());
             for user in users {
                 // Each item in its own savepoint: a clash undoes only that item.
-                conn.execute_batch("SAVEPOINT item").map_err(db)?;
+                conn.execute_batch("SAVEPOINT item")?;
                 let result = insert_user(conn, user);
                 let end = if result.is_ok() {
                     "RELEASE item"
                 } else {
                     "ROLLBACK TO item; RELEASE item"
                 };
-                conn.execute_batch(end).map_err(db)?;
-                out.push(result);
+                conn.execute_batch(end)?;
+                out.push(result.map_err(StoreError::from));
             }
             Ok(out)
         })
@@ -95,14 +91,14 @@ impl Users for SqliteStore {
                         update.status.map(UserStatus::as_str)
                     ],
                 )
-                .map_err(db)?;
+                ?;
             if changed == 0 {
-                return Err(StoreError::NotFound("user"));
+                return Err(StoreError::NotFound("user").into());
             }
             let mut stmt = conn
                 .prepare(&format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"))
-                .map_err(db)?;
-            first(&mut stmt, [id.as_str()], read_user)?.ok_or(StoreError::NotFound("user"))
+                ?;
+            Ok(first(&mut stmt, [id.as_str()], read_user)?.ok_or(StoreError::NotFound("user"))?)
         })
         .await
     }
@@ -112,15 +108,15 @@ impl Users for SqliteStore {
         self.write(move |conn| {
             let exists: bool = conn
                 .query_row("SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)", [id.as_str()], |r| r.get(0))
-                .map_err(db)?;
+                ?;
             if !exists {
-                return Err(StoreError::NotFound("user"));
+                return Err(StoreError::NotFound("user").into());
             }
             conn.execute(
                 "DELETE FROM refresh_tokens WHERE session_id IN (SELECT session_id FROM sessions WHERE user_id = ?1)",
                 [id.as_str()],
             )
-            .map_err(db)?;
+            ?;
             // The groups they were in change: decisions taken on an older
             // member list must be taken again.
             conn.execute(
@@ -128,9 +124,9 @@ impl Users for SqliteStore {
                  WHERE group_id IN (SELECT group_id FROM group_members WHERE user_id = ?1)",
                 [id.as_str()],
             )
-            .map_err(db)?;
+            ?;
             for table in ["sessions", "inbox", "conversation_members", "notification_recipients", "group_members", "users"] {
-                conn.execute(&format!("DELETE FROM {table} WHERE user_id = ?1"), [id.as_str()]).map_err(db)?;
+                conn.execute(&format!("DELETE FROM {table} WHERE user_id = ?1"), [id.as_str()])?;
             }
             Ok(())
         })
@@ -139,12 +135,11 @@ impl Users for SqliteStore {
 
     async fn unknown_users(&self, ids: Vec<UserId>) -> Result<Vec<UserId>> {
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)")
-                .map_err(db)?;
+            let mut stmt =
+                conn.prepare_cached("SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)")?;
             let mut unknown = Vec::new();
             for id in ids {
-                let known: bool = stmt.query_row([id.as_str()], |r| r.get(0)).map_err(db)?;
+                let known: bool = stmt.query_row([id.as_str()], |r| r.get(0))?;
                 if !known {
                     unknown.push(id);
                 }
@@ -157,11 +152,9 @@ impl Users for SqliteStore {
     async fn user_by_username(&self, username: &str) -> Result<Option<User>> {
         let username = username.to_owned();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare(&format!(
-                    "SELECT {USER_COLUMNS} FROM users WHERE username = ?1"
-                ))
-                .map_err(db)?;
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {USER_COLUMNS} FROM users WHERE username = ?1"
+            ))?;
             first(&mut stmt, [username], read_user)
         })
         .await
