@@ -16,8 +16,8 @@ use time::OffsetDateTime;
 use unimsg_proto::api::Recipient;
 use unimsg_proto::{ConversationId, EventType, MessageId, Seq, UserId};
 use unimsg_store::sql::{
-    MESSAGE_COLUMNS, NOTIFICATION_COLUMNS, corrupt, from_ms, ms, read_message, read_notification,
-    to_i64, to_u64, user_id,
+    INBOX_COLUMNS, MESSAGE_COLUMNS, corrupt, ms, read_inbox_row, read_message, to_i64, to_u64,
+    user_id,
 };
 use unimsg_store::{
     AppendOutcome, ConversationState, EventBody, EventDraft, Inbox, NewMessage, Result, StoreError,
@@ -319,47 +319,19 @@ async fn inbox_rows(
     after: i64,
     limit: u32,
 ) -> DbResult<Vec<(i64, StoredEvent)>> {
-    // Columns: 0 seq, 1 kind, 2 created_at, 3 data, 4..=15 the message,
-    // 16..=22 the notification, 23 bpos.
     let stmt = tx
         .prepare_cached(&format!(
-            "SELECT i.seq, i.kind, i.created_at, i.data, {MESSAGE_COLUMNS}, {NOTIFICATION_COLUMNS}, i.bpos \
+            "SELECT {INBOX_COLUMNS} \
              FROM inbox i LEFT JOIN messages m ON m.message_id = i.message_id \
              LEFT JOIN notifications n ON n.message_id = i.message_id \
              WHERE i.user_id = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3"
         ))
-        .await
-        ?;
-    let rows = tx
-        .query(&stmt, &[&user.as_str(), &after, &i64::from(limit)])
         .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let seq: i64 = column(row, 0)?;
-        let kind: String = column(row, 1)?;
-        let at: i64 = column(row, 2)?;
-        let data: Option<String> = column(row, 3)?;
-        let has_message: Option<String> = column(row, 4)?;
-        let has_notification: Option<String> = column(row, 16)?;
-        let bpos: i64 = column(row, 23)?;
-        let body = match (data, has_message, has_notification) {
-            (Some(data), _, _) => EventBody::Data(data),
-            (None, Some(_), _) => EventBody::Message(Box::new(read(row, |r| read_message(r, 4))?)),
-            (None, None, Some(_)) => {
-                EventBody::Notification(Box::new(read(row, |r| read_notification(r, 16))?))
-            }
-            (None, None, None) => return Err(corrupt("inbox event without data").into()),
-        };
-        let event = StoredEvent {
-            user_id: user.clone(),
-            seq: Seq(to_u64(seq)),
-            kind: EventType::parse(&kind).ok_or_else(|| corrupt("event type"))?,
-            at: from_ms(at)?,
-            body,
-        };
-        out.push((bpos, event));
-    }
-    Ok(out)
+    tx.query(&stmt, &[&user.as_str(), &after, &i64::from(limit)])
+        .await?
+        .iter()
+        .map(|row| read(row, |r| read_inbox_row(r, user)))
+        .collect()
 }
 
 #[async_trait]

@@ -9,8 +9,8 @@ use time::OffsetDateTime;
 use unimsg_proto::api::Recipient;
 use unimsg_proto::{ConversationId, EventType, MessageId, Seq, UserId};
 use unimsg_store::sql::{
-    MESSAGE_COLUMNS, NOTIFICATION_COLUMNS, corrupt, from_ms, ms, read_message, read_notification,
-    to_i64, to_u64, user_id,
+    INBOX_COLUMNS, MESSAGE_COLUMNS, corrupt, ms, read_inbox_row, read_message, to_i64, to_u64,
+    user_id,
 };
 use unimsg_store::{
     AppendOutcome, ConversationState, EventBody, EventDraft, Inbox, NewMessage, Result, StoreError,
@@ -18,7 +18,7 @@ use unimsg_store::{
 };
 
 use crate::broadcasts::broadcasts_between;
-use crate::{Cols, DbResult, SqliteStore, all, db, first, map_unique};
+use crate::{DbResult, SqliteStore, all, db, first, map_unique};
 
 pub(crate) fn message_by_id(conn: &Connection, id: &str) -> DbResult<Option<StoredMessage>> {
     let mut stmt = conn.prepare(&format!(
@@ -152,42 +152,17 @@ fn inbox_rows(
     after: i64,
     limit: u32,
 ) -> DbResult<Vec<(i64, StoredEvent)>> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT i.seq, i.kind, i.created_at, i.data, {MESSAGE_COLUMNS}, {NOTIFICATION_COLUMNS}, i.bpos \
-             FROM inbox i LEFT JOIN messages m ON m.message_id = i.message_id \
-             LEFT JOIN notifications n ON n.message_id = i.message_id \
-             WHERE i.user_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3"
-        ))
-        ?;
-    let mut rows = stmt.query(params![user.as_str(), after, i64::from(limit)])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let seq: i64 = row.get(0)?;
-        let kind: String = row.get(1)?;
-        let at: i64 = row.get(2)?;
-        let data: Option<String> = row.get(3)?;
-        let has_message: Option<String> = row.get(4)?;
-        let has_notification: Option<String> = row.get(16)?;
-        let bpos: i64 = row.get(23)?;
-        let body = match (data, has_message, has_notification) {
-            (Some(data), _, _) => EventBody::Data(data),
-            (None, Some(_), _) => EventBody::Message(Box::new(read_message(&Cols(row), 4)?)),
-            (None, None, Some(_)) => {
-                EventBody::Notification(Box::new(read_notification(&Cols(row), 16)?))
-            }
-            (None, None, None) => return Err(corrupt("inbox event without data").into()),
-        };
-        let event = StoredEvent {
-            user_id: user.clone(),
-            seq: Seq(to_u64(seq)),
-            kind: EventType::parse(&kind).ok_or_else(|| corrupt("event type"))?,
-            at: from_ms(at)?,
-            body,
-        };
-        out.push((bpos, event));
-    }
-    Ok(out)
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {INBOX_COLUMNS} \
+         FROM inbox i LEFT JOIN messages m ON m.message_id = i.message_id \
+         LEFT JOIN notifications n ON n.message_id = i.message_id \
+         WHERE i.user_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3"
+    ))?;
+    all(
+        &mut stmt,
+        params![user.as_str(), after, i64::from(limit)],
+        |r| read_inbox_row(r, user),
+    )
 }
 
 pub(crate) fn append_drafts(

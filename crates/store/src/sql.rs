@@ -10,12 +10,14 @@
 use time::OffsetDateTime;
 use unimsg_proto::api::Recipient;
 use unimsg_proto::groups::{GroupRole, JoinPolicy};
-use unimsg_proto::{ConversationId, GroupId, MessageId, Platform, SessionId, UserId};
+use unimsg_proto::{
+    ConversationId, EventType, GroupId, MessageId, Platform, Seq, SessionId, UserId,
+};
 
 use crate::{
-    Admin, AuditRow, FriendRequestRow, FriendRow, GROUP_CHANGED, GroupRow, MemberRow, PasswordHash,
-    Result, Sealed, Session, StoreError, StoredMessage, StoredNotification, StoredText, User,
-    UserStatus, WrappedKey,
+    Admin, AuditRow, EventBody, FriendRequestRow, FriendRow, GROUP_CHANGED, GroupRow, MemberRow,
+    PasswordHash, Result, Sealed, Session, StoreError, StoredEvent, StoredMessage,
+    StoredNotification, StoredText, User, UserStatus, WrappedKey,
 };
 
 /// A row that failed to decode: a bug or corruption, never the client's.
@@ -338,4 +340,59 @@ pub fn changed_group(before: GroupRow, after: Option<GroupRow>) -> GroupRow {
         version: before.version + 1,
         ..before
     })
+}
+
+/// An inbox row with what it refers to, from `inbox i LEFT JOIN messages m
+/// LEFT JOIN notifications n` (both on `message_id`): 0 seq, 1 kind,
+/// 2 created_at, 3 data, 4..=15 the message ([`MESSAGE_COLUMNS`]), 16..=22
+/// the notification ([`NOTIFICATION_COLUMNS`]), 23 bpos.
+pub const INBOX_COLUMNS: &str = "i.seq, i.kind, i.created_at, i.data, \
+     m.message_id, m.conversation_id, m.conv_seq, m.sender_id, m.recipient_id, m.kind, \
+     m.key_id, m.nonce, m.content, m.client_msg_id, m.created_at, m.recalled_at, \
+     n.message_id, n.kind, n.sender, n.key_id, n.nonce, n.content, n.created_at, i.bpos";
+
+/// Reads the [`INBOX_COLUMNS`] of `user`'s inbox: the row's `bpos` and its
+/// event, numbered with the row's own seq (the caller renumbers it into the
+/// visible stream).
+pub fn read_inbox_row(row: &dyn SqlRow, user: &UserId) -> Result<(i64, StoredEvent)> {
+    let message_at = 4;
+    let notification_at = message_at + MESSAGE_WIDTH;
+    let bpos_at = notification_at + NOTIFICATION_WIDTH;
+    let body = match (
+        row.text_opt(3)?,
+        row.text_opt(message_at)?,
+        row.text_opt(notification_at)?,
+    ) {
+        (Some(data), _, _) => EventBody::Data(data),
+        (None, Some(_), _) => EventBody::Message(Box::new(read_message(row, message_at)?)),
+        (None, None, Some(_)) => {
+            EventBody::Notification(Box::new(read_notification(row, notification_at)?))
+        }
+        (None, None, None) => return Err(corrupt("inbox event without data")),
+    };
+    let event = StoredEvent {
+        user_id: user.clone(),
+        seq: Seq(to_u64(row.int(0)?)),
+        kind: EventType::parse(&row.text(1)?).ok_or_else(|| corrupt("event type"))?,
+        at: from_ms(row.int(2)?)?,
+        body,
+    };
+    Ok((row.int(bpos_at)?, event))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inbox_columns_are_the_message_and_notification_columns_in_place() {
+        assert_eq!(
+            INBOX_COLUMNS,
+            format!(
+                "i.seq, i.kind, i.created_at, i.data, {MESSAGE_COLUMNS}, {NOTIFICATION_COLUMNS}, i.bpos"
+            )
+        );
+        assert_eq!(MESSAGE_COLUMNS.split(", ").count(), MESSAGE_WIDTH);
+        assert_eq!(NOTIFICATION_COLUMNS.split(", ").count(), NOTIFICATION_WIDTH);
+    }
 }
