@@ -40,8 +40,7 @@ impl Audit for PgStore {
                 .prepare_cached(
                     "INSERT INTO audit_log (id, at, content, prev_hash, hash) VALUES ($1, $2, $3, $4, $5)",
                 )
-                .await
-                ?;
+                .await?;
             tx.execute(
                 &insert,
                 &[

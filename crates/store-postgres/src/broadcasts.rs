@@ -55,8 +55,7 @@ impl Broadcasts for PgStore {
                     "INSERT INTO broadcasts (bseq, message_id, kind, sender, key_id, nonce, content, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
-                .await
-                ?;
+                .await?;
             tx.execute(
                 &insert,
                 &[
@@ -93,8 +92,7 @@ impl Broadcasts for PgStore {
                        WHERE i.user_id = u.user_id AND i.bpos < $2 ORDER BY i.seq DESC LIMIT 1), 0) \
                      FROM users u WHERE u.user_id = ANY($1) AND u.bbase < $2",
                 )
-                .await
-                ?;
+                .await?;
             let rows = client.query(&stmt, &[&ids, &k]).await?;
             rows.iter()
                 .map(|row| {

@@ -18,7 +18,7 @@ use unimsg_proto::groups::{GroupRole, JoinPolicy};
 use unimsg_proto::{ConversationId, GroupId, UserId};
 use unimsg_store::sql::{
     GROUP_COLUMNS, GROUP_WIDTH, MEMBER_COLUMNS, changed_group, check_version, corrupt, ms,
-    read_group, read_member, to_i64, to_u64, user_id,
+    one_member, read_group, read_member, to_i64, to_u64, user_id,
 };
 use unimsg_store::{
     AppendOutcome, EventDraft, GroupEdit, GroupRow, Groups, MemberRow, NewGroup, NewMessage,
@@ -107,13 +107,6 @@ async fn apply(
     at: OffsetDateTime,
     known: &HashSet<String>,
 ) -> DbResult<()> {
-    let one_member = |changed: u64| {
-        if changed == 0 {
-            Err(StoreError::NotFound("group member"))
-        } else {
-            Ok(())
-        }
-    };
     match edit {
         GroupEdit::Profile {
             name,
@@ -172,7 +165,8 @@ async fn apply(
                 .await?;
             one_member(
                 tx.execute(&stmt, &[&id.as_str(), &user.as_str(), &role.as_str()])
-                    .await?,
+                    .await?
+                    > 0,
             )?;
         }
         GroupEdit::Mute(user, until) => {
@@ -180,11 +174,11 @@ async fn apply(
                 .prepare_cached(
                     "UPDATE group_members SET muted_until = $3 WHERE group_id = $1 AND user_id = $2",
                 )
-                .await
-                ?;
+                .await?;
             one_member(
                 tx.execute(&stmt, &[&id.as_str(), &user.as_str(), &until.map(ms)])
-                    .await?,
+                    .await?
+                    > 0,
             )?;
         }
         GroupEdit::Dissolve => {
@@ -244,8 +238,7 @@ impl Groups for PgStore {
                     "INSERT INTO chat_groups (group_id, name, notice, join_policy, created_at, updated_at) \
                      VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (group_id) DO NOTHING",
                 )
-                .await
-                ?;
+                .await?;
             let inserted = tx
                 .execute(
                     &stmt,
@@ -457,8 +450,7 @@ async fn append_group_message(store: &PgStore, message: NewMessage) -> Result<Ap
                 "SELECT m.user_id FROM group_members m JOIN chat_groups g ON g.group_id = m.group_id \
                  WHERE m.group_id = $1 AND g.dissolved_at IS NULL ORDER BY m.user_id COLLATE \"C\"",
             )
-            .await
-            ?;
+            .await?;
         let members = tx
             .query(&stmt, &[&group.as_str()])
             .await?
@@ -502,8 +494,7 @@ async fn read_count(
              LEFT JOIN group_members gm ON gm.group_id = $4 AND gm.user_id = cm.user_id \
              WHERE cm.conversation_id = $1 AND cm.user_id <> $2 AND coalesce(gm.since, 0) < $3",
         )
-        .await
-        ?;
+        .await?;
     let row = client
         .query_one(
             &stmt,

@@ -61,8 +61,7 @@ pub(crate) async fn duplicate_of(
         .prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender_id = $1 AND m.client_msg_id = $2"
         ))
-        .await
-        ?;
+        .await?;
     tx.query_opt(&stmt, &[&message.sender.as_str(), &cmid.as_str()])
         .await?
         .map(|row| read(&row, |r| read_message(r, 0)))
@@ -106,8 +105,7 @@ pub(crate) async fn bump_conversation(tx: &Transaction<'_>, message: &NewMessage
              SET last_conv_seq = conversations.last_conv_seq + 1, updated_at = excluded.updated_at \
              RETURNING last_conv_seq",
         )
-        .await
-        ?;
+        .await?;
     let row = tx
         .query_one(
             &stmt,
@@ -132,8 +130,7 @@ pub(crate) async fn insert_message(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING",
         )
-        .await
-        ?;
+        .await?;
     let inserted = tx
         .execute(
             &stmt,
@@ -412,8 +409,7 @@ impl Inbox for PgStore {
                     "UPDATE users SET acked_seq = GREATEST(acked_seq, LEAST($2, last_seq + $3 - bbase)) \
                      WHERE user_id = $1 RETURNING acked_seq",
                 )
-                .await
-                ?;
+                .await?;
             let row = tx
                 .query_opt(&stmt, &[&user.as_str(), &to_i64(seq.0), &head])
                 .await?
@@ -447,8 +443,7 @@ impl Inbox for PgStore {
                     "SELECT i.seq + i.bpos - u.bbase FROM inbox i JOIN users u ON u.user_id = i.user_id \
                      WHERE i.user_id = $1 AND i.message_id = $2 ORDER BY i.seq LIMIT 1",
                 )
-                .await
-                ?;
+                .await?;
             let row = client
                 .query_opt(&stmt, &[&user.as_str(), &id.as_str()])
                 .await?;
@@ -488,8 +483,7 @@ impl Inbox for PgStore {
                 .prepare_cached(
                     "SELECT read_upto FROM conversation_members WHERE conversation_id = $1 AND user_id = $2",
                 )
-                .await
-                ?;
+                .await?;
             match tx
                 .query_opt(&stmt, &[&conversation.as_str(), &user.as_str()])
                 .await?
@@ -515,8 +509,7 @@ impl Inbox for PgStore {
                 .prepare_cached(
                     "UPDATE messages SET recalled_at = $2 WHERE message_id = $1 AND recalled_at IS NULL",
                 )
-                .await
-                ?;
+                .await?;
             let changed = tx.execute(&stmt, &[&id.as_str(), &ms(now)]).await?;
             if changed == 0 {
                 return match message_by_id(tx, id.as_str()).await? {
@@ -548,8 +541,7 @@ impl Inbox for PgStore {
                                         ORDER BY l.conv_seq DESC LIMIT 1) m ON TRUE \
                      ORDER BY s.updated_at DESC, s.conversation_id COLLATE \"C\""
                 ))
-                .await
-                ?;
+                .await?;
             let rows = tx.query(&stmt, &[&user.as_str()]).await?;
             // A group's positions are summed per message (`read_count`),
             // never listed: a group has up to `groups.max_members`.
@@ -567,8 +559,7 @@ impl Inbox for PgStore {
                         "SELECT conversation_id, user_id, read_upto FROM conversation_members \
                          WHERE conversation_id = ANY($1) ORDER BY conversation_id, user_id COLLATE \"C\"",
                     )
-                    .await
-                    ?;
+                    .await?;
                 for row in tx.query(&stmt, &[&listed]).await? {
                     let cid: String = column(&row, 0)?;
                     let member = user_id(column(&row, 1)?)?;
@@ -614,8 +605,7 @@ impl Inbox for PgStore {
                     "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = $1 AND m.conv_seq < $2 \
                      ORDER BY m.conv_seq DESC LIMIT $3"
                 ))
-                .await
-                ?;
+                .await?;
             let before = before.map_or(i64::MAX, to_i64);
             client
                 .query(&stmt, &[&conversation.as_str(), &before, &i64::from(limit)])

@@ -39,8 +39,7 @@ impl Notifications for PgStore {
                         "INSERT INTO notifications (message_id, kind, sender, key_id, nonce, content, created_at) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     )
-                    .await
-                    ?;
+                    .await?;
                 tx.execute(
                     &insert,
                     &[
@@ -181,8 +180,7 @@ impl Notifications for PgStore {
                 .prepare_cached(
                     "SELECT seq FROM notification_recipients WHERE message_id = $1 AND user_id = $2",
                 )
-                .await
-                ?;
+                .await?;
             let seq: i64 = match tx
                 .query_opt(&find, &[&upto.as_str(), &user.as_str()])
                 .await?

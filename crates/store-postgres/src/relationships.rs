@@ -37,8 +37,7 @@ async fn standing(
              EXISTS(SELECT 1 FROM friend_requests WHERE from_id = $1 AND to_id = $2 AND state = 'pending'), \
              EXISTS(SELECT 1 FROM friend_requests WHERE from_id = $2 AND to_id = $1 AND state = 'pending')",
         )
-        .await
-        ?;
+        .await?;
     let row = tx.query_one(&stmt, &[&from.as_str(), &to.as_str()]).await?;
     Ok((column(&row, 0)?, column(&row, 1)?, column(&row, 2)?))
 }

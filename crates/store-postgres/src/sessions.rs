@@ -8,7 +8,7 @@ use deadpool_postgres::{GenericClient, Transaction};
 use time::OffsetDateTime;
 use tokio_postgres::error::SqlState;
 use unimsg_proto::{EventType, SessionId, UserId};
-use unimsg_store::sql::{SESSION_COLUMNS, ms, read_session, user_id};
+use unimsg_store::sql::{SESSION_COLUMNS, ms, read_session, refresh_check, user_id};
 use unimsg_store::{
     EventBody, NewRefreshToken, NewSession, RefreshOutcome, Result, Revocation, Session, Sessions,
     StoreError, StoredEvent, TokenHash,
@@ -129,8 +129,7 @@ impl Sessions for PgStore {
                     "INSERT INTO sessions (session_id, user_id, platform, device_id, created_at, ip, user_agent) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
-                .await
-                ?;
+                .await?;
             tx.execute(
                 &stmt,
                 &[
@@ -175,8 +174,7 @@ impl Sessions for PgStore {
                      EXISTS(SELECT 1 FROM sessions WHERE user_id = $1 AND \
                      (($2::text IS NOT NULL AND device_id = $2::text) OR ($3::text IS NOT NULL AND ip = $3::text)))",
                 )
-                .await
-                ?;
+                .await?;
             let row = client
                 .query_one(&stmt, &[&user.as_str(), &device_id, &ip])
                 .await?;
@@ -192,8 +190,7 @@ impl Sessions for PgStore {
                     "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = $1 AND revoked_at IS NULL \
                      ORDER BY created_at, session_id"
                 ))
-                .await
-                ?;
+                .await?;
             client
                 .query(&stmt, &[&user.as_str()])
                 .await?
@@ -228,18 +225,11 @@ impl Sessions for PgStore {
             let sid: String = column(&row, 0)?;
             let expires_at: i64 = column(&row, 1)?;
             let rotated_at: Option<i64> = column(&row, 2)?;
-            let Some(session) = session_by_id(tx, &sid).await? else {
-                return Ok(RefreshOutcome::Invalid);
+            let found = session_by_id(tx, &sid).await?;
+            let session = match refresh_check(found, expires_at, rotated_at.is_some(), now) {
+                RefreshOutcome::Rotated(session) => session,
+                answer => return Ok(answer),
             };
-            if !session.is_active() {
-                return Ok(RefreshOutcome::Invalid);
-            }
-            if rotated_at.is_some() {
-                return Ok(RefreshOutcome::Reused(session));
-            }
-            if expires_at <= ms(now) {
-                return Ok(RefreshOutcome::Invalid);
-            }
             let retire = tx
                 .prepare_cached("UPDATE refresh_tokens SET rotated_at = $2 WHERE token_hash = $1")
                 .await?;

@@ -16,8 +16,7 @@ impl Audit for SqliteStore {
                 .query_row("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1", [], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })
-                .optional()
-                ?;
+                .optional()?;
             let (prev_id, prev_hash) = match last {
                 Some((id, hash)) => (to_u64(id), hash32(&hash)),
                 None => (0, [0; 32]),
@@ -28,8 +27,7 @@ impl Audit for SqliteStore {
             conn.execute(
                 "INSERT INTO audit_log (id, at, content, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![to_i64(id), at_ms, draft.content, &prev_hash[..], &hash[..]],
-            )
-            ?;
+            )?;
             Ok(AuditRow { id, at_ms, content: draft.content, prev_hash, hash })
         })
         .await

@@ -9,7 +9,7 @@ use unimsg_proto::groups::{GroupRole, JoinPolicy};
 use unimsg_proto::{ConversationId, GroupId, UserId};
 use unimsg_store::sql::{
     GROUP_COLUMNS, GROUP_WIDTH, MEMBER_COLUMNS, changed_group, check_version, corrupt, ms,
-    read_group, read_member, to_i64, to_u64, user_id,
+    one_member, read_group, read_member, to_i64, to_u64, user_id,
 };
 use unimsg_store::{
     AppendOutcome, EventBody, EventDraft, GroupEdit, GroupRow, Groups, MemberRow, NewGroup,
@@ -55,10 +55,8 @@ fn add_member(
     let since: i64 = conn
         .prepare_cached(
             "SELECT coalesce((SELECT last_conv_seq FROM conversations WHERE conversation_id = ?1), 0)",
-        )
-        ?
-        .query_row([conversation.as_str()], |r| r.get(0))
-        ?;
+        )?
+        .query_row([conversation.as_str()], |r| r.get(0))?;
     let added = conn
         .prepare_cached(
             "INSERT OR IGNORE INTO group_members (group_id, user_id, role, since, joined_at) \
@@ -79,10 +77,8 @@ fn add_member(
     conn.prepare_cached(
         "INSERT INTO conversation_members (conversation_id, user_id, read_upto) VALUES (?1, ?2, ?3) \
          ON CONFLICT (conversation_id, user_id) DO UPDATE SET read_upto = excluded.read_upto",
-    )
-    ?
-    .execute(params![conversation.as_str(), user.as_str(), since])
-    ?;
+    )?
+    .execute(params![conversation.as_str(), user.as_str(), since])?;
     Ok(true)
 }
 
@@ -131,13 +127,6 @@ fn apply(
     edit: GroupEdit,
     at: OffsetDateTime,
 ) -> DbResult<()> {
-    let one_member = |changed: usize| {
-        if changed == 0 {
-            Err(StoreError::NotFound("group member"))
-        } else {
-            Ok(())
-        }
-    };
     match edit {
         GroupEdit::Profile {
             name,
@@ -171,14 +160,18 @@ fn apply(
                 remove_member(conn, id, conversation, &user)?;
             }
         }
-        GroupEdit::SetRole(user, role) => one_member(conn.execute(
-            "UPDATE group_members SET role = ?3 WHERE group_id = ?1 AND user_id = ?2",
-            params![id.as_str(), user.as_str(), role.as_str()],
-        )?)?,
-        GroupEdit::Mute(user, until) => one_member(conn.execute(
-            "UPDATE group_members SET muted_until = ?3 WHERE group_id = ?1 AND user_id = ?2",
-            params![id.as_str(), user.as_str(), until.map(ms)],
-        )?)?,
+        GroupEdit::SetRole(user, role) => one_member(
+            conn.execute(
+                "UPDATE group_members SET role = ?3 WHERE group_id = ?1 AND user_id = ?2",
+                params![id.as_str(), user.as_str(), role.as_str()],
+            )? > 0,
+        )?,
+        GroupEdit::Mute(user, until) => one_member(
+            conn.execute(
+                "UPDATE group_members SET muted_until = ?3 WHERE group_id = ?1 AND user_id = ?2",
+                params![id.as_str(), user.as_str(), until.map(ms)],
+            )? > 0,
+        )?,
         GroupEdit::Dissolve => {
             conn.execute(
                 "UPDATE chat_groups SET dissolved_at = ?2 WHERE group_id = ?1",
@@ -211,8 +204,7 @@ impl Groups for SqliteStore {
                     "SELECT EXISTS(SELECT 1 FROM chat_groups WHERE group_id = ?1)",
                     [group.group_id.as_str()],
                     |r| r.get(0),
-                )
-                ?;
+                )?;
             if taken {
                 return Err(StoreError::Conflict("group").into());
             }
@@ -227,8 +219,7 @@ impl Groups for SqliteStore {
                     group.join_policy.as_str(),
                     at
                 ],
-            )
-            ?;
+            )?;
             let conversation = ConversationId::group(&group.group_id);
             // The conversation exists from the start, so that the group is
             // listed among its members' conversations before any message.
@@ -236,8 +227,7 @@ impl Groups for SqliteStore {
                 "INSERT OR IGNORE INTO conversations (conversation_id, last_conv_seq, updated_at) \
                  VALUES (?1, 0, ?2)",
                 params![conversation.as_str(), at],
-            )
-            ?;
+            )?;
             for (user, role) in members {
                 add_member(conn, &group.group_id, &conversation, &user, role, group.created_at)?;
             }
@@ -260,8 +250,7 @@ impl Groups for SqliteStore {
                 .prepare_cached(&format!(
                     "SELECT {MEMBER_COLUMNS} FROM group_members m LEFT JOIN users u ON u.user_id = m.user_id \
                      WHERE m.group_id = ?1 ORDER BY m.joined_at, m.user_id"
-                ))
-                ?;
+                ))?;
             all(&mut stmt, [id.as_str()], |r| read_member(r, 0))
         })
         .await
@@ -330,19 +319,15 @@ impl Groups for SqliteStore {
                 .prepare_cached(
                     "SELECT EXISTS(SELECT 1 FROM group_members m JOIN chat_groups g ON g.group_id = m.group_id \
                      WHERE m.group_id = ?1 AND m.user_id = ?2 AND g.dissolved_at IS NULL)",
-                )
-                ?
-                .query_row([group.as_str(), message.sender.as_str()], |r| r.get(0))
-                ?;
+                )?
+                .query_row([group.as_str(), message.sender.as_str()], |r| r.get(0))?;
             if !member {
                 return Err(StoreError::NotFound("group member").into());
             }
             let stored = insert_message(conn, message)?;
             let members = conn
-                .prepare_cached("SELECT user_id FROM group_members WHERE group_id = ?1")
-                ?
-                .query_map([group.as_str()], |r| r.get::<_, String>(0))
-                ?
+                .prepare_cached("SELECT user_id FROM group_members WHERE group_id = ?1")?
+                .query_map([group.as_str()], |r| r.get::<_, String>(0))?
                 .map(|r| r.map_err(db).and_then(user_id))
                 .collect::<Result<Vec<_>>>()?;
             let events = append_message_events(conn, &stored, members)?;
@@ -367,13 +352,11 @@ impl Groups for SqliteStore {
                     "SELECT count(*), coalesce(sum(cm.read_upto >= ?3), 0) FROM conversation_members cm \
                      LEFT JOIN group_members gm ON gm.group_id = ?4 AND gm.user_id = cm.user_id \
                      WHERE cm.conversation_id = ?1 AND cm.user_id != ?2 AND coalesce(gm.since, 0) < ?3",
-                )
-                ?
+                )?
                 .query_row(
                     params![conversation.as_str(), sender.as_str(), to_i64(conv_seq), group],
                     |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                ?;
+                )?;
             Ok((to_u64(read), to_u64(members)))
         })
         .await

@@ -129,8 +129,7 @@ fn merged_events_after(
             params![user.as_str(), base, position],
             |r| r.get(0),
         )
-        .optional()
-        ?
+        .optional()?
         .unwrap_or(0);
     let broadcasts_before = base + (position - inbox_before);
 
@@ -215,16 +214,13 @@ pub(crate) fn insert_message(conn: &Connection, message: NewMessage) -> DbResult
              ON CONFLICT (conversation_id) DO UPDATE \
              SET last_conv_seq = last_conv_seq + 1, updated_at = excluded.updated_at \
              RETURNING last_conv_seq",
-        )
-        ?
-        .query_row(params![message.conversation_id.as_str(), at], |r| r.get(0))
-        ?;
+        )?
+        .query_row(params![message.conversation_id.as_str(), at], |r| r.get(0))?;
     conn.prepare_cached(
         "INSERT INTO messages (message_id, conversation_id, conv_seq, sender_id, recipient_id, kind, \
          key_id, nonce, content, client_msg_id, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )
-    ?
+    )?
     .execute(params![
         message.message_id.as_str(),
         message.conversation_id.as_str(),
@@ -304,8 +300,7 @@ impl Inbox for SqliteStore {
                 conn.execute(
                     "INSERT OR IGNORE INTO conversation_members (conversation_id, user_id) VALUES (?1, ?2)",
                     params![conversation.as_str(), member.as_str()],
-                )
-                ?;
+                )?;
             }
             let events = append_message_events(conn, &stored, recipients)?;
             Ok(AppendOutcome::Created { message: stored, events })
@@ -379,8 +374,7 @@ impl Inbox for SqliteStore {
                     params![user.as_str(), id.as_str()],
                     |r| r.get(0),
                 )
-                .optional()
-                ?;
+                .optional()?;
             Ok(seq.map(|s| Seq(to_u64(s))))
         })
         .await
@@ -400,8 +394,7 @@ impl Inbox for SqliteStore {
                     "UPDATE conversation_members SET read_upto = ?3 \
                      WHERE conversation_id = ?1 AND user_id = ?2 AND read_upto < ?3",
                     params![conversation.as_str(), user.as_str(), to_i64(upto)],
-                )
-                ?;
+                )?;
             if moved == 1 {
                 return Ok((upto, append_drafts(conn, events)?));
             }
@@ -411,8 +404,7 @@ impl Inbox for SqliteStore {
                     params![conversation.as_str(), user.as_str()],
                     |r| r.get(0),
                 )
-                .optional()
-                ?;
+                .optional()?;
             match current {
                 Some(c) => Ok((to_u64(c), Vec::new())),
                 None => Err(StoreError::NotFound("conversation").into()),
@@ -433,8 +425,7 @@ impl Inbox for SqliteStore {
                 .execute(
                     "UPDATE messages SET recalled_at = ?2 WHERE message_id = ?1 AND recalled_at IS NULL",
                     params![id.as_str(), ms(now)],
-                )
-                ?;
+                )?;
             if changed == 0 {
                 return match message_by_id(conn, id.as_str())? {
                     Some(_) => Err(StoreError::Conflict("already recalled").into()),
@@ -454,13 +445,10 @@ impl Inbox for SqliteStore {
                     "SELECT cm.conversation_id, cm.read_upto FROM conversation_members cm \
                      JOIN conversations c ON c.conversation_id = cm.conversation_id \
                      WHERE cm.user_id = ?1 ORDER BY c.updated_at DESC, c.conversation_id LIMIT 1000",
-                )
-                ?;
+                )?;
             let convs: Vec<(String, i64)> = list
-                .query_map([user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-                ?
-                .collect::<rusqlite::Result<_>>()
-                ?;
+                .query_map([user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
             let mut out = Vec::with_capacity(convs.len());
             for (cid, read_upto) in convs {
                 // A group's positions are summed per message (`read_count`),
@@ -469,11 +457,9 @@ impl Inbox for SqliteStore {
                     Vec::new()
                 } else {
                     let mut members = conn
-                        .prepare_cached("SELECT user_id, read_upto FROM conversation_members WHERE conversation_id = ?1")
-                        ?;
+                        .prepare_cached("SELECT user_id, read_upto FROM conversation_members WHERE conversation_id = ?1")?;
                     members
-                        .query_map([&cid], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                        ?
+                        .query_map([&cid], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
                         .map(|r| r.map_err(db).and_then(|(u, n)| Ok((user_id(u)?, to_u64(n)))))
                         .collect::<Result<Vec<_>>>()?
                 };
@@ -481,8 +467,7 @@ impl Inbox for SqliteStore {
                     .prepare(&format!(
                         "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = ?1 \
                          ORDER BY m.conv_seq DESC LIMIT 1"
-                    ))
-                    ?;
+                    ))?;
                 let last_message = first(&mut last, [&cid], |r| read_message(r, 0))?;
                 let unread: i64 = conn
                     .query_row(
@@ -490,8 +475,7 @@ impl Inbox for SqliteStore {
                          AND sender_id != ?3 AND recalled_at IS NULL",
                         params![cid, read_upto, user.as_str()],
                         |r| r.get(0),
-                    )
-                    ?;
+                    )?;
                 out.push(ConversationState {
                     conversation_id: ConversationId::parse(cid).map_err(|_| corrupt("conversation id"))?,
                     read_upto: to_u64(read_upto),
@@ -517,8 +501,7 @@ impl Inbox for SqliteStore {
                 .prepare_cached(&format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = ?1 AND m.conv_seq < ?2 \
                      ORDER BY m.conv_seq DESC LIMIT ?3"
-                ))
-                ?;
+                ))?;
             let before = before.map_or(i64::MAX, to_i64);
             all(&mut stmt, params![conversation.as_str(), before, i64::from(limit)], |r| read_message(r, 0))
         })

@@ -49,8 +49,7 @@ impl Notifications for SqliteStore {
             let mut recorded = conn
                 .prepare_cached(
                     "INSERT OR IGNORE INTO notification_recipients (message_id, user_id, seq) VALUES (?1, ?2, ?3)",
-                )
-                ?;
+                )?;
             for user in recipients {
                 let seq = match insert_event(
                     conn,
@@ -139,15 +138,13 @@ impl Notifications for SqliteStore {
                     params![upto.as_str(), user.as_str()],
                     |r| r.get(0),
                 )
-                .optional()
-                ?;
+                .optional()?;
             let seq = seq.ok_or(StoreError::NotFound("notification"))?;
             conn.execute(
                 "UPDATE notification_recipients SET read_at = ?3 \
                  WHERE user_id = ?1 AND seq <= ?2 AND read_at IS NULL",
                 params![user.as_str(), seq, ms(at)],
-            )
-            ?;
+            )?;
             Ok(Seq(to_u64(seq)))
         })
         .await

@@ -46,8 +46,7 @@ fn befriend(conn: &Connection, a: &UserId, b: &UserId, at: OffsetDateTime) -> Db
             .execute(
                 "INSERT OR IGNORE INTO friends (user_id, friend_id, tags, created_at) VALUES (?1, ?2, '', ?3)",
                 params![x.as_str(), y.as_str(), ms(at)],
-            )
-            ?;
+            )?;
         conn.execute(
             "UPDATE friend_requests SET state = 'accepted', updated_at = ?3 \
              WHERE from_id = ?1 AND to_id = ?2 AND state = 'pending'",
@@ -62,8 +61,7 @@ fn unfriend(conn: &Connection, a: &UserId, b: &UserId) -> DbResult<bool> {
         .execute(
             "DELETE FROM friends WHERE (user_id = ?1 AND friend_id = ?2) OR (user_id = ?2 AND friend_id = ?1)",
             params![a.as_str(), b.as_str()],
-        )
-        ?;
+        )?;
     Ok(removed > 0)
 }
 
@@ -103,8 +101,7 @@ impl Relationships for SqliteStore {
                  message_sealed = excluded.message_sealed, state = 'pending', \
                  created_at = excluded.created_at, updated_at = excluded.updated_at",
                 params![from.as_str(), to.as_str(), plain, sealed, ms(request.created_at)],
-            )
-            ?;
+            )?;
             Ok((RequestOutcome::Pending, append_drafts(conn, request_events)?))
         })
         .await
@@ -129,8 +126,7 @@ impl Relationships for SqliteStore {
                 conn.execute(
                     "UPDATE friend_requests SET state = 'declined', updated_at = ?3 WHERE from_id = ?1 AND to_id = ?2",
                     params![from.as_str(), to.as_str(), ms(at)],
-                )
-                ?;
+                )?;
             }
             append_drafts(conn, events)
         })
@@ -202,8 +198,7 @@ impl Relationships for SqliteStore {
                     params![user.as_str(), friend.as_str(), joined, remark],
                     |r| r.get(0),
                 )
-                .optional()
-                ?;
+                .optional()?;
             let since = since.ok_or(StoreError::NotFound("friend"))?;
             Ok(FriendRow { friend, tags, remark, since: from_ms(since)? })
         })
@@ -233,8 +228,7 @@ impl Relationships for SqliteStore {
                     "DELETE FROM blocks WHERE user_id = ?1 AND blocked_id = ?2",
                     params![user.as_str(), other.as_str()],
                 )
-            }
-            ?;
+            }?;
             if changed == 0 {
                 return Ok((false, Vec::new()));
             }

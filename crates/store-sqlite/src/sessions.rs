@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 use unimsg_proto::{EventType, SessionId, UserId};
-use unimsg_store::sql::{SESSION_COLUMNS, ms, read_session, user_id};
+use unimsg_store::sql::{SESSION_COLUMNS, ms, read_session, refresh_check, user_id};
 use unimsg_store::{
     EventBody, NewRefreshToken, NewSession, RefreshOutcome, Result, Revocation, Session, Sessions,
     StoredEvent, TokenHash,
@@ -149,28 +149,19 @@ impl Sessions for SqliteStore {
                     [&presented.0[..]],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
-                .optional()
-                ?;
+                .optional()?;
             let Some((sid, expires_at, rotated_at)) = found else {
                 return Ok(RefreshOutcome::Invalid);
             };
-            let Some(session) = session_by_id(conn, &sid)? else {
-                return Ok(RefreshOutcome::Invalid);
+            let found = session_by_id(conn, &sid)?;
+            let session = match refresh_check(found, expires_at, rotated_at.is_some(), now) {
+                RefreshOutcome::Rotated(session) => session,
+                answer => return Ok(answer),
             };
-            if !session.is_active() {
-                return Ok(RefreshOutcome::Invalid);
-            }
-            if rotated_at.is_some() {
-                return Ok(RefreshOutcome::Reused(session));
-            }
-            if expires_at <= ms(now) {
-                return Ok(RefreshOutcome::Invalid);
-            }
             conn.execute(
                 "UPDATE refresh_tokens SET rotated_at = ?2 WHERE token_hash = ?1",
                 params![&presented.0[..], ms(now)],
-            )
-            ?;
+            )?;
             conn.execute(
                 "INSERT INTO refresh_tokens (token_hash, session_id, expires_at) VALUES (?1, ?2, ?3)",
                 params![&next.hash.0[..], sid, ms(next.expires_at)],

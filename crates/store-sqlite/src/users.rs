@@ -90,14 +90,12 @@ impl Users for SqliteStore {
                         update.password_hash.as_ref().map(|h| h.0.as_str()),
                         update.status.map(UserStatus::as_str)
                     ],
-                )
-                ?;
+                )?;
             if changed == 0 {
                 return Err(StoreError::NotFound("user").into());
             }
             let mut stmt = conn
-                .prepare(&format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"))
-                ?;
+                .prepare(&format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"))?;
             Ok(first(&mut stmt, [id.as_str()], read_user)?.ok_or(StoreError::NotFound("user"))?)
         })
         .await
@@ -107,24 +105,21 @@ impl Users for SqliteStore {
         let id = id.clone();
         self.write(move |conn| {
             let exists: bool = conn
-                .query_row("SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)", [id.as_str()], |r| r.get(0))
-                ?;
+                .query_row("SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)", [id.as_str()], |r| r.get(0))?;
             if !exists {
                 return Err(StoreError::NotFound("user").into());
             }
             conn.execute(
                 "DELETE FROM refresh_tokens WHERE session_id IN (SELECT session_id FROM sessions WHERE user_id = ?1)",
                 [id.as_str()],
-            )
-            ?;
+            )?;
             // The groups they were in change: decisions taken on an older
             // member list must be taken again.
             conn.execute(
                 "UPDATE chat_groups SET version = version + 1 \
                  WHERE group_id IN (SELECT group_id FROM group_members WHERE user_id = ?1)",
                 [id.as_str()],
-            )
-            ?;
+            )?;
             for table in ["sessions", "inbox", "conversation_members", "notification_recipients", "group_members", "users"] {
                 conn.execute(&format!("DELETE FROM {table} WHERE user_id = ?1"), [id.as_str()])?;
             }

@@ -16,7 +16,7 @@ use unimsg_proto::{
 
 use crate::{
     Admin, AuditRow, EventBody, FriendRequestRow, FriendRow, GROUP_CHANGED, GroupRow, MemberRow,
-    PasswordHash, Result, Sealed, Session, StoreError, StoredEvent, StoredMessage,
+    PasswordHash, RefreshOutcome, Result, Sealed, Session, StoreError, StoredEvent, StoredMessage,
     StoredNotification, StoredText, User, UserStatus, WrappedKey,
 };
 
@@ -378,6 +378,36 @@ pub fn read_inbox_row(row: &dyn SqlRow, user: &UserId) -> Result<(i64, StoredEve
         body,
     };
     Ok((row.int(bpos_at)?, event))
+}
+
+/// The outcome of an edit of one group member: `NotFound` when it
+/// changed no row (they are not a member).
+pub fn one_member(changed_a_row: bool) -> Result<()> {
+    if changed_a_row {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound("group member"))
+    }
+}
+
+/// What a presented refresh token allows, given its row (`expires_at`,
+/// whether it was `rotated` already) and its session: `Rotated(session)`
+/// when it may be exchanged for the next token (which the caller then
+/// does), otherwise the answer to give at once (an invalid token, or a
+/// reused one, which the caller treats as theft).
+pub fn refresh_check(
+    session: Option<Session>,
+    expires_at: i64,
+    rotated: bool,
+    now: OffsetDateTime,
+) -> RefreshOutcome {
+    match session {
+        None => RefreshOutcome::Invalid,
+        Some(session) if !session.is_active() => RefreshOutcome::Invalid,
+        Some(session) if rotated => RefreshOutcome::Reused(session),
+        Some(_) if expires_at <= ms(now) => RefreshOutcome::Invalid,
+        Some(session) => RefreshOutcome::Rotated(session),
+    }
 }
 
 #[cfg(test)]
