@@ -182,7 +182,7 @@ fn receivers(outcome: &AppendOutcome) -> Vec<String> {
 /// and whatever must live as long as the store (a temporary directory, a
 /// database server), as `(Arc<dyn Store>, guard)`.
 ///
-/// ```ignore
+/// ```text
 /// unimsg_store::backend_suite!(fresh);
 /// ```
 #[macro_export]
