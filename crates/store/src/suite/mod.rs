@@ -10,6 +10,7 @@
 mod admins;
 mod audit;
 mod broadcasts;
+mod data_keys;
 mod groups;
 mod inbox;
 mod notifications;
@@ -20,6 +21,7 @@ mod users;
 pub use admins::*;
 pub use audit::*;
 pub use broadcasts::*;
+pub use data_keys::*;
 pub use groups::*;
 pub use inbox::*;
 pub use notifications::*;
@@ -192,7 +194,7 @@ macro_rules! backend_suite {
             users, unknown_users, import_and_update,
             sessions, disabled_users_sessions,
             inbox, concurrent_appends_are_gap_free, reads_and_recalls,
-            admins, notifications, broadcasts_merge_into_every_inbox, audit_chain,
+            data_keys, admins, notifications, broadcasts_merge_into_every_inbox, audit_chain,
             relationships, groups,
         );
     };
