@@ -17,7 +17,7 @@ use unimsg_core::config::{
 };
 use unimsg_core::limits::LimitsConfig;
 use unimsg_http::HttpConfig;
-use unimsg_store::sqlite::Durability;
+use unimsg_store_sqlite::Durability;
 
 pub const ENV_PREFIX: &str = "UNIMSG_";
 

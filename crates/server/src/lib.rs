@@ -26,8 +26,8 @@ use unimsg_core::{Core, CoreParts};
 use unimsg_http::AppState;
 use unimsg_redis::{Cluster, RedisBus, RedisLimits, RedisNonces, RedisOptions, RedisTickets};
 use unimsg_store::Store;
-use unimsg_store::sqlite::{SqliteOptions, SqliteStore};
 use unimsg_store_postgres::{PgOptions, PgStore};
+use unimsg_store_sqlite::{SqliteOptions, SqliteStore};
 
 pub use config::{BusConfig, Config, ConfigError, ENV_PREFIX, LogConfig, LogFormat, StoreConfig};
 

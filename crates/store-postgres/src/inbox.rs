@@ -1,6 +1,6 @@
-//! The inbox trait on PostgreSQL: messages, per-user event streams merged
-//! with broadcasts, delivery and read positions, conversations, and the
-//! group fan-out that the groups module calls.
+//! The `Inbox` trait on PostgreSQL: messages, per-user event streams
+//! merged with broadcasts, delivery and read positions, conversations; and
+//! the message writes the group fan-out (`groups.rs`) shares.
 //!
 //! Writes take their locks in the crate's order (broadcast clock, then the
 //! conversation or message row, then the users through
@@ -13,72 +13,26 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 use time::OffsetDateTime;
-use tokio_postgres::Row;
-use tokio_postgres::types::FromSql;
 use unimsg_proto::api::Recipient;
-use unimsg_proto::{ConversationId, EventType, GroupId, MessageId, Seq, UserId};
+use unimsg_proto::{ConversationId, EventType, MessageId, Seq, UserId};
+use unimsg_store::sql::{
+    INBOX_COLUMNS, MESSAGE_COLUMNS, corrupt, ms, read_inbox_row, read_message, to_i64, to_u64,
+    user_id,
+};
 use unimsg_store::{
-    AppendOutcome, ConversationState, EventBody, EventDraft, Inbox, NewMessage, Result, Sealed,
-    StoreError, StoredEvent, StoredMessage,
+    AppendOutcome, ConversationState, EventBody, EventDraft, Inbox, NewMessage, Result, StoreError,
+    StoredEvent, StoredMessage,
 };
 
-use crate::admin::{NOTIFICATION_COLUMNS, broadcasts_between, read_notification};
-use crate::{
-    InboxRow, PgStore, append_inbox, broadcast_clock, corrupt, from_ms, ms, pg, to_i64, to_u64,
-    unique, user_id,
-};
-
-/// Message columns, prefixed for the joins that use them (12 columns, read
-/// by [`read_message`]).
-pub(crate) const MESSAGE_COLUMNS: &str = "m.message_id, m.conversation_id, m.conv_seq, m.sender_id, m.recipient_id, m.kind, \
-     m.key_id, m.nonce, m.content, m.client_msg_id, m.created_at, m.recalled_at";
+use crate::broadcasts::broadcasts_between;
+use crate::{DbResult, InboxRow, PgStore, append_inbox, broadcast_clock, column, read, unique};
 
 /// The savepoint a send with a `client_msg_id` rolls back to when a
 /// concurrent send of the same message won the idempotency index.
 const SEND_SAVEPOINT: &str = "unimsg_send";
 
-/// Reads column `idx`; a type mismatch is a corrupt row, not a lost
-/// connection (which is what [`pg`] would make of a non-database error).
-fn col<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> Result<T> {
-    row.try_get(idx)
-        .map_err(|e| StoreError::Internal(format!("corrupt row: column {idx}: {e}")))
-}
-
-/// Reads the [`MESSAGE_COLUMNS`] starting at `at`.
-pub(crate) fn read_message(row: &Row, at: usize) -> Result<StoredMessage> {
-    let conversation_id: String = col(row, at + 1)?;
-    let conversation_id =
-        ConversationId::parse(conversation_id).map_err(|_| corrupt("conversation id"))?;
-    let recipient: String = col(row, at + 4)?;
-    // `recipient_id` holds the group's id for a group message.
-    let recipient = if conversation_id.group_id().is_some() {
-        Recipient::Group(GroupId::parse(recipient).map_err(|_| corrupt("group id"))?)
-    } else {
-        Recipient::User(user_id(recipient)?)
-    };
-    let message_id: String = col(row, at)?;
-    let key_id: i64 = col(row, at + 6)?;
-    let recalled_at: Option<i64> = col(row, at + 11)?;
-    Ok(StoredMessage {
-        message_id: MessageId::parse(message_id).map_err(|_| corrupt("message id"))?,
-        conversation_id,
-        conv_seq: to_u64(col(row, at + 2)?),
-        sender: user_id(col(row, at + 3)?)?,
-        recipient,
-        kind: col(row, at + 5)?,
-        content: Sealed {
-            key_id: u32::try_from(key_id).map_err(|_| corrupt("key id"))?,
-            nonce: col(row, at + 7)?,
-            ciphertext: col(row, at + 8)?,
-        },
-        client_msg_id: col(row, at + 9)?,
-        created_at: from_ms(col(row, at + 10)?)?,
-        recalled_at: recalled_at.map(from_ms).transpose()?,
-    })
-}
-
 /// The message with this id, on a connection or inside a transaction.
-pub(crate) async fn message_by_id<C>(client: &C, id: &str) -> Result<Option<StoredMessage>>
+pub(crate) async fn message_by_id<C>(client: &C, id: &str) -> DbResult<Option<StoredMessage>>
 where
     C: deadpool_postgres::GenericClient,
 {
@@ -86,19 +40,20 @@ where
         .prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.message_id = $1"
         ))
-        .await
-        .map_err(pg)?;
+        .await?;
     client
         .query_opt(&stmt, &[&id])
-        .await
-        .map_err(pg)?
-        .map(|row| read_message(&row, 0))
+        .await?
+        .map(|row| read(&row, |r| read_message(r, 0)))
         .transpose()
 }
 
 /// The message an earlier send with the same `(sender, client_msg_id)`
 /// stored, if any.
-async fn duplicate_of(tx: &Transaction<'_>, message: &NewMessage) -> Result<Option<StoredMessage>> {
+pub(crate) async fn duplicate_of(
+    tx: &Transaction<'_>,
+    message: &NewMessage,
+) -> DbResult<Option<StoredMessage>> {
     let Some(cmid) = &message.client_msg_id else {
         return Ok(None);
     };
@@ -106,22 +61,19 @@ async fn duplicate_of(tx: &Transaction<'_>, message: &NewMessage) -> Result<Opti
         .prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender_id = $1 AND m.client_msg_id = $2"
         ))
-        .await
-        .map_err(pg)?;
+        .await?;
     tx.query_opt(&stmt, &[&message.sender.as_str(), &cmid.as_str()])
-        .await
-        .map_err(pg)?
-        .map(|row| read_message(&row, 0))
+        .await?
+        .map(|row| read(&row, |r| read_message(r, 0)))
         .transpose()
 }
 
 /// Sets the savepoint a send returns to when it turns out to be a
 /// duplicate (only sends with a `client_msg_id` can be).
-async fn mark_send(tx: &Transaction<'_>, message: &NewMessage) -> Result<()> {
+pub(crate) async fn mark_send(tx: &Transaction<'_>, message: &NewMessage) -> DbResult<()> {
     if message.client_msg_id.is_some() {
         tx.batch_execute(&format!("SAVEPOINT {SEND_SAVEPOINT}"))
-            .await
-            .map_err(pg)?;
+            .await?;
     }
     Ok(())
 }
@@ -129,10 +81,12 @@ async fn mark_send(tx: &Transaction<'_>, message: &NewMessage) -> Result<()> {
 /// A concurrent send of the same `(sender, client_msg_id)` committed first:
 /// undoes everything since [`mark_send`] (the conversation counter bump)
 /// and returns the original, so that nothing of this send is written.
-async fn lost_race(tx: &Transaction<'_>, message: &NewMessage) -> Result<AppendOutcome> {
+pub(crate) async fn lost_race(
+    tx: &Transaction<'_>,
+    message: &NewMessage,
+) -> DbResult<AppendOutcome> {
     tx.batch_execute(&format!("ROLLBACK TO SAVEPOINT {SEND_SAVEPOINT}"))
-        .await
-        .map_err(pg)?;
+        .await?;
     // READ COMMITTED: this statement sees the winner's committed row.
     let original = duplicate_of(tx, message)
         .await?
@@ -143,7 +97,7 @@ async fn lost_race(tx: &Transaction<'_>, message: &NewMessage) -> Result<AppendO
 /// Moves the conversation's counter on and returns the message's
 /// `conv_seq`. The row stays locked until commit: concurrent sends to the
 /// conversation (and group membership changes) queue behind it.
-async fn bump_conversation(tx: &Transaction<'_>, message: &NewMessage) -> Result<i64> {
+pub(crate) async fn bump_conversation(tx: &Transaction<'_>, message: &NewMessage) -> DbResult<i64> {
     let stmt = tx
         .prepare_cached(
             "INSERT INTO conversations (conversation_id, last_conv_seq, updated_at) VALUES ($1, 1, $2) \
@@ -151,26 +105,24 @@ async fn bump_conversation(tx: &Transaction<'_>, message: &NewMessage) -> Result
              SET last_conv_seq = conversations.last_conv_seq + 1, updated_at = excluded.updated_at \
              RETURNING last_conv_seq",
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     let row = tx
         .query_one(
             &stmt,
             &[&message.conversation_id.as_str(), &ms(message.created_at)],
         )
-        .await
-        .map_err(pg)?;
-    col(&row, 0)
+        .await?;
+    Ok(column(&row, 0)?)
 }
 
 /// Stores a message at `conv_seq`. `None` when a concurrent send with the
 /// same `(sender, client_msg_id)` committed first (the caller then calls
 /// [`lost_race`]); a taken message id is `Conflict("message")`.
-async fn insert_message(
+pub(crate) async fn insert_message(
     tx: &Transaction<'_>,
     message: &NewMessage,
     conv_seq: i64,
-) -> Result<Option<StoredMessage>> {
+) -> DbResult<Option<StoredMessage>> {
     let stmt = tx
         .prepare_cached(
             "INSERT INTO messages (message_id, conversation_id, conv_seq, sender_id, recipient_id, kind, \
@@ -178,8 +130,7 @@ async fn insert_message(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING",
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     let inserted = tx
         .execute(
             &stmt,
@@ -219,12 +170,12 @@ async fn insert_message(
 /// Appends one `message.new` event per recipient, each carrying the
 /// message, with one [`append_inbox`] call. With `skip_unknown`, users
 /// deleted meanwhile get nothing; otherwise they are `NotFound("user")`.
-async fn append_message_events(
+pub(crate) async fn append_message_events(
     tx: &Transaction<'_>,
     stored: &StoredMessage,
     recipients: &[UserId],
     skip_unknown: bool,
-) -> Result<Vec<StoredEvent>> {
+) -> DbResult<Vec<StoredEvent>> {
     let rows: Vec<InboxRow<'_>> = recipients
         .iter()
         .map(|user| InboxRow {
@@ -259,7 +210,7 @@ pub(crate) async fn append_drafts(
     tx: &Transaction<'_>,
     drafts: &[EventDraft],
     skip_unknown: bool,
-) -> Result<Vec<StoredEvent>> {
+) -> DbResult<Vec<StoredEvent>> {
     let rows: Vec<InboxRow<'_>> = drafts
         .iter()
         .map(|d| InboxRow {
@@ -288,20 +239,18 @@ pub(crate) async fn append_drafts(
 
 /// A user's raw inbox position, broadcast base and the newest bseq, read
 /// without locks (inside a snapshot). `NotFound("user")` for an unknown user.
-async fn positions(tx: &Transaction<'_>, user: &UserId) -> Result<(i64, i64, i64)> {
+async fn positions(tx: &Transaction<'_>, user: &UserId) -> DbResult<(i64, i64, i64)> {
     let stmt = tx
         .prepare_cached(
             "SELECT u.last_seq, u.bbase, c.head FROM users u CROSS JOIN broadcast_clock c \
              WHERE u.user_id = $1 AND c.id = 1",
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     let row = tx
         .query_opt(&stmt, &[&user.as_str()])
-        .await
-        .map_err(pg)?
+        .await?
         .ok_or(StoreError::NotFound("user"))?;
-    Ok((col(&row, 0)?, col(&row, 1)?, col(&row, 2)?))
+    Ok((column(&row, 0)?, column(&row, 1)?, column(&row, 2)?))
 }
 
 /// A user's visible stream after `after`: inbox rows and broadcasts merged
@@ -314,7 +263,7 @@ async fn merged_events_after(
     user: &UserId,
     after: Seq,
     limit: u32,
-) -> Result<Vec<StoredEvent>> {
+) -> DbResult<Vec<StoredEvent>> {
     let (last, base, head) = positions(tx, user).await?;
     let position = to_i64(after.0).min(last + head - base);
     // The inbox rows and broadcasts at or before `position`: the newest
@@ -330,14 +279,12 @@ async fn merged_events_after(
                 "SELECT seq FROM inbox WHERE user_id = $1 AND seq + bpos - $2 <= $3 \
                  ORDER BY seq DESC LIMIT 1",
             )
-            .await
-            .map_err(pg)?;
+            .await?;
         match tx
             .query_opt(&stmt, &[&user.as_str(), &base, &position])
-            .await
-            .map_err(pg)?
+            .await?
         {
-            Some(row) => col(&row, 0)?,
+            Some(row) => column(&row, 0)?,
             None => 0,
         }
     };
@@ -368,143 +315,20 @@ async fn inbox_rows(
     user: &UserId,
     after: i64,
     limit: u32,
-) -> Result<Vec<(i64, StoredEvent)>> {
-    // Columns: 0 seq, 1 kind, 2 created_at, 3 data, 4..=15 the message,
-    // 16..=22 the notification, 23 bpos.
+) -> DbResult<Vec<(i64, StoredEvent)>> {
     let stmt = tx
         .prepare_cached(&format!(
-            "SELECT i.seq, i.kind, i.created_at, i.data, {MESSAGE_COLUMNS}, {NOTIFICATION_COLUMNS}, i.bpos \
+            "SELECT {INBOX_COLUMNS} \
              FROM inbox i LEFT JOIN messages m ON m.message_id = i.message_id \
              LEFT JOIN notifications n ON n.message_id = i.message_id \
              WHERE i.user_id = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3"
         ))
-        .await
-        .map_err(pg)?;
-    let rows = tx
-        .query(&stmt, &[&user.as_str(), &after, &i64::from(limit)])
-        .await
-        .map_err(pg)?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let seq: i64 = col(row, 0)?;
-        let kind: String = col(row, 1)?;
-        let at: i64 = col(row, 2)?;
-        let data: Option<String> = col(row, 3)?;
-        let has_message: Option<String> = col(row, 4)?;
-        let has_notification: Option<String> = col(row, 16)?;
-        let bpos: i64 = col(row, 23)?;
-        let body = match (data, has_message, has_notification) {
-            (Some(data), _, _) => EventBody::Data(data),
-            (None, Some(_), _) => EventBody::Message(Box::new(read_message(row, 4)?)),
-            (None, None, Some(_)) => EventBody::Notification(Box::new(read_notification(row, 16)?)),
-            (None, None, None) => return Err(corrupt("inbox event without data")),
-        };
-        let event = StoredEvent {
-            user_id: user.clone(),
-            seq: Seq(to_u64(seq)),
-            kind: EventType::parse(&kind).ok_or_else(|| corrupt("event type"))?,
-            at: from_ms(at)?,
-            body,
-        };
-        out.push((bpos, event));
-    }
-    Ok(out)
-}
-
-/// Stores a group message and appends `message.new` to every member's
-/// inbox, the sender included ([`unimsg_store::Groups::append_group_message`]).
-///
-/// The member list is read after the group's conversation row is locked
-/// (by the counter bump), in the transaction that fans the message out:
-/// membership changes that lock that row too are either fully before this
-/// message (and decide who gets it) or fully after it.
-pub(crate) async fn append_group_message(
-    store: &PgStore,
-    message: NewMessage,
-) -> Result<AppendOutcome> {
-    transaction!(store, |tx| {
-        if let Some(original) = duplicate_of(tx, &message).await? {
-            return Ok(AppendOutcome::Duplicate(original));
-        }
-        let Recipient::Group(group) = &message.recipient else {
-            return Err(StoreError::Internal(
-                "a direct message is not a group message".into(),
-            ));
-        };
-        // Lock order: broadcast clock, conversation row, users.
-        broadcast_clock(tx).await?;
-        mark_send(tx, &message).await?;
-        let conv_seq = bump_conversation(tx, &message).await?;
-        // Membership is decided here, under the conversation lock: a member
-        // removed before this commit gets nothing, one added gets it.
-        let stmt = tx
-            .prepare_cached(
-                "SELECT m.user_id FROM group_members m JOIN chat_groups g ON g.group_id = m.group_id \
-                 WHERE m.group_id = $1 AND g.dissolved_at IS NULL ORDER BY m.user_id COLLATE \"C\"",
-            )
-            .await
-            .map_err(pg)?;
-        let members = tx
-            .query(&stmt, &[&group.as_str()])
-            .await
-            .map_err(pg)?
-            .iter()
-            .map(|row| col::<String>(row, 0).and_then(user_id))
-            .collect::<Result<Vec<_>>>()?;
-        if !members.contains(&message.sender) {
-            // The error rolls the counter bump back with the transaction.
-            return Err(StoreError::NotFound("group member"));
-        }
-        let Some(stored) = insert_message(tx, &message, conv_seq).await? else {
-            return lost_race(tx, &message).await;
-        };
-        // Members are users (deleting a user removes their memberships);
-        // one deleted concurrently is skipped rather than failing the send.
-        let events = append_message_events(tx, &stored, &members, true).await?;
-        Ok(AppendOutcome::Created {
-            message: stored,
-            events,
-        })
-    })
-}
-
-/// For the message at `conv_seq` of a conversation: how many members other
-/// than `sender` have read up to it, and how many received it and are
-/// still members (`(read, members)`), from the read positions. Members who
-/// joined after the message (`since >= conv_seq`) did not receive it.
-pub(crate) async fn read_count(
-    store: &PgStore,
-    conversation: &ConversationId,
-    conv_seq: u64,
-    sender: &UserId,
-) -> Result<(u64, u64)> {
-    let group = conversation.group_id();
-    let group = group.as_ref().map(GroupId::as_str);
-    let client = store.client().await?;
-    // One pass over the conversation's read positions.
-    let stmt = client
-        .prepare_cached(
-            "SELECT count(*), count(*) FILTER (WHERE cm.read_upto >= $3) FROM conversation_members cm \
-             LEFT JOIN group_members gm ON gm.group_id = $4 AND gm.user_id = cm.user_id \
-             WHERE cm.conversation_id = $1 AND cm.user_id <> $2 AND coalesce(gm.since, 0) < $3",
-        )
-        .await
-        .map_err(pg)?;
-    let row = client
-        .query_one(
-            &stmt,
-            &[
-                &conversation.as_str(),
-                &sender.as_str(),
-                &to_i64(conv_seq),
-                &group,
-            ],
-        )
-        .await
-        .map_err(pg)?;
-    let members: i64 = col(&row, 0)?;
-    let read: i64 = col(&row, 1)?;
-    Ok((to_u64(read), to_u64(members)))
+        .await?;
+    tx.query(&stmt, &[&user.as_str(), &after, &i64::from(limit)])
+        .await?
+        .iter()
+        .map(|row| read(row, |r| read_inbox_row(r, user)))
+        .collect()
 }
 
 #[async_trait]
@@ -523,7 +347,8 @@ impl Inbox for PgStore {
                 Recipient::Group(_) => {
                     return Err(StoreError::Internal(
                         "a group message is not a direct message".into(),
-                    ));
+                    )
+                    .into());
                 }
             };
             // Lock order: broadcast clock, conversation row, users.
@@ -538,14 +363,12 @@ impl Inbox for PgStore {
                     "INSERT INTO conversation_members (conversation_id, user_id) \
                      SELECT $1, u FROM unnest($2::text[]) AS t(u) ON CONFLICT DO NOTHING",
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             tx.execute(
                 &stmt,
                 &[&message.conversation_id.as_str(), &members.as_slice()],
             )
-            .await
-            .map_err(pg)?;
+            .await?;
             let events = append_message_events(tx, &stored, &recipients, false).await?;
             Ok(AppendOutcome::Created {
                 message: stored,
@@ -586,52 +409,47 @@ impl Inbox for PgStore {
                     "UPDATE users SET acked_seq = GREATEST(acked_seq, LEAST($2, last_seq + $3 - bbase)) \
                      WHERE user_id = $1 RETURNING acked_seq",
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             let row = tx
                 .query_opt(&stmt, &[&user.as_str(), &to_i64(seq.0), &head])
-                .await
-                .map_err(pg)?
+                .await?
                 .ok_or(StoreError::NotFound("user"))?;
-            Ok(Seq(to_u64(col(&row, 0)?)))
+            Ok(Seq(to_u64(column(&row, 0)?)))
         })
     }
 
     async fn acked(&self, user: &UserId) -> Result<Seq> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached("SELECT acked_seq FROM users WHERE user_id = $1")
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_opt(&stmt, &[&user.as_str()])
-            .await
-            .map_err(pg)?
-            .ok_or(StoreError::NotFound("user"))?;
-        Ok(Seq(to_u64(col(&row, 0)?)))
+        connected!(self, |client| {
+            let stmt = client
+                .prepare_cached("SELECT acked_seq FROM users WHERE user_id = $1")
+                .await?;
+            let row = client
+                .query_opt(&stmt, &[&user.as_str()])
+                .await?
+                .ok_or(StoreError::NotFound("user"))?;
+            Ok(Seq(to_u64(column(&row, 0)?)))
+        })
     }
 
     async fn message(&self, id: &MessageId) -> Result<Option<StoredMessage>> {
-        let client = self.client().await?;
-        message_by_id(&client, id.as_str()).await
+        connected!(self, |client| message_by_id(&client, id.as_str()).await)
     }
 
     async fn message_seq(&self, user: &UserId, id: &MessageId) -> Result<Option<Seq>> {
-        let client = self.client().await?;
-        // A range scan of this user's inbox: only idempotent retries ask.
-        let stmt = client
-            .prepare_cached(
-                "SELECT i.seq + i.bpos - u.bbase FROM inbox i JOIN users u ON u.user_id = i.user_id \
-                 WHERE i.user_id = $1 AND i.message_id = $2 ORDER BY i.seq LIMIT 1",
-            )
-            .await
-            .map_err(pg)?;
-        let row = client
-            .query_opt(&stmt, &[&user.as_str(), &id.as_str()])
-            .await
-            .map_err(pg)?;
-        row.map(|r| col::<i64>(&r, 0).map(|s| Seq(to_u64(s))))
-            .transpose()
+        connected!(self, |client| {
+            // A range scan of this user's inbox: only idempotent retries ask.
+            let stmt = client
+                .prepare_cached(
+                    "SELECT i.seq + i.bpos - u.bbase FROM inbox i JOIN users u ON u.user_id = i.user_id \
+                     WHERE i.user_id = $1 AND i.message_id = $2 ORDER BY i.seq LIMIT 1",
+                )
+                .await?;
+            let row = client
+                .query_opt(&stmt, &[&user.as_str(), &id.as_str()])
+                .await?;
+            let seq = row.map(|r| column::<i64>(&r, 0)).transpose()?;
+            Ok(seq.map(|s| Seq(to_u64(s))))
+        })
     }
 
     async fn mark_read(
@@ -651,15 +469,13 @@ impl Inbox for PgStore {
                     "UPDATE conversation_members SET read_upto = $3 \
                      WHERE conversation_id = $1 AND user_id = $2 AND read_upto < $3",
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             let moved = tx
                 .execute(
                     &stmt,
                     &[&conversation.as_str(), &user.as_str(), &to_i64(upto)],
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             if moved == 1 {
                 return Ok((upto, append_drafts(tx, &events, false).await?));
             }
@@ -667,15 +483,13 @@ impl Inbox for PgStore {
                 .prepare_cached(
                     "SELECT read_upto FROM conversation_members WHERE conversation_id = $1 AND user_id = $2",
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             match tx
                 .query_opt(&stmt, &[&conversation.as_str(), &user.as_str()])
-                .await
-                .map_err(pg)?
+                .await?
             {
-                Some(row) => Ok((to_u64(col(&row, 0)?), Vec::new())),
-                None => Err(StoreError::NotFound("conversation")),
+                Some(row) => Ok((to_u64(column(&row, 0)?), Vec::new())),
+                None => Err(StoreError::NotFound("conversation").into()),
             }
         })
     }
@@ -695,16 +509,12 @@ impl Inbox for PgStore {
                 .prepare_cached(
                     "UPDATE messages SET recalled_at = $2 WHERE message_id = $1 AND recalled_at IS NULL",
                 )
-                .await
-                .map_err(pg)?;
-            let changed = tx
-                .execute(&stmt, &[&id.as_str(), &ms(now)])
-                .await
-                .map_err(pg)?;
+                .await?;
+            let changed = tx.execute(&stmt, &[&id.as_str(), &ms(now)]).await?;
             if changed == 0 {
                 return match message_by_id(tx, id.as_str()).await? {
-                    Some(_) => Err(StoreError::Conflict("already recalled")),
-                    None => Err(StoreError::NotFound("message")),
+                    Some(_) => Err(StoreError::Conflict("already recalled").into()),
+                    None => Err(StoreError::NotFound("message").into()),
                 };
             }
             append_drafts(tx, &events, false).await
@@ -731,14 +541,13 @@ impl Inbox for PgStore {
                                         ORDER BY l.conv_seq DESC LIMIT 1) m ON TRUE \
                      ORDER BY s.updated_at DESC, s.conversation_id COLLATE \"C\""
                 ))
-                .await
-                .map_err(pg)?;
-            let rows = tx.query(&stmt, &[&user.as_str()]).await.map_err(pg)?;
+                .await?;
+            let rows = tx.query(&stmt, &[&user.as_str()]).await?;
             // A group's positions are summed per message (`read_count`),
             // never listed: a group has up to `groups.max_members`.
             let listed: Vec<String> = rows
                 .iter()
-                .map(|row| col::<String>(row, 0))
+                .map(|row| column::<String>(row, 0))
                 .collect::<Result<Vec<_>>>()?
                 .into_iter()
                 .filter(|cid| !cid.starts_with("g:"))
@@ -750,12 +559,11 @@ impl Inbox for PgStore {
                         "SELECT conversation_id, user_id, read_upto FROM conversation_members \
                          WHERE conversation_id = ANY($1) ORDER BY conversation_id, user_id COLLATE \"C\"",
                     )
-                    .await
-                    .map_err(pg)?;
-                for row in tx.query(&stmt, &[&listed]).await.map_err(pg)? {
-                    let cid: String = col(&row, 0)?;
-                    let member = user_id(col(&row, 1)?)?;
-                    let read: i64 = col(&row, 2)?;
+                    .await?;
+                for row in tx.query(&stmt, &[&listed]).await? {
+                    let cid: String = column(&row, 0)?;
+                    let member = user_id(column(&row, 1)?)?;
+                    let read: i64 = column(&row, 2)?;
                     members_read
                         .entry(cid)
                         .or_default()
@@ -764,12 +572,12 @@ impl Inbox for PgStore {
             }
             let mut out = Vec::with_capacity(rows.len());
             for row in &rows {
-                let cid: String = col(row, 0)?;
-                let read_upto: i64 = col(row, 1)?;
-                let unread: i64 = col(row, 2)?;
-                let has_message: Option<String> = col(row, 3)?;
+                let cid: String = column(row, 0)?;
+                let read_upto: i64 = column(row, 1)?;
+                let unread: i64 = column(row, 2)?;
+                let has_message: Option<String> = column(row, 3)?;
                 let last_message = match has_message {
-                    Some(_) => Some(read_message(row, 3)?),
+                    Some(_) => Some(read(row, |r| read_message(r, 3))?),
                     None => None,
                 };
                 out.push(ConversationState {
@@ -791,21 +599,20 @@ impl Inbox for PgStore {
         before: Option<u64>,
         limit: u32,
     ) -> Result<Vec<StoredMessage>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = $1 AND m.conv_seq < $2 \
-                 ORDER BY m.conv_seq DESC LIMIT $3"
-            ))
-            .await
-            .map_err(pg)?;
-        let before = before.map_or(i64::MAX, to_i64);
-        client
-            .query(&stmt, &[&conversation.as_str(), &before, &i64::from(limit)])
-            .await
-            .map_err(pg)?
-            .iter()
-            .map(|row| read_message(row, 0))
-            .collect()
+        connected!(self, |client| {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = $1 AND m.conv_seq < $2 \
+                     ORDER BY m.conv_seq DESC LIMIT $3"
+                ))
+                .await?;
+            let before = before.map_or(i64::MAX, to_i64);
+            client
+                .query(&stmt, &[&conversation.as_str(), &before, &i64::from(limit)])
+                .await?
+                .iter()
+                .map(|row| read(row, |r| read_message(r, 0)))
+                .collect()
+        })
     }
 }

@@ -15,23 +15,38 @@
 //! run again from the start ([`transaction!`]). Reads that combine several
 //! statements run in one read-only `REPEATABLE READ` snapshot. Content
 //! arrives sealed, exactly as in the embedded store.
+//!
+//! One file per storage trait, named as in the embedded backend:
+//! `users.rs`, `sessions.rs`, `inbox.rs`, `data_keys.rs`, `admins.rs`,
+//! `notifications.rs`, `broadcasts.rs`, `audit.rs`, `relationships.rs`,
+//! `groups.rs`; `schema.rs` holds the migrations and `macros.rs` the
+//! transaction helpers.
 
 #[macro_use]
 mod macros;
-mod admin;
+mod admins;
+mod audit;
+mod broadcasts;
+mod data_keys;
+mod groups;
 mod inbox;
+mod notifications;
+mod relationships;
 mod schema;
-mod social;
+mod sessions;
 mod users;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use time::OffsetDateTime;
-use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::FromSql;
+use tokio_postgres::{NoTls, Row};
 use unimsg_proto::{EventType, Seq, UserId};
+use unimsg_store::sql::{SqlRow, bad_column, ms, to_u64};
 use unimsg_store::{Result, Store, StoreError};
 
 /// Options of the PostgreSQL store.
@@ -157,34 +172,84 @@ pub(crate) fn unique(e: tokio_postgres::Error, what: &'static str) -> StoreError
     }
 }
 
+/// What the code running on a connection fails with: a driver error or a
+/// decision of the store. `?` takes both, so that code reads without a
+/// `map_err` per statement; [`transaction!`], [`snapshot!`] and
+/// [`connected!`] hand the caller a [`StoreError`] ([`pg`] for a driver
+/// error). A unique violation that is a conflict is still mapped where it
+/// can occur, with [`unique`].
+#[derive(Debug)]
+pub(crate) enum Error {
+    Pg(tokio_postgres::Error),
+    Store(StoreError),
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Pg(e)
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<Error> for StoreError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Pg(e) => pg(e),
+            Error::Store(e) => e,
+        }
+    }
+}
+
+/// The result of the code that runs on a connection.
+pub(crate) type DbResult<T> = std::result::Result<T, Error>;
+
 /// Whether [`transaction!`] should run the transaction again.
 pub(crate) fn retryable(e: &StoreError) -> bool {
     matches!(e, StoreError::Unavailable(m) if m.starts_with(RETRY))
 }
 
-pub(crate) fn corrupt(what: &str) -> StoreError {
-    StoreError::Internal(format!("corrupt row: {what}"))
+/// Reads column `i`; a value of an unexpected type is a corrupt row, not a
+/// lost connection (which is what [`pg`] would make of a driver error
+/// without a server code).
+pub(crate) fn column<'a, T: FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
+    row.try_get(i).map_err(|e| bad_column(i, e))
 }
 
-pub(crate) fn ms(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
+/// Reads `row` with one of the shared readers of [`unimsg_store::sql`].
+pub(crate) fn read<T>(row: &Row, reader: impl FnOnce(&dyn SqlRow) -> Result<T>) -> DbResult<T> {
+    Ok(reader(&Cols(row))?)
 }
 
-pub(crate) fn from_ms(v: i64) -> Result<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1_000_000)
-        .map_err(|_| corrupt("timestamp"))
-}
+/// A PostgreSQL row read through the shared readers of [`unimsg_store::sql`].
+struct Cols<'a>(&'a Row);
 
-pub(crate) fn user_id(s: String) -> Result<UserId> {
-    UserId::parse(s).map_err(|_| corrupt("user id"))
-}
-
-pub(crate) fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
+impl SqlRow for Cols<'_> {
+    fn text(&self, i: usize) -> Result<String> {
+        column(self.0, i)
+    }
+    fn text_opt(&self, i: usize) -> Result<Option<String>> {
+        column(self.0, i)
+    }
+    fn int(&self, i: usize) -> Result<i64> {
+        column(self.0, i)
+    }
+    fn int_opt(&self, i: usize) -> Result<Option<i64>> {
+        column(self.0, i)
+    }
+    fn bytes(&self, i: usize) -> Result<Vec<u8>> {
+        column(self.0, i)
+    }
+    fn bytes_opt(&self, i: usize) -> Result<Option<Vec<u8>>> {
+        column(self.0, i)
+    }
+    fn flag(&self, i: usize) -> Result<bool> {
+        column(self.0, i)
+    }
 }
 
 /// One inbox row to append.
@@ -202,12 +267,11 @@ pub(crate) struct InboxRow<'a> {
 /// Takes the broadcast clock `FOR SHARE` and returns the newest bseq: no
 /// broadcast can commit until this transaction ends. Call it before any
 /// user row is locked (lock order, see the crate docs).
-pub(crate) async fn broadcast_clock(tx: &deadpool_postgres::Transaction<'_>) -> Result<i64> {
+pub(crate) async fn broadcast_clock(tx: &deadpool_postgres::Transaction<'_>) -> DbResult<i64> {
     let stmt = tx
         .prepare_cached("SELECT head FROM broadcast_clock WHERE id = 1 FOR SHARE")
-        .await
-        .map_err(pg)?;
-    let row = tx.query_one(&stmt, &[]).await.map_err(pg)?;
+        .await?;
+    let row = tx.query_one(&stmt, &[]).await?;
     Ok(row.get(0))
 }
 
@@ -220,7 +284,7 @@ pub(crate) async fn append_inbox(
     tx: &deadpool_postgres::Transaction<'_>,
     rows: &[InboxRow<'_>],
     skip_unknown: bool,
-) -> Result<Vec<Option<Seq>>> {
+) -> DbResult<Vec<Option<Seq>>> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -233,13 +297,11 @@ pub(crate) async fn append_inbox(
             "SELECT user_id, last_seq, bbase FROM users WHERE user_id = ANY($1) \
              ORDER BY user_id FOR UPDATE",
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     // user → (last seq so far, bbase)
     let mut state: std::collections::HashMap<String, (i64, i64)> = tx
         .query(&lock, &[&users])
-        .await
-        .map_err(pg)?
+        .await?
         .into_iter()
         .map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2))))
         .collect();
@@ -258,7 +320,7 @@ pub(crate) async fn append_inbox(
                 seqs.push(None);
                 continue;
             }
-            return Err(StoreError::NotFound("user"));
+            return Err(StoreError::NotFound("user").into());
         };
         *last += 1;
         seqs.push(Some(Seq(to_u64(*last + head - *base))));
@@ -278,14 +340,12 @@ pub(crate) async fn append_inbox(
              SELECT u, s, k, m, d, a, $7 FROM unnest($1::text[], $2::int8[], $3::text[], \
              $4::text[], $5::text[], $6::int8[]) AS t(u, s, k, m, d, a)",
         )
-        .await
-        .map_err(pg)?;
+        .await?;
     tx.execute(
         &insert,
         &[&c_user, &c_seq, &c_kind, &c_msg, &c_data, &c_at, &head],
     )
-    .await
-    .map_err(pg)?;
+    .await?;
     let (ids, lasts): (Vec<&str>, Vec<i64>) = users
         .iter()
         .filter_map(|u| state.get(*u).map(|(last, _)| (*u, *last)))
@@ -295,11 +355,34 @@ pub(crate) async fn append_inbox(
             "UPDATE users AS u SET last_seq = t.last \
              FROM unnest($1::text[], $2::int8[]) AS t(id, last) WHERE u.user_id = t.id",
         )
-        .await
-        .map_err(pg)?;
-    tx.execute(&bump, &[&ids, &lasts]).await.map_err(pg)?;
+        .await?;
+    tx.execute(&bump, &[&ids, &lasts]).await?;
     state.clear();
     Ok(seqs)
+}
+
+/// Locks the rows of `users` `FOR UPDATE` in user-id order (the order
+/// [`append_inbox`] uses) and returns the ids of those that exist. The
+/// caller has taken the broadcast clock already.
+pub(crate) async fn lock_users(
+    tx: &deadpool_postgres::Transaction<'_>,
+    mut ids: Vec<&str>,
+) -> DbResult<HashSet<String>> {
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "SELECT user_id FROM users WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE",
+        )
+        .await?;
+    tx.query(&stmt, &[&ids])
+        .await?
+        .iter()
+        .map(|r| Ok(column::<String>(r, 0)?))
+        .collect()
 }
 
 #[async_trait]

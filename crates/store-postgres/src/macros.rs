@@ -1,4 +1,6 @@
-//! Transaction helpers shared by the trait implementations.
+//! Transaction helpers shared by the trait implementations. Each runs its
+//! body as a [`crate::DbResult`], so that `?` takes driver errors and store
+//! errors alike, and hands the caller a [`unimsg_store::StoreError`].
 
 /// Runs `$body` inside a `READ COMMITTED` transaction on a pooled
 /// connection and commits it, running it again from the start (at most
@@ -12,10 +14,11 @@ macro_rules! transaction {
         loop {
             let mut client = $store.client().await?;
             let tx_handle = client.transaction().await.map_err($crate::pg)?;
-            let outcome: ::unimsg_store::Result<_> = {
+            let outcome: $crate::DbResult<_> = {
                 let $tx = &tx_handle;
                 async { $body }.await
             };
+            let outcome = outcome.map_err(::unimsg_store::StoreError::from);
             let outcome = match outcome {
                 Ok(value) => tx_handle
                     .commit()
@@ -47,14 +50,25 @@ macro_rules! snapshot {
             .start()
             .await
             .map_err($crate::pg)?;
-        let outcome: ::unimsg_store::Result<_> = {
+        let outcome: $crate::DbResult<_> = {
             let $tx = &tx_handle;
             async { $body }.await
         };
+        let outcome = outcome.map_err(::unimsg_store::StoreError::from);
         // Read-only: ending it either way is the same; commit is cheapest.
         if outcome.is_ok() {
             tx_handle.commit().await.map_err($crate::pg)?;
         }
         outcome
+    }};
+}
+
+/// Runs `$body` with a pooled connection `$client`, outside any explicit
+/// transaction (one statement, or reads that need no common snapshot).
+macro_rules! connected {
+    ($store:expr, |$client:ident| $body:expr) => {{
+        let $client = $store.client().await?;
+        let outcome: $crate::DbResult<_> = async { $body }.await;
+        outcome.map_err(::unimsg_store::StoreError::from)
     }};
 }

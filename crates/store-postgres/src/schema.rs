@@ -4,8 +4,7 @@
 
 use tokio_postgres::Client;
 
-use crate::pg;
-use unimsg_store::Result;
+use crate::DbResult;
 
 /// Key of the advisory lock held while migrating.
 const MIGRATION_LOCK: i64 = 0x756e_696d_7367; // "unimsg"
@@ -222,31 +221,27 @@ ALTER TABLE friend_requests ADD COLUMN message_sealed BYTEA;
 ];
 
 /// Brings the database to the newest schema version.
-pub(crate) async fn migrate(client: &mut Client) -> Result<()> {
-    let tx = client.transaction().await.map_err(pg)?;
+pub(crate) async fn migrate(client: &mut Client) -> DbResult<()> {
+    let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await
-        .map_err(pg)?;
+        .await?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS unimsg_schema (version INT NOT NULL)")
-        .await
-        .map_err(pg)?;
+        .await?;
     let current: Option<i32> = tx
         .query_opt("SELECT max(version) FROM unimsg_schema", &[])
-        .await
-        .map_err(pg)?
+        .await?
         .and_then(|r| r.get(0));
     let current = usize::try_from(current.unwrap_or(0)).unwrap_or(0);
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
-        tx.batch_execute(sql).await.map_err(pg)?;
+        tx.batch_execute(sql).await?;
         let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
         tx.execute(
             "INSERT INTO unimsg_schema (version) VALUES ($1)",
             &[&version],
         )
-        .await
-        .map_err(pg)?;
+        .await?;
         tracing::info!(version, "applied schema migration");
     }
-    tx.commit().await.map_err(pg)?;
+    tx.commit().await?;
     Ok(())
 }

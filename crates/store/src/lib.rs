@@ -1,12 +1,14 @@
 //! Durable state of unimsg behind domain traits.
 //!
 //! The core talks to [`Store`] only; no backend type appears in a trait
-//! signature. The embedded backend is [`sqlite::SqliteStore`]; a PostgreSQL
-//! backend implements the same traits. Message content reaches this crate
-//! already sealed ([`Sealed`]): the store never sees plaintext.
+//! signature. Two backends implement the traits, laid out alike (one file
+//! per trait): the embedded `unimsg-store-sqlite` and the cluster's
+//! `unimsg-store-postgres`. Message content reaches the store already
+//! sealed ([`Sealed`]): the store never sees plaintext.
 
 mod model;
-pub mod sqlite;
+pub mod sql;
+#[cfg(feature = "suite")]
 pub mod suite;
 
 pub use model::*;

@@ -1,5 +1,6 @@
 //! The PostgreSQL backend against a real PostgreSQL server: the shared
-//! backend suite, migrations applied once when several nodes start
+//! backend suite (one test per check, each on a server of its own),
+//! migrations applied once when several nodes start
 //! together, and concurrent writers on separate pools (as separate nodes
 //! are) keeping every inbox gap-free.
 
@@ -7,7 +8,7 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 use unimsg_proto::{EventType, Seq, UserId};
-use unimsg_store::{EventDraft, Inbox, NewUser, Store, Users, suite};
+use unimsg_store::{EventDraft, Inbox, NewUser, Store, Users};
 use unimsg_store_postgres::{PgOptions, PgStore};
 use unimsg_testkit::Postgres;
 
@@ -17,12 +18,15 @@ async fn connect(url: &str) -> PgStore {
         .unwrap_or_else(|e| panic!("connect: {e}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_passes_the_backend_suite() {
+/// A fresh store on a PostgreSQL server of its own, which runs as long as
+/// the returned guard.
+async fn fresh() -> (Arc<dyn Store>, Postgres) {
     let pg = Postgres::start();
     let url = pg.create_database("suite");
-    suite::run_all(Arc::new(connect(&url).await)).await;
+    (Arc::new(connect(&url).await), pg)
 }
+
+unimsg_store::backend_suite!(fresh);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_starting_together_migrate_once_and_write_gap_free() {

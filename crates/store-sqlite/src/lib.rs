@@ -7,19 +7,32 @@
 //! after the `COMMIT` has returned, so an acknowledged write is durable.
 //! Reads run on a small pool of read-only connections on blocking threads.
 
-mod friends;
+//!
+//! One file per storage trait, named as in the PostgreSQL backend:
+//! `users.rs`, `sessions.rs`, `inbox.rs`, `data_keys.rs`, `admins.rs`,
+//! `notifications.rs`, `broadcasts.rs`, `audit.rs`, `relationships.rs`,
+//! `groups.rs`; `schema.rs` holds the migrations.
+
+mod admins;
+mod audit;
+mod broadcasts;
+mod data_keys;
 mod groups;
-mod ops;
-mod queries;
+mod inbox;
+mod notifications;
+mod relationships;
 mod schema;
+mod sessions;
+mod users;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OpenFlags};
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, Params, Statement};
 use tokio::sync::{Semaphore, mpsc, oneshot};
-
-use crate::{Result, StoreError};
+use unimsg_store::sql::{SqlRow, bad_column};
+use unimsg_store::{Result, Store, StoreError};
 
 /// How hard SQLite syncs on commit. `Full` survives power loss; `Normal`
 /// survives a process crash (`kill -9`) but not a power cut.
@@ -75,8 +88,117 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-fn internal(e: rusqlite::Error) -> StoreError {
+/// A driver error: anything SQLite reports is internal here (the file is
+/// local; there is no connection to lose).
+pub(crate) fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Internal(e.to_string())
+}
+
+/// What the code running on a connection fails with: a driver error or a
+/// decision of the store. `?` takes both, so that code reads without a
+/// `map_err` per statement; [`SqliteStore::write`] and
+/// [`SqliteStore::read`] hand the caller a [`StoreError`] ([`db`] for a
+/// driver error).
+#[derive(Debug)]
+pub(crate) enum Error {
+    Sqlite(rusqlite::Error),
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sqlite(e)
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<Error> for StoreError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Sqlite(e) => db(e),
+            Error::Store(e) => e,
+        }
+    }
+}
+
+/// The result of the code that runs on a connection.
+pub(crate) type DbResult<T> = std::result::Result<T, Error>;
+
+/// Maps a constraint violation to `Conflict(what)`, anything else as [`db`].
+pub(crate) fn map_unique(e: rusqlite::Error, what: &'static str) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Conflict(what)
+        }
+        other => db(other),
+    }
+}
+
+/// A rusqlite row read through the shared readers of [`unimsg_store::sql`].
+pub(crate) struct Cols<'a, 'r>(pub &'a rusqlite::Row<'r>);
+
+impl Cols<'_, '_> {
+    fn get<T: rusqlite::types::FromSql>(&self, i: usize) -> Result<T> {
+        self.0.get(i).map_err(|e| bad_column(i, e))
+    }
+}
+
+impl SqlRow for Cols<'_, '_> {
+    fn text(&self, i: usize) -> Result<String> {
+        self.get(i)
+    }
+    fn text_opt(&self, i: usize) -> Result<Option<String>> {
+        self.get(i)
+    }
+    fn int(&self, i: usize) -> Result<i64> {
+        self.get(i)
+    }
+    fn int_opt(&self, i: usize) -> Result<Option<i64>> {
+        self.get(i)
+    }
+    fn bytes(&self, i: usize) -> Result<Vec<u8>> {
+        self.get(i)
+    }
+    fn bytes_opt(&self, i: usize) -> Result<Option<Vec<u8>>> {
+        self.get(i)
+    }
+    fn flag(&self, i: usize) -> Result<bool> {
+        self.get(i)
+    }
+}
+
+/// The first row of `stmt` run with `params`, read by `read`.
+pub(crate) fn first<T>(
+    stmt: &mut Statement<'_>,
+    params: impl Params,
+    read: impl FnOnce(&dyn SqlRow) -> Result<T>,
+) -> DbResult<Option<T>> {
+    let mut rows = stmt.query(params)?;
+    match rows.next()? {
+        Some(row) => Ok(Some(read(&Cols(row))?)),
+        None => Ok(None),
+    }
+}
+
+/// Every row of `stmt` run with `params`, each read by `read`.
+pub(crate) fn all<T>(
+    stmt: &mut Statement<'_>,
+    params: impl Params,
+    read: impl Fn(&dyn SqlRow) -> Result<T>,
+) -> DbResult<Vec<T>> {
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(read(&Cols(row))?);
+    }
+    Ok(out)
 }
 
 impl SqliteStore {
@@ -85,7 +207,7 @@ impl SqliteStore {
     pub fn open(options: SqliteOptions) -> Result<Self> {
         create_private(&options.path)?;
         let mut conn = open_connection(&options.path, false, options.durability)?;
-        schema::migrate(&mut conn).map_err(internal)?;
+        schema::migrate(&mut conn).map_err(db)?;
         warn_if_readable_by_others(&options.path);
         let (tx, rx) = mpsc::channel::<Job>(options.max_batch.max(1) * 4);
         let max_batch = options.max_batch.max(1);
@@ -111,12 +233,12 @@ impl SqliteStore {
     pub(crate) async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Connection) -> DbResult<T> + Send + 'static,
     {
         let (done_tx, done_rx) = oneshot::channel::<Result<T>>();
         let job: Job = Box::new(move |conn| {
             let result = match conn {
-                Some(conn) => f(conn),
+                Some(conn) => f(conn).map_err(StoreError::from),
                 None => Err(StoreError::Unavailable("no transaction".into())),
             };
             let ok = result.is_ok();
@@ -140,7 +262,7 @@ impl SqliteStore {
     pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Connection) -> DbResult<T> + Send + 'static,
     {
         let permit = self
             .readers
@@ -153,7 +275,7 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let conn = pool.take()?;
-            let result = f(&conn);
+            let result = f(&conn).map_err(StoreError::from);
             pool.give_back(conn);
             result
         })
@@ -171,7 +293,7 @@ impl SqliteStore {
     pub(crate) async fn read_point<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Connection) -> DbResult<T> + Send + 'static,
     {
         let Ok(permit) = self.readers.permits.clone().try_acquire_owned() else {
             return self.read(f).await;
@@ -186,7 +308,7 @@ impl SqliteStore {
             drop(permit);
             return self.read(f).await;
         };
-        let result = f(&conn);
+        let result = f(&conn).map_err(StoreError::from);
         self.readers.give_back(conn);
         drop(permit);
         result
@@ -299,7 +421,7 @@ fn open_connection(path: &Path, read_only: bool, durability: Durability) -> Resu
              PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;"
         )
     };
-    conn.execute_batch(&pragmas).map_err(internal)?;
+    conn.execute_batch(&pragmas).map_err(db)?;
     Ok(conn)
 }
 
@@ -351,5 +473,13 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Job>) {
     });
     for completion in completions {
         completion(commit.clone());
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
     }
 }

@@ -1,18 +1,22 @@
-//! Integration tests of the embedded store: the shared backend suite, and
-//! durability across reopening.
+//! Integration tests of the embedded store: the shared backend suite (one
+//! test per check, each on a fresh database file), and durability across
+//! reopening.
 
 use std::sync::Arc;
 
-use unimsg_store::sqlite::{SqliteOptions, SqliteStore};
-use unimsg_store::{Store, Users, suite};
+use unimsg_store::{Store, Users};
+use unimsg_store_sqlite::{SqliteOptions, SqliteStore};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_passes_the_backend_suite() {
+/// A fresh store in its own temporary directory, which lives as long as
+/// the returned guard.
+async fn fresh() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let store = SqliteStore::open(SqliteOptions::new(dir.path().join("db.sqlite")))
         .unwrap_or_else(|e| panic!("{e}"));
-    suite::run_all(Arc::new(store)).await;
+    (Arc::new(store), dir)
 }
+
+unimsg_store::backend_suite!(fresh);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_writes_survive_reopen_and_migrations_are_idempotent() {

@@ -1,42 +1,26 @@
-//! The relationship trait on SQLite: friend requests, friendships, blocks.
+//! The `Relationships` trait on SQLite: friend requests, friendships, blocks.
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 use unimsg_proto::UserId;
-
-use super::SqliteStore;
-use super::queries::{append_drafts, db, from_ms, ms, user_id};
-use crate::{
-    EventDraft, FriendRequestRow, FriendRow, Relationships, RequestOutcome, Result, Sealed,
-    StoreError, StoredEvent, StoredText,
+use unimsg_store::sql::{
+    FRIEND_COLUMNS, FRIEND_REQUEST_COLUMNS, from_ms, join_tags, ms, read_friend,
+    read_friend_request, text_columns, user_id,
+};
+use unimsg_store::{
+    EventDraft, FriendRequestRow, FriendRow, Relationships, RequestOutcome, Result, StoreError,
+    StoredEvent,
 };
 
-fn exists(conn: &Connection, sql: &str, a: &UserId, b: &UserId) -> Result<bool> {
-    conn.query_row(sql, params![a.as_str(), b.as_str()], |r| r.get(0))
-        .map_err(db)
+use crate::inbox::append_drafts;
+use crate::{DbResult, SqliteStore, all};
+
+fn exists(conn: &Connection, sql: &str, a: &UserId, b: &UserId) -> DbResult<bool> {
+    Ok(conn.query_row(sql, params![a.as_str(), b.as_str()], |r| r.get(0))?)
 }
 
-/// The `(message, message_sealed)` columns of a stored text.
-fn text_columns(text: Option<&StoredText>) -> (Option<&str>, Option<Vec<u8>>) {
-    match text {
-        None => (None, None),
-        Some(StoredText::Plain(p)) => (Some(p.as_str()), None),
-        Some(StoredText::Sealed(s)) => (None, Some(s.to_bytes())),
-    }
-}
-
-/// A text from its two columns: sealed when sealed, plaintext in older rows.
-fn stored_text(plain: Option<String>, sealed: Option<Vec<u8>>) -> Result<Option<StoredText>> {
-    match (sealed, plain) {
-        (Some(bytes), _) => Sealed::from_bytes(&bytes)
-            .map(|s| Some(StoredText::Sealed(s)))
-            .ok_or_else(|| StoreError::Internal("a sealed friend-request text is corrupt".into())),
-        (None, plain) => Ok(plain.map(StoredText::Plain)),
-    }
-}
-
-fn are_friends(conn: &Connection, a: &UserId, b: &UserId) -> Result<bool> {
+fn are_friends(conn: &Connection, a: &UserId, b: &UserId) -> DbResult<bool> {
     exists(
         conn,
         "SELECT EXISTS(SELECT 1 FROM friends WHERE user_id = ?1 AND friend_id = ?2)",
@@ -45,7 +29,7 @@ fn are_friends(conn: &Connection, a: &UserId, b: &UserId) -> Result<bool> {
     )
 }
 
-fn pending(conn: &Connection, from: &UserId, to: &UserId) -> Result<bool> {
+fn pending(conn: &Connection, from: &UserId, to: &UserId) -> DbResult<bool> {
     exists(
         conn,
         "SELECT EXISTS(SELECT 1 FROM friend_requests WHERE from_id = ?1 AND to_id = ?2 AND state = 'pending')",
@@ -55,42 +39,38 @@ fn pending(conn: &Connection, from: &UserId, to: &UserId) -> Result<bool> {
 }
 
 /// Makes two users friends (both rows) and closes requests between them.
-fn befriend(conn: &Connection, a: &UserId, b: &UserId, at: OffsetDateTime) -> Result<bool> {
+fn befriend(conn: &Connection, a: &UserId, b: &UserId, at: OffsetDateTime) -> DbResult<bool> {
     let mut added = 0;
     for (x, y) in [(a, b), (b, a)] {
         added += conn
             .execute(
                 "INSERT OR IGNORE INTO friends (user_id, friend_id, tags, created_at) VALUES (?1, ?2, '', ?3)",
                 params![x.as_str(), y.as_str(), ms(at)],
-            )
-            .map_err(db)?;
+            )?;
         conn.execute(
             "UPDATE friend_requests SET state = 'accepted', updated_at = ?3 \
              WHERE from_id = ?1 AND to_id = ?2 AND state = 'pending'",
             params![x.as_str(), y.as_str(), ms(at)],
-        )
-        .map_err(db)?;
+        )?;
     }
     Ok(added > 0)
 }
 
-fn unfriend(conn: &Connection, a: &UserId, b: &UserId) -> Result<bool> {
+fn unfriend(conn: &Connection, a: &UserId, b: &UserId) -> DbResult<bool> {
     let removed = conn
         .execute(
             "DELETE FROM friends WHERE (user_id = ?1 AND friend_id = ?2) OR (user_id = ?2 AND friend_id = ?1)",
             params![a.as_str(), b.as_str()],
-        )
-        .map_err(db)?;
+        )?;
     Ok(removed > 0)
 }
 
-fn user_exists(conn: &Connection, u: &UserId) -> Result<bool> {
-    conn.query_row(
+fn user_exists(conn: &Connection, u: &UserId) -> DbResult<bool> {
+    Ok(conn.query_row(
         "SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)",
         [u.as_str()],
         |r| r.get(0),
-    )
-    .map_err(db)
+    )?)
 }
 
 #[async_trait]
@@ -104,7 +84,7 @@ impl Relationships for SqliteStore {
         self.write(move |conn| {
             let (from, to) = (&request.from, &request.to);
             if !user_exists(conn, to)? {
-                return Err(StoreError::NotFound("user"));
+                return Err(StoreError::NotFound("user").into());
             }
             if are_friends(conn, from, to)? || pending(conn, from, to)? {
                 return Ok((RequestOutcome::Unchanged, Vec::new()));
@@ -121,8 +101,7 @@ impl Relationships for SqliteStore {
                  message_sealed = excluded.message_sealed, state = 'pending', \
                  created_at = excluded.created_at, updated_at = excluded.updated_at",
                 params![from.as_str(), to.as_str(), plain, sealed, ms(request.created_at)],
-            )
-            .map_err(db)?;
+            )?;
             Ok((RequestOutcome::Pending, append_drafts(conn, request_events)?))
         })
         .await
@@ -139,7 +118,7 @@ impl Relationships for SqliteStore {
         let (from, to) = (from.clone(), to.clone());
         self.write(move |conn| {
             if !pending(conn, &from, &to)? {
-                return Err(StoreError::NotFound("friend request"));
+                return Err(StoreError::NotFound("friend request").into());
             }
             if accept {
                 befriend(conn, &from, &to, at)?;
@@ -147,8 +126,7 @@ impl Relationships for SqliteStore {
                 conn.execute(
                     "UPDATE friend_requests SET state = 'declined', updated_at = ?3 WHERE from_id = ?1 AND to_id = ?2",
                     params![from.as_str(), to.as_str(), ms(at)],
-                )
-                .map_err(db)?;
+                )?;
             }
             append_drafts(conn, events)
         })
@@ -163,33 +141,11 @@ impl Relationships for SqliteStore {
         let user = user.clone();
         self.read(move |conn| {
             let column = if incoming { "to_id" } else { "from_id" };
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT from_id, to_id, message, message_sealed, created_at FROM friend_requests \
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {FRIEND_REQUEST_COLUMNS} FROM friend_requests \
                      WHERE {column} = ?1 AND state = 'pending' ORDER BY created_at"
-                ))
-                .map_err(db)?;
-            let rows = stmt
-                .query_map([user.as_str()], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                        r.get::<_, Option<Vec<u8>>>(3)?,
-                        r.get::<_, i64>(4)?,
-                    ))
-                })
-                .map_err(db)?;
-            rows.map(|r| {
-                let (from, to, plain, sealed, at) = r.map_err(db)?;
-                Ok(FriendRequestRow {
-                    from: user_id(from)?,
-                    to: user_id(to)?,
-                    message: stored_text(plain, sealed)?,
-                    created_at: from_ms(at)?,
-                })
-            })
-            .collect()
+            ))?;
+            all(&mut stmt, [user.as_str()], read_friend_request)
         })
         .await
     }
@@ -197,26 +153,10 @@ impl Relationships for SqliteStore {
     async fn friends(&self, user: &UserId) -> Result<Vec<FriendRow>> {
         let user = user.clone();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT friend_id, tags, remark, created_at FROM friends WHERE user_id = ?1 ORDER BY friend_id",
-                )
-                .map_err(db)?;
-            let rows = stmt
-                .query_map([user.as_str()], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
-                })
-                .map_err(db)?;
-            rows.map(|r| {
-                let (friend, tags, remark, at) = r.map_err(db)?;
-                Ok(FriendRow {
-                    friend: user_id(friend)?,
-                    tags: tags.split('\u{1f}').filter(|t| !t.is_empty()).map(str::to_owned).collect(),
-                    remark,
-                    since: from_ms(at)?,
-                })
-            })
-            .collect()
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {FRIEND_COLUMNS} FROM friends WHERE user_id = ?1 ORDER BY friend_id"
+            ))?;
+            all(&mut stmt, [user.as_str()], read_friend)
         })
         .await
     }
@@ -251,16 +191,14 @@ impl Relationships for SqliteStore {
     ) -> Result<FriendRow> {
         let (user, friend) = (user.clone(), friend.clone());
         self.write(move |conn| {
-            // Tags are joined with the unit separator, which a tag cannot contain.
-            let joined = tags.join("\u{1f}");
+            let joined = join_tags(&tags);
             let since: Option<i64> = conn
                 .query_row(
                     "UPDATE friends SET tags = ?3, remark = ?4 WHERE user_id = ?1 AND friend_id = ?2 RETURNING created_at",
                     params![user.as_str(), friend.as_str(), joined, remark],
                     |r| r.get(0),
                 )
-                .optional()
-                .map_err(db)?;
+                .optional()?;
             let since = since.ok_or(StoreError::NotFound("friend"))?;
             Ok(FriendRow { friend, tags, remark, since: from_ms(since)? })
         })
@@ -278,7 +216,7 @@ impl Relationships for SqliteStore {
         let (user, other) = (user.clone(), other.clone());
         self.write(move |conn| {
             if !user_exists(conn, &other)? {
-                return Err(StoreError::NotFound("user"));
+                return Err(StoreError::NotFound("user").into());
             }
             let changed = if blocked {
                 conn.execute(
@@ -290,8 +228,7 @@ impl Relationships for SqliteStore {
                     "DELETE FROM blocks WHERE user_id = ?1 AND blocked_id = ?2",
                     params![user.as_str(), other.as_str()],
                 )
-            }
-            .map_err(db)?;
+            }?;
             if changed == 0 {
                 return Ok((false, Vec::new()));
             }
@@ -303,14 +240,14 @@ impl Relationships for SqliteStore {
     async fn blocks(&self, user: &UserId) -> Result<Vec<(UserId, OffsetDateTime)>> {
         let user = user.clone();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT blocked_id, created_at FROM blocks WHERE user_id = ?1 ORDER BY blocked_id")
-                .map_err(db)?;
-            let rows = stmt
-                .query_map([user.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                .map_err(db)?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT blocked_id, created_at FROM blocks WHERE user_id = ?1 ORDER BY blocked_id",
+            )?;
+            let rows = stmt.query_map([user.as_str()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?;
             rows.map(|r| {
-                let (u, at) = r.map_err(db)?;
+                let (u, at) = r?;
                 Ok((user_id(u)?, from_ms(at)?))
             })
             .collect()
@@ -341,7 +278,7 @@ impl Relationships for SqliteStore {
         let (a, b) = (a.clone(), b.clone());
         self.write(move |conn| {
             if !user_exists(conn, &a)? || !user_exists(conn, &b)? {
-                return Err(StoreError::NotFound("user"));
+                return Err(StoreError::NotFound("user").into());
             }
             if friends {
                 befriend(conn, &a, &b, at)

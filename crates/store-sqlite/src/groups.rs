@@ -1,89 +1,39 @@
-//! The group trait on SQLite: groups, members with roles and mutes, and
+//! The `Groups` trait on SQLite: groups, members with roles and mutes, and
 //! group messages fanned out to every member's inbox in one transaction.
 
 use async_trait::async_trait;
-use rusqlite::{Connection, Row, params};
+use rusqlite::{Connection, params};
 use time::OffsetDateTime;
 use unimsg_proto::api::Recipient;
 use unimsg_proto::groups::{GroupRole, JoinPolicy};
 use unimsg_proto::{ConversationId, GroupId, UserId};
-
-use super::SqliteStore;
-use super::queries::{
-    append_message_events, corrupt, db, duplicate_of, from_ms, insert_event, insert_message, ms,
-    to_i64, to_u64, user_id,
+use unimsg_store::sql::{
+    GROUP_COLUMNS, GROUP_WIDTH, MEMBER_COLUMNS, changed_group, check_version, corrupt, ms,
+    one_member, read_group, read_member, to_i64, to_u64, user_id,
 };
-use crate::{
-    AppendOutcome, EventBody, EventDraft, GROUP_CHANGED, GroupEdit, GroupRow, Groups, MemberRow,
-    NewGroup, NewMessage, Result, StoreError, StoredEvent,
+use unimsg_store::{
+    AppendOutcome, EventBody, EventDraft, GroupEdit, GroupRow, Groups, MemberRow, NewGroup,
+    NewMessage, Result, StoreError, StoredEvent,
 };
 
-/// Group columns with the owner and the member count, from `chat_groups g`.
-const GROUP_COLUMNS: &str = "g.group_id, g.name, g.notice, g.join_policy, g.all_muted, g.version, g.created_at, \
-     (SELECT o.user_id FROM group_members o WHERE o.group_id = g.group_id AND o.role = 'owner' LIMIT 1), \
-     (SELECT count(*) FROM group_members c WHERE c.group_id = g.group_id)";
+use crate::inbox::{append_message_events, duplicate_of, insert_event, insert_message};
+use crate::{DbResult, Error, SqliteStore, all, db, first};
 
-/// Member columns, from `group_members m LEFT JOIN users u`.
-const MEMBER_COLUMNS: &str =
-    "m.user_id, coalesce(u.display_name, ''), m.role, m.muted_until, m.joined_at, m.since";
-
-fn read_group(row: &Row<'_>, at: usize) -> Result<GroupRow> {
-    let get = |e: rusqlite::Error| db(e);
-    let id: String = row.get(at).map_err(get)?;
-    let policy: String = row.get(at + 3).map_err(get)?;
-    let owner: Option<String> = row.get(at + 7).map_err(get)?;
-    Ok(GroupRow {
-        group_id: GroupId::parse(id).map_err(|_| corrupt("group id"))?,
-        name: row.get(at + 1).map_err(get)?,
-        notice: row.get(at + 2).map_err(get)?,
-        join_policy: JoinPolicy::parse(&policy).ok_or_else(|| corrupt("join policy"))?,
-        all_muted: row.get(at + 4).map_err(get)?,
-        version: to_u64(row.get(at + 5).map_err(get)?),
-        created_at: from_ms(row.get(at + 6).map_err(get)?)?,
-        owner: owner.map(user_id).transpose()?,
-        member_count: to_u64(row.get(at + 8).map_err(get)?),
-    })
+fn group_by_id(conn: &Connection, id: &GroupId) -> DbResult<Option<GroupRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {GROUP_COLUMNS} FROM chat_groups g WHERE g.group_id = ?1 AND g.dissolved_at IS NULL"
+    ))?;
+    first(&mut stmt, [id.as_str()], |r| read_group(r, 0))
 }
 
-fn read_member(row: &Row<'_>, at: usize) -> Result<MemberRow> {
-    let get = |e: rusqlite::Error| db(e);
-    let role: String = row.get(at + 2).map_err(get)?;
-    let muted: Option<i64> = row.get(at + 3).map_err(get)?;
-    Ok(MemberRow {
-        user_id: user_id(row.get(at).map_err(get)?)?,
-        display_name: row.get(at + 1).map_err(get)?,
-        role: GroupRole::parse(&role).ok_or_else(|| corrupt("group role"))?,
-        muted_until: muted.map(from_ms).transpose()?,
-        joined_at: from_ms(row.get(at + 4).map_err(get)?)?,
-        since: to_u64(row.get(at + 5).map_err(get)?),
-    })
-}
-
-fn group_by_id(conn: &Connection, id: &GroupId) -> Result<Option<GroupRow>> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT {GROUP_COLUMNS} FROM chat_groups g WHERE g.group_id = ?1 AND g.dissolved_at IS NULL"
-        ))
-        .map_err(db)?;
-    let mut rows = stmt.query([id.as_str()]).map_err(db)?;
-    match rows.next().map_err(db)? {
-        Some(row) => Ok(Some(read_group(row, 0)?)),
-        None => Ok(None),
-    }
-}
-
-fn member(conn: &Connection, id: &GroupId, user: &UserId) -> Result<Option<MemberRow>> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT {MEMBER_COLUMNS} FROM group_members m LEFT JOIN users u ON u.user_id = m.user_id \
+fn member(conn: &Connection, id: &GroupId, user: &UserId) -> DbResult<Option<MemberRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {MEMBER_COLUMNS} FROM group_members m LEFT JOIN users u ON u.user_id = m.user_id \
              WHERE m.group_id = ?1 AND m.user_id = ?2"
-        ))
-        .map_err(db)?;
-    let mut rows = stmt.query([id.as_str(), user.as_str()]).map_err(db)?;
-    match rows.next().map_err(db)? {
-        Some(row) => Ok(Some(read_member(row, 0)?)),
-        None => Ok(None),
-    }
+    ))?;
+    first(&mut stmt, [id.as_str(), user.as_str()], |r| {
+        read_member(r, 0)
+    })
 }
 
 /// Adds a member from the conversation's current position on; `false` if
@@ -95,36 +45,30 @@ fn add_member(
     user: &UserId,
     role: GroupRole,
     at: OffsetDateTime,
-) -> Result<bool> {
+) -> DbResult<bool> {
     let known: bool = conn
-        .prepare_cached("SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)")
-        .map_err(db)?
-        .query_row([user.as_str()], |r| r.get(0))
-        .map_err(db)?;
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)")?
+        .query_row([user.as_str()], |r| r.get(0))?;
     if !known {
-        return Err(StoreError::NotFound("user"));
+        return Err(StoreError::NotFound("user").into());
     }
     let since: i64 = conn
         .prepare_cached(
             "SELECT coalesce((SELECT last_conv_seq FROM conversations WHERE conversation_id = ?1), 0)",
-        )
-        .map_err(db)?
-        .query_row([conversation.as_str()], |r| r.get(0))
-        .map_err(db)?;
+        )?
+        .query_row([conversation.as_str()], |r| r.get(0))?;
     let added = conn
         .prepare_cached(
             "INSERT OR IGNORE INTO group_members (group_id, user_id, role, since, joined_at) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .map_err(db)?
+        )?
         .execute(params![
             id.as_str(),
             user.as_str(),
             role.as_str(),
             since,
             ms(at)
-        ])
-        .map_err(db)?;
+        ])?;
     if added == 0 {
         return Ok(false);
     }
@@ -133,10 +77,8 @@ fn add_member(
     conn.prepare_cached(
         "INSERT INTO conversation_members (conversation_id, user_id, read_upto) VALUES (?1, ?2, ?3) \
          ON CONFLICT (conversation_id, user_id) DO UPDATE SET read_upto = excluded.read_upto",
-    )
-    .map_err(db)?
-    .execute(params![conversation.as_str(), user.as_str(), since])
-    .map_err(db)?;
+    )?
+    .execute(params![conversation.as_str(), user.as_str(), since])?;
     Ok(true)
 }
 
@@ -145,28 +87,26 @@ fn remove_member(
     id: &GroupId,
     conversation: &ConversationId,
     user: &UserId,
-) -> Result<()> {
+) -> DbResult<()> {
     conn.execute(
         "DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2",
         params![id.as_str(), user.as_str()],
-    )
-    .map_err(db)?;
+    )?;
     conn.execute(
         "DELETE FROM conversation_members WHERE conversation_id = ?1 AND user_id = ?2",
         params![conversation.as_str(), user.as_str()],
-    )
-    .map_err(db)?;
+    )?;
     Ok(())
 }
 
 /// Appends event drafts, skipping users deleted since the caller read the
 /// member list (their inbox is gone).
-fn append_to_known(conn: &Connection, drafts: Vec<EventDraft>) -> Result<Vec<StoredEvent>> {
+fn append_to_known(conn: &Connection, drafts: Vec<EventDraft>) -> DbResult<Vec<StoredEvent>> {
     let mut out = Vec::with_capacity(drafts.len());
     for d in drafts {
         let seq = match insert_event(conn, &d.user_id, d.kind, None, Some(&d.data), d.at) {
             Ok(seq) => seq,
-            Err(StoreError::NotFound(_)) => continue,
+            Err(Error::Store(StoreError::NotFound(_))) => continue,
             Err(e) => return Err(e),
         };
         out.push(StoredEvent {
@@ -186,14 +126,7 @@ fn apply(
     conversation: &ConversationId,
     edit: GroupEdit,
     at: OffsetDateTime,
-) -> Result<()> {
-    let one_member = |changed: usize| {
-        if changed == 0 {
-            Err(StoreError::NotFound("group member"))
-        } else {
-            Ok(())
-        }
-    };
+) -> DbResult<()> {
     match edit {
         GroupEdit::Profile {
             name,
@@ -209,15 +142,13 @@ fn apply(
                     notice,
                     join_policy.map(JoinPolicy::as_str)
                 ],
-            )
-            .map_err(db)?;
+            )?;
         }
         GroupEdit::AllMuted(muted) => {
             conn.execute(
                 "UPDATE chat_groups SET all_muted = ?2 WHERE group_id = ?1",
                 params![id.as_str(), muted],
-            )
-            .map_err(db)?;
+            )?;
         }
         GroupEdit::AddMembers(members) => {
             for (user, role) in members {
@@ -233,32 +164,27 @@ fn apply(
             conn.execute(
                 "UPDATE group_members SET role = ?3 WHERE group_id = ?1 AND user_id = ?2",
                 params![id.as_str(), user.as_str(), role.as_str()],
-            )
-            .map_err(db)?,
+            )? > 0,
         )?,
         GroupEdit::Mute(user, until) => one_member(
             conn.execute(
                 "UPDATE group_members SET muted_until = ?3 WHERE group_id = ?1 AND user_id = ?2",
                 params![id.as_str(), user.as_str(), until.map(ms)],
-            )
-            .map_err(db)?,
+            )? > 0,
         )?,
         GroupEdit::Dissolve => {
             conn.execute(
                 "UPDATE chat_groups SET dissolved_at = ?2 WHERE group_id = ?1",
                 params![id.as_str(), ms(at)],
-            )
-            .map_err(db)?;
+            )?;
             conn.execute(
                 "DELETE FROM group_members WHERE group_id = ?1",
                 [id.as_str()],
-            )
-            .map_err(db)?;
+            )?;
             conn.execute(
                 "DELETE FROM conversation_members WHERE conversation_id = ?1",
                 [conversation.as_str()],
-            )
-            .map_err(db)?;
+            )?;
         }
     }
     Ok(())
@@ -278,10 +204,9 @@ impl Groups for SqliteStore {
                     "SELECT EXISTS(SELECT 1 FROM chat_groups WHERE group_id = ?1)",
                     [group.group_id.as_str()],
                     |r| r.get(0),
-                )
-                .map_err(db)?;
+                )?;
             if taken {
-                return Err(StoreError::Conflict("group"));
+                return Err(StoreError::Conflict("group").into());
             }
             let at = ms(group.created_at);
             conn.execute(
@@ -294,8 +219,7 @@ impl Groups for SqliteStore {
                     group.join_policy.as_str(),
                     at
                 ],
-            )
-            .map_err(db)?;
+            )?;
             let conversation = ConversationId::group(&group.group_id);
             // The conversation exists from the start, so that the group is
             // listed among its members' conversations before any message.
@@ -303,8 +227,7 @@ impl Groups for SqliteStore {
                 "INSERT OR IGNORE INTO conversations (conversation_id, last_conv_seq, updated_at) \
                  VALUES (?1, 0, ?2)",
                 params![conversation.as_str(), at],
-            )
-            .map_err(db)?;
+            )?;
             for (user, role) in members {
                 add_member(conn, &group.group_id, &conversation, &user, role, group.created_at)?;
             }
@@ -327,14 +250,8 @@ impl Groups for SqliteStore {
                 .prepare_cached(&format!(
                     "SELECT {MEMBER_COLUMNS} FROM group_members m LEFT JOIN users u ON u.user_id = m.user_id \
                      WHERE m.group_id = ?1 ORDER BY m.joined_at, m.user_id"
-                ))
-                .map_err(db)?;
-            let mut rows = stmt.query([id.as_str()]).map_err(db)?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(db)? {
-                out.push(read_member(row, 0)?);
-            }
-            Ok(out)
+                ))?;
+            all(&mut stmt, [id.as_str()], |r| read_member(r, 0))
         })
         .await
     }
@@ -347,21 +264,16 @@ impl Groups for SqliteStore {
     async fn user_groups(&self, user: &UserId) -> Result<Vec<(GroupRow, MemberRow)>> {
         let user = user.clone();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {GROUP_COLUMNS}, {MEMBER_COLUMNS} FROM group_members m \
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {GROUP_COLUMNS}, {MEMBER_COLUMNS} FROM group_members m \
                      JOIN chat_groups g ON g.group_id = m.group_id \
                      LEFT JOIN users u ON u.user_id = m.user_id \
                      WHERE m.user_id = ?1 AND g.dissolved_at IS NULL \
                      ORDER BY g.created_at DESC, g.group_id"
-                ))
-                .map_err(db)?;
-            let mut rows = stmt.query([user.as_str()]).map_err(db)?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(db)? {
-                out.push((read_group(row, 0)?, read_member(row, 9)?));
-            }
-            Ok(out)
+            ))?;
+            all(&mut stmt, [user.as_str()], |r| {
+                Ok((read_group(r, 0)?, read_member(r, GROUP_WIDTH)?))
+            })
         })
         .await
     }
@@ -377,9 +289,7 @@ impl Groups for SqliteStore {
         let id = id.clone();
         self.write(move |conn| {
             let before = group_by_id(conn, &id)?.ok_or(StoreError::NotFound("group"))?;
-            if before.version != version {
-                return Err(StoreError::Conflict(GROUP_CHANGED));
-            }
+            check_version(before.version, version)?;
             let conversation = ConversationId::group(&id);
             for edit in edits {
                 apply(conn, &id, &conversation, edit, at)?;
@@ -387,19 +297,10 @@ impl Groups for SqliteStore {
             conn.execute(
                 "UPDATE chat_groups SET version = version + 1, updated_at = ?2 WHERE group_id = ?1",
                 params![id.as_str(), ms(at)],
-            )
-            .map_err(db)?;
+            )?;
             let events = append_to_known(conn, events)?;
-            let after = match group_by_id(conn, &id)? {
-                Some(after) => after,
-                None => GroupRow {
-                    member_count: 0,
-                    owner: None,
-                    version: before.version + 1,
-                    ..before
-                },
-            };
-            Ok((after, events))
+            let after = group_by_id(conn, &id)?;
+            Ok((changed_group(before, after), events))
         })
         .await
     }
@@ -410,7 +311,7 @@ impl Groups for SqliteStore {
                 return Ok(AppendOutcome::Duplicate(original));
             }
             let Recipient::Group(group) = message.recipient.clone() else {
-                return Err(StoreError::Internal("a direct message is not a group message".into()));
+                return Err(StoreError::Internal("a direct message is not a group message".into()).into());
             };
             // Membership is decided here, in the transaction that fans the
             // message out: a member removed before this commit gets nothing.
@@ -418,19 +319,15 @@ impl Groups for SqliteStore {
                 .prepare_cached(
                     "SELECT EXISTS(SELECT 1 FROM group_members m JOIN chat_groups g ON g.group_id = m.group_id \
                      WHERE m.group_id = ?1 AND m.user_id = ?2 AND g.dissolved_at IS NULL)",
-                )
-                .map_err(db)?
-                .query_row([group.as_str(), message.sender.as_str()], |r| r.get(0))
-                .map_err(db)?;
+                )?
+                .query_row([group.as_str(), message.sender.as_str()], |r| r.get(0))?;
             if !member {
-                return Err(StoreError::NotFound("group member"));
+                return Err(StoreError::NotFound("group member").into());
             }
             let stored = insert_message(conn, message)?;
             let members = conn
-                .prepare_cached("SELECT user_id FROM group_members WHERE group_id = ?1")
-                .map_err(db)?
-                .query_map([group.as_str()], |r| r.get::<_, String>(0))
-                .map_err(db)?
+                .prepare_cached("SELECT user_id FROM group_members WHERE group_id = ?1")?
+                .query_map([group.as_str()], |r| r.get::<_, String>(0))?
                 .map(|r| r.map_err(db).and_then(user_id))
                 .collect::<Result<Vec<_>>>()?;
             let events = append_message_events(conn, &stored, members)?;
@@ -455,13 +352,11 @@ impl Groups for SqliteStore {
                     "SELECT count(*), coalesce(sum(cm.read_upto >= ?3), 0) FROM conversation_members cm \
                      LEFT JOIN group_members gm ON gm.group_id = ?4 AND gm.user_id = cm.user_id \
                      WHERE cm.conversation_id = ?1 AND cm.user_id != ?2 AND coalesce(gm.since, 0) < ?3",
-                )
-                .map_err(db)?
+                )?
                 .query_row(
                     params![conversation.as_str(), sender.as_str(), to_i64(conv_seq), group],
                     |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .map_err(db)?;
+                )?;
             Ok((to_u64(read), to_u64(members)))
         })
         .await

@@ -1,0 +1,40 @@
+//! The `DataKeys` trait on PostgreSQL: data-encryption keys, stored
+//! wrapped.
+
+use async_trait::async_trait;
+use unimsg_store::sql::{DATA_KEY_COLUMNS, ms, read_data_key};
+use unimsg_store::{DataKeys, Result, WrappedKey};
+
+use crate::{PgStore, read, unique};
+
+#[async_trait]
+impl DataKeys for PgStore {
+    async fn data_keys(&self) -> Result<Vec<WrappedKey>> {
+        connected!(self, |client| {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {DATA_KEY_COLUMNS} FROM data_keys ORDER BY key_id"
+                ))
+                .await?;
+            client
+                .query(&stmt, &[])
+                .await?
+                .iter()
+                .map(|row| read(row, read_data_key))
+                .collect()
+        })
+    }
+
+    async fn insert_data_key(&self, key: WrappedKey) -> Result<()> {
+        connected!(self, |client| {
+            client
+                .execute(
+                    "INSERT INTO data_keys (key_id, wrapped, created_at) VALUES ($1, $2, $3)",
+                    &[&i64::from(key.key_id), &key.wrapped, &ms(key.created_at)],
+                )
+                .await
+                .map_err(|e| unique(e, "data key"))?;
+            Ok(())
+        })
+    }
+}

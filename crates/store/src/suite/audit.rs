@@ -1,0 +1,51 @@
+//! Checks of the `Audit` trait.
+
+use super::*;
+
+/// Entries are numbered from 1, each chained to the one before, and can
+/// be filtered.
+pub async fn audit_chain(store: Arc<dyn Store>) {
+    let store = &*store;
+    let mut rows = Vec::new();
+    for action in ["a", "b", "c"] {
+        let draft = AuditDraft {
+            at: now(),
+            content: format!(r#"{{"action":"{action}","actor":"ops"}}"#),
+        };
+        rows.push(
+            store
+                .append_audit(draft, test_chain)
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(rows[0].prev_hash, [0; 32]);
+    for pair in rows.windows(2) {
+        assert_eq!(pair[1].prev_hash, pair[0].hash);
+        assert_eq!(
+            pair[1].hash,
+            test_chain(
+                &pair[0].hash,
+                &crate::audit_bytes(pair[1].id, pair[1].at_ms, &pair[1].content)
+            )
+        );
+    }
+    let all = store
+        .audit_entries(AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(all, rows);
+    let only_b = store
+        .audit_entries(AuditQuery {
+            limit: 10,
+            action: Some("b".into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(only_b.iter().map(|r| r.id).collect::<Vec<_>>(), vec![2]);
+}

@@ -1,0 +1,123 @@
+//! Checks of the `Users` trait.
+
+use super::*;
+
+pub async fn users(store: Arc<dyn Store>) {
+    let store = &*store;
+    let id = user(store, "u1").await;
+    let again = NewUser {
+        user_id: uid("u1-other"),
+        username: "u1-name".into(),
+        display_name: "x".into(),
+        password_hash: None,
+        created_at: now(),
+    };
+    assert!(matches!(
+        store.create_user(again).await,
+        Err(StoreError::Conflict("username"))
+    ));
+    let same_id = NewUser {
+        user_id: id.clone(),
+        username: "fresh".into(),
+        display_name: "x".into(),
+        password_hash: None,
+        created_at: now(),
+    };
+    assert!(matches!(
+        store.create_user(same_id).await,
+        Err(StoreError::Conflict("user_id"))
+    ));
+    let found = store
+        .user_by_username("u1-name")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(found.map(|u| u.user_id), Some(id.clone()));
+    assert!(
+        store
+            .user(&uid("nobody"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none()
+    );
+    assert_eq!(
+        store.last_seq(&id).await.unwrap_or_else(|e| panic!("{e}")),
+        Seq(0)
+    );
+}
+
+/// `unknown_users` names the ids that are no user, in order.
+pub async fn unknown_users(store: Arc<dyn Store>) {
+    let store = &*store;
+    let known = user(store, "known1").await;
+    let unknown = store
+        .unknown_users(vec![
+            known.clone(),
+            uid("ghost-a"),
+            known,
+            uid("ghost-b"),
+            uid("ghost-a"),
+        ])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        unknown,
+        vec![uid("ghost-a"), uid("ghost-b"), uid("ghost-a")]
+    );
+    assert!(
+        store
+            .unknown_users(Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_empty()
+    );
+}
+
+/// Import: one clash does not sink the batch; updates.
+pub async fn import_and_update(store: Arc<dyn Store>) {
+    let store = &*store;
+    let item = |id: &str, name: &str| NewUser {
+        user_id: uid(id),
+        username: name.into(),
+        display_name: id.into(),
+        password_hash: None,
+        created_at: now(),
+    };
+    let results = store
+        .import_users(vec![
+            item("im1", "im1"),
+            item("im2", "im1"),
+            item("im3", "im3"),
+        ])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(results[0].is_ok() && results[2].is_ok());
+    assert!(matches!(results[1], Err(StoreError::Conflict("username"))));
+    assert!(
+        store
+            .user(&uid("im2"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none()
+    );
+
+    let updated = store
+        .update_user(
+            &uid("im1"),
+            UserUpdate {
+                display_name: Some("New".into()),
+                ..UserUpdate::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (updated.display_name.as_str(), updated.username.as_str()),
+        ("New", "im1")
+    );
+    assert!(matches!(
+        store
+            .update_user(&uid("ghost"), UserUpdate::default())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
