@@ -8,12 +8,13 @@
 //! `session.revoked` through their inbox and close.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use unimsg_proto::api::{LoginRequest, RegisterRequest, SessionInfo, TokenPair, UserProfile};
+use unimsg_proto::event::SessionRevokedData;
 use unimsg_proto::{Platform, SessionId, UserId};
 use unimsg_store::{
     EventBody, NewRefreshToken, NewSession, NewUser, RefreshOutcome, Revocation, Session,
@@ -95,7 +96,7 @@ impl std::fmt::Debug for VerifiedTokens {
 impl VerifiedTokens {
     /// What a known token says, and its `exp`.
     fn get(&self, digest: &[u8; 32], now: i64) -> Option<(TokenSubject, i64)> {
-        let map = self.0.lock().ok()?;
+        let map = self.0.lock();
         let leeway = i64::try_from(TOKEN_LEEWAY_SECS).unwrap_or(0);
         map.get(digest)
             .filter(|t| now <= t.until)
@@ -103,7 +104,7 @@ impl VerifiedTokens {
     }
 
     fn insert(&self, digest: [u8; 32], subject: TokenSubject, exp: i64, now: i64) {
-        let Ok(mut map) = self.0.lock() else { return };
+        let mut map = self.0.lock();
         if map.len() >= VERIFIED_TOKENS {
             map.retain(|_, t| now <= t.until);
             if map.len() >= VERIFIED_TOKENS {
@@ -311,14 +312,21 @@ impl Core {
             ..AuditRecord::default()
         })
         .await;
-        let content = serde_json::json!({
-            "title": "New sign-in",
-            "body": "Your account was used to sign in from a new device or address.",
-            "platform": platform,
-            "device_id": device,
-            "ip": ip,
-            "session_id": pair.session_id,
-        });
+        let content = NewPlaceNotice {
+            title: "New sign-in",
+            body: "Your account was used to sign in from a new device or address.",
+            platform,
+            device_id: device,
+            ip,
+            session_id: &pair.session_id,
+        };
+        let content = match serde_json::to_value(&content) {
+            Ok(content) => content,
+            Err(error) => {
+                tracing::warn!(%error, user_id = %user, "cannot encode the new sign-in notification");
+                return;
+            }
+        };
         let request = unimsg_proto::admin::NotifyRequest {
             to: unimsg_proto::admin::Target::Users(vec![user.clone()]),
             kind: "notification".into(),
@@ -372,7 +380,7 @@ impl Core {
             });
         let kick = kicked
             .map(|s| revocation(&s.session_id, "replaced_by_new_login", now))
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         let session_id =
             SessionId::parse(new_id()).map_err(|e| CoreError::Internal(e.to_string()))?;
         let (refresh, refresh_hash) =
@@ -520,7 +528,7 @@ impl Core {
     pub async fn revoke(&self, session: &SessionId, reason: &str) -> Result<()> {
         let events = self
             .store
-            .revoke_sessions(vec![revocation(session, reason, self.clock.now())])
+            .revoke_sessions(vec![revocation(session, reason, self.clock.now())?])
             .await?;
         self.publish(&events).await;
         self.audit_revocations(&events).await;
@@ -654,20 +662,38 @@ impl Core {
     }
 }
 
+/// The content of the notification about a sign-in from a new place.
+#[derive(Serialize)]
+struct NewPlaceNotice<'a> {
+    title: &'static str,
+    body: &'static str,
+    platform: &'a Platform,
+    device_id: Option<String>,
+    ip: Option<String>,
+    session_id: &'a SessionId,
+}
+
 /// The refusal for a disabled account (given only to a caller who proved
 /// who they are, or to the admin API).
 pub(crate) fn disabled() -> CoreError {
     CoreError::Forbidden("this account is disabled".into())
 }
 
-pub(crate) fn revocation(session: &SessionId, reason: &str, at: OffsetDateTime) -> Revocation {
-    let data = serde_json::json!({ "session_id": session, "reason": reason });
-    Revocation {
+pub(crate) fn revocation(
+    session: &SessionId,
+    reason: &str,
+    at: OffsetDateTime,
+) -> Result<Revocation> {
+    let data = SessionRevokedData {
+        session_id: session.clone(),
+        reason: reason.to_owned(),
+    };
+    Ok(Revocation {
         session_id: session.clone(),
         reason: reason.to_owned(),
         at,
-        event_data: data.to_string(),
-    }
+        event_data: crate::render::event_json(&data)?,
+    })
 }
 
 #[cfg(test)]
@@ -699,7 +725,7 @@ mod tests {
         for n in 0..VERIFIED_TOKENS + 10 {
             tokens.insert(token_digest(&n.to_string()), subject(1), 200, 100);
         }
-        let len = tokens.0.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+        let len = tokens.0.lock().len();
         assert!(len <= VERIFIED_TOKENS, "{len}");
         // Expired entries go first when it is full.
         let tokens = VerifiedTokens::default();
@@ -711,6 +737,6 @@ mod tests {
             tokens.get(&token_digest("fresh"), 100),
             Some((subject(2), 500))
         );
-        assert_eq!(tokens.0.lock().map(|m| m.len()).unwrap_or(0), 1);
+        assert_eq!(tokens.0.lock().len(), 1);
     }
 }

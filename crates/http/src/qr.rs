@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Authed, Client, Json, PathId, Query};
+use crate::extract::{Json, PathId, Query, RequestOrigin, UserAuth};
 
 /// The user-facing QR routes.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -72,7 +72,7 @@ pub struct EventsQuery {
 /// `POST /v1/auth/qr`
 pub async fn create(
     State(state): State<AppState>,
-    Client(client): Client,
+    RequestOrigin(client): RequestOrigin,
     Json(req): Json<QrTicketRequest>,
 ) -> Result<axum::Json<QrTicket>, ApiError> {
     let new = state
@@ -301,7 +301,7 @@ pub async fn image(
 /// `POST /v1/auth/qr/scan`
 pub async fn scan(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     Json(req): Json<QrScanRequest>,
 ) -> Result<axum::Json<QrRequester>, ApiError> {
     let t = state
@@ -338,7 +338,7 @@ pub async fn scan(
 /// `POST /v1/auth/qr/{ticket_id}/confirm`
 pub async fn confirm(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
 ) -> Result<axum::Json<QrConfirmed>, ApiError> {
     let session_id = state.core.confirm_qr(&auth, &id).await?;
@@ -365,7 +365,7 @@ pub async fn confirm(
 /// `POST /v1/auth/qr/{ticket_id}/cancel`
 pub async fn cancel(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     state.core.cancel_qr(&auth, &id).await?;

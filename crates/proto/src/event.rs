@@ -3,64 +3,61 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::ids::Seq;
+use crate::groups::GroupChanged;
+use crate::ids::{ConversationId, MessageId, Seq, SessionId, UserId};
 
-/// What an inbox event means. The wire form is the dotted name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum EventType {
-    #[serde(rename = "message.new")]
-    MessageNew,
-    #[serde(rename = "message.recalled")]
-    MessageRecalled,
-    #[serde(rename = "receipt.read")]
-    ReceiptRead,
-    #[serde(rename = "session.revoked")]
-    SessionRevoked,
-    #[serde(rename = "notification.new")]
-    NotificationNew,
-    #[serde(rename = "broadcast.new")]
-    BroadcastNew,
-    #[serde(rename = "friend.request")]
-    FriendRequest,
-    #[serde(rename = "friend.changed")]
-    FriendChanged,
-    #[serde(rename = "block.changed")]
-    BlockChanged,
-    #[serde(rename = "group.changed")]
-    GroupChanged,
+/// Declares a fieldless enum whose wire form is a fixed name per variant,
+/// spelled once: the serde rename, `as_str`, `parse` and `ALL` all come
+/// from the one table.
+macro_rules! wire_names {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $wire:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        pub enum $name {
+            $( $(#[$vmeta])* #[serde(rename = $wire)] $variant, )+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The wire name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $wire,)+
+                }
+            }
+
+            /// The variant of a wire name.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($wire => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
 }
 
-impl EventType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::MessageNew => "message.new",
-            EventType::MessageRecalled => "message.recalled",
-            EventType::ReceiptRead => "receipt.read",
-            EventType::SessionRevoked => "session.revoked",
-            EventType::NotificationNew => "notification.new",
-            EventType::BroadcastNew => "broadcast.new",
-            EventType::FriendRequest => "friend.request",
-            EventType::FriendChanged => "friend.changed",
-            EventType::BlockChanged => "block.changed",
-            EventType::GroupChanged => "group.changed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "message.new" => EventType::MessageNew,
-            "message.recalled" => EventType::MessageRecalled,
-            "receipt.read" => EventType::ReceiptRead,
-            "session.revoked" => EventType::SessionRevoked,
-            "notification.new" => EventType::NotificationNew,
-            "broadcast.new" => EventType::BroadcastNew,
-            "friend.request" => EventType::FriendRequest,
-            "friend.changed" => EventType::FriendChanged,
-            "block.changed" => EventType::BlockChanged,
-            "group.changed" => EventType::GroupChanged,
-            _ => return None,
-        })
+wire_names! {
+    /// What an inbox event means. The wire form is the dotted name.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub enum EventType {
+        MessageNew = "message.new",
+        MessageRecalled = "message.recalled",
+        ReceiptRead = "receipt.read",
+        SessionRevoked = "session.revoked",
+        NotificationNew = "notification.new",
+        BroadcastNew = "broadcast.new",
+        FriendRequest = "friend.request",
+        FriendChanged = "friend.changed",
+        BlockChanged = "block.changed",
+        GroupChanged = "group.changed",
     }
 }
 
@@ -74,4 +71,152 @@ pub struct Event {
     #[serde(with = "time::serde::rfc3339")]
     pub ts: OffsetDateTime,
     pub data: serde_json::Value,
+}
+
+/// The data of an event whose type follows from it: the type is named
+/// once, here, instead of beside every place that builds the data.
+pub trait EventData: Serialize {
+    const TYPE: EventType;
+}
+
+/// `session.revoked`: the session's connections close after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SessionRevokedData {
+    pub session_id: SessionId,
+    /// Why, e.g. `logout`, `replaced_by_new_login`, `user_disabled`.
+    pub reason: String,
+}
+
+impl EventData for SessionRevokedData {
+    const TYPE: EventType = EventType::SessionRevoked;
+}
+
+/// `friend.request`: `from` asked `to` to be friends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FriendRequestData {
+    pub from: UserId,
+    pub to: UserId,
+    /// The words of the request (`null` without any).
+    pub message: Option<String>,
+}
+
+impl EventData for FriendRequestData {
+    const TYPE: EventType = EventType::FriendRequest;
+}
+
+/// What became of a friendship.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum FriendState {
+    Friends,
+    Removed,
+    Declined,
+}
+
+/// `friend.changed`: the friendship of the two `users` changed. `tags`
+/// and `remark` only when one side changed its own (only that side hears).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FriendChangedData {
+    pub users: [UserId; 2],
+    pub state: FriendState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remark: Option<String>,
+}
+
+impl FriendChangedData {
+    /// The change of state, without tags or remark.
+    pub fn new(users: [UserId; 2], state: FriendState) -> Self {
+        Self {
+            users,
+            state,
+            tags: None,
+            remark: None,
+        }
+    }
+}
+
+impl EventData for FriendChangedData {
+    const TYPE: EventType = EventType::FriendChanged;
+}
+
+/// `block.changed`: the receiver blocked `user_id`, or stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BlockChangedData {
+    pub user_id: UserId,
+    pub blocked: bool,
+}
+
+impl EventData for BlockChangedData {
+    const TYPE: EventType = EventType::BlockChanged;
+}
+
+/// `receipt.read`: `user_id` read the conversation up to `message_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReceiptReadData {
+    pub conversation_id: ConversationId,
+    pub user_id: UserId,
+    pub message_id: MessageId,
+    /// The `conv_seq` of that message.
+    pub read_upto: u64,
+}
+
+impl EventData for ReceiptReadData {
+    const TYPE: EventType = EventType::ReceiptRead;
+}
+
+/// `message.recalled`: the message's content is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MessageRecalledData {
+    pub message_id: MessageId,
+    pub conversation_id: ConversationId,
+    pub by: UserId,
+}
+
+impl EventData for MessageRecalledData {
+    const TYPE: EventType = EventType::MessageRecalled;
+}
+
+/// The data of `notification.new` and of `broadcast.new`. The fields are
+/// in the order a JSON object of them serializes (by name), so the data a
+/// fan-out encodes once is byte for byte the data sync renders.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NotificationData {
+    pub content: serde_json::Value,
+    pub from: String,
+    pub kind: String,
+    pub message_id: MessageId,
+    /// RFC 3339.
+    pub sent_at: String,
+}
+
+impl EventData for GroupChanged {
+    const TYPE: EventType = EventType::GroupChanged;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The serde form, `as_str` and `parse` agree for every type.
+    #[test]
+    fn event_type_names_agree() {
+        for kind in EventType::ALL {
+            let json = serde_json::to_string(kind).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(EventType::parse(kind.as_str()), Some(*kind));
+            let back: EventType = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(back, *kind);
+        }
+        assert_eq!(EventType::parse("message"), None);
+    }
 }

@@ -16,5 +16,5 @@ mod openapi;
 pub mod ws;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
-pub use event::{Event, EventType};
+pub use event::{Event, EventData, EventType};
 pub use ids::{ConversationId, GroupId, IdError, MessageId, Platform, Seq, SessionId, UserId};
