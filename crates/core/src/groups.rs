@@ -680,14 +680,14 @@ impl Core {
                     plan.role = Some(role);
                 }
             }
-            if let Some(until) = req.muted_until {
+            if let Some(mute) = req.muted_until {
                 if rank <= member.role {
                     return Err(forbidden(
                         "only the owner mutes admins, and admins mute ordinary members",
                     ));
                 }
                 // A time already past lifts the mute.
-                let until = until.filter(|t| *t > now);
+                let until = mute.until().filter(|t| *t > now);
                 plan.edits.push(GroupEdit::Mute(target.clone(), until));
                 plan.muted_until = until;
                 if plan.role.is_none() {
