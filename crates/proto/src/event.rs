@@ -6,43 +6,6 @@ use time::OffsetDateTime;
 use crate::groups::GroupChanged;
 use crate::ids::{ConversationId, MessageId, Seq, SessionId, UserId};
 
-/// Declares a fieldless enum whose wire form is a fixed name per variant,
-/// spelled once: the serde rename, `as_str`, `parse` and `ALL` all come
-/// from the one table.
-macro_rules! wire_names {
-    (
-        $(#[$meta:meta])*
-        pub enum $name:ident {
-            $( $(#[$vmeta:meta])* $variant:ident = $wire:literal, )+
-        }
-    ) => {
-        $(#[$meta])*
-        pub enum $name {
-            $( $(#[$vmeta])* #[serde(rename = $wire)] $variant, )+
-        }
-
-        impl $name {
-            /// Every variant, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            /// The wire name.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $wire,)+
-                }
-            }
-
-            /// The variant of a wire name.
-            pub fn parse(s: &str) -> Option<Self> {
-                match s {
-                    $($wire => Some($name::$variant),)+
-                    _ => None,
-                }
-            }
-        }
-    };
-}
-
 wire_names! {
     /// What an inbox event means. The wire form is the dotted name.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -211,12 +174,45 @@ mod tests {
     #[test]
     fn event_type_names_agree() {
         for kind in EventType::ALL {
-            let json = serde_json::to_string(kind).unwrap_or_else(|e| panic!("{e}"));
+            let json = serde_json::to_string(&kind).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(json, format!("\"{}\"", kind.as_str()));
-            assert_eq!(EventType::parse(kind.as_str()), Some(*kind));
+            assert_eq!(EventType::parse(kind.as_str()), Some(kind));
             let back: EventType = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(back, *kind);
+            assert_eq!(back, kind);
         }
         assert_eq!(EventType::parse("message"), None);
+    }
+
+    /// The other tables of wire names agree with serde too.
+    #[test]
+    fn other_wire_names_agree() {
+        fn check<T>(all: &[T])
+        where
+            T: Copy + PartialEq + std::fmt::Debug + Serialize,
+        {
+            for v in all {
+                let json = serde_json::to_string(v).unwrap_or_else(|e| panic!("{e}"));
+                assert!(json.starts_with('"'), "{json}");
+            }
+        }
+        check(&crate::admin::Scope::ALL);
+        check(&crate::api::MessageKind::ALL);
+        check(&crate::groups::GroupRole::ALL);
+        check(&crate::groups::JoinPolicy::ALL);
+        for s in crate::admin::Scope::ALL {
+            let json = serde_json::to_string(&s).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(json, format!("\"{}\"", s.as_str()));
+            assert_eq!(crate::admin::Scope::parse(s.as_str()), Some(s));
+        }
+        for r in crate::groups::GroupRole::ALL {
+            let json = serde_json::to_string(&r).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+            assert_eq!(crate::groups::GroupRole::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(
+            crate::groups::JoinPolicy::default(),
+            crate::groups::JoinPolicy::Invite
+        );
+        assert!(crate::groups::GroupRole::Owner > crate::groups::GroupRole::Admin);
     }
 }

@@ -6,62 +6,28 @@ use time::OffsetDateTime;
 
 use crate::ids::{ConversationId, GroupId, UserId};
 
-/// Who may join a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum JoinPolicy {
-    /// Anyone who knows the id joins with `POST /v1/groups/{id}/join`.
-    Open,
-    /// Only members added by the owner or an admin.
-    #[default]
-    Invite,
-}
-
-impl JoinPolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JoinPolicy::Open => "open",
-            JoinPolicy::Invite => "invite",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "open" => JoinPolicy::Open,
-            "invite" => JoinPolicy::Invite,
-            _ => return None,
-        })
+wire_names! {
+    /// Who may join a group.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub enum JoinPolicy {
+        /// Anyone who knows the id joins with `POST /v1/groups/{id}/join`.
+        Open = "open",
+        /// Only members added by the owner or an admin.
+        #[default]
+        Invite = "invite",
     }
 }
 
-/// A member's role. The owner (one per group) transfers ownership, names
-/// admins and dissolves; admins manage ordinary members; members chat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum GroupRole {
-    Member,
-    Admin,
-    Owner,
-}
-
-impl GroupRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GroupRole::Member => "member",
-            GroupRole::Admin => "admin",
-            GroupRole::Owner => "owner",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "member" => GroupRole::Member,
-            "admin" => GroupRole::Admin,
-            "owner" => GroupRole::Owner,
-            _ => return None,
-        })
+wire_names! {
+    /// A member's role. The owner (one per group) transfers ownership, names
+    /// admins and dissolves; admins manage ordinary members; members chat.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub enum GroupRole {
+        Member = "member",
+        Admin = "admin",
+        Owner = "owner",
     }
 }
 
