@@ -16,6 +16,7 @@ use unimsg_proto::admin::{
     PresenceResponse, RecipientStatus, Scope, Target, UserPatch, UserPresence,
 };
 use unimsg_proto::api::TokenPair;
+use unimsg_proto::event::RevokeReason;
 use unimsg_proto::{ErrorDetail, EventType, MessageId, Platform, UserId};
 use unimsg_store::{
     Admin, NewNotification, NewUser, PasswordHash, StoreError, StoredNotification, User,
@@ -525,9 +526,10 @@ impl Core {
         };
         let user = self.store.update_user(id, update).await?;
         if status == Some(UserStatus::Disabled) {
-            self.revoke_user_sessions(id, None, "user_disabled").await?;
+            self.revoke_user_sessions(id, None, RevokeReason::UserDisabled)
+                .await?;
         } else if password_changed {
-            self.revoke_user_sessions(id, None, "password_changed")
+            self.revoke_user_sessions(id, None, RevokeReason::PasswordChanged)
                 .await?;
         }
         Ok(to_admin_user(user))
@@ -539,7 +541,8 @@ impl Core {
         if self.store.user(id).await?.is_none() {
             return Err(CoreError::NotFound("user not found".into()));
         }
-        self.revoke_user_sessions(id, None, "user_deleted").await?;
+        self.revoke_user_sessions(id, None, RevokeReason::UserDeleted)
+            .await?;
         self.store.delete_user(id).await?;
         Ok(())
     }
@@ -549,7 +552,7 @@ impl Core {
         &self,
         id: &UserId,
         platform: Option<&Platform>,
-        reason: &str,
+        reason: RevokeReason,
     ) -> Result<usize> {
         let sessions = self.store.active_sessions(id).await?;
         let now = self.clock.now();
@@ -577,7 +580,7 @@ impl Core {
             return Err(CoreError::NotFound("user not found".into()));
         }
         let revoked = self
-            .revoke_user_sessions(id, platform.as_ref(), "admin_logout")
+            .revoke_user_sessions(id, platform.as_ref(), RevokeReason::AdminLogout)
             .await?;
         Ok(ForceLogoutResponse { revoked })
     }

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use unimsg_proto::api::{LoginRequest, RegisterRequest, SessionInfo, TokenPair, UserProfile};
-use unimsg_proto::event::SessionRevokedData;
+use unimsg_proto::event::{RevokeReason, SessionRevokedData};
 use unimsg_proto::{Platform, SessionId, UserId};
 use unimsg_store::{
     EventBody, NewRefreshToken, NewSession, NewUser, RefreshOutcome, Revocation, Session,
@@ -379,7 +379,7 @@ impl Core {
                 DevicePolicy::Multi => s.platform == platform && s.device_id == device_id,
             });
         let kick = kicked
-            .map(|s| revocation(&s.session_id, "replaced_by_new_login", now))
+            .map(|s| revocation(&s.session_id, RevokeReason::ReplacedByNewLogin, now))
             .collect::<Result<Vec<_>>>()?;
         let session_id =
             SessionId::parse(new_id()).map_err(|e| CoreError::Internal(e.to_string()))?;
@@ -513,7 +513,7 @@ impl Core {
             RefreshOutcome::Reused(session) => {
                 tracing::warn!(session_id = %session.session_id, user_id = %session.user_id,
                     "refresh token reused: revoking the session");
-                self.revoke(&session.session_id, "refresh_token_reuse")
+                self.revoke(&session.session_id, RevokeReason::RefreshTokenReuse)
                     .await?;
                 Err(CoreError::Unauthorized(
                     "refresh token was already used; the session is revoked",
@@ -525,7 +525,7 @@ impl Core {
 
     /// Revokes one session: its tokens are refused from now on and its live
     /// connections receive `session.revoked` and close.
-    pub async fn revoke(&self, session: &SessionId, reason: &str) -> Result<()> {
+    pub async fn revoke(&self, session: &SessionId, reason: RevokeReason) -> Result<()> {
         let events = self
             .store
             .revoke_sessions(vec![revocation(session, reason, self.clock.now())?])
@@ -537,7 +537,7 @@ impl Core {
 
     /// `POST /v1/auth/logout`
     pub async fn logout(&self, auth: &AuthContext) -> Result<()> {
-        self.revoke(&auth.session_id, "logout").await?;
+        self.revoke(&auth.session_id, RevokeReason::Logout).await?;
         self.audit(AuditRecord {
             action: "auth.logout".into(),
             actor_kind: "user".into(),
@@ -554,7 +554,7 @@ impl Core {
     pub async fn end_own_session(&self, auth: &AuthContext, session: &SessionId) -> Result<()> {
         match self.store.session(session).await? {
             Some(s) if s.user_id == auth.user_id && s.is_active() => {
-                self.revoke(session, "ended_by_user").await
+                self.revoke(session, RevokeReason::EndedByUser).await
             }
             _ => Err(CoreError::NotFound("session not found".into())),
         }
@@ -681,16 +681,16 @@ pub(crate) fn disabled() -> CoreError {
 
 pub(crate) fn revocation(
     session: &SessionId,
-    reason: &str,
+    reason: RevokeReason,
     at: OffsetDateTime,
 ) -> Result<Revocation> {
     let data = SessionRevokedData {
         session_id: session.clone(),
-        reason: reason.to_owned(),
+        reason: reason.as_str().to_owned(),
     };
     Ok(Revocation {
         session_id: session.clone(),
-        reason: reason.to_owned(),
+        reason: reason.as_str().to_owned(),
         at,
         event_data: crate::render::event_json(&data)?,
     })

@@ -42,12 +42,33 @@ pub trait EventData: Serialize {
     const TYPE: EventType;
 }
 
+wire_names! {
+    /// Why a session was revoked: the `reason` of `session.revoked`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub enum RevokeReason {
+        /// The device policy let a new sign-in replace this session.
+        ReplacedByNewLogin = "replaced_by_new_login",
+        /// A rotated refresh token was used again.
+        RefreshTokenReuse = "refresh_token_reuse",
+        Logout = "logout",
+        /// Ended by the user from another session.
+        EndedByUser = "ended_by_user",
+        UserDisabled = "user_disabled",
+        PasswordChanged = "password_changed",
+        UserDeleted = "user_deleted",
+        /// Forced logout through the admin API.
+        AdminLogout = "admin_logout",
+    }
+}
+
 /// `session.revoked`: the session's connections close after it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionRevokedData {
     pub session_id: SessionId,
-    /// Why, e.g. `logout`, `replaced_by_new_login`, `user_disabled`.
+    /// Why: a [`RevokeReason`] (kept as text, so that a reason this
+    /// version does not know still reads and still closes the session).
     pub reason: String,
 }
 
@@ -199,6 +220,7 @@ mod tests {
         check(&crate::api::MessageKind::ALL);
         check(&crate::groups::GroupRole::ALL);
         check(&crate::groups::JoinPolicy::ALL);
+        check(&RevokeReason::ALL);
         for s in crate::admin::Scope::ALL {
             let json = serde_json::to_string(&s).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(json, format!("\"{}\"", s.as_str()));
