@@ -3,11 +3,12 @@
 //! their delivery status.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use unimsg_proto::admin::{
     AdminToken, AdminUser, BroadcastRequest, BroadcastResponse, ForceLogoutResponse,
@@ -15,6 +16,7 @@ use unimsg_proto::admin::{
     PresenceResponse, RecipientStatus, Scope, Target, UserPatch, UserPresence,
 };
 use unimsg_proto::api::TokenPair;
+use unimsg_proto::event::RevokeReason;
 use unimsg_proto::{ErrorDetail, EventType, MessageId, Platform, UserId};
 use unimsg_store::{
     Admin, NewNotification, NewUser, PasswordHash, StoreError, StoredNotification, User,
@@ -84,23 +86,19 @@ impl VerifiedSecrets {
     fn remembered(&self, key: &SecretKey, now: i64) -> bool {
         self.remembered
             .lock()
-            .map(|m| m.get(key).is_some_and(|until| *until > now))
-            .unwrap_or(false)
+            .get(key)
+            .is_some_and(|until| *until > now)
     }
 
     fn remember(&self, key: SecretKey, now: i64) {
-        if let Ok(mut m) = self.remembered.lock() {
-            m.retain(|_, until| *until > now);
-            m.insert(key, now + VERIFIED_FOR_SECS);
-        }
+        let mut m = self.remembered.lock();
+        m.retain(|_, until| *until > now);
+        m.insert(key, now + VERIFIED_FOR_SECS);
     }
 
     /// A place in the queue of checks of this credential (one at a time).
     fn turn(&self, key: &SecretKey) -> Turn<'_> {
-        let lock = match self.checking.lock() {
-            Ok(mut m) => m.entry(key.clone()).or_default().clone(),
-            Err(_) => Arc::default(),
-        };
+        let lock = self.checking.lock().entry(key.clone()).or_default().clone();
         Turn {
             secrets: self,
             key: key.clone(),
@@ -120,11 +118,10 @@ struct Turn<'a> {
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.secrets.checking.lock() {
-            // Ours and the map's: nobody else has it.
-            if Arc::strong_count(&self.lock) <= 2 {
-                m.remove(&self.key);
-            }
+        let mut m = self.secrets.checking.lock();
+        // Ours and the map's: nobody else has it.
+        if Arc::strong_count(&self.lock) <= 2 {
+            m.remove(&self.key);
         }
     }
 }
@@ -185,6 +182,19 @@ fn unknown_users_message(unknown: &[UserId]) -> String {
         0 => format!("unknown user ids: {named}"),
         more => format!("unknown user ids: {named} (and {more} more)"),
     }
+}
+
+/// One item of a user import (`POST /v1/admin/users`) as the HTTP layer
+/// read it: each item is parsed on its own, so one that does not parse
+/// fails alone.
+#[derive(Debug)]
+pub enum ImportItem {
+    User(ImportUser),
+    /// Not a valid user: why, and its `user_id` when that is a string.
+    Malformed {
+        user_id: Option<String>,
+        reason: String,
+    },
 }
 
 fn bad_item(index: usize, user_id: Option<String>, e: &CoreError) -> ImportResult {
@@ -400,26 +410,19 @@ impl Core {
     }
 
     /// `POST /v1/admin/users`: each item is checked and stored on its own.
-    pub async fn import_users(&self, items: Vec<serde_json::Value>) -> Result<ImportResponse> {
+    pub async fn import_users(&self, items: Vec<ImportItem>) -> Result<ImportResponse> {
         let mut results: Vec<Option<ImportResult>> = vec![None; items.len()];
         let mut valid = Vec::new();
         let mut valid_index = Vec::new();
-        for (index, raw) in items.into_iter().enumerate() {
-            let raw_id = raw
-                .get("user_id")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned);
-            let item = match serde_json::from_value::<ImportUser>(raw) {
-                Ok(i) => i,
-                Err(e) => {
-                    results[index] = Some(bad_item(
-                        index,
-                        raw_id,
-                        &CoreError::BadRequest(e.to_string()),
-                    ));
+        for (index, item) in items.into_iter().enumerate() {
+            let item = match item {
+                ImportItem::User(user) => user,
+                ImportItem::Malformed { user_id, reason } => {
+                    results[index] = Some(bad_item(index, user_id, &CoreError::BadRequest(reason)));
                     continue;
                 }
             };
+            let raw_id = Some(item.user_id.to_string());
             match self.checked_import(item).await {
                 Ok(user) => {
                     valid_index.push(index);
@@ -523,9 +526,10 @@ impl Core {
         };
         let user = self.store.update_user(id, update).await?;
         if status == Some(UserStatus::Disabled) {
-            self.revoke_user_sessions(id, None, "user_disabled").await?;
+            self.revoke_user_sessions(id, None, RevokeReason::UserDisabled)
+                .await?;
         } else if password_changed {
-            self.revoke_user_sessions(id, None, "password_changed")
+            self.revoke_user_sessions(id, None, RevokeReason::PasswordChanged)
                 .await?;
         }
         Ok(to_admin_user(user))
@@ -537,7 +541,8 @@ impl Core {
         if self.store.user(id).await?.is_none() {
             return Err(CoreError::NotFound("user not found".into()));
         }
-        self.revoke_user_sessions(id, None, "user_deleted").await?;
+        self.revoke_user_sessions(id, None, RevokeReason::UserDeleted)
+            .await?;
         self.store.delete_user(id).await?;
         Ok(())
     }
@@ -547,15 +552,15 @@ impl Core {
         &self,
         id: &UserId,
         platform: Option<&Platform>,
-        reason: &str,
+        reason: RevokeReason,
     ) -> Result<usize> {
         let sessions = self.store.active_sessions(id).await?;
         let now = self.clock.now();
-        let revocations: Vec<_> = sessions
+        let revocations = sessions
             .iter()
             .filter(|s| platform.is_none_or(|p| &s.platform == p))
             .map(|s| crate::auth::revocation(&s.session_id, reason, now))
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         let count = revocations.len();
         if count > 0 {
             let events = self.store.revoke_sessions(revocations).await?;
@@ -575,7 +580,7 @@ impl Core {
             return Err(CoreError::NotFound("user not found".into()));
         }
         let revoked = self
-            .revoke_user_sessions(id, platform.as_ref(), "admin_logout")
+            .revoke_user_sessions(id, platform.as_ref(), RevokeReason::AdminLogout)
             .await?;
         Ok(ForceLogoutResponse { revoked })
     }
@@ -851,7 +856,7 @@ mod tests {
     }
 
     fn checking(v: &VerifiedSecrets) -> usize {
-        v.checking.lock().map(|m| m.len()).unwrap_or(usize::MAX)
+        v.checking.lock().len()
     }
 
     #[tokio::test]

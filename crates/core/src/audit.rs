@@ -12,8 +12,8 @@
 //! writes one `admin.refused` row with the count when the interval ends.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 
+use parking_lot::Mutex;
 use serde::Serialize;
 use time::OffsetDateTime;
 use unimsg_proto::admin::{AuditEntry, AuditPage};
@@ -207,6 +207,15 @@ impl Pending {
     }
 }
 
+/// Which sources [`Refusals::take`] takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sources {
+    /// Those whose interval has ended.
+    Ended,
+    /// Every one (at shutdown).
+    All,
+}
+
 impl Refusals {
     /// Counts one refusal of the source `(ip, actor)` of `record`.
     pub(crate) fn count(
@@ -215,9 +224,7 @@ impl Refusals {
         interval: time::Duration,
         record: AuditRecord,
     ) -> ToWrite {
-        let Ok(mut pending) = self.0.lock() else {
-            return ToWrite::default();
-        };
+        let mut pending = self.0.lock();
         let mut key = format!(
             "{}\n{}",
             record.ip.as_deref().unwrap_or("unknown"),
@@ -244,20 +251,17 @@ impl Refusals {
         }
     }
 
-    /// Takes the summaries of every source whose interval has ended (of
-    /// every source with `all`).
-    pub(crate) fn take_ended(
+    /// Takes the summaries of the `which` sources.
+    pub(crate) fn take(
         &self,
         now: OffsetDateTime,
         interval: time::Duration,
-        all: bool,
+        which: Sources,
     ) -> Vec<AuditRecord> {
-        let Ok(mut pending) = self.0.lock() else {
-            return Vec::new();
-        };
+        let mut pending = self.0.lock();
         let keys: Vec<String> = pending
             .iter()
-            .filter(|(_, p)| all || p.since + interval <= now)
+            .filter(|(_, p)| which == Sources::All || p.since + interval <= now)
             .map(|(k, _)| k.clone())
             .collect();
         keys.iter()
@@ -300,12 +304,21 @@ impl Core {
     }
 
     /// Writes the `admin.refused` row of every source whose interval has
-    /// ended (of every source with `all`, at shutdown). Called by a
-    /// periodic task of the server.
-    pub async fn flush_refusals(&self, all: bool) {
+    /// ended. Called by a periodic task of the server.
+    pub async fn flush_refusals(&self) {
+        self.flush(Sources::Ended).await;
+    }
+
+    /// Writes the `admin.refused` row of every source, ended or not (at
+    /// shutdown).
+    pub async fn flush_all_refusals(&self) {
+        self.flush(Sources::All).await;
+    }
+
+    async fn flush(&self, which: Sources) {
         let ended = self
             .refusals
-            .take_ended(self.clock.now(), self.refusal_interval(), all);
+            .take(self.clock.now(), self.refusal_interval(), which);
         for summary in ended {
             tracing::info!(
                 ip = summary.ip.as_deref().unwrap_or("unknown"),
@@ -467,7 +480,7 @@ mod tests {
         let other = refusals.count(t0, minute, refusal("198.51.100.2", "403"));
         assert!(other.first.is_some(), "each source has its own first row");
         assert!(
-            refusals.take_ended(t0, minute, false).is_empty(),
+            refusals.take(t0, minute, Sources::Ended).is_empty(),
             "not ended yet"
         );
 
@@ -491,12 +504,16 @@ mod tests {
         // The periodic flush writes nothing for a source with only its first
         // row, and a count for one with more.
         let _ = refusals.count(later, minute, refusal("198.51.100.1", "401"));
-        let ended = refusals.take_ended(later + minute, minute, false);
+        let ended = refusals.take(later + minute, minute, Sources::Ended);
         assert_eq!(
             ended.iter().map(|r| r.count).collect::<Vec<_>>(),
             vec![Some(1)]
         );
-        assert!(refusals.take_ended(later + minute, minute, true).is_empty());
+        assert!(
+            refusals
+                .take(later + minute, minute, Sources::All)
+                .is_empty()
+        );
     }
 
     #[test]
@@ -520,9 +537,9 @@ mod tests {
             MAX_SOURCES + 1,
             "one row per source, one for the rest"
         );
-        let len = refusals.0.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+        let len = refusals.0.lock().len();
         assert_eq!(len, MAX_SOURCES + 1);
-        let ended = refusals.take_ended(t0, minute, true);
+        let ended = refusals.take(t0, minute, Sources::All);
         assert_eq!(ended.len(), 1);
         assert_eq!(ended[0].ip.as_deref(), Some(OVERFLOW));
         assert_eq!(ended[0].count, Some(999));

@@ -8,12 +8,13 @@
 //! `session.revoked` through their inbox and close.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use unimsg_proto::api::{LoginRequest, RegisterRequest, SessionInfo, TokenPair, UserProfile};
+use unimsg_proto::event::{RevokeReason, SessionRevokedData};
 use unimsg_proto::{Platform, SessionId, UserId};
 use unimsg_store::{
     EventBody, NewRefreshToken, NewSession, NewUser, RefreshOutcome, Revocation, Session,
@@ -95,7 +96,7 @@ impl std::fmt::Debug for VerifiedTokens {
 impl VerifiedTokens {
     /// What a known token says, and its `exp`.
     fn get(&self, digest: &[u8; 32], now: i64) -> Option<(TokenSubject, i64)> {
-        let map = self.0.lock().ok()?;
+        let map = self.0.lock();
         let leeway = i64::try_from(TOKEN_LEEWAY_SECS).unwrap_or(0);
         map.get(digest)
             .filter(|t| now <= t.until)
@@ -103,7 +104,7 @@ impl VerifiedTokens {
     }
 
     fn insert(&self, digest: [u8; 32], subject: TokenSubject, exp: i64, now: i64) {
-        let Ok(mut map) = self.0.lock() else { return };
+        let mut map = self.0.lock();
         if map.len() >= VERIFIED_TOKENS {
             map.retain(|_, t| now <= t.until);
             if map.len() >= VERIFIED_TOKENS {
@@ -311,14 +312,21 @@ impl Core {
             ..AuditRecord::default()
         })
         .await;
-        let content = serde_json::json!({
-            "title": "New sign-in",
-            "body": "Your account was used to sign in from a new device or address.",
-            "platform": platform,
-            "device_id": device,
-            "ip": ip,
-            "session_id": pair.session_id,
-        });
+        let content = NewPlaceNotice {
+            title: "New sign-in",
+            body: "Your account was used to sign in from a new device or address.",
+            platform,
+            device_id: device,
+            ip,
+            session_id: &pair.session_id,
+        };
+        let content = match serde_json::to_value(&content) {
+            Ok(content) => content,
+            Err(error) => {
+                tracing::warn!(%error, user_id = %user, "cannot encode the new sign-in notification");
+                return;
+            }
+        };
         let request = unimsg_proto::admin::NotifyRequest {
             to: unimsg_proto::admin::Target::Users(vec![user.clone()]),
             kind: "notification".into(),
@@ -371,8 +379,8 @@ impl Core {
                 DevicePolicy::Multi => s.platform == platform && s.device_id == device_id,
             });
         let kick = kicked
-            .map(|s| revocation(&s.session_id, "replaced_by_new_login", now))
-            .collect();
+            .map(|s| revocation(&s.session_id, RevokeReason::ReplacedByNewLogin, now))
+            .collect::<Result<Vec<_>>>()?;
         let session_id =
             SessionId::parse(new_id()).map_err(|e| CoreError::Internal(e.to_string()))?;
         let (refresh, refresh_hash) =
@@ -505,7 +513,7 @@ impl Core {
             RefreshOutcome::Reused(session) => {
                 tracing::warn!(session_id = %session.session_id, user_id = %session.user_id,
                     "refresh token reused: revoking the session");
-                self.revoke(&session.session_id, "refresh_token_reuse")
+                self.revoke(&session.session_id, RevokeReason::RefreshTokenReuse)
                     .await?;
                 Err(CoreError::Unauthorized(
                     "refresh token was already used; the session is revoked",
@@ -517,10 +525,10 @@ impl Core {
 
     /// Revokes one session: its tokens are refused from now on and its live
     /// connections receive `session.revoked` and close.
-    pub async fn revoke(&self, session: &SessionId, reason: &str) -> Result<()> {
+    pub async fn revoke(&self, session: &SessionId, reason: RevokeReason) -> Result<()> {
         let events = self
             .store
-            .revoke_sessions(vec![revocation(session, reason, self.clock.now())])
+            .revoke_sessions(vec![revocation(session, reason, self.clock.now())?])
             .await?;
         self.publish(&events).await;
         self.audit_revocations(&events).await;
@@ -529,7 +537,7 @@ impl Core {
 
     /// `POST /v1/auth/logout`
     pub async fn logout(&self, auth: &AuthContext) -> Result<()> {
-        self.revoke(&auth.session_id, "logout").await?;
+        self.revoke(&auth.session_id, RevokeReason::Logout).await?;
         self.audit(AuditRecord {
             action: "auth.logout".into(),
             actor_kind: "user".into(),
@@ -546,7 +554,7 @@ impl Core {
     pub async fn end_own_session(&self, auth: &AuthContext, session: &SessionId) -> Result<()> {
         match self.store.session(session).await? {
             Some(s) if s.user_id == auth.user_id && s.is_active() => {
-                self.revoke(session, "ended_by_user").await
+                self.revoke(session, RevokeReason::EndedByUser).await
             }
             _ => Err(CoreError::NotFound("session not found".into())),
         }
@@ -654,20 +662,38 @@ impl Core {
     }
 }
 
+/// The content of the notification about a sign-in from a new place.
+#[derive(Serialize)]
+struct NewPlaceNotice<'a> {
+    title: &'static str,
+    body: &'static str,
+    platform: &'a Platform,
+    device_id: Option<String>,
+    ip: Option<String>,
+    session_id: &'a SessionId,
+}
+
 /// The refusal for a disabled account (given only to a caller who proved
 /// who they are, or to the admin API).
 pub(crate) fn disabled() -> CoreError {
     CoreError::Forbidden("this account is disabled".into())
 }
 
-pub(crate) fn revocation(session: &SessionId, reason: &str, at: OffsetDateTime) -> Revocation {
-    let data = serde_json::json!({ "session_id": session, "reason": reason });
-    Revocation {
+pub(crate) fn revocation(
+    session: &SessionId,
+    reason: RevokeReason,
+    at: OffsetDateTime,
+) -> Result<Revocation> {
+    let data = SessionRevokedData {
         session_id: session.clone(),
-        reason: reason.to_owned(),
+        reason: reason.as_str().to_owned(),
+    };
+    Ok(Revocation {
+        session_id: session.clone(),
+        reason: reason.as_str().to_owned(),
         at,
-        event_data: data.to_string(),
-    }
+        event_data: crate::render::event_json(&data)?,
+    })
 }
 
 #[cfg(test)]
@@ -699,7 +725,7 @@ mod tests {
         for n in 0..VERIFIED_TOKENS + 10 {
             tokens.insert(token_digest(&n.to_string()), subject(1), 200, 100);
         }
-        let len = tokens.0.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+        let len = tokens.0.lock().len();
         assert!(len <= VERIFIED_TOKENS, "{len}");
         // Expired entries go first when it is full.
         let tokens = VerifiedTokens::default();
@@ -711,6 +737,6 @@ mod tests {
             tokens.get(&token_digest("fresh"), 100),
             Some((subject(2), 500))
         );
-        assert_eq!(tokens.0.lock().map(|m| m.len()).unwrap_or(0), 1);
+        assert_eq!(tokens.0.lock().len(), 1);
     }
 }

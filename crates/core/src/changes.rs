@@ -11,10 +11,11 @@ use std::sync::Arc;
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
-use unimsg_proto::{EventType, UserId};
+use unimsg_proto::{EventData, EventType, UserId};
 use unimsg_store::{EventDraft, StoredEvent};
 
 use crate::Core;
+use crate::error::{CoreError, Result};
 
 /// A relationship or group change.
 #[derive(Debug, Clone, Serialize)]
@@ -32,18 +33,16 @@ pub struct Change {
 }
 
 impl Change {
-    pub fn new(
-        kind: EventType,
-        actor: &UserId,
-        data: serde_json::Value,
-        at: OffsetDateTime,
-    ) -> Self {
-        Self {
-            kind,
+    /// A change by `actor` whose event carries `data` (its type follows).
+    pub fn new<T: EventData>(actor: &UserId, data: &T, at: OffsetDateTime) -> Result<Self> {
+        let data = serde_json::to_value(data)
+            .map_err(|e| CoreError::Internal(format!("cannot encode a change: {e}")))?;
+        Ok(Self {
+            kind: T::TYPE,
             actor: actor.clone(),
             data,
             at,
-        }
+        })
     }
 
     /// The inbox events this change puts in each of `users`' inboxes.

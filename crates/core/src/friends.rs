@@ -7,12 +7,14 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use serde::Serialize;
 use unimsg_proto::admin::ImportResult;
+use unimsg_proto::event::{BlockChangedData, FriendChangedData, FriendRequestData, FriendState};
 use unimsg_proto::friends::{
     BlockList, Blocked, Friend, FriendList, FriendRequest, FriendRequestList, FriendRequestOutcome,
     RelationshipOp, RelationshipsResponse, RelationshipsUpdateResponse, UserRelationships,
 };
-use unimsg_proto::{ErrorDetail, EventType, UserId};
+use unimsg_proto::{ErrorDetail, EventData, EventType, UserId};
 use unimsg_store::{FriendRequestRow, FriendRow, RequestOutcome, StoredText};
 
 use crate::Core;
@@ -20,6 +22,20 @@ use crate::auth::AuthContext;
 use crate::changes::Change;
 use crate::error::{CoreError, Result};
 use crate::render;
+
+/// A `friend.request` event's data as the inbox stores it: the words
+/// sealed (`message_sealed`, base64 of `Sealed::to_bytes`), opened into
+/// `message` when rendered (`render::event`).
+#[derive(Serialize)]
+struct SealedFriendRequest<'a> {
+    from: &'a UserId,
+    to: &'a UserId,
+    message_sealed: String,
+}
+
+impl EventData for SealedFriendRequest<'_> {
+    const TYPE: EventType = EventType::FriendRequest;
+}
 
 /// The refusal a blocked user gets: it does not say they were blocked.
 fn refused() -> CoreError {
@@ -105,27 +121,32 @@ impl Core {
             })
             .transpose()
             .map_err(|e| CoreError::Internal(format!("cannot seal a friend request: {e}")))?;
-        let stored_data = match &sealed {
-            Some(s) => serde_json::json!({
-                "from": me,
-                "to": to,
-                "message_sealed": STANDARD.encode(s.to_bytes()),
-            }),
-            None => serde_json::json!({"from": me, "to": to, "message": null}),
+        let asked = match &sealed {
+            Some(s) => {
+                let data = SealedFriendRequest {
+                    from: me,
+                    to,
+                    message_sealed: STANDARD.encode(s.to_bytes()),
+                };
+                Change::new(me, &data, now)?
+            }
+            None => {
+                let data = FriendRequestData {
+                    from: me.clone(),
+                    to: to.clone(),
+                    message: None,
+                };
+                Change::new(me, &data, now)?
+            }
         };
-        let asked = Change::new(EventType::FriendRequest, me, stored_data, now);
-        let announced = Change::new(
-            EventType::FriendRequest,
-            me,
-            serde_json::json!({"from": me, "to": to, "message": message}),
-            now,
-        );
-        let became = Change::new(
-            EventType::FriendChanged,
-            me,
-            serde_json::json!({"users": [me, to], "state": "friends"}),
-            now,
-        );
+        let announced = FriendRequestData {
+            from: me.clone(),
+            to: to.clone(),
+            message,
+        };
+        let announced = Change::new(me, &announced, now)?;
+        let became = FriendChangedData::new([me.clone(), to.clone()], FriendState::Friends);
+        let became = Change::new(me, &became, now)?;
         let row = FriendRequestRow {
             from: me.clone(),
             to: to.clone(),
@@ -158,21 +179,29 @@ impl Core {
         })
     }
 
-    /// `POST /v1/friends/requests/{from}/accept` and `/decline`
-    pub async fn answer_friend_request(
+    /// `POST /v1/friends/requests/{from}/accept`
+    pub async fn accept_friend_request(&self, auth: &AuthContext, from: &UserId) -> Result<()> {
+        self.answer_friend_request(auth, from, FriendState::Friends)
+            .await
+    }
+
+    /// `POST /v1/friends/requests/{from}/decline`
+    pub async fn decline_friend_request(&self, auth: &AuthContext, from: &UserId) -> Result<()> {
+        self.answer_friend_request(auth, from, FriendState::Declined)
+            .await
+    }
+
+    /// `answer` is what the friendship becomes: `Friends` or `Declined`.
+    async fn answer_friend_request(
         &self,
         auth: &AuthContext,
         from: &UserId,
-        accept: bool,
+        answer: FriendState,
     ) -> Result<()> {
         let me = &auth.user_id;
-        let state = if accept { "friends" } else { "declined" };
-        let change = Change::new(
-            EventType::FriendChanged,
-            me,
-            serde_json::json!({"users": [from, me], "state": state}),
-            self.clock.now(),
-        );
+        let accept = answer == FriendState::Friends;
+        let data = FriendChangedData::new([from.clone(), me.clone()], answer);
+        let change = Change::new(me, &data, self.clock.now())?;
         let events = self
             .store
             .answer_friend_request(from, me, accept, change.at, change.drafts(&[from, me]))
@@ -185,8 +214,9 @@ impl Core {
     pub async fn friend_requests(
         &self,
         auth: &AuthContext,
-        incoming: bool,
+        direction: RequestDirection,
     ) -> Result<FriendRequestList> {
+        let incoming = direction == RequestDirection::Incoming;
         let rows = self.store.friend_requests(&auth.user_id, incoming).await?;
         Ok(FriendRequestList {
             requests: rows
@@ -234,12 +264,8 @@ impl Core {
     /// `DELETE /v1/friends/{user_id}`: both sides lose the friendship.
     pub async fn remove_friend(&self, auth: &AuthContext, friend: &UserId) -> Result<()> {
         let me = &auth.user_id;
-        let change = Change::new(
-            EventType::FriendChanged,
-            me,
-            serde_json::json!({"users": [me, friend], "state": "removed"}),
-            self.clock.now(),
-        );
+        let data = FriendChangedData::new([me.clone(), friend.clone()], FriendState::Removed);
+        let change = Change::new(me, &data, self.clock.now())?;
         let (removed, events) = self
             .store
             .remove_friend(me, friend, change.drafts(&[me, friend]))
@@ -279,27 +305,35 @@ impl Core {
             .update_friend(&auth.user_id, friend, tags, remark)
             .await?;
         let me = &auth.user_id;
-        let change = Change::new(
-            EventType::FriendChanged,
-            me,
-            serde_json::json!({"users": [me, friend], "state": "friends", "tags": row.tags, "remark": row.remark}),
-            self.clock.now(),
-        );
+        let data = FriendChangedData {
+            tags: Some(row.tags.clone()),
+            remark: Some(row.remark.clone()),
+            ..FriendChangedData::new([me.clone(), friend.clone()], FriendState::Friends)
+        };
+        let change = Change::new(me, &data, self.clock.now())?;
         let events = self.store.append_events(change.drafts(&[me])).await?;
         self.changed(change, &events).await;
         self.friend_view(row).await
     }
 
-    /// `POST /v1/blocks/{user_id}` (`blocked`) and `DELETE` (not).
-    pub async fn set_block(&self, auth: &AuthContext, other: &UserId, blocked: bool) -> Result<()> {
+    /// `POST /v1/blocks/{user_id}`
+    pub async fn block(&self, auth: &AuthContext, other: &UserId) -> Result<()> {
+        self.set_block(auth, other, true).await
+    }
+
+    /// `DELETE /v1/blocks/{user_id}`
+    pub async fn unblock(&self, auth: &AuthContext, other: &UserId) -> Result<()> {
+        self.set_block(auth, other, false).await
+    }
+
+    async fn set_block(&self, auth: &AuthContext, other: &UserId, blocked: bool) -> Result<()> {
         self.other_user(&auth.user_id, other).await?;
         let me = &auth.user_id;
-        let change = Change::new(
-            EventType::BlockChanged,
-            me,
-            serde_json::json!({"user_id": other, "blocked": blocked}),
-            self.clock.now(),
-        );
+        let data = BlockChangedData {
+            user_id: other.clone(),
+            blocked,
+        };
+        let change = Change::new(me, &data, self.clock.now())?;
         let (changed, events) = self
             .store
             .set_block(me, other, blocked, change.at, change.drafts(&[me]))
@@ -378,30 +412,34 @@ impl Core {
             ));
         }
         let now = self.clock.now();
-        match op.op.as_str() {
-            "friend" | "unfriend" => {
-                let friends = op.op == "friend";
+        let Some(relation) = Relation::parse(&op.op) else {
+            return Err(CoreError::BadRequest(
+                "op must be friend, unfriend, block or unblock".into(),
+            ));
+        };
+        match relation {
+            Relation::Friend | Relation::Unfriend => {
+                let friends = relation == Relation::Friend;
                 if self.store.set_friendship(a, b, friends, now).await? {
-                    let state = if friends { "friends" } else { "removed" };
-                    let change = Change::new(
-                        EventType::FriendChanged,
-                        a,
-                        serde_json::json!({"users": [a, b], "state": state}),
-                        now,
-                    );
+                    let state = if friends {
+                        FriendState::Friends
+                    } else {
+                        FriendState::Removed
+                    };
+                    let data = FriendChangedData::new([a.clone(), b.clone()], state);
+                    let change = Change::new(a, &data, now)?;
                     let events = self.store.append_events(change.drafts(&[a, b])).await?;
                     self.changed(change, &events).await;
                 }
                 Ok(())
             }
-            "block" | "unblock" => {
-                let blocked = op.op == "block";
-                let change = Change::new(
-                    EventType::BlockChanged,
-                    a,
-                    serde_json::json!({"user_id": b, "blocked": blocked}),
-                    now,
-                );
+            Relation::Block | Relation::Unblock => {
+                let blocked = relation == Relation::Block;
+                let data = BlockChangedData {
+                    user_id: b.clone(),
+                    blocked,
+                };
+                let change = Change::new(a, &data, now)?;
                 let (changed, events) = self
                     .store
                     .set_block(a, b, blocked, now, change.drafts(&[a]))
@@ -411,9 +449,35 @@ impl Core {
                 }
                 Ok(())
             }
-            _ => Err(CoreError::BadRequest(
-                "op must be friend, unfriend, block or unblock".into(),
-            )),
         }
+    }
+}
+
+/// Which of a user's pending friend requests: to them or from them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestDirection {
+    Incoming,
+    Outgoing,
+}
+
+/// The op of one admin relationship update (`RelationshipOp::op`). Parsed
+/// per item, so an unknown op fails that item alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relation {
+    Friend,
+    Unfriend,
+    Block,
+    Unblock,
+}
+
+impl Relation {
+    fn parse(op: &str) -> Option<Self> {
+        Some(match op {
+            "friend" => Relation::Friend,
+            "unfriend" => Relation::Unfriend,
+            "block" => Relation::Block,
+            "unblock" => Relation::Unblock,
+            _ => return None,
+        })
     }
 }

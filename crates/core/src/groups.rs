@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 use unimsg_proto::api::{
     ConversationSummary, HistoryPage, MessageKind, ReadCount, ReadResponse, Recipient, SendResponse,
 };
+use unimsg_proto::event::{MessageRecalledData, ReceiptReadData};
 use unimsg_proto::groups::{
     AdminCreateGroupRequest, CreateGroupRequest, GroupAction, GroupChanged, GroupDetail, GroupInfo,
     GroupList, GroupMember, GroupRole, JoinPolicy, MemberUpdate, UpdateGroupRequest,
@@ -77,7 +78,7 @@ impl Snapshot {
 }
 
 /// What a decision asks the store to do, and what its event says.
-struct Plan {
+struct ChangePlan {
     action: GroupAction,
     edits: Vec<GroupEdit>,
     /// The members the change is about.
@@ -86,7 +87,7 @@ struct Plan {
     muted_until: Option<OffsetDateTime>,
 }
 
-impl Plan {
+impl ChangePlan {
     fn new(action: GroupAction, edits: Vec<GroupEdit>, subjects: Vec<UserId>) -> Self {
         Self {
             action,
@@ -239,7 +240,7 @@ impl Core {
         decide: F,
     ) -> Result<GroupRow>
     where
-        F: Fn(&Snapshot, OffsetDateTime) -> Result<Plan>,
+        F: Fn(&Snapshot, OffsetDateTime) -> Result<ChangePlan>,
     {
         for _ in 0..ATTEMPTS {
             let snapshot = self.snapshot(id).await?;
@@ -274,8 +275,6 @@ impl Core {
                 muted_until: plan.muted_until,
                 group: info(&after, None),
             };
-            let data = serde_json::to_value(&data)
-                .map_err(|e| CoreError::Internal(format!("cannot encode a change: {e}")))?;
             // `Change` names a user; for a business system that is the
             // owner the group belongs to (the data names the admin).
             let Some(change_actor) = actor_user
@@ -284,7 +283,7 @@ impl Core {
             else {
                 return Err(CoreError::Internal("a group without members".into()));
             };
-            let change = Change::new(EventType::GroupChanged, &change_actor, data, now);
+            let change = Change::new(&change_actor, &data, now)?;
             let drafts = change.drafts(&audience.iter().collect::<Vec<_>>());
             match self
                 .store
@@ -365,9 +364,7 @@ impl Core {
             muted_until: None,
             group: info(&row, None),
         };
-        let data = serde_json::to_value(&data)
-            .map_err(|e| CoreError::Internal(format!("cannot encode a change: {e}")))?;
-        let change = Change::new(EventType::GroupChanged, owner, data, now);
+        let change = Change::new(owner, &data, now)?;
         let drafts = change.drafts(&all.iter().map(|(u, _)| u).collect::<Vec<_>>());
         let new = NewGroup {
             group_id,
@@ -502,7 +499,7 @@ impl Core {
                 };
                 let nothing = name.is_none() && notice.is_none() && req.join_policy.is_none();
                 let edits = if nothing { Vec::new() } else { vec![edit] };
-                Ok(Plan::new(GroupAction::Updated, edits, Vec::new()))
+                Ok(ChangePlan::new(GroupAction::Updated, edits, Vec::new()))
             })
             .await?;
         self.my_view(auth, row).await
@@ -556,7 +553,7 @@ impl Core {
                         new.iter().map(|u| (u.clone(), GroupRole::Member)).collect(),
                     )]
                 };
-                Ok(Plan::new(GroupAction::MembersAdded, edits, new))
+                Ok(ChangePlan::new(GroupAction::MembersAdded, edits, new))
             })
             .await?;
         self.view_for(actor, row).await
@@ -582,13 +579,17 @@ impl Core {
         let row = self
             .change_group(id, GroupActor::User(me), |s, _| {
                 if s.member(me).is_some() {
-                    return Ok(Plan::new(GroupAction::MemberJoined, Vec::new(), Vec::new()));
+                    return Ok(ChangePlan::new(
+                        GroupAction::MemberJoined,
+                        Vec::new(),
+                        Vec::new(),
+                    ));
                 }
                 if s.group.join_policy != JoinPolicy::Open {
                     return Err(forbidden("this group is joined by invitation only"));
                 }
                 self.room_for(s.members.len(), 1)?;
-                Ok(Plan::new(
+                Ok(ChangePlan::new(
                     GroupAction::MemberJoined,
                     vec![GroupEdit::AddMembers(vec![(me.clone(), GroupRole::Member)])],
                     vec![me.clone()],
@@ -628,7 +629,7 @@ impl Core {
             } else {
                 GroupAction::MembersRemoved
             };
-            Ok(Plan::new(
+            Ok(ChangePlan::new(
                 action,
                 vec![GroupEdit::RemoveMembers(vec![target.clone()])],
                 vec![target.clone()],
@@ -667,7 +668,8 @@ impl Core {
             if member.role == GroupRole::Owner {
                 return Err(forbidden("the owner's role and voice are not changed"));
             }
-            let mut plan = Plan::new(GroupAction::MemberMuted, Vec::new(), vec![target.clone()]);
+            let mut plan =
+                ChangePlan::new(GroupAction::MemberMuted, Vec::new(), vec![target.clone()]);
             if let Some(role) = req.role {
                 if rank != GroupRole::Owner {
                     return Err(forbidden("only the owner names and removes admins"));
@@ -678,14 +680,14 @@ impl Core {
                     plan.role = Some(role);
                 }
             }
-            if let Some(until) = req.muted_until {
+            if let Some(mute) = req.muted_until {
                 if rank <= member.role {
                     return Err(forbidden(
                         "only the owner mutes admins, and admins mute ordinary members",
                     ));
                 }
                 // A time already past lifts the mute.
-                let until = until.filter(|t| *t > now);
+                let until = mute.until().filter(|t| *t > now);
                 plan.edits.push(GroupEdit::Mute(target.clone(), until));
                 plan.muted_until = until;
                 if plan.role.is_none() {
@@ -724,7 +726,7 @@ impl Core {
                 if s.member(to).is_none() {
                     return Err(CoreError::NotFound("not a member of this group".into()));
                 }
-                let mut plan = Plan::new(
+                let mut plan = ChangePlan::new(
                     GroupAction::OwnerTransferred,
                     vec![
                         GroupEdit::SetRole(to.clone(), GroupRole::Owner),
@@ -758,7 +760,7 @@ impl Core {
                 } else {
                     vec![GroupEdit::AllMuted(all_muted)]
                 };
-                Ok(Plan::new(GroupAction::GroupMuted, edits, Vec::new()))
+                Ok(ChangePlan::new(GroupAction::GroupMuted, edits, Vec::new()))
             })
             .await?;
         self.my_view(auth, row).await
@@ -772,7 +774,7 @@ impl Core {
             if s.rank(actor)? != GroupRole::Owner {
                 return Err(forbidden("only the owner dissolves the group"));
             }
-            Ok(Plan::new(
+            Ok(ChangePlan::new(
                 GroupAction::Dissolved,
                 vec![GroupEdit::Dissolve],
                 Vec::new(),
@@ -890,13 +892,12 @@ impl Core {
         self.group_membership(auth, group).await?;
         let message = self.message_in(conversation, message_id).await?;
         let now = self.clock.now();
-        let data = serde_json::json!({
-            "conversation_id": conversation,
-            "user_id": auth.user_id,
-            "message_id": message.message_id,
-            "read_upto": message.conv_seq,
-        })
-        .to_string();
+        let data = render::event_json(&ReceiptReadData {
+            conversation_id: conversation.clone(),
+            user_id: auth.user_id.clone(),
+            message_id: message.message_id.clone(),
+            read_upto: message.conv_seq,
+        })?;
         let drafts = vec![EventDraft {
             user_id: auth.user_id.clone(),
             kind: EventType::ReceiptRead,
@@ -1006,12 +1007,11 @@ impl Core {
         if now - message.created_at >= window {
             return Err(CoreError::Gone("the recall window has passed".into()));
         }
-        let data = serde_json::json!({
-            "message_id": message.message_id,
-            "conversation_id": message.conversation_id,
-            "by": auth.user_id,
-        })
-        .to_string();
+        let data = render::event_json(&MessageRecalledData {
+            message_id: message.message_id.clone(),
+            conversation_id: message.conversation_id.clone(),
+            by: auth.user_id.clone(),
+        })?;
         let drafts = self
             .store
             .group_members(group)

@@ -9,10 +9,11 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 use unimsg_proto::{EventType, Platform, Seq, SessionId, UserId};
 
@@ -62,7 +63,7 @@ impl std::fmt::Debug for KillSignal {
 }
 
 /// Queues an item; `true` when the queue is full (a slow consumer).
-fn offer(conn: &Conn, item: Outbound) -> bool {
+fn offer(conn: &Registration, item: Outbound) -> bool {
     conn.queue.push(item)
 }
 
@@ -102,9 +103,7 @@ impl Queue {
     /// are dropped (the connection is going away).
     fn push(&self, item: Outbound) -> bool {
         {
-            let Ok(mut state) = self.state.lock() else {
-                return false;
-            };
+            let mut state = self.state.lock();
             if state.closed {
                 return false;
             }
@@ -119,16 +118,15 @@ impl Queue {
     }
 
     fn close(&self) {
-        if let Ok(mut state) = self.state.lock() {
-            state.closed = true;
-        }
+        self.state.lock().closed = true;
         self.ready.notify_one();
     }
 
     /// Ends the connection: closes the queue and fires its kill signal
     /// (the first reason given stays).
     fn kill(&self, reason: KillReason) {
-        if let Ok(mut state) = self.state.lock() {
+        {
+            let mut state = self.state.lock();
             state.closed = true;
             state.killed.get_or_insert(reason);
         }
@@ -137,7 +135,7 @@ impl Queue {
     }
 
     fn kill_reason(&self) -> Option<KillReason> {
-        self.state.lock().ok().and_then(|s| s.killed)
+        self.state.lock().killed
     }
 
     /// Resolves once [`Self::kill`] was called.
@@ -154,14 +152,13 @@ impl Queue {
         }
     }
 
-    /// The next item; `None` when nothing is queued (and `Some(None)` once
-    /// the queue is closed and empty).
-    fn pop(&self) -> Option<Option<Outbound>> {
-        let mut state = self.state.lock().ok()?;
+    /// The next item, if one is queued.
+    fn pop(&self) -> Next {
+        let mut state = self.state.lock();
         match state.items.pop_front() {
-            Some(item) => Some(Some(item)),
-            None if state.closed => Some(None),
-            None => None,
+            Some(item) => Next::Item(item),
+            None if state.closed => Next::Closed,
+            None => Next::Empty,
         }
     }
 
@@ -169,17 +166,28 @@ impl Queue {
     /// an item stays queued until it is returned.
     async fn recv(&self) -> Option<Outbound> {
         loop {
-            if let Some(next) = self.pop() {
-                return next;
+            match self.pop() {
+                Next::Item(item) => return Some(item),
+                Next::Closed => return None,
+                Next::Empty => self.ready.notified().await,
             }
-            self.ready.notified().await;
         }
     }
 }
 
+/// What [`Queue::pop`] found.
+enum Next {
+    Item(Outbound),
+    /// Nothing queued yet.
+    Empty,
+    /// Closed and drained: nothing more will come.
+    Closed,
+}
+
 const SHARDS: usize = 16;
 
-struct Conn {
+/// A connection as the hub holds it.
+struct Registration {
     id: u64,
     session: SessionId,
     platform: Platform,
@@ -199,7 +207,7 @@ pub enum KillReason {
 
 /// Registry of this node's live connections.
 pub struct Hub {
-    shards: Vec<RwLock<HashMap<UserId, Vec<Conn>>>>,
+    shards: Vec<RwLock<HashMap<UserId, Vec<Registration>>>>,
     next_id: AtomicU64,
     queue: usize,
     slow_consumers: AtomicU64,
@@ -231,7 +239,7 @@ impl Hub {
         })
     }
 
-    fn shard(&self, user: &UserId) -> &RwLock<HashMap<UserId, Vec<Conn>>> {
+    fn shard(&self, user: &UserId) -> &RwLock<HashMap<UserId, Vec<Registration>>> {
         let mut h = DefaultHasher::new();
         user.hash(&mut h);
         &self.shards[(h.finish() as usize) % SHARDS]
@@ -264,13 +272,14 @@ impl Hub {
     ) -> Result<Subscription, TooManyConnections> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let queue = Queue::new(self.queue);
-        let conn = Conn {
+        let conn = Registration {
             id,
             session: session.clone(),
             platform: platform.clone(),
             queue: queue.clone(),
         };
-        if let Ok(mut shard) = self.shard(user).write() {
+        {
+            let mut shard = self.shard(user).write();
             // Checked under the lock [`Self::shutdown`] takes after
             // cancelling: either it sees this connection, or this sees it.
             if self.shutdown.is_cancelled() {
@@ -300,9 +309,8 @@ impl Hub {
     }
 
     fn remove(&self, user: &UserId, id: u64) {
-        if let Ok(mut shard) = self.shard(user).write()
-            && let Some(conns) = shard.get_mut(user)
-        {
+        let mut shard = self.shard(user).write();
+        if let Some(conns) = shard.get_mut(user) {
             let before = conns.len();
             conns.retain(|c| {
                 if c.id == id {
@@ -323,7 +331,8 @@ impl Hub {
     pub fn deliver(&self, delivery: Arc<Delivery>) {
         let user = delivery.user.clone();
         let mut slow = Vec::new();
-        if let Ok(shard) = self.shard(&user).read() {
+        {
+            let shard = self.shard(&user).read();
             let Some(conns) = shard.get(&user) else {
                 return;
             };
@@ -340,9 +349,7 @@ impl Hub {
     pub fn online_users(&self) -> Vec<UserId> {
         let mut users = Vec::new();
         for shard in &self.shards {
-            if let Ok(shard) = shard.read() {
-                users.extend(shard.keys().cloned());
-            }
+            users.extend(shard.read().keys().cloned());
         }
         users
     }
@@ -356,7 +363,8 @@ impl Hub {
             placed.iter().map(|d| (&d.user, d)).collect();
         for shard in &self.shards {
             let mut slow: Vec<(UserId, u64)> = Vec::new();
-            if let Ok(shard) = shard.read() {
+            {
+                let shard = shard.read();
                 for (user, conns) in shard.iter() {
                     let item = match by_user.get(user) {
                         Some(d) => Outbound::Event(Arc::clone(d)),
@@ -379,7 +387,8 @@ impl Hub {
     pub fn broadcast(&self) {
         for shard in &self.shards {
             let mut slow: Vec<(UserId, u64)> = Vec::new();
-            if let Ok(shard) = shard.read() {
+            {
+                let shard = shard.read();
                 for (user, conns) in shard.iter() {
                     for conn in conns {
                         if offer(conn, Outbound::Broadcast) {
@@ -400,21 +409,22 @@ impl Hub {
             return;
         }
         let mut dropped = 0u64;
-        if let Ok(mut shard) = self.shard(user).write()
-            && let Some(conns) = shard.get_mut(user)
         {
-            conns.retain(|c| {
-                if slow.contains(&c.id) {
-                    tracing::info!(user_id = %user, session_id = %c.session, "disconnecting a slow consumer");
-                    c.queue.kill(KillReason::SlowConsumer);
-                    dropped += 1;
-                    false
-                } else {
-                    true
+            let mut shard = self.shard(user).write();
+            if let Some(conns) = shard.get_mut(user) {
+                conns.retain(|c| {
+                    if slow.contains(&c.id) {
+                        tracing::info!(user_id = %user, session_id = %c.session, "disconnecting a slow consumer");
+                        c.queue.kill(KillReason::SlowConsumer);
+                        dropped += 1;
+                        false
+                    } else {
+                        true
+                    }
+                });
+                if conns.is_empty() {
+                    shard.remove(user);
                 }
-            });
-            if conns.is_empty() {
-                shard.remove(user);
             }
         }
         if dropped > 0 && self.connections.fetch_sub(dropped, Ordering::Relaxed) == dropped {
@@ -427,13 +437,12 @@ impl Hub {
     /// The platforms on which `user` has live connections on this node,
     /// sorted and without repeats.
     pub fn platforms(&self, user: &UserId) -> Vec<Platform> {
-        let mut out: Vec<Platform> = match self.shard(user).read() {
-            Ok(shard) => shard
-                .get(user)
-                .map(|c| c.iter().map(|c| c.platform.clone()).collect())
-                .unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
+        let mut out: Vec<Platform> = self
+            .shard(user)
+            .read()
+            .get(user)
+            .map(|c| c.iter().map(|c| c.platform.clone()).collect())
+            .unwrap_or_default();
         out.sort();
         out.dedup();
         out
@@ -441,12 +450,10 @@ impl Hub {
 
     /// Live connections of `session` on this node.
     pub fn session_connections(&self, user: &UserId, session: &SessionId) -> usize {
-        match self.shard(user).read() {
-            Ok(shard) => shard
-                .get(user)
-                .map_or(0, |c| c.iter().filter(|c| c.session == *session).count()),
-            Err(_) => 0,
-        }
+        self.shard(user)
+            .read()
+            .get(user)
+            .map_or(0, |c| c.iter().filter(|c| c.session == *session).count())
     }
 
     /// Live connections on this node.
@@ -478,10 +485,8 @@ impl Hub {
     pub fn shutdown(&self) {
         self.shutdown.cancel();
         for shard in &self.shards {
-            if let Ok(shard) = shard.write() {
-                for conn in shard.values().flatten() {
-                    conn.queue.kill(KillReason::Shutdown);
-                }
+            for conn in shard.write().values().flatten() {
+                conn.queue.kill(KillReason::Shutdown);
             }
         }
     }
@@ -504,7 +509,10 @@ impl Subscription {
 
     /// A queued delivery, if one is ready now.
     pub fn try_recv(&mut self) -> Option<Outbound> {
-        self.queue.pop().flatten()
+        match self.queue.pop() {
+            Next::Item(item) => Some(item),
+            Next::Empty | Next::Closed => None,
+        }
     }
 
     /// Resolves when the hub ends this connection.
@@ -550,7 +558,7 @@ mod tests {
     async fn a_queue_is_bounded_wakes_its_reader_and_ends_when_closed() {
         let user = UserId::parse("u").unwrap();
         let q = Queue::new(2);
-        assert!(q.pop().is_none());
+        assert!(matches!(q.pop(), Next::Empty));
         let reader = {
             let q = q.clone();
             tokio::spawn(async move { q.recv().await.map(seq_of) })
@@ -565,7 +573,7 @@ mod tests {
         assert_eq!(q.recv().await.map(seq_of), Some(Seq(3)));
         assert!(q.recv().await.is_none());
         assert!(!q.push(Outbound::Broadcast), "closed: dropped, not full");
-        assert!(q.pop().is_some_and(|next| next.is_none()));
+        assert!(matches!(q.pop(), Next::Closed));
     }
 
     #[tokio::test]

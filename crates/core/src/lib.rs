@@ -33,6 +33,7 @@ pub mod throttle;
 use std::sync::Arc;
 
 pub use error::{CoreError, Result};
+pub use friends::RequestDirection;
 
 use bus::Bus;
 use clock::Clock;
@@ -130,19 +131,20 @@ impl Core {
     /// A full store (overall or for this credential) refuses with 503
     /// `busy`, counts `unimsg_replay_store_full_total` and warns at most
     /// once a minute per kind.
-    pub async fn check_replay(
-        &self,
-        credential: &str,
-        nonce: Option<&str>,
-        timestamp: Option<&str>,
-    ) -> Result<()> {
-        let result = self.check_replay_inner(credential, nonce, timestamp).await;
-        if let Err(CoreError::Busy(reason)) = &result {
-            let scope = if *reason == replay::STORE_FULL {
-                "overall"
-            } else {
-                "credential"
-            };
+    pub async fn check_replay(&self, headers: replay::ReplayHeaders<'_>) -> Result<()> {
+        let admin = &self.config.admin;
+        let rule = replay::ReplayRule {
+            now: self.clock.now().unix_timestamp(),
+            window: admin.nonce_window_secs as i64,
+            required: admin.require_nonce,
+        };
+        let recorded = replay::record(&*self.nonces, headers, rule).await?;
+        let full = match recorded {
+            Some(replay::Recorded::StoreFull) => Some("overall"),
+            Some(replay::Recorded::CredentialFull) => Some("credential"),
+            _ => None,
+        };
+        if let Some(scope) = full {
             metrics::counter!("unimsg_replay_store_full_total", "scope" => scope).increment(1);
             if let Some(held_back) = self.replay_alerts.allow(scope) {
                 let admin = &self.config.admin;
@@ -155,26 +157,7 @@ impl Core {
                 );
             }
         }
-        result
-    }
-
-    async fn check_replay_inner(
-        &self,
-        credential: &str,
-        nonce: Option<&str>,
-        timestamp: Option<&str>,
-    ) -> Result<()> {
-        let admin = &self.config.admin;
-        replay::check(
-            &*self.nonces,
-            credential,
-            nonce,
-            timestamp,
-            self.clock.now().unix_timestamp(),
-            admin.nonce_window_secs as i64,
-            admin.require_nonce,
-        )
-        .await
+        replay::verdict(recorded)
     }
 
     /// Counts one request against a rate limit (429 with a retry time when over).

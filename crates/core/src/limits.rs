@@ -37,7 +37,6 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -45,6 +44,7 @@ use async_trait::async_trait;
 use governor::clock::{Clock as _, MonotonicClock};
 use governor::state::keyed::HashMapStateStore;
 use governor::{Quota, RateLimiter as Gcra};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 /// What is being limited.
@@ -320,10 +320,10 @@ impl MemoryLimits {
             limiter.retain_recent();
         }
         let horizon = self.config.failure_memory();
-        if let Ok(mut f) = self.failures.lock() {
-            let now = tokio::time::Instant::now();
-            f.retain(|_, v| now.duration_since(v.last) < horizon || v.locked_until > now);
-        }
+        let now = tokio::time::Instant::now();
+        self.failures
+            .lock()
+            .retain(|_, v| now.duration_since(v.last) < horizon || v.locked_until > now);
     }
 }
 
@@ -346,9 +346,7 @@ impl RateLimits for MemoryLimits {
         ip: Option<&str>,
     ) -> Result<(), RetryAfter> {
         let now = tokio::time::Instant::now();
-        let Ok(f) = self.failures.lock() else {
-            return Ok(());
-        };
+        let f = self.failures.lock();
         let keys = BackoffKeys::new(realm, account, ip);
         let wait = [Some(&keys.pair), keys.ip.as_ref()]
             .into_iter()
@@ -366,9 +364,7 @@ impl RateLimits for MemoryLimits {
 
     async fn login_failed(&self, realm: Realm, account: &str, ip: Option<&str>) {
         let now = tokio::time::Instant::now();
-        let Ok(mut f) = self.failures.lock() else {
-            return;
-        };
+        let mut f = self.failures.lock();
         let keys = BackoffKeys::new(realm, account, ip);
         let config = &self.config;
         let memory = config.failure_memory();
@@ -402,9 +398,9 @@ impl RateLimits for MemoryLimits {
     }
 
     async fn login_succeeded(&self, realm: Realm, account: &str, ip: Option<&str>) {
-        if let Ok(mut f) = self.failures.lock() {
-            f.remove(&BackoffKeys::new(realm, account, ip).pair);
-        }
+        self.failures
+            .lock()
+            .remove(&BackoffKeys::new(realm, account, ip).pair);
     }
 
     // ---- Per-user send limits (audit item 9) ----

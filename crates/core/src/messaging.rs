@@ -10,6 +10,7 @@ use unimsg_proto::api::{
     ConversationList, ConversationSummary, HistoryPage, ReadResponse, Recipient, SendRequest,
     SendResponse, SyncResponse,
 };
+use unimsg_proto::event::{MessageRecalledData, ReceiptReadData};
 use unimsg_proto::{ConversationId, EventType, MessageId, Seq, UserId};
 use unimsg_store::{AppendOutcome, EventDraft, NewMessage, StoredMessage};
 
@@ -234,13 +235,12 @@ impl Core {
             .filter(|m| &m.conversation_id == conversation)
             .ok_or_else(|| CoreError::NotFound("message not found in this conversation".into()))?;
         let now = self.clock.now();
-        let data = serde_json::json!({
-            "conversation_id": conversation,
-            "user_id": auth.user_id,
-            "message_id": message.message_id,
-            "read_upto": message.conv_seq,
-        })
-        .to_string();
+        let data = render::event_json(&ReceiptReadData {
+            conversation_id: conversation.clone(),
+            user_id: auth.user_id.clone(),
+            message_id: message.message_id.clone(),
+            read_upto: message.conv_seq,
+        })?;
         let drafts = [members.0.clone(), members.1.clone()]
             .into_iter()
             .map(|user_id| EventDraft {
@@ -284,12 +284,11 @@ impl Core {
         if now - message.created_at >= window {
             return Err(CoreError::Gone("the recall window has passed".into()));
         }
-        let data = serde_json::json!({
-            "message_id": message.message_id,
-            "conversation_id": message.conversation_id,
-            "by": auth.user_id,
-        })
-        .to_string();
+        let data = render::event_json(&MessageRecalledData {
+            message_id: message.message_id.clone(),
+            conversation_id: message.conversation_id.clone(),
+            by: auth.user_id.clone(),
+        })?;
         let drafts = [members.0, members.1]
             .into_iter()
             .map(|user_id| EventDraft {

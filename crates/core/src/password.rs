@@ -14,10 +14,11 @@
 //! `phc` types; verification reads the parameters back from the string.
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use argon2::password_hash::phc::{Output, ParamsString, Salt};
 use argon2::{ARGON2ID_IDENT, Algorithm, Argon2, Block, Params, Version};
+use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use unimsg_store::PasswordHash;
 
@@ -122,10 +123,7 @@ fn work(rx: &Mutex<Receiver<Job>>) {
     let mut memory = vec![Block::default(); Params::DEFAULT.block_count()];
     loop {
         // Hold the lock only to take a job, never while hashing.
-        let job = match rx.lock() {
-            Ok(guard) => guard.recv(),
-            Err(_) => return,
-        };
+        let job = rx.lock().recv();
         match job {
             Ok(Job::Hash { password, reply }) => {
                 let _ = reply.send(hash_with(&mut memory, password.as_bytes()));

@@ -20,9 +20,9 @@
 //! keeps them in memory, a cluster shares them.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use time::OffsetDateTime;
@@ -148,17 +148,15 @@ impl Tickets {
 }
 
 impl MemoryTickets {
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Tickets>> {
-        self.inner
-            .lock()
-            .map_err(|_| CoreError::Internal("ticket store poisoned".into()))
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Tickets> {
+        self.inner.lock()
     }
 }
 
 #[async_trait]
 impl QrTickets for MemoryTickets {
     async fn open_for_page(&self, page_hash: &str, now: OffsetDateTime) -> Result<Option<Ticket>> {
-        let inner = self.lock()?;
+        let inner = self.lock();
         let entry = inner
             .by_page
             .get(page_hash)
@@ -169,7 +167,7 @@ impl QrTickets for MemoryTickets {
     }
 
     async fn insert(&self, ticket: Ticket) -> Result<()> {
-        let mut inner = self.lock()?;
+        let mut inner = self.lock();
         inner.sweep(ticket.created_at);
         let (events, _) = broadcast::channel(8);
         inner
@@ -185,11 +183,11 @@ impl QrTickets for MemoryTickets {
     }
 
     async fn get(&self, ticket_id: &str) -> Result<Option<Ticket>> {
-        Ok(self.lock()?.by_id.get(ticket_id).map(|e| e.ticket.clone()))
+        Ok(self.lock().by_id.get(ticket_id).map(|e| e.ticket.clone()))
     }
 
     async fn by_code(&self, code: &str) -> Result<Option<Ticket>> {
-        let inner = self.lock()?;
+        let inner = self.lock();
         Ok(inner
             .by_code
             .get(code)
@@ -198,7 +196,7 @@ impl QrTickets for MemoryTickets {
     }
 
     async fn update(&self, ticket_id: &str, change: &mut TicketChange<'_>) -> Result<Ticket> {
-        let mut inner = self.lock()?;
+        let mut inner = self.lock();
         let entry = inner
             .by_id
             .get_mut(ticket_id)
@@ -215,7 +213,7 @@ impl QrTickets for MemoryTickets {
 
     async fn subscribe(&self, ticket_id: &str) -> Result<Option<broadcast::Receiver<QrEvent>>> {
         Ok(self
-            .lock()?
+            .lock()
             .by_id
             .get(ticket_id)
             .map(|e| e.events.subscribe()))

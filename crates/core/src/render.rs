@@ -4,8 +4,11 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use unimsg_proto::api::{Message, MessageKind};
-use unimsg_proto::{Event, EventType, Seq, SessionId, UserId};
+use unimsg_proto::event::{NotificationData, SessionRevokedData};
+use unimsg_proto::{Event, EventType, Seq, UserId};
 use unimsg_store::{EventBody, Sealed, StoredEvent, StoredMessage, StoredNotification, StoredText};
 
 use crate::error::{CoreError, Result};
@@ -39,9 +42,15 @@ pub(crate) fn message(keyring: &Keyring, m: &StoredMessage) -> Result<Message> {
     })
 }
 
+/// An event's data as the inbox row stores it.
+pub(crate) fn event_json(data: &impl Serialize) -> Result<String> {
+    serde_json::to_string(data)
+        .map_err(|e| CoreError::Internal(format!("cannot encode an event's data: {e}")))
+}
+
 /// The data of a `notification.new` event. The same for every recipient,
 /// so a fan-out renders it once.
-pub(crate) fn notification(keyring: &Keyring, n: &StoredNotification) -> Result<serde_json::Value> {
+pub(crate) fn notification(keyring: &Keyring, n: &StoredNotification) -> Result<NotificationData> {
     let plain = keyring
         .open(&n.content, n.message_id.as_str().as_bytes())
         .map_err(|e| {
@@ -53,13 +62,16 @@ pub(crate) fn notification(keyring: &Keyring, n: &StoredNotification) -> Result<
             n.message_id
         ))
     })?;
-    Ok(serde_json::json!({
-        "message_id": n.message_id,
-        "kind": n.kind,
-        "from": n.sender,
-        "content": content,
-        "sent_at": n.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-    }))
+    Ok(NotificationData {
+        message_id: n.message_id.clone(),
+        kind: n.kind.clone(),
+        from: n.sender.clone(),
+        content,
+        sent_at: n
+            .created_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    })
 }
 
 /// Associated data of a friend request's sealed text: it opens only as
@@ -115,7 +127,11 @@ fn open_friend_request(keyring: &Keyring, data: &mut serde_json::Value) {
 
 pub(crate) fn event(keyring: &Keyring, e: &StoredEvent) -> Result<Event> {
     let mut data = match &e.body {
-        EventBody::Notification(n) | EventBody::Broadcast(n) => notification(keyring, n)?,
+        EventBody::Notification(n) | EventBody::Broadcast(n) => {
+            serde_json::to_value(notification(keyring, n)?).map_err(|err| {
+                CoreError::Internal(format!("cannot render a notification: {err}"))
+            })?
+        }
         EventBody::Message(m) => serde_json::to_value(message(keyring, m)?)
             .map_err(|err| CoreError::Internal(format!("cannot render a message: {err}")))?,
         EventBody::Data(text) => serde_json::from_str(text).map_err(|err| {
@@ -136,11 +152,9 @@ pub(crate) fn event(keyring: &Keyring, e: &StoredEvent) -> Result<Event> {
 pub(crate) fn delivery(keyring: &Keyring, e: &StoredEvent) -> Result<Delivery> {
     let rendered = event(keyring, e)?;
     let revokes = if e.kind == EventType::SessionRevoked {
-        rendered
-            .data
-            .get("session_id")
-            .and_then(|v| v.as_str())
-            .and_then(|s| SessionId::parse(s).ok())
+        SessionRevokedData::deserialize(&rendered.data)
+            .ok()
+            .map(|d| d.session_id)
     } else {
         None
     };
@@ -155,40 +169,49 @@ pub(crate) fn delivery(keyring: &Keyring, e: &StoredEvent) -> Result<Delivery> {
     })
 }
 
+/// An [`Event`] whose data is already encoded: the same fields, in the
+/// same order and with the same forms, so it serializes byte for byte as
+/// the `Event` would.
+#[derive(Serialize)]
+struct EncodedEvent<'a> {
+    seq: Seq,
+    #[serde(rename = "type")]
+    kind: EventType,
+    #[serde(with = "time::serde::rfc3339")]
+    ts: time::OffsetDateTime,
+    data: &'a RawValue,
+}
+
 /// Deliveries of one event that many users receive with the same data
-/// (a group message): the data is rendered and encoded once, and only the
-/// envelope with each user's own seq is written per user.
+/// (a group message, a broadcast): the data is rendered and encoded once,
+/// and only the envelope with each user's own seq is written per user.
 pub(crate) fn shared_deliveries(
     kind: EventType,
     ts: time::OffsetDateTime,
-    data: &serde_json::Value,
+    data: &impl Serialize,
     targets: impl IntoIterator<Item = (UserId, Seq)>,
 ) -> Result<Vec<std::sync::Arc<Delivery>>> {
     let encode = |e: serde_json::Error| CoreError::Internal(format!("cannot encode: {e}"));
-    let data = serde_json::to_string(data).map_err(encode)?;
-    let ts = serde_json::to_string(
-        &ts.format(&time::format_description::well_known::Rfc3339)
-            .map_err(|e| CoreError::Internal(format!("cannot format a time: {e}")))?,
-    )
-    .map_err(encode)?;
-    let kind_json = serde_json::to_string(&kind).map_err(encode)?;
-    Ok(targets
+    let data = serde_json::value::to_raw_value(data).map_err(encode)?;
+    targets
         .into_iter()
         .map(|(user, seq)| {
-            // The same fields, in the same order, as `Event` serializes.
-            let json = format!(
-                r#"{{"seq":{},"type":{kind_json},"ts":{ts},"data":{data}}}"#,
-                seq.0
-            );
-            std::sync::Arc::new(Delivery {
+            let event = EncodedEvent {
+                seq,
+                kind,
+                ts,
+                data: &data,
+            };
+            let json = serde_json::to_vec(&event).map_err(encode)?;
+            Ok(std::sync::Arc::new(Delivery {
                 user,
                 seq,
                 kind,
                 json: Bytes::from(json),
                 revokes: None,
-            })
+            }))
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
@@ -207,6 +230,30 @@ mod tests {
             kind: EventType::MessageNew,
             ts,
             data,
+        })
+        .unwrap();
+        assert_eq!(shared[0].json.as_ref(), single.as_slice());
+    }
+
+    /// Typed data encoded once is what sync renders from the stored row.
+    #[test]
+    fn shared_notifications_match_single_rendering() {
+        let ts = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let data = NotificationData {
+            content: serde_json::json!({"title": "t", "body": "b"}),
+            from: "security".into(),
+            kind: "notification".into(),
+            message_id: unimsg_proto::MessageId::parse("m1").unwrap(),
+            sent_at: "2023-11-14T22:13:20Z".into(),
+        };
+        let user = UserId::parse("u1").unwrap();
+        let shared =
+            shared_deliveries(EventType::NotificationNew, ts, &data, [(user, Seq(3))]).unwrap();
+        let single = serde_json::to_vec(&Event {
+            seq: Seq(3),
+            kind: EventType::NotificationNew,
+            ts,
+            data: serde_json::to_value(&data).unwrap(),
         })
         .unwrap();
         assert_eq!(shared[0].json.as_ref(), single.as_slice());

@@ -14,9 +14,9 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::sync::Mutex;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 
 use crate::error::{CoreError, Result};
 
@@ -119,10 +119,7 @@ impl NonceStore for MemoryNonces {
         now: i64,
         expires_at: i64,
     ) -> Result<Recorded> {
-        let mut inner = self
-            .inner
-            .lock()
-            .map_err(|_| CoreError::Internal("nonce store poisoned".into()))?;
+        let mut inner = self.inner.lock();
         inner.forget_expired(now);
         let held = inner.by_credential.get(credential);
         if held.is_some_and(|set| set.contains(nonce)) {
@@ -158,19 +155,68 @@ pub const CREDENTIAL_FULL: &str =
 /// The refusal when the whole store is full.
 pub const STORE_FULL: &str = "the replay store is full; retry later";
 
-/// Checks a request's nonce and timestamp for an authenticated
-/// `credential`. `required` refuses requests that carry neither.
+/// The replay headers of one request, and the credential they are kept
+/// under.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayHeaders<'a> {
+    /// The verified credential (the admin id).
+    pub credential: &'a str,
+    /// `X-Nonce`.
+    pub nonce: Option<&'a str>,
+    /// `X-Timestamp`, Unix seconds.
+    pub timestamp: Option<&'a str>,
+}
+
+/// What [`check`] holds the headers to.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayRule {
+    /// Unix seconds now.
+    pub now: i64,
+    /// How far `X-Timestamp` may be from `now`, in seconds.
+    pub window: i64,
+    /// Whether a request that carries neither header is refused.
+    pub required: bool,
+}
+
+/// Checks a request's nonce and timestamp for an authenticated credential.
 pub async fn check(
     store: &dyn NonceStore,
-    credential: &str,
-    nonce: Option<&str>,
-    timestamp: Option<&str>,
-    now: i64,
-    window: i64,
-    required: bool,
+    headers: ReplayHeaders<'_>,
+    rule: ReplayRule,
 ) -> Result<()> {
+    verdict(record(store, headers, rule).await?)
+}
+
+/// The answer a request gets for what [`record`] made of its nonce.
+pub fn verdict(recorded: Option<Recorded>) -> Result<()> {
+    match recorded {
+        None | Some(Recorded::New) => Ok(()),
+        Some(Recorded::Replayed) => Err(CoreError::Conflict("this nonce was already used".into())),
+        Some(Recorded::CredentialFull) => Err(CoreError::Busy(CREDENTIAL_FULL)),
+        Some(Recorded::StoreFull) => Err(CoreError::Busy(STORE_FULL)),
+    }
+}
+
+/// Checks the headers and records the nonce: `None` when the request
+/// carries neither header and none is required, else what the store made
+/// of the nonce. Malformed or stale headers are errors.
+pub async fn record(
+    store: &dyn NonceStore,
+    headers: ReplayHeaders<'_>,
+    rule: ReplayRule,
+) -> Result<Option<Recorded>> {
+    let ReplayHeaders {
+        credential,
+        nonce,
+        timestamp,
+    } = headers;
+    let ReplayRule {
+        now,
+        window,
+        required,
+    } = rule;
     let (nonce, timestamp) = match (nonce, timestamp) {
-        (None, None) if !required => return Ok(()),
+        (None, None) if !required => return Ok(None),
         (Some(n), Some(t)) => (n, t),
         _ => {
             return Err(CoreError::Unauthorized(
@@ -194,15 +240,10 @@ pub async fn check(
     }
     // Remembered for the whole time its timestamp stays acceptable: the
     // last accepted second is `ts + window`, so it expires one after.
-    match store
+    let recorded = store
         .insert(credential, nonce, now, ts + window + 1)
-        .await?
-    {
-        Recorded::New => Ok(()),
-        Recorded::Replayed => Err(CoreError::Conflict("this nonce was already used".into())),
-        Recorded::CredentialFull => Err(CoreError::Busy(CREDENTIAL_FULL)),
-        Recorded::StoreFull => Err(CoreError::Busy(STORE_FULL)),
-    }
+        .await?;
+    Ok(Some(recorded))
 }
 
 #[cfg(test)]
@@ -214,22 +255,35 @@ mod tests {
     }
 
     fn held(store: &MemoryNonces) -> usize {
-        store
-            .inner
-            .lock()
-            .map(|inner| inner.expiries.len())
-            .unwrap_or(usize::MAX)
+        store.inner.lock().expiries.len()
+    }
+
+    fn rule(now: i64, required: bool) -> ReplayRule {
+        ReplayRule {
+            now,
+            window: 300,
+            required,
+        }
+    }
+
+    fn headers<'a>(
+        credential: &'a str,
+        nonce: Option<&'a str>,
+        timestamp: Option<&'a str>,
+    ) -> ReplayHeaders<'a> {
+        ReplayHeaders {
+            credential,
+            nonce,
+            timestamp,
+        }
     }
 
     async fn at(store: &MemoryNonces, who: &str, nonce: &str, ts: i64, now: i64) -> Result<()> {
+        let ts = ts.to_string();
         check(
             store,
-            who,
-            Some(nonce),
-            Some(&ts.to_string()),
-            now,
-            300,
-            false,
+            headers(who, Some(nonce), Some(&ts)),
+            rule(now, false),
         )
         .await
     }
@@ -258,13 +312,14 @@ mod tests {
     #[tokio::test]
     async fn missing_headers_pass_unless_required() {
         let store = store(3, 3);
-        assert!(check(&store, "a", None, None, 0, 300, false).await.is_ok());
+        let none = headers("a", None, None);
+        assert!(check(&store, none, rule(0, false)).await.is_ok());
         assert!(matches!(
-            check(&store, "a", None, None, 0, 300, true).await,
+            check(&store, none, rule(0, true)).await,
             Err(CoreError::Unauthorized(_))
         ));
         assert!(matches!(
-            check(&store, "a", Some("x"), None, 0, 300, false).await,
+            check(&store, headers("a", Some("x"), None), rule(0, false)).await,
             Err(CoreError::Unauthorized(_))
         ));
     }

@@ -20,15 +20,16 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
-use unimsg_core::admin::AdminContext;
+use unimsg_core::admin::{AdminContext, ImportItem};
 use unimsg_core::audit::AuditRecord;
 use unimsg_core::groups::GroupActor;
 use unimsg_core::limits::Limit;
+use unimsg_core::replay::ReplayHeaders;
 use unimsg_proto::admin::{
     AdminQrConfirm, AdminToken, AdminTokenRequest, AdminUser, AuditPage, BroadcastRequest,
     BroadcastResponse, ForceLogoutRequest, ForceLogoutResponse, ImportRequest, ImportResponse,
-    MessageStatus, MintRequest, NewAdminRequest, NotifyRequest, NotifyResponse, PresenceResponse,
-    Scope, UserPatch,
+    ImportUser, MessageStatus, MintRequest, NewAdminRequest, NotifyRequest, NotifyResponse,
+    PresenceResponse, Scope, UserPatch,
 };
 use unimsg_proto::api::TokenPair;
 use unimsg_proto::friends::{
@@ -44,7 +45,9 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Client, ClientAddr, Json, PathId, PathPair, Query, path_id, request_client};
+use crate::extract::{
+    ClientAddr, Json, PathId, PathPair, Query, RequestOrigin, path_id, request_client,
+};
 
 /// The admin routes; [`crate::router`] puts them behind [`gate`].
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -69,9 +72,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// The admin credential of the request, put there by [`gate`].
-pub struct Admin(pub AdminContext);
+pub struct AdminAuth(pub AdminContext);
 
-impl<S: Send + Sync> FromRequestParts<S> for Admin {
+impl<S: Send + Sync> FromRequestParts<S> for AdminAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
@@ -79,7 +82,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
             .extensions
             .get::<AdminContext>()
             .cloned()
-            .map(Admin)
+            .map(AdminAuth)
             .ok_or_else(|| ApiError::unauthorized("admin credentials required"))
     }
 }
@@ -192,11 +195,11 @@ async fn admit(
             .join(","),
     );
     core.check_limit(Limit::Admin, &ctx.admin_id).await?;
-    core.check_replay(
-        &ctx.admin_id,
-        header(request.headers(), "x-nonce"),
-        header(request.headers(), "x-timestamp"),
-    )
+    core.check_replay(ReplayHeaders {
+        credential: &ctx.admin_id,
+        nonce: header(request.headers(), "x-nonce"),
+        timestamp: header(request.headers(), "x-timestamp"),
+    })
     .await?;
     request.extensions_mut().insert(ctx);
     Ok(next.run(request).await)
@@ -253,7 +256,7 @@ async fn authenticate(
 /// nonce of the real request nor fills the store.
 async fn token(
     State(state): State<AppState>,
-    Client(client): Client,
+    RequestOrigin(client): RequestOrigin,
     headers: HeaderMap,
     Json(req): Json<AdminTokenRequest>,
 ) -> Response {
@@ -265,11 +268,11 @@ async fn token(
     {
         Ok(token) => state
             .core
-            .check_replay(
-                &req.admin_id,
-                header(&headers, "x-nonce"),
-                header(&headers, "x-timestamp"),
-            )
+            .check_replay(ReplayHeaders {
+                credential: &req.admin_id,
+                nonce: header(&headers, "x-nonce"),
+                timestamp: header(&headers, "x-timestamp"),
+            })
             .await
             .map(|()| token)
             .map_err(|e| (ApiError::from(e), true)),
@@ -316,7 +319,7 @@ async fn token(
 /// `POST /v1/admin/admins` (scope `admin`)
 async fn create_admin(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminAuth(admin): AdminAuth,
     Json(req): Json<NewAdminRequest>,
 ) -> Result<StatusCode, ApiError> {
     admin.require(Scope::Admin)?;
@@ -344,7 +347,7 @@ async fn create_admin(
 /// `POST /v1/admin/users`
 async fn import_users(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminAuth(admin): AdminAuth,
     Json(req): Json<ImportRequest>,
 ) -> Result<axum::Json<ImportResponse>, ApiError> {
     admin.require(Scope::UsersWrite)?;
@@ -353,7 +356,23 @@ async fn import_users(
             "import at most 10000 users per request",
         ));
     }
-    Ok(axum::Json(state.core.import_users(req.users).await?))
+    let items = req.users.into_iter().map(import_item).collect();
+    Ok(axum::Json(state.core.import_users(items).await?))
+}
+
+/// Parses one item of an import on its own.
+fn import_item(raw: serde_json::Value) -> ImportItem {
+    let user_id = raw
+        .get("user_id")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
+    match serde_json::from_value::<ImportUser>(raw) {
+        Ok(user) => ImportItem::User(user),
+        Err(e) => ImportItem::Malformed {
+            user_id,
+            reason: e.to_string(),
+        },
+    }
 }
 
 #[utoipa::path(
@@ -373,7 +392,7 @@ async fn import_users(
 /// `GET /v1/admin/users/{id}`
 async fn get_user(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminAuth(admin): AdminAuth,
     PathId(id): PathId,
 ) -> Result<axum::Json<AdminUser>, ApiError> {
     admin.require(Scope::UsersRead)?;
@@ -399,7 +418,7 @@ async fn get_user(
 /// `PATCH /v1/admin/users/{id}`
 async fn patch_user(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminAuth(admin): AdminAuth,
     PathId(id): PathId,
     Json(patch): Json<UserPatch>,
 ) -> Result<axum::Json<AdminUser>, ApiError> {
@@ -425,7 +444,7 @@ async fn patch_user(
 /// `DELETE /v1/admin/users/{id}`
 async fn delete_user(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminAuth(admin): AdminAuth,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     admin.require(Scope::UsersWrite)?;
@@ -453,7 +472,7 @@ async fn delete_user(
 /// `POST /v1/admin/users/{id}/tokens`
 async fn mint(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminAuth(admin): AdminAuth,
     PathId(id): PathId,
     Json(req): Json<MintRequest>,
 ) -> Result<axum::Json<TokenPair>, ApiError> {
@@ -485,7 +504,7 @@ async fn mint(
 /// `POST /v1/admin/users/{id}/logout`
 async fn logout(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminAuth(admin): AdminAuth,
     PathId(id): PathId,
     body: bytes::Bytes,
 ) -> Result<axum::Json<ForceLogoutResponse>, ApiError> {
@@ -519,7 +538,7 @@ async fn logout(
 /// `POST /v1/admin/messages`
 async fn notify(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminAuth(admin): AdminAuth,
     Json(req): Json<NotifyRequest>,
 ) -> Result<axum::Json<NotifyResponse>, ApiError> {
     admin.require(Scope::MessagesSend)?;
@@ -542,7 +561,7 @@ async fn notify(
 /// `POST /v1/admin/broadcasts`
 async fn broadcast(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminAuth(admin): AdminAuth,
     Json(req): Json<BroadcastRequest>,
 ) -> Result<axum::Json<BroadcastResponse>, ApiError> {
     admin.require(Scope::MessagesSend)?;
@@ -571,7 +590,7 @@ struct RelationshipsQuery {
 /// `GET /v1/admin/relationships?user_ids=a,b,c`
 async fn relationships(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminAuth(admin): AdminAuth,
     Query(q): Query<RelationshipsQuery>,
 ) -> Result<axum::Json<RelationshipsResponse>, ApiError> {
     admin.require(Scope::UsersRead)?;
@@ -593,7 +612,7 @@ async fn relationships(
 /// `PUT /v1/admin/relationships`
 async fn update_relationships(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminAuth(admin): AdminAuth,
     Json(req): Json<RelationshipsUpdate>,
 ) -> Result<axum::Json<RelationshipsUpdateResponse>, ApiError> {
     admin.require(Scope::UsersWrite)?;
@@ -623,7 +642,7 @@ async fn update_relationships(
 /// `POST /v1/admin/qr/{ticket_id}/confirm`
 async fn qr_confirm(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminAuth(admin): AdminAuth,
     PathId(id): PathId,
     Json(req): Json<AdminQrConfirm>,
 ) -> Result<axum::Json<unimsg_proto::api::QrConfirmed>, ApiError> {
@@ -664,7 +683,7 @@ struct StatusQuery {
 /// `GET /v1/admin/messages/{id}/status?after=&limit=`
 async fn status(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminAuth(admin): AdminAuth,
     PathId(id): PathId,
     Query(q): Query<StatusQuery>,
 ) -> Result<axum::Json<MessageStatus>, ApiError> {
@@ -704,7 +723,7 @@ struct PresenceQuery {
 /// `GET /v1/admin/presence?user_ids=a,b,c` (at most 1000 ids)
 async fn presence(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminAuth(admin): AdminAuth,
     Query(q): Query<PresenceQuery>,
 ) -> Result<axum::Json<PresenceResponse>, ApiError> {
     admin.require(Scope::UsersRead)?;
@@ -747,7 +766,7 @@ struct AuditParams {
 /// `GET /v1/admin/audit?after=&limit=&action=&actor=&operation_id=`
 async fn audit(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminAuth(admin): AdminAuth,
     Query(q): Query<AuditParams>,
 ) -> Result<axum::Json<AuditPage>, ApiError> {
     admin.require(Scope::AuditRead)?;
@@ -779,7 +798,7 @@ async fn audit(
 /// `POST /v1/admin/groups`
 async fn create_group(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminAuth(admin): AdminAuth,
     Json(req): Json<AdminCreateGroupRequest>,
 ) -> Result<(StatusCode, axum::Json<GroupDetail>), ApiError> {
     admin.require(Scope::UsersWrite)?;
@@ -804,7 +823,7 @@ async fn create_group(
 /// `GET /v1/admin/groups/{id}`
 async fn get_group(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminAuth(admin): AdminAuth,
     PathId(id): PathId,
 ) -> Result<axum::Json<GroupDetail>, ApiError> {
     admin.require(Scope::UsersRead)?;
@@ -829,7 +848,7 @@ async fn get_group(
 /// `DELETE /v1/admin/groups/{id}`
 async fn dissolve_group(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminAuth(admin): AdminAuth,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     admin.require(Scope::UsersWrite)?;
@@ -860,7 +879,7 @@ async fn dissolve_group(
 /// `POST /v1/admin/groups/{id}/members`
 async fn add_group_members(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminAuth(admin): AdminAuth,
     PathId(id): PathId,
     Json(req): Json<AddMembersRequest>,
 ) -> Result<axum::Json<GroupInfo>, ApiError> {
@@ -894,7 +913,7 @@ async fn add_group_members(
 /// `DELETE /v1/admin/groups/{id}/members/{user_id}`
 async fn remove_group_member(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    AdminAuth(admin): AdminAuth,
     PathPair(id, user): PathPair,
 ) -> Result<StatusCode, ApiError> {
     admin.require(Scope::UsersWrite)?;

@@ -68,15 +68,15 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The authenticated caller (Bearer access token of an active session).
-pub struct Authed(pub AuthContext);
+pub struct UserAuth(pub AuthContext);
 
-impl FromRequestParts<AppState> for Authed {
+impl FromRequestParts<AppState> for UserAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token =
             bearer(&parts.headers).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
-        Ok(Authed(state.core.authenticate(token).await?))
+        Ok(UserAuth(state.core.authenticate(token).await?))
     }
 }
 
@@ -175,9 +175,9 @@ pub(crate) fn request_client(
 /// Where the request comes from (the client by [`client_addr`], and the
 /// user agent). The address is always set — `unknown` when it cannot be
 /// told — so per-IP limits in the core always apply.
-pub struct Client(pub ClientInfo);
+pub struct RequestOrigin(pub ClientInfo);
 
-impl FromRequestParts<AppState> for Client {
+impl FromRequestParts<AppState> for RequestOrigin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
@@ -187,7 +187,7 @@ impl FromRequestParts<AppState> for Client {
             .get(USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(256).collect());
-        Ok(Client(ClientInfo { ip, user_agent }))
+        Ok(RequestOrigin(ClientInfo { ip, user_agent }))
     }
 }
 

@@ -9,7 +9,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use unimsg_core::qr::{QrEvent, Ticket, TicketState};
 use unimsg_proto::api::{QrConfirmed, QrRequester, QrScanRequest, QrTicket, QrTicketRequest};
 use unimsg_proto::{ErrorBody, ErrorCode};
@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Authed, Client, Json, PathId, Query};
+use crate::extract::{Json, PathId, Query, RequestOrigin, UserAuth};
 
 /// The user-facing QR routes.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -72,7 +72,7 @@ pub struct EventsQuery {
 /// `POST /v1/auth/qr`
 pub async fn create(
     State(state): State<AppState>,
-    Client(client): Client,
+    RequestOrigin(client): RequestOrigin,
     Json(req): Json<QrTicketRequest>,
 ) -> Result<axum::Json<QrTicket>, ApiError> {
     let new = state
@@ -94,30 +94,47 @@ pub async fn create(
     }))
 }
 
-fn named(name: &'static str, data: serde_json::Value) -> SseEvent {
-    SseEvent::default().event(name).data(data.to_string())
+/// The data of a page event that carries nothing: `{}`.
+#[derive(Serialize)]
+struct Nothing {}
+
+/// `scanned`: who scanned the code.
+#[derive(Serialize)]
+struct Scanned<'a> {
+    display_name: &'a str,
+}
+
+/// `pending`, at connect. (Fields by name, as a JSON object of them
+/// serialized before.)
+#[derive(Serialize)]
+struct Pending<'a> {
+    code: &'a str,
+    expires_in: i64,
+    ticket_id: &'a str,
+}
+
+fn named(name: &'static str, data: &impl Serialize) -> SseEvent {
+    let event = SseEvent::default().event(name);
+    match serde_json::to_string(data) {
+        Ok(json) => event.data(json),
+        Err(error) => {
+            tracing::error!(%error, event = name, "cannot encode a QR page event");
+            event.data("null")
+        }
+    }
 }
 
 fn scanned(display_name: &str) -> SseEvent {
-    named(
-        "scanned",
-        serde_json::json!({ "display_name": display_name }),
-    )
+    named("scanned", &Scanned { display_name })
 }
 
 /// The SSE event for a ticket event, and whether it ends the stream.
 fn to_sse(event: QrEvent) -> (SseEvent, bool) {
     match event {
         QrEvent::Scanned { display_name } => (scanned(&display_name), false),
-        QrEvent::Confirmed(pair) => (
-            named(
-                "confirmed",
-                serde_json::to_value(&*pair).unwrap_or_default(),
-            ),
-            true,
-        ),
-        QrEvent::Cancelled => (named("cancelled", serde_json::json!({})), true),
-        QrEvent::Expired => (named("expired", serde_json::json!({})), true),
+        QrEvent::Confirmed(pair) => (named("confirmed", &*pair), true),
+        QrEvent::Cancelled => (named("cancelled", &Nothing {}), true),
+        QrEvent::Expired => (named("expired", &Nothing {}), true),
     }
 }
 
@@ -156,11 +173,11 @@ pub async fn events(
     let ticket = core.qr_ticket(&id).await?;
     let mut first = vec![named(
         "pending",
-        serde_json::json!({
-            "ticket_id": ticket.ticket_id,
-            "code": ticket.code,
-            "expires_in": (ticket.expires_at - core.now()).whole_seconds().max(0),
-        }),
+        &Pending {
+            code: &ticket.code,
+            expires_in: (ticket.expires_at - core.now()).whole_seconds().max(0),
+            ticket_id: &ticket.ticket_id,
+        },
     )];
     match &ticket.state {
         TicketState::Pending => {}
@@ -197,11 +214,11 @@ pub async fn events(
 /// The event for a ticket's current state (after a missed event or at expiry).
 fn state_event(t: &Ticket) -> (SseEvent, bool) {
     match &t.state {
-        TicketState::Pending => (named("pending", serde_json::json!({})), false),
+        TicketState::Pending => (named("pending", &Nothing {}), false),
         TicketState::Scanned { display_name, .. } => (scanned(display_name), false),
-        TicketState::Confirmed => (named("confirmed", serde_json::json!({})), true),
-        TicketState::Cancelled => (named("cancelled", serde_json::json!({})), true),
-        TicketState::Expired => (named("expired", serde_json::json!({})), true),
+        TicketState::Confirmed => (named("confirmed", &Nothing {}), true),
+        TicketState::Cancelled => (named("cancelled", &Nothing {}), true),
+        TicketState::Expired => (named("expired", &Nothing {}), true),
     }
 }
 
@@ -301,7 +318,7 @@ pub async fn image(
 /// `POST /v1/auth/qr/scan`
 pub async fn scan(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     Json(req): Json<QrScanRequest>,
 ) -> Result<axum::Json<QrRequester>, ApiError> {
     let t = state
@@ -338,7 +355,7 @@ pub async fn scan(
 /// `POST /v1/auth/qr/{ticket_id}/confirm`
 pub async fn confirm(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
 ) -> Result<axum::Json<QrConfirmed>, ApiError> {
     let session_id = state.core.confirm_qr(&auth, &id).await?;
@@ -365,7 +382,7 @@ pub async fn confirm(
 /// `POST /v1/auth/qr/{ticket_id}/cancel`
 pub async fn cancel(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     state.core.cancel_qr(&auth, &id).await?;

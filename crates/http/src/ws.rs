@@ -58,22 +58,33 @@ mod close {
 /// protocol violation (reserved bits, unknown opcode, bad framing), 1007
 /// for a text message that is not UTF-8 and 1009 for a message over
 /// `delivery.ws_max_message_bytes`. A peer that just went away gets none.
-fn read_error_close(error: axum::Error) -> Option<(u16, &'static str)> {
+fn read_error_close(error: axum::Error) -> End {
     use tokio_tungstenite::tungstenite::Error as WsError;
     use tokio_tungstenite::tungstenite::error::ProtocolError;
     let inner = error.into_inner();
-    let error = inner.downcast_ref::<WsError>()?;
+    let Some(error) = inner.downcast_ref::<WsError>() else {
+        return End::Gone;
+    };
     match error {
         WsError::Protocol(
             ProtocolError::ResetWithoutClosingHandshake
             | ProtocolError::ReceivedAfterClosing
             | ProtocolError::SendAfterClosing,
-        ) => None,
-        WsError::Protocol(_) => Some((close::PROTOCOL, "protocol error")),
-        WsError::Utf8(_) => Some((close::INVALID_DATA, "text frame is not valid UTF-8")),
-        WsError::Capacity(_) => Some((close::TOO_BIG, "message too big")),
-        _ => None,
+        ) => End::Gone,
+        WsError::Protocol(_) => End::Close(close::PROTOCOL, "protocol error"),
+        WsError::Utf8(_) => End::Close(close::INVALID_DATA, "text frame is not valid UTF-8"),
+        WsError::Capacity(_) => End::Close(close::TOO_BIG, "message too big"),
+        _ => End::Gone,
     }
+}
+
+/// How a connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// With this close frame (code, reason).
+    Close(u16, &'static str),
+    /// Without one: the client is gone, or the socket cannot be written.
+    Gone,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -158,7 +169,7 @@ pub async fn upgrade(
         .max_message_size(d.ws_max_message_bytes)
         .max_frame_size(d.ws_max_message_bytes)
         .on_upgrade(move |socket| {
-            connection(Box::new(Conn {
+            connection(Box::new(WsConnection {
                 state,
                 socket,
                 auth,
@@ -226,7 +237,7 @@ async fn first_frame_auth(
     let text = match first {
         Some(Ok(Message::Text(text))) => text,
         Some(Err(error)) => {
-            if let Some((code, reason)) = read_error_close(error) {
+            if let End::Close(code, reason) = read_error_close(error) {
                 return Err(FirstFrameError::Violation(code, reason));
             }
             return Err(ApiError::unauthorized("expected an auth frame").into());
@@ -244,7 +255,7 @@ async fn first_frame_auth(
 /// since every by-value argument of an `async fn` is stored twice in its
 /// future, and that future is parked in memory for as long as the
 /// connection is open.
-struct Conn {
+struct WsConnection {
     state: AppState,
     socket: WebSocket,
     /// Known before the upgrade when the token came with the request.
@@ -252,7 +263,7 @@ struct Conn {
     after: Option<Seq>,
 }
 
-async fn connection(mut conn: Box<Conn>) {
+async fn connection(mut conn: Box<WsConnection>) {
     if conn.auth.is_none() {
         let core = conn.state.core.clone();
         let wait = Duration::from_secs(core.config().delivery.auth_timeout_secs.max(1));
@@ -275,7 +286,7 @@ async fn connection(mut conn: Box<Conn>) {
             }
         }
     }
-    let Conn {
+    let WsConnection {
         state,
         socket,
         auth: Some(auth),
@@ -322,13 +333,13 @@ async fn serve_authenticated(
         return;
     }
     let end = run(state, socket, &mut stream, auth).await;
-    if let Some((code, reason)) = end {
+    if let End::Close(code, reason) = end {
         let _ = socket.send(close_frame(code, reason)).await;
     }
     tracing::debug!("websocket closed");
 }
 
-/// Runs the connection until it ends; returns the close frame to send, if any.
+/// Runs the connection until it ends; returns how it ends.
 ///
 /// An idle connection spends its life parked in the `select!` below, so
 /// the size of this future is memory per connection. Everything that
@@ -340,7 +351,7 @@ async fn run(
     socket: &mut WebSocket,
     stream: &mut InboxStream,
     auth: &AuthContext,
-) -> Option<(u16, &'static str)> {
+) -> End {
     let core = &state.core;
     let mut killed = pin!(stream.kill_signal());
 
@@ -372,13 +383,13 @@ async fn run(
     loop {
         tokio::select! {
             () = killed.as_mut() => {
-                return Some(match stream.kill_reason() {
-                    KillReason::SlowConsumer => (close::SLOW_CONSUMER, "slow consumer"),
-                    KillReason::Shutdown => (close::GOING_AWAY, "server shutting down"),
-                });
+                return match stream.kill_reason() {
+                    KillReason::SlowConsumer => End::Close(close::SLOW_CONSUMER, "slow consumer"),
+                    KillReason::Shutdown => End::Close(close::GOING_AWAY, "server shutting down"),
+                };
             }
             delivery = stream.recv() => {
-                let Some(first) = delivery else { return Some((close::GOING_AWAY, "closed")) };
+                let Some(first) = delivery else { return End::Close(close::GOING_AWAY, "closed") };
                 let delivered = deliver(socket, stream, first, auth, killed.as_mut());
                 if let Some(end) = Box::pin(delivered).await {
                     return end;
@@ -388,7 +399,7 @@ async fn run(
                 let message = match incoming {
                     Some(Ok(message)) => message,
                     Some(Err(error)) => return read_error_close(error),
-                    None => return None,
+                    None => return End::Gone,
                 };
                 last_heard = Instant::now();
                 let reply = match message {
@@ -405,11 +416,11 @@ async fn run(
                         None,
                         ApiError::bad_request("binary frames are not supported; send JSON text frames"),
                     ),
-                    Message::Close(_) => return None,
+                    Message::Close(_) => return End::Gone,
                     Message::Ping(_) | Message::Pong(_) => continue,
                 };
                 if socket.send(reply).await.is_err() {
-                    return None;
+                    return End::Gone;
                 }
             }
             () = timer.as_mut() => {
@@ -417,22 +428,22 @@ async fn run(
                 if now >= expiry {
                     // As HTTP refuses the token from now on; the client
                     // reconnects with a fresh one (from its refresh token).
-                    return Some((close::UNAUTHORIZED, "access token expired"));
+                    return End::Close(close::UNAUTHORIZED, "access token expired");
                 }
                 if !warned && now + EXPIRY_NOTICE >= expiry {
                     warned = true;
                     let expires_at = core.unix_deadline(expiry);
                     let notice = frame(&ReplyFrame::TokenExpiring { expires_at });
                     if socket.send(notice).await.is_err() {
-                        return None;
+                        return End::Gone;
                     }
                 }
                 if now >= next_beat {
                     if last_heard.elapsed() > idle {
-                        return Some((close::IDLE, "idle timeout"));
+                        return End::Close(close::IDLE, "idle timeout");
                     }
                     if socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
-                        return None;
+                        return End::Gone;
                     }
                     next_beat = now + state.heartbeat();
                 }
@@ -448,7 +459,7 @@ async fn replay(
     stream: &mut InboxStream,
     auth: &AuthContext,
     mut killed: Pin<&mut KillSignal>,
-) -> Option<Option<(u16, &'static str)>> {
+) -> Option<End> {
     loop {
         match stream.backlog().await {
             Ok(page) if page.is_empty() => return None,
@@ -459,7 +470,7 @@ async fn replay(
             }
             Err(e) => {
                 tracing::error!(error = %e, "replay failed");
-                return Some(Some((close::INTERNAL, "replay failed")));
+                return Some(End::Close(close::INTERNAL, "replay failed"));
             }
         }
     }
@@ -473,12 +484,12 @@ async fn deliver(
     first: Outbound,
     auth: &AuthContext,
     killed: Pin<&mut KillSignal>,
-) -> Option<Option<(u16, &'static str)>> {
+) -> Option<End> {
     match stream.accept_burst(first, BURST).await {
         Ok(ordered) => send_events(socket, &ordered, auth, killed).await,
         Err(e) => {
             tracing::error!(error = %e, "gap fill failed");
-            Some(Some((close::INTERNAL, "delivery failed")))
+            Some(End::Close(close::INTERNAL, "delivery failed"))
         }
     }
 }
@@ -490,7 +501,7 @@ async fn send_events(
     events: &[Arc<Delivery>],
     auth: &AuthContext,
     mut killed: Pin<&mut KillSignal>,
-) -> Option<Option<(u16, &'static str)>> {
+) -> Option<End> {
     if events.is_empty() {
         return None;
     }
@@ -503,16 +514,16 @@ async fn send_events(
     tokio::select! {
         result = write => {
             if result.is_err() {
-                return Some(None);
+                return Some(End::Gone);
             }
         }
-        () = killed.as_mut() => return Some(Some((close::SLOW_CONSUMER, "slow consumer"))),
+        () = killed.as_mut() => return Some(End::Close(close::SLOW_CONSUMER, "slow consumer")),
     }
     if events
         .iter()
         .any(|d| d.revokes.as_ref() == Some(&auth.session_id))
     {
-        return Some(Some((close::UNAUTHORIZED, "session revoked")));
+        return Some(End::Close(close::UNAUTHORIZED, "session revoked"));
     }
     None
 }

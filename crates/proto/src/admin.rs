@@ -6,48 +6,18 @@ use time::OffsetDateTime;
 use crate::error::ErrorDetail;
 use crate::ids::{GroupId, MessageId, Platform, UserId};
 
-/// What an admin credential may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum Scope {
-    #[serde(rename = "users:read")]
-    UsersRead,
-    #[serde(rename = "users:write")]
-    UsersWrite,
-    #[serde(rename = "tokens:mint")]
-    TokensMint,
-    #[serde(rename = "messages:send")]
-    MessagesSend,
-    #[serde(rename = "audit:read")]
-    AuditRead,
-    /// Everything.
-    #[serde(rename = "admin")]
-    Admin,
-}
-
-impl Scope {
-    pub const ALL: [Scope; 6] = [
-        Scope::UsersRead,
-        Scope::UsersWrite,
-        Scope::TokensMint,
-        Scope::MessagesSend,
-        Scope::AuditRead,
-        Scope::Admin,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::UsersRead => "users:read",
-            Scope::UsersWrite => "users:write",
-            Scope::TokensMint => "tokens:mint",
-            Scope::MessagesSend => "messages:send",
-            Scope::AuditRead => "audit:read",
-            Scope::Admin => "admin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Scope> {
-        Scope::ALL.into_iter().find(|scope| scope.as_str() == s)
+wire_names! {
+    /// What an admin credential may do.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub enum Scope {
+        UsersRead = "users:read",
+        UsersWrite = "users:write",
+        TokensMint = "tokens:mint",
+        MessagesSend = "messages:send",
+        AuditRead = "audit:read",
+        /// Everything.
+        Admin = "admin",
     }
 }
 

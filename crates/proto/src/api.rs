@@ -140,32 +140,14 @@ impl Recipient {
     }
 }
 
-/// The kind of a message sent by a user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum MessageKind {
-    Chat,
-    Event,
-    Status,
-}
-
-impl MessageKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MessageKind::Chat => "chat",
-            MessageKind::Event => "event",
-            MessageKind::Status => "status",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "chat" => MessageKind::Chat,
-            "event" => MessageKind::Event,
-            "status" => MessageKind::Status,
-            _ => return None,
-        })
+wire_names! {
+    /// The kind of a message sent by a user.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub enum MessageKind {
+        Chat = "chat",
+        Event = "event",
+        Status = "status",
     }
 }
 

@@ -6,62 +6,28 @@ use time::OffsetDateTime;
 
 use crate::ids::{ConversationId, GroupId, UserId};
 
-/// Who may join a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum JoinPolicy {
-    /// Anyone who knows the id joins with `POST /v1/groups/{id}/join`.
-    Open,
-    /// Only members added by the owner or an admin.
-    #[default]
-    Invite,
-}
-
-impl JoinPolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JoinPolicy::Open => "open",
-            JoinPolicy::Invite => "invite",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "open" => JoinPolicy::Open,
-            "invite" => JoinPolicy::Invite,
-            _ => return None,
-        })
+wire_names! {
+    /// Who may join a group.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub enum JoinPolicy {
+        /// Anyone who knows the id joins with `POST /v1/groups/{id}/join`.
+        Open = "open",
+        /// Only members added by the owner or an admin.
+        #[default]
+        Invite = "invite",
     }
 }
 
-/// A member's role. The owner (one per group) transfers ownership, names
-/// admins and dissolves; admins manage ordinary members; members chat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum GroupRole {
-    Member,
-    Admin,
-    Owner,
-}
-
-impl GroupRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GroupRole::Member => "member",
-            GroupRole::Admin => "admin",
-            GroupRole::Owner => "owner",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "member" => GroupRole::Member,
-            "admin" => GroupRole::Admin,
-            "owner" => GroupRole::Owner,
-            _ => return None,
-        })
+wire_names! {
+    /// A member's role. The owner (one per group) transfers ownership, names
+    /// admins and dissolves; admins manage ordinary members; members chat.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub enum GroupRole {
+        Member = "member",
+        Admin = "admin",
+        Owner = "owner",
     }
 }
 
@@ -173,31 +139,44 @@ pub struct MemberUpdate {
     pub role: Option<GroupRole>,
     /// Mutes the member until this time; `null` lifts the mute; absent
     /// leaves it as it is.
-    #[serde(default, with = "patch_time", skip_serializing_if = "Option::is_none")]
+    #[serde(default, with = "patch_mute", skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
-    pub muted_until: Option<Option<OffsetDateTime>>,
+    pub muted_until: Option<Mute>,
 }
 
-/// A field of a patch that can be absent (unchanged), `null` (cleared) or
-/// a time.
-mod patch_time {
-    use serde::{Deserializer, Serializer};
-    use time::OffsetDateTime;
+/// The mute a [`MemberUpdate`] sets: until a time (`muted_until` is a
+/// time), or lifted (`muted_until` is `null`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mute {
+    Until(OffsetDateTime),
+    Lift,
+}
 
-    pub fn serialize<S: Serializer>(
-        value: &Option<Option<OffsetDateTime>>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(inner) => time::serde::rfc3339::option::serialize(inner, s),
-            None => s.serialize_none(),
+impl Mute {
+    /// Until when the member is muted; `None` when the mute is lifted.
+    pub fn until(self) -> Option<OffsetDateTime> {
+        match self {
+            Mute::Until(t) => Some(t),
+            Mute::Lift => None,
         }
     }
+}
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Option<OffsetDateTime>>, D::Error> {
-        time::serde::rfc3339::option::deserialize(d).map(Some)
+/// `muted_until` of a patch: absent (unchanged, `None`), `null` (lifted)
+/// or a time.
+mod patch_mute {
+    use serde::{Deserializer, Serializer};
+
+    use super::Mute;
+
+    pub fn serialize<S: Serializer>(value: &Option<Mute>, s: S) -> Result<S::Ok, S::Error> {
+        let until = value.and_then(Mute::until);
+        time::serde::rfc3339::option::serialize(&until, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Mute>, D::Error> {
+        let until = time::serde::rfc3339::option::deserialize(d)?;
+        Ok(Some(until.map_or(Mute::Lift, Mute::Until)))
     }
 }
 
@@ -300,10 +279,10 @@ mod tests {
         assert_eq!(absent.muted_until, None);
         assert_eq!(absent.role, Some(GroupRole::Admin));
         let cleared: MemberUpdate = serde_json::from_str(r#"{"muted_until":null}"#).unwrap();
-        assert_eq!(cleared.muted_until, Some(None));
+        assert_eq!(cleared.muted_until, Some(Mute::Lift));
         let set: MemberUpdate =
             serde_json::from_str(r#"{"muted_until":"2030-01-01T00:00:00Z"}"#).unwrap();
-        assert!(matches!(set.muted_until, Some(Some(_))));
+        assert!(matches!(set.muted_until, Some(Mute::Until(_))));
         assert!(serde_json::from_str::<MemberUpdate>(r#"{"mute":1}"#).is_err());
     }
 

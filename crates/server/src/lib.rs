@@ -261,7 +261,7 @@ pub async fn run(
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
-                core.flush_refusals(false).await;
+                core.flush_refusals().await;
             }
         })
     };
@@ -279,7 +279,7 @@ pub async fn run(
         tracing::warn!(target: LIFECYCLE, left = draining.connections(), "connections still open at exit");
     }
     flusher.abort();
-    core.flush_refusals(true).await;
+    core.flush_all_refusals().await;
     if let Some(cluster) = &cluster {
         cluster.leave().await;
     }

@@ -8,7 +8,10 @@
 
 mod model;
 pub mod sql;
+// The suite is test code that backends' tests enable: it unwraps freely,
+// like any test (`allow-unwrap-in-tests` cannot see it behind a feature).
 #[cfg(feature = "suite")]
+#[allow(clippy::unwrap_used)]
 pub mod suite;
 
 pub use model::*;

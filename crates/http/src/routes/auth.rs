@@ -10,7 +10,7 @@ use unimsg_proto::{ErrorBody, SessionId};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Authed, Client, Json, PathId, path_id};
+use crate::extract::{Json, PathId, RequestOrigin, UserAuth, path_id};
 
 #[utoipa::path(
     post,
@@ -31,7 +31,7 @@ use crate::extract::{Authed, Client, Json, PathId, path_id};
 /// `POST /v1/auth/register`
 pub async fn register(
     State(state): State<AppState>,
-    Client(client): Client,
+    RequestOrigin(client): RequestOrigin,
     Json(req): Json<RegisterRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let profile: UserProfile = state.core.register(req, &client).await?;
@@ -56,7 +56,7 @@ pub async fn register(
 /// `POST /v1/auth/login`
 pub async fn login(
     State(state): State<AppState>,
-    Client(client): Client,
+    RequestOrigin(client): RequestOrigin,
     Json(req): Json<LoginRequest>,
 ) -> Result<axum::Json<TokenPair>, ApiError> {
     Ok(axum::Json(state.core.login(req, client).await?))
@@ -80,7 +80,7 @@ pub async fn login(
 /// `POST /v1/auth/refresh`
 pub async fn refresh(
     State(state): State<AppState>,
-    Client(client): Client,
+    RequestOrigin(client): RequestOrigin,
     Json(req): Json<RefreshRequest>,
 ) -> Result<axum::Json<TokenPair>, ApiError> {
     Ok(axum::Json(
@@ -101,7 +101,7 @@ pub async fn refresh(
 /// `POST /v1/auth/logout`
 pub async fn logout(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
 ) -> Result<StatusCode, ApiError> {
     state.core.logout(&auth).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -119,7 +119,7 @@ pub async fn logout(
 /// `GET /v1/me`
 pub async fn me(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
 ) -> Result<axum::Json<UserProfile>, ApiError> {
     Ok(axum::Json(state.core.me(&auth).await?))
 }
@@ -136,7 +136,7 @@ pub async fn me(
 /// `GET /v1/me/sessions`
 pub async fn sessions(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
 ) -> Result<axum::Json<SessionList>, ApiError> {
     Ok(axum::Json(SessionList {
         sessions: state.core.sessions(&auth).await?,
@@ -160,7 +160,7 @@ pub async fn sessions(
 /// `DELETE /v1/me/sessions/{id}`
 pub async fn end_session(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     let session: SessionId = path_id(&id, "session")?;

@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
+use unimsg_core::RequestDirection;
 use unimsg_proto::friends::{
     BlockList, Friend, FriendList, FriendRequestBody, FriendRequestList, FriendRequestOutcome,
     FriendUpdate,
@@ -12,7 +13,7 @@ use utoipa::IntoParams;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Authed, Json, PathId, Query, path_id};
+use crate::extract::{Json, PathId, Query, UserAuth, path_id};
 
 #[utoipa::path(
     post,
@@ -32,7 +33,7 @@ use crate::extract::{Authed, Json, PathId, Query, path_id};
 /// `POST /v1/friends/requests`
 pub async fn request(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     Json(req): Json<FriendRequestBody>,
 ) -> Result<axum::Json<FriendRequestOutcome>, ApiError> {
     Ok(axum::Json(
@@ -64,12 +65,12 @@ pub struct RequestsQuery {
 /// `GET /v1/friends/requests?direction=incoming|outgoing`
 pub async fn requests(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     Query(q): Query<RequestsQuery>,
 ) -> Result<axum::Json<FriendRequestList>, ApiError> {
-    let incoming = match q.direction.as_deref() {
-        None | Some("incoming") => true,
-        Some("outgoing") => false,
+    let direction = match q.direction.as_deref() {
+        None | Some("incoming") => RequestDirection::Incoming,
+        Some("outgoing") => RequestDirection::Outgoing,
         Some(_) => {
             return Err(ApiError::bad_request(
                 "direction must be incoming or outgoing",
@@ -77,7 +78,7 @@ pub async fn requests(
         }
     };
     Ok(axum::Json(
-        state.core.friend_requests(&auth, incoming).await?,
+        state.core.friend_requests(&auth, direction).await?,
     ))
 }
 
@@ -98,11 +99,11 @@ pub async fn requests(
 /// `POST /v1/friends/requests/{user_id}/accept`
 pub async fn accept(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     let from: UserId = path_id(&id, "friend request")?;
-    state.core.answer_friend_request(&auth, &from, true).await?;
+    state.core.accept_friend_request(&auth, &from).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -123,14 +124,11 @@ pub async fn accept(
 /// `POST /v1/friends/requests/{user_id}/decline`
 pub async fn decline(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     let from: UserId = path_id(&id, "friend request")?;
-    state
-        .core
-        .answer_friend_request(&auth, &from, false)
-        .await?;
+    state.core.decline_friend_request(&auth, &from).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -146,7 +144,7 @@ pub async fn decline(
 /// `GET /v1/friends`
 pub async fn list(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
 ) -> Result<axum::Json<FriendList>, ApiError> {
     Ok(axum::Json(state.core.friends(&auth).await?))
 }
@@ -169,7 +167,7 @@ pub async fn list(
 /// `PUT /v1/friends/{user_id}`
 pub async fn update(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
     Json(req): Json<FriendUpdate>,
 ) -> Result<axum::Json<Friend>, ApiError> {
@@ -199,7 +197,7 @@ pub async fn update(
 /// `DELETE /v1/friends/{user_id}`
 pub async fn remove(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     let friend: UserId = path_id(&id, "friend")?;
@@ -219,7 +217,7 @@ pub async fn remove(
 /// `GET /v1/blocks`
 pub async fn blocks(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
 ) -> Result<axum::Json<BlockList>, ApiError> {
     Ok(axum::Json(state.core.blocks(&auth).await?))
 }
@@ -241,11 +239,11 @@ pub async fn blocks(
 /// `POST /v1/blocks/{user_id}`
 pub async fn block(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     let other: UserId = path_id(&id, "user")?;
-    state.core.set_block(&auth, &other, true).await?;
+    state.core.block(&auth, &other).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -265,10 +263,10 @@ pub async fn block(
 /// `DELETE /v1/blocks/{user_id}`
 pub async fn unblock(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     let other: UserId = path_id(&id, "user")?;
-    state.core.set_block(&auth, &other, false).await?;
+    state.core.unblock(&auth, &other).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -13,7 +13,7 @@ use unimsg_proto::{ErrorBody, GroupId, UserId};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Authed, Json, PathId, PathPair, path_id};
+use crate::extract::{Json, PathId, PathPair, UserAuth, path_id};
 
 fn group(raw: &str) -> Result<GroupId, ApiError> {
     path_id(raw, "group")
@@ -38,7 +38,7 @@ fn group(raw: &str) -> Result<GroupId, ApiError> {
 /// `POST /v1/groups`
 pub async fn create(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     Json(req): Json<CreateGroupRequest>,
 ) -> Result<(StatusCode, axum::Json<GroupInfo>), ApiError> {
     let info = state.core.create_group(&auth, req).await?;
@@ -58,7 +58,7 @@ pub async fn create(
 /// `GET /v1/groups`
 pub async fn list(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
 ) -> Result<axum::Json<GroupList>, ApiError> {
     Ok(axum::Json(state.core.my_groups(&auth).await?))
 }
@@ -80,7 +80,7 @@ pub async fn list(
 /// `GET /v1/groups/{id}`
 pub async fn get(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
 ) -> Result<axum::Json<GroupDetail>, ApiError> {
     let id = group(&id)?;
@@ -106,7 +106,7 @@ pub async fn get(
 /// `PATCH /v1/groups/{id}`
 pub async fn update(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
     Json(req): Json<UpdateGroupRequest>,
 ) -> Result<axum::Json<GroupInfo>, ApiError> {
@@ -132,7 +132,7 @@ pub async fn update(
 /// `DELETE /v1/groups/{id}`
 pub async fn dissolve(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     let id = group(&id)?;
@@ -163,7 +163,7 @@ pub async fn dissolve(
 /// `POST /v1/groups/{id}/members`
 pub async fn add_members(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
     Json(req): Json<AddMembersRequest>,
 ) -> Result<axum::Json<GroupInfo>, ApiError> {
@@ -197,7 +197,7 @@ pub async fn add_members(
 /// `DELETE /v1/groups/{id}/members/{user_id}`
 pub async fn remove_member(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathPair(id, user): PathPair,
 ) -> Result<StatusCode, ApiError> {
     let id = group(&id)?;
@@ -231,7 +231,7 @@ pub async fn remove_member(
 /// `PUT /v1/groups/{id}/members/{user_id}`
 pub async fn update_member(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathPair(id, user): PathPair,
     Json(req): Json<MemberUpdate>,
 ) -> Result<axum::Json<GroupMember>, ApiError> {
@@ -264,7 +264,7 @@ pub async fn update_member(
 /// `POST /v1/groups/{id}/join`
 pub async fn join(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
 ) -> Result<axum::Json<GroupInfo>, ApiError> {
     let id = group(&id)?;
@@ -290,7 +290,7 @@ pub async fn join(
 /// `POST /v1/groups/{id}/transfer`
 pub async fn transfer(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
     Json(req): Json<TransferRequest>,
 ) -> Result<axum::Json<GroupInfo>, ApiError> {
@@ -319,7 +319,7 @@ pub async fn transfer(
 /// `POST /v1/groups/{id}/mute`
 pub async fn mute(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
     Json(req): Json<GroupMuteRequest>,
 ) -> Result<axum::Json<GroupInfo>, ApiError> {

@@ -12,7 +12,7 @@ use utoipa::IntoParams;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Authed, Json, PathId, PathPair, Query, path_id};
+use crate::extract::{Json, PathId, PathPair, Query, UserAuth, path_id};
 
 #[utoipa::path(
     post,
@@ -34,7 +34,7 @@ use crate::extract::{Authed, Json, PathId, PathPair, Query, path_id};
 /// `POST /v1/messages`
 pub async fn send(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     Json(req): Json<SendRequest>,
 ) -> Result<axum::Json<SendResponse>, ApiError> {
     Ok(axum::Json(state.core.send(&auth, req).await?))
@@ -59,7 +59,7 @@ pub async fn send(
 /// `POST /v1/messages/{id}/recall`
 pub async fn recall(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     let id: MessageId = path_id(&id, "message")?;
@@ -97,7 +97,7 @@ pub struct SyncQuery {
 /// `GET /v1/sync?after=SEQ&limit=N`
 pub async fn sync(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     Query(q): Query<SyncQuery>,
 ) -> Result<axum::Json<SyncResponse>, ApiError> {
     Ok(axum::Json(
@@ -119,7 +119,7 @@ pub async fn sync(
 /// `POST /v1/ack`
 pub async fn ack(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     Json(req): Json<AckRequest>,
 ) -> Result<axum::Json<AckResponse>, ApiError> {
     Ok(axum::Json(AckResponse {
@@ -140,7 +140,7 @@ pub async fn ack(
 /// `GET /v1/conversations`
 pub async fn conversations(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
 ) -> Result<axum::Json<ConversationList>, ApiError> {
     Ok(axum::Json(state.core.conversations(&auth).await?))
 }
@@ -176,7 +176,7 @@ pub struct HistoryQuery {
 /// `GET /v1/conversations/{id}/messages?before=&limit=`
 pub async fn history(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
     Query(q): Query<HistoryQuery>,
 ) -> Result<axum::Json<HistoryPage>, ApiError> {
@@ -207,7 +207,7 @@ pub async fn history(
 /// `POST /v1/conversations/{id}/read`
 pub async fn read(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathId(id): PathId,
     Json(req): Json<ReadRequest>,
 ) -> Result<axum::Json<ReadResponse>, ApiError> {
@@ -241,7 +241,7 @@ pub async fn read(
 /// `GET /v1/conversations/{id}/messages/{message_id}/reads`
 pub async fn reads(
     State(state): State<AppState>,
-    Authed(auth): Authed,
+    UserAuth(auth): UserAuth,
     PathPair(id, message): PathPair,
 ) -> Result<axum::Json<ReadCount>, ApiError> {
     let conversation: ConversationId = path_id(&id, "conversation")?;

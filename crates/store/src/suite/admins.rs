@@ -10,10 +10,7 @@ pub async fn admins(store: Arc<dyn Store>) {
         scopes: vec!["users:read".into(), "audit:read".into()],
         created_at: now(),
     };
-    store
-        .create_admin(admin.clone())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    store.create_admin(admin.clone()).await.unwrap();
     assert!(matches!(
         store.create_admin(admin).await,
         Err(StoreError::Conflict(_))
@@ -21,7 +18,7 @@ pub async fn admins(store: Arc<dyn Store>) {
     let found = store
         .admin("ops")
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .unwrap_or_else(|| panic!("no admin"));
     assert_eq!(found.scopes, vec!["users:read", "audit:read"]);
 }

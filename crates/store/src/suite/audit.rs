@@ -12,12 +12,7 @@ pub async fn audit_chain(store: Arc<dyn Store>) {
             at: now(),
             content: format!(r#"{{"action":"{action}","actor":"ops"}}"#),
         };
-        rows.push(
-            store
-                .append_audit(draft, test_chain)
-                .await
-                .unwrap_or_else(|e| panic!("{e}")),
-        );
+        rows.push(store.append_audit(draft, test_chain).await.unwrap());
     }
     assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert_eq!(rows[0].prev_hash, [0; 32]);
@@ -37,7 +32,7 @@ pub async fn audit_chain(store: Arc<dyn Store>) {
             ..AuditQuery::default()
         })
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(all, rows);
     let only_b = store
         .audit_entries(AuditQuery {
@@ -46,6 +41,6 @@ pub async fn audit_chain(store: Arc<dyn Store>) {
             ..AuditQuery::default()
         })
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(only_b.iter().map(|r| r.id).collect::<Vec<_>>(), vec![2]);
 }

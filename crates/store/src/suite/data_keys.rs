@@ -8,28 +8,18 @@ pub async fn data_keys(store: Arc<dyn Store>) {
     let key = |key_id: u32, byte: u8| crate::WrappedKey {
         key_id,
         wrapped: vec![byte; 40],
-        created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000 + i64::from(key_id))
-            .unwrap_or_else(|e| panic!("{e}")),
+        created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000 + i64::from(key_id)).unwrap(),
     };
-    assert!(
-        store
-            .data_keys()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .is_empty()
-    );
+    assert!(store.data_keys().await.unwrap().is_empty());
     for k in [key(2, 0xb2), key(1, 0xa1)] {
-        store
-            .insert_data_key(k)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        store.insert_data_key(k).await.unwrap();
     }
     assert!(matches!(
         store.insert_data_key(key(1, 0xff)).await,
         Err(StoreError::Conflict(_))
     ));
     let fields = |k: &crate::WrappedKey| (k.key_id, k.wrapped.clone(), k.created_at);
-    let keys = store.data_keys().await.unwrap_or_else(|e| panic!("{e}"));
+    let keys = store.data_keys().await.unwrap();
     assert_eq!(
         keys.iter().map(fields).collect::<Vec<_>>(),
         [key(1, 0xa1), key(2, 0xb2)]

@@ -7,7 +7,7 @@ pub async fn groups(store: Arc<dyn Store>) {
     let owner = user(store, "g-owner").await;
     let a = user(store, "g-a").await;
     let b = user(store, "g-b").await;
-    let gid = GroupId::parse("g_suite").unwrap_or_else(|e| panic!("{e}"));
+    let gid = GroupId::parse("g_suite").unwrap();
     let conv = ConversationId::group(&gid);
     let new_group = |id: &GroupId| NewGroup {
         group_id: id.clone(),
@@ -27,7 +27,7 @@ pub async fn groups(store: Arc<dyn Store>) {
             vec![changed(&owner), changed(&a)],
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(
         (row.member_count, row.owner.as_ref(), events.len()),
         (2, Some(&owner), 2)
@@ -39,7 +39,7 @@ pub async fn groups(store: Arc<dyn Store>) {
         Err(StoreError::Conflict(_))
     ));
     // An unknown member undoes the whole creation.
-    let other = GroupId::parse("g_other").unwrap_or_else(|e| panic!("{e}"));
+    let other = GroupId::parse("g_other").unwrap();
     assert!(matches!(
         store
             .create_group(
@@ -50,18 +50,9 @@ pub async fn groups(store: Arc<dyn Store>) {
             .await,
         Err(StoreError::NotFound(_))
     ));
-    assert!(
-        store
-            .group(&other)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .is_none()
-    );
+    assert!(store.group(&other).await.unwrap().is_none());
     // The group's conversation is listed before its first message.
-    let listed = store
-        .conversations(&a)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let listed = store.conversations(&a).await.unwrap();
     assert!(
         listed
             .iter()
@@ -72,7 +63,7 @@ pub async fn groups(store: Arc<dyn Store>) {
     let first = store
         .append_group_message(group_message("gm1", &owner, &gid, Some("c1")))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(receivers(&first), vec!["g-a", "g-owner"]);
     let AppendOutcome::Created { message: m1, .. } = &first else {
         panic!("not created");
@@ -81,12 +72,12 @@ pub async fn groups(store: Arc<dyn Store>) {
     let again = store
         .append_group_message(group_message("gm1-retry", &owner, &gid, Some("c1")))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(matches!(again, AppendOutcome::Duplicate(ref m) if m.message_id == m1.message_id));
     let stored = store
         .message(&m1.message_id)
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .unwrap_or_else(|| panic!("stored"));
     assert_eq!(stored.recipient, Recipient::Group(gid.clone()));
     // A non-member cannot send.
@@ -108,7 +99,7 @@ pub async fn groups(store: Arc<dyn Store>) {
             vec![changed(&owner), changed(&a), changed(&b)],
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(
         (row.member_count, row.version, events.len()),
         (3, version + 1, 3)
@@ -128,41 +119,20 @@ pub async fn groups(store: Arc<dyn Store>) {
     let b_member = store
         .group_member(&gid, &b)
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .unwrap_or_else(|| panic!("b is a member"));
     assert_eq!((b_member.since, b_member.display_name.as_str()), (1, "G-B"));
 
     // Read counts come from read positions; b joined after message 1.
-    assert_eq!(
-        store
-            .read_count(&conv, 1, &owner)
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-        (0, 1)
-    );
+    assert_eq!(store.read_count(&conv, 1, &owner).await.unwrap(), (0, 1));
     let second = store
         .append_group_message(group_message("gm2", &owner, &gid, None))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(receivers(&second), vec!["g-a", "g-b", "g-owner"]);
-    store
-        .mark_read(&a, &conv, 2, vec![])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        store
-            .read_count(&conv, 2, &owner)
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-        (1, 2)
-    );
-    assert_eq!(
-        store
-            .read_count(&conv, 1, &owner)
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-        (1, 1)
-    );
+    store.mark_read(&a, &conv, 2, vec![]).await.unwrap();
+    assert_eq!(store.read_count(&conv, 2, &owner).await.unwrap(), (1, 2));
+    assert_eq!(store.read_count(&conv, 1, &owner).await.unwrap(), (1, 1));
 
     // Roles, mutes, profile.
     let until = now() + time::Duration::hours(1);
@@ -184,7 +154,7 @@ pub async fn groups(store: Arc<dyn Store>) {
             vec![],
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(
         (
             row.name.as_str(),
@@ -194,10 +164,7 @@ pub async fn groups(store: Arc<dyn Store>) {
         ),
         ("Renamed", "Be nice", JoinPolicy::Open, true)
     );
-    let members = store
-        .group_members(&gid)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let members = store.group_members(&gid).await.unwrap();
     let role_of = |u: &UserId| members.iter().find(|m| &m.user_id == u).map(|m| m.role);
     assert_eq!(role_of(&a), Some(GroupRole::Admin));
     assert!(
@@ -217,10 +184,7 @@ pub async fn groups(store: Arc<dyn Store>) {
             .await,
         Err(StoreError::NotFound(_))
     ));
-    let mine = store
-        .user_groups(&b)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mine = store.user_groups(&b).await.unwrap();
     assert_eq!(mine.len(), 1);
     assert_eq!(
         (&mine[0].0.group_id, mine[0].1.role),
@@ -237,17 +201,14 @@ pub async fn groups(store: Arc<dyn Store>) {
             vec![changed(&a)],
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(row.member_count, 2);
     let third = store
         .append_group_message(group_message("gm3", &owner, &gid, None))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(receivers(&third), vec!["g-b", "g-owner"]);
-    let listed = store
-        .conversations(&a)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let listed = store.conversations(&a).await.unwrap();
     assert!(listed.iter().all(|c| c.conversation_id != conv));
 
     // Dissolving ends the group; the id stays taken.
@@ -260,28 +221,10 @@ pub async fn groups(store: Arc<dyn Store>) {
             vec![changed(&owner), changed(&b)],
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        store
-            .group(&gid)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .is_none()
-    );
-    assert!(
-        store
-            .group_members(&gid)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .is_empty()
-    );
-    assert!(
-        store
-            .user_groups(&b)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .is_empty()
-    );
+        .unwrap();
+    assert!(store.group(&gid).await.unwrap().is_none());
+    assert!(store.group_members(&gid).await.unwrap().is_empty());
+    assert!(store.user_groups(&b).await.unwrap().is_empty());
     assert!(matches!(
         store
             .append_group_message(group_message("gm4", &owner, &gid, None))

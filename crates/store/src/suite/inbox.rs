@@ -11,7 +11,7 @@ pub async fn inbox(store: Arc<dyn Store>) {
             vec![a.clone(), b.clone()],
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let AppendOutcome::Created {
         message: m1,
         events,
@@ -34,20 +34,11 @@ pub async fn inbox(store: Arc<dyn Store>) {
             vec![a.clone(), b.clone()],
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(matches!(out, AppendOutcome::Duplicate(ref m) if m.message_id.as_str() == "m1"));
-    let m1_id = MessageId::parse("m1").unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        store
-            .message_seq(&a, &m1_id)
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-        Some(Seq(1))
-    );
-    assert_eq!(
-        store.last_seq(&b).await.unwrap_or_else(|e| panic!("{e}")),
-        Seq(1)
-    );
+    let m1_id = MessageId::parse("m1").unwrap();
+    assert_eq!(store.message_seq(&a, &m1_id).await.unwrap(), Some(Seq(1)));
+    assert_eq!(store.last_seq(&b).await.unwrap(), Seq(1));
     // The same client_msg_id from another sender is a different message.
     let out = store
         .append_message(
@@ -55,13 +46,10 @@ pub async fn inbox(store: Arc<dyn Store>) {
             vec![a.clone(), b.clone()],
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(matches!(out, AppendOutcome::Created { .. }));
 
-    let events = store
-        .events_after(&b, Seq(0), 100)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let events = store.events_after(&b, Seq(0), 100).await.unwrap();
     assert_eq!(
         events.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
         vec![1, 2]
@@ -70,36 +58,15 @@ pub async fn inbox(store: Arc<dyn Store>) {
         EventBody::Message(m) => assert_eq!(m.content.ciphertext, b"m1"),
         other => panic!("expected a message, got {other:?}"),
     }
-    let tail = store
-        .events_after(&b, Seq(1), 100)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let tail = store.events_after(&b, Seq(1), 100).await.unwrap();
     assert_eq!(tail.len(), 1);
-    let limited = store
-        .events_after(&b, Seq(0), 1)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let limited = store.events_after(&b, Seq(0), 1).await.unwrap();
     assert_eq!(limited.len(), 1);
 
     // Acks clamp to the last seq and never move backwards.
-    assert_eq!(
-        store
-            .ack(&b, Seq(99))
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-        Seq(2)
-    );
-    assert_eq!(
-        store
-            .ack(&b, Seq(1))
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-        Seq(2)
-    );
-    assert_eq!(
-        store.acked(&b).await.unwrap_or_else(|e| panic!("{e}")),
-        Seq(2)
-    );
+    assert_eq!(store.ack(&b, Seq(99)).await.unwrap(), Seq(2));
+    assert_eq!(store.ack(&b, Seq(1)).await.unwrap(), Seq(2));
+    assert_eq!(store.acked(&b).await.unwrap(), Seq(2));
 
     // Data events get the next seq.
     let drafts = vec![EventDraft {
@@ -108,10 +75,7 @@ pub async fn inbox(store: Arc<dyn Store>) {
         data: "{}".into(),
         at: now(),
     }];
-    let appended = store
-        .append_events(drafts)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let appended = store.append_events(drafts).await.unwrap();
     assert_eq!(appended[0].seq, Seq(3));
     // An event for an unknown user fails and leaves nothing behind.
     let bad = vec![
@@ -132,10 +96,7 @@ pub async fn inbox(store: Arc<dyn Store>) {
         store.append_events(bad).await,
         Err(StoreError::NotFound(_))
     ));
-    assert_eq!(
-        store.last_seq(&b).await.unwrap_or_else(|e| panic!("{e}")),
-        Seq(3)
-    );
+    assert_eq!(store.last_seq(&b).await.unwrap(), Seq(3));
 }
 
 pub async fn concurrent_appends_are_gap_free(store: Arc<dyn Store>) {
@@ -151,20 +112,13 @@ pub async fn concurrent_appends_are_gap_free(store: Arc<dyn Store>) {
     }
     let mut created = 0;
     for t in tasks {
-        if let AppendOutcome::Created { .. } = t
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .unwrap_or_else(|e| panic!("{e}"))
-        {
+        if let AppendOutcome::Created { .. } = t.await.unwrap().unwrap() {
             created += 1;
         }
     }
     // 150 distinct (sender, key) pairs: ids k0..k149 per parity, 100 sends each side.
     for u in [&a, &b] {
-        let events = store
-            .events_after(u, Seq(0), 10_000)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let events = store.events_after(u, Seq(0), 10_000).await.unwrap();
         let seqs: Vec<u64> = events.iter().map(|e| e.seq.0).collect();
         assert_eq!(
             seqs,
@@ -194,13 +148,10 @@ pub async fn reads_and_recalls(store: Arc<dyn Store>) {
                 vec![a.clone(), b.clone()],
             )
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
     }
     let conv = ConversationId::direct(&a, &b);
-    let convs = store
-        .conversations(&b)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let convs = store.conversations(&b).await.unwrap();
     assert_eq!(convs.len(), 1);
     assert_eq!(convs[0].unread, 5);
     assert_eq!(convs[0].last_message.as_ref().map(|m| m.conv_seq), Some(5));
@@ -214,18 +165,15 @@ pub async fn reads_and_recalls(store: Arc<dyn Store>) {
     let (pos, events) = store
         .mark_read(&b, &conv, 3, receipt.clone())
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!((pos, events.len()), (3, 1));
     // Reading backwards changes nothing and appends nothing.
     let (pos, events) = store
         .mark_read(&b, &conv, 2, receipt.clone())
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!((pos, events.len()), (3, 0));
-    let convs = store
-        .conversations(&b)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let convs = store.conversations(&b).await.unwrap();
     assert_eq!(convs[0].unread, 2);
     let stranger = user(store, "rc").await;
     assert!(matches!(
@@ -233,32 +181,23 @@ pub async fn reads_and_recalls(store: Arc<dyn Store>) {
         Err(StoreError::NotFound("conversation"))
     ));
 
-    let page = store
-        .history(&conv, None, 2)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let page = store.history(&conv, None, 2).await.unwrap();
     assert_eq!(
         page.iter().map(|m| m.conv_seq).collect::<Vec<_>>(),
         vec![5, 4]
     );
-    let page = store
-        .history(&conv, Some(4), 10)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let page = store.history(&conv, Some(4), 10).await.unwrap();
     assert_eq!(
         page.iter().map(|m| m.conv_seq).collect::<Vec<_>>(),
         vec![3, 2, 1]
     );
 
-    let id = MessageId::parse("rm4").unwrap_or_else(|e| panic!("{e}"));
-    store
-        .recall(&id, now(), vec![])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let id = MessageId::parse("rm4").unwrap();
+    store.recall(&id, now(), vec![]).await.unwrap();
     assert!(matches!(
         store.recall(&id, now(), vec![]).await,
         Err(StoreError::Conflict(_))
     ));
-    let recalled = store.message(&id).await.unwrap_or_else(|e| panic!("{e}"));
+    let recalled = store.message(&id).await.unwrap();
     assert!(recalled.and_then(|m| m.recalled_at).is_some());
 }

@@ -45,11 +45,11 @@ use crate::{
 };
 
 fn uid(s: &str) -> UserId {
-    UserId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    UserId::parse(s).unwrap()
 }
 
 fn sid(s: &str) -> SessionId {
-    SessionId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    SessionId::parse(s).unwrap()
 }
 
 fn now() -> OffsetDateTime {
@@ -73,7 +73,7 @@ async fn user(store: &dyn Store, name: &str) -> UserId {
 
 fn message(id: &str, from: &UserId, to: &UserId, cmid: Option<&str>) -> NewMessage {
     NewMessage {
-        message_id: MessageId::parse(id).unwrap_or_else(|e| panic!("{e}")),
+        message_id: MessageId::parse(id).unwrap(),
         conversation_id: ConversationId::direct(from, to),
         sender: from.clone(),
         recipient: Recipient::User(to.clone()),
@@ -108,7 +108,7 @@ fn new_session(id: &str, user: &UserId) -> NewSession {
     NewSession {
         session_id: sid(id),
         user_id: user.clone(),
-        platform: Platform::parse("web").unwrap_or_else(|e| panic!("{e}")),
+        platform: Platform::parse("web").unwrap(),
         device_id: None,
         created_at: now(),
         ip: None,
@@ -118,7 +118,7 @@ fn new_session(id: &str, user: &UserId) -> NewSession {
 
 fn announcement(id: &str) -> NewNotification {
     NewNotification {
-        message_id: MessageId::parse(id).unwrap_or_else(|e| panic!("{e}")),
+        message_id: MessageId::parse(id).unwrap(),
         kind: "notification".into(),
         sender: "system".into(),
         content: Sealed {

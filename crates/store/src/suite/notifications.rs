@@ -16,12 +16,12 @@ pub async fn notifications(store: Arc<dyn Store>) {
     let results = store
         .import_users(vec![item("im1"), item("im3")])
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(results.iter().all(Result::is_ok));
 
     // Notifications: stored once, one event per known recipient.
     let n = NewNotification {
-        message_id: MessageId::parse("n1").unwrap_or_else(|e| panic!("{e}")),
+        message_id: MessageId::parse("n1").unwrap(),
         kind: "notification".into(),
         sender: "system".into(),
         content: Sealed {
@@ -34,38 +34,32 @@ pub async fn notifications(store: Arc<dyn Store>) {
     let seqs = store
         .append_notification(n.clone(), true, vec![uid("im1"), uid("ghost")])
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(seqs, vec![(uid("im1"), Seq(1))]);
     let more = store
         .append_notification(n.clone(), false, vec![uid("im3")])
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(more, vec![(uid("im3"), Seq(1))]);
-    let events = store
-        .events_after(&uid("im3"), Seq(0), 10)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let events = store.events_after(&uid("im3"), Seq(0), 10).await.unwrap();
     assert!(matches!(&events[0].body, EventBody::Notification(x) if x.message_id == n.message_id));
     let status = store
         .notification_status(&n.message_id, None, 10)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(
         (status.recipients, status.delivered, status.read),
         (2, 0, 0)
     );
-    store
-        .ack(&uid("im1"), Seq(1))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    store.ack(&uid("im1"), Seq(1)).await.unwrap();
     store
         .mark_notifications_read(&uid("im3"), &n.message_id, now())
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let status = store
         .notification_status(&n.message_id, None, 1)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(
         (status.recipients, status.delivered, status.read),
         (2, 1, 1)
@@ -74,20 +68,11 @@ pub async fn notifications(store: Arc<dyn Store>) {
     let next = store
         .notification_status(&n.message_id, Some(uid("im1")), 10)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(next.page, vec![(uid("im3"), false, true)]);
 
-    store
-        .delete_user(&uid("im3"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        store
-            .user(&uid("im3"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .is_none()
-    );
+    store.delete_user(&uid("im3")).await.unwrap();
+    assert!(store.user(&uid("im3")).await.unwrap().is_none());
     assert!(matches!(
         store.delete_user(&uid("im3")).await,
         Err(StoreError::NotFound(_))

@@ -31,17 +31,14 @@ pub async fn relationships(store: Arc<dyn Store>) {
     let (outcome, events) = store
         .request_friend(req(&a, &b), draft(&b), vec![])
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!((outcome, events.len()), (crate::RequestOutcome::Pending, 1));
     let (again, _) = store
         .request_friend(req(&a, &b), draft(&b), vec![])
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(again, crate::RequestOutcome::Unchanged);
-    let incoming = store
-        .friend_requests(&b, true)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let incoming = store.friend_requests(&b, true).await.unwrap();
     assert_eq!(
         incoming.iter().map(|r| r.from.clone()).collect::<Vec<_>>(),
         vec![a.clone()]
@@ -56,14 +53,8 @@ pub async fn relationships(store: Arc<dyn Store>) {
         message: Some(crate::StoredText::Plain("old words".into())),
         ..req(&c, &b)
     };
-    store
-        .request_friend(legacy, vec![], vec![])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let from_c = store
-        .friend_requests(&c, false)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    store.request_friend(legacy, vec![], vec![]).await.unwrap();
+    let from_c = store.friend_requests(&c, false).await.unwrap();
     assert_eq!(
         from_c[0].message,
         Some(crate::StoredText::Plain("old words".into()))
@@ -72,15 +63,12 @@ pub async fn relationships(store: Arc<dyn Store>) {
     store
         .answer_friend_request(&c, &b, false, now(), vec![])
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     store
         .request_friend(req(&c, &b), vec![], vec![])
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let from_c = store
-        .friend_requests(&c, false)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
+    let from_c = store.friend_requests(&c, false).await.unwrap();
     assert_eq!(
         from_c[0].message,
         Some(crate::StoredText::Sealed(sealed_hi.clone()))
@@ -88,24 +76,18 @@ pub async fn relationships(store: Arc<dyn Store>) {
     store
         .answer_friend_request(&c, &b, false, now(), vec![])
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     // b asking a back meets the pending request: friends.
     let (met, _) = store
         .request_friend(req(&b, &a), vec![], draft(&a))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(met, crate::RequestOutcome::Friends);
     assert!(
         store.are_friends(&a, &b).await.unwrap_or_default()
             && store.are_friends(&b, &a).await.unwrap_or_default()
     );
-    assert!(
-        store
-            .friend_requests(&b, true)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .is_empty()
-    );
+    assert!(store.friend_requests(&b, true).await.unwrap().is_empty());
     let tagged = store
         .update_friend(
             &a,
@@ -114,17 +96,15 @@ pub async fn relationships(store: Arc<dyn Store>) {
             "Bob from work".into(),
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(tagged.tags, vec!["work", "close"]);
-    let listed = store.friends(&a).await.unwrap_or_else(|e| panic!("{e}"));
+    let listed = store.friends(&a).await.unwrap();
     assert_eq!(
         (listed[0].friend.clone(), listed[0].remark.as_str()),
         (b.clone(), "Bob from work")
     );
     assert!(
-        store.friends(&b).await.unwrap_or_else(|e| panic!("{e}"))[0]
-            .tags
-            .is_empty(),
+        store.friends(&b).await.unwrap()[0].tags.is_empty(),
         "tags are per side"
     );
     assert!(matches!(
@@ -136,11 +116,11 @@ pub async fn relationships(store: Arc<dyn Store>) {
     store
         .request_friend(req(&c, &a), vec![], vec![])
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     store
         .answer_friend_request(&c, &a, false, now(), vec![])
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(!store.are_friends(&a, &c).await.unwrap_or(true));
     assert!(matches!(
         store
@@ -148,30 +128,18 @@ pub async fn relationships(store: Arc<dyn Store>) {
             .await,
         Err(StoreError::NotFound(_))
     ));
-    let (removed, _) = store
-        .remove_friend(&b, &a, vec![])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (removed, _) = store.remove_friend(&b, &a, vec![]).await.unwrap();
     assert!(removed && !store.are_friends(&a, &b).await.unwrap_or(true));
 
     // Blocks are one-directional and idempotent.
-    let (changed, _) = store
-        .set_block(&a, &c, true, now(), vec![])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (changed, _) = store.set_block(&a, &c, true, now(), vec![]).await.unwrap();
     assert!(changed);
-    let (changed, _) = store
-        .set_block(&a, &c, true, now(), vec![])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (changed, _) = store.set_block(&a, &c, true, now(), vec![]).await.unwrap();
     assert!(!changed);
     assert!(store.is_blocked(&a, &c).await.unwrap_or_default());
     assert!(!store.is_blocked(&c, &a).await.unwrap_or(true));
     assert_eq!(store.blocks(&a).await.unwrap_or_default().len(), 1);
-    store
-        .set_block(&a, &c, false, now(), vec![])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    store.set_block(&a, &c, false, now(), vec![]).await.unwrap();
     assert!(!store.is_blocked(&a, &c).await.unwrap_or(true));
     assert!(
         store

@@ -27,22 +27,10 @@ pub async fn users(store: Arc<dyn Store>) {
         store.create_user(same_id).await,
         Err(StoreError::Conflict("user_id"))
     ));
-    let found = store
-        .user_by_username("u1-name")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let found = store.user_by_username("u1-name").await.unwrap();
     assert_eq!(found.map(|u| u.user_id), Some(id.clone()));
-    assert!(
-        store
-            .user(&uid("nobody"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .is_none()
-    );
-    assert_eq!(
-        store.last_seq(&id).await.unwrap_or_else(|e| panic!("{e}")),
-        Seq(0)
-    );
+    assert!(store.user(&uid("nobody")).await.unwrap().is_none());
+    assert_eq!(store.last_seq(&id).await.unwrap(), Seq(0));
 }
 
 /// `unknown_users` names the ids that are no user, in order.
@@ -58,18 +46,12 @@ pub async fn unknown_users(store: Arc<dyn Store>) {
             uid("ghost-a"),
         ])
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(
         unknown,
         vec![uid("ghost-a"), uid("ghost-b"), uid("ghost-a")]
     );
-    assert!(
-        store
-            .unknown_users(Vec::new())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .is_empty()
-    );
+    assert!(store.unknown_users(Vec::new()).await.unwrap().is_empty());
 }
 
 /// Import: one clash does not sink the batch; updates.
@@ -89,16 +71,10 @@ pub async fn import_and_update(store: Arc<dyn Store>) {
             item("im3", "im3"),
         ])
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(results[0].is_ok() && results[2].is_ok());
     assert!(matches!(results[1], Err(StoreError::Conflict("username"))));
-    assert!(
-        store
-            .user(&uid("im2"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .is_none()
-    );
+    assert!(store.user(&uid("im2")).await.unwrap().is_none());
 
     let updated = store
         .update_user(
@@ -109,7 +85,7 @@ pub async fn import_and_update(store: Arc<dyn Store>) {
             },
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(
         (updated.display_name.as_str(), updated.username.as_str()),
         ("New", "im1")
