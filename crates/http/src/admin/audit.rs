@@ -1,0 +1,62 @@
+//! `GET /v1/admin/audit`: the audit log, one filtered page at a time.
+
+use axum::extract::State;
+use serde::Deserialize;
+use unimsg_proto::ErrorBody;
+use unimsg_proto::admin::{AuditPage, Scope};
+use unimsg_store::AuditQuery;
+use utoipa::IntoParams;
+
+use super::AdminAuth;
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::Query;
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct AuditParams {
+    /// Entries after this entry id (`next_after` of the previous page; default 0).
+    #[serde(default)]
+    after: u64,
+    /// Entries per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// Only this action, e.g. `admin.request`, `auth.login`, `session.revoked`.
+    action: Option<String>,
+    /// Only this actor (admin id or user id).
+    actor: Option<String>,
+    /// Only entries recorded with this `X-Operation-Id`.
+    operation_id: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/admin/audit",
+    operation_id = "admin_audit",
+    tag = "admin",
+    summary = "Read the audit log",
+    description = "Entries of the hash-chained audit log in order, filtered. Scope: `audit:read`.",
+    params(AuditParams),
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 200, description = "One page of entries.", body = AuditPage),
+        (status = 400, description = "Bad query parameters (`bad_request`).", body = ErrorBody),
+    ),
+)]
+/// `GET /v1/admin/audit?after=&limit=&action=&actor=&operation_id=`
+pub(super) async fn audit(
+    State(state): State<AppState>,
+    AdminAuth(admin): AdminAuth,
+    Query(q): Query<AuditParams>,
+) -> Result<axum::Json<AuditPage>, ApiError> {
+    admin.require(Scope::AuditRead)?;
+    let query = AuditQuery {
+        after: q.after,
+        limit: q.limit.unwrap_or(100),
+        action: q.action,
+        actor: q.actor,
+        operation_id: q.operation_id,
+    };
+    Ok(axum::Json(state.core.audit_page(query).await?))
+}

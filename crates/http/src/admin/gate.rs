@@ -1,0 +1,162 @@
+//! The gate in front of every `/v1/admin/*` route, and the audit of each
+//! admin request.
+//!
+//! One middleware, [`gate`], guards every admin route in this order: the
+//! IP allowlist (403; the client by [`crate::extract::client_addr`], an
+//! unknown client is refused), the credential — HTTP Basic
+//! `admin_id:password` or a Bearer admin token — (401), the credential's
+//! rate limit (429), replay protection with `X-Nonce` and `X-Timestamp`
+//! keyed by the verified admin id (409 / 401, 503 `busy` when the replay
+//! store is full); then it runs the handler. Served requests, and refused
+//! ones with a valid credential, are audited one entry each; refusals
+//! without one (and over a credential's limit) are counted per source
+//! ([`unimsg_core::Core::audit_refusal`]). `POST /v1/admin/token` carries
+//! its credential in the body: its handler verifies it and names the actor
+//! (or the claimed admin) with [`AuditActor`] / [`ClaimedAdmin`].
+
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use unimsg_core::admin::AdminContext;
+use unimsg_core::audit::AuditRecord;
+use unimsg_core::limits::Limit;
+use unimsg_core::replay::ReplayHeaders;
+use unimsg_proto::ErrorCode;
+
+use super::header;
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{ClientAddr, request_client};
+
+/// Set by a handler on its response to name the actor when the request
+/// itself carried no credential (`POST /v1/admin/token`), once the
+/// credential in the body was verified.
+#[derive(Clone)]
+pub(super) struct AuditActor(pub(super) String);
+
+/// Set by `POST /v1/admin/token` when the credential in the body was
+/// refused: the admin id it named, recorded as the target, never as the actor.
+#[derive(Clone)]
+pub(super) struct ClaimedAdmin(pub(super) String);
+
+/// Guards and audits every admin request.
+pub(crate) async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let core = state.core.clone();
+    let client = request_client(request.extensions(), request.headers(), &state);
+    let mut record = AuditRecord {
+        action: "admin.request".into(),
+        actor_kind: "admin".into(),
+        actor: "-".into(),
+        ip: Some(client.key()),
+        operation_id: header(request.headers(), "x-operation-id")
+            .map(|s| s.chars().take(128).collect()),
+        method: Some(request.method().to_string()),
+        path: Some(request.uri().path().chars().take(256).collect()),
+        ..AuditRecord::default()
+    };
+    let outcome = admit(&state, client, request, next, &mut record).await;
+    let response = match outcome {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    };
+    if let Some(actor) = response.extensions().get::<AuditActor>() {
+        record.actor = actor.0.clone();
+    }
+    if let Some(claimed) = response.extensions().get::<ClaimedAdmin>() {
+        record.target = Some(claimed.0.clone());
+    }
+    let status = response.status().as_u16();
+    record.outcome = status.to_string();
+    // Only a verified credential sets the actor. Refusals no credential
+    // vouches for, and refusals over a credential's limits, are counted
+    // per source instead of written one row each: otherwise anyone could
+    // make the audit log (and the writer that message sends use) write
+    // as fast as they can send.
+    let verified = record.actor != "-";
+    if status >= 400 && (!verified || matches!(status, 429 | 503)) {
+        core.audit_refusal(record).await;
+    } else {
+        core.audit(record).await;
+    }
+    response
+}
+
+/// The allowlist, the credential, the credential's rate limit and its
+/// nonce, in this order: a nonce is recorded only once a credential is
+/// verified, keyed by it. `POST /v1/admin/token` carries its credential in
+/// the body, so its handler checks the nonce after verifying it.
+async fn admit(
+    state: &AppState,
+    client: ClientAddr,
+    mut request: Request,
+    next: Next,
+    record: &mut AuditRecord,
+) -> Result<Response, ApiError> {
+    let core = &state.core;
+    let allow = &core.config().admin.ip_allowlist;
+    let allowed = match client {
+        ClientAddr::Ip(ip) => allow.iter().any(|net| net.contains(&ip)),
+        // An unknown client cannot be shown to be on the list.
+        ClientAddr::Unknown => false,
+    };
+    if !allow.is_empty() && !allowed {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this address may not use the admin API",
+        ));
+    }
+    if request.uri().path() == "/v1/admin/token" {
+        core.check_limit(Limit::Token, &client.key()).await?;
+        return Ok(next.run(request).await);
+    }
+    let ctx = authenticate(state, request.headers(), &client.key()).await?;
+    record.actor = ctx.admin_id.clone();
+    record.scope = Some(
+        ctx.scopes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    core.check_limit(Limit::Admin, &ctx.admin_id).await?;
+    core.check_replay(ReplayHeaders {
+        credential: &ctx.admin_id,
+        nonce: header(request.headers(), "x-nonce"),
+        timestamp: header(request.headers(), "x-timestamp"),
+    })
+    .await?;
+    request.extensions_mut().insert(ctx);
+    Ok(next.run(request).await)
+}
+
+/// The request's admin credential; `ip` is the client's address, which the
+/// back-off of failed Basic authentications counts by.
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: &str,
+) -> Result<AdminContext, ApiError> {
+    let value = header(headers, "authorization")
+        .ok_or_else(|| ApiError::unauthorized("admin credentials required"))?;
+    let (scheme, rest) = value
+        .split_once(' ')
+        .ok_or_else(|| ApiError::unauthorized("malformed Authorization"))?;
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = STANDARD
+            .decode(rest.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
+        let (id, secret) = decoded
+            .split_once(':')
+            .ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
+        Ok(state.core.admin_basic(id, secret, Some(client)).await?)
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        Ok(state.core.admin_bearer(rest.trim()).await?)
+    } else {
+        Err(ApiError::unauthorized("use Basic or Bearer credentials"))
+    }
+}
