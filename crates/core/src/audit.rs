@@ -17,7 +17,11 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use time::OffsetDateTime;
 use unimsg_proto::admin::{AuditEntry, AuditPage};
-use unimsg_store::{AuditDraft, AuditQuery, AuditRow, audit_bytes};
+use unimsg_store::{AuditDraft, AuditRow, audit_bytes};
+
+/// The filters of an audit query (defined with the store trait that runs
+/// it; re-exported so that `http` needs no storage dependency).
+pub use unimsg_store::AuditQuery;
 
 use crate::Core;
 use crate::error::{CoreError, Result};

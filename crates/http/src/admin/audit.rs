@@ -2,9 +2,9 @@
 
 use axum::extract::State;
 use serde::Deserialize;
+use unimsg_core::audit::AuditQuery;
 use unimsg_proto::ErrorBody;
 use unimsg_proto::admin::{AuditPage, Scope};
-use unimsg_store::AuditQuery;
 use utoipa::IntoParams;
 
 use super::AdminAuth;
