@@ -169,7 +169,7 @@ impl Publish for Broadcasts<'_> {
     }
 }
 
-pub async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
+pub(crate) async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
     let peer = ctx.peer;
     let run = crate::run_id();
     let n = args.connections;

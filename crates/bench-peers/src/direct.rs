@@ -123,7 +123,7 @@ enum Sender {
     Xmpp { conn: xmpp::Conn, to: String },
 }
 
-pub async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
+pub(crate) async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
     let peer = ctx.peer;
     let transport = match peer {
         Peer::Mosquitto => "mqtt-qos1",

@@ -18,7 +18,7 @@ use anyhow::Result;
 use futures_util::{SinkExt, StreamExt};
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::Packet;
-pub use unimsg_bench::engine::fleet::{Fleet, Incoming, Next, Seen};
+pub(crate) use unimsg_bench::engine::fleet::{Fleet, Incoming, Next, Seen};
 use unimsg_bench::engine::fleet::{Matches, Receiver};
 
 use crate::ws::{Message, Ws};
@@ -26,7 +26,7 @@ use crate::{mqtt, soketi, xmpp};
 
 /// One open, subscribed (or logged-in) connection to a peer.
 #[derive(Debug)]
-pub enum Sub {
+pub(crate) enum Sub {
     Nchan(Box<Ws>),
     Pusher(Box<Ws>),
     Mqtt(Box<mqtt::Conn>),
@@ -36,7 +36,7 @@ pub enum Sub {
 impl Sub {
     /// The next thing read; `None` once the server closed the connection.
     /// Safe to cancel while waiting for the socket.
-    pub async fn next(&mut self) -> Result<Option<Incoming<String>>> {
+    pub(crate) async fn next(&mut self) -> Result<Option<Incoming<String>>> {
         match self {
             Sub::Nchan(ws) => Ok(match next_ws(ws).await? {
                 Some(Message::Text(text)) => Some(Incoming::Payload(text.as_str().to_owned())),
@@ -87,7 +87,7 @@ impl Sub {
 
     /// How often the client must show it is alive, for protocols that ask
     /// the client to (Pusher, MQTT).
-    pub fn keepalive(&self) -> Option<Duration> {
+    pub(crate) fn keepalive(&self) -> Option<Duration> {
         match self {
             Sub::Pusher(_) => Some(soketi::PING_EVERY),
             Sub::Mqtt(_) => Some(Duration::from_secs(u64::from(mqtt::KEEP_ALIVE_SECS))),
@@ -96,7 +96,7 @@ impl Sub {
     }
 
     /// Sends the protocol's keep-alive.
-    pub async fn ping(&mut self) -> Result<()> {
+    pub(crate) async fn ping(&mut self) -> Result<()> {
         match self {
             Sub::Pusher(ws) => Ok(ws.send(Message::text(soketi::ping_frame())).await?),
             Sub::Mqtt(conn) => conn.ping().await,
@@ -105,7 +105,7 @@ impl Sub {
     }
 
     /// Closes politely.
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         match self {
             Sub::Nchan(mut ws) | Sub::Pusher(mut ws) => {
                 let _ = Ws::close(&mut ws, None).await;
@@ -152,7 +152,7 @@ impl Receiver for Sub {
 /// Opens `n` connections with `open(i)`, `concurrency` at a time, in the
 /// engine's [`Fleet`]; its readers report the payloads that are content of
 /// `run` by `round`. Failed attempts are counted, not fatal.
-pub async fn open<F, Fut>(
+pub(crate) async fn open<F, Fut>(
     n: u64,
     concurrency: usize,
     run: &str,

@@ -51,7 +51,7 @@ pub struct IdleArgs {
     pub quiet_secs: u64,
 }
 
-pub async fn run(ctx: &PeerCtx, args: IdleArgs) -> Result<Outcome> {
+pub(crate) async fn run(ctx: &PeerCtx, args: IdleArgs) -> Result<Outcome> {
     let peer = ctx.peer;
     let n = args.connections;
     let per_user = args.conns_per_user;

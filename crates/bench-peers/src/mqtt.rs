@@ -31,14 +31,14 @@ use crate::ws::{self, Message, Ws};
 const MAX_PACKET: usize = 1 << 20;
 
 /// Keep-alive announced in CONNECT, in seconds.
-pub const KEEP_ALIVE_SECS: u16 = 60;
+pub(crate) const KEEP_ALIVE_SECS: u16 = 60;
 
 /// Longest wait for CONNACK and SUBACK.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An MQTT session over a WebSocket.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     ws: Ws,
     buf: BytesMut,
     last_pkid: u16,
@@ -46,7 +46,7 @@ pub struct Conn {
 
 /// How to CONNECT.
 #[derive(Debug, Clone, Copy)]
-pub struct Session<'a> {
+pub(crate) struct Session<'a> {
     pub client_id: &'a str,
     /// `false`: a persistent session, whose QoS 1 messages the broker
     /// queues while the client is away.
@@ -55,7 +55,7 @@ pub struct Session<'a> {
 
 impl Conn {
     /// Opens the WebSocket and the MQTT session.
-    pub async fn connect(url: &str, session: Session<'_>) -> Result<Conn> {
+    pub(crate) async fn connect(url: &str, session: Session<'_>) -> Result<Conn> {
         let ws = ws::connect(url, Some("mqtt")).await?;
         let mut conn = Conn {
             ws,
@@ -81,7 +81,7 @@ impl Conn {
     }
 
     /// Subscribes to `topic` and waits for the SUBACK.
-    pub async fn subscribe(&mut self, topic: &str, qos: QoS) -> Result<()> {
+    pub(crate) async fn subscribe(&mut self, topic: &str, qos: QoS) -> Result<()> {
         let pkid = self.next_pkid();
         let mut subscribe = Subscribe::new(topic, qos);
         subscribe.pkid = pkid;
@@ -105,7 +105,7 @@ impl Conn {
     }
 
     /// Publishes `payload` to `topic`; returns the packet id (0 at QoS 0).
-    pub async fn publish(&mut self, topic: &str, qos: QoS, payload: Vec<u8>) -> Result<u16> {
+    pub(crate) async fn publish(&mut self, topic: &str, qos: QoS, payload: Vec<u8>) -> Result<u16> {
         let mut publish = Publish::new(topic, qos, payload);
         if qos != QoS::AtMostOnce {
             publish.pkid = self.next_pkid();
@@ -116,15 +116,15 @@ impl Conn {
     }
 
     /// Acknowledges a QoS 1 PUBLISH received from the broker.
-    pub async fn puback(&mut self, pkid: u16) -> Result<()> {
+    pub(crate) async fn puback(&mut self, pkid: u16) -> Result<()> {
         self.send(&Packet::PubAck(PubAck::new(pkid))).await
     }
 
-    pub async fn ping(&mut self) -> Result<()> {
+    pub(crate) async fn ping(&mut self) -> Result<()> {
         self.send(&Packet::PingReq).await
     }
 
-    pub async fn send(&mut self, packet: &Packet) -> Result<()> {
+    pub(crate) async fn send(&mut self, packet: &Packet) -> Result<()> {
         let bytes = encode(packet)?;
         self.ws
             .send(Message::binary(bytes))
@@ -134,7 +134,7 @@ impl Conn {
 
     /// The next packet from the broker; `None` once it closed the
     /// connection. Cancel-safe: bytes read are kept in the buffer.
-    pub async fn next_packet(&mut self) -> Result<Option<Packet>> {
+    pub(crate) async fn next_packet(&mut self) -> Result<Option<Packet>> {
         loop {
             if let Some(packet) = decode(&mut self.buf)? {
                 return Ok(Some(packet));
@@ -148,7 +148,7 @@ impl Conn {
         }
     }
 
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = self.send(&Packet::Disconnect).await;
         let _ = self.ws.close(None).await;
     }
@@ -166,7 +166,7 @@ fn pkid_after(last: u16) -> u16 {
 }
 
 /// One packet as bytes.
-pub fn encode(packet: &Packet) -> Result<Vec<u8>> {
+pub(crate) fn encode(packet: &Packet) -> Result<Vec<u8>> {
     let mut buf = BytesMut::with_capacity(packet.size() + 5);
     packet
         .write(&mut buf, MAX_PACKET)
@@ -176,7 +176,7 @@ pub fn encode(packet: &Packet) -> Result<Vec<u8>> {
 
 /// Cuts the first whole packet off `buf`; `None` while it holds only part
 /// of one.
-pub fn decode(buf: &mut BytesMut) -> Result<Option<Packet>> {
+pub(crate) fn decode(buf: &mut BytesMut) -> Result<Option<Packet>> {
     if buf.is_empty() {
         return Ok(None);
     }

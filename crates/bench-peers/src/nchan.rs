@@ -17,12 +17,12 @@ use crate::PeerCtx;
 use crate::ws::{self, Ws};
 
 /// A WebSocket subscribed to `channel`.
-pub async fn subscribe(ctx: &PeerCtx, channel: &str) -> Result<Ws> {
+pub(crate) async fn subscribe(ctx: &PeerCtx, channel: &str) -> Result<Ws> {
     ws::connect(&ctx.ws_url(&format!("/sub/{channel}")), None).await
 }
 
 /// Publishes `body` to `channel`.
-pub async fn publish(ctx: &PeerCtx, channel: &str, body: String) -> Result<()> {
+pub(crate) async fn publish(ctx: &PeerCtx, channel: &str, body: String) -> Result<()> {
     let url = ctx.http_url(&format!("/pub/{channel}"));
     let response = ctx
         .http

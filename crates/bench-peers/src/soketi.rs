@@ -34,22 +34,22 @@ use serde_json::{Value, json};
 use crate::PeerCtx;
 use crate::ws::{self, Message, Ws};
 
-pub const APP_ID: &str = "app-id";
-pub const APP_KEY: &str = "app-key";
-pub const APP_SECRET: &str = "app-secret";
+pub(crate) const APP_ID: &str = "app-id";
+pub(crate) const APP_KEY: &str = "app-key";
+pub(crate) const APP_SECRET: &str = "app-secret";
 
 /// The event name of the bench's messages.
-pub const EVENT: &str = "bench";
+pub(crate) const EVENT: &str = "bench";
 
 /// How often an idle client pings (soketi's `activity_timeout`).
-pub const PING_EVERY: Duration = Duration::from_secs(30);
+pub(crate) const PING_EVERY: Duration = Duration::from_secs(30);
 
 /// Longest wait for the connection and subscription handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One Pusher protocol frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame {
+pub(crate) struct Frame {
     pub event: String,
     pub channel: Option<String>,
     /// `data` as a string (an object is serialised back to JSON).
@@ -57,7 +57,7 @@ pub struct Frame {
 }
 
 /// Parses a text frame from the server.
-pub fn parse_frame(text: &str) -> Result<Frame> {
+pub(crate) fn parse_frame(text: &str) -> Result<Frame> {
     let v: Value = serde_json::from_str(text).context("a Pusher frame is not JSON")?;
     let Some(event) = v["event"].as_str() else {
         bail!("a Pusher frame without an event: {text}");
@@ -75,17 +75,17 @@ pub fn parse_frame(text: &str) -> Result<Frame> {
 }
 
 /// The client's keep-alive frame.
-pub fn ping_frame() -> String {
+pub(crate) fn ping_frame() -> String {
     json!({"event": "pusher:ping", "data": {}}).to_string()
 }
 
 /// The answer to a server `pusher:ping`.
-pub fn pong_frame() -> String {
+pub(crate) fn pong_frame() -> String {
     json!({"event": "pusher:pong", "data": {}}).to_string()
 }
 
 /// A WebSocket subscribed to the public `channel`.
-pub async fn subscribe(ctx: &PeerCtx, channel: &str) -> Result<Ws> {
+pub(crate) async fn subscribe(ctx: &PeerCtx, channel: &str) -> Result<Ws> {
     let url = ctx.ws_url(&format!(
         "/app/{APP_KEY}?protocol=7&client=unimsg-bench&version=0.1&flash=false"
     ));
@@ -139,7 +139,7 @@ async fn next_frame(ws: &mut Ws) -> Result<Frame> {
 }
 
 /// Triggers event [`EVENT`] on `channel` with `data` through the HTTP API.
-pub async fn trigger(ctx: &PeerCtx, channel: &str, data: String) -> Result<()> {
+pub(crate) async fn trigger(ctx: &PeerCtx, channel: &str, data: String) -> Result<()> {
     let path = format!("/apps/{APP_ID}/events");
     let body = json!({"name": EVENT, "channels": [channel], "data": data}).to_string();
     let timestamp = SystemTime::now()
@@ -172,7 +172,7 @@ pub async fn trigger(ctx: &PeerCtx, channel: &str, data: String) -> Result<()> {
 }
 
 /// The authentication query of a Pusher HTTP API request, signature last.
-pub fn signed_query(
+pub(crate) fn signed_query(
     method: &str,
     path: &str,
     body: &[u8],

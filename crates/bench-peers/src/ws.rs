@@ -13,10 +13,10 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub use tokio_tungstenite::tungstenite::Message;
+pub(crate) use tokio_tungstenite::tungstenite::Message;
 
 /// An open client WebSocket.
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Longest wait for the TCP connect and the upgrade.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,7 +26,7 @@ const READ_BUFFER: usize = 4096;
 
 /// Opens `url`, asking for `subprotocol` when given (tungstenite then
 /// checks that the server picked it).
-pub async fn connect(url: &str, subprotocol: Option<&str>) -> Result<Ws> {
+pub(crate) async fn connect(url: &str, subprotocol: Option<&str>) -> Result<Ws> {
     let mut request = url
         .into_client_request()
         .with_context(|| format!("bad WebSocket URL {url:?}"))?;

@@ -37,10 +37,10 @@ use crate::PeerCtx;
 use crate::ws::{self, Message, Ws};
 
 /// The virtual host of `scripts/peers/ejabberd/ejabberd.yml`.
-pub const DOMAIN: &str = "localhost";
+pub(crate) const DOMAIN: &str = "localhost";
 
 /// The password of every bench user.
-pub const PASSWORD: &str = "unimsg-bench-password";
+pub(crate) const PASSWORD: &str = "unimsg-bench-password";
 
 /// `/api/register` calls in flight at once.
 const REGISTER_CONCURRENCY: usize = 16;
@@ -50,7 +50,7 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the bench recognises in a frame from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stanza {
+pub(crate) enum Stanza {
     /// `<open/>` of the framing namespace.
     Open,
     /// `<close/>`: the server ends the stream.
@@ -84,7 +84,7 @@ pub enum Stanza {
 }
 
 /// Parses one frame (one element) from the server.
-pub fn parse(frame: &str) -> Result<Stanza> {
+pub(crate) fn parse(frame: &str) -> Result<Stanza> {
     let mut reader = Reader::from_str(frame);
     let mut top: Option<Top> = None;
     // Local names of the open elements below the top one.
@@ -234,7 +234,7 @@ fn local_name(e: &BytesStart<'_>) -> String {
 }
 
 /// `<open/>` for `domain`.
-pub fn open_frame(domain: &str) -> String {
+pub(crate) fn open_frame(domain: &str) -> String {
     format!(
         "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='{}' version='1.0'/>",
         escape(domain)
@@ -242,18 +242,18 @@ pub fn open_frame(domain: &str) -> String {
 }
 
 /// `<close/>`.
-pub fn close_frame() -> &'static str {
+pub(crate) fn close_frame() -> &'static str {
     "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>"
 }
 
 /// SASL PLAIN with an empty authorization identity.
-pub fn auth_plain(user: &str, password: &str) -> String {
+pub(crate) fn auth_plain(user: &str, password: &str) -> String {
     let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
     format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>")
 }
 
 /// Resource binding request.
-pub fn bind(id: &str, resource: &str) -> String {
+pub(crate) fn bind(id: &str, resource: &str) -> String {
     format!(
         "<iq type='set' id='{}'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{}</resource></bind></iq>",
         escape(id),
@@ -262,12 +262,12 @@ pub fn bind(id: &str, resource: &str) -> String {
 }
 
 /// Initial presence.
-pub fn presence() -> &'static str {
+pub(crate) fn presence() -> &'static str {
     "<presence/>"
 }
 
 /// A chat message with `body` as its text.
-pub fn chat(to: &str, id: &str, body: &str) -> String {
+pub(crate) fn chat(to: &str, id: &str, body: &str) -> String {
     format!(
         "<message to='{}' type='chat' id='{}'><body>{}</body></message>",
         escape(to),
@@ -277,13 +277,13 @@ pub fn chat(to: &str, id: &str, body: &str) -> String {
 }
 
 /// `user@DOMAIN`.
-pub fn bare_jid(user: &str) -> String {
+pub(crate) fn bare_jid(user: &str) -> String {
     format!("{user}@{DOMAIN}")
 }
 
 /// Who logs in, and as which resource.
 #[derive(Debug, Clone, Copy)]
-pub struct Login<'a> {
+pub(crate) struct Login<'a> {
     pub user: &'a str,
     pub password: &'a str,
     pub resource: &'a str,
@@ -291,7 +291,7 @@ pub struct Login<'a> {
 
 /// A logged-in, bound XMPP session with initial presence sent.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     ws: Ws,
     /// Stanzas read during the login that were not part of it.
     pending: VecDeque<Stanza>,
@@ -300,7 +300,7 @@ pub struct Conn {
 
 impl Conn {
     /// Connects to `url` and logs in (see the module doc).
-    pub async fn login(url: &str, login: Login<'_>) -> Result<Conn> {
+    pub(crate) async fn login(url: &str, login: Login<'_>) -> Result<Conn> {
         let ws = ws::connect(url, Some("xmpp")).await?;
         let mut conn = Conn {
             ws,
@@ -376,7 +376,7 @@ impl Conn {
 
     /// The next stanza; `None` once the server closed the stream.
     /// Cancel-safe.
-    pub async fn next_stanza(&mut self) -> Result<Option<Stanza>> {
+    pub(crate) async fn next_stanza(&mut self) -> Result<Option<Stanza>> {
         if let Some(stanza) = self.pending.pop_front() {
             return Ok(Some(stanza));
         }
@@ -399,7 +399,7 @@ impl Conn {
         }
     }
 
-    pub async fn send(&mut self, xml: String) -> Result<()> {
+    pub(crate) async fn send(&mut self, xml: String) -> Result<()> {
         self.ws
             .send(Message::text(xml))
             .await
@@ -407,7 +407,7 @@ impl Conn {
     }
 
     /// Ends the stream politely.
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = self.send(close_frame().to_owned()).await;
         let _ = self.ws.close(None).await;
     }
@@ -415,7 +415,7 @@ impl Conn {
 
 /// Registers `users` (local parts) with [`PASSWORD`] through ejabberd's
 /// `POST /api/register` (allowed from loopback by the bench config).
-pub async fn register(ctx: &PeerCtx, users: &[String]) -> Result<()> {
+pub(crate) async fn register(ctx: &PeerCtx, users: &[String]) -> Result<()> {
     let url = ctx.http_url("/api/register");
     stream::iter(users)
         .map(|user| {

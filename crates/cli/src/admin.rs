@@ -17,7 +17,7 @@ use unimsg_client::proto::{Platform, UserId};
 use unimsg_client::{AdminClient, AdminCredentials, MAX_IMPORT_BATCH};
 
 /// Shown under `--help` of every command that talks to a server.
-pub const CREDENTIALS_HELP: &str = "\
+pub(crate) const CREDENTIALS_HELP: &str = "\
 Credentials come from the environment:
   UNIMSG_ADMIN_PASSWORD   secret of the admin account (HTTP Basic, with --admin-id)
   UNIMSG_ADMIN_TOKEN      an admin token from POST /v1/admin/token (Bearer);
@@ -25,7 +25,7 @@ Credentials come from the environment:
 
 /// Where the server is and who calls it.
 #[derive(Args)]
-pub struct Remote {
+pub(crate) struct Remote {
     /// Base URL of the running server.
     #[arg(
         long,
@@ -69,7 +69,7 @@ impl Remote {
 }
 
 #[derive(Subcommand)]
-pub enum UserCommand {
+pub(crate) enum UserCommand {
     /// Import users from a JSON Lines file.
     ///
     /// One object per line: {"user_id", "username"?, "display_name",
@@ -121,7 +121,7 @@ pub enum UserCommand {
 }
 
 #[derive(Subcommand)]
-pub enum TokenCommand {
+pub(crate) enum TokenCommand {
     /// Mint an access and refresh token pair for a user.
     ///
     /// Starts a session as if the user had logged in on PLATFORM (the
@@ -145,7 +145,7 @@ pub enum TokenCommand {
 
 /// What a notification or broadcast says.
 #[derive(Args)]
-pub struct Message {
+pub(crate) struct Message {
     /// The content, a JSON value, e.g. '{"title":"Maintenance at 22:00"}'.
     #[arg(long, value_name = "JSON", value_parser = json)]
     content: serde_json::Value,
@@ -158,7 +158,7 @@ pub struct Message {
 }
 
 #[derive(Args)]
-pub struct NotifyArgs {
+pub(crate) struct NotifyArgs {
     /// Recipients, comma-separated user ids.
     #[arg(long, required = true, value_delimiter = ',', value_parser = user_id)]
     to: Vec<UserId>,
@@ -167,7 +167,7 @@ pub struct NotifyArgs {
 }
 
 /// One admin command.
-pub enum Action {
+pub(crate) enum Action {
     User(UserCommand),
     Token(TokenCommand),
     Notify(NotifyArgs),
@@ -175,7 +175,7 @@ pub enum Action {
 }
 
 /// Runs `action` against the server of `remote`.
-pub fn run(remote: &Remote, action: Action) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(remote: &Remote, action: Action) -> anyhow::Result<ExitCode> {
     let admin = remote.connect()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

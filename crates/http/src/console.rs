@@ -118,7 +118,7 @@ static ETAGS: LazyLock<Vec<Option<HeaderValue>>> = LazyLock::new(|| {
 });
 
 /// The console's routes; merged into the application by [`crate::router`].
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(login_page))
         .route("/m/qr", get(phone_page))

@@ -17,7 +17,7 @@ use crate::error::ApiError;
 
 /// A JSON body. Malformed JSON, wrong types and unknown fields are 400,
 /// a wrong content type 415 and an oversized body 413.
-pub struct Json<T>(pub T);
+pub(crate) struct Json<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
@@ -47,7 +47,7 @@ fn json_rejection(r: JsonRejection) -> ApiError {
 }
 
 /// A query string; parse failures are 400.
-pub struct Query<T>(pub T);
+pub(crate) struct Query<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
@@ -68,7 +68,7 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The authenticated caller (Bearer access token of an active session).
-pub struct UserAuth(pub AuthContext);
+pub(crate) struct UserAuth(pub AuthContext);
 
 impl FromRequestParts<AppState> for UserAuth {
     type Rejection = ApiError;
@@ -82,7 +82,7 @@ impl FromRequestParts<AppState> for UserAuth {
 
 /// Where a request comes from, as far as the server can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAddr {
+pub(crate) enum ClientAddr {
     Ip(IpAddr),
     /// A trusted proxy named the hop before it in a form that does not
     /// parse (`unknown`, an obfuscated name, garbage), or there is no peer.
@@ -94,7 +94,7 @@ pub enum ClientAddr {
 impl ClientAddr {
     /// The key of per-IP rate limits and the address recorded in sessions
     /// and the audit log.
-    pub fn key(self) -> String {
+    pub(crate) fn key(self) -> String {
         match self {
             ClientAddr::Ip(ip) => ip.to_string(),
             ClientAddr::Unknown => "unknown".to_owned(),
@@ -131,7 +131,7 @@ fn forwarded_hop(entry: &str) -> Option<IpAddr> {
 /// [`ClientAddr::Unknown`] — never skipped, since what lies to its left was
 /// written by someone no trusted proxy vouches for. When every entry is a
 /// trusted proxy, the leftmost is the client (the peer, without entries).
-pub fn client_addr(
+pub(crate) fn client_addr(
     peer: Option<IpAddr>,
     headers: &HeaderMap,
     trusted: &[ipnet::IpNet],
@@ -175,7 +175,7 @@ pub(crate) fn request_client(
 /// Where the request comes from (the client by [`client_addr`], and the
 /// user agent). The address is always set — `unknown` when it cannot be
 /// told — so per-IP limits in the core always apply.
-pub struct RequestOrigin(pub ClientInfo);
+pub(crate) struct RequestOrigin(pub ClientInfo);
 
 impl FromRequestParts<AppState> for RequestOrigin {
     type Rejection = ApiError;
@@ -198,7 +198,7 @@ pub(crate) fn path_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, 
 }
 
 /// The single `{id}` segment of a route, percent-decoded.
-pub struct PathId(pub String);
+pub(crate) struct PathId(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for PathId {
     type Rejection = ApiError;
@@ -213,7 +213,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
 
 /// The two segments of a route like `/v1/groups/{id}/members/{user_id}`,
 /// percent-decoded, in route order.
-pub struct PathPair(pub String, pub String);
+pub(crate) struct PathPair(pub String, pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for PathPair {
     type Rejection = ApiError;

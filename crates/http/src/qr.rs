@@ -22,7 +22,7 @@ use crate::error::ApiError;
 use crate::extract::{Json, PathId, Query, RequestOrigin, UserAuth};
 
 /// The user-facing QR routes.
-pub fn routes() -> OpenApiRouter<AppState> {
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create))
         .routes(routes!(events))
@@ -48,7 +48,7 @@ const SECRET_HEADER: &str = "x-qr-secret";
 /// `?secret=` of the events stream.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct EventsQuery {
+pub(crate) struct EventsQuery {
     /// The ticket's `page_secret` (or send it in the `X-QR-Secret` header).
     #[serde(default)]
     secret: Option<String>,
@@ -70,7 +70,7 @@ pub struct EventsQuery {
     ),
 )]
 /// `POST /v1/auth/qr`
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     RequestOrigin(client): RequestOrigin,
     Json(req): Json<QrTicketRequest>,
@@ -157,7 +157,7 @@ fn to_sse(event: QrEvent) -> (SseEvent, bool) {
     ),
 )]
 /// `GET /v1/auth/qr/{ticket_id}/events`
-pub async fn events(
+pub(crate) async fn events(
     State(state): State<AppState>,
     PathId(id): PathId,
     headers: HeaderMap,
@@ -279,7 +279,7 @@ async fn next_qr_event(mut w: Waiting) -> Option<(Result<SseEvent, Infallible>, 
     ),
 )]
 /// `GET /v1/auth/qr/{ticket_id}/qr.svg`
-pub async fn image(
+pub(crate) async fn image(
     State(state): State<AppState>,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
@@ -316,7 +316,7 @@ pub async fn image(
     ),
 )]
 /// `POST /v1/auth/qr/scan`
-pub async fn scan(
+pub(crate) async fn scan(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     Json(req): Json<QrScanRequest>,
@@ -353,7 +353,7 @@ pub async fn scan(
     ),
 )]
 /// `POST /v1/auth/qr/{ticket_id}/confirm`
-pub async fn confirm(
+pub(crate) async fn confirm(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathId(id): PathId,
@@ -380,7 +380,7 @@ pub async fn confirm(
     ),
 )]
 /// `POST /v1/auth/qr/{ticket_id}/cancel`
-pub async fn cancel(
+pub(crate) async fn cancel(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathId(id): PathId,

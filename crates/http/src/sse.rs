@@ -28,7 +28,7 @@ use crate::extract::{Query, bearer};
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct EventsQuery {
+pub(crate) struct EventsQuery {
     /// The access token, for `EventSource` clients that cannot set
     /// `Authorization` (the header wins when both are given).
     access_token: Option<String>,
@@ -59,7 +59,7 @@ pub struct EventsQuery {
         (status = 429, description = "The session already holds `delivery.max_connections_per_session` live connections on this server (`rate_limited`).", body = ErrorBody),
     ),
 )]
-pub async fn events(
+pub(crate) async fn events(
     State(state): State<AppState>,
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,

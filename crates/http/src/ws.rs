@@ -43,15 +43,15 @@ const EXPIRY_NOTICE: Duration = Duration::from_secs(30);
 
 /// Close codes of the application range (4000–4999).
 mod close {
-    pub const IDLE: u16 = 4000;
-    pub const UNAUTHORIZED: u16 = 4001;
-    pub const SLOW_CONSUMER: u16 = 4008;
-    pub const TOO_MANY: u16 = 4029;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL: u16 = 1002;
-    pub const INVALID_DATA: u16 = 1007;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL: u16 = 1011;
+    pub(super) const IDLE: u16 = 4000;
+    pub(super) const UNAUTHORIZED: u16 = 4001;
+    pub(super) const SLOW_CONSUMER: u16 = 4008;
+    pub(super) const TOO_MANY: u16 = 4029;
+    pub(super) const GOING_AWAY: u16 = 1001;
+    pub(super) const PROTOCOL: u16 = 1002;
+    pub(super) const INVALID_DATA: u16 = 1007;
+    pub(super) const TOO_BIG: u16 = 1009;
+    pub(super) const INTERNAL: u16 = 1011;
 }
 
 /// The close frame owed for a read error: RFC 6455 asks for 1002 after a
@@ -90,7 +90,7 @@ enum End {
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct WsQuery {
+pub(crate) struct WsQuery {
     /// The access token. Without it (or an `Authorization` header) the
     /// first frame must be `{"type":"auth","token":...}`.
     access_token: Option<String>,
@@ -117,7 +117,7 @@ pub struct WsQuery {
         (status = 429, description = "The session already holds `delivery.max_connections_per_session` live connections on this server (`rate_limited`).", body = ErrorBody),
     ),
 )]
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     State(state): State<AppState>,
     Query(q): Query<WsQuery>,
     headers: HeaderMap,

@@ -169,12 +169,12 @@ mod patch_mute {
 
     use super::Mute;
 
-    pub fn serialize<S: Serializer>(value: &Option<Mute>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(value: &Option<Mute>, s: S) -> Result<S::Ok, S::Error> {
         let until = value.and_then(Mute::until);
         time::serde::rfc3339::option::serialize(&until, s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Mute>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Mute>, D::Error> {
         let until = time::serde::rfc3339::option::deserialize(d)?;
         Ok(Some(until.map_or(Mute::Lift, Mute::Until)))
     }

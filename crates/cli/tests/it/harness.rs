@@ -10,13 +10,13 @@ use tokio::process::{Child, Command};
 use unimsg_testkit::unimsg::{self, Logs};
 
 /// The password of the `admin` account of every test server.
-pub const ADMIN_PASSWORD: &str = "test-admin-password";
+pub(crate) const ADMIN_PASSWORD: &str = "test-admin-password";
 
 /// How long a server may take to start (a debug build on a busy machine).
-pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A running server process.
-pub struct TestServer {
+pub(crate) struct TestServer {
     child: Child,
     pub base: String,
     dir: Arc<tempfile::TempDir>,
@@ -26,12 +26,12 @@ pub struct TestServer {
 
 impl TestServer {
     /// A server with the default configuration.
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_with(&[]).await
     }
 
     /// A server with extra `UNIMSG_*` environment settings.
-    pub async fn start_with(env: &[(&str, &str)]) -> Self {
+    pub(crate) async fn start_with(env: &[(&str, &str)]) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         let env = env
             .iter()
@@ -66,26 +66,26 @@ impl TestServer {
         }
     }
 
-    pub fn client(&self) -> unimsg_client::Client {
+    pub(crate) fn client(&self) -> unimsg_client::Client {
         unimsg_client::Client::new(&self.base).expect("client")
     }
 
-    pub fn data_dir(&self) -> &std::path::Path {
+    pub(crate) fn data_dir(&self) -> &std::path::Path {
         self.dir.path()
     }
 
     /// Everything the server logged so far.
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.logs.text()
     }
 
     /// `kill -9`: no chance to flush or clean up.
-    pub async fn kill9(&mut self) {
+    pub(crate) async fn kill9(&mut self) {
         self.child.kill().await.expect("kill");
     }
 
     /// `SIGTERM`, then waits for a clean exit.
-    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+    pub(crate) async fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().expect("no pid");
         let status = Command::new("kill")
             .arg("-TERM")
@@ -101,7 +101,7 @@ impl TestServer {
 
     /// Kills this process (if still running) and starts a new one on the
     /// same data directory and settings.
-    pub async fn restart(mut self) -> Self {
+    pub(crate) async fn restart(mut self) -> Self {
         let _ = self.child.kill().await;
         Self::spawn(self.dir.clone(), self.env.clone()).await
     }

@@ -17,24 +17,24 @@ use crate::harness::{ADMIN_PASSWORD, TestServer};
 
 /// A bound on how long a test waits for something the server must do.
 /// Reaching it fails the test; it never paces the test.
-pub const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
-pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+pub(crate) async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, fut)
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
-pub const PASSWORD: &str = "correct horse battery";
+pub(crate) const PASSWORD: &str = "correct horse battery";
 
-pub struct TestUser {
+pub(crate) struct TestUser {
     pub id: UserId,
     pub username: String,
     pub tokens: TokenPair,
     pub api: Authed,
 }
 
-pub async fn register(client: &Client, username: &str) -> UserId {
+pub(crate) async fn register(client: &Client, username: &str) -> UserId {
     let req = RegisterRequest {
         username: username.into(),
         password: PASSWORD.into(),
@@ -47,7 +47,7 @@ pub async fn register(client: &Client, username: &str) -> UserId {
         .user_id
 }
 
-pub async fn login(
+pub(crate) async fn login(
     client: &Client,
     username: &str,
     platform: &str,
@@ -72,19 +72,19 @@ pub async fn login(
 }
 
 /// Registers and logs in on the `web` platform.
-pub async fn user(client: &Client, username: &str) -> TestUser {
+pub(crate) async fn user(client: &Client, username: &str) -> TestUser {
     register(client, username).await;
     login(client, username, "web", None).await
 }
 
-pub async fn ws_event(ws: &mut WsConnection) -> Event {
+pub(crate) async fn ws_event(ws: &mut WsConnection) -> Event {
     within("a WebSocket event", ws.next_event())
         .await
         .expect("websocket")
         .unwrap_or_else(|| panic!("websocket closed (code {:?})", ws.close_code()))
 }
 
-pub async fn sse_event(sse: &mut SseConnection) -> (Option<String>, Event) {
+pub(crate) async fn sse_event(sse: &mut SseConnection) -> (Option<String>, Event) {
     let e = within("an SSE event", sse.next_event())
         .await
         .expect("sse")
@@ -93,7 +93,7 @@ pub async fn sse_event(sse: &mut SseConnection) -> (Option<String>, Event) {
 }
 
 /// The full inbox of a user, by paging `GET /v1/sync`.
-pub async fn full_sync(api: &Authed) -> Vec<Event> {
+pub(crate) async fn full_sync(api: &Authed) -> Vec<Event> {
     let mut out = Vec::new();
     let mut after = Seq(0);
     loop {
@@ -107,7 +107,7 @@ pub async fn full_sync(api: &Authed) -> Vec<Event> {
 }
 
 /// Asserts seqs run 1, 2, 3… with no gap and no repeat.
-pub fn assert_gap_free(events: &[Event]) {
+pub(crate) fn assert_gap_free(events: &[Event]) {
     for (i, e) in events.iter().enumerate() {
         assert_eq!(
             e.seq,
@@ -118,7 +118,7 @@ pub fn assert_gap_free(events: &[Event]) {
     }
 }
 
-pub fn message_id(e: &Event) -> String {
+pub(crate) fn message_id(e: &Event) -> String {
     assert_eq!(e.kind, EventType::MessageNew, "not a message: {e:?}");
     e.data["message_id"]
         .as_str()
@@ -126,7 +126,7 @@ pub fn message_id(e: &Event) -> String {
         .to_owned()
 }
 
-pub fn text(e: &Event) -> String {
+pub(crate) fn text(e: &Event) -> String {
     e.data["content"]["text"]
         .as_str()
         .unwrap_or_default()
@@ -134,7 +134,7 @@ pub fn text(e: &Event) -> String {
 }
 
 /// The `authorization` header of HTTP Basic credentials.
-pub fn basic_auth(id: &str, secret: &str) -> (&'static str, String) {
+pub(crate) fn basic_auth(id: &str, secret: &str) -> (&'static str, String) {
     (
         "authorization",
         format!("Basic {}", STANDARD.encode(format!("{id}:{secret}"))),
@@ -142,7 +142,7 @@ pub fn basic_auth(id: &str, secret: &str) -> (&'static str, String) {
 }
 
 /// The root admin's Basic credentials (`admin` with [`ADMIN_PASSWORD`]).
-pub fn root_auth() -> (&'static str, String) {
+pub(crate) fn root_auth() -> (&'static str, String) {
     basic_auth("admin", ADMIN_PASSWORD)
 }
 
@@ -169,7 +169,7 @@ async fn answer(
 /// One request to the server with exactly the headers given (credentials
 /// included, if any): what the SDK cannot send, such as forwarded
 /// addresses or replay headers on their own.
-pub async fn request(
+pub(crate) async fn request(
     server: &TestServer,
     method: Method,
     path: &str,
@@ -182,14 +182,14 @@ pub async fn request(
 
 /// A minimal admin client over reqwest: Basic or Bearer credentials in
 /// `auth`, sent as the `authorization` header of every call.
-pub struct AdminApi {
+pub(crate) struct AdminApi {
     base: String,
     http: reqwest::Client,
     pub auth: String,
 }
 
 impl AdminApi {
-    pub fn basic(server: &TestServer, id: &str, secret: &str) -> Self {
+    pub(crate) fn basic(server: &TestServer, id: &str, secret: &str) -> Self {
         Self {
             base: server.base.clone(),
             http: reqwest::Client::new(),
@@ -198,12 +198,12 @@ impl AdminApi {
     }
 
     /// The root admin (`admin` with [`ADMIN_PASSWORD`]).
-    pub fn root(server: &TestServer) -> Self {
+    pub(crate) fn root(server: &TestServer) -> Self {
         Self::basic(server, "admin", ADMIN_PASSWORD)
     }
 
     /// A call with the credentials and nothing else.
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -213,7 +213,7 @@ impl AdminApi {
     }
 
     /// A call with the credentials and extra headers.
-    pub async fn call_with(
+    pub(crate) async fn call_with(
         &self,
         method: Method,
         path: &str,
@@ -228,7 +228,7 @@ impl AdminApi {
     }
 
     /// A call that must succeed; its JSON body.
-    pub async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+    pub(crate) async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
         let (status, v) = self.call(method, path, body).await;
         assert!(status.is_success(), "{path}: {status} {v}");
         v
@@ -236,7 +236,7 @@ impl AdminApi {
 }
 
 /// A root admin call.
-pub async fn admin(
+pub(crate) async fn admin(
     server: &TestServer,
     method: Method,
     path: &str,
@@ -247,7 +247,12 @@ pub async fn admin(
 
 /// A user request with an optional JSON body through the SDK's raw call:
 /// the status and the JSON body.
-pub async fn call(api: &Authed, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) async fn call(
+    api: &Authed,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let bytes = body
         .map(|b| serde_json::to_vec(&b).unwrap_or_default())
         .unwrap_or_default();

@@ -41,7 +41,7 @@ use crate::error::ApiError;
 pub(crate) use gate::gate;
 
 /// The admin routes; [`crate::router`] puts them behind [`gate`](fn@gate).
-pub fn routes() -> OpenApiRouter<AppState> {
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(tokens::token))
         .routes(routes!(tokens::create_admin))
@@ -70,7 +70,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// The admin credential of the request, put there by [`gate`](fn@gate).
-pub struct AdminAuth(pub AdminContext);
+pub(crate) struct AdminAuth(pub AdminContext);
 
 impl<S: Send + Sync> FromRequestParts<S> for AdminAuth {
     type Rejection = ApiError;

@@ -29,7 +29,7 @@ use crate::extract::{Json, PathId, RequestOrigin, UserAuth, path_id};
     ),
 )]
 /// `POST /v1/auth/register`
-pub async fn register(
+pub(crate) async fn register(
     State(state): State<AppState>,
     RequestOrigin(client): RequestOrigin,
     Json(req): Json<RegisterRequest>,
@@ -54,7 +54,7 @@ pub async fn register(
     ),
 )]
 /// `POST /v1/auth/login`
-pub async fn login(
+pub(crate) async fn login(
     State(state): State<AppState>,
     RequestOrigin(client): RequestOrigin,
     Json(req): Json<LoginRequest>,
@@ -78,7 +78,7 @@ pub async fn login(
     ),
 )]
 /// `POST /v1/auth/refresh`
-pub async fn refresh(
+pub(crate) async fn refresh(
     State(state): State<AppState>,
     RequestOrigin(client): RequestOrigin,
     Json(req): Json<RefreshRequest>,
@@ -99,7 +99,7 @@ pub async fn refresh(
     responses((status = 204, description = "Logged out.")),
 )]
 /// `POST /v1/auth/logout`
-pub async fn logout(
+pub(crate) async fn logout(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
 ) -> Result<StatusCode, ApiError> {
@@ -117,7 +117,7 @@ pub async fn logout(
     responses((status = 200, description = "The caller.", body = UserProfile)),
 )]
 /// `GET /v1/me`
-pub async fn me(
+pub(crate) async fn me(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
 ) -> Result<axum::Json<UserProfile>, ApiError> {
@@ -134,7 +134,7 @@ pub async fn me(
     responses((status = 200, description = "Every active session; `current` marks the caller's.", body = SessionList)),
 )]
 /// `GET /v1/me/sessions`
-pub async fn sessions(
+pub(crate) async fn sessions(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
 ) -> Result<axum::Json<SessionList>, ApiError> {
@@ -158,7 +158,7 @@ pub async fn sessions(
     ),
 )]
 /// `DELETE /v1/me/sessions/{id}`
-pub async fn end_session(
+pub(crate) async fn end_session(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathId(id): PathId,

@@ -31,7 +31,7 @@ use crate::extract::{Json, PathId, Query, UserAuth, path_id};
     ),
 )]
 /// `POST /v1/friends/requests`
-pub async fn request(
+pub(crate) async fn request(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     Json(req): Json<FriendRequestBody>,
@@ -47,7 +47,7 @@ pub async fn request(
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct RequestsQuery {
+pub(crate) struct RequestsQuery {
     /// `incoming` (default) or `outgoing`.
     direction: Option<String>,
 }
@@ -63,7 +63,7 @@ pub struct RequestsQuery {
     responses((status = 200, description = "Pending requests, oldest first.", body = FriendRequestList)),
 )]
 /// `GET /v1/friends/requests?direction=incoming|outgoing`
-pub async fn requests(
+pub(crate) async fn requests(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     Query(q): Query<RequestsQuery>,
@@ -97,7 +97,7 @@ pub async fn requests(
     ),
 )]
 /// `POST /v1/friends/requests/{user_id}/accept`
-pub async fn accept(
+pub(crate) async fn accept(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathId(id): PathId,
@@ -122,7 +122,7 @@ pub async fn accept(
     ),
 )]
 /// `POST /v1/friends/requests/{user_id}/decline`
-pub async fn decline(
+pub(crate) async fn decline(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathId(id): PathId,
@@ -142,7 +142,7 @@ pub async fn decline(
     responses((status = 200, description = "Friends with my tags and remarks for them.", body = FriendList)),
 )]
 /// `GET /v1/friends`
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
 ) -> Result<axum::Json<FriendList>, ApiError> {
@@ -165,7 +165,7 @@ pub async fn list(
     ),
 )]
 /// `PUT /v1/friends/{user_id}`
-pub async fn update(
+pub(crate) async fn update(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathId(id): PathId,
@@ -195,7 +195,7 @@ pub async fn update(
     ),
 )]
 /// `DELETE /v1/friends/{user_id}`
-pub async fn remove(
+pub(crate) async fn remove(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathId(id): PathId,
@@ -215,7 +215,7 @@ pub async fn remove(
     responses((status = 200, description = "Blocked users.", body = BlockList)),
 )]
 /// `GET /v1/blocks`
-pub async fn blocks(
+pub(crate) async fn blocks(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
 ) -> Result<axum::Json<BlockList>, ApiError> {
@@ -237,7 +237,7 @@ pub async fn blocks(
     ),
 )]
 /// `POST /v1/blocks/{user_id}`
-pub async fn block(
+pub(crate) async fn block(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathId(id): PathId,
@@ -261,7 +261,7 @@ pub async fn block(
     ),
 )]
 /// `DELETE /v1/blocks/{user_id}`
-pub async fn unblock(
+pub(crate) async fn unblock(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathId(id): PathId,

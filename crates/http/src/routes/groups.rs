@@ -36,7 +36,7 @@ fn group(raw: &str) -> Result<GroupId, ApiError> {
     ),
 )]
 /// `POST /v1/groups`
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     Json(req): Json<CreateGroupRequest>,
@@ -56,7 +56,7 @@ pub async fn create(
     responses((status = 200, description = "The groups.", body = GroupList)),
 )]
 /// `GET /v1/groups`
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
 ) -> Result<axum::Json<GroupList>, ApiError> {
@@ -78,7 +78,7 @@ pub async fn list(
     ),
 )]
 /// `GET /v1/groups/{id}`
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathId(id): PathId,
@@ -104,7 +104,7 @@ pub async fn get(
     ),
 )]
 /// `PATCH /v1/groups/{id}`
-pub async fn update(
+pub(crate) async fn update(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathId(id): PathId,
@@ -130,7 +130,7 @@ pub async fn update(
     ),
 )]
 /// `DELETE /v1/groups/{id}`
-pub async fn dissolve(
+pub(crate) async fn dissolve(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathId(id): PathId,
@@ -161,7 +161,7 @@ pub async fn dissolve(
     ),
 )]
 /// `POST /v1/groups/{id}/members`
-pub async fn add_members(
+pub(crate) async fn add_members(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathId(id): PathId,
@@ -195,7 +195,7 @@ pub async fn add_members(
     ),
 )]
 /// `DELETE /v1/groups/{id}/members/{user_id}`
-pub async fn remove_member(
+pub(crate) async fn remove_member(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathPair(id, user): PathPair,
@@ -229,7 +229,7 @@ pub async fn remove_member(
     ),
 )]
 /// `PUT /v1/groups/{id}/members/{user_id}`
-pub async fn update_member(
+pub(crate) async fn update_member(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathPair(id, user): PathPair,
@@ -262,7 +262,7 @@ pub async fn update_member(
     ),
 )]
 /// `POST /v1/groups/{id}/join`
-pub async fn join(
+pub(crate) async fn join(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathId(id): PathId,
@@ -288,7 +288,7 @@ pub async fn join(
     ),
 )]
 /// `POST /v1/groups/{id}/transfer`
-pub async fn transfer(
+pub(crate) async fn transfer(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathId(id): PathId,
@@ -317,7 +317,7 @@ pub async fn transfer(
     ),
 )]
 /// `POST /v1/groups/{id}/mute`
-pub async fn mute(
+pub(crate) async fn mute(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathId(id): PathId,

@@ -19,7 +19,7 @@ use crate::error::ApiError;
     responses((status = 200, description = "The process is up.", body = Health)),
 )]
 /// `GET /healthz`: the process is up.
-pub async fn healthz() -> Json<Health> {
+pub(crate) async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
     })
@@ -37,7 +37,7 @@ pub async fn healthz() -> Json<Health> {
     ),
 )]
 /// `GET /readyz`: the process can serve (the store answers).
-pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     state.core.ready().await?;
     Ok(Json(Health {
         status: "ok".into(),
@@ -53,7 +53,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
     responses((status = 200, description = "Prometheus text exposition format 0.0.4.", content_type = "text/plain", body = String)),
 )]
 /// `GET /metrics`: Prometheus text format.
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let hub = state.core.hub();
     let mut body = state
         .metrics

@@ -32,7 +32,7 @@ use crate::extract::{Json, PathId, PathPair, Query, UserAuth, path_id};
     ),
 )]
 /// `POST /v1/messages`
-pub async fn send(
+pub(crate) async fn send(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     Json(req): Json<SendRequest>,
@@ -57,7 +57,7 @@ pub async fn send(
     ),
 )]
 /// `POST /v1/messages/{id}/recall`
-pub async fn recall(
+pub(crate) async fn recall(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathId(id): PathId,
@@ -70,7 +70,7 @@ pub async fn recall(
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct SyncQuery {
+pub(crate) struct SyncQuery {
     /// Events after this seq (0, the default, is the beginning).
     #[serde(default)]
     #[param(minimum = 0)]
@@ -95,7 +95,7 @@ pub struct SyncQuery {
     ),
 )]
 /// `GET /v1/sync?after=SEQ&limit=N`
-pub async fn sync(
+pub(crate) async fn sync(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     Query(q): Query<SyncQuery>,
@@ -117,7 +117,7 @@ pub async fn sync(
     responses((status = 200, description = "The highest seq acknowledged so far.", body = AckResponse)),
 )]
 /// `POST /v1/ack`
-pub async fn ack(
+pub(crate) async fn ack(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     Json(req): Json<AckRequest>,
@@ -138,7 +138,7 @@ pub async fn ack(
     responses((status = 200, description = "The conversations.", body = ConversationList)),
 )]
 /// `GET /v1/conversations`
-pub async fn conversations(
+pub(crate) async fn conversations(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
 ) -> Result<axum::Json<ConversationList>, ApiError> {
@@ -148,7 +148,7 @@ pub async fn conversations(
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct HistoryQuery {
+pub(crate) struct HistoryQuery {
     /// Messages before this position in the conversation (`conv_seq`;
     /// `next_before` of the previous page). The newest when absent.
     #[param(minimum = 1)]
@@ -174,7 +174,7 @@ pub struct HistoryQuery {
     ),
 )]
 /// `GET /v1/conversations/{id}/messages?before=&limit=`
-pub async fn history(
+pub(crate) async fn history(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathId(id): PathId,
@@ -205,7 +205,7 @@ pub async fn history(
     ),
 )]
 /// `POST /v1/conversations/{id}/read`
-pub async fn read(
+pub(crate) async fn read(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathId(id): PathId,
@@ -239,7 +239,7 @@ pub async fn read(
     ),
 )]
 /// `GET /v1/conversations/{id}/messages/{message_id}/reads`
-pub async fn reads(
+pub(crate) async fn reads(
     State(state): State<AppState>,
     UserAuth(auth): UserAuth,
     PathPair(id, message): PathPair,

@@ -1,7 +1,7 @@
 //! Route handlers, one module per area; each handler's doc names its path.
 
-pub mod auth;
-pub mod friends;
-pub mod groups;
-pub mod health;
-pub mod messages;
+pub(crate) mod auth;
+pub(crate) mod friends;
+pub(crate) mod groups;
+pub(crate) mod health;
+pub(crate) mod messages;
