@@ -97,7 +97,7 @@ pub enum LogFormat {
 }
 
 /// `[store]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// `full` syncs every commit to disk (survives power loss); `normal`
@@ -111,6 +111,21 @@ pub struct StoreConfig {
     pub pool_size: usize,
 }
 
+/// A URL that may carry a password: `[redacted]` unless empty.
+fn redacted_url(url: &str) -> &'static str {
+    if url.is_empty() { "" } else { "[redacted]" }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("sync", &self.sync)
+            .field("url", &redacted_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
@@ -122,7 +137,7 @@ impl Default for StoreConfig {
 }
 
 /// `[bus]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BusConfig {
     /// Cluster mode: `redis://[:password@]host:port/[db]` for cross-node
@@ -135,6 +150,17 @@ pub struct BusConfig {
     pub node_id: String,
     /// How long a node's presence entries outlive it if it dies, in seconds.
     pub presence_ttl_secs: u64,
+}
+
+impl std::fmt::Debug for BusConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusConfig")
+            .field("url", &redacted_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("node_id", &self.node_id)
+            .field("presence_ttl_secs", &self.presence_ttl_secs)
+            .finish()
+    }
 }
 
 impl Default for BusConfig {
@@ -342,5 +368,15 @@ mod tests {
                 "unimsg.example.toml does not show `{key}`"
             );
         }
+    }
+
+    #[test]
+    fn store_and_bus_urls_are_redacted_in_debug() {
+        let mut config = Config::default();
+        config.store.url = "postgres://u:hunter2@db/x".into();
+        config.bus.url = "redis://:hunter2@cache:6379".into();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("[redacted]"));
     }
 }
