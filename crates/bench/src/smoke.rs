@@ -467,7 +467,7 @@ impl Server {
         loop {
             match tokio::time::timeout_at(deadline, lines.recv()).await {
                 Ok(Some(line)) => {
-                    if let Some(addr) = listening_addr(&line) {
+                    if let Some(addr) = unimsg_testkit::unimsg::listening_addr(&line) {
                         server.url = format!("http://{addr}");
                         return Ok(server);
                     }
@@ -549,41 +549,9 @@ async fn follow(
     }
 }
 
-/// `ADDR` from a line containing `listening on http://ADDR` (the address
-/// ends at the first character that cannot be part of it, such as a space
-/// or a colour escape).
-fn listening_addr(line: &str) -> Option<&str> {
-    let rest = &line[line.find(LISTENING)? + LISTENING.len()..];
-    let end = rest
-        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']')))
-        .unwrap_or(rest.len());
-    let addr = &rest[..end];
-    (!addr.is_empty()).then_some(addr)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_address_is_read_from_the_log_line() {
-        assert_eq!(
-            listening_addr(
-                "2024-01-01T00:00:00Z  INFO unimsg: listening on http://127.0.0.1:40123"
-            ),
-            Some("127.0.0.1:40123")
-        );
-        assert_eq!(
-            listening_addr("\u{1b}[32m INFO\u{1b}[0m listening on http://127.0.0.1:5\u{1b}[0m x"),
-            Some("127.0.0.1:5")
-        );
-        assert_eq!(
-            listening_addr("listening on http://[::1]:8080 ok"),
-            Some("[::1]:8080")
-        );
-        assert_eq!(listening_addr("starting"), None);
-        assert_eq!(listening_addr("listening on http:// "), None);
-    }
 
     #[test]
     fn every_scenario_has_a_check() {
