@@ -19,8 +19,8 @@ use unimsg_proto::api::TokenPair;
 use unimsg_proto::event::RevokeReason;
 use unimsg_proto::{ErrorDetail, EventType, MessageId, Platform, UserId};
 use unimsg_store::{
-    Admin, NewNotification, NewUser, PasswordHash, StoreError, StoredNotification, User,
-    UserStatus, UserUpdate,
+    Admin, AudiencePart, NewNotification, NewUser, PasswordHash, StoreError, StoredNotification,
+    User, UserStatus, UserUpdate,
 };
 
 use crate::Core;
@@ -503,13 +503,9 @@ impl Core {
         }
         let status = match patch.status.as_deref() {
             None => None,
-            Some("active") => Some(UserStatus::Active),
-            Some("disabled") => Some(UserStatus::Disabled),
-            Some(_) => {
-                return Err(CoreError::BadRequest(
-                    "status must be active or disabled".into(),
-                ));
-            }
+            Some(name) => Some(UserStatus::parse(name).ok_or_else(|| {
+                CoreError::BadRequest("status must be active or disabled".into())
+            })?),
         };
         let password_hash: Option<PasswordHash> = match patch.password {
             Some(p) => {
@@ -677,7 +673,15 @@ impl Core {
         for (i, chunk) in users.chunks(NOTIFY_CHUNK).enumerate() {
             let seqs = self
                 .store
-                .append_notification(notification.clone(), i == 0, chunk.to_vec())
+                .append_notification(
+                    notification.clone(),
+                    if i == 0 {
+                        AudiencePart::First
+                    } else {
+                        AudiencePart::Rest
+                    },
+                    chunk.to_vec(),
+                )
                 .await?;
             recipients += seqs.len();
             let deliveries =

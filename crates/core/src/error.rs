@@ -81,6 +81,7 @@ impl From<StoreError> for CoreError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(what) => CoreError::Conflict(format!("{what} already exists")),
+            StoreError::Stale => CoreError::Conflict("it changed concurrently; try again".into()),
             StoreError::NotFound(what) => CoreError::NotFound(format!("{what} not found")),
             StoreError::Unavailable(d) => CoreError::Unavailable(d),
             StoreError::Internal(d) => CoreError::Internal(d),

@@ -15,7 +15,9 @@ use unimsg_proto::friends::{
     RelationshipOp, RelationshipsResponse, RelationshipsUpdateResponse, UserRelationships,
 };
 use unimsg_proto::{ErrorDetail, EventData, EventType, UserId};
-use unimsg_store::{FriendRequestRow, FriendRow, RequestOutcome, StoredText};
+use unimsg_store::{
+    Answer, BlockChange, FriendRequestRow, FriendRow, FriendshipChange, RequestOutcome, StoredText,
+};
 
 use crate::Core;
 use crate::auth::AuthContext;
@@ -199,12 +201,16 @@ impl Core {
         answer: FriendState,
     ) -> Result<()> {
         let me = &auth.user_id;
-        let accept = answer == FriendState::Friends;
+        let decision = if answer == FriendState::Friends {
+            Answer::Accept
+        } else {
+            Answer::Decline
+        };
         let data = FriendChangedData::new([from.clone(), me.clone()], answer);
         let change = Change::new(me, &data, self.clock.now())?;
         let events = self
             .store
-            .answer_friend_request(from, me, accept, change.at, change.drafts(&[from, me]))
+            .answer_friend_request(from, me, decision, change.at, change.drafts(&[from, me]))
             .await?;
         self.changed(change, &events).await;
         Ok(())
@@ -216,8 +222,7 @@ impl Core {
         auth: &AuthContext,
         direction: RequestDirection,
     ) -> Result<FriendRequestList> {
-        let incoming = direction == RequestDirection::Incoming;
-        let rows = self.store.friend_requests(&auth.user_id, incoming).await?;
+        let rows = self.store.friend_requests(&auth.user_id, direction).await?;
         Ok(FriendRequestList {
             requests: rows
                 .into_iter()
@@ -318,25 +323,25 @@ impl Core {
 
     /// `POST /v1/blocks/{user_id}`
     pub async fn block(&self, auth: &AuthContext, other: &UserId) -> Result<()> {
-        self.set_block(auth, other, true).await
+        self.set_block(auth, other, BlockChange::Block).await
     }
 
     /// `DELETE /v1/blocks/{user_id}`
     pub async fn unblock(&self, auth: &AuthContext, other: &UserId) -> Result<()> {
-        self.set_block(auth, other, false).await
+        self.set_block(auth, other, BlockChange::Unblock).await
     }
 
-    async fn set_block(&self, auth: &AuthContext, other: &UserId, blocked: bool) -> Result<()> {
+    async fn set_block(&self, auth: &AuthContext, other: &UserId, what: BlockChange) -> Result<()> {
         self.other_user(&auth.user_id, other).await?;
         let me = &auth.user_id;
         let data = BlockChangedData {
             user_id: other.clone(),
-            blocked,
+            blocked: what == BlockChange::Block,
         };
         let change = Change::new(me, &data, self.clock.now())?;
         let (changed, events) = self
             .store
-            .set_block(me, other, blocked, change.at, change.drafts(&[me]))
+            .set_block(me, other, what, change.at, change.drafts(&[me]))
             .await?;
         if changed {
             self.changed(change, &events).await;
@@ -419,13 +424,12 @@ impl Core {
         };
         match relation {
             Relation::Friend | Relation::Unfriend => {
-                let friends = relation == Relation::Friend;
-                if self.store.set_friendship(a, b, friends, now).await? {
-                    let state = if friends {
-                        FriendState::Friends
-                    } else {
-                        FriendState::Removed
-                    };
+                let (what, state) = if relation == Relation::Friend {
+                    (FriendshipChange::Befriend, FriendState::Friends)
+                } else {
+                    (FriendshipChange::Unfriend, FriendState::Removed)
+                };
+                if self.store.set_friendship(a, b, what, now).await? {
                     let data = FriendChangedData::new([a.clone(), b.clone()], state);
                     let change = Change::new(a, &data, now)?;
                     let events = self.store.append_events(change.drafts(&[a, b])).await?;
@@ -434,15 +438,19 @@ impl Core {
                 Ok(())
             }
             Relation::Block | Relation::Unblock => {
-                let blocked = relation == Relation::Block;
+                let what = if relation == Relation::Block {
+                    BlockChange::Block
+                } else {
+                    BlockChange::Unblock
+                };
                 let data = BlockChangedData {
                     user_id: b.clone(),
-                    blocked,
+                    blocked: what == BlockChange::Block,
                 };
                 let change = Change::new(a, &data, now)?;
                 let (changed, events) = self
                     .store
-                    .set_block(a, b, blocked, now, change.drafts(&[a]))
+                    .set_block(a, b, what, now, change.drafts(&[a]))
                     .await?;
                 if changed {
                     self.changed(change, &events).await;
@@ -453,12 +461,7 @@ impl Core {
     }
 }
 
-/// Which of a user's pending friend requests: to them or from them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestDirection {
-    Incoming,
-    Outgoing,
-}
+pub use unimsg_store::RequestDirection;
 
 /// The op of one admin relationship update (`RelationshipOp::op`). Parsed
 /// per item, so an unknown op fails that item alone.

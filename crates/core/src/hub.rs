@@ -62,9 +62,19 @@ impl std::fmt::Debug for KillSignal {
     }
 }
 
-/// Queues an item; `true` when the queue is full (a slow consumer).
-fn offer(conn: &Registration, item: Outbound) -> bool {
+/// Queues an item; `Full` means a slow consumer.
+fn offer(conn: &Registration, item: Outbound) -> Pushed {
     conn.queue.push(item)
+}
+
+/// What [`Queue::push`] did with an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pushed {
+    Queued,
+    /// Not queued: the consumer is too slow and must be cut off.
+    Full,
+    /// Dropped: the connection is going away.
+    Closed,
 }
 
 /// One connection's queue of deliveries: bounded, never waits to push,
@@ -99,22 +109,21 @@ impl Queue {
         })
     }
 
-    /// Queues an item; `true` when the queue is full. Once closed, items
-    /// are dropped (the connection is going away).
-    fn push(&self, item: Outbound) -> bool {
+    /// Queues an item unless the queue is full or closed.
+    fn push(&self, item: Outbound) -> Pushed {
         {
             let mut state = self.state.lock();
             if state.closed {
-                return false;
+                return Pushed::Closed;
             }
             if state.items.len() >= self.limit {
-                return true;
+                return Pushed::Full;
             }
             state.items.push_back(item);
         }
         // A permit is kept when the reader is not waiting yet.
         self.ready.notify_one();
-        false
+        Pushed::Queued
     }
 
     fn close(&self) {
@@ -337,7 +346,7 @@ impl Hub {
                 return;
             };
             for conn in conns {
-                if offer(conn, Outbound::Event(delivery.clone())) {
+                if offer(conn, Outbound::Event(delivery.clone())) == Pushed::Full {
                     slow.push(conn.id);
                 }
             }
@@ -371,7 +380,7 @@ impl Hub {
                         None => Outbound::Broadcast,
                     };
                     for conn in conns {
-                        if offer(conn, item.clone()) {
+                        if offer(conn, item.clone()) == Pushed::Full {
                             slow.push((user.clone(), conn.id));
                         }
                     }
@@ -391,7 +400,7 @@ impl Hub {
                 let shard = shard.read();
                 for (user, conns) in shard.iter() {
                     for conn in conns {
-                        if offer(conn, Outbound::Broadcast) {
+                        if offer(conn, Outbound::Broadcast) == Pushed::Full {
                             slow.push((user.clone(), conn.id));
                         }
                     }
@@ -563,16 +572,16 @@ mod tests {
             let q = q.clone();
             tokio::spawn(async move { q.recv().await.map(seq_of) })
         };
-        assert!(!q.push(Outbound::Event(delivery(&user, 1))));
+        assert_eq!(q.push(Outbound::Event(delivery(&user, 1))), Pushed::Queued);
         assert_eq!(reader.await.unwrap(), Some(Seq(1)));
-        assert!(!q.push(Outbound::Event(delivery(&user, 2))));
-        assert!(!q.push(Outbound::Event(delivery(&user, 3))));
-        assert!(q.push(Outbound::Event(delivery(&user, 4))), "full");
+        assert_eq!(q.push(Outbound::Event(delivery(&user, 2))), Pushed::Queued);
+        assert_eq!(q.push(Outbound::Event(delivery(&user, 3))), Pushed::Queued);
+        assert_eq!(q.push(Outbound::Event(delivery(&user, 4))), Pushed::Full);
         q.close();
         assert_eq!(q.recv().await.map(seq_of), Some(Seq(2)));
         assert_eq!(q.recv().await.map(seq_of), Some(Seq(3)));
         assert!(q.recv().await.is_none());
-        assert!(!q.push(Outbound::Broadcast), "closed: dropped, not full");
+        assert_eq!(q.push(Outbound::Broadcast), Pushed::Closed);
         assert!(matches!(q.pop(), Next::Closed));
     }
 

@@ -29,7 +29,7 @@ use crate::inbox::{
     append_drafts, append_message_events, bump_conversation, duplicate_of, insert_message,
     lost_race, mark_send,
 };
-use crate::{DbResult, PgStore, broadcast_clock, column, lock_users, read};
+use crate::{DbResult, PgStore, UnknownUsers, broadcast_clock, column, lock_users, read};
 
 /// A group that exists and is not dissolved.
 async fn group_by_id(client: &impl GenericClient, id: &GroupId) -> DbResult<Option<GroupRow>> {
@@ -277,7 +277,7 @@ impl Groups for PgStore {
                 group.created_at,
             )
             .await?;
-            let events = append_drafts(tx, &events, true).await?;
+            let events = append_drafts(tx, &events, UnknownUsers::Skip).await?;
             let row = group_by_id(tx, &group.group_id)
                 .await?
                 .ok_or_else(|| corrupt("new group"))?;
@@ -362,7 +362,7 @@ impl Groups for PgStore {
             broadcast_clock(tx).await?;
             // The version is checked under the group's row lock: a change
             // decided on the same version on another node waits here and
-            // then fails with GROUP_CHANGED.
+            // then fails as `Stale`.
             let lock = tx
                 .prepare_cached(
                     "SELECT version FROM chat_groups \
@@ -402,7 +402,7 @@ impl Groups for PgStore {
                 )
                 .await?;
             tx.execute(&stmt, &[&id.as_str(), &ms(at)]).await?;
-            let events = append_drafts(tx, &events, true).await?;
+            let events = append_drafts(tx, &events, UnknownUsers::Skip).await?;
             let after = group_by_id(tx, id).await?;
             Ok((changed_group(before, after), events))
         })
@@ -466,7 +466,7 @@ async fn append_group_message(store: &PgStore, message: NewMessage) -> Result<Ap
         };
         // Members are users (deleting a user removes their memberships);
         // one deleted concurrently is skipped rather than failing the send.
-        let events = append_message_events(tx, &stored, &members, true).await?;
+        let events = append_message_events(tx, &stored, &members, UnknownUsers::Skip).await?;
         Ok(AppendOutcome::Created {
             message: stored,
             events,

@@ -25,7 +25,9 @@ use unimsg_store::{
 };
 
 use crate::broadcasts::broadcasts_between;
-use crate::{DbResult, InboxRow, PgStore, append_inbox, broadcast_clock, column, read, unique};
+use crate::{
+    DbResult, InboxRow, PgStore, UnknownUsers, append_inbox, broadcast_clock, column, read, unique,
+};
 
 /// The savepoint a send with a `client_msg_id` rolls back to when a
 /// concurrent send of the same message won the idempotency index.
@@ -168,13 +170,13 @@ pub(crate) async fn insert_message(
 }
 
 /// Appends one `message.new` event per recipient, each carrying the
-/// message, with one [`append_inbox`] call. With `skip_unknown`, users
+/// message, with one [`append_inbox`] call. With `UnknownUsers::Skip`, users
 /// deleted meanwhile get nothing; otherwise they are `NotFound("user")`.
 pub(crate) async fn append_message_events(
     tx: &Transaction<'_>,
     stored: &StoredMessage,
     recipients: &[UserId],
-    skip_unknown: bool,
+    unknown: UnknownUsers,
 ) -> DbResult<Vec<StoredEvent>> {
     let rows: Vec<InboxRow<'_>> = recipients
         .iter()
@@ -186,7 +188,7 @@ pub(crate) async fn append_message_events(
             at: stored.created_at,
         })
         .collect();
-    let seqs = append_inbox(tx, &rows, skip_unknown).await?;
+    let seqs = append_inbox(tx, &rows, unknown).await?;
     let body = Box::new(stored.clone());
     Ok(recipients
         .iter()
@@ -205,11 +207,11 @@ pub(crate) async fn append_message_events(
 
 /// Appends events that carry their own data with one [`append_inbox`]
 /// call, in input order. Unknown users are `NotFound("user")`, or skipped
-/// with `skip_unknown`.
+/// with `UnknownUsers::Skip`.
 pub(crate) async fn append_drafts(
     tx: &Transaction<'_>,
     drafts: &[EventDraft],
-    skip_unknown: bool,
+    unknown: UnknownUsers,
 ) -> DbResult<Vec<StoredEvent>> {
     let rows: Vec<InboxRow<'_>> = drafts
         .iter()
@@ -221,7 +223,7 @@ pub(crate) async fn append_drafts(
             at: d.at,
         })
         .collect();
-    let seqs = append_inbox(tx, &rows, skip_unknown).await?;
+    let seqs = append_inbox(tx, &rows, unknown).await?;
     Ok(drafts
         .iter()
         .zip(seqs)
@@ -369,7 +371,8 @@ impl Inbox for PgStore {
                 &[&message.conversation_id.as_str(), &members.as_slice()],
             )
             .await?;
-            let events = append_message_events(tx, &stored, &recipients, false).await?;
+            let events =
+                append_message_events(tx, &stored, &recipients, UnknownUsers::Fail).await?;
             Ok(AppendOutcome::Created {
                 message: stored,
                 events,
@@ -378,7 +381,8 @@ impl Inbox for PgStore {
     }
 
     async fn append_events(&self, events: Vec<EventDraft>) -> Result<Vec<StoredEvent>> {
-        transaction!(self, |tx| append_drafts(tx, &events, false).await)
+        transaction!(self, |tx| append_drafts(tx, &events, UnknownUsers::Fail)
+            .await)
     }
 
     async fn events_after(
@@ -477,7 +481,7 @@ impl Inbox for PgStore {
                 )
                 .await?;
             if moved == 1 {
-                return Ok((upto, append_drafts(tx, &events, false).await?));
+                return Ok((upto, append_drafts(tx, &events, UnknownUsers::Fail).await?));
             }
             let stmt = tx
                 .prepare_cached(
@@ -517,7 +521,7 @@ impl Inbox for PgStore {
                     None => Err(StoreError::NotFound("message").into()),
                 };
             }
-            append_drafts(tx, &events, false).await
+            append_drafts(tx, &events, UnknownUsers::Fail).await
         })
     }
 

@@ -137,21 +137,13 @@ impl PgStore {
     }
 }
 
-/// Prefix of the errors that [`transaction!`] retries.
-const RETRY: &str = "retry: ";
-
-/// Maps a driver error: lost connections are "unavailable" (the caller may
-/// retry, HTTP 503), deadlocks and serialization failures are retried by
-/// [`transaction!`], unique violations are left to the caller
-/// ([`unique`]), anything else is internal.
+/// Maps a driver error: lost connections, and deadlocks or serialization
+/// failures that [`transaction!`] gave up retrying, are "unavailable" (the
+/// caller may retry, HTTP 503); unique violations are left to the caller
+/// ([`unique`]); anything else is internal.
 pub(crate) fn pg(e: tokio_postgres::Error) -> StoreError {
     match e.code() {
-        Some(c)
-            if *c == SqlState::T_R_DEADLOCK_DETECTED
-                || *c == SqlState::T_R_SERIALIZATION_FAILURE =>
-        {
-            StoreError::Unavailable(format!("{RETRY}{e}"))
-        }
+        Some(c) if is_contention(c) => StoreError::Unavailable(format!("PostgreSQL: {e}")),
         Some(c) if c.code().starts_with("08") || c.code().starts_with("57P") => {
             StoreError::Unavailable(format!("PostgreSQL: {e}"))
         }
@@ -208,9 +200,17 @@ impl From<Error> for StoreError {
 /// The result of the code that runs on a connection.
 pub(crate) type DbResult<T> = std::result::Result<T, Error>;
 
-/// Whether [`transaction!`] should run the transaction again.
-pub(crate) fn retryable(e: &StoreError) -> bool {
-    matches!(e, StoreError::Unavailable(m) if m.starts_with(RETRY))
+/// A deadlock or a serialization failure: the transaction lost a race with
+/// another and may simply run again.
+fn is_contention(code: &SqlState) -> bool {
+    *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE
+}
+
+impl Error {
+    /// Whether [`transaction!`] should run the transaction again.
+    pub(crate) fn is_retryable(&self) -> bool {
+        matches!(self, Self::Pg(e) if e.code().is_some_and(is_contention))
+    }
 }
 
 /// Reads column `i`; a value of an unexpected type is a corrupt row, not a
@@ -275,15 +275,23 @@ pub(crate) async fn broadcast_clock(tx: &deadpool_postgres::Transaction<'_>) -> 
     Ok(row.get(0))
 }
 
+/// What [`append_inbox`] does with a row for a user that does not exist
+/// (deleted meanwhile): fail the transaction, or give that row no seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UnknownUsers {
+    Fail,
+    Skip,
+}
+
 /// Appends inbox rows in one go and returns each row's visible seq, in
 /// input order. Locks the broadcast clock and then every user involved in
 /// user-id order, bumps each user's seq by the number of their rows and
 /// inserts the rows with one statement. Unknown users are `NotFound("user")`,
-/// or `None` with `skip_unknown`.
+/// or `None` with `UnknownUsers::Skip`.
 pub(crate) async fn append_inbox(
     tx: &deadpool_postgres::Transaction<'_>,
     rows: &[InboxRow<'_>],
-    skip_unknown: bool,
+    unknown: UnknownUsers,
 ) -> DbResult<Vec<Option<Seq>>> {
     if rows.is_empty() {
         return Ok(Vec::new());
@@ -316,7 +324,7 @@ pub(crate) async fn append_inbox(
     );
     for row in rows {
         let Some((last, base)) = state.get_mut(row.user.as_str()) else {
-            if skip_unknown {
+            if unknown == UnknownUsers::Skip {
                 seqs.push(None);
                 continue;
             }

@@ -18,21 +18,20 @@ macro_rules! transaction {
                 let $tx = &tx_handle;
                 async { $body }.await
             };
-            let outcome = outcome.map_err(::unimsg_store::StoreError::from);
             let outcome = match outcome {
                 Ok(value) => tx_handle
                     .commit()
                     .await
-                    .map_err($crate::pg)
+                    .map_err($crate::Error::from)
                     .map(|()| value),
                 Err(e) => Err(e),
             };
             match outcome {
-                Err(e) if $crate::retryable(&e) && attempt < 5 => {
+                Err(e) if e.is_retryable() && attempt < 5 => {
                     attempt += 1;
-                    tracing::debug!(error = %e, attempt, "transaction retried");
+                    tracing::debug!(error = %::unimsg_store::StoreError::from(e), attempt, "transaction retried");
                 }
-                other => break other,
+                other => break other.map_err(::unimsg_store::StoreError::from),
             }
         }
     }};

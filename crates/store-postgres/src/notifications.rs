@@ -8,17 +8,18 @@ use time::OffsetDateTime;
 use unimsg_proto::{EventType, MessageId, Seq, UserId};
 use unimsg_store::sql::{NOTIFICATION_COLUMNS, ms, read_notification, to_i64, to_u64, user_id};
 use unimsg_store::{
-    NewNotification, NotificationStatus, Notifications, Result, StoreError, StoredNotification,
+    AudiencePart, NewNotification, NotificationStatus, Notifications, Result, StoreError,
+    StoredNotification,
 };
 
-use crate::{InboxRow, PgStore, append_inbox, column, read, unique};
+use crate::{InboxRow, PgStore, UnknownUsers, append_inbox, column, read, unique};
 
 #[async_trait]
 impl Notifications for PgStore {
     async fn append_notification(
         &self,
         n: NewNotification,
-        first: bool,
+        part: AudiencePart,
         recipients: Vec<UserId>,
     ) -> Result<Vec<(UserId, Seq)>> {
         // A known user listed twice fails the whole call, as in the embedded
@@ -33,7 +34,7 @@ impl Notifications for PgStore {
         repeated.sort_unstable();
         repeated.dedup();
         transaction!(self, |tx| {
-            if first {
+            if part == AudiencePart::First {
                 let insert = tx
                     .prepare_cached(
                         "INSERT INTO notifications (message_id, kind, sender, key_id, nonce, content, created_at) \
@@ -76,7 +77,7 @@ impl Notifications for PgStore {
                     at: n.created_at,
                 })
                 .collect();
-            let seqs = append_inbox(tx, &rows, true).await?;
+            let seqs = append_inbox(tx, &rows, UnknownUsers::Skip).await?;
             let mut out = Vec::with_capacity(recipients.len());
             let (mut users, mut raw): (Vec<&str>, Vec<i64>) = (Vec::new(), Vec::new());
             let mut delivered = HashSet::with_capacity(recipients.len());

@@ -17,12 +17,12 @@ use unimsg_store::sql::{
     read_friend_request, text_columns, user_id,
 };
 use unimsg_store::{
-    EventDraft, FriendRequestRow, FriendRow, Relationships, RequestOutcome, Result, StoreError,
-    StoredEvent,
+    Answer, BlockChange, EventDraft, FriendRequestRow, FriendRow, FriendshipChange, Relationships,
+    RequestDirection, RequestOutcome, Result, StoreError, StoredEvent,
 };
 
 use crate::inbox::append_drafts;
-use crate::{DbResult, PgStore, broadcast_clock, column, lock_users, read};
+use crate::{DbResult, PgStore, UnknownUsers, broadcast_clock, column, lock_users, read};
 
 /// Where `from` and `to` stand: (friends, `from → to` pending,
 /// `to → from` pending).
@@ -122,7 +122,7 @@ impl Relationships for PgStore {
             }
             if asked_back {
                 befriend(tx, from, to, request.created_at).await?;
-                let events = append_drafts(tx, &friends_events, false).await?;
+                let events = append_drafts(tx, &friends_events, UnknownUsers::Fail).await?;
                 return Ok((RequestOutcome::Friends, events));
             }
             let stmt = tx
@@ -148,7 +148,7 @@ impl Relationships for PgStore {
                 ],
             )
             .await?;
-            let events = append_drafts(tx, &request_events, false).await?;
+            let events = append_drafts(tx, &request_events, UnknownUsers::Fail).await?;
             Ok((RequestOutcome::Pending, events))
         })
     }
@@ -157,7 +157,7 @@ impl Relationships for PgStore {
         &self,
         from: &UserId,
         to: &UserId,
-        accept: bool,
+        answer: Answer,
         at: OffsetDateTime,
         events: Vec<EventDraft>,
     ) -> Result<Vec<StoredEvent>> {
@@ -167,7 +167,7 @@ impl Relationships for PgStore {
             if !pending {
                 return Err(StoreError::NotFound("friend request").into());
             }
-            if accept {
+            if answer == Answer::Accept {
                 befriend(tx, from, to, at).await?;
             } else {
                 let stmt = tx
@@ -179,18 +179,18 @@ impl Relationships for PgStore {
                 tx.execute(&stmt, &[&from.as_str(), &to.as_str(), &ms(at)])
                     .await?;
             }
-            append_drafts(tx, &events, false).await
+            append_drafts(tx, &events, UnknownUsers::Fail).await
         })
     }
 
     async fn friend_requests(
         &self,
         user: &UserId,
-        incoming: bool,
+        direction: RequestDirection,
     ) -> Result<Vec<FriendRequestRow>> {
         // SQLite leaves ties in created_at to its scan order; here they go
         // by the pair, bytewise like SQLite's BINARY collation.
-        let (column, other) = if incoming {
+        let (column, other) = if direction == RequestDirection::Incoming {
             ("to_id", "from_id")
         } else {
             ("from_id", "to_id")
@@ -252,7 +252,7 @@ impl Relationships for PgStore {
             if !unfriend(tx, user, friend).await? {
                 return Ok((false, Vec::new()));
             }
-            Ok((true, append_drafts(tx, &events, false).await?))
+            Ok((true, append_drafts(tx, &events, UnknownUsers::Fail).await?))
         })
     }
 
@@ -289,7 +289,7 @@ impl Relationships for PgStore {
         &self,
         user: &UserId,
         other: &UserId,
-        blocked: bool,
+        change: BlockChange,
         at: OffsetDateTime,
         events: Vec<EventDraft>,
     ) -> Result<(bool, Vec<StoredEvent>)> {
@@ -298,7 +298,7 @@ impl Relationships for PgStore {
             if !known.contains(other.as_str()) {
                 return Err(StoreError::NotFound("user").into());
             }
-            let changed = if blocked {
+            let changed = if change == BlockChange::Block {
                 let stmt = tx
                     .prepare_cached(
                         "INSERT INTO blocks (user_id, blocked_id, created_at) VALUES ($1, $2, $3) \
@@ -317,7 +317,7 @@ impl Relationships for PgStore {
             if changed == 0 {
                 return Ok((false, Vec::new()));
             }
-            Ok((true, append_drafts(tx, &events, false).await?))
+            Ok((true, append_drafts(tx, &events, UnknownUsers::Fail).await?))
         })
     }
 
@@ -356,7 +356,7 @@ impl Relationships for PgStore {
         &self,
         a: &UserId,
         b: &UserId,
-        friends: bool,
+        change: FriendshipChange,
         at: OffsetDateTime,
     ) -> Result<bool> {
         transaction!(self, |tx| {
@@ -364,7 +364,7 @@ impl Relationships for PgStore {
             if !known.contains(a.as_str()) || !known.contains(b.as_str()) {
                 return Err(StoreError::NotFound("user").into());
             }
-            if friends {
+            if change == FriendshipChange::Befriend {
                 befriend(tx, a, b, at).await
             } else {
                 unfriend(tx, a, b).await

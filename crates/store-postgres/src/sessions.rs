@@ -14,7 +14,9 @@ use unimsg_store::{
     StoreError, StoredEvent, TokenHash,
 };
 
-use crate::{DbResult, InboxRow, PgStore, append_inbox, broadcast_clock, column, read, unique};
+use crate::{
+    DbResult, InboxRow, PgStore, UnknownUsers, append_inbox, broadcast_clock, column, read, unique,
+};
 
 async fn session_by_id<C: GenericClient>(client: &C, id: &str) -> DbResult<Option<Session>> {
     let stmt = client
@@ -73,7 +75,7 @@ async fn revoke(tx: &Transaction<'_>, revocations: &[Revocation]) -> DbResult<Ve
             at: r.at,
         })
         .collect();
-    let seqs = append_inbox(tx, &rows, false).await?;
+    let seqs = append_inbox(tx, &rows, UnknownUsers::Fail).await?;
     revoked
         .into_iter()
         .zip(seqs)

@@ -7,7 +7,8 @@ use time::OffsetDateTime;
 use unimsg_proto::{EventType, MessageId, Seq, UserId};
 use unimsg_store::sql::{NOTIFICATION_COLUMNS, ms, read_notification, to_i64, to_u64, user_id};
 use unimsg_store::{
-    NewNotification, NotificationStatus, Notifications, Result, StoreError, StoredNotification,
+    AudiencePart, NewNotification, NotificationStatus, Notifications, Result, StoreError,
+    StoredNotification,
 };
 
 use crate::inbox::insert_event;
@@ -25,11 +26,11 @@ impl Notifications for SqliteStore {
     async fn append_notification(
         &self,
         n: NewNotification,
-        first: bool,
+        part: AudiencePart,
         recipients: Vec<UserId>,
     ) -> Result<Vec<(UserId, Seq)>> {
         self.write(move |conn| {
-            if first {
+            if part == AudiencePart::First {
                 conn.execute(
                     "INSERT INTO notifications (message_id, kind, sender, key_id, nonce, content, created_at) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

@@ -9,8 +9,8 @@ use unimsg_store::sql::{
     read_friend_request, text_columns, user_id,
 };
 use unimsg_store::{
-    EventDraft, FriendRequestRow, FriendRow, Relationships, RequestOutcome, Result, StoreError,
-    StoredEvent,
+    Answer, BlockChange, EventDraft, FriendRequestRow, FriendRow, FriendshipChange, Relationships,
+    RequestDirection, RequestOutcome, Result, StoreError, StoredEvent,
 };
 
 use crate::inbox::append_drafts;
@@ -111,7 +111,7 @@ impl Relationships for SqliteStore {
         &self,
         from: &UserId,
         to: &UserId,
-        accept: bool,
+        answer: Answer,
         at: OffsetDateTime,
         events: Vec<EventDraft>,
     ) -> Result<Vec<StoredEvent>> {
@@ -120,7 +120,7 @@ impl Relationships for SqliteStore {
             if !pending(conn, &from, &to)? {
                 return Err(StoreError::NotFound("friend request").into());
             }
-            if accept {
+            if answer == Answer::Accept {
                 befriend(conn, &from, &to, at)?;
             } else {
                 conn.execute(
@@ -136,11 +136,15 @@ impl Relationships for SqliteStore {
     async fn friend_requests(
         &self,
         user: &UserId,
-        incoming: bool,
+        direction: RequestDirection,
     ) -> Result<Vec<FriendRequestRow>> {
         let user = user.clone();
         self.read(move |conn| {
-            let column = if incoming { "to_id" } else { "from_id" };
+            let column = if direction == RequestDirection::Incoming {
+                "to_id"
+            } else {
+                "from_id"
+            };
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {FRIEND_REQUEST_COLUMNS} FROM friend_requests \
                      WHERE {column} = ?1 AND state = 'pending' ORDER BY created_at"
@@ -209,7 +213,7 @@ impl Relationships for SqliteStore {
         &self,
         user: &UserId,
         other: &UserId,
-        blocked: bool,
+        change: BlockChange,
         at: OffsetDateTime,
         events: Vec<EventDraft>,
     ) -> Result<(bool, Vec<StoredEvent>)> {
@@ -218,7 +222,7 @@ impl Relationships for SqliteStore {
             if !user_exists(conn, &other)? {
                 return Err(StoreError::NotFound("user").into());
             }
-            let changed = if blocked {
+            let changed = if change == BlockChange::Block {
                 conn.execute(
                     "INSERT OR IGNORE INTO blocks (user_id, blocked_id, created_at) VALUES (?1, ?2, ?3)",
                     params![user.as_str(), other.as_str(), ms(at)],
@@ -272,7 +276,7 @@ impl Relationships for SqliteStore {
         &self,
         a: &UserId,
         b: &UserId,
-        friends: bool,
+        change: FriendshipChange,
         at: OffsetDateTime,
     ) -> Result<bool> {
         let (a, b) = (a.clone(), b.clone());
@@ -280,7 +284,7 @@ impl Relationships for SqliteStore {
             if !user_exists(conn, &a)? || !user_exists(conn, &b)? {
                 return Err(StoreError::NotFound("user").into());
             }
-            if friends {
+            if change == FriendshipChange::Befriend {
                 befriend(conn, &a, &b, at)
             } else {
                 unfriend(conn, &a, &b)

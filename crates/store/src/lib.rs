@@ -27,6 +27,10 @@ pub enum StoreError {
     /// A uniqueness rule was violated; the string names what clashed.
     #[error("conflict: {0}")]
     Conflict(&'static str),
+    /// The row changed after the version a change was decided on (see
+    /// [`Groups::change_group`]); the caller decides again.
+    #[error("changed concurrently")]
+    Stale,
     /// A referenced row does not exist.
     #[error("not found: {0}")]
     NotFound(&'static str),
@@ -74,19 +78,22 @@ pub trait Relationships: Send + Sync {
         request_events: Vec<EventDraft>,
         friends_events: Vec<EventDraft>,
     ) -> Result<(RequestOutcome, Vec<StoredEvent>)>;
-    /// Accepts (`true`) or declines the pending request `from → to`.
+    /// Accepts or declines the pending request `from → to`.
     /// `NotFound` when there is none.
     async fn answer_friend_request(
         &self,
         from: &UserId,
         to: &UserId,
-        accept: bool,
+        answer: Answer,
         at: OffsetDateTime,
         events: Vec<EventDraft>,
     ) -> Result<Vec<StoredEvent>>;
-    /// Pending requests to (`incoming`) or from the user.
-    async fn friend_requests(&self, user: &UserId, incoming: bool)
-    -> Result<Vec<FriendRequestRow>>;
+    /// Pending requests to or from the user.
+    async fn friend_requests(
+        &self,
+        user: &UserId,
+        direction: RequestDirection,
+    ) -> Result<Vec<FriendRequestRow>>;
     async fn friends(&self, user: &UserId) -> Result<Vec<FriendRow>>;
     async fn are_friends(&self, a: &UserId, b: &UserId) -> Result<bool>;
     /// Ends a friendship on both sides; `false` if there was none.
@@ -109,7 +116,7 @@ pub trait Relationships: Send + Sync {
         &self,
         user: &UserId,
         other: &UserId,
-        blocked: bool,
+        change: BlockChange,
         at: OffsetDateTime,
         events: Vec<EventDraft>,
     ) -> Result<(bool, Vec<StoredEvent>)>;
@@ -121,7 +128,7 @@ pub trait Relationships: Send + Sync {
         &self,
         a: &UserId,
         b: &UserId,
-        friends: bool,
+        change: FriendshipChange,
         at: OffsetDateTime,
     ) -> Result<bool>;
 }
@@ -138,13 +145,13 @@ pub trait Admins: Send + Sync {
 /// per recipient.
 #[async_trait]
 pub trait Notifications: Send + Sync {
-    /// Stores the notification (when `first`) and appends `notification.new`
+    /// Stores the notification (with the `First` part) and appends `notification.new`
     /// to each recipient's inbox. Unknown users are skipped. Returns each
     /// recipient's seq. Large audiences are appended in several calls.
     async fn append_notification(
         &self,
         notification: NewNotification,
-        first: bool,
+        part: AudiencePart,
         recipients: Vec<UserId>,
     ) -> Result<Vec<(UserId, Seq)>>;
     async fn notification(&self, id: &MessageId) -> Result<Option<StoredNotification>>;
@@ -338,10 +345,6 @@ pub trait Inbox: Send + Sync {
     ) -> Result<Vec<StoredMessage>>;
 }
 
-/// What [`Groups::change_group`] fails with when the group changed after
-/// the version the change was decided on; the caller decides again.
-pub const GROUP_CHANGED: &str = "group changed concurrently";
-
 /// Groups, their members and roles, and group messages. Changes are
 /// decided by the caller on a snapshot ([`GroupRow::version`]) and applied
 /// only if the group is still at that version, with the inbox events they
@@ -365,7 +368,7 @@ pub trait Groups: Send + Sync {
     /// The groups `user` belongs to, with their membership, newest first.
     async fn user_groups(&self, user: &UserId) -> Result<Vec<(GroupRow, MemberRow)>>;
     /// Applies `edits` in order if the group is still at `version`
-    /// (otherwise `Conflict(GROUP_CHANGED)`), moves the version on and
+    /// (otherwise [`StoreError::Stale`]), moves the version on and
     /// appends `events` (users deleted meanwhile are skipped). Returns the
     /// group after the change (as it was, for a dissolution).
     async fn change_group(

@@ -42,6 +42,13 @@ impl UserStatus {
             UserStatus::Disabled => "disabled",
         }
     }
+
+    /// The status named `name` on the wire (`active`, `disabled`).
+    pub fn parse(name: &str) -> Option<Self> {
+        [UserStatus::Active, UserStatus::Disabled]
+            .into_iter()
+            .find(|s| s.as_str() == name)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -366,6 +373,42 @@ pub enum StoredText {
     Sealed(Sealed),
     /// A row from before sealing; never written any more by the core.
     Plain(String),
+}
+
+/// Which of a user's pending friend requests: to them or from them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestDirection {
+    Incoming,
+    Outgoing,
+}
+
+/// What the addressee of a friend request does with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Accept,
+    Decline,
+}
+
+/// Whether a block is put on or lifted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockChange {
+    Block,
+    Unblock,
+}
+
+/// Whether a friendship is made or ended (the admin batch update).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FriendshipChange {
+    Befriend,
+    Unfriend,
+}
+
+/// Which part of a notification's audience an append carries: the first
+/// part also stores the notification itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudiencePart {
+    First,
+    Rest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

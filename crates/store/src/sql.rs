@@ -15,8 +15,8 @@ use unimsg_proto::{
 };
 
 use crate::{
-    Admin, AuditRow, EventBody, FriendRequestRow, FriendRow, GROUP_CHANGED, GroupRow, MemberRow,
-    PasswordHash, RefreshOutcome, Result, Sealed, Session, StoreError, StoredEvent, StoredMessage,
+    Admin, AuditRow, EventBody, FriendRequestRow, FriendRow, GroupRow, MemberRow, PasswordHash,
+    RefreshOutcome, Result, Sealed, Session, StoreError, StoredEvent, StoredMessage,
     StoredNotification, StoredText, User, UserStatus, WrappedKey,
 };
 
@@ -129,11 +129,7 @@ pub fn read_user(row: &dyn SqlRow) -> Result<User> {
         username: row.text(1)?,
         display_name: row.text(2)?,
         password_hash: row.text_opt(3)?.map(PasswordHash),
-        status: if row.text(4)? == "disabled" {
-            UserStatus::Disabled
-        } else {
-            UserStatus::Active
-        },
+        status: UserStatus::parse(&row.text(4)?).ok_or_else(|| corrupt("user status"))?,
         created_at: from_ms(row.int(5)?)?,
     })
 }
@@ -146,10 +142,12 @@ pub const SESSION_COLUMNS: &str = "session_id, user_id, platform, device_id, cre
 /// Reads the [`SESSION_COLUMNS`].
 pub fn read_session(row: &dyn SqlRow) -> Result<Session> {
     Ok(Session {
-        user_status: match row.text_opt(6)?.as_deref() {
-            Some("active") => UserStatus::Active,
-            _ => UserStatus::Disabled,
-        },
+        // A session whose user is gone counts as disabled.
+        user_status: row
+            .text_opt(6)?
+            .as_deref()
+            .and_then(UserStatus::parse)
+            .unwrap_or(UserStatus::Disabled),
         session_id: SessionId::parse(row.text(0)?).map_err(|_| corrupt("session id"))?,
         user_id: user_id(row.text(1)?)?,
         platform: Platform::parse(row.text(2)?).map_err(|_| corrupt("platform"))?,
@@ -326,7 +324,7 @@ pub fn check_version(current: u64, decided_on: u64) -> Result<()> {
     if current == decided_on {
         Ok(())
     } else {
-        Err(StoreError::Conflict(GROUP_CHANGED))
+        Err(StoreError::Stale)
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use time::OffsetDateTime;
 use unimsg_proto::groups::{GroupAction, GroupChanged, GroupRole};
 use unimsg_proto::{GroupId, UserId};
-use unimsg_store::{GROUP_CHANGED, GroupEdit, GroupRow, MemberRow, StoreError};
+use unimsg_store::{GroupEdit, GroupRow, MemberRow, StoreError};
 
 use super::{GroupActor, distinct, group_not_found, info, not_a_member};
 use crate::Core;
@@ -189,7 +189,7 @@ impl Core {
                     self.changed(change, &events).await;
                     return Ok(row);
                 }
-                Err(StoreError::Conflict(what)) if what == GROUP_CHANGED => continue,
+                Err(StoreError::Stale) => continue,
                 Err(StoreError::NotFound("user")) => {
                     return Err(CoreError::NotFound("user not found".into()));
                 }

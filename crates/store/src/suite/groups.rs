@@ -114,7 +114,7 @@ pub async fn groups(store: Arc<dyn Store>) {
                 vec![]
             )
             .await,
-        Err(StoreError::Conflict(GROUP_CHANGED))
+        Err(StoreError::Stale)
     ));
     let b_member = store
         .group_member(&gid, &b)

@@ -39,9 +39,10 @@ use unimsg_proto::{
 };
 
 use crate::{
-    Admin, AppendOutcome, AuditDraft, AuditQuery, EventBody, EventDraft, GROUP_CHANGED, GroupEdit,
-    NewGroup, NewMessage, NewNotification, NewRefreshToken, NewSession, NewUser, RefreshOutcome,
-    Revocation, Sealed, Store, StoreError, TokenHash, UserUpdate,
+    Admin, Answer, AppendOutcome, AudiencePart, AuditDraft, AuditQuery, BlockChange, EventBody,
+    EventDraft, FriendshipChange, GroupEdit, NewGroup, NewMessage, NewNotification,
+    NewRefreshToken, NewSession, NewUser, RefreshOutcome, RequestDirection, Revocation, Sealed,
+    Store, StoreError, TokenHash, UserUpdate,
 };
 
 fn uid(s: &str) -> UserId {

@@ -32,12 +32,16 @@ pub async fn notifications(store: Arc<dyn Store>) {
         created_at: now(),
     };
     let seqs = store
-        .append_notification(n.clone(), true, vec![uid("im1"), uid("ghost")])
+        .append_notification(
+            n.clone(),
+            AudiencePart::First,
+            vec![uid("im1"), uid("ghost")],
+        )
         .await
         .unwrap();
     assert_eq!(seqs, vec![(uid("im1"), Seq(1))]);
     let more = store
-        .append_notification(n.clone(), false, vec![uid("im3")])
+        .append_notification(n.clone(), AudiencePart::Rest, vec![uid("im3")])
         .await
         .unwrap();
     assert_eq!(more, vec![(uid("im3"), Seq(1))]);

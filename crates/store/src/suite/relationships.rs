@@ -38,7 +38,10 @@ pub async fn relationships(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(again, crate::RequestOutcome::Unchanged);
-    let incoming = store.friend_requests(&b, true).await.unwrap();
+    let incoming = store
+        .friend_requests(&b, RequestDirection::Incoming)
+        .await
+        .unwrap();
     assert_eq!(
         incoming.iter().map(|r| r.from.clone()).collect::<Vec<_>>(),
         vec![a.clone()]
@@ -54,27 +57,33 @@ pub async fn relationships(store: Arc<dyn Store>) {
         ..req(&c, &b)
     };
     store.request_friend(legacy, vec![], vec![]).await.unwrap();
-    let from_c = store.friend_requests(&c, false).await.unwrap();
+    let from_c = store
+        .friend_requests(&c, RequestDirection::Outgoing)
+        .await
+        .unwrap();
     assert_eq!(
         from_c[0].message,
         Some(crate::StoredText::Plain("old words".into()))
     );
     // Asked again with sealed text, the row holds only the sealed text.
     store
-        .answer_friend_request(&c, &b, false, now(), vec![])
+        .answer_friend_request(&c, &b, Answer::Decline, now(), vec![])
         .await
         .unwrap();
     store
         .request_friend(req(&c, &b), vec![], vec![])
         .await
         .unwrap();
-    let from_c = store.friend_requests(&c, false).await.unwrap();
+    let from_c = store
+        .friend_requests(&c, RequestDirection::Outgoing)
+        .await
+        .unwrap();
     assert_eq!(
         from_c[0].message,
         Some(crate::StoredText::Sealed(sealed_hi.clone()))
     );
     store
-        .answer_friend_request(&c, &b, false, now(), vec![])
+        .answer_friend_request(&c, &b, Answer::Decline, now(), vec![])
         .await
         .unwrap();
     // b asking a back meets the pending request: friends.
@@ -87,7 +96,13 @@ pub async fn relationships(store: Arc<dyn Store>) {
         store.are_friends(&a, &b).await.unwrap_or_default()
             && store.are_friends(&b, &a).await.unwrap_or_default()
     );
-    assert!(store.friend_requests(&b, true).await.unwrap().is_empty());
+    assert!(
+        store
+            .friend_requests(&b, RequestDirection::Incoming)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let tagged = store
         .update_friend(
             &a,
@@ -118,13 +133,13 @@ pub async fn relationships(store: Arc<dyn Store>) {
         .await
         .unwrap();
     store
-        .answer_friend_request(&c, &a, false, now(), vec![])
+        .answer_friend_request(&c, &a, Answer::Decline, now(), vec![])
         .await
         .unwrap();
     assert!(!store.are_friends(&a, &c).await.unwrap_or(true));
     assert!(matches!(
         store
-            .answer_friend_request(&c, &a, true, now(), vec![])
+            .answer_friend_request(&c, &a, Answer::Accept, now(), vec![])
             .await,
         Err(StoreError::NotFound(_))
     ));
@@ -132,18 +147,27 @@ pub async fn relationships(store: Arc<dyn Store>) {
     assert!(removed && !store.are_friends(&a, &b).await.unwrap_or(true));
 
     // Blocks are one-directional and idempotent.
-    let (changed, _) = store.set_block(&a, &c, true, now(), vec![]).await.unwrap();
+    let (changed, _) = store
+        .set_block(&a, &c, BlockChange::Block, now(), vec![])
+        .await
+        .unwrap();
     assert!(changed);
-    let (changed, _) = store.set_block(&a, &c, true, now(), vec![]).await.unwrap();
+    let (changed, _) = store
+        .set_block(&a, &c, BlockChange::Block, now(), vec![])
+        .await
+        .unwrap();
     assert!(!changed);
     assert!(store.is_blocked(&a, &c).await.unwrap_or_default());
     assert!(!store.is_blocked(&c, &a).await.unwrap_or(true));
     assert_eq!(store.blocks(&a).await.unwrap_or_default().len(), 1);
-    store.set_block(&a, &c, false, now(), vec![]).await.unwrap();
+    store
+        .set_block(&a, &c, BlockChange::Unblock, now(), vec![])
+        .await
+        .unwrap();
     assert!(!store.is_blocked(&a, &c).await.unwrap_or(true));
     assert!(
         store
-            .set_friendship(&b, &c, true, now())
+            .set_friendship(&b, &c, FriendshipChange::Befriend, now())
             .await
             .unwrap_or_default()
     );
