@@ -15,6 +15,9 @@ pub enum CoreError {
     Forbidden(String),
     #[error("registration is closed on this server")]
     RegistrationClosed,
+    /// The before-send hook refused a message, for this reason.
+    #[error("{0}")]
+    Rejected(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -48,6 +51,7 @@ impl CoreError {
             CoreError::Unauthorized(_) => ErrorCode::Unauthorized,
             CoreError::Forbidden(_) => ErrorCode::Forbidden,
             CoreError::RegistrationClosed => ErrorCode::RegistrationClosed,
+            CoreError::Rejected(_) => ErrorCode::Rejected,
             CoreError::NotFound(_) => ErrorCode::NotFound,
             CoreError::Conflict(_) => ErrorCode::Conflict,
             CoreError::Gone(_) => ErrorCode::Gone,

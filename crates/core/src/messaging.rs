@@ -119,6 +119,7 @@ impl Core {
             content: sealed,
             client_msg_id: req.client_msg_id,
             created_at: self.clock.now(),
+            hook: None,
         };
         match self
             .store

@@ -16,6 +16,8 @@ wire_names! {
         TokensMint = "tokens:mint",
         MessagesSend = "messages:send",
         AuditRead = "audit:read",
+        /// Webhook endpoints and their deliveries.
+        Webhooks = "webhooks",
         /// Everything.
         Admin = "admin",
     }

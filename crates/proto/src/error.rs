@@ -16,6 +16,8 @@ pub enum ErrorCode {
     Forbidden,
     /// Registration is switched off on this server.
     RegistrationClosed,
+    /// The before-send hook refused the message; the message says why.
+    Rejected,
     NotFound,
     /// The method is not allowed on this path.
     MethodNotAllowed,
@@ -42,7 +44,7 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest => 400,
             ErrorCode::Unauthorized => 401,
-            ErrorCode::Forbidden | ErrorCode::RegistrationClosed => 403,
+            ErrorCode::Forbidden | ErrorCode::RegistrationClosed | ErrorCode::Rejected => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,

@@ -47,6 +47,7 @@ pub mod error;
 pub mod event;
 pub mod friends;
 pub mod groups;
+pub mod hooks;
 pub mod ids;
 #[cfg(feature = "openapi")]
 mod openapi;

@@ -464,6 +464,9 @@ async fn append_group_message(store: &PgStore, message: NewMessage) -> Result<Ap
         let Some(stored) = insert_message(tx, &message, conv_seq).await? else {
             return lost_race(tx, &message).await;
         };
+        if let Some(hook) = &message.hook {
+            crate::webhooks::enqueue(tx, hook).await?;
+        }
         // Members are users (deleting a user removes their memberships);
         // one deleted concurrently is skipped rather than failing the send.
         let events = append_message_events(tx, &stored, &members, UnknownUsers::Skip).await?;

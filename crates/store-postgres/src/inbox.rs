@@ -360,6 +360,9 @@ impl Inbox for PgStore {
             let Some(stored) = insert_message(tx, &message, conv_seq).await? else {
                 return lost_race(tx, &message).await;
             };
+            if let Some(hook) = &message.hook {
+                crate::webhooks::enqueue(tx, hook).await?;
+            }
             let stmt = tx
                 .prepare_cached(
                     "INSERT INTO conversation_members (conversation_id, user_id) \

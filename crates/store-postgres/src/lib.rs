@@ -35,6 +35,7 @@ mod relationships;
 mod schema;
 mod sessions;
 mod users;
+mod webhooks;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -324,6 +324,9 @@ impl Groups for SqliteStore {
             if !member {
                 return Err(StoreError::NotFound("group member").into());
             }
+            if let Some(hook) = &message.hook {
+                crate::webhooks::enqueue(conn, hook)?;
+            }
             let stored = insert_message(conn, message)?;
             let members = conn
                 .prepare_cached("SELECT user_id FROM group_members WHERE group_id = ?1")?

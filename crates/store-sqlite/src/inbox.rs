@@ -295,6 +295,9 @@ impl Inbox for SqliteStore {
                 }
             };
             let conversation = message.conversation_id.clone();
+            if let Some(hook) = &message.hook {
+                crate::webhooks::enqueue(conn, hook)?;
+            }
             let stored = insert_message(conn, message)?;
             for member in &members {
                 conn.execute(

@@ -24,6 +24,7 @@ mod relationships;
 mod schema;
 mod sessions;
 mod users;
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

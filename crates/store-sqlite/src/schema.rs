@@ -205,6 +205,53 @@ CREATE INDEX group_members_by_user ON group_members(user_id);
     r#"
 ALTER TABLE friend_requests ADD COLUMN message_sealed BLOB;
 "#,
+    // Webhooks. `events` is the filter between commas (`,a,b,`; `,*,`
+    // for all). Secrets are sealed like message content; during a
+    // rotation's overlap the previous one signs too. `hook_events` is the
+    // outbox (an event is written only if an endpoint subscribes to it);
+    // each pending delivery is due at `next_at`, which a claim moves to
+    // the end of its lease.
+    r#"
+CREATE TABLE webhooks (
+    webhook_id      TEXT PRIMARY KEY,
+    url             TEXT NOT NULL,
+    events          TEXT NOT NULL,
+    description     TEXT NOT NULL,
+    enabled         INTEGER NOT NULL,
+    include_content INTEGER NOT NULL,
+    secret          BLOB NOT NULL,
+    previous_secret BLOB,
+    previous_until  BIGINT,
+    failing_since   BIGINT,
+    disabled_reason TEXT,
+    created_at      BIGINT NOT NULL,
+    updated_at      BIGINT NOT NULL
+);
+
+CREATE TABLE hook_events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id   TEXT NOT NULL UNIQUE,
+    kind       TEXT NOT NULL,
+    data       TEXT NOT NULL,
+    message_id TEXT,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX hook_events_by_time ON hook_events(created_at);
+
+CREATE TABLE hook_deliveries (
+    webhook_id  TEXT NOT NULL,
+    event_seq   BIGINT NOT NULL,
+    state       TEXT NOT NULL,
+    attempts    BIGINT NOT NULL DEFAULT 0,
+    next_at     BIGINT NOT NULL,
+    last_status BIGINT,
+    last_error  TEXT,
+    updated_at  BIGINT NOT NULL,
+    PRIMARY KEY (webhook_id, event_seq)
+);
+CREATE INDEX hook_deliveries_due ON hook_deliveries(webhook_id, next_at) WHERE state = 'pending';
+CREATE INDEX hook_deliveries_by_event ON hook_deliveries(event_seq);
+"#,
 ];
 
 /// Brings the database to the newest schema version.

@@ -19,6 +19,7 @@ pub use model::*;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 use unimsg_proto::groups::GroupRole;
+use unimsg_proto::hooks::DeliveryState;
 use unimsg_proto::{ConversationId, EventType, GroupId, MessageId, Seq, SessionId, UserId};
 
 /// Why a storage operation failed.
@@ -345,6 +346,89 @@ pub trait Inbox: Send + Sync {
     ) -> Result<Vec<StoredMessage>>;
 }
 
+/// Webhook endpoints and the outbox of their events. An event enters the
+/// outbox with the change that causes it where the store call takes a
+/// [`HookDraft`] (a stored message), otherwise right after it. Each
+/// endpoint's deliveries are attempted under leases, so that on any
+/// number of nodes one attempt is made by one node.
+#[async_trait]
+pub trait Webhooks: Send + Sync {
+    /// `Conflict("webhook")` if the id exists.
+    async fn create_webhook(&self, webhook: WebhookRow) -> Result<()>;
+    /// Every endpoint, oldest first.
+    async fn webhooks(&self) -> Result<Vec<WebhookRow>>;
+    async fn webhook(&self, id: &str) -> Result<Option<WebhookRow>>;
+    /// `NotFound("webhook")` for an unknown id.
+    async fn update_webhook(
+        &self,
+        id: &str,
+        change: WebhookChange,
+        at: OffsetDateTime,
+    ) -> Result<WebhookRow>;
+    /// Removes the endpoint and its deliveries; `false` if there was none.
+    async fn delete_webhook(&self, id: &str) -> Result<bool>;
+    /// Makes `secret` the signing secret; the current one keeps signing
+    /// until `previous_until`.
+    async fn rotate_webhook_secret(
+        &self,
+        id: &str,
+        secret: Sealed,
+        previous_until: OffsetDateTime,
+        at: OffsetDateTime,
+    ) -> Result<WebhookRow>;
+    /// Disables an endpoint that kept failing; its pending deliveries stay.
+    async fn disable_webhook(&self, id: &str, reason: &str, at: OffsetDateTime) -> Result<()>;
+    /// Writes the events that an enabled endpoint subscribes to, with a
+    /// pending delivery for each such endpoint, atomically.
+    async fn enqueue_hook_events(&self, events: Vec<HookDraft>) -> Result<()>;
+    /// Writes an event for one endpoint only, whatever it subscribes to
+    /// (`webhook.test`). `NotFound("webhook")` for an unknown id.
+    async fn enqueue_hook_event_for(&self, id: &str, event: HookDraft) -> Result<()>;
+    /// Claims up to `limit` of the endpoint's pending deliveries that are
+    /// due at `now`, oldest event first: each counts an attempt and is not
+    /// due again before `lease_until`.
+    async fn claim_deliveries(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>>;
+    /// Records attempts' results; any success clears the endpoint's
+    /// `failing_since`, a failure sets it if unset. Returns it.
+    async fn finish_deliveries(
+        &self,
+        id: &str,
+        results: Vec<AttemptResult>,
+        at: OffsetDateTime,
+    ) -> Result<Option<OffsetDateTime>>;
+    /// The endpoint's deliveries, newest event first, before the event
+    /// seq `before`, in state `state` when given.
+    async fn deliveries(
+        &self,
+        id: &str,
+        state: Option<DeliveryState>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>>;
+    /// Queues one delivery again (attempts from 0, due at `now`); `false`
+    /// if the endpoint has no delivery of that event.
+    async fn retry_delivery(&self, id: &str, event_id: &str, now: OffsetDateTime) -> Result<bool>;
+    /// Queues again every event since `since` that the endpoint
+    /// subscribes to (delivered or not); returns how many.
+    async fn replay_deliveries(
+        &self,
+        id: &str,
+        since: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<u64>;
+    /// Pending deliveries per endpoint.
+    async fn pending_deliveries(&self) -> Result<Vec<(String, u64)>>;
+    /// Deletes deliveries that ended (succeeded or failed) before `before`
+    /// and events left without deliveries; returns how many events went.
+    async fn prune_hook_events(&self, before: OffsetDateTime) -> Result<u64>;
+}
+
 /// Groups, their members and roles, and group messages. Changes are
 /// decided by the caller on a snapshot ([`GroupRow::version`]) and applied
 /// only if the group is still at that version, with the inbox events they
@@ -417,6 +501,7 @@ pub trait Store:
     + Audit
     + Relationships
     + Groups
+    + Webhooks
 {
     /// Cheap liveness probe of the backend, for `/readyz`.
     async fn ping(&self) -> Result<()>;

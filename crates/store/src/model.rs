@@ -5,6 +5,7 @@ use std::fmt;
 use time::OffsetDateTime;
 use unimsg_proto::api::Recipient;
 use unimsg_proto::groups::{GroupRole, JoinPolicy};
+use unimsg_proto::hooks::{DeliveryState, EventFilter, HookEventType};
 use unimsg_proto::{
     ConversationId, EventType, GroupId, MessageId, Platform, Seq, SessionId, UserId,
 };
@@ -211,6 +212,9 @@ pub struct NewMessage {
     pub content: Sealed,
     pub client_msg_id: Option<String>,
     pub created_at: OffsetDateTime,
+    /// Its `message.created` webhook event, written in the same
+    /// transaction (only if an endpoint subscribes to it).
+    pub hook: Option<HookDraft>,
 }
 
 #[derive(Debug, Clone)]
@@ -514,4 +518,118 @@ mod tests {
         short.truncate(8);
         assert_eq!(Sealed::from_bytes(&short), None, "nonce cut off");
     }
+}
+
+/// A webhook endpoint as stored. Secrets are sealed with the master key
+/// (the endpoint id as associated data).
+#[derive(Clone)]
+pub struct WebhookRow {
+    pub webhook_id: String,
+    pub url: String,
+    pub events: EventFilter,
+    pub description: String,
+    pub enabled: bool,
+    pub include_content: bool,
+    pub secret: Sealed,
+    /// The secret before the last rotation, and until when it signs too.
+    pub previous_secret: Option<(Sealed, OffsetDateTime)>,
+    /// Since when every attempt failed (cleared by a success).
+    pub failing_since: Option<OffsetDateTime>,
+    /// Why the server disabled it, if it did.
+    pub disabled_reason: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+impl fmt::Debug for WebhookRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookRow")
+            .field("webhook_id", &self.webhook_id)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("enabled", &self.enabled)
+            .field("secret", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
+/// The fields of an endpoint to change (`None`: unchanged). Enabling
+/// clears `failing_since` and `disabled_reason` and makes what is pending
+/// due at once.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookChange {
+    pub url: Option<String>,
+    pub events: Option<EventFilter>,
+    pub description: Option<String>,
+    pub enabled: Option<bool>,
+    pub include_content: Option<bool>,
+}
+
+/// An event for the webhook outbox. It is written only if an enabled
+/// endpoint subscribes to its type, with one pending delivery for each
+/// such endpoint.
+#[derive(Debug, Clone)]
+pub struct HookDraft {
+    /// `evt_…`: the `webhook-id` of every attempt.
+    pub event_id: String,
+    pub kind: HookEventType,
+    /// The event's `data`, JSON.
+    pub data: String,
+    /// `message.created`: the message whose content endpoints with
+    /// `include_content` receive (read and opened at delivery, so the
+    /// outbox holds no plaintext).
+    pub message_id: Option<MessageId>,
+    pub at: OffsetDateTime,
+}
+
+/// An event of the outbox.
+#[derive(Debug, Clone)]
+pub struct HookEventRow {
+    /// The outbox position (commit order on one node).
+    pub seq: i64,
+    pub event_id: String,
+    pub kind: HookEventType,
+    pub data: String,
+    pub message_id: Option<MessageId>,
+    pub at: OffsetDateTime,
+}
+
+/// A delivery claimed for one attempt: nobody else attempts it until the
+/// lease given to [`crate::Webhooks::claim_deliveries`] ends.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub event: HookEventRow,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+}
+
+/// What became of an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Succeeded,
+    /// Attempt again at this time.
+    RetryAt(OffsetDateTime),
+    /// No attempts left.
+    Failed,
+}
+
+/// The result of one attempt, recorded with [`crate::Webhooks::finish_deliveries`].
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub event_seq: i64,
+    pub outcome: AttemptOutcome,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+}
+
+/// One delivery as listed.
+#[derive(Debug, Clone)]
+pub struct DeliveryRow {
+    pub event: HookEventRow,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    /// When a pending delivery is due (or its lease ends).
+    pub next_at: OffsetDateTime,
 }

@@ -10,6 +10,7 @@
 use time::OffsetDateTime;
 use unimsg_proto::api::Recipient;
 use unimsg_proto::groups::{GroupRole, JoinPolicy};
+use unimsg_proto::hooks::{DeliveryState, EventFilter, HookEventType};
 use unimsg_proto::{
     ConversationId, EventType, GroupId, MessageId, Platform, Seq, SessionId, UserId,
 };
@@ -19,6 +20,7 @@ use crate::{
     RefreshOutcome, Result, Sealed, Session, StoreError, StoredEvent, StoredMessage,
     StoredNotification, StoredText, User, UserStatus, WrappedKey,
 };
+use crate::{AttemptOutcome, DeliveryRow, HookEventRow, WebhookRow};
 
 /// A row that failed to decode: a bug or corruption, never the client's.
 pub fn corrupt(what: &str) -> StoreError {
@@ -422,5 +424,99 @@ mod tests {
         );
         assert_eq!(MESSAGE_COLUMNS.split(", ").count(), MESSAGE_WIDTH);
         assert_eq!(NOTIFICATION_COLUMNS.split(", ").count(), NOTIFICATION_WIDTH);
+    }
+}
+
+/// An endpoint's event filter as stored: the names between commas
+/// (`,message.created,user.login,`; `,*,` for all), so that one `instr`
+/// / `strpos` of `,{type},` tells whether it subscribes to a type.
+pub fn filter_column(filter: &EventFilter) -> String {
+    format!(",{},", filter.names().join(","))
+}
+
+/// Reads [`filter_column`]'s stored form.
+pub fn read_filter(stored: &str) -> Result<EventFilter> {
+    let names: Vec<String> = stored
+        .split(',')
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    EventFilter::parse(&names).map_err(|_| corrupt("webhook events"))
+}
+
+pub const WEBHOOK_COLUMNS: &str = "webhook_id, url, events, description, enabled, include_content, \
+     secret, previous_secret, previous_until, failing_since, disabled_reason, created_at, updated_at";
+
+fn sealed(bytes: &[u8]) -> Result<Sealed> {
+    Sealed::from_bytes(bytes).ok_or_else(|| corrupt("sealed secret"))
+}
+
+/// Reads the [`WEBHOOK_COLUMNS`].
+pub fn read_webhook(row: &dyn SqlRow) -> Result<WebhookRow> {
+    let previous_secret = match (row.bytes_opt(7)?, row.int_opt(8)?) {
+        (Some(secret), Some(until)) => Some((sealed(&secret)?, from_ms(until)?)),
+        _ => None,
+    };
+    Ok(WebhookRow {
+        webhook_id: row.text(0)?,
+        url: row.text(1)?,
+        events: read_filter(&row.text(2)?)?,
+        description: row.text(3)?,
+        enabled: row.flag(4)?,
+        include_content: row.flag(5)?,
+        secret: sealed(&row.bytes(6)?)?,
+        previous_secret,
+        failing_since: row.int_opt(9)?.map(from_ms).transpose()?,
+        disabled_reason: row.text_opt(10)?,
+        created_at: from_ms(row.int(11)?)?,
+        updated_at: from_ms(row.int(12)?)?,
+    })
+}
+
+/// An outbox event's columns, from `hook_events e`.
+pub const HOOK_EVENT_COLUMNS: &str =
+    "e.seq, e.event_id, e.kind, e.data, e.message_id, e.created_at";
+
+/// Reads the [`HOOK_EVENT_COLUMNS`].
+pub fn read_hook_event(row: &dyn SqlRow) -> Result<HookEventRow> {
+    Ok(HookEventRow {
+        seq: row.int(0)?,
+        event_id: row.text(1)?,
+        kind: HookEventType::parse(&row.text(2)?).ok_or_else(|| corrupt("hook event type"))?,
+        data: row.text(3)?,
+        message_id: row
+            .text_opt(4)?
+            .map(|id| MessageId::parse(id).map_err(|_| corrupt("message id")))
+            .transpose()?,
+        at: from_ms(row.int(5)?)?,
+    })
+}
+
+/// A delivery's columns, from `hook_deliveries d JOIN hook_events e`.
+pub const DELIVERY_COLUMNS: &str = "e.seq, e.event_id, e.kind, e.data, e.message_id, e.created_at, \
+     d.state, d.attempts, d.last_status, d.last_error, d.next_at";
+
+/// Reads the [`DELIVERY_COLUMNS`].
+pub fn read_delivery(row: &dyn SqlRow) -> Result<DeliveryRow> {
+    Ok(DeliveryRow {
+        event: read_hook_event(row)?,
+        state: DeliveryState::parse(&row.text(6)?).ok_or_else(|| corrupt("delivery state"))?,
+        attempts: u32::try_from(row.int(7)?).unwrap_or(0),
+        last_status: row
+            .int_opt(8)?
+            .map(|s| u16::try_from(s).map_err(|_| corrupt("status code")))
+            .transpose()?,
+        last_error: row.text_opt(9)?,
+        next_at: from_ms(row.int(10)?)?,
+    })
+}
+
+/// The stored columns of an attempt's result: the state, when it is due
+/// next (`None`: unchanged), and whether it failed.
+pub fn attempt_columns(outcome: &AttemptOutcome) -> (DeliveryState, Option<i64>, bool) {
+    match outcome {
+        AttemptOutcome::Succeeded => (DeliveryState::Succeeded, None, false),
+        AttemptOutcome::RetryAt(at) => (DeliveryState::Pending, Some(ms(*at)), true),
+        AttemptOutcome::Failed => (DeliveryState::Failed, None, true),
     }
 }

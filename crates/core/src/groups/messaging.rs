@@ -70,6 +70,7 @@ impl Core {
             content: sealed,
             client_msg_id,
             created_at: now,
+            hook: None,
         };
         let outcome = self
             .store

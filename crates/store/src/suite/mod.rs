@@ -17,6 +17,7 @@ mod notifications;
 mod relationships;
 mod sessions;
 mod users;
+mod webhooks;
 
 pub use admins::*;
 pub use audit::*;
@@ -28,6 +29,7 @@ pub use notifications::*;
 pub use relationships::*;
 pub use sessions::*;
 pub use users::*;
+pub use webhooks::*;
 
 use std::sync::Arc;
 
@@ -86,6 +88,7 @@ fn message(id: &str, from: &UserId, to: &UserId, cmid: Option<&str>) -> NewMessa
         },
         client_msg_id: cmid.map(str::to_owned),
         created_at: now(),
+        hook: None,
     }
 }
 
@@ -197,6 +200,7 @@ macro_rules! backend_suite {
             inbox, concurrent_appends_are_gap_free, reads_and_recalls,
             data_keys, admins, notifications, broadcasts_merge_into_every_inbox, audit_chain,
             relationships, groups,
+            webhook_endpoints, outbox_fan_out_and_claims, outbox_retries_replays_and_pruning,
         );
     };
     (@checks $fresh:ident; $($check:ident),+ $(,)?) => {
