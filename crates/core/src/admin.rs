@@ -18,6 +18,7 @@ use unimsg_proto::admin::{
 use unimsg_proto::api::TokenPair;
 use unimsg_proto::event::RevokeReason;
 use unimsg_proto::{ErrorDetail, EventType, MessageId, Platform, UserId};
+use unimsg_proto::hooks::{HookEventType, UserData};
 use unimsg_store::{
     Admin, AudiencePart, NewNotification, NewUser, PasswordHash, StoreError, StoredNotification,
     User, UserStatus, UserUpdate,
@@ -432,6 +433,14 @@ impl Core {
             }
         }
         let stored = self.store.import_users(valid).await?;
+        let created: Vec<_> = stored
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .filter_map(|u| {
+                self.hook_draft(HookEventType::UserCreated, &crate::auth::user_data(u), None)
+            })
+            .collect();
+        self.enqueue_hooks(created).await;
         for (index, outcome) in valid_index.into_iter().zip(stored) {
             results[index] = Some(match outcome {
                 Ok(user) => ImportResult {
@@ -521,6 +530,12 @@ impl Core {
             status,
         };
         let user = self.store.update_user(id, update).await?;
+        let kind = if status == Some(UserStatus::Disabled) {
+            HookEventType::UserDisabled
+        } else {
+            HookEventType::UserUpdated
+        };
+        self.emit(kind, &crate::auth::user_data(&user)).await;
         if status == Some(UserStatus::Disabled) {
             self.revoke_user_sessions(id, None, RevokeReason::UserDisabled)
                 .await?;
@@ -540,6 +555,13 @@ impl Core {
         self.revoke_user_sessions(id, None, RevokeReason::UserDeleted)
             .await?;
         self.store.delete_user(id).await?;
+        let data = UserData {
+            user_id: id.clone(),
+            username: None,
+            display_name: None,
+            status: None,
+        };
+        self.emit(HookEventType::UserDeleted, &data).await;
         Ok(())
     }
 

@@ -304,6 +304,14 @@ impl Core {
                 outcome = %first.outcome,
                 "refused an admin request; further refusals from this source are counted until the interval ends"
             );
+            let alert = unimsg_proto::hooks::SecurityAlertData {
+                alert: unimsg_proto::hooks::AlertKind::AdminCredentialRefused,
+                user_id: None,
+                ip: first.ip.clone(),
+                detail: Some(format!("{} (actor {})", first.outcome, first.actor)),
+            };
+            self.emit(unimsg_proto::hooks::HookEventType::SecurityAlert, &alert)
+                .await;
             self.audit(first).await;
         }
     }

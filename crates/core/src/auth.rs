@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use unimsg_proto::api::{LoginRequest, RegisterRequest, SessionInfo, TokenPair, UserProfile};
 use unimsg_proto::event::{RevokeReason, SessionRevokedData};
+use unimsg_proto::hooks::{
+    AlertKind, HookEventType, LoginData, SecurityAlertData, SessionData, UserData,
+};
 use unimsg_proto::{Platform, SessionId, UserId};
 use unimsg_store::{
     EventBody, NewRefreshToken, NewSession, NewUser, RefreshOutcome, Revocation, Session,
@@ -213,6 +216,7 @@ impl Core {
                 }
                 other => other.into(),
             })?;
+        self.emit(HookEventType::UserCreated, &user_data(&user)).await;
         Ok(UserProfile {
             user_id: user.user_id,
             username: user.username,
@@ -234,10 +238,23 @@ impl Core {
         // (see `limits`) is checked before the password, so a locked pair
         // costs no hashing.
         let ip = client.ip.as_deref();
-        self.limits
-            .login_locked(Realm::User, &req.username, ip)
-            .await
-            .map_err(|r| CoreError::RateLimited(r.0))?;
+        if let Err(wait) = self.limits.login_locked(Realm::User, &req.username, ip).await {
+            // At most one alert a minute, whoever is locked (the refusals
+            // are unauthenticated: they must not grow any state).
+            if let Some(held_back) = self.replay_alerts.allow("login_backoff") {
+                let alert = SecurityAlertData {
+                    alert: AlertKind::LoginBackoff,
+                    user_id: None,
+                    ip: client.ip.clone(),
+                    detail: Some(format!(
+                        "login attempts for {:?} are slowed down; {held_back} more locked attempts in the last minute",
+                        req.username.chars().take(64).collect::<String>()
+                    )),
+                };
+                self.emit(HookEventType::SecurityAlert, &alert).await;
+            }
+            return Err(CoreError::RateLimited(wait.0));
+        }
         let user = self.store.user_by_username(&req.username).await?;
         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
         let ok = self.passwords.verify(req.password, hash).await?;
@@ -301,6 +318,13 @@ impl Core {
         ip: Option<String>,
         pair: &TokenPair,
     ) {
+        let alert = SecurityAlertData {
+            alert: AlertKind::NewPlace,
+            user_id: Some(user.clone()),
+            ip: ip.clone(),
+            detail: device.clone(),
+        };
+        self.emit(HookEventType::SecurityAlert, &alert).await;
         self.audit(AuditRecord {
             action: "auth.new_place".into(),
             actor_kind: "user".into(),
@@ -385,6 +409,13 @@ impl Core {
             SessionId::parse(new_id()).map_err(|e| CoreError::Internal(e.to_string()))?;
         let (refresh, refresh_hash) =
             new_opaque_token().map_err(|e| CoreError::Internal(e.to_string()))?;
+        let login = LoginData {
+            user_id: user.clone(),
+            session_id: session_id.clone(),
+            platform: platform.clone(),
+            device_id: device_id.clone(),
+            ip: client.ip.clone(),
+        };
         let session = NewSession {
             session_id: session_id.clone(),
             user_id: user.clone(),
@@ -408,6 +439,7 @@ impl Core {
             .await?;
         self.publish(&events).await;
         self.audit_revocations(&events).await;
+        self.emit(HookEventType::UserLogin, &login).await;
         self.token_pair(user, &session_id, &platform, refresh, now, access_ttl)
     }
 
@@ -427,6 +459,14 @@ impl Core {
                 }
                 _ => (None, None),
             };
+            if let Some(session_id) = session.as_deref().and_then(|s| SessionId::parse(s).ok()) {
+                let data = SessionData {
+                    user_id: e.user_id.clone(),
+                    session_id,
+                    reason: reason.clone(),
+                };
+                self.emit(HookEventType::SessionRevoked, &data).await;
+            }
             self.audit(AuditRecord {
                 action: "session.revoked".into(),
                 actor_kind: "system".into(),
@@ -515,6 +555,13 @@ impl Core {
                     "refresh token reused: revoking the session");
                 self.revoke(&session.session_id, RevokeReason::RefreshTokenReuse)
                     .await?;
+                let alert = SecurityAlertData {
+                    alert: AlertKind::RefreshTokenReuse,
+                    user_id: Some(session.user_id.clone()),
+                    ip: None,
+                    detail: Some(format!("session {} revoked", session.session_id)),
+                };
+                self.emit(HookEventType::SecurityAlert, &alert).await;
                 Err(CoreError::Unauthorized(
                     "refresh token was already used; the session is revoked",
                 ))
@@ -538,6 +585,12 @@ impl Core {
     /// `POST /v1/auth/logout`
     pub async fn logout(&self, auth: &AuthContext) -> Result<()> {
         self.revoke(&auth.session_id, RevokeReason::Logout).await?;
+        let data = SessionData {
+            user_id: auth.user_id.clone(),
+            session_id: auth.session_id.clone(),
+            reason: None,
+        };
+        self.emit(HookEventType::UserLogout, &data).await;
         self.audit(AuditRecord {
             action: "auth.logout".into(),
             actor_kind: "user".into(),
@@ -738,5 +791,15 @@ mod tests {
             Some((subject(2), 500))
         );
         assert_eq!(tokens.0.lock().len(), 1);
+    }
+}
+
+/// A user as webhook events describe it.
+pub(crate) fn user_data(user: &unimsg_store::User) -> UserData {
+    UserData {
+        user_id: user.user_id.clone(),
+        username: Some(user.username.clone()),
+        display_name: Some(user.display_name.clone()),
+        status: Some(user.status.as_str().to_owned()),
     }
 }

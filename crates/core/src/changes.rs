@@ -11,6 +11,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
+use unimsg_proto::event::{BlockChangedData, FriendChangedData, FriendRequestData, FriendState};
+use unimsg_proto::groups::{GroupAction, GroupChanged};
+use unimsg_proto::hooks::{HookEventType, RelationData};
 use unimsg_proto::{EventData, EventType, UserId};
 use unimsg_store::{EventDraft, StoredEvent};
 
@@ -70,6 +73,7 @@ impl Core {
     pub(crate) async fn changed(&self, change: Change, events: &[StoredEvent]) {
         self.publish(events).await;
         metrics::counter!("unimsg_changes_total", "type" => change.kind.as_str()).increment(1);
+        self.emit_change(&change).await;
         // No listener is fine: the inbox events are the durable record.
         let _ = self.changes.send(Arc::new(change));
     }
@@ -79,5 +83,75 @@ impl Core {
     /// never slows the core down.
     pub fn subscribe_changes(&self) -> broadcast::Receiver<Arc<Change>> {
         self.changes.subscribe()
+    }
+}
+
+impl Core {
+    /// The webhook event of a relationship or group change, if any.
+    async fn emit_change(&self, change: &Change) {
+        let data = change.data.clone();
+        match change.kind {
+            EventType::FriendRequest => {
+                if let Ok(d) = serde_json::from_value::<FriendRequestData>(data) {
+                    let relation = RelationData {
+                        user_id: d.from,
+                        other_id: d.to,
+                    };
+                    self.emit(HookEventType::FriendRequested, &relation).await;
+                }
+            }
+            EventType::FriendChanged => {
+                let Ok(d) = serde_json::from_value::<FriendChangedData>(data) else {
+                    return;
+                };
+                // A change of one side's tags or remark is not a new friendship.
+                if d.tags.is_some() || d.remark.is_some() {
+                    return;
+                }
+                let kind = match d.state {
+                    FriendState::Friends => HookEventType::FriendAdded,
+                    FriendState::Removed => HookEventType::FriendRemoved,
+                    FriendState::Declined => return,
+                };
+                let [a, b] = d.users;
+                let (user_id, other_id) = if b == change.actor { (b, a) } else { (a, b) };
+                self.emit(kind, &RelationData { user_id, other_id }).await;
+            }
+            EventType::BlockChanged => {
+                if let Ok(d) = serde_json::from_value::<BlockChangedData>(data) {
+                    let kind = if d.blocked {
+                        HookEventType::BlockAdded
+                    } else {
+                        HookEventType::BlockRemoved
+                    };
+                    let relation = RelationData {
+                        user_id: change.actor.clone(),
+                        other_id: d.user_id,
+                    };
+                    self.emit(kind, &relation).await;
+                }
+            }
+            EventType::GroupChanged => {
+                if let Ok(d) = serde_json::from_value::<GroupChanged>(data) {
+                    let kind = match d.action {
+                        GroupAction::Created => HookEventType::GroupCreated,
+                        GroupAction::MembersAdded | GroupAction::MemberJoined => {
+                            HookEventType::GroupMemberAdded
+                        }
+                        GroupAction::MemberLeft | GroupAction::MembersRemoved => {
+                            HookEventType::GroupMemberRemoved
+                        }
+                        GroupAction::Dissolved => HookEventType::GroupDissolved,
+                        GroupAction::RoleChanged
+                        | GroupAction::OwnerTransferred
+                        | GroupAction::MemberMuted
+                        | GroupAction::GroupMuted
+                        | GroupAction::Updated => HookEventType::GroupUpdated,
+                    };
+                    self.emit(kind, &d).await;
+                }
+            }
+            _ => {}
+        }
     }
 }

@@ -182,6 +182,102 @@ impl Default for GroupsConfig {
     }
 }
 
+/// `[hooks]`: webhooks and the before-send hook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    /// Allow webhook and before-send URLs on loopback, private,
+    /// link-local and metadata addresses (off: refused at registration
+    /// and at every delivery).
+    pub allow_private_targets: bool,
+    /// Deadline of one delivery attempt, connection included, in ms.
+    pub timeout_ms: u64,
+    /// Most attempts in flight to one endpoint at a time.
+    pub max_in_flight: usize,
+    /// Ended deliveries (and their events) are deleted after this many days.
+    pub retention_days: u64,
+    /// An endpoint whose every attempt failed for this many hours is
+    /// disabled (audited, with a `security.alert`).
+    pub disable_after_hours: u64,
+    /// After a secret rotation the old secret signs too, for this long.
+    pub secret_overlap_secs: u64,
+    /// The waits before the 2nd, 3rd, … attempt, in seconds (each ±20 %
+    /// jitter; a longer `Retry-After` wins). After the last, `failed`.
+    pub retry_schedule_secs: Vec<u64>,
+    /// How often a node looks for due deliveries (retries, other nodes'
+    /// events), in ms. Its own new events are sent at once.
+    pub poll_interval_ms: u64,
+    pub before_send: BeforeSendConfig,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        Self {
+            allow_private_targets: false,
+            timeout_ms: 10_000,
+            max_in_flight: 8,
+            retention_days: 7,
+            disable_after_hours: 72,
+            secret_overlap_secs: 86_400,
+            retry_schedule_secs: vec![
+                5, 30, 120, 600, 1800, 3600, 10_800, 21_600, 43_200, 86_400,
+            ],
+            poll_interval_ms: 1000,
+            before_send: BeforeSendConfig::default(),
+        }
+    }
+}
+
+/// `[hooks.before_send]`: a synchronous check of every user message
+/// before it is stored. Off without `url`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BeforeSendConfig {
+    pub url: Option<String>,
+    /// How long a send waits for the answer, in ms.
+    pub timeout_ms: u64,
+    /// What a timeout, an error or an unreadable answer means.
+    pub on_failure: OnFailure,
+    /// The message kinds checked (default: all).
+    pub kinds: Vec<unimsg_proto::api::MessageKind>,
+    /// Signs the requests like webhooks (`whsec_…`); unsigned without it.
+    pub secret: Option<String>,
+}
+
+impl Default for BeforeSendConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            timeout_ms: 2000,
+            on_failure: OnFailure::Allow,
+            kinds: unimsg_proto::api::MessageKind::ALL.to_vec(),
+            secret: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for BeforeSendConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BeforeSendConfig")
+            .field("url", &self.url)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("on_failure", &self.on_failure)
+            .field("kinds", &self.kinds)
+            .field("secret", &self.secret.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+/// What the before-send hook's failure means for the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Fail open: store and deliver it.
+    Allow,
+    /// Fail closed: refuse it (503).
+    Reject,
+}
+
 /// The core's part of the configuration.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct CoreConfig {
@@ -191,4 +287,5 @@ pub struct CoreConfig {
     pub admin: AdminConfig,
     pub limits: crate::limits::LimitsConfig,
     pub groups: GroupsConfig,
+    pub hooks: HooksConfig,
 }

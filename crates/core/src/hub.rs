@@ -457,6 +457,11 @@ impl Hub {
         out
     }
 
+    /// Live connections of `user` on this node.
+    pub fn user_connections(&self, user: &UserId) -> usize {
+        self.shard(user).read().get(user).map_or(0, Vec::len)
+    }
+
     /// Live connections of `session` on this node.
     pub fn session_connections(&self, user: &UserId, session: &SessionId) -> usize {
         self.shard(user)

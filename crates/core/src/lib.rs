@@ -15,6 +15,7 @@ pub mod config;
 mod error;
 mod friends;
 pub mod groups;
+pub mod hooks;
 pub mod hub;
 pub mod keys;
 pub mod limits;
@@ -65,6 +66,12 @@ pub struct Core {
     pub(crate) tokens: auth::VerifiedTokens,
     pub(crate) refusals: audit::Refusals,
     pub(crate) replay_alerts: throttle::LogThrottle,
+    /// Makes webhook and before-send requests; `None`: no hooks run.
+    pub(crate) transport: Option<Arc<dyn hooks::HookTransport>>,
+    pub(crate) before_send_secret: Option<hooks::sign::HookSecret>,
+    pub(crate) hook_interest: parking_lot::RwLock<hooks::Interest>,
+    /// Wakes this node's webhook dispatcher after it committed events.
+    pub(crate) hooks_wake: tokio::sync::Notify,
     pub(crate) config: CoreConfig,
 }
 
@@ -92,6 +99,8 @@ pub struct CoreParts {
     pub nonces: Arc<dyn NonceStore>,
     pub limits: Arc<dyn RateLimits>,
     pub qr: Arc<dyn QrTickets>,
+    /// Makes webhook and before-send requests (`unimsg-hooks`).
+    pub transport: Option<Arc<dyn hooks::HookTransport>>,
     pub config: CoreConfig,
 }
 
@@ -114,6 +123,16 @@ impl Core {
             tokens: auth::VerifiedTokens::default(),
             refusals: audit::Refusals::default(),
             replay_alerts: throttle::LogThrottle::new(std::time::Duration::from_secs(60)),
+            transport: parts.transport,
+            before_send_secret: parts
+                .config
+                .hooks
+                .before_send
+                .secret
+                .as_deref()
+                .and_then(hooks::sign::HookSecret::parse),
+            hook_interest: parking_lot::RwLock::default(),
+            hooks_wake: tokio::sync::Notify::new(),
             config: parts.config,
         }
     }

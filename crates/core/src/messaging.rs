@@ -6,21 +6,34 @@
 //! still be lost.
 
 use time::OffsetDateTime;
+use unimsg_proto::hooks::{
+    HookEventType, MessageCreatedData, MessageDeliveredData, MessageReadData,
+    MessageRecalledHookData, NotificationStatusData,
+};
 use unimsg_proto::api::{
-    ConversationList, ConversationSummary, HistoryPage, ReadResponse, Recipient, SendRequest,
+    ConversationList, ConversationSummary, HistoryPage, MessageKind, ReadResponse, Recipient,
+    SendRequest,
     SendResponse, SyncResponse,
 };
 use unimsg_proto::event::{MessageRecalledData, ReceiptReadData};
 use unimsg_proto::{ConversationId, EventType, MessageId, Seq, UserId};
-use unimsg_store::{AppendOutcome, EventDraft, NewMessage, StoredMessage};
+use unimsg_store::{AppendOutcome, EventBody, EventDraft, NewMessage, StoredMessage};
 
 use crate::Core;
 use crate::auth::AuthContext;
+use crate::hooks::before_send::Outgoing;
 use crate::error::{CoreError, Result};
 use crate::limits::Limit;
 use crate::render;
 
 const MAX_CLIENT_MSG_ID: usize = 128;
+
+/// What a send goes on with after the before-send hook.
+pub(crate) enum Checked {
+    Send(Vec<u8>),
+    /// A retry of a message stored before.
+    AlreadySent(StoredMessage),
+}
 
 fn new_message_id() -> Result<MessageId> {
     MessageId::parse(uuid::Uuid::now_v7().simple().to_string())
@@ -105,21 +118,45 @@ impl Core {
         }
         self.may_message(&auth.user_id, &to).await?;
         self.check_send_limits(&auth.user_id, 1).await?;
+        let recipient = Recipient::User(to.clone());
+        let content = match self
+            .checked_content(auth, &recipient, req.kind, content, req.client_msg_id.as_deref())
+            .await?
+        {
+            Checked::Send(content) => content,
+            Checked::AlreadySent(original) => return self.resent(&auth.user_id, original).await,
+        };
         let message_id = new_message_id()?;
+        let now = self.clock.now();
+        let conversation_id = ConversationId::direct(&auth.user_id, &to);
+        let hook = self.hook_draft(
+            HookEventType::MessageCreated,
+            &MessageCreatedData {
+                message_id: message_id.clone(),
+                conversation_id: conversation_id.clone(),
+                sender: auth.user_id.clone(),
+                recipient: Some(to.clone()),
+                group_id: None,
+                kind: req.kind,
+                sent_at: now,
+            },
+            Some(message_id.clone()),
+        );
         let sealed = self
             .keyring
             .seal(&content, message_id.as_str().as_bytes())
             .map_err(|e| CoreError::Internal(format!("cannot seal content: {e}")))?;
+        let hooked = hook.is_some();
         let message = NewMessage {
             message_id,
-            conversation_id: ConversationId::direct(&auth.user_id, &to),
+            conversation_id,
             sender: auth.user_id.clone(),
-            recipient: Recipient::User(to.clone()),
+            recipient,
             kind: req.kind.as_str().to_owned(),
             content: sealed,
             client_msg_id: req.client_msg_id,
-            created_at: self.clock.now(),
-            hook: None,
+            created_at: now,
+            hook,
         };
         match self
             .store
@@ -127,6 +164,9 @@ impl Core {
             .await?
         {
             AppendOutcome::Created { message, events } => {
+                if hooked {
+                    self.wake_dispatcher();
+                }
                 self.publish(&events).await;
                 let seq = events
                     .iter()
@@ -137,6 +177,37 @@ impl Core {
             }
             AppendOutcome::Duplicate(original) => self.resent(&auth.user_id, original).await,
         }
+    }
+
+    /// A user message's content after the before-send hook (when it
+    /// applies to `kind`): a retry of a stored `client_msg_id` is answered
+    /// with the original and does not ask the hook again.
+    pub(crate) async fn checked_content(
+        &self,
+        auth: &AuthContext,
+        to: &Recipient,
+        kind: MessageKind,
+        content: Vec<u8>,
+        client_msg_id: Option<&str>,
+    ) -> Result<Checked> {
+        if !self.before_send_applies(kind) {
+            return Ok(Checked::Send(content));
+        }
+        if let Some(cmid) = client_msg_id
+            && let Some(original) = self.store.sent_message(&auth.user_id, cmid).await?
+        {
+            return Ok(Checked::AlreadySent(original));
+        }
+        let replaced = self
+            .before_send(Outgoing {
+                sender: &auth.user_id,
+                to,
+                kind,
+                content: &content,
+                client_msg_id,
+            })
+            .await?;
+        Ok(Checked::Send(replaced.unwrap_or(content)))
     }
 
     /// The per-user send limits: one message, and `deliveries` inbox rows
@@ -199,7 +270,68 @@ impl Core {
 
     /// `POST /v1/ack`
     pub async fn ack(&self, auth: &AuthContext, seq: Seq) -> Result<Seq> {
-        Ok(self.store.ack(&auth.user_id, seq).await?)
+        let hooked = self.hook_wanted(HookEventType::MessageDelivered)
+            || self.hook_wanted(HookEventType::NotificationDelivered);
+        let before = if hooked {
+            Some(self.store.acked(&auth.user_id).await?)
+        } else {
+            None
+        };
+        let acked = self.store.ack(&auth.user_id, seq).await?;
+        if let Some(before) = before
+            && acked > before
+        {
+            self.emit_delivered(&auth.user_id, before, acked).await;
+        }
+        Ok(acked)
+    }
+
+    /// `message.delivered` for an ack that moved from `before` to `acked`,
+    /// and `notification.delivered` for each notification it covers (up
+    /// to the sync page size of them).
+    async fn emit_delivered(&self, user: &UserId, before: Seq, acked: Seq) {
+        let data = MessageDeliveredData {
+            user_id: user.clone(),
+            seq: acked,
+        };
+        self.emit(HookEventType::MessageDelivered, &data).await;
+        if !self.hook_wanted(HookEventType::NotificationDelivered) {
+            return;
+        }
+        let span = u32::try_from(acked.0 - before.0).unwrap_or(u32::MAX);
+        let limit = span.min(self.config.messaging.max_page);
+        let events = match self.store.events_after(user, before, limit).await {
+            Ok(events) => events,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the acknowledged notifications");
+                return;
+            }
+        };
+        let drafts: Vec<_> = events
+            .iter()
+            .filter(|e| e.seq <= acked)
+            .filter_map(|e| match &e.body {
+                EventBody::Notification(n) => self.hook_draft(
+                    HookEventType::NotificationDelivered,
+                    &NotificationStatusData {
+                        message_id: n.message_id.clone(),
+                        user_id: user.clone(),
+                    },
+                    None,
+                ),
+                _ => None,
+            })
+            .collect();
+        self.enqueue_hooks(drafts).await;
+    }
+
+    async fn emit_read(&self, user: &UserId, conversation: &ConversationId, message: &MessageId) {
+        let data = MessageReadData {
+            user_id: user.clone(),
+            conversation_id: conversation.clone(),
+            message_id: message.clone(),
+        };
+        self.emit(HookEventType::MessageRead, &data).await;
     }
 
     /// `POST /v1/conversations/{id}/read`: moves the caller's read position
@@ -218,15 +350,22 @@ impl Core {
                 .store
                 .mark_notifications_read(&auth.user_id, message_id, self.clock.now())
                 .await?;
+            let data = NotificationStatusData {
+                message_id: message_id.clone(),
+                user_id: auth.user_id.clone(),
+            };
+            self.emit(HookEventType::NotificationRead, &data).await;
             return Ok(ReadResponse {
                 conversation_id: conversation.clone(),
                 read_upto: seq.0,
             });
         }
         if let Some(group) = conversation.group_id() {
-            return self
+            let read = self
                 .mark_group_read(auth, conversation, &group, message_id)
-                .await;
+                .await?;
+            self.emit_read(&auth.user_id, conversation, message_id).await;
+            return Ok(read);
         }
         let members = members_for(conversation, &auth.user_id)?;
         let message = self
@@ -256,6 +395,7 @@ impl Core {
             .mark_read(&auth.user_id, conversation, message.conv_seq, drafts)
             .await?;
         self.publish(&events).await;
+        self.emit_read(&auth.user_id, conversation, message_id).await;
         Ok(ReadResponse {
             conversation_id: conversation.clone(),
             read_upto,
@@ -271,8 +411,15 @@ impl Core {
             .message(message_id)
             .await?
             .ok_or_else(|| CoreError::NotFound("message not found".into()))?;
+        let recalled = MessageRecalledHookData {
+            message_id: message.message_id.clone(),
+            conversation_id: message.conversation_id.clone(),
+            sender: message.sender.clone(),
+        };
         if let Some(group) = message.conversation_id.group_id() {
-            return self.recall_group_message(auth, &group, message).await;
+            self.recall_group_message(auth, &group, message).await?;
+            self.emit(HookEventType::MessageRecalled, &recalled).await;
+            return Ok(());
         }
         let members = members_for(&message.conversation_id, &auth.user_id)?;
         if message.sender != auth.user_id {
@@ -301,6 +448,7 @@ impl Core {
             .collect();
         let events = self.store.recall(message_id, now, drafts).await?;
         self.publish(&events).await;
+        self.emit(HookEventType::MessageRecalled, &recalled).await;
         Ok(())
     }
 

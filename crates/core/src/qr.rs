@@ -512,6 +512,12 @@ impl Core {
             )
             .await?;
         let session = pair.session_id.clone();
+        let confirmed = unimsg_proto::hooks::QrConfirmedData {
+            ticket_id: ticket.ticket_id.to_string(),
+            user_id: user.clone(),
+        };
+        self.emit(unimsg_proto::hooks::HookEventType::QrConfirmed, &confirmed)
+            .await;
         self.audit(crate::audit::AuditRecord {
             action: "auth.qr_confirmed".into(),
             actor_kind: if approver_session.is_some() {

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use unimsg_proto::hooks::{HookEventType, PresenceData};
 use unimsg_proto::{Platform, Seq, SessionId, UserId};
 
 use crate::auth::AuthContext;
@@ -44,6 +45,29 @@ struct Attached {
 impl Drop for Attached {
     fn drop(&mut self) {
         self.bus.detach(&self.user, &self.platform);
+    }
+}
+
+impl Drop for InboxStream {
+    /// The user's last connection on this node closing is `user.offline`
+    /// (this one is still counted until its subscription drops).
+    fn drop(&mut self) {
+        let user = &self.attached.user;
+        if !self.core.hook_wanted(HookEventType::UserOffline)
+            || self.core.hub.user_connections(user) != 1
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let core = self.core.clone();
+        let data = PresenceData {
+            user_id: user.clone(),
+        };
+        runtime.spawn(async move {
+            core.emit(HookEventType::UserOffline, &data).await;
+        });
     }
 }
 
@@ -88,6 +112,13 @@ impl InboxStream {
         }
         let newest = core.store.last_seq(&auth.user_id).await?;
         let last = after.map_or(newest, |a| a.min(newest));
+        if core.hook_wanted(HookEventType::UserOnline) && core.hub.user_connections(&auth.user_id) == 1
+        {
+            let data = PresenceData {
+                user_id: auth.user_id.clone(),
+            };
+            core.emit(HookEventType::UserOnline, &data).await;
+        }
         Ok(Self {
             newest,
             core,

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::api::MessageKind;
-use crate::ids::UserId;
+use crate::ids::{ConversationId, GroupId, MessageId, Platform, SessionId, UserId};
+use crate::Seq;
 
 wire_names! {
     /// The events a webhook endpoint can subscribe to (the catalogue).
@@ -216,6 +217,8 @@ wire_names! {
 pub struct Delivery {
     /// The `webhook-id` header of every attempt.
     pub event_id: String,
+    /// The outbox position, for paging (`before`).
+    pub seq: i64,
     #[serde(rename = "type")]
     pub kind: HookEventType,
     pub status: DeliveryState,
@@ -244,7 +247,7 @@ pub struct DeliveryPage {
     pub deliveries: Vec<Delivery>,
     /// Pass as `before` for the next (older) page; absent on the last one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_before: Option<String>,
+    pub next_before: Option<i64>,
 }
 
 /// `POST /v1/admin/webhooks/{id}/replay`
@@ -301,4 +304,159 @@ pub enum BeforeSendAnswer {
         #[cfg_attr(feature = "openapi", schema(value_type = Object))]
         content: serde_json::Value,
     },
+}
+
+/// `message.created`: a message was stored. `content` is there only for
+/// endpoints with `include_content`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MessageCreatedData {
+    pub message_id: MessageId,
+    pub conversation_id: ConversationId,
+    pub sender: UserId,
+    /// A direct message's recipient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<UserId>,
+    /// A group message's group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<GroupId>,
+    pub kind: MessageKind,
+    #[serde(with = "time::serde::rfc3339")]
+    pub sent_at: OffsetDateTime,
+}
+
+/// `message.delivered`: `user_id` acknowledged its inbox up to `seq`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MessageDeliveredData {
+    pub user_id: UserId,
+    pub seq: Seq,
+}
+
+/// `message.read`: `user_id` read the conversation up to `message_id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MessageReadData {
+    pub user_id: UserId,
+    pub conversation_id: ConversationId,
+    pub message_id: MessageId,
+}
+
+/// `message.recalled`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MessageRecalledHookData {
+    pub message_id: MessageId,
+    pub conversation_id: ConversationId,
+    pub sender: UserId,
+}
+
+/// `notification.delivered` and `notification.read`: one recipient.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NotificationStatusData {
+    pub message_id: MessageId,
+    pub user_id: UserId,
+}
+
+/// `user.created`, `user.updated`, `user.disabled`, `user.deleted`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UserData {
+    pub user_id: UserId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// `active` or `disabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+/// `user.login`: a session was created.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LoginData {
+    pub user_id: UserId,
+    pub session_id: SessionId,
+    pub platform: Platform,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+}
+
+/// `user.logout` and `session.revoked` (with the reason).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SessionData {
+    pub user_id: UserId,
+    pub session_id: SessionId,
+    /// `session.revoked`: `logout`, `kicked`, `admin`, `password_changed`,
+    /// `refresh_token_reuse`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `user.online`, `user.offline`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PresenceData {
+    pub user_id: UserId,
+}
+
+/// `friend.requested` (`user_id` asked `other_id`), `friend.added`,
+/// `friend.removed`, `block.added` and `block.removed` (`user_id` blocked
+/// `other_id`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RelationData {
+    pub user_id: UserId,
+    pub other_id: UserId,
+}
+
+/// `qr.confirmed`: a QR login was confirmed from a logged-in device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QrConfirmedData {
+    pub ticket_id: String,
+    pub user_id: UserId,
+}
+
+wire_names! {
+    /// What a `security.alert` is about.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub enum AlertKind {
+        /// A refresh token was used twice: its session is revoked.
+        RefreshTokenReuse = "refresh_token_reuse",
+        /// A sign-in from a device and an address the user never used.
+        NewPlace = "new_place",
+        /// Failed logins put an account or address under back-off.
+        LoginBackoff = "login_backoff",
+        /// A request with a wrong admin credential.
+        AdminCredentialRefused = "admin_credential_refused",
+        /// A webhook endpoint failed for `hooks.disable_after_hours`.
+        WebhookDisabled = "webhook_disabled",
+    }
+}
+
+/// `security.alert`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SecurityAlertData {
+    pub alert: AlertKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `webhook.test`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WebhookTestData {
+    pub webhook_id: String,
 }

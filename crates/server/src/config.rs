@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use unimsg_core::config::{
-    AdminConfig, AuthConfig, CoreConfig, DeliveryConfig, GroupsConfig, MessagingConfig,
+    AdminConfig, AuthConfig, CoreConfig, DeliveryConfig, GroupsConfig, HooksConfig,
+    MessagingConfig,
 };
 use unimsg_core::limits::LimitsConfig;
 use unimsg_http::HttpConfig;
@@ -47,6 +48,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub limits: LimitsConfig,
     pub groups: GroupsConfig,
+    pub hooks: HooksConfig,
     pub store: StoreConfig,
     pub bus: BusConfig,
 }
@@ -64,6 +66,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             limits: LimitsConfig::default(),
             groups: GroupsConfig::default(),
+            hooks: HooksConfig::default(),
             store: StoreConfig::default(),
             bus: BusConfig::default(),
         }
@@ -253,6 +256,7 @@ impl Config {
             admin: self.admin.clone(),
             limits: self.limits.clone(),
             groups: self.groups.clone(),
+            hooks: self.hooks.clone(),
         }
     }
 

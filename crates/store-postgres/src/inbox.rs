@@ -442,6 +442,25 @@ impl Inbox for PgStore {
         connected!(self, |client| message_by_id(&client, id.as_str()).await)
     }
 
+    async fn sent_message(
+        &self,
+        sender: &UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<StoredMessage>> {
+        connected!(self, |client| {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender_id = $1 AND m.client_msg_id = $2"
+                ))
+                .await?;
+            client
+                .query_opt(&stmt, &[&sender.as_str(), &client_msg_id])
+                .await?
+                .map(|row| read(&row, |r| read_message(r, 0)))
+                .transpose()
+        })
+    }
+
     async fn message_seq(&self, user: &UserId, id: &MessageId) -> Result<Option<Seq>> {
         connected!(self, |client| {
             // A range scan of this user's inbox: only idempotent retries ask.

@@ -366,6 +366,21 @@ impl Inbox for SqliteStore {
             .await
     }
 
+    async fn sent_message(
+        &self,
+        sender: &UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<StoredMessage>> {
+        let (sender, cmid) = (sender.clone(), client_msg_id.to_owned());
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender_id = ?1 AND m.client_msg_id = ?2"
+            ))?;
+            first(&mut stmt, params![sender.as_str(), cmid], |r| read_message(r, 0))
+        })
+        .await
+    }
+
     async fn message_seq(&self, user: &UserId, id: &MessageId) -> Result<Option<Seq>> {
         let (user, id) = (user.clone(), id.clone());
         // A range scan of this user's inbox: only idempotent retries ask.

@@ -316,6 +316,12 @@ pub trait Inbox: Send + Sync {
     async fn ack(&self, user: &UserId, seq: Seq) -> Result<Seq>;
     async fn acked(&self, user: &UserId) -> Result<Seq>;
     async fn message(&self, id: &MessageId) -> Result<Option<StoredMessage>>;
+    /// The message `sender` stored with `client_msg_id`, if any (a retry).
+    async fn sent_message(
+        &self,
+        sender: &UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<StoredMessage>>;
     /// The seq of a message's `message.new` event in `user`'s inbox.
     async fn message_seq(&self, user: &UserId, id: &MessageId) -> Result<Option<Seq>>;
     /// Moves `user`'s read position in a conversation forward to `upto`.

@@ -10,6 +10,7 @@ use unimsg_proto::api::{
 };
 use unimsg_proto::event::{MessageRecalledData, ReceiptReadData};
 use unimsg_proto::groups::GroupRole;
+use unimsg_proto::hooks::{HookEventType, MessageCreatedData};
 use unimsg_proto::{ConversationId, EventType, GroupId, MessageId, Seq, UserId};
 use unimsg_store::{
     AppendOutcome, ConversationState, EventDraft, GroupRow, MemberRow, NewMessage, StoreError,
@@ -19,6 +20,7 @@ use unimsg_store::{
 use super::{forbidden, group_not_found, not_a_member};
 use crate::Core;
 use crate::auth::AuthContext;
+use crate::messaging::Checked;
 use crate::error::{CoreError, Result};
 use crate::render;
 
@@ -55,22 +57,44 @@ impl Core {
         // The fan-out counts against the sender: one inbox row per other member.
         self.check_send_limits(&auth.user_id, row.member_count.saturating_sub(1))
             .await?;
+        let recipient = Recipient::Group(group.clone());
+        let content = match self
+            .checked_content(auth, &recipient, kind, content.to_vec(), client_msg_id.as_deref())
+            .await?
+        {
+            Checked::Send(content) => content,
+            Checked::AlreadySent(original) => return self.resent(&auth.user_id, original).await,
+        };
         let message_id = MessageId::parse(uuid::Uuid::now_v7().simple().to_string())
             .map_err(|e| CoreError::Internal(e.to_string()))?;
+        let hook = self.hook_draft(
+            HookEventType::MessageCreated,
+            &MessageCreatedData {
+                message_id: message_id.clone(),
+                conversation_id: ConversationId::group(group),
+                sender: auth.user_id.clone(),
+                recipient: None,
+                group_id: Some(group.clone()),
+                kind,
+                sent_at: now,
+            },
+            Some(message_id.clone()),
+        );
+        let hooked = hook.is_some();
         let sealed = self
             .keyring
-            .seal(content, message_id.as_str().as_bytes())
+            .seal(&content, message_id.as_str().as_bytes())
             .map_err(|e| CoreError::Internal(format!("cannot seal content: {e}")))?;
         let message = NewMessage {
             message_id,
             conversation_id: ConversationId::group(group),
             sender: auth.user_id.clone(),
-            recipient: Recipient::Group(group.clone()),
+            recipient,
             kind: kind.as_str().to_owned(),
             content: sealed,
             client_msg_id,
             created_at: now,
-            hook: None,
+            hook,
         };
         let outcome = self
             .store
@@ -83,6 +107,9 @@ impl Core {
             })?;
         match outcome {
             AppendOutcome::Created { message, events } => {
+                if hooked {
+                    self.wake_dispatcher();
+                }
                 let started = tokio::time::Instant::now();
                 let data = serde_json::to_value(render::message(&self.keyring, &message)?)
                     .map_err(|e| CoreError::Internal(format!("cannot render a message: {e}")))?;
