@@ -57,6 +57,8 @@ fn metrics_handle() -> Option<PrometheusHandle> {
 pub struct Node {
     pub core: Arc<Core>,
     pub cluster: Option<Arc<unimsg_redis::Cluster>>,
+    /// Makes the webhook requests of this node's dispatcher.
+    pub transport: Arc<dyn unimsg_core::hooks::HookTransport>,
 }
 
 /// Opens the store (embedded, or PostgreSQL in cluster mode), loads the
@@ -98,6 +100,20 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
         config.admin.nonce_capacity,
         config.admin.nonce_per_credential,
     );
+    let hooks = &config.hooks;
+    if let Some(secret) = &hooks.before_send.secret {
+        anyhow::ensure!(
+            unimsg_core::hooks::sign::HookSecret::parse(secret).is_some(),
+            "hooks.before_send.secret must be whsec_ and the base64 of at least 24 bytes"
+        );
+    }
+    if let Some(url) = &hooks.before_send.url {
+        unimsg_core::hooks::target::check(url, hooks.allow_private_targets)
+            .await
+            .with_context(|| format!("hooks.before_send.url {url} cannot be used"))?;
+    }
+    let transport = unimsg_hooks::HttpTransport::new(hooks.allow_private_targets)
+        .context("cannot build the HTTP client for hooks")?;
     let mut parts = CoreParts {
         store,
         bus: Arc::new(LocalBus::new(hub.clone())),
@@ -110,6 +126,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
         nonces: Arc::new(MemoryNonces::new(nonce_bounds)),
         limits: Arc::new(MemoryLimits::new(config.limits.clone())),
         qr: Arc::new(MemoryTickets::default()),
+        transport: Some(Arc::new(transport.clone())),
         config: config.core(),
     };
     let cluster = if config.bus.url.is_empty() {
@@ -136,9 +153,14 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
         parts.qr = Arc::new(RedisTickets::new(cluster.clone()));
         Some(cluster)
     };
+    let core = Arc::new(Core::new(parts));
+    core.refresh_hook_interest()
+        .await
+        .context("cannot read the webhook endpoints")?;
     Ok(Node {
-        core: Arc::new(Core::new(parts)),
+        core,
         cluster,
+        transport: Arc::new(transport),
     })
 }
 
@@ -211,7 +233,11 @@ pub async fn run(
                  set auth.public_url (UNIMSG_AUTH__PUBLIC_URL) to the address phones reach");
         }
     }
-    let Node { core, cluster } = build(&config).await?;
+    let Node {
+        core,
+        cluster,
+        transport,
+    } = build(&config).await?;
     if let Some(cluster) = &cluster {
         tracing::info!(target: LIFECYCLE, node_id = cluster.node_id(), "cluster mode: PostgreSQL store, Redis bus");
     }
@@ -265,6 +291,7 @@ pub async fn run(
             }
         })
     };
+    let dispatcher = tokio::spawn(core.clone().run_webhooks(transport));
     serve::serve(listener, app, &config.http, caps, shutdown, move || {
         tracing::info!(target: LIFECYCLE, "shutting down: closing live connections");
         hub.shutdown();
@@ -279,6 +306,8 @@ pub async fn run(
         tracing::warn!(target: LIFECYCLE, left = draining.connections(), "connections still open at exit");
     }
     flusher.abort();
+    // Attempts cut off here are attempted again when their lease ends.
+    dispatcher.abort();
     core.flush_all_refusals().await;
     if let Some(cluster) = &cluster {
         cluster.leave().await;

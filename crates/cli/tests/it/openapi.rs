@@ -84,6 +84,16 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/admin/groups/{id}"),
     ("post", "/v1/admin/groups/{id}/members"),
     ("delete", "/v1/admin/groups/{id}/members/{user_id}"),
+    ("post", "/v1/admin/webhooks"),
+    ("get", "/v1/admin/webhooks"),
+    ("get", "/v1/admin/webhooks/{id}"),
+    ("patch", "/v1/admin/webhooks/{id}"),
+    ("delete", "/v1/admin/webhooks/{id}"),
+    ("post", "/v1/admin/webhooks/{id}/secret"),
+    ("post", "/v1/admin/webhooks/{id}/test"),
+    ("get", "/v1/admin/webhooks/{id}/deliveries"),
+    ("post", "/v1/admin/webhooks/{id}/deliveries/{event_id}/retry"),
+    ("post", "/v1/admin/webhooks/{id}/replay"),
 ];
 
 const METHODS: &[&str] = &[

@@ -16,6 +16,7 @@
 //! - [`qr`] — `POST /v1/admin/qr/{ticket_id}/confirm`
 //! - [`relationships`] — `GET|PUT /v1/admin/relationships`
 //! - [`groups`] — `/v1/admin/groups…`
+//! - [`webhooks`] — `/v1/admin/webhooks…`
 
 mod audit;
 mod gate;
@@ -26,6 +27,7 @@ mod qr;
 mod relationships;
 mod tokens;
 mod users;
+mod webhooks;
 
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
@@ -67,6 +69,20 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(groups::get_group, groups::dissolve_group))
         .routes(routes!(groups::add_group_members))
         .routes(routes!(groups::remove_group_member))
+        .routes(routes!(
+            webhooks::create_webhook,
+            webhooks::list_webhooks
+        ))
+        .routes(routes!(
+            webhooks::get_webhook,
+            webhooks::update_webhook,
+            webhooks::delete_webhook
+        ))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::test_webhook))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::retry_delivery))
+        .routes(routes!(webhooks::replay))
 }
 
 /// The admin credential of the request, put there by [`gate`](fn@gate).

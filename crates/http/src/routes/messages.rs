@@ -25,7 +25,7 @@ use crate::extract::{Json, PathId, PathPair, Query, UserAuth, path_id};
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The stored message.", body = SendResponse),
-        (status = 403, description = "Refused: the recipient does not take messages from the caller, or the caller is not a member of the group or is muted in it (`forbidden`).", body = ErrorBody),
+        (status = 403, description = "Refused: the recipient does not take messages from the caller, or the caller is not a member of the group or is muted in it (`forbidden`); or the before-send hook (`hooks.before_send`) rejected it, with its reason as the message (`rejected`).", body = ErrorBody),
         (status = 404, description = "The recipient or the group does not exist (`not_found`).", body = ErrorBody),
         (status = 413, description = "The body or the content is over its limit (`payload_too_large`).", body = ErrorBody),
         (status = 429, description = "The sender is over `limits.send_per_minute` messages or `limits.deliveries_per_minute` inbox rows for others (a group message counts its other members); `Retry-After` says when to try again (`rate_limited`).", body = ErrorBody),
