@@ -17,8 +17,8 @@ use unimsg_proto::admin::{
 };
 use unimsg_proto::api::TokenPair;
 use unimsg_proto::event::RevokeReason;
-use unimsg_proto::{ErrorDetail, EventType, MessageId, Platform, UserId};
 use unimsg_proto::hooks::{HookEventType, UserData};
+use unimsg_proto::{ErrorDetail, EventType, MessageId, Platform, UserId};
 use unimsg_store::{
     Admin, AudiencePart, NewNotification, NewUser, PasswordHash, StoreError, StoredNotification,
     User, UserStatus, UserUpdate,

@@ -216,7 +216,8 @@ impl Core {
                 }
                 other => other.into(),
             })?;
-        self.emit(HookEventType::UserCreated, &user_data(&user)).await;
+        self.emit(HookEventType::UserCreated, &user_data(&user))
+            .await;
         Ok(UserProfile {
             user_id: user.user_id,
             username: user.username,
@@ -238,7 +239,11 @@ impl Core {
         // (see `limits`) is checked before the password, so a locked pair
         // costs no hashing.
         let ip = client.ip.as_deref();
-        if let Err(wait) = self.limits.login_locked(Realm::User, &req.username, ip).await {
+        if let Err(wait) = self
+            .limits
+            .login_locked(Realm::User, &req.username, ip)
+            .await
+        {
             // At most one alert a minute, whoever is locked (the refusals
             // are unauthenticated: they must not grow any state).
             if let Some(held_back) = self.replay_alerts.allow("login_backoff") {

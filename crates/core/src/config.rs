@@ -219,9 +219,7 @@ impl Default for HooksConfig {
             retention_days: 7,
             disable_after_hours: 72,
             secret_overlap_secs: 86_400,
-            retry_schedule_secs: vec![
-                5, 30, 120, 600, 1800, 3600, 10_800, 21_600, 43_200, 86_400,
-            ],
+            retry_schedule_secs: vec![5, 30, 120, 600, 1800, 3600, 10_800, 21_600, 43_200, 86_400],
             poll_interval_ms: 1000,
             before_send: BeforeSendConfig::default(),
         }
@@ -229,29 +227,29 @@ impl Default for HooksConfig {
 }
 
 /// `[hooks.before_send]`: a synchronous check of every user message
-/// before it is stored. Off without `url`.
+/// before it is stored. Off while `url` is empty.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BeforeSendConfig {
-    pub url: Option<String>,
+    pub url: String,
     /// How long a send waits for the answer, in ms.
     pub timeout_ms: u64,
     /// What a timeout, an error or an unreadable answer means.
     pub on_failure: OnFailure,
     /// The message kinds checked (default: all).
     pub kinds: Vec<unimsg_proto::api::MessageKind>,
-    /// Signs the requests like webhooks (`whsec_…`); unsigned without it.
-    pub secret: Option<String>,
+    /// Signs the requests like webhooks (`whsec_…`); unsigned when empty.
+    pub secret: String,
 }
 
 impl Default for BeforeSendConfig {
     fn default() -> Self {
         Self {
-            url: None,
+            url: String::new(),
             timeout_ms: 2000,
             on_failure: OnFailure::Allow,
             kinds: unimsg_proto::api::MessageKind::ALL.to_vec(),
-            secret: None,
+            secret: String::new(),
         }
     }
 }
@@ -263,7 +261,14 @@ impl std::fmt::Debug for BeforeSendConfig {
             .field("timeout_ms", &self.timeout_ms)
             .field("on_failure", &self.on_failure)
             .field("kinds", &self.kinds)
-            .field("secret", &self.secret.as_ref().map(|_| "[redacted]"))
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    ""
+                } else {
+                    "[redacted]"
+                },
+            )
             .finish()
     }
 }
@@ -274,7 +279,7 @@ impl std::fmt::Debug for BeforeSendConfig {
 pub enum OnFailure {
     /// Fail open: store and deliver it.
     Allow,
-    /// Fail closed: refuse it (503).
+    /// Fail closed: refuse it (403 `rejected`).
     Reject,
 }
 

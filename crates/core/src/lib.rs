@@ -124,13 +124,9 @@ impl Core {
             refusals: audit::Refusals::default(),
             replay_alerts: throttle::LogThrottle::new(std::time::Duration::from_secs(60)),
             transport: parts.transport,
-            before_send_secret: parts
-                .config
-                .hooks
-                .before_send
-                .secret
-                .as_deref()
-                .and_then(hooks::sign::HookSecret::parse),
+            before_send_secret: hooks::sign::HookSecret::parse(
+                &parts.config.hooks.before_send.secret,
+            ),
             hook_interest: parking_lot::RwLock::default(),
             hooks_wake: tokio::sync::Notify::new(),
             config: parts.config,

@@ -6,23 +6,22 @@
 //! still be lost.
 
 use time::OffsetDateTime;
+use unimsg_proto::api::{
+    ConversationList, ConversationSummary, HistoryPage, MessageKind, ReadResponse, Recipient,
+    SendRequest, SendResponse, SyncResponse,
+};
+use unimsg_proto::event::{MessageRecalledData, ReceiptReadData};
 use unimsg_proto::hooks::{
     HookEventType, MessageCreatedData, MessageDeliveredData, MessageReadData,
     MessageRecalledHookData, NotificationStatusData,
 };
-use unimsg_proto::api::{
-    ConversationList, ConversationSummary, HistoryPage, MessageKind, ReadResponse, Recipient,
-    SendRequest,
-    SendResponse, SyncResponse,
-};
-use unimsg_proto::event::{MessageRecalledData, ReceiptReadData};
 use unimsg_proto::{ConversationId, EventType, MessageId, Seq, UserId};
 use unimsg_store::{AppendOutcome, EventBody, EventDraft, NewMessage, StoredMessage};
 
 use crate::Core;
 use crate::auth::AuthContext;
-use crate::hooks::before_send::Outgoing;
 use crate::error::{CoreError, Result};
+use crate::hooks::before_send::Outgoing;
 use crate::limits::Limit;
 use crate::render;
 
@@ -32,7 +31,7 @@ const MAX_CLIENT_MSG_ID: usize = 128;
 pub(crate) enum Checked {
     Send(Vec<u8>),
     /// A retry of a message stored before.
-    AlreadySent(StoredMessage),
+    AlreadySent(Box<StoredMessage>),
 }
 
 fn new_message_id() -> Result<MessageId> {
@@ -120,11 +119,17 @@ impl Core {
         self.check_send_limits(&auth.user_id, 1).await?;
         let recipient = Recipient::User(to.clone());
         let content = match self
-            .checked_content(auth, &recipient, req.kind, content, req.client_msg_id.as_deref())
+            .checked_content(
+                auth,
+                &recipient,
+                req.kind,
+                content,
+                req.client_msg_id.as_deref(),
+            )
             .await?
         {
             Checked::Send(content) => content,
-            Checked::AlreadySent(original) => return self.resent(&auth.user_id, original).await,
+            Checked::AlreadySent(original) => return self.resent(&auth.user_id, *original).await,
         };
         let message_id = new_message_id()?;
         let now = self.clock.now();
@@ -196,7 +201,7 @@ impl Core {
         if let Some(cmid) = client_msg_id
             && let Some(original) = self.store.sent_message(&auth.user_id, cmid).await?
         {
-            return Ok(Checked::AlreadySent(original));
+            return Ok(Checked::AlreadySent(Box::new(original)));
         }
         let replaced = self
             .before_send(Outgoing {
@@ -364,7 +369,8 @@ impl Core {
             let read = self
                 .mark_group_read(auth, conversation, &group, message_id)
                 .await?;
-            self.emit_read(&auth.user_id, conversation, message_id).await;
+            self.emit_read(&auth.user_id, conversation, message_id)
+                .await;
             return Ok(read);
         }
         let members = members_for(conversation, &auth.user_id)?;
@@ -395,7 +401,8 @@ impl Core {
             .mark_read(&auth.user_id, conversation, message.conv_seq, drafts)
             .await?;
         self.publish(&events).await;
-        self.emit_read(&auth.user_id, conversation, message_id).await;
+        self.emit_read(&auth.user_id, conversation, message_id)
+            .await;
         Ok(ReadResponse {
             conversation_id: conversation.clone(),
             read_upto,

@@ -112,7 +112,8 @@ impl InboxStream {
         }
         let newest = core.store.last_seq(&auth.user_id).await?;
         let last = after.map_or(newest, |a| a.min(newest));
-        if core.hook_wanted(HookEventType::UserOnline) && core.hub.user_connections(&auth.user_id) == 1
+        if core.hook_wanted(HookEventType::UserOnline)
+            && core.hub.user_connections(&auth.user_id) == 1
         {
             let data = PresenceData {
                 user_id: auth.user_id.clone(),

@@ -5,9 +5,9 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::Seq;
 use crate::api::MessageKind;
 use crate::ids::{ConversationId, GroupId, MessageId, Platform, SessionId, UserId};
-use crate::Seq;
 
 wire_names! {
     /// The events a webhook endpoint can subscribe to (the catalogue).

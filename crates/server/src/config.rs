@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use unimsg_core::config::{
-    AdminConfig, AuthConfig, CoreConfig, DeliveryConfig, GroupsConfig, HooksConfig,
-    MessagingConfig,
+    AdminConfig, AuthConfig, CoreConfig, DeliveryConfig, GroupsConfig, HooksConfig, MessagingConfig,
 };
 use unimsg_core::limits::LimitsConfig;
 use unimsg_http::HttpConfig;
@@ -211,6 +210,7 @@ impl Config {
         let known = known_keys();
         let lists = list_keys();
         let mut overrides = HashMap::new();
+        let mut list_values = Vec::new();
         for (name, value) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -219,26 +219,32 @@ impl Config {
                 continue;
             }
             let key = rest.to_ascii_lowercase().replace("__", ".");
-            if known.contains(&key) {
+            if lists.contains(&key) {
+                // Split here: a single item is a list of one too.
+                let items: Vec<String> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                list_values.push((key, items));
+            } else if known.contains(&key) {
                 overrides.insert(name, value);
             } else {
                 tracing::warn!(variable = %name, "ignoring an environment variable that is no configuration key");
             }
         }
-        let mut environment = config::Environment::with_prefix("UNIMSG")
+        let environment = config::Environment::with_prefix("UNIMSG")
             .prefix_separator("_")
             .separator("__")
             .try_parsing(true)
             .source(Some(overrides));
-        // Only keys whose value is a list are split on commas; a comma in
-        // any other value (a log filter, say) is kept.
-        if !lists.is_empty() {
-            environment = environment.list_separator(",");
-            for key in lists {
-                environment = environment.with_list_parse_key(&key);
-            }
-        }
         builder = builder.add_source(environment);
+        for (key, items) in list_values {
+            builder = builder
+                .set_override(key.as_str(), items)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
         let merged = builder
             .build()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -273,20 +279,25 @@ fn key_paths() -> Vec<(String, bool)> {
         toml::Value::try_from(Config::default()).unwrap_or(toml::Value::Table(Default::default()));
     let mut out = Vec::new();
     if let toml::Value::Table(top) = value {
-        for (k, v) in top {
-            match v {
-                toml::Value::Table(section) => {
-                    out.extend(
-                        section
-                            .iter()
-                            .map(|(s, v)| (format!("{k}.{s}"), v.is_array())),
-                    );
-                }
-                other => out.push((k, other.is_array())),
-            }
-        }
+        collect_paths("", &top, &mut out);
     }
     out
+}
+
+/// The key paths of `table` under `prefix`, nested tables included
+/// (`hooks.before_send.url`), each with whether its value is a list.
+fn collect_paths(prefix: &str, table: &toml::Table, out: &mut Vec<(String, bool)>) {
+    for (k, v) in table {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(inner) => collect_paths(&path, inner, out),
+            other => out.push((path, other.is_array())),
+        }
+    }
 }
 
 fn known_keys() -> Vec<String> {
@@ -316,6 +327,32 @@ mod tests {
     fn no_file_and_no_env_gives_defaults() {
         let c = Config::load(None, env(&[])).unwrap();
         assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn nested_keys_and_one_item_lists_come_from_the_environment() {
+        let c = Config::load(
+            None,
+            env(&[
+                (
+                    "UNIMSG_HOOKS__BEFORE_SEND__URL",
+                    "https://hook.example/check",
+                ),
+                ("UNIMSG_HOOKS__BEFORE_SEND__ON_FAILURE", "reject"),
+                ("UNIMSG_HOOKS__RETRY_SCHEDULE_SECS", "7"),
+                ("UNIMSG_ADMIN__IP_ALLOWLIST", "10.0.0.0/8"),
+                ("UNIMSG_HOOKS__BEFORE_SEND__KINDS", "chat,event"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.hooks.before_send.url, "https://hook.example/check");
+        assert_eq!(
+            c.hooks.before_send.on_failure,
+            unimsg_core::config::OnFailure::Reject
+        );
+        assert_eq!(c.hooks.retry_schedule_secs, vec![7]);
+        assert_eq!(c.admin.ip_allowlist.len(), 1);
+        assert_eq!(c.hooks.before_send.kinds.len(), 2);
     }
 
     #[test]

@@ -101,13 +101,15 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
         config.admin.nonce_per_credential,
     );
     let hooks = &config.hooks;
-    if let Some(secret) = &hooks.before_send.secret {
+    let secret = &hooks.before_send.secret;
+    if !secret.is_empty() {
         anyhow::ensure!(
             unimsg_core::hooks::sign::HookSecret::parse(secret).is_some(),
             "hooks.before_send.secret must be whsec_ and the base64 of at least 24 bytes"
         );
     }
-    if let Some(url) = &hooks.before_send.url {
+    let url = &hooks.before_send.url;
+    if !url.is_empty() {
         unimsg_core::hooks::target::check(url, hooks.allow_private_targets)
             .await
             .with_context(|| format!("hooks.before_send.url {url} cannot be used"))?;

@@ -92,7 +92,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/admin/webhooks/{id}/secret"),
     ("post", "/v1/admin/webhooks/{id}/test"),
     ("get", "/v1/admin/webhooks/{id}/deliveries"),
-    ("post", "/v1/admin/webhooks/{id}/deliveries/{event_id}/retry"),
+    (
+        "post",
+        "/v1/admin/webhooks/{id}/deliveries/{event_id}/retry",
+    ),
     ("post", "/v1/admin/webhooks/{id}/replay"),
 ];
 

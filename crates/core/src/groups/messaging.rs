@@ -20,8 +20,8 @@ use unimsg_store::{
 use super::{forbidden, group_not_found, not_a_member};
 use crate::Core;
 use crate::auth::AuthContext;
-use crate::messaging::Checked;
 use crate::error::{CoreError, Result};
+use crate::messaging::Checked;
 use crate::render;
 
 impl Core {
@@ -59,11 +59,17 @@ impl Core {
             .await?;
         let recipient = Recipient::Group(group.clone());
         let content = match self
-            .checked_content(auth, &recipient, kind, content.to_vec(), client_msg_id.as_deref())
+            .checked_content(
+                auth,
+                &recipient,
+                kind,
+                content.to_vec(),
+                client_msg_id.as_deref(),
+            )
             .await?
         {
             Checked::Send(content) => content,
-            Checked::AlreadySent(original) => return self.resent(&auth.user_id, original).await,
+            Checked::AlreadySent(original) => return self.resent(&auth.user_id, *original).await,
         };
         let message_id = MessageId::parse(uuid::Uuid::now_v7().simple().to_string())
             .map_err(|e| CoreError::Internal(e.to_string()))?;

@@ -6,14 +6,16 @@
 //! `hooks.before_send.on_failure`. Only the sender waits: each check has
 //! its own deadline, and the transport's pooled connections are shared.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use unimsg_proto::UserId;
 use unimsg_proto::api::{MessageKind, Recipient};
 use unimsg_proto::hooks::{BeforeSendAnswer, BeforeSendRequest};
 
-use super::sign::{self, HookSecret};
 use super::HookRequest;
+use super::sign::{self, HookSecret};
 use crate::Core;
 use crate::config::OnFailure;
 use crate::error::{CoreError, Result};
@@ -31,16 +33,17 @@ impl Core {
     /// Whether messages of `kind` go through the hook.
     pub(crate) fn before_send_applies(&self, kind: MessageKind) -> bool {
         let config = &self.config.hooks.before_send;
-        config.url.is_some() && config.kinds.contains(&kind)
+        !config.url.is_empty() && config.kinds.contains(&kind)
     }
 
     /// Asks the hook about `message`: `None` to store it as it is, or the
     /// content to store instead. A refusal is `CoreError::Rejected`.
     pub(crate) async fn before_send(&self, message: Outgoing<'_>) -> Result<Option<Vec<u8>>> {
         let config = &self.config.hooks.before_send;
-        let Some(url) = &config.url else {
+        let url = &config.url;
+        if url.is_empty() {
             return Ok(None);
-        };
+        }
         let started = Instant::now();
         let answer = self.ask_before_send(url, &message).await;
         metrics::histogram!("unimsg_before_send_seconds").record(started.elapsed().as_secs_f64());
@@ -90,7 +93,11 @@ impl Core {
     }
 
     /// The hook's answer, or why there is none (for the log).
-    async fn ask_before_send(&self, url: &str, m: &Outgoing<'_>) -> Result<BeforeSendAnswer, String> {
+    async fn ask_before_send(
+        &self,
+        url: &str,
+        m: &Outgoing<'_>,
+    ) -> Result<BeforeSendAnswer, String> {
         let transport = self
             .transport
             .as_ref()

@@ -3,8 +3,8 @@
 
 use time::Duration;
 use unimsg_proto::hooks::{
-    CreateWebhook, Delivery, DeliveryPage, DeliveryState, EventFilter, HookEventType,
-    PatchWebhook, Requeued, Webhook, WebhookList, WebhookTestData, WebhookWithSecret,
+    CreateWebhook, Delivery, DeliveryPage, DeliveryState, EventFilter, HookEventType, PatchWebhook,
+    Requeued, Webhook, WebhookList, WebhookTestData, WebhookWithSecret,
 };
 use unimsg_store::{DeliveryRow, Sealed, WebhookChange, WebhookRow};
 

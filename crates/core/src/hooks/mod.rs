@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
-use unimsg_proto::hooks::{EventFilter, HookEventType};
 use unimsg_proto::MessageId;
+use unimsg_proto::hooks::{EventFilter, HookEventType};
 use unimsg_store::{HookDraft, WebhookRow};
 
 use crate::Core;

@@ -109,9 +109,19 @@ mod tests {
 
     #[test]
     fn an_overlap_signs_with_both() {
-        let (a, b) = (HookSecret::generate().unwrap(), HookSecret::generate().unwrap());
+        let (a, b) = (
+            HookSecret::generate().unwrap(),
+            HookSecret::generate().unwrap(),
+        );
         let h = headers(&[a.clone(), b.clone()], "evt_1", 10, b"{}");
         let sig = &h[2].1;
-        assert_eq!(sig, &format!("{} {}", a.sign("evt_1", 10, b"{}"), b.sign("evt_1", 10, b"{}")));
+        assert_eq!(
+            sig,
+            &format!(
+                "{} {}",
+                a.sign("evt_1", 10, b"{}"),
+                b.sign("evt_1", 10, b"{}")
+            )
+        );
     }
 }

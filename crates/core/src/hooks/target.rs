@@ -18,7 +18,9 @@ pub enum TargetError {
     NoHost,
     #[error("URLs with a user name or password are not accepted")]
     Credentials,
-    #[error("{0} resolves to a private, loopback or link-local address ({1}); set hooks.allow_private_targets to allow it")]
+    #[error(
+        "{0} resolves to a private, loopback or link-local address ({1}); set hooks.allow_private_targets to allow it"
+    )]
     Private(String, IpAddr),
     #[error("{0} does not resolve")]
     Unresolved(String),
@@ -128,7 +130,10 @@ mod tests {
 
     #[tokio::test]
     async fn registration_refuses_forms_and_private_hosts() {
-        assert_eq!(check("ftp://example.com/", false).await, Err(TargetError::Scheme));
+        assert_eq!(
+            check("ftp://example.com/", false).await,
+            Err(TargetError::Scheme)
+        );
         assert_eq!(
             check("http://u:p@example.com/", false).await,
             Err(TargetError::Credentials)

@@ -69,10 +69,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(groups::get_group, groups::dissolve_group))
         .routes(routes!(groups::add_group_members))
         .routes(routes!(groups::remove_group_member))
-        .routes(routes!(
-            webhooks::create_webhook,
-            webhooks::list_webhooks
-        ))
+        .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
         .routes(routes!(
             webhooks::get_webhook,
             webhooks::update_webhook,
