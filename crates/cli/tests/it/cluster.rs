@@ -458,3 +458,83 @@ async fn clients_of_a_killed_node_resume_on_another_with_nothing_lost() {
     let expected: Vec<String> = (0..25).map(|i| format!("m{i}")).collect();
     assert_eq!(texts(&got), expected);
 }
+
+/// The message ids of the `message.created` events a receiver answered
+/// with 2xx, and how many such requests there were.
+fn created_ids(seen: &[crate::receiver::Received]) -> (HashSet<String>, usize) {
+    let ok: Vec<String> = seen
+        .iter()
+        .filter(|r| r.answered_ok && r.kind() == "message.created")
+        .map(|r| r.json()["data"]["message_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let n = ok.len();
+    (ok.into_iter().collect(), n)
+}
+
+#[tokio::test]
+async fn webhooks_from_two_nodes_go_out_once_and_survive_a_node_killed_mid_delivery() {
+    use crate::receiver::{Receiver, Reply};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    // Each answer takes `delay_ms`: phase 2 makes it long enough that the
+    // killed node has attempts in flight.
+    let delay_ms = Arc::new(AtomicU64::new(10));
+    let delay = delay_ms.clone();
+    let receiver = Receiver::scripted(move |_, _| Reply {
+        delay: Duration::from_millis(delay.load(Ordering::SeqCst)),
+        ..Reply::status(204)
+    })
+    .await;
+    let schedule = vec!["1"; 20].join(",");
+    let extra = [
+        ("UNIMSG_HOOKS__ALLOW_PRIVATE_TARGETS", "true"),
+        ("UNIMSG_HOOKS__POLL_INTERVAL_MS", "100"),
+        ("UNIMSG_HOOKS__TIMEOUT_MS", "2000"),
+        ("UNIMSG_HOOKS__MAX_IN_FLIGHT", "4"),
+        ("UNIMSG_HOOKS__RETRY_SCHEDULE_SECS", schedule.as_str()),
+        ("UNIMSG_LIMITS__SEND_PER_MINUTE", "100000"),
+        ("UNIMSG_LIMITS__DELIVERIES_PER_MINUTE", "100000"),
+    ];
+    let mut cluster = TestCluster::start(2, &extra).await;
+    let (status, hook) = admin(
+        &cluster.nodes[0],
+        Method::POST,
+        "/v1/admin/webhooks",
+        Some(json!({"url": receiver.url, "events": ["message.created"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{hook}");
+    let alice_0 = user(&cluster.nodes[0].client(), "alice").await;
+    let bob = register(&cluster.nodes[0].client(), "bob").await;
+    let alice_1 = login(&cluster.nodes[1].client(), "alice", "ios", None).await;
+
+    // Phase 1: both nodes dispatch; every event goes out exactly once.
+    for i in 0..100 {
+        let from = if i % 2 == 0 { &alice_0 } else { &alice_1 };
+        from.api.send_text(&bob, &format!("a{i}"), None).await.unwrap();
+    }
+    let seen = receiver
+        .until("100 events from two nodes", |s| created_ids(s).0.len() >= 100)
+        .await;
+    let (ids, requests) = created_ids(&seen);
+    assert_eq!((ids.len(), requests), (100, 100), "no event was attempted by both nodes");
+
+    // Phase 2: slow answers; node 0 is killed with claims in flight.
+    delay_ms.store(300, Ordering::SeqCst);
+    for i in 0..100 {
+        alice_0.api.send_text(&bob, &format!("b{i}"), None).await.unwrap();
+    }
+    cluster.nodes[0].kill9().await;
+    let seen = receiver
+        .until_within("200 events after the kill", Duration::from_secs(90), |s| {
+            created_ids(s).0.len() >= 200
+        })
+        .await;
+    let (ids, requests) = created_ids(&seen);
+    assert_eq!(ids.len(), 200, "every event was delivered");
+    // Only attempts cut off by the kill go out again: at most one claim
+    // (4 × max_in_flight) of the dead node.
+    assert!(requests - ids.len() <= 16, "{} repeats", requests - ids.len());
+}

@@ -18,7 +18,8 @@ use tokio::sync::Notify;
 pub(crate) struct Received {
     pub headers: HeaderMap,
     pub body: Bytes,
-    /// Answered with a 2xx status at once (not delayed).
+    /// Answered (or to be answered, after the reply's delay) with a 2xx
+    /// status.
     pub answered_ok: bool,
 }
 
@@ -104,7 +105,7 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     let reply = {
         let mut seen = shared.seen.lock();
         let reply = (shared.script)(seen.len(), &received);
-        received.answered_ok = (200..300).contains(&reply.status) && reply.delay.is_zero();
+        received.answered_ok = (200..300).contains(&reply.status);
         seen.push(received);
         reply
     };
