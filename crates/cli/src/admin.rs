@@ -1,4 +1,4 @@
-//! `unimsg user|token|notify|broadcast`: commands over the admin API of a
+//! `unimsg user|token|notify|broadcast|webhook`: commands over the admin API of a
 //! running server, through `unimsg_client::AdminClient`. Parses the
 //! arguments, makes the calls and prints the answers as JSON.
 
@@ -13,6 +13,7 @@ use serde::Serialize;
 use unimsg_client::proto::admin::{
     BroadcastRequest, MintRequest, NotifyRequest, Target, UserPatch,
 };
+use unimsg_client::proto::hooks::{CreateWebhook, DeliveryState};
 use unimsg_client::proto::{Platform, UserId};
 use unimsg_client::{AdminClient, AdminCredentials, MAX_IMPORT_BATCH};
 
@@ -166,8 +167,50 @@ pub(crate) struct NotifyArgs {
     message: Message,
 }
 
+/// `unimsg webhook …`
+#[derive(Subcommand)]
+pub(crate) enum WebhookCommand {
+    /// Register an endpoint; prints it with its secret (shown only now).
+    Add {
+        /// Where the events are POSTed (http or https).
+        url: String,
+        /// Event types, comma-separated, or `*` for all.
+        #[arg(long, required = true, value_delimiter = ',')]
+        events: Vec<String>,
+        /// `message.created` carries the message content.
+        #[arg(long)]
+        include_content: bool,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List the endpoints.
+    List,
+    /// Show one endpoint.
+    Show { webhook_id: String },
+    /// Remove an endpoint and its deliveries.
+    Rm { webhook_id: String },
+    /// Give an endpoint a new secret; the old one signs too during the
+    /// overlap (hooks.secret_overlap_secs).
+    RotateSecret { webhook_id: String },
+    /// The newest deliveries of an endpoint.
+    Deliveries {
+        webhook_id: String,
+        /// Only the failed ones.
+        #[arg(long)]
+        failed: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Queue one delivery again.
+    Retry {
+        webhook_id: String,
+        event_id: String,
+    },
+}
+
 /// One admin command.
 pub(crate) enum Action {
+    Webhook(WebhookCommand),
     User(UserCommand),
     Token(TokenCommand),
     Notify(NotifyArgs),
@@ -187,6 +230,7 @@ pub(crate) fn run(remote: &Remote, action: Action) -> anyhow::Result<ExitCode> {
 
 async fn execute(admin: &AdminClient, action: Action) -> anyhow::Result<ExitCode> {
     match action {
+        Action::Webhook(command) => webhook(admin, command).await?,
         Action::User(UserCommand::Import { file, batch_size }) => {
             return import(admin, &file, batch_size).await;
         }
@@ -345,4 +389,50 @@ fn platform(s: &str) -> Result<Platform, String> {
 
 fn json(s: &str) -> Result<serde_json::Value, String> {
     serde_json::from_str(s).map_err(|e| format!("not JSON ({e}); quote text as '\"text\"'"))
+}
+
+async fn webhook(admin: &AdminClient, command: WebhookCommand) -> anyhow::Result<()> {
+    match command {
+        WebhookCommand::Add {
+            url,
+            events,
+            include_content,
+            description,
+        } => {
+            let req = CreateWebhook {
+                url,
+                events,
+                description,
+                enabled: true,
+                include_content,
+            };
+            print_json(&admin.create_webhook(&req).await?)
+        }
+        WebhookCommand::List => print_json(&admin.webhooks().await?),
+        WebhookCommand::Show { webhook_id } => print_json(&admin.webhook(&webhook_id).await?),
+        WebhookCommand::Rm { webhook_id } => {
+            admin.delete_webhook(&webhook_id).await?;
+            println!("removed {webhook_id}");
+            Ok(())
+        }
+        WebhookCommand::RotateSecret { webhook_id } => {
+            print_json(&admin.rotate_webhook_secret(&webhook_id).await?)
+        }
+        WebhookCommand::Deliveries {
+            webhook_id,
+            failed,
+            limit,
+        } => {
+            let state = failed.then_some(DeliveryState::Failed);
+            print_json(
+                &admin
+                    .webhook_deliveries(&webhook_id, state, Some(limit))
+                    .await?,
+            )
+        }
+        WebhookCommand::Retry {
+            webhook_id,
+            event_id,
+        } => print_json(&admin.retry_webhook_delivery(&webhook_id, &event_id).await?),
+    }
 }

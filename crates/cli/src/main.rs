@@ -13,6 +13,7 @@ use unimsg_server::Config;
 
 use crate::admin::{
     Action, CREDENTIALS_HELP, Message, NotifyArgs, Remote, TokenCommand, UserCommand,
+    WebhookCommand,
 };
 
 #[derive(Parser)]
@@ -26,6 +27,14 @@ struct Cli {
 enum Command {
     /// Run the server (embedded store, no configuration needed).
     Serve(ServeArgs),
+    /// Manage the webhook endpoints of a running server (admin API).
+    #[command(after_help = CREDENTIALS_HELP)]
+    Webhook {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        command: WebhookCommand,
+    },
     /// Manage the users of a running server (admin API).
     #[command(after_help = CREDENTIALS_HELP)]
     User {
@@ -116,6 +125,7 @@ fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
         Command::User { remote, command } => admin::run(&remote, Action::User(command)),
+        Command::Webhook { remote, command } => admin::run(&remote, Action::Webhook(command)),
         Command::Token { remote, command } => admin::run(&remote, Action::Token(command)),
         Command::Notify { remote, args } => admin::run(&remote, Action::Notify(args)),
         Command::Broadcast { remote, message } => admin::run(&remote, Action::Broadcast(message)),

@@ -39,6 +39,10 @@ use unimsg_proto::admin::{
     MintRequest, NewAdminRequest, NotifyRequest, NotifyResponse, PresenceResponse, UserPatch,
 };
 use unimsg_proto::api::TokenPair;
+use unimsg_proto::hooks::{
+    CreateWebhook, DeliveryPage, DeliveryState, PatchWebhook, Requeued, Webhook, WebhookList,
+    WebhookWithSecret,
+};
 use unimsg_proto::{MessageId, Platform, UserId};
 
 use crate::client::{Client, success};
@@ -305,6 +309,100 @@ impl AdminClient {
         query.extend(filter.operation_id.clone().map(|o| ("operation_id", o)));
         self.call(Method::GET, &["v1", "admin", "audit"], &query, None::<&()>)
             .await
+    }
+
+    /// `POST /v1/admin/webhooks`: the answer holds the secret, shown only here.
+    pub async fn create_webhook(&self, req: &CreateWebhook) -> Result<WebhookWithSecret> {
+        self.call(Method::POST, &["v1", "admin", "webhooks"], &[], Some(req))
+            .await
+    }
+
+    /// `GET /v1/admin/webhooks`
+    pub async fn webhooks(&self) -> Result<WebhookList> {
+        self.call(Method::GET, &["v1", "admin", "webhooks"], &[], None::<&()>)
+            .await
+    }
+
+    /// `GET /v1/admin/webhooks/{id}`
+    pub async fn webhook(&self, id: &str) -> Result<Webhook> {
+        self.call(
+            Method::GET,
+            &["v1", "admin", "webhooks", id],
+            &[],
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `PATCH /v1/admin/webhooks/{id}`
+    pub async fn update_webhook(&self, id: &str, patch: &PatchWebhook) -> Result<Webhook> {
+        self.call(
+            Method::PATCH,
+            &["v1", "admin", "webhooks", id],
+            &[],
+            Some(patch),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/admin/webhooks/{id}`
+    pub async fn delete_webhook(&self, id: &str) -> Result<()> {
+        self.call_empty(
+            Method::DELETE,
+            &["v1", "admin", "webhooks", id],
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `POST /v1/admin/webhooks/{id}/secret`: a new secret; the old one
+    /// signs too during the overlap.
+    pub async fn rotate_webhook_secret(&self, id: &str) -> Result<WebhookWithSecret> {
+        self.call(
+            Method::POST,
+            &["v1", "admin", "webhooks", id, "secret"],
+            &[],
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `GET /v1/admin/webhooks/{id}/deliveries?status=&limit=&before=`
+    pub async fn webhook_deliveries(
+        &self,
+        id: &str,
+        status: Option<DeliveryState>,
+        limit: Option<u32>,
+    ) -> Result<DeliveryPage> {
+        let mut query = Vec::new();
+        query.extend(status.map(|s| ("status", s.as_str().to_owned())));
+        query.extend(limit.map(|l| ("limit", l.to_string())));
+        self.call(
+            Method::GET,
+            &["v1", "admin", "webhooks", id, "deliveries"],
+            &query,
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `POST /v1/admin/webhooks/{id}/deliveries/{event_id}/retry`
+    pub async fn retry_webhook_delivery(&self, id: &str, event_id: &str) -> Result<Requeued> {
+        self.call(
+            Method::POST,
+            &[
+                "v1",
+                "admin",
+                "webhooks",
+                id,
+                "deliveries",
+                event_id,
+                "retry",
+            ],
+            &[],
+            None::<&()>,
+        )
+        .await
     }
 
     async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(

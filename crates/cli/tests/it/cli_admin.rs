@@ -495,3 +495,77 @@ async fn every_admin_command_has_help() {
         }
     }
 }
+
+#[tokio::test]
+async fn webhook_commands_add_list_inspect_retry_and_remove() {
+    let server = TestServer::start_with(&[
+        ("UNIMSG_HOOKS__ALLOW_PRIVATE_TARGETS", "true"),
+        ("UNIMSG_HOOKS__POLL_INTERVAL_MS", "100"),
+        ("UNIMSG_HOOKS__RETRY_SCHEDULE_SECS", "0"),
+    ])
+    .await;
+    let receiver =
+        crate::receiver::Receiver::scripted(|_, _| crate::receiver::Reply::status(500)).await;
+    let added: serde_json::Value = Run::new(
+        &server,
+        &[
+            "webhook",
+            "add",
+            &receiver.url,
+            "--events",
+            "user.created,user.login",
+        ],
+    )
+    .json()
+    .await;
+    let id = added["webhook_id"].as_str().unwrap().to_owned();
+    assert!(
+        added["secret"].as_str().unwrap().starts_with("whsec_"),
+        "{added}"
+    );
+    assert_eq!(
+        added["events"],
+        serde_json::json!(["user.created", "user.login"])
+    );
+
+    let list: serde_json::Value = Run::new(&server, &["webhook", "list"]).json().await;
+    assert_eq!(list["webhooks"][0]["webhook_id"], id.as_str());
+    assert!(
+        list["webhooks"][0].get("secret").is_none(),
+        "secrets are never listed"
+    );
+
+    register(&server.client(), "frank").await;
+    // Two failed attempts (schedule: one retry), then it is listed as failed.
+    receiver.until("two attempts", |s| s.len() >= 2).await;
+    let failed = within("the failed delivery", async {
+        loop {
+            let page: serde_json::Value =
+                Run::new(&server, &["webhook", "deliveries", &id, "--failed"])
+                    .json()
+                    .await;
+            if page["deliveries"].as_array().is_some_and(|d| !d.is_empty()) {
+                return page;
+            }
+        }
+    })
+    .await;
+    let event = failed["deliveries"][0]["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let retried: serde_json::Value = Run::new(&server, &["webhook", "retry", &id, &event])
+        .json()
+        .await;
+    assert_eq!(retried["queued"], 1);
+    receiver.until("the retry", |s| s.len() >= 3).await;
+
+    let rotated: serde_json::Value = Run::new(&server, &["webhook", "rotate-secret", &id])
+        .json()
+        .await;
+    assert_ne!(rotated["secret"], added["secret"]);
+    let out = Run::new(&server, &["webhook", "rm", &id]).ok().await;
+    assert!(out.contains(&id), "{out}");
+    let out = Run::new(&server, &["webhook", "show", &id]).output().await;
+    assert!(!out.status.success(), "a removed endpoint is gone");
+}

@@ -465,7 +465,12 @@ fn created_ids(seen: &[crate::receiver::Received]) -> (HashSet<String>, usize) {
     let ok: Vec<String> = seen
         .iter()
         .filter(|r| r.answered_ok && r.kind() == "message.created")
-        .map(|r| r.json()["data"]["message_id"].as_str().unwrap_or_default().to_owned())
+        .map(|r| {
+            r.json()["data"]["message_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
         .collect();
     let n = ok.len();
     (ok.into_iter().collect(), n)
@@ -513,18 +518,31 @@ async fn webhooks_from_two_nodes_go_out_once_and_survive_a_node_killed_mid_deliv
     // Phase 1: both nodes dispatch; every event goes out exactly once.
     for i in 0..100 {
         let from = if i % 2 == 0 { &alice_0 } else { &alice_1 };
-        from.api.send_text(&bob, &format!("a{i}"), None).await.unwrap();
+        from.api
+            .send_text(&bob, &format!("a{i}"), None)
+            .await
+            .unwrap();
     }
     let seen = receiver
-        .until("100 events from two nodes", |s| created_ids(s).0.len() >= 100)
+        .until("100 events from two nodes", |s| {
+            created_ids(s).0.len() >= 100
+        })
         .await;
     let (ids, requests) = created_ids(&seen);
-    assert_eq!((ids.len(), requests), (100, 100), "no event was attempted by both nodes");
+    assert_eq!(
+        (ids.len(), requests),
+        (100, 100),
+        "no event was attempted by both nodes"
+    );
 
     // Phase 2: slow answers; node 0 is killed with claims in flight.
     delay_ms.store(300, Ordering::SeqCst);
     for i in 0..100 {
-        alice_0.api.send_text(&bob, &format!("b{i}"), None).await.unwrap();
+        alice_0
+            .api
+            .send_text(&bob, &format!("b{i}"), None)
+            .await
+            .unwrap();
     }
     cluster.nodes[0].kill9().await;
     let seen = receiver
@@ -536,5 +554,9 @@ async fn webhooks_from_two_nodes_go_out_once_and_survive_a_node_killed_mid_deliv
     assert_eq!(ids.len(), 200, "every event was delivered");
     // Only attempts cut off by the kill go out again: at most one claim
     // (4 × max_in_flight) of the dead node.
-    assert!(requests - ids.len() <= 16, "{} repeats", requests - ids.len());
+    assert!(
+        requests - ids.len() <= 16,
+        "{} repeats",
+        requests - ids.len()
+    );
 }
