@@ -28,6 +28,7 @@ pub mod smoke;
 pub mod stats;
 pub mod sync;
 pub mod users;
+pub mod webhooks;
 
 use std::io::Write;
 
@@ -51,6 +52,11 @@ pub enum Scenario {
     Group(group::GroupArgs),
     /// Password logins and QR-code logins per second.
     Login(login::LoginArgs),
+    /// Webhook deliveries per second to a receiver run by the bench.
+    Webhooks(webhooks::WebhooksArgs),
+    /// Runs a before-send hook that allows everything (for `direct` with
+    /// `hooks.before_send.url` set), until killed.
+    AllowHook(webhooks::AllowHookArgs),
     /// Admin broadcasts fanned out to many SSE connections.
     Sse(broadcast::BroadcastArgs),
     /// Starts a server and runs every scenario with tiny parameters,
@@ -72,6 +78,8 @@ impl Scenario {
             Scenario::Sync(_) => "sync",
             Scenario::Group(_) => "group",
             Scenario::Login(_) => "login",
+            Scenario::Webhooks(_) => "webhooks",
+            Scenario::AllowHook(_) => "allow-hook",
             Scenario::Sse(_) => "sse",
             Scenario::Smoke(_) | Scenario::Hold => "",
         }
@@ -127,6 +135,8 @@ pub async fn run_scenario(ctx: &Ctx, scenario: Scenario) -> Result<serde_json::V
         Scenario::Sync(args) => sync::run(ctx, args).await,
         Scenario::Group(args) => group::run(ctx, args).await,
         Scenario::Login(args) => login::run(ctx, args).await,
+        Scenario::Webhooks(args) => webhooks::run(ctx, args).await,
+        Scenario::AllowHook(args) => webhooks::allow_hook(args).await,
         Scenario::Sse(args) => broadcast::run(ctx, args, fanout::Transport::Sse).await,
         Scenario::Smoke(_) => anyhow::bail!("smoke does not nest"),
         Scenario::Hold => anyhow::bail!("`hold` is started by `idle`, `broadcast` or `sse`"),

@@ -88,6 +88,9 @@ async fn run(cli: Cli) -> Result<serde_json::Value> {
     if let Scenario::Smoke(args) = cli.scenario {
         return smoke::run(args).await;
     }
+    if let Scenario::AllowHook(args) = cli.scenario {
+        return unimsg_bench::webhooks::allow_hook(args).await;
+    }
     let client = Client::new(&cli.url).with_context(|| format!("bad --url {:?}", cli.url))?;
     client
         .health()

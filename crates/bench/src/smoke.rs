@@ -29,7 +29,7 @@ use unimsg_client::{AdminCredentials, Client};
 
 use crate::procfs::Probe;
 use crate::{Ctx, Scenario, SummaryTo};
-use crate::{broadcast, direct, fanout, group, hold, idle, login, sync};
+use crate::{broadcast, direct, fanout, group, hold, idle, login, sync, webhooks};
 
 /// Server log lines kept to show when something fails.
 const LOG_TAIL: usize = 60;
@@ -244,6 +244,14 @@ fn plan() -> Vec<(&'static str, Scenario)> {
             }),
         ),
         ("sse", Scenario::Sse(fan_out)),
+        (
+            "webhooks",
+            Scenario::Webhooks(webhooks::WebhooksArgs {
+                messages: 50,
+                window: 8,
+                stall_secs: 20,
+            }),
+        ),
     ]
 }
 
@@ -377,6 +385,14 @@ pub fn check_complete(name: &str, r: &Value, planned: bool) -> Result<String> {
                 num("/qr/ok")?
             ))
         }
+        "webhooks" => {
+            let requested = num("/config/messages")?;
+            want("delivered", num("/delivered")?, requested)?;
+            if is_true("/stalled") {
+                bail!("stalled after {} deliveries", num("/delivered")?);
+            }
+            Ok(format!("{requested}/{requested} webhook deliveries"))
+        }
         other => bail!("no check for scenario {other}"),
     }
 }
@@ -438,6 +454,8 @@ impl Server {
             .env("UNIMSG_LIMITS__ADMIN_PER_SECOND", "0")
             .env("UNIMSG_LIMITS__SEND_PER_MINUTE", "0")
             .env("UNIMSG_LIMITS__DELIVERIES_PER_MINUTE", "0")
+            // The webhooks scenario's receiver is on loopback.
+            .env("UNIMSG_HOOKS__ALLOW_PRIVATE_TARGETS", "true")
             // Every connection comes from 127.0.0.1, many share a session.
             .env("UNIMSG_HTTP__MAX_CONNECTIONS_PER_IP", "0")
             .env("UNIMSG_DELIVERY__MAX_CONNECTIONS_PER_SESSION", "0")

@@ -56,9 +56,11 @@ impl Core {
         let mut last_prune: Option<Instant> = None;
         let mut last_gauge: Option<Instant> = None;
         loop {
+            let mut ids = Vec::new();
             match self.store.webhooks().await {
                 Ok(endpoints) => {
                     *self.hook_interest.write() = super::Interest::of(&endpoints);
+                    ids = endpoints.iter().map(|e| e.webhook_id.clone()).collect();
                     for endpoint in endpoints.into_iter().filter(|e| e.enabled) {
                         self.start_worker(&running, &transport, endpoint);
                     }
@@ -67,7 +69,7 @@ impl Core {
             }
             if last_gauge.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                 last_gauge = Some(Instant::now());
-                self.outbox_gauges().await;
+                self.outbox_gauges(&ids).await;
             }
             if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
                 last_prune = Some(Instant::now());
@@ -327,11 +329,15 @@ impl Core {
         Ok(())
     }
 
-    async fn outbox_gauges(&self) {
+    /// `unimsg_webhook_pending{webhook_id}`: the outbox depth of each
+    /// endpoint (0 for one with nothing pending).
+    async fn outbox_gauges(&self, endpoints: &[String]) {
         match self.store.pending_deliveries().await {
             Ok(pending) => {
-                for (id, n) in pending {
-                    metrics::gauge!("unimsg_webhook_pending", "webhook_id" => id).set(n as f64);
+                for id in endpoints {
+                    let n = pending.iter().find(|(w, _)| w == id).map_or(0, |(_, n)| *n);
+                    metrics::gauge!("unimsg_webhook_pending", "webhook_id" => id.clone())
+                        .set(n as f64);
                 }
             }
             Err(error) => tracing::debug!(%error, "cannot count pending webhook deliveries"),
