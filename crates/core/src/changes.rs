@@ -2,15 +2,12 @@
 //!
 //! A change is written by the store together with the inbox events it
 //! causes (one transaction), then [`Core::changed`] publishes those events
-//! live and announces the change to in-process listeners. A later webhook
-//! feature subscribes here ([`Core::subscribe_changes`]) instead of
-//! touching the friend or group code.
-
-use std::sync::Arc;
+//! live and turns the change into its webhook event (`friend.added`,
+//! `group.member_added`, …), so the friend and group code knows nothing of
+//! webhooks.
 
 use serde::Serialize;
 use time::OffsetDateTime;
-use tokio::sync::broadcast;
 use unimsg_proto::event::{BlockChangedData, FriendChangedData, FriendRequestData, FriendState};
 use unimsg_proto::groups::{GroupAction, GroupChanged};
 use unimsg_proto::hooks::{HookEventType, RelationData};
@@ -63,30 +60,15 @@ impl Change {
     }
 }
 
-/// Listeners of changes; created with the core.
-pub(crate) fn channel() -> broadcast::Sender<Arc<Change>> {
-    broadcast::channel(1024).0
-}
-
 impl Core {
-    /// Publishes the committed inbox events of a change and announces it.
+    /// Publishes the committed inbox events of a change and puts its
+    /// webhook event in the outbox.
     pub(crate) async fn changed(&self, change: Change, events: &[StoredEvent]) {
         self.publish(events).await;
         metrics::counter!("unimsg_changes_total", "type" => change.kind.as_str()).increment(1);
         self.emit_change(&change).await;
-        // No listener is fine: the inbox events are the durable record.
-        let _ = self.changes.send(Arc::new(change));
     }
 
-    /// Every relationship and group change from now on, for webhooks and
-    /// other integrations. A slow listener misses changes (`Lagged`), it
-    /// never slows the core down.
-    pub fn subscribe_changes(&self) -> broadcast::Receiver<Arc<Change>> {
-        self.changes.subscribe()
-    }
-}
-
-impl Core {
     /// The webhook event of a relationship or group change, if any.
     async fn emit_change(&self, change: &Change) {
         let data = change.data.clone();

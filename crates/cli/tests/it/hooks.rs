@@ -584,6 +584,9 @@ async fn a_rotated_secret_signs_twice_during_the_overlap() {
     assert!(seen[0].verify(&new), "receivers on the new secret verify");
     let stranger = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     assert!(!seen[0].verify(stranger), "a wrong secret does not verify");
+    // And with Standard Webhooks' Python library, as a receiver would.
+    assert!(seen[0].verify_in_python(&old) && seen[0].verify_in_python(&new));
+    assert!(!seen[0].verify_in_python(stranger));
 
     // Without an overlap only the new secret signs.
     let server = TestServer::start_with(&[

@@ -40,6 +40,38 @@ impl Received {
         self.json()["type"].as_str().unwrap_or_default().to_owned()
     }
 
+    /// Checks the signature with Standard Webhooks' Python library, as a
+    /// receiver in another language would (`scripts/test` installs it).
+    pub(crate) fn verify_in_python(&self, secret: &str) -> bool {
+        let headers: serde_json::Map<String, Value> =
+            ["webhook-id", "webhook-timestamp", "webhook-signature"]
+                .iter()
+                .map(|h| ((*h).to_owned(), Value::String(self.header(h))))
+                .collect();
+        let script = "import sys, json\n\
+            from standardwebhooks.webhooks import Webhook\n\
+            secret, headers = sys.argv[1], json.loads(sys.argv[2])\n\
+            Webhook(secret).verify(sys.stdin.buffer.read(), headers)\n";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script, secret, &Value::Object(headers).to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(&self.body).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("ModuleNotFoundError"),
+            "standardwebhooks is missing: python3 -m pip install standardwebhooks"
+        );
+        out.status.success()
+    }
+
     /// Checks the Standard Webhooks signature with the Standard Webhooks
     /// crate (not unimsg's own code).
     pub(crate) fn verify(&self, secret: &str) -> bool {
