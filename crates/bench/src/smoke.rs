@@ -250,6 +250,7 @@ fn plan() -> Vec<(&'static str, Scenario)> {
                 messages: 50,
                 window: 8,
                 stall_secs: 20,
+                backlog: false,
             }),
         ),
     ]

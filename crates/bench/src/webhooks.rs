@@ -30,6 +30,11 @@ pub struct WebhooksArgs {
     /// Seconds without a new delivery before the run counts as stalled.
     #[arg(long, default_value_t = 30)]
     pub stall_secs: u64,
+    /// Measure the dispatcher alone: the endpoint points at a closed port
+    /// while the messages are sent, then at the receiver, and the whole
+    /// backlog is replayed at once.
+    #[arg(long)]
+    pub backlog: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -73,9 +78,15 @@ pub async fn run(ctx: &Ctx, args: WebhooksArgs) -> Result<Value> {
         arrived: Notify::new(),
     });
     let url = receiver(counter.clone()).await?;
+    // A closed port refuses at once: the backlog waits for its retry.
+    let first_url = if args.backlog {
+        "http://127.0.0.1:9/closed".to_owned()
+    } else {
+        url.clone()
+    };
     let hook = admin
         .create_webhook(&CreateWebhook {
-            url,
+            url: first_url,
             events: vec!["message.created".into()],
             description: "unimsg-bench".into(),
             enabled: true,
@@ -84,19 +95,27 @@ pub async fn run(ctx: &Ctx, args: WebhooksArgs) -> Result<Value> {
         .await
         .context("cannot register the bench receiver (does the server set hooks.allow_private_targets = true?)")?;
     let id = hook.webhook.webhook_id.clone();
-    let outcome = measure(ctx, &args, &counter).await;
+    let outcome = measure(ctx, &args, &counter, &id, &url).await;
     if let Err(e) = admin.delete_webhook(&id).await {
         eprintln!("webhooks: cannot remove the bench endpoint {id}: {e}");
     }
     outcome
 }
 
-async fn measure(ctx: &Ctx, args: &WebhooksArgs, counter: &Counter) -> Result<Value> {
+async fn measure(
+    ctx: &Ctx,
+    args: &WebhooksArgs,
+    counter: &Counter,
+    id: &str,
+    url: &str,
+) -> Result<Value> {
     let run = users::run_id();
     let people = users::provision(ctx, &run, "w", 2, 2).await?;
     let (sender, receiver) = (&people[0], &people[1]);
     let target = args.messages as u64;
     let before = ctx.server.as_ref().map(|p| p.sample()).transpose()?;
+    // What a backlog replays: this run's events only.
+    let since = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
     let started = Instant::now();
     let send_errors = stream::iter(0..args.messages)
         .map(|i| {
@@ -109,6 +128,25 @@ async fn measure(ctx: &Ctx, args: &WebhooksArgs, counter: &Counter) -> Result<Va
         .count()
         .await;
     let sent_in = started.elapsed();
+    let (started, before) = if args.backlog {
+        let admin = ctx.admin.as_ref().ok_or_else(|| anyhow!("no admin"))?;
+        admin
+            .update_webhook(
+                id,
+                &unimsg_client::proto::hooks::PatchWebhook {
+                    url: Some(url.to_owned()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let before = ctx.server.as_ref().map(|p| p.sample()).transpose()?;
+        let replay_started = Instant::now();
+        let queued = admin.replay_webhook(id, since).await?;
+        eprintln!("webhooks: replaying {} queued events", queued.queued);
+        (replay_started, before)
+    } else {
+        (started, before)
+    };
     let stall = Duration::from_secs(args.stall_secs.max(1));
     let mut stalled = false;
     loop {
@@ -136,7 +174,7 @@ async fn measure(ctx: &Ctx, args: &WebhooksArgs, counter: &Counter) -> Result<Va
     };
     let report = json!({
         "scenario": "webhooks",
-        "config": {"messages": args.messages, "window": args.window},
+        "config": {"messages": args.messages, "window": args.window, "backlog": args.backlog},
         "delivered": delivered,
         "stalled": stalled,
         "send_per_sec": per_sec(target, sent_in),

@@ -40,8 +40,8 @@ use unimsg_proto::admin::{
 };
 use unimsg_proto::api::TokenPair;
 use unimsg_proto::hooks::{
-    CreateWebhook, DeliveryPage, DeliveryState, PatchWebhook, Requeued, Webhook, WebhookList,
-    WebhookWithSecret,
+    CreateWebhook, DeliveryPage, DeliveryState, PatchWebhook, ReplayRequest, Requeued, Webhook,
+    WebhookList, WebhookWithSecret,
 };
 use unimsg_proto::{MessageId, Platform, UserId};
 
@@ -382,6 +382,17 @@ impl AdminClient {
             &["v1", "admin", "webhooks", id, "deliveries"],
             &query,
             None::<&()>,
+        )
+        .await
+    }
+
+    /// `POST /v1/admin/webhooks/{id}/replay`: every event since `since` again.
+    pub async fn replay_webhook(&self, id: &str, since: time::OffsetDateTime) -> Result<Requeued> {
+        self.call(
+            Method::POST,
+            &["v1", "admin", "webhooks", id, "replay"],
+            &[],
+            Some(&ReplayRequest { since }),
         )
         .await
     }

@@ -262,7 +262,7 @@ CREATE TABLE hook_deliveries (
     updated_at  BIGINT NOT NULL,
     PRIMARY KEY (webhook_id, event_seq)
 );
-CREATE INDEX hook_deliveries_due ON hook_deliveries(webhook_id, next_at) WHERE state = 'pending';
+CREATE INDEX hook_deliveries_due ON hook_deliveries(webhook_id, event_seq) WHERE state = 'pending';
 CREATE INDEX hook_deliveries_by_event ON hook_deliveries(event_seq);
 "#,
 ];

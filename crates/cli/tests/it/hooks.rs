@@ -536,7 +536,7 @@ async fn kill_9_with_a_thousand_undelivered_events_loses_none() {
             })
             .collect()
     };
-    // Claims cut off by the kill wait for their lease (4 × 1 s + 10 s).
+    // Claims cut off by the kill wait for their lease (16 × 1 s + 10 s).
     let seen = receiver
         .until_within(
             "1000 events after the restart",

@@ -1,11 +1,12 @@
 //! The webhook dispatcher: one loop per node, and one worker per enabled
 //! endpoint while that endpoint has due deliveries.
 //!
-//! A worker claims up to `4 × hooks.max_in_flight` due deliveries of its
-//! endpoint, oldest event first, under a lease long enough for all of them
-//! (`4 × hooks.timeout_ms` + 10 s); attempts them with at most
-//! `max_in_flight` in flight; records every result in one write; and goes
-//! on while claims come back full. A node that dies mid-attempt leaves
+//! A worker runs four rounds at once. Each claims up to
+//! `4 × hooks.max_in_flight` due deliveries of its endpoint, oldest event
+//! first, under a lease long enough for all the worker's claims
+//! (`16 × hooks.timeout_ms` + 10 s); attempts them, with at most
+//! `max_in_flight` in flight for the endpoint; records every result in one
+//! write; and goes on while claims come back full. A node that dies mid-attempt leaves
 //! its claims to expire: another node (or this one, restarted) attempts
 //! them again with the same `webhook-id`. Delivery is at least once.
 
@@ -19,6 +20,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
+use tokio::sync::Semaphore;
 use unimsg_proto::hooks::{AlertKind, HookEventType, SecurityAlertData};
 use unimsg_store::{AttemptOutcome, AttemptResult, ClaimedDelivery, WebhookRow};
 
@@ -30,6 +32,8 @@ use crate::error::{CoreError, Result};
 
 /// How many claims of one round per allowed attempt in flight.
 const CLAIM_FACTOR: usize = 4;
+/// Rounds of one endpoint that run at once.
+const ROUNDS: usize = 4;
 /// The longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
@@ -99,17 +103,24 @@ impl Core {
         let (core, running, transport) = (self.clone(), running.clone(), transport.clone());
         tokio::spawn(async move {
             let id = endpoint.webhook_id.clone();
+            // Rounds overlap (one claims and records while another's
+            // attempts are out); the permits keep the endpoint's attempts
+            // in flight at `max_in_flight`.
+            let permits = Semaphore::new(core.config.hooks.max_in_flight.max(1));
             loop {
-                let full = match core.deliver_round(&*transport, &endpoint).await {
-                    Ok(full) => full,
-                    Err(error) => {
-                        tracing::warn!(%error, webhook_id = %id, "webhook round failed");
-                        false
+                let rounds = (0..ROUNDS).map(|_| async {
+                    loop {
+                        match core.deliver_round(&*transport, &endpoint, &permits).await {
+                            Ok(true) => {}
+                            Ok(false) => return,
+                            Err(error) => {
+                                tracing::warn!(%error, webhook_id = %id, "webhook round failed");
+                                return;
+                            }
+                        }
                     }
-                };
-                if full {
-                    continue;
-                }
+                });
+                futures_util::future::join_all(rounds).await;
                 let mut map = running.lock();
                 match map.get_mut(&id) {
                     Some(again) if *again => *again = false,
@@ -128,13 +139,16 @@ impl Core {
         &self,
         transport: &dyn HookTransport,
         endpoint: &WebhookRow,
+        permits: &Semaphore,
     ) -> Result<bool> {
         let hooks = &self.config.hooks;
         let in_flight = hooks.max_in_flight.max(1);
         let batch = in_flight * CLAIM_FACTOR;
         let timeout = Duration::from_millis(hooks.timeout_ms.max(1));
         let now = self.clock.now();
-        let lease = timeout * CLAIM_FACTOR as u32 + Duration::from_secs(10);
+        // Long enough for every claimed attempt to wait its turn for a
+        // permit and time out.
+        let lease = timeout * (CLAIM_FACTOR * ROUNDS) as u32 + Duration::from_secs(10);
         let claimed = self
             .store
             .claim_deliveries(
@@ -155,7 +169,12 @@ impl Core {
             secrets.push(self.open_secret(&endpoint.webhook_id, previous)?);
         }
         let results: Vec<AttemptResult> = futures_util::stream::iter(claimed)
-            .map(|c| self.attempt(transport, endpoint, &secrets, c, timeout))
+            .map(|c| async {
+                // The semaphore is never closed.
+                let _permit = permits.acquire().await;
+                self.attempt(transport, endpoint, &secrets, c, timeout)
+                    .await
+            })
             .buffer_unordered(in_flight)
             .collect()
             .await;
