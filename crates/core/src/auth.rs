@@ -754,6 +754,16 @@ pub(crate) fn revocation(
     })
 }
 
+/// A user as webhook events describe it.
+pub(crate) fn user_data(user: &unimsg_store::User) -> UserData {
+    UserData {
+        user_id: user.user_id.clone(),
+        username: Some(user.username.clone()),
+        display_name: Some(user.display_name.clone()),
+        status: Some(user.status.as_str().to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -796,15 +806,5 @@ mod tests {
             Some((subject(2), 500))
         );
         assert_eq!(tokens.0.lock().len(), 1);
-    }
-}
-
-/// A user as webhook events describe it.
-pub(crate) fn user_data(user: &unimsg_store::User) -> UserData {
-    UserData {
-        user_id: user.user_id.clone(),
-        username: Some(user.username.clone()),
-        display_name: Some(user.display_name.clone()),
-        status: Some(user.status.as_str().to_owned()),
     }
 }

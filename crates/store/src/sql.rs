@@ -410,23 +410,6 @@ pub fn refresh_check(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_inbox_columns_are_the_message_and_notification_columns_in_place() {
-        assert_eq!(
-            INBOX_COLUMNS,
-            format!(
-                "i.seq, i.kind, i.created_at, i.data, {MESSAGE_COLUMNS}, {NOTIFICATION_COLUMNS}, i.bpos"
-            )
-        );
-        assert_eq!(MESSAGE_COLUMNS.split(", ").count(), MESSAGE_WIDTH);
-        assert_eq!(NOTIFICATION_COLUMNS.split(", ").count(), NOTIFICATION_WIDTH);
-    }
-}
-
 /// An endpoint's event filter as stored: the names between commas
 /// (`,message.created,user.login,`; `,*,` for all), so that one `instr`
 /// / `strpos` of `,{type},` tells whether it subscribes to a type.
@@ -518,5 +501,22 @@ pub fn attempt_columns(outcome: &AttemptOutcome) -> (DeliveryState, Option<i64>,
         AttemptOutcome::Succeeded => (DeliveryState::Succeeded, None, false),
         AttemptOutcome::RetryAt(at) => (DeliveryState::Pending, Some(ms(*at)), true),
         AttemptOutcome::Failed => (DeliveryState::Failed, None, true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inbox_columns_are_the_message_and_notification_columns_in_place() {
+        assert_eq!(
+            INBOX_COLUMNS,
+            format!(
+                "i.seq, i.kind, i.created_at, i.data, {MESSAGE_COLUMNS}, {NOTIFICATION_COLUMNS}, i.bpos"
+            )
+        );
+        assert_eq!(MESSAGE_COLUMNS.split(", ").count(), MESSAGE_WIDTH);
+        assert_eq!(NOTIFICATION_COLUMNS.split(", ").count(), NOTIFICATION_WIDTH);
     }
 }
