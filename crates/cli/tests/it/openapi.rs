@@ -174,7 +174,7 @@ async fn openapi_document_is_valid_and_lists_every_route() {
 
     // Every operation is tagged, and every error response is the error body.
     let tags = [
-        "auth", "messages", "realtime", "admin", "health", "friends", "groups",
+        "auth", "messages", "realtime", "admin", "health", "friends", "groups", "webhooks",
     ];
     for (method, path) in &documented {
         let op = &doc["paths"][path][method];
