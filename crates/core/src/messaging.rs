@@ -103,7 +103,7 @@ impl Core {
             Recipient::User(user) => user,
             Recipient::Group(group) => {
                 return self
-                    .send_to_group(auth, &group, req.kind, &content, req.client_msg_id)
+                    .send_to_group(auth, &group, req.kind, content, req.client_msg_id)
                     .await;
             }
         };
@@ -330,7 +330,13 @@ impl Core {
         self.enqueue_hooks(drafts).await;
     }
 
-    async fn emit_read(&self, user: &UserId, conversation: &ConversationId, message: &MessageId) {
+    /// `message.read` for a read position that moved.
+    pub(crate) async fn emit_read(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+        message: &MessageId,
+    ) {
         let data = MessageReadData {
             user_id: user.clone(),
             conversation_id: conversation.clone(),
@@ -366,12 +372,9 @@ impl Core {
             });
         }
         if let Some(group) = conversation.group_id() {
-            let read = self
+            return self
                 .mark_group_read(auth, conversation, &group, message_id)
-                .await?;
-            self.emit_read(&auth.user_id, conversation, message_id)
                 .await;
-            return Ok(read);
         }
         let members = members_for(conversation, &auth.user_id)?;
         let message = self
@@ -401,8 +404,11 @@ impl Core {
             .mark_read(&auth.user_id, conversation, message.conv_seq, drafts)
             .await?;
         self.publish(&events).await;
-        self.emit_read(&auth.user_id, conversation, message_id)
-            .await;
+        // Events are appended only when the position moved.
+        if !events.is_empty() {
+            self.emit_read(&auth.user_id, conversation, message_id)
+                .await;
+        }
         Ok(ReadResponse {
             conversation_id: conversation.clone(),
             read_upto,

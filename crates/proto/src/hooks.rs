@@ -64,13 +64,6 @@ pub enum EventFilter {
 }
 
 impl EventFilter {
-    pub fn matches(&self, kind: HookEventType) -> bool {
-        match self {
-            EventFilter::All => true,
-            EventFilter::Only(kinds) => kinds.contains(&kind),
-        }
-    }
-
     /// The wire names, `["*"]` for all.
     pub fn names(&self) -> Vec<String> {
         match self {

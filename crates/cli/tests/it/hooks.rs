@@ -49,6 +49,22 @@ async fn endpoint(
     (v["webhook_id"].as_str().unwrap().to_owned(), secret)
 }
 
+/// The newest delivery of `hook` in `status`, once the log shows one
+/// (the log is written after the receiver answered).
+async fn first_delivery(server: &TestServer, hook: &str, status: &str) -> Value {
+    let path = format!("/v1/admin/webhooks/{hook}/deliveries?status={status}");
+    within(&format!("a {status} delivery"), async {
+        loop {
+            let (_, page) = admin(server, Method::GET, &path, None).await;
+            if let Some(first) = page["deliveries"].get(0) {
+                return first.clone();
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+}
+
 fn kinds(seen: &[Received]) -> BTreeSet<String> {
     seen.iter().map(Received::kind).collect()
 }
@@ -379,23 +395,7 @@ async fn a_failing_receiver_gets_the_event_on_the_fourth_attempt_with_one_id() {
 
     // The log shows one succeeded delivery after four attempts, and no
     // fifth request comes: the schedule stops at the success.
-    let page = within("the delivery log", async {
-        loop {
-            let (_, page) = admin(
-                &server,
-                Method::GET,
-                &format!("/v1/admin/webhooks/{hook}/deliveries?status=succeeded"),
-                None,
-            )
-            .await;
-            if page["deliveries"].as_array().is_some_and(|d| !d.is_empty()) {
-                return page;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    let d = &page["deliveries"][0];
+    let d = &first_delivery(&server, &hook, "succeeded").await;
     assert_eq!(
         (d["attempts"].as_u64(), d["last_status"].as_u64()),
         (Some(4), Some(200)),
@@ -443,23 +443,7 @@ async fn a_retry_after_answer_and_an_exhausted_schedule_end_as_failed() {
     .await;
     let (hook, _) = endpoint(&server, &receiver.url, json!(["user.created"]), false).await;
     register(&server.client(), "erin").await;
-    let page = within("a failed delivery", async {
-        loop {
-            let (_, page) = admin(
-                &server,
-                Method::GET,
-                &format!("/v1/admin/webhooks/{hook}/deliveries?status=failed"),
-                None,
-            )
-            .await;
-            if page["deliveries"].as_array().is_some_and(|d| !d.is_empty()) {
-                return page;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    let d = &page["deliveries"][0];
+    let d = &first_delivery(&server, &hook, "failed").await;
     assert_eq!(
         (d["attempts"].as_u64(), d["last_status"].as_u64()),
         (Some(2), Some(503)),

@@ -38,7 +38,7 @@ impl Core {
         auth: &AuthContext,
         group: &GroupId,
         kind: MessageKind,
-        content: &[u8],
+        content: Vec<u8>,
         client_msg_id: Option<String>,
     ) -> Result<SendResponse> {
         let row = self.store.group(group).await?.ok_or_else(group_not_found)?;
@@ -59,13 +59,7 @@ impl Core {
             .await?;
         let recipient = Recipient::Group(group.clone());
         let content = match self
-            .checked_content(
-                auth,
-                &recipient,
-                kind,
-                content.to_vec(),
-                client_msg_id.as_deref(),
-            )
+            .checked_content(auth, &recipient, kind, content, client_msg_id.as_deref())
             .await?
         {
             Checked::Send(content) => content,
@@ -182,6 +176,11 @@ impl Core {
             .mark_read(&auth.user_id, conversation, message.conv_seq, drafts)
             .await?;
         self.publish(&events).await;
+        // Events are appended only when the position moved.
+        if !events.is_empty() {
+            self.emit_read(&auth.user_id, conversation, message_id)
+                .await;
+        }
         Ok(ReadResponse {
             conversation_id: conversation.clone(),
             read_upto,

@@ -6,7 +6,7 @@ use unimsg_proto::hooks::{
     CreateWebhook, Delivery, DeliveryPage, DeliveryState, EventFilter, HookEventType, PatchWebhook,
     Requeued, Webhook, WebhookList, WebhookTestData, WebhookWithSecret,
 };
-use unimsg_store::{DeliveryRow, Sealed, WebhookChange, WebhookRow};
+use unimsg_store::{DeliveryRow, Sealed, StoreError, WebhookChange, WebhookRow};
 
 use super::sign::HookSecret;
 use super::target;
@@ -52,6 +52,23 @@ fn delivery(row: DeliveryRow) -> Delivery {
 
 fn events(names: &[String]) -> Result<EventFilter> {
     EventFilter::parse(names).map_err(CoreError::BadRequest)
+}
+
+fn check_description(description: &str) -> Result<()> {
+    if description.chars().count() > MAX_DESCRIPTION {
+        return Err(CoreError::BadRequest(format!(
+            "description is longer than {MAX_DESCRIPTION} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A store error, with an unknown endpoint said in words.
+fn store_error(e: StoreError) -> CoreError {
+    match e {
+        StoreError::NotFound(_) => not_found(),
+        e => e.into(),
+    }
 }
 
 impl Core {
@@ -106,11 +123,7 @@ impl Core {
     pub async fn create_webhook(&self, req: CreateWebhook) -> Result<WebhookWithSecret> {
         let url = self.checked_url(&req.url).await?;
         let filter = events(&req.events)?;
-        if req.description.chars().count() > MAX_DESCRIPTION {
-            return Err(CoreError::BadRequest(format!(
-                "description is longer than {MAX_DESCRIPTION} characters"
-            )));
-        }
+        check_description(&req.description)?;
         let id = format!("wh_{}", uuid::Uuid::now_v7().simple());
         let secret = HookSecret::generate()?;
         let now = self.clock.now();
@@ -167,12 +180,8 @@ impl Core {
             None => None,
         };
         let filter = patch.events.as_deref().map(events).transpose()?;
-        if let Some(d) = &patch.description
-            && d.chars().count() > MAX_DESCRIPTION
-        {
-            return Err(CoreError::BadRequest(format!(
-                "description is longer than {MAX_DESCRIPTION} characters"
-            )));
+        if let Some(d) = &patch.description {
+            check_description(d)?;
         }
         let change = WebhookChange {
             url,
@@ -185,10 +194,7 @@ impl Core {
             .store
             .update_webhook(id, change, self.clock.now())
             .await
-            .map_err(|e| match e {
-                unimsg_store::StoreError::NotFound(_) => not_found(),
-                e => e.into(),
-            })?;
+            .map_err(store_error)?;
         self.changed_endpoints().await;
         Ok(view(row, self.pending_of(id).await?))
     }
@@ -205,14 +211,14 @@ impl Core {
     /// `POST /v1/admin/webhooks/{id}/secret`: a new secret; the old one
     /// signs too for `hooks.secret_overlap_secs`.
     pub async fn rotate_webhook_secret(&self, id: &str) -> Result<WebhookWithSecret> {
-        self.existing_webhook(id).await?;
         let secret = HookSecret::generate()?;
         let now = self.clock.now();
         let until = now + Duration::seconds(self.config.hooks.secret_overlap_secs as i64);
         let row = self
             .store
             .rotate_webhook_secret(id, self.seal_secret(id, &secret)?, until, now)
-            .await?;
+            .await
+            .map_err(store_error)?;
         let pending = self.pending_of(id).await?;
         Ok(WebhookWithSecret {
             webhook: view(row, pending),
@@ -223,7 +229,6 @@ impl Core {
     /// `POST /v1/admin/webhooks/{id}/test`: queues a `webhook.test` event
     /// for this endpoint alone.
     pub async fn test_webhook(&self, id: &str) -> Result<Requeued> {
-        self.existing_webhook(id).await?;
         let data = serde_json::to_string(&WebhookTestData {
             webhook_id: id.to_owned(),
         })
@@ -236,7 +241,10 @@ impl Core {
             at: self.clock.now(),
         };
         let event_id = draft.event_id.clone();
-        self.store.enqueue_hook_event_for(id, draft).await?;
+        self.store
+            .enqueue_hook_event_for(id, draft)
+            .await
+            .map_err(store_error)?;
         self.wake_dispatcher();
         Ok(Requeued {
             queued: 1,
@@ -289,10 +297,7 @@ impl Core {
             .store
             .replay_deliveries(id, since, self.clock.now())
             .await
-            .map_err(|e| match e {
-                unimsg_store::StoreError::NotFound(_) => not_found(),
-                e => e.into(),
-            })?;
+            .map_err(store_error)?;
         self.wake_dispatcher();
         Ok(Requeued {
             queued,
