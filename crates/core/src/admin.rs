@@ -432,15 +432,11 @@ impl Core {
                 Err(e) => results[index] = Some(bad_item(index, raw_id, &e)),
             }
         }
+        let hooked = valid.iter().any(|u| u.hook.is_some());
         let stored = self.store.import_users(valid).await?;
-        let created: Vec<_> = stored
-            .iter()
-            .filter_map(|r| r.as_ref().ok())
-            .filter_map(|u| {
-                self.hook_draft(HookEventType::UserCreated, &crate::auth::user_data(u), None)
-            })
-            .collect();
-        self.enqueue_hooks(created).await;
+        if hooked {
+            self.wake_dispatcher();
+        }
         for (index, outcome) in valid_index.into_iter().zip(stored) {
             results[index] = Some(match outcome {
                 Ok(user) => ImportResult {
@@ -487,6 +483,7 @@ impl Core {
             None => None,
         };
         Ok(NewUser {
+            hook: self.user_created_hook(&item.user_id, &username, &item.display_name),
             user_id: item.user_id,
             username,
             display_name: item.display_name,
@@ -524,18 +521,38 @@ impl Core {
             None => None,
         };
         let password_changed = password_hash.is_some();
-        let update = UserUpdate {
-            display_name: patch.display_name,
-            password_hash,
-            status,
-        };
-        let user = self.store.update_user(id, update).await?;
         let kind = if status == Some(UserStatus::Disabled) {
             HookEventType::UserDisabled
         } else {
             HookEventType::UserUpdated
         };
-        self.emit(kind, &crate::auth::user_data(&user)).await;
+        // The event describes the user as the update leaves them.
+        let hooks: Vec<_> = if self.hook_wanted(kind) {
+            let before = self
+                .store
+                .user(id)
+                .await?
+                .ok_or_else(|| CoreError::NotFound("user not found".into()))?;
+            let data = UserData {
+                user_id: id.clone(),
+                username: Some(before.username),
+                display_name: Some(patch.display_name.clone().unwrap_or(before.display_name)),
+                status: Some(status.unwrap_or(before.status).as_str().to_owned()),
+            };
+            self.hook_draft(kind, &data, None).into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        let hooked = !hooks.is_empty();
+        let update = UserUpdate {
+            display_name: patch.display_name,
+            password_hash,
+            status,
+        };
+        let user = self.store.update_user(id, update, hooks).await?;
+        if hooked {
+            self.wake_dispatcher();
+        }
         if status == Some(UserStatus::Disabled) {
             self.revoke_user_sessions(id, None, RevokeReason::UserDisabled)
                 .await?;
@@ -554,14 +571,21 @@ impl Core {
         }
         self.revoke_user_sessions(id, None, RevokeReason::UserDeleted)
             .await?;
-        self.store.delete_user(id).await?;
         let data = UserData {
             user_id: id.clone(),
             username: None,
             display_name: None,
             status: None,
         };
-        self.emit(HookEventType::UserDeleted, &data).await;
+        let hooks: Vec<_> = self
+            .hook_draft(HookEventType::UserDeleted, &data, None)
+            .into_iter()
+            .collect();
+        let hooked = !hooks.is_empty();
+        self.store.delete_user(id, hooks).await?;
+        if hooked {
+            self.wake_dispatcher();
+        }
         Ok(())
     }
 
@@ -577,7 +601,7 @@ impl Core {
         let revocations = sessions
             .iter()
             .filter(|s| platform.is_none_or(|p| &s.platform == p))
-            .map(|s| crate::auth::revocation(&s.session_id, reason, now))
+            .map(|s| self.revocation(id, &s.session_id, reason, now, None))
             .collect::<Result<Vec<_>>>()?;
         let count = revocations.len();
         if count > 0 {

@@ -20,8 +20,8 @@ use unimsg_proto::hooks::{
 };
 use unimsg_proto::{Platform, SessionId, UserId};
 use unimsg_store::{
-    EventBody, NewRefreshToken, NewSession, NewUser, RefreshOutcome, Revocation, Session,
-    StoredEvent, UserStatus,
+    EventBody, HookDraft, NewRefreshToken, NewSession, NewUser, RefreshOutcome, Revocation,
+    Session, StoredEvent, UserStatus,
 };
 
 use crate::Core;
@@ -200,6 +200,8 @@ impl Core {
         }
         let hash = self.passwords.hash(req.password).await?;
         let user_id = UserId::parse(new_id()).map_err(|e| CoreError::Internal(e.to_string()))?;
+        let hook = self.user_created_hook(&user_id, &req.username, &display_name);
+        let hooked = hook.is_some();
         let user = self
             .store
             .create_user(NewUser {
@@ -208,6 +210,7 @@ impl Core {
                 display_name,
                 password_hash: Some(hash),
                 created_at: self.clock.now(),
+                hook,
             })
             .await
             .map_err(|e| match e {
@@ -216,8 +219,9 @@ impl Core {
                 }
                 other => other.into(),
             })?;
-        self.emit(HookEventType::UserCreated, &user_data(&user))
-            .await;
+        if hooked {
+            self.wake_dispatcher();
+        }
         Ok(UserProfile {
             user_id: user.user_id,
             username: user.username,
@@ -389,6 +393,30 @@ impl Core {
         client: ClientInfo,
         access_ttl: Option<u64>,
     ) -> Result<TokenPair> {
+        let opening = Opening {
+            platform,
+            device_id,
+            client,
+            access_ttl,
+            also: None,
+        };
+        self.open_session_for(user, opening).await
+    }
+
+    /// Opens a session; `opening.also` is a webhook event written with it
+    /// (a `qr.confirmed`).
+    pub(crate) async fn open_session_for(
+        &self,
+        user: &UserId,
+        opening: Opening,
+    ) -> Result<TokenPair> {
+        let Opening {
+            platform,
+            device_id,
+            client,
+            access_ttl,
+            also,
+        } = opening;
         // Every way in (password, minted tokens, QR by a phone or by the
         // admin API) ends here, so this is where a disabled account is
         // stopped; `authenticate` refuses a session whose user was
@@ -408,7 +436,15 @@ impl Core {
                 DevicePolicy::Multi => s.platform == platform && s.device_id == device_id,
             });
         let kick = kicked
-            .map(|s| revocation(&s.session_id, RevokeReason::ReplacedByNewLogin, now))
+            .map(|s| {
+                self.revocation(
+                    user,
+                    &s.session_id,
+                    RevokeReason::ReplacedByNewLogin,
+                    now,
+                    None,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let session_id =
             SessionId::parse(new_id()).map_err(|e| CoreError::Internal(e.to_string()))?;
@@ -431,6 +467,11 @@ impl Core {
             user_agent: client.user_agent,
         };
         let expires_at = now + time::Duration::seconds(self.config.auth.refresh_ttl_secs as i64);
+        let hooks: Vec<HookDraft> = self
+            .hook_draft(HookEventType::UserLogin, &login, None)
+            .into_iter()
+            .chain(also)
+            .collect();
         let events = self
             .store
             .open_session(
@@ -440,16 +481,47 @@ impl Core {
                     expires_at,
                 },
                 kick,
+                hooks.clone(),
             )
             .await?;
         self.publish(&events).await;
         self.audit_revocations(&events).await;
-        self.emit(HookEventType::UserLogin, &login).await;
+        if !hooks.is_empty() {
+            self.wake_dispatcher();
+        }
         self.token_pair(user, &session_id, &platform, refresh, now, access_ttl)
     }
 
-    /// One audit entry per session revoked by these events.
+    /// A revocation of `session` with its `session.revoked` webhook event
+    /// and `also` (a `user.logout`), written only if it revokes.
+    pub(crate) fn revocation(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        reason: RevokeReason,
+        at: OffsetDateTime,
+        also: Option<HookDraft>,
+    ) -> Result<Revocation> {
+        let revoked = SessionData {
+            user_id: user.clone(),
+            session_id: session.clone(),
+            reason: Some(reason.as_str().to_owned()),
+        };
+        let mut r = revocation(session, reason, at)?;
+        r.hooks = self
+            .hook_draft(HookEventType::SessionRevoked, &revoked, None)
+            .into_iter()
+            .chain(also)
+            .collect();
+        Ok(r)
+    }
+
+    /// One audit entry per session revoked by these events; wakes the
+    /// dispatcher for the webhook events written with them.
     pub(crate) async fn audit_revocations(&self, events: &[StoredEvent]) {
+        if !events.is_empty() && self.hook_wanted(HookEventType::SessionRevoked) {
+            self.wake_dispatcher();
+        }
         for e in events
             .iter()
             .filter(|e| e.kind == unimsg_proto::EventType::SessionRevoked)
@@ -464,14 +536,6 @@ impl Core {
                 }
                 _ => (None, None),
             };
-            if let Some(session_id) = session.as_deref().and_then(|s| SessionId::parse(s).ok()) {
-                let data = SessionData {
-                    user_id: e.user_id.clone(),
-                    session_id,
-                    reason: reason.clone(),
-                };
-                self.emit(HookEventType::SessionRevoked, &data).await;
-            }
             self.audit(AuditRecord {
                 action: "session.revoked".into(),
                 actor_kind: "system".into(),
@@ -558,8 +622,13 @@ impl Core {
             RefreshOutcome::Reused(session) => {
                 tracing::warn!(session_id = %session.session_id, user_id = %session.user_id,
                     "refresh token reused: revoking the session");
-                self.revoke(&session.session_id, RevokeReason::RefreshTokenReuse)
-                    .await?;
+                self.revoke(
+                    &session.user_id,
+                    &session.session_id,
+                    RevokeReason::RefreshTokenReuse,
+                    None,
+                )
+                .await?;
                 let alert = SecurityAlertData {
                     alert: AlertKind::RefreshTokenReuse,
                     user_id: Some(session.user_id.clone()),
@@ -577,25 +646,40 @@ impl Core {
 
     /// Revokes one session: its tokens are refused from now on and its live
     /// connections receive `session.revoked` and close.
-    pub async fn revoke(&self, session: &SessionId, reason: RevokeReason) -> Result<()> {
-        let events = self
-            .store
-            .revoke_sessions(vec![revocation(session, reason, self.clock.now())?])
-            .await?;
+    /// `also` is a webhook event written with the revocation (a logout).
+    pub async fn revoke(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        reason: RevokeReason,
+        also: Option<HookDraft>,
+    ) -> Result<()> {
+        let revocation = self.revocation(user, session, reason, self.clock.now(), also)?;
+        let hooked = !revocation.hooks.is_empty();
+        let events = self.store.revoke_sessions(vec![revocation]).await?;
         self.publish(&events).await;
         self.audit_revocations(&events).await;
+        if hooked && !events.is_empty() {
+            self.wake_dispatcher();
+        }
         Ok(())
     }
 
     /// `POST /v1/auth/logout`
     pub async fn logout(&self, auth: &AuthContext) -> Result<()> {
-        self.revoke(&auth.session_id, RevokeReason::Logout).await?;
         let data = SessionData {
             user_id: auth.user_id.clone(),
             session_id: auth.session_id.clone(),
             reason: None,
         };
-        self.emit(HookEventType::UserLogout, &data).await;
+        let logout = self.hook_draft(HookEventType::UserLogout, &data, None);
+        self.revoke(
+            &auth.user_id,
+            &auth.session_id,
+            RevokeReason::Logout,
+            logout,
+        )
+        .await?;
         self.audit(AuditRecord {
             action: "auth.logout".into(),
             actor_kind: "user".into(),
@@ -612,7 +696,8 @@ impl Core {
     pub async fn end_own_session(&self, auth: &AuthContext, session: &SessionId) -> Result<()> {
         match self.store.session(session).await? {
             Some(s) if s.user_id == auth.user_id && s.is_active() => {
-                self.revoke(session, RevokeReason::EndedByUser).await
+                self.revoke(&auth.user_id, session, RevokeReason::EndedByUser, None)
+                    .await
             }
             _ => Err(CoreError::NotFound("session not found".into())),
         }
@@ -737,6 +822,16 @@ pub(crate) fn disabled() -> CoreError {
     CoreError::Forbidden("this account is disabled".into())
 }
 
+/// How a session is opened: see [`Core::open_session_for`].
+pub(crate) struct Opening {
+    pub platform: Platform,
+    pub device_id: Option<String>,
+    pub client: ClientInfo,
+    pub access_ttl: Option<u64>,
+    pub also: Option<HookDraft>,
+}
+
+/// A revocation with no webhook event ([`Core::revocation`] adds them).
 pub(crate) fn revocation(
     session: &SessionId,
     reason: RevokeReason,
@@ -751,16 +846,25 @@ pub(crate) fn revocation(
         reason: reason.as_str().to_owned(),
         at,
         event_data: crate::render::event_json(&data)?,
+        hooks: Vec::new(),
     })
 }
 
-/// A user as webhook events describe it.
-pub(crate) fn user_data(user: &unimsg_store::User) -> UserData {
-    UserData {
-        user_id: user.user_id.clone(),
-        username: Some(user.username.clone()),
-        display_name: Some(user.display_name.clone()),
-        status: Some(user.status.as_str().to_owned()),
+impl Core {
+    /// `user.created` for a new user, if an endpoint wants it.
+    pub(crate) fn user_created_hook(
+        &self,
+        user_id: &UserId,
+        username: &str,
+        display_name: &str,
+    ) -> Option<HookDraft> {
+        let data = UserData {
+            user_id: user_id.clone(),
+            username: Some(username.to_owned()),
+            display_name: Some(display_name.to_owned()),
+            status: Some(UserStatus::Active.as_str().to_owned()),
+        };
+        self.hook_draft(HookEventType::UserCreated, &data, None)
     }
 }
 

@@ -1,10 +1,10 @@
 //! The one path every relationship and group change takes.
 //!
-//! A change is written by the store together with the inbox events it
-//! causes (one transaction), then [`Core::changed`] publishes those events
-//! live and turns the change into its webhook event (`friend.added`,
-//! `group.member_added`, …), so the friend and group code knows nothing of
-//! webhooks.
+//! A change made with [`Core::change`] carries its webhook event
+//! (`friend.added`, `group.member_added`, …); the store writes it together
+//! with the inbox events it causes ([`Change::effects`], one transaction),
+//! then [`Core::changed`] publishes those events live. The friend and
+//! group code knows nothing of webhooks.
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -12,7 +12,7 @@ use unimsg_proto::event::{BlockChangedData, FriendChangedData, FriendRequestData
 use unimsg_proto::groups::{GroupAction, GroupChanged};
 use unimsg_proto::hooks::{HookEventType, RelationData};
 use unimsg_proto::{EventData, EventType, UserId};
-use unimsg_store::{EventDraft, StoredEvent};
+use unimsg_store::{Effects, EventDraft, HookDraft, StoredEvent};
 
 use crate::Core;
 use crate::error::{CoreError, Result};
@@ -30,10 +30,14 @@ pub struct Change {
     pub data: serde_json::Value,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// Its webhook event, written in the change's transaction.
+    #[serde(skip)]
+    pub hook: Option<HookDraft>,
 }
 
 impl Change {
-    /// A change by `actor` whose event carries `data` (its type follows).
+    /// A change by `actor` whose event carries `data` (its type follows),
+    /// with no webhook event: [`Core::change`] adds it.
     pub fn new<T: EventData>(actor: &UserId, data: &T, at: OffsetDateTime) -> Result<Self> {
         let data = serde_json::to_value(data)
             .map_err(|e| CoreError::Internal(format!("cannot encode a change: {e}")))?;
@@ -42,6 +46,7 @@ impl Change {
             actor: actor.clone(),
             data,
             at,
+            hook: None,
         })
     }
 
@@ -58,82 +63,102 @@ impl Change {
             })
             .collect()
     }
+
+    /// What the store writes with this change: the inbox events of
+    /// `users` and the change's webhook event.
+    pub fn effects(&self, users: &[&UserId]) -> Effects {
+        Effects {
+            events: self.drafts(users),
+            hooks: self.hook.iter().cloned().collect(),
+        }
+    }
 }
 
 impl Core {
-    /// Publishes the committed inbox events of a change and puts its
-    /// webhook event in the outbox.
+    /// A change with its webhook event (`friend.added`,
+    /// `group.member_added`, …) when an endpoint wants it.
+    pub(crate) fn change<T: EventData>(
+        &self,
+        actor: &UserId,
+        data: &T,
+        at: OffsetDateTime,
+    ) -> Result<Change> {
+        let mut change = Change::new(actor, data, at)?;
+        change.hook = self.change_hook(&change);
+        Ok(change)
+    }
+
+    /// Publishes the committed inbox events of a change and wakes the
+    /// dispatcher if its webhook event was written with it.
     pub(crate) async fn changed(&self, change: Change, events: &[StoredEvent]) {
         self.publish(events).await;
         metrics::counter!("unimsg_changes_total", "type" => change.kind.as_str()).increment(1);
-        self.emit_change(&change).await;
+        if change.hook.is_some() {
+            self.wake_dispatcher();
+        }
     }
 
-    /// The webhook event of a relationship or group change, if any.
-    async fn emit_change(&self, change: &Change) {
+    /// The webhook event of a relationship or group change, if it has one
+    /// and an endpoint wants it.
+    fn change_hook(&self, change: &Change) -> Option<HookDraft> {
         let data = change.data.clone();
         match change.kind {
             EventType::FriendRequest => {
-                if let Ok(d) = serde_json::from_value::<FriendRequestData>(data) {
-                    let relation = RelationData {
-                        user_id: d.from,
-                        other_id: d.to,
-                    };
-                    self.emit(HookEventType::FriendRequested, &relation).await;
-                }
+                let d = serde_json::from_value::<FriendRequestData>(data).ok()?;
+                let relation = RelationData {
+                    user_id: d.from,
+                    other_id: d.to,
+                };
+                self.hook_draft(HookEventType::FriendRequested, &relation, None)
             }
             EventType::FriendChanged => {
-                let Ok(d) = serde_json::from_value::<FriendChangedData>(data) else {
-                    return;
-                };
+                let d = serde_json::from_value::<FriendChangedData>(data).ok()?;
                 // A change of one side's tags or remark is not a new friendship.
                 if d.tags.is_some() || d.remark.is_some() {
-                    return;
+                    return None;
                 }
                 let kind = match d.state {
                     FriendState::Friends => HookEventType::FriendAdded,
                     FriendState::Removed => HookEventType::FriendRemoved,
-                    FriendState::Declined => return,
+                    FriendState::Declined => return None,
                 };
                 let [a, b] = d.users;
                 let (user_id, other_id) = if b == change.actor { (b, a) } else { (a, b) };
-                self.emit(kind, &RelationData { user_id, other_id }).await;
+                self.hook_draft(kind, &RelationData { user_id, other_id }, None)
             }
             EventType::BlockChanged => {
-                if let Ok(d) = serde_json::from_value::<BlockChangedData>(data) {
-                    let kind = if d.blocked {
-                        HookEventType::BlockAdded
-                    } else {
-                        HookEventType::BlockRemoved
-                    };
-                    let relation = RelationData {
-                        user_id: change.actor.clone(),
-                        other_id: d.user_id,
-                    };
-                    self.emit(kind, &relation).await;
-                }
+                let d = serde_json::from_value::<BlockChangedData>(data).ok()?;
+                let kind = if d.blocked {
+                    HookEventType::BlockAdded
+                } else {
+                    HookEventType::BlockRemoved
+                };
+                let relation = RelationData {
+                    user_id: change.actor.clone(),
+                    other_id: d.user_id,
+                };
+                self.hook_draft(kind, &relation, None)
             }
             EventType::GroupChanged => {
-                if let Ok(d) = serde_json::from_value::<GroupChanged>(data) {
-                    let kind = match d.action {
-                        GroupAction::Created => HookEventType::GroupCreated,
-                        GroupAction::MembersAdded | GroupAction::MemberJoined => {
-                            HookEventType::GroupMemberAdded
-                        }
-                        GroupAction::MemberLeft | GroupAction::MembersRemoved => {
-                            HookEventType::GroupMemberRemoved
-                        }
-                        GroupAction::Dissolved => HookEventType::GroupDissolved,
-                        GroupAction::RoleChanged
-                        | GroupAction::OwnerTransferred
-                        | GroupAction::MemberMuted
-                        | GroupAction::GroupMuted
-                        | GroupAction::Updated => HookEventType::GroupUpdated,
-                    };
-                    self.emit(kind, &d).await;
-                }
+                let d = serde_json::from_value::<GroupChanged>(data).ok()?;
+                let kind = match d.action {
+                    GroupAction::Created => HookEventType::GroupCreated,
+                    GroupAction::MembersAdded | GroupAction::MemberJoined => {
+                        HookEventType::GroupMemberAdded
+                    }
+                    GroupAction::MemberLeft | GroupAction::MembersRemoved => {
+                        HookEventType::GroupMemberRemoved
+                    }
+                    GroupAction::Dissolved => HookEventType::GroupDissolved,
+                    GroupAction::RoleChanged
+                    | GroupAction::OwnerTransferred
+                    | GroupAction::MemberMuted
+                    | GroupAction::GroupMuted
+                    | GroupAction::Updated => HookEventType::GroupUpdated,
+                };
+                self.hook_draft(kind, &d, None)
             }
-            _ => {}
+            _ => None,
         }
     }
 }

@@ -16,7 +16,8 @@ use unimsg_proto::friends::{
 };
 use unimsg_proto::{ErrorDetail, EventData, EventType, UserId};
 use unimsg_store::{
-    Answer, BlockChange, FriendRequestRow, FriendRow, FriendshipChange, RequestOutcome, StoredText,
+    Answer, BlockChange, Effects, FriendRequestRow, FriendRow, FriendshipChange, RequestOutcome,
+    StoredText,
 };
 
 use crate::Core;
@@ -146,9 +147,11 @@ impl Core {
             to: to.clone(),
             message,
         };
-        let announced = Change::new(me, &announced, now)?;
+        // `asked` is what the inboxes store (the message sealed);
+        // `announced` is what is published and reported.
+        let announced = self.change(me, &announced, now)?;
         let became = FriendChangedData::new([me.clone(), to.clone()], FriendState::Friends);
-        let became = Change::new(me, &became, now)?;
+        let became = self.change(me, &became, now)?;
         let row = FriendRequestRow {
             from: me.clone(),
             to: to.clone(),
@@ -157,7 +160,14 @@ impl Core {
         };
         let (outcome, events) = self
             .store
-            .request_friend(row, asked.drafts(&[me, to]), became.drafts(&[me, to]))
+            .request_friend(
+                row,
+                Effects {
+                    events: asked.drafts(&[me, to]),
+                    hooks: announced.hook.iter().cloned().collect(),
+                },
+                became.effects(&[me, to]),
+            )
             .await?;
         let state = match outcome {
             RequestOutcome::Pending => {
@@ -207,10 +217,10 @@ impl Core {
             Answer::Decline
         };
         let data = FriendChangedData::new([from.clone(), me.clone()], answer);
-        let change = Change::new(me, &data, self.clock.now())?;
+        let change = self.change(me, &data, self.clock.now())?;
         let events = self
             .store
-            .answer_friend_request(from, me, decision, change.at, change.drafts(&[from, me]))
+            .answer_friend_request(from, me, decision, change.at, change.effects(&[from, me]))
             .await?;
         self.changed(change, &events).await;
         Ok(())
@@ -270,10 +280,10 @@ impl Core {
     pub async fn remove_friend(&self, auth: &AuthContext, friend: &UserId) -> Result<()> {
         let me = &auth.user_id;
         let data = FriendChangedData::new([me.clone(), friend.clone()], FriendState::Removed);
-        let change = Change::new(me, &data, self.clock.now())?;
+        let change = self.change(me, &data, self.clock.now())?;
         let (removed, events) = self
             .store
-            .remove_friend(me, friend, change.drafts(&[me, friend]))
+            .remove_friend(me, friend, change.effects(&[me, friend]))
             .await?;
         if !removed {
             return Err(CoreError::NotFound("not a friend".into()));
@@ -338,10 +348,10 @@ impl Core {
             user_id: other.clone(),
             blocked: what == BlockChange::Block,
         };
-        let change = Change::new(me, &data, self.clock.now())?;
+        let change = self.change(me, &data, self.clock.now())?;
         let (changed, events) = self
             .store
-            .set_block(me, other, what, change.at, change.drafts(&[me]))
+            .set_block(me, other, what, change.at, change.effects(&[me]))
             .await?;
         if changed {
             self.changed(change, &events).await;
@@ -429,10 +439,13 @@ impl Core {
                 } else {
                     (FriendshipChange::Unfriend, FriendState::Removed)
                 };
-                if self.store.set_friendship(a, b, what, now).await? {
-                    let data = FriendChangedData::new([a.clone(), b.clone()], state);
-                    let change = Change::new(a, &data, now)?;
-                    let events = self.store.append_events(change.drafts(&[a, b])).await?;
+                let data = FriendChangedData::new([a.clone(), b.clone()], state);
+                let change = self.change(a, &data, now)?;
+                let (changed, events) = self
+                    .store
+                    .set_friendship(a, b, what, now, change.effects(&[a, b]))
+                    .await?;
+                if changed {
                     self.changed(change, &events).await;
                 }
                 Ok(())
@@ -447,10 +460,10 @@ impl Core {
                     user_id: b.clone(),
                     blocked: what == BlockChange::Block,
                 };
-                let change = Change::new(a, &data, now)?;
+                let change = self.change(a, &data, now)?;
                 let (changed, events) = self
                     .store
-                    .set_block(a, b, what, now, change.drafts(&[a]))
+                    .set_block(a, b, what, now, change.effects(&[a]))
                     .await?;
                 if changed {
                     self.changed(change, &events).await;

@@ -16,7 +16,9 @@ use unimsg_proto::hooks::{
     MessageRecalledHookData, NotificationStatusData,
 };
 use unimsg_proto::{ConversationId, EventType, MessageId, Seq, UserId};
-use unimsg_store::{AppendOutcome, EventBody, EventDraft, NewMessage, StoredMessage};
+use unimsg_store::{
+    AppendOutcome, Effects, EventBody, EventDraft, HookDraft, NewMessage, StoredMessage,
+};
 
 use crate::Core;
 use crate::auth::AuthContext;
@@ -277,72 +279,83 @@ impl Core {
     pub async fn ack(&self, auth: &AuthContext, seq: Seq) -> Result<Seq> {
         let hooked = self.hook_wanted(HookEventType::MessageDelivered)
             || self.hook_wanted(HookEventType::NotificationDelivered);
-        let before = if hooked {
-            Some(self.store.acked(&auth.user_id).await?)
-        } else {
-            None
-        };
-        let acked = self.store.ack(&auth.user_id, seq).await?;
-        if let Some(before) = before
-            && acked > before
-        {
-            self.emit_delivered(&auth.user_id, before, acked).await;
+        if !hooked {
+            return Ok(self.store.ack(&auth.user_id, seq, Vec::new()).await?);
+        }
+        // The position the ack moves to is settled here, so that its
+        // webhook events can be written with it; the store writes them
+        // only if the position moved.
+        let user = &auth.user_id;
+        let before = self.store.acked(user).await?;
+        let target = seq.min(self.store.last_seq(user).await?);
+        if target <= before {
+            return Ok(self.store.ack(user, target, Vec::new()).await?);
+        }
+        let hooks = self.delivered_hooks(user, before, target).await?;
+        let acked = self.store.ack(user, target, hooks).await?;
+        if acked > before {
+            self.wake_dispatcher();
         }
         Ok(acked)
     }
 
-    /// `message.delivered` for an ack that moved from `before` to `acked`,
+    /// `message.delivered` for an ack that moves from `before` to `acked`,
     /// and `notification.delivered` for each notification it covers (up
     /// to the sync page size of them).
-    async fn emit_delivered(&self, user: &UserId, before: Seq, acked: Seq) {
+    async fn delivered_hooks(
+        &self,
+        user: &UserId,
+        before: Seq,
+        acked: Seq,
+    ) -> Result<Vec<HookDraft>> {
         let data = MessageDeliveredData {
             user_id: user.clone(),
             seq: acked,
         };
-        self.emit(HookEventType::MessageDelivered, &data).await;
+        let mut hooks: Vec<HookDraft> = self
+            .hook_draft(HookEventType::MessageDelivered, &data, None)
+            .into_iter()
+            .collect();
         if !self.hook_wanted(HookEventType::NotificationDelivered) {
-            return;
+            return Ok(hooks);
         }
         let span = u32::try_from(acked.0 - before.0).unwrap_or(u32::MAX);
         let limit = span.min(self.config.messaging.max_page);
-        let events = match self.store.events_after(user, before, limit).await {
-            Ok(events) => events,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the acknowledged notifications");
-                return;
-            }
-        };
-        let drafts: Vec<_> = events
-            .iter()
-            .filter(|e| e.seq <= acked)
-            .filter_map(|e| match &e.body {
-                EventBody::Notification(n) => self.hook_draft(
-                    HookEventType::NotificationDelivered,
-                    &NotificationStatusData {
-                        message_id: n.message_id.clone(),
-                        user_id: user.clone(),
-                    },
-                    None,
-                ),
-                _ => None,
-            })
-            .collect();
-        self.enqueue_hooks(drafts).await;
+        let events = self.store.events_after(user, before, limit).await?;
+        hooks.extend(
+            events
+                .iter()
+                .filter(|e| e.seq <= acked)
+                .filter_map(|e| match &e.body {
+                    EventBody::Notification(n) => self.hook_draft(
+                        HookEventType::NotificationDelivered,
+                        &NotificationStatusData {
+                            message_id: n.message_id.clone(),
+                            user_id: user.clone(),
+                        },
+                        None,
+                    ),
+                    _ => None,
+                }),
+        );
+        Ok(hooks)
     }
 
-    /// `message.read` for a read position that moved.
-    pub(crate) async fn emit_read(
+    /// `message.read`, written with a read position if it moves.
+    pub(crate) fn read_hooks(
         &self,
         user: &UserId,
         conversation: &ConversationId,
         message: &MessageId,
-    ) {
+    ) -> Vec<HookDraft> {
         let data = MessageReadData {
             user_id: user.clone(),
             conversation_id: conversation.clone(),
             message_id: message.clone(),
         };
-        self.emit(HookEventType::MessageRead, &data).await;
+        self.hook_draft(HookEventType::MessageRead, &data, None)
+            .into_iter()
+            .collect()
     }
 
     /// `POST /v1/conversations/{id}/read`: moves the caller's read position
@@ -357,15 +370,22 @@ impl Core {
             if owner != auth.user_id {
                 return Err(CoreError::NotFound("conversation not found".into()));
             }
-            let seq = self
-                .store
-                .mark_notifications_read(&auth.user_id, message_id, self.clock.now())
-                .await?;
             let data = NotificationStatusData {
                 message_id: message_id.clone(),
                 user_id: auth.user_id.clone(),
             };
-            self.emit(HookEventType::NotificationRead, &data).await;
+            let hooks: Vec<_> = self
+                .hook_draft(HookEventType::NotificationRead, &data, None)
+                .into_iter()
+                .collect();
+            let hooked = !hooks.is_empty();
+            let seq = self
+                .store
+                .mark_notifications_read(&auth.user_id, message_id, self.clock.now(), hooks)
+                .await?;
+            if hooked {
+                self.wake_dispatcher();
+            }
             return Ok(ReadResponse {
                 conversation_id: conversation.clone(),
                 read_upto: seq.0,
@@ -390,24 +410,27 @@ impl Core {
             message_id: message.message_id.clone(),
             read_upto: message.conv_seq,
         })?;
-        let drafts = [members.0.clone(), members.1.clone()]
-            .into_iter()
-            .map(|user_id| EventDraft {
-                user_id,
-                kind: EventType::ReceiptRead,
-                data: data.clone(),
-                at: now,
-            })
-            .collect();
+        let effects = Effects {
+            events: [members.0.clone(), members.1.clone()]
+                .into_iter()
+                .map(|user_id| EventDraft {
+                    user_id,
+                    kind: EventType::ReceiptRead,
+                    data: data.clone(),
+                    at: now,
+                })
+                .collect(),
+            hooks: self.read_hooks(&auth.user_id, conversation, message_id),
+        };
+        let hooked = !effects.hooks.is_empty();
         let (read_upto, events) = self
             .store
-            .mark_read(&auth.user_id, conversation, message.conv_seq, drafts)
+            .mark_read(&auth.user_id, conversation, message.conv_seq, effects)
             .await?;
         self.publish(&events).await;
-        // Events are appended only when the position moved.
-        if !events.is_empty() {
-            self.emit_read(&auth.user_id, conversation, message_id)
-                .await;
+        // Effects are written only when the position moved.
+        if hooked && !events.is_empty() {
+            self.wake_dispatcher();
         }
         Ok(ReadResponse {
             conversation_id: conversation.clone(),
@@ -429,9 +452,17 @@ impl Core {
             conversation_id: message.conversation_id.clone(),
             sender: message.sender.clone(),
         };
+        let hooks: Vec<_> = self
+            .hook_draft(HookEventType::MessageRecalled, &recalled, None)
+            .into_iter()
+            .collect();
+        let hooked = !hooks.is_empty();
         if let Some(group) = message.conversation_id.group_id() {
-            self.recall_group_message(auth, &group, message).await?;
-            self.emit(HookEventType::MessageRecalled, &recalled).await;
+            self.recall_group_message(auth, &group, message, hooks)
+                .await?;
+            if hooked {
+                self.wake_dispatcher();
+            }
             return Ok(());
         }
         let members = members_for(&message.conversation_id, &auth.user_id)?;
@@ -450,18 +481,23 @@ impl Core {
             conversation_id: message.conversation_id.clone(),
             by: auth.user_id.clone(),
         })?;
-        let drafts = [members.0, members.1]
-            .into_iter()
-            .map(|user_id| EventDraft {
-                user_id,
-                kind: EventType::MessageRecalled,
-                data: data.clone(),
-                at: now,
-            })
-            .collect();
-        let events = self.store.recall(message_id, now, drafts).await?;
+        let effects = Effects {
+            events: [members.0, members.1]
+                .into_iter()
+                .map(|user_id| EventDraft {
+                    user_id,
+                    kind: EventType::MessageRecalled,
+                    data: data.clone(),
+                    at: now,
+                })
+                .collect(),
+            hooks,
+        };
+        let events = self.store.recall(message_id, now, effects).await?;
         self.publish(&events).await;
-        self.emit(HookEventType::MessageRecalled, &recalled).await;
+        if hooked {
+            self.wake_dispatcher();
+        }
         Ok(())
     }
 

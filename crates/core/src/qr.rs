@@ -503,21 +503,23 @@ impl Core {
             ip: ticket.ip.clone(),
             user_agent: ticket.user_agent.clone(),
         };
-        let pair = self
-            .open_session(
-                &user,
-                ticket.platform.clone(),
-                ticket.device_id.clone(),
-                client,
-            )
-            .await?;
-        let session = pair.session_id.clone();
         let confirmed = unimsg_proto::hooks::QrConfirmedData {
             ticket_id: ticket.ticket_id.to_string(),
             user_id: user.clone(),
         };
-        self.emit(unimsg_proto::hooks::HookEventType::QrConfirmed, &confirmed)
-            .await;
+        let opening = crate::auth::Opening {
+            platform: ticket.platform.clone(),
+            device_id: ticket.device_id.clone(),
+            client,
+            access_ttl: None,
+            also: self.hook_draft(
+                unimsg_proto::hooks::HookEventType::QrConfirmed,
+                &confirmed,
+                None,
+            ),
+        };
+        let pair = self.open_session_for(&user, opening).await?;
+        let session = pair.session_id.clone();
         self.audit(crate::audit::AuditRecord {
             action: "auth.qr_confirmed".into(),
             actor_kind: if approver_session.is_some() {

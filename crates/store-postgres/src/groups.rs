@@ -21,13 +21,13 @@ use unimsg_store::sql::{
     one_member, read_group, read_member, to_i64, to_u64, user_id,
 };
 use unimsg_store::{
-    AppendOutcome, EventDraft, GroupEdit, GroupRow, Groups, MemberRow, NewGroup, NewMessage,
-    Result, StoreError, StoredEvent,
+    AppendOutcome, Effects, EventDraft, GroupEdit, GroupRow, Groups, MemberRow, NewGroup,
+    NewMessage, Result, StoreError, StoredEvent,
 };
 
 use crate::inbox::{
-    append_drafts, append_message_events, bump_conversation, duplicate_of, insert_message,
-    lost_race, mark_send,
+    append_message_events, bump_conversation, duplicate_of, insert_message, lost_race, mark_send,
+    write_effects,
 };
 use crate::{DbResult, PgStore, UnknownUsers, broadcast_clock, column, lock_users, read};
 
@@ -224,7 +224,7 @@ impl Groups for PgStore {
         &self,
         group: NewGroup,
         members: Vec<(UserId, GroupRole)>,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<(GroupRow, Vec<StoredEvent>)> {
         let conversation = ConversationId::group(&group.group_id);
         transaction!(self, |tx| {
@@ -263,7 +263,7 @@ impl Groups for PgStore {
                 )
                 .await?;
             tx.execute(&stmt, &[&conversation.as_str(), &at]).await?;
-            let mut ids = touched(&[], &events);
+            let mut ids = touched(&[], &effects.events);
             ids.extend(members.iter().map(|(u, _)| u.as_str()));
             let known = lock_users(tx, ids).await?;
             if members.iter().any(|(u, _)| !known.contains(u.as_str())) {
@@ -277,7 +277,7 @@ impl Groups for PgStore {
                 group.created_at,
             )
             .await?;
-            let events = append_drafts(tx, &events, UnknownUsers::Skip).await?;
+            let events = write_effects(tx, &effects, UnknownUsers::Skip).await?;
             let row = group_by_id(tx, &group.group_id)
                 .await?
                 .ok_or_else(|| corrupt("new group"))?;
@@ -355,7 +355,7 @@ impl Groups for PgStore {
         version: u64,
         edits: Vec<GroupEdit>,
         at: OffsetDateTime,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<(GroupRow, Vec<StoredEvent>)> {
         let conversation = ConversationId::group(id);
         transaction!(self, |tx| {
@@ -391,7 +391,7 @@ impl Groups for PgStore {
                 .ok_or(StoreError::NotFound("group"))?;
             // Users before any edit, in id order: the inbox append below
             // then takes no lock out of order.
-            let known = lock_users(tx, touched(&edits, &events)).await?;
+            let known = lock_users(tx, touched(&edits, &effects.events)).await?;
             for edit in &edits {
                 apply(tx, id, &conversation, edit, at, &known).await?;
             }
@@ -402,7 +402,7 @@ impl Groups for PgStore {
                 )
                 .await?;
             tx.execute(&stmt, &[&id.as_str(), &ms(at)]).await?;
-            let events = append_drafts(tx, &events, UnknownUsers::Skip).await?;
+            let events = write_effects(tx, &effects, UnknownUsers::Skip).await?;
             let after = group_by_id(tx, id).await?;
             Ok((changed_group(before, after), events))
         })

@@ -20,8 +20,8 @@ use unimsg_store::sql::{
     user_id,
 };
 use unimsg_store::{
-    AppendOutcome, ConversationState, EventBody, EventDraft, Inbox, NewMessage, Result, StoreError,
-    StoredEvent, StoredMessage,
+    AppendOutcome, ConversationState, Effects, EventBody, EventDraft, HookDraft, Inbox, NewMessage,
+    Result, StoreError, StoredEvent, StoredMessage,
 };
 
 use crate::broadcasts::broadcasts_between;
@@ -203,6 +203,17 @@ pub(crate) async fn append_message_events(
             })
         })
         .collect())
+}
+
+/// Writes a change's [`Effects`]: its webhook events and its inbox events
+/// ([`append_drafts`]).
+pub(crate) async fn write_effects(
+    tx: &Transaction<'_>,
+    effects: &Effects,
+    unknown: UnknownUsers,
+) -> DbResult<Vec<StoredEvent>> {
+    crate::webhooks::enqueue_all(tx, &effects.hooks).await?;
+    append_drafts(tx, &effects.events, unknown).await
 }
 
 /// Appends events that carry their own data with one [`append_inbox`]
@@ -406,11 +417,22 @@ impl Inbox for PgStore {
         })
     }
 
-    async fn ack(&self, user: &UserId, seq: Seq) -> Result<Seq> {
+    async fn ack(&self, user: &UserId, seq: Seq, hooks: Vec<HookDraft>) -> Result<Seq> {
         transaction!(self, |tx| {
             // With the clock held no broadcast commits before this does, and
             // the user row is read after its lock: the clamp is exact.
             let head = broadcast_clock(tx).await?;
+            let before: Option<i64> = if hooks.is_empty() {
+                None
+            } else {
+                let stmt = tx
+                    .prepare_cached("SELECT acked_seq FROM users WHERE user_id = $1 FOR UPDATE")
+                    .await?;
+                match tx.query_opt(&stmt, &[&user.as_str()]).await? {
+                    Some(row) => Some(column(&row, 0)?),
+                    None => return Err(StoreError::NotFound("user").into()),
+                }
+            };
             let stmt = tx
                 .prepare_cached(
                     "UPDATE users SET acked_seq = GREATEST(acked_seq, LEAST($2, last_seq + $3 - bbase)) \
@@ -421,7 +443,11 @@ impl Inbox for PgStore {
                 .query_opt(&stmt, &[&user.as_str(), &to_i64(seq.0), &head])
                 .await?
                 .ok_or(StoreError::NotFound("user"))?;
-            Ok(Seq(to_u64(column(&row, 0)?)))
+            let acked: i64 = column(&row, 0)?;
+            if before.is_some_and(|b| acked > b) {
+                crate::webhooks::enqueue_all(tx, &hooks).await?;
+            }
+            Ok(Seq(to_u64(acked)))
         })
     }
 
@@ -483,10 +509,10 @@ impl Inbox for PgStore {
         user: &UserId,
         conversation: &ConversationId,
         upto: u64,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<(u64, Vec<StoredEvent>)> {
         transaction!(self, |tx| {
-            if !events.is_empty() {
+            if !effects.events.is_empty() {
                 // Lock order: the clock before the read position's row.
                 broadcast_clock(tx).await?;
             }
@@ -503,7 +529,7 @@ impl Inbox for PgStore {
                 )
                 .await?;
             if moved == 1 {
-                return Ok((upto, append_drafts(tx, &events, UnknownUsers::Fail).await?));
+                return Ok((upto, write_effects(tx, &effects, UnknownUsers::Fail).await?));
             }
             let stmt = tx
                 .prepare_cached(
@@ -524,10 +550,10 @@ impl Inbox for PgStore {
         &self,
         id: &MessageId,
         now: OffsetDateTime,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<Vec<StoredEvent>> {
         transaction!(self, |tx| {
-            if !events.is_empty() {
+            if !effects.events.is_empty() {
                 // Lock order: the clock before the message row.
                 broadcast_clock(tx).await?;
             }
@@ -543,7 +569,7 @@ impl Inbox for PgStore {
                     None => Err(StoreError::NotFound("message").into()),
                 };
             }
-            append_drafts(tx, &events, UnknownUsers::Fail).await
+            write_effects(tx, &effects, UnknownUsers::Fail).await
         })
     }
 

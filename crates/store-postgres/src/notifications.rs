@@ -8,8 +8,8 @@ use time::OffsetDateTime;
 use unimsg_proto::{EventType, MessageId, Seq, UserId};
 use unimsg_store::sql::{NOTIFICATION_COLUMNS, ms, read_notification, to_i64, to_u64, user_id};
 use unimsg_store::{
-    AudiencePart, NewNotification, NotificationStatus, Notifications, Result, StoreError,
-    StoredNotification,
+    AudiencePart, HookDraft, NewNotification, NotificationStatus, Notifications, Result,
+    StoreError, StoredNotification,
 };
 
 use crate::{InboxRow, PgStore, UnknownUsers, append_inbox, column, read, unique};
@@ -175,6 +175,7 @@ impl Notifications for PgStore {
         user: &UserId,
         upto: &MessageId,
         at: OffsetDateTime,
+        hooks: Vec<HookDraft>,
     ) -> Result<Seq> {
         transaction!(self, |tx| {
             let find = tx
@@ -195,7 +196,10 @@ impl Notifications for PgStore {
                      WHERE user_id = $1 AND seq <= $2 AND read_at IS NULL",
                 )
                 .await?;
-            tx.execute(&mark, &[&user.as_str(), &seq, &ms(at)]).await?;
+            let marked = tx.execute(&mark, &[&user.as_str(), &seq, &ms(at)]).await?;
+            if marked > 0 {
+                crate::webhooks::enqueue_all(tx, &hooks).await?;
+            }
             Ok(Seq(to_u64(seq)))
         })
     }

@@ -17,11 +17,11 @@ use unimsg_store::sql::{
     read_friend_request, text_columns, user_id,
 };
 use unimsg_store::{
-    Answer, BlockChange, EventDraft, FriendRequestRow, FriendRow, FriendshipChange, Relationships,
-    RequestDirection, RequestOutcome, Result, StoreError, StoredEvent,
+    Answer, BlockChange, Effects, EventDraft, FriendRequestRow, FriendRow, FriendshipChange,
+    Relationships, RequestDirection, RequestOutcome, Result, StoreError, StoredEvent,
 };
 
-use crate::inbox::append_drafts;
+use crate::inbox::write_effects;
 use crate::{DbResult, PgStore, UnknownUsers, broadcast_clock, column, lock_users, read};
 
 /// Where `from` and `to` stand: (friends, `from → to` pending,
@@ -105,14 +105,14 @@ impl Relationships for PgStore {
     async fn request_friend(
         &self,
         request: FriendRequestRow,
-        request_events: Vec<EventDraft>,
-        friends_events: Vec<EventDraft>,
+        on_request: Effects,
+        on_friends: Effects,
     ) -> Result<(RequestOutcome, Vec<StoredEvent>)> {
         let (from, to) = (&request.from, &request.to);
         transaction!(self, |tx| {
             // Both users locked: a concurrent `to → from` request on another
             // node waits here and then sees this one.
-            let known = lock_pair(tx, from, to, &[&request_events, &friends_events]).await?;
+            let known = lock_pair(tx, from, to, &[&on_request.events, &on_friends.events]).await?;
             if !known.contains(to.as_str()) {
                 return Err(StoreError::NotFound("user").into());
             }
@@ -122,7 +122,7 @@ impl Relationships for PgStore {
             }
             if asked_back {
                 befriend(tx, from, to, request.created_at).await?;
-                let events = append_drafts(tx, &friends_events, UnknownUsers::Fail).await?;
+                let events = write_effects(tx, &on_friends, UnknownUsers::Fail).await?;
                 return Ok((RequestOutcome::Friends, events));
             }
             let stmt = tx
@@ -148,7 +148,7 @@ impl Relationships for PgStore {
                 ],
             )
             .await?;
-            let events = append_drafts(tx, &request_events, UnknownUsers::Fail).await?;
+            let events = write_effects(tx, &on_request, UnknownUsers::Fail).await?;
             Ok((RequestOutcome::Pending, events))
         })
     }
@@ -159,10 +159,10 @@ impl Relationships for PgStore {
         to: &UserId,
         answer: Answer,
         at: OffsetDateTime,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<Vec<StoredEvent>> {
         transaction!(self, |tx| {
-            lock_pair(tx, from, to, &[&events]).await?;
+            lock_pair(tx, from, to, &[&effects.events]).await?;
             let (_, pending, _) = standing(tx, from, to).await?;
             if !pending {
                 return Err(StoreError::NotFound("friend request").into());
@@ -179,7 +179,7 @@ impl Relationships for PgStore {
                 tx.execute(&stmt, &[&from.as_str(), &to.as_str(), &ms(at)])
                     .await?;
             }
-            append_drafts(tx, &events, UnknownUsers::Fail).await
+            write_effects(tx, &effects, UnknownUsers::Fail).await
         })
     }
 
@@ -245,14 +245,14 @@ impl Relationships for PgStore {
         &self,
         user: &UserId,
         friend: &UserId,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<(bool, Vec<StoredEvent>)> {
         transaction!(self, |tx| {
-            lock_pair(tx, user, friend, &[&events]).await?;
+            lock_pair(tx, user, friend, &[&effects.events]).await?;
             if !unfriend(tx, user, friend).await? {
                 return Ok((false, Vec::new()));
             }
-            Ok((true, append_drafts(tx, &events, UnknownUsers::Fail).await?))
+            Ok((true, write_effects(tx, &effects, UnknownUsers::Fail).await?))
         })
     }
 
@@ -291,10 +291,10 @@ impl Relationships for PgStore {
         other: &UserId,
         change: BlockChange,
         at: OffsetDateTime,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<(bool, Vec<StoredEvent>)> {
         transaction!(self, |tx| {
-            let known = lock_pair(tx, user, other, &[&events]).await?;
+            let known = lock_pair(tx, user, other, &[&effects.events]).await?;
             if !known.contains(other.as_str()) {
                 return Err(StoreError::NotFound("user").into());
             }
@@ -317,7 +317,7 @@ impl Relationships for PgStore {
             if changed == 0 {
                 return Ok((false, Vec::new()));
             }
-            Ok((true, append_drafts(tx, &events, UnknownUsers::Fail).await?))
+            Ok((true, write_effects(tx, &effects, UnknownUsers::Fail).await?))
         })
     }
 
@@ -358,17 +358,22 @@ impl Relationships for PgStore {
         b: &UserId,
         change: FriendshipChange,
         at: OffsetDateTime,
-    ) -> Result<bool> {
+        effects: Effects,
+    ) -> Result<(bool, Vec<StoredEvent>)> {
         transaction!(self, |tx| {
-            let known = lock_pair(tx, a, b, &[]).await?;
+            let known = lock_pair(tx, a, b, &[&effects.events]).await?;
             if !known.contains(a.as_str()) || !known.contains(b.as_str()) {
                 return Err(StoreError::NotFound("user").into());
             }
-            if change == FriendshipChange::Befriend {
-                befriend(tx, a, b, at).await
+            let changed = if change == FriendshipChange::Befriend {
+                befriend(tx, a, b, at).await?
             } else {
-                unfriend(tx, a, b).await
+                unfriend(tx, a, b).await?
+            };
+            if !changed {
+                return Ok((false, Vec::new()));
             }
+            Ok((true, write_effects(tx, &effects, UnknownUsers::Fail).await?))
         })
     }
 }

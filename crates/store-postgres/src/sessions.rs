@@ -10,8 +10,8 @@ use tokio_postgres::error::SqlState;
 use unimsg_proto::{EventType, SessionId, UserId};
 use unimsg_store::sql::{SESSION_COLUMNS, ms, read_session, refresh_check, user_id};
 use unimsg_store::{
-    EventBody, NewRefreshToken, NewSession, RefreshOutcome, Result, Revocation, Session, Sessions,
-    StoreError, StoredEvent, TokenHash,
+    EventBody, HookDraft, NewRefreshToken, NewSession, RefreshOutcome, Result, Revocation, Session,
+    Sessions, StoreError, StoredEvent, TokenHash,
 };
 
 use crate::{
@@ -76,6 +76,9 @@ async fn revoke(tx: &Transaction<'_>, revocations: &[Revocation]) -> DbResult<Ve
         })
         .collect();
     let seqs = append_inbox(tx, &rows, UnknownUsers::Fail).await?;
+    for (r, _) in &revoked {
+        crate::webhooks::enqueue_all(tx, &r.hooks).await?;
+    }
     revoked
         .into_iter()
         .zip(seqs)
@@ -119,6 +122,7 @@ impl Sessions for PgStore {
         session: NewSession,
         refresh: NewRefreshToken,
         kick: Vec<Revocation>,
+        hooks: Vec<HookDraft>,
     ) -> Result<Vec<StoredEvent>> {
         transaction!(self, |tx| {
             // Revocations first: they lock the user row FOR UPDATE before
@@ -155,6 +159,7 @@ impl Sessions for PgStore {
                 }
             })?;
             insert_refresh(tx, &refresh, session.session_id.as_str()).await?;
+            crate::webhooks::enqueue_all(tx, &hooks).await?;
             Ok(events)
         })
     }

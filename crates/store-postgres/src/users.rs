@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 use unimsg_proto::UserId;
 use unimsg_store::sql::{USER_COLUMNS, ms, read_user, user_id};
-use unimsg_store::{NewUser, Result, StoreError, User, UserStatus, UserUpdate, Users};
+use unimsg_store::{HookDraft, NewUser, Result, StoreError, User, UserStatus, UserUpdate, Users};
 
 use crate::{DbResult, Error, PgStore, broadcast_clock, column, read};
 
@@ -39,6 +39,9 @@ async fn insert_user(tx: &Transaction<'_>, head: i64, user: &NewUser) -> DbResul
             .await?;
         let taken: bool = column(&tx.query_one(&taken, &[&user.user_id.as_str()]).await?, 0)?;
         return Err(StoreError::Conflict(if taken { "user_id" } else { "username" }).into());
+    }
+    if let Some(hook) = &user.hook {
+        crate::webhooks::enqueue(tx, hook).await?;
     }
     Ok(User {
         user_id: user.user_id.clone(),
@@ -116,16 +119,21 @@ impl Users for PgStore {
         })
     }
 
-    async fn update_user(&self, id: &UserId, update: UserUpdate) -> Result<User> {
-        connected!(self, |client| {
-            let stmt = client
+    async fn update_user(
+        &self,
+        id: &UserId,
+        update: UserUpdate,
+        hooks: Vec<HookDraft>,
+    ) -> Result<User> {
+        transaction!(self, |tx| {
+            let stmt = tx
                 .prepare_cached(&format!(
                     "UPDATE users SET display_name = COALESCE($2, display_name), \
                      password_hash = COALESCE($3, password_hash), status = COALESCE($4, status) \
                      WHERE user_id = $1 RETURNING {USER_COLUMNS}"
                 ))
                 .await?;
-            let row = client
+            let row = tx
                 .query_opt(
                     &stmt,
                     &[
@@ -137,11 +145,12 @@ impl Users for PgStore {
                 )
                 .await?
                 .ok_or(StoreError::NotFound("user"))?;
+            crate::webhooks::enqueue_all(tx, &hooks).await?;
             read(&row, read_user)
         })
     }
 
-    async fn delete_user(&self, id: &UserId) -> Result<()> {
+    async fn delete_user(&self, id: &UserId, hooks: Vec<HookDraft>) -> Result<()> {
         transaction!(self, |tx| {
             let id = id.as_str();
             // Lock order: group rows (sorted) before the user row.
@@ -184,6 +193,7 @@ impl Users for PgStore {
                 tx.execute(&format!("DELETE FROM {table} WHERE user_id = $1"), &[&id])
                     .await?;
             }
+            crate::webhooks::enqueue_all(tx, &hooks).await?;
             Ok(())
         })
     }

@@ -71,6 +71,14 @@ pub(crate) async fn enqueue(tx: &Transaction<'_>, event: &HookDraft) -> DbResult
     Ok(())
 }
 
+/// [`enqueue`] for each of `events`.
+pub(crate) async fn enqueue_all(tx: &Transaction<'_>, events: &[HookDraft]) -> DbResult<()> {
+    for event in events {
+        enqueue(tx, event).await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Webhooks for PgStore {
     async fn create_webhook(&self, w: WebhookRow) -> Result<()> {

@@ -12,8 +12,8 @@ use unimsg_store::sql::{
     one_member, read_group, read_member, to_i64, to_u64, user_id,
 };
 use unimsg_store::{
-    AppendOutcome, EventBody, EventDraft, GroupEdit, GroupRow, Groups, MemberRow, NewGroup,
-    NewMessage, Result, StoreError, StoredEvent,
+    AppendOutcome, Effects, EventBody, EventDraft, GroupEdit, GroupRow, Groups, MemberRow,
+    NewGroup, NewMessage, Result, StoreError, StoredEvent,
 };
 
 use crate::inbox::{append_message_events, duplicate_of, insert_event, insert_message};
@@ -196,7 +196,7 @@ impl Groups for SqliteStore {
         &self,
         group: NewGroup,
         members: Vec<(UserId, GroupRole)>,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<(GroupRow, Vec<StoredEvent>)> {
         self.write(move |conn| {
             let taken: bool = conn
@@ -231,7 +231,8 @@ impl Groups for SqliteStore {
             for (user, role) in members {
                 add_member(conn, &group.group_id, &conversation, &user, role, group.created_at)?;
             }
-            let events = append_to_known(conn, events)?;
+            crate::webhooks::enqueue_all(conn, &effects.hooks)?;
+            let events = append_to_known(conn, effects.events)?;
             let row = group_by_id(conn, &group.group_id)?.ok_or_else(|| corrupt("new group"))?;
             Ok((row, events))
         })
@@ -284,7 +285,7 @@ impl Groups for SqliteStore {
         version: u64,
         edits: Vec<GroupEdit>,
         at: OffsetDateTime,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<(GroupRow, Vec<StoredEvent>)> {
         let id = id.clone();
         self.write(move |conn| {
@@ -298,7 +299,8 @@ impl Groups for SqliteStore {
                 "UPDATE chat_groups SET version = version + 1, updated_at = ?2 WHERE group_id = ?1",
                 params![id.as_str(), ms(at)],
             )?;
-            let events = append_to_known(conn, events)?;
+            crate::webhooks::enqueue_all(conn, &effects.hooks)?;
+            let events = append_to_known(conn, effects.events)?;
             let after = group_by_id(conn, &id)?;
             Ok((changed_group(before, after), events))
         })

@@ -13,8 +13,8 @@ use unimsg_store::sql::{
     user_id,
 };
 use unimsg_store::{
-    AppendOutcome, ConversationState, EventBody, EventDraft, Inbox, NewMessage, Result, StoreError,
-    StoredEvent, StoredMessage,
+    AppendOutcome, ConversationState, Effects, EventBody, EventDraft, HookDraft, Inbox, NewMessage,
+    Result, StoreError, StoredEvent, StoredMessage,
 };
 
 use crate::broadcasts::broadcasts_between;
@@ -182,6 +182,12 @@ pub(crate) fn append_drafts(
     Ok(out)
 }
 
+/// Writes a change's [`Effects`]: its inbox events and its webhook events.
+pub(crate) fn write_effects(conn: &Connection, effects: Effects) -> DbResult<Vec<StoredEvent>> {
+    crate::webhooks::enqueue_all(conn, &effects.hooks)?;
+    append_drafts(conn, effects.events)
+}
+
 /// The message an earlier send with the same `(sender, client_msg_id)`
 /// stored, if any.
 pub(crate) fn duplicate_of(
@@ -337,9 +343,14 @@ impl Inbox for SqliteStore {
         self.read_point(move |conn| visible_last(conn, &user)).await
     }
 
-    async fn ack(&self, user: &UserId, seq: Seq) -> Result<Seq> {
+    async fn ack(&self, user: &UserId, seq: Seq, hooks: Vec<HookDraft>) -> Result<Seq> {
         let user = user.clone();
         self.write(move |conn| {
+            let before = if hooks.is_empty() {
+                None
+            } else {
+                Some(acked_position(conn, &user)?)
+            };
             let acked: Option<i64> = conn
                 .query_row(
                     "UPDATE users SET acked_seq = MAX(acked_seq, MIN(?2, last_seq + ?3 - bbase)) \
@@ -348,9 +359,13 @@ impl Inbox for SqliteStore {
                     |r| r.get(0),
                 )
                 .optional()?;
-            Ok(acked
+            let acked = acked
                 .map(|s| Seq(to_u64(s)))
-                .ok_or(StoreError::NotFound("user"))?)
+                .ok_or(StoreError::NotFound("user"))?;
+            if before.is_some_and(|b| acked > b) {
+                crate::webhooks::enqueue_all(conn, &hooks)?;
+            }
+            Ok(acked)
         })
         .await
     }
@@ -403,7 +418,7 @@ impl Inbox for SqliteStore {
         user: &UserId,
         conversation: &ConversationId,
         upto: u64,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<(u64, Vec<StoredEvent>)> {
         let (user, conversation) = (user.clone(), conversation.clone());
         self.write(move |conn| {
@@ -414,7 +429,7 @@ impl Inbox for SqliteStore {
                     params![conversation.as_str(), user.as_str(), to_i64(upto)],
                 )?;
             if moved == 1 {
-                return Ok((upto, append_drafts(conn, events)?));
+                return Ok((upto, write_effects(conn, effects)?));
             }
             let current: Option<i64> = conn
                 .query_row(
@@ -435,7 +450,7 @@ impl Inbox for SqliteStore {
         &self,
         id: &MessageId,
         now: OffsetDateTime,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<Vec<StoredEvent>> {
         let id = id.clone();
         self.write(move |conn| {
@@ -450,7 +465,7 @@ impl Inbox for SqliteStore {
                     None => Err(StoreError::NotFound("message").into()),
                 };
             }
-            append_drafts(conn, events)
+            write_effects(conn, effects)
         })
         .await
     }

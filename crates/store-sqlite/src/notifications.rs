@@ -7,8 +7,8 @@ use time::OffsetDateTime;
 use unimsg_proto::{EventType, MessageId, Seq, UserId};
 use unimsg_store::sql::{NOTIFICATION_COLUMNS, ms, read_notification, to_i64, to_u64, user_id};
 use unimsg_store::{
-    AudiencePart, NewNotification, NotificationStatus, Notifications, Result, StoreError,
-    StoredNotification,
+    AudiencePart, HookDraft, NewNotification, NotificationStatus, Notifications, Result,
+    StoreError, StoredNotification,
 };
 
 use crate::inbox::insert_event;
@@ -130,6 +130,7 @@ impl Notifications for SqliteStore {
         user: &UserId,
         upto: &MessageId,
         at: OffsetDateTime,
+        hooks: Vec<HookDraft>,
     ) -> Result<Seq> {
         let (user, upto) = (user.clone(), upto.clone());
         self.write(move |conn| {
@@ -141,11 +142,14 @@ impl Notifications for SqliteStore {
                 )
                 .optional()?;
             let seq = seq.ok_or(StoreError::NotFound("notification"))?;
-            conn.execute(
+            let marked = conn.execute(
                 "UPDATE notification_recipients SET read_at = ?3 \
                  WHERE user_id = ?1 AND seq <= ?2 AND read_at IS NULL",
                 params![user.as_str(), seq, ms(at)],
             )?;
+            if marked > 0 {
+                crate::webhooks::enqueue_all(conn, &hooks)?;
+            }
             Ok(Seq(to_u64(seq)))
         })
         .await

@@ -9,11 +9,11 @@ use unimsg_store::sql::{
     read_friend_request, text_columns, user_id,
 };
 use unimsg_store::{
-    Answer, BlockChange, EventDraft, FriendRequestRow, FriendRow, FriendshipChange, Relationships,
+    Answer, BlockChange, Effects, FriendRequestRow, FriendRow, FriendshipChange, Relationships,
     RequestDirection, RequestOutcome, Result, StoreError, StoredEvent,
 };
 
-use crate::inbox::append_drafts;
+use crate::inbox::write_effects;
 use crate::{DbResult, SqliteStore, all};
 
 fn exists(conn: &Connection, sql: &str, a: &UserId, b: &UserId) -> DbResult<bool> {
@@ -78,8 +78,8 @@ impl Relationships for SqliteStore {
     async fn request_friend(
         &self,
         request: FriendRequestRow,
-        request_events: Vec<EventDraft>,
-        friends_events: Vec<EventDraft>,
+        on_request: Effects,
+        on_friends: Effects,
     ) -> Result<(RequestOutcome, Vec<StoredEvent>)> {
         self.write(move |conn| {
             let (from, to) = (&request.from, &request.to);
@@ -91,7 +91,7 @@ impl Relationships for SqliteStore {
             }
             if pending(conn, to, from)? {
                 befriend(conn, from, to, request.created_at)?;
-                return Ok((RequestOutcome::Friends, append_drafts(conn, friends_events)?));
+                return Ok((RequestOutcome::Friends, write_effects(conn, on_friends)?));
             }
             let (plain, sealed) = text_columns(request.message.as_ref());
             conn.execute(
@@ -102,7 +102,7 @@ impl Relationships for SqliteStore {
                  created_at = excluded.created_at, updated_at = excluded.updated_at",
                 params![from.as_str(), to.as_str(), plain, sealed, ms(request.created_at)],
             )?;
-            Ok((RequestOutcome::Pending, append_drafts(conn, request_events)?))
+            Ok((RequestOutcome::Pending, write_effects(conn, on_request)?))
         })
         .await
     }
@@ -113,7 +113,7 @@ impl Relationships for SqliteStore {
         to: &UserId,
         answer: Answer,
         at: OffsetDateTime,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<Vec<StoredEvent>> {
         let (from, to) = (from.clone(), to.clone());
         self.write(move |conn| {
@@ -128,7 +128,7 @@ impl Relationships for SqliteStore {
                     params![from.as_str(), to.as_str(), ms(at)],
                 )?;
             }
-            append_drafts(conn, events)
+            write_effects(conn, effects)
         })
         .await
     }
@@ -174,14 +174,14 @@ impl Relationships for SqliteStore {
         &self,
         user: &UserId,
         friend: &UserId,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<(bool, Vec<StoredEvent>)> {
         let (user, friend) = (user.clone(), friend.clone());
         self.write(move |conn| {
             if !unfriend(conn, &user, &friend)? {
                 return Ok((false, Vec::new()));
             }
-            Ok((true, append_drafts(conn, events)?))
+            Ok((true, write_effects(conn, effects)?))
         })
         .await
     }
@@ -215,7 +215,7 @@ impl Relationships for SqliteStore {
         other: &UserId,
         change: BlockChange,
         at: OffsetDateTime,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<(bool, Vec<StoredEvent>)> {
         let (user, other) = (user.clone(), other.clone());
         self.write(move |conn| {
@@ -236,7 +236,7 @@ impl Relationships for SqliteStore {
             if changed == 0 {
                 return Ok((false, Vec::new()));
             }
-            Ok((true, append_drafts(conn, events)?))
+            Ok((true, write_effects(conn, effects)?))
         })
         .await
     }
@@ -278,17 +278,22 @@ impl Relationships for SqliteStore {
         b: &UserId,
         change: FriendshipChange,
         at: OffsetDateTime,
-    ) -> Result<bool> {
+        effects: Effects,
+    ) -> Result<(bool, Vec<StoredEvent>)> {
         let (a, b) = (a.clone(), b.clone());
         self.write(move |conn| {
             if !user_exists(conn, &a)? || !user_exists(conn, &b)? {
                 return Err(StoreError::NotFound("user").into());
             }
-            if change == FriendshipChange::Befriend {
-                befriend(conn, &a, &b, at)
+            let changed = if change == FriendshipChange::Befriend {
+                befriend(conn, &a, &b, at)?
             } else {
-                unfriend(conn, &a, &b)
+                unfriend(conn, &a, &b)?
+            };
+            if !changed {
+                return Ok((false, Vec::new()));
             }
+            Ok((true, write_effects(conn, effects)?))
         })
         .await
     }

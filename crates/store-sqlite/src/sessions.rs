@@ -7,8 +7,8 @@ use time::OffsetDateTime;
 use unimsg_proto::{EventType, SessionId, UserId};
 use unimsg_store::sql::{SESSION_COLUMNS, ms, read_session, refresh_check, user_id};
 use unimsg_store::{
-    EventBody, NewRefreshToken, NewSession, RefreshOutcome, Result, Revocation, Session, Sessions,
-    StoredEvent, TokenHash,
+    EventBody, HookDraft, NewRefreshToken, NewSession, RefreshOutcome, Result, Revocation, Session,
+    Sessions, StoredEvent, TokenHash,
 };
 
 use crate::inbox::insert_event;
@@ -35,6 +35,7 @@ fn revoke(conn: &Connection, revocations: Vec<Revocation>) -> DbResult<Vec<Store
             )
             .optional()?;
         if let Some(owner) = owner {
+            crate::webhooks::enqueue_all(conn, &r.hooks)?;
             let owner = user_id(owner)?;
             let seq = insert_event(
                 conn,
@@ -63,6 +64,7 @@ impl Sessions for SqliteStore {
         session: NewSession,
         refresh: NewRefreshToken,
         kick: Vec<Revocation>,
+        hooks: Vec<HookDraft>,
     ) -> Result<Vec<StoredEvent>> {
         self.write(move |conn| {
             conn.execute(
@@ -84,6 +86,7 @@ impl Sessions for SqliteStore {
                 params![&refresh.hash.0[..], session.session_id.as_str(), ms(refresh.expires_at)],
             )
             .map_err(|e| map_unique(e, "refresh token"))?;
+            crate::webhooks::enqueue_all(conn, &hooks)?;
             revoke(conn, kick)
         })
         .await

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, params};
 use unimsg_proto::UserId;
 use unimsg_store::sql::{USER_COLUMNS, ms, read_user};
-use unimsg_store::{NewUser, Result, StoreError, User, UserStatus, UserUpdate, Users};
+use unimsg_store::{HookDraft, NewUser, Result, StoreError, User, UserStatus, UserUpdate, Users};
 
 use crate::{DbResult, SqliteStore, first, map_unique};
 
@@ -30,6 +30,9 @@ fn insert_user(conn: &Connection, user: NewUser) -> DbResult<User> {
         ],
     )
     .map_err(|e| map_unique(e, "username"))?;
+    if let Some(hook) = &user.hook {
+        crate::webhooks::enqueue(conn, hook)?;
+    }
     Ok(User {
         user_id: user.user_id,
         username: user.username,
@@ -77,7 +80,12 @@ impl Users for SqliteStore {
         .await
     }
 
-    async fn update_user(&self, id: &UserId, update: UserUpdate) -> Result<User> {
+    async fn update_user(
+        &self,
+        id: &UserId,
+        update: UserUpdate,
+        hooks: Vec<HookDraft>,
+    ) -> Result<User> {
         let id = id.clone();
         self.write(move |conn| {
             let changed = conn
@@ -94,6 +102,7 @@ impl Users for SqliteStore {
             if changed == 0 {
                 return Err(StoreError::NotFound("user").into());
             }
+            crate::webhooks::enqueue_all(conn, &hooks)?;
             let mut stmt = conn
                 .prepare(&format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"))?;
             Ok(first(&mut stmt, [id.as_str()], read_user)?.ok_or(StoreError::NotFound("user"))?)
@@ -101,7 +110,7 @@ impl Users for SqliteStore {
         .await
     }
 
-    async fn delete_user(&self, id: &UserId) -> Result<()> {
+    async fn delete_user(&self, id: &UserId, hooks: Vec<HookDraft>) -> Result<()> {
         let id = id.clone();
         self.write(move |conn| {
             let exists: bool = conn
@@ -123,6 +132,7 @@ impl Users for SqliteStore {
             for table in ["sessions", "inbox", "conversation_members", "notification_recipients", "group_members", "users"] {
                 conn.execute(&format!("DELETE FROM {table} WHERE user_id = ?1"), [id.as_str()])?;
             }
+            crate::webhooks::enqueue_all(conn, &hooks)?;
             Ok(())
         })
         .await

@@ -69,6 +69,11 @@ pub(crate) fn enqueue(conn: &Connection, event: &HookDraft) -> DbResult<()> {
     Ok(())
 }
 
+/// [`enqueue`] for each of `events`.
+pub(crate) fn enqueue_all(conn: &Connection, events: &[HookDraft]) -> DbResult<()> {
+    events.iter().try_for_each(|e| enqueue(conn, e))
+}
+
 #[async_trait]
 impl Webhooks for SqliteStore {
     async fn create_webhook(&self, w: WebhookRow) -> Result<()> {

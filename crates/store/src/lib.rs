@@ -58,26 +58,32 @@ pub trait Users: Send + Sync {
     /// Creates many users in one transaction; each item succeeds or fails
     /// alone (`Conflict` for a taken id or username), in input order.
     async fn import_users(&self, users: Vec<NewUser>) -> Result<Vec<Result<User>>>;
-    /// `NotFound` for an unknown user.
-    async fn update_user(&self, id: &UserId, update: UserUpdate) -> Result<User>;
+    /// `NotFound` for an unknown user. `hooks` are written with the change.
+    async fn update_user(
+        &self,
+        id: &UserId,
+        update: UserUpdate,
+        hooks: Vec<HookDraft>,
+    ) -> Result<User>;
     /// Deletes the user with their sessions, inbox and read positions; the
     /// messages they exchanged stay in the other members' history.
-    async fn delete_user(&self, id: &UserId) -> Result<()>;
+    /// `hooks` are written with the deletion.
+    async fn delete_user(&self, id: &UserId, hooks: Vec<HookDraft>) -> Result<()>;
 }
 
 /// Friend requests, friendships (with each side's tags and remark) and
-/// blocks. Writes take the inbox events they cause and append them in the
-/// same transaction.
+/// blocks. Writes take their [`Effects`] and write them in the same
+/// transaction, only when something changed.
 #[async_trait]
 pub trait Relationships: Send + Sync {
     /// Records a request from `from` to `to`. When `to` had already asked
-    /// `from`, the two become friends instead (`friends_events` are
-    /// appended then, `request_events` otherwise).
+    /// `from`, the two become friends instead (`on_friends` is written
+    /// then, `on_request` otherwise).
     async fn request_friend(
         &self,
         request: FriendRequestRow,
-        request_events: Vec<EventDraft>,
-        friends_events: Vec<EventDraft>,
+        on_request: Effects,
+        on_friends: Effects,
     ) -> Result<(RequestOutcome, Vec<StoredEvent>)>;
     /// Accepts or declines the pending request `from → to`.
     /// `NotFound` when there is none.
@@ -87,7 +93,7 @@ pub trait Relationships: Send + Sync {
         to: &UserId,
         answer: Answer,
         at: OffsetDateTime,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<Vec<StoredEvent>>;
     /// Pending requests to or from the user.
     async fn friend_requests(
@@ -102,7 +108,7 @@ pub trait Relationships: Send + Sync {
         &self,
         user: &UserId,
         friend: &UserId,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<(bool, Vec<StoredEvent>)>;
     /// `NotFound` when they are not friends.
     async fn update_friend(
@@ -119,19 +125,21 @@ pub trait Relationships: Send + Sync {
         other: &UserId,
         change: BlockChange,
         at: OffsetDateTime,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<(bool, Vec<StoredEvent>)>;
     async fn blocks(&self, user: &UserId) -> Result<Vec<(UserId, OffsetDateTime)>>;
     /// Whether `blocker` blocked `other`.
     async fn is_blocked(&self, blocker: &UserId, other: &UserId) -> Result<bool>;
-    /// Makes or ends a friendship directly (admin batch update).
+    /// Makes or ends a friendship directly (admin batch update); `false`
+    /// when it already was so.
     async fn set_friendship(
         &self,
         a: &UserId,
         b: &UserId,
         change: FriendshipChange,
         at: OffsetDateTime,
-    ) -> Result<bool>;
+        effects: Effects,
+    ) -> Result<(bool, Vec<StoredEvent>)>;
 }
 
 /// Admin accounts of the admin API.
@@ -165,12 +173,14 @@ pub trait Notifications: Send + Sync {
     ) -> Result<NotificationStatus>;
     /// Marks `user`'s notifications up to the one given as read; returns
     /// that notification's seq in the user's inbox. `NotFound` if the user
-    /// did not receive it.
+    /// did not receive it. `hooks` are written when a notification that
+    /// was unread became read.
     async fn mark_notifications_read(
         &self,
         user: &UserId,
         upto: &MessageId,
         at: OffsetDateTime,
+        hooks: Vec<HookDraft>,
     ) -> Result<Seq>;
 }
 
@@ -261,12 +271,13 @@ pub fn merge_broadcasts(
 pub trait Sessions: Send + Sync {
     /// Opens a session with its first refresh token and, in the same
     /// transaction, revokes the sessions the device policy kicks out
-    /// (appending their `session.revoked` events).
+    /// (appending their `session.revoked` events) and writes `hooks`.
     async fn open_session(
         &self,
         session: NewSession,
         refresh: NewRefreshToken,
         kick: Vec<Revocation>,
+        hooks: Vec<HookDraft>,
     ) -> Result<Vec<StoredEvent>>;
     async fn session(&self, id: &SessionId) -> Result<Option<Session>>;
     /// Whether `user` had a session before (revoked or not) and none of
@@ -312,8 +323,9 @@ pub trait Inbox: Send + Sync {
     /// The newest seq of the inbox (0 when empty).
     async fn last_seq(&self, user: &UserId) -> Result<Seq>;
     /// Records delivery up to `seq` (clamped to the inbox's last seq; never
-    /// moves backwards) and returns the acknowledged position.
-    async fn ack(&self, user: &UserId, seq: Seq) -> Result<Seq>;
+    /// moves backwards) and returns the acknowledged position. `hooks` are
+    /// written when the position moved.
+    async fn ack(&self, user: &UserId, seq: Seq, hooks: Vec<HookDraft>) -> Result<Seq>;
     async fn acked(&self, user: &UserId) -> Result<Seq>;
     async fn message(&self, id: &MessageId) -> Result<Option<StoredMessage>>;
     /// The message `sender` stored with `client_msg_id`, if any (a retry).
@@ -325,21 +337,21 @@ pub trait Inbox: Send + Sync {
     /// The seq of a message's `message.new` event in `user`'s inbox.
     async fn message_seq(&self, user: &UserId, id: &MessageId) -> Result<Option<Seq>>;
     /// Moves `user`'s read position in a conversation forward to `upto`.
-    /// When it moved, `events` are appended too; returns the read position.
+    /// When it moved, `effects` are written too; returns the read position.
     async fn mark_read(
         &self,
         user: &UserId,
         conversation: &ConversationId,
         upto: u64,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<(u64, Vec<StoredEvent>)>;
-    /// Marks a message recalled and appends `events`; a message already
+    /// Marks a message recalled and writes `effects`; a message already
     /// recalled is `Conflict`.
     async fn recall(
         &self,
         id: &MessageId,
         now: OffsetDateTime,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<Vec<StoredEvent>>;
     /// The conversations `user` is a member of, most recently active first.
     async fn conversations(&self, user: &UserId) -> Result<Vec<ConversationState>>;
@@ -353,8 +365,11 @@ pub trait Inbox: Send + Sync {
 }
 
 /// Webhook endpoints and the outbox of their events. An event enters the
-/// outbox with the change that causes it where the store call takes a
-/// [`HookDraft`] (a stored message), otherwise right after it. Each
+/// outbox in the transaction of the change that causes it: every write
+/// that a webhook event reports takes its [`HookDraft`]s (in [`Effects`],
+/// [`NewMessage::hook`], [`NewUser::hook`], [`Revocation::hooks`] or a
+/// `hooks` parameter). [`Webhooks::enqueue_hook_events`] is for events
+/// that report no stored change (a presence change, an alert). Each
 /// endpoint's deliveries are attempted under leases, so that on any
 /// number of nodes one attempt is made by one node.
 #[async_trait]
@@ -442,13 +457,13 @@ pub trait Webhooks: Send + Sync {
 #[async_trait]
 pub trait Groups: Send + Sync {
     /// Creates a group with its members (the conversation `g:{id}` and a
-    /// read position for each) and appends `events`. `Conflict("group")`
+    /// read position for each) and writes `effects`. `Conflict("group")`
     /// if the id was ever taken; `NotFound("user")` for an unknown member.
     async fn create_group(
         &self,
         group: NewGroup,
         members: Vec<(UserId, GroupRole)>,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<(GroupRow, Vec<StoredEvent>)>;
     /// A group that exists and is not dissolved.
     async fn group(&self, id: &GroupId) -> Result<Option<GroupRow>>;
@@ -459,7 +474,7 @@ pub trait Groups: Send + Sync {
     async fn user_groups(&self, user: &UserId) -> Result<Vec<(GroupRow, MemberRow)>>;
     /// Applies `edits` in order if the group is still at `version`
     /// (otherwise [`StoreError::Stale`]), moves the version on and
-    /// appends `events` (users deleted meanwhile are skipped). Returns the
+    /// writes `effects` (inbox events of users deleted meanwhile are skipped). Returns the
     /// group after the change (as it was, for a dissolution).
     async fn change_group(
         &self,
@@ -467,7 +482,7 @@ pub trait Groups: Send + Sync {
         version: u64,
         edits: Vec<GroupEdit>,
         at: OffsetDateTime,
-        events: Vec<EventDraft>,
+        effects: Effects,
     ) -> Result<(GroupRow, Vec<StoredEvent>)>;
     /// Stores a group message and appends `message.new` to the inbox of
     /// every member at commit time, the sender included, in one

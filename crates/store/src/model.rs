@@ -59,6 +59,8 @@ pub struct NewUser {
     pub display_name: String,
     pub password_hash: Option<PasswordHash>,
     pub created_at: OffsetDateTime,
+    /// `user.created`, written with the user.
+    pub hook: Option<HookDraft>,
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +121,9 @@ pub struct Revocation {
     pub at: OffsetDateTime,
     /// The event's JSON data.
     pub event_data: String,
+    /// Webhook events written only if this session is revoked by the call
+    /// (not when it already was).
+    pub hooks: Vec<HookDraft>,
 }
 
 #[derive(Debug, Clone)]
@@ -248,6 +253,25 @@ pub struct EventDraft {
     pub kind: EventType,
     pub data: String,
     pub at: OffsetDateTime,
+}
+
+/// What a change writes besides itself, in its own transaction and only
+/// when the change takes effect: inbox events for the users it concerns
+/// and the webhook events that report it (the durable outbox).
+#[derive(Debug, Clone, Default)]
+pub struct Effects {
+    pub events: Vec<EventDraft>,
+    pub hooks: Vec<HookDraft>,
+}
+
+impl Effects {
+    /// Inbox events and no webhook event.
+    pub fn events(events: Vec<EventDraft>) -> Self {
+        Self {
+            events,
+            hooks: Vec::new(),
+        }
+    }
 }
 
 /// A notification from a business system to many users, stored once.

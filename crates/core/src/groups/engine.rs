@@ -14,7 +14,6 @@ use unimsg_store::{GroupEdit, GroupRow, MemberRow, StoreError};
 
 use super::{GroupActor, distinct, group_not_found, info, not_a_member};
 use crate::Core;
-use crate::changes::Change;
 use crate::error::{CoreError, Result};
 
 /// Member ids listed in one `group.changed` event; the event goes to every
@@ -178,11 +177,11 @@ impl Core {
             else {
                 return Err(CoreError::Internal("a group without members".into()));
             };
-            let change = Change::new(&change_actor, &data, now)?;
-            let drafts = change.drafts(&audience.iter().collect::<Vec<_>>());
+            let change = self.change(&change_actor, &data, now)?;
+            let effects = change.effects(&audience.iter().collect::<Vec<_>>());
             match self
                 .store
-                .change_group(id, snapshot.group.version, plan.edits, now, drafts)
+                .change_group(id, snapshot.group.version, plan.edits, now, effects)
                 .await
             {
                 Ok((row, events)) => {

@@ -15,7 +15,6 @@ use super::engine::{ChangePlan, EVENT_USER_IDS};
 use super::{GroupActor, distinct, forbidden, group_not_found, info, member_info};
 use crate::Core;
 use crate::auth::AuthContext;
-use crate::changes::Change;
 use crate::error::{CoreError, Result};
 
 const MAX_NAME_CHARS: usize = 100;
@@ -103,8 +102,8 @@ impl Core {
             muted_until: None,
             group: info(&row, None),
         };
-        let change = Change::new(owner, &data, now)?;
-        let drafts = change.drafts(&all.iter().map(|(u, _)| u).collect::<Vec<_>>());
+        let change = self.change(owner, &data, now)?;
+        let effects = change.effects(&all.iter().map(|(u, _)| u).collect::<Vec<_>>());
         let new = NewGroup {
             group_id,
             name,
@@ -114,7 +113,7 @@ impl Core {
         };
         let (row, events) =
             self.store
-                .create_group(new, all, drafts)
+                .create_group(new, all, effects)
                 .await
                 .map_err(|e| match e {
                     StoreError::NotFound(_) => CoreError::NotFound("user not found".into()),

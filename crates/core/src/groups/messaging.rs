@@ -13,8 +13,8 @@ use unimsg_proto::groups::GroupRole;
 use unimsg_proto::hooks::{HookEventType, MessageCreatedData};
 use unimsg_proto::{ConversationId, EventType, GroupId, MessageId, Seq, UserId};
 use unimsg_store::{
-    AppendOutcome, ConversationState, EventDraft, GroupRow, MemberRow, NewMessage, StoreError,
-    StoredMessage,
+    AppendOutcome, ConversationState, Effects, EventDraft, GroupRow, HookDraft, MemberRow,
+    NewMessage, StoreError, StoredMessage,
 };
 
 use super::{forbidden, group_not_found, not_a_member};
@@ -165,21 +165,24 @@ impl Core {
             message_id: message.message_id.clone(),
             read_upto: message.conv_seq,
         })?;
-        let drafts = vec![EventDraft {
-            user_id: auth.user_id.clone(),
-            kind: EventType::ReceiptRead,
-            data,
-            at: now,
-        }];
+        let effects = Effects {
+            events: vec![EventDraft {
+                user_id: auth.user_id.clone(),
+                kind: EventType::ReceiptRead,
+                data,
+                at: now,
+            }],
+            hooks: self.read_hooks(&auth.user_id, conversation, message_id),
+        };
+        let hooked = !effects.hooks.is_empty();
         let (read_upto, events) = self
             .store
-            .mark_read(&auth.user_id, conversation, message.conv_seq, drafts)
+            .mark_read(&auth.user_id, conversation, message.conv_seq, effects)
             .await?;
         self.publish(&events).await;
-        // Events are appended only when the position moved.
-        if !events.is_empty() {
-            self.emit_read(&auth.user_id, conversation, message_id)
-                .await;
+        // Effects are written only when the position moved.
+        if hooked && !events.is_empty() {
+            self.wake_dispatcher();
         }
         Ok(ReadResponse {
             conversation_id: conversation.clone(),
@@ -269,6 +272,7 @@ impl Core {
         auth: &AuthContext,
         group: &GroupId,
         message: StoredMessage,
+        hooks: Vec<HookDraft>,
     ) -> Result<()> {
         self.group_membership(auth, group).await?;
         if message.sender != auth.user_id {
@@ -284,7 +288,7 @@ impl Core {
             conversation_id: message.conversation_id.clone(),
             by: auth.user_id.clone(),
         })?;
-        let drafts = self
+        let events = self
             .store
             .group_members(group)
             .await?
@@ -296,7 +300,8 @@ impl Core {
                 at: now,
             })
             .collect();
-        let events = self.store.recall(&message.message_id, now, drafts).await?;
+        let effects = Effects { events, hooks };
+        let events = self.store.recall(&message.message_id, now, effects).await?;
         self.publish(&events).await;
         Ok(())
     }

@@ -144,9 +144,11 @@ impl Core {
         })
     }
 
-    /// Puts an event in the outbox after the change it reports committed,
-    /// if an endpoint wants it, and wakes this node's dispatcher. A
-    /// failure is logged, not returned: the change has happened.
+    /// Puts an event that reports no stored change (a presence change, a
+    /// security alert) in the outbox, if an endpoint wants it, and wakes
+    /// this node's dispatcher. A failure is logged, not returned. Events
+    /// that report a change are written in its transaction instead: the
+    /// store call takes their [`HookDraft`]s.
     pub(crate) async fn emit<T: Serialize>(&self, kind: HookEventType, data: &T) {
         let Some(draft) = self.hook_draft(kind, data, None) else {
             return;

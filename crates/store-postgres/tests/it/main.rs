@@ -42,6 +42,7 @@ async fn nodes_starting_together_migrate_once_and_write_gap_free() {
     let user = UserId::parse("shared").unwrap();
     nodes[0]
         .create_user(NewUser {
+            hook: None,
             user_id: user.clone(),
             username: "shared".into(),
             display_name: "Shared".into(),

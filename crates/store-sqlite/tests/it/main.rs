@@ -28,6 +28,7 @@ async fn committed_writes_survive_reopen_and_migrations_are_idempotent() {
     {
         let store = SqliteStore::open(SqliteOptions::new(&path)).unwrap();
         let user = unimsg_store::NewUser {
+            hook: None,
             user_id: "keep".parse().unwrap(),
             username: "keep".into(),
             display_name: "Keep".into(),

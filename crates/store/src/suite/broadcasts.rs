@@ -62,7 +62,7 @@ pub async fn broadcasts_merge_into_every_inbox(store: Arc<dyn Store>) {
     let m3 = MessageId::parse("bm3").unwrap();
     assert_eq!(store.message_seq(&b, &m3).await.unwrap(), Some(Seq(6)));
     // Acks count broadcasts as positions too.
-    assert_eq!(store.ack(&late, Seq(50)).await.unwrap(), Seq(2));
+    assert_eq!(store.ack(&late, Seq(50), vec![]).await.unwrap(), Seq(2));
     // A broadcast after everything is the next position for everyone.
     store.append_broadcast(announcement("bc4")).await.unwrap();
     assert_eq!(store.last_seq(&a).await.unwrap(), Seq(7));

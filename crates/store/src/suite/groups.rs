@@ -24,7 +24,7 @@ pub async fn groups(store: Arc<dyn Store>) {
                 (owner.clone(), GroupRole::Owner),
                 (a.clone(), GroupRole::Member),
             ],
-            vec![changed(&owner), changed(&a)],
+            Effects::events(vec![changed(&owner), changed(&a)]),
         )
         .await
         .unwrap();
@@ -34,7 +34,11 @@ pub async fn groups(store: Arc<dyn Store>) {
     );
     assert!(matches!(
         store
-            .create_group(new_group(&gid), vec![(b.clone(), GroupRole::Owner)], vec![])
+            .create_group(
+                new_group(&gid),
+                vec![(b.clone(), GroupRole::Owner)],
+                Effects::default()
+            )
             .await,
         Err(StoreError::Conflict(_))
     ));
@@ -45,7 +49,7 @@ pub async fn groups(store: Arc<dyn Store>) {
             .create_group(
                 new_group(&other),
                 vec![(uid("g-nobody"), GroupRole::Owner)],
-                vec![]
+                Effects::default()
             )
             .await,
         Err(StoreError::NotFound(_))
@@ -96,7 +100,7 @@ pub async fn groups(store: Arc<dyn Store>) {
             version,
             vec![GroupEdit::AddMembers(vec![(b.clone(), GroupRole::Member)])],
             now(),
-            vec![changed(&owner), changed(&a), changed(&b)],
+            Effects::events(vec![changed(&owner), changed(&a), changed(&b)]),
         )
         .await
         .unwrap();
@@ -111,7 +115,7 @@ pub async fn groups(store: Arc<dyn Store>) {
                 version,
                 vec![GroupEdit::AllMuted(true)],
                 now(),
-                vec![]
+                Effects::default()
             )
             .await,
         Err(StoreError::Stale)
@@ -130,7 +134,10 @@ pub async fn groups(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(receivers(&second), vec!["g-a", "g-b", "g-owner"]);
-    store.mark_read(&a, &conv, 2, vec![]).await.unwrap();
+    store
+        .mark_read(&a, &conv, 2, Effects::default())
+        .await
+        .unwrap();
     assert_eq!(store.read_count(&conv, 2, &owner).await.unwrap(), (1, 2));
     assert_eq!(store.read_count(&conv, 1, &owner).await.unwrap(), (1, 1));
 
@@ -151,7 +158,7 @@ pub async fn groups(store: Arc<dyn Store>) {
                 },
             ],
             now(),
-            vec![],
+            Effects::default(),
         )
         .await
         .unwrap();
@@ -179,7 +186,7 @@ pub async fn groups(store: Arc<dyn Store>) {
                 row.version,
                 vec![GroupEdit::Mute(uid("g-nobody"), None)],
                 now(),
-                vec![]
+                Effects::default()
             )
             .await,
         Err(StoreError::NotFound(_))
@@ -198,7 +205,7 @@ pub async fn groups(store: Arc<dyn Store>) {
             row.version,
             vec![GroupEdit::RemoveMembers(vec![a.clone()])],
             now(),
-            vec![changed(&a)],
+            Effects::events(vec![changed(&a)]),
         )
         .await
         .unwrap();
@@ -218,7 +225,7 @@ pub async fn groups(store: Arc<dyn Store>) {
             row.version,
             vec![GroupEdit::Dissolve],
             now(),
-            vec![changed(&owner), changed(&b)],
+            Effects::events(vec![changed(&owner), changed(&b)]),
         )
         .await
         .unwrap();
@@ -236,7 +243,7 @@ pub async fn groups(store: Arc<dyn Store>) {
             .create_group(
                 new_group(&gid),
                 vec![(owner.clone(), GroupRole::Owner)],
-                vec![]
+                Effects::default()
             )
             .await,
         Err(StoreError::Conflict(_))

@@ -64,8 +64,8 @@ pub async fn inbox(store: Arc<dyn Store>) {
     assert_eq!(limited.len(), 1);
 
     // Acks clamp to the last seq and never move backwards.
-    assert_eq!(store.ack(&b, Seq(99)).await.unwrap(), Seq(2));
-    assert_eq!(store.ack(&b, Seq(1)).await.unwrap(), Seq(2));
+    assert_eq!(store.ack(&b, Seq(99), vec![]).await.unwrap(), Seq(2));
+    assert_eq!(store.ack(&b, Seq(1), vec![]).await.unwrap(), Seq(2));
     assert_eq!(store.acked(&b).await.unwrap(), Seq(2));
 
     // Data events get the next seq.
@@ -163,13 +163,13 @@ pub async fn reads_and_recalls(store: Arc<dyn Store>) {
         at: now(),
     }];
     let (pos, events) = store
-        .mark_read(&b, &conv, 3, receipt.clone())
+        .mark_read(&b, &conv, 3, Effects::events(receipt.clone()))
         .await
         .unwrap();
     assert_eq!((pos, events.len()), (3, 1));
     // Reading backwards changes nothing and appends nothing.
     let (pos, events) = store
-        .mark_read(&b, &conv, 2, receipt.clone())
+        .mark_read(&b, &conv, 2, Effects::events(receipt.clone()))
         .await
         .unwrap();
     assert_eq!((pos, events.len()), (3, 0));
@@ -177,7 +177,9 @@ pub async fn reads_and_recalls(store: Arc<dyn Store>) {
     assert_eq!(convs[0].unread, 2);
     let stranger = user(store, "rc").await;
     assert!(matches!(
-        store.mark_read(&stranger, &conv, 1, vec![]).await,
+        store
+            .mark_read(&stranger, &conv, 1, Effects::default())
+            .await,
         Err(StoreError::NotFound("conversation"))
     ));
 
@@ -193,9 +195,9 @@ pub async fn reads_and_recalls(store: Arc<dyn Store>) {
     );
 
     let id = MessageId::parse("rm4").unwrap();
-    store.recall(&id, now(), vec![]).await.unwrap();
+    store.recall(&id, now(), Effects::default()).await.unwrap();
     assert!(matches!(
-        store.recall(&id, now(), vec![]).await,
+        store.recall(&id, now(), Effects::default()).await,
         Err(StoreError::Conflict(_))
     ));
     let recalled = store.message(&id).await.unwrap();

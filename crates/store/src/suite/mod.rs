@@ -41,8 +41,8 @@ use unimsg_proto::{
 };
 
 use crate::{
-    Admin, Answer, AppendOutcome, AudiencePart, AuditDraft, AuditQuery, BlockChange, EventBody,
-    EventDraft, FriendshipChange, GroupEdit, NewGroup, NewMessage, NewNotification,
+    Admin, Answer, AppendOutcome, AudiencePart, AuditDraft, AuditQuery, BlockChange, Effects,
+    EventBody, EventDraft, FriendshipChange, GroupEdit, NewGroup, NewMessage, NewNotification,
     NewRefreshToken, NewSession, NewUser, RefreshOutcome, RequestDirection, Revocation, Sealed,
     Store, StoreError, TokenHash, UserUpdate,
 };
@@ -61,6 +61,7 @@ fn now() -> OffsetDateTime {
 
 async fn user(store: &dyn Store, name: &str) -> UserId {
     let user = NewUser {
+        hook: None,
         user_id: uid(name),
         username: format!("{name}-name"),
         display_name: name.to_uppercase(),
@@ -94,6 +95,7 @@ fn message(id: &str, from: &UserId, to: &UserId, cmid: Option<&str>) -> NewMessa
 
 fn revocation(session: &str) -> Revocation {
     Revocation {
+        hooks: Vec::new(),
         session_id: sid(session),
         reason: "test".into(),
         at: now(),
@@ -201,6 +203,7 @@ macro_rules! backend_suite {
             data_keys, admins, notifications, broadcasts_merge_into_every_inbox, audit_chain,
             relationships, groups,
             webhook_endpoints, outbox_fan_out_and_claims, outbox_retries_replays_and_pruning,
+            changes_write_their_outbox_events,
         );
     };
     (@checks $fresh:ident; $($check:ident),+ $(,)?) => {

@@ -7,6 +7,7 @@ use super::*;
 pub async fn notifications(store: Arc<dyn Store>) {
     let store = &*store;
     let item = |id: &str| NewUser {
+        hook: None,
         user_id: uid(id),
         username: id.into(),
         display_name: id.into(),
@@ -55,9 +56,9 @@ pub async fn notifications(store: Arc<dyn Store>) {
         (status.recipients, status.delivered, status.read),
         (2, 0, 0)
     );
-    store.ack(&uid("im1"), Seq(1)).await.unwrap();
+    store.ack(&uid("im1"), Seq(1), vec![]).await.unwrap();
     store
-        .mark_notifications_read(&uid("im3"), &n.message_id, now())
+        .mark_notifications_read(&uid("im3"), &n.message_id, now(), vec![])
         .await
         .unwrap();
     let status = store
@@ -75,10 +76,10 @@ pub async fn notifications(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(next.page, vec![(uid("im3"), false, true)]);
 
-    store.delete_user(&uid("im3")).await.unwrap();
+    store.delete_user(&uid("im3"), vec![]).await.unwrap();
     assert!(store.user(&uid("im3")).await.unwrap().is_none());
     assert!(matches!(
-        store.delete_user(&uid("im3")).await,
+        store.delete_user(&uid("im3"), vec![]).await,
         Err(StoreError::NotFound(_))
     ));
 }

@@ -29,12 +29,12 @@ pub async fn relationships(store: Arc<dyn Store>) {
         }]
     };
     let (outcome, events) = store
-        .request_friend(req(&a, &b), draft(&b), vec![])
+        .request_friend(req(&a, &b), Effects::events(draft(&b)), Effects::default())
         .await
         .unwrap();
     assert_eq!((outcome, events.len()), (crate::RequestOutcome::Pending, 1));
     let (again, _) = store
-        .request_friend(req(&a, &b), draft(&b), vec![])
+        .request_friend(req(&a, &b), Effects::events(draft(&b)), Effects::default())
         .await
         .unwrap();
     assert_eq!(again, crate::RequestOutcome::Unchanged);
@@ -56,7 +56,10 @@ pub async fn relationships(store: Arc<dyn Store>) {
         message: Some(crate::StoredText::Plain("old words".into())),
         ..req(&c, &b)
     };
-    store.request_friend(legacy, vec![], vec![]).await.unwrap();
+    store
+        .request_friend(legacy, Effects::default(), Effects::default())
+        .await
+        .unwrap();
     let from_c = store
         .friend_requests(&c, RequestDirection::Outgoing)
         .await
@@ -67,11 +70,11 @@ pub async fn relationships(store: Arc<dyn Store>) {
     );
     // Asked again with sealed text, the row holds only the sealed text.
     store
-        .answer_friend_request(&c, &b, Answer::Decline, now(), vec![])
+        .answer_friend_request(&c, &b, Answer::Decline, now(), Effects::default())
         .await
         .unwrap();
     store
-        .request_friend(req(&c, &b), vec![], vec![])
+        .request_friend(req(&c, &b), Effects::default(), Effects::default())
         .await
         .unwrap();
     let from_c = store
@@ -83,12 +86,12 @@ pub async fn relationships(store: Arc<dyn Store>) {
         Some(crate::StoredText::Sealed(sealed_hi.clone()))
     );
     store
-        .answer_friend_request(&c, &b, Answer::Decline, now(), vec![])
+        .answer_friend_request(&c, &b, Answer::Decline, now(), Effects::default())
         .await
         .unwrap();
     // b asking a back meets the pending request: friends.
     let (met, _) = store
-        .request_friend(req(&b, &a), vec![], draft(&a))
+        .request_friend(req(&b, &a), Effects::default(), Effects::events(draft(&a)))
         .await
         .unwrap();
     assert_eq!(met, crate::RequestOutcome::Friends);
@@ -129,31 +132,34 @@ pub async fn relationships(store: Arc<dyn Store>) {
 
     // Declining, then removing.
     store
-        .request_friend(req(&c, &a), vec![], vec![])
+        .request_friend(req(&c, &a), Effects::default(), Effects::default())
         .await
         .unwrap();
     store
-        .answer_friend_request(&c, &a, Answer::Decline, now(), vec![])
+        .answer_friend_request(&c, &a, Answer::Decline, now(), Effects::default())
         .await
         .unwrap();
     assert!(!store.are_friends(&a, &c).await.unwrap_or(true));
     assert!(matches!(
         store
-            .answer_friend_request(&c, &a, Answer::Accept, now(), vec![])
+            .answer_friend_request(&c, &a, Answer::Accept, now(), Effects::default())
             .await,
         Err(StoreError::NotFound(_))
     ));
-    let (removed, _) = store.remove_friend(&b, &a, vec![]).await.unwrap();
+    let (removed, _) = store
+        .remove_friend(&b, &a, Effects::default())
+        .await
+        .unwrap();
     assert!(removed && !store.are_friends(&a, &b).await.unwrap_or(true));
 
     // Blocks are one-directional and idempotent.
     let (changed, _) = store
-        .set_block(&a, &c, BlockChange::Block, now(), vec![])
+        .set_block(&a, &c, BlockChange::Block, now(), Effects::default())
         .await
         .unwrap();
     assert!(changed);
     let (changed, _) = store
-        .set_block(&a, &c, BlockChange::Block, now(), vec![])
+        .set_block(&a, &c, BlockChange::Block, now(), Effects::default())
         .await
         .unwrap();
     assert!(!changed);
@@ -161,15 +167,22 @@ pub async fn relationships(store: Arc<dyn Store>) {
     assert!(!store.is_blocked(&c, &a).await.unwrap_or(true));
     assert_eq!(store.blocks(&a).await.unwrap_or_default().len(), 1);
     store
-        .set_block(&a, &c, BlockChange::Unblock, now(), vec![])
+        .set_block(&a, &c, BlockChange::Unblock, now(), Effects::default())
         .await
         .unwrap();
     assert!(!store.is_blocked(&a, &c).await.unwrap_or(true));
     assert!(
         store
-            .set_friendship(&b, &c, FriendshipChange::Befriend, now())
+            .set_friendship(
+                &b,
+                &c,
+                FriendshipChange::Befriend,
+                now(),
+                Effects::default()
+            )
             .await
             .unwrap_or_default()
+            .0
     );
     assert!(store.are_friends(&c, &b).await.unwrap_or_default());
 }

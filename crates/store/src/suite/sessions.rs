@@ -6,13 +6,18 @@ pub async fn sessions(store: Arc<dyn Store>) {
     let store = &*store;
     let u = user(store, "s1").await;
     let events = store
-        .open_session(new_session("sa", &u), refresh(1), vec![])
+        .open_session(new_session("sa", &u), refresh(1), vec![], vec![])
         .await
         .unwrap();
     assert!(events.is_empty());
     // Opening a second session that kicks the first revokes it and tells the user.
     let events = store
-        .open_session(new_session("sb", &u), refresh(2), vec![revocation("sa")])
+        .open_session(
+            new_session("sb", &u),
+            refresh(2),
+            vec![revocation("sa")],
+            vec![],
+        )
         .await
         .unwrap();
     assert_eq!(events.len(), 1);
@@ -61,7 +66,7 @@ pub async fn disabled_users_sessions(store: Arc<dyn Store>) {
     let store = &*store;
     let u = user(store, "dis1").await;
     store
-        .open_session(new_session("dis-s1", &u), refresh(201), vec![])
+        .open_session(new_session("dis-s1", &u), refresh(201), vec![], vec![])
         .await
         .unwrap();
     let session = store
@@ -76,7 +81,7 @@ pub async fn disabled_users_sessions(store: Arc<dyn Store>) {
         ..UserUpdate::default()
     };
     store
-        .update_user(&u, disable(crate::UserStatus::Disabled))
+        .update_user(&u, disable(crate::UserStatus::Disabled), vec![])
         .await
         .unwrap();
     let session = store
@@ -94,7 +99,7 @@ pub async fn disabled_users_sessions(store: Arc<dyn Store>) {
         .unwrap();
     assert!(matches!(rotated, RefreshOutcome::Invalid), "{rotated:?}");
     store
-        .update_user(&u, disable(crate::UserStatus::Active))
+        .update_user(&u, disable(crate::UserStatus::Active), vec![])
         .await
         .unwrap();
     let rotated = store

@@ -6,6 +6,7 @@ pub async fn users(store: Arc<dyn Store>) {
     let store = &*store;
     let id = user(store, "u1").await;
     let again = NewUser {
+        hook: None,
         user_id: uid("u1-other"),
         username: "u1-name".into(),
         display_name: "x".into(),
@@ -17,6 +18,7 @@ pub async fn users(store: Arc<dyn Store>) {
         Err(StoreError::Conflict("username"))
     ));
     let same_id = NewUser {
+        hook: None,
         user_id: id.clone(),
         username: "fresh".into(),
         display_name: "x".into(),
@@ -58,6 +60,7 @@ pub async fn unknown_users(store: Arc<dyn Store>) {
 pub async fn import_and_update(store: Arc<dyn Store>) {
     let store = &*store;
     let item = |id: &str, name: &str| NewUser {
+        hook: None,
         user_id: uid(id),
         username: name.into(),
         display_name: id.into(),
@@ -83,6 +86,7 @@ pub async fn import_and_update(store: Arc<dyn Store>) {
                 display_name: Some("New".into()),
                 ..UserUpdate::default()
             },
+            vec![],
         )
         .await
         .unwrap();
@@ -92,7 +96,7 @@ pub async fn import_and_update(store: Arc<dyn Store>) {
     );
     assert!(matches!(
         store
-            .update_user(&uid("ghost"), UserUpdate::default())
+            .update_user(&uid("ghost"), UserUpdate::default(), vec![])
             .await,
         Err(StoreError::NotFound(_))
     ));

@@ -332,3 +332,227 @@ pub async fn outbox_retries_replays_and_pruning(store: Arc<dyn Store>) {
             .is_empty()
     );
 }
+
+/// The events of the endpoint `all`'s deliveries, in outbox order.
+async fn outbox(store: &dyn Store) -> Vec<String> {
+    let mut rows = store.deliveries("all", None, None, 100).await.unwrap();
+    rows.reverse();
+    rows.into_iter().map(|r| r.event.event_id).collect()
+}
+
+fn hooks(id: &str, kind: HookEventType) -> Vec<HookDraft> {
+    vec![draft(id, kind)]
+}
+
+/// Every write that takes webhook events writes them in its transaction
+/// when the change takes effect, and not when it fails or changes nothing.
+pub async fn changes_write_their_outbox_events(store: Arc<dyn Store>) {
+    let store = &*store;
+    store
+        .create_webhook(endpoint("all", EventFilter::All))
+        .await
+        .unwrap();
+    let new_user = |name: &str, hook: &str| NewUser {
+        user_id: uid(name),
+        username: format!("{name}-name"),
+        display_name: name.into(),
+        password_hash: None,
+        created_at: now(),
+        hook: Some(draft(hook, HookEventType::UserCreated)),
+    };
+    let a = store
+        .create_user(new_user("oa", "evt_created"))
+        .await
+        .unwrap()
+        .user_id;
+    assert!(matches!(
+        store.create_user(new_user("oa", "evt_taken")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let imported = store
+        .import_users(vec![
+            new_user("ob", "evt_imported"),
+            new_user("oa", "evt_clash"),
+        ])
+        .await
+        .unwrap();
+    assert!(imported[0].is_ok() && imported[1].is_err());
+    let b = uid("ob");
+    assert_eq!(outbox(store).await, ["evt_created", "evt_imported"]);
+
+    // Relationships: only a change that took effect.
+    let block = |id: &str| Effects {
+        events: Vec::new(),
+        hooks: hooks(id, HookEventType::BlockAdded),
+    };
+    let (changed, _) = store
+        .set_block(&a, &b, BlockChange::Block, now(), block("evt_block"))
+        .await
+        .unwrap();
+    assert!(changed);
+    let (changed, _) = store
+        .set_block(&a, &b, BlockChange::Block, now(), block("evt_block_again"))
+        .await
+        .unwrap();
+    assert!(!changed);
+    assert!(matches!(
+        store
+            .set_block(
+                &a,
+                &uid("o-nobody"),
+                BlockChange::Block,
+                now(),
+                block("evt_nobody")
+            )
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let friends = |id: &str| Effects {
+        events: Vec::new(),
+        hooks: hooks(id, HookEventType::FriendAdded),
+    };
+    let (made, _) = store
+        .set_friendship(
+            &a,
+            &b,
+            FriendshipChange::Befriend,
+            now(),
+            friends("evt_friends"),
+        )
+        .await
+        .unwrap();
+    assert!(made);
+    let (made, _) = store
+        .set_friendship(
+            &a,
+            &b,
+            FriendshipChange::Befriend,
+            now(),
+            friends("evt_twice"),
+        )
+        .await
+        .unwrap();
+    assert!(!made);
+
+    // Sessions: the login with its session, a revocation once.
+    store
+        .open_session(
+            new_session("o-s1", &a),
+            refresh(61),
+            Vec::new(),
+            hooks("evt_login", HookEventType::UserLogin),
+        )
+        .await
+        .unwrap();
+    let revoke = |id: &str| Revocation {
+        hooks: hooks(id, HookEventType::SessionRevoked),
+        ..revocation("o-s1")
+    };
+    assert_eq!(
+        store
+            .revoke_sessions(vec![revoke("evt_revoked")])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .revoke_sessions(vec![revoke("evt_revoked_again")])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The inbox: an ack or a read that moves, a recall once.
+    store
+        .append_message(message("om1", &a, &b, None), vec![a.clone(), b.clone()])
+        .await
+        .unwrap();
+    let delivered = |id: &str| hooks(id, HookEventType::MessageDelivered);
+    assert_eq!(
+        store.ack(&b, Seq(1), delivered("evt_acked")).await.unwrap(),
+        Seq(1)
+    );
+    assert_eq!(
+        store
+            .ack(&b, Seq(1), delivered("evt_acked_again"))
+            .await
+            .unwrap(),
+        Seq(1)
+    );
+    let conv = ConversationId::direct(&a, &b);
+    let read = |id: &str| Effects {
+        events: Vec::new(),
+        hooks: hooks(id, HookEventType::MessageRead),
+    };
+    store
+        .mark_read(&b, &conv, 1, read("evt_read"))
+        .await
+        .unwrap();
+    store
+        .mark_read(&b, &conv, 1, read("evt_read_again"))
+        .await
+        .unwrap();
+    let recalled = |id: &str| Effects {
+        events: Vec::new(),
+        hooks: hooks(id, HookEventType::MessageRecalled),
+    };
+    let om1 = MessageId::parse("om1").unwrap();
+    store
+        .recall(&om1, now(), recalled("evt_recalled"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .recall(&om1, now(), recalled("evt_recalled_again"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    // Users: updated and deleted with their events; an unknown one not.
+    let update = UserUpdate {
+        display_name: Some("OA".into()),
+        password_hash: None,
+        status: None,
+    };
+    store
+        .update_user(
+            &a,
+            update.clone(),
+            hooks("evt_updated", HookEventType::UserUpdated),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .update_user(
+                &uid("o-nobody"),
+                update,
+                hooks("evt_ghost", HookEventType::UserUpdated)
+            )
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    store
+        .delete_user(&b, hooks("evt_deleted", HookEventType::UserDeleted))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        outbox(store).await,
+        [
+            "evt_created",
+            "evt_imported",
+            "evt_block",
+            "evt_friends",
+            "evt_login",
+            "evt_revoked",
+            "evt_acked",
+            "evt_read",
+            "evt_recalled",
+            "evt_updated",
+            "evt_deleted",
+        ]
+    );
+}
