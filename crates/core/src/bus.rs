@@ -5,9 +5,13 @@
 //! A cluster plugs in another implementation (Redis) without touching the
 //! core: the core only ever calls [`Bus::publish`].
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use unimsg_proto::{Platform, UserId};
 
 use crate::hub::{Delivery, Hub};
@@ -29,28 +33,53 @@ pub trait Bus: Send + Sync {
 
     /// A connection of `user` on `platform` opened on this node: from now
     /// on the user's events must reach this node. Resolves once they do,
-    /// so that reading the inbox's end afterwards cannot miss an event.
-    /// The connection counts even when this fails; a bus that reconnects
-    /// routes it again and makes every connection catch up from the store.
-    async fn attach(&self, user: &UserId, platform: &Platform) -> Result<(), BusError>;
+    /// so that reading the inbox's end afterwards cannot miss an event,
+    /// with [`PresenceChange::Online`] if the user had no connection on
+    /// any node before. The connection counts even when this fails; a bus
+    /// that reconnects routes it again and makes every connection catch up
+    /// from the store.
+    async fn attach(&self, user: &UserId, platform: &Platform) -> Result<PresenceChange, BusError>;
 
-    /// That connection closed. Never waits.
-    fn detach(&self, user: &UserId, platform: &Platform);
+    /// That connection closed. Never waits: the bookkeeping across nodes
+    /// is the returned future, which the caller spawns; it answers
+    /// [`PresenceChange::Offline`] if the user has no connection left on
+    /// any node.
+    fn detach(&self, user: &UserId, platform: &Platform) -> Departure;
 
     /// Where each user is connected, over all nodes: their live platforms,
     /// sorted and without repeats (empty when offline), in input order.
     async fn presence(&self, users: &[UserId]) -> Result<Vec<Vec<Platform>>, BusError>;
 }
 
+/// Whether a connection opening or closing changed its user's presence
+/// over all nodes (`user.online`, `user.offline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceChange {
+    /// The user's first connection anywhere.
+    Online,
+    /// The user's last connection anywhere closed.
+    Offline,
+    Unchanged,
+}
+
+/// What [`Bus::detach`] leaves to do.
+pub type Departure = Pin<Box<dyn Future<Output = PresenceChange> + Send>>;
+
 /// The single-node bus.
 #[derive(Debug)]
 pub struct LocalBus {
     hub: Arc<Hub>,
+    /// Connections per user, counted under one lock so that the first
+    /// and the last are each seen by exactly one connection.
+    connected: Mutex<HashMap<UserId, usize>>,
 }
 
 impl LocalBus {
     pub fn new(hub: Arc<Hub>) -> Self {
-        Self { hub }
+        Self {
+            hub,
+            connected: Mutex::default(),
+        }
     }
 }
 
@@ -68,12 +97,37 @@ impl Bus for LocalBus {
         Ok(())
     }
 
-    async fn attach(&self, _user: &UserId, _platform: &Platform) -> Result<(), BusError> {
+    async fn attach(
+        &self,
+        user: &UserId,
+        _platform: &Platform,
+    ) -> Result<PresenceChange, BusError> {
         // The hub registered the connection already; nothing else routes.
-        Ok(())
+        let mut connected = self.connected.lock();
+        let count = connected.entry(user.clone()).or_default();
+        *count += 1;
+        Ok(if *count == 1 {
+            PresenceChange::Online
+        } else {
+            PresenceChange::Unchanged
+        })
     }
 
-    fn detach(&self, _user: &UserId, _platform: &Platform) {}
+    fn detach(&self, user: &UserId, _platform: &Platform) -> Departure {
+        let mut connected = self.connected.lock();
+        let change = match connected.get_mut(user) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                PresenceChange::Unchanged
+            }
+            Some(_) => {
+                connected.remove(user);
+                PresenceChange::Offline
+            }
+            None => PresenceChange::Unchanged,
+        };
+        Box::pin(std::future::ready(change))
+    }
 
     async fn presence(&self, users: &[UserId]) -> Result<Vec<Vec<Platform>>, BusError> {
         Ok(users.iter().map(|u| self.hub.platforms(u)).collect())

@@ -13,6 +13,7 @@ use unimsg_proto::hooks::{HookEventType, PresenceData};
 use unimsg_proto::{Platform, Seq, SessionId, UserId};
 
 use crate::auth::AuthContext;
+use crate::bus::PresenceChange;
 use crate::error::{CoreError, Result};
 use crate::hub::{Delivery, KillReason, KillSignal, Outbound, Subscription};
 use crate::{Core, render};
@@ -37,25 +38,16 @@ pub struct InboxStream {
 
 /// Keeps the user's events routed to this node while the stream lives.
 struct Attached {
-    bus: Arc<dyn crate::bus::Bus>,
+    core: Arc<Core>,
     user: UserId,
     platform: Platform,
 }
 
 impl Drop for Attached {
+    /// The user's last connection on any node closing is `user.offline`.
     fn drop(&mut self) {
-        self.bus.detach(&self.user, &self.platform);
-    }
-}
-
-impl Drop for InboxStream {
-    /// The user's last connection on this node closing is `user.offline`
-    /// (this one is still counted until its subscription drops).
-    fn drop(&mut self) {
-        let user = &self.attached.user;
-        if !self.core.hook_wanted(HookEventType::UserOffline)
-            || self.core.hub.user_connections(user) != 1
-        {
+        let departure = self.core.bus.detach(&self.user, &self.platform);
+        if !self.core.hook_wanted(HookEventType::UserOffline) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -63,10 +55,12 @@ impl Drop for InboxStream {
         };
         let core = self.core.clone();
         let data = PresenceData {
-            user_id: user.clone(),
+            user_id: self.user.clone(),
         };
         runtime.spawn(async move {
-            core.emit(HookEventType::UserOffline, &data).await;
+            if departure.await == PresenceChange::Offline {
+                core.emit(HookEventType::UserOffline, &data).await;
+            }
         });
     }
 }
@@ -96,14 +90,23 @@ impl InboxStream {
                 ))
             })?;
         let attached = Attached {
-            bus: core.bus.clone(),
+            core: core.clone(),
             user: auth.user_id.clone(),
             platform: auth.platform.clone(),
         };
-        if let Err(error) = core.bus.attach(&auth.user_id, &auth.platform).await {
+        match core.bus.attach(&auth.user_id, &auth.platform).await {
+            // Reported before anything else can fail, so that every
+            // `user.online` has its `user.offline` when `attached` drops.
+            Ok(PresenceChange::Online) if core.hook_wanted(HookEventType::UserOnline) => {
+                let data = PresenceData {
+                    user_id: auth.user_id.clone(),
+                };
+                core.emit(HookEventType::UserOnline, &data).await;
+            }
+            Ok(_) => {}
             // Still counted: when the bus is back, it routes this user
             // again and every connection catches up from the store.
-            tracing::warn!(%error, "live routing is not in place yet");
+            Err(error) => tracing::warn!(%error, "live routing is not in place yet"),
         }
         // Checked after subscribing: a revocation committed from now on is
         // published to this subscription, one committed before is seen here.
@@ -112,14 +115,6 @@ impl InboxStream {
         }
         let newest = core.store.last_seq(&auth.user_id).await?;
         let last = after.map_or(newest, |a| a.min(newest));
-        if core.hook_wanted(HookEventType::UserOnline)
-            && core.hub.user_connections(&auth.user_id) == 1
-        {
-            let data = PresenceData {
-                user_id: auth.user_id.clone(),
-            };
-            core.emit(HookEventType::UserOnline, &data).await;
-        }
         Ok(Self {
             newest,
             core,

@@ -8,14 +8,14 @@
 //! (rendered once, on the committing node).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use unimsg_core::bus::{Bus, BusError};
+use unimsg_core::bus::{Bus, BusError, Departure, PresenceChange};
 use unimsg_core::hub::Delivery;
 use unimsg_proto::{EventType, Platform, Seq, SessionId, UserId};
 
@@ -138,7 +138,7 @@ impl Bus for RedisBus {
             .map_err(bus_error)
     }
 
-    async fn attach(&self, user: &UserId, platform: &Platform) -> Result<(), BusError> {
+    async fn attach(&self, user: &UserId, platform: &Platform) -> Result<PresenceChange, BusError> {
         let (first, platforms) = {
             let mut routes = self
                 .cluster
@@ -164,28 +164,41 @@ impl Bus for RedisBus {
         } else {
             self.cluster.barrier().await.map_err(bus_error)?;
         }
-        match platforms {
-            Some(platforms) => write_presence(&self.cluster, user, &platforms)
+        let Some(platforms) = platforms else {
+            return Ok(PresenceChange::Unchanged);
+        };
+        if !first {
+            write_presence(&self.cluster, user, &platforms)
                 .await
-                .map_err(bus_error),
-            None => Ok(()),
+                .map_err(bus_error)?;
+            return Ok(PresenceChange::Unchanged);
         }
+        // The user arrives on this node: online if no other node has them.
+        let others = swap_presence(&self.cluster, user, &platforms)
+            .await
+            .map_err(bus_error)?;
+        Ok(if others == 0 {
+            PresenceChange::Online
+        } else {
+            PresenceChange::Unchanged
+        })
     }
 
-    fn detach(&self, user: &UserId, platform: &Platform) {
+    fn detach(&self, user: &UserId, platform: &Platform) -> Departure {
+        let unchanged = || -> Departure { Box::pin(std::future::ready(PresenceChange::Unchanged)) };
         let Ok(mut routes) = self.cluster.routes.lock() else {
-            return;
+            return unchanged();
         };
         let Some(entry) = routes.users.get_mut(user) else {
-            return;
+            return unchanged();
         };
         let Some(n) = entry.get_mut(platform) else {
-            return;
+            return unchanged();
         };
         *n = n.saturating_sub(1);
         if *n > 0 {
             // Another connection of this platform remains: nothing changes.
-            return;
+            return unchanged();
         }
         entry.remove(platform);
         let platforms = platform_list(entry);
@@ -198,11 +211,28 @@ impl Bus for RedisBus {
         drop(routes);
         let cluster = self.cluster.clone();
         let user = user.clone();
+        // Run whether or not the caller waits for the answer.
+        let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
-            if let Err(error) = write_presence(&cluster, &user, &platforms).await {
-                tracing::debug!(%error, "presence not updated");
-            }
+            let change = if platforms.is_empty() {
+                // The user leaves this node: offline if no other node has them.
+                match swap_presence(&cluster, &user, &platforms).await {
+                    Ok(0) => PresenceChange::Offline,
+                    Ok(_) => PresenceChange::Unchanged,
+                    Err(error) => {
+                        tracing::debug!(%error, "presence not updated");
+                        PresenceChange::Unchanged
+                    }
+                }
+            } else {
+                if let Err(error) = write_presence(&cluster, &user, &platforms).await {
+                    tracing::debug!(%error, "presence not updated");
+                }
+                PresenceChange::Unchanged
+            };
+            let _ = tx.send(change);
         });
+        Box::pin(async move { rx.await.unwrap_or(PresenceChange::Unchanged) })
     }
 
     async fn presence(&self, users: &[UserId]) -> Result<Vec<Vec<Platform>>, BusError> {
@@ -269,6 +299,53 @@ async fn write_presence(
     let mut conn = cluster.conn();
     pipe.query_async::<()>(&mut conn).await?;
     Ok(())
+}
+
+/// Sets (or, with no platform, removes) this node's entry in the user's
+/// presence hash and counts the other nodes' live entries, atomically:
+/// of two nodes the user arrives on or leaves at once, exactly one sees
+/// no other.
+const SWAP_PRESENCE: &str = r"
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+local others = 0
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  if entries[i] ~= ARGV[1] then
+    local live = tonumber(string.match(entries[i + 1], '^(%d+)|'))
+    if live and live > tonumber(ARGV[3]) then
+      others = others + 1
+    end
+  end
+end
+return others
+";
+
+async fn swap_presence(
+    cluster: &Cluster,
+    user: &UserId,
+    platforms: &[Platform],
+) -> Result<u64, RedisError> {
+    let value = if platforms.is_empty() {
+        String::new()
+    } else {
+        presence_value(cluster, platforms)
+    };
+    static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SWAP_PRESENCE));
+    let mut conn = cluster.conn();
+    let others: u64 = SCRIPT
+        .key(cluster.key(&format!("presence:{user}")))
+        .arg(cluster.node_id())
+        .arg(value)
+        .arg(now_ms())
+        .arg(ttl_ms(cluster) * 2)
+        .invoke_async(&mut conn)
+        .await?;
+    Ok(others)
 }
 
 fn ttl_ms(cluster: &Cluster) -> i64 {

@@ -342,6 +342,77 @@ async fn presence_is_seen_from_every_node() {
     .await;
 }
 
+#[tokio::test]
+async fn user_online_and_offline_mean_the_first_and_last_connection_on_any_node() {
+    use crate::receiver::Receiver;
+
+    let receiver = Receiver::ok().await;
+    let c = TestCluster::start(2, &[("UNIMSG_HOOKS__ALLOW_PRIVATE_TARGETS", "true")]).await;
+    let (status, hook) = admin(
+        &c.nodes[0],
+        Method::POST,
+        "/v1/admin/webhooks",
+        Some(json!({"url": receiver.url, "events": ["user.online", "user.offline"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{hook}");
+    // A change on a node refreshes at once which events that node
+    // reports; this makes node 1 see the endpoint made on node 0 now
+    // rather than at its next poll.
+    let id = hook["webhook_id"].as_str().unwrap();
+    let (status, _) = admin(
+        &c.nodes[1],
+        Method::PATCH,
+        &format!("/v1/admin/webhooks/{id}"),
+        Some(json!({"description": "presence"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    register(&c.nodes[0].client(), "bob").await;
+    let on_ios = login(&c.nodes[1].client(), "bob", "ios", None).await;
+    let on_web = login(&c.nodes[0].client(), "bob", "web", None).await;
+    let presence = async || -> Value {
+        let url = format!("/v1/admin/presence?user_ids={}", on_ios.id);
+        let (_, v) = admin(&c.nodes[0], Method::GET, &url, None).await;
+        v["users"][0]["platforms"].clone()
+    };
+    let presence_is = async |want: Value| {
+        within("presence to change", async {
+            while presence().await != want {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+    };
+    let kinds = |seen: &[crate::receiver::Received]| -> Vec<String> {
+        seen.iter().map(|r| r.kind()).collect()
+    };
+
+    // First connection anywhere: online.
+    let ios = on_ios.api.connect_ws(None).await.unwrap();
+    receiver.until("user.online", |s| s.len() == 1).await;
+    // A second node, then the first node's connection closing: neither
+    // changes the user's presence over the cluster.
+    let web = on_web.api.connect_ws(None).await.unwrap();
+    presence_is(json!(["ios", "web"])).await;
+    drop(ios);
+    presence_is(json!(["web"])).await;
+    // The last connection anywhere closing: offline; then online again.
+    drop(web);
+    receiver.until("user.offline", |s| s.len() >= 2).await;
+    let _again = on_ios.api.connect_ws(None).await.unwrap();
+    let seen = receiver.until("user.online again", |s| s.len() >= 3).await;
+    assert_eq!(
+        kinds(&seen),
+        ["user.online", "user.offline", "user.online"],
+        "one event per change of the cluster-wide presence"
+    );
+    assert!(
+        seen.iter()
+            .all(|r| r.json()["data"]["user_id"] == json!(on_ios.id))
+    );
+}
+
 /// Sends `texts` from `alice` to `to` one by one; all must be acknowledged.
 async fn send_all(alice: &TestUser, to: &unimsg_client::proto::UserId, from: usize, to_n: usize) {
     for i in from..to_n {
