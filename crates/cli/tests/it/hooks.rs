@@ -537,6 +537,66 @@ async fn kill_9_with_a_thousand_undelivered_events_loses_none() {
 }
 
 #[tokio::test]
+async fn a_busy_endpoint_moved_to_a_new_url_uses_it_at_once() {
+    // The old receiver answers slowly, so the endpoint still has a
+    // backlog when its URL changes: what is left goes to the new one.
+    let old = Receiver::scripted(|_, _| Reply {
+        delay: Duration::from_millis(100),
+        ..Reply::status(204)
+    })
+    .await;
+    let new = Receiver::ok().await;
+    let mut env = HOOKS.to_vec();
+    env.push(("UNIMSG_LIMITS__SEND_PER_MINUTE", "100000"));
+    env.push(("UNIMSG_LIMITS__DELIVERIES_PER_MINUTE", "100000"));
+    let server = TestServer::start_with(&env).await;
+    let (id, _) = endpoint(&server, &old.url, json!(["message.created"]), false).await;
+    let client = server.client();
+    let alice = user(&client, "alice").await;
+    let bob = register(&client, "bob").await;
+    let mut sent = HashSet::new();
+    for i in 0..400 {
+        let r = alice
+            .api
+            .send_text(&bob, &format!("m{i}"), None)
+            .await
+            .unwrap();
+        sent.insert(r.message_id.to_string());
+    }
+    let (status, v) = admin(
+        &server,
+        Method::PATCH,
+        &format!("/v1/admin/webhooks/{id}"),
+        Some(json!({"url": new.url})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let message_ids = |seen: &[Received]| -> HashSet<String> {
+        seen.iter()
+            .map(|r| r.json()["data"]["message_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // 400 events at 8 × 10 a second would keep the old URL busy for 5 s.
+    new.until("the new URL's first request", |s| !s.is_empty())
+        .await;
+    assert!(
+        message_ids(&old.seen()).len() < 400,
+        "the old URL did not get everything"
+    );
+    let both = || {
+        let mut all = message_ids(&old.seen());
+        all.extend(message_ids(&new.seen()));
+        all
+    };
+    within("every event at one URL or the other", async {
+        while both() != sent {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_rotated_secret_signs_twice_during_the_overlap() {
     let server = TestServer::start_with(HOOKS).await;
     let receiver = Receiver::ok().await;

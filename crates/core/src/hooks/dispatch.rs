@@ -6,7 +6,10 @@
 //! first, under a lease long enough for all the worker's claims
 //! (`16 × hooks.timeout_ms` + 10 s); attempts them, with at most
 //! `max_in_flight` in flight for the endpoint; records every result in one
-//! write; and goes on while claims come back full. A node that dies mid-attempt leaves
+//! write; and goes on while claims come back full. Each round uses the
+//! endpoint as the dispatcher last read it (every poll, and at once after
+//! a change on this node), so a new URL or secret, or a disabling, takes
+//! effect at the next round even while a backlog drains. A node that dies mid-attempt leaves
 //! its claims to expire: another node (or this one, restarted) attempts
 //! them again with the same `webhook-id`. Delivery is at least once.
 
@@ -47,9 +50,19 @@ struct Envelope<'a> {
     data: &'a RawValue,
 }
 
-/// Workers running on this node, by endpoint; `true` when the endpoint
-/// got new work while its worker ran (it then goes round once more).
-type Running = Arc<parking_lot::Mutex<HashMap<String, bool>>>;
+/// A worker running on this node.
+struct Worker {
+    /// The endpoint as the dispatcher last read it; each round uses the
+    /// latest (a new URL or secret takes effect at the next round), and
+    /// `None` (disabled or deleted) stops the worker at its next round.
+    endpoint: Arc<parking_lot::RwLock<Option<WebhookRow>>>,
+    /// The endpoint got new work while the worker ran: it goes round once
+    /// more.
+    again: bool,
+}
+
+/// The workers running on this node, by endpoint.
+type Running = Arc<parking_lot::Mutex<HashMap<String, Worker>>>;
 
 impl Core {
     /// Runs the dispatcher until the task is dropped. `transport` makes
@@ -65,9 +78,7 @@ impl Core {
                 Ok(endpoints) => {
                     *self.hook_interest.write() = super::Interest::of(&endpoints);
                     ids = endpoints.iter().map(|e| e.webhook_id.clone()).collect();
-                    for endpoint in endpoints.into_iter().filter(|e| e.enabled) {
-                        self.start_worker(&running, &transport, endpoint);
-                    }
+                    self.sync_workers(&running, &transport, endpoints);
                 }
                 Err(error) => tracing::warn!(%error, "cannot read the webhook endpoints"),
             }
@@ -86,23 +97,48 @@ impl Core {
         }
     }
 
-    fn start_worker(
+    /// Hands every running worker its endpoint as just read (or stops it
+    /// at its next round) and starts a worker for each enabled endpoint
+    /// that has none.
+    fn sync_workers(
         self: &Arc<Self>,
         running: &Running,
         transport: &Arc<dyn HookTransport>,
-        endpoint: WebhookRow,
+        endpoints: Vec<WebhookRow>,
     ) {
-        {
-            let mut map = running.lock();
-            if let Some(again) = map.get_mut(&endpoint.webhook_id) {
-                *again = true;
-                return;
-            }
-            map.insert(endpoint.webhook_id.clone(), false);
+        let mut map = running.lock();
+        let mut enabled: HashMap<String, WebhookRow> = endpoints
+            .into_iter()
+            .filter(|e| e.enabled)
+            .map(|e| (e.webhook_id.clone(), e))
+            .collect();
+        for (id, worker) in map.iter_mut() {
+            let latest = enabled.remove(id);
+            worker.again = latest.is_some();
+            *worker.endpoint.write() = latest;
         }
-        let (core, running, transport) = (self.clone(), running.clone(), transport.clone());
+        for (id, endpoint) in enabled {
+            let row = Arc::new(parking_lot::RwLock::new(Some(endpoint)));
+            map.insert(
+                id.clone(),
+                Worker {
+                    endpoint: row.clone(),
+                    again: false,
+                },
+            );
+            self.spawn_worker(running.clone(), transport.clone(), id, row);
+        }
+    }
+
+    fn spawn_worker(
+        self: &Arc<Self>,
+        running: Running,
+        transport: Arc<dyn HookTransport>,
+        id: String,
+        row: Arc<parking_lot::RwLock<Option<WebhookRow>>>,
+    ) {
+        let core = self.clone();
         tokio::spawn(async move {
-            let id = endpoint.webhook_id.clone();
             // Rounds overlap (one claims and records while another's
             // attempts are out); the permits keep the endpoint's attempts
             // in flight at `max_in_flight`.
@@ -110,6 +146,9 @@ impl Core {
             loop {
                 let rounds = (0..ROUNDS).map(|_| async {
                     loop {
+                        let Some(endpoint) = row.read().clone() else {
+                            return;
+                        };
                         match core.deliver_round(&*transport, &endpoint, &permits).await {
                             Ok(true) => {}
                             Ok(false) => return,
@@ -123,7 +162,7 @@ impl Core {
                 futures_util::future::join_all(rounds).await;
                 let mut map = running.lock();
                 match map.get_mut(&id) {
-                    Some(again) if *again => *again = false,
+                    Some(worker) if worker.again => worker.again = false,
                     _ => {
                         map.remove(&id);
                         return;
