@@ -294,8 +294,14 @@ impl Webhooks for PgStore {
         at: OffsetDateTime,
     ) -> Result<Option<OffsetDateTime>> {
         transaction!(self, |tx| {
-            let (mut seqs, mut states, mut next, mut codes, mut errors) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut seqs, mut states, mut next, mut codes, mut errors, mut attempts) = (
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+            );
             let (mut succeeded, mut failed) = (false, false);
             for r in &results {
                 let (state, next_at, failure) = attempt_columns(&r.outcome);
@@ -306,19 +312,29 @@ impl Webhooks for PgStore {
                 next.push(next_at);
                 codes.push(r.status.map(i64::from));
                 errors.push(r.error.as_deref());
+                attempts.push(i64::from(r.attempt));
             }
             let stmt = tx
                 .prepare_cached(
                     "UPDATE hook_deliveries d SET state = r.state, next_at = coalesce(r.next_at, d.next_at), \
                      last_status = r.code, last_error = r.error, updated_at = $2 \
-                     FROM unnest($3::bigint[], $4::text[], $5::bigint[], $6::bigint[], $7::text[]) \
-                         AS r(seq, state, next_at, code, error) \
-                     WHERE d.webhook_id = $1 AND d.event_seq = r.seq",
+                     FROM unnest($3::bigint[], $4::text[], $5::bigint[], $6::bigint[], $7::text[], \
+                         $8::bigint[]) AS r(seq, state, next_at, code, error, attempt) \
+                     WHERE d.webhook_id = $1 AND d.event_seq = r.seq AND d.attempts = r.attempt",
                 )
                 .await?;
             tx.execute(
                 &stmt,
-                &[&id, &ms(at), &seqs, &states, &next, &codes, &errors],
+                &[
+                    &id,
+                    &ms(at),
+                    &seqs,
+                    &states,
+                    &next,
+                    &codes,
+                    &errors,
+                    &attempts,
+                ],
             )
             .await?;
             if succeeded {

@@ -265,7 +265,8 @@ impl Webhooks for SqliteStore {
         self.write(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "UPDATE hook_deliveries SET state = ?3, next_at = coalesce(?4, next_at), \
-                 last_status = ?5, last_error = ?6, updated_at = ?7 WHERE webhook_id = ?1 AND event_seq = ?2",
+                 last_status = ?5, last_error = ?6, updated_at = ?7 \
+                 WHERE webhook_id = ?1 AND event_seq = ?2 AND attempts = ?8",
             )?;
             let (mut succeeded, mut failed) = (false, false);
             for r in &results {
@@ -279,7 +280,8 @@ impl Webhooks for SqliteStore {
                     next_at,
                     r.status,
                     r.error,
-                    ms(at)
+                    ms(at),
+                    r.attempt
                 ])?;
             }
             if succeeded {

@@ -641,6 +641,11 @@ pub enum AttemptOutcome {
 #[derive(Debug, Clone)]
 pub struct AttemptResult {
     pub event_seq: i64,
+    /// The claim's [`ClaimedDelivery::attempt`]. A result is recorded only
+    /// while the delivery is still at that attempt: one queued again
+    /// meanwhile (a retry, a replay, another node's claim after the lease)
+    /// keeps its new state.
+    pub attempt: u32,
     pub outcome: AttemptOutcome,
     pub status: Option<u16>,
     pub error: Option<String>,

@@ -268,13 +268,14 @@ impl Core {
         claimed: ClaimedDelivery,
         timeout: Duration,
     ) -> AttemptResult {
-        let seq = claimed.event.seq;
+        let (seq, attempt) = (claimed.event.seq, claimed.attempt);
         let body = match self.body(endpoint, &claimed).await {
             Ok(b) => b,
             Err(error) => {
                 tracing::error!(%error, event_id = %claimed.event.event_id, "cannot build a webhook body");
                 return AttemptResult {
                     event_seq: seq,
+                    attempt,
                     outcome: self.next_attempt(claimed.attempt, None),
                     status: None,
                     error: Some("the event could not be built".into()),
@@ -298,6 +299,7 @@ impl Core {
                 (
                     AttemptResult {
                         event_seq: seq,
+                        attempt,
                         outcome: AttemptOutcome::Succeeded,
                         status: Some(status),
                         error: None,
@@ -312,6 +314,7 @@ impl Core {
             }) => (
                 AttemptResult {
                     event_seq: seq,
+                    attempt,
                     outcome: self.next_attempt(claimed.attempt, retry_after),
                     status: Some(status),
                     error: None,
@@ -328,6 +331,7 @@ impl Core {
                 (
                     AttemptResult {
                         event_seq: seq,
+                        attempt,
                         outcome: self.next_attempt(claimed.attempt, None),
                         status: None,
                         error: Some(e.to_string()),

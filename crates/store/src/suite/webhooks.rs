@@ -167,6 +167,7 @@ pub async fn outbox_fan_out_and_claims(store: Arc<dyn Store>) {
             "all",
             vec![AttemptResult {
                 event_seq: again[0].event.seq,
+                attempt: again[0].attempt,
                 outcome: AttemptOutcome::RetryAt(lease + Duration::seconds(5)),
                 status: Some(500),
                 error: None,
@@ -182,12 +183,14 @@ pub async fn outbox_fan_out_and_claims(store: Arc<dyn Store>) {
             vec![
                 AttemptResult {
                     event_seq: again[1].event.seq,
+                    attempt: again[1].attempt,
                     outcome: AttemptOutcome::Succeeded,
                     status: Some(204),
                     error: None,
                 },
                 AttemptResult {
                     event_seq: again[2].event.seq,
+                    attempt: again[2].attempt,
                     outcome: AttemptOutcome::Failed,
                     status: None,
                     error: Some("timed out".into()),
@@ -278,6 +281,7 @@ pub async fn outbox_retries_replays_and_pruning(store: Arc<dyn Store>) {
         .iter()
         .map(|c| AttemptResult {
             event_seq: c.event.seq,
+            attempt: c.attempt,
             outcome: AttemptOutcome::Failed,
             status: Some(410),
             error: None,
@@ -303,16 +307,38 @@ pub async fn outbox_retries_replays_and_pruning(store: Arc<dyn Store>) {
         store.replay_deliveries("nope", t, t).await,
         Err(StoreError::NotFound(_))
     ));
+    // The attempt claimed before the replay ends late: its result is not
+    // recorded over the replay.
+    store
+        .finish_deliveries(
+            "w",
+            vec![AttemptResult {
+                event_seq: retried[0].event.seq,
+                attempt: retried[0].attempt,
+                outcome: AttemptOutcome::RetryAt(t + Duration::hours(1)),
+                status: Some(500),
+                error: None,
+            }],
+            t,
+        )
+        .await
+        .unwrap();
 
     // Pruning drops ended deliveries and the events left without any.
     let claimed = store
         .claim_deliveries("w", t, t + Duration::seconds(30), 10)
         .await
         .unwrap();
+    assert_eq!(
+        ids(&claimed),
+        ["evt_a", "evt_test"],
+        "both are due after the replay"
+    );
     let results = claimed
         .iter()
         .map(|c| AttemptResult {
             event_seq: c.event.seq,
+            attempt: c.attempt,
             outcome: AttemptOutcome::Succeeded,
             status: Some(200),
             error: None,
