@@ -337,18 +337,23 @@ impl Webhooks for PgStore {
                 ],
             )
             .await?;
+            // Written only when it changes: most rounds leave the row as it is.
             if succeeded {
-                tx.execute(
-                    "UPDATE webhooks SET failing_since = NULL WHERE webhook_id = $1",
-                    &[&id],
-                )
-                .await?;
+                let stmt = tx
+                    .prepare_cached(
+                        "UPDATE webhooks SET failing_since = NULL \
+                         WHERE webhook_id = $1 AND failing_since IS NOT NULL",
+                    )
+                    .await?;
+                tx.execute(&stmt, &[&id]).await?;
             } else if failed {
-                tx.execute(
-                    "UPDATE webhooks SET failing_since = coalesce(failing_since, $2) WHERE webhook_id = $1",
-                    &[&id, &ms(at)],
-                )
-                .await?;
+                let stmt = tx
+                    .prepare_cached(
+                        "UPDATE webhooks SET failing_since = $2 \
+                         WHERE webhook_id = $1 AND failing_since IS NULL",
+                    )
+                    .await?;
+                tx.execute(&stmt, &[&id, &ms(at)]).await?;
             }
             Ok(webhook_by_id(tx, id).await?.and_then(|w| w.failing_since))
         })

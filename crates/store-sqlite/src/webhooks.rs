@@ -284,13 +284,18 @@ impl Webhooks for SqliteStore {
                     r.attempt
                 ])?;
             }
+            // Written only when it changes: most rounds leave the row as it is.
             if succeeded {
-                conn.execute("UPDATE webhooks SET failing_since = NULL WHERE webhook_id = ?1", [&id])?;
+                conn.prepare_cached(
+                    "UPDATE webhooks SET failing_since = NULL \
+                     WHERE webhook_id = ?1 AND failing_since IS NOT NULL",
+                )?
+                .execute([&id])?;
             } else if failed {
-                conn.execute(
-                    "UPDATE webhooks SET failing_since = coalesce(failing_since, ?2) WHERE webhook_id = ?1",
-                    params![id, ms(at)],
-                )?;
+                conn.prepare_cached(
+                    "UPDATE webhooks SET failing_since = ?2 WHERE webhook_id = ?1 AND failing_since IS NULL",
+                )?
+                .execute(params![id, ms(at)])?;
             }
             Ok(webhook_by_id(conn, &id)?.and_then(|w| w.failing_since))
         })
