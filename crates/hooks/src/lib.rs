@@ -73,16 +73,22 @@ impl HttpTransport {
     }
 }
 
-/// `Retry-After` in seconds (the date form is not read).
+/// `Retry-After` as seconds or as an HTTP date (RFC 9110 §10.2.3); a
+/// date in the past means now.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
+    let value = headers
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
         .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 fn classify(e: &reqwest::Error) -> TransportError {
@@ -147,5 +153,38 @@ impl HookTransport for HttpTransport {
         tokio::time::timeout(request.timeout, exchange)
             .await
             .map_err(|_| TransportError::Timeout)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+
+    use super::*;
+
+    fn with(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_a_date() {
+        assert_eq!(retry_after(&with("120")), Some(Duration::from_secs(120)));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(600));
+        let wait = retry_after(&with(&later)).unwrap();
+        assert!(
+            (Duration::from_secs(590)..=Duration::from_secs(600)).contains(&wait),
+            "{wait:?}"
+        );
+        assert_eq!(
+            retry_after(&with("Sun, 06 Nov 1994 08:49:37 GMT")),
+            Some(Duration::ZERO),
+            "a date in the past means now"
+        );
+        assert_eq!(retry_after(&with("soon")), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
     }
 }
