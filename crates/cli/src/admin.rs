@@ -45,6 +45,10 @@ pub(crate) struct Remote {
     /// admin.require_nonce).
     #[arg(long, global = true)]
     nonce: bool,
+    /// Trust only the CA certificate(s) in this PEM file for an
+    /// https:// server (a private CA, or a self-signed certificate).
+    #[arg(long, env = "UNIMSG_CA_CERT", value_name = "FILE", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 impl Remote {
@@ -60,8 +64,15 @@ impl Remote {
         } else {
             anyhow::bail!("no admin credentials: set UNIMSG_ADMIN_PASSWORD or UNIMSG_ADMIN_TOKEN");
         };
-        let mut admin =
-            AdminClient::new(&self.server, credentials)?.with_replay_protection(self.nonce);
+        let client = match &self.ca_cert {
+            None => unimsg_client::Client::new(&self.server)?,
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
+                unimsg_client::Client::with_root_certificates(&self.server, &pem)?
+            }
+        };
+        let mut admin = client.admin(credentials).with_replay_protection(self.nonce);
         if let Some(op) = &self.operation_id {
             admin = admin.with_operation_id(op.clone());
         }

@@ -96,6 +96,12 @@ struct ServeArgs {
     /// A TOML configuration file (see unimsg.example.toml).
     #[arg(long, env = "UNIMSG_CONFIG")]
     config: Option<PathBuf>,
+    /// Serve HTTPS, WSS and SSE over TLS with this certificate chain (PEM).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -172,6 +178,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls.cert = cert;
+        config.tls.key = key;
     }
     unimsg_server::init_logging(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -18,7 +18,7 @@ use unimsg_proto::{ConversationId, MessageId, Seq, SessionId, UserId};
 
 use crate::error::{ClientError, Result};
 use crate::sse::SseConnection;
-use crate::ws::WsConnection;
+use crate::ws::{WsAuth, WsConnection};
 
 /// A handle on one unimsg server. Cheap to clone: clones share the
 /// connection pool.
@@ -29,6 +29,9 @@ pub struct Client {
     /// The local address WebSocket connections are bound to (HTTP and SSE
     /// requests get it from `http`).
     local: Option<IpAddr>,
+    /// What `wss://` trusts when not the system's roots (HTTP and SSE
+    /// requests get it from `http`).
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for Client {
@@ -36,6 +39,7 @@ impl fmt::Debug for Client {
         f.debug_struct("Client")
             .field("base", &self.base.as_str())
             .field("local", &self.local)
+            .field("own_roots", &self.tls.is_some())
             .finish()
     }
 }
@@ -54,9 +58,31 @@ impl Client {
     /// of ephemeral ports. `None` lets the operating system choose, as
     /// [`Client::new`] does.
     pub fn with_local_address(base_url: &str, local: Option<IpAddr>) -> Result<Client> {
-        let http = reqwest::Client::builder().local_address(local).build()?;
-        let mut client = Client::with_http_client(http, base_url)?;
+        Client::with_options(base_url, local, None)
+    }
+
+    /// Like [`Client::new`], but `https://` and `wss://` trust only the
+    /// CA certificates in `pem` (one or more PEM certificates), not the
+    /// system's: for a server whose certificate a private CA signed.
+    pub fn with_root_certificates(base_url: &str, pem: &[u8]) -> Result<Client> {
+        Client::with_options(base_url, None, Some(pem))
+    }
+
+    /// [`Client::with_local_address`] and [`Client::with_root_certificates`]
+    /// together; `None` for either keeps the default.
+    pub fn with_options(
+        base_url: &str,
+        local: Option<IpAddr>,
+        root_pem: Option<&[u8]>,
+    ) -> Result<Client> {
+        let mut builder = reqwest::Client::builder().local_address(local);
+        let tls = root_pem.map(trusting).transpose()?.map(Arc::new);
+        if let Some(config) = &tls {
+            builder = builder.tls_backend_preconfigured(rustls::ClientConfig::clone(config));
+        }
+        let mut client = Client::with_http_client(builder.build()?, base_url)?;
         client.local = local;
+        client.tls = tls;
         Ok(client)
     }
 
@@ -67,6 +93,7 @@ impl Client {
             http,
             base: Arc::new(base),
             local: None,
+            tls: None,
         })
     }
 
@@ -168,11 +195,14 @@ impl Client {
         Ok((status, value))
     }
 
-    /// Opens `GET /v1/ws?access_token=…[&after=…]` and waits for the `ready` frame.
-    /// With `after`, the inbox after that seq is replayed before live events.
+    /// Opens `GET /v1/ws[?after=…]` with the token in the `Authorization`
+    /// header (never in the URL, which proxies log) and waits for the
+    /// `ready` frame. With `after`, the inbox after that seq is replayed
+    /// before live events.
     pub async fn connect_ws(&self, token: &str, after: Option<Seq>) -> Result<WsConnection> {
-        let url = ws_url(&self.base, Some(token), after)?;
-        WsConnection::connect(url, None, self.local).await
+        let url = ws_url(&self.base, after)?;
+        let how = WsAuth::Header(token);
+        WsConnection::connect(url, how, self.local, self.tls.clone()).await
     }
 
     /// Opens `GET /v1/ws` without credentials, authenticates with a first
@@ -182,8 +212,9 @@ impl Client {
         token: &str,
         after: Option<Seq>,
     ) -> Result<WsConnection> {
-        let url = ws_url(&self.base, None, None)?;
-        WsConnection::connect(url, Some((token, after)), self.local).await
+        let url = ws_url(&self.base, None)?;
+        let how = WsAuth::FirstFrame(token, after);
+        WsConnection::connect(url, how, self.local, self.tls.clone()).await
     }
 
     /// Opens `GET /v1/events` with a Bearer token, resuming after
@@ -488,6 +519,31 @@ pub(crate) async fn success(resp: Response) -> Result<Response> {
     Err(ClientError::from_response(status.as_u16(), &body))
 }
 
+/// A TLS client configuration that trusts only the CA certificates in
+/// `pem`, with the aws-lc-rs provider and TLS 1.2 / 1.3.
+fn trusting(pem: &[u8]) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let bad = |why: String| ClientError::InvalidCertificate(why);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| bad(format!("not a PEM certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in the PEM data".into()));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
 fn parse_base(base_url: &str) -> Result<Url> {
     let invalid = |why: &str| ClientError::InvalidBaseUrl(format!("{base_url:?}: {why}"));
     let url = Url::parse(base_url).map_err(|e| invalid(&e.to_string()))?;
@@ -518,10 +574,11 @@ fn endpoint(base: &Url, segments: &[&str], query: &[(&str, String)]) -> Result<U
 }
 
 /// The WebSocket URL: the HTTP endpoint with a `ws`/`wss` scheme.
-fn ws_url(base: &Url, token: Option<&str>, after: Option<Seq>) -> Result<Url> {
-    let mut query = Vec::new();
-    query.extend(token.map(|token| ("access_token", token.to_owned())));
-    query.extend(after.map(|seq| ("after", seq.to_string())));
+fn ws_url(base: &Url, after: Option<Seq>) -> Result<Url> {
+    let query: Vec<_> = after
+        .map(|seq| ("after", seq.to_string()))
+        .into_iter()
+        .collect();
     let mut url = endpoint(base, &["v1", "ws"], &query)?;
     let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
     url.set_scheme(scheme)
@@ -600,9 +657,9 @@ mod tests {
 
     #[test]
     fn ws_urls_switch_scheme() {
-        let url = ok(ws_url(&base("http://h:1"), Some("tok"), Some(Seq(7))));
-        assert_eq!(url.as_str(), "ws://h:1/v1/ws?access_token=tok&after=7");
-        let url = ok(ws_url(&base("https://h/p"), None, None));
+        let url = ok(ws_url(&base("http://h:1"), Some(Seq(7))));
+        assert_eq!(url.as_str(), "ws://h:1/v1/ws?after=7");
+        let url = ok(ws_url(&base("https://h/p"), None));
         assert_eq!(url.as_str(), "wss://h/p/v1/ws");
     }
 

@@ -33,6 +33,11 @@ pub enum ClientError {
     #[error("invalid base url: {0}")]
     InvalidBaseUrl(String),
 
+    /// The CA certificates given to [`crate::Client::with_root_certificates`]
+    /// cannot be used.
+    #[error("invalid CA certificate: {0}")]
+    InvalidCertificate(String),
+
     /// The server sent something that does not follow the protocol.
     #[error("protocol violation: {0}")]
     Protocol(String),

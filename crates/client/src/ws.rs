@@ -13,9 +13,11 @@ use std::net::{IpAddr, SocketAddr};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::Url;
 use serde::Deserialize;
+use std::sync::Arc;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use unimsg_proto::api::{ReadResponse, SendRequest, SendResponse};
 use unimsg_proto::ws::{ClientFrame, ReplyFrame};
 use unimsg_proto::{ConversationId, Event, EventType, MessageId, Seq, SessionId, UserId};
@@ -49,31 +51,47 @@ impl fmt::Debug for WsConnection {
     }
 }
 
+/// How a WebSocket connection authenticates.
+#[derive(Clone, Copy)]
+pub(crate) enum WsAuth<'a> {
+    /// `Authorization: Bearer` on the upgrade request.
+    Header(&'a str),
+    /// A first `auth` frame, with the seq to replay after.
+    FirstFrame(&'a str, Option<Seq>),
+}
+
 impl WsConnection {
-    /// Connects to `url`, from the local address `local` when given; with
-    /// `auth`, authenticates with a first `auth` frame. Then waits for the
-    /// `ready` frame.
+    /// Connects to `url`, from the local address `local` when given,
+    /// authenticated as `auth` says; then waits for the `ready` frame.
     pub(crate) async fn connect(
         url: Url,
-        auth: Option<(&str, Option<Seq>)>,
+        auth: WsAuth<'_>,
         local: Option<IpAddr>,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Self> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.as_str().into_client_request()?;
+        if let WsAuth::Header(token) = auth {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| ClientError::Protocol("the token is not a header value".into()))?;
+            request.headers_mut().insert("authorization", value);
+        }
+        // `wss://` with the client's own trust, or the system's roots.
+        let connector = tls.map(Connector::Rustls);
         let (socket, _response) = match local {
-            None => tokio_tungstenite::connect_async(url.as_str()).await?,
+            None => {
+                tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector)
+                    .await?
+            }
             Some(local) => {
-                if url.scheme() != "ws" {
-                    // As `connect_async` says without a TLS feature.
-                    return Err(tungstenite::Error::Url(
-                        tungstenite::error::UrlError::TlsFeatureNotEnabled,
-                    )
-                    .into());
-                }
                 let stream = connect_from(&url, local).await?;
-                tokio_tungstenite::client_async(url.as_str(), MaybeTlsStream::Plain(stream)).await?
+                tokio_tungstenite::client_async_tls_with_config(request, stream, None, connector)
+                    .await?
             }
         };
         let mut frames = Frames::new(socket);
-        if let Some((token, after)) = auth {
+        if let WsAuth::FirstFrame(token, after) = auth {
             frames
                 .write(&ClientFrame::Auth {
                     token: token.to_owned(),

@@ -36,6 +36,11 @@ pub struct AuthConfig {
     /// `https://chat.example.com`); empty to use the listening address
     /// (never the request's `Host` header, which a client chooses).
     pub public_url: String,
+    /// Whether WebSocket and SSE accept the access token as
+    /// `?access_token=`. A URL ends up in proxy and server logs; with
+    /// `false` the token must come in the `Authorization` header or, on
+    /// a WebSocket, in the first frame.
+    pub allow_query_token: bool,
 }
 
 impl Default for AuthConfig {
@@ -47,6 +52,7 @@ impl Default for AuthConfig {
             device_policy: DevicePolicy::OnePerPlatform,
             qr_ttl_secs: 300,
             public_url: String::new(),
+            allow_query_token: true,
         }
     }
 }
@@ -126,6 +132,10 @@ pub struct AdminConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Refuse admin requests without `X-Nonce` and `X-Timestamp`.
     pub require_nonce: bool,
+    /// Refuse admin requests that did not arrive over TLS: on this
+    /// server's own TLS listener, or from a trusted proxy that says
+    /// `X-Forwarded-Proto: https`.
+    pub require_tls: bool,
     /// How far `X-Timestamp` may be from now, and how long a nonce is remembered, in seconds.
     pub nonce_window_secs: u64,
     /// Most nonces remembered at once. A nonce is never forgotten inside
@@ -151,6 +161,7 @@ impl Default for AdminConfig {
             ip_allowlist: Vec::new(),
             trusted_proxies: Vec::new(),
             require_nonce: false,
+            require_tls: false,
             nonce_window_secs: 300,
             nonce_capacity: 100_000,
             nonce_per_credential: 25_000,

@@ -172,6 +172,49 @@ pub(crate) fn request_client(
     client_addr(peer, headers, &state.core.config().admin.trusted_proxies)
 }
 
+/// An access token given as `?access_token=`, unless `auth.allow_query_token`
+/// is off: then such a request is refused (401) rather than served
+/// without its token, so that a client learns at once to send it
+/// another way.
+pub(crate) fn query_token(
+    state: &AppState,
+    token: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    match token {
+        Some(_) if !state.core.config().auth.allow_query_token => Err(ApiError::unauthorized(
+            "tokens in the URL are switched off on this server (auth.allow_query_token): \
+             send it in the Authorization header, or in the first WebSocket frame",
+        )),
+        other => Ok(other),
+    }
+}
+
+/// Whether a request arrived over TLS: on this server's own TLS listener,
+/// or from a trusted proxy whose nearest `X-Forwarded-Proto` says `https`.
+pub(crate) fn arrived_over_tls(
+    extensions: &axum::http::Extensions,
+    headers: &HeaderMap,
+    state: &AppState,
+) -> bool {
+    if extensions.get::<crate::ArrivedOverTls>().is_some() {
+        return true;
+    }
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_canonical());
+    let trusted = &state.core.config().admin.trusted_proxies;
+    let from_proxy = peer.is_some_and(|p| trusted.iter().any(|net| net.contains(&p)));
+    // The proxy's own header is the last one it wrote: the rightmost entry.
+    let proto = headers
+        .get_all("x-forwarded-proto")
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .map(str::trim);
+    from_proxy && proto.is_some_and(|p| p.eq_ignore_ascii_case("https"))
+}
+
 /// Where the request comes from (the client by [`client_addr`], and the
 /// user agent). The address is always set — `unknown` when it cannot be
 /// told — so per-IP limits in the core always apply.

@@ -34,6 +34,11 @@ use utoipa_axum::routes;
 
 pub use error::ApiError;
 
+/// Marks a request that arrived over this server's own TLS listener; the
+/// accept loop inserts it. See `admin.require_tls`.
+#[derive(Debug, Clone, Copy)]
+pub struct ArrivedOverTls;
+
 /// `[http]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -64,7 +64,8 @@ pub(crate) async fn events(
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    let token = bearer(&headers).map(str::to_owned).or(q.access_token);
+    let query = crate::extract::query_token(&state, q.access_token)?;
+    let token = bearer(&headers).map(str::to_owned).or(query);
     let token = token.ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
     let auth = state.core.authenticate(&token).await?;
     let last_event_id = match headers.get("last-event-id") {

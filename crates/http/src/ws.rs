@@ -130,10 +130,11 @@ pub(crate) async fn upgrade(
                 .into_response();
         }
     };
-    let token = q
-        .access_token
-        .clone()
-        .or_else(|| bearer(&headers).map(str::to_owned));
+    let query = match crate::extract::query_token(&state, q.access_token.clone()) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let token = query.or_else(|| bearer(&headers).map(str::to_owned));
     let auth = match token {
         Some(t) => match state.core.authenticate(&t).await {
             Ok(a) => Some(a),

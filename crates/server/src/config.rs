@@ -22,12 +22,13 @@ use unimsg_store_sqlite::Durability;
 pub const ENV_PREFIX: &str = "UNIMSG_";
 
 /// Variables with the prefix that are not configuration keys (the last
-/// three are read by the admin commands of the `unimsg` binary).
+/// four are read by the admin commands of the `unimsg` binary).
 const NOT_CONFIG: &[&str] = &[
     "UNIMSG_CONFIG",
     "UNIMSG_MASTER_KEY",
     "UNIMSG_ADMIN_PASSWORD",
     "UNIMSG_SERVER",
+    "UNIMSG_CA_CERT",
     "UNIMSG_ADMIN_ID",
     "UNIMSG_ADMIN_TOKEN",
 ];
@@ -50,6 +51,7 @@ pub struct Config {
     pub hooks: HooksConfig,
     pub store: StoreConfig,
     pub bus: BusConfig,
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
             hooks: HooksConfig::default(),
             store: StoreConfig::default(),
             bus: BusConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -134,6 +137,38 @@ impl Default for StoreConfig {
             sync: "full".into(),
             url: String::new(),
             pool_size: 16,
+        }
+    }
+}
+
+/// `[tls]`: HTTPS, WSS and SSE on the listener itself.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM), leaf first; with `key`, the listener
+    /// speaks TLS only. Reloaded on `SIGHUP` and when the file changes.
+    pub cert: PathBuf,
+    /// The private key (PEM) of the certificate.
+    pub key: PathBuf,
+    /// A second, plain listener (e.g. `0.0.0.0:80`) that answers every
+    /// request with a redirect to HTTPS; empty for none.
+    pub redirect_from: String,
+}
+
+impl TlsConfig {
+    /// The files, when both are set; an error when only one is.
+    pub fn files(&self) -> Result<Option<crate::tls::TlsFiles>, ConfigError> {
+        let (cert, key) = (self.cert.as_os_str(), self.key.as_os_str());
+        match (cert.is_empty(), key.is_empty()) {
+            (true, true) => Ok(None),
+            (false, false) => Ok(Some(crate::tls::TlsFiles {
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+            })),
+            _ => Err(ConfigError::Invalid(
+                "tls.cert and tls.key (--tls-cert, --tls-key) go together: set both or neither"
+                    .into(),
+            )),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod config;
 mod serve;
+mod tls;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -29,7 +30,10 @@ use unimsg_store::Store;
 use unimsg_store_postgres::{PgOptions, PgStore};
 use unimsg_store_sqlite::{SqliteOptions, SqliteStore};
 
-pub use config::{BusConfig, Config, ConfigError, ENV_PREFIX, LogConfig, LogFormat, StoreConfig};
+pub use config::{
+    BusConfig, Config, ConfigError, ENV_PREFIX, LogConfig, LogFormat, StoreConfig, TlsConfig,
+};
+pub use tls::TlsFiles;
 
 /// Log target of start and stop lines, shown at every log level: scripts
 /// wait for `listening on http://ADDR`.
@@ -225,10 +229,30 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut config = config;
     let addr = listener.local_addr()?;
+    let tls = config
+        .tls
+        .files()?
+        .map(tls::Tls::new)
+        .transpose()
+        .context("cannot start TLS")?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let redirect = if config.tls.redirect_from.is_empty() {
+        None
+    } else {
+        anyhow::ensure!(
+            tls.is_some(),
+            "tls.redirect_from redirects to HTTPS: it needs tls.cert and tls.key"
+        );
+        let from = &config.tls.redirect_from;
+        let plain = TcpListener::bind(from)
+            .await
+            .with_context(|| format!("cannot listen on tls.redirect_from {from}"))?;
+        Some(plain)
+    };
     if config.auth.public_url.is_empty() {
         // QR codes link to the phone page under this URL; a request's Host
         // header is never used for it (a client could point it anywhere).
-        config.auth.public_url = format!("http://{addr}");
+        config.auth.public_url = format!("{scheme}://{addr}");
         if !addr.ip().is_loopback() {
             tracing::warn!(target: LIFECYCLE, url = %config.auth.public_url,
                 "auth.public_url is empty: QR codes link to the listening address; \
@@ -275,7 +299,23 @@ pub async fn run(
         request_timeout_secs = config.http.request_timeout_secs,
         "connection caps and timeouts"
     );
-    tracing::info!(target: LIFECYCLE, "listening on http://{addr}");
+    let watcher = tls.as_ref().map(tls::Tls::watch);
+    let redirector = redirect.map(|plain| {
+        if let Ok(from) = plain.local_addr() {
+            tracing::info!(target: LIFECYCLE, "redirecting http://{from} to https://");
+        }
+        let caps = serve::Caps::new(
+            max_connections,
+            config.http.max_connections_per_ip,
+            config.admin.trusted_proxies.clone(),
+        );
+        let app = serve::redirect_app(addr.port());
+        let http = config.http.clone();
+        tokio::spawn(async move {
+            serve::serve(plain, app, &http, caps, None, std::future::pending(), || {}).await;
+        })
+    });
+    tracing::info!(target: LIFECYCLE, "listening on {scheme}://{addr}");
     let hub = core.hub().clone();
     let draining = hub.clone();
     // Counted refusals of the admin API are written when their interval
@@ -294,10 +334,18 @@ pub async fn run(
         })
     };
     let dispatcher = tokio::spawn(core.clone().run_webhooks(transport));
-    serve::serve(listener, app, &config.http, caps, shutdown, move || {
-        tracing::info!(target: LIFECYCLE, "shutting down: closing live connections");
-        hub.shutdown();
-    })
+    serve::serve(
+        listener,
+        app,
+        &config.http,
+        caps,
+        tls,
+        shutdown,
+        move || {
+            tracing::info!(target: LIFECYCLE, "shutting down: closing live connections");
+            hub.shutdown();
+        },
+    )
     .await;
     // Upgraded connections live outside the HTTP server: wait until each
     // has sent its close frame, within a bound.
@@ -308,6 +356,12 @@ pub async fn run(
         tracing::warn!(target: LIFECYCLE, left = draining.connections(), "connections still open at exit");
     }
     flusher.abort();
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
+    if let Some(redirector) = redirector {
+        redirector.abort();
+    }
     // Attempts cut off here are attempted again when their lease ends.
     dispatcher.abort();
     core.flush_all_refusals().await;

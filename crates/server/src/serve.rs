@@ -33,7 +33,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tower::ServiceExt;
-use unimsg_http::HttpConfig;
+use unimsg_http::{ArrivedOverTls, HttpConfig};
+
+use crate::tls::Tls;
 
 /// Descriptors kept for everything but client connections: the listener,
 /// the runtime, the SQLite files of the writer and the reader pool, the
@@ -261,12 +263,15 @@ fn is_connection_error(e: &io::Error) -> bool {
 /// Serves `app` on `listener` until `shutdown` resolves; then stops
 /// accepting, runs `on_shutdown` (which closes the live WebSocket and SSE
 /// connections), lets in-flight requests finish and waits for every
-/// connection to end.
+/// connection to end. With `tls`, every connection is a TLS one: its
+/// handshake must end within `http.header_read_timeout_secs`, like a
+/// request's headers, and its requests carry [`ArrivedOverTls`].
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     http: &HttpConfig,
     caps: Arc<Caps>,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_shutdown: impl FnOnce(),
 ) {
@@ -313,60 +318,33 @@ pub(crate) async fn serve(
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let io = TokioIo::new(Counted {
+        let socket = Counted {
             tcp,
             _permit: permit,
-        });
-        // Told when a request starts and when its response is ready.
-        let activity = Arc::new(Notify::new());
-        let (started, answered) = (activity.clone(), activity.clone());
-        let service = app
-            .clone()
-            .map_request(move |req: Request<Incoming>| {
-                started.notify_one();
-                let mut req = req.map(Body::new);
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                req
-            })
-            .map_response(move |response| {
-                answered.notify_one();
-                response
-            });
-        let service = TowerToHyperService::new(service);
-        let builder = builder.clone();
-        let mut signal = signal_rx.clone();
+        };
+        let conn = Connection {
+            app: app.clone(),
+            peer,
+            builder: builder.clone(),
+            signal: signal_rx.clone(),
+            idle,
+        };
         let close = close_rx.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let conn = builder.serve_connection_with_upgrades(io, service);
-            let mut conn = std::pin::pin!(conn);
-            // hyper's header timeout covers a connection's first request,
-            // not the wait for the next one on a kept-alive connection:
-            // a connection on which no request started and no response
-            // was ready for that long is told to finish. hyper then closes
-            // it at once if it is idle, or after the response it is
-            // writing (an SSE stream runs on to its end).
-            let mut quiet = std::pin::pin!(tokio::time::sleep(idle));
-            let mut draining = false;
-            loop {
-                tokio::select! {
-                    result = conn.as_mut() => {
-                        if let Err(error) = result {
-                            tracing::trace!(%error, "connection ended with an error");
-                        }
-                        break;
+            match tls {
+                None => conn.run(socket, false).await,
+                Some(tls) => match tokio::time::timeout(idle, tls.acceptor.accept(socket)).await {
+                    Ok(Ok(stream)) => conn.run(stream, true).await,
+                    Ok(Err(error)) => {
+                        metrics::counter!("unimsg_tls_handshake_failures_total").increment(1);
+                        tracing::debug!(%error, %peer, "TLS handshake failed");
                     }
-                    _ = signal.changed(), if !draining => {
-                        draining = true;
-                        conn.as_mut().graceful_shutdown();
+                    Err(_) => {
+                        metrics::counter!("unimsg_tls_handshake_failures_total").increment(1);
+                        tracing::debug!(%peer, "TLS handshake timed out");
                     }
-                    () = activity.notified(), if !draining => {
-                        quiet.as_mut().reset(Instant::now() + idle);
-                    }
-                    () = quiet.as_mut(), if !draining => {
-                        draining = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                }
+                },
             }
             drop(close);
         });
@@ -376,6 +354,109 @@ pub(crate) async fn serve(
     drop(signal_tx);
     drop(close_rx);
     close_tx.closed().await;
+}
+
+/// What one accepted connection is served with.
+struct Connection {
+    app: Router,
+    peer: SocketAddr,
+    builder: Builder<TokioExecutor>,
+    signal: watch::Receiver<()>,
+    idle: Duration,
+}
+
+impl Connection {
+    /// Serves the connection's requests until it ends or is told to.
+    async fn run<IO>(self, io: IO, over_tls: bool)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            app,
+            peer,
+            builder,
+            mut signal,
+            idle,
+        } = self;
+        // Told when a request starts and when its response is ready.
+        let activity = Arc::new(Notify::new());
+        let (started, answered) = (activity.clone(), activity.clone());
+        let service = app
+            .map_request(move |req: Request<Incoming>| {
+                started.notify_one();
+                let mut req = req.map(Body::new);
+                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                if over_tls {
+                    req.extensions_mut().insert(ArrivedOverTls);
+                }
+                req
+            })
+            .map_response(move |response| {
+                answered.notify_one();
+                response
+            });
+        let service = TowerToHyperService::new(service);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let mut conn = std::pin::pin!(conn);
+        // hyper's header timeout covers a connection's first request,
+        // not the wait for the next one on a kept-alive connection:
+        // a connection on which no request started and no response
+        // was ready for that long is told to finish. hyper then closes
+        // it at once if it is idle, or after the response it is
+        // writing (an SSE stream runs on to its end).
+        let mut quiet = std::pin::pin!(tokio::time::sleep(idle));
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::trace!(%error, "connection ended with an error");
+                    }
+                    break;
+                }
+                _ = signal.changed(), if !draining => {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = activity.notified(), if !draining => {
+                    quiet.as_mut().reset(Instant::now() + idle);
+                }
+                () = quiet.as_mut(), if !draining => {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Answers every request on a plain listener with a permanent redirect
+/// to the same path on `https://{host}:{port}` (`tls.redirect_from`),
+/// the host being the request's own without its port. Nothing else is
+/// served there.
+pub(crate) fn redirect_app(https_port: u16) -> Router {
+    use axum::http::{StatusCode, Uri, header};
+    use axum::response::IntoResponse;
+    Router::new().fallback(move |headers: axum::http::HeaderMap, uri: Uri| async move {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<axum::http::uri::Authority>().ok());
+        let Some(host) = host else {
+            return (
+                StatusCode::BAD_REQUEST,
+                "this address only redirects to HTTPS; send a Host header",
+            )
+                .into_response();
+        };
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let target = if https_port == 443 {
+            format!("https://{}{path}", host.host())
+        } else {
+            format!("https://{}:{https_port}{path}", host.host())
+        };
+        (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, target)]).into_response()
+    })
 }
 
 #[cfg(test)]

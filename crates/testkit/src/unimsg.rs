@@ -18,19 +18,32 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
 /// What the server logs (target `unimsg::lifecycle`, at every level) once
-/// it accepts connections, followed by its address.
+/// it accepts plain HTTP connections, followed by its address.
 pub const LISTENING: &str = "listening on http://";
 
-/// `ADDR` from a line containing `listening on http://ADDR`: the address
-/// ends at the first character that cannot be part of it, such as a space
-/// or a colour escape.
+/// The same, when it serves HTTPS.
+pub const LISTENING_TLS: &str = "listening on https://";
+
+/// `ADDR` from a line containing `listening on http://ADDR` or
+/// `listening on https://ADDR`: the address ends at the first character
+/// that cannot be part of it, such as a space or a colour escape.
 pub fn listening_addr(line: &str) -> Option<&str> {
-    let rest = &line[line.find(LISTENING)? + LISTENING.len()..];
+    listening(line).map(|(_, addr)| addr)
+}
+
+/// The scheme (`http` or `https`) and the address of a listening line.
+pub fn listening(line: &str) -> Option<(&'static str, &str)> {
+    let (scheme, rest) = if let Some(at) = line.find(LISTENING) {
+        ("http", &line[at + LISTENING.len()..])
+    } else {
+        let at = line.find(LISTENING_TLS)?;
+        ("https", &line[at + LISTENING_TLS.len()..])
+    };
     let end = rest
         .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']')))
         .unwrap_or(rest.len());
     let addr = &rest[..end];
-    (!addr.is_empty()).then_some(addr)
+    (!addr.is_empty()).then_some((scheme, addr))
 }
 
 /// Everything a server process wrote to stderr so far, one line each; it
@@ -69,6 +82,8 @@ pub struct Started {
     pub child: Child,
     /// `host:port` it listens on.
     pub addr: String,
+    /// `http` or `https`.
+    pub scheme: &'static str,
     /// Its stderr, still being collected.
     pub logs: Logs,
 }
@@ -117,7 +132,7 @@ pub async fn start(mut cmd: Command, wait: Duration) -> Result<Started, StartErr
         .kill_on_drop(true);
     let mut child = cmd.spawn().map_err(StartError::Spawn)?;
     let logs = Logs::default();
-    let (addr_tx, addr_rx) = oneshot::channel::<String>();
+    let (addr_tx, addr_rx) = oneshot::channel::<(&'static str, String)>();
     if let Some(stderr) = child.stderr.take() {
         let sink = logs.clone();
         tokio::spawn(async move {
@@ -136,17 +151,22 @@ pub async fn start(mut cmd: Command, wait: Duration) -> Result<Started, StartErr
                 // Logged first, so the listening line is in the logs once
                 // the address is known.
                 sink.push(text);
-                if let Some(addr) = listening_addr(text)
+                if let Some((scheme, addr)) = listening(text)
                     && let Some(tx) = addr_tx.take()
                 {
-                    let _ = tx.send(addr.to_owned());
+                    let _ = tx.send((scheme, addr.to_owned()));
                 }
                 line.clear();
             }
         });
     }
     match tokio::time::timeout(wait, addr_rx).await {
-        Ok(Ok(addr)) => Ok(Started { child, addr, logs }),
+        Ok(Ok((scheme, addr))) => Ok(Started {
+            child,
+            addr,
+            scheme,
+            logs,
+        }),
         Ok(Err(_)) => Err(StartError::Exited(logs)),
         Err(_) => Err(StartError::Timeout(wait, logs)),
     }
@@ -174,5 +194,9 @@ mod tests {
         );
         assert_eq!(listening_addr("listening on http:// "), None);
         assert_eq!(listening_addr("nothing here"), None);
+        assert_eq!(
+            listening("listening on https://127.0.0.1:8443"),
+            Some(("https", "127.0.0.1:8443"))
+        );
     }
 }

@@ -21,6 +21,8 @@ pub(crate) struct TestServer {
     pub base: String,
     dir: Arc<tempfile::TempDir>,
     env: Vec<(String, String)>,
+    /// Extra `serve` arguments (`--tls-cert FILE`…).
+    args: Vec<String>,
     logs: Logs,
 }
 
@@ -32,21 +34,32 @@ impl TestServer {
 
     /// A server with extra `UNIMSG_*` environment settings.
     pub(crate) async fn start_with(env: &[(&str, &str)]) -> Self {
+        Self::start_with_args(env, &[]).await
+    }
+
+    /// A server with extra environment settings and `serve` arguments.
+    pub(crate) async fn start_with_args(env: &[(&str, &str)], args: &[&str]) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         let env = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        Self::spawn(dir, env).await
+        let args = args.iter().map(|a| (*a).to_owned()).collect();
+        Self::spawn(dir, env, args).await
     }
 
-    async fn spawn(dir: Arc<tempfile::TempDir>, env: Vec<(String, String)>) -> Self {
+    async fn spawn(
+        dir: Arc<tempfile::TempDir>,
+        env: Vec<(String, String)>,
+        args: Vec<String>,
+    ) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_unimsg"));
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(dir.path())
+            .args(&args)
             .env_remove("RUST_LOG")
             .env("UNIMSG_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env(
@@ -59,9 +72,10 @@ impl TestServer {
             .expect("the test server");
         TestServer {
             child: started.child,
-            base: format!("http://{}", started.addr),
+            base: format!("{}://{}", started.scheme, started.addr),
             dir,
             env,
+            args,
             logs: started.logs,
         }
     }
@@ -77,6 +91,17 @@ impl TestServer {
     /// Everything the server logged so far.
     pub(crate) fn logs(&self) -> String {
         self.logs.text()
+    }
+
+    /// Sends `SIGHUP` (a TLS certificate reload).
+    pub(crate) async fn hangup(&self) {
+        let pid = self.child.id().expect("no pid");
+        let status = Command::new("kill")
+            .arg("-HUP")
+            .arg(pid.to_string())
+            .status()
+            .await;
+        assert!(status.is_ok_and(|s| s.success()), "kill -HUP failed");
     }
 
     /// `kill -9`: no chance to flush or clean up.
@@ -103,6 +128,6 @@ impl TestServer {
     /// same data directory and settings.
     pub(crate) async fn restart(mut self) -> Self {
         let _ = self.child.kill().await;
-        Self::spawn(self.dir.clone(), self.env.clone()).await
+        Self::spawn(self.dir.clone(), self.env.clone(), self.args.clone()).await
     }
 }

@@ -29,3 +29,4 @@ mod property;
 mod qr;
 mod receiver;
 mod support;
+mod tls;

@@ -29,7 +29,7 @@ use unimsg_proto::ErrorCode;
 use super::header;
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{ClientAddr, request_client};
+use crate::extract::{ClientAddr, arrived_over_tls, request_client};
 
 /// Set by a handler on its response to name the actor when the request
 /// itself carried no credential (`POST /v1/admin/token`), once the
@@ -106,6 +106,14 @@ async fn admit(
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "this address may not use the admin API",
+        ));
+    }
+    if core.config().admin.require_tls
+        && !arrived_over_tls(request.extensions(), request.headers(), state)
+    {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "the admin API is served over HTTPS only on this server (admin.require_tls)",
         ));
     }
     if request.uri().path() == "/v1/admin/token" {
