@@ -39,8 +39,11 @@ pub use qr::RedisTickets;
 /// Options of the Redis connection.
 #[derive(Clone)]
 pub struct RedisOptions {
-    /// `redis://[:password@]host:port/[db]`.
+    /// `redis://[:password@]host:port/[db]`, or `rediss://…` for TLS.
     pub url: String,
+    /// For `rediss://`: the CA certificates (PEM) the server's certificate
+    /// must chain to; `None` trusts the system's roots.
+    pub ca_cert: Option<Vec<u8>>,
     /// Prefix of every key and channel, so several deployments can share
     /// one Redis.
     pub prefix: String,
@@ -122,7 +125,16 @@ impl Cluster {
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let info = info.set_redis_settings(settings);
+        let client = if options.url.starts_with("rediss://") {
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: options.ca_cert.clone(),
+            };
+            redis::Client::build_with_tls(info, certs)?
+        } else {
+            redis::Client::open(info)?
+        };
         let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
         let config = ConnectionManagerConfig::new()
             .set_push_sender(push_tx)

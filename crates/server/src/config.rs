@@ -177,10 +177,14 @@ impl TlsConfig {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BusConfig {
-    /// Cluster mode: `redis://[:password@]host:port/[db]` for cross-node
-    /// delivery, presence, nonces, rate limits and QR tickets. Empty runs
-    /// a single node with all of it in memory. Needs `store.url`.
+    /// Cluster mode: `redis://[:password@]host:port/[db]` (or `rediss://`
+    /// for TLS) for cross-node delivery, presence, nonces, rate limits and
+    /// QR tickets. Empty runs a single node with all of it in memory.
+    /// Needs `store.url`.
     pub url: String,
+    /// For `rediss://`: a PEM file of the CA certificates the server's
+    /// certificate must chain to; empty trusts the system's roots.
+    pub ca_cert: PathBuf,
     /// Prefix of every Redis key and channel.
     pub prefix: String,
     /// This node's id in the cluster; empty picks a random one at start.
@@ -193,6 +197,7 @@ impl std::fmt::Debug for BusConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BusConfig")
             .field("url", &redacted_url(&self.url))
+            .field("ca_cert", &self.ca_cert)
             .field("prefix", &self.prefix)
             .field("node_id", &self.node_id)
             .field("presence_ttl_secs", &self.presence_ttl_secs)
@@ -204,6 +209,7 @@ impl Default for BusConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
+            ca_cert: PathBuf::new(),
             prefix: "unimsg:".into(),
             node_id: String::new(),
             presence_ttl_secs: 30,

@@ -143,8 +143,18 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
         } else {
             config.bus.node_id.clone()
         };
+        let ca_cert = if config.bus.ca_cert.as_os_str().is_empty() {
+            None
+        } else {
+            let path = &config.bus.ca_cert;
+            Some(
+                std::fs::read(path)
+                    .with_context(|| format!("cannot read bus.ca_cert {}", path.display()))?,
+            )
+        };
         let options = RedisOptions {
             url: config.bus.url.clone(),
+            ca_cert,
             prefix: config.bus.prefix.clone(),
             node_id,
             presence_ttl: std::time::Duration::from_secs(config.bus.presence_ttl_secs.max(1)),

@@ -34,6 +34,7 @@ mod notifications;
 mod relationships;
 mod schema;
 mod sessions;
+mod tls;
 mod users;
 mod webhooks;
 
@@ -100,21 +101,25 @@ impl std::fmt::Debug for PgStore {
 impl PgStore {
     /// Connects, applies migrations (one node at a time) and keeps a pool.
     pub async fn connect(options: PgOptions) -> Result<Self> {
-        let mut config: tokio_postgres::Config = options
-            .url
+        let (url, roots) = tls::split(&options.url)?;
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
         config.connect_timeout(options.timeout);
         if config.get_application_name().is_none() {
             config.application_name("unimsg");
         }
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match roots {
+            None => Manager::from_config(config, NoTls, manager_config),
+            Some(roots) => Manager::from_config(
+                config,
+                tokio_postgres_rustls::MakeRustlsConnect::new(tls::client_config(&roots)?),
+                manager_config,
+            ),
+        };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .runtime(Runtime::Tokio1)

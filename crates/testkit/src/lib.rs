@@ -110,6 +110,8 @@ pub struct Postgres {
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// Serves TLS with `server.crt` / `server.key` in its directory.
+    tls: bool,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -123,6 +125,16 @@ impl std::fmt::Debug for Postgres {
 impl Postgres {
     /// Creates a cluster and starts it.
     pub fn start() -> Self {
+        Self::create(None)
+    }
+
+    /// [`Self::start`], serving TLS (`ssl = on`) with this certificate
+    /// chain and key (PEM) besides plain connections.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
+        Self::create(Some((cert_pem, key_pem)))
+    }
+
+    fn create(tls: Option<(&str, &str)>) -> Self {
         let as_postgres = is_root();
         let bin = require_postgres(as_postgres);
         let dir = tempfile::Builder::new()
@@ -137,7 +149,24 @@ impl Postgres {
             bin,
             port: free_port(),
             as_postgres,
+            tls: tls.is_some(),
         };
+        if let Some((cert, key)) = tls {
+            // PostgreSQL refuses a key file that others may read.
+            for (name, text) in [("server.crt", cert), ("server.key", key)] {
+                let path = pg.dir.path().join(name);
+                std::fs::write(&path, text).expect("TLS files");
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                        .expect("chmod 600");
+                }
+                if as_postgres {
+                    run(Command::new("chown").arg("postgres").arg(&path));
+                }
+            }
+        }
         let data = pg.data();
         run(pg
             .command("initdb")
@@ -200,11 +229,17 @@ impl Postgres {
     pub fn start_again(&self) {
         // fsync off: a killed process loses nothing (the OS keeps its
         // writes); only a machine crash would, which tests do not simulate.
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
             self.port,
             self.dir.path().display()
         );
+        if self.tls {
+            let dir = self.dir.path().display();
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key"
+            ));
+        }
         run(self
             .command("pg_ctl")
             .args(["-w", "-t", "60", "-D"])
@@ -252,6 +287,9 @@ pub struct Redis {
     dir: TempDir,
     port: u16,
     child: Option<Child>,
+    /// Serves TLS only, with `server.crt`, `server.key` and `ca.crt` in
+    /// its directory.
+    tls: bool,
 }
 
 impl std::fmt::Debug for Redis {
@@ -263,22 +301,40 @@ impl std::fmt::Debug for Redis {
 impl Redis {
     /// Starts a server on a free port; returns once it accepts connections.
     pub fn start() -> Self {
+        Self::create(None)
+    }
+
+    /// [`Self::start`], serving TLS only (`rediss://`) with this
+    /// certificate chain and key, the CA that signed it named too (Redis
+    /// wants one; clients are not asked for certificates).
+    pub fn start_tls(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Self {
+        Self::create(Some((cert_pem, key_pem, ca_pem)))
+    }
+
+    fn create(tls: Option<(&str, &str, &str)>) -> Self {
         require(on_path("redis-server"), "redis-server");
         let dir = tempfile::Builder::new()
             .prefix("unimsg-redis-")
             .tempdir()
             .expect("temp dir");
+        if let Some((cert, key, ca)) = tls {
+            for (name, text) in [("server.crt", cert), ("server.key", key), ("ca.crt", ca)] {
+                std::fs::write(dir.path().join(name), text).expect("TLS files");
+            }
+        }
         let mut redis = Self {
             dir,
             port: free_port(),
             child: None,
+            tls: tls.is_some(),
         };
         redis.start_again();
         redis
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -288,8 +344,29 @@ impl Redis {
     /// Starts the server (again, after [`Self::stop`]) on the same port;
     /// returns once it says it accepts connections.
     pub fn start_again(&mut self) {
-        let mut child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+        let port = self.port.to_string();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1"]);
+        if self.tls {
+            let file = |name: &str| self.dir.path().join(name);
+            cmd.args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-auth-clients",
+                "no",
+            ])
+            .arg("--tls-cert-file")
+            .arg(file("server.crt"))
+            .arg("--tls-key-file")
+            .arg(file("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(file("ca.crt"));
+        } else {
+            cmd.args(["--port", &port]);
+        }
+        let mut child = cmd
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(self.dir.path())
             .stdout(Stdio::piped())

@@ -22,16 +22,41 @@ struct TestCluster {
     pg: Postgres,
     redis: Redis,
     nodes: Vec<TestServer>,
+    /// With TLS links: the CA file the nodes verify both servers with.
+    tls: Option<(std::path::PathBuf, tempfile::TempDir)>,
 }
 
 impl TestCluster {
     async fn start(nodes: usize, extra: &[(&str, &str)]) -> Self {
-        let pg = Postgres::start();
-        let redis = Redis::start();
+        Self::started(Postgres::start(), Redis::start(), None, nodes, extra).await
+    }
+
+    /// A cluster whose nodes reach PostgreSQL and Redis over TLS only
+    /// (`sslmode=verify-full`, `rediss://`), both certificates signed by
+    /// a CA of the test's own.
+    async fn start_tls(nodes: usize, extra: &[(&str, &str)]) -> Self {
+        let ca = crate::tls::TestCa::new("cluster");
+        let (cert, key) = ca.server_pem();
+        let pg = Postgres::start_tls(&cert, &key);
+        let redis = Redis::start_tls(&cert, &key, &String::from_utf8(ca.pem()).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        Self::started(pg, redis, Some((ca_file, dir)), nodes, extra).await
+    }
+
+    async fn started(
+        pg: Postgres,
+        redis: Redis,
+        tls: Option<(std::path::PathBuf, tempfile::TempDir)>,
+        nodes: usize,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let mut cluster = TestCluster {
             pg,
             redis,
             nodes: Vec::new(),
+            tls,
         };
         for i in 0..nodes {
             let node = cluster.node(&format!("node-{i}"), extra).await;
@@ -40,16 +65,32 @@ impl TestCluster {
         cluster
     }
 
+    /// The environment of a node on the shared PostgreSQL and Redis.
+    fn env(&self, id: &str) -> Vec<(String, String)> {
+        let mut store = self.pg.url("postgres");
+        let mut env = vec![("UNIMSG_BUS__URL".to_owned(), self.redis.url())];
+        if let Some((ca, _)) = &self.tls {
+            store.push_str(&format!(
+                "?sslmode=verify-full&sslrootcert={}",
+                ca.display()
+            ));
+            env.push(("UNIMSG_BUS__CA_CERT".into(), ca.display().to_string()));
+        }
+        env.extend([
+            ("UNIMSG_STORE__URL".to_owned(), store),
+            ("UNIMSG_BUS__NODE_ID".to_owned(), id.to_owned()),
+            ("UNIMSG_MASTER_KEY".to_owned(), MASTER_KEY.to_owned()),
+        ]);
+        env
+    }
+
     /// Starts one more node on the shared PostgreSQL and Redis.
     async fn node(&self, id: &str, extra: &[(&str, &str)]) -> TestServer {
-        let store = self.pg.url("postgres");
-        let bus = self.redis.url();
-        let mut env = vec![
-            ("UNIMSG_STORE__URL", store.as_str()),
-            ("UNIMSG_BUS__URL", bus.as_str()),
-            ("UNIMSG_BUS__NODE_ID", id),
-            ("UNIMSG_MASTER_KEY", MASTER_KEY),
-        ];
+        let owned = self.env(id);
+        let mut env: Vec<(&str, &str)> = owned
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         env.extend_from_slice(extra);
         TestServer::start_with(&env).await
     }
@@ -95,6 +136,40 @@ async fn a_message_sent_on_one_node_is_live_on_another_and_synced_on_a_third() {
     let synced = full_sync(&on_third).await;
     assert_gap_free(&synced);
     assert_eq!(texts(&synced), sent, "sync on node C");
+}
+
+#[tokio::test]
+async fn nodes_reach_postgres_and_redis_over_verified_tls() {
+    let c = TestCluster::start_tls(2, &[]).await;
+    let alice = user(&c.nodes[0].client(), "alice").await;
+    register(&c.nodes[0].client(), "bob").await;
+    let bob = login(&c.nodes[1].client(), "bob", "ios", None).await;
+    let mut ws = bob.api.connect_ws(None).await.unwrap();
+    alice
+        .api
+        .send_text(&bob.id, "across nodes, over TLS", None)
+        .await
+        .unwrap();
+    assert_eq!(text(&ws_event(&mut ws).await), "across nodes, over TLS");
+
+    // A node that trusts another CA refuses both servers.
+    let stranger = crate::tls::TestCa::new("stranger");
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong.pem");
+    std::fs::write(&wrong, stranger.pem()).unwrap();
+    let mut env = c.env("node-x");
+    for (k, v) in env.iter_mut() {
+        if k == "UNIMSG_STORE__URL" {
+            *v = c.pg.url("postgres")
+                + &format!("?sslmode=verify-full&sslrootcert={}", wrong.display());
+        }
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let log = TestServer::try_start_with(&env)
+        .await
+        .err()
+        .expect("a node that trusts the wrong CA started");
+    assert!(log.contains("cannot open the PostgreSQL store"), "{log}");
 }
 
 #[tokio::test]

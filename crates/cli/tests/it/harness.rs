@@ -48,18 +48,28 @@ impl TestServer {
         Self::spawn(dir, env, args).await
     }
 
-    async fn spawn(
-        dir: Arc<tempfile::TempDir>,
-        env: Vec<(String, String)>,
-        args: Vec<String>,
-    ) -> Self {
+    /// Starts a server that may fail to start; its log when it does.
+    pub(crate) async fn try_start_with(env: &[(&str, &str)]) -> Result<Self, String> {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        match unimsg::start(Self::command(&dir, &env, &[]), START_TIMEOUT).await {
+            Ok(started) => Ok(Self::started(started, dir, env, Vec::new())),
+            Err(unimsg::StartError::Exited(logs)) => Err(logs.text()),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    fn command(dir: &tempfile::TempDir, env: &[(String, String)], args: &[String]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_unimsg"));
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(dir.path())
-            .args(&args)
+            .args(args)
             .env_remove("RUST_LOG")
             .env("UNIMSG_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env(
@@ -67,9 +77,15 @@ impl TestServer {
                 "debug,hyper=info,h2=info,tungstenite=info,tokio_tungstenite=info",
             )
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let started = unimsg::start(cmd, START_TIMEOUT)
-            .await
-            .expect("the test server");
+        cmd
+    }
+
+    fn started(
+        started: unimsg::Started,
+        dir: Arc<tempfile::TempDir>,
+        env: Vec<(String, String)>,
+        args: Vec<String>,
+    ) -> Self {
         TestServer {
             child: started.child,
             base: format!("{}://{}", started.scheme, started.addr),
@@ -78,6 +94,17 @@ impl TestServer {
             args,
             logs: started.logs,
         }
+    }
+
+    async fn spawn(
+        dir: Arc<tempfile::TempDir>,
+        env: Vec<(String, String)>,
+        args: Vec<String>,
+    ) -> Self {
+        let started = unimsg::start(Self::command(&dir, &env, &args), START_TIMEOUT)
+            .await
+            .expect("the test server");
+        Self::started(started, dir, env, args)
     }
 
     pub(crate) fn client(&self) -> unimsg_client::Client {

@@ -14,12 +14,12 @@ use crate::harness::{ADMIN_PASSWORD, TestServer};
 use crate::support::*;
 
 /// A CA of its own, and a server certificate for 127.0.0.1 it signed.
-struct TestCa {
+pub(crate) struct TestCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl TestCa {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params
             .distinguished_name
@@ -29,19 +29,25 @@ impl TestCa {
         TestCa { issuer }
     }
 
-    fn pem(&self) -> Vec<u8> {
+    pub(crate) fn pem(&self) -> Vec<u8> {
         self.issuer.pem().into_bytes()
     }
 
-    /// Writes a certificate for `127.0.0.1` and `localhost` and its key.
-    fn server_pair(&self, cert: &Path, key: &Path) {
+    /// A certificate for `127.0.0.1` and `localhost` and its key (PEM).
+    pub(crate) fn server_pem(&self) -> (String, String) {
         let params =
             CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
         let leaf_key = KeyPair::generate().unwrap();
         let leaf = params.signed_by(&leaf_key, &self.issuer).unwrap();
+        (leaf.pem(), leaf_key.serialize_pem())
+    }
+
+    /// Writes [`Self::server_pem`] to `cert` and `key`.
+    fn server_pair(&self, cert: &Path, key: &Path) {
+        let (cert_pem, key_pem) = self.server_pem();
         // Written next to the files and renamed over them, as a
         // certificate manager does: never half a file.
-        for (path, text) in [(cert, leaf.pem()), (key, leaf_key.serialize_pem())] {
+        for (path, text) in [(cert, cert_pem), (key, key_pem)] {
             let tmp = path.with_extension("tmp");
             std::fs::write(&tmp, text).unwrap();
             std::fs::rename(&tmp, path).unwrap();

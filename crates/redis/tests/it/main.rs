@@ -17,6 +17,7 @@ use unimsg_testkit::Redis;
 async fn node(redis: &Redis, node_id: &str) -> Arc<Cluster> {
     let options = RedisOptions {
         url: redis.url(),
+        ca_cert: None,
         prefix: "suite:".into(),
         node_id: node_id.into(),
         presence_ttl: Duration::from_secs(30),
