@@ -196,6 +196,7 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs, transport: Transport) -> Result
         kind: EventType::BroadcastNew,
         run: run.clone(),
         spread: &args.spread,
+        ca_pem: ctx.ca_pem.clone(),
     };
     let mut holders = Holders::start(&plan, &users, n, args.conns_per_user).await?;
     let open = OpenedAll::of(&holders.ready().await?)?;

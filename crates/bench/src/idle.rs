@@ -110,6 +110,7 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Value> {
         kind: EventType::BroadcastNew,
         run: run.clone(),
         spread: &args.spread,
+        ca_pem: ctx.ca_pem.clone(),
     };
     let mut holders = Holders::start(&plan, &users, n, per_user).await?;
     let all = OpenedAll::of(&holders.ready().await?)?;

@@ -106,6 +106,10 @@ pub struct Ctx {
     /// The bench process itself.
     pub bench: Probe,
     pub summary_to: SummaryTo,
+    /// The CA certificates (PEM) an `https://` server is trusted by, from
+    /// `--ca-cert`; `None` trusts the system's roots. Handed to the
+    /// holder processes too.
+    pub ca_pem: Option<String>,
 }
 
 impl Ctx {

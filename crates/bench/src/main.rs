@@ -58,6 +58,10 @@ struct Cli {
     /// by one, and `broadcast` and `sse` cannot run.
     #[arg(long, global = true, env = "UNIMSG_BENCH_ADMIN_PASSWORD")]
     admin_password: Option<String>,
+    /// Trust only the CA certificate(s) in this PEM file for an https://
+    /// server (WSS and SSE too).
+    #[arg(long, global = true, env = "UNIMSG_BENCH_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Worker threads of the bench's own runtime [default: one per core].
     #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=1024))]
     threads: Option<u64>,
@@ -91,7 +95,16 @@ async fn run(cli: Cli) -> Result<serde_json::Value> {
     if let Scenario::AllowHook(args) = cli.scenario {
         return unimsg_bench::webhooks::allow_hook(args).await;
     }
-    let client = Client::new(&cli.url).with_context(|| format!("bad --url {:?}", cli.url))?;
+    let ca_pem = cli
+        .ca_cert
+        .as_ref()
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --ca-cert {}", path.display()))
+        })
+        .transpose()?;
+    let client = Client::with_options(&cli.url, None, ca_pem.as_deref().map(str::as_bytes))
+        .with_context(|| format!("bad --url {:?} or --ca-cert", cli.url))?;
     client
         .health()
         .await
@@ -109,6 +122,7 @@ async fn run(cli: Cli) -> Result<serde_json::Value> {
         server,
         bench: Probe::this_process(),
         summary_to: SummaryTo::Stdout,
+        ca_pem,
     };
     let name = cli.scenario.name();
     let report = run_scenario(&ctx, cli.scenario).await?;

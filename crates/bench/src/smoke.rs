@@ -113,6 +113,7 @@ async fn run_all(
         client,
         server: Probe::new(server.pid).ok(),
         bench: Probe::this_process(),
+        ca_pem: None,
         summary_to: SummaryTo::Stderr,
     };
     let timeout = Duration::from_secs(args.scenario_timeout_secs);

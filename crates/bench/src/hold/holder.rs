@@ -233,12 +233,13 @@ pub async fn serve(
 /// One authenticated handle per connection of the job, each on the client
 /// of its source address.
 fn job_owners(job: &Job) -> Result<Vec<Authed>> {
+    let ca = job.ca_pem.as_deref().map(str::as_bytes);
     let clients = if job.source_ips.is_empty() {
-        vec![Client::new(&job.url)?]
+        vec![Client::with_options(&job.url, None, ca)?]
     } else {
         job.source_ips
             .iter()
-            .map(|&ip| Client::with_local_address(&job.url, Some(ip)))
+            .map(|&ip| Client::with_options(&job.url, Some(ip), ca))
             .collect::<Result<Vec<_>, _>>()?
     };
     let total: u64 = job.owners.iter().map(|o| o.conns).sum();
@@ -267,6 +268,7 @@ mod tests {
     fn source_addresses_go_round_robin_over_the_whole_run() -> Result<()> {
         let ips: Vec<IpAddr> = vec![[127, 0, 0, 1].into(), [127, 0, 0, 2].into()];
         let job = Job {
+            ca_pem: None,
             url: "http://h".into(),
             label: "t".into(),
             transport: Transport::Ws,

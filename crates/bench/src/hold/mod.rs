@@ -97,6 +97,8 @@ pub struct Plan<'a> {
     pub kind: EventType,
     pub run: String,
     pub spread: &'a SpreadArgs,
+    /// See [`crate::Ctx::ca_pem`].
+    pub ca_pem: Option<String>,
 }
 
 #[cfg(test)]

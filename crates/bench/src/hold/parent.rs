@@ -71,6 +71,7 @@ impl Holders {
         let mut holders = Vec::new();
         for (i, (first, count)) in shares(n, procs).into_iter().enumerate() {
             let job = Job {
+                ca_pem: plan.ca_pem.clone(),
                 url: plan.url.clone(),
                 label: if procs == 1 {
                     plan.label.to_owned()
@@ -476,6 +477,7 @@ mod tests {
         let users = (0..2).map(user).collect::<Result<Vec<_>>>()?;
         let spread = SpreadArgs::default();
         let plan = Plan {
+            ca_pem: None,
             label: "test",
             url: "http://127.0.0.1:1".into(),
             transport: Transport::Ws,

@@ -27,6 +27,10 @@ pub struct Job {
     /// The share's connections in order, by owner.
     pub owners: Vec<Owner>,
     pub source_ips: Vec<IpAddr>,
+    /// The CA certificates (PEM) of an `https://` server, if not the
+    /// system's.
+    #[serde(default)]
+    pub ca_pem: Option<String>,
 }
 
 /// `conns` consecutive connections with one access token.
