@@ -3,7 +3,8 @@
 //!
 //! One middleware, [`gate`], guards every admin route in this order: the
 //! IP allowlist (403; the client by [`crate::extract::client_addr`], an
-//! unknown client is refused), the credential — HTTP Basic
+//! unknown client is refused), `admin.require_tls` (403 unless the request
+//! came over TLS, see [`crate::extract::arrived_over_tls`]), the credential — HTTP Basic
 //! `admin_id:password` or a Bearer admin token — (401), the credential's
 //! rate limit (429), replay protection with `X-Nonce` and `X-Timestamp`
 //! keyed by the verified admin id (409 / 401, 503 `busy` when the replay
