@@ -221,6 +221,7 @@ pub(crate) enum WebhookCommand {
 
 /// One admin command.
 pub(crate) enum Action {
+    RotateSigning,
     Webhook(WebhookCommand),
     User(UserCommand),
     Token(TokenCommand),
@@ -241,6 +242,7 @@ pub(crate) fn run(remote: &Remote, action: Action) -> anyhow::Result<ExitCode> {
 
 async fn execute(admin: &AdminClient, action: Action) -> anyhow::Result<ExitCode> {
     match action {
+        Action::RotateSigning => print_json(&admin.rotate_signing_key().await?)?,
         Action::Webhook(command) => webhook(admin, command).await?,
         Action::User(UserCommand::Import { file, batch_size }) => {
             return import(admin, &file, batch_size).await;

@@ -73,6 +73,11 @@ enum Command {
         #[command(flatten)]
         message: Message,
     },
+    /// Rotate keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Check the audit log.
     Audit {
         #[command(subcommand)]
@@ -82,6 +87,18 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum KeysCommand {
+    /// Add a token signing key to a running server (admin API): it signs
+    /// from now on; the old keys verify their tokens for 30 more days.
+    /// Prints {kid, created_at}.
+    #[command(after_help = CREDENTIALS_HELP)]
+    RotateSigning {
+        #[command(flatten)]
+        remote: Remote,
     },
 }
 
@@ -132,6 +149,9 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
         Command::User { remote, command } => admin::run(&remote, Action::User(command)),
         Command::Webhook { remote, command } => admin::run(&remote, Action::Webhook(command)),
+        Command::Keys {
+            command: KeysCommand::RotateSigning { remote },
+        } => admin::run(&remote, Action::RotateSigning),
         Command::Token { remote, command } => admin::run(&remote, Action::Token(command)),
         Command::Notify { remote, args } => admin::run(&remote, Action::Notify(args)),
         Command::Broadcast { remote, message } => admin::run(&remote, Action::Broadcast(message)),

@@ -36,7 +36,8 @@ use serde::de::DeserializeOwned;
 use unimsg_proto::admin::{
     AdminToken, AdminTokenRequest, AdminUser, AuditPage, BroadcastRequest, BroadcastResponse,
     ForceLogoutRequest, ForceLogoutResponse, ImportRequest, ImportResponse, MessageStatus,
-    MintRequest, NewAdminRequest, NotifyRequest, NotifyResponse, PresenceResponse, UserPatch,
+    MintRequest, NewAdminRequest, NotifyRequest, NotifyResponse, PresenceResponse, SigningKeyInfo,
+    UserPatch,
 };
 use unimsg_proto::api::TokenPair;
 use unimsg_proto::hooks::{
@@ -382,6 +383,17 @@ impl AdminClient {
             &["v1", "admin", "webhooks", id, "deliveries"],
             &query,
             None::<&()>,
+        )
+        .await
+    }
+
+    /// `POST /v1/admin/keys/signing/rotate`: a new key signs from now on.
+    pub async fn rotate_signing_key(&self) -> Result<SigningKeyInfo> {
+        self.call::<(), _>(
+            Method::POST,
+            &["v1", "admin", "keys", "signing", "rotate"],
+            &[],
+            None,
         )
         .await
     }

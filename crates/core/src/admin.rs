@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, Validation};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use unimsg_proto::admin::{
@@ -378,9 +378,7 @@ impl Core {
             iat: now,
             jti: uuid::Uuid::now_v7().simple().to_string(),
         };
-        let key = EncodingKey::from_ed_der(self.signing.pkcs8());
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key)
-            .map_err(|e| CoreError::Internal(format!("cannot sign a token: {e}")))?;
+        let token = self.sign_token(&claims)?;
         Ok(AdminToken {
             token,
             expires_in: ttl,
@@ -392,7 +390,7 @@ impl Core {
     /// audience), and admin tokens are refused as user tokens (no session).
     pub async fn admin_bearer(&self, token: &str) -> Result<AdminContext> {
         const DENIED: CoreError = CoreError::Unauthorized("invalid or expired admin token");
-        let key = DecodingKey::from_ed_der(self.signing.public());
+        let key = self.verifying_key(token).await.ok_or(DENIED)?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.leeway = 5;
         validation.set_audience(&[AUDIENCE]);

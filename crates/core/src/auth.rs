@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, Validation};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -568,9 +568,7 @@ impl Core {
             exp: now.unix_timestamp() + ttl as i64,
             jti: new_id(),
         };
-        let key = EncodingKey::from_ed_der(self.signing.pkcs8());
-        let access = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key)
-            .map_err(|e| CoreError::Internal(format!("cannot sign a token: {e}")))?;
+        let access = self.sign_token(&claims)?;
         Ok(TokenPair {
             access_token: access,
             refresh_token: refresh.0,
@@ -715,7 +713,7 @@ impl Core {
         let ((user_id, session_id, platform), expires_at) = match self.tokens.get(&digest, now) {
             Some(known) => known,
             None => {
-                let key = DecodingKey::from_ed_der(self.signing.public());
+                let key = self.verifying_key(token).await.ok_or(INVALID)?;
                 let mut validation = Validation::new(Algorithm::EdDSA);
                 validation.leeway = TOKEN_LEEWAY_SECS;
                 validation.set_required_spec_claims(&["exp", "sub"]);

@@ -176,6 +176,30 @@ fn wrap_aad(key_id: u32) -> Vec<u8> {
     format!("unimsg-data-key:{key_id}").into_bytes()
 }
 
+/// `key` wrapped by the master key as the store row `key_id`.
+pub(crate) fn wrap_key(
+    master: &MasterKey,
+    key_id: u32,
+    key: &[u8],
+) -> Result<WrappedKey, KeyError> {
+    let (nonce, ct) = seal_with(&aead_key(&master.0)?, key, &wrap_aad(key_id))?;
+    Ok(WrappedKey {
+        key_id,
+        wrapped: [nonce, ct].concat(),
+        created_at: OffsetDateTime::now_utc(),
+    })
+}
+
+/// The key of a store row, unwrapped by the master key.
+pub(crate) fn unwrap_key(master: &MasterKey, row: &WrappedKey) -> Result<Vec<u8>, KeyError> {
+    if row.wrapped.len() < NONCE_LEN {
+        return Err(KeyError::WrongMasterKey(row.key_id));
+    }
+    let (nonce, ct) = row.wrapped.split_at(NONCE_LEN);
+    open_with(&aead_key(&master.0)?, nonce, ct, &wrap_aad(row.key_id))
+        .map_err(|_| KeyError::WrongMasterKey(row.key_id))
+}
+
 /// The unwrapped data keys; seals with the newest, opens with any.
 pub struct Keyring {
     keys: HashMap<u32, LessSafeKey>,
@@ -191,14 +215,10 @@ impl fmt::Debug for Keyring {
     }
 }
 
-/// The key id under which a cluster keeps its token signing key, wrapped
-/// by the master key like a data key (see [`SigningKey::load_or_create_shared`]).
-pub const SIGNING_KEY_ID: u32 = u32::MAX;
-
-/// The stored data keys, without the shared signing key.
+/// The stored data keys, without the signing keys.
 async fn stored_data_keys(store: &dyn DataKeys) -> Result<Vec<WrappedKey>, KeyError> {
     let mut stored = store.data_keys().await?;
-    stored.retain(|w| w.key_id != SIGNING_KEY_ID);
+    stored.retain(|w| w.key_id < crate::signing::SIGNING_IDS);
     Ok(stored)
 }
 
@@ -285,62 +305,18 @@ impl SigningKey {
         })
     }
 
-    /// Loads `DIR/signing.key`, creating it at first start.
-    pub fn load_or_create(data_dir: &Path) -> Result<Self, KeyError> {
+    /// The key of `DIR/signing.key`, where versions before signing-key
+    /// rotation kept it; `None` when there is no such file.
+    pub fn legacy_file(data_dir: &Path) -> Result<Option<Self>, KeyError> {
         let path = data_dir.join("signing.key");
         match std::fs::read(&path) {
-            Ok(bytes) => Self::from_pkcs8(&bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = Self::generate()?;
-                write_secret_file(&path, &key.pkcs8)?;
-                tracing::info!(path = %path.display(), "created a new token signing key");
-                Ok(key)
-            }
+            Ok(bytes) => Self::from_pkcs8(&bytes).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(KeyError::Io {
                 path: path.display().to_string(),
                 source,
             }),
         }
-    }
-
-    /// The cluster's signing key, kept in the shared store wrapped by the
-    /// master key: every node signs and verifies with the same key. The
-    /// first node to start creates it; the others read it.
-    pub async fn load_or_create_shared(
-        store: &dyn DataKeys,
-        master: &MasterKey,
-    ) -> Result<Self, KeyError> {
-        let master_key = aead_key(&master.0)?;
-        let aad = wrap_aad(SIGNING_KEY_ID);
-        let find = |keys: Vec<WrappedKey>| keys.into_iter().find(|w| w.key_id == SIGNING_KEY_ID);
-        let wrapped = match find(store.data_keys().await?) {
-            Some(w) => w,
-            None => {
-                let key = Self::generate()?;
-                let (nonce, ct) = seal_with(&master_key, &key.pkcs8, &aad)?;
-                let w = WrappedKey {
-                    key_id: SIGNING_KEY_ID,
-                    wrapped: [nonce, ct].concat(),
-                    created_at: OffsetDateTime::now_utc(),
-                };
-                match store.insert_data_key(w.clone()).await {
-                    Ok(()) => {
-                        tracing::info!("created the cluster's token signing key");
-                        w
-                    }
-                    Err(StoreError::Conflict(_)) => find(store.data_keys().await?)
-                        .ok_or_else(|| KeyError::Invalid("the signing key vanished".into()))?,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
-        if wrapped.wrapped.len() < NONCE_LEN {
-            return Err(KeyError::WrongMasterKey(SIGNING_KEY_ID));
-        }
-        let (nonce, ct) = wrapped.wrapped.split_at(NONCE_LEN);
-        let pkcs8 = open_with(&master_key, nonce, ct, &aad)
-            .map_err(|_| KeyError::WrongMasterKey(SIGNING_KEY_ID))?;
-        Self::from_pkcs8(&pkcs8)
     }
 
     pub(crate) fn pkcs8(&self) -> &[u8] {

@@ -24,6 +24,7 @@ pub mod password;
 pub mod qr;
 mod render;
 pub mod replay;
+pub mod signing;
 pub mod stream;
 /// The test suite every nonce store, rate limiter and ticket store must
 /// pass: for tests only, behind the `suite` feature.
@@ -40,11 +41,12 @@ use bus::Bus;
 use clock::Clock;
 use config::CoreConfig;
 use hub::Hub;
-use keys::{Keyring, SigningKey};
+use keys::{Keyring, MasterKey};
 use limits::{Limit, RateLimits};
 use password::PasswordWorkers;
 use qr::QrTickets;
 use replay::NonceStore;
+use signing::SigningKeys;
 use unimsg_store::{Store, StoredEvent};
 
 /// Everything the transports need, shared by all connections.
@@ -53,7 +55,11 @@ pub struct Core {
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) keyring: Keyring,
-    pub(crate) signing: SigningKey,
+    /// Wraps the data and signing keys; kept for rotations.
+    pub(crate) master: MasterKey,
+    pub(crate) signing: parking_lot::RwLock<Arc<SigningKeys>>,
+    /// Bounds the store reads an unknown token `kid` can cause.
+    pub(crate) kid_refreshes: throttle::LogThrottle,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) passwords: PasswordWorkers,
     /// Admin secrets are verified here, never on `passwords`.
@@ -88,7 +94,8 @@ pub struct CoreParts {
     pub bus: Arc<dyn Bus>,
     pub hub: Arc<Hub>,
     pub keyring: Keyring,
-    pub signing: SigningKey,
+    pub master: MasterKey,
+    pub signing: SigningKeys,
     pub clock: Arc<dyn Clock>,
     pub passwords: PasswordWorkers,
     /// A small pool of its own for verifying admin secrets
@@ -110,7 +117,9 @@ impl Core {
             bus: parts.bus,
             hub: parts.hub,
             keyring: parts.keyring,
-            signing: parts.signing,
+            master: parts.master,
+            signing: parking_lot::RwLock::new(Arc::new(parts.signing)),
+            kid_refreshes: throttle::LogThrottle::new(signing::UNKNOWN_KID_REFRESH),
             clock: parts.clock,
             passwords: parts.passwords,
             admin_passwords: parts.admin_passwords,

@@ -97,6 +97,7 @@ fn user_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::health::healthz))
         .routes(routes!(routes::health::readyz))
         .routes(routes!(routes::health::metrics))
+        .routes(routes!(routes::health::jwks))
         .routes(routes!(openapi::document))
         .routes(routes!(openapi::docs))
         .routes(routes!(routes::auth::register))

@@ -23,6 +23,7 @@ use unimsg_core::limits::MemoryLimits;
 use unimsg_core::password::PasswordWorkers;
 use unimsg_core::qr::MemoryTickets;
 use unimsg_core::replay::{MemoryNonces, NonceBounds};
+use unimsg_core::signing::SigningKeys;
 use unimsg_core::{Core, CoreParts};
 use unimsg_http::AppState;
 use unimsg_redis::{Cluster, RedisBus, RedisLimits, RedisNonces, RedisOptions, RedisTickets};
@@ -81,23 +82,37 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
          (base64 of 32 bytes) or copy master.key into the data directory"
     );
     let master = MasterKey::load_or_create(&config.data_dir, master_env.as_deref())?;
-    let (store, signing): (Arc<dyn Store>, SigningKey) = if clustered {
+    let store: Arc<dyn Store> = if clustered {
         let mut options = PgOptions::new(config.store.url.clone());
         options.pool_size = config.store.pool_size.max(1);
         let store = PgStore::connect(options)
             .await
             .context("cannot open the PostgreSQL store")?;
-        let signing = SigningKey::load_or_create_shared(&store, &master).await?;
-        (Arc::new(store), signing)
+        Arc::new(store)
     } else {
         let mut options = SqliteOptions::new(config.data_dir.join("unimsg.db"));
         options.durability = config.store.durability();
-        let store = SqliteStore::open(options)?;
-        (
-            Arc::new(store),
-            SigningKey::load_or_create(&config.data_dir)?,
-        )
+        Arc::new(SqliteStore::open(options)?)
     };
+    // The embedded store's first version kept the signing key in a file:
+    // it moves into the store (wrapped like the data keys) and the file
+    // goes.
+    let legacy = if clustered {
+        None
+    } else {
+        SigningKey::legacy_file(&config.data_dir)?
+    };
+    let imported = legacy.is_some();
+    let signing = SigningKeys::load_or_create(&*store, &master, legacy).await?;
+    if imported {
+        let path = config.data_dir.join("signing.key");
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(path = %path.display(),
+                "moved the token signing key into the store; the file is gone"),
+            Err(error) => tracing::warn!(%error, path = %path.display(),
+                "the signing key is in the store now; remove this file"),
+        }
+    }
     let keyring = Keyring::load(&*store, &master).await?;
     let hub = Hub::new(config.delivery.outbound_queue);
     let nonce_bounds = NonceBounds::new(
@@ -125,6 +140,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
         bus: Arc::new(LocalBus::new(hub.clone())),
         hub: hub.clone(),
         keyring,
+        master,
         signing,
         clock: Arc::new(SystemClock),
         passwords: PasswordWorkers::for_this_machine(),
@@ -344,6 +360,10 @@ pub async fn run(
         })
     };
     let dispatcher = tokio::spawn(core.clone().run_webhooks(transport));
+    // Another node's signing-key rotation reaches this one.
+    let key_refresh = cluster
+        .is_some()
+        .then(|| tokio::spawn(core.clone().run_key_refresh()));
     serve::serve(
         listener,
         app,
@@ -366,6 +386,9 @@ pub async fn run(
         tracing::warn!(target: LIFECYCLE, left = draining.connections(), "connections still open at exit");
     }
     flusher.abort();
+    if let Some(task) = key_refresh {
+        task.abort();
+    }
     if let Some(watcher) = watcher {
         watcher.abort();
     }

@@ -173,6 +173,53 @@ async fn nodes_reach_postgres_and_redis_over_verified_tls() {
 }
 
 #[tokio::test]
+async fn a_signing_key_rotated_on_one_node_is_used_by_every_node() {
+    let c = TestCluster::start(2, &[]).await;
+    register(&c.nodes[0].client(), "alice").await;
+    let (status, info) = admin(
+        &c.nodes[0],
+        Method::POST,
+        "/v1/admin/keys/signing/rotate",
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{info}");
+    let kid = |token: &str| {
+        let header = token.split('.').next().unwrap();
+        let header: Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
+                .unwrap(),
+        )
+        .unwrap();
+        header["kid"].as_str().unwrap().to_owned()
+    };
+    // Node 0's token with the new kid works on node 1 at once.
+    let on_0 = login(&c.nodes[0].client(), "alice", "web", None).await;
+    assert_eq!(
+        kid(&on_0.tokens.access_token),
+        info["kid"].as_str().unwrap()
+    );
+    let (status, body) = c.nodes[1]
+        .client()
+        .raw(
+            Method::GET,
+            "/v1/sync",
+            Some(&on_0.tokens.access_token),
+            Vec::new(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    // Node 1 signs with it too.
+    let on_1 = login(&c.nodes[1].client(), "alice", "ios", None).await;
+    assert_eq!(
+        kid(&on_1.tokens.access_token),
+        info["kid"].as_str().unwrap()
+    );
+}
+
+#[tokio::test]
 async fn concurrent_sends_through_three_nodes_leave_a_gap_free_inbox() {
     let c = TestCluster::start(3, &[]).await;
     let bob_id = register(&c.nodes[0].client(), "bob").await;

@@ -48,6 +48,20 @@ impl TestServer {
         Self::spawn(dir, env, args).await
     }
 
+    /// A server on a data directory that `prepare` filled first.
+    pub(crate) async fn start_prepared(
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&std::path::Path),
+    ) -> Self {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        prepare(dir.path());
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::spawn(dir, env, Vec::new()).await
+    }
+
     /// Starts a server that may fail to start; its log when it does.
     pub(crate) async fn try_start_with(env: &[(&str, &str)]) -> Result<Self, String> {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));

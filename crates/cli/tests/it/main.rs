@@ -23,6 +23,7 @@ mod groups;
 mod hardening;
 mod harness;
 mod hooks;
+mod keys;
 mod limits;
 mod openapi;
 mod property;

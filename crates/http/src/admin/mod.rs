@@ -21,6 +21,7 @@
 mod audit;
 mod gate;
 mod groups;
+mod keys;
 mod messages;
 mod presence;
 mod qr;
@@ -80,6 +81,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::deliveries))
         .routes(routes!(webhooks::retry_delivery))
         .routes(routes!(webhooks::replay))
+        .routes(routes!(keys::rotate_signing))
 }
 
 /// The admin credential of the request, put there by [`gate`](fn@gate).

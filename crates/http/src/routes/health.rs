@@ -69,3 +69,27 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     ));
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
+
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    operation_id = "jwks",
+    tag = "auth",
+    summary = "The public keys of access tokens",
+    description = "A JWK set (RFC 7517) of the Ed25519 keys that verify unimsg's access tokens now; each token's header names its key in `kid`. A business system can verify tokens itself with any JOSE library (`EdDSA`). Cache it, and fetch it again when a token names a `kid` you do not have.",
+    responses(
+        (status = 200, description = "The keys.", body = unimsg_proto::admin::JwkSet),
+    ),
+)]
+/// `GET /.well-known/jwks.json`
+pub(crate) async fn jwks(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
+) -> (
+    [(axum::http::HeaderName, &'static str); 1],
+    Json<unimsg_proto::admin::JwkSet>,
+) {
+    (
+        [(axum::http::header::CACHE_CONTROL, "public, max-age=60")],
+        Json(state.core.jwks()),
+    )
+}
