@@ -100,6 +100,19 @@ enum KeysCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Wrap every stored key again under a new master key, with no server
+    /// running on the data directory. With master.key a new key is made
+    /// and replaces it; run again after an interruption to resume. With
+    /// UNIMSG_MASTER_KEY or keys.master_key_command, give the new key in
+    /// UNIMSG_NEW_MASTER_KEY and change it there afterwards.
+    RotateMaster {
+        /// Directory of the database and key files [default: ./data].
+        #[arg(long, env = "UNIMSG_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// A TOML configuration file (see unimsg.example.toml).
+        #[arg(long, env = "UNIMSG_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -152,6 +165,9 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Keys {
             command: KeysCommand::RotateSigning { remote },
         } => admin::run(&remote, Action::RotateSigning),
+        Command::Keys {
+            command: KeysCommand::RotateMaster { data_dir, config },
+        } => rotate_master(data_dir, config),
         Command::Token { remote, command } => admin::run(&remote, Action::Token(command)),
         Command::Notify { remote, args } => admin::run(&remote, Action::Notify(args)),
         Command::Broadcast { remote, message } => admin::run(&remote, Action::Broadcast(message)),
@@ -187,6 +203,26 @@ fn main() -> anyhow::Result<ExitCode> {
 
 fn toml_of(config: &Config) -> String {
     unimsg_server::to_toml(config)
+}
+
+fn rotate_master(data_dir: Option<PathBuf>, file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(file.as_deref(), std::env::vars())?;
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    let new_key = std::env::var("UNIMSG_NEW_MASTER_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (rewrapped, source) =
+        runtime.block_on(unimsg_server::rotate_master_offline(&config, new_key))?;
+    println!("re-wrapped {rewrapped} keys under the new master key (in {source})");
+    if source != "master.key" {
+        println!("now set {source} to the new key on every node before starting them");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

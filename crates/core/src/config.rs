@@ -18,6 +18,18 @@ pub enum DevicePolicy {
     Single,
 }
 
+/// `[keys]`: where the master key comes from.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// A command whose standard output is the master key (base64 of 32
+    /// bytes), run with `sh -c` at start: a KMS, Vault or HSM client. The
+    /// key then never touches the disk. Empty: `UNIMSG_MASTER_KEY`, else
+    /// `master.key` in the data directory. `UNIMSG_MASTER_KEY` wins over
+    /// the command.
+    pub master_key_command: String,
+}
+
 /// `[auth]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -297,6 +309,7 @@ pub enum OnFailure {
 /// The core's part of the configuration.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct CoreConfig {
+    pub keys: KeysConfig,
     pub auth: AuthConfig,
     pub messaging: MessagingConfig,
     pub delivery: DeliveryConfig,

@@ -10,7 +10,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -97,13 +98,29 @@ impl MasterKey {
         Ok(Self(key))
     }
 
-    /// The master key from `UNIMSG_MASTER_KEY` when set, else from
-    /// `DIR/master.key`, created with fresh random bytes at first start.
-    pub fn load_or_create(data_dir: &Path, from_env: Option<&str>) -> Result<Self, KeyError> {
-        if let Some(text) = from_env {
-            return Self::from_base64(text);
-        }
-        let path = data_dir.join("master.key");
+    /// Whether two keys are the same (in constant time).
+    pub fn same_as(&self, other: &MasterKey) -> bool {
+        aws_lc_rs::constant_time::verify_slices_are_equal(&self.0, &other.0).is_ok()
+    }
+
+    /// A fresh random key.
+    pub fn generate() -> Result<Self, KeyError> {
+        Ok(Self(random_bytes::<32>()?))
+    }
+
+    /// The key as base64, for an operator to keep (`UNIMSG_MASTER_KEY`).
+    pub fn to_base64(&self) -> String {
+        STANDARD.encode(self.0)
+    }
+
+    /// Writes the key to a new file readable by its owner only.
+    pub fn write_new_file(&self, path: &Path) -> Result<(), KeyError> {
+        write_secret_file(path, format!("{}\n", self.to_base64()).as_bytes())
+    }
+
+    /// The key of `path`, created with fresh random bytes when missing.
+    pub fn load_or_create_file(path: &Path) -> Result<Self, KeyError> {
+        let path = path.to_path_buf();
         match std::fs::read_to_string(&path) {
             Ok(text) => Self::from_base64(&text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -116,6 +133,88 @@ impl MasterKey {
                 path: path.display().to_string(),
                 source,
             }),
+        }
+    }
+}
+
+/// Where the master key comes from, in this order: `UNIMSG_MASTER_KEY`,
+/// `keys.master_key_command`, `DIR/master.key`.
+#[derive(Clone)]
+pub enum MasterSource {
+    /// The environment variable's value.
+    Env(String),
+    /// A command line run with `sh -c`; its standard output is the key.
+    Command(String),
+    /// The data directory's `master.key`, made at first start.
+    File(PathBuf),
+}
+
+impl fmt::Debug for MasterSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+/// How long `keys.master_key_command` may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl MasterSource {
+    pub fn of(data_dir: &Path, env: Option<String>, command: &str) -> Self {
+        match env {
+            Some(value) => Self::Env(value),
+            None if !command.trim().is_empty() => Self::Command(command.to_owned()),
+            None => Self::File(data_dir.join("master.key")),
+        }
+    }
+
+    /// Names the source without its secret.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Self::Env(_) => "UNIMSG_MASTER_KEY",
+            Self::Command(_) => "keys.master_key_command",
+            Self::File(_) => "master.key",
+        }
+    }
+
+    /// The key; the file is created with fresh random bytes when missing.
+    pub async fn load(&self) -> Result<MasterKey, KeyError> {
+        match self {
+            Self::Env(value) => MasterKey::from_base64(value),
+            Self::File(path) => MasterKey::load_or_create_file(path),
+            Self::Command(command) => {
+                let run = tokio::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(command)
+                    .stdin(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::inherit())
+                    .kill_on_drop(true)
+                    .output();
+                let output = tokio::time::timeout(COMMAND_TIMEOUT, run)
+                    .await
+                    .map_err(|_| {
+                        KeyError::Invalid(format!(
+                            "keys.master_key_command did not finish within {} s",
+                            COMMAND_TIMEOUT.as_secs()
+                        ))
+                    })?
+                    .map_err(|e| {
+                        KeyError::Invalid(format!("cannot run keys.master_key_command: {e}"))
+                    })?;
+                if !output.status.success() {
+                    return Err(KeyError::Invalid(format!(
+                        "keys.master_key_command failed ({})",
+                        output.status
+                    )));
+                }
+                let text = String::from_utf8(output.stdout).map_err(|_| {
+                    KeyError::Invalid("keys.master_key_command printed no text".into())
+                })?;
+                MasterKey::from_base64(&text).map_err(|e| {
+                    KeyError::Invalid(format!(
+                        "keys.master_key_command printed no master key: {e}"
+                    ))
+                })
+            }
         }
     }
 }
@@ -198,6 +297,104 @@ pub(crate) fn unwrap_key(master: &MasterKey, row: &WrappedKey) -> Result<Vec<u8>
     let (nonce, ct) = row.wrapped.split_at(NONCE_LEN);
     open_with(&aead_key(&master.0)?, nonce, ct, &wrap_aad(row.key_id))
         .map_err(|_| KeyError::WrongMasterKey(row.key_id))
+}
+
+/// Re-wraps every stored key (data and signing keys) under `new`. A key
+/// that `new` opens already is skipped, so a rotation that was cut off
+/// resumes where it stopped; a key neither opens is an error that names
+/// it. Content is not touched: it stays sealed by the same data keys.
+/// Returns how many keys were re-wrapped.
+pub async fn rewrap_all(
+    store: &dyn DataKeys,
+    old: &MasterKey,
+    new: &MasterKey,
+) -> Result<u64, KeyError> {
+    let mut rewrapped = 0;
+    for row in store.data_keys().await? {
+        if unwrap_key(new, &row).is_ok() {
+            continue;
+        }
+        let raw = unwrap_key(old, &row)?;
+        let fresh = wrap_key(new, row.key_id, &raw)?;
+        store.rewrap_data_key(row.key_id, fresh.wrapped).await?;
+        rewrapped += 1;
+    }
+    Ok(rewrapped)
+}
+
+/// Rotates the master key from `current` to `given`, or to a fresh one.
+///
+/// With `master.key` the new key is written to `master.key.new` first and
+/// renamed over `master.key` once every stored key is re-wrapped
+/// ([`rewrap_all`]); a rotation that was cut off resumes with the key in
+/// `master.key.new`. With `UNIMSG_MASTER_KEY` or a command the new key
+/// must be given, and the operator changes it there. Returns the new key
+/// and how many stored keys were re-wrapped.
+pub async fn rotate_master(
+    store: &dyn DataKeys,
+    source: &MasterSource,
+    current: &MasterKey,
+    given: Option<MasterKey>,
+) -> Result<(MasterKey, u64), crate::error::CoreError> {
+    use crate::error::CoreError;
+    let internal = |e: KeyError| CoreError::Internal(e.to_string());
+    let file = match source {
+        MasterSource::File(path) => Some((path.with_extension("key.new"), path.clone())),
+        _ => None,
+    };
+    let new = match (given, &file) {
+        (Some(key), None) => key,
+        (Some(key), Some((next, _))) => {
+            match std::fs::remove_file(next) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(CoreError::Internal(format!(
+                        "cannot replace {}: {e}",
+                        next.display()
+                    )));
+                }
+            }
+            key.write_new_file(next).map_err(internal)?;
+            key
+        }
+        (None, Some((next, _))) if next.exists() => {
+            MasterKey::load_or_create_file(next).map_err(internal)?
+        }
+        (None, Some((next, _))) => {
+            let key = MasterKey::generate().map_err(internal)?;
+            key.write_new_file(next).map_err(internal)?;
+            key
+        }
+        (None, None) => {
+            return Err(CoreError::BadRequest(format!(
+                "the master key comes from {}: give the new one (base64 of 32 bytes), \
+                 and set it there before the next start",
+                source.describe()
+            )));
+        }
+    };
+    if new.same_as(current) {
+        return Err(CoreError::BadRequest(
+            "the new master key is the current one".into(),
+        ));
+    }
+    let rewrapped = rewrap_all(store, current, &new).await.map_err(internal)?;
+    if let Some((next, path)) = &file {
+        std::fs::rename(next, path)
+            .map_err(|e| CoreError::Internal(format!("cannot replace master.key: {e}")))?;
+    }
+    Ok((new, rewrapped))
+}
+
+/// Whether `master` opens every stored key: a node whose master key was
+/// rotated away elsewhere must not wrap new keys with it.
+pub async fn opens_all(store: &dyn DataKeys, master: &MasterKey) -> Result<bool, KeyError> {
+    Ok(store
+        .data_keys()
+        .await?
+        .iter()
+        .all(|row| unwrap_key(master, row).is_ok()))
 }
 
 /// The unwrapped data keys; seals with the newest, opens with any.

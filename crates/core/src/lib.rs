@@ -56,7 +56,10 @@ pub struct Core {
     pub(crate) hub: Arc<Hub>,
     pub(crate) keyring: Keyring,
     /// Wraps the data and signing keys; kept for rotations.
-    pub(crate) master: MasterKey,
+    pub(crate) master: parking_lot::RwLock<MasterKey>,
+    pub(crate) master_source: keys::MasterSource,
+    /// One master-key rotation at a time on this node.
+    pub(crate) rotating: tokio::sync::Mutex<()>,
     pub(crate) signing: parking_lot::RwLock<Arc<SigningKeys>>,
     /// Bounds the store reads an unknown token `kid` can cause.
     pub(crate) kid_refreshes: throttle::LogThrottle,
@@ -95,6 +98,8 @@ pub struct CoreParts {
     pub hub: Arc<Hub>,
     pub keyring: Keyring,
     pub master: MasterKey,
+    /// Where `master` came from (a rotation writes `master.key` back).
+    pub master_source: keys::MasterSource,
     pub signing: SigningKeys,
     pub clock: Arc<dyn Clock>,
     pub passwords: PasswordWorkers,
@@ -117,7 +122,9 @@ impl Core {
             bus: parts.bus,
             hub: parts.hub,
             keyring: parts.keyring,
-            master: parts.master,
+            master: parking_lot::RwLock::new(parts.master),
+            master_source: parts.master_source,
+            rotating: tokio::sync::Mutex::new(()),
             signing: parking_lot::RwLock::new(Arc::new(parts.signing)),
             kid_refreshes: throttle::LogThrottle::new(signing::UNKNOWN_KID_REFRESH),
             clock: parts.clock,

@@ -19,7 +19,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde::Serialize;
 use time::OffsetDateTime;
-use unimsg_proto::admin::{Jwk, JwkSet, SigningKeyInfo};
+use unimsg_proto::admin::{Jwk, JwkSet, MasterRotated, RotateMasterRequest, SigningKeyInfo};
 use unimsg_store::{DataKeys, StoreError};
 
 use crate::Core;
@@ -237,7 +237,8 @@ impl Core {
 
     /// Reads the signing keys from the store again.
     pub async fn refresh_signing_keys(&self) -> Result<()> {
-        let keys = SigningKeys::load(&*self.store, &self.master)
+        let master = self.master.read().clone();
+        let keys = SigningKeys::load(&*self.store, &master)
             .await
             .map_err(|e| CoreError::Internal(e.to_string()))?
             .ok_or_else(|| CoreError::Internal("no signing key in the store".into()))?;
@@ -260,7 +261,8 @@ impl Core {
 
     /// `POST /v1/admin/keys/signing/rotate`: a new key signs from now on.
     pub async fn rotate_signing_key(&self) -> Result<SigningKeyInfo> {
-        let keys = SigningKeys::rotate(&*self.store, &self.master)
+        let master = self.current_master().await?;
+        let keys = SigningKeys::rotate(&*self.store, &master)
             .await
             .map_err(|e| CoreError::Internal(e.to_string()))?;
         let current = keys.current();
@@ -271,6 +273,51 @@ impl Core {
         *self.signing.write() = Arc::new(keys);
         tracing::info!(kid = %info.kid, "rotated the token signing key");
         Ok(info)
+    }
+
+    /// This node's master key, if it still opens every stored key; after a
+    /// rotation on another node it does not, and nothing new may be
+    /// wrapped with it.
+    pub(crate) async fn current_master(&self) -> Result<MasterKey> {
+        let master = self.master.read().clone();
+        let fresh = crate::keys::opens_all(&*self.store, &master)
+            .await
+            .map_err(|e| CoreError::Internal(e.to_string()))?;
+        if !fresh {
+            return Err(CoreError::Conflict(
+                "the master key was rotated on another node: start this node again with the new key"
+                    .into(),
+            ));
+        }
+        Ok(master)
+    }
+
+    /// `POST /v1/admin/keys/master/rotate`: see [`crate::keys::rotate_master`].
+    pub async fn rotate_master_key(&self, req: RotateMasterRequest) -> Result<MasterRotated> {
+        let _one = self.rotating.lock().await;
+        let given = req
+            .new_master_key
+            .as_deref()
+            .map(MasterKey::from_base64)
+            .transpose()
+            .map_err(|_| {
+                CoreError::BadRequest("new_master_key must be the base64 of 32 bytes".into())
+            })?;
+        // Not `current_master`: a rotation cut off on this node left some
+        // keys under the new key already, and asking again resumes it.
+        let old = self.master.read().clone();
+        let (new, rewrapped) =
+            crate::keys::rotate_master(&*self.store, &self.master_source, &old, given).await?;
+        *self.master.write() = new;
+        tracing::warn!(
+            rewrapped,
+            source = self.master_source.describe(),
+            "rotated the master key; the old one no longer opens anything"
+        );
+        Ok(MasterRotated {
+            rewrapped,
+            key_source: self.master_source.describe().to_owned(),
+        })
     }
 
     /// `GET /.well-known/jwks.json`: the public keys that verify tokens now.

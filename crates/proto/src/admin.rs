@@ -359,3 +359,39 @@ pub struct SigningKeyInfo {
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }
+
+/// `POST /v1/admin/keys/master/rotate`
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RotateMasterRequest {
+    /// The new master key, base64 of 32 bytes. Needed when the key comes
+    /// from `UNIMSG_MASTER_KEY` or `keys.master_key_command`; with
+    /// `master.key` the server makes one when this is absent.
+    #[serde(default)]
+    pub new_master_key: Option<String>,
+}
+
+impl std::fmt::Debug for RotateMasterRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotateMasterRequest")
+            .field(
+                "new_master_key",
+                &self.new_master_key.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
+}
+
+/// The outcome of a master-key rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MasterRotated {
+    /// Stored keys (data and signing keys) wrapped again under the new
+    /// master key; 0 when a finished rotation is asked again.
+    pub rewrapped: u64,
+    /// Where the new key is: `master.key` (written there), or
+    /// `UNIMSG_MASTER_KEY` / `keys.master_key_command`, which the operator
+    /// must now change on every node before it starts again.
+    pub key_source: String,
+}

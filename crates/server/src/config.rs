@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use unimsg_core::config::{
-    AdminConfig, AuthConfig, CoreConfig, DeliveryConfig, GroupsConfig, HooksConfig, MessagingConfig,
+    AdminConfig, AuthConfig, CoreConfig, DeliveryConfig, GroupsConfig, HooksConfig, KeysConfig,
+    MessagingConfig,
 };
 use unimsg_core::limits::LimitsConfig;
 use unimsg_http::HttpConfig;
@@ -26,6 +27,7 @@ pub const ENV_PREFIX: &str = "UNIMSG_";
 const NOT_CONFIG: &[&str] = &[
     "UNIMSG_CONFIG",
     "UNIMSG_MASTER_KEY",
+    "UNIMSG_NEW_MASTER_KEY",
     "UNIMSG_ADMIN_PASSWORD",
     "UNIMSG_SERVER",
     "UNIMSG_CA_CERT",
@@ -41,6 +43,7 @@ pub struct Config {
     /// Directory of the embedded database and the key files.
     pub data_dir: PathBuf,
     pub log: LogConfig,
+    pub keys: KeysConfig,
     pub http: HttpConfig,
     pub auth: AuthConfig,
     pub messaging: MessagingConfig,
@@ -60,6 +63,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
             log: LogConfig::default(),
+            keys: KeysConfig::default(),
             http: HttpConfig::default(),
             auth: AuthConfig::default(),
             messaging: MessagingConfig::default(),
@@ -297,6 +301,7 @@ impl Config {
     /// The core's part.
     pub fn core(&self) -> CoreConfig {
         CoreConfig {
+            keys: self.keys.clone(),
             auth: self.auth.clone(),
             messaging: self.messaging.clone(),
             delivery: self.delivery.clone(),

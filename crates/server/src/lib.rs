@@ -18,7 +18,7 @@ use unimsg_core::admin::INITIAL_ADMIN;
 use unimsg_core::bus::LocalBus;
 use unimsg_core::clock::SystemClock;
 use unimsg_core::hub::Hub;
-use unimsg_core::keys::{Keyring, MasterKey, SigningKey};
+use unimsg_core::keys::{Keyring, MasterKey, MasterSource, SigningKey};
 use unimsg_core::limits::MemoryLimits;
 use unimsg_core::password::PasswordWorkers;
 use unimsg_core::qr::MemoryTickets;
@@ -75,13 +75,18 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
         config.bus.url.is_empty() || clustered,
         "bus.url needs store.url: the nodes of a cluster share one PostgreSQL database"
     );
-    let master_env = std::env::var(MASTER_KEY_ENV).ok();
+    let source = master_source(config);
     anyhow::ensure!(
-        !clustered || master_env.is_some() || config.data_dir.join("master.key").exists(),
+        !clustered
+            || !matches!(source, MasterSource::File(_))
+            || config.data_dir.join("master.key").exists(),
         "cluster mode needs the same master key on every node: set {MASTER_KEY_ENV} \
-         (base64 of 32 bytes) or copy master.key into the data directory"
+         (base64 of 32 bytes) or keys.master_key_command, or copy master.key into the data directory"
     );
-    let master = MasterKey::load_or_create(&config.data_dir, master_env.as_deref())?;
+    let master = source
+        .load()
+        .await
+        .with_context(|| format!("cannot load the master key from {}", source.describe()))?;
     let store: Arc<dyn Store> = if clustered {
         let mut options = PgOptions::new(config.store.url.clone());
         options.pool_size = config.store.pool_size.max(1);
@@ -113,7 +118,18 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
                 "the signing key is in the store now; remove this file"),
         }
     }
-    let keyring = Keyring::load(&*store, &master).await?;
+    let keyring = Keyring::load(&*store, &master).await.map_err(|e| {
+        let cut_off = config.data_dir.join("master.key.new").exists();
+        if cut_off {
+            anyhow::anyhow!(
+                "{e}: a master-key rotation was cut off; finish it with \
+                 `unimsg keys rotate-master --data-dir {}`",
+                config.data_dir.display()
+            )
+        } else {
+            e.into()
+        }
+    })?;
     let hub = Hub::new(config.delivery.outbound_queue);
     let nonce_bounds = NonceBounds::new(
         config.admin.nonce_capacity,
@@ -141,6 +157,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
         hub: hub.clone(),
         keyring,
         master,
+        master_source: source,
         signing,
         clock: Arc::new(SystemClock),
         passwords: PasswordWorkers::for_this_machine(),
@@ -234,6 +251,54 @@ fn create_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 fn uuid_suffix() -> String {
     let bytes = unimsg_core::keys::random_bytes::<4>().unwrap_or([0; 4]);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where the master key of `config` comes from.
+fn master_source(config: &Config) -> MasterSource {
+    MasterSource::of(
+        &config.data_dir,
+        std::env::var(MASTER_KEY_ENV).ok().filter(|k| !k.is_empty()),
+        &config.keys.master_key_command,
+    )
+}
+
+/// `unimsg keys rotate-master`: re-wraps every stored key under a new
+/// master key while no server runs on the data directory. `new_key` is
+/// the new key (base64), needed when the key does not come from
+/// `master.key`. Returns how many keys were re-wrapped and where the new
+/// key is now.
+pub async fn rotate_master_offline(
+    config: &Config,
+    new_key: Option<String>,
+) -> anyhow::Result<(u64, &'static str)> {
+    let source = master_source(config);
+    let current = source
+        .load()
+        .await
+        .with_context(|| format!("cannot load the master key from {}", source.describe()))?;
+    let given = new_key
+        .as_deref()
+        .map(MasterKey::from_base64)
+        .transpose()
+        .context("the new master key must be the base64 of 32 bytes")?;
+    let store: Arc<dyn Store> = if config.store.url.is_empty() {
+        let path = config.data_dir.join("unimsg.db");
+        anyhow::ensure!(path.exists(), "no database at {}", path.display());
+        Arc::new(SqliteStore::open(SqliteOptions::new(path))?)
+    } else {
+        let options = PgOptions::new(config.store.url.clone());
+        Arc::new(
+            PgStore::connect(options)
+                .await
+                .context("cannot open the PostgreSQL store")?,
+        )
+    };
+    let (new, rewrapped) = unimsg_core::keys::rotate_master(&*store, &source, &current, given)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Proof that the new key alone opens everything.
+    Keyring::load(&*store, &new).await?;
+    Ok((rewrapped, source.describe()))
 }
 
 /// `unimsg audit verify`: walks the audit log of the data directory's store.

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use unimsg_store::sql::{DATA_KEY_COLUMNS, ms, read_data_key};
-use unimsg_store::{DataKeys, Result, WrappedKey};
+use unimsg_store::{DataKeys, Result, StoreError, WrappedKey};
 
 use crate::{PgStore, read, unique};
 
@@ -34,6 +34,21 @@ impl DataKeys for PgStore {
                 )
                 .await
                 .map_err(|e| unique(e, "data key"))?;
+            Ok(())
+        })
+    }
+
+    async fn rewrap_data_key(&self, key_id: u32, wrapped: Vec<u8>) -> Result<()> {
+        connected!(self, |client| {
+            let changed = client
+                .execute(
+                    "UPDATE data_keys SET wrapped = $2 WHERE key_id = $1",
+                    &[&i64::from(key_id), &wrapped],
+                )
+                .await?;
+            if changed == 0 {
+                return Err(StoreError::NotFound("data key").into());
+            }
             Ok(())
         })
     }

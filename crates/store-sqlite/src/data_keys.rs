@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use rusqlite::params;
 use unimsg_store::sql::{DATA_KEY_COLUMNS, ms, read_data_key};
-use unimsg_store::{DataKeys, Result, WrappedKey};
+use unimsg_store::{DataKeys, Result, StoreError, WrappedKey};
 
 use crate::{SqliteStore, all, map_unique};
 
@@ -26,6 +26,20 @@ impl DataKeys for SqliteStore {
                 params![i64::from(key.key_id), key.wrapped, ms(key.created_at)],
             )
             .map_err(|e| map_unique(e, "data key"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rewrap_data_key(&self, key_id: u32, wrapped: Vec<u8>) -> Result<()> {
+        self.write(move |conn| {
+            let changed = conn.execute(
+                "UPDATE data_keys SET wrapped = ?2 WHERE key_id = ?1",
+                params![i64::from(key_id), wrapped],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::NotFound("data key").into());
+            }
             Ok(())
         })
         .await

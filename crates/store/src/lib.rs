@@ -507,6 +507,9 @@ pub trait DataKeys: Send + Sync {
     async fn data_keys(&self) -> Result<Vec<WrappedKey>>;
     /// Stores a new wrapped key; `Conflict` if the id exists.
     async fn insert_data_key(&self, key: WrappedKey) -> Result<()>;
+    /// Replaces the wrapping of a stored key (a master-key rotation);
+    /// `NotFound` if there is no such key.
+    async fn rewrap_data_key(&self, key_id: u32, wrapped: Vec<u8>) -> Result<()>;
 }
 
 /// Everything the core needs from durable storage.

@@ -166,6 +166,33 @@ impl TestServer {
     }
 
     /// Kills this process (if still running) and starts a new one on the
+    /// same data directory, with `env` set over the settings it had; the
+    /// log of a start that failed.
+    pub(crate) async fn restart_with(mut self, env: &[(&str, &str)]) -> Result<Self, String> {
+        let _ = self.child.kill().await;
+        let mut settings = self.env.clone();
+        for (k, v) in env {
+            settings.retain(|(key, _)| key != k);
+            settings.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        match unimsg::start(
+            Self::command(&self.dir, &settings, &self.args),
+            START_TIMEOUT,
+        )
+        .await
+        {
+            Ok(started) => Ok(Self::started(
+                started,
+                self.dir.clone(),
+                settings,
+                self.args.clone(),
+            )),
+            Err(unimsg::StartError::Exited(logs)) => Err(logs.text()),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    /// Kills this process (if still running) and starts a new one on the
     /// same data directory and settings.
     pub(crate) async fn restart(mut self) -> Self {
         let _ = self.child.kill().await;

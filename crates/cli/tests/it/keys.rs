@@ -120,3 +120,150 @@ async fn a_signing_key_file_of_an_older_version_moves_into_the_store() {
     jsonwebtoken::decode::<Value>(&alice.tokens.access_token, &key, &validation)
         .expect("signed with the key of signing.key");
 }
+
+const KEY_ONE: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+const KEY_TWO: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+
+/// Every text `bob` has, by sync (each one opened with the data keys).
+async fn texts_of(server: &TestServer, bob: &crate::support::TestUser) -> Vec<String> {
+    let api = server.client().with_token(bob.tokens.access_token.clone());
+    full_sync(&api)
+        .await
+        .iter()
+        .filter(|e| e.kind == unimsg_client::proto::EventType::MessageNew)
+        .map(text)
+        .collect()
+}
+
+#[tokio::test]
+async fn an_online_master_rotation_under_load_loses_nothing_and_retires_the_old_key() {
+    let server = TestServer::start_with(&[("UNIMSG_LIMITS__SEND_PER_MINUTE", "100000")]).await;
+    let client = server.client();
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    let old_key = std::fs::read_to_string(server.data_dir().join("master.key")).unwrap();
+    let sender = alice.api.clone();
+    let to = bob.id.clone();
+    let load = tokio::spawn(async move {
+        for i in 0..200 {
+            sender.send_text(&to, &format!("m{i}"), None).await.unwrap();
+        }
+    });
+    let (status, rotated) = admin(
+        &server,
+        Method::POST,
+        "/v1/admin/keys/master/rotate",
+        Some(serde_json::json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    assert!(rotated["rewrapped"].as_u64().unwrap() >= 2, "{rotated}");
+    assert_eq!(rotated["key_source"], "master.key");
+    load.await.unwrap();
+    let new_key = std::fs::read_to_string(server.data_dir().join("master.key")).unwrap();
+    assert_ne!(new_key, old_key);
+    assert!(!server.data_dir().join("master.key.new").exists());
+    let expected: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
+    assert_eq!(
+        texts_of(&server, &bob).await,
+        expected,
+        "readable while rotating"
+    );
+
+    // Asked again, it re-wraps under yet another key; nothing is lost.
+    let dir = server.data_dir().to_owned();
+    let server = server.restart().await;
+    assert_eq!(
+        texts_of(&server, &bob).await,
+        expected,
+        "readable with the new key alone"
+    );
+    // The old key opens nothing any more.
+    std::fs::write(dir.join("master.key"), &old_key).unwrap();
+    let log = server
+        .restart_with(&[])
+        .await
+        .err()
+        .expect("started with the old master key");
+    assert!(log.contains("does not open data key"), "{log}");
+}
+
+#[tokio::test]
+async fn an_offline_master_rotation_takes_a_key_from_the_environment_and_resumes() {
+    let mut server = TestServer::start_with(&[("UNIMSG_MASTER_KEY", KEY_ONE)]).await;
+    let client = server.client();
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    for i in 0..5 {
+        alice
+            .api
+            .send_text(&bob.id, &format!("o{i}"), None)
+            .await
+            .unwrap();
+    }
+    assert!(server.terminate().await.success());
+    let rotate = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_unimsg"))
+            .args(["keys", "rotate-master", "--data-dir"])
+            .arg(server.data_dir())
+            .env_clear()
+            .env("UNIMSG_MASTER_KEY", KEY_ONE)
+            .env("UNIMSG_NEW_MASTER_KEY", KEY_TWO)
+            .output()
+    };
+    let first = within("keys rotate-master", rotate()).await.unwrap();
+    let said = String::from_utf8_lossy(&first.stdout).to_string();
+    assert!(
+        first.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(said.contains("re-wrapped 2 keys"), "{said}");
+    assert!(said.contains("set UNIMSG_MASTER_KEY"), "{said}");
+    // Run again (as after an interruption): what is done is skipped.
+    let again = within("keys rotate-master again", rotate()).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("re-wrapped 0 keys"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let server = server
+        .restart_with(&[("UNIMSG_MASTER_KEY", KEY_TWO)])
+        .await
+        .expect("the new key opens everything");
+    let expected: Vec<String> = (0..5).map(|i| format!("o{i}")).collect();
+    assert_eq!(texts_of(&server, &bob).await, expected);
+    let log = server
+        .restart_with(&[("UNIMSG_MASTER_KEY", KEY_ONE)])
+        .await
+        .err()
+        .expect("started with the old master key");
+    assert!(log.contains("does not open data key"), "{log}");
+}
+
+#[tokio::test]
+async fn a_master_key_from_a_command_never_touches_the_disk() {
+    let command = format!("printf %s {KEY_ONE}");
+    let env = [("UNIMSG_KEYS__MASTER_KEY_COMMAND", command.as_str())];
+    let server = TestServer::start_with(&env).await;
+    assert!(!server.data_dir().join("master.key").exists());
+    let client = server.client();
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    alice.api.send_text(&bob.id, "sealed", None).await.unwrap();
+    // The same key from the environment opens what the command's sealed.
+    let server = server
+        .restart_with(&[("UNIMSG_MASTER_KEY", KEY_ONE)])
+        .await
+        .expect("the command's key");
+    assert_eq!(texts_of(&server, &bob).await, ["sealed"]);
+    let log = server
+        .restart_with(&[
+            ("UNIMSG_MASTER_KEY", ""),
+            ("UNIMSG_KEYS__MASTER_KEY_COMMAND", "exit 3"),
+        ])
+        .await
+        .err()
+        .expect("a failing command");
+    assert!(log.contains("keys.master_key_command failed"), "{log}");
+}

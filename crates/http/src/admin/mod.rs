@@ -82,6 +82,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::retry_delivery))
         .routes(routes!(webhooks::replay))
         .routes(routes!(keys::rotate_signing))
+        .routes(routes!(keys::rotate_master))
 }
 
 /// The admin credential of the request, put there by [`gate`](fn@gate).

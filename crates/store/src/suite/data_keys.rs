@@ -27,4 +27,14 @@ pub async fn data_keys(store: Arc<dyn Store>) {
             .map(fields)
             .collect::<Vec<_>>()
     );
+    // A rotation of the master key re-wraps a key in place.
+    store.rewrap_data_key(2, vec![0xc3; 40]).await.unwrap();
+    let keys = store.data_keys().await.unwrap();
+    assert_eq!(keys[1].wrapped, vec![0xc3; 40]);
+    assert_eq!(keys[1].created_at, key(2, 0).created_at, "its age stays");
+    assert_eq!(keys[0].wrapped, vec![0xa1; 40], "the others stay");
+    assert!(matches!(
+        store.rewrap_data_key(9, vec![0; 40]).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
