@@ -149,9 +149,10 @@ impl Core {
             },
             Some(message_id.clone()),
         );
+        let aad = render::message_aad(&message_id, &auth.user_id, &conversation_id);
         let sealed = self
             .keyring
-            .seal(&content, message_id.as_str().as_bytes())
+            .seal(&content, &aad)
             .map_err(|e| CoreError::Internal(format!("cannot seal content: {e}")))?;
         let hooked = hook.is_some();
         let message = NewMessage {

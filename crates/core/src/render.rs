@@ -8,22 +8,44 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use unimsg_proto::api::{Message, MessageKind};
 use unimsg_proto::event::{NotificationData, SessionRevokedData};
-use unimsg_proto::{Event, EventType, Seq, UserId};
+use unimsg_proto::{ConversationId, Event, EventType, MessageId, Seq, UserId};
 use unimsg_store::{EventBody, Sealed, StoredEvent, StoredMessage, StoredNotification, StoredText};
 
 use crate::error::{CoreError, Result};
 use crate::hub::Delivery;
 use crate::keys::Keyring;
 
+/// The associated data a message's content is sealed with: its id, its
+/// sender and its conversation, so that content moved to another row, or
+/// a row re-attributed to another sender or conversation, does not open.
+pub(crate) fn message_aad(
+    id: &MessageId,
+    sender: &UserId,
+    conversation: &ConversationId,
+) -> Vec<u8> {
+    // NUL cannot appear in an id.
+    format!("unimsg-message-v2\0{id}\0{sender}\0{conversation}").into_bytes()
+}
+
+/// A stored message's content. Messages stored before the content was
+/// bound to sender and conversation are bound to their id alone.
+pub(crate) fn open_message(
+    keyring: &Keyring,
+    m: &StoredMessage,
+) -> std::result::Result<Vec<u8>, crate::keys::KeyError> {
+    let aad = message_aad(&m.message_id, &m.sender, &m.conversation_id);
+    keyring
+        .open(&m.content, &aad)
+        .or_else(|_| keyring.open(&m.content, m.message_id.as_str().as_bytes()))
+}
+
 pub(crate) fn message(keyring: &Keyring, m: &StoredMessage) -> Result<Message> {
     let content = if m.recalled_at.is_some() {
         serde_json::Value::Null
     } else {
-        let plain = keyring
-            .open(&m.content, m.message_id.as_str().as_bytes())
-            .map_err(|e| {
-                CoreError::Internal(format!("cannot open message {}: {e}", m.message_id))
-            })?;
+        let plain = open_message(keyring, m).map_err(|e| {
+            CoreError::Internal(format!("cannot open message {}: {e}", m.message_id))
+        })?;
         serde_json::from_slice(&plain).map_err(|e| {
             CoreError::Internal(format!("message {} content is not JSON: {e}", m.message_id))
         })?

@@ -267,3 +267,48 @@ async fn a_master_key_from_a_command_never_touches_the_disk() {
         .expect("a failing command");
     assert!(log.contains("keys.master_key_command failed"), "{log}");
 }
+
+#[tokio::test]
+async fn content_is_bound_to_its_sender_and_conversation() {
+    use unimsg_client::proto::ConversationId;
+    let mut server = TestServer::start().await;
+    let client = server.client();
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    let carol = user(&client, "carol").await;
+    let sent = alice
+        .api
+        .send_text(&bob.id, "from alice", None)
+        .await
+        .unwrap();
+    carol
+        .api
+        .send_text(&bob.id, "from carol", None)
+        .await
+        .unwrap();
+    assert!(server.terminate().await.success());
+    // Someone who can write the database says carol sent alice's message.
+    let db = rusqlite::Connection::open(server.data_dir().join("unimsg.db")).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE messages SET sender_id = ?1 WHERE message_id = ?2",
+            [carol.id.as_str(), sent.message_id.as_str()],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(db);
+    let server = server.restart_with(&[]).await.unwrap();
+    let bob_api = server.client().with_token(bob.tokens.access_token.clone());
+    let tampered = bob_api
+        .history(&ConversationId::direct(&alice.id, &bob.id), None, None)
+        .await;
+    assert!(
+        matches!(&tampered, Err(e) if e.status() == Some(500)),
+        "re-attributed content was shown: {tampered:?}"
+    );
+    let untouched = bob_api
+        .history(&ConversationId::direct(&carol.id, &bob.id), None, None)
+        .await
+        .unwrap();
+    assert_eq!(untouched.messages[0].content["text"], "from carol");
+}

@@ -81,13 +81,15 @@ impl Core {
             Some(message_id.clone()),
         );
         let hooked = hook.is_some();
+        let conversation_id = ConversationId::group(group);
+        let aad = render::message_aad(&message_id, &auth.user_id, &conversation_id);
         let sealed = self
             .keyring
-            .seal(&content, message_id.as_str().as_bytes())
+            .seal(&content, &aad)
             .map_err(|e| CoreError::Internal(format!("cannot seal content: {e}")))?;
         let message = NewMessage {
             message_id,
-            conversation_id: ConversationId::group(group),
+            conversation_id,
             sender: auth.user_id.clone(),
             recipient,
             kind: kind.as_str().to_owned(),

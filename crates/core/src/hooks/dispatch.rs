@@ -239,9 +239,7 @@ impl Core {
             && let Some(message_id) = &event.message_id
             && let Some(message) = self.store.message(message_id).await?
         {
-            let plain = self
-                .keyring
-                .open(&message.content, message_id.as_str().as_bytes())
+            let plain = crate::render::open_message(&self.keyring, &message)
                 .map_err(|e| CoreError::Internal(format!("cannot open a message: {e}")))?;
             let content: serde_json::Value = serde_json::from_slice(&plain)
                 .map_err(|e| CoreError::Internal(format!("stored content is not JSON: {e}")))?;
