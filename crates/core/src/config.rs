@@ -19,7 +19,7 @@ pub enum DevicePolicy {
 }
 
 /// `[keys]`: where the master key comes from.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeysConfig {
     /// A command whose standard output is the master key (base64 of 32
@@ -28,6 +28,41 @@ pub struct KeysConfig {
     /// `master.key` in the data directory. `UNIMSG_MASTER_KEY` wins over
     /// the command.
     pub master_key_command: String,
+    /// A new data key replaces the one that seals when that one is older
+    /// than this, in days.
+    pub data_key_max_age_days: u64,
+    /// … or has sealed this many contents on one node (AES-GCM with
+    /// random nonces must stay far below 2^32 per key).
+    pub data_key_max_seals: u64,
+    /// How often each node reads the data and signing keys again (other
+    /// nodes' rotations) and checks whether a data key is due, in
+    /// seconds. A new data key seals three of these after it was made.
+    pub refresh_interval_secs: u64,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            master_key_command: String::new(),
+            data_key_max_age_days: 30,
+            data_key_max_seals: 1 << 28,
+            refresh_interval_secs: 10,
+        }
+    }
+}
+
+impl KeysConfig {
+    /// The data-key limits these settings make.
+    pub fn data_key_limits(&self) -> crate::keys::DataKeyLimits {
+        let refresh = self.refresh_interval_secs.max(1);
+        crate::keys::DataKeyLimits {
+            max_age: time::Duration::days(
+                i64::try_from(self.data_key_max_age_days.max(1)).unwrap_or(i64::MAX / 86_400),
+            ),
+            max_seals: self.data_key_max_seals.max(1),
+            activation: time::Duration::seconds(i64::try_from(refresh * 3).unwrap_or(i64::MAX)),
+        }
+    }
 }
 
 /// `[auth]`

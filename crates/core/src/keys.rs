@@ -397,17 +397,69 @@ pub async fn opens_all(store: &dyn DataKeys, master: &MasterKey) -> Result<bool,
         .all(|row| unwrap_key(master, row).is_ok()))
 }
 
-/// The unwrapped data keys; seals with the newest, opens with any.
-pub struct Keyring {
+/// When a data key is replaced by a new one.
+#[derive(Debug, Clone, Copy)]
+pub struct DataKeyLimits {
+    /// Oldest a sealing key may be.
+    pub max_age: time::Duration,
+    /// Most contents one node seals with one key. AES-GCM with random
+    /// 96-bit nonces must stay far below 2^32 seals per key.
+    pub max_seals: u64,
+    /// How long a new key waits before it seals, so that every node of a
+    /// cluster has read it (three key refreshes) before content sealed
+    /// with it can reach them.
+    pub activation: time::Duration,
+}
+
+impl Default for DataKeyLimits {
+    fn default() -> Self {
+        Self {
+            max_age: time::Duration::days(30),
+            max_seals: 1 << 28,
+            activation: time::Duration::seconds(30),
+        }
+    }
+}
+
+/// The unwrapped data keys, newest first.
+struct Ring {
     keys: HashMap<u32, LessSafeKey>,
-    active: u32,
+    /// `(key_id, created_at)`, newest first.
+    order: Vec<(u32, OffsetDateTime)>,
+}
+
+impl Ring {
+    /// The key that seals at `now`: the newest one past its activation,
+    /// or, when none is (a first key), the oldest.
+    fn active(
+        &self,
+        now: OffsetDateTime,
+        activation: time::Duration,
+    ) -> Option<(u32, OffsetDateTime)> {
+        self.order
+            .iter()
+            .find(|(_, created)| *created + activation <= now)
+            .or_else(|| self.order.last())
+            .copied()
+    }
+}
+
+/// The data keys: seals with the active one, opens with any. Replaced by
+/// a new key after [`DataKeyLimits`] (see [`Keyring::rotation_due`]) or
+/// on demand; each row keeps the id of the key that sealed it.
+pub struct Keyring {
+    ring: parking_lot::RwLock<Ring>,
+    limits: DataKeyLimits,
+    /// Seals with `counted` since this process started.
+    seals: std::sync::atomic::AtomicU64,
+    counted: std::sync::atomic::AtomicU32,
 }
 
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ring = self.ring.read();
         f.debug_struct("Keyring")
-            .field("active", &self.active)
-            .field("keys", &self.keys.len())
+            .field("keys", &ring.order.len())
             .finish()
     }
 }
@@ -419,54 +471,121 @@ async fn stored_data_keys(store: &dyn DataKeys) -> Result<Vec<WrappedKey>, KeyEr
     Ok(stored)
 }
 
+/// Unwraps `stored` into a ring.
+fn ring_of(stored: &[WrappedKey], master: &MasterKey) -> Result<Ring, KeyError> {
+    let mut keys = HashMap::new();
+    let mut order = Vec::with_capacity(stored.len());
+    for w in stored {
+        let raw = unwrap_key(master, w)?;
+        keys.insert(w.key_id, aead_key(&raw)?);
+        order.push((w.key_id, w.created_at));
+    }
+    order.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
+    Ok(Ring { keys, order })
+}
+
 impl Keyring {
     /// Unwraps every stored data key; creates the first one when there is
     /// none. Nodes starting together agree on the first key: whoever
     /// stores it second reads the winner's.
     pub async fn load(store: &dyn DataKeys, master: &MasterKey) -> Result<Self, KeyError> {
-        let master_key = aead_key(&master.0)?;
+        Self::load_with(store, master, DataKeyLimits::default()).await
+    }
+
+    /// [`Self::load`] with other limits.
+    pub async fn load_with(
+        store: &dyn DataKeys,
+        master: &MasterKey,
+        limits: DataKeyLimits,
+    ) -> Result<Self, KeyError> {
         let mut stored = stored_data_keys(store).await?;
         if stored.is_empty() {
-            let fresh = random_bytes::<32>()?;
-            let (nonce, ct) = seal_with(&master_key, &fresh, &wrap_aad(1))?;
-            let wrapped = WrappedKey {
-                key_id: 1,
-                wrapped: [nonce, ct].concat(),
-                created_at: OffsetDateTime::now_utc(),
-            };
+            let wrapped = wrap_key(master, 1, &random_bytes::<32>()?)?;
             match store.insert_data_key(wrapped.clone()).await {
                 Ok(()) => stored.push(wrapped),
                 Err(StoreError::Conflict(_)) => stored = stored_data_keys(store).await?,
                 Err(e) => return Err(e.into()),
             }
         }
-        let mut keys = HashMap::new();
-        for w in &stored {
-            if w.wrapped.len() < NONCE_LEN {
-                return Err(KeyError::WrongMasterKey(w.key_id));
-            }
-            let (nonce, ct) = w.wrapped.split_at(NONCE_LEN);
-            let raw = open_with(&master_key, nonce, ct, &wrap_aad(w.key_id))
-                .map_err(|_| KeyError::WrongMasterKey(w.key_id))?;
-            keys.insert(w.key_id, aead_key(&raw)?);
+        Ok(Self {
+            ring: parking_lot::RwLock::new(ring_of(&stored, master)?),
+            limits,
+            seals: std::sync::atomic::AtomicU64::new(0),
+            counted: std::sync::atomic::AtomicU32::new(0),
+        })
+    }
+
+    /// Reads the stored data keys again (another node may have added one).
+    pub async fn reload(&self, store: &dyn DataKeys, master: &MasterKey) -> Result<(), KeyError> {
+        let stored = stored_data_keys(store).await?;
+        if !stored.is_empty() {
+            *self.ring.write() = ring_of(&stored, master)?;
         }
-        let active = stored.iter().map(|w| w.key_id).max().unwrap_or(1);
-        Ok(Self { keys, active })
+        Ok(())
+    }
+
+    /// Stores a new data key, which seals once its activation has passed.
+    /// Two nodes adding one at once add one between them. Returns its id.
+    pub async fn add_key(&self, store: &dyn DataKeys, master: &MasterKey) -> Result<u32, KeyError> {
+        let next = self.ring.read().order.first().map_or(1, |(id, _)| id + 1);
+        if next >= crate::signing::SIGNING_IDS {
+            return Err(KeyError::Invalid("no data key id is left".into()));
+        }
+        let wrapped = wrap_key(master, next, &random_bytes::<32>()?)?;
+        match store.insert_data_key(wrapped).await {
+            Ok(()) | Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.reload(store, master).await?;
+        Ok(next)
+    }
+
+    /// Whether the key that seals now is older than the limit, or has
+    /// sealed more than the limit on this node, and no newer key waits
+    /// for its activation.
+    pub fn rotation_due(&self, now: OffsetDateTime) -> bool {
+        let ring = self.ring.read();
+        let Some((active, created)) = ring.active(now, self.limits.activation) else {
+            return false;
+        };
+        if ring
+            .order
+            .first()
+            .is_some_and(|(newest, _)| *newest != active)
+        {
+            return false;
+        }
+        let seals = if self.counted.load(std::sync::atomic::Ordering::Relaxed) == active {
+            self.seals.load(std::sync::atomic::Ordering::Relaxed)
+        } else {
+            0
+        };
+        now - created >= self.limits.max_age || seals >= self.limits.max_seals
     }
 
     /// Seals `plain`, binding `aad` (the row's identity) to the ciphertext.
     pub fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<Sealed, KeyError> {
-        let key = self.keys.get(&self.active).ok_or(KeyError::Crypto)?;
+        use std::sync::atomic::Ordering;
+        let ring = self.ring.read();
+        let (active, _) = ring
+            .active(OffsetDateTime::now_utc(), self.limits.activation)
+            .ok_or(KeyError::Crypto)?;
+        let key = ring.keys.get(&active).ok_or(KeyError::Crypto)?;
+        if self.counted.swap(active, Ordering::Relaxed) != active {
+            self.seals.store(0, Ordering::Relaxed);
+        }
+        self.seals.fetch_add(1, Ordering::Relaxed);
         let (nonce, ciphertext) = seal_with(key, plain, aad)?;
         Ok(Sealed {
-            key_id: self.active,
+            key_id: active,
             nonce,
             ciphertext,
         })
     }
 
     pub fn open(&self, sealed: &Sealed, aad: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let key = self.keys.get(&sealed.key_id).ok_or(KeyError::Crypto)?;
+        let ring = self.ring.read();
+        let key = ring.keys.get(&sealed.key_id).ok_or(KeyError::Crypto)?;
         open_with(key, &sealed.nonce, &sealed.ciphertext, aad)
     }
 }
@@ -533,8 +652,13 @@ mod tests {
     fn seal_binds_the_row_identity() {
         let key = aead_key(&[7u8; 32]).unwrap();
         let ring = Keyring {
-            keys: HashMap::from([(1, key)]),
-            active: 1,
+            ring: parking_lot::RwLock::new(Ring {
+                keys: HashMap::from([(1, key)]),
+                order: vec![(1, OffsetDateTime::now_utc())],
+            }),
+            limits: DataKeyLimits::default(),
+            seals: std::sync::atomic::AtomicU64::new(0),
+            counted: std::sync::atomic::AtomicU32::new(0),
         };
         let sealed = ring.seal(b"secret text", b"m1").unwrap();
         assert_ne!(sealed.ciphertext, b"secret text");

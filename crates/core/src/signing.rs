@@ -6,9 +6,11 @@
 //! by the master key), under the ids counting down from
 //! [`FIRST_SIGNING_ID`]; its `kid` is its RFC 7638 JWK thumbprint, and
 //! every token carries it. A rotation adds a key (on any node); the other
-//! nodes load it on their next refresh ([`Core::refresh_signing_keys`],
-//! every [`REFRESH_EVERY`], and at once when a token names a `kid` they do
-//! not know, at most once per [`UNKNOWN_KID_REFRESH`]).
+//! nodes load it on their next refresh ([`Core::run_key_refresh`], every
+//! `keys.refresh_interval_secs`, and at once when a token names a `kid`
+//! they do not know, at most once per [`UNKNOWN_KID_REFRESH`]). The same
+//! loop reads the data keys again and adds one when it is due; the master
+//! key's rotations are here too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +21,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde::Serialize;
 use time::OffsetDateTime;
-use unimsg_proto::admin::{Jwk, JwkSet, MasterRotated, RotateMasterRequest, SigningKeyInfo};
+use unimsg_proto::admin::{
+    DataKeyRotated, Jwk, JwkSet, MasterRotated, RotateMasterRequest, SigningKeyInfo,
+};
 use unimsg_store::{DataKeys, StoreError};
 
 use crate::Core;
@@ -35,9 +39,6 @@ pub const SIGNING_IDS: u32 = 0xF000_0000;
 /// The longest a token can live (minted user tokens: 30 days): an older
 /// key verifies for this long after its successor appeared.
 pub const MAX_TOKEN_LIFETIME: time::Duration = time::Duration::days(30);
-
-/// How often a node reads the signing keys again.
-pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
 
 /// How often an unknown `kid` may make a node read them at once.
 pub const UNKNOWN_KID_REFRESH: Duration = Duration::from_secs(5);
@@ -246,9 +247,14 @@ impl Core {
         Ok(())
     }
 
-    /// Refreshes the signing keys every [`REFRESH_EVERY`] until dropped.
+    /// Every `keys.refresh_interval_secs` until dropped: reads the
+    /// signing and data keys again (another node's rotation), and adds a
+    /// data key when the one that seals is due ([`Keyring::rotation_due`]).
+    ///
+    /// [`Keyring::rotation_due`]: crate::keys::Keyring::rotation_due
     pub async fn run_key_refresh(self: Arc<Self>) {
-        let mut ticks = tokio::time::interval(REFRESH_EVERY);
+        let every = Duration::from_secs(self.config.keys.refresh_interval_secs.max(1));
+        let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
         loop {
@@ -256,7 +262,36 @@ impl Core {
             if let Err(error) = self.refresh_signing_keys().await {
                 tracing::warn!(%error, "cannot read the signing keys");
             }
+            let master = self.master.read().clone();
+            if let Err(error) = self.keyring.reload(&*self.store, &master).await {
+                tracing::warn!(%error, "cannot read the data keys");
+                continue;
+            }
+            if self.keyring.rotation_due(self.clock.now()) {
+                match self.rotate_data_key().await {
+                    Ok(info) => {
+                        tracing::info!(key_id = info.key_id, "a new data key is due: added one")
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot add a data key"),
+                }
+            }
         }
+    }
+
+    /// `POST /v1/admin/keys/data/rotate`: a new data key seals contents
+    /// from its activation on (a few key refreshes from now, so that every
+    /// node has it first); rows keep the key that sealed them.
+    pub async fn rotate_data_key(&self) -> Result<DataKeyRotated> {
+        let master = self.current_master().await?;
+        let key_id = self
+            .keyring
+            .add_key(&*self.store, &master)
+            .await
+            .map_err(|e| CoreError::Internal(e.to_string()))?;
+        Ok(DataKeyRotated {
+            key_id,
+            seals_from: self.clock.now() + self.config.keys.data_key_limits().activation,
+        })
     }
 
     /// `POST /v1/admin/keys/signing/rotate`: a new key signs from now on.

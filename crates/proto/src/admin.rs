@@ -395,3 +395,13 @@ pub struct MasterRotated {
     /// must now change on every node before it starts again.
     pub key_source: String,
 }
+
+/// `POST /v1/admin/keys/data/rotate`: the new data key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DataKeyRotated {
+    pub key_id: u32,
+    /// When it starts sealing: every node reads it first.
+    #[serde(with = "time::serde::rfc3339")]
+    pub seals_from: OffsetDateTime,
+}

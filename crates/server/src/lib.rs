@@ -118,18 +118,20 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
                 "the signing key is in the store now; remove this file"),
         }
     }
-    let keyring = Keyring::load(&*store, &master).await.map_err(|e| {
-        let cut_off = config.data_dir.join("master.key.new").exists();
-        if cut_off {
-            anyhow::anyhow!(
-                "{e}: a master-key rotation was cut off; finish it with \
+    let keyring = Keyring::load_with(&*store, &master, config.keys.data_key_limits())
+        .await
+        .map_err(|e| {
+            let cut_off = config.data_dir.join("master.key.new").exists();
+            if cut_off {
+                anyhow::anyhow!(
+                    "{e}: a master-key rotation was cut off; finish it with \
                  `unimsg keys rotate-master --data-dir {}`",
-                config.data_dir.display()
-            )
-        } else {
-            e.into()
-        }
-    })?;
+                    config.data_dir.display()
+                )
+            } else {
+                e.into()
+            }
+        })?;
     let hub = Hub::new(config.delivery.outbound_queue);
     let nonce_bounds = NonceBounds::new(
         config.admin.nonce_capacity,
@@ -425,10 +427,8 @@ pub async fn run(
         })
     };
     let dispatcher = tokio::spawn(core.clone().run_webhooks(transport));
-    // Another node's signing-key rotation reaches this one.
-    let key_refresh = cluster
-        .is_some()
-        .then(|| tokio::spawn(core.clone().run_key_refresh()));
+    // Data keys due for rotation, and another node's rotations.
+    let key_refresh = tokio::spawn(core.clone().run_key_refresh());
     serve::serve(
         listener,
         app,
@@ -451,9 +451,7 @@ pub async fn run(
         tracing::warn!(target: LIFECYCLE, left = draining.connections(), "connections still open at exit");
     }
     flusher.abort();
-    if let Some(task) = key_refresh {
-        task.abort();
-    }
+    key_refresh.abort();
     if let Some(watcher) = watcher {
         watcher.abort();
     }

@@ -312,3 +312,82 @@ async fn content_is_bound_to_its_sender_and_conversation() {
         .unwrap();
     assert_eq!(untouched.messages[0].content["text"], "from carol");
 }
+
+/// The data key ids of `bob`'s inbox messages, oldest first.
+fn message_key_ids(server: &TestServer) -> Vec<i64> {
+    let db = rusqlite::Connection::open(server.data_dir().join("unimsg.db")).unwrap();
+    let mut stmt = db
+        .prepare("SELECT key_id FROM messages ORDER BY created_at, message_id")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Sends until a message is sealed with another key than the first.
+async fn send_until_a_new_key_seals(
+    alice: &crate::support::TestUser,
+    bob: &unimsg_client::proto::UserId,
+    server: &TestServer,
+) -> usize {
+    within("a message sealed with a new data key", async {
+        let mut sent = 0;
+        loop {
+            alice
+                .api
+                .send_text(bob, &format!("k{sent}"), None)
+                .await
+                .unwrap();
+            sent += 1;
+            if message_key_ids(server).iter().any(|&id| id != 1) {
+                return sent;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_data_key_is_replaced_after_its_seals_and_every_row_keeps_its_key() {
+    let env = [
+        ("UNIMSG_KEYS__DATA_KEY_MAX_SEALS", "3"),
+        ("UNIMSG_KEYS__REFRESH_INTERVAL_SECS", "1"),
+        ("UNIMSG_LIMITS__SEND_PER_MINUTE", "0"),
+    ];
+    let server = TestServer::start_with(&env).await;
+    let client = server.client();
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    let sent = send_until_a_new_key_seals(&alice, &bob.id, &server).await;
+    let ids = message_key_ids(&server);
+    assert!(ids[..3].iter().all(|&id| id == 1), "{ids:?}");
+    assert!(ids.iter().all(|&id| id == 1 || id == 2), "{ids:?}");
+    let expected: Vec<String> = (0..sent).map(|i| format!("k{i}")).collect();
+    let server = server.restart().await;
+    assert_eq!(
+        texts_of(&server, &bob).await,
+        expected,
+        "both keys open their rows"
+    );
+}
+
+#[tokio::test]
+async fn a_data_key_rotation_on_demand_seals_after_its_activation() {
+    let env = [
+        ("UNIMSG_KEYS__REFRESH_INTERVAL_SECS", "1"),
+        ("UNIMSG_LIMITS__SEND_PER_MINUTE", "0"),
+    ];
+    let server = TestServer::start_with(&env).await;
+    let client = server.client();
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    let (status, rotated) = admin(&server, Method::POST, "/v1/admin/keys/data/rotate", None).await;
+    assert_eq!(status, 201, "{rotated}");
+    assert_eq!(rotated["key_id"], 2);
+    let sent = send_until_a_new_key_seals(&alice, &bob.id, &server).await;
+    assert!(sent > 1, "the new key waited for its activation");
+    let expected: Vec<String> = (0..sent).map(|i| format!("k{i}")).collect();
+    assert_eq!(texts_of(&server, &bob).await, expected);
+}

@@ -4,7 +4,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use unimsg_proto::ErrorBody;
-use unimsg_proto::admin::{MasterRotated, RotateMasterRequest, Scope, SigningKeyInfo};
+use unimsg_proto::admin::{
+    DataKeyRotated, MasterRotated, RotateMasterRequest, Scope, SigningKeyInfo,
+};
 
 use super::AdminAuth;
 use crate::AppState;
@@ -56,4 +58,29 @@ pub(super) async fn rotate_master(
 ) -> Result<Json<MasterRotated>, ApiError> {
     admin.require(Scope::Admin)?;
     Ok(Json(state.core.rotate_master_key(req).await?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/admin/keys/data/rotate",
+    operation_id = "admin_rotate_data_key",
+    tag = "admin",
+    summary = "Add a data key",
+    description = "Adds an AES-256 data key (wrapped by the master key). It seals new content from `seals_from` on — three key refreshes (`keys.refresh_interval_secs`) later, so that every node of a cluster can open what it seals —; stored content keeps the key that sealed it. Data keys are also replaced on their own after `keys.data_key_max_age_days` or `keys.data_key_max_seals`. Scope: `admin`.",
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 201, description = "The new key.", body = DataKeyRotated),
+        (status = 403, description = "The credential lacks the `admin` scope (`forbidden`).", body = ErrorBody),
+        (status = 409, description = "This node's master key was rotated away on another node (`conflict`).", body = ErrorBody),
+    ),
+)]
+pub(super) async fn rotate_data(
+    State(state): State<AppState>,
+    AdminAuth(admin): AdminAuth,
+) -> Result<(StatusCode, Json<DataKeyRotated>), ApiError> {
+    admin.require(Scope::Admin)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(state.core.rotate_data_key().await?),
+    ))
 }

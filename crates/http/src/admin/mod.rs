@@ -83,6 +83,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::replay))
         .routes(routes!(keys::rotate_signing))
         .routes(routes!(keys::rotate_master))
+        .routes(routes!(keys::rotate_data))
 }
 
 /// The admin credential of the request, put there by [`gate`](fn@gate).
