@@ -67,6 +67,10 @@ struct AdminClaims {
     exp: i64,
     iat: i64,
     jti: String,
+    /// The account's `tokens_valid_after` (ms) when the token was issued:
+    /// any change of the account since makes it refused.
+    #[serde(default)]
+    ver: i64,
 }
 
 type SecretKey = (String, [u8; 32]);
@@ -79,22 +83,31 @@ type SecretKey = (String, [u8; 32]);
 /// admin pool.
 #[derive(Debug, Default)]
 pub struct VerifiedSecrets {
-    remembered: Mutex<HashMap<SecretKey, i64>>,
+    /// Until when, and the stored hash the secret matched: a secret
+    /// changed since (on any node) is no longer remembered.
+    remembered: Mutex<HashMap<SecretKey, (i64, String)>>,
     checking: Mutex<HashMap<SecretKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl VerifiedSecrets {
-    fn remembered(&self, key: &SecretKey, now: i64) -> bool {
+    /// The stored hash a remembered secret matched.
+    fn remembered(&self, key: &SecretKey, now: i64) -> Option<String> {
         self.remembered
             .lock()
             .get(key)
-            .is_some_and(|until| *until > now)
+            .filter(|(until, _)| *until > now)
+            .map(|(_, hash)| hash.clone())
     }
 
-    fn remember(&self, key: SecretKey, now: i64) {
+    fn remember(&self, key: SecretKey, now: i64, hash: String) {
         let mut m = self.remembered.lock();
-        m.retain(|_, until| *until > now);
-        m.insert(key, now + VERIFIED_FOR_SECS);
+        m.retain(|_, (until, _)| *until > now);
+        m.insert(key, (now + VERIFIED_FOR_SECS, hash));
+    }
+
+    /// Forgets every remembered secret of `admin_id` (changed or deleted).
+    pub(crate) fn forget(&self, admin_id: &str) {
+        self.remembered.lock().retain(|(id, _), _| id != admin_id);
     }
 
     /// A place in the queue of checks of this credential (one at a time).
@@ -133,16 +146,6 @@ fn secret_digest(secret: &str) -> [u8; 32] {
     crate::keys::OpaqueToken(secret.to_owned()).hash().0
 }
 
-/// The one length rule for every admin secret, the initial admin's
-/// (`UNIMSG_ADMIN_PASSWORD`) included.
-fn check_admin_secret(secret: &str) -> Result<()> {
-    if secret.len() < 12 || secret.len() > 1024 {
-        return Err(CoreError::BadRequest(
-            "an admin secret must be 12 to 1024 bytes".into(),
-        ));
-    }
-    Ok(())
-}
 
 /// The context of an authenticated admin account.
 fn context(admin: Admin) -> AdminContext {
@@ -219,7 +222,11 @@ impl Core {
         }
         let (password, generated) = match password {
             Some(p) if !p.is_empty() => {
-                check_admin_secret(&p)?;
+                crate::admins::check_admin_secret(
+                    INITIAL_ADMIN,
+                    &p,
+                    self.config.admin.min_secret_length,
+                )?;
                 (p, false)
             }
             _ => {
@@ -229,11 +236,14 @@ impl Core {
             }
         };
         let secret_hash = self.passwords.hash(password.clone()).await?;
+        let now = self.clock.now();
         let admin = Admin {
             admin_id: INITIAL_ADMIN.into(),
             secret_hash,
             scopes: vec![Scope::Admin.as_str().into()],
-            created_at: self.clock.now(),
+            created_at: now,
+            disabled: false,
+            tokens_valid_after: now,
         };
         match self.store.create_admin(admin).await {
             Ok(()) | Err(StoreError::Conflict(_)) => {}
@@ -259,11 +269,12 @@ impl Core {
             return Err(DENIED);
         }
         let key = (admin_id.to_owned(), secret_digest(secret));
-        if self
+        if let Some(hash) = self
             .verified
             .remembered(&key, self.clock.now().unix_timestamp())
+            && let Some(ctx) = self.remembered_admin(admin_id, &hash).await?
         {
-            return self.remembered_admin(admin_id).await;
+            return Ok(ctx);
         }
         let turn = self.verified.turn(&key);
         // Declared after `turn`, so dropped before it, also on cancellation.
@@ -271,13 +282,17 @@ impl Core {
         self.admin_check(admin_id, secret, ip, &key).await
     }
 
-    /// The admin whose remembered secret was given. A deleted admin's
+    /// The admin whose remembered secret was given, if its stored secret
+    /// is still the one it matched. A deleted or disabled admin's
     /// remembered secret stops working.
-    async fn remembered_admin(&self, admin_id: &str) -> Result<AdminContext> {
-        let admin = self.store.admin(admin_id).await?;
-        admin
-            .map(context)
-            .ok_or(CoreError::Unauthorized("invalid admin credentials"))
+    async fn remembered_admin(&self, admin_id: &str, hash: &str) -> Result<Option<AdminContext>> {
+        let Some(admin) = self.store.admin(admin_id).await? else {
+            return Err(CoreError::Unauthorized("invalid admin credentials"));
+        };
+        if admin.disabled {
+            return Err(CoreError::Unauthorized("invalid admin credentials"));
+        }
+        Ok((admin.secret_hash.0 == hash).then(|| context(admin)))
     }
 
     /// One check of a secret that was not remembered, while no other check
@@ -293,8 +308,10 @@ impl Core {
         let now = self.clock.now().unix_timestamp();
         // A check of the same credential that ran while this one waited
         // may have verified it.
-        if self.verified.remembered(key, now) {
-            return self.remembered_admin(admin_id).await;
+        if let Some(hash) = self.verified.remembered(key, now)
+            && let Some(ctx) = self.remembered_admin(admin_id, &hash).await?
+        {
+            return Ok(ctx);
         }
         self.limits
             .login_locked(Realm::Admin, admin_id, ip)
@@ -310,7 +327,11 @@ impl Core {
         self.limits
             .login_succeeded(Realm::Admin, admin_id, ip)
             .await;
-        self.verified.remember(key.clone(), now);
+        if admin.disabled {
+            return Err(DENIED);
+        }
+        self.verified
+            .remember(key.clone(), now, admin.secret_hash.0.clone());
         Ok(context(admin))
     }
 
@@ -331,16 +352,19 @@ impl Core {
                 "admin_id must be 1 to 64 of A-Z a-z 0-9 _ . -".into(),
             ));
         }
-        check_admin_secret(&secret)?;
+        crate::admins::check_admin_secret(admin_id, &secret, self.config.admin.min_secret_length)?;
         if scopes.is_empty() {
             return Err(CoreError::BadRequest("give at least one scope".into()));
         }
         let secret_hash = self.passwords.hash(secret).await?;
+        let now = self.clock.now();
         let admin = Admin {
             admin_id: admin_id.to_owned(),
             secret_hash,
             scopes: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
-            created_at: self.clock.now(),
+            created_at: now,
+            disabled: false,
+            tokens_valid_after: now,
         };
         self.store.create_admin(admin).await.map_err(|e| match e {
             StoreError::Conflict(_) => CoreError::Conflict("this admin_id exists".into()),
@@ -367,6 +391,12 @@ impl Core {
         ip: Option<&str>,
     ) -> Result<AdminToken> {
         let ctx = self.admin_by_secret(admin_id, secret, ip).await?;
+        let ver = self
+            .store
+            .admin(&ctx.admin_id)
+            .await?
+            .map(|a| unimsg_store::sql::ms(a.tokens_valid_after))
+            .ok_or(CoreError::Unauthorized("invalid admin credentials"))?;
         let now = self.clock.now().unix_timestamp();
         let ttl = self.config.admin.token_ttl_secs;
         let scopes: Vec<Scope> = ctx.scopes.iter().copied().collect();
@@ -377,6 +407,7 @@ impl Core {
             exp: now + ttl as i64,
             iat: now,
             jti: uuid::Uuid::now_v7().simple().to_string(),
+            ver,
         };
         let token = self.sign_token(&claims)?;
         Ok(AdminToken {
@@ -388,8 +419,14 @@ impl Core {
 
     /// A Bearer admin token. User access tokens are refused here (no
     /// audience), and admin tokens are refused as user tokens (no session).
-    pub async fn admin_bearer(&self, token: &str) -> Result<AdminContext> {
+    /// An API key (`umk_…`) is checked as such; anything else must be an
+    /// admin token of an account that still is as it was when the token
+    /// was issued.
+    pub async fn admin_bearer(&self, token: &str, ip: Option<&str>) -> Result<AdminContext> {
         const DENIED: CoreError = CoreError::Unauthorized("invalid or expired admin token");
+        if token.starts_with(crate::admins::KEY_PREFIX) {
+            return self.admin_by_key(token, ip).await;
+        }
         let key = self.verifying_key(token).await.ok_or(DENIED)?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.leeway = 5;
@@ -398,8 +435,12 @@ impl Core {
         let claims = jsonwebtoken::decode::<AdminClaims>(token, &key, &validation)
             .map_err(|_| DENIED)?
             .claims;
-        // A deleted admin's tokens stop working.
-        if self.store.admin(&claims.sub).await?.is_none() {
+        // A deleted, disabled or changed admin's tokens stop working.
+        let current = self.store.admin(&claims.sub).await?;
+        let valid = current.is_some_and(|a| {
+            !a.disabled && unimsg_store::sql::ms(a.tokens_valid_after) == claims.ver
+        });
+        if !valid {
             return Err(DENIED);
         }
         Ok(AdminContext {
@@ -934,9 +975,16 @@ mod tests {
     #[test]
     fn a_remembered_secret_expires() {
         let v = VerifiedSecrets::default();
-        v.remember(key("s"), 1000);
-        assert!(v.remembered(&key("s"), 1000 + VERIFIED_FOR_SECS - 1));
-        assert!(!v.remembered(&key("s"), 1000 + VERIFIED_FOR_SECS));
-        assert!(!v.remembered(&key("t"), 1000));
+        v.remember(key("s"), 1000, "h1".into());
+        assert_eq!(
+            v.remembered(&key("s"), 1000 + VERIFIED_FOR_SECS - 1).as_deref(),
+            Some("h1"),
+            "with the stored hash it matched"
+        );
+        assert!(v.remembered(&key("s"), 1000 + VERIFIED_FOR_SECS).is_none());
+        assert!(v.remembered(&key("t"), 1000).is_none());
+        v.remember(key("s"), 1000, "h1".into());
+        v.forget("admin");
+        assert!(v.remembered(&key("s"), 1001).is_none(), "forgotten on a change");
     }
 }

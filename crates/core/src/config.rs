@@ -198,6 +198,10 @@ pub struct AdminConfig {
     pub refusal_audit_interval_secs: u64,
     /// Lifetime of admin tokens from `POST /v1/admin/token`, in seconds.
     pub token_ttl_secs: u64,
+    /// Shortest admin secret, in bytes (at least 12). Secrets on a small
+    /// deny-list, of one repeated character or equal to the admin id are
+    /// refused too.
+    pub min_secret_length: usize,
     /// Most recipients of one targeted message.
     pub max_recipients: usize,
 }
@@ -214,6 +218,7 @@ impl Default for AdminConfig {
             nonce_per_credential: 25_000,
             refusal_audit_interval_secs: 60,
             token_ttl_secs: 900,
+            min_secret_length: 12,
             max_recipients: 100_000,
         }
     }

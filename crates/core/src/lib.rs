@@ -6,6 +6,7 @@
 //! state only through [`unimsg_store::Store`]. Nothing here parses HTTP.
 
 pub mod admin;
+pub mod admins;
 pub mod audit;
 pub mod auth;
 pub mod bus;
@@ -71,6 +72,7 @@ pub struct Core {
     pub(crate) limits: Arc<dyn RateLimits>,
     pub(crate) qr: Arc<dyn QrTickets>,
     pub(crate) verified: admin::VerifiedSecrets,
+    pub(crate) key_touches: admins::KeyTouches,
     pub(crate) tokens: auth::VerifiedTokens,
     pub(crate) refusals: audit::Refusals,
     pub(crate) replay_alerts: throttle::LogThrottle,
@@ -134,6 +136,7 @@ impl Core {
             limits: parts.limits,
             qr: parts.qr,
             verified: admin::VerifiedSecrets::default(),
+            key_touches: admins::KeyTouches::default(),
             tokens: auth::VerifiedTokens::default(),
             refusals: audit::Refusals::default(),
             replay_alerts: throttle::LogThrottle::new(std::time::Duration::from_secs(60)),

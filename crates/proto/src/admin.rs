@@ -405,3 +405,105 @@ pub struct DataKeyRotated {
     #[serde(with = "time::serde::rfc3339")]
     pub seals_from: OffsetDateTime,
 }
+
+/// An admin account as `GET /v1/admin/admins` lists it (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AdminInfo {
+    pub admin_id: String,
+    pub scopes: Vec<Scope>,
+    pub disabled: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// `GET /v1/admin/admins`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AdminList {
+    pub admins: Vec<AdminInfo>,
+}
+
+/// `PATCH /v1/admin/admins/{id}`: any change revokes the account's admin
+/// tokens at once, on every node.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AdminPatch {
+    /// A new secret; an admin may change its own with any scope.
+    #[serde(default)]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub scopes: Option<Vec<Scope>>,
+    #[serde(default)]
+    pub disabled: Option<bool>,
+}
+
+impl std::fmt::Debug for AdminPatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminPatch")
+            .field("secret", &self.secret.as_ref().map(|_| "[redacted]"))
+            .field("scopes", &self.scopes)
+            .field("disabled", &self.disabled)
+            .finish()
+    }
+}
+
+/// `POST /v1/admin/admins/{id}/keys`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewAdminKey {
+    /// Lifetime in seconds, 60 to 31,536,000 (a year).
+    pub expires_in: u64,
+    /// At most the admin's own scopes; default: all of them.
+    #[serde(default)]
+    pub scopes: Option<Vec<Scope>>,
+}
+
+/// A new API key: `key` is shown in this answer only. Send it as
+/// `Authorization: Bearer <key>`.
+#[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AdminKeyCreated {
+    pub key_id: String,
+    pub key: String,
+    pub scopes: Vec<Scope>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for AdminKeyCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminKeyCreated")
+            .field("key_id", &self.key_id)
+            .field("key", &"[redacted]")
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+/// An API key as listed (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AdminKeyInfo {
+    pub key_id: String,
+    pub scopes: Vec<Scope>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_used_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub last_used_ip: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// `GET /v1/admin/admins/{id}/keys`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AdminKeyList {
+    pub keys: Vec<AdminKeyInfo>,
+}

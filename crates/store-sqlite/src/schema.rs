@@ -252,6 +252,25 @@ CREATE TABLE hook_deliveries (
 CREATE INDEX hook_deliveries_due ON hook_deliveries(webhook_id, event_seq) WHERE state = 'pending';
 CREATE INDEX hook_deliveries_by_event ON hook_deliveries(event_seq);
 "#,
+    // Admin accounts can be disabled, and their tokens revoked by any
+    // change (`tokens_valid_after`); machines get API keys of their own,
+    // stored as the key's SHA-256.
+    r#"
+ALTER TABLE admins ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE admins ADD COLUMN tokens_valid_after INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE admin_keys (
+    key_id       TEXT PRIMARY KEY,
+    admin_id     TEXT NOT NULL,
+    key_hash     BLOB NOT NULL UNIQUE,
+    scopes       TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    last_used_at INTEGER,
+    last_used_ip TEXT,
+    revoked_at   INTEGER
+);
+CREATE INDEX admin_keys_by_admin ON admin_keys(admin_id);
+"#,
 ];
 
 /// Brings the database to the newest schema version.

@@ -146,6 +146,30 @@ pub trait Relationships: Send + Sync {
 #[async_trait]
 pub trait Admins: Send + Sync {
     async fn admin(&self, id: &str) -> Result<Option<Admin>>;
+    /// Every admin account, by id.
+    async fn admins(&self) -> Result<Vec<Admin>>;
+    /// Applies `change` and moves `tokens_valid_after` to `at`;
+    /// `NotFound` for an unknown admin.
+    async fn update_admin(&self, id: &str, change: AdminChange, at: OffsetDateTime)
+    -> Result<Admin>;
+    /// Deletes the account and its keys; `false` if there was none.
+    async fn delete_admin(&self, id: &str) -> Result<bool>;
+    /// `NotFound("admin")` for an unknown admin; `Conflict` for a taken id.
+    async fn create_admin_key(&self, key: AdminKeyRow) -> Result<()>;
+    /// An admin's keys, newest first (revoked and expired ones too).
+    async fn admin_keys(&self, admin_id: &str) -> Result<Vec<AdminKeyRow>>;
+    /// The key with this hash, if any.
+    async fn admin_key(&self, hash: &TokenHash) -> Result<Option<AdminKeyRow>>;
+    /// Records a use of a key.
+    async fn touch_admin_key(
+        &self,
+        key_id: &str,
+        at: OffsetDateTime,
+        ip: Option<String>,
+    ) -> Result<()>;
+    /// `false` when the admin has no such key that is not revoked.
+    async fn revoke_admin_key(&self, admin_id: &str, key_id: &str, at: OffsetDateTime)
+    -> Result<bool>;
     /// Creates an admin; `Conflict` if the id exists.
     async fn create_admin(&self, admin: Admin) -> Result<()>;
 }

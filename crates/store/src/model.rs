@@ -321,6 +321,36 @@ pub struct Admin {
     /// Scope names (`users:write`, `admin`, …).
     pub scopes: Vec<String>,
     pub created_at: OffsetDateTime,
+    /// A disabled admin's secret, keys and tokens are all refused.
+    pub disabled: bool,
+    /// Admin tokens issued before this are refused: any change of the
+    /// account moves it, so a changed secret or scope revokes its tokens.
+    pub tokens_valid_after: OffsetDateTime,
+}
+
+/// Changes to an admin account; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct AdminChange {
+    pub secret_hash: Option<PasswordHash>,
+    pub scopes: Option<Vec<String>>,
+    pub disabled: Option<bool>,
+}
+
+/// A machine's API key of an admin account. Only the key's SHA-256 is
+/// stored.
+#[derive(Debug, Clone)]
+pub struct AdminKeyRow {
+    /// `umk_…`, shown in lists; the secret part is not.
+    pub key_id: String,
+    pub admin_id: String,
+    pub key_hash: TokenHash,
+    /// Scope names; the admin's own scopes still bound them.
+    pub scopes: Vec<String>,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub last_used_at: Option<OffsetDateTime>,
+    pub last_used_ip: Option<String>,
+    pub revoked_at: Option<OffsetDateTime>,
 }
 
 /// One audit record to append; the store numbers and chains it.

@@ -20,7 +20,7 @@ use crate::{
     RefreshOutcome, Result, Sealed, Session, StoreError, StoredEvent, StoredMessage,
     StoredNotification, StoredText, User, UserStatus, WrappedKey,
 };
-use crate::{AttemptOutcome, DeliveryRow, HookEventRow, WebhookRow};
+use crate::{AdminKeyRow, AttemptOutcome, DeliveryRow, HookEventRow, TokenHash, WebhookRow};
 
 /// A row that failed to decode: a bug or corruption, never the client's.
 pub fn corrupt(what: &str) -> StoreError {
@@ -219,7 +219,8 @@ pub fn read_notification(row: &dyn SqlRow, at: usize) -> Result<StoredNotificati
     })
 }
 
-pub const ADMIN_COLUMNS: &str = "admin_id, secret_hash, scopes, created_at";
+pub const ADMIN_COLUMNS: &str =
+    "admin_id, secret_hash, scopes, created_at, disabled, tokens_valid_after";
 
 /// Reads the [`ADMIN_COLUMNS`].
 pub fn read_admin(row: &dyn SqlRow) -> Result<Admin> {
@@ -228,6 +229,30 @@ pub fn read_admin(row: &dyn SqlRow) -> Result<Admin> {
         secret_hash: PasswordHash(row.text(1)?),
         scopes: split_scopes(&row.text(2)?),
         created_at: from_ms(row.int(3)?)?,
+        disabled: row.flag(4)?,
+        tokens_valid_after: from_ms(row.int(5)?)?,
+    })
+}
+
+pub const ADMIN_KEY_COLUMNS: &str = "key_id, admin_id, key_hash, scopes, created_at, expires_at, \
+     last_used_at, last_used_ip, revoked_at";
+
+/// Reads the [`ADMIN_KEY_COLUMNS`].
+pub fn read_admin_key(row: &dyn SqlRow) -> Result<AdminKeyRow> {
+    let hash: [u8; 32] = row
+        .bytes(2)?
+        .try_into()
+        .map_err(|_| bad_column(2, "not a SHA-256"))?;
+    Ok(AdminKeyRow {
+        key_id: row.text(0)?,
+        admin_id: row.text(1)?,
+        key_hash: TokenHash(hash),
+        scopes: split_scopes(&row.text(3)?),
+        created_at: from_ms(row.int(4)?)?,
+        expires_at: from_ms(row.int(5)?)?,
+        last_used_at: row.int_opt(6)?.map(from_ms).transpose()?,
+        last_used_ip: row.text_opt(7)?,
+        revoked_at: row.int_opt(8)?.map(from_ms).transpose()?,
     })
 }
 

@@ -164,7 +164,7 @@ async fn authenticate(
             .ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
         Ok(state.core.admin_basic(id, secret, Some(client)).await?)
     } else if scheme.eq_ignore_ascii_case("bearer") {
-        Ok(state.core.admin_bearer(rest.trim()).await?)
+        Ok(state.core.admin_bearer(rest.trim(), Some(client)).await?)
     } else {
         Err(ApiError::unauthorized("use Basic or Bearer credentials"))
     }
