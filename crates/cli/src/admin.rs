@@ -11,7 +11,8 @@ use clap::builder::RangedU64ValueParser;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use unimsg_client::proto::admin::{
-    BroadcastRequest, MintRequest, NotifyRequest, Target, UserPatch,
+    AdminPatch, BroadcastRequest, MintRequest, NewAdminKey, NewAdminRequest, NotifyRequest, Scope,
+    Target, UserPatch,
 };
 use unimsg_client::proto::hooks::{CreateWebhook, DeliveryState};
 use unimsg_client::proto::{Platform, UserId};
@@ -37,7 +38,7 @@ pub(crate) struct Remote {
     server: String,
     /// Admin account for HTTP Basic credentials.
     #[arg(long, env = "UNIMSG_ADMIN_ID", default_value = "admin", global = true)]
-    admin_id: String,
+    pub(crate) admin_id: String,
     /// Sent as X-Operation-Id and recorded with the request in the audit log.
     #[arg(long, value_name = "ID", global = true)]
     operation_id: Option<String>,
@@ -222,6 +223,7 @@ pub(crate) enum WebhookCommand {
 /// One admin command.
 pub(crate) enum Action {
     RotateSigning,
+    Admins(AdminAction),
     Webhook(WebhookCommand),
     User(UserCommand),
     Token(TokenCommand),
@@ -243,6 +245,7 @@ pub(crate) fn run(remote: &Remote, action: Action) -> anyhow::Result<ExitCode> {
 async fn execute(admin: &AdminClient, action: Action) -> anyhow::Result<ExitCode> {
     match action {
         Action::RotateSigning => print_json(&admin.rotate_signing_key().await?)?,
+        Action::Admins(action) => admins(admin, action).await?,
         Action::Webhook(command) => webhook(admin, command).await?,
         Action::User(UserCommand::Import { file, batch_size }) => {
             return import(admin, &file, batch_size).await;
@@ -448,4 +451,214 @@ async fn webhook(admin: &AdminClient, command: WebhookCommand) -> anyhow::Result
             event_id,
         } => print_json(&admin.retry_webhook_delivery(&webhook_id, &event_id).await?),
     }
+}
+
+/// `unimsg admin …`
+#[derive(Subcommand)]
+pub(crate) enum AdminCommand {
+    /// Change an admin's secret (yours by default) to UNIMSG_NEW_ADMIN_PASSWORD.
+    #[command(after_help = CREDENTIALS_HELP)]
+    Passwd {
+        #[command(flatten)]
+        remote: Remote,
+        /// The account [default: --admin-id].
+        target: Option<String>,
+    },
+    /// Create an admin account whose secret is UNIMSG_NEW_ADMIN_PASSWORD.
+    #[command(after_help = CREDENTIALS_HELP)]
+    Create {
+        #[command(flatten)]
+        remote: Remote,
+        target: String,
+        /// Comma-separated scopes, e.g. users:read,messages:send.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
+    /// List the admin accounts.
+    #[command(after_help = CREDENTIALS_HELP)]
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Disable an admin account: its secret, keys and tokens are refused.
+    #[command(after_help = CREDENTIALS_HELP)]
+    Disable {
+        #[command(flatten)]
+        remote: Remote,
+        target: String,
+    },
+    /// API keys of an admin account.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Give an admin account (default `admin`) the secret in
+    /// UNIMSG_NEW_ADMIN_PASSWORD, with no server running on the data
+    /// directory: for an operator who lost it.
+    ResetPassword {
+        /// Directory of the database and key files [default: ./data].
+        #[arg(long, env = "UNIMSG_DATA_DIR")]
+        data_dir: Option<std::path::PathBuf>,
+        /// A TOML configuration file (see unimsg.example.toml).
+        #[arg(long, env = "UNIMSG_CONFIG")]
+        config: Option<std::path::PathBuf>,
+        #[arg(long = "account", default_value = "admin")]
+        admin_id: String,
+    },
+}
+
+/// `unimsg admin key …`
+#[derive(Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Make an API key (printed once, with its id).
+    #[command(after_help = CREDENTIALS_HELP)]
+    Create {
+        #[command(flatten)]
+        remote: Remote,
+        target: String,
+        /// Lifetime in seconds (at most a year).
+        #[arg(long, default_value_t = 90 * 24 * 3600)]
+        expires_in: u64,
+        /// Comma-separated scopes [default: the admin's].
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+    },
+    /// Revoke an API key.
+    #[command(after_help = CREDENTIALS_HELP)]
+    Revoke {
+        #[command(flatten)]
+        remote: Remote,
+        target: String,
+        key_id: String,
+    },
+}
+
+/// What an `unimsg admin` command asks of the server.
+pub(crate) enum AdminAction {
+    Passwd {
+        target: String,
+        secret: String,
+    },
+    Create {
+        target: String,
+        secret: String,
+        scopes: Vec<Scope>,
+    },
+    List,
+    Disable {
+        target: String,
+    },
+    KeyCreate {
+        target: String,
+        req: NewAdminKey,
+    },
+    KeyRevoke {
+        target: String,
+        key_id: String,
+    },
+}
+
+fn parse_scopes(names: &[String]) -> anyhow::Result<Vec<Scope>> {
+    names
+        .iter()
+        .map(|n| Scope::parse(n.trim()).ok_or_else(|| anyhow::anyhow!("{n:?} is not a scope")))
+        .collect()
+}
+
+/// The server and the request of an `unimsg admin` command (not
+/// `reset-password`, which runs offline).
+pub(crate) fn admin_action(command: AdminCommand) -> anyhow::Result<(Remote, Action)> {
+    let action = match command {
+        AdminCommand::Passwd { remote, target } => {
+            let target = target.unwrap_or_else(|| remote.admin_id.clone());
+            let secret = crate::new_admin_secret()?;
+            (remote, AdminAction::Passwd { target, secret })
+        }
+        AdminCommand::Create {
+            remote,
+            target,
+            scopes,
+        } => {
+            let scopes = parse_scopes(&scopes)?;
+            let secret = crate::new_admin_secret()?;
+            (
+                remote,
+                AdminAction::Create {
+                    target,
+                    secret,
+                    scopes,
+                },
+            )
+        }
+        AdminCommand::List { remote } => (remote, AdminAction::List),
+        AdminCommand::Disable { remote, target } => (remote, AdminAction::Disable { target }),
+        AdminCommand::Key {
+            command:
+                KeyCommand::Create {
+                    remote,
+                    target,
+                    expires_in,
+                    scopes,
+                },
+        } => {
+            let scopes = scopes.map(|s| parse_scopes(&s)).transpose()?;
+            let req = NewAdminKey { expires_in, scopes };
+            (remote, AdminAction::KeyCreate { target, req })
+        }
+        AdminCommand::Key {
+            command:
+                KeyCommand::Revoke {
+                    remote,
+                    target,
+                    key_id,
+                },
+        } => (remote, AdminAction::KeyRevoke { target, key_id }),
+        AdminCommand::ResetPassword { .. } => {
+            anyhow::bail!("reset-password runs on the data directory, not a server")
+        }
+    };
+    Ok((action.0, Action::Admins(action.1)))
+}
+
+async fn admins(admin: &AdminClient, action: AdminAction) -> anyhow::Result<()> {
+    match action {
+        AdminAction::Passwd { target, secret } => {
+            let patch = AdminPatch {
+                secret: Some(secret),
+                ..AdminPatch::default()
+            };
+            admin.update_admin(&target, &patch).await?;
+            println!("the secret of {target} is changed; its earlier admin tokens are refused");
+        }
+        AdminAction::Create {
+            target,
+            secret,
+            scopes,
+        } => {
+            let req = NewAdminRequest {
+                admin_id: target.clone(),
+                secret,
+                scopes,
+            };
+            admin.create_admin(&req).await?;
+            println!("created {target}");
+        }
+        AdminAction::List => print_json(&admin.list_admins().await?)?,
+        AdminAction::Disable { target } => {
+            let patch = AdminPatch {
+                disabled: Some(true),
+                ..AdminPatch::default()
+            };
+            print_json(&admin.update_admin(&target, &patch).await?)?;
+        }
+        AdminAction::KeyCreate { target, req } => {
+            // The one time the key is shown.
+            print_json(&admin.create_admin_key(&target, &req).await?)?;
+        }
+        AdminAction::KeyRevoke { target, key_id } => {
+            admin.revoke_admin_key(&target, &key_id).await?;
+            println!("revoked {key_id}");
+        }
+    }
+    Ok(())
 }

@@ -73,6 +73,12 @@ enum Command {
         #[command(flatten)]
         message: Message,
     },
+    /// Manage admin accounts and their API keys. New secrets come from
+    /// UNIMSG_NEW_ADMIN_PASSWORD, never from the command line.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Rotate keys.
     Keys {
         #[command(subcommand)]
@@ -89,6 +95,8 @@ enum Command {
         command: ConfigCommand,
     },
 }
+
+pub(crate) use admin::AdminCommand;
 
 #[derive(clap::Subcommand)]
 enum KeysCommand {
@@ -165,6 +173,18 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Keys {
             command: KeysCommand::RotateSigning { remote },
         } => admin::run(&remote, Action::RotateSigning),
+        Command::Admin {
+            command:
+                AdminCommand::ResetPassword {
+                    data_dir,
+                    config,
+                    admin_id,
+                },
+        } => reset_password(data_dir, config, &admin_id),
+        Command::Admin { command } => {
+            let (remote, action) = admin::admin_action(command)?;
+            admin::run(&remote, action)
+        }
         Command::Keys {
             command: KeysCommand::RotateMaster { data_dir, config },
         } => rotate_master(data_dir, config),
@@ -203,6 +223,34 @@ fn main() -> anyhow::Result<ExitCode> {
 
 fn toml_of(config: &Config) -> String {
     unimsg_server::to_toml(config)
+}
+
+/// The new secret of `admin passwd|create|reset-password`.
+pub(crate) fn new_admin_secret() -> anyhow::Result<String> {
+    std::env::var("UNIMSG_NEW_ADMIN_PASSWORD")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("set UNIMSG_NEW_ADMIN_PASSWORD to the new secret"))
+}
+
+fn reset_password(
+    data_dir: Option<PathBuf>,
+    file: Option<PathBuf>,
+    admin_id: &str,
+) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(file.as_deref(), std::env::vars())?;
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    let secret = new_admin_secret()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(unimsg_server::reset_admin_password(
+        &config, admin_id, secret,
+    ))?;
+    println!("the secret of {admin_id} is changed; its earlier admin tokens are refused");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn rotate_master(data_dir: Option<PathBuf>, file: Option<PathBuf>) -> anyhow::Result<ExitCode> {

@@ -34,10 +34,10 @@ use reqwest::{Method, RequestBuilder};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use unimsg_proto::admin::{
-    AdminToken, AdminTokenRequest, AdminUser, AuditPage, BroadcastRequest, BroadcastResponse,
-    ForceLogoutRequest, ForceLogoutResponse, ImportRequest, ImportResponse, MessageStatus,
-    MintRequest, NewAdminRequest, NotifyRequest, NotifyResponse, PresenceResponse, SigningKeyInfo,
-    UserPatch,
+    AdminInfo, AdminKeyCreated, AdminList, AdminPatch, AdminToken, AdminTokenRequest, AdminUser,
+    AuditPage, BroadcastRequest, BroadcastResponse, ForceLogoutRequest, ForceLogoutResponse,
+    ImportRequest, ImportResponse, MessageStatus, MintRequest, NewAdminKey, NewAdminRequest,
+    NotifyRequest, NotifyResponse, PresenceResponse, SigningKeyInfo, UserPatch,
 };
 use unimsg_proto::api::TokenPair;
 use unimsg_proto::hooks::{
@@ -180,6 +180,44 @@ impl AdminClient {
     pub async fn create_admin(&self, req: &NewAdminRequest) -> Result<()> {
         self.call_empty(Method::POST, &["v1", "admin", "admins"], Some(req))
             .await
+    }
+
+    /// `GET /v1/admin/admins`
+    pub async fn list_admins(&self) -> Result<AdminList> {
+        self.call::<(), _>(Method::GET, &["v1", "admin", "admins"], &[], None)
+            .await
+    }
+
+    /// `PATCH /v1/admin/admins/{id}`: revokes the account's earlier tokens.
+    pub async fn update_admin(&self, id: &str, patch: &AdminPatch) -> Result<AdminInfo> {
+        self.call(
+            Method::PATCH,
+            &["v1", "admin", "admins", id],
+            &[],
+            Some(patch),
+        )
+        .await
+    }
+
+    /// `POST /v1/admin/admins/{id}/keys`: the key is in this answer only.
+    pub async fn create_admin_key(&self, id: &str, req: &NewAdminKey) -> Result<AdminKeyCreated> {
+        self.call(
+            Method::POST,
+            &["v1", "admin", "admins", id, "keys"],
+            &[],
+            Some(req),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/admin/admins/{id}/keys/{key_id}`
+    pub async fn revoke_admin_key(&self, id: &str, key_id: &str) -> Result<()> {
+        self.call_empty::<()>(
+            Method::DELETE,
+            &["v1", "admin", "admins", id, "keys", key_id],
+            None,
+        )
+        .await
     }
 
     /// `POST /v1/admin/users`: imports at most [`MAX_IMPORT_BATCH`] users,

@@ -146,7 +146,6 @@ fn secret_digest(secret: &str) -> [u8; 32] {
     crate::keys::OpaqueToken(secret.to_owned()).hash().0
 }
 
-
 /// The context of an authenticated admin account.
 fn context(admin: Admin) -> AdminContext {
     AdminContext {
@@ -217,7 +216,21 @@ impl Core {
     /// Creates the `admin` account (all scopes) when there is none. Returns
     /// the generated password when none was given, to be shown once.
     pub async fn ensure_initial_admin(&self, password: Option<String>) -> Result<Option<String>> {
-        if self.store.admin(INITIAL_ADMIN).await?.is_some() {
+        if let Some(existing) = self.store.admin(INITIAL_ADMIN).await? {
+            // Said rather than silently ignored: the variable only sets
+            // the first secret.
+            if let Some(p) = password.filter(|p| !p.is_empty())
+                && !self
+                    .admin_passwords
+                    .verify(p, Some(existing.secret_hash))
+                    .await?
+            {
+                tracing::warn!(
+                    "UNIMSG_ADMIN_PASSWORD differs from the secret of `admin` and is ignored: it only \
+                     sets the first one. Change it with `unimsg admin passwd`, or offline with \
+                     `unimsg admin reset-password --data-dir DIR`"
+                );
+            }
             return Ok(None);
         }
         let (password, generated) = match password {
@@ -977,7 +990,8 @@ mod tests {
         let v = VerifiedSecrets::default();
         v.remember(key("s"), 1000, "h1".into());
         assert_eq!(
-            v.remembered(&key("s"), 1000 + VERIFIED_FOR_SECS - 1).as_deref(),
+            v.remembered(&key("s"), 1000 + VERIFIED_FOR_SECS - 1)
+                .as_deref(),
             Some("h1"),
             "with the stored hash it matched"
         );
@@ -985,6 +999,9 @@ mod tests {
         assert!(v.remembered(&key("t"), 1000).is_none());
         v.remember(key("s"), 1000, "h1".into());
         v.forget("admin");
-        assert!(v.remembered(&key("s"), 1001).is_none(), "forgotten on a change");
+        assert!(
+            v.remembered(&key("s"), 1001).is_none(),
+            "forgotten on a change"
+        );
     }
 }

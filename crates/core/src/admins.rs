@@ -59,7 +59,7 @@ const DENIED_SECRETS: &[&str] = &[
 /// The strength rule of every admin secret: `min_len` (at least 12) to
 /// 1,024 bytes, not on the deny-list, not one repeated character, not
 /// the admin id.
-pub(crate) fn check_admin_secret(admin_id: &str, secret: &str, min_len: usize) -> Result<()> {
+pub fn check_admin_secret(admin_id: &str, secret: &str, min_len: usize) -> Result<()> {
     let min_len = min_len.max(12);
     if secret.len() < min_len || secret.len() > 1024 {
         return Err(CoreError::BadRequest(format!(
@@ -80,7 +80,9 @@ pub(crate) fn check_admin_secret(admin_id: &str, secret: &str, min_len: usize) -
 
 /// Last writes of each key's use on this node.
 #[derive(Debug, Default)]
-pub(crate) struct KeyTouches(parking_lot::Mutex<HashMap<String, (tokio::time::Instant, Option<String>)>>);
+pub(crate) struct KeyTouches(
+    parking_lot::Mutex<HashMap<String, (tokio::time::Instant, Option<String>)>>,
+);
 
 impl KeyTouches {
     /// Whether the use of `key_id` from `ip` should be written now.
@@ -207,7 +209,10 @@ impl Core {
                 .map(|s| s.iter().map(|s| s.as_str().to_owned()).collect()),
             disabled: patch.disabled,
         };
-        let admin = self.store.update_admin(id, change, self.clock.now()).await?;
+        let admin = self
+            .store
+            .update_admin(id, change, self.clock.now())
+            .await?;
         self.verified.forget(id);
         Ok(info(admin))
     }
@@ -255,8 +260,10 @@ impl Core {
                 "a key cannot have a scope its admin lacks".into(),
             ));
         }
-        let id_bytes = crate::keys::random_bytes::<9>().map_err(|e| CoreError::Internal(e.to_string()))?;
-        let secret = crate::keys::random_bytes::<32>().map_err(|e| CoreError::Internal(e.to_string()))?;
+        let id_bytes =
+            crate::keys::random_bytes::<9>().map_err(|e| CoreError::Internal(e.to_string()))?;
+        let secret =
+            crate::keys::random_bytes::<32>().map_err(|e| CoreError::Internal(e.to_string()))?;
         let key_id = format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(id_bytes));
         let key = format!("{key_id}_{}", URL_SAFE_NO_PAD.encode(secret));
         let now = self.clock.now();
@@ -272,10 +279,13 @@ impl Core {
             last_used_ip: None,
             revoked_at: None,
         };
-        self.store.create_admin_key(row).await.map_err(|e| match e {
-            StoreError::NotFound(_) => not_found(),
-            other => other.into(),
-        })?;
+        self.store
+            .create_admin_key(row)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound(_) => not_found(),
+                other => other.into(),
+            })?;
         Ok(AdminKeyCreated {
             key_id,
             key,
@@ -297,7 +307,12 @@ impl Core {
     }
 
     /// `DELETE /v1/admin/admins/{id}/keys/{key_id}`
-    pub async fn revoke_admin_key(&self, actor: &AdminContext, id: &str, key_id: &str) -> Result<()> {
+    pub async fn revoke_admin_key(
+        &self,
+        actor: &AdminContext,
+        id: &str,
+        key_id: &str,
+    ) -> Result<()> {
         may_manage(actor, id)?;
         if !self
             .store

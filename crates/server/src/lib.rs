@@ -303,6 +303,40 @@ pub async fn rotate_master_offline(
     Ok((rewrapped, source.describe()))
 }
 
+/// `unimsg admin reset-password`: gives `admin_id` a new secret with no
+/// server running (an operator who lost the first one). Its earlier
+/// tokens are refused from then on.
+pub async fn reset_admin_password(
+    config: &Config,
+    admin_id: &str,
+    secret: String,
+) -> anyhow::Result<()> {
+    unimsg_core::admins::check_admin_secret(admin_id, &secret, config.admin.min_secret_length)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let path = config.data_dir.join("unimsg.db");
+    anyhow::ensure!(path.exists(), "no database at {}", path.display());
+    let store = SqliteStore::open(SqliteOptions::new(path))?;
+    let hash = PasswordWorkers::start(1, 1)
+        .hash(secret)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let change = unimsg_store::AdminChange {
+        secret_hash: Some(hash),
+        ..Default::default()
+    };
+    use unimsg_store::Admins;
+    store
+        .update_admin(admin_id, change, time::OffsetDateTime::now_utc())
+        .await
+        .map_err(|e| match e {
+            unimsg_store::StoreError::NotFound(_) => {
+                anyhow::anyhow!("no admin account {admin_id:?} in this data directory")
+            }
+            other => other.into(),
+        })?;
+    Ok(())
+}
+
 /// `unimsg audit verify`: walks the audit log of the data directory's store.
 pub async fn verify_audit(data_dir: &std::path::Path) -> anyhow::Result<Result<u64, String>> {
     let path = data_dir.join("unimsg.db");

@@ -150,8 +150,12 @@ pub trait Admins: Send + Sync {
     async fn admins(&self) -> Result<Vec<Admin>>;
     /// Applies `change` and moves `tokens_valid_after` to `at`;
     /// `NotFound` for an unknown admin.
-    async fn update_admin(&self, id: &str, change: AdminChange, at: OffsetDateTime)
-    -> Result<Admin>;
+    async fn update_admin(
+        &self,
+        id: &str,
+        change: AdminChange,
+        at: OffsetDateTime,
+    ) -> Result<Admin>;
     /// Deletes the account and its keys; `false` if there was none.
     async fn delete_admin(&self, id: &str) -> Result<bool>;
     /// `NotFound("admin")` for an unknown admin; `Conflict` for a taken id.
@@ -168,8 +172,12 @@ pub trait Admins: Send + Sync {
         ip: Option<String>,
     ) -> Result<()>;
     /// `false` when the admin has no such key that is not revoked.
-    async fn revoke_admin_key(&self, admin_id: &str, key_id: &str, at: OffsetDateTime)
-    -> Result<bool>;
+    async fn revoke_admin_key(
+        &self,
+        admin_id: &str,
+        key_id: &str,
+        at: OffsetDateTime,
+    ) -> Result<bool>;
     /// Creates an admin; `Conflict` if the id exists.
     async fn create_admin(&self, admin: Admin) -> Result<()>;
 }

@@ -569,3 +569,98 @@ async fn webhook_commands_add_list_inspect_retry_and_remove() {
     let out = Run::new(&server, &["webhook", "show", &id]).output().await;
     assert!(!out.status.success(), "a removed endpoint is gone");
 }
+
+#[tokio::test]
+async fn admin_commands_manage_accounts_keys_and_a_lost_password() {
+    let mut server = TestServer::start().await;
+    let with_new = |secret: &str| {
+        vec![
+            ("UNIMSG_ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
+            ("UNIMSG_NEW_ADMIN_PASSWORD", secret.to_owned()),
+        ]
+    };
+    let mut create = Run::new(
+        &server,
+        &["admin", "create", "ops", "--scopes", "users:read"],
+    );
+    create.env = with_new("ops-first-secret-1");
+    assert!(create.ok().await.contains("created ops"));
+    let list: serde_json::Value = Run::new(&server, &["admin", "list"]).json().await;
+    assert_eq!(list["admins"][1]["admin_id"], "ops");
+    let key: serde_json::Value = Run::new(
+        &server,
+        &["admin", "key", "create", "ops", "--expires-in", "3600"],
+    )
+    .json()
+    .await;
+    let secret = key["key"].as_str().unwrap().to_owned();
+    // The key works as a credential of the CLI itself.
+    let shown = Run::new(&server, &["user", "show", "nobody"])
+        .env(&[("UNIMSG_ADMIN_TOKEN", &secret)])
+        .output()
+        .await;
+    assert!(
+        String::from_utf8_lossy(&shown.stderr).contains("user not found"),
+        "admitted, then 404: {}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    let revoked = Run::new(
+        &server,
+        &[
+            "admin",
+            "key",
+            "revoke",
+            "ops",
+            key["key_id"].as_str().unwrap(),
+        ],
+    )
+    .ok()
+    .await;
+    assert!(revoked.contains("revoked"));
+    let refused = Run::new(&server, &["user", "show", "nobody"])
+        .env(&[("UNIMSG_ADMIN_TOKEN", &secret)])
+        .output()
+        .await;
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let mut passwd = Run::new(&server, &["admin", "passwd", "ops"]);
+    passwd.env = with_new("ops-second-secret-2");
+    assert!(passwd.ok().await.contains("is changed"));
+    let disabled: serde_json::Value = Run::new(&server, &["admin", "disable", "ops"]).json().await;
+    assert_eq!(disabled["disabled"], true);
+
+    // The operator lost the first password: reset it offline.
+    assert!(server.terminate().await.success());
+    let reset = tokio::process::Command::new(env!("CARGO_BIN_EXE_unimsg"))
+        .args(["admin", "reset-password", "--data-dir"])
+        .arg(server.data_dir())
+        .env_clear()
+        .env("UNIMSG_NEW_ADMIN_PASSWORD", "a-new-root-secret-3")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        reset.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reset.stderr)
+    );
+    let server = server.restart_with(&[]).await.unwrap();
+    assert!(
+        server.logs().contains("UNIMSG_ADMIN_PASSWORD differs"),
+        "the old variable is said to be ignored"
+    );
+    let old = Run::new(&server, &["admin", "list"]).output().await;
+    assert!(!old.status.success(), "the lost password still works");
+    let new = Run::new(&server, &["admin", "list"])
+        .env(&[("UNIMSG_ADMIN_PASSWORD", "a-new-root-secret-3")])
+        .output()
+        .await;
+    assert!(
+        new.status.success(),
+        "{}",
+        String::from_utf8_lossy(&new.stderr)
+    );
+}

@@ -220,6 +220,67 @@ async fn a_signing_key_rotated_on_one_node_is_used_by_every_node() {
 }
 
 #[tokio::test]
+async fn a_deleted_admin_is_refused_with_every_credential_on_every_node() {
+    let c = TestCluster::start(2, &[]).await;
+    let (status, body) = admin(
+        &c.nodes[0],
+        Method::POST,
+        "/v1/admin/admins",
+        Some(json!({"admin_id": "ops", "secret": "ops-first-secret-1", "scopes": ["users:read"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let http = reqwest::Client::new();
+    let basic = |node: &TestServer| {
+        http.get(format!("{}/v1/admin/users/nobody", node.base))
+            .basic_auth("ops", Some("ops-first-secret-1"))
+    };
+    let bearer = |node: &TestServer, token: &str| {
+        http.get(format!("{}/v1/admin/users/nobody", node.base))
+            .bearer_auth(token)
+    };
+    // Each credential works on node 1 (the secret is remembered there).
+    let token: Value = http
+        .post(format!("{}/v1/admin/token", c.nodes[0].base))
+        .json(&json!({"admin_id": "ops", "secret": "ops-first-secret-1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    let key: Value = http
+        .post(format!("{}/v1/admin/admins/ops/keys", c.nodes[0].base))
+        .basic_auth("ops", Some("ops-first-secret-1"))
+        .json(&json!({"expires_in": 3600}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = key["key"].as_str().unwrap().to_owned();
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(status(basic(&c.nodes[1]).send().await.unwrap()), 404);
+    assert_eq!(
+        status(bearer(&c.nodes[1], &token).send().await.unwrap()),
+        404
+    );
+    assert_eq!(status(bearer(&c.nodes[1], &key).send().await.unwrap()), 404);
+
+    let (status_code, _) = admin(&c.nodes[0], Method::DELETE, "/v1/admin/admins/ops", None).await;
+    assert_eq!(status_code, 204);
+    // The next call on the other node refuses all three.
+    assert_eq!(status(basic(&c.nodes[1]).send().await.unwrap()), 401);
+    assert_eq!(
+        status(bearer(&c.nodes[1], &token).send().await.unwrap()),
+        401
+    );
+    assert_eq!(status(bearer(&c.nodes[1], &key).send().await.unwrap()), 401);
+}
+
+#[tokio::test]
 async fn concurrent_sends_through_three_nodes_leave_a_gap_free_inbox() {
     let c = TestCluster::start(3, &[]).await;
     let bob_id = register(&c.nodes[0].client(), "bob").await;

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod admin;
+mod admin_credentials;
 mod audit_auth;
 mod audit_domain;
 mod audit_gate;

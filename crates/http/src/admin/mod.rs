@@ -18,6 +18,7 @@
 //! - [`groups`] — `/v1/admin/groups…`
 //! - [`webhooks`] — `/v1/admin/webhooks…`
 
+mod admins;
 mod audit;
 mod gate;
 mod groups;
@@ -47,7 +48,14 @@ pub(crate) use gate::gate;
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(tokens::token))
-        .routes(routes!(tokens::create_admin))
+        .routes(routes!(tokens::create_admin, admins::list_admins))
+        .routes(routes!(
+            admins::get_admin,
+            admins::update_admin,
+            admins::delete_admin
+        ))
+        .routes(routes!(admins::create_key, admins::list_keys))
+        .routes(routes!(admins::revoke_key))
         .routes(routes!(users::import_users))
         .routes(routes!(
             users::get_user,

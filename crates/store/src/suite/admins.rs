@@ -73,7 +73,10 @@ pub async fn admins(store: Arc<dyn Store>) {
     assert_eq!(changed.secret_hash.0, "h2");
     assert!(changed.disabled);
     assert_eq!(changed.scopes, vec!["users:read", "audit:read"]);
-    assert_eq!(crate::sql::ms(changed.tokens_valid_after), crate::sql::ms(later));
+    assert_eq!(
+        crate::sql::ms(changed.tokens_valid_after),
+        crate::sql::ms(later)
+    );
     assert!(matches!(
         store
             .update_admin("nobody", AdminChange::default(), later)
@@ -100,7 +103,13 @@ pub async fn admins(store: Arc<dyn Store>) {
     assert_eq!(listed, ["k2", "k1"]);
     let by_hash = store.admin_key(&TokenHash([1; 32])).await.unwrap().unwrap();
     assert_eq!(by_hash.key_id, "k1");
-    assert!(store.admin_key(&TokenHash([9; 32])).await.unwrap().is_none());
+    assert!(
+        store
+            .admin_key(&TokenHash([9; 32]))
+            .await
+            .unwrap()
+            .is_none()
+    );
     store
         .touch_admin_key("k1", later, Some("10.0.0.1".into()))
         .await
@@ -116,5 +125,11 @@ pub async fn admins(store: Arc<dyn Store>) {
     assert!(store.delete_admin("ops").await.unwrap());
     assert!(!store.delete_admin("ops").await.unwrap());
     assert!(store.admin("ops").await.unwrap().is_none());
-    assert!(store.admin_key(&TokenHash([2; 32])).await.unwrap().is_none());
+    assert!(
+        store
+            .admin_key(&TokenHash([2; 32]))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
