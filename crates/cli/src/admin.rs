@@ -46,6 +46,15 @@ pub(crate) struct Remote {
     /// admin.require_nonce).
     #[arg(long, global = true)]
     nonce: bool,
+    /// Sign every request with this admin's signing secret (needed when
+    /// the server sets admin.require_signature).
+    #[arg(
+        long,
+        env = "UNIMSG_ADMIN_SIGNING_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    signing_secret: Option<String>,
     /// Trust only the CA certificate(s) in this PEM file for an
     /// https:// server (a private CA, or a self-signed certificate).
     #[arg(long, env = "UNIMSG_CA_CERT", value_name = "FILE", global = true)]
@@ -76,6 +85,9 @@ impl Remote {
         let mut admin = client.admin(credentials).with_replay_protection(self.nonce);
         if let Some(op) = &self.operation_id {
             admin = admin.with_operation_id(op.clone());
+        }
+        if let Some(secret) = &self.signing_secret {
+            admin = admin.with_signing_secret(secret.clone());
         }
         Ok(admin)
     }

@@ -257,6 +257,7 @@ impl Core {
             created_at: now,
             disabled: false,
             tokens_valid_after: now,
+            signing_secret: None,
         };
         match self.store.create_admin(admin).await {
             Ok(()) | Err(StoreError::Conflict(_)) => {}
@@ -378,6 +379,7 @@ impl Core {
             created_at: now,
             disabled: false,
             tokens_valid_after: now,
+            signing_secret: None,
         };
         self.store.create_admin(admin).await.map_err(|e| match e {
             StoreError::Conflict(_) => CoreError::Conflict("this admin_id exists".into()),

@@ -183,6 +183,11 @@ pub struct AdminConfig {
     /// server's own TLS listener, or from a trusted proxy that says
     /// `X-Forwarded-Proto: https`.
     pub require_tls: bool,
+    /// Refuse admin requests that are not signed (`X-Signature` over the
+    /// method, path, `X-Timestamp`, `X-Nonce` and body, with the admin's
+    /// signing secret); implies `require_nonce`. `POST /v1/admin/token`
+    /// is exempt (its credential is in its body).
+    pub require_signature: bool,
     /// How far `X-Timestamp` may be from now, and how long a nonce is remembered, in seconds.
     pub nonce_window_secs: u64,
     /// Most nonces remembered at once. A nonce is never forgotten inside
@@ -213,6 +218,7 @@ impl Default for AdminConfig {
             trusted_proxies: Vec::new(),
             require_nonce: false,
             require_tls: false,
+            require_signature: false,
             nonce_window_secs: 300,
             nonce_capacity: 100_000,
             nonce_per_credential: 25_000,

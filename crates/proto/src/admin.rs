@@ -507,3 +507,17 @@ pub struct AdminKeyInfo {
 pub struct AdminKeyList {
     pub keys: Vec<AdminKeyInfo>,
 }
+
+/// `POST /v1/admin/admins/{id}/signing-secret`: the secret that signs the
+/// account's requests, shown in this answer only.
+#[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SigningSecret {
+    pub signing_secret: String,
+}
+
+impl std::fmt::Debug for SigningSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningSecret([redacted])")
+    }
+}

@@ -22,8 +22,9 @@ use unimsg_store_sqlite::Durability;
 
 pub const ENV_PREFIX: &str = "UNIMSG_";
 
-/// Variables with the prefix that are not configuration keys (the last
-/// four are read by the admin commands of the `unimsg` binary).
+/// Variables with the prefix that are not configuration keys: secrets
+/// read at start, and what the admin and key commands of the `unimsg`
+/// binary read (from `UNIMSG_NEW_MASTER_KEY` on).
 const NOT_CONFIG: &[&str] = &[
     "UNIMSG_CONFIG",
     "UNIMSG_MASTER_KEY",
@@ -32,6 +33,7 @@ const NOT_CONFIG: &[&str] = &[
     "UNIMSG_ADMIN_PASSWORD",
     "UNIMSG_SERVER",
     "UNIMSG_CA_CERT",
+    "UNIMSG_ADMIN_SIGNING_SECRET",
     "UNIMSG_ADMIN_ID",
     "UNIMSG_ADMIN_TOKEN",
 ];

@@ -78,6 +78,21 @@ impl Admins for PgStore {
         })
     }
 
+    async fn set_admin_signing_secret(&self, id: &str, sealed: Vec<u8>) -> Result<()> {
+        connected!(self, |client| {
+            let changed = client
+                .execute(
+                    "UPDATE admins SET signing_secret = $2 WHERE admin_id = $1",
+                    &[&id, &sealed],
+                )
+                .await?;
+            if changed == 0 {
+                return Err(StoreError::NotFound("admin").into());
+            }
+            Ok(())
+        })
+    }
+
     async fn delete_admin(&self, id: &str) -> Result<bool> {
         transaction!(self, |tx| {
             tx.execute("DELETE FROM admin_keys WHERE admin_id = $1", &[&id])

@@ -284,6 +284,11 @@ CREATE TABLE admin_keys (
 );
 CREATE INDEX admin_keys_by_admin ON admin_keys(admin_id);
 "#,
+    // The secret an admin's signed requests are checked with, sealed like
+    // message content.
+    r#"
+ALTER TABLE admins ADD COLUMN signing_secret BYTEA;
+"#,
 ];
 
 /// Brings the database to the newest schema version.

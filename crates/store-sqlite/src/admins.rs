@@ -79,6 +79,21 @@ impl Admins for SqliteStore {
         .await
     }
 
+    async fn set_admin_signing_secret(&self, id: &str, sealed: Vec<u8>) -> Result<()> {
+        let id = id.to_owned();
+        self.write(move |conn| {
+            let changed = conn.execute(
+                "UPDATE admins SET signing_secret = ?2 WHERE admin_id = ?1",
+                params![id, sealed],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::NotFound("admin").into());
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn delete_admin(&self, id: &str) -> Result<bool> {
         let id = id.to_owned();
         self.write(move |conn| {

@@ -156,6 +156,9 @@ pub trait Admins: Send + Sync {
         change: AdminChange,
         at: OffsetDateTime,
     ) -> Result<Admin>;
+    /// Replaces the account's request signing secret (sealed);
+    /// `NotFound` for an unknown admin.
+    async fn set_admin_signing_secret(&self, id: &str, sealed: Vec<u8>) -> Result<()>;
     /// Deletes the account and its keys; `false` if there was none.
     async fn delete_admin(&self, id: &str) -> Result<bool>;
     /// `NotFound("admin")` for an unknown admin; `Conflict` for a taken id.

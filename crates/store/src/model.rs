@@ -326,6 +326,9 @@ pub struct Admin {
     /// Admin tokens issued before this are refused: any change of the
     /// account moves it, so a changed secret or scope revokes its tokens.
     pub tokens_valid_after: OffsetDateTime,
+    /// The secret its signed requests are checked with, sealed
+    /// (`Sealed::to_bytes`); `None` until one is made.
+    pub signing_secret: Option<Vec<u8>>,
 }
 
 /// Changes to an admin account; `None` leaves a field as it is.

@@ -220,7 +220,7 @@ pub fn read_notification(row: &dyn SqlRow, at: usize) -> Result<StoredNotificati
 }
 
 pub const ADMIN_COLUMNS: &str =
-    "admin_id, secret_hash, scopes, created_at, disabled, tokens_valid_after";
+    "admin_id, secret_hash, scopes, created_at, disabled, tokens_valid_after, signing_secret";
 
 /// Reads the [`ADMIN_COLUMNS`].
 pub fn read_admin(row: &dyn SqlRow) -> Result<Admin> {
@@ -231,6 +231,7 @@ pub fn read_admin(row: &dyn SqlRow) -> Result<Admin> {
         created_at: from_ms(row.int(3)?)?,
         disabled: row.flag(4)?,
         tokens_valid_after: from_ms(row.int(5)?)?,
+        signing_secret: row.bytes_opt(6)?,
     })
 }
 

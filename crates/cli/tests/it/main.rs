@@ -30,5 +30,6 @@ mod openapi;
 mod property;
 mod qr;
 mod receiver;
+mod signed_admin;
 mod support;
 mod tls;

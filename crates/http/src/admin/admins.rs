@@ -191,3 +191,26 @@ pub(super) async fn revoke_key(
     state.core.revoke_admin_key(&admin, &id, &key_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[utoipa::path(
+    post,
+    path = "/v1/admin/admins/{id}/signing-secret",
+    operation_id = "admin_new_signing_secret",
+    tag = "admin",
+    summary = "Make a request signing secret",
+    description = "A new secret that signs the account's requests (`X-Signature`, needed when the server sets `admin.require_signature`), shown in this answer only; the previous one stops at once. Scope: `admin`, or the account itself.",
+    params(("id" = String, Path, description = "The admin id.")),
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 201, description = "The secret.", body = unimsg_proto::admin::SigningSecret),
+        (status = 404, description = "No such admin (`not_found`).", body = ErrorBody),
+    ),
+)]
+pub(super) async fn new_signing_secret(
+    State(state): State<AppState>,
+    AdminAuth(admin): AdminAuth,
+    PathId(id): PathId,
+) -> Result<(StatusCode, axum::Json<unimsg_proto::admin::SigningSecret>), ApiError> {
+    let secret = state.core.new_signing_secret(&admin, &id).await?;
+    Ok((StatusCode::CREATED, axum::Json(secret)))
+}

@@ -131,14 +131,61 @@ async fn admit(
             .join(","),
     );
     core.check_limit(Limit::Admin, &ctx.admin_id).await?;
+    // An account with no signing secret yet may make its first one
+    // unsigned; everything else is signed.
+    let signed = core.config().admin.require_signature
+        && !(request.method() == axum::http::Method::POST
+            && request.uri().path() == format!("/v1/admin/admins/{}/signing-secret", ctx.admin_id)
+            && core
+                .store_admin_has_no_signing_secret(&ctx.admin_id)
+                .await?);
+    let nonce = header(request.headers(), "x-nonce");
+    let timestamp = header(request.headers(), "x-timestamp");
+    if signed && (nonce.is_none() || timestamp.is_none()) {
+        return Err(ApiError::unauthorized(
+            "signed admin requests need X-Nonce and X-Timestamp",
+        ));
+    }
     core.check_replay(ReplayHeaders {
         credential: &ctx.admin_id,
-        nonce: header(request.headers(), "x-nonce"),
-        timestamp: header(request.headers(), "x-timestamp"),
+        nonce,
+        timestamp,
     })
     .await?;
+    if signed {
+        request = verified_signature(state, &ctx.admin_id, request).await?;
+    }
     request.extensions_mut().insert(ctx);
     Ok(next.run(request).await)
+}
+
+/// Reads the body (at most `http.max_body_bytes`) and checks the
+/// request's signature over it; the request goes on with the same body.
+async fn verified_signature(
+    state: &AppState,
+    admin_id: &str,
+    request: Request,
+) -> Result<Request, ApiError> {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, state.http.max_body_bytes)
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large"))?;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+    let canonical = unimsg_core::admins::canonical_request(
+        parts.method.as_str(),
+        &path,
+        header(&parts.headers, "x-timestamp").unwrap_or_default(),
+        header(&parts.headers, "x-nonce").unwrap_or_default(),
+        &bytes,
+    );
+    state
+        .core
+        .check_signature(admin_id, &canonical, header(&parts.headers, "x-signature"))
+        .await?;
+    Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
 }
 
 /// The request's admin credential; `ip` is the client's address, which the

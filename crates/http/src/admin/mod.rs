@@ -56,6 +56,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(admins::create_key, admins::list_keys))
         .routes(routes!(admins::revoke_key))
+        .routes(routes!(admins::new_signing_secret))
         .routes(routes!(users::import_users))
         .routes(routes!(
             users::get_user,

@@ -27,6 +27,7 @@ pub async fn admins(store: Arc<dyn Store>) {
         created_at: created,
         disabled: false,
         tokens_valid_after: created,
+        signing_secret: None,
     };
     store.create_admin(admin.clone()).await.unwrap();
     assert!(matches!(
@@ -81,6 +82,19 @@ pub async fn admins(store: Arc<dyn Store>) {
         store
             .update_admin("nobody", AdminChange::default(), later)
             .await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // The request signing secret is kept as given.
+    assert!(changed.signing_secret.is_none());
+    store
+        .set_admin_signing_secret("ops", vec![7; 40])
+        .await
+        .unwrap();
+    let with_secret = store.admin("ops").await.unwrap().unwrap();
+    assert_eq!(with_secret.signing_secret, Some(vec![7; 40]));
+    assert!(matches!(
+        store.set_admin_signing_secret("nobody", vec![7; 40]).await,
         Err(StoreError::NotFound(_))
     ));
 
