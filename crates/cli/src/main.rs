@@ -150,6 +150,11 @@ enum AuditCommand {
         /// Directory of the database [default: ./data].
         #[arg(long, env = "UNIMSG_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        /// An exported head (`SEQ:HASH` from GET /v1/admin/audit/head or an
+        /// earlier verify): its entry must still be there, so removing the
+        /// newest entries is found too.
+        #[arg(long, value_name = "SEQ:HASH")]
+        head: Option<String>,
     },
 }
 
@@ -192,14 +197,15 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Notify { remote, args } => admin::run(&remote, Action::Notify(args)),
         Command::Broadcast { remote, message } => admin::run(&remote, Action::Broadcast(message)),
         Command::Audit {
-            command: AuditCommand::Verify { data_dir },
+            command: AuditCommand::Verify { data_dir, head },
         } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            match runtime.block_on(unimsg_server::verify_audit(&data_dir))? {
-                Ok(count) => {
-                    println!("audit log intact: {count} entries verified");
+            match runtime.block_on(unimsg_server::verify_audit(&data_dir, head.as_deref()))? {
+                Ok(head) => {
+                    let count = head.split(':').next().unwrap_or("0");
+                    println!("audit log intact: {count} entries verified; head {head}");
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(broken) => anyhow::bail!("audit log broken: {broken}"),

@@ -110,8 +110,49 @@ pub fn verify(prev: (u64, [u8; 32]), rows: &[AuditRow]) -> Result<(u64, [u8; 32]
     Ok((last_id, last_hash))
 }
 
+/// An exported head, `SEQ:HEX` (what `GET /v1/admin/audit/head` and
+/// `unimsg audit verify` print).
+pub fn head_text(seq: u64, hash: &[u8; 32]) -> String {
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{seq}:{hex}")
+}
+
+/// Walks the whole log of a store, and with `expected` (an exported head)
+/// checks that its entry is still there unchanged, so that removing the
+/// newest entries is found too; returns the head.
+pub async fn verify_store_against(
+    store: &dyn unimsg_store::Audit,
+    expected: Option<(u64, [u8; 32])>,
+) -> Result<(u64, [u8; 32]), VerifyError> {
+    let head = verify_store_head(store).await?;
+    if let Some((seq, hash)) = expected {
+        let rows = store
+            .audit_entries(AuditQuery {
+                after: seq.saturating_sub(1),
+                limit: 1,
+                ..AuditQuery::default()
+            })
+            .await
+            .map_err(|e| VerifyError::Store(e.to_string()))?;
+        match rows.first() {
+            Some(row) if row.id == seq && row.hash == hash => {}
+            Some(row) if row.id == seq => {
+                return Err(VerifyError::Broken(ChainBreak::Altered { id: seq }));
+            }
+            _ => return Err(VerifyError::HeadGone(seq)),
+        }
+    }
+    Ok(head)
+}
+
 /// Walks the whole log of a store; returns how many entries were checked.
 pub async fn verify_store(store: &dyn unimsg_store::Audit) -> Result<u64, VerifyError> {
+    Ok(verify_store_head(store).await?.0)
+}
+
+async fn verify_store_head(
+    store: &dyn unimsg_store::Audit,
+) -> Result<(u64, [u8; 32]), VerifyError> {
     let mut position = (0, [0u8; 32]);
     loop {
         let rows = store
@@ -123,7 +164,7 @@ pub async fn verify_store(store: &dyn unimsg_store::Audit) -> Result<u64, Verify
             .await
             .map_err(|e| VerifyError::Store(e.to_string()))?;
         if rows.is_empty() {
-            return Ok(position.0);
+            return Ok(position);
         }
         position = verify(position, &rows).map_err(VerifyError::Broken)?;
     }
@@ -135,6 +176,8 @@ pub enum VerifyError {
     Broken(ChainBreak),
     #[error("cannot read the audit log: {0}")]
     Store(String),
+    #[error("entry {0} of the exported head is gone: the newest entries were removed")]
+    HeadGone(u64),
 }
 
 /// Most sources counted at once; refusals from further sources are
@@ -362,6 +405,24 @@ impl Core {
     }
 
     /// `GET /v1/admin/audit`
+    /// `GET /v1/admin/audit/head`
+    pub async fn audit_head(&self) -> Result<unimsg_proto::admin::AuditHead> {
+        let (seq, hash) = self
+            .store
+            .audit_head()
+            .await?
+            .map_or((0, [0u8; 32]), |row| (row.id, row.hash));
+        let head = head_text(seq, &hash);
+        Ok(unimsg_proto::admin::AuditHead {
+            seq,
+            hash: head
+                .split_once(':')
+                .map(|(_, h)| h.to_owned())
+                .unwrap_or_default(),
+            head,
+        })
+    }
+
     pub async fn audit_page(&self, query: AuditQuery) -> Result<AuditPage> {
         let limit = query.limit.clamp(1, 1000);
         let rows = self

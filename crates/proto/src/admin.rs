@@ -521,3 +521,17 @@ impl std::fmt::Debug for SigningSecret {
         f.write_str("SigningSecret([redacted])")
     }
 }
+
+/// `GET /v1/admin/audit/head`: the newest entry of the audit chain. Kept
+/// elsewhere, it shows later whether the newest entries were removed
+/// (`unimsg audit verify --head SEQ:HASH`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditHead {
+    /// Entries in the chain (the newest one's number); 0 for none.
+    pub seq: u64,
+    /// The newest entry's hash, hex.
+    pub hash: String,
+    /// `SEQ:HASH`, as `unimsg audit verify --head` takes it.
+    pub head: String,
+}

@@ -337,13 +337,39 @@ pub async fn reset_admin_password(
     Ok(())
 }
 
-/// `unimsg audit verify`: walks the audit log of the data directory's store.
-pub async fn verify_audit(data_dir: &std::path::Path) -> anyhow::Result<Result<u64, String>> {
+/// `unimsg audit verify`: walks the audit log of the data directory's
+/// store and, with `expected` (`SEQ:HASH`, an exported head), checks that
+/// its entry is still there. Answers the head, or why the log is broken.
+pub async fn verify_audit(
+    data_dir: &std::path::Path,
+    expected: Option<&str>,
+) -> anyhow::Result<Result<String, String>> {
+    let expected = expected
+        .map(|text| {
+            let (seq, hex) = text
+                .split_once(':')
+                .context("--head is SEQ:HASH, as GET /v1/admin/audit/head prints it")?;
+            let seq: u64 = seq.parse().context("--head: SEQ is a number")?;
+            let bytes: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| {
+                    hex.get(i..i + 2)
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                })
+                .collect::<Option<_>>()
+                .context("--head: HASH is 64 hex digits")?;
+            let hash: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("--head: HASH is 64 hex digits"))?;
+            anyhow::Ok((seq, hash))
+        })
+        .transpose()?;
     let path = data_dir.join("unimsg.db");
     anyhow::ensure!(path.exists(), "no database at {}", path.display());
     let store = SqliteStore::open(SqliteOptions::new(path))?;
-    Ok(unimsg_core::audit::verify_store(&store)
+    Ok(unimsg_core::audit::verify_store_against(&store, expected)
         .await
+        .map(|(seq, hash)| unimsg_core::audit::head_text(seq, &hash))
         .map_err(|e| e.to_string()))
 }
 

@@ -90,4 +90,17 @@ impl Audit for PgStore {
                 .collect()
         })
     }
+
+    async fn audit_head(&self) -> Result<Option<AuditRow>> {
+        connected!(self, |client| {
+            client
+                .query_opt(
+                    &format!("SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY id DESC LIMIT 1"),
+                    &[],
+                )
+                .await?
+                .map(|r| read(&r, read_audit))
+                .transpose()
+        })
+    }
 }

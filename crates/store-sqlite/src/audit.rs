@@ -6,7 +6,7 @@ use rusqlite::{OptionalExtension, params};
 use unimsg_store::sql::{AUDIT_COLUMNS, hash32, ms, read_audit, to_i64, to_u64};
 use unimsg_store::{Audit, AuditDraft, AuditQuery, AuditRow, ChainFn, Result, audit_bytes};
 
-use crate::{SqliteStore, all};
+use crate::{SqliteStore, all, first};
 
 #[async_trait]
 impl Audit for SqliteStore {
@@ -53,6 +53,16 @@ impl Audit for SqliteStore {
                 ],
                 read_audit,
             )
+        })
+        .await
+    }
+
+    async fn audit_head(&self) -> Result<Option<AuditRow>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY id DESC LIMIT 1"
+            ))?;
+            first(&mut stmt, [], read_audit)
         })
         .await
     }

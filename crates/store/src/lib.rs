@@ -247,6 +247,8 @@ pub trait Audit: Send + Sync {
     async fn append_audit(&self, draft: AuditDraft, chain: ChainFn) -> Result<AuditRow>;
     /// Entries with id > `query.after`, oldest first, filtered.
     async fn audit_entries(&self, query: AuditQuery) -> Result<Vec<AuditRow>>;
+    /// The newest entry, if any.
+    async fn audit_head(&self) -> Result<Option<AuditRow>>;
 }
 
 /// Computes an audit entry's hash from the previous hash and the entry's bytes.

@@ -733,3 +733,55 @@ async fn broadcasts_racing_messages_keep_every_live_stream_in_order() {
         assert_eq!(full_sync(&u.api).await, live, "{}", u.username);
     }
 }
+
+#[tokio::test]
+async fn an_exported_audit_head_shows_that_the_newest_entries_were_removed() {
+    let mut server = TestServer::start().await;
+    let root = AdminApi::root(&server);
+    for i in 0..3 {
+        root.ok(
+            Method::GET,
+            &format!("/v1/admin/audit?limit={}", i + 1),
+            None,
+        )
+        .await;
+    }
+    let head = root.ok(Method::GET, "/v1/admin/audit/head", None).await;
+    let exported = head["head"].as_str().unwrap().to_owned();
+    let seq = head["seq"].as_u64().unwrap();
+    assert!(seq >= 3, "{head}");
+    assert!(exported.starts_with(&format!("{seq}:")), "{head}");
+    server.terminate().await;
+    let verify = |head: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_unimsg"));
+        cmd.args(["audit", "verify", "--data-dir"])
+            .arg(server.data_dir());
+        if let Some(head) = head {
+            cmd.args(["--head", head]);
+        }
+        cmd.output().unwrap()
+    };
+    let intact = verify(Some(&exported));
+    assert!(
+        intact.status.success(),
+        "{}",
+        String::from_utf8_lossy(&intact.stderr)
+    );
+    // An intruder removes the newest entries: the chain that is left is
+    // whole, but the exported head is gone.
+    let db = rusqlite::Connection::open(server.data_dir().join("unimsg.db")).unwrap();
+    db.execute("DELETE FROM audit_log WHERE id >= ?1", [seq as i64 - 1])
+        .unwrap();
+    drop(db);
+    assert!(
+        verify(None).status.success(),
+        "without the head it cannot tell"
+    );
+    let caught = verify(Some(&exported));
+    assert!(!caught.status.success());
+    let stderr = String::from_utf8_lossy(&caught.stderr);
+    assert!(
+        stderr.contains(&format!("entry {seq} of the exported head is gone")),
+        "{stderr}"
+    );
+}

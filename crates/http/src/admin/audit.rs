@@ -60,3 +60,23 @@ pub(super) async fn audit(
     };
     Ok(axum::Json(state.core.audit_page(query).await?))
 }
+
+#[utoipa::path(
+    get,
+    path = "/v1/admin/audit/head",
+    operation_id = "admin_audit_head",
+    tag = "admin",
+    summary = "The head of the audit chain",
+    description = "The newest entry's number and hash. Kept outside the server (a file, a ticket, another system), it shows later whether the newest entries were removed: `unimsg audit verify --head SEQ:HASH` fails if that entry is gone or changed. Scope: `audit:read`.",
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 200, description = "The head.", body = unimsg_proto::admin::AuditHead),
+    ),
+)]
+pub(super) async fn audit_head(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
+    super::AdminAuth(admin): super::AdminAuth,
+) -> Result<axum::Json<unimsg_proto::admin::AuditHead>, crate::error::ApiError> {
+    admin.require(unimsg_proto::admin::Scope::AuditRead)?;
+    Ok(axum::Json(state.core.audit_head().await?))
+}

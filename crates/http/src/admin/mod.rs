@@ -69,6 +69,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(messages::broadcast))
         .routes(routes!(messages::status))
         .routes(routes!(audit::audit))
+        .routes(routes!(audit::audit_head))
         .routes(routes!(presence::presence))
         .routes(routes!(qr::qr_confirm))
         .routes(routes!(

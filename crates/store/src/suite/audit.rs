@@ -6,6 +6,7 @@ use super::*;
 /// be filtered.
 pub async fn audit_chain(store: Arc<dyn Store>) {
     let store = &*store;
+    assert!(store.audit_head().await.unwrap().is_none(), "no head yet");
     let mut rows = Vec::new();
     for action in ["a", "b", "c"] {
         let draft = AuditDraft {
@@ -34,6 +35,7 @@ pub async fn audit_chain(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(all, rows);
+    assert_eq!(store.audit_head().await.unwrap().as_ref(), rows.last(), "the newest");
     let only_b = store
         .audit_entries(AuditQuery {
             limit: 10,
