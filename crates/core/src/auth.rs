@@ -236,8 +236,11 @@ impl Core {
         if req.password.len() > MAX_PASSWORD || req.username.len() > 64 {
             return Err(CoreError::Unauthorized("invalid username or password"));
         }
-        if let Some(ip) = &client.ip {
-            self.check_limit(Limit::Login, ip).await?;
+        if let Some(ip) = &client.ip
+            && let Err(e) = self.check_limit(Limit::Login, ip).await
+        {
+            login_failed("rate_limited");
+            return Err(e);
         }
         // Back-off after repeated failures of this account from this IP
         // (see `limits`) is checked before the password, so a locked pair
@@ -262,6 +265,7 @@ impl Core {
                 };
                 self.emit(HookEventType::SecurityAlert, &alert).await;
             }
+            login_failed("backoff");
             return Err(CoreError::RateLimited(wait.0));
         }
         let user = self.store.user_by_username(&req.username).await?;
@@ -277,6 +281,7 @@ impl Core {
                 .await;
         }
         let Some(user) = user.filter(|_| ok) else {
+            login_failed("bad_credentials");
             self.audit(AuditRecord {
                 action: "auth.login_failed".into(),
                 actor_kind: "user".into(),
@@ -289,6 +294,7 @@ impl Core {
             return Err(CoreError::Unauthorized("invalid username or password"));
         };
         if user.status == UserStatus::Disabled {
+            login_failed("disabled");
             return Err(disabled());
         }
         let ip = client.ip.clone();
@@ -618,6 +624,7 @@ impl Core {
                 )
             }
             RefreshOutcome::Reused(session) => {
+                metrics::counter!("unimsg_refresh_token_reuse_total").increment(1);
                 tracing::warn!(session_id = %session.session_id, user_id = %session.user_id,
                     "refresh token reused: revoking the session");
                 self.revoke(
@@ -742,7 +749,11 @@ impl Core {
                 platform,
                 expires_at,
             }),
-            _ => Err(CoreError::Unauthorized("the session was revoked")),
+            _ => {
+                // A token that verifies, of a session revoked since.
+                metrics::counter!("unimsg_revoked_token_use_total").increment(1);
+                Err(CoreError::Unauthorized("the session was revoked"))
+            }
         }
     }
 
@@ -827,6 +838,11 @@ pub(crate) struct Opening {
     pub client: ClientInfo,
     pub access_ttl: Option<u64>,
     pub also: Option<HookDraft>,
+}
+
+/// Counts a refused password login by why it was refused.
+fn login_failed(reason: &'static str) {
+    metrics::counter!("unimsg_login_failures_total", "reason" => reason).increment(1);
 }
 
 /// A revocation with no webhook event ([`Core::revocation`] adds them).

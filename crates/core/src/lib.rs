@@ -194,10 +194,10 @@ impl Core {
 
     /// Counts one request against a rate limit (429 with a retry time when over).
     pub async fn check_limit(&self, limit: Limit, key: &str) -> Result<()> {
-        self.limits
-            .check(limit, key)
-            .await
-            .map_err(|r| CoreError::RateLimited(r.0))
+        self.limits.check(limit, key).await.map_err(|r| {
+            metrics::counter!("unimsg_rate_limited_total", "limit" => limit.label()).increment(1);
+            CoreError::RateLimited(r.0)
+        })
     }
 
     /// Whether the store answers.

@@ -71,6 +71,21 @@ pub enum Limit {
     // ---- end of per-user send limits ----
 }
 
+impl Limit {
+    /// The name `unimsg_rate_limited_total{limit}` counts it under.
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::Login => "login",
+            Limit::Register => "register",
+            Limit::Token => "token",
+            Limit::Admin => "admin",
+            Limit::Qr => "qr",
+            Limit::Send => "send",
+            Limit::Deliveries => "deliveries",
+        }
+    }
+}
+
 /// `[limits]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

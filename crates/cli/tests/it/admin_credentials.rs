@@ -213,3 +213,69 @@ async fn weak_admin_secrets_are_refused() {
         assert_eq!(status, 400, "{secret}: {body}");
     }
 }
+
+/// The value of a counter line of `/metrics` (0 when absent).
+async fn counter(server: &TestServer, line_start: &str) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test]
+async fn refused_logins_admin_calls_and_limits_are_counted_in_metrics() {
+    let server = TestServer::start_with(&[("UNIMSG_LIMITS__LOGIN_PER_MINUTE", "3")]).await;
+    let client = server.client();
+    crate::support::register(&client, "alice").await;
+    let login = |password: &str| {
+        let body = json!({"username": "alice", "password": password, "platform": "web"});
+        let url = format!("{}/v1/auth/login", server.base);
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(login("wrong password 1").await, 401);
+    assert_eq!(login("wrong password 2").await, 401);
+    assert_eq!(login("wrong password 3").await, 401);
+    assert_eq!(login("wrong password 4").await, 429);
+    assert_eq!(
+        counter(
+            &server,
+            r#"unimsg_login_failures_total{reason="bad_credentials"}"#
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        counter(
+            &server,
+            r#"unimsg_login_failures_total{reason="rate_limited"}"#
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        counter(&server, r#"unimsg_rate_limited_total{limit="login"}"#).await,
+        1
+    );
+    let wrong = Cred::Basic("admin", "not-the-admin-secret");
+    assert_eq!(admitted(&server, &wrong).await, 401);
+    assert_eq!(
+        counter(&server, r#"unimsg_admin_refusals_total{status="401"}"#).await,
+        1
+    );
+}

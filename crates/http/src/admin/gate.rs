@@ -71,6 +71,14 @@ pub(crate) async fn gate(State(state): State<AppState>, request: Request, next: 
     }
     let status = response.status().as_u16();
     record.outcome = status.to_string();
+    if matches!(status, 401 | 403 | 429) {
+        let status_label: &'static str = match status {
+            401 => "401",
+            403 => "403",
+            _ => "429",
+        };
+        metrics::counter!("unimsg_admin_refusals_total", "status" => status_label).increment(1);
+    }
     // Only a verified credential sets the actor. Refusals no credential
     // vouches for, and refusals over a credential's limits, are counted
     // per source instead of written one row each: otherwise anyone could

@@ -35,7 +35,11 @@ pub async fn audit_chain(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(all, rows);
-    assert_eq!(store.audit_head().await.unwrap().as_ref(), rows.last(), "the newest");
+    assert_eq!(
+        store.audit_head().await.unwrap().as_ref(),
+        rows.last(),
+        "the newest"
+    );
     let only_b = store
         .audit_entries(AuditQuery {
             limit: 10,
