@@ -62,6 +62,24 @@ pub(crate) struct Remote {
 }
 
 impl Remote {
+    /// A remote given by a command's own flags.
+    pub(crate) fn to(
+        server: String,
+        admin_id: String,
+        ca_cert: Option<std::path::PathBuf>,
+    ) -> Self {
+        Remote {
+            server,
+            admin_id,
+            operation_id: None,
+            nonce: false,
+            signing_secret: std::env::var("UNIMSG_ADMIN_SIGNING_SECRET")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            ca_cert,
+        }
+    }
+
     fn connect(&self) -> anyhow::Result<AdminClient> {
         let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let credentials = if let Some(token) = from_env("UNIMSG_ADMIN_TOKEN") {
@@ -241,6 +259,7 @@ pub(crate) enum Action {
     Token(TokenCommand),
     Notify(NotifyArgs),
     Broadcast(Message),
+    VerifyAudit { head: Option<String> },
 }
 
 /// Runs `action` against the server of `remote`.
@@ -257,6 +276,13 @@ pub(crate) fn run(remote: &Remote, action: Action) -> anyhow::Result<ExitCode> {
 async fn execute(admin: &AdminClient, action: Action) -> anyhow::Result<ExitCode> {
     match action {
         Action::RotateSigning => print_json(&admin.rotate_signing_key().await?)?,
+        Action::VerifyAudit { head } => {
+            let v = admin.verify_audit(head.as_deref()).await?;
+            return crate::audit_result(match (v.intact, v.head, v.broken) {
+                (true, Some(head), _) => Ok(head),
+                (_, _, broken) => Err(broken.unwrap_or_else(|| "the server gave no reason".into())),
+            });
+        }
         Action::Admins(action) => admins(admin, action).await?,
         Action::Webhook(command) => webhook(admin, command).await?,
         Action::User(UserCommand::Import { file, batch_size }) => {

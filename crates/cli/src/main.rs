@@ -144,17 +144,36 @@ struct ServeArgs {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Verify the hash chain of the whole audit log; names the first entry
-    /// altered or removed and exits non-zero if there is one.
+    /// Verify the keyed hash chain of the whole audit log; names the first
+    /// entry altered or removed and exits non-zero if there is one.
+    ///
+    /// Reads the embedded store of --data-dir, or PostgreSQL when the
+    /// configuration sets store.url; the audit key is unwrapped with the
+    /// master key (master.key, UNIMSG_MASTER_KEY or
+    /// keys.master_key_command). With --server the running server walks
+    /// its own store (admin API, scope audit:read).
+    #[command(after_help = CREDENTIALS_HELP)]
     Verify {
-        /// Directory of the database [default: ./data].
-        #[arg(long, env = "UNIMSG_DATA_DIR", default_value = "./data")]
-        data_dir: PathBuf,
+        /// Directory of the database and key files [default: ./data].
+        #[arg(long, env = "UNIMSG_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// A TOML configuration file (see unimsg.example.toml).
+        #[arg(long, env = "UNIMSG_CONFIG")]
+        config: Option<PathBuf>,
         /// An exported head (`SEQ:HASH` from GET /v1/admin/audit/head or an
         /// earlier verify): its entry must still be there, so removing the
         /// newest entries is found too.
         #[arg(long, value_name = "SEQ:HASH")]
         head: Option<String>,
+        /// Ask this running server to verify its store instead.
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// Admin account for HTTP Basic credentials (with --server).
+        #[arg(long, env = "UNIMSG_ADMIN_ID", default_value = "admin")]
+        admin_id: String,
+        /// Trust only the CA certificate(s) in this PEM file (with --server).
+        #[arg(long, env = "UNIMSG_CA_CERT", value_name = "FILE")]
+        ca_cert: Option<PathBuf>,
     },
 }
 
@@ -197,19 +216,36 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Notify { remote, args } => admin::run(&remote, Action::Notify(args)),
         Command::Broadcast { remote, message } => admin::run(&remote, Action::Broadcast(message)),
         Command::Audit {
-            command: AuditCommand::Verify { data_dir, head },
+            command:
+                AuditCommand::Verify {
+                    head,
+                    server: Some(server),
+                    admin_id,
+                    ca_cert,
+                    ..
+                },
         } => {
+            let remote = admin::Remote::to(server, admin_id, ca_cert);
+            admin::run(&remote, Action::VerifyAudit { head })
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    data_dir,
+                    config,
+                    head,
+                    server: None,
+                    ..
+                },
+        } => {
+            let mut config = Config::load(config.as_deref(), std::env::vars())?;
+            if let Some(dir) = data_dir {
+                config.data_dir = dir;
+            }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            match runtime.block_on(unimsg_server::verify_audit(&data_dir, head.as_deref()))? {
-                Ok(head) => {
-                    let count = head.split(':').next().unwrap_or("0");
-                    println!("audit log intact: {count} entries verified; head {head}");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(broken) => anyhow::bail!("audit log broken: {broken}"),
-            }
+            audit_result(runtime.block_on(unimsg_server::verify_audit(&config, head.as_deref()))?)
         }
         Command::Config {
             command: ConfigCommand::Defaults,
@@ -224,6 +260,18 @@ fn main() -> anyhow::Result<ExitCode> {
             print!("{}", toml_of(&config));
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Prints an intact log's head, or fails naming where it breaks.
+pub(crate) fn audit_result(result: Result<String, String>) -> anyhow::Result<ExitCode> {
+    match result {
+        Ok(head) => {
+            let count = head.split(':').next().unwrap_or("0");
+            println!("audit log intact: {count} entries verified; head {head}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(broken) => anyhow::bail!("audit log broken: {broken}"),
     }
 }
 

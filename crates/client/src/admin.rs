@@ -354,6 +354,23 @@ impl AdminClient {
             .await
     }
 
+    /// `GET /v1/admin/audit/verify?head=`: the server walks the whole
+    /// chain; with `head` (an exported `SEQ:HASH`) its entry must still
+    /// be there.
+    pub async fn verify_audit(
+        &self,
+        head: Option<&str>,
+    ) -> Result<unimsg_proto::admin::AuditVerification> {
+        let query: Vec<(&str, String)> = head.map(|h| ("head", h.to_owned())).into_iter().collect();
+        self.call(
+            Method::GET,
+            &["v1", "admin", "audit", "verify"],
+            &query,
+            None::<&()>,
+        )
+        .await
+    }
+
     /// `POST /v1/admin/webhooks`: the answer holds the secret, shown only here.
     pub async fn create_webhook(&self, req: &CreateWebhook) -> Result<WebhookWithSecret> {
         self.call(Method::POST, &["v1", "admin", "webhooks"], &[], Some(req))

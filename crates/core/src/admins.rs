@@ -232,6 +232,7 @@ impl Core {
             return Err(not_found());
         }
         self.verified.forget(id);
+        self.known_admin_addresses.forget(id);
         Ok(())
     }
 

@@ -1,9 +1,14 @@
 //! The tamper-evident audit log: every admin request, login, logout, token
-//! mint and revocation, each entry chained to the one before by SHA-256.
+//! mint and revocation, each entry chained to the one before by a keyed
+//! hash.
 //!
-//! `hash(n) = SHA-256(hash(n-1) ‖ "n\nat_ms\ncontent")`, with 32 zero bytes
-//! before the first entry. Editing, removing or reordering any entry breaks
-//! every hash after it; [`verify`] names the first entry that does not fit.
+//! `hash(n) = HMAC-SHA256(audit key, hash(n-1) ‖ "n\nat_ms\ncontent")`,
+//! with 32 zero bytes before the first entry. The audit key is stored
+//! wrapped by the master key ([`AuditKey`]). Editing, removing or
+//! reordering any entry breaks every hash after it, and without the key
+//! nobody can compute them again; [`verify`] names the first entry that
+//! does not fit. An exported head ([`head_text`]) shows the removal of
+//! the newest entries too.
 //!
 //! Refused admin requests without a valid credential are not written one
 //! row each (a client could make the store write as fast as it can send):
@@ -61,14 +66,99 @@ pub struct AuditRecord {
     pub count: Option<u64>,
 }
 
-/// The chain function: SHA-256 over the previous hash and the entry's bytes.
-pub fn chain(prev: &[u8; 32], bytes: &[u8]) -> [u8; 32] {
+/// The first chain function, before the chain was keyed: SHA-256 over
+/// the previous hash and the entry's bytes. Entries an older server wrote
+/// this way are accepted only before the first keyed entry, and only if
+/// written before the audit key existed.
+fn legacy_chain(prev: &[u8; 32], bytes: &[u8]) -> [u8; 32] {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     ctx.update(prev);
     ctx.update(bytes);
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     out
+}
+
+/// The store row that holds the audit key, wrapped by the master key like
+/// the data keys (data keys are numbered below it, signing keys above).
+pub const AUDIT_KEY_ID: u32 = 0xE000_0000;
+
+/// The key that chains the audit log: `hash(n) = HMAC-SHA256(key,
+/// hash(n-1) ‖ bytes(n))`. It is stored only wrapped by the master key,
+/// which never touches the database, so whoever can write the database
+/// but does not hold the master key cannot recompute the chain after an
+/// edit.
+pub struct AuditKey {
+    key: aws_lc_rs::hmac::Key,
+    /// When the key was made (Unix ms): later entries must be keyed.
+    since_ms: i64,
+}
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey([redacted])")
+    }
+}
+
+impl AuditKey {
+    /// Unwraps the stored audit key, or makes and stores one. Nodes
+    /// starting together agree: whoever stores it second reads the
+    /// winner's.
+    /// Answers whether this call stored it.
+    pub async fn load_or_create(
+        store: &dyn unimsg_store::DataKeys,
+        master: &crate::keys::MasterKey,
+    ) -> Result<(Self, bool), crate::keys::KeyError> {
+        if let Some(key) = Self::load(store, master).await? {
+            return Ok((key, false));
+        }
+        let raw = crate::keys::random_bytes::<32>()?;
+        let wrapped = crate::keys::wrap_key(master, AUDIT_KEY_ID, &raw)?;
+        let stored = match store.insert_data_key(wrapped).await {
+            Ok(()) => true,
+            Err(unimsg_store::StoreError::Conflict(_)) => false,
+            Err(e) => return Err(e.into()),
+        };
+        let key = Self::load(store, master)
+            .await?
+            .ok_or(crate::keys::KeyError::Crypto)?;
+        Ok((key, stored))
+    }
+
+    /// The stored audit key, if there is one.
+    pub async fn load(
+        store: &dyn unimsg_store::DataKeys,
+        master: &crate::keys::MasterKey,
+    ) -> Result<Option<Self>, crate::keys::KeyError> {
+        let Some(row) = store
+            .data_keys()
+            .await?
+            .into_iter()
+            .find(|w| w.key_id == AUDIT_KEY_ID)
+        else {
+            return Ok(None);
+        };
+        let raw = crate::keys::unwrap_key(master, &row)?;
+        Ok(Some(Self {
+            key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &raw),
+            since_ms: unimsg_store::sql::ms(row.created_at),
+        }))
+    }
+
+    /// The keyed chain function.
+    pub fn chain(&self, prev: &[u8; 32], bytes: &[u8]) -> [u8; 32] {
+        let mut ctx = aws_lc_rs::hmac::Context::with_key(&self.key);
+        ctx.update(prev);
+        ctx.update(bytes);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+}
+
+/// The chain function the store appends with.
+pub fn chain_fn(key: std::sync::Arc<AuditKey>) -> unimsg_store::ChainFn {
+    std::sync::Arc::new(move |prev: &[u8; 32], bytes: &[u8]| key.chain(prev, bytes))
 }
 
 /// Lower-case hex of `bytes`.
@@ -85,36 +175,95 @@ pub enum ChainBreak {
     Removed { expected: u64, found: u64 },
     #[error("entry {id} does not follow the entry before it (removed or reordered entries)")]
     Unlinked { id: u64 },
+    #[error(
+        "entry {id} was altered: it is not chained with the audit key, so the log was rewritten from there on without it"
+    )]
+    Unkeyed { id: u64 },
 }
 
-/// Checks rows (in id order, continuing from `prev`: the last verified
-/// id and hash) and returns the new position.
-pub fn verify(prev: (u64, [u8; 32]), rows: &[AuditRow]) -> Result<(u64, [u8; 32]), ChainBreak> {
-    let (mut last_id, mut last_hash) = prev;
+/// How far a walk of the chain got: the last entry checked, its hash, and
+/// whether it was keyed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub id: u64,
+    pub hash: [u8; 32],
+    keyed: bool,
+}
+
+impl Position {
+    /// Before the first entry.
+    pub const START: Position = Position {
+        id: 0,
+        hash: [0; 32],
+        keyed: false,
+    };
+
+    /// The position after `row`, taken as checked (the newest entry a
+    /// node verified before).
+    fn after(row: &AuditRow, key: &AuditKey) -> Self {
+        Position {
+            id: row.id,
+            hash: row.hash,
+            keyed: key.chain(
+                &row.prev_hash,
+                &audit_bytes(row.id, row.at_ms, &row.content),
+            ) == row.hash,
+        }
+    }
+}
+
+/// Checks rows (in id order, continuing from `prev`) and returns the new
+/// position. An entry must be keyed, except entries of an older server
+/// before the first keyed one, written before the key existed.
+pub fn verify(key: &AuditKey, prev: Position, rows: &[AuditRow]) -> Result<Position, ChainBreak> {
+    let mut at = prev;
     for row in rows {
-        if row.id != last_id + 1 {
+        if row.id != at.id + 1 {
             return Err(ChainBreak::Removed {
-                expected: last_id + 1,
+                expected: at.id + 1,
                 found: row.id,
             });
         }
-        if row.prev_hash != last_hash {
+        if row.prev_hash != at.hash {
             return Err(ChainBreak::Unlinked { id: row.id });
         }
-        if chain(&last_hash, &audit_bytes(row.id, row.at_ms, &row.content)) != row.hash {
-            return Err(ChainBreak::Altered { id: row.id });
+        let bytes = audit_bytes(row.id, row.at_ms, &row.content);
+        let keyed = key.chain(&at.hash, &bytes) == row.hash;
+        if !keyed {
+            if legacy_chain(&at.hash, &bytes) != row.hash {
+                return Err(ChainBreak::Altered { id: row.id });
+            }
+            if at.keyed || row.at_ms >= key.since_ms {
+                return Err(ChainBreak::Unkeyed { id: row.id });
+            }
         }
-        last_id = row.id;
-        last_hash = row.hash;
+        at = Position {
+            id: row.id,
+            hash: row.hash,
+            keyed,
+        };
     }
-    Ok((last_id, last_hash))
+    Ok(at)
 }
 
 /// An exported head, `SEQ:HEX` (what `GET /v1/admin/audit/head` and
 /// `unimsg audit verify` print).
 pub fn head_text(seq: u64, hash: &[u8; 32]) -> String {
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{seq}:{hex}")
+    format!("{seq}:{}", hex(hash))
+}
+
+/// Parses an exported head, `SEQ:HEX`.
+pub fn parse_head(text: &str) -> Option<(u64, [u8; 32])> {
+    let (seq, hex) = text.trim().split_once(':')?;
+    let seq: u64 = seq.parse().ok()?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (i, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some((seq, hash))
 }
 
 /// Walks the whole log of a store, and with `expected` (an exported head)
@@ -122,9 +271,13 @@ pub fn head_text(seq: u64, hash: &[u8; 32]) -> String {
 /// newest entries is found too; returns the head.
 pub async fn verify_store_against(
     store: &dyn unimsg_store::Audit,
+    key: &AuditKey,
     expected: Option<(u64, [u8; 32])>,
 ) -> Result<(u64, [u8; 32]), VerifyError> {
-    let head = verify_store_head(store).await?;
+    let head = walk(store, key, Position::START).await?;
+    if head.id > 0 && !head.keyed {
+        return Err(VerifyError::Broken(ChainBreak::Unkeyed { id: head.id }));
+    }
     if let Some((seq, hash)) = expected {
         let rows = store
             .audit_entries(AuditQuery {
@@ -142,22 +295,20 @@ pub async fn verify_store_against(
             _ => return Err(VerifyError::HeadGone(seq)),
         }
     }
-    Ok(head)
+    Ok((head.id, head.hash))
 }
 
-/// Walks the whole log of a store; returns how many entries were checked.
-pub async fn verify_store(store: &dyn unimsg_store::Audit) -> Result<u64, VerifyError> {
-    Ok(verify_store_head(store).await?.0)
-}
-
-async fn verify_store_head(
+/// Walks the log from `from` to its end.
+async fn walk(
     store: &dyn unimsg_store::Audit,
-) -> Result<(u64, [u8; 32]), VerifyError> {
-    let mut position = (0, [0u8; 32]);
+    key: &AuditKey,
+    from: Position,
+) -> Result<Position, VerifyError> {
+    let mut position = from;
     loop {
         let rows = store
             .audit_entries(AuditQuery {
-                after: position.0,
+                after: position.id,
                 limit: 1000,
                 ..AuditQuery::default()
             })
@@ -166,7 +317,7 @@ async fn verify_store_head(
         if rows.is_empty() {
             return Ok(position);
         }
-        position = verify(position, &rows).map_err(VerifyError::Broken)?;
+        position = verify(key, position, &rows).map_err(VerifyError::Broken)?;
     }
 }
 
@@ -178,6 +329,15 @@ pub enum VerifyError {
     Store(String),
     #[error("entry {0} of the exported head is gone: the newest entries were removed")]
     HeadGone(u64),
+}
+
+/// What this node's periodic audit check knows.
+#[derive(Debug, Default)]
+pub(crate) struct Checked {
+    /// Verified up to here (`None`: from the start next time).
+    position: Option<Position>,
+    /// The break last alerted on, so that it is alerted once.
+    reported: Option<String>,
 }
 
 /// Most sources counted at once; refusals from further sources are
@@ -353,8 +513,7 @@ impl Core {
                 ip: first.ip.clone(),
                 detail: Some(format!("{} (actor {})", first.outcome, first.actor)),
             };
-            self.emit(unimsg_proto::hooks::HookEventType::SecurityAlert, &alert)
-                .await;
+            self.alert(alert).await;
             self.audit(first).await;
         }
     }
@@ -399,7 +558,11 @@ impl Core {
             at: self.clock.now(),
             content,
         };
-        if let Err(error) = self.store.append_audit(draft, chain).await {
+        if let Err(error) = self
+            .store
+            .append_audit(draft, self.audit_chain.clone())
+            .await
+        {
             tracing::error!(%error, action = %record.action, "cannot append to the audit log");
         }
     }
@@ -421,6 +584,126 @@ impl Core {
                 .unwrap_or_default(),
             head,
         })
+    }
+
+    /// After the audit key was made for a log an older server wrote: an
+    /// entry that says so, the first keyed one (the older entries stay
+    /// chained by plain SHA-256 before it).
+    pub async fn audit_key_created(&self) {
+        match self.store.audit_head().await {
+            Ok(Some(_)) => {
+                self.audit(AuditRecord {
+                    action: "audit.keyed".into(),
+                    actor_kind: "system".into(),
+                    actor: "-".into(),
+                    outcome: "ok".into(),
+                    detail: Some("the audit chain is keyed from this entry on".into()),
+                    ..AuditRecord::default()
+                })
+                .await;
+            }
+            Ok(None) => {}
+            Err(error) => tracing::error!(%error, "cannot read the audit log's head"),
+        }
+    }
+
+    /// `GET /v1/admin/audit/verify`: walks the whole chain (one walk at a
+    /// time on a node; a second caller waits) and checks `expected`, an
+    /// exported head. A broken chain raises `audit_chain_broken`.
+    pub async fn verify_audit_log(
+        &self,
+        expected: Option<(u64, [u8; 32])>,
+    ) -> Result<unimsg_proto::admin::AuditVerification> {
+        let mut checked = self.audit_checked.lock().await;
+        match verify_store_against(&*self.store, &self.audit_key, expected).await {
+            Ok((seq, hash)) => Ok(unimsg_proto::admin::AuditVerification {
+                intact: true,
+                head: Some(head_text(seq, &hash)),
+                entries: Some(seq),
+                broken: None,
+            }),
+            Err(VerifyError::Store(e)) => Err(CoreError::Unavailable(e)),
+            Err(broken) => {
+                let text = broken.to_string();
+                self.chain_broken(&mut checked, &text).await;
+                Ok(unimsg_proto::admin::AuditVerification {
+                    intact: false,
+                    head: None,
+                    entries: None,
+                    broken: Some(text),
+                })
+            }
+        }
+    }
+
+    /// The periodic check (`admin.audit_verify_interval_secs`): verifies
+    /// the entries appended since this node's last check, and that the
+    /// last checked entry is still the same. A break raises
+    /// `audit_chain_broken` once; the check then starts over from the
+    /// first entry, so a repaired log is verified whole again.
+    pub async fn check_audit_chain(&self) {
+        let mut checked = self.audit_checked.lock().await;
+        let from = match checked.position {
+            None => Ok(Position::START),
+            Some(last) => self.still_there(last).await,
+        };
+        let walked = match from {
+            Ok(from) => walk(&*self.store, &self.audit_key, from).await,
+            Err(e) => Err(e),
+        };
+        match walked {
+            Ok(position) => {
+                checked.position = Some(position);
+                checked.reported = None;
+            }
+            Err(VerifyError::Store(error)) => {
+                tracing::warn!(%error, "cannot verify the audit log now");
+            }
+            Err(broken) => {
+                checked.position = None;
+                self.chain_broken(&mut checked, &broken.to_string()).await;
+            }
+        }
+    }
+
+    /// `last` as it was verified, if its entry is unchanged.
+    async fn still_there(&self, last: Position) -> Result<Position, VerifyError> {
+        if last.id == 0 {
+            return Ok(last);
+        }
+        let rows = self
+            .store
+            .audit_entries(AuditQuery {
+                after: last.id - 1,
+                limit: 1,
+                ..AuditQuery::default()
+            })
+            .await
+            .map_err(|e| VerifyError::Store(e.to_string()))?;
+        match rows.first() {
+            Some(row) if row.id == last.id && row.hash == last.hash => {
+                Ok(Position::after(row, &self.audit_key))
+            }
+            Some(row) if row.id == last.id => {
+                Err(VerifyError::Broken(ChainBreak::Altered { id: last.id }))
+            }
+            _ => Err(VerifyError::HeadGone(last.id)),
+        }
+    }
+
+    /// Raises `audit_chain_broken`, once for the same break.
+    async fn chain_broken(&self, checked: &mut Checked, why: &str) {
+        if checked.reported.as_deref() == Some(why) {
+            return;
+        }
+        checked.reported = Some(why.to_owned());
+        self.alert(unimsg_proto::hooks::SecurityAlertData {
+            alert: unimsg_proto::hooks::AlertKind::AuditChainBroken,
+            user_id: None,
+            ip: None,
+            detail: Some(why.to_owned()),
+        })
+        .await;
     }
 
     pub async fn audit_page(&self, query: AuditQuery) -> Result<AuditPage> {
@@ -462,44 +745,63 @@ impl Core {
 mod tests {
     use super::*;
 
-    fn row(id: u64, prev: [u8; 32], content: &str) -> AuditRow {
-        let hash = chain(&prev, &audit_bytes(id, 7, content));
-        AuditRow {
-            id,
-            at_ms: 7,
-            content: content.into(),
-            prev_hash: prev,
-            hash,
+    /// A key made at `since_ms`.
+    fn key(since_ms: i64) -> AuditKey {
+        AuditKey {
+            key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &[7; 32]),
+            since_ms,
         }
     }
 
-    fn log(n: u64) -> Vec<AuditRow> {
-        let mut rows: Vec<AuditRow> = Vec::new();
-        for id in 1..=n {
+    /// Entries at time 7 chained by `f`, continuing after `before`.
+    fn chained(
+        before: &[AuditRow],
+        ids: std::ops::RangeInclusive<u64>,
+        f: impl Fn(&[u8; 32], &[u8]) -> [u8; 32],
+    ) -> Vec<AuditRow> {
+        let mut rows: Vec<AuditRow> = before.to_vec();
+        for id in ids {
             let prev = rows.last().map_or([0; 32], |r| r.hash);
-            rows.push(row(id, prev, &format!("entry {id}")));
+            let content = format!("entry {id}");
+            let hash = f(&prev, &audit_bytes(id, 7, &content));
+            rows.push(AuditRow {
+                id,
+                at_ms: 7,
+                content,
+                prev_hash: prev,
+                hash,
+            });
         }
         rows
     }
 
+    fn log(k: &AuditKey, n: u64) -> Vec<AuditRow> {
+        chained(&[], 1..=n, |p, b| k.chain(p, b))
+    }
+
     #[test]
     fn an_intact_chain_verifies() {
-        assert_eq!(verify((0, [0; 32]), &log(5)).map(|p| p.0), Ok(5));
+        let k = key(0);
+        assert_eq!(
+            verify(&k, Position::START, &log(&k, 5)).map(|p| (p.id, p.keyed)),
+            Ok((5, true))
+        );
     }
 
     #[test]
     fn edits_removals_and_reorders_are_named() {
-        let mut edited = log(5);
+        let k = key(0);
+        let mut edited = log(&k, 5);
         edited[2].content = "entry 3, edited".into();
         assert_eq!(
-            verify((0, [0; 32]), &edited),
+            verify(&k, Position::START, &edited),
             Err(ChainBreak::Altered { id: 3 })
         );
 
-        let mut removed = log(5);
+        let mut removed = log(&k, 5);
         removed.remove(3);
         assert_eq!(
-            verify((0, [0; 32]), &removed),
+            verify(&k, Position::START, &removed),
             Err(ChainBreak::Removed {
                 expected: 4,
                 found: 5
@@ -507,25 +809,86 @@ mod tests {
         );
 
         // Removing the entry and renumbering the rest still breaks the link.
-        let mut renumbered = log(5);
+        let mut renumbered = log(&k, 5);
         renumbered.remove(1);
         for (i, r) in renumbered.iter_mut().enumerate() {
             r.id = i as u64 + 1;
         }
         assert_eq!(
-            verify((0, [0; 32]), &renumbered),
+            verify(&k, Position::START, &renumbered),
             Err(ChainBreak::Unlinked { id: 2 })
         );
 
-        // Removing the newest entries cannot be seen from the chain alone;
-        // an edit with a recomputed hash is caught by the next entry's link.
-        let mut rehashed = log(5);
+        // An edit with a recomputed hash is caught by the next entry's link.
+        let mut rehashed = log(&k, 5);
         rehashed[1].content = "forged".into();
-        rehashed[1].hash = chain(&rehashed[1].prev_hash, &audit_bytes(2, 7, "forged"));
+        rehashed[1].hash = k.chain(&rehashed[1].prev_hash, &audit_bytes(2, 7, "forged"));
         assert_eq!(
-            verify((0, [0; 32]), &rehashed),
+            verify(&k, Position::START, &rehashed),
             Err(ChainBreak::Unlinked { id: 3 })
         );
+    }
+
+    #[test]
+    fn a_chain_recomputed_without_the_key_is_refused() {
+        let k = key(0);
+        // Everything chained again with the public formula: the entries
+        // were written after the key existed, so they must be keyed.
+        let forged = chained(&[], 1..=5, legacy_chain);
+        assert_eq!(
+            verify(&k, Position::START, &forged),
+            Err(ChainBreak::Unkeyed { id: 1 })
+        );
+        // Or from entry 3 on, after keyed entries.
+        let tail = chained(&log(&k, 2), 3..=5, legacy_chain);
+        assert_eq!(
+            verify(&k, Position::START, &tail),
+            Err(ChainBreak::Unkeyed { id: 3 })
+        );
+        // Another key does not verify either.
+        let other = AuditKey {
+            key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &[8; 32]),
+            since_ms: 0,
+        };
+        assert_eq!(
+            verify(&other, Position::START, &log(&k, 2)),
+            Err(ChainBreak::Altered { id: 1 })
+        );
+    }
+
+    #[test]
+    fn an_older_servers_entries_stay_valid_before_the_first_keyed_one() {
+        // The key was made after the old entries (at time 7) were written.
+        let k = key(100);
+        let upgraded = chained(&chained(&[], 1..=3, legacy_chain), 4..=5, |p, b| {
+            k.chain(p, b)
+        });
+        assert_eq!(
+            verify(&k, Position::START, &upgraded).map(|p| (p.id, p.keyed)),
+            Ok((5, true))
+        );
+        // Still, a legacy entry after a keyed one is not.
+        let mixed = chained(&upgraded, 6..=6, legacy_chain);
+        assert_eq!(
+            verify(&k, Position::START, &mixed),
+            Err(ChainBreak::Unkeyed { id: 6 })
+        );
+        // And a whole log of legacy entries ends unkeyed: the walk
+        // reports it (`verify_store_against` refuses such a head).
+        let old = chained(&[], 1..=3, legacy_chain);
+        assert_eq!(
+            verify(&k, Position::START, &old).map(|p| p.keyed),
+            Ok(false)
+        );
+    }
+
+    #[test]
+    fn heads_parse_back() {
+        let hash = [0xab; 32];
+        assert_eq!(parse_head(&head_text(42, &hash)), Some((42, hash)));
+        assert_eq!(parse_head("42:abc"), None);
+        assert_eq!(parse_head("x:00"), None);
+        assert_eq!(parse_head(&format!("1:{}", "zz".repeat(32))), None);
     }
 
     fn refusal(ip: &str, outcome: &str) -> AuditRecord {

@@ -263,7 +263,7 @@ impl Core {
                         req.username.chars().take(64).collect::<String>()
                     )),
                 };
-                self.emit(HookEventType::SecurityAlert, &alert).await;
+                self.alert(alert).await;
             }
             login_failed("backoff");
             return Err(CoreError::RateLimited(wait.0));
@@ -282,6 +282,7 @@ impl Core {
         }
         let Some(user) = user.filter(|_| ok) else {
             login_failed("bad_credentials");
+            self.login_failed_from(ip, &req.username).await;
             self.audit(AuditRecord {
                 action: "auth.login_failed".into(),
                 actor_kind: "user".into(),
@@ -640,7 +641,7 @@ impl Core {
                     ip: None,
                     detail: Some(format!("session {} revoked", session.session_id)),
                 };
-                self.emit(HookEventType::SecurityAlert, &alert).await;
+                self.alert(alert).await;
                 Err(CoreError::Unauthorized(
                     "refresh token was already used; the session is revoked",
                 ))

@@ -88,6 +88,11 @@ pub struct AuthConfig {
     /// `false` the token must come in the `Authorization` header or, on
     /// a WebSocket, in the first frame.
     pub allow_query_token: bool,
+    /// A `credential_stuffing` alert fires when failed password logins
+    /// from one address name this many accounts within
+    /// `stuffing_window_secs` (0: never).
+    pub stuffing_accounts: usize,
+    pub stuffing_window_secs: u64,
 }
 
 impl Default for AuthConfig {
@@ -100,6 +105,8 @@ impl Default for AuthConfig {
             qr_ttl_secs: 300,
             public_url: String::new(),
             allow_query_token: true,
+            stuffing_accounts: 20,
+            stuffing_window_secs: 600,
         }
     }
 }
@@ -209,6 +216,10 @@ pub struct AdminConfig {
     pub min_secret_length: usize,
     /// Most recipients of one targeted message.
     pub max_recipients: usize,
+    /// How often each node verifies the audit log entries appended since
+    /// its last check (and that the last checked entry is unchanged), in
+    /// seconds; a failure raises an `audit_chain_broken` alert. 0: never.
+    pub audit_verify_interval_secs: u64,
 }
 
 impl Default for AdminConfig {
@@ -226,6 +237,7 @@ impl Default for AdminConfig {
             token_ttl_secs: 900,
             min_secret_length: 12,
             max_recipients: 100_000,
+            audit_verify_interval_secs: 600,
         }
     }
 }

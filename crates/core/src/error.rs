@@ -63,6 +63,25 @@ impl CoreError {
         }
     }
 
+    /// A short name of the refusal, for metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CoreError::BadRequest(_) => "bad_request",
+            CoreError::Unauthorized(_) => "unauthorized",
+            CoreError::Forbidden(_) => "forbidden",
+            CoreError::RegistrationClosed => "registration_closed",
+            CoreError::Rejected(_) => "rejected",
+            CoreError::NotFound(_) => "not_found",
+            CoreError::Conflict(_) => "conflict",
+            CoreError::Gone(_) => "gone",
+            CoreError::TooLarge(_) => "too_large",
+            CoreError::RateLimited(_) | CoreError::TooManyConnections(_) => "rate_limited",
+            CoreError::Unavailable(_) => "unavailable",
+            CoreError::Busy(_) => "busy",
+            CoreError::Internal(_) => "internal",
+        }
+    }
+
     /// For 429 and a busy 503: how long until a retry may pass.
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {

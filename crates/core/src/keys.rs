@@ -464,10 +464,10 @@ impl fmt::Debug for Keyring {
     }
 }
 
-/// The stored data keys, without the signing keys.
+/// The stored data keys, without the audit and signing keys.
 async fn stored_data_keys(store: &dyn DataKeys) -> Result<Vec<WrappedKey>, KeyError> {
     let mut stored = store.data_keys().await?;
-    stored.retain(|w| w.key_id < crate::signing::SIGNING_IDS);
+    stored.retain(|w| w.key_id < crate::audit::AUDIT_KEY_ID);
     Ok(stored)
 }
 
@@ -528,7 +528,7 @@ impl Keyring {
     /// Two nodes adding one at once add one between them. Returns its id.
     pub async fn add_key(&self, store: &dyn DataKeys, master: &MasterKey) -> Result<u32, KeyError> {
         let next = self.ring.read().order.first().map_or(1, |(id, _)| id + 1);
-        if next >= crate::signing::SIGNING_IDS {
+        if next >= crate::audit::AUDIT_KEY_ID {
             return Err(KeyError::Invalid("no data key id is left".into()));
         }
         let wrapped = wrap_key(master, next, &random_bytes::<32>()?)?;

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod admins;
+mod alerts;
 pub mod audit;
 pub mod auth;
 pub mod bus;
@@ -75,7 +76,14 @@ pub struct Core {
     pub(crate) key_touches: admins::KeyTouches,
     pub(crate) tokens: auth::VerifiedTokens,
     pub(crate) refusals: audit::Refusals,
+    pub(crate) audit_key: Arc<audit::AuditKey>,
+    pub(crate) audit_chain: unimsg_store::ChainFn,
+    /// One verification of the audit log at a time, and where the
+    /// periodic one got to.
+    pub(crate) audit_checked: tokio::sync::Mutex<audit::Checked>,
     pub(crate) replay_alerts: throttle::LogThrottle,
+    pub(crate) stuffing: alerts::StuffingWatch,
+    pub(crate) known_admin_addresses: alerts::KnownAdminAddresses,
     /// Makes webhook and before-send requests; `None`: no hooks run.
     pub(crate) transport: Option<Arc<dyn hooks::HookTransport>>,
     pub(crate) before_send_secret: Option<hooks::sign::HookSecret>,
@@ -103,6 +111,8 @@ pub struct CoreParts {
     /// Where `master` came from (a rotation writes `master.key` back).
     pub master_source: keys::MasterSource,
     pub signing: SigningKeys,
+    /// Chains the audit log ([`audit::AuditKey::load_or_create`]).
+    pub audit_key: audit::AuditKey,
     pub clock: Arc<dyn Clock>,
     pub passwords: PasswordWorkers,
     /// A small pool of its own for verifying admin secrets
@@ -119,6 +129,7 @@ pub struct CoreParts {
 
 impl Core {
     pub fn new(parts: CoreParts) -> Self {
+        let audit_key = Arc::new(parts.audit_key);
         Self {
             store: parts.store,
             bus: parts.bus,
@@ -139,7 +150,12 @@ impl Core {
             key_touches: admins::KeyTouches::default(),
             tokens: auth::VerifiedTokens::default(),
             refusals: audit::Refusals::default(),
+            audit_chain: audit::chain_fn(audit_key.clone()),
+            audit_key,
+            audit_checked: tokio::sync::Mutex::new(audit::Checked::default()),
             replay_alerts: throttle::LogThrottle::new(std::time::Duration::from_secs(60)),
+            stuffing: alerts::StuffingWatch::default(),
+            known_admin_addresses: alerts::KnownAdminAddresses::default(),
             transport: parts.transport,
             before_send_secret: hooks::sign::HookSecret::parse(
                 &parts.config.hooks.before_send.secret,

@@ -273,6 +273,48 @@ fn closed(state: &TicketState) -> CoreError {
     }
 }
 
+/// A step of a QR login, for `unimsg_qr_refusals_total{step, reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QrStep {
+    /// The desktop page asks for a ticket.
+    Create,
+    /// The page listens for its ticket's events (with its secret).
+    Events,
+    /// The phone scans the ticket.
+    Scan,
+    /// The phone confirms it.
+    Confirm,
+    /// The phone refuses it.
+    Cancel,
+    /// A business system confirms it for a user.
+    AdminConfirm,
+}
+
+impl QrStep {
+    fn as_str(self) -> &'static str {
+        match self {
+            QrStep::Create => "create",
+            QrStep::Events => "events",
+            QrStep::Scan => "scan",
+            QrStep::Confirm => "confirm",
+            QrStep::Cancel => "cancel",
+            QrStep::AdminConfirm => "admin_confirm",
+        }
+    }
+}
+
+/// Counts a refused QR step by its error code (`not_found` for a wrong
+/// ticket or page secret, `gone`, `conflict`, `forbidden`,
+/// `rate_limited`, …) and passes the result on.
+pub fn counted<T>(step: QrStep, result: Result<T>) -> Result<T> {
+    if let Err(e) = &result {
+        metrics::counter!("unimsg_qr_refusals_total",
+            "step" => step.as_str(), "reason" => e.label())
+        .increment(1);
+    }
+    result
+}
+
 impl Core {
     /// `POST /v1/auth/qr`. A page that sends the secret of its open ticket
     /// (for the same platform and device) gets that ticket again; anyone

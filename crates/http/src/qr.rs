@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use unimsg_core::qr::{QrEvent, Ticket, TicketState};
+use unimsg_core::qr::{QrEvent, QrStep, Ticket, TicketState, counted};
 use unimsg_proto::api::{QrConfirmed, QrRequester, QrScanRequest, QrTicket, QrTicketRequest};
 use unimsg_proto::{ErrorBody, ErrorCode};
 use utoipa::IntoParams;
@@ -75,15 +75,18 @@ pub(crate) async fn create(
     RequestOrigin(client): RequestOrigin,
     Json(req): Json<QrTicketRequest>,
 ) -> Result<axum::Json<QrTicket>, ApiError> {
-    let new = state
-        .core
-        .create_qr_ticket(
-            req.platform,
-            req.device_id,
-            req.page_secret.as_deref(),
-            &client,
-        )
-        .await?;
+    let new = counted(
+        QrStep::Create,
+        state
+            .core
+            .create_qr_ticket(
+                req.platform,
+                req.device_id,
+                req.page_secret.as_deref(),
+                &client,
+            )
+            .await,
+    )?;
     let qr_url = qr_url(&state, &new.ticket.code);
     Ok(axum::Json(QrTicket {
         ticket_id: new.ticket.ticket_id,
@@ -169,7 +172,7 @@ pub(crate) async fn events(
         .and_then(|v| v.to_str().ok())
         .or(query.secret.as_deref());
     // Listen first, then read the state: nothing falls between the two.
-    let rx = core.qr_events(&id, secret).await?;
+    let rx = counted(QrStep::Events, core.qr_events(&id, secret).await)?;
     let ticket = core.qr_ticket(&id).await?;
     let mut first = vec![named(
         "pending",
@@ -321,10 +324,13 @@ pub(crate) async fn scan(
     UserAuth(auth): UserAuth,
     Json(req): Json<QrScanRequest>,
 ) -> Result<axum::Json<QrRequester>, ApiError> {
-    let t = state
-        .core
-        .scan_qr(&auth, req.ticket_id.as_deref(), req.code.as_deref())
-        .await?;
+    let t = counted(
+        QrStep::Scan,
+        state
+            .core
+            .scan_qr(&auth, req.ticket_id.as_deref(), req.code.as_deref())
+            .await,
+    )?;
     Ok(axum::Json(QrRequester {
         ticket_id: t.ticket_id,
         platform: t.platform,
@@ -358,7 +364,7 @@ pub(crate) async fn confirm(
     UserAuth(auth): UserAuth,
     PathId(id): PathId,
 ) -> Result<axum::Json<QrConfirmed>, ApiError> {
-    let session_id = state.core.confirm_qr(&auth, &id).await?;
+    let session_id = counted(QrStep::Confirm, state.core.confirm_qr(&auth, &id).await)?;
     Ok(axum::Json(QrConfirmed { session_id }))
 }
 
@@ -385,6 +391,6 @@ pub(crate) async fn cancel(
     UserAuth(auth): UserAuth,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
-    state.core.cancel_qr(&auth, &id).await?;
+    counted(QrStep::Cancel, state.core.cancel_qr(&auth, &id).await)?;
     Ok(StatusCode::NO_CONTENT)
 }

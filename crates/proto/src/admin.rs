@@ -535,3 +535,21 @@ pub struct AuditHead {
     /// `SEQ:HASH`, as `unimsg audit verify --head` takes it.
     pub head: String,
 }
+
+/// `GET /v1/admin/audit/verify`: the whole chain walked on the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditVerification {
+    /// Whether every entry is in place, unchanged and keyed (and the
+    /// exported head given as `?head=` is still there).
+    pub intact: bool,
+    /// The head when intact, `SEQ:HASH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
+    /// Entries verified (the head's number) when intact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<u64>,
+    /// Where the chain breaks, naming the first entry that does not fit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken: Option<String>,
+}

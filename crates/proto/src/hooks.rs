@@ -431,6 +431,15 @@ wire_names! {
         AdminCredentialRefused = "admin_credential_refused",
         /// A webhook endpoint failed for `hooks.disable_after_hours`.
         WebhookDisabled = "webhook_disabled",
+        /// Failed logins for many accounts from one address (credential
+        /// stuffing): `auth.stuffing_accounts` within `auth.stuffing_window_secs`.
+        CredentialStuffing = "credential_stuffing",
+        /// An admin credential was used from an address its account never
+        /// used before.
+        AdminNewIp = "admin_new_ip",
+        /// Verifying the audit log's chain failed: an entry was altered,
+        /// removed or written without the audit key.
+        AuditChainBroken = "audit_chain_broken",
     }
 }
 

@@ -15,6 +15,7 @@ use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use unimsg_core::admin::INITIAL_ADMIN;
+use unimsg_core::audit::AuditKey;
 use unimsg_core::bus::LocalBus;
 use unimsg_core::clock::SystemClock;
 use unimsg_core::hub::Hub;
@@ -132,6 +133,9 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
                 e.into()
             }
         })?;
+    let (audit_key, audit_key_created) = AuditKey::load_or_create(&*store, &master)
+        .await
+        .context("cannot load the audit log's key")?;
     let hub = Hub::new(config.delivery.outbound_queue);
     let nonce_bounds = NonceBounds::new(
         config.admin.nonce_capacity,
@@ -161,6 +165,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
         master,
         master_source: source,
         signing,
+        audit_key,
         clock: Arc::new(SystemClock),
         passwords: PasswordWorkers::for_this_machine(),
         admin_passwords: PasswordWorkers::for_admin_checks(),
@@ -205,6 +210,9 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
         Some(cluster)
     };
     let core = Arc::new(Core::new(parts));
+    if audit_key_created {
+        core.audit_key_created().await;
+    }
     core.refresh_hook_interest()
         .await
         .context("cannot read the webhook endpoints")?;
@@ -283,18 +291,7 @@ pub async fn rotate_master_offline(
         .map(MasterKey::from_base64)
         .transpose()
         .context("the new master key must be the base64 of 32 bytes")?;
-    let store: Arc<dyn Store> = if config.store.url.is_empty() {
-        let path = config.data_dir.join("unimsg.db");
-        anyhow::ensure!(path.exists(), "no database at {}", path.display());
-        Arc::new(SqliteStore::open(SqliteOptions::new(path))?)
-    } else {
-        let options = PgOptions::new(config.store.url.clone());
-        Arc::new(
-            PgStore::connect(options)
-                .await
-                .context("cannot open the PostgreSQL store")?,
-        )
-    };
+    let store = open_store_offline(config).await?;
     let (new, rewrapped) = unimsg_core::keys::rotate_master(&*store, &source, &current, given)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -337,40 +334,56 @@ pub async fn reset_admin_password(
     Ok(())
 }
 
-/// `unimsg audit verify`: walks the audit log of the data directory's
-/// store and, with `expected` (`SEQ:HASH`, an exported head), checks that
-/// its entry is still there. Answers the head, or why the log is broken.
+/// `unimsg audit verify`: walks the audit log of the configured store
+/// (the data directory's database, or PostgreSQL with `store.url`) with
+/// the audit key the master key unwraps, and with `expected` (`SEQ:HASH`,
+/// an exported head) checks that its entry is still there. Answers the
+/// head, or why the log is broken.
 pub async fn verify_audit(
-    data_dir: &std::path::Path,
+    config: &Config,
     expected: Option<&str>,
 ) -> anyhow::Result<Result<String, String>> {
     let expected = expected
         .map(|text| {
-            let (seq, hex) = text
-                .split_once(':')
-                .context("--head is SEQ:HASH, as GET /v1/admin/audit/head prints it")?;
-            let seq: u64 = seq.parse().context("--head: SEQ is a number")?;
-            let bytes: Vec<u8> = (0..hex.len())
-                .step_by(2)
-                .map(|i| {
-                    hex.get(i..i + 2)
-                        .and_then(|h| u8::from_str_radix(h, 16).ok())
-                })
-                .collect::<Option<_>>()
-                .context("--head: HASH is 64 hex digits")?;
-            let hash: [u8; 32] = bytes
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("--head: HASH is 64 hex digits"))?;
-            anyhow::Ok((seq, hash))
+            unimsg_core::audit::parse_head(text).context(
+                "--head is SEQ:HASH (64 hex digits), as GET /v1/admin/audit/head prints it",
+            )
         })
         .transpose()?;
-    let path = data_dir.join("unimsg.db");
-    anyhow::ensure!(path.exists(), "no database at {}", path.display());
-    let store = SqliteStore::open(SqliteOptions::new(path))?;
-    Ok(unimsg_core::audit::verify_store_against(&store, expected)
+    let store = open_store_offline(config).await?;
+    let source = master_source(config);
+    let master = source
+        .load()
         .await
-        .map(|(seq, hash)| unimsg_core::audit::head_text(seq, &hash))
-        .map_err(|e| e.to_string()))
+        .with_context(|| format!("cannot load the master key from {}", source.describe()))?;
+    let key = AuditKey::load(&*store, &master)
+        .await
+        .context("the master key does not open the audit key")?
+        .context("this store has no audit key yet: start the server on it once")?;
+    Ok(
+        unimsg_core::audit::verify_store_against(&*store, &key, expected)
+            .await
+            .map(|(seq, hash)| unimsg_core::audit::head_text(seq, &hash))
+            .map_err(|e| e.to_string()),
+    )
+}
+
+/// The configured store, for a command that runs beside (or without) the
+/// server: the data directory's database, which must exist, or
+/// PostgreSQL with `store.url`.
+async fn open_store_offline(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(if config.store.url.is_empty() {
+        let path = config.data_dir.join("unimsg.db");
+        anyhow::ensure!(path.exists(), "no database at {}", path.display());
+        Arc::new(SqliteStore::open(SqliteOptions::new(path))?)
+    } else {
+        let options = PgOptions::new(config.store.url.clone());
+        Arc::new(
+            PgStore::connect(options)
+                .await
+                .context("cannot open the PostgreSQL store")?,
+        )
+    })
 }
 
 /// Serves until `shutdown` resolves, then closes live connections and
@@ -486,6 +499,20 @@ pub async fn run(
             }
         })
     };
+    // New audit entries are verified as they come, so a broken chain
+    // raises an alert (see `Core::check_audit_chain`).
+    let audit_checker = (config.admin.audit_verify_interval_secs > 0).then(|| {
+        let core = core.clone();
+        let every = std::time::Duration::from_secs(config.admin.audit_verify_interval_secs);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                core.check_audit_chain().await;
+            }
+        })
+    });
     let dispatcher = tokio::spawn(core.clone().run_webhooks(transport));
     // Data keys due for rotation, and another node's rotations.
     let key_refresh = tokio::spawn(core.clone().run_key_refresh());
@@ -512,6 +539,9 @@ pub async fn run(
     }
     flusher.abort();
     key_refresh.abort();
+    if let Some(checker) = audit_checker {
+        checker.abort();
+    }
     if let Some(watcher) = watcher {
         watcher.abort();
     }

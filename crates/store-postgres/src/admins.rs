@@ -3,7 +3,9 @@
 use async_trait::async_trait;
 use time::OffsetDateTime;
 use unimsg_store::sql::{ADMIN_COLUMNS, ADMIN_KEY_COLUMNS, ms, read_admin, read_admin_key};
-use unimsg_store::{Admin, AdminChange, AdminKeyRow, Admins, Result, StoreError, TokenHash};
+use unimsg_store::{
+    AddressSeen, Admin, AdminChange, AdminKeyRow, Admins, Result, StoreError, TokenHash,
+};
 
 use crate::{PgStore, read, unique};
 
@@ -54,6 +56,27 @@ impl Admins for PgStore {
         })
     }
 
+    async fn note_admin_address(
+        &self,
+        admin_id: &str,
+        ip: &str,
+        at: OffsetDateTime,
+    ) -> Result<AddressSeen> {
+        connected!(self, |client| {
+            // Both parts see the table as it was before the insert.
+            let row = client
+                .query_one(
+                    "WITH ins AS (INSERT INTO admin_addresses (admin_id, ip, first_seen) \
+                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1) \
+                     SELECT EXISTS(SELECT 1 FROM admin_addresses WHERE admin_id = $1), \
+                     EXISTS(SELECT 1 FROM ins)",
+                    &[&admin_id, &ip, &ms(at)],
+                )
+                .await?;
+            Ok(AddressSeen::of(row.try_get(0)?, row.try_get(1)?))
+        })
+    }
+
     async fn update_admin(
         &self,
         id: &str,
@@ -96,6 +119,8 @@ impl Admins for PgStore {
     async fn delete_admin(&self, id: &str) -> Result<bool> {
         transaction!(self, |tx| {
             tx.execute("DELETE FROM admin_keys WHERE admin_id = $1", &[&id])
+                .await?;
+            tx.execute("DELETE FROM admin_addresses WHERE admin_id = $1", &[&id])
                 .await?;
             Ok(tx
                 .execute("DELETE FROM admins WHERE admin_id = $1", &[&id])

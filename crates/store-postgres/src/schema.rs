@@ -289,6 +289,16 @@ CREATE INDEX admin_keys_by_admin ON admin_keys(admin_id);
     r#"
 ALTER TABLE admins ADD COLUMN signing_secret BYTEA;
 "#,
+    // The addresses each admin account's credentials were used from, so
+    // that a use from a new one raises an alert.
+    r#"
+CREATE TABLE admin_addresses (
+    admin_id   TEXT NOT NULL,
+    ip         TEXT NOT NULL,
+    first_seen BIGINT NOT NULL,
+    PRIMARY KEY (admin_id, ip)
+);
+"#,
 ];
 
 /// Brings the database to the newest schema version.

@@ -4,7 +4,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 use unimsg_store::sql::{ADMIN_COLUMNS, ADMIN_KEY_COLUMNS, ms, read_admin, read_admin_key};
-use unimsg_store::{Admin, AdminChange, AdminKeyRow, Admins, Result, StoreError, TokenHash};
+use unimsg_store::{
+    AddressSeen, Admin, AdminChange, AdminKeyRow, Admins, Result, StoreError, TokenHash,
+};
 
 use crate::{DbResult, SqliteStore, all, first, map_unique};
 
@@ -48,6 +50,28 @@ impl Admins for SqliteStore {
             )
             .map_err(|e| map_unique(e, "admin"))?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn note_admin_address(
+        &self,
+        admin_id: &str,
+        ip: &str,
+        at: OffsetDateTime,
+    ) -> Result<AddressSeen> {
+        let (admin_id, ip) = (admin_id.to_owned(), ip.to_owned());
+        self.write(move |conn| {
+            let any: bool = conn.query_row(
+                "SELECT EXISTS(SELECT 1 FROM admin_addresses WHERE admin_id = ?1)",
+                [&admin_id],
+                |r| r.get(0),
+            )?;
+            let inserted = conn.execute(
+                "INSERT OR IGNORE INTO admin_addresses (admin_id, ip, first_seen) VALUES (?1, ?2, ?3)",
+                params![admin_id, ip, ms(at)],
+            )? > 0;
+            Ok(AddressSeen::of(any, inserted))
         })
         .await
     }
@@ -98,6 +122,7 @@ impl Admins for SqliteStore {
         let id = id.to_owned();
         self.write(move |conn| {
             conn.execute("DELETE FROM admin_keys WHERE admin_id = ?1", [&id])?;
+            conn.execute("DELETE FROM admin_addresses WHERE admin_id = ?1", [&id])?;
             Ok(conn.execute("DELETE FROM admins WHERE admin_id = ?1", [&id])? > 0)
         })
         .await

@@ -183,6 +183,37 @@ pub trait Admins: Send + Sync {
     ) -> Result<bool>;
     /// Creates an admin; `Conflict` if the id exists.
     async fn create_admin(&self, admin: Admin) -> Result<()>;
+    /// Records that the admin's credential was used from `ip` and says
+    /// whether that address is new for the account.
+    async fn note_admin_address(
+        &self,
+        admin_id: &str,
+        ip: &str,
+        at: OffsetDateTime,
+    ) -> Result<AddressSeen>;
+}
+
+/// What [`Admins::note_admin_address`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressSeen {
+    /// The account's first recorded address.
+    First,
+    /// An address the account used before.
+    Known,
+    /// An address the account never used, when it used others.
+    New,
+}
+
+impl AddressSeen {
+    /// From whether the account had any address and whether this one
+    /// was inserted now.
+    pub fn of(had_any: bool, inserted: bool) -> Self {
+        match (had_any, inserted) {
+            (_, false) => AddressSeen::Known,
+            (false, true) => AddressSeen::First,
+            (true, true) => AddressSeen::New,
+        }
+    }
 }
 
 /// Notifications from business systems, stored once, with one inbox event
@@ -252,7 +283,7 @@ pub trait Audit: Send + Sync {
 }
 
 /// Computes an audit entry's hash from the previous hash and the entry's bytes.
-pub type ChainFn = for<'a, 'b> fn(&'a [u8; 32], &'b [u8]) -> [u8; 32];
+pub type ChainFn = std::sync::Arc<dyn Fn(&[u8; 32], &[u8]) -> [u8; 32] + Send + Sync>;
 
 /// The bytes an audit entry's hash covers besides the previous hash: its
 /// number, its time and its content, so that reordering, renumbering or

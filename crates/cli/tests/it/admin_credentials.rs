@@ -275,7 +275,11 @@ async fn refused_logins_admin_calls_and_limits_are_counted_in_metrics() {
     let wrong = Cred::Basic("admin", "not-the-admin-secret");
     assert_eq!(admitted(&server, &wrong).await, 401);
     assert_eq!(
-        counter(&server, r#"unimsg_admin_refusals_total{status="401"}"#).await,
+        counter(
+            &server,
+            r#"unimsg_admin_refusals_total{status="401",cause="credential"}"#
+        )
+        .await,
         1
     );
 }

@@ -814,3 +814,61 @@ async fn webhooks_from_two_nodes_go_out_once_and_survive_a_node_killed_mid_deliv
         requests - ids.len()
     );
 }
+
+#[tokio::test]
+async fn the_audit_log_on_postgres_is_verified_offline_and_through_a_node() {
+    let mut c = TestCluster::start(1, &[]).await;
+    let root = AdminApi::root(&c.nodes[0]);
+    for i in 0..3 {
+        root.ok(
+            Method::GET,
+            &format!("/v1/admin/audit?limit={}", i + 1),
+            None,
+        )
+        .await;
+    }
+    let verify = |args: &[&str], env: &[(String, String)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_unimsg"));
+        cmd.args(["audit", "verify"]).args(args).env_clear();
+        cmd.envs(env.iter().cloned());
+        cmd.output().unwrap()
+    };
+    let offline_env = vec![
+        ("UNIMSG_STORE__URL".to_owned(), c.pg.url("postgres")),
+        ("UNIMSG_MASTER_KEY".to_owned(), MASTER_KEY.to_owned()),
+    ];
+    let remote_env = vec![(
+        "UNIMSG_ADMIN_PASSWORD".to_owned(),
+        ADMIN_PASSWORD.to_owned(),
+    )];
+    let base = c.nodes[0].base.clone();
+    let offline = verify(&[], &offline_env);
+    assert!(
+        offline.status.success(),
+        "{}",
+        String::from_utf8_lossy(&offline.stderr)
+    );
+    assert!(verify(&["--server", &base], &remote_env).status.success());
+
+    // An intruder edits an entry in PostgreSQL.
+    let out = std::process::Command::new("psql")
+        .arg(c.pg.url("postgres"))
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg("UPDATE audit_log SET content = content || ' ' WHERE id = 2")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for out in [
+        verify(&[], &offline_env),
+        verify(&["--server", &base], &remote_env),
+    ] {
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("entry 2 was altered"), "{stderr}");
+    }
+    c.nodes[0].terminate().await;
+}

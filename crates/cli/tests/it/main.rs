@@ -8,6 +8,7 @@
 
 mod admin;
 mod admin_credentials;
+mod alerts;
 mod audit_auth;
 mod audit_domain;
 mod audit_gate;

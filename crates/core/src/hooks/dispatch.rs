@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
-use unimsg_proto::hooks::{AlertKind, HookEventType, SecurityAlertData};
+use unimsg_proto::hooks::{AlertKind, SecurityAlertData};
 use unimsg_store::{AttemptOutcome, AttemptResult, ClaimedDelivery, WebhookRow};
 
 use super::sign::{self, HookSecret};
@@ -376,15 +376,12 @@ impl Core {
         })
         .await;
         self.refresh_hook_interest().await?;
-        self.emit(
-            HookEventType::SecurityAlert,
-            &SecurityAlertData {
-                alert: AlertKind::WebhookDisabled,
-                user_id: None,
-                ip: None,
-                detail: Some(format!("{}: {reason}", endpoint.webhook_id)),
-            },
-        )
+        self.alert(SecurityAlertData {
+            alert: AlertKind::WebhookDisabled,
+            user_id: None,
+            ip: None,
+            detail: Some(format!("{}: {reason}", endpoint.webhook_id)),
+        })
         .await;
         Ok(())
     }

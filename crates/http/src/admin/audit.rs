@@ -80,3 +80,46 @@ pub(super) async fn audit_head(
     admin.require(unimsg_proto::admin::Scope::AuditRead)?;
     Ok(axum::Json(state.core.audit_head().await?))
 }
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct VerifyParams {
+    /// An exported head, `SEQ:HASH`: its entry must still be there unchanged.
+    head: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/admin/audit/verify",
+    operation_id = "admin_audit_verify",
+    tag = "admin",
+    summary = "Verify the audit chain",
+    description = "Walks the whole audit log on the server (the store may be SQLite or PostgreSQL) and checks every entry's keyed hash and link; with `head` (from `GET /v1/admin/audit/head`, kept elsewhere) that entry must still be there, so removing the newest entries is found too. A broken chain answers `intact: false` naming the first entry that does not fit, and raises an `audit_chain_broken` security alert. One walk at a time per node. Scope: `audit:read`.",
+    params(VerifyParams),
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 200, description = "The result.", body = unimsg_proto::admin::AuditVerification),
+        (status = 400, description = "`head` is not `SEQ:HASH` (`bad_request`).", body = ErrorBody),
+    ),
+)]
+pub(super) async fn audit_verify(
+    State(state): State<AppState>,
+    AdminAuth(admin): AdminAuth,
+    Query(q): Query<VerifyParams>,
+) -> Result<axum::Json<unimsg_proto::admin::AuditVerification>, ApiError> {
+    admin.require(Scope::AuditRead)?;
+    let expected = q
+        .head
+        .as_deref()
+        .map(|h| {
+            unimsg_core::audit::parse_head(h).ok_or_else(|| {
+                ApiError::new(
+                    unimsg_proto::ErrorCode::BadRequest,
+                    "head must be SEQ:HASH, as GET /v1/admin/audit/head gives it",
+                )
+            })
+        })
+        .transpose()?;
+    Ok(axum::Json(state.core.verify_audit_log(expected).await?))
+}

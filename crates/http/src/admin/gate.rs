@@ -59,9 +59,9 @@ pub(crate) async fn gate(State(state): State<AppState>, request: Request, next: 
         ..AuditRecord::default()
     };
     let outcome = admit(&state, client, request, next, &mut record).await;
-    let response = match outcome {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
+    let (response, cause) = match outcome {
+        Ok(response) => (response, None),
+        Err((e, cause)) => (e.into_response(), Some(cause)),
     };
     if let Some(actor) = response.extensions().get::<AuditActor>() {
         record.actor = actor.0.clone();
@@ -72,12 +72,15 @@ pub(crate) async fn gate(State(state): State<AppState>, request: Request, next: 
     let status = response.status().as_u16();
     record.outcome = status.to_string();
     if matches!(status, 401 | 403 | 429) {
-        let status_label: &'static str = match status {
-            401 => "401",
-            403 => "403",
-            _ => "429",
+        let (status_label, by_handler) = match status {
+            401 => ("401", Cause::Credential),
+            403 => ("403", Cause::Scope),
+            _ => ("429", Cause::RateLimit),
         };
-        metrics::counter!("unimsg_admin_refusals_total", "status" => status_label).increment(1);
+        let cause = cause.unwrap_or(by_handler);
+        metrics::counter!("unimsg_admin_refusals_total",
+            "status" => status_label, "cause" => cause.as_str())
+        .increment(1);
     }
     // Only a verified credential sets the actor. Refusals no credential
     // vouches for, and refusals over a credential's limits, are counted
@@ -93,6 +96,46 @@ pub(crate) async fn gate(State(state): State<AppState>, request: Request, next: 
     response
 }
 
+/// Why the gate refused an admin request, for
+/// `unimsg_admin_refusals_total{status, cause}`. A 403 from a handler is
+/// a missing scope; a 401 from one (`POST /v1/admin/token`) a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// The client is not on `admin.ip_allowlist`.
+    Allowlist,
+    /// `admin.require_tls` and the request came in plain.
+    Tls,
+    /// No credential, or a wrong, expired or revoked one.
+    Credential,
+    /// The credential's (or the token endpoint's) rate limit.
+    RateLimit,
+    /// A nonce seen before, or a timestamp outside the window.
+    Replay,
+    /// A missing or wrong `X-Signature`.
+    Signature,
+    /// The credential lacks the route's scope.
+    Scope,
+}
+
+impl Cause {
+    fn as_str(self) -> &'static str {
+        match self {
+            Cause::Allowlist => "allowlist",
+            Cause::Tls => "tls",
+            Cause::Credential => "credential",
+            Cause::RateLimit => "rate_limit",
+            Cause::Replay => "replay",
+            Cause::Signature => "signature",
+            Cause::Scope => "scope",
+        }
+    }
+}
+
+/// Tags an error of one step of the gate with its cause.
+fn because<E: Into<ApiError>>(cause: Cause) -> impl FnOnce(E) -> (ApiError, Cause) {
+    move |e| (e.into(), cause)
+}
+
 /// The allowlist, the credential, the credential's rate limit and its
 /// nonce, in this order: a nonce is recorded only once a credential is
 /// verified, keyed by it. `POST /v1/admin/token` carries its credential in
@@ -103,7 +146,7 @@ async fn admit(
     mut request: Request,
     next: Next,
     record: &mut AuditRecord,
-) -> Result<Response, ApiError> {
+) -> Result<Response, (ApiError, Cause)> {
     let core = &state.core;
     let allow = &core.config().admin.ip_allowlist;
     let allowed = match client {
@@ -112,24 +155,37 @@ async fn admit(
         ClientAddr::Unknown => false,
     };
     if !allow.is_empty() && !allowed {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "this address may not use the admin API",
+        return Err((
+            ApiError::new(
+                ErrorCode::Forbidden,
+                "this address may not use the admin API",
+            ),
+            Cause::Allowlist,
         ));
     }
     if core.config().admin.require_tls
         && !arrived_over_tls(request.extensions(), request.headers(), state)
     {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "the admin API is served over HTTPS only on this server (admin.require_tls)",
+        return Err((
+            ApiError::new(
+                ErrorCode::Forbidden,
+                "the admin API is served over HTTPS only on this server (admin.require_tls)",
+            ),
+            Cause::Tls,
         ));
     }
     if request.uri().path() == "/v1/admin/token" {
-        core.check_limit(Limit::Token, &client.key()).await?;
+        core.check_limit(Limit::Token, &client.key())
+            .await
+            .map_err(because(Cause::RateLimit))?;
         return Ok(next.run(request).await);
     }
-    let ctx = authenticate(state, request.headers(), &client.key()).await?;
+    let ctx = authenticate(state, request.headers(), &client.key())
+        .await
+        .map_err(because(Cause::Credential))?;
+    if let ClientAddr::Ip(ip) = client {
+        core.admin_seen(&ctx.admin_id, &ip.to_string()).await;
+    }
     record.actor = ctx.admin_id.clone();
     record.scope = Some(
         ctx.scopes
@@ -138,7 +194,9 @@ async fn admit(
             .collect::<Vec<_>>()
             .join(","),
     );
-    core.check_limit(Limit::Admin, &ctx.admin_id).await?;
+    core.check_limit(Limit::Admin, &ctx.admin_id)
+        .await
+        .map_err(because(Cause::RateLimit))?;
     // An account with no signing secret yet may make its first one
     // unsigned; everything else is signed.
     let signed = core.config().admin.require_signature
@@ -146,12 +204,14 @@ async fn admit(
             && request.uri().path() == format!("/v1/admin/admins/{}/signing-secret", ctx.admin_id)
             && core
                 .store_admin_has_no_signing_secret(&ctx.admin_id)
-                .await?);
+                .await
+                .map_err(because(Cause::Signature))?);
     let nonce = header(request.headers(), "x-nonce");
     let timestamp = header(request.headers(), "x-timestamp");
     if signed && (nonce.is_none() || timestamp.is_none()) {
-        return Err(ApiError::unauthorized(
-            "signed admin requests need X-Nonce and X-Timestamp",
+        return Err((
+            ApiError::unauthorized("signed admin requests need X-Nonce and X-Timestamp"),
+            Cause::Signature,
         ));
     }
     core.check_replay(ReplayHeaders {
@@ -159,9 +219,12 @@ async fn admit(
         nonce,
         timestamp,
     })
-    .await?;
+    .await
+    .map_err(because(Cause::Replay))?;
     if signed {
-        request = verified_signature(state, &ctx.admin_id, request).await?;
+        request = verified_signature(state, &ctx.admin_id, request)
+            .await
+            .map_err(because(Cause::Signature))?;
     }
     request.extensions_mut().insert(ctx);
     Ok(next.run(request).await)

@@ -70,6 +70,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(messages::status))
         .routes(routes!(audit::audit))
         .routes(routes!(audit::audit_head))
+        .routes(routes!(audit::audit_verify))
         .routes(routes!(presence::presence))
         .routes(routes!(qr::qr_confirm))
         .routes(routes!(

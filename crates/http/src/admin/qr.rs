@@ -35,9 +35,12 @@ pub(super) async fn qr_confirm(
     Json(req): Json<AdminQrConfirm>,
 ) -> Result<axum::Json<unimsg_proto::api::QrConfirmed>, ApiError> {
     admin.require(Scope::TokensMint)?;
-    let session_id = state
-        .core
-        .admin_confirm_qr(&admin.admin_id, &id, req.user_id)
-        .await?;
+    let session_id = unimsg_core::qr::counted(
+        unimsg_core::qr::QrStep::AdminConfirm,
+        state
+            .core
+            .admin_confirm_qr(&admin.admin_id, &id, req.user_id)
+            .await,
+    )?;
     Ok(axum::Json(unimsg_proto::api::QrConfirmed { session_id }))
 }

@@ -60,6 +60,9 @@ pub(super) async fn token(
     };
     match result {
         Ok(token) => {
+            if let Some(ip) = &client.ip {
+                state.core.admin_seen(&req.admin_id, ip).await;
+            }
             let mut response = axum::Json(token).into_response();
             response
                 .extensions_mut()

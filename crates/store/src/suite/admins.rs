@@ -136,8 +136,20 @@ pub async fn admins(store: Arc<dyn Store>) {
     assert!(!store.revoke_admin_key("alpha", "k2", later).await.unwrap());
 
     // Deleting an account deletes its keys.
+    // Addresses: the first, a known one, a new one; another account's
+    // are its own; a deleted account's are gone.
+    use crate::AddressSeen;
+    let seen = |admin: &'static str, ip: &'static str| async move {
+        store.note_admin_address(admin, ip, now()).await.unwrap()
+    };
+    assert_eq!(seen("ops", "192.0.2.1").await, AddressSeen::First);
+    assert_eq!(seen("ops", "192.0.2.1").await, AddressSeen::Known);
+    assert_eq!(seen("ops", "192.0.2.2").await, AddressSeen::New);
+    assert_eq!(seen("ops", "192.0.2.2").await, AddressSeen::Known);
+    assert_eq!(seen("alpha", "192.0.2.2").await, AddressSeen::First);
     assert!(store.delete_admin("ops").await.unwrap());
     assert!(!store.delete_admin("ops").await.unwrap());
+    assert_eq!(seen("ops", "192.0.2.2").await, AddressSeen::First);
     assert!(store.admin("ops").await.unwrap().is_none());
     assert!(
         store

@@ -13,7 +13,12 @@ pub async fn audit_chain(store: Arc<dyn Store>) {
             at: now(),
             content: format!(r#"{{"action":"{action}","actor":"ops"}}"#),
         };
-        rows.push(store.append_audit(draft, test_chain).await.unwrap());
+        rows.push(
+            store
+                .append_audit(draft, std::sync::Arc::new(test_chain))
+                .await
+                .unwrap(),
+        );
     }
     assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert_eq!(rows[0].prev_hash, [0; 32]);
