@@ -89,6 +89,46 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Copy the embedded store into one file while the server runs.
+    ///
+    /// The copy holds the data keys only wrapped by the master key, which
+    /// it does not contain: keep master.key (or UNIMSG_MASTER_KEY)
+    /// elsewhere, or give --include-keys to put it in the file (then
+    /// guard the file like the key). PostgreSQL is backed up with pg_dump.
+    Backup {
+        /// Directory of the database and key files [default: ./data].
+        #[arg(long, env = "UNIMSG_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// A TOML configuration file (see unimsg.example.toml).
+        #[arg(long, env = "UNIMSG_CONFIG")]
+        config: Option<PathBuf>,
+        /// The backup file to create (it must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Put the master key into the backup too.
+        #[arg(long)]
+        include_keys: bool,
+    },
+    /// Put a backup in place of the embedded store (no server running).
+    ///
+    /// A backup made with --include-keys restores master.key too;
+    /// otherwise bring the original master key (master.key in the data
+    /// directory, or UNIMSG_MASTER_KEY). Every restored key is checked to
+    /// open when a master key is at hand.
+    Restore {
+        /// The backup file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Directory of the database and key files [default: ./data].
+        #[arg(long, env = "UNIMSG_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// A TOML configuration file (see unimsg.example.toml).
+        #[arg(long, env = "UNIMSG_CONFIG")]
+        config: Option<PathBuf>,
+        /// Replace an existing database (and a different master.key).
+        #[arg(long)]
+        force: bool,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -238,14 +278,58 @@ fn main() -> anyhow::Result<ExitCode> {
                     ..
                 },
         } => {
-            let mut config = Config::load(config.as_deref(), std::env::vars())?;
-            if let Some(dir) = data_dir {
-                config.data_dir = dir;
+            let config = offline_config(data_dir, config)?;
+            audit_result(
+                current_thread()?
+                    .block_on(unimsg_server::verify_audit(&config, head.as_deref()))?,
+            )
+        }
+        Command::Backup {
+            data_dir,
+            config,
+            out,
+            include_keys,
+        } => {
+            let config = offline_config(data_dir, config)?;
+            let bytes = current_thread()?.block_on(unimsg_server::backup_embedded(
+                &config,
+                &out,
+                include_keys,
+            ))?;
+            let keys = if include_keys {
+                "with the master key: guard it like the key itself"
+            } else {
+                "without the master key: keep master.key (or UNIMSG_MASTER_KEY) to restore it"
+            };
+            println!("backed up {bytes} bytes to {}, {keys}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore {
+            file,
+            data_dir,
+            config,
+            force,
+        } => {
+            let config = offline_config(data_dir, config)?;
+            let report = current_thread()?
+                .block_on(unimsg_server::restore_embedded(&config, &file, force))?;
+            let dir = config.data_dir.display();
+            println!("restored {} bytes into {dir}", report.bytes);
+            if report.key_restored {
+                println!("the backup's master key is in {dir}/master.key");
             }
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            audit_result(runtime.block_on(unimsg_server::verify_audit(&config, head.as_deref()))?)
+            match report.keys_open {
+                Some(true) => println!("the master key opens every restored key"),
+                Some(false) => anyhow::bail!(
+                    "the master key at hand does not open the restored keys: \
+                     put the original master key in place before starting the server"
+                ),
+                None => println!(
+                    "no master key here yet: put the original master.key into {dir} \
+                     or set UNIMSG_MASTER_KEY before starting the server"
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Config {
             command: ConfigCommand::Defaults,
@@ -261,6 +345,21 @@ fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The configuration of a command that works on a data directory.
+fn offline_config(data_dir: Option<PathBuf>, file: Option<PathBuf>) -> anyhow::Result<Config> {
+    let mut config = Config::load(file.as_deref(), std::env::vars())?;
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    Ok(config)
+}
+
+fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// Prints an intact log's head, or fails naming where it breaks.
@@ -292,15 +391,9 @@ fn reset_password(
     file: Option<PathBuf>,
     admin_id: &str,
 ) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load(file.as_deref(), std::env::vars())?;
-    if let Some(dir) = data_dir {
-        config.data_dir = dir;
-    }
+    let config = offline_config(data_dir, file)?;
     let secret = new_admin_secret()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(unimsg_server::reset_admin_password(
+    current_thread()?.block_on(unimsg_server::reset_admin_password(
         &config, admin_id, secret,
     ))?;
     println!("the secret of {admin_id} is changed; its earlier admin tokens are refused");
@@ -308,18 +401,12 @@ fn reset_password(
 }
 
 fn rotate_master(data_dir: Option<PathBuf>, file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load(file.as_deref(), std::env::vars())?;
-    if let Some(dir) = data_dir {
-        config.data_dir = dir;
-    }
+    let config = offline_config(data_dir, file)?;
     let new_key = std::env::var("UNIMSG_NEW_MASTER_KEY")
         .ok()
         .filter(|k| !k.is_empty());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let (rewrapped, source) =
-        runtime.block_on(unimsg_server::rotate_master_offline(&config, new_key))?;
+        current_thread()?.block_on(unimsg_server::rotate_master_offline(&config, new_key))?;
     println!("re-wrapped {rewrapped} keys under the new master key (in {source})");
     if source != "master.key" {
         println!("now set {source} to the new key on every node before starting them");

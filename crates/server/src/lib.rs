@@ -386,6 +386,132 @@ async fn open_store_offline(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     })
 }
 
+/// `unimsg backup`: copies the embedded store of the data directory into
+/// the new file `out` while the server runs (SQLite's online backup). The
+/// copy holds the data keys only wrapped by the master key; with
+/// `include_keys` it carries the master key too. Returns the copy's size.
+pub async fn backup_embedded(
+    config: &Config,
+    out: &std::path::Path,
+    include_keys: bool,
+) -> anyhow::Result<u64> {
+    anyhow::ensure!(
+        config.store.url.is_empty(),
+        "unimsg backup copies the embedded store; back up PostgreSQL with pg_dump \
+         (its data keys are wrapped by the master key, which is not in the database)"
+    );
+    let db = config.data_dir.join("unimsg.db");
+    anyhow::ensure!(db.exists(), "no database at {}", db.display());
+    let key = if include_keys {
+        let source = master_source(config);
+        if let MasterSource::File(path) = &source {
+            anyhow::ensure!(path.exists(), "no master key at {}", path.display());
+        }
+        let master = source
+            .load()
+            .await
+            .with_context(|| format!("cannot load the master key from {}", source.describe()))?;
+        Some(unimsg_store_sqlite::backup::MasterKeyText(
+            master.to_base64(),
+        ))
+    } else {
+        None
+    };
+    let out = out.to_owned();
+    let bytes = tokio::task::spawn_blocking(move || {
+        unimsg_store_sqlite::backup::backup(&db, &out, key.as_ref())
+    })
+    .await??;
+    Ok(bytes)
+}
+
+/// What `unimsg restore` did.
+#[derive(Debug)]
+pub struct RestoreReport {
+    /// The restored database's size.
+    pub bytes: u64,
+    /// Whether the backup carried the master key (now in `master.key`).
+    pub key_restored: bool,
+    /// Whether a master key at hand opens every restored key; `None` when
+    /// there is none yet (the operator brings the original).
+    pub keys_open: Option<bool>,
+}
+
+/// `unimsg restore`: puts a backup in place of the data directory's
+/// database, with no server running on it. An existing database (or a
+/// different `master.key`) is replaced only with `force`. A backup made
+/// with its master key restores `master.key` too; then, or when a master
+/// key is already at hand, every restored key is checked to open.
+pub async fn restore_embedded(
+    config: &Config,
+    from: &std::path::Path,
+    force: bool,
+) -> anyhow::Result<RestoreReport> {
+    use unimsg_store_sqlite::backup;
+    anyhow::ensure!(
+        config.store.url.is_empty(),
+        "unimsg restore fills the embedded store; restore PostgreSQL with pg_restore or psql"
+    );
+    anyhow::ensure!(from.exists(), "no backup at {}", from.display());
+    create_data_dir(&config.data_dir)?;
+    let db = config.data_dir.join("unimsg.db");
+    anyhow::ensure!(
+        force || !db.exists(),
+        "{} exists; stop the server and give --force to replace it",
+        db.display()
+    );
+    let carried = {
+        let from = from.to_owned();
+        tokio::task::spawn_blocking(move || backup::master_key_in(&from)).await??
+    };
+    let key_file = config.data_dir.join("master.key");
+    let carried = carried
+        .map(|text| MasterKey::from_base64(&text.0))
+        .transpose()
+        .context("the backup's master key is damaged")?;
+    if let Some(key) = &carried
+        && key_file.exists()
+    {
+        let present = MasterKey::load_or_create_file(&key_file)?;
+        anyhow::ensure!(
+            force || present.same_as(key),
+            "{} holds another master key; give --force to replace it with the backup's",
+            key_file.display()
+        );
+    }
+    let restored = {
+        let (from, db) = (from.to_owned(), db.clone());
+        tokio::task::spawn_blocking(move || backup::restore(&from, &db)).await??
+    };
+    if let Some(key) = &carried {
+        match std::fs::remove_file(&key_file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context("cannot replace master.key"),
+        }
+        key.write_new_file(&key_file)?;
+    }
+    // Check the keys only with a master key at hand: loading from a
+    // missing master.key would make a new one.
+    let source = master_source(config);
+    let at_hand = !matches!(&source, MasterSource::File(path) if !path.exists());
+    let keys_open = if at_hand {
+        let master = source
+            .load()
+            .await
+            .with_context(|| format!("cannot load the master key from {}", source.describe()))?;
+        let store = SqliteStore::open(SqliteOptions::new(db))?;
+        Some(unimsg_core::keys::opens_all(&store, &master).await?)
+    } else {
+        None
+    };
+    Ok(RestoreReport {
+        bytes: restored.bytes,
+        key_restored: carried.is_some(),
+        keys_open,
+    })
+}
+
 /// Serves until `shutdown` resolves, then closes live connections and
 /// drains in-flight requests.
 pub async fn run(

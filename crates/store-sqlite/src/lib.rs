@@ -15,6 +15,7 @@
 
 mod admins;
 mod audit;
+pub mod backup;
 mod broadcasts;
 mod data_keys;
 mod groups;

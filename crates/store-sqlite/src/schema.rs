@@ -288,6 +288,9 @@ CREATE TABLE admin_addresses (
 "#,
 ];
 
+/// The newest schema version (`PRAGMA user_version` after migrating).
+pub(crate) const VERSION: usize = MIGRATIONS.len();
+
 /// Brings the database to the newest schema version.
 pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let current: usize =

@@ -14,6 +14,7 @@ mod audit_domain;
 mod audit_gate;
 mod audit_transport;
 mod auth;
+mod backup;
 mod bad_input;
 mod cli_admin;
 mod cluster;
