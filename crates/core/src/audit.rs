@@ -278,7 +278,8 @@ pub async fn verify_store_against(
     if head.id > 0 && !head.keyed {
         return Err(VerifyError::Broken(ChainBreak::Unkeyed { id: head.id }));
     }
-    if let Some((seq, hash)) = expected {
+    // Head 0 is the empty log, a prefix of every log.
+    if let Some((seq, hash)) = expected.filter(|(seq, _)| *seq > 0) {
         let rows = store
             .audit_entries(AuditQuery {
                 after: seq.saturating_sub(1),
@@ -655,6 +656,7 @@ impl Core {
             Ok(position) => {
                 checked.position = Some(position);
                 checked.reported = None;
+                self.export_head(position);
             }
             Err(VerifyError::Store(error)) => {
                 tracing::warn!(%error, "cannot verify the audit log now");
@@ -663,6 +665,21 @@ impl Core {
                 checked.position = None;
                 self.chain_broken(&mut checked, &broken.to_string()).await;
             }
+        }
+    }
+
+    /// Writes a verified head to `admin.audit_head_file`, if set (a new
+    /// file renamed over the old one, so a reader never sees half).
+    fn export_head(&self, head: Position) {
+        let path = &self.config.admin.audit_head_file;
+        if path.as_os_str().is_empty() {
+            return;
+        }
+        let next = path.with_extension("partial");
+        let written = std::fs::write(&next, format!("{}\n", head_text(head.id, &head.hash)))
+            .and_then(|()| std::fs::rename(&next, path));
+        if let Err(error) = written {
+            tracing::warn!(%error, path = %path.display(), "cannot write the audit head file");
         }
     }
 

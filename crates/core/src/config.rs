@@ -220,6 +220,11 @@ pub struct AdminConfig {
     /// its last check (and that the last checked entry is unchanged), in
     /// seconds; a failure raises an `audit_chain_broken` alert. 0: never.
     pub audit_verify_interval_secs: u64,
+    /// After each periodic check that finds the chain intact, its head
+    /// (`SEQ:HASH`) is written to this file (empty: nowhere). Keep it
+    /// where the database's writers cannot reach, and check with
+    /// `unimsg audit verify --head`.
+    pub audit_head_file: std::path::PathBuf,
 }
 
 impl Default for AdminConfig {
@@ -238,6 +243,7 @@ impl Default for AdminConfig {
             min_secret_length: 12,
             max_recipients: 100_000,
             audit_verify_interval_secs: 600,
+            audit_head_file: std::path::PathBuf::new(),
         }
     }
 }

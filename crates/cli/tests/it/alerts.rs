@@ -216,7 +216,14 @@ fn verify(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 #[tokio::test]
 async fn a_log_rewritten_without_the_audit_key_is_caught_offline_online_and_by_the_periodic_check()
 {
-    let server = TestServer::start_with(&[("UNIMSG_ADMIN__AUDIT_VERIFY_INTERVAL_SECS", "1")]).await;
+    let heads = tempfile::tempdir().unwrap();
+    let head_file = heads.path().join("audit.head");
+    let head_path = head_file.to_str().unwrap().to_owned();
+    let server = TestServer::start_with(&[
+        ("UNIMSG_ADMIN__AUDIT_VERIFY_INTERVAL_SECS", "1"),
+        ("UNIMSG_ADMIN__AUDIT_HEAD_FILE", &head_path),
+    ])
+    .await;
     let root = AdminApi::root(&server);
     for i in 0..4 {
         root.ok(
@@ -248,6 +255,27 @@ async fn a_log_rewritten_without_the_audit_key_is_caught_offline_online_and_by_t
     );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("intact"));
     assert!(verify(&["--data-dir", &data_dir], &[]).status.success());
+    // The periodic check exports the head it verified.
+    let exported = within("the exported head", async {
+        loop {
+            // A head past the entries read above (the first checks may
+            // export an earlier one).
+            if let Ok(text) = std::fs::read_to_string(&head_file)
+                && let Some((seq, _)) = text.trim().split_once(':')
+                && seq.parse::<u64>().is_ok_and(|seq| seq > target)
+            {
+                return text.trim().to_owned();
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let checked = verify(&["--data-dir", &data_dir, "--head", &exported], &[]);
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
 
     rewrite_with_sha256(&server.data_dir().join("unimsg.db"), target);
     // The server's periodic check notices by itself (nothing else
