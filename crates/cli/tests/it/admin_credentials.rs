@@ -192,6 +192,30 @@ async fn api_keys_are_shown_once_listed_with_their_use_and_revoked() {
     assert_eq!(admitted(&server, &Cred::Bearer(&key)).await, 401);
     let forged = format!("{key_id}_AAAA");
     assert_eq!(admitted(&server, &Cred::Bearer(&forged)).await, 401);
+
+    // A key past its expiry is refused on its next call (its expiry moved
+    // into the past in the database, instead of waiting a minute).
+    let (_, second) = call(
+        &server,
+        &ops,
+        Method::POST,
+        "/v1/admin/admins/ops/keys",
+        Some(json!({"expires_in": 60})),
+    )
+    .await;
+    let second_key = second["key"].as_str().unwrap().to_owned();
+    assert_eq!(admitted(&server, &Cred::Bearer(&second_key)).await, 404);
+    let db = rusqlite::Connection::open(server.data_dir().join("unimsg.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let moved = db
+        .execute(
+            "UPDATE admin_keys SET expires_at = 1 WHERE key_id = ?1",
+            [second["key_id"].as_str().unwrap()],
+        )
+        .unwrap();
+    assert_eq!(moved, 1);
+    drop(db);
+    assert_eq!(admitted(&server, &Cred::Bearer(&second_key)).await, 401);
 }
 
 #[tokio::test]
