@@ -451,6 +451,40 @@ test('the JS client module works inside the page (sync, conversations, send)', a
   await waitText(pages.desktop, '#messages .msg.theirs', 'sent by the JS client');
 });
 
+test('unimsg.js: pipelined sends over the live socket arrive in order', async () => {
+  const result = await pages.alice.evaluate(async ([bob, tag]) => {
+    const { Client } = await import('/console/unimsg.js');
+    const client = new Client();
+    let isOpen;
+    const opened = new Promise((resolve) => { isOpen = resolve; });
+    const live = client.connect(() => {}, { onState: (s) => s === 'open' && isOpen() });
+    await opened;
+    const texts = Array.from({ length: 20 }, (_, i) => `${tag} ${String(i).padStart(2, '0')}`);
+    const answers = await Promise.all(texts.map((t) => live.send(bob, t)));
+    live.close();
+    return { texts, seqs: answers.map((a) => a.seq), types: answers.map((a) => a.type) };
+  }, [users.bob.user_id, `pipe-${run}`]);
+  assert.ok(result.types.every((t) => t === 'send.ok'), JSON.stringify(result));
+  assert.deepEqual([...result.seqs].sort((a, b) => a - b), result.seqs, 'stored in the order sent');
+  // Bob's inbox (the desktop is logged in as bob) has them in the same order.
+  const order = await pages.desktop.evaluate(async (tag) => {
+    const { Client } = await import('/console/unimsg.js');
+    const client = new Client();
+    const out = [];
+    let after = 0;
+    for (;;) {
+      const page = await client.sync(after, 200);
+      for (const e of page.events) {
+        const text = e.data?.content?.text;
+        if (typeof text === 'string' && text.startsWith(tag)) out.push(text);
+      }
+      after = page.next_after;
+      if (!page.has_more) return out;
+    }
+  }, `pipe-${run}`);
+  assert.deepEqual(order, result.texts);
+});
+
 test('history paging: "Load older messages" brings earlier messages', async () => {
   const alice = await api('POST', '/v1/auth/login', {
     username: users.alice.username,

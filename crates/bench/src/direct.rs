@@ -548,7 +548,7 @@ async fn ws_sender(
                 ack.record(t0.elapsed());
                 progress.acked.fetch_add(1, Ordering::Relaxed);
             }
-            Some(ReplyFrame::Error { id, error }) => {
+            Some(ReplyFrame::Error { id, error, .. }) => {
                 progress.error(format!("{:?}: {}", error.code, error.message));
                 if take(&mut in_flight, id.as_deref()).is_none() {
                     bail!("error frame for no pending send: {}", error.message);

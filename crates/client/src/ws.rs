@@ -185,6 +185,45 @@ impl WsConnection {
         }
     }
 
+    /// Sends every request as pipelined `send` frames without waiting
+    /// between them, then collects the answers (which may come in any
+    /// order) by frame id: the results are in the order of `reqs`, and the
+    /// server stores the messages in that order too. A refused send is an
+    /// `Err` in its place; a broken socket fails the whole call. All
+    /// frames are written before any answer is read, so keep a batch to
+    /// what the socket buffers hold (a few hundred small messages).
+    pub async fn send_many(
+        &mut self,
+        reqs: Vec<SendRequest>,
+    ) -> Result<Vec<std::result::Result<SendResponse, ClientError>>> {
+        let mut ids = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            let id = self.fresh_id();
+            self.frames
+                .write(&ClientFrame::Send {
+                    id: Some(id.clone()),
+                    to: req.to,
+                    kind: req.kind,
+                    content: req.content,
+                    client_msg_id: req.client_msg_id,
+                })
+                .await?;
+            ids.push(id);
+        }
+        let mut results = Vec::with_capacity(ids.len());
+        for id in &ids {
+            results.push(match self.frames.reply_to(id).await? {
+                ReplyFrame::SendOk { result, .. } => Ok(result),
+                ReplyFrame::Error { error, .. } => Err(ClientError::Rejected {
+                    code: error.code,
+                    message: error.message,
+                }),
+                other => Err(unexpected("send.ok", &other)),
+            });
+        }
+        Ok(results)
+    }
+
     /// Sends an `ack` frame and returns the acknowledged seq from `ack.ok`.
     pub async fn ack(&mut self, seq: Seq) -> Result<Seq> {
         let id = self.fresh_id();
@@ -516,7 +555,7 @@ mod tests {
         // send.ok carries a seq too, but is a reply.
         let send_ok = r#"{"type":"send.ok","id":"c1","message_id":"m1","conversation_id":"d:a:b","seq":9,"sent_at":"2024-01-01T00:00:00Z"}"#;
         match classify_ok(send_ok) {
-            Incoming::Reply(ReplyFrame::SendOk { id, result }) => {
+            Incoming::Reply(ReplyFrame::SendOk { id, result, .. }) => {
                 assert_eq!(id.as_deref(), Some("c1"));
                 assert_eq!(result.seq, Seq(9));
                 assert!(!result.duplicate);
@@ -570,6 +609,7 @@ mod tests {
         };
         let error = |id: Option<&str>| ReplyFrame::Error {
             id: id.map(str::to_owned),
+            client_msg_id: None,
             error: unimsg_proto::ErrorDetail {
                 code: ErrorCode::BadRequest,
                 message: "x".into(),

@@ -156,6 +156,11 @@ pub struct DeliveryConfig {
     /// Most live connections (WebSocket and SSE together) one session may
     /// hold on this node; one more is refused with 429. 0: no cap.
     pub max_connections_per_session: usize,
+    /// `send` frames one WebSocket may have in flight: they are checked
+    /// and committed together, stored in the order they arrived, and
+    /// answered as each completes. The socket is not read while the
+    /// window is full. 1: one at a time.
+    pub ws_send_window: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -168,6 +173,7 @@ impl Default for DeliveryConfig {
             ws_max_message_bytes: 128 * 1024,
             ws_buffer_bytes: 512,
             max_connections_per_session: 16,
+            ws_send_window: 64,
         }
     }
 }

@@ -22,6 +22,56 @@ use unimsg_store::{
 
 use crate::Core;
 use crate::auth::AuthContext;
+
+/// One sender's line of pipelined sends (a WebSocket's `send` frames):
+/// each [`SendTurn`] it hands out is stored after the one before.
+#[derive(Debug, Default)]
+pub struct SendLine {
+    last: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl SendLine {
+    /// The turn of the next send of this line.
+    pub fn next_turn(&mut self) -> SendTurn {
+        let (done, after) = tokio::sync::oneshot::channel();
+        SendTurn {
+            before: self.last.replace(after),
+            done: Some(done),
+        }
+    }
+}
+
+/// A send's place in its [`SendLine`]. Its store write waits until the
+/// send before was handed to the store (or ended without a write: a
+/// dropped turn hands on too).
+#[derive(Debug)]
+pub struct SendTurn {
+    before: Option<tokio::sync::oneshot::Receiver<()>>,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl SendTurn {
+    /// A send in no line (HTTP).
+    pub fn alone() -> Self {
+        SendTurn {
+            before: None,
+            done: None,
+        }
+    }
+
+    async fn wait(&mut self) {
+        if let Some(before) = self.before.take() {
+            // An error means the send before ended without a write.
+            let _ = before.await;
+        }
+    }
+
+    fn pass(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
+}
 use crate::error::{CoreError, Result};
 use crate::hooks::before_send::Outgoing;
 use crate::limits::Limit;
@@ -85,6 +135,18 @@ impl Core {
 
     /// `POST /v1/messages`
     pub async fn send(&self, auth: &AuthContext, req: SendRequest) -> Result<SendResponse> {
+        self.send_in_turn(auth, req, SendTurn::alone()).await
+    }
+
+    /// A send that is stored after the sends before it in its [`SendLine`]
+    /// (a WebSocket's pipelined `send` frames): the checks run at once,
+    /// the store write waits for the turn before it.
+    pub async fn send_in_turn(
+        &self,
+        auth: &AuthContext,
+        req: SendRequest,
+        mut turn: SendTurn,
+    ) -> Result<SendResponse> {
         let content = serde_json::to_vec(&req.content)
             .map_err(|e| CoreError::BadRequest(format!("content is not valid JSON: {e}")))?;
         if content.len() > self.config.messaging.max_content_bytes {
@@ -105,7 +167,7 @@ impl Core {
             Recipient::User(user) => user,
             Recipient::Group(group) => {
                 return self
-                    .send_to_group(auth, &group, req.kind, content, req.client_msg_id)
+                    .send_to_group(auth, &group, req.kind, content, req.client_msg_id, turn)
                     .await;
             }
         };
@@ -166,11 +228,10 @@ impl Core {
             created_at: now,
             hook,
         };
-        match self
+        let append = self
             .store
-            .append_message(message, vec![auth.user_id.clone(), to])
-            .await?
-        {
+            .append_message(message, vec![auth.user_id.clone(), to]);
+        match self.stored_in_turn(&mut turn, append).await? {
             AppendOutcome::Created { message, events } => {
                 if hooked {
                     self.wake_dispatcher();
@@ -184,6 +245,33 @@ impl Core {
                 Ok(sent(message, seq))
             }
             AppendOutcome::Duplicate(original) => self.resent(&auth.user_id, original).await,
+        }
+    }
+
+    /// Runs a store write in `turn`: after the write before it was handed
+    /// to the store, and handing the turn on as soon as this one was. A
+    /// store that applies writes in the order they are first polled
+    /// ([`unimsg_store::Inbox::applies_in_poll_order`]) lets the next
+    /// write in after one poll (unconstrained by the runtime's budget, so
+    /// that poll queues it); any other store after the commit.
+    pub(crate) async fn stored_in_turn<T>(
+        &self,
+        turn: &mut SendTurn,
+        write: impl std::future::Future<Output = T>,
+    ) -> T {
+        use std::task::Poll;
+        turn.wait().await;
+        if !self.store.applies_in_poll_order() {
+            let done = write.await;
+            turn.pass();
+            return done;
+        }
+        let mut write = std::pin::pin!(tokio::task::unconstrained(write));
+        let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+        turn.pass();
+        match first {
+            Poll::Ready(done) => done,
+            Poll::Pending => write.await,
         }
     }
 

@@ -478,7 +478,13 @@ export class Client {
    * seq, acknowledges delivery, and reconnects with exponential back-off
    * (0.5 s doubling to 30 s, with jitter). A revoked session or a refused
    * refresh ends it. `onState` receives 'connecting', 'open', 'closed'.
-   * Returns `{close()}`.
+   * Returns `{send(to, text, clientMsgId?), close()}`: `send` puts a
+   * `send` frame on the open socket without waiting for earlier ones (the
+   * server stores a socket's sends in the order sent and answers each as
+   * it completes, matched here by frame id); it resolves with the
+   * `send.ok` and rejects with the error (`status` 0 when the socket
+   * closed first: retry with the same `clientMsgId`, which is safe). With
+   * no open socket it sends over HTTP.
    */
   connect(onEvent, { onState = () => {} } = {}) {
     let socket = null;
@@ -487,6 +493,15 @@ export class Client {
     let timer = null;
     let ackTimer = null;
     let acked = 0;
+    // Sends in flight on the socket, by frame id.
+    const inFlight = new Map();
+    let frameIds = 0;
+    const failInFlight = () => {
+      for (const { reject } of inFlight.values()) {
+        reject(Object.assign(new Error('the connection closed before the answer'), { status: 0 }));
+      }
+      inFlight.clear();
+    };
     // This connection's own position: another tab of the same browser may
     // be ahead in storage, yet this tab must still see every event.
     let seen = this.lastSeq;
@@ -497,6 +512,7 @@ export class Client {
       clearTimeout(ackTimer);
       if (socket && socket.readyState <= WebSocket.OPEN) socket.close(1000, 'bye');
       socket = null;
+      failInFlight();
       onState('closed');
     };
 
@@ -546,6 +562,14 @@ export class Client {
         } catch {
           return;
         }
+        // Answers to sends first: `send.ok` carries a seq too.
+        if ((frame.type === 'send.ok' || frame.type === 'error') && inFlight.has(frame.id)) {
+          const { resolve, reject } = inFlight.get(frame.id);
+          inFlight.delete(frame.id);
+          if (frame.type === 'send.ok') resolve(frame);
+          else reject(Object.assign(new Error(frame.error?.message ?? 'refused'), { code: frame.error?.code }));
+          return;
+        }
         if (typeof frame.seq === 'number') {
           if (frame.seq <= seen) return; // already handled (a replay overlapping live events)
           seen = frame.seq;
@@ -578,6 +602,7 @@ export class Client {
       ws.addEventListener('close', async (event) => {
         if (socket !== ws) return;
         socket = null;
+        failInFlight();
         if (stopped) return;
         if (event.code === CLOSE.UNAUTHORIZED) {
           // The token was refused (expired?) or this session was revoked:
@@ -596,7 +621,17 @@ export class Client {
       });
     };
 
+    const send = (to, text, clientMsgId = randomId()) => {
+      if (!socket || socket.readyState !== WebSocket.OPEN) return this.send(to, text, clientMsgId);
+      const id = `s${(frameIds += 1)}`;
+      const answered = new Promise((resolve, reject) => inFlight.set(id, { resolve, reject }));
+      socket.send(JSON.stringify({
+        type: 'send', id, to: { user: to }, kind: 'chat', content: { text }, client_msg_id: clientMsgId,
+      }));
+      return answered;
+    };
+
     open();
-    return { close: stop };
+    return { send, close: stop };
   }
 }

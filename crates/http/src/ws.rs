@@ -18,12 +18,14 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use futures_util::SinkExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::time::Instant;
 use tracing::Instrument;
 use unimsg_core::auth::AuthContext;
 use unimsg_core::hub::{Delivery, KillReason, KillSignal, Outbound};
+use unimsg_core::messaging::{SendLine, SendTurn};
 use unimsg_core::stream::InboxStream;
 use unimsg_core::{Core, CoreError};
 use unimsg_proto::ws::{ClientFrame, ReplyFrame};
@@ -184,8 +186,13 @@ fn frame(reply: &ReplyFrame) -> Message {
 }
 
 fn error_frame(id: Option<String>, e: ApiError) -> Message {
+    send_error_frame(id, None, e)
+}
+
+fn send_error_frame(id: Option<String>, client_msg_id: Option<String>, e: ApiError) -> Message {
     frame(&ReplyFrame::Error {
         id,
+        client_msg_id,
         error: ErrorDetail {
             code: e.code,
             message: e.message,
@@ -381,7 +388,13 @@ async fn run(
         next_beat, expiry, warned,
     )));
     let mut last_heard = Instant::now();
+    // Pipelined `send` frames (`delivery.ws_send_window`): made on the
+    // first send, so a connection that only listens holds no set.
+    let window = core.config().delivery.ws_send_window.max(1);
+    let mut sends: Option<InFlight<'_>> = None;
+    let mut line = SendLine::default();
     loop {
+        let in_flight = sends.as_ref().map_or(0, FuturesUnordered::len);
         tokio::select! {
             () = killed.as_mut() => {
                 return match stream.kill_reason() {
@@ -396,7 +409,12 @@ async fn run(
                     return end;
                 }
             }
-            incoming = socket.recv() => {
+            Some(reply) = next_reply(&mut sends), if in_flight > 0 => {
+                if socket.send(reply).await.is_err() {
+                    return End::Gone;
+                }
+            }
+            incoming = socket.recv(), if in_flight < window => {
                 let message = match incoming {
                     Some(Ok(message)) => message,
                     Some(Err(error)) => return read_error_close(error),
@@ -405,7 +423,22 @@ async fn run(
                 last_heard = Instant::now();
                 let reply = match message {
                     Message::Text(text) => {
-                        let (reply, fresh) = Box::pin(handle_frame(core, auth, &text)).await;
+                        let parsed = serde_json::from_str::<ClientFrame>(&text);
+                        if let Ok(ClientFrame::Send { .. }) = &parsed
+                            && let Ok(send) = parsed
+                        {
+                            let turn = line.next_turn();
+                            // Unconstrained: tokio's task budget and a
+                            // set of futures polled inside one task can
+                            // starve a ready future (futures-rs #2053);
+                            // the window bounds the work instead.
+                            let reply = send_reply(core, auth, send, turn);
+                            sends
+                                .get_or_insert_with(FuturesUnordered::new)
+                                .push(Box::pin(tokio::task::unconstrained(reply)));
+                            continue;
+                        }
+                        let (reply, fresh) = Box::pin(handle_frame(core, auth, parsed)).await;
                         if let Some(deadline) = fresh {
                             expiry = deadline;
                             warned = false;
@@ -548,8 +581,40 @@ async fn reauthenticate(
 
 /// Handles one client frame and returns the reply, and the socket's new
 /// deadline when the frame was an accepted `auth`.
-async fn handle_frame(core: &Core, auth: &AuthContext, text: &str) -> (Message, Option<Instant>) {
-    let parsed = match serde_json::from_str::<ClientFrame>(text) {
+/// The replies of a connection's pipelined sends, as each completes.
+type InFlight<'a> = FuturesUnordered<Pin<Box<dyn Future<Output = Message> + Send + 'a>>>;
+
+/// The next completed send's reply; pending while none is in flight.
+async fn next_reply(sends: &mut Option<InFlight<'_>>) -> Option<Message> {
+    match sends {
+        Some(set) if !set.is_empty() => set.next().await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// Runs one `send` frame in its turn of the connection's line and answers
+/// it with its frame id and `client_msg_id`.
+async fn send_reply(core: &Core, auth: &AuthContext, send: ClientFrame, turn: SendTurn) -> Message {
+    let Some((id, req)) = send.into_send() else {
+        return error_frame(None, ApiError::new(ErrorCode::Internal, "internal error"));
+    };
+    let client_msg_id = req.client_msg_id.clone();
+    match core.send_in_turn(auth, req, turn).await {
+        Ok(result) => frame(&ReplyFrame::SendOk {
+            id,
+            client_msg_id,
+            result,
+        }),
+        Err(e) => send_error_frame(id, client_msg_id, e.into()),
+    }
+}
+
+async fn handle_frame(
+    core: &Core,
+    auth: &AuthContext,
+    parsed: Result<ClientFrame, serde_json::Error>,
+) -> (Message, Option<Instant>) {
+    let parsed = match parsed {
         Ok(f) => f,
         Err(e) => {
             let e = ApiError::bad_request(format!("invalid frame: {e}"));
@@ -576,15 +641,7 @@ async fn handle_request(core: &Core, auth: &AuthContext, parsed: ClientFrame) ->
         ClientFrame::Auth { .. } => {
             error_frame(None, ApiError::bad_request("already authenticated"))
         }
-        f @ ClientFrame::Send { .. } => {
-            let Some((id, req)) = f.into_send() else {
-                return error_frame(None, ApiError::new(ErrorCode::Internal, "internal error"));
-            };
-            match core.send(auth, req).await {
-                Ok(result) => frame(&ReplyFrame::SendOk { id, result }),
-                Err(e) => error_frame(id, e.into()),
-            }
-        }
+        f @ ClientFrame::Send { .. } => send_reply(core, auth, f, SendTurn::alone()).await,
         ClientFrame::Ack { id, seq } => match core.ack(auth, seq).await {
             Ok(acked) => frame(&ReplyFrame::AckOk { id, acked }),
             Err(e) => error_frame(id, e.into()),

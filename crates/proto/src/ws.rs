@@ -131,10 +131,15 @@ pub enum ReplyFrame {
         session_id: crate::ids::SessionId,
         last_seq: Seq,
     },
+    /// A stored send. Pipelined sends are answered as each completes,
+    /// not necessarily in frame order: match by `id` or `client_msg_id`.
     #[serde(rename = "send.ok")]
     SendOk {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
+        /// The send's `client_msg_id`, when it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
         #[serde(flatten)]
         result: SendResponse,
     },
@@ -158,6 +163,9 @@ pub enum ReplyFrame {
     Error {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
+        /// The refused send's `client_msg_id`, when it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
         error: ErrorDetail,
     },
     /// The socket's access token expires at `expires_at` (unix seconds),

@@ -285,6 +285,13 @@ pub(crate) fn append_message_events(
 
 #[async_trait]
 impl Inbox for SqliteStore {
+    /// Every write is queued to the one writer thread on its first poll
+    /// (the queue is FIFO, and a full queue admits waiters in order), and
+    /// the writer applies the queue in order.
+    fn applies_in_poll_order(&self) -> bool {
+        true
+    }
+
     async fn append_message(
         &self,
         message: NewMessage,

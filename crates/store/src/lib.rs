@@ -374,6 +374,14 @@ pub trait Sessions: Send + Sync {
 /// Per-user inboxes, messages and conversations.
 #[async_trait]
 pub trait Inbox: Send + Sync {
+    /// Whether this store's writes (of every trait) are applied in the
+    /// order their futures were first polled: a caller that polls one
+    /// append once, then starts the next, has them stored in that order
+    /// without waiting for the first to commit. Backends that cannot say
+    /// so answer `false`, and such callers wait for each commit.
+    fn applies_in_poll_order(&self) -> bool {
+        false
+    }
     /// Stores a message and appends a `message.new` event to each recipient's
     /// inbox (the sender included when listed), atomically. A message whose
     /// `(sender, client_msg_id)` exists already is returned as

@@ -29,6 +29,7 @@ mod hooks;
 mod keys;
 mod limits;
 mod openapi;
+mod pipelined;
 mod property;
 mod qr;
 mod receiver;

@@ -1,11 +1,13 @@
 //! Property: random interleavings of sends (fresh and retried), acks,
 //! reconnects and restarts (graceful and `kill -9`) keep every inbox
 //! gap-free and duplicate-free, keep every acknowledged message, and every
-//! live stream resumes exactly where it left off.
+//! live stream resumes exactly where it left off. Sends go over HTTP one
+//! at a time, and over the sender's WebSocket pipelined.
 
 use std::collections::{BTreeSet, HashMap};
 
 use proptest::prelude::*;
+use unimsg_client::proto::api::{MessageKind, Recipient, SendRequest};
 use unimsg_client::proto::{Event, Seq};
 use unimsg_client::{Client, WsConnection};
 
@@ -17,6 +19,11 @@ enum Op {
     /// User `from` (0 or 1) sends to the other.
     Send {
         from: usize,
+    },
+    /// User `from` sends `count` messages as pipelined WebSocket frames.
+    Pipelined {
+        from: usize,
+        count: usize,
     },
     /// User `from` retries an earlier send with the same client_msg_id.
     Retry {
@@ -37,6 +44,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0..2usize).prop_map(|from| Op::Send { from }),
+        3 => (0..2usize, 1..12usize).prop_map(|(from, count)| Op::Pipelined { from, count }),
         2 => (0..2usize, 0..50usize).prop_map(|(from, pick)| Op::Retry { from, pick }),
         2 => (0..2usize).prop_map(|user| Op::Ack { user }),
         2 => (0..2usize).prop_map(|user| Op::Reconnect { user }),
@@ -129,6 +137,32 @@ async fn run(ops: Vec<Op>) {
                 acknowledged.insert(r.message_id.to_string());
                 by_cmid.insert(cmid.clone(), r.message_id.to_string());
                 sent[from].push(cmid);
+            }
+            Op::Pipelined { from, count } => {
+                let to = peers[1 - from].id.clone();
+                let mut cmids = Vec::with_capacity(count);
+                let reqs = (0..count)
+                    .map(|_| {
+                        counter += 1;
+                        let cmid = format!("{}-{counter}", peers[from].name);
+                        cmids.push(cmid.clone());
+                        SendRequest {
+                            to: Recipient::User(to.clone()),
+                            kind: MessageKind::Chat,
+                            content: serde_json::json!({ "text": cmid }),
+                            client_msg_id: Some(cmid),
+                        }
+                    })
+                    .collect();
+                let ws = peers[from].ws.as_mut().expect("no socket");
+                let results = ws.send_many(reqs).await.unwrap();
+                for (cmid, r) in cmids.into_iter().zip(results) {
+                    let r = r.unwrap();
+                    assert!(!r.duplicate);
+                    acknowledged.insert(r.message_id.to_string());
+                    by_cmid.insert(cmid.clone(), r.message_id.to_string());
+                    sent[from].push(cmid);
+                }
             }
             Op::Retry { from, pick } => {
                 let Some(cmid) = sent[from].get(pick % sent[from].len().max(1)).cloned() else {

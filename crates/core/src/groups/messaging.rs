@@ -40,6 +40,7 @@ impl Core {
         kind: MessageKind,
         content: Vec<u8>,
         client_msg_id: Option<String>,
+        mut turn: crate::messaging::SendTurn,
     ) -> Result<SendResponse> {
         let row = self.store.group(group).await?.ok_or_else(group_not_found)?;
         let me = self
@@ -99,8 +100,7 @@ impl Core {
             hook,
         };
         let outcome = self
-            .store
-            .append_group_message(message)
+            .stored_in_turn(&mut turn, self.store.append_group_message(message))
             .await
             .map_err(|e| match e {
                 // Removed (or the group dissolved) since the check above.
