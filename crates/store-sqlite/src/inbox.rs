@@ -312,11 +312,11 @@ impl Inbox for SqliteStore {
                 crate::webhooks::enqueue(conn, hook)?;
             }
             let stored = insert_message(conn, message)?;
+            let mut join = conn.prepare_cached(
+                "INSERT OR IGNORE INTO conversation_members (conversation_id, user_id) VALUES (?1, ?2)",
+            )?;
             for member in &members {
-                conn.execute(
-                    "INSERT OR IGNORE INTO conversation_members (conversation_id, user_id) VALUES (?1, ?2)",
-                    params![conversation.as_str(), member.as_str()],
-                )?;
+                join.execute(params![conversation.as_str(), member.as_str()])?;
             }
             let events = append_message_events(conn, &stored, recipients)?;
             Ok(AppendOutcome::Created { message: stored, events })

@@ -444,36 +444,53 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize) 
     tracing::debug!("sqlite writer stopped");
 }
 
+/// Runs one of the writer's fixed statements (`BEGIN`, `SAVEPOINT`, …)
+/// from the statement cache: parsed once, not on every job.
+fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 fn run_batch(conn: &Connection, batch: &mut Vec<Job>) {
     let size = batch.len();
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
         let err = StoreError::Unavailable(format!("cannot begin a transaction: {e}"));
         for job in batch.drain(..) {
             // The job never ran; its completion still has to hear about it.
             let (_, completion) = job(None);
             completion(Err(err.clone()));
         }
-        let _ = conn.execute_batch("ROLLBACK");
+        let _ = control(conn, "ROLLBACK");
         return;
     }
     let mut completions = Vec::with_capacity(size);
+    // A batch of one needs no savepoint: its failure rolls the whole
+    // transaction back.
+    let alone = size == 1;
     for job in batch.drain(..) {
-        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+        if !alone && let Err(e) = control(conn, "SAVEPOINT job") {
             tracing::error!(error = %e, "savepoint failed");
         }
         let (ok, completion) = job(Some(conn));
-        if !ok {
-            let _ = conn.execute_batch("ROLLBACK TO job");
+        if !alone {
+            if !ok {
+                let _ = control(conn, "ROLLBACK TO job");
+            }
+            let _ = control(conn, "RELEASE job");
         }
-        let _ = conn.execute_batch("RELEASE job");
-        completions.push(completion);
+        completions.push((ok, completion));
     }
-    let commit = conn.execute_batch("COMMIT").map_err(|e| {
+    let finish = if alone && !completions.first().is_some_and(|(ok, _)| *ok) {
+        // The one job failed: nothing to keep.
+        control(conn, "ROLLBACK")
+    } else {
+        control(conn, "COMMIT")
+    };
+    let commit = finish.map_err(|e| {
         tracing::error!(error = %e, "group commit failed");
-        let _ = conn.execute_batch("ROLLBACK");
+        let _ = control(conn, "ROLLBACK");
         StoreError::Unavailable(format!("commit failed: {e}"))
     });
-    for completion in completions {
+    for (_, completion) in completions {
         completion(commit.clone());
     }
 }
