@@ -238,21 +238,6 @@ async fn weak_admin_secrets_are_refused() {
     }
 }
 
-/// The value of a counter line of `/metrics` (0 when absent).
-async fn counter(server: &TestServer, line_start: &str) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
-
 #[tokio::test]
 async fn refused_logins_admin_calls_and_limits_are_counted_in_metrics() {
     let server = TestServer::start_with(&[("UNIMSG_LIMITS__LOGIN_PER_MINUTE", "3")]).await;

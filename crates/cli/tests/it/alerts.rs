@@ -9,21 +9,6 @@ use crate::harness::{ADMIN_PASSWORD, TestServer};
 use crate::receiver::{Received, Receiver};
 use crate::support::*;
 
-/// The value of a counter line of `/metrics` (0 when absent).
-async fn counter(server: &TestServer, line_start: &str) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
-
 async fn alerts(server: &TestServer, kind: &str) -> u64 {
     counter(
         server,

@@ -37,12 +37,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// The texts bob reads on `server`, in order.
 async fn texts(server: &TestServer, password_user: &str) -> Vec<String> {
     let bob = login(&server.client(), password_user, "web", None).await;
-    full_sync(&bob.api)
-        .await
-        .iter()
-        .filter(|e| e.kind == unimsg_client::proto::EventType::MessageNew)
-        .map(text)
-        .collect()
+    message_texts(&full_sync(&bob.api).await)
 }
 
 #[tokio::test]

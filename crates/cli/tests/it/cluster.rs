@@ -96,14 +96,6 @@ impl TestCluster {
     }
 }
 
-fn texts(events: &[unimsg_client::proto::Event]) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e.kind == EventType::MessageNew)
-        .map(text)
-        .collect()
-}
-
 #[tokio::test]
 async fn a_message_sent_on_one_node_is_live_on_another_and_synced_on_a_third() {
     let c = TestCluster::start(3, &[]).await;
@@ -129,13 +121,13 @@ async fn a_message_sent_on_one_node_is_live_on_another_and_synced_on_a_third() {
     while live.len() < sent.len() {
         live.push(ws_event(&mut ws).await);
     }
-    assert_eq!(texts(&live), sent, "live on node B, in order");
+    assert_eq!(message_texts(&live), sent, "live on node B, in order");
     assert_gap_free(&live);
 
     let on_third = third.with_token(bob.tokens.access_token.clone());
     let synced = full_sync(&on_third).await;
     assert_gap_free(&synced);
-    assert_eq!(texts(&synced), sent, "sync on node C");
+    assert_eq!(message_texts(&synced), sent, "sync on node C");
 }
 
 #[tokio::test]
@@ -321,7 +313,7 @@ async fn concurrent_sends_through_three_nodes_leave_a_gap_free_inbox() {
     assert_eq!(inbox.len(), 3 * per_sender, "every message once");
     assert_eq!(ids.len(), inbox.len(), "no duplicate");
     for i in 0..3 {
-        let from_one: Vec<String> = texts(&inbox)
+        let from_one: Vec<String> = message_texts(&inbox)
             .into_iter()
             .filter(|t| t.starts_with(&format!("sender{i} ")))
             .collect();
@@ -635,9 +627,17 @@ async fn a_redis_restart_pauses_live_delivery_and_loses_nothing() {
     }
     assert_gap_free(&live);
     let expected: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
-    assert_eq!(texts(&live), expected, "the WebSocket caught up, in order");
+    assert_eq!(
+        message_texts(&live),
+        expected,
+        "the WebSocket caught up, in order"
+    );
     let synced = full_sync(&bob.api).await;
-    assert_eq!(texts(&synced), expected, "nothing acknowledged is lost");
+    assert_eq!(
+        message_texts(&synced),
+        expected,
+        "nothing acknowledged is lost"
+    );
 }
 
 #[tokio::test]
@@ -680,7 +680,7 @@ async fn while_postgres_is_down_sends_fail_with_503_and_nothing_acknowledged_is_
     let mut expected: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
     expected.push("while down".into());
     expected.extend((5..10).map(|i| format!("m{i}")));
-    assert_eq!(texts(&synced), expected);
+    assert_eq!(message_texts(&synced), expected);
 }
 
 #[tokio::test]
@@ -710,7 +710,7 @@ async fn clients_of_a_killed_node_resume_on_another_with_nothing_lost() {
     }
     assert_gap_free(&got);
     let expected: Vec<String> = (0..25).map(|i| format!("m{i}")).collect();
-    assert_eq!(texts(&got), expected);
+    assert_eq!(message_texts(&got), expected);
 }
 
 /// The message ids of the `message.created` events a receiver answered

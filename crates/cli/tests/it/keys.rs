@@ -127,12 +127,7 @@ const KEY_TWO: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
 /// Every text `bob` has, by sync (each one opened with the data keys).
 async fn texts_of(server: &TestServer, bob: &crate::support::TestUser) -> Vec<String> {
     let api = server.client().with_token(bob.tokens.access_token.clone());
-    full_sync(&api)
-        .await
-        .iter()
-        .filter(|e| e.kind == unimsg_client::proto::EventType::MessageNew)
-        .map(text)
-        .collect()
+    message_texts(&full_sync(&api).await)
 }
 
 #[tokio::test]

@@ -19,14 +19,6 @@ fn numbered(to: &Recipient, i: usize) -> SendRequest {
     }
 }
 
-fn texts(events: &[unimsg_client::proto::Event]) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e.kind == unimsg_client::proto::EventType::MessageNew)
-        .map(text)
-        .collect()
-}
-
 #[tokio::test]
 async fn pipelined_sends_keep_their_order_in_every_inbox() {
     const N: usize = 300;
@@ -54,7 +46,7 @@ async fn pipelined_sends_keep_their_order_in_every_inbox() {
     let expected: Vec<String> = (0..N).map(|i| format!("m{i}")).collect();
     let inbox = full_sync(&bob.api).await;
     assert_gap_free(&inbox);
-    assert_eq!(texts(&inbox), expected);
+    assert_eq!(message_texts(&inbox), expected);
     // The sender's own copies have rising seqs in the same order.
     assert!(sent.windows(2).all(|w| w[0].seq < w[1].seq));
 
@@ -75,7 +67,7 @@ async fn pipelined_sends_keep_their_order_in_every_inbox() {
     }
     let group_expected: Vec<String> = (0..100).map(|i| format!("m{}", 1000 + i)).collect();
     for member in [&bob, &carol] {
-        let all = texts(&full_sync(&member.api).await);
+        let all = message_texts(&full_sync(&member.api).await);
         let of_group: Vec<String> = all.into_iter().filter(|t| t.len() == 5).collect();
         assert_eq!(of_group, group_expected, "{}", member.username);
     }
@@ -125,5 +117,5 @@ async fn pipelined_answers_carry_the_frame_id_and_client_msg_id_and_a_refusal_ke
             ("f2".to_owned(), "cm-2".to_owned(), true),
         ]
     );
-    assert_eq!(texts(&full_sync(&bob.api).await), ["m0", "m2"]);
+    assert_eq!(message_texts(&full_sync(&bob.api).await), ["m0", "m2"]);
 }

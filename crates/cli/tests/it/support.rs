@@ -126,6 +126,31 @@ pub(crate) fn message_id(e: &Event) -> String {
         .to_owned()
 }
 
+/// The texts of the `message.new` events, in order.
+pub(crate) fn message_texts(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.kind == EventType::MessageNew)
+        .map(text)
+        .collect()
+}
+
+/// The value of a counter line of `/metrics` that starts with
+/// `line_start` (0 when absent).
+pub(crate) async fn counter(server: &TestServer, line_start: &str) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
 pub(crate) fn text(e: &Event) -> String {
     e.data["content"]["text"]
         .as_str()
