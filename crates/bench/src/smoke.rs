@@ -461,6 +461,8 @@ impl Server {
             // Every connection comes from 127.0.0.1, many share a session.
             .env("UNIMSG_HTTP__MAX_CONNECTIONS_PER_IP", "0")
             .env("UNIMSG_DELIVERY__MAX_CONNECTIONS_PER_SESSION", "0")
+            // `direct-ws` keeps 16 sends in flight per socket: pipelined.
+            .env("UNIMSG_DELIVERY__WS_SEND_WINDOW", "64")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

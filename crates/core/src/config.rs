@@ -159,8 +159,7 @@ pub struct DeliveryConfig {
     /// `send` frames one WebSocket may have in flight: they are checked
     /// and committed together, stored in the order they arrived, and
     /// answered as each completes. The socket is not read while the
-    /// window is full. 1 (the default): one at a time; larger windows
-    /// can stall a socket under sustained load (open, issue 16).
+    /// window is full. 1: one at a time.
     pub ws_send_window: usize,
 }
 
@@ -174,7 +173,7 @@ impl Default for DeliveryConfig {
             ws_max_message_bytes: 128 * 1024,
             ws_buffer_bytes: 512,
             max_connections_per_session: 16,
-            ws_send_window: 1,
+            ws_send_window: 64,
         }
     }
 }

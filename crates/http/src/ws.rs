@@ -388,13 +388,17 @@ async fn run(
         next_beat, expiry, warned,
     )));
     let mut last_heard = Instant::now();
-    // Pipelined `send` frames (`delivery.ws_send_window`): made on the
-    // first send, so a connection that only listens holds no set.
+    // Pipelined `send` frames (`delivery.ws_send_window`).
     let window = core.config().delivery.ws_send_window.max(1);
-    let mut sends: Option<InFlight<'_>> = None;
-    let mut line = SendLine::default();
+    let mut sends = Pipeline::default();
     loop {
-        let in_flight = sends.as_ref().map_or(0, FuturesUnordered::len);
+        // Replies of sends that completed while the socket was busy.
+        while let Some(reply) = sends.done.pop_front() {
+            if sends.driving(socket.send(reply)).await.is_err() {
+                return End::Gone;
+            }
+        }
+        let in_flight = sends.in_flight();
         tokio::select! {
             () = killed.as_mut() => {
                 return match stream.kill_reason() {
@@ -405,12 +409,12 @@ async fn run(
             delivery = stream.recv() => {
                 let Some(first) = delivery else { return End::Close(close::GOING_AWAY, "closed") };
                 let delivered = deliver(socket, stream, first, auth, killed.as_mut());
-                if let Some(end) = Box::pin(delivered).await {
+                if let Some(end) = sends.driving(Box::pin(delivered)).await {
                     return end;
                 }
             }
-            Some(reply) = next_reply(&mut sends), if in_flight > 0 => {
-                if socket.send(reply).await.is_err() {
+            reply = sends.next(), if in_flight > 0 => {
+                if sends.driving(socket.send(reply)).await.is_err() {
                     return End::Gone;
                 }
             }
@@ -427,18 +431,12 @@ async fn run(
                         if let Ok(ClientFrame::Send { .. }) = &parsed
                             && let Ok(send) = parsed
                         {
-                            let turn = line.next_turn();
-                            // Unconstrained: tokio's task budget and a
-                            // set of futures polled inside one task can
-                            // starve a ready future (futures-rs #2053);
-                            // the window bounds the work instead.
-                            let reply = send_reply(core, auth, send, turn);
-                            sends
-                                .get_or_insert_with(FuturesUnordered::new)
-                                .push(Box::pin(tokio::task::unconstrained(reply)));
+                            let turn = sends.line.next_turn();
+                            sends.push(send_reply(core, auth, send, turn));
                             continue;
                         }
-                        let (reply, fresh) = Box::pin(handle_frame(core, auth, parsed)).await;
+                        let handled = Box::pin(handle_frame(core, auth, parsed));
+                        let (reply, fresh) = sends.driving(handled).await;
                         if let Some(deadline) = fresh {
                             expiry = deadline;
                             warned = false;
@@ -453,7 +451,7 @@ async fn run(
                     Message::Close(_) => return End::Gone,
                     Message::Ping(_) | Message::Pong(_) => continue,
                 };
-                if socket.send(reply).await.is_err() {
+                if sends.driving(socket.send(reply)).await.is_err() {
                     return End::Gone;
                 }
             }
@@ -468,7 +466,7 @@ async fn run(
                     warned = true;
                     let expires_at = core.unix_deadline(expiry);
                     let notice = frame(&ReplyFrame::TokenExpiring { expires_at });
-                    if socket.send(notice).await.is_err() {
+                    if sends.driving(socket.send(notice)).await.is_err() {
                         return End::Gone;
                     }
                 }
@@ -476,12 +474,75 @@ async fn run(
                     if last_heard.elapsed() > idle {
                         return End::Close(close::IDLE, "idle timeout");
                     }
-                    if socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                    let ping = socket.send(Message::Ping(bytes::Bytes::new()));
+                    if sends.driving(ping).await.is_err() {
                         return End::Gone;
                     }
                     next_beat = now + state.heartbeat();
                 }
                 timer.as_mut().reset(next_wake(next_beat, expiry, warned));
+            }
+        }
+    }
+}
+
+/// A connection's pipelined `send` frames: up to `delivery.ws_send_window`
+/// in flight, stored in the order they arrived (their [`SendLine`]),
+/// answered as each completes.
+///
+/// The sends are futures of the connection's own task, so whatever else
+/// the connection awaits (writing events, another frame's store read)
+/// goes through [`Pipeline::driving`], which keeps polling them. A send
+/// left unpolled could hold what the other work waits for: the store's
+/// semaphores hand a freed permit to the next waiter in line, and a
+/// waiter nobody polls keeps it for ever.
+#[derive(Default)]
+struct Pipeline<'a> {
+    /// Made on the first send, so a connection that only listens holds no set.
+    set: Option<InFlight<'a>>,
+    line: SendLine,
+    /// Replies of sends that completed during [`Pipeline::driving`].
+    done: std::collections::VecDeque<Message>,
+}
+
+/// The replies of a connection's pipelined sends, as each completes.
+type InFlight<'a> = FuturesUnordered<Pin<Box<dyn Future<Output = Message> + Send + 'a>>>;
+
+impl<'a> Pipeline<'a> {
+    fn in_flight(&self) -> usize {
+        self.set.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
+    fn push(&mut self, send: impl Future<Output = Message> + Send + 'a) {
+        // Unconstrained: tokio's task budget and a set of futures polled
+        // inside one task can starve a ready future (futures-rs #2053);
+        // the window bounds the work instead.
+        self.set
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(Box::pin(tokio::task::unconstrained(send)));
+    }
+
+    /// The next completed send's reply; pending while none is in flight.
+    async fn next(&mut self) -> Message {
+        match &mut self.set {
+            Some(set) if !set.is_empty() => match set.next().await {
+                Some(reply) => reply,
+                None => std::future::pending().await,
+            },
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// Runs `work` while the sends in flight go on, keeping the replies of
+    /// those that complete meanwhile in `done`.
+    async fn driving<T>(&mut self, work: impl Future<Output = T>) -> T {
+        let mut work = pin!(work);
+        loop {
+            let busy = self.in_flight() > 0;
+            tokio::select! {
+                biased;
+                out = &mut work => return out,
+                reply = self.next(), if busy => self.done.push_back(reply),
             }
         }
     }
@@ -579,19 +640,6 @@ async fn reauthenticate(
     Ok(fresh)
 }
 
-/// Handles one client frame and returns the reply, and the socket's new
-/// deadline when the frame was an accepted `auth`.
-/// The replies of a connection's pipelined sends, as each completes.
-type InFlight<'a> = FuturesUnordered<Pin<Box<dyn Future<Output = Message> + Send + 'a>>>;
-
-/// The next completed send's reply; pending while none is in flight.
-async fn next_reply(sends: &mut Option<InFlight<'_>>) -> Option<Message> {
-    match sends {
-        Some(set) if !set.is_empty() => set.next().await,
-        _ => std::future::pending().await,
-    }
-}
-
 /// Runs one `send` frame in its turn of the connection's line and answers
 /// it with its frame id and `client_msg_id`.
 async fn send_reply(core: &Core, auth: &AuthContext, send: ClientFrame, turn: SendTurn) -> Message {
@@ -609,6 +657,8 @@ async fn send_reply(core: &Core, auth: &AuthContext, send: ClientFrame, turn: Se
     }
 }
 
+/// Handles one client frame and returns the reply, and the socket's new
+/// deadline when the frame was an accepted `auth`.
 async fn handle_frame(
     core: &Core,
     auth: &AuthContext,

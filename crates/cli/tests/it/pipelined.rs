@@ -119,3 +119,59 @@ async fn pipelined_answers_carry_the_frame_id_and_client_msg_id_and_a_refusal_ke
     );
     assert_eq!(message_texts(&full_sync(&bob.api).await), ["m0", "m2"]);
 }
+
+/// A frame that reads the store, sent behind a window of pipelined sends
+/// that queue for the store's readers too: the socket answers all of them.
+/// (Before, the in-flight sends were not polled while the socket handled
+/// the frame; a reader handed to a queued send was held by a future
+/// nobody polled, and the frame's own read waited behind it for ever.)
+#[tokio::test]
+async fn a_frame_that_reads_the_store_behind_a_full_window_of_sends_is_answered() {
+    const N: usize = 60;
+    let server = TestServer::start_with(&[
+        ("UNIMSG_LIMITS__SEND_PER_MINUTE", "100000"),
+        ("UNIMSG_DELIVERY__WS_SEND_WINDOW", "64"),
+    ])
+    .await;
+    let client = server.client();
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    let mut ws = alice.api.connect_ws(None).await.unwrap();
+    let to_bob = Recipient::User(bob.id.clone());
+    for round in 0..3 {
+        for i in 0..N {
+            let req = numbered(&to_bob, round * N + i);
+            ws.send_frame(&ClientFrame::Send {
+                id: Some(format!("s{}", round * N + i)),
+                to: req.to,
+                kind: req.kind,
+                content: req.content,
+                client_msg_id: req.client_msg_id,
+            })
+            .await
+            .unwrap();
+        }
+        // Re-authentication reads the session from the store.
+        ws.send_frame(&ClientFrame::Auth {
+            token: alice.tokens.access_token.clone(),
+            after: None,
+        })
+        .await
+        .unwrap();
+        let (mut sent, mut authed) = (0, false);
+        within("the sends and the auth frame to be answered", async {
+            while sent < N || !authed {
+                match ws.next_reply().await.unwrap() {
+                    Some(ReplyFrame::SendOk { .. }) => sent += 1,
+                    Some(ReplyFrame::AuthOk { .. }) => authed = true,
+                    Some(ReplyFrame::Error { error, .. }) => panic!("refused: {}", error.message),
+                    Some(_) => {}
+                    None => panic!("closed"),
+                }
+            }
+        })
+        .await;
+    }
+    let inbox = full_sync(&bob.api).await;
+    assert_eq!(inbox.len(), 3 * N);
+}
