@@ -16,8 +16,8 @@ use unimsg_proto::friends::{
 };
 use unimsg_proto::{ErrorDetail, EventData, EventType, UserId};
 use unimsg_store::{
-    Answer, BlockChange, Effects, FriendRequestRow, FriendRow, FriendshipChange, RequestOutcome,
-    StoredText,
+    Answer, BlockChange, DirectRefusal, Effects, FriendRequestRow, FriendRow, FriendshipChange,
+    RecipientFacts, RequestOutcome, StoredText,
 };
 
 use crate::Core;
@@ -45,6 +45,17 @@ fn refused() -> CoreError {
     CoreError::Forbidden("this user does not accept this from you".into())
 }
 
+/// What the sender of a refused direct message is told.
+pub(crate) fn direct_refused(refusal: DirectRefusal) -> CoreError {
+    match refusal {
+        DirectRefusal::NoRecipient => CoreError::NotFound("recipient not found".into()),
+        DirectRefusal::Blocked => refused(),
+        DirectRefusal::NotFriends => {
+            CoreError::Forbidden("direct messages need a friendship on this server".into())
+        }
+    }
+}
+
 impl Core {
     async fn other_user(&self, me: &UserId, other: &UserId) -> Result<()> {
         if me == other {
@@ -56,18 +67,26 @@ impl Core {
         Ok(())
     }
 
-    /// Whether `from` may send a direct message to `to`: not blocked by
-    /// `to`, and friends when `messaging.require_friendship` is on.
+    /// Whether `from` may send a direct message to `to`: `to` exists, has
+    /// not blocked `from`, and is a friend when
+    /// `messaging.require_friendship` is on. The write checks the same in
+    /// its transaction; this read is for a send that asks the
+    /// before-send hook first, so the hook hears only of sends that can be
+    /// stored.
     pub(crate) async fn may_message(&self, from: &UserId, to: &UserId) -> Result<()> {
-        if self.store.is_blocked(to, from).await? {
-            return Err(refused());
+        let exists = self.store.user(to).await?.is_some();
+        let blocked = exists && self.store.is_blocked(to, from).await?;
+        let required = self.config.messaging.require_friendship;
+        let friends = exists && required && self.store.are_friends(from, to).await?;
+        let facts = RecipientFacts {
+            exists,
+            blocked,
+            friends,
+        };
+        match DirectRefusal::of(facts, required) {
+            Some(refusal) => Err(direct_refused(refusal)),
+            None => Ok(()),
         }
-        if self.config.messaging.require_friendship && !self.store.are_friends(from, to).await? {
-            return Err(CoreError::Forbidden(
-                "direct messages need a friendship on this server".into(),
-            ));
-        }
-        Ok(())
     }
 
     /// Whether `me` may put `users` into a group (creating it, or adding

@@ -176,10 +176,12 @@ impl Core {
                 "cannot send a direct message to yourself".into(),
             ));
         }
-        if self.store.user(&to).await?.is_none() {
-            return Err(CoreError::NotFound("recipient not found".into()));
+        // The write checks the recipient (exists, has not blocked the
+        // sender, a friend if required) in its transaction: no read first,
+        // unless the before-send hook is to be asked.
+        if self.before_send_applies(req.kind) {
+            self.may_message(&auth.user_id, &to).await?;
         }
-        self.may_message(&auth.user_id, &to).await?;
         self.check_send_limits(&auth.user_id, 1).await?;
         let recipient = Recipient::User(to.clone());
         let content = match self
@@ -227,6 +229,7 @@ impl Core {
             client_msg_id: req.client_msg_id,
             created_at: now,
             hook,
+            require_friendship: self.config.messaging.require_friendship,
         };
         let append = self
             .store
@@ -245,6 +248,7 @@ impl Core {
                 Ok(sent(message, seq))
             }
             AppendOutcome::Duplicate(original) => self.resent(&auth.user_id, original).await,
+            AppendOutcome::Refused(refusal) => Err(crate::friends::direct_refused(refusal)),
         }
     }
 

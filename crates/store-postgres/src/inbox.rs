@@ -20,8 +20,8 @@ use unimsg_store::sql::{
     user_id,
 };
 use unimsg_store::{
-    AppendOutcome, ConversationState, Effects, EventBody, EventDraft, HookDraft, Inbox, NewMessage,
-    Result, StoreError, StoredEvent, StoredMessage,
+    AppendOutcome, ConversationState, DirectRefusal, Effects, EventBody, EventDraft, HookDraft,
+    Inbox, NewMessage, RecipientFacts, Result, StoreError, StoredEvent, StoredMessage,
 };
 
 use crate::broadcasts::broadcasts_between;
@@ -68,6 +68,33 @@ pub(crate) async fn duplicate_of(
         .await?
         .map(|row| read(&row, |r| read_message(r, 0)))
         .transpose()
+}
+
+/// Whether a direct message may not be written ([`DirectRefusal`]), read
+/// in the write's transaction in one statement.
+pub(crate) async fn direct_refusal(
+    tx: &Transaction<'_>,
+    message: &NewMessage,
+) -> DbResult<Option<DirectRefusal>> {
+    let Recipient::User(to) = &message.recipient else {
+        return Ok(None);
+    };
+    let stmt = tx
+        .prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM users WHERE user_id = $2), \
+             EXISTS(SELECT 1 FROM blocks WHERE user_id = $2 AND blocked_id = $1), \
+             EXISTS(SELECT 1 FROM friends WHERE user_id = $1 AND friend_id = $2)",
+        )
+        .await?;
+    let row = tx
+        .query_one(&stmt, &[&message.sender.as_str(), &to.as_str()])
+        .await?;
+    let facts = RecipientFacts {
+        exists: column(&row, 0)?,
+        blocked: column(&row, 1)?,
+        friends: column(&row, 2)?,
+    };
+    Ok(DirectRefusal::of(facts, message.require_friendship))
 }
 
 /// Sets the savepoint a send returns to when it turns out to be a
@@ -352,6 +379,9 @@ impl Inbox for PgStore {
         recipients: Vec<UserId>,
     ) -> Result<AppendOutcome> {
         transaction!(self, |tx| {
+            if let Some(refusal) = direct_refusal(tx, &message).await? {
+                return Ok(AppendOutcome::Refused(refusal));
+            }
             if let Some(original) = duplicate_of(tx, &message).await? {
                 return Ok(AppendOutcome::Duplicate(original));
             }

@@ -8,7 +8,7 @@ use unimsg_store::{
     AddressSeen, Admin, AdminChange, AdminKeyRow, Admins, Result, StoreError, TokenHash,
 };
 
-use crate::{DbResult, SqliteStore, all, first, map_unique};
+use crate::{Cached, DbResult, SqliteStore, all, first, map_unique};
 
 fn admin_by_id(conn: &Connection, id: &str) -> DbResult<Option<Admin>> {
     let mut stmt = conn.prepare_cached(&format!(
@@ -36,7 +36,7 @@ impl Admins for SqliteStore {
 
     async fn create_admin(&self, admin: Admin) -> Result<()> {
         self.write(move |conn| {
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO admins (admin_id, secret_hash, scopes, created_at, disabled, tokens_valid_after) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
@@ -62,12 +62,12 @@ impl Admins for SqliteStore {
     ) -> Result<AddressSeen> {
         let (admin_id, ip) = (admin_id.to_owned(), ip.to_owned());
         self.write(move |conn| {
-            let any: bool = conn.query_row(
+            let any: bool = conn.query_row_cached(
                 "SELECT EXISTS(SELECT 1 FROM admin_addresses WHERE admin_id = ?1)",
                 [&admin_id],
                 |r| r.get(0),
             )?;
-            let inserted = conn.execute(
+            let inserted = conn.execute_cached(
                 "INSERT OR IGNORE INTO admin_addresses (admin_id, ip, first_seen) VALUES (?1, ?2, ?3)",
                 params![admin_id, ip, ms(at)],
             )? > 0;
@@ -84,7 +84,7 @@ impl Admins for SqliteStore {
     ) -> Result<Admin> {
         let id = id.to_owned();
         self.write(move |conn| {
-            let changed = conn.execute(
+            let changed = conn.execute_cached(
                 "UPDATE admins SET secret_hash = coalesce(?2, secret_hash), scopes = coalesce(?3, scopes), \
                  disabled = coalesce(?4, disabled), tokens_valid_after = ?5 WHERE admin_id = ?1",
                 params![
@@ -106,7 +106,7 @@ impl Admins for SqliteStore {
     async fn set_admin_signing_secret(&self, id: &str, sealed: Vec<u8>) -> Result<()> {
         let id = id.to_owned();
         self.write(move |conn| {
-            let changed = conn.execute(
+            let changed = conn.execute_cached(
                 "UPDATE admins SET signing_secret = ?2 WHERE admin_id = ?1",
                 params![id, sealed],
             )?;
@@ -121,9 +121,9 @@ impl Admins for SqliteStore {
     async fn delete_admin(&self, id: &str) -> Result<bool> {
         let id = id.to_owned();
         self.write(move |conn| {
-            conn.execute("DELETE FROM admin_keys WHERE admin_id = ?1", [&id])?;
-            conn.execute("DELETE FROM admin_addresses WHERE admin_id = ?1", [&id])?;
-            Ok(conn.execute("DELETE FROM admins WHERE admin_id = ?1", [&id])? > 0)
+            conn.execute_cached("DELETE FROM admin_keys WHERE admin_id = ?1", [&id])?;
+            conn.execute_cached("DELETE FROM admin_addresses WHERE admin_id = ?1", [&id])?;
+            Ok(conn.execute_cached("DELETE FROM admins WHERE admin_id = ?1", [&id])? > 0)
         })
         .await
     }
@@ -133,7 +133,7 @@ impl Admins for SqliteStore {
             if admin_by_id(conn, &key.admin_id)?.is_none() {
                 return Err(StoreError::NotFound("admin").into());
             }
-            conn.execute(
+            conn.execute_cached(
                 &format!("INSERT INTO admin_keys ({ADMIN_KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
                 params![
                     key.key_id,
@@ -184,7 +184,7 @@ impl Admins for SqliteStore {
     ) -> Result<()> {
         let id = key_id.to_owned();
         self.write(move |conn| {
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE admin_keys SET last_used_at = ?2, last_used_ip = ?3 WHERE key_id = ?1",
                 params![id, ms(at), ip],
             )?;
@@ -202,7 +202,7 @@ impl Admins for SqliteStore {
         let (admin, key) = (admin_id.to_owned(), key_id.to_owned());
         self.write(move |conn| {
             let revoked: Option<String> = conn
-                .query_row(
+                .query_row_cached(
                     "UPDATE admin_keys SET revoked_at = ?3 \
                      WHERE admin_id = ?1 AND key_id = ?2 AND revoked_at IS NULL RETURNING key_id",
                     params![admin, key, ms(at)],

@@ -6,14 +6,14 @@ use rusqlite::{OptionalExtension, params};
 use unimsg_store::sql::{AUDIT_COLUMNS, hash32, ms, read_audit, to_i64, to_u64};
 use unimsg_store::{Audit, AuditDraft, AuditQuery, AuditRow, ChainFn, Result, audit_bytes};
 
-use crate::{SqliteStore, all, first};
+use crate::{Cached, SqliteStore, all, first};
 
 #[async_trait]
 impl Audit for SqliteStore {
     async fn append_audit(&self, draft: AuditDraft, chain: ChainFn) -> Result<AuditRow> {
         self.write(move |conn| {
             let last: Option<(i64, Vec<u8>)> = conn
-                .query_row("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1", [], |r| {
+                .query_row_cached("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1", [], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })
                 .optional()?;
@@ -24,7 +24,7 @@ impl Audit for SqliteStore {
             let id = prev_id + 1;
             let at_ms = ms(draft.at);
             let hash = chain(&prev_hash, &audit_bytes(id, at_ms, &draft.content));
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO audit_log (id, at, content, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![to_i64(id), at_ms, draft.content, &prev_hash[..], &hash[..]],
             )?;

@@ -10,7 +10,7 @@ use unimsg_store::sql::{
 };
 use unimsg_store::{Broadcasts, NewNotification, Result, StoredNotification};
 
-use crate::{DbResult, SqliteStore, all, map_unique};
+use crate::{Cached, DbResult, SqliteStore, all, map_unique};
 
 /// Broadcasts with `after < bseq <= head`, oldest first, with their bseq.
 pub(crate) fn broadcasts_between(
@@ -33,7 +33,7 @@ impl Broadcasts for SqliteStore {
     async fn append_broadcast(&self, b: NewNotification) -> Result<u64> {
         self.write(move |conn| {
             let bseq: i64 = conn
-                .query_row(
+                .query_row_cached(
                     "INSERT INTO broadcasts (message_id, kind, sender, key_id, nonce, content, created_at) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING bseq",
                     params![

@@ -5,7 +5,7 @@ use rusqlite::params;
 use unimsg_store::sql::{DATA_KEY_COLUMNS, ms, read_data_key};
 use unimsg_store::{DataKeys, Result, StoreError, WrappedKey};
 
-use crate::{SqliteStore, all, map_unique};
+use crate::{Cached, SqliteStore, all, map_unique};
 
 #[async_trait]
 impl DataKeys for SqliteStore {
@@ -21,7 +21,7 @@ impl DataKeys for SqliteStore {
 
     async fn insert_data_key(&self, key: WrappedKey) -> Result<()> {
         self.write(move |conn| {
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO data_keys (key_id, wrapped, created_at) VALUES (?1, ?2, ?3)",
                 params![i64::from(key.key_id), key.wrapped, ms(key.created_at)],
             )
@@ -33,7 +33,7 @@ impl DataKeys for SqliteStore {
 
     async fn rewrap_data_key(&self, key_id: u32, wrapped: Vec<u8>) -> Result<()> {
         self.write(move |conn| {
-            let changed = conn.execute(
+            let changed = conn.execute_cached(
                 "UPDATE data_keys SET wrapped = ?2 WHERE key_id = ?1",
                 params![i64::from(key_id), wrapped],
             )?;

@@ -17,7 +17,7 @@ use unimsg_store::{
 };
 
 use crate::inbox::{append_message_events, duplicate_of, insert_event, insert_message};
-use crate::{DbResult, Error, SqliteStore, all, db, first};
+use crate::{Cached, DbResult, Error, SqliteStore, all, db, first};
 
 fn group_by_id(conn: &Connection, id: &GroupId) -> DbResult<Option<GroupRow>> {
     let mut stmt = conn.prepare_cached(&format!(
@@ -88,11 +88,11 @@ fn remove_member(
     conversation: &ConversationId,
     user: &UserId,
 ) -> DbResult<()> {
-    conn.execute(
+    conn.execute_cached(
         "DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2",
         params![id.as_str(), user.as_str()],
     )?;
-    conn.execute(
+    conn.execute_cached(
         "DELETE FROM conversation_members WHERE conversation_id = ?1 AND user_id = ?2",
         params![conversation.as_str(), user.as_str()],
     )?;
@@ -133,7 +133,7 @@ fn apply(
             notice,
             join_policy,
         } => {
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE chat_groups SET name = coalesce(?2, name), notice = coalesce(?3, notice), \
                  join_policy = coalesce(?4, join_policy) WHERE group_id = ?1",
                 params![
@@ -145,7 +145,7 @@ fn apply(
             )?;
         }
         GroupEdit::AllMuted(muted) => {
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE chat_groups SET all_muted = ?2 WHERE group_id = ?1",
                 params![id.as_str(), muted],
             )?;
@@ -161,27 +161,27 @@ fn apply(
             }
         }
         GroupEdit::SetRole(user, role) => one_member(
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE group_members SET role = ?3 WHERE group_id = ?1 AND user_id = ?2",
                 params![id.as_str(), user.as_str(), role.as_str()],
             )? > 0,
         )?,
         GroupEdit::Mute(user, until) => one_member(
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE group_members SET muted_until = ?3 WHERE group_id = ?1 AND user_id = ?2",
                 params![id.as_str(), user.as_str(), until.map(ms)],
             )? > 0,
         )?,
         GroupEdit::Dissolve => {
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE chat_groups SET dissolved_at = ?2 WHERE group_id = ?1",
                 params![id.as_str(), ms(at)],
             )?;
-            conn.execute(
+            conn.execute_cached(
                 "DELETE FROM group_members WHERE group_id = ?1",
                 [id.as_str()],
             )?;
-            conn.execute(
+            conn.execute_cached(
                 "DELETE FROM conversation_members WHERE conversation_id = ?1",
                 [conversation.as_str()],
             )?;
@@ -200,7 +200,7 @@ impl Groups for SqliteStore {
     ) -> Result<(GroupRow, Vec<StoredEvent>)> {
         self.write(move |conn| {
             let taken: bool = conn
-                .query_row(
+                .query_row_cached(
                     "SELECT EXISTS(SELECT 1 FROM chat_groups WHERE group_id = ?1)",
                     [group.group_id.as_str()],
                     |r| r.get(0),
@@ -209,7 +209,7 @@ impl Groups for SqliteStore {
                 return Err(StoreError::Conflict("group").into());
             }
             let at = ms(group.created_at);
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO chat_groups (group_id, name, notice, join_policy, created_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
                 params![
@@ -223,7 +223,7 @@ impl Groups for SqliteStore {
             let conversation = ConversationId::group(&group.group_id);
             // The conversation exists from the start, so that the group is
             // listed among its members' conversations before any message.
-            conn.execute(
+            conn.execute_cached(
                 "INSERT OR IGNORE INTO conversations (conversation_id, last_conv_seq, updated_at) \
                  VALUES (?1, 0, ?2)",
                 params![conversation.as_str(), at],
@@ -295,7 +295,7 @@ impl Groups for SqliteStore {
             for edit in edits {
                 apply(conn, &id, &conversation, edit, at)?;
             }
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE chat_groups SET version = version + 1, updated_at = ?2 WHERE group_id = ?1",
                 params![id.as_str(), ms(at)],
             )?;

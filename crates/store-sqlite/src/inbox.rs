@@ -13,15 +13,15 @@ use unimsg_store::sql::{
     user_id,
 };
 use unimsg_store::{
-    AppendOutcome, ConversationState, Effects, EventBody, EventDraft, HookDraft, Inbox, NewMessage,
-    Result, StoreError, StoredEvent, StoredMessage,
+    AppendOutcome, ConversationState, DirectRefusal, Effects, EventBody, EventDraft, HookDraft,
+    Inbox, NewMessage, RecipientFacts, Result, StoreError, StoredEvent, StoredMessage,
 };
 
 use crate::broadcasts::broadcasts_between;
-use crate::{DbResult, SqliteStore, all, db, first, map_unique};
+use crate::{Cached, DbResult, SqliteStore, all, db, first, map_unique};
 
 pub(crate) fn message_by_id(conn: &Connection, id: &str) -> DbResult<Option<StoredMessage>> {
-    let mut stmt = conn.prepare(&format!(
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.message_id = ?1"
     ))?;
     first(&mut stmt, [id], |r| read_message(r, 0))
@@ -62,7 +62,7 @@ fn visible_last(conn: &Connection, user: &UserId) -> DbResult<Seq> {
 /// The acknowledged position (a visible seq).
 fn acked_position(conn: &Connection, user: &UserId) -> DbResult<Seq> {
     let seq: Option<i64> = conn
-        .query_row(
+        .query_row_cached(
             "SELECT acked_seq FROM users WHERE user_id = ?1",
             [user.as_str()],
             |r| r.get(0),
@@ -113,7 +113,7 @@ fn merged_events_after(
 ) -> DbResult<Vec<StoredEvent>> {
     let head = broadcast_head(conn)?;
     let (last, base): (i64, i64) = conn
-        .query_row(
+        .query_row_cached(
             "SELECT last_seq, bbase FROM users WHERE user_id = ?1",
             [user.as_str()],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -124,7 +124,7 @@ fn merged_events_after(
     // The inbox rows and broadcasts at or before `position`: the newest
     // inbox row whose visible seq is within it, scanning back from the end.
     let inbox_before: i64 = conn
-        .query_row(
+        .query_row_cached(
             "SELECT seq FROM inbox WHERE user_id = ?1 AND seq + bpos - ?2 <= ?3 ORDER BY seq DESC LIMIT 1",
             params![user.as_str(), base, position],
             |r| r.get(0),
@@ -283,6 +283,28 @@ pub(crate) fn append_message_events(
     Ok(events)
 }
 
+/// Whether a direct message may not be written ([`DirectRefusal`]), read
+/// in the write's transaction in one statement.
+fn direct_refusal(conn: &Connection, message: &NewMessage) -> DbResult<Option<DirectRefusal>> {
+    let Recipient::User(to) = &message.recipient else {
+        return Ok(None);
+    };
+    let facts = conn
+        .prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?2), \
+             EXISTS(SELECT 1 FROM blocks WHERE user_id = ?2 AND blocked_id = ?1), \
+             EXISTS(SELECT 1 FROM friends WHERE user_id = ?1 AND friend_id = ?2)",
+        )?
+        .query_row(params![message.sender.as_str(), to.as_str()], |r| {
+            Ok(RecipientFacts {
+                exists: r.get(0)?,
+                blocked: r.get(1)?,
+                friends: r.get(2)?,
+            })
+        })?;
+    Ok(DirectRefusal::of(facts, message.require_friendship))
+}
+
 #[async_trait]
 impl Inbox for SqliteStore {
     /// Every write is queued to the one writer thread on its first poll
@@ -298,6 +320,9 @@ impl Inbox for SqliteStore {
         recipients: Vec<UserId>,
     ) -> Result<AppendOutcome> {
         self.write(move |conn| {
+            if let Some(refusal) = direct_refusal(conn, &message)? {
+                return Ok(AppendOutcome::Refused(refusal));
+            }
             if let Some(original) = duplicate_of(conn, &message)? {
                 return Ok(AppendOutcome::Duplicate(original));
             }
@@ -359,7 +384,7 @@ impl Inbox for SqliteStore {
                 Some(acked_position(conn, &user)?)
             };
             let acked: Option<i64> = conn
-                .query_row(
+                .query_row_cached(
                     "UPDATE users SET acked_seq = MAX(acked_seq, MIN(?2, last_seq + ?3 - bbase)) \
                      WHERE user_id = ?1 RETURNING acked_seq",
                     params![user.as_str(), to_i64(seq.0), broadcast_head(conn)?],
@@ -408,7 +433,7 @@ impl Inbox for SqliteStore {
         // A range scan of this user's inbox: only idempotent retries ask.
         self.read(move |conn| {
             let seq: Option<i64> = conn
-                .query_row(
+                .query_row_cached(
                     "SELECT i.seq + i.bpos - u.bbase FROM inbox i JOIN users u ON u.user_id = i.user_id \
                      WHERE i.user_id = ?1 AND i.message_id = ?2",
                     params![user.as_str(), id.as_str()],
@@ -430,7 +455,7 @@ impl Inbox for SqliteStore {
         let (user, conversation) = (user.clone(), conversation.clone());
         self.write(move |conn| {
             let moved = conn
-                .execute(
+                .execute_cached(
                     "UPDATE conversation_members SET read_upto = ?3 \
                      WHERE conversation_id = ?1 AND user_id = ?2 AND read_upto < ?3",
                     params![conversation.as_str(), user.as_str(), to_i64(upto)],
@@ -439,7 +464,7 @@ impl Inbox for SqliteStore {
                 return Ok((upto, write_effects(conn, effects)?));
             }
             let current: Option<i64> = conn
-                .query_row(
+                .query_row_cached(
                     "SELECT read_upto FROM conversation_members WHERE conversation_id = ?1 AND user_id = ?2",
                     params![conversation.as_str(), user.as_str()],
                     |r| r.get(0),
@@ -462,7 +487,7 @@ impl Inbox for SqliteStore {
         let id = id.clone();
         self.write(move |conn| {
             let changed = conn
-                .execute(
+                .execute_cached(
                     "UPDATE messages SET recalled_at = ?2 WHERE message_id = ?1 AND recalled_at IS NULL",
                     params![id.as_str(), ms(now)],
                 )?;
@@ -504,13 +529,13 @@ impl Inbox for SqliteStore {
                         .collect::<Result<Vec<_>>>()?
                 };
                 let mut last = conn
-                    .prepare(&format!(
+                    .prepare_cached(&format!(
                         "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = ?1 \
                          ORDER BY m.conv_seq DESC LIMIT 1"
                     ))?;
                 let last_message = first(&mut last, [&cid], |r| read_message(r, 0))?;
                 let unread: i64 = conn
-                    .query_row(
+                    .query_row_cached(
                         "SELECT count(*) FROM messages WHERE conversation_id = ?1 AND conv_seq > ?2 \
                          AND sender_id != ?3 AND recalled_at IS NULL",
                         params![cid, read_upto, user.as_str()],

@@ -424,7 +424,39 @@ fn open_connection(path: &Path, read_only: bool, durability: Durability) -> Resu
         )
     };
     conn.execute_batch(&pragmas).map_err(db)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
+}
+
+/// Statements each connection keeps prepared: more than the store has
+/// (about 150 distinct texts), so none is parsed twice.
+const STATEMENT_CACHE: usize = 256;
+
+/// `execute` and `query_row` through the connection's statement cache:
+/// rusqlite's own parse the SQL text on every call. Every statement of
+/// the store goes through these or `prepare_cached`; only the schema
+/// migrations and the backup (run once) parse theirs afresh.
+pub(crate) trait Cached {
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
 }
 
 /// The writer thread: waits for one job, drains what else is queued (up to
@@ -498,7 +530,7 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Job>) {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
-        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+        self.read(|conn| Ok(conn.query_row_cached("SELECT 1", [], |_| Ok(()))?))
             .await
     }
 }

@@ -12,7 +12,7 @@ use unimsg_store::{
 };
 
 use crate::inbox::insert_event;
-use crate::{DbResult, Error, SqliteStore, db, first, map_unique};
+use crate::{Cached, DbResult, Error, SqliteStore, db, first, map_unique};
 
 fn notification_by_id(conn: &Connection, id: &str) -> DbResult<Option<StoredNotification>> {
     let mut stmt = conn.prepare_cached(&format!(
@@ -31,7 +31,7 @@ impl Notifications for SqliteStore {
     ) -> Result<Vec<(UserId, Seq)>> {
         self.write(move |conn| {
             if part == AudiencePart::First {
-                conn.execute(
+                conn.execute_cached(
                     "INSERT INTO notifications (message_id, kind, sender, key_id, nonce, content, created_at) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     params![
@@ -89,13 +89,14 @@ impl Notifications for SqliteStore {
     ) -> Result<NotificationStatus> {
         let id = id.clone();
         self.read(move |conn| {
-            let (recipients, delivered, read): (i64, Option<i64>, Option<i64>) = conn.query_row(
-                "SELECT count(*), sum(u.acked_seq >= r.seq), sum(r.read_at IS NOT NULL) \
+            let (recipients, delivered, read): (i64, Option<i64>, Option<i64>) = conn
+                .query_row_cached(
+                    "SELECT count(*), sum(u.acked_seq >= r.seq), sum(r.read_at IS NOT NULL) \
                      FROM notification_recipients r JOIN users u ON u.user_id = r.user_id \
                      WHERE r.message_id = ?1",
-                [id.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
+                    [id.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?;
             let mut stmt = conn.prepare_cached(
                 "SELECT r.user_id, u.acked_seq >= r.seq, r.read_at IS NOT NULL \
                      FROM notification_recipients r JOIN users u ON u.user_id = r.user_id \
@@ -135,14 +136,14 @@ impl Notifications for SqliteStore {
         let (user, upto) = (user.clone(), upto.clone());
         self.write(move |conn| {
             let seq: Option<i64> = conn
-                .query_row(
+                .query_row_cached(
                     "SELECT seq FROM notification_recipients WHERE message_id = ?1 AND user_id = ?2",
                     params![upto.as_str(), user.as_str()],
                     |r| r.get(0),
                 )
                 .optional()?;
             let seq = seq.ok_or(StoreError::NotFound("notification"))?;
-            let marked = conn.execute(
+            let marked = conn.execute_cached(
                 "UPDATE notification_recipients SET read_at = ?3 \
                  WHERE user_id = ?1 AND seq <= ?2 AND read_at IS NULL",
                 params![user.as_str(), seq, ms(at)],

@@ -14,10 +14,10 @@ use unimsg_store::{
 };
 
 use crate::inbox::write_effects;
-use crate::{DbResult, SqliteStore, all};
+use crate::{Cached, DbResult, SqliteStore, all};
 
 fn exists(conn: &Connection, sql: &str, a: &UserId, b: &UserId) -> DbResult<bool> {
-    Ok(conn.query_row(sql, params![a.as_str(), b.as_str()], |r| r.get(0))?)
+    Ok(conn.query_row_cached(sql, params![a.as_str(), b.as_str()], |r| r.get(0))?)
 }
 
 fn are_friends(conn: &Connection, a: &UserId, b: &UserId) -> DbResult<bool> {
@@ -43,11 +43,11 @@ fn befriend(conn: &Connection, a: &UserId, b: &UserId, at: OffsetDateTime) -> Db
     let mut added = 0;
     for (x, y) in [(a, b), (b, a)] {
         added += conn
-            .execute(
+            .execute_cached(
                 "INSERT OR IGNORE INTO friends (user_id, friend_id, tags, created_at) VALUES (?1, ?2, '', ?3)",
                 params![x.as_str(), y.as_str(), ms(at)],
             )?;
-        conn.execute(
+        conn.execute_cached(
             "UPDATE friend_requests SET state = 'accepted', updated_at = ?3 \
              WHERE from_id = ?1 AND to_id = ?2 AND state = 'pending'",
             params![x.as_str(), y.as_str(), ms(at)],
@@ -58,7 +58,7 @@ fn befriend(conn: &Connection, a: &UserId, b: &UserId, at: OffsetDateTime) -> Db
 
 fn unfriend(conn: &Connection, a: &UserId, b: &UserId) -> DbResult<bool> {
     let removed = conn
-        .execute(
+        .execute_cached(
             "DELETE FROM friends WHERE (user_id = ?1 AND friend_id = ?2) OR (user_id = ?2 AND friend_id = ?1)",
             params![a.as_str(), b.as_str()],
         )?;
@@ -66,7 +66,7 @@ fn unfriend(conn: &Connection, a: &UserId, b: &UserId) -> DbResult<bool> {
 }
 
 fn user_exists(conn: &Connection, u: &UserId) -> DbResult<bool> {
-    Ok(conn.query_row(
+    Ok(conn.query_row_cached(
         "SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)",
         [u.as_str()],
         |r| r.get(0),
@@ -94,7 +94,7 @@ impl Relationships for SqliteStore {
                 return Ok((RequestOutcome::Friends, write_effects(conn, on_friends)?));
             }
             let (plain, sealed) = text_columns(request.message.as_ref());
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO friend_requests (from_id, to_id, message, message_sealed, state, created_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5) \
                  ON CONFLICT (from_id, to_id) DO UPDATE SET message = excluded.message, \
@@ -123,7 +123,7 @@ impl Relationships for SqliteStore {
             if answer == Answer::Accept {
                 befriend(conn, &from, &to, at)?;
             } else {
-                conn.execute(
+                conn.execute_cached(
                     "UPDATE friend_requests SET state = 'declined', updated_at = ?3 WHERE from_id = ?1 AND to_id = ?2",
                     params![from.as_str(), to.as_str(), ms(at)],
                 )?;
@@ -197,7 +197,7 @@ impl Relationships for SqliteStore {
         self.write(move |conn| {
             let joined = join_tags(&tags);
             let since: Option<i64> = conn
-                .query_row(
+                .query_row_cached(
                     "UPDATE friends SET tags = ?3, remark = ?4 WHERE user_id = ?1 AND friend_id = ?2 RETURNING created_at",
                     params![user.as_str(), friend.as_str(), joined, remark],
                     |r| r.get(0),
@@ -223,12 +223,12 @@ impl Relationships for SqliteStore {
                 return Err(StoreError::NotFound("user").into());
             }
             let changed = if change == BlockChange::Block {
-                conn.execute(
+                conn.execute_cached(
                     "INSERT OR IGNORE INTO blocks (user_id, blocked_id, created_at) VALUES (?1, ?2, ?3)",
                     params![user.as_str(), other.as_str(), ms(at)],
                 )
             } else {
-                conn.execute(
+                conn.execute_cached(
                     "DELETE FROM blocks WHERE user_id = ?1 AND blocked_id = ?2",
                     params![user.as_str(), other.as_str()],
                 )

@@ -12,7 +12,7 @@ use unimsg_store::{
 };
 
 use crate::inbox::insert_event;
-use crate::{DbResult, SqliteStore, all, first, map_unique};
+use crate::{Cached, DbResult, SqliteStore, all, first, map_unique};
 
 fn session_by_id(conn: &Connection, id: &str) -> DbResult<Option<Session>> {
     let mut stmt = conn.prepare_cached(&format!(
@@ -27,7 +27,7 @@ fn revoke(conn: &Connection, revocations: Vec<Revocation>) -> DbResult<Vec<Store
     let mut out = Vec::new();
     for r in revocations {
         let owner: Option<String> = conn
-            .query_row(
+            .query_row_cached(
                 "UPDATE sessions SET revoked_at = ?2, revoke_reason = ?3 \
                  WHERE session_id = ?1 AND revoked_at IS NULL RETURNING user_id",
                 params![r.session_id.as_str(), ms(r.at), r.reason],
@@ -67,7 +67,7 @@ impl Sessions for SqliteStore {
         hooks: Vec<HookDraft>,
     ) -> Result<Vec<StoredEvent>> {
         self.write(move |conn| {
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO sessions (session_id, user_id, platform, device_id, created_at, ip, user_agent) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
@@ -81,7 +81,7 @@ impl Sessions for SqliteStore {
                 ],
             )
             .map_err(|e| map_unique(e, "session_id"))?;
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO refresh_tokens (token_hash, session_id, expires_at) VALUES (?1, ?2, ?3)",
                 params![&refresh.hash.0[..], session.session_id.as_str(), ms(refresh.expires_at)],
             )
@@ -104,7 +104,7 @@ impl Sessions for SqliteStore {
             ip.map(str::to_owned),
         );
         self.read(move |conn| {
-            let (any, known): (bool, bool) = conn.query_row(
+            let (any, known): (bool, bool) = conn.query_row_cached(
                 "SELECT EXISTS(SELECT 1 FROM sessions WHERE user_id = ?1), \
                      EXISTS(SELECT 1 FROM sessions WHERE user_id = ?1 AND \
                      ((?2 IS NOT NULL AND device_id = ?2) OR (?3 IS NOT NULL AND ip = ?3)))",
@@ -147,7 +147,7 @@ impl Sessions for SqliteStore {
         let presented = presented.clone();
         self.write(move |conn| {
             let found: Option<(String, i64, Option<i64>)> = conn
-                .query_row(
+                .query_row_cached(
                     "SELECT session_id, expires_at, rotated_at FROM refresh_tokens WHERE token_hash = ?1",
                     [&presented.0[..]],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -161,11 +161,11 @@ impl Sessions for SqliteStore {
                 RefreshOutcome::Rotated(session) => session,
                 answer => return Ok(answer),
             };
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE refresh_tokens SET rotated_at = ?2 WHERE token_hash = ?1",
                 params![&presented.0[..], ms(now)],
             )?;
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO refresh_tokens (token_hash, session_id, expires_at) VALUES (?1, ?2, ?3)",
                 params![&next.hash.0[..], sid, ms(next.expires_at)],
             )

@@ -7,10 +7,10 @@ use unimsg_proto::UserId;
 use unimsg_store::sql::{USER_COLUMNS, ms, read_user};
 use unimsg_store::{HookDraft, NewUser, Result, StoreError, User, UserStatus, UserUpdate, Users};
 
-use crate::{DbResult, SqliteStore, first, map_unique};
+use crate::{Cached, DbResult, SqliteStore, first, map_unique};
 
 fn insert_user(conn: &Connection, user: NewUser) -> DbResult<User> {
-    let taken: bool = conn.query_row(
+    let taken: bool = conn.query_row_cached(
         "SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)",
         [user.user_id.as_str()],
         |r| r.get(0),
@@ -18,7 +18,7 @@ fn insert_user(conn: &Connection, user: NewUser) -> DbResult<User> {
     if taken {
         return Err(StoreError::Conflict("user_id").into());
     }
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO users (user_id, username, display_name, password_hash, created_at, bbase) \
          VALUES (?1, ?2, ?3, ?4, ?5, (SELECT coalesce(max(bseq), 0) FROM broadcasts))",
         params![
@@ -52,7 +52,7 @@ impl Users for SqliteStore {
     async fn user(&self, id: &UserId) -> Result<Option<User>> {
         let id = id.clone();
         self.read(move |conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"
             ))?;
             first(&mut stmt, [id.as_str()], read_user)
@@ -89,7 +89,7 @@ impl Users for SqliteStore {
         let id = id.clone();
         self.write(move |conn| {
             let changed = conn
-                .execute(
+                .execute_cached(
                     "UPDATE users SET display_name = COALESCE(?2, display_name), \
                      password_hash = COALESCE(?3, password_hash), status = COALESCE(?4, status) WHERE user_id = ?1",
                     params![
@@ -104,7 +104,7 @@ impl Users for SqliteStore {
             }
             crate::webhooks::enqueue_all(conn, &hooks)?;
             let mut stmt = conn
-                .prepare(&format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"))?;
+                .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"))?;
             Ok(first(&mut stmt, [id.as_str()], read_user)?.ok_or(StoreError::NotFound("user"))?)
         })
         .await
@@ -114,23 +114,23 @@ impl Users for SqliteStore {
         let id = id.clone();
         self.write(move |conn| {
             let exists: bool = conn
-                .query_row("SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)", [id.as_str()], |r| r.get(0))?;
+                .query_row_cached("SELECT EXISTS(SELECT 1 FROM users WHERE user_id = ?1)", [id.as_str()], |r| r.get(0))?;
             if !exists {
                 return Err(StoreError::NotFound("user").into());
             }
-            conn.execute(
+            conn.execute_cached(
                 "DELETE FROM refresh_tokens WHERE session_id IN (SELECT session_id FROM sessions WHERE user_id = ?1)",
                 [id.as_str()],
             )?;
             // The groups they were in change: decisions taken on an older
             // member list must be taken again.
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE chat_groups SET version = version + 1 \
                  WHERE group_id IN (SELECT group_id FROM group_members WHERE user_id = ?1)",
                 [id.as_str()],
             )?;
             for table in ["sessions", "inbox", "conversation_members", "notification_recipients", "group_members", "users"] {
-                conn.execute(&format!("DELETE FROM {table} WHERE user_id = ?1"), [id.as_str()])?;
+                conn.execute_cached(&format!("DELETE FROM {table} WHERE user_id = ?1"), [id.as_str()])?;
             }
             crate::webhooks::enqueue_all(conn, &hooks)?;
             Ok(())
@@ -157,7 +157,7 @@ impl Users for SqliteStore {
     async fn user_by_username(&self, username: &str) -> Result<Option<User>> {
         let username = username.to_owned();
         self.read(move |conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {USER_COLUMNS} FROM users WHERE username = ?1"
             ))?;
             first(&mut stmt, [username], read_user)

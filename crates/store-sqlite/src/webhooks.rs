@@ -15,7 +15,7 @@ use unimsg_store::{
     WebhookRow, Webhooks,
 };
 
-use crate::{DbResult, SqliteStore, all, first, map_unique};
+use crate::{Cached, DbResult, SqliteStore, all, first, map_unique};
 
 /// The endpoints that receive an event of type `?{n}`.
 fn subscribed(n: u8) -> String {
@@ -78,7 +78,7 @@ pub(crate) fn enqueue_all(conn: &Connection, events: &[HookDraft]) -> DbResult<(
 impl Webhooks for SqliteStore {
     async fn create_webhook(&self, w: WebhookRow) -> Result<()> {
         self.write(move |conn| {
-            conn.execute(
+            conn.execute_cached(
                 &format!("INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
                 params![
                     w.webhook_id,
@@ -127,7 +127,7 @@ impl Webhooks for SqliteStore {
         self.write(move |conn| {
             let before = existing(conn, &id)?;
             let enabling = change.enabled == Some(true) && !before.enabled;
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE webhooks SET url = coalesce(?2, url), events = coalesce(?3, events), \
                  description = coalesce(?4, description), enabled = coalesce(?5, enabled), \
                  include_content = coalesce(?6, include_content), updated_at = ?7 WHERE webhook_id = ?1",
@@ -142,11 +142,11 @@ impl Webhooks for SqliteStore {
                 ],
             )?;
             if enabling {
-                conn.execute(
+                conn.execute_cached(
                     "UPDATE webhooks SET failing_since = NULL, disabled_reason = NULL WHERE webhook_id = ?1",
                     [&id],
                 )?;
-                conn.execute(
+                conn.execute_cached(
                     "UPDATE hook_deliveries SET next_at = ?2 WHERE webhook_id = ?1 AND state = 'pending'",
                     params![id, ms(at)],
                 )?;
@@ -159,8 +159,8 @@ impl Webhooks for SqliteStore {
     async fn delete_webhook(&self, id: &str) -> Result<bool> {
         let id = id.to_owned();
         self.write(move |conn| {
-            conn.execute("DELETE FROM hook_deliveries WHERE webhook_id = ?1", [&id])?;
-            Ok(conn.execute("DELETE FROM webhooks WHERE webhook_id = ?1", [&id])? > 0)
+            conn.execute_cached("DELETE FROM hook_deliveries WHERE webhook_id = ?1", [&id])?;
+            Ok(conn.execute_cached("DELETE FROM webhooks WHERE webhook_id = ?1", [&id])? > 0)
         })
         .await
     }
@@ -175,7 +175,7 @@ impl Webhooks for SqliteStore {
         let id = id.to_owned();
         self.write(move |conn| {
             existing(conn, &id)?;
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE webhooks SET previous_secret = secret, previous_until = ?3, secret = ?2, \
                  updated_at = ?4 WHERE webhook_id = ?1",
                 params![id, secret.to_bytes(), ms(previous_until), ms(at)],
@@ -188,7 +188,7 @@ impl Webhooks for SqliteStore {
     async fn disable_webhook(&self, id: &str, reason: &str, at: OffsetDateTime) -> Result<()> {
         let (id, reason) = (id.to_owned(), reason.to_owned());
         self.write(move |conn| {
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE webhooks SET enabled = 0, disabled_reason = ?2, updated_at = ?3 WHERE webhook_id = ?1",
                 params![id, reason, ms(at)],
             )?;
@@ -212,7 +212,7 @@ impl Webhooks for SqliteStore {
         self.write(move |conn| {
             existing(conn, &id)?;
             let seq = insert_event(conn, &event)?;
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO hook_deliveries (webhook_id, event_seq, state, attempts, next_at, updated_at) \
                  VALUES (?1, ?2, 'pending', 0, ?3, ?3)",
                 params![id, seq, ms(event.at)],
@@ -329,10 +329,10 @@ impl Webhooks for SqliteStore {
         let (id, event_id) = (id.to_owned(), event_id.to_owned());
         self.write(move |conn| {
             let seq: Option<i64> = conn
-                .query_row("SELECT seq FROM hook_events WHERE event_id = ?1", [&event_id], |r| r.get(0))
+                .query_row_cached("SELECT seq FROM hook_events WHERE event_id = ?1", [&event_id], |r| r.get(0))
                 .optional()?;
             let Some(seq) = seq else { return Ok(false) };
-            let changed = conn.execute(
+            let changed = conn.execute_cached(
                 "UPDATE hook_deliveries SET state = 'pending', attempts = 0, next_at = ?3, updated_at = ?3 \
                  WHERE webhook_id = ?1 AND event_seq = ?2",
                 params![id, seq, ms(now)],
@@ -352,7 +352,7 @@ impl Webhooks for SqliteStore {
         self.write(move |conn| {
             let hook = existing(conn, &id)?;
             let filter = filter_column(&hook.events);
-            let queued = conn.execute(
+            let queued = conn.execute_cached(
                 "INSERT INTO hook_deliveries (webhook_id, event_seq, state, attempts, next_at, updated_at) \
                  SELECT ?1, seq, 'pending', 0, ?3, ?3 FROM hook_events \
                  WHERE created_at >= ?2 AND (?4 = ',*,' OR instr(?4, ',' || kind || ',') > 0 \
@@ -378,11 +378,11 @@ impl Webhooks for SqliteStore {
 
     async fn prune_hook_events(&self, before: OffsetDateTime) -> Result<u64> {
         self.write(move |conn| {
-            conn.execute(
+            conn.execute_cached(
                 "DELETE FROM hook_deliveries WHERE state != 'pending' AND updated_at < ?1",
                 [ms(before)],
             )?;
-            let gone = conn.execute(
+            let gone = conn.execute_cached(
                 "DELETE FROM hook_events WHERE created_at < ?1 AND NOT EXISTS \
                  (SELECT 1 FROM hook_deliveries d WHERE d.event_seq = hook_events.seq)",
                 [ms(before)],

@@ -220,6 +220,47 @@ pub struct NewMessage {
     /// Its `message.created` webhook event, written in the same
     /// transaction (only if an endpoint subscribes to it).
     pub hook: Option<HookDraft>,
+    /// A direct message needs the sender and recipient to be friends
+    /// (`messaging.require_friendship`); checked in the write's
+    /// transaction with the rest of [`DirectRefusal`]. Ignored for groups.
+    pub require_friendship: bool,
+}
+
+/// Why a direct message was not written. The write checks these in its
+/// own transaction (no read before it, no race with a block placed
+/// meanwhile), in this order, before it looks for a duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectRefusal {
+    /// The recipient does not exist.
+    NoRecipient,
+    /// The recipient blocked the sender.
+    Blocked,
+    /// `require_friendship` is set and they are not friends.
+    NotFriends,
+}
+
+/// What a direct message's write reads about its recipient.
+#[derive(Debug, Clone, Copy)]
+pub struct RecipientFacts {
+    pub exists: bool,
+    /// The recipient blocked the sender.
+    pub blocked: bool,
+    pub friends: bool,
+}
+
+impl DirectRefusal {
+    /// The refusal, if any, of a message to a recipient with these facts.
+    pub fn of(facts: RecipientFacts, require_friendship: bool) -> Option<Self> {
+        if !facts.exists {
+            Some(DirectRefusal::NoRecipient)
+        } else if facts.blocked {
+            Some(DirectRefusal::Blocked)
+        } else if require_friendship && !facts.friends {
+            Some(DirectRefusal::NotFriends)
+        } else {
+            None
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -244,6 +285,8 @@ pub enum AppendOutcome {
         events: Vec<StoredEvent>,
     },
     Duplicate(StoredMessage),
+    /// A direct message the write refused; nothing was written.
+    Refused(DirectRefusal),
 }
 
 /// An event to append that carries its own JSON data.

@@ -98,6 +98,7 @@ impl Core {
             client_msg_id,
             created_at: now,
             hook,
+            require_friendship: false,
         };
         let outcome = self
             .stored_in_turn(&mut turn, self.store.append_group_message(message))
@@ -135,6 +136,9 @@ impl Core {
                 Ok(crate::messaging::sent(message, seq))
             }
             AppendOutcome::Duplicate(original) => self.resent(&auth.user_id, original).await,
+            AppendOutcome::Refused(_) => Err(CoreError::Internal(
+                "a group message was refused as a direct one".into(),
+            )),
         }
     }
 

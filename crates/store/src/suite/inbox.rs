@@ -203,3 +203,66 @@ pub async fn reads_and_recalls(store: Arc<dyn Store>) {
     let recalled = store.message(&id).await.unwrap();
     assert!(recalled.and_then(|m| m.recalled_at).is_some());
 }
+
+/// A direct message to a user who does not exist, who blocked the sender,
+/// or (when friendship is required) who is not a friend is refused by the
+/// write itself, and nothing is written.
+pub async fn direct_refusals_are_checked_in_the_write(store: Arc<dyn Store>) {
+    let store = &*store;
+    let (a, b) = (user(store, "ra").await, user(store, "rb").await);
+    let refused = |out: AppendOutcome| match out {
+        AppendOutcome::Refused(r) => Some(r),
+        _ => None,
+    };
+    let nobody = uid("nobody");
+    let out = store
+        .append_message(message("r1", &a, &nobody, None), vec![a.clone(), nobody])
+        .await
+        .unwrap();
+    assert_eq!(refused(out), Some(DirectRefusal::NoRecipient));
+
+    let strict = |id: &str| NewMessage {
+        require_friendship: true,
+        ..message(id, &a, &b, None)
+    };
+    let out = store
+        .append_message(strict("r2"), vec![a.clone(), b.clone()])
+        .await
+        .unwrap();
+    assert_eq!(refused(out), Some(DirectRefusal::NotFriends));
+
+    // A block by the recipient refuses; one by the sender does not stop
+    // the sender's own message.
+    store
+        .set_block(&a, &b, BlockChange::Block, now(), Effects::default())
+        .await
+        .unwrap();
+    let out = store
+        .append_message(message("r3", &a, &b, None), vec![a.clone(), b.clone()])
+        .await
+        .unwrap();
+    assert!(matches!(out, AppendOutcome::Created { .. }));
+    store
+        .set_block(&b, &a, BlockChange::Block, now(), Effects::default())
+        .await
+        .unwrap();
+    let out = store
+        .append_message(
+            message("r4", &a, &b, Some("c4")),
+            vec![a.clone(), b.clone()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused(out), Some(DirectRefusal::Blocked));
+    for id in ["r1", "r2", "r4"] {
+        let id = MessageId::parse(id).unwrap();
+        assert_eq!(
+            store.message_seq(&a, &id).await.unwrap(),
+            None,
+            "{id:?} was written"
+        );
+    }
+    // Only r3 reached either inbox.
+    assert_eq!(store.last_seq(&a).await.unwrap(), Seq(1));
+    assert_eq!(store.last_seq(&b).await.unwrap(), Seq(1));
+}

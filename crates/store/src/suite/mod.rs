@@ -41,10 +41,10 @@ use unimsg_proto::{
 };
 
 use crate::{
-    Admin, Answer, AppendOutcome, AudiencePart, AuditDraft, AuditQuery, BlockChange, Effects,
-    EventBody, EventDraft, FriendshipChange, GroupEdit, NewGroup, NewMessage, NewNotification,
-    NewRefreshToken, NewSession, NewUser, RefreshOutcome, RequestDirection, Revocation, Sealed,
-    Store, StoreError, TokenHash, UserUpdate,
+    Admin, Answer, AppendOutcome, AudiencePart, AuditDraft, AuditQuery, BlockChange, DirectRefusal,
+    Effects, EventBody, EventDraft, FriendshipChange, GroupEdit, NewGroup, NewMessage,
+    NewNotification, NewRefreshToken, NewSession, NewUser, RefreshOutcome, RequestDirection,
+    Revocation, Sealed, Store, StoreError, TokenHash, UserUpdate,
 };
 
 fn uid(s: &str) -> UserId {
@@ -90,6 +90,7 @@ fn message(id: &str, from: &UserId, to: &UserId, cmid: Option<&str>) -> NewMessa
         client_msg_id: cmid.map(str::to_owned),
         created_at: now(),
         hook: None,
+        require_friendship: false,
     }
 }
 
@@ -199,7 +200,8 @@ macro_rules! backend_suite {
         $crate::backend_suite!(@checks $fresh;
             users, unknown_users, import_and_update,
             sessions, disabled_users_sessions,
-            inbox, concurrent_appends_are_gap_free, reads_and_recalls,
+            inbox, direct_refusals_are_checked_in_the_write, concurrent_appends_are_gap_free,
+            reads_and_recalls,
             data_keys, admins, notifications, broadcasts_merge_into_every_inbox, audit_chain,
             relationships, groups,
             webhook_endpoints, outbox_fan_out_and_claims, outbox_retries_replays_and_pruning,
