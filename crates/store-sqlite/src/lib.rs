@@ -420,7 +420,7 @@ fn open_connection(path: &Path, read_only: bool, durability: Durability) -> Resu
     } else {
         format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000; \
-             PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;"
+             PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON; PRAGMA temp_store = MEMORY;"
         )
     };
     conn.execute_batch(&pragmas).map_err(db)?;
