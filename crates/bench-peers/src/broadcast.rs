@@ -196,6 +196,9 @@ pub(crate) async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
         Peer::Ejabberd => bail!(
             "broadcast is not implemented for ejabberd: XMPP has no plain one-to-N publish (it would take MUC or PubSub)"
         ),
+        Peer::RedisStreams => bail!(
+            "broadcast is not implemented for redis-streams: it is the durable peer of `direct` only"
+        ),
     };
     eprintln!(
         "broadcast: opening {n} connections to {} (run {run})",
@@ -221,7 +224,9 @@ pub(crate) async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
                     conn.subscribe(topic_ref, QoS::AtMostOnce).await?;
                     Sub::Mqtt(Box::new(conn))
                 }
-                Peer::Ejabberd => bail!("unreachable: ejabberd was refused above"),
+                Peer::Ejabberd | Peer::RedisStreams => {
+                    bail!("unreachable: {} was refused above", peer.as_str())
+                }
             })
         },
     )

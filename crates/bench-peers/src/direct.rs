@@ -16,6 +16,10 @@
 //!   extensions, so the window is end to end: a sender keeps at most
 //!   `--window` messages sent and not yet received, and "acked" counts
 //!   messages sent.
+//! - redis-streams: the durable peer. Sender i `XADD`s each message to
+//!   receiver i's stream with up to `--window` `XADD`s awaiting their
+//!   reply (the "ack"; with `appendfsync always` Redis answers after the
+//!   fsync); receiver i reads its stream with `XREAD BLOCK`.
 //!
 //! Each message carries its index `i` and send time `t`; each receiver
 //! checks that every index arrives exactly once (duplicates and missing
@@ -37,7 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::fleet::{Incoming, Sub};
-use crate::{Outcome, Peer, PeerCtx, mqtt, xmpp};
+use crate::{Outcome, Peer, PeerCtx, mqtt, redis_streams, xmpp};
 use unimsg_bench::engine::direct::{self as engine, Delivery, Received, ReceivedAll, watch};
 use unimsg_bench::engine::idle::merge;
 use unimsg_bench::fanout::server_usage;
@@ -119,8 +123,18 @@ impl Sending {
 
 /// A sender's open session.
 enum Sender {
-    Mqtt { conn: mqtt::Conn, topic: String },
-    Xmpp { conn: xmpp::Conn, to: String },
+    Mqtt {
+        conn: mqtt::Conn,
+        topic: String,
+    },
+    Xmpp {
+        conn: xmpp::Conn,
+        to: String,
+    },
+    Redis {
+        conn: redis::aio::MultiplexedConnection,
+        key: String,
+    },
 }
 
 pub(crate) async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
@@ -128,8 +142,9 @@ pub(crate) async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
     let transport = match peer {
         Peer::Mosquitto => "mqtt-qos1",
         Peer::Ejabberd => "xmpp",
+        Peer::RedisStreams => "redis-streams-xadd",
         Peer::Nchan | Peer::Soketi => bail!(
-            "direct is implemented for mosquitto and ejabberd: {} has no one-to-one delivery with acknowledgement or storage",
+            "direct is implemented for mosquitto, ejabberd and redis-streams: {} has no one-to-one delivery with acknowledgement or storage",
             peer.as_str()
         ),
     };
@@ -173,6 +188,15 @@ pub(crate) async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
                 conn.subscribe(&topic(&run, i), QoS::AtLeastOnce).await?;
                 Sub::Mqtt(Box::new(conn))
             }
+            Peer::RedisStreams => {
+                let conn = redis_streams::connect(&ctx.host, ctx.port)
+                    .await
+                    .with_context(|| format!("receiver {i}"))?;
+                Sub::RedisStream(Box::new(redis_streams::Reader::new(
+                    conn,
+                    redis_streams::stream(&run, i),
+                )))
+            }
             _ => Sub::Xmpp(Box::new(
                 xmpp::Conn::login(&ctx.ws_url("/ws"), login(&receiver_names[i]))
                     .await
@@ -204,6 +228,12 @@ pub(crate) async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
                     topic: topic(&run, i),
                 }
             }
+            Peer::RedisStreams => Sender::Redis {
+                conn: redis_streams::connect(&ctx.host, ctx.port)
+                    .await
+                    .with_context(|| format!("sender {i}"))?,
+                key: redis_streams::stream(&run, i),
+            },
             _ => Sender::Xmpp {
                 conn: xmpp::Conn::login(&ctx.ws_url("/ws"), login(name))
                     .await
@@ -229,6 +259,9 @@ pub(crate) async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
         send_tasks.push(match sender {
             Sender::Mqtt { conn, topic } => {
                 tokio::spawn(mqtt_sender(conn, topic, n, window, sending.clone()))
+            }
+            Sender::Redis { conn, key } => {
+                tokio::spawn(redis_sender(conn, key, n, window, sending.clone()))
             }
             Sender::Xmpp { conn, to } => tokio::spawn(xmpp_sender(
                 conn,
@@ -351,6 +384,7 @@ pub(crate) async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
             "transport": transport,
             "ack": match peer {
                 Peer::Mosquitto => "PUBACK",
+                Peer::RedisStreams => "XADD reply (after the AOF fsync: appendfsync always)",
                 _ => "none: the window is end to end",
             },
         },
@@ -498,6 +532,45 @@ async fn mqtt_sender(
     }
     progress.senders_done.fetch_add(1, Ordering::Relaxed);
     conn.close().await;
+    Ok(ack)
+}
+
+/// A Redis Streams sender: up to `window` `XADD`s awaiting their reply
+/// on one multiplexed connection. Returns the reply latencies.
+async fn redis_sender(
+    conn: redis::aio::MultiplexedConnection,
+    key: String,
+    n: u64,
+    window: usize,
+    sending: Sending,
+) -> Result<Latency> {
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesUnordered;
+
+    let progress = &sending.progress;
+    let mut ack = Latency::new()?;
+    let mut in_flight = FuturesUnordered::new();
+    let mut next = 0;
+    loop {
+        while in_flight.len() < window && next < n {
+            let payload = sending.content(next);
+            let (mut conn, key) = (conn.clone(), key.as_str());
+            in_flight.push(async move {
+                let t0 = Instant::now();
+                redis_streams::add(&mut conn, key, &payload)
+                    .await
+                    .map(|()| t0.elapsed())
+            });
+            progress.sent.fetch_add(1, Ordering::Relaxed);
+            next += 1;
+        }
+        let Some(done) = in_flight.next().await else {
+            break;
+        };
+        ack.record(done?);
+        progress.acked.fetch_add(1, Ordering::Relaxed);
+    }
+    progress.senders_done.fetch_add(1, Ordering::Relaxed);
     Ok(ack)
 }
 

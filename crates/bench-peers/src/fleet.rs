@@ -22,7 +22,7 @@ pub(crate) use unimsg_bench::engine::fleet::{Fleet, Incoming, Next, Seen};
 use unimsg_bench::engine::fleet::{Matches, Receiver};
 
 use crate::ws::{Message, Ws};
-use crate::{mqtt, soketi, xmpp};
+use crate::{mqtt, redis_streams, soketi, xmpp};
 
 /// One open, subscribed (or logged-in) connection to a peer.
 #[derive(Debug)]
@@ -31,6 +31,7 @@ pub(crate) enum Sub {
     Pusher(Box<Ws>),
     Mqtt(Box<mqtt::Conn>),
     Xmpp(Box<xmpp::Conn>),
+    RedisStream(Box<redis_streams::Reader>),
 }
 
 impl Sub {
@@ -82,6 +83,7 @@ impl Sub {
                 Some(_) => Some(Incoming::Other),
                 None => None,
             }),
+            Sub::RedisStream(reader) => Ok(Some(Incoming::Payload(reader.next().await?))),
         }
     }
 
@@ -91,7 +93,7 @@ impl Sub {
         match self {
             Sub::Pusher(_) => Some(soketi::PING_EVERY),
             Sub::Mqtt(_) => Some(Duration::from_secs(u64::from(mqtt::KEEP_ALIVE_SECS))),
-            Sub::Nchan(_) | Sub::Xmpp(_) => None,
+            Sub::Nchan(_) | Sub::Xmpp(_) | Sub::RedisStream(_) => None,
         }
     }
 
@@ -100,7 +102,7 @@ impl Sub {
         match self {
             Sub::Pusher(ws) => Ok(ws.send(Message::text(soketi::ping_frame())).await?),
             Sub::Mqtt(conn) => conn.ping().await,
-            Sub::Nchan(_) | Sub::Xmpp(_) => Ok(()),
+            Sub::Nchan(_) | Sub::Xmpp(_) | Sub::RedisStream(_) => Ok(()),
         }
     }
 
@@ -112,6 +114,7 @@ impl Sub {
             }
             Sub::Mqtt(conn) => conn.close().await,
             Sub::Xmpp(conn) => conn.close().await,
+            Sub::RedisStream(_) => {}
         }
     }
 }

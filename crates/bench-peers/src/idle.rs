@@ -53,6 +53,9 @@ pub struct IdleArgs {
 
 pub(crate) async fn run(ctx: &PeerCtx, args: IdleArgs) -> Result<Outcome> {
     let peer = ctx.peer;
+    if peer == Peer::RedisStreams {
+        bail!("idle is not implemented for redis-streams: it is the durable peer of `direct` only");
+    }
     let n = args.connections;
     let per_user = args.conns_per_user;
     if peer == Peer::Ejabberd && per_user > EJABBERD_MAX_SESSIONS {
@@ -205,5 +208,6 @@ async fn open(ctx: &PeerCtx, run: &str, i: u64, group: u64, users: &[String]) ->
                 xmpp::Conn::login(&ctx.ws_url("/ws"), login).await?,
             ))
         }
+        Peer::RedisStreams => bail!("unreachable: redis-streams was refused above"),
     })
 }

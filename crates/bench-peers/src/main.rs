@@ -44,6 +44,7 @@ mod fleet;
 mod idle;
 mod mqtt;
 mod nchan;
+mod redis_streams;
 mod soketi;
 mod ws;
 mod xmpp;
@@ -118,6 +119,9 @@ pub enum Peer {
     Mosquitto,
     /// ejabberd: XMPP over WebSocket (RFC 7395).
     Ejabberd,
+    /// Redis Streams with `appendfsync always`: the durable one-to-one
+    /// peer (`direct` only).
+    RedisStreams,
 }
 
 impl Peer {
@@ -127,6 +131,7 @@ impl Peer {
             Peer::Soketi => "soketi",
             Peer::Mosquitto => "mosquitto",
             Peer::Ejabberd => "ejabberd",
+            Peer::RedisStreams => "redis-streams",
         }
     }
 
@@ -136,6 +141,7 @@ impl Peer {
             Peer::Soketi => 6001,
             Peer::Mosquitto => 8083,
             Peer::Ejabberd => 5280,
+            Peer::RedisStreams => 6390,
         }
     }
 }

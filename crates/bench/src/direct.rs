@@ -11,12 +11,12 @@
 //! - `--transport http` (default): W concurrent `POST /v1/messages` requests
 //!   per sender, sharing one connection pool (W connections per sender).
 //! - `--transport ws`: W pipelined `send` frames on the sender's own
-//!   WebSocket, matched to their `send.ok` by id. The server answers the
-//!   frames of one connection one at a time, so this measures per-connection
-//!   serial throughput; the sender's WebSocket also receives the copy of
-//!   each message in the sender's own inbox (read and dropped).
+//!   WebSocket, matched to their `send.ok` by id. The server keeps up to
+//!   `delivery.ws_send_window` of them in flight (64 by default); the
+//!   sender's WebSocket also receives the copy of each message in the
+//!   sender's own inbox (read and dropped).
 //!
-//! With `--rate R` (HTTP only) the senders are paced to R messages per
+//! With `--rate R` (either transport) the senders are paced to R messages per
 //! second in all: sender i's message k is not sent before
 //! `start + k / (R / S)`, so latency can be measured at a chosen fraction
 //! of the peak rate; the window still caps what is in flight.
@@ -87,8 +87,8 @@ pub struct DirectArgs {
     /// Give every message a `client_msg_id` (the server then checks for duplicates).
     #[arg(long)]
     pub client_msg_ids: bool,
-    /// Pace the senders to this many messages per second in all (HTTP
-    /// only; 0: as fast as the window allows).
+    /// Pace the senders to this many messages per second in all (0: as
+    /// fast as the window allows).
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
     /// Give up waiting for deliveries after this many seconds without progress.
@@ -165,6 +165,12 @@ impl Sending {
         json!({ "text": &*self.pad, "t": nanos_since(self.base), "i": index })
     }
 
+    /// When message `index` of a sender is due, when paced.
+    fn due(&self, index: u64) -> Option<Instant> {
+        self.pace
+            .map(|(start, per_sec)| start + Duration::from_secs_f64(index as f64 / per_sec))
+    }
+
     fn client_msg_id(&self, sender: u64, index: u64) -> Option<String> {
         self.client_msg_ids
             .then(|| format!("{}-{sender}-{index}", self.run))
@@ -220,9 +226,6 @@ pub async fn run(ctx: &Ctx, args: DirectArgs) -> Result<Value> {
         pace: None,
     };
     let window = usize::try_from(args.window)?;
-    if args.rate > 0 && args.transport != Transport::Http {
-        bail!("--rate paces HTTP senders only");
-    }
     let server_before = ctx.server.as_ref().and_then(|p| p.try_sample());
     let bench_before = ctx.bench.try_sample();
     let started = Instant::now();
@@ -479,8 +482,8 @@ async fn http_worker(
         if i >= n {
             return Ok(ack);
         }
-        if let Some((start, per_sec)) = sending.pace {
-            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / per_sec)).await;
+        if let Some(due) = sending.due(i) {
+            tokio::time::sleep_until(due).await;
         }
         let req = SendRequest {
             to: Recipient::User(to.clone()),
@@ -518,7 +521,10 @@ async fn ws_sender(
     let mut in_flight: HashMap<u64, Instant> = HashMap::with_capacity(window);
     let mut next = 0;
     loop {
-        while in_flight.len() < window && next < n {
+        while in_flight.len() < window
+            && next < n
+            && sending.due(next).is_none_or(|due| due <= Instant::now())
+        {
             let frame = ClientFrame::Send {
                 id: Some(next.to_string()),
                 to: Recipient::User(to.clone()),
@@ -533,13 +539,22 @@ async fn ws_sender(
             progress.sent.fetch_add(1, Ordering::Relaxed);
             next += 1;
         }
-        if in_flight.is_empty() {
+        if in_flight.is_empty() && next >= n {
             break;
         }
-        let reply = ws
-            .next_reply()
-            .await
-            .context("sender websocket read failed")?;
+        // Paced: wait for the next message's time or a reply, whichever
+        // comes first (reading is cancel-safe).
+        let due = (next < n && in_flight.len() < window)
+            .then(|| sending.due(next))
+            .flatten();
+        let reply = match due {
+            Some(due) => tokio::select! {
+                reply = ws.next_reply() => reply,
+                () = tokio::time::sleep_until(due) => continue,
+            },
+            None => ws.next_reply().await,
+        }
+        .context("sender websocket read failed")?;
         match reply {
             Some(ReplyFrame::SendOk { id, .. }) => {
                 let Some(t0) = take(&mut in_flight, id.as_deref()) else {
