@@ -645,13 +645,12 @@ impl SigningKey {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seal_binds_the_row_identity() {
+impl Keyring {
+    /// A ring of one fixed data key (id 1), for unit tests.
+    #[allow(clippy::unwrap_used)]
+    pub(crate) fn for_tests() -> Self {
         let key = aead_key(&[7u8; 32]).unwrap();
-        let ring = Keyring {
+        Keyring {
             ring: parking_lot::RwLock::new(Ring {
                 keys: HashMap::from([(1, key)]),
                 order: vec![(1, OffsetDateTime::now_utc())],
@@ -659,7 +658,17 @@ mod tests {
             limits: DataKeyLimits::default(),
             seals: std::sync::atomic::AtomicU64::new(0),
             counted: std::sync::atomic::AtomicU32::new(0),
-        };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_binds_the_row_identity() {
+        let ring = Keyring::for_tests();
         let sealed = ring.seal(b"secret text", b"m1").unwrap();
         assert_ne!(sealed.ciphertext, b"secret text");
         assert_eq!(ring.open(&sealed, b"m1").unwrap(), b"secret text");

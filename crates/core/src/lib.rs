@@ -229,8 +229,8 @@ impl Core {
             return;
         }
         let mut deliveries = Vec::with_capacity(events.len());
-        for event in events {
-            match render::delivery(&self.keyring, event) {
+        for (event, rendered) in events.iter().zip(render::deliveries(&self.keyring, events)) {
+            match rendered {
                 Ok(d) => deliveries.push(Arc::new(d)),
                 Err(error) => tracing::error!(%error, seq = event.seq.0, "cannot render an event"),
             }

@@ -191,6 +191,57 @@ pub(crate) fn delivery(keyring: &Keyring, e: &StoredEvent) -> Result<Delivery> {
     })
 }
 
+/// The live deliveries of stored events, each as [`delivery`] renders it,
+/// except that consecutive copies of one message (a direct message's
+/// sender and recipient) share one rendering of it: its content is opened
+/// and encoded once, and only the envelope with each user's seq is
+/// written per copy. An event that cannot be rendered is an `Err` in its
+/// place.
+pub(crate) fn deliveries(keyring: &Keyring, events: &[StoredEvent]) -> Vec<Result<Delivery>> {
+    let mut shared: Option<(&MessageId, Box<RawValue>)> = None;
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        let EventBody::Message(m) = &e.body else {
+            out.push(delivery(keyring, e));
+            continue;
+        };
+        if shared.as_ref().is_none_or(|(id, _)| *id != &m.message_id) {
+            match message(keyring, m).and_then(|rendered| {
+                serde_json::value::to_raw_value(&rendered)
+                    .map_err(|err| CoreError::Internal(format!("cannot encode: {err}")))
+            }) {
+                Ok(data) => shared = Some((&m.message_id, data)),
+                Err(error) => {
+                    shared = None;
+                    out.push(Err(error));
+                    continue;
+                }
+            }
+        }
+        let Some((_, data)) = &shared else {
+            continue;
+        };
+        let event = EncodedEvent {
+            seq: e.seq,
+            kind: e.kind,
+            ts: e.at,
+            data,
+        };
+        out.push(
+            serde_json::to_vec(&event)
+                .map(|json| Delivery {
+                    user: e.user_id.clone(),
+                    seq: e.seq,
+                    kind: e.kind,
+                    json: Bytes::from(json),
+                    revokes: None,
+                })
+                .map_err(|err| CoreError::Internal(format!("cannot encode: {err}"))),
+        );
+    }
+    out
+}
+
 /// An [`Event`] whose data is already encoded: the same fields, in the
 /// same order and with the same forms, so it serializes byte for byte as
 /// the `Event` would.
@@ -279,5 +330,51 @@ mod tests {
         })
         .unwrap();
         assert_eq!(shared[0].json.as_ref(), single.as_slice());
+    }
+
+    /// The sender's and the recipient's copies of one message, rendered
+    /// once and shared, are each what rendering the event alone gives.
+    #[test]
+    fn copies_of_one_message_share_a_rendering_equal_to_their_own() {
+        let keyring = Keyring::for_tests();
+        let (a, b) = (UserId::parse("ua").unwrap(), UserId::parse("ub").unwrap());
+        let id = MessageId::parse("m1").unwrap();
+        let conversation = ConversationId::direct(&a, &b);
+        let aad = message_aad(&id, &a, &conversation);
+        let content = keyring.seal(br#"{"text":"h\u00e9 \"x\""}"#, &aad).unwrap();
+        let stored = StoredMessage {
+            message_id: id,
+            conversation_id: conversation,
+            conv_seq: 1,
+            sender: a.clone(),
+            recipient: unimsg_proto::api::Recipient::User(b.clone()),
+            kind: "chat".into(),
+            content,
+            client_msg_id: Some("c1".into()),
+            created_at: time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+            recalled_at: None,
+        };
+        let copy = |user: &UserId, seq: u64| StoredEvent {
+            user_id: user.clone(),
+            seq: Seq(seq),
+            kind: EventType::MessageNew,
+            at: stored.created_at,
+            body: EventBody::Message(Box::new(stored.clone())),
+        };
+        let events = [copy(&a, 4), copy(&b, 9)];
+        let shared = deliveries(&keyring, &events);
+        assert_eq!(shared.len(), 2);
+        for (event, rendered) in events.iter().zip(shared) {
+            let rendered = rendered.unwrap();
+            let alone = delivery(&keyring, event).unwrap();
+            assert_eq!(
+                (rendered.user.clone(), rendered.seq),
+                (event.user_id.clone(), event.seq)
+            );
+            let parsed: serde_json::Value = serde_json::from_slice(&rendered.json).unwrap();
+            let expected: serde_json::Value = serde_json::from_slice(&alone.json).unwrap();
+            assert_eq!(parsed, expected);
+            assert_eq!(parsed["data"]["content"]["text"], "hé \"x\"");
+        }
     }
 }
