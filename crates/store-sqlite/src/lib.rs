@@ -545,3 +545,42 @@ impl Store for SqliteStore {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With the planner's stability guarantee on, the hot lookups that go
+    /// through a partial index still use it: their plans do not depend on
+    /// a bound value.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn hot_lookups_keep_their_indexes_under_the_planner_guarantee() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let mut conn = open_connection(&path, false, Durability::Full).unwrap();
+        schema::migrate(&mut conn).unwrap();
+        assert!(
+            conn.db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG)
+                .unwrap()
+        );
+        let plan = |sql: &str| -> String {
+            let mut stmt = conn
+                .prepare_cached(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap();
+            let rows = stmt
+                .query_map(["a", "b"], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .unwrap();
+            rows.join("; ")
+        };
+        let dedup =
+            plan("SELECT message_id FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2");
+        assert!(dedup.contains("messages_idempotency"), "{dedup}");
+        let due = plan(
+            "SELECT event_seq FROM hook_deliveries WHERE webhook_id = ?1 AND state = 'pending' AND next_at <= ?2",
+        );
+        assert!(due.contains("hook_deliveries_due"), "{due}");
+    }
+}
