@@ -191,12 +191,13 @@ pub(crate) fn delivery(keyring: &Keyring, e: &StoredEvent) -> Result<Delivery> {
     })
 }
 
-/// The live deliveries of stored events, each as [`delivery`] renders it,
-/// except that consecutive copies of one message (a direct message's
-/// sender and recipient) share one rendering of it: its content is opened
-/// and encoded once, and only the envelope with each user's seq is
-/// written per copy. An event that cannot be rendered is an `Err` in its
-/// place.
+/// The live deliveries of stored events, each the same JSON as
+/// [`delivery`] renders (a message's fields in the struct's order rather
+/// than sorted), except that consecutive copies of one message (a direct
+/// message's sender and recipient) share one rendering of it: its content
+/// is opened and encoded once, and only the envelope with each user's seq
+/// is written per copy. An event that cannot be rendered is an `Err` in
+/// its place, so the result has one entry per event.
 pub(crate) fn deliveries(keyring: &Keyring, events: &[StoredEvent]) -> Vec<Result<Delivery>> {
     let mut shared: Option<(&MessageId, Box<RawValue>)> = None;
     let mut out = Vec::with_capacity(events.len());
@@ -219,6 +220,9 @@ pub(crate) fn deliveries(keyring: &Keyring, events: &[StoredEvent]) -> Vec<Resul
             }
         }
         let Some((_, data)) = &shared else {
+            out.push(Err(CoreError::Internal(
+                "no rendering of the message".into(),
+            )));
             continue;
         };
         let event = EncodedEvent {

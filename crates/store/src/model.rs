@@ -227,8 +227,11 @@ pub struct NewMessage {
 }
 
 /// Why a direct message was not written. The write checks these in its
-/// own transaction (no read before it, no race with a block placed
-/// meanwhile), in this order, before it looks for a duplicate.
+/// own transaction, in this order, before it looks for a duplicate. On
+/// SQLite the one writer makes the check and the write one step, so a
+/// block committed meanwhile cannot slip between them; on PostgreSQL the
+/// check runs at READ COMMITTED before the send's row locks, as the read
+/// before the write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DirectRefusal {
     /// The recipient does not exist.

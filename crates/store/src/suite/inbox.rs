@@ -242,10 +242,28 @@ pub async fn direct_refusals_are_checked_in_the_write(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert!(matches!(out, AppendOutcome::Created { .. }));
+    let out = store
+        .append_message(
+            message("r5", &a, &b, Some("c5")),
+            vec![a.clone(), b.clone()],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(out, AppendOutcome::Created { .. }));
     store
         .set_block(&b, &a, BlockChange::Block, now(), Effects::default())
         .await
         .unwrap();
+    // The refusal comes before the duplicate check: a retry of a message
+    // sent before the block is refused too.
+    let out = store
+        .append_message(
+            message("r6", &a, &b, Some("c5")),
+            vec![a.clone(), b.clone()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused(out), Some(DirectRefusal::Blocked));
     let out = store
         .append_message(
             message("r4", &a, &b, Some("c4")),
@@ -254,7 +272,7 @@ pub async fn direct_refusals_are_checked_in_the_write(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(refused(out), Some(DirectRefusal::Blocked));
-    for id in ["r1", "r2", "r4"] {
+    for id in ["r1", "r2", "r4", "r6"] {
         let id = MessageId::parse(id).unwrap();
         assert_eq!(
             store.message_seq(&a, &id).await.unwrap(),
@@ -262,7 +280,7 @@ pub async fn direct_refusals_are_checked_in_the_write(store: Arc<dyn Store>) {
             "{id:?} was written"
         );
     }
-    // Only r3 reached either inbox.
-    assert_eq!(store.last_seq(&a).await.unwrap(), Seq(1));
-    assert_eq!(store.last_seq(&b).await.unwrap(), Seq(1));
+    // Only r3 and r5 reached either inbox.
+    assert_eq!(store.last_seq(&a).await.unwrap(), Seq(2));
+    assert_eq!(store.last_seq(&b).await.unwrap(), Seq(2));
 }
