@@ -180,12 +180,7 @@ async fn connections_over_the_cap_are_closed_and_healthz_answers_once_they_go() 
     }
     drop(held);
     healthz_eventually(&server).await;
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&server).await;
     // The three above, and any attempt of `healthz_eventually` that came
     // before a place was free.
     let refused: u64 = metrics

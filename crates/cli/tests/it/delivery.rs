@@ -122,12 +122,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_counted() {
         // The reading connection keeps up and is never dropped.
         assert_eq!(ws_event(&mut reader).await.seq.0, i + 1);
         if i % 16 == 15 {
-            let text = reqwest::get(format!("{}/metrics", server.base))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = metrics_text(&server).await;
             if text.contains("unimsg_hub_slow_consumer_disconnects 1") {
                 counted = true;
                 break;

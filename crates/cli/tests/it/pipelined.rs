@@ -19,14 +19,31 @@ fn numbered(to: &Recipient, i: usize) -> SendRequest {
     }
 }
 
-#[tokio::test]
-async fn pipelined_sends_keep_their_order_in_every_inbox() {
-    const N: usize = 300;
-    let server = TestServer::start_with(&[
+/// Message `i` as a `send` frame with frame id `id`.
+fn numbered_frame(to: &Recipient, i: usize, id: String) -> ClientFrame {
+    let req = numbered(to, i);
+    ClientFrame::Send {
+        id: Some(id),
+        to: req.to,
+        kind: req.kind,
+        content: req.content,
+        client_msg_id: req.client_msg_id,
+    }
+}
+
+/// A server with a window of 64 sends per socket and room for many sends.
+async fn pipelining_server() -> TestServer {
+    TestServer::start_with(&[
         ("UNIMSG_LIMITS__SEND_PER_MINUTE", "100000"),
         ("UNIMSG_DELIVERY__WS_SEND_WINDOW", "64"),
     ])
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn pipelined_sends_keep_their_order_in_every_inbox() {
+    const N: usize = 300;
+    let server = pipelining_server().await;
     let client = server.client();
     let alice = user(&client, "alice").await;
     let bob = user(&client, "bob").await;
@@ -84,16 +101,9 @@ async fn pipelined_answers_carry_the_frame_id_and_client_msg_id_and_a_refusal_ke
     let nobody = Recipient::User(unimsg_client::proto::UserId::parse("nobody-here").unwrap());
     // Frames written back to back; the middle one is refused.
     for (i, to) in [(0, &to_bob), (1, &nobody), (2, &to_bob)] {
-        let req = numbered(to, i);
-        ws.send_frame(&ClientFrame::Send {
-            id: Some(format!("f{i}")),
-            to: req.to,
-            kind: req.kind,
-            content: req.content,
-            client_msg_id: req.client_msg_id,
-        })
-        .await
-        .unwrap();
+        ws.send_frame(&numbered_frame(to, i, format!("f{i}")))
+            .await
+            .unwrap();
     }
     let mut answered = Vec::new();
     while answered.len() < 3 {
@@ -128,11 +138,7 @@ async fn pipelined_answers_carry_the_frame_id_and_client_msg_id_and_a_refusal_ke
 #[tokio::test]
 async fn a_frame_that_reads_the_store_behind_a_full_window_of_sends_is_answered() {
     const N: usize = 60;
-    let server = TestServer::start_with(&[
-        ("UNIMSG_LIMITS__SEND_PER_MINUTE", "100000"),
-        ("UNIMSG_DELIVERY__WS_SEND_WINDOW", "64"),
-    ])
-    .await;
+    let server = pipelining_server().await;
     let client = server.client();
     let alice = user(&client, "alice").await;
     let bob = user(&client, "bob").await;
@@ -140,16 +146,10 @@ async fn a_frame_that_reads_the_store_behind_a_full_window_of_sends_is_answered(
     let to_bob = Recipient::User(bob.id.clone());
     for round in 0..3 {
         for i in 0..N {
-            let req = numbered(&to_bob, round * N + i);
-            ws.send_frame(&ClientFrame::Send {
-                id: Some(format!("s{}", round * N + i)),
-                to: req.to,
-                kind: req.kind,
-                content: req.content,
-                client_msg_id: req.client_msg_id,
-            })
-            .await
-            .unwrap();
+            let k = round * N + i;
+            ws.send_frame(&numbered_frame(&to_bob, k, format!("s{k}")))
+                .await
+                .unwrap();
         }
         // Re-authentication reads the session from the store.
         ws.send_frame(&ClientFrame::Auth {

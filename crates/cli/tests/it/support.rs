@@ -135,16 +135,22 @@ pub(crate) fn message_texts(events: &[Event]) -> Vec<String> {
         .collect()
 }
 
-/// The value of a counter line of `/metrics` that starts with
-/// `line_start` (0 when absent).
-pub(crate) async fn counter(server: &TestServer, line_start: &str) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", server.base))
+/// The text of the server's `/metrics`.
+pub(crate) async fn metrics_text(server: &TestServer) -> String {
+    reqwest::get(format!("{}/metrics", server.base))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    text.lines()
+        .unwrap()
+}
+
+/// The value of a counter line of `/metrics` that starts with
+/// `line_start` (0 when absent).
+pub(crate) async fn counter(server: &TestServer, line_start: &str) -> u64 {
+    metrics_text(server)
+        .await
+        .lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok())
