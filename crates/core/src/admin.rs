@@ -604,6 +604,9 @@ impl Core {
             status,
         };
         let user = self.store.update_user(id, update, hooks).await?;
+        if status.is_some() || password_changed {
+            self.sessions.invalidate();
+        }
         if hooked {
             self.wake_dispatcher();
         }
@@ -637,6 +640,7 @@ impl Core {
             .collect();
         let hooked = !hooks.is_empty();
         self.store.delete_user(id, hooks).await?;
+        self.sessions.invalidate();
         if hooked {
             self.wake_dispatcher();
         }

@@ -742,14 +742,24 @@ impl Core {
         };
         // The signature is checked once per token; the session (with its
         // user's status, in the same read) is checked on every use, so a
-        // revocation or a disabled account takes effect at once.
-        match self.store.session(&session_id).await? {
-            Some(s) if s.is_active() && s.user_id == user_id => Ok(AuthContext {
-                user_id,
-                session_id,
-                platform,
-                expires_at,
-            }),
+        // revocation or a disabled account takes effect at once. On a
+        // single node the check is a lookup of sessions read as active,
+        // which every such change empties ([`crate::sessions`]).
+        let context = AuthContext {
+            user_id,
+            session_id,
+            platform,
+            expires_at,
+        };
+        if self.sessions.active(&context.session_id).as_ref() == Some(&context.user_id) {
+            return Ok(context);
+        }
+        let epoch = self.sessions.epoch();
+        match self.store.session(&context.session_id).await? {
+            Some(s) if s.is_active() && s.user_id == context.user_id => {
+                self.sessions.insert(s.session_id, s.user_id, epoch);
+                Ok(context)
+            }
             _ => {
                 // A token that verifies, of a session revoked since.
                 metrics::counter!("unimsg_revoked_token_use_total").increment(1);
@@ -783,11 +793,17 @@ impl Core {
 
     /// Whether a session is still active (for connections to re-check after subscribing).
     pub async fn session_active(&self, session: &SessionId) -> Result<bool> {
-        Ok(self
-            .store
-            .session(session)
-            .await?
-            .is_some_and(|s| s.is_active()))
+        if self.sessions.active(session).is_some() {
+            return Ok(true);
+        }
+        let epoch = self.sessions.epoch();
+        match self.store.session(session).await? {
+            Some(s) if s.is_active() => {
+                self.sessions.insert(s.session_id, s.user_id, epoch);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// `GET /v1/me`

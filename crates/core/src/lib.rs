@@ -26,6 +26,7 @@ pub mod password;
 pub mod qr;
 mod render;
 pub mod replay;
+mod sessions;
 pub mod signing;
 pub mod stream;
 /// The test suite every nonce store, rate limiter and ticket store must
@@ -75,6 +76,7 @@ pub struct Core {
     pub(crate) verified: admin::VerifiedSecrets,
     pub(crate) key_touches: admins::KeyTouches,
     pub(crate) tokens: auth::VerifiedTokens,
+    pub(crate) sessions: sessions::SessionCache,
     pub(crate) refusals: audit::Refusals,
     pub(crate) audit_key: Arc<audit::AuditKey>,
     pub(crate) audit_chain: unimsg_store::ChainFn,
@@ -124,6 +126,9 @@ pub struct CoreParts {
     pub qr: Arc<dyn QrTickets>,
     /// Makes webhook and before-send requests (`unimsg-hooks`).
     pub transport: Option<Arc<dyn hooks::HookTransport>>,
+    /// Whether this node is the store's only server (no cluster bus): only
+    /// then are active sessions cached ([`sessions`]).
+    pub sessions_cached: bool,
     pub config: CoreConfig,
 }
 
@@ -149,6 +154,7 @@ impl Core {
             verified: admin::VerifiedSecrets::default(),
             key_touches: admins::KeyTouches::default(),
             tokens: auth::VerifiedTokens::default(),
+            sessions: sessions::SessionCache::new(parts.sessions_cached),
             refusals: audit::Refusals::default(),
             audit_chain: audit::chain_fn(audit_key.clone()),
             audit_key,
@@ -227,6 +233,14 @@ impl Core {
     pub(crate) async fn publish(&self, events: &[StoredEvent]) {
         if events.is_empty() {
             return;
+        }
+        // Before any connection hears of a revocation: one that re-checks
+        // its session after hearing nothing must read the store.
+        if events
+            .iter()
+            .any(|e| e.kind == unimsg_proto::EventType::SessionRevoked)
+        {
+            self.sessions.invalidate();
         }
         let mut deliveries = Vec::with_capacity(events.len());
         for (event, rendered) in events.iter().zip(render::deliveries(&self.keyring, events)) {

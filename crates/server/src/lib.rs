@@ -173,6 +173,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
         limits: Arc::new(MemoryLimits::new(config.limits.clone())),
         qr: Arc::new(MemoryTickets::default()),
         transport: Some(Arc::new(transport.clone())),
+        sessions_cached: config.bus.url.is_empty(),
         config: config.core(),
     };
     let cluster = if config.bus.url.is_empty() {

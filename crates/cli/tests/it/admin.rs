@@ -785,3 +785,39 @@ async fn an_exported_audit_head_shows_that_the_newest_entries_were_removed() {
         "{stderr}"
     );
 }
+
+/// A token that was just accepted (so its session is in the node's cache
+/// of active sessions) is refused on the very next request once an admin
+/// disables its user, gives them a new password or deletes them.
+#[tokio::test]
+async fn a_token_in_use_is_refused_at_once_after_each_admin_change_that_ends_it() {
+    let server = TestServer::start().await;
+    let root = AdminApi::root(&server);
+    let client = server.client();
+    let changes = [
+        (
+            "disabled",
+            Method::PATCH,
+            Some(json!({"status": "disabled"})),
+        ),
+        (
+            "new password",
+            Method::PATCH,
+            Some(json!({"password": "a brand new password"})),
+        ),
+        ("deleted", Method::DELETE, None),
+    ];
+    for (i, (what, method, body)) in changes.into_iter().enumerate() {
+        let u = user(&client, &format!("user{i}")).await;
+        u.api.me().await.expect("the token works before");
+        let (status, answer) = root
+            .call(method, &format!("/v1/admin/users/{}", u.id), body)
+            .await;
+        assert!(status.is_success(), "{what}: {status} {answer}");
+        assert_eq!(
+            u.api.me().await.err().and_then(|e| e.status()),
+            Some(401),
+            "{what}: refused at once"
+        );
+    }
+}
