@@ -26,6 +26,7 @@ use unimsg_store::{
 
 use crate::Core;
 use crate::auth::ClientInfo;
+use crate::bus::BroadcastNote;
 use crate::error::{CoreError, Result};
 use crate::limits::Realm;
 
@@ -842,9 +843,27 @@ impl Core {
             created_at: broadcast.created_at,
         };
         let broadcast_seq = self.store.append_broadcast(broadcast).await?;
-        self.place_broadcast(broadcast_seq, &placed).await;
-        if let Err(error) = self.bus.broadcast().await {
-            tracing::warn!(%error, "live broadcast failed; clients will catch up by sync");
+        let rendered = crate::render::notification(&self.keyring, &placed).and_then(|data| {
+            serde_json::value::to_raw_value(&data)
+                .map_err(|e| CoreError::Internal(format!("cannot encode a broadcast: {e}")))
+        });
+        match rendered {
+            Ok(data) => {
+                let note = BroadcastNote {
+                    bseq: broadcast_seq,
+                    at: placed.created_at,
+                    data,
+                };
+                self.place_broadcast(&note).await;
+                if let Err(error) = self.bus.broadcast(&note).await {
+                    tracing::warn!(%error, "live broadcast failed; clients will catch up by sync");
+                }
+            }
+            Err(error) => {
+                // Committed all the same: every stream reads it.
+                tracing::error!(%error, "cannot render a broadcast; connections read it from the store");
+                self.hub.broadcast();
+            }
         }
         metrics::counter!("unimsg_broadcasts_total").increment(1);
         Ok(BroadcastResponse {
@@ -853,33 +872,48 @@ impl Core {
         })
     }
 
-    /// Hands committed broadcast `bseq` to this node's connections with
-    /// each user's seq already known: one store read places it for every
-    /// online user, and its data is opened and rendered once. A connection
-    /// whose user was not placed (it opened meanwhile) reads its own stream
-    /// from the store instead, as every connection does if this fails.
-    async fn place_broadcast(&self, bseq: u64, broadcast: &StoredNotification) {
+    /// Hands a committed broadcast to this node's connections with each
+    /// user's seq already known: one store read places it for every online
+    /// user, and its data was rendered once, on the node that committed
+    /// it. A connection whose user was not placed (it opened meanwhile)
+    /// reads its own stream from the store instead, as every connection
+    /// does if this fails.
+    async fn place_broadcast(&self, note: &BroadcastNote) {
         let users = self.hub.online_users();
         if users.is_empty() {
             return;
         }
         let placed = async {
-            let positions = self.store.broadcast_positions(bseq, users).await?;
-            let data = crate::render::notification(&self.keyring, broadcast)?;
+            let positions = self.store.broadcast_positions(note.bseq, users).await?;
             crate::render::shared_deliveries(
                 EventType::BroadcastNew,
-                broadcast.created_at,
-                &data,
+                note.at,
+                &note.data,
                 positions,
             )
         }
         .await;
         match placed {
-            Ok(deliveries) => self.hub.broadcast_placed(&deliveries),
+            Ok(deliveries) => {
+                metrics::counter!("unimsg_broadcasts_placed_total").increment(1);
+                self.hub.broadcast_placed(&deliveries);
+            }
             Err(error) => {
                 tracing::warn!(%error, "cannot place a broadcast; connections read it from the store");
                 self.hub.broadcast();
             }
+        }
+    }
+
+    /// Places the broadcasts other nodes committed (handed over by the
+    /// bus through [`crate::hub::Hub::remote_broadcast`]) in this node's
+    /// streams, one at a time, until the hub's sender is gone.
+    pub async fn place_remote_broadcasts(
+        self: std::sync::Arc<Self>,
+        mut notes: tokio::sync::mpsc::Receiver<BroadcastNote>,
+    ) {
+        while let Some(note) = notes.recv().await {
+            self.place_broadcast(&note).await;
         }
     }
 

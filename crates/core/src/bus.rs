@@ -27,9 +27,10 @@ pub trait Bus: Send + Sync {
     /// recovered by sync, never lost.
     async fn publish(&self, deliveries: Vec<Arc<Delivery>>) -> Result<(), BusError>;
 
-    /// Tells the connections of every other node that a broadcast was
-    /// committed (this node's got it already, placed in their streams).
-    async fn broadcast(&self) -> Result<(), BusError>;
+    /// Tells every other node that a broadcast was committed (this node's
+    /// connections got it already, placed in their streams), with what
+    /// each node needs to place it in its own connections' streams.
+    async fn broadcast(&self, note: &BroadcastNote) -> Result<(), BusError>;
 
     /// A connection of `user` on `platform` opened on this node: from now
     /// on the user's events must reach this node. Resolves once they do,
@@ -49,6 +50,17 @@ pub trait Bus: Send + Sync {
     /// Where each user is connected, over all nodes: their live platforms,
     /// sorted and without repeats (empty when offline), in input order.
     async fn presence(&self, users: &[UserId]) -> Result<Vec<Vec<Platform>>, BusError>;
+}
+
+/// A committed broadcast as it travels between nodes: its position in the
+/// broadcast stream, its time and its rendered data (the same for every
+/// user; only the seq differs), so the node that receives it places it
+/// with one store read ([`crate::Core::place_remote_broadcasts`]).
+#[derive(Debug, Clone)]
+pub struct BroadcastNote {
+    pub bseq: u64,
+    pub at: time::OffsetDateTime,
+    pub data: Box<serde_json::value::RawValue>,
 }
 
 /// Whether a connection opening or closing changed its user's presence
@@ -92,7 +104,7 @@ impl Bus for LocalBus {
         Ok(())
     }
 
-    async fn broadcast(&self) -> Result<(), BusError> {
+    async fn broadcast(&self, _note: &BroadcastNote) -> Result<(), BusError> {
         // There is no other node.
         Ok(())
     }

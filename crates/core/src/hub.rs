@@ -224,6 +224,9 @@ pub struct Hub {
     shutdown: CancellationToken,
     /// Woken whenever the last connection goes away.
     idle: tokio::sync::Notify,
+    /// Where broadcasts committed on other nodes go to be placed
+    /// ([`Hub::place_remote_broadcasts_with`]).
+    placer: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::bus::BroadcastNote>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -245,7 +248,31 @@ impl Hub {
             connections: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
             idle: tokio::sync::Notify::new(),
+            placer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// From now on, broadcasts committed on other nodes are sent to `tx`
+    /// to be placed in the local streams (by
+    /// [`crate::Core::place_remote_broadcasts`]). Only the first call counts.
+    pub fn place_remote_broadcasts_with(
+        &self,
+        tx: tokio::sync::mpsc::Sender<crate::bus::BroadcastNote>,
+    ) {
+        let _ = self.placer.set(tx);
+    }
+
+    /// A broadcast committed on another node: placed if a placer is set
+    /// and keeps up, else every local connection reads its stream
+    /// ([`Self::broadcast`]). Never waits.
+    pub fn remote_broadcast(&self, note: crate::bus::BroadcastNote) {
+        let handed = self
+            .placer
+            .get()
+            .is_some_and(|tx| tx.try_send(note).is_ok());
+        if !handed {
+            self.broadcast();
+        }
     }
 
     fn shard(&self, user: &UserId) -> &RwLock<HashMap<UserId, Vec<Registration>>> {

@@ -256,6 +256,7 @@ impl InboxStream {
         let d = match item {
             Outbound::Event(d) => d,
             Outbound::Broadcast => {
+                metrics::counter!("unimsg_broadcast_stream_reads_total").increment(1);
                 let mut out = Vec::new();
                 loop {
                     let page = self.fetch(PAGE).await?;

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use unimsg_core::bus::{Bus, BusError, Departure, PresenceChange};
+use unimsg_core::bus::{BroadcastNote, Bus, BusError, Departure, PresenceChange};
 use unimsg_core::hub::Delivery;
 use unimsg_proto::{EventType, Platform, Seq, SessionId, UserId};
 
@@ -41,9 +41,16 @@ struct Envelope<'a> {
     e: &'a RawValue,
 }
 
+/// A broadcast committed on node `o` (`bus::BroadcastNote`): its bseq,
+/// its time in unix nanoseconds and its rendered data.
 #[derive(Serialize, Deserialize)]
-struct Origin<'a> {
+struct BroadcastEnvelope<'a> {
+    #[serde(borrow)]
     o: &'a str,
+    b: u64,
+    t: i64,
+    #[serde(borrow)]
+    d: &'a RawValue,
 }
 
 fn bus_error(e: impl std::fmt::Display) -> BusError {
@@ -101,10 +108,24 @@ pub(crate) fn on_event(cluster: &Cluster, user: &str, payload: &[u8]) {
     }));
 }
 
+/// A broadcast another node committed: placed in the local streams, or,
+/// if the message cannot be read, announced to every local connection so
+/// that each reads its stream.
 pub(crate) fn on_broadcast(cluster: &Cluster, payload: &[u8]) {
-    match serde_json::from_slice::<Origin<'_>>(payload) {
-        Ok(origin) if origin.o == cluster.node_id() => {}
-        _ => cluster.hub.broadcast(),
+    let Ok(env) = serde_json::from_slice::<BroadcastEnvelope<'_>>(payload) else {
+        cluster.hub.broadcast();
+        return;
+    };
+    if env.o == cluster.node_id() {
+        return;
+    }
+    match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(env.t)) {
+        Ok(at) => cluster.hub.remote_broadcast(BroadcastNote {
+            bseq: env.b,
+            at,
+            data: env.d.to_owned(),
+        }),
+        Err(_) => cluster.hub.broadcast(),
     }
 }
 
@@ -124,9 +145,12 @@ impl Bus for RedisBus {
         Ok(())
     }
 
-    async fn broadcast(&self) -> Result<(), BusError> {
-        let payload = serde_json::to_vec(&Origin {
+    async fn broadcast(&self, note: &BroadcastNote) -> Result<(), BusError> {
+        let payload = serde_json::to_vec(&BroadcastEnvelope {
             o: self.cluster.node_id(),
+            b: note.bseq,
+            t: i64::try_from(note.at.unix_timestamp_nanos()).map_err(bus_error)?,
+            d: &note.data,
         })
         .map_err(bus_error)?;
         let mut conn = self.cluster.conn();

@@ -41,6 +41,10 @@ pub use tls::TlsFiles;
 /// wait for `listening on http://ADDR`.
 const LIFECYCLE: &str = "unimsg::lifecycle";
 
+/// Broadcasts from other nodes waiting to be placed; past it, the local
+/// connections read their streams instead (`Hub::remote_broadcast`).
+const REMOTE_BROADCASTS_QUEUED: usize = 64;
+
 /// The environment variable with the first start's password of `admin`.
 pub const ADMIN_PASSWORD_ENV: &str = "UNIMSG_ADMIN_PASSWORD";
 
@@ -211,6 +215,13 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
         Some(cluster)
     };
     let core = Arc::new(Core::new(parts));
+    if cluster.is_some() {
+        // Broadcasts committed on other nodes are placed here with one
+        // store read, rather than read by every connection.
+        let (tx, rx) = tokio::sync::mpsc::channel(REMOTE_BROADCASTS_QUEUED);
+        core.hub().place_remote_broadcasts_with(tx);
+        tokio::spawn(core.clone().place_remote_broadcasts(rx));
+    }
     if audit_key_created {
         core.audit_key_created().await;
     }

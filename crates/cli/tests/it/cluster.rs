@@ -872,3 +872,53 @@ async fn the_audit_log_on_postgres_is_verified_offline_and_through_a_node() {
     }
     c.nodes[0].terminate().await;
 }
+
+/// A broadcast committed on A is placed in B's streams by B itself (one
+/// store read for all of B's online users), not read by each of B's
+/// connections, and B's live event is the one sync returns.
+#[tokio::test]
+async fn a_broadcast_committed_on_one_node_is_placed_on_the_others() {
+    let c = TestCluster::start(2, &[]).await;
+    let (a, b) = (c.nodes[0].client(), c.nodes[1].client());
+    register(&a, "alice").await;
+    register(&a, "bob").await;
+    let alice = login(&b, "alice", "web", None).await;
+    let bob = login(&a, "bob", "web", None).await;
+    let mut alice_ws = alice.api.connect_ws(None).await.unwrap();
+    let mut bob_ws = bob.api.connect_ws(None).await.unwrap();
+
+    let root = AdminApi::root(&c.nodes[0]);
+    let sent = root
+        .ok(
+            Method::POST,
+            "/v1/admin/broadcasts",
+            Some(json!({"content": {"title": "maintenance at noon"}})),
+        )
+        .await;
+    let on_a = ws_event(&mut bob_ws).await;
+    let on_b = ws_event(&mut alice_ws).await;
+    for live in [&on_a, &on_b] {
+        assert_eq!(live.kind, EventType::BroadcastNew);
+        assert_eq!(live.data["message_id"], sent["message_id"]);
+    }
+    let synced = full_sync(&alice.api).await;
+    let synced = synced.last().expect("the broadcast is in alice's stream");
+    assert_eq!(
+        (on_b.seq, on_b.ts, &on_b.data),
+        (synced.seq, synced.ts, &synced.data),
+        "the event placed on B is the stored one"
+    );
+
+    for (name, node) in [("A", &c.nodes[0]), ("B", &c.nodes[1])] {
+        assert_eq!(
+            counter(node, "unimsg_broadcasts_placed_total").await,
+            1,
+            "{name} placed it"
+        );
+        assert_eq!(
+            counter(node, "unimsg_broadcast_stream_reads_total").await,
+            0,
+            "no connection on {name} read its stream for it"
+        );
+    }
+}
