@@ -2,8 +2,9 @@
 //! from a path segment, so invalid ids never reach the core.
 
 use std::fmt;
+use std::sync::Arc;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Why a string was refused as an identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,17 +45,19 @@ fn check_token(kind: &'static str, s: &str, max: usize) -> Result<(), IdError> {
 macro_rules! string_id {
     ($(#[$meta:meta])* $name:ident, $kind:literal, $check:expr) => {
         $(#[$meta])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        ///
+        /// Shared, not copied, by its clones: a connection's ids are one
+        /// allocation however many places hold them.
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Parses and validates an identifier.
-            pub fn parse(s: impl Into<String>) -> Result<Self, IdError> {
-                let s = s.into();
+            pub fn parse(s: impl AsRef<str>) -> Result<Self, IdError> {
+                let s = s.as_ref();
                 let check: fn(&str) -> Result<(), IdError> = $check;
-                check(&s)?;
-                Ok(Self(s))
+                check(s)?;
+                Ok(Self(Arc::from(s)))
             }
 
             pub fn as_str(&self) -> &str {
@@ -70,14 +73,29 @@ macro_rules! string_id {
 
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({:?})", stringify!($name), self.0)
+                write!(f, "{}({:?})", stringify!($name), &*self.0)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
             }
         }
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                Self::parse(s).map_err(serde::de::Error::custom)
+                struct Visitor;
+                impl serde::de::Visitor<'_> for Visitor {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str(concat!("a ", $kind))
+                    }
+                    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<$name, E> {
+                        $name::parse(s).map_err(E::custom)
+                    }
+                }
+                d.deserialize_str(Visitor)
             }
         }
 
