@@ -24,7 +24,7 @@ import sys
 
 BEGIN = "<!-- peers:begin -->"
 END = "<!-- peers:end -->"
-ORDER = ["unimsg", "unimsg-ws", "nchan", "soketi", "mosquitto", "ejabberd", "redis-streams"]
+ORDER = ["unimsg", "unimsg-ws", "nchan", "soketi", "mosquitto", "ejabberd", "redis-streams", "nats"]
 
 
 def get(run, path):

@@ -196,8 +196,9 @@ pub(crate) async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
         Peer::Ejabberd => bail!(
             "broadcast is not implemented for ejabberd: XMPP has no plain one-to-N publish (it would take MUC or PubSub)"
         ),
-        Peer::RedisStreams => bail!(
-            "broadcast is not implemented for redis-streams: it is the durable peer of `direct` only"
+        Peer::RedisStreams | Peer::Nats => bail!(
+            "broadcast is not implemented for {}: it is a durable peer of `direct` only",
+            peer.as_str()
         ),
     };
     eprintln!(
@@ -224,7 +225,7 @@ pub(crate) async fn run(ctx: &PeerCtx, args: BroadcastArgs) -> Result<Outcome> {
                     conn.subscribe(topic_ref, QoS::AtMostOnce).await?;
                     Sub::Mqtt(Box::new(conn))
                 }
-                Peer::Ejabberd | Peer::RedisStreams => {
+                Peer::Ejabberd | Peer::RedisStreams | Peer::Nats => {
                     bail!("unreachable: {} was refused above", peer.as_str())
                 }
             })

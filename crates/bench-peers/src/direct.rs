@@ -20,6 +20,12 @@
 //!   receiver i's stream with up to `--window` `XADD`s awaiting their
 //!   reply (the "ack"; with `appendfsync always` Redis answers after the
 //!   fsync); receiver i reads its stream with `XREAD BLOCK`.
+//! - nats: the second durable peer, JetStream. One file-backed stream per
+//!   run holds a subject per receiver; sender i publishes each message to
+//!   receiver i's subject with up to `--window` publishes awaiting their
+//!   JetStream ack (with `sync_interval: always` the server acks after the
+//!   fsync); receiver i reads its subject through an ordered consumer,
+//!   which fails the receiver on a message of another subject.
 //!
 //! Each message carries its index `i` and send time `t`; each receiver
 //! checks that every index arrives exactly once (duplicates and missing
@@ -41,7 +47,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::fleet::{Incoming, Sub};
-use crate::{Outcome, Peer, PeerCtx, mqtt, redis_streams, xmpp};
+use crate::{Outcome, Peer, PeerCtx, mqtt, nats, redis_streams, xmpp};
 use unimsg_bench::engine::direct::{self as engine, Delivery, Received, ReceivedAll, watch};
 use unimsg_bench::engine::idle::merge;
 use unimsg_bench::fanout::server_usage;
@@ -135,6 +141,10 @@ enum Sender {
         conn: redis::aio::MultiplexedConnection,
         key: String,
     },
+    Nats {
+        js: async_nats::jetstream::Context,
+        subject: String,
+    },
 }
 
 pub(crate) async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
@@ -143,8 +153,9 @@ pub(crate) async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
         Peer::Mosquitto => "mqtt-qos1",
         Peer::Ejabberd => "xmpp",
         Peer::RedisStreams => "redis-streams-xadd",
+        Peer::Nats => "nats-jetstream-publish",
         Peer::Nchan | Peer::Soketi => bail!(
-            "direct is implemented for mosquitto, ejabberd and redis-streams: {} has no one-to-one delivery with acknowledgement or storage",
+            "direct is implemented for mosquitto, ejabberd, redis-streams and nats: {} has no one-to-one delivery with acknowledgement or storage",
             peer.as_str()
         ),
     };
@@ -159,6 +170,11 @@ pub(crate) async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
         eprintln!("direct: registering {} ejabberd users (run {run})", 2 * s);
         xmpp::register(ctx, &senders_names).await?;
         xmpp::register(ctx, &receiver_names).await?;
+    }
+    let window = usize::try_from(args.window)?;
+    if peer == Peer::Nats {
+        let js = nats::connect(&ctx.host, ctx.port, 1).await?;
+        nats::create_stream(&js, &run).await?;
     }
     let per_sender: Vec<u64> = (0..args.senders)
         .map(|i| args.messages / args.senders + u64::from(i < args.messages % args.senders))
@@ -197,6 +213,16 @@ pub(crate) async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
                     redis_streams::stream(&run, i),
                 )))
             }
+            Peer::Nats => {
+                let js = nats::connect(&ctx.host, ctx.port, 1)
+                    .await
+                    .with_context(|| format!("receiver {i}"))?;
+                Sub::Nats(Box::new(
+                    nats::Reader::open(&js, &run, i)
+                        .await
+                        .with_context(|| format!("receiver {i}"))?,
+                ))
+            }
             _ => Sub::Xmpp(Box::new(
                 xmpp::Conn::login(&ctx.ws_url("/ws"), login(&receiver_names[i]))
                     .await
@@ -234,6 +260,12 @@ pub(crate) async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
                     .with_context(|| format!("sender {i}"))?,
                 key: redis_streams::stream(&run, i),
             },
+            Peer::Nats => Sender::Nats {
+                js: nats::connect(&ctx.host, ctx.port, window)
+                    .await
+                    .with_context(|| format!("sender {i}"))?,
+                subject: nats::subject(&run, i),
+            },
             _ => Sender::Xmpp {
                 conn: xmpp::Conn::login(&ctx.ws_url("/ws"), login(name))
                     .await
@@ -249,7 +281,6 @@ pub(crate) async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
         pad: "x".repeat(args.content_bytes).into(),
         progress: progress.clone(),
     };
-    let window = usize::try_from(args.window)?;
     let server_before = ctx.server.as_ref().and_then(|p| p.try_sample());
     let bench_before = ctx.bench.try_sample();
     let started = Instant::now();
@@ -262,6 +293,9 @@ pub(crate) async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
             }
             Sender::Redis { conn, key } => {
                 tokio::spawn(redis_sender(conn, key, n, window, sending.clone()))
+            }
+            Sender::Nats { js, subject } => {
+                tokio::spawn(nats_sender(js, subject, n, window, sending.clone()))
             }
             Sender::Xmpp { conn, to } => tokio::spawn(xmpp_sender(
                 conn,
@@ -385,6 +419,7 @@ pub(crate) async fn run(ctx: &PeerCtx, args: DirectArgs) -> Result<Outcome> {
             "ack": match peer {
                 Peer::Mosquitto => "PUBACK",
                 Peer::RedisStreams => "XADD reply (after the AOF fsync: appendfsync always)",
+                Peer::Nats => "publish ack (after fsync: sync_interval always)",
                 _ => "none: the window is end to end",
             },
         },
@@ -561,6 +596,43 @@ async fn redis_sender(
                     .await
                     .map(|()| t0.elapsed())
             });
+            progress.sent.fetch_add(1, Ordering::Relaxed);
+            next += 1;
+        }
+        let Some(done) = in_flight.next().await else {
+            break;
+        };
+        ack.record(done?);
+        progress.acked.fetch_add(1, Ordering::Relaxed);
+    }
+    progress.senders_done.fetch_add(1, Ordering::Relaxed);
+    Ok(ack)
+}
+
+/// A NATS JetStream sender: publishes in order on its own connection, up
+/// to `window` awaiting their JetStream ack. Returns the ack latencies.
+async fn nats_sender(
+    js: async_nats::jetstream::Context,
+    subject: String,
+    n: u64,
+    window: usize,
+    sending: Sending,
+) -> Result<Latency> {
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesUnordered;
+
+    let progress = &sending.progress;
+    let mut ack = Latency::new()?;
+    let mut in_flight = FuturesUnordered::new();
+    let mut next = 0;
+    loop {
+        while in_flight.len() < window && next < n {
+            // Each publish is handed to the connection before the next one
+            // (its ack is awaited apart), so the stream stores a sender's
+            // messages in the order of their index.
+            let t0 = Instant::now();
+            let pending = nats::publish(&js, &subject, sending.content(next)).await?;
+            in_flight.push(async move { nats::acked(pending).await.map(|()| t0.elapsed()) });
             progress.sent.fetch_add(1, Ordering::Relaxed);
             next += 1;
         }

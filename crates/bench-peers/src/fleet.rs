@@ -22,7 +22,7 @@ pub(crate) use unimsg_bench::engine::fleet::{Fleet, Incoming, Next, Seen};
 use unimsg_bench::engine::fleet::{Matches, Receiver};
 
 use crate::ws::{Message, Ws};
-use crate::{mqtt, redis_streams, soketi, xmpp};
+use crate::{mqtt, nats, redis_streams, soketi, xmpp};
 
 /// One open, subscribed (or logged-in) connection to a peer.
 #[derive(Debug)]
@@ -32,6 +32,7 @@ pub(crate) enum Sub {
     Mqtt(Box<mqtt::Conn>),
     Xmpp(Box<xmpp::Conn>),
     RedisStream(Box<redis_streams::Reader>),
+    Nats(Box<nats::Reader>),
 }
 
 impl Sub {
@@ -84,6 +85,7 @@ impl Sub {
                 None => None,
             }),
             Sub::RedisStream(reader) => Ok(Some(Incoming::Payload(reader.next().await?))),
+            Sub::Nats(reader) => Ok(reader.next().await?.map(Incoming::Payload)),
         }
     }
 
@@ -93,7 +95,7 @@ impl Sub {
         match self {
             Sub::Pusher(_) => Some(soketi::PING_EVERY),
             Sub::Mqtt(_) => Some(Duration::from_secs(u64::from(mqtt::KEEP_ALIVE_SECS))),
-            Sub::Nchan(_) | Sub::Xmpp(_) | Sub::RedisStream(_) => None,
+            Sub::Nchan(_) | Sub::Xmpp(_) | Sub::RedisStream(_) | Sub::Nats(_) => None,
         }
     }
 
@@ -102,7 +104,7 @@ impl Sub {
         match self {
             Sub::Pusher(ws) => Ok(ws.send(Message::text(soketi::ping_frame())).await?),
             Sub::Mqtt(conn) => conn.ping().await,
-            Sub::Nchan(_) | Sub::Xmpp(_) | Sub::RedisStream(_) => Ok(()),
+            Sub::Nchan(_) | Sub::Xmpp(_) | Sub::RedisStream(_) | Sub::Nats(_) => Ok(()),
         }
     }
 
@@ -114,7 +116,7 @@ impl Sub {
             }
             Sub::Mqtt(conn) => conn.close().await,
             Sub::Xmpp(conn) => conn.close().await,
-            Sub::RedisStream(_) => {}
+            Sub::RedisStream(_) | Sub::Nats(_) => {}
         }
     }
 }

@@ -53,8 +53,11 @@ pub struct IdleArgs {
 
 pub(crate) async fn run(ctx: &PeerCtx, args: IdleArgs) -> Result<Outcome> {
     let peer = ctx.peer;
-    if peer == Peer::RedisStreams {
-        bail!("idle is not implemented for redis-streams: it is the durable peer of `direct` only");
+    if matches!(peer, Peer::RedisStreams | Peer::Nats) {
+        bail!(
+            "idle is not implemented for {}: it is a durable peer of `direct` only",
+            peer.as_str()
+        );
     }
     let n = args.connections;
     let per_user = args.conns_per_user;
@@ -208,6 +211,8 @@ async fn open(ctx: &PeerCtx, run: &str, i: u64, group: u64, users: &[String]) ->
                 xmpp::Conn::login(&ctx.ws_url("/ws"), login).await?,
             ))
         }
-        Peer::RedisStreams => bail!("unreachable: redis-streams was refused above"),
+        Peer::RedisStreams | Peer::Nats => {
+            bail!("unreachable: {} was refused above", ctx.peer.as_str())
+        }
     })
 }

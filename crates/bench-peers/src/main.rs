@@ -35,14 +35,15 @@
 //!
 //! This crate is outside the workspace's `default-members` (a root
 //! `cargo build` or `cargo test` skips it; `scripts/bench-peers` builds
-//! it): its protocol dependencies (`rumqttc`, `quick-xml`, `md-5`) serve
-//! the comparison only.
+//! it): its protocol dependencies (`rumqttc`, `quick-xml`, `md-5`,
+//! `async-nats`) serve the comparison only.
 
 mod broadcast;
 mod direct;
 mod fleet;
 mod idle;
 mod mqtt;
+mod nats;
 mod nchan;
 mod redis_streams;
 mod soketi;
@@ -81,7 +82,8 @@ pub struct PeerArgs {
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// The peer's port [default: nchan 8090, soketi 6001, mosquitto 8083
-    /// (MQTT over WebSocket), ejabberd 5280 (HTTP: /ws and /api)].
+    /// (MQTT over WebSocket), ejabberd 5280 (HTTP: /ws and /api),
+    /// redis-streams 6390, nats 4223].
     #[arg(long)]
     pub port: Option<u16>,
     #[command(subcommand)]
@@ -122,6 +124,9 @@ pub enum Peer {
     /// Redis Streams with `appendfsync always`: the durable one-to-one
     /// peer (`direct` only).
     RedisStreams,
+    /// NATS JetStream with `sync_interval: always`: the second durable
+    /// one-to-one peer (`direct` only).
+    Nats,
 }
 
 impl Peer {
@@ -132,6 +137,7 @@ impl Peer {
             Peer::Mosquitto => "mosquitto",
             Peer::Ejabberd => "ejabberd",
             Peer::RedisStreams => "redis-streams",
+            Peer::Nats => "nats",
         }
     }
 
@@ -142,6 +148,7 @@ impl Peer {
             Peer::Mosquitto => 8083,
             Peer::Ejabberd => 5280,
             Peer::RedisStreams => 6390,
+            Peer::Nats => 4223,
         }
     }
 }
