@@ -907,7 +907,7 @@ mod tests {
         (
             UserId::parse(format!("u{n}")).unwrap(),
             SessionId::parse(format!("s{n}")).unwrap(),
-            Platform::parse("web".to_owned()).unwrap(),
+            Platform::parse("web").unwrap(),
         )
     }
 

@@ -504,7 +504,7 @@ async fn a_fresh_token_of_the_same_session_keeps_a_websocket_open_past_the_old_e
         .unwrap_or_else(|(s, b)| panic!("upgrade refused: {s} {b}"));
     let bytes = closed_by_server(&mut tcp, "the witness to expire").await;
     assert!(bytes.ends_with(&close_frame(4001, "access token expired")));
-    let keeper = unimsg_client::proto::UserId::parse("keeper".to_owned()).unwrap();
+    let keeper = unimsg_client::proto::UserId::parse("keeper").unwrap();
     sender
         .api
         .send_text(&keeper, "after the old expiry", None)
