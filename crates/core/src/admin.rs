@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use unimsg_proto::admin::{
     AdminToken, AdminUser, BroadcastRequest, BroadcastResponse, ForceLogoutResponse,
     ImportResponse, ImportResult, ImportUser, MessageStatus, NotifyRequest, NotifyResponse,
-    PresenceResponse, RecipientStatus, Scope, Target, UserPatch, UserPresence,
+    PresenceResponse, RecipientStatus, Scope, Target, UserPage, UserPatch, UserPresence,
 };
 use unimsg_proto::api::TokenPair;
 use unimsg_proto::event::RevokeReason;
@@ -548,6 +548,36 @@ impl Core {
     }
 
     /// `GET /v1/admin/users/{id}`
+    /// `GET /v1/admin/users?query=&limit=&after=`: users whose id,
+    /// username or display name contains `query`, by id, one page.
+    pub async fn search_users(
+        &self,
+        query: &str,
+        after: Option<&UserId>,
+        limit: Option<u32>,
+    ) -> Result<UserPage> {
+        let limit = limit.unwrap_or(50);
+        if !(1..=200).contains(&limit) {
+            return Err(CoreError::BadRequest("limit must be 1 to 200".into()));
+        }
+        if query.chars().count() > 100 {
+            return Err(CoreError::BadRequest(
+                "query must be at most 100 characters".into(),
+            ));
+        }
+        // One more than asked, to know whether a next page exists.
+        let mut users = self.store.search_users(query, after, limit + 1).await?;
+        let more = users.len() > limit as usize;
+        users.truncate(limit as usize);
+        let next_after = more
+            .then(|| users.last().map(|u| u.user_id.clone()))
+            .flatten();
+        Ok(UserPage {
+            users: users.into_iter().map(to_admin_user).collect(),
+            next_after,
+        })
+    }
+
     pub async fn admin_user(&self, id: &UserId) -> Result<AdminUser> {
         let user = self
             .store

@@ -148,6 +148,15 @@ pub struct AdminUser {
     pub created_at: OffsetDateTime,
 }
 
+/// One page of `GET /v1/admin/users?query=`: users by id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UserPage {
+    pub users: Vec<AdminUser>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<UserId>,
+}
+
 /// `PATCH /v1/admin/users/{id}`: fields to change.
 #[derive(Clone, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

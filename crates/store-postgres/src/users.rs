@@ -54,6 +54,11 @@ async fn insert_user(tx: &Transaction<'_>, head: i64, user: &NewUser) -> DbResul
 }
 
 /// One user by a unique column (`user_id` or `username`).
+/// ASCII letters and their lower case, for `translate` (PostgreSQL's
+/// `lower` folds more than SQLite's).
+const UPPER: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+const LOWER: &str = "abcdefghijklmnopqrstuvwxyz";
+
 async fn user_where(store: &PgStore, column_name: &str, value: &str) -> DbResult<Option<User>> {
     let client = store.client().await?;
     let stmt = client
@@ -85,6 +90,33 @@ impl Users for PgStore {
 
     async fn user_by_username(&self, username: &str) -> Result<Option<User>> {
         Ok(user_where(self, "username", username).await?)
+    }
+
+    async fn search_users(
+        &self,
+        query: &str,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> Result<Vec<User>> {
+        let query = query.to_ascii_lowercase();
+        let after = after.map_or("", UserId::as_str);
+        connected!(self, |client| {
+            // Folded as the query was: ASCII letters only, so that both
+            // backends match the same users. Ordered byte-wise (`"C"`).
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE user_id COLLATE \"C\" > $2 \
+                     AND ($1 = '' OR strpos(translate(user_id, $4, $5), $1) > 0 \
+                     OR strpos(translate(username, $4, $5), $1) > 0 \
+                     OR strpos(translate(display_name, $4, $5), $1) > 0) \
+                     ORDER BY user_id COLLATE \"C\" LIMIT $3"
+                ))
+                .await?;
+            let rows = client
+                .query(&stmt, &[&query, &after, &i64::from(limit), &UPPER, &LOWER])
+                .await?;
+            rows.iter().map(|row| read(row, read_user)).collect()
+        })
     }
 
     async fn unknown_users(&self, ids: Vec<UserId>) -> Result<Vec<UserId>> {

@@ -7,7 +7,7 @@ use unimsg_proto::UserId;
 use unimsg_store::sql::{USER_COLUMNS, ms, read_user};
 use unimsg_store::{HookDraft, NewUser, Result, StoreError, User, UserStatus, UserUpdate, Users};
 
-use crate::{Cached, DbResult, SqliteStore, first, map_unique};
+use crate::{Cached, DbResult, SqliteStore, all, first, map_unique};
 
 fn insert_user(conn: &Connection, user: NewUser) -> DbResult<User> {
     let taken: bool = conn.query_row_cached(
@@ -150,6 +150,26 @@ impl Users for SqliteStore {
                 }
             }
             Ok(unknown)
+        })
+        .await
+    }
+
+    async fn search_users(
+        &self,
+        query: &str,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> Result<Vec<User>> {
+        let query = query.to_ascii_lowercase();
+        let after = after.map_or_else(String::new, |a| a.as_str().to_owned());
+        self.read(move |conn| {
+            // SQLite's lower() folds ASCII only, as the query was folded.
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users WHERE user_id > ?2 AND (?1 = '' \
+                 OR instr(lower(user_id), ?1) > 0 OR instr(lower(username), ?1) > 0 \
+                 OR instr(lower(display_name), ?1) > 0) ORDER BY user_id LIMIT ?3"
+            ))?;
+            all(&mut stmt, rusqlite::params![query, after, limit], read_user)
         })
         .await
     }

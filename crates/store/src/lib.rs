@@ -58,6 +58,15 @@ pub trait Users: Send + Sync {
     /// Creates many users in one transaction; each item succeeds or fails
     /// alone (`Conflict` for a taken id or username), in input order.
     async fn import_users(&self, users: Vec<NewUser>) -> Result<Vec<Result<User>>>;
+    /// Users whose id, username or display name contains `query` (ASCII
+    /// letters compared without case; an empty query matches everyone),
+    /// by user id, those after `after` only, at most `limit`.
+    async fn search_users(
+        &self,
+        query: &str,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> Result<Vec<User>>;
     /// `NotFound` for an unknown user. `hooks` are written with the change.
     async fn update_user(
         &self,

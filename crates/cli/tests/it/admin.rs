@@ -821,3 +821,71 @@ async fn a_token_in_use_is_refused_at_once_after_each_admin_change_that_ends_it(
         );
     }
 }
+
+/// `GET /v1/admin/users?query=` finds users by a part of their id,
+/// username or display name, pages by id, and refuses bad parameters in
+/// words.
+#[tokio::test]
+async fn admins_search_users_by_id_username_or_display_name_page_by_page() {
+    let server = TestServer::start().await;
+    let root = AdminApi::root(&server);
+    import(&root, &["ann-1", "ann-2", "ann-3", "bert"]).await;
+    let client = server.client();
+    let zoe = user(&client, "zoe").await;
+
+    let ids = |v: &Value| -> Vec<String> {
+        v["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["user_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = root
+        .ok(Method::GET, "/v1/admin/users?query=ANN&limit=2", None)
+        .await;
+    assert_eq!(ids(&first), ["ann-1", "ann-2"]);
+    assert_eq!(first["next_after"], "ann-2");
+    let second = root
+        .ok(
+            Method::GET,
+            "/v1/admin/users?query=ann&limit=2&after=ann-2",
+            None,
+        )
+        .await;
+    assert_eq!(ids(&second), ["ann-3"]);
+    assert!(second["next_after"].is_null(), "the last page: {second}");
+
+    let by_username = root.ok(Method::GET, "/v1/admin/users?query=zo", None).await;
+    assert_eq!(ids(&by_username), [zoe.id.to_string()]);
+    assert_eq!(by_username["users"][0]["username"], "zoe");
+    let by_display = root
+        .ok(Method::GET, "/v1/admin/users?query=BERT", None)
+        .await;
+    assert_eq!(ids(&by_display), ["bert"]);
+    let everyone = root.ok(Method::GET, "/v1/admin/users", None).await;
+    assert_eq!(ids(&everyone).len(), 5);
+
+    for (path, words) in [
+        ("/v1/admin/users?limit=0", "limit must be 1 to 200"),
+        ("/v1/admin/users?limit=201", "limit must be 1 to 200"),
+        ("/v1/admin/users?after=no%20spaces", "user id"),
+        ("/v1/admin/users?colour=red", "colour"),
+    ] {
+        let (status, body) = root.call(Method::GET, path, None).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(words), "{path}: {message}");
+    }
+    let long = "x".repeat(101);
+    let (status, _) = root
+        .call(Method::GET, &format!("/v1/admin/users?query={long}"), None)
+        .await;
+    assert_eq!(status, 400);
+
+    // Credentials are checked before anything is searched.
+    let (status, _) = AdminApi::basic(&server, "nobody", "wrong secret")
+        .call(Method::GET, "/v1/admin/users", None)
+        .await;
+    assert_eq!(status, 401);
+}

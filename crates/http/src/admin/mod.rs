@@ -7,7 +7,7 @@
 //! they need (403).
 //!
 //! - [`tokens`] — `POST /v1/admin/token`, `POST /v1/admin/admins`
-//! - [`users`] — `POST /v1/admin/users`, `GET|PATCH|DELETE /v1/admin/users/{id}`,
+//! - [`users`] — `POST|GET /v1/admin/users`, `GET|PATCH|DELETE /v1/admin/users/{id}`,
 //!   `POST /v1/admin/users/{id}/tokens`, `POST /v1/admin/users/{id}/logout`
 //! - [`messages`] — `POST /v1/admin/messages`, `POST /v1/admin/broadcasts`,
 //!   `GET /v1/admin/messages/{id}/status`
@@ -57,7 +57,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admins::create_key, admins::list_keys))
         .routes(routes!(admins::revoke_key))
         .routes(routes!(admins::new_signing_secret))
-        .routes(routes!(users::import_users))
+        .routes(routes!(users::import_users, users::search_users))
         .routes(routes!(
             users::get_user,
             users::patch_user,

@@ -1,22 +1,25 @@
-//! `/v1/admin/users…`: the batch import (`POST /v1/admin/users`), one user
+//! `/v1/admin/users…`: the batch import (`POST /v1/admin/users`), the
+//! search (`GET /v1/admin/users?query=`), one user
 //! (`GET|PATCH|DELETE /v1/admin/users/{id}`), minting tokens for a user
 //! (`POST /v1/admin/users/{id}/tokens`) and a forced logout
 //! (`POST /v1/admin/users/{id}/logout`).
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use serde::Deserialize;
 use unimsg_core::admin::ImportItem;
 use unimsg_proto::admin::{
     AdminUser, ForceLogoutRequest, ForceLogoutResponse, ImportRequest, ImportResponse, ImportUser,
-    MintRequest, Scope, UserPatch,
+    MintRequest, Scope, UserPage, UserPatch,
 };
 use unimsg_proto::api::TokenPair;
 use unimsg_proto::{ErrorBody, UserId};
+use utoipa::IntoParams;
 
 use super::AdminAuth;
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Json, PathId, path_id};
+use crate::extract::{Json, PathId, Query, path_id};
 
 #[utoipa::path(
     post,
@@ -61,6 +64,50 @@ fn import_item(raw: serde_json::Value) -> ImportItem {
             reason: e.to_string(),
         },
     }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct SearchParams {
+    /// A part of the user id, username or display name (ASCII letters
+    /// without case); empty or absent: every user. At most 100 characters.
+    #[serde(default)]
+    query: String,
+    /// Users per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<u32>,
+    /// Users after this user id (`next_after` of the previous page).
+    #[param(value_type = Option<String>)]
+    after: Option<UserId>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/admin/users",
+    operation_id = "admin_search_users",
+    tag = "admin",
+    summary = "Search users",
+    description = "Users whose id, username or display name contains `query`, ordered by user id, one page at a time. Scope: `users:read`.",
+    params(SearchParams),
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 200, description = "One page of users.", body = UserPage),
+        (status = 400, description = "Bad query parameters (`bad_request`).", body = ErrorBody),
+    ),
+)]
+/// `GET /v1/admin/users?query=&limit=&after=`
+pub(super) async fn search_users(
+    State(state): State<AppState>,
+    AdminAuth(admin): AdminAuth,
+    Query(q): Query<SearchParams>,
+) -> Result<axum::Json<UserPage>, ApiError> {
+    admin.require(Scope::UsersRead)?;
+    let page = state
+        .core
+        .search_users(&q.query, q.after.as_ref(), q.limit)
+        .await?;
+    Ok(axum::Json(page))
 }
 
 #[utoipa::path(

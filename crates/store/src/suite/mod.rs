@@ -198,7 +198,7 @@ fn receivers(outcome: &AppendOutcome) -> Vec<String> {
 macro_rules! backend_suite {
     ($fresh:ident) => {
         $crate::backend_suite!(@checks $fresh;
-            users, unknown_users, import_and_update,
+            users, unknown_users, search_users, import_and_update,
             sessions, disabled_users_sessions,
             inbox, direct_refusals_are_checked_in_the_write, concurrent_appends_are_gap_free,
             reads_and_recalls,

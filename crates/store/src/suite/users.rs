@@ -101,3 +101,46 @@ pub async fn import_and_update(store: Arc<dyn Store>) {
         Err(StoreError::NotFound(_))
     ));
 }
+
+/// `search_users` matches a part of the id, the username or the display
+/// name (ASCII letters without case, other characters as they are), pages
+/// by user id and leaves the rest alone.
+pub async fn search_users(store: Arc<dyn Store>) {
+    let store = &*store;
+    for (id, username, display) in [
+        ("b-2", "bob", "Bob Builder"),
+        ("a-1", "alice", "Alice Liddell"),
+        ("c-3", "carol", "卡罗尔 Carol"),
+        ("d-4", "dave", "Dave"),
+    ] {
+        let user = NewUser {
+            hook: None,
+            user_id: uid(id),
+            username: username.into(),
+            display_name: display.into(),
+            password_hash: None,
+            created_at: now(),
+        };
+        store.create_user(user).await.unwrap();
+    }
+    let ids = |users: Vec<crate::User>| -> Vec<String> {
+        users.iter().map(|u| u.user_id.to_string()).collect()
+    };
+    let all = store.search_users("", None, 10).await.unwrap();
+    assert_eq!(ids(all), ["a-1", "b-2", "c-3", "d-4"], "everyone, by id");
+    let page = store.search_users("", None, 2).await.unwrap();
+    assert_eq!(ids(page), ["a-1", "b-2"]);
+    let next = store.search_users("", Some(&uid("b-2")), 2).await.unwrap();
+    assert_eq!(ids(next), ["c-3", "d-4"], "the page after the cursor");
+    let by_name = store.search_users("LIDD", None, 10).await.unwrap();
+    assert_eq!(ids(by_name), ["a-1"], "display name, without case");
+    let by_username = store.search_users("aro", None, 10).await.unwrap();
+    assert_eq!(ids(by_username), ["c-3"], "username");
+    let by_id = store.search_users("-4", None, 10).await.unwrap();
+    assert_eq!(ids(by_id), ["d-4"], "id");
+    let chinese = store.search_users("卡罗", None, 10).await.unwrap();
+    assert_eq!(ids(chinese), ["c-3"], "other characters as they are");
+    let b = store.search_users("b", None, 10).await.unwrap();
+    assert_eq!(ids(b), ["b-2"], "b is in bob's names only");
+    assert!(store.search_users("zz", None, 10).await.unwrap().is_empty());
+}
