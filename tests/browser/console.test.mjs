@@ -13,27 +13,29 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import {
+  HERE,
+  BASE,
+  OUT,
+  TIMEOUT,
+  IPHONE_UA,
+  api,
+  shot,
+  waitText,
+  visible,
+  waitVisible,
+  waitHidden,
+  assertNoOverflow,
+  assertAccessible,
+  watch,
+  pageErrors,
+  launch,
+} from './helpers.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const BASE = (process.env.UNIMSG_URL || '').replace(/\/$/, '');
-const ADMIN_PASSWORD = process.env.UNIMSG_ADMIN_PASSWORD || '';
 // Optional: a server with UNIMSG_AUTH__QR_TTL_SECS=3 and
 // UNIMSG_AUTH__ACCESS_TTL_SECS=1, for the expiry and refresh tests.
 const SHORT = (process.env.UNIMSG_SHORT_URL || '').replace(/\/$/, '');
 const NO_SHORT = !SHORT && 'UNIMSG_SHORT_URL is not set';
-const OUT = process.env.UNIMSG_BROWSER_OUT || path.join(HERE, '..', '..', 'target', 'browser-test-output');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const TIMEOUT = 15000;
-
-const IPHONE_UA =
-  'Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1';
-
-if (!BASE) throw new Error('set UNIMSG_URL to the server under test (scripts/browser-test does)');
-if (!ADMIN_PASSWORD) throw new Error('set UNIMSG_ADMIN_PASSWORD to the server admin password');
-
-// ---- helpers --------------------------------------------------------------
 
 const run = Math.random().toString(36).slice(2, 8);
 const PASSWORD = 'correct horse battery';
@@ -41,116 +43,6 @@ const users = {
   alice: { username: `alice${run}`, display_name: 'Alice Liddell' },
   bob: { username: `bob${run}`, display_name: 'Bob 鲍勃' },
 };
-
-async function api(method, route, body, { token, admin = false, base = BASE } = {}) {
-  const headers = { accept: 'application/json' };
-  if (body !== undefined) headers['content-type'] = 'application/json';
-  if (token) headers.authorization = `Bearer ${token}`;
-  if (admin) headers.authorization = `Basic ${Buffer.from(`admin:${ADMIN_PASSWORD}`).toString('base64')}`;
-  const response = await fetch(base + route, {
-    method,
-    headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await response.text();
-  const data = text ? JSON.parse(text) : null;
-  if (!response.ok) throw new Error(`${method} ${route} → ${response.status} ${text}`);
-  return data;
-}
-
-let shotNumber = 0;
-async function shot(page, name) {
-  shotNumber += 1;
-  const file = path.join(OUT, `${String(shotNumber).padStart(2, '0')}-${name}.png`);
-  await page.screenshot({ path: file });
-  return file;
-}
-
-async function waitText(page, selector, text, timeout = TIMEOUT) {
-  try {
-    await page.waitForFunction(
-      ([sel, want]) => [...document.querySelectorAll(sel)].some((el) => el.textContent.includes(want)),
-      [selector, text],
-      { timeout },
-    );
-  } catch (e) {
-    const got = await page
-      .$$eval(selector, (els) => els.map((el) => el.textContent.trim()).join(' | '))
-      .catch(() => '?');
-    throw new Error(`"${text}" did not appear in ${selector} (it shows: ${got}): ${e.message}`);
-  }
-}
-
-const visible = (page, selector) => page.locator(selector).first().isVisible();
-
-async function waitVisible(page, selector, timeout = TIMEOUT) {
-  await page.locator(selector).first().waitFor({ state: 'visible', timeout });
-}
-
-async function waitHidden(page, selector, timeout = TIMEOUT) {
-  await page.locator(selector).first().waitFor({ state: 'hidden', timeout });
-}
-
-/** No horizontal scrolling at this width. */
-async function assertNoOverflow(page, what) {
-  const { scroll, inner } = await page.evaluate(() => ({
-    scroll: document.documentElement.scrollWidth,
-    inner: window.innerWidth,
-  }));
-  assert.ok(scroll <= inner, `${what}: the page is ${scroll}px wide in a ${inner}px window`);
-}
-
-/**
- * The accessibility smoke check of one page state: every visible form
- * control has a label, every button and image a text alternative, the
- * page a language and a live status region.
- */
-async function assertAccessible(page, what) {
-  const problems = await page.evaluate(() => {
-    const out = [];
-    const shown = (el) => el.getClientRects().length > 0 && getComputedStyle(el).visibility !== 'hidden';
-    for (const el of document.querySelectorAll('input, select, textarea')) {
-      if (el.type === 'hidden') continue;
-      const labelled =
-        (el.labels && [...el.labels].some((l) => l.textContent.trim())) ||
-        el.getAttribute('aria-label') ||
-        el.getAttribute('aria-labelledby');
-      if (!labelled) out.push(`no label: ${el.outerHTML.slice(0, 80)}`);
-    }
-    for (const el of document.querySelectorAll('button, a[href]')) {
-      if (!shown(el)) continue;
-      if (!(el.textContent.trim() || el.getAttribute('aria-label'))) out.push(`no text: ${el.outerHTML.slice(0, 80)}`);
-    }
-    for (const el of document.querySelectorAll('img')) {
-      if (!el.hasAttribute('alt')) out.push(`no alt: ${el.outerHTML.slice(0, 80)}`);
-    }
-    for (const el of document.querySelectorAll('[role="button"], div[onclick], span[onclick]')) {
-      out.push(`not a <button>: ${el.outerHTML.slice(0, 80)}`);
-    }
-    if (!document.documentElement.lang) out.push('no <html lang>');
-    if (!document.querySelector('[aria-live], [role="status"], [role="log"], [role="alert"]')) out.push('no live region');
-    const ids = [...document.querySelectorAll('[id]')].map((el) => el.id);
-    const dup = ids.filter((id, i) => ids.indexOf(id) !== i);
-    if (dup.length) out.push(`duplicate ids: ${dup.join(', ')}`);
-    return out;
-  });
-  assert.deepEqual(problems, [], `${what}: accessibility problems`);
-}
-
-/** Collects script errors and CSP refusals of a page; they fail the run at the end. */
-const pageErrors = [];
-function watch(page, who) {
-  page.on('pageerror', (e) => pageErrors.push(`${who}: ${e.message}`));
-  page.on('console', (message) => {
-    if (message.type() !== 'error') return;
-    const text = message.text();
-    // Refused HTTP calls (401 after logout, 404 probes) are logged by the
-    // browser as "Failed to load resource"; they are expected. Script
-    // errors and Content-Security-Policy refusals are not.
-    if (/Failed to load resource|net::ERR_/.test(text)) return;
-    pageErrors.push(`${who}: ${text}`);
-  });
-}
 
 // ---- fixtures ----------------------------------------------------------------
 
@@ -162,20 +54,7 @@ before(async () => {
   mkdirSync(OUT, { recursive: true });
   // launch() gives the browser a fresh temporary profile (user-data dir),
   // removed on close; every context below is isolated inside it.
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--no-first-run',
-      '--disable-quic',
-    ],
-  });
+  browser = await launch();
   for (const [name, user] of Object.entries(users)) {
     const profileAnswer = await api('POST', '/v1/auth/register', {
       username: user.username,
@@ -249,7 +128,7 @@ test('the i18n table has every key in English and Chinese', async () => {
   for (const file of readdirSync(dir).filter((f) => /\.(js|html)$/.test(f) && f !== 'i18n.js')) {
     const text = readFileSync(path.join(dir, file), 'utf8');
     for (const m of text.matchAll(/data-i18n(?:-[a-z]+)?="([^"]+)"/g)) used.add(m[1]);
-    for (const m of text.matchAll(/'((?:app|login|qr|phone|center|error|time)\.[a-z.]+)'/g)) used.add(m[1]);
+    for (const m of text.matchAll(/'((?:app|login|qr|phone|center|error|time|admin)\.[a-z.]+)'/g)) used.add(m[1]);
   }
   const missing = [...used].filter((key) => !(key in STRINGS.en));
   assert.deepEqual(missing, [], 'keys used but not in the table');

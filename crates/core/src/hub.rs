@@ -381,6 +381,11 @@ impl Hub {
         self.drop_slow(&user, &slow);
     }
 
+    /// How many users have at least one connection on this node.
+    pub fn online_user_count(&self) -> usize {
+        self.shards.iter().map(|shard| shard.read().len()).sum()
+    }
+
     /// The users with at least one connection on this node.
     pub fn online_users(&self) -> Vec<UserId> {
         let mut users = Vec::new();

@@ -1,6 +1,6 @@
 //! The web console: the login page and message center (`GET /`), the
-//! phone-side QR confirm page (`GET /m/qr`) and their static assets
-//! (`GET /console/{file}`).
+//! phone-side QR confirm page (`GET /m/qr`), the admin console
+//! (`GET /admin`) and their static assets (`GET /console/{file}`).
 //!
 //! The assets are plain HTML, CSS and ES-module JavaScript from
 //! `crates/http/console/`, compiled into the binary: no CDN, no build step,
@@ -41,13 +41,18 @@ const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 const SVG: &str = "image/svg+xml";
 
-/// Every file of `crates/http/console/`. The two HTML pages are served at
-/// `/` and `/m/qr`; everything else at `/console/{name}`.
+/// Every file of `crates/http/console/`. The HTML pages are served at
+/// `/`, `/m/qr` and `/admin`; everything else at `/console/{name}`.
 const ASSETS: &[Asset] = &[
     Asset {
         name: "index.html",
         content_type: HTML,
         body: include_bytes!("../console/index.html"),
+    },
+    Asset {
+        name: "admin.html",
+        content_type: HTML,
+        body: include_bytes!("../console/admin.html"),
     },
     Asset {
         name: "phone.html",
@@ -78,6 +83,11 @@ const ASSETS: &[Asset] = &[
         name: "app.js",
         content_type: JS,
         body: include_bytes!("../console/app.js"),
+    },
+    Asset {
+        name: "admin.js",
+        content_type: JS,
+        body: include_bytes!("../console/admin.js"),
     },
     Asset {
         name: "phone.js",
@@ -122,6 +132,7 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(login_page))
         .route("/m/qr", get(phone_page))
+        .route("/admin", get(admin_page))
         .route("/console/{file}", get(asset))
 }
 
@@ -134,6 +145,11 @@ async fn login_page(headers: HeaderMap) -> Response {
 /// confirms a login. The code is read by the page's script.
 async fn phone_page(headers: HeaderMap) -> Response {
     serve("phone.html", &headers)
+}
+
+/// `GET /admin`: the admin console, signed in with an admin id and secret.
+async fn admin_page(headers: HeaderMap) -> Response {
+    serve("admin.html", &headers)
 }
 
 /// `GET /console/{file}`: a script, the style sheet or the icon.

@@ -9,6 +9,7 @@
 
 mod admin;
 mod console;
+mod cors;
 mod error;
 mod extract;
 mod guard;
@@ -62,6 +63,21 @@ pub struct HttpConfig {
     /// `admin.trusted_proxies` are exempt (behind a proxy every client
     /// shares its address).
     pub max_connections_per_ip: usize,
+    /// Origins of browser apps that may call the user API
+    /// (`scheme://host[:port]`, or `*` for any); empty: none but the
+    /// server's own. Preflight requests are answered for these only.
+    pub cors_origins: Vec<String>,
+    /// Origins whose pages may open WebSockets besides the server's own;
+    /// empty: those of `cors_origins`.
+    pub ws_allowed_origins: Vec<String>,
+}
+
+impl HttpConfig {
+    /// Why this section cannot be used, in words naming the key.
+    pub fn check(&self) -> Result<(), String> {
+        cors::check_origins("http.cors_origins", &self.cors_origins)?;
+        cors::check_origins("http.ws_allowed_origins", &self.ws_allowed_origins)
+    }
 }
 
 impl Default for HttpConfig {
@@ -72,6 +88,8 @@ impl Default for HttpConfig {
             request_timeout_secs: 30,
             max_connections: 0,
             max_connections_per_ip: 1000,
+            cors_origins: Vec::new(),
+            ws_allowed_origins: Vec::new(),
         }
     }
 }
@@ -161,7 +179,8 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.http.max_body_bytes;
     let (user, admin, doc) = documented();
     openapi::publish(&doc);
-    user.route("/docs/", get(openapi::docs_asset))
+    let app = user
+        .route("/docs/", get(openapi::docs_asset))
         .route("/docs/{*file}", get(openapi::docs_asset))
         .merge(admin.route_layer(middleware::from_fn_with_state(state.clone(), admin::gate)))
         .merge(console::routes())
@@ -171,6 +190,11 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             error::panic_response,
-        ))
-        .with_state(state)
+        ));
+    // Other origins may call the user API only (`cors::layer`).
+    let app = match cors::layer(&state.http) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app.with_state(state)
 }

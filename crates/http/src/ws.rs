@@ -132,6 +132,14 @@ pub(crate) async fn upgrade(
                 .into_response();
         }
     };
+    if !crate::cors::ws_origin_allowed(&state.http, &headers) {
+        return ApiError::new(
+            unimsg_proto::ErrorCode::Forbidden,
+            "pages from this origin may not open WebSockets here; list it in \
+             http.ws_allowed_origins (or http.cors_origins)",
+        )
+        .into_response();
+    }
     let query = match crate::extract::query_token(&state, q.access_token.clone()) {
         Ok(t) => t,
         Err(e) => return e.into_response(),

@@ -296,9 +296,11 @@ impl Config {
         let merged = builder
             .build()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        merged
+        let config: Self = merged
             .try_deserialize()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.http.check().map_err(ConfigError::Invalid)?;
+        Ok(config)
     }
 
     /// The core's part.

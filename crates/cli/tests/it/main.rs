@@ -18,6 +18,7 @@ mod backup;
 mod bad_input;
 mod cli_admin;
 mod cluster;
+mod cors;
 mod delivery;
 mod durability;
 mod flow;

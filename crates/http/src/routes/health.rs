@@ -63,8 +63,10 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     // Always present, whichever recorder is installed.
     body.push_str(&format!(
         "# TYPE unimsg_hub_connections gauge\nunimsg_hub_connections {}\n\
+         # TYPE unimsg_hub_online_users gauge\nunimsg_hub_online_users {}\n\
          # TYPE unimsg_hub_slow_consumer_disconnects counter\nunimsg_hub_slow_consumer_disconnects {}\n",
         hub.connections(),
+        hub.online_user_count(),
         hub.slow_consumer_disconnects()
     ));
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()

@@ -1,0 +1,603 @@
+// admin.js — the admin console (`/admin`): sign-in with an admin id and its
+// secret (exchanged for an admin token that lives in this page's memory
+// only, never in storage), then four pages: the dashboard (the server's own
+// /metrics and /readyz, refreshed while shown), users (search with paging,
+// one user's facts and presence, disable / enable, log out, mint a token,
+// delete), messages (a notification to listed users or a group, a
+// broadcast, and each one's status followed live) and the audit log
+// (filters, paging, the chain's verification and its head).
+//
+// What a credential's scopes do not allow is not offered: those buttons and
+// forms are hidden. The server refuses such calls anyway.
+
+import { t, applyI18n, bindLanguageSelect, onLangChange } from './i18n.js';
+import { $, h, show, announce, formatTime } from './ui.js';
+
+const PAGES = ['dashboard', 'users', 'messages', 'audit'];
+const DASHBOARD_EVERY_MS = 5000;
+const STATUS_EVERY_MS = 2000;
+const STATUS_FOR_MS = 120000;
+const USER_ID = /^[A-Za-z0-9_.-]{1,64}$/;
+
+/** What the dashboard shows: a label and how to read it from /metrics. */
+const STATS = [
+  ['admin.stat.online', (m) => m.sum('unimsg_hub_online_users')],
+  ['admin.stat.connections', (m) => m.sum('unimsg_hub_connections')],
+  ['admin.stat.http', (m) => m.sum('unimsg_http_connections')],
+  ['admin.stat.messages', (m) => m.sum('unimsg_messages_sent_total')],
+  ['admin.stat.groups', (m) => m.sum('unimsg_group_messages_total')],
+  ['admin.stat.notifications', (m) => m.sum('unimsg_notifications_total')],
+  ['admin.stat.broadcasts', (m) => m.sum('unimsg_broadcasts_total')],
+  ['admin.stat.loginfail', (m) => m.sum('unimsg_login_failures_total')],
+  ['admin.stat.limited', (m) => m.sum('unimsg_rate_limited_total')],
+  ['admin.stat.alerts', (m) => m.sum('unimsg_security_alerts_total')],
+  ['admin.stat.slow', (m) => m.sum('unimsg_hub_slow_consumer_disconnects')],
+  ['admin.stat.webhooks', (m) => m.sum('unimsg_webhook_pending')],
+  ['admin.stat.bus', (m) => m.sum('unimsg_bus_disconnects_total')],
+];
+
+const session = {
+  token: null,
+  adminId: null,
+  scopes: [],
+  expiresAt: 0,
+};
+
+const state = {
+  page: 'dashboard',
+  dashboardTimer: null,
+  query: '',
+  nextUser: null,
+  selected: null, // the AdminUser shown in the detail card
+  auditNext: null,
+  auditFilter: {},
+  sent: [], // {message_id, what, at, status, timer, until}
+};
+
+// ---- the admin API --------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** A fresh nonce and timestamp, so the console also works where replay protection is required. */
+function replayHeaders() {
+  return {
+    'x-nonce': crypto.randomUUID(),
+    'x-timestamp': String(Math.floor(Date.now() / 1000)),
+  };
+}
+
+async function call(method, path, body) {
+  const headers = { accept: 'application/json', ...replayHeaders() };
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  if (session.token) headers.authorization = `Bearer ${session.token}`;
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: 'omit',
+    });
+  } catch {
+    throw new ApiError(0, 'network', t('error.network'));
+  }
+  const text = await response.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!response.ok) {
+    const error = data && data.error ? data.error : {};
+    const failure = new ApiError(response.status, error.code || '', error.message || response.statusText);
+    if (response.status === 401 && session.token) {
+      signedOut('admin.signin.ended');
+    }
+    throw failure;
+  }
+  return data;
+}
+
+/** A readable message for a failed call, in the page's language. */
+function failure(e) {
+  if (!(e instanceof ApiError)) return t('error.generic', { message: String(e) });
+  if (e.status === 0) return t('error.network');
+  if (e.status === 403) return t('admin.error.scope');
+  if (e.status === 404) return t('admin.error.notfound');
+  if (e.status === 429) return t('admin.error.rate');
+  // A 400's message says which field and what is allowed; it comes from
+  // the server in English.
+  return t('admin.error.server', { message: e.message });
+}
+
+const can = (scope) => session.scopes.includes('admin') || session.scopes.includes(scope);
+
+// ---- sign-in --------------------------------------------------------------
+
+async function signIn(event) {
+  event.preventDefault();
+  const id = $('signin-id').value.trim();
+  const secret = $('signin-secret').value;
+  const error = $('signin-error');
+  error.textContent = '';
+  if (!id || !secret) {
+    error.textContent = t('admin.signin.missing');
+    return;
+  }
+  const submit = $('signin-submit');
+  submit.disabled = true;
+  submit.textContent = t('admin.signin.busy');
+  try {
+    const answer = await call('POST', '/v1/admin/token', { admin_id: id, secret });
+    session.token = answer.token;
+    session.adminId = id;
+    session.scopes = answer.scopes || [];
+    session.expiresAt = Date.now() + answer.expires_in * 1000;
+    $('signin-secret').value = '';
+    enterConsole();
+  } catch (e) {
+    error.textContent = e.status === 401 ? t('admin.signin.bad') : failure(e);
+    $('signin-secret').focus();
+  } finally {
+    submit.disabled = false;
+    submit.textContent = t('admin.signin.submit');
+  }
+}
+
+function signedOut(noticeKey) {
+  session.token = null;
+  session.adminId = null;
+  session.scopes = [];
+  clearInterval(state.dashboardTimer);
+  for (const item of state.sent) clearTimeout(item.timer);
+  state.sent = [];
+  show($('console-view'), false);
+  show($('signout'), false);
+  show($('whoami'), false);
+  const notice = $('signin-notice');
+  notice.textContent = noticeKey ? t(noticeKey) : '';
+  notice.dataset.key = noticeKey || '';
+  show(notice, Boolean(noticeKey));
+  show($('signin-view'), true);
+  $('signin-id').focus();
+}
+
+function enterConsole() {
+  show($('signin-view'), false);
+  show($('console-view'), true);
+  show($('signout'), true);
+  const who = $('whoami');
+  who.textContent = t('admin.whoami', { id: session.adminId });
+  show(who, true);
+  // What this credential may not do is not offered.
+  for (const el of document.querySelectorAll('[data-write]')) show(el, can(el.dataset.write));
+  show($('messages-readonly'), !can('messages:send'));
+  openPage('dashboard', false);
+  announce(t('admin.signin.ok'));
+}
+
+// ---- pages ----------------------------------------------------------------
+
+function openPage(page, focus = true) {
+  state.page = page;
+  for (const name of PAGES) show($(`page-${name}`), name === page);
+  for (const tab of document.querySelectorAll('.tab')) {
+    if (tab.dataset.page === page) tab.setAttribute('aria-current', 'page');
+    else tab.removeAttribute('aria-current');
+  }
+  clearInterval(state.dashboardTimer);
+  if (page === 'dashboard') {
+    refreshDashboard();
+    state.dashboardTimer = setInterval(refreshDashboard, DASHBOARD_EVERY_MS);
+  } else if (page === 'users' && !$('user-rows').children.length) {
+    searchUsers();
+  } else if (page === 'audit' && !$('audit-rows').children.length) {
+    loadAudit(true);
+  }
+  if (focus) $(`${page}-heading`).focus();
+}
+
+// ---- dashboard ------------------------------------------------------------
+
+/** The Prometheus text format, read enough to sum a series over its labels. */
+function parseMetrics(text) {
+  const values = new Map();
+  for (const line of text.split('\n')) {
+    if (!line || line.startsWith('#')) continue;
+    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
+    if (!match) continue;
+    const value = Number(match[3]);
+    if (!Number.isFinite(value)) continue;
+    values.set(match[1], (values.get(match[1]) || 0) + value);
+  }
+  return { sum: (name) => values.get(name) ?? 0 };
+}
+
+async function refreshDashboard() {
+  const health = $('health');
+  try {
+    const ready = await fetch('/readyz', { credentials: 'omit' });
+    health.textContent = ready.ok ? t('admin.health.ok') : t('admin.health.bad', { status: ready.status });
+    health.dataset.state = ready.ok ? 'ok' : 'bad';
+    const response = await fetch('/metrics', {
+      credentials: 'omit',
+      headers: session.token ? { authorization: `Bearer ${session.token}` } : {},
+    });
+    if (!response.ok) throw new ApiError(response.status, '', response.statusText);
+    const metrics = parseMetrics(await response.text());
+    $('stats').replaceChildren(
+      ...STATS.flatMap(([key, read]) => [
+        h('dt', {}, t(key)),
+        h('dd', { dataset: { stat: key } }, read(metrics).toLocaleString()),
+      ]),
+    );
+    $('stats-updated').textContent = t('admin.stats.updated', { time: formatTime(new Date().toISOString()) });
+  } catch (e) {
+    health.textContent = failure(e);
+    health.dataset.state = 'bad';
+  }
+}
+
+// ---- users ----------------------------------------------------------------
+
+async function searchUsers(more = false) {
+  const error = $('search-error');
+  error.textContent = '';
+  if (!more) {
+    state.query = $('search-query').value.trim();
+    state.nextUser = null;
+  }
+  const params = new URLSearchParams({ limit: '20' });
+  if (state.query) params.set('query', state.query);
+  if (more && state.nextUser) params.set('after', state.nextUser);
+  try {
+    const page = await call('GET', `/v1/admin/users?${params}`);
+    const rows = page.users.map((u) =>
+      h(
+        'tr',
+        {},
+        h('td', {}, h('button', { type: 'button', class: 'link', onclick: () => openUser(u.user_id) }, u.user_id)),
+        h('td', {}, u.username),
+        h('td', {}, u.display_name),
+        h('td', {}, t(`admin.status.${u.status}`)),
+      ),
+    );
+    if (more) $('user-rows').append(...rows);
+    else $('user-rows').replaceChildren(...rows);
+    state.nextUser = page.next_after ?? null;
+    show($('users-more'), Boolean(state.nextUser));
+    show($('users-empty'), !$('user-rows').children.length);
+    if (!more) announce(t('admin.users.found', { n: page.users.length }));
+  } catch (e) {
+    error.textContent = failure(e);
+  }
+}
+
+async function openUser(id) {
+  $('user-error').textContent = '';
+  $('user-result').textContent = '';
+  try {
+    const [user, presence] = await Promise.all([
+      call('GET', `/v1/admin/users/${encodeURIComponent(id)}`),
+      call('GET', `/v1/admin/presence?user_ids=${encodeURIComponent(id)}`).catch(() => null),
+    ]);
+    state.selected = user;
+    renderUser(presence?.users?.[0] ?? null);
+    show($('user-detail'), true);
+    $('user-detail-heading').focus();
+  } catch (e) {
+    $('search-error').textContent = failure(e);
+  }
+}
+
+function renderUser(presence) {
+  const u = state.selected;
+  if (!u) return;
+  $('user-detail-heading').textContent = u.display_name || u.username;
+  const facts = [
+    ['admin.users.id', u.user_id],
+    ['admin.users.username', u.username],
+    ['admin.users.status', t(`admin.status.${u.status}`)],
+    ['admin.users.created', formatTime(u.created_at)],
+    ['admin.users.password', u.has_password ? t('admin.yes') : t('admin.no')],
+  ];
+  if (presence) {
+    const where = presence.platforms?.length ? presence.platforms.join(', ') : t('admin.users.offline');
+    facts.push(['admin.users.online', where]);
+  }
+  $('user-facts').replaceChildren(...facts.flatMap(([key, value]) => [h('dt', {}, t(key)), h('dd', {}, value)]));
+  $('user-toggle').textContent = u.status === 'disabled' ? t('admin.users.enable') : t('admin.users.disable');
+}
+
+async function userAction(what) {
+  const u = state.selected;
+  if (!u) return;
+  const path = `/v1/admin/users/${encodeURIComponent(u.user_id)}`;
+  $('user-error').textContent = '';
+  const result = $('user-result');
+  result.textContent = '';
+  try {
+    if (what === 'toggle') {
+      const status = u.status === 'disabled' ? 'active' : 'disabled';
+      state.selected = await call('PATCH', path, { status });
+      renderUser(null);
+      result.textContent = t(status === 'disabled' ? 'admin.users.disabled' : 'admin.users.enabled');
+      refreshUserRow(state.selected);
+    } else if (what === 'logout') {
+      const answer = await call('POST', `${path}/logout`, {});
+      result.textContent = t('admin.users.loggedout', { n: answer.revoked });
+    } else if (what === 'mint') {
+      const pair = await call('POST', `${path}/tokens`, { platform: 'web' });
+      result.replaceChildren(
+        t('admin.users.minted'),
+        ' ',
+        h('code', { class: 'token', translate: 'no' }, pair.access_token),
+      );
+    } else if (what === 'delete') {
+      if (!window.confirm(t('admin.users.confirmdelete', { id: u.user_id }))) return;
+      await call('DELETE', path);
+      result.textContent = t('admin.users.deleted', { id: u.user_id });
+      state.selected = null;
+      show($('user-detail'), false);
+      await searchUsers();
+      announce(t('admin.users.deleted', { id: u.user_id }));
+      return;
+    }
+    announce(result.textContent);
+  } catch (e) {
+    $('user-error').textContent = failure(e);
+  }
+}
+
+function refreshUserRow(u) {
+  for (const row of $('user-rows').children) {
+    if (row.firstChild?.textContent === u.user_id) row.children[3].textContent = t(`admin.status.${u.status}`);
+  }
+}
+
+// ---- messages -------------------------------------------------------------
+
+function audience() {
+  return document.querySelector('input[name="audience"]:checked')?.value || 'users';
+}
+
+function audienceChanged() {
+  const kind = audience();
+  show($('notify-to'), kind !== 'everyone');
+  show($('notify-to-label'), kind !== 'everyone');
+  $('notify-to-label').textContent = t(kind === 'group' ? 'admin.msg.to.group' : 'admin.msg.to.users');
+}
+
+async function sendNotification(event) {
+  event.preventDefault();
+  const error = $('notify-error');
+  error.textContent = '';
+  const title = $('notify-title').value.trim();
+  const body = $('notify-body').value.trim();
+  if (!title && !body) {
+    error.textContent = t('admin.msg.empty');
+    $('notify-title').focus();
+    return;
+  }
+  const content = {};
+  if (title) content.title = title;
+  if (body) content.body = body;
+  const kind = audience();
+  let request;
+  let path = '/v1/admin/messages';
+  let what;
+  if (kind === 'everyone') {
+    path = '/v1/admin/broadcasts';
+    request = { content };
+    what = t('admin.msg.everyone');
+  } else {
+    const ids = $('notify-to').value.split(/[\s,]+/).filter(Boolean);
+    if (!ids.length) {
+      error.textContent = t(kind === 'group' ? 'admin.msg.nogroup' : 'admin.msg.nousers');
+      $('notify-to').focus();
+      return;
+    }
+    const bad = ids.find((id) => !USER_ID.test(id));
+    if (bad) {
+      error.textContent = t('admin.msg.badid', { id: bad });
+      $('notify-to').focus();
+      return;
+    }
+    if (kind === 'group' && ids.length > 1) {
+      error.textContent = t('admin.msg.onegroup');
+      $('notify-to').focus();
+      return;
+    }
+    request = { to: kind === 'group' ? { group: ids[0] } : { users: ids }, content };
+    what = kind === 'group' ? t('admin.msg.togroup', { id: ids[0] }) : ids.join(', ');
+  }
+  const submit = $('notify-submit');
+  submit.disabled = true;
+  try {
+    const answer = await call('POST', path, request);
+    const item = {
+      message_id: answer.message_id,
+      what,
+      title: title || body,
+      broadcast: kind === 'everyone',
+      status: null,
+      until: Date.now() + STATUS_FOR_MS,
+      timer: null,
+    };
+    state.sent.unshift(item);
+    $('notify-title').value = '';
+    $('notify-body').value = '';
+    renderSent();
+    announce(t('admin.msg.done'));
+    if (!item.broadcast) followStatus(item);
+  } catch (e) {
+    error.textContent = failure(e);
+  } finally {
+    submit.disabled = false;
+  }
+}
+
+/** Polls a message's status for a while after it was sent. */
+async function followStatus(item) {
+  try {
+    item.status = await call('GET', `/v1/admin/messages/${encodeURIComponent(item.message_id)}/status`);
+    renderSent();
+  } catch (e) {
+    item.error = failure(e);
+    renderSent();
+    return;
+  }
+  const settled = item.status && item.status.read >= item.status.recipients;
+  if (!settled && Date.now() < item.until && session.token) {
+    item.timer = setTimeout(() => followStatus(item), STATUS_EVERY_MS);
+  }
+}
+
+function renderSent() {
+  show($('sent-none'), !state.sent.length);
+  $('sent-list').replaceChildren(
+    ...state.sent.map((item) => {
+      const s = item.status;
+      const line = item.broadcast
+        ? t('admin.msg.broadcasted')
+        : s
+          ? t('admin.msg.status', { n: s.recipients, delivered: s.delivered, read: s.read })
+          : t('admin.msg.waiting');
+      const perUser = s?.users?.length
+        ? h(
+            'ul',
+            { class: 'per-user' },
+            ...s.users.map((r) =>
+              h(
+                'li',
+                { dataset: { user: r.user_id } },
+                `${r.user_id}: `,
+                r.read ? t('admin.msg.read') : r.delivered ? t('admin.msg.delivered') : t('admin.msg.notyet'),
+              ),
+            ),
+          )
+        : null;
+      return h(
+        'li',
+        { class: 'card', dataset: { message: item.message_id } },
+        h('strong', {}, item.title),
+        ' → ',
+        item.what,
+        h('p', { class: 'muted small status-line' }, item.error || line),
+        perUser,
+      );
+    }),
+  );
+}
+
+// ---- audit ----------------------------------------------------------------
+
+async function loadAudit(fresh) {
+  const error = $('audit-error');
+  error.textContent = '';
+  if (fresh) {
+    state.auditFilter = {
+      action: $('audit-action').value.trim(),
+      actor: $('audit-actor').value.trim(),
+      operation_id: $('audit-op').value.trim(),
+    };
+    state.auditNext = null;
+  }
+  const params = new URLSearchParams({ limit: '50' });
+  for (const [key, value] of Object.entries(state.auditFilter)) if (value) params.set(key, value);
+  if (!fresh && state.auditNext) params.set('after', String(state.auditNext));
+  try {
+    const [page, head] = await Promise.all([
+      call('GET', `/v1/admin/audit?${params}`),
+      call('GET', '/v1/admin/audit/head'),
+    ]);
+    const rows = page.entries.map((e) =>
+      h(
+        'tr',
+        {},
+        h('td', {}, String(e.id)),
+        h('td', {}, formatTime(e.at)),
+        h('td', {}, e.record.action ?? ''),
+        h('td', {}, `${e.record.actor ?? ''}`),
+        h('td', {}, e.record.outcome ?? ''),
+      ),
+    );
+    if (fresh) $('audit-rows').replaceChildren(...rows);
+    else $('audit-rows').append(...rows);
+    state.auditNext = page.next_after ?? null;
+    show($('audit-more'), Boolean(state.auditNext));
+    $('audit-head').textContent = t('admin.audit.headis', { head: head.head });
+    if (fresh) announce(t('admin.audit.found', { n: page.entries.length }));
+  } catch (e) {
+    error.textContent = failure(e);
+  }
+}
+
+async function verifyAudit() {
+  const verdict = $('audit-verdict');
+  verdict.textContent = t('admin.audit.verifying');
+  delete verdict.dataset.state;
+  try {
+    const result = await call('GET', '/v1/admin/audit/verify');
+    verdict.textContent = result.intact
+      ? t('admin.audit.intact', { n: result.entries ?? 0 })
+      : t('admin.audit.broken', { where: result.broken ?? '?' });
+    verdict.dataset.state = result.intact ? 'ok' : 'bad';
+  } catch (e) {
+    verdict.textContent = failure(e);
+    verdict.dataset.state = 'bad';
+  }
+}
+
+// ---- start ----------------------------------------------------------------
+
+function rerender() {
+  if (session.token) {
+    $('whoami').textContent = t('admin.whoami', { id: session.adminId });
+    renderUser(null);
+    renderSent();
+    audienceChanged();
+    if (state.page === 'dashboard') refreshDashboard();
+    const rows = $('user-rows').children.length;
+    if (rows) searchUsers();
+  }
+  const notice = $('signin-notice');
+  if (notice.dataset.key) notice.textContent = t(notice.dataset.key);
+}
+
+function start() {
+  applyI18n();
+  bindLanguageSelect($('lang'));
+  onLangChange(rerender);
+  $('signin-form').addEventListener('submit', signIn);
+  $('signout').addEventListener('click', () => signedOut('admin.signin.out'));
+  for (const tab of document.querySelectorAll('.tab')) tab.addEventListener('click', () => openPage(tab.dataset.page));
+  $('search-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    searchUsers();
+  });
+  $('users-more').addEventListener('click', () => searchUsers(true));
+  $('user-toggle').addEventListener('click', () => userAction('toggle'));
+  $('user-logout').addEventListener('click', () => userAction('logout'));
+  $('user-mint').addEventListener('click', () => userAction('mint'));
+  $('user-delete').addEventListener('click', () => userAction('delete'));
+  for (const radio of document.querySelectorAll('input[name="audience"]')) radio.addEventListener('change', audienceChanged);
+  $('notify-form').addEventListener('submit', sendNotification);
+  $('audit-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    loadAudit(true);
+  });
+  $('audit-more').addEventListener('click', () => loadAudit(false));
+  $('audit-verify').addEventListener('click', verifyAudit);
+  audienceChanged();
+  signedOut(null);
+}
+
+start();
