@@ -417,9 +417,10 @@ fn rotate_master(data_dir: Option<PathBuf>, file: Option<PathBuf>) -> anyhow::Re
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
     if let Some(listen) = args.listen {
-        config.listen = listen
-            .parse()
-            .with_context(|| format!("--listen {listen:?} is not an address"))?;
+        let (addr, warning) =
+            unimsg_server::parse_listen(&listen).map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
+        config.listen = addr;
+        config.warnings.extend(warning);
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
@@ -429,6 +430,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.tls.key = key;
     }
     unimsg_server::init_logging(&config.log);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

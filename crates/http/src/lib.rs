@@ -7,6 +7,7 @@
 //! Routes are registered through `utoipa_axum`, so every served route is
 //! also described in the OpenAPI document ([`openapi`], `/openapi.json`).
 
+mod access;
 mod admin;
 mod console;
 mod cors;
@@ -70,6 +71,10 @@ pub struct HttpConfig {
     /// Origins whose pages may open WebSockets besides the server's own;
     /// empty: those of `cors_origins`.
     pub ws_allowed_origins: Vec<String>,
+    /// One `info` line per request (target `unimsg::http`: method, route,
+    /// status, duration, request id; never the path's values or the
+    /// query).
+    pub log_requests: bool,
 }
 
 impl HttpConfig {
@@ -90,6 +95,7 @@ impl Default for HttpConfig {
             max_connections_per_ip: 1000,
             cors_origins: Vec::new(),
             ws_allowed_origins: Vec::new(),
+            log_requests: true,
         }
     }
 }
@@ -188,6 +194,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
+        .layer(middleware::from_fn_with_state(state.clone(), access::log))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             error::panic_response,
         ));

@@ -41,7 +41,10 @@ const NOT_CONFIG: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Address to listen on; port 0 picks a free port.
+    /// Address to listen on; port 0 picks a free port. Given as
+    /// `HOST:PORT` (a name such as `localhost` is resolved), `[::1]:PORT`,
+    /// or `:PORT` for every interface.
+    #[serde(deserialize_with = "listen_address")]
     pub listen: SocketAddr,
     /// Directory of the embedded database and the key files.
     pub data_dir: PathBuf,
@@ -58,6 +61,55 @@ pub struct Config {
     pub store: StoreConfig,
     pub bus: BusConfig,
     pub tls: TlsConfig,
+    /// What loading noticed and the server should say once logging is up
+    /// (an unknown `UNIMSG_*` variable, `:PORT` listening everywhere).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+}
+
+/// Reads `listen` from the configuration with [`parse_listen`].
+fn listen_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_listen(&text)
+        .map(|(addr, _)| addr)
+        .map_err(serde::de::Error::custom)
+}
+
+/// A listening address: `HOST:PORT` (names are resolved; the first
+/// address wins), `[::1]:PORT`, or `:PORT` for every interface, which
+/// comes with a warning to show. The error says what is accepted.
+pub fn parse_listen(text: &str) -> Result<(SocketAddr, Option<String>), String> {
+    let refused = || {
+        format!(
+            "cannot listen on \"{text}\": write HOST:PORT, e.g. 127.0.0.1:8080, \
+             localhost:8080, [::1]:8080, or :8080 for every interface"
+        )
+    };
+    if let Some(port) = text.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| refused())?;
+        let warning = format!(
+            "listening on every interface (0.0.0.0:{port}): anyone who can reach this \
+             machine can reach the server; write 127.0.0.1:{port} for this machine only"
+        );
+        return Ok((SocketAddr::from(([0, 0, 0, 0], port)), Some(warning)));
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok((addr, None));
+    }
+    use std::net::ToSocketAddrs;
+    let mut resolved = text.to_socket_addrs().map_err(|_| refused())?;
+    resolved.next().map(|addr| (addr, None)).ok_or_else(refused)
+}
+
+/// The known variable closest to an unknown one, if it is close enough to
+/// be a typo.
+fn closest(unknown: &str, known: &[String]) -> Option<String> {
+    known
+        .iter()
+        .map(|k| (strsim::levenshtein(unknown, k), k))
+        .filter(|(distance, k)| *distance <= 3.max(k.len() / 5))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, k)| k.clone())
 }
 
 impl Default for Config {
@@ -78,6 +130,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             bus: BusConfig::default(),
             tls: TlsConfig::default(),
+            warnings: Vec::new(),
         }
     }
 }
@@ -259,6 +312,7 @@ impl Config {
         let lists = list_keys();
         let mut overrides = HashMap::new();
         let mut list_values = Vec::new();
+        let mut warnings = Vec::new();
         for (name, value) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -279,7 +333,15 @@ impl Config {
             } else if known.contains(&key) {
                 overrides.insert(name, value);
             } else {
-                tracing::warn!(variable = %name, "ignoring an environment variable that is no configuration key");
+                let env_names: Vec<String> = known
+                    .iter()
+                    .map(|k| format!("{ENV_PREFIX}{}", k.replace('.', "__").to_ascii_uppercase()))
+                    .chain(NOT_CONFIG.iter().map(|n| (*n).to_owned()))
+                    .collect();
+                let hint = closest(&name, &env_names)
+                    .map(|k| format!("; did you mean {k}?"))
+                    .unwrap_or_default();
+                warnings.push(format!("ignoring {name}: it is no configuration key{hint}"));
             }
         }
         let environment = config::Environment::with_prefix("UNIMSG")
@@ -296,10 +358,11 @@ impl Config {
         let merged = builder
             .build()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let config: Self = merged
+        let mut config: Self = merged
             .try_deserialize()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         config.http.check().map_err(ConfigError::Invalid)?;
+        config.warnings = warnings;
         Ok(config)
     }
 

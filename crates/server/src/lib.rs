@@ -34,6 +34,7 @@ use unimsg_store_sqlite::{SqliteOptions, SqliteStore};
 
 pub use config::{
     BusConfig, Config, ConfigError, ENV_PREFIX, LogConfig, LogFormat, StoreConfig, TlsConfig,
+    parse_listen,
 };
 pub use tls::TlsFiles;
 
@@ -715,8 +716,14 @@ pub fn init_logging(log: &LogConfig) {
     .iter()
     .filter_map(|d| d.parse().ok())
     .fold(filter, |f, directive| f.add_directive(directive));
+    // Colours only for a person at a terminal who did not ask for none
+    // (https://no-color.org): never in a file, a pipe or a journal.
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let result = match log.format {
         LogFormat::Json => builder.json().try_init(),

@@ -21,6 +21,7 @@ mod cluster;
 mod cors;
 mod delivery;
 mod durability;
+mod first_start;
 mod flow;
 mod friends;
 mod groups;

@@ -1,0 +1,84 @@
+//! The request id and the access log: every response carries an
+//! `X-Request-Id` (the client's, if it sent a plain one, else a fresh
+//! one), and with `http.log_requests` (on by default) every request is one
+//! `info` line of target `unimsg::http` with its method, route, status,
+//! duration and request id.
+//!
+//! The route is the matched template (`/v1/users/{id}`), never the
+//! request's path or query: a WebSocket's `?access_token=` or an id in
+//! a path does not reach the log.
+
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::AppState;
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest client-given request id that is kept.
+const MAX_ID: usize = 64;
+
+pub(crate) async fn log(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .filter(|v| plain(v.as_bytes()))
+        .cloned()
+        .unwrap_or_else(fresh_id);
+    req.headers_mut().insert(REQUEST_ID.clone(), id.clone());
+    let logged = state.http.log_requests.then(|| {
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or_else(|| "-".to_owned(), |m| m.as_str().to_owned());
+        (req.method().clone(), route, tokio::time::Instant::now())
+    });
+    let mut response = next.run(req).await;
+    if let Some((method, route, started)) = logged {
+        let took: Duration = started.elapsed();
+        tracing::info!(
+            target: "unimsg::http",
+            %method,
+            %route,
+            status = response.status().as_u16(),
+            ms = took.as_secs_f64() * 1000.0,
+            request_id = %id.to_str().unwrap_or("-"),
+            "request"
+        );
+    }
+    response.headers_mut().insert(REQUEST_ID.clone(), id);
+    response
+}
+
+/// 1 to 64 letters, digits, `-` or `_`.
+fn plain(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
+fn fresh_id() -> HeaderValue {
+    HeaderValue::from_str(&uuid::Uuid::now_v7().simple().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_client_ids_are_kept() {
+        assert!(plain(b"abc-123_X"));
+        assert!(!plain(b""));
+        assert!(!plain(b"has space"));
+        assert!(!plain(b"line\nbreak"));
+        assert!(!plain(&[b'a'; 65]));
+        assert!(plain(fresh_id().as_bytes()));
+    }
+}
