@@ -30,7 +30,9 @@ pub(crate) async fn log(State(state): State<AppState>, mut req: Request, next: N
         .cloned()
         .unwrap_or_else(fresh_id);
     req.headers_mut().insert(REQUEST_ID.clone(), id.clone());
-    let logged = state.http.log_requests.then(|| {
+    let wanted = state.http.log_requests
+        && tracing::enabled!(target: "unimsg::http", tracing::Level::INFO);
+    let logged = wanted.then(|| {
         let route = req
             .extensions()
             .get::<MatchedPath>()
