@@ -228,8 +228,20 @@ enum ConfigCommand {
     },
 }
 
-fn main() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(error) => {
+            // One line per cause, never a backtrace (whatever
+            // RUST_BACKTRACE says): these are messages for the person at
+            // the terminal, not for a debugger.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
         Command::User { remote, command } => admin::run(&remote, Action::User(command)),

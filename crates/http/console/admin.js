@@ -135,7 +135,7 @@ async function signIn(event) {
   submit.disabled = true;
   submit.textContent = t('admin.signin.busy');
   try {
-    const answer = await call('POST', '/v1/admin/token', { admin_id: id, secret });
+    const answer = await call('POST', '/v1/admin/token', { admin_id: id, password: secret });
     session.token = answer.token;
     session.adminId = id;
     session.scopes = answer.scopes || [];

@@ -30,8 +30,8 @@ pub(crate) async fn log(State(state): State<AppState>, mut req: Request, next: N
         .cloned()
         .unwrap_or_else(fresh_id);
     req.headers_mut().insert(REQUEST_ID.clone(), id.clone());
-    let wanted = state.http.log_requests
-        && tracing::enabled!(target: "unimsg::http", tracing::Level::INFO);
+    let wanted =
+        state.http.log_requests && tracing::enabled!(target: "unimsg::http", tracing::Level::INFO);
     let logged = wanted.then(|| {
         let route = req
             .extensions()

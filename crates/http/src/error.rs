@@ -101,3 +101,89 @@ pub(crate) fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
     tracing::error!(panic = %detail, "handler panicked");
     ApiError::new(ErrorCode::Internal, "internal error").into_response()
 }
+
+/// A deserializer's complaint in words for a client: without the
+/// framework's preamble, the position, or Rust type names (`struct
+/// NotifyRequest`, `u32`, `variant identifier`). The field path and the
+/// allowed values stay.
+pub fn plain_words(message: &str) -> String {
+    let mut text = message;
+    for preamble in [
+        "Failed to deserialize the JSON body into the target type: ",
+        "Failed to parse the request body as JSON: ",
+        "Failed to deserialize query string: ",
+    ] {
+        if let Some(rest) = text.strip_prefix(preamble) {
+            text = rest;
+        }
+    }
+    let mut out = match text.rfind(" at line ") {
+        Some(at) if text[at..].contains(" column ") => text[..at].to_owned(),
+        _ => text.to_owned(),
+    };
+    for (rust, words) in [
+        ("variant identifier", "one of the allowed values"),
+        ("field identifier", "a known field"),
+        ("a sequence", "a list"),
+        ("a map", "an object"),
+        ("a boolean", "true or false"),
+        ("usize", "a whole number"),
+        ("u64", "a whole number"),
+        ("u32", "a whole number"),
+        ("u16", "a whole number"),
+        ("u8", "a whole number"),
+        ("i64", "a whole number"),
+        ("i32", "a whole number"),
+        ("f64", "a number"),
+    ] {
+        out = out.replace(&format!("expected {rust}"), &format!("expected {words}"));
+    }
+    for kind in ["struct ", "enum ", "tuple struct "] {
+        while let Some(at) = out.find(&format!("expected {kind}")) {
+            let name_start = at + "expected ".len() + kind.len();
+            let name_end = out[name_start..]
+                .find(|c: char| !c.is_alphanumeric() && c != '_')
+                .map_or(out.len(), |n| name_start + n);
+            let words = if kind == "enum " {
+                "one of the allowed values"
+            } else {
+                "an object"
+            };
+            out.replace_range(at..name_end, &format!("expected {words}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deserializer_messages_lose_their_rust_words() {
+        for (raw, plain) in [
+            (
+                "Failed to deserialize the JSON body into the target type: to: unknown variant `usr`, expected `user` or `group` at line 1 column 12",
+                "to: unknown variant `usr`, expected `user` or `group`",
+            ),
+            (
+                "Failed to deserialize the JSON body into the target type: invalid type: integer `5`, expected struct NotifyRequest at line 1 column 1",
+                "invalid type: integer `5`, expected an object",
+            ),
+            (
+                "Failed to deserialize query string: limit: invalid digit found in string",
+                "limit: invalid digit found in string",
+            ),
+            (
+                "seq: invalid type: string \"x\", expected u64 at line 1 column 9",
+                "seq: invalid type: string \"x\", expected a whole number",
+            ),
+            (
+                "kind: invalid type: map, expected enum DevicePolicy",
+                "kind: invalid type: map, expected one of the allowed values",
+            ),
+        ] {
+            assert_eq!(plain_words(raw), plain);
+        }
+    }
+}

@@ -42,7 +42,7 @@ fn json_rejection(r: JsonRejection) -> ApiError {
             ErrorCode::UnsupportedMediaType,
             "expected Content-Type: application/json",
         ),
-        _ => ApiError::bad_request(r.body_text()),
+        _ => ApiError::bad_request(crate::error::plain_words(&r.body_text())),
     }
 }
 
@@ -56,7 +56,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Query(v)| Query(v))
-            .map_err(|r: QueryRejection| ApiError::bad_request(r.body_text()))
+            .map_err(|r: QueryRejection| {
+                ApiError::bad_request(crate::error::plain_words(&r.body_text()))
+            })
     }
 }
 

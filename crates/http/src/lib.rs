@@ -34,7 +34,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use error::ApiError;
+pub use error::{ApiError, plain_words};
 
 /// Marks a request that arrived over this server's own TLS listener; the
 /// accept loop inserts it. See `admin.require_tls`.

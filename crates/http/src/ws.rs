@@ -675,7 +675,10 @@ async fn handle_frame(
     let parsed = match parsed {
         Ok(f) => f,
         Err(e) => {
-            let e = ApiError::bad_request(format!("invalid frame: {e}"));
+            let e = ApiError::bad_request(format!(
+                "invalid frame: {}",
+                crate::error::plain_words(&e.to_string())
+            ));
             return (error_frame(None, e), None);
         }
     };

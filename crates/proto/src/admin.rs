@@ -29,6 +29,8 @@ wire_names! {
 #[serde(deny_unknown_fields)]
 pub struct AdminTokenRequest {
     pub admin_id: String,
+    /// The admin's secret (`secret` is accepted as an older name).
+    #[serde(rename = "password", alias = "secret")]
     pub secret: String,
 }
 

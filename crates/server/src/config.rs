@@ -101,6 +101,29 @@ pub fn parse_listen(text: &str) -> Result<(SocketAddr, Option<String>), String> 
     resolved.next().map(|addr| (addr, None)).ok_or_else(refused)
 }
 
+/// A refusal of the merged configuration in words: the `config` crate's
+/// own (`enum DevicePolicy does not have variant constructor bogus for key
+/// …`) names Rust types and not the allowed values, so the same values
+/// are read again through JSON, whose errors name the key's path and the
+/// allowed values. That second reading is stricter (a number given as a
+/// string in a list is refused there), so its words are used only when
+/// they are about the key the first reading refused.
+fn explain(merged: config::Config, error: &config::ConfigError) -> String {
+    let first = error.to_string();
+    let second = merged
+        .try_deserialize::<serde_json::Value>()
+        .ok()
+        .and_then(|value| serde_path_to_error::deserialize::<_, Config>(value).err());
+    if let Some(e) = second {
+        let path = e.path().to_string();
+        if first.contains(&format!("`{path}`")) {
+            let words = unimsg_http::plain_words(&e.inner().to_string());
+            return format!("{path}: {words}");
+        }
+    }
+    unimsg_http::plain_words(&first)
+}
+
 /// The known variable closest to an unknown one, if it is close enough to
 /// be a typo.
 fn closest(unknown: &str, known: &[String]) -> Option<String> {
@@ -358,9 +381,10 @@ impl Config {
         let merged = builder
             .build()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let mut config: Self = merged
-            .try_deserialize()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut config: Self = match merged.clone().try_deserialize() {
+            Ok(config) => config,
+            Err(error) => return Err(ConfigError::Invalid(explain(merged, &error))),
+        };
         config.http.check().map_err(ConfigError::Invalid)?;
         config.warnings = warnings;
         Ok(config)

@@ -22,6 +22,8 @@ fn serve(listen: &str, dir: &tempfile::TempDir) -> Command {
         .arg("--data-dir")
         .arg(dir.path())
         .env_remove("RUST_LOG")
+        // Asked for, and still not shown to the person at the terminal.
+        .env("RUST_BACKTRACE", "1")
         .env("UNIMSG_ADMIN_PASSWORD", ADMIN_PASSWORD);
     cmd
 }
@@ -74,6 +76,8 @@ async fn listen_takes_a_host_name_and_a_bare_port_and_explains_what_it_refuses()
                     1,
                     "{bad}: said once: {text}"
                 );
+                assert!(text.starts_with("error: --listen: "), "{bad}: {text}");
+                assert!(!text.contains("acktrace"), "{bad}: no backtrace: {text}");
             }
             Err(other) => panic!("{bad}: {other}"),
             Ok(started) => panic!("{bad} was accepted: {}", started.addr),
@@ -169,4 +173,121 @@ async fn an_unknown_variable_is_named_with_the_key_it_was_probably_meant_to_be()
         .find(|l| l.contains("UNIMSG_NOTHING_LIKE_ANY_KEY_AT_ALL"))
         .unwrap();
     assert!(!far.contains("did you mean"), "no far-fetched guess: {far}");
+}
+
+/// `POST /v1/admin/token` takes Basic credentials like every admin call,
+/// and its JSON form the field names of the rest (`admin_id`, `password`;
+/// `secret` still works).
+#[tokio::test]
+async fn the_admin_token_takes_basic_credentials_or_admin_id_and_password() {
+    let server = TestServer::start().await;
+    let url = format!("{}/v1/admin/token", server.base);
+    let http = reqwest::Client::new();
+    let basic = http
+        .post(&url)
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status(), 200);
+    let token: serde_json::Value = basic.json().await.unwrap();
+    assert!(token["token"].as_str().is_some_and(|t| !t.is_empty()));
+    for field in ["password", "secret"] {
+        let r = http
+            .post(&url)
+            .json(&serde_json::json!({"admin_id": "admin", field: ADMIN_PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{field}");
+    }
+    let wrong = http
+        .post(&url)
+        .basic_auth("admin", Some("not the password"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let empty = http.post(&url).send().await.unwrap();
+    assert_eq!(empty.status(), 400);
+    let body: serde_json::Value = empty.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Basic") && m.contains("password")),
+        "{body}"
+    );
+}
+
+/// What a client sees of a body or query it got wrong names the field and
+/// what is allowed, with no framework preamble and no Rust type names.
+#[tokio::test]
+async fn refusals_of_bad_bodies_and_queries_speak_without_rust_internals() {
+    let server = TestServer::start().await;
+    let alice = user(&server.client(), "alice").await;
+    let token = &alice.tokens.access_token;
+    let http = reqwest::Client::new();
+    let cases: [(reqwest::Method, &str, &str, &str); 4] = [
+        (
+            reqwest::Method::POST,
+            "/v1/messages",
+            r#"{"to":{"usr":"x"},"content":{}}"#,
+            "to",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/messages",
+            r#"{"to":5,"content":{}}"#,
+            "to",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/ack",
+            r#"{"seq":"seven"}"#,
+            "seq",
+        ),
+        (reqwest::Method::GET, "/v1/sync?after=x", "", "after"),
+    ];
+    for (method, path, body, field) in cases {
+        let mut request = http
+            .request(method, format!("{}{path}", server.base))
+            .bearer_auth(token);
+        if !body.is_empty() {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 400, "{path} {body}");
+        let answer: serde_json::Value = r.json().await.unwrap();
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(field), "{path} {body}: {message}");
+        for internal in [
+            "Failed to",
+            "struct ",
+            "enum ",
+            "u64",
+            "variant identifier",
+            " at line ",
+        ] {
+            assert!(!message.contains(internal), "{path} {body}: {message}");
+        }
+    }
+}
+
+/// A configuration value of the wrong kind stops the start with the key
+/// and the allowed values, not the config library's Rust words.
+#[tokio::test]
+async fn a_bad_configuration_value_is_named_with_what_is_allowed() {
+    let logs = TestServer::try_start_with(&[("UNIMSG_AUTH__DEVICE_POLICY", "bogus")])
+        .await
+        .err()
+        .expect("a bogus device policy was accepted");
+    assert!(logs.contains("auth.device_policy"), "{logs}");
+    assert!(
+        logs.contains("one_per_platform") && logs.contains("single"),
+        "the allowed values: {logs}"
+    );
+    assert!(!logs.contains("variant constructor"), "{logs}");
+    assert!(!logs.contains("enum "), "{logs}");
 }

@@ -272,18 +272,23 @@ async fn authenticate(
         .split_once(' ')
         .ok_or_else(|| ApiError::unauthorized("malformed Authorization"))?;
     if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = STANDARD
-            .decode(rest.trim())
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
-        let (id, secret) = decoded
-            .split_once(':')
-            .ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
-        Ok(state.core.admin_basic(id, secret, Some(client)).await?)
+        let (id, secret) = basic_pair(rest)?;
+        Ok(state.core.admin_basic(&id, &secret, Some(client)).await?)
     } else if scheme.eq_ignore_ascii_case("bearer") {
         Ok(state.core.admin_bearer(rest.trim(), Some(client)).await?)
     } else {
         Err(ApiError::unauthorized("use Basic or Bearer credentials"))
     }
+}
+
+/// The admin id and secret of Basic credentials (the part after `Basic `).
+pub(super) fn basic_pair(encoded: &str) -> Result<(String, String), ApiError> {
+    let malformed = || ApiError::unauthorized("malformed Basic credentials");
+    let decoded = STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(malformed)?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(malformed)?;
+    Ok((id.to_owned(), secret.to_owned()))
 }

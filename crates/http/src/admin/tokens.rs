@@ -1,6 +1,7 @@
 //! `POST /v1/admin/token` (admin credentials for an admin token) and
 //! `POST /v1/admin/admins` (another admin account).
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +21,7 @@ use crate::extract::{Json, RequestOrigin};
     operation_id = "admin_token",
     tag = "admin",
     summary = "Exchange admin credentials for an admin token",
-    description = "Returns a Bearer token for the admin API with the account's scopes. Rate limited per address. `X-Nonce` is checked and recorded only once the secret is verified, so a failed attempt does not use it up.",
+    description = "Returns a Bearer token for the admin API with the account's scopes, for Basic credentials (`admin_id:password`, as every admin call takes them) or a JSON body `{admin_id, password}`. Rate limited per address. `X-Nonce` is checked and recorded only once the secret is verified, so a failed attempt does not use it up.",
     request_body = AdminTokenRequest,
     responses(
         (status = 200, description = "An admin token.", body = AdminToken),
@@ -38,8 +39,12 @@ pub(super) async fn token(
     State(state): State<AppState>,
     RequestOrigin(client): RequestOrigin,
     headers: HeaderMap,
-    Json(req): Json<AdminTokenRequest>,
+    body: Bytes,
 ) -> Response {
+    let req = match credentials(&headers, &body) {
+        Ok(req) => req,
+        Err(error) => return error.into_response(),
+    };
     // The same client `gate` found, for the back-off of failed secrets.
     let result = match state
         .core
@@ -83,6 +88,30 @@ pub(super) async fn token(
             response
         }
     }
+}
+
+/// The credentials of a token request: Basic, as every other admin call
+/// takes them, or the JSON body `{admin_id, password}` (`secret` is the
+/// older name of `password`).
+fn credentials(headers: &HeaderMap, body: &[u8]) -> Result<AdminTokenRequest, ApiError> {
+    if let Some(value) = header(headers, "authorization") {
+        return match value.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("basic") => {
+                let (admin_id, secret) = super::gate::basic_pair(rest)?;
+                Ok(AdminTokenRequest { admin_id, secret })
+            }
+            _ => Err(ApiError::unauthorized(
+                "exchange Basic credentials (admin_id:password) or a JSON body for a token",
+            )),
+        };
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "send Basic credentials, or a JSON body {\"admin_id\": ..., \"password\": ...}",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(crate::error::plain_words(&e.to_string())))
 }
 
 #[utoipa::path(

@@ -61,7 +61,7 @@ fn import_item(raw: serde_json::Value) -> ImportItem {
         Ok(user) => ImportItem::User(user),
         Err(e) => ImportItem::Malformed {
             user_id,
-            reason: e.to_string(),
+            reason: crate::error::plain_words(&e.to_string()),
         },
     }
 }
