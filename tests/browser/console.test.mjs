@@ -257,7 +257,8 @@ test('a message from another context appears live on the desktop with an unread 
   const { alice, desktop } = pages;
   await alice.fill('#newchat-user', users.bob.user_id);
   await alice.press('#newchat-user', 'Enter');
-  await waitText(alice, '#pane-title', users.bob.user_id);
+  // Opened by id: the lookup brings the name.
+  await waitText(alice, '#pane-title', users.bob.display_name);
   await alice.fill('#send-text', 'Hello Bob, this is Alice');
   await alice.press('#send-text', 'Enter');
   await waitText(alice, '#messages .msg.mine', 'Hello Bob, this is Alice');
@@ -590,6 +591,36 @@ test('an expired access token is refreshed without leaving the page', { skip: NO
   assert.equal(now.session_id, first.session_id, 'in the same session');
   assert.ok(await visible(page, '#center-view'), 'still in the message center');
   await context.close();
+});
+
+test('new chat takes a username, refuses one nobody has, and drafts stay with their conversation', async () => {
+  const page = pages.alice;
+  await page.goto(`${BASE}/`);
+  await waitVisible(page, '#center-view');
+  const carol = { username: `carol${run}`, display_name: 'Carol Chen' };
+  const answer = await api('POST', '/v1/auth/register', { ...carol, password: PASSWORD });
+  carol.user_id = answer.user_id;
+
+  await page.fill('#newchat-user', `nobody${run}`);
+  await page.press('#newchat-user', 'Enter');
+  await waitText(page, '#newchat-error', `Nobody is called "nobody${run}"`);
+  assert.ok(!(await page.textContent('#pane-title')).includes('nobody'), 'no chat was opened');
+
+  await page.fill('#newchat-user', users.bob.username);
+  await page.press('#newchat-user', 'Enter');
+  await waitText(page, '#pane-title', 'Bob 鲍勃');
+  await page.fill('#send-text', 'a draft for bob');
+
+  await page.fill('#newchat-user', carol.username);
+  await page.press('#newchat-user', 'Enter');
+  await waitText(page, '#pane-title', 'Carol Chen');
+  assert.equal(await page.inputValue('#send-text'), '', "bob's draft does not follow to carol");
+
+  await page.fill('#newchat-user', users.bob.user_id);
+  await page.press('#newchat-user', 'Enter');
+  await waitText(page, '#pane-title', 'Bob 鲍勃');
+  assert.equal(await page.inputValue('#send-text'), 'a draft for bob', 'the draft waited in its conversation');
+  await shot(page, 'alice-draft-kept');
 });
 
 test('logout and forced logout return to the login page', async () => {

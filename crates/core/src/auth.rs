@@ -13,7 +13,9 @@ use jsonwebtoken::{Algorithm, Validation};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use unimsg_proto::api::{LoginRequest, RegisterRequest, SessionInfo, TokenPair, UserProfile};
+use unimsg_proto::api::{
+    LoginRequest, PublicUser, RegisterRequest, SessionInfo, TokenPair, UserProfile,
+};
 use unimsg_proto::event::{RevokeReason, SessionRevokedData};
 use unimsg_proto::hooks::{
     AlertKind, HookEventType, LoginData, SecurityAlertData, SessionData, UserData,
@@ -47,6 +49,43 @@ pub struct AuthContext {
 pub struct ClientInfo {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The language the client asked for (`Accept-Language`), for the few
+    /// texts the server writes itself.
+    pub language: Language,
+}
+
+/// How [`Core::lookup_user`] names the user it looks for.
+#[derive(Debug, Clone)]
+pub enum LookupBy {
+    Username(String),
+    Id(UserId),
+}
+
+/// The languages of the texts the server writes itself (the new sign-in
+/// notice): Chinese when the client prefers it, else English.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Language {
+    #[default]
+    English,
+    Chinese,
+}
+
+impl Language {
+    /// From an `Accept-Language` header: its first language decides.
+    pub fn from_accept_language(header: &str) -> Self {
+        let first = header
+            .split(',')
+            .next()
+            .and_then(|tag| tag.split(';').next())
+            .unwrap_or("")
+            .trim();
+        let primary = first.split(['-', '_']).next().unwrap_or("");
+        if primary.eq_ignore_ascii_case("zh") {
+            Self::Chinese
+        } else {
+            Self::English
+        }
+    }
 }
 
 /// The JWT claims of an access token.
@@ -299,6 +338,7 @@ impl Core {
             return Err(disabled());
         }
         let ip = client.ip.clone();
+        let language = client.language;
         let new_place = self
             .store
             .is_new_place(&user.user_id, req.device_id.as_deref(), ip.as_deref())
@@ -318,20 +358,23 @@ impl Core {
         })
         .await;
         if new_place {
-            self.warn_new_place(&user.user_id, &platform, device, ip, &pair)
+            self.warn_new_place(&user.user_id, &platform, device, ip, language, &pair)
                 .await;
         }
         Ok(pair)
     }
 
     /// A sign-in from a device and an address this user never used: an
-    /// audit entry, and a notification in the user's system conversation.
+    /// audit entry, a `security.alert` webhook event, and (unless
+    /// `auth.new_device_notice` is off) a notification in the user's
+    /// system conversation, in the language the login asked for.
     async fn warn_new_place(
         &self,
         user: &UserId,
         platform: &Platform,
         device: Option<String>,
         ip: Option<String>,
+        language: Language,
         pair: &TokenPair,
     ) {
         let alert = SecurityAlertData {
@@ -352,9 +395,19 @@ impl Core {
             ..AuditRecord::default()
         })
         .await;
+        if !self.config.auth.new_device_notice {
+            return;
+        }
+        let (title, body) = match language {
+            Language::English => (
+                "New sign-in",
+                "Your account was used to sign in from a new device or address.",
+            ),
+            Language::Chinese => ("新的登录", "你的账号在新的设备或地址上登录了。"),
+        };
         let content = NewPlaceNotice {
-            title: "New sign-in",
-            body: "Your account was used to sign in from a new device or address.",
+            title,
+            body,
             platform,
             device_id: device,
             ip,
@@ -819,6 +872,28 @@ impl Core {
             display_name: user.display_name,
             created_at: user.created_at,
         })
+    }
+
+    /// `GET /v1/users?username=`: another user's public profile, so that
+    /// a client can start a chat by username. Limited per caller; a
+    /// disabled or unknown user is the same 404.
+    pub async fn lookup_user(&self, auth: &AuthContext, by: LookupBy) -> Result<PublicUser> {
+        self.check_limit(crate::limits::Limit::Lookup, auth.user_id.as_str())
+            .await?;
+        let not_found = || CoreError::NotFound("no such user".into());
+        let user = match by {
+            LookupBy::Username(name) if name.is_empty() || name.len() > 64 => None,
+            LookupBy::Username(name) => self.store.user_by_username(&name).await?,
+            LookupBy::Id(id) => self.store.user(&id).await?,
+        };
+        match user {
+            Some(user) if user.status == UserStatus::Active => Ok(PublicUser {
+                user_id: user.user_id,
+                username: user.username,
+                display_name: user.display_name,
+            }),
+            _ => Err(not_found()),
+        }
     }
 
     /// `GET /v1/me/sessions`

@@ -93,6 +93,10 @@ pub struct AuthConfig {
     /// `stuffing_window_secs` (0: never).
     pub stuffing_accounts: usize,
     pub stuffing_window_secs: u64,
+    /// Whether a sign-in from a device and an address the user never used
+    /// puts a "New sign-in" notification in their system conversation
+    /// (the audit entry and the `security.alert` event happen anyway).
+    pub new_device_notice: bool,
 }
 
 impl Default for AuthConfig {
@@ -107,6 +111,7 @@ impl Default for AuthConfig {
             allow_query_token: true,
             stuffing_accounts: 20,
             stuffing_window_secs: 600,
+            new_device_notice: true,
         }
     }
 }

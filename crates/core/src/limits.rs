@@ -60,6 +60,8 @@ pub enum Limit {
     Admin,
     /// `POST /v1/auth/qr` (new login tickets), per IP.
     Qr,
+    /// `GET /v1/users?username=` (a user looked up by username), per user.
+    Lookup,
     // ---- Per-user send limits (audit item 9) ----
     /// Messages a user sends, direct and to groups (WebSocket `send` too),
     /// per user id.
@@ -80,6 +82,7 @@ impl Limit {
             Limit::Token => "token",
             Limit::Admin => "admin",
             Limit::Qr => "qr",
+            Limit::Lookup => "lookup",
             Limit::Send => "send",
             Limit::Deliveries => "deliveries",
         }
@@ -100,6 +103,8 @@ pub struct LimitsConfig {
     pub admin_per_second: u32,
     /// QR login tickets created per minute from one IP.
     pub qr_per_minute: u32,
+    /// Users one user may look up by username per minute.
+    pub lookup_per_minute: u32,
     /// Failed logins of one account from one IP before that pair backs
     /// off (and failed admin authentications from one IP, across admin
     /// ids, before that IP backs off).
@@ -128,6 +133,7 @@ impl Default for LimitsConfig {
             token_per_minute: 120,
             admin_per_second: 500,
             qr_per_minute: 60,
+            lookup_per_minute: 60,
             login_failures_before_backoff: 5,
             account_failures_before_slowdown: 20,
             max_backoff_secs: 900,
@@ -261,6 +267,7 @@ pub struct MemoryLimits {
     token: Option<Keyed>,
     admin: Option<Keyed>,
     qr: Option<Keyed>,
+    lookup: Option<Keyed>,
     // Per-user send limits (audit item 9).
     send: Option<Keyed>,
     deliveries: Option<Keyed>,
@@ -295,6 +302,7 @@ impl MemoryLimits {
             token: keyed(per_minute(config.token_per_minute)),
             admin: keyed(per_second(config.admin_per_second)),
             qr: keyed(per_minute(config.qr_per_minute)),
+            lookup: keyed(per_minute(config.lookup_per_minute)),
             send: keyed(per_minute(config.send_per_minute)),
             deliveries: keyed(per_minute(config.deliveries_per_minute)),
             failures: Mutex::new(HashMap::new()),
@@ -310,6 +318,7 @@ impl MemoryLimits {
             Limit::Token => self.token.as_ref(),
             Limit::Admin => self.admin.as_ref(),
             Limit::Qr => self.qr.as_ref(),
+            Limit::Lookup => self.lookup.as_ref(),
             Limit::Send => self.send.as_ref(),
             Limit::Deliveries => self.deliveries.as_ref(),
         }
@@ -326,6 +335,7 @@ impl MemoryLimits {
             &self.token,
             &self.admin,
             &self.qr,
+            &self.lookup,
             &self.send,
             &self.deliveries,
         ]

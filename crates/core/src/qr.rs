@@ -544,6 +544,7 @@ impl Core {
         let client = ClientInfo {
             ip: ticket.ip.clone(),
             user_agent: ticket.user_agent.clone(),
+            language: crate::auth::Language::default(),
         };
         let confirmed = unimsg_proto::hooks::QrConfirmedData {
             ticket_id: ticket.ticket_id.to_string(),

@@ -22,6 +22,7 @@ const state = {
   convs: [],
   names: new Map(), // user_id → display name, from the conversation list
   open: null, // {kind: 'direct', id, peer} | {kind: 'system'}
+  drafts: new Map(), // conversation id → {text, error}: what was typed there and not sent
   messages: new Map(), // message_id → message, for the open conversation
   nextBefore: null,
   conn: 'closed',
@@ -484,9 +485,28 @@ function refreshSoon() {
   state.refreshTimer = setTimeout(refreshConversations, 150);
 }
 
+/** Keeps the open conversation's unsent text and its error with it. */
+function stashDraft() {
+  const open = state.open;
+  if (open?.kind !== 'direct') return;
+  const text = $('send-text').value;
+  const error = $('send-error').textContent;
+  if (text || error) state.drafts.set(open.id, { text, error });
+  else state.drafts.delete(open.id);
+}
+
+/** Puts back what was typed in conversation `id` (nothing if none). */
+function restoreDraft(id) {
+  const draft = state.drafts.get(id);
+  $('send-text').value = draft?.text ?? '';
+  $('send-error').textContent = draft?.error ?? '';
+}
+
 async function openConversation(peer) {
   const id = directConversationId(client.userId, peer);
   if (!id) return;
+  stashDraft();
+  restoreDraft(id);
   state.open = { kind: 'direct', id, peer };
   state.messages = new Map();
   state.nextBefore = null;
@@ -543,6 +563,7 @@ function markOpenRead() {
 }
 
 function openSystem() {
+  stashDraft();
   state.open = { kind: 'system' };
   state.messages = new Map();
   state.nextBefore = null;
@@ -555,6 +576,7 @@ function openSystem() {
 
 /** Back to the list (phone width): focus returns to the conversation that was open. */
 function closePane() {
+  stashDraft();
   const was = state.open;
   state.open = null;
   renderConversations();
@@ -577,9 +599,13 @@ async function sendMessage(event) {
   const error = $('send-error');
   error.textContent = '';
   button.disabled = true;
+  // The answer may come after another conversation was opened: what it
+  // changes belongs to this one.
+  const here = () => state.open?.id === open.id;
   try {
     const r = await client.send(open.peer, text);
-    input.value = '';
+    if (here()) input.value = '';
+    else state.drafts.delete(open.id);
     if (!state.messages.has(r.message_id) && state.open?.id === r.conversation_id) {
       // Shown at once; the live `message.new` for it is recognised by id.
       const seqs = [...state.messages.values()].map((m) => m.conv_seq);
@@ -599,29 +625,58 @@ async function sendMessage(event) {
     }
     refreshSoon();
   } catch (e) {
-    error.textContent = errorText(e);
+    if (here()) error.textContent = errorText(e);
+    else state.drafts.set(open.id, { text, error: errorText(e) });
   } finally {
     button.disabled = false;
-    input.focus();
+    if (here()) input.focus();
   }
 }
 
-function newChat(event) {
+/** Finds the user a "new chat" names: by username first, then by user id. */
+async function findUser(name) {
+  try {
+    return await client.lookupUser({ username: name });
+  } catch (e) {
+    if (e.status !== 404) throw e;
+  }
+  try {
+    return await client.lookupUser({ user_id: name });
+  } catch (e) {
+    if (e.status === 404) return null;
+    throw e;
+  }
+}
+
+async function newChat(event) {
   event.preventDefault();
   const input = $('newchat-user');
-  const peer = input.value.trim();
+  const name = input.value.trim();
   const error = $('newchat-error');
   error.textContent = '';
-  if (!USER_ID.test(peer)) {
+  if (!USER_ID.test(name)) {
     error.textContent = t('center.newchat.bad');
     return;
   }
-  if (peer === client.userId) {
+  let user;
+  try {
+    user = await findUser(name);
+  } catch (e) {
+    error.textContent = errorText(e);
+    return;
+  }
+  if (!user) {
+    // Nobody to talk to: no conversation is opened.
+    error.textContent = t('center.newchat.unknown', { name });
+    return;
+  }
+  if (user.user_id === client.userId) {
     error.textContent = t('center.newchat.self');
     return;
   }
+  state.names.set(user.user_id, user.display_name || user.username);
   input.value = '';
-  openConversation(peer);
+  openConversation(user.user_id);
 }
 
 /** One inbox event from the WebSocket (each seq once, in order). */

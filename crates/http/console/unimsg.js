@@ -298,6 +298,12 @@ export class Client {
     return this.request('GET', '/v1/me');
   }
 
+  /** Another user's public profile, by `{username}` or `{user_id}` (404 when there is none). */
+  lookupUser(by) {
+    const query = new URLSearchParams(by.username !== undefined ? { username: by.username } : { user_id: by.user_id });
+    return this.request('GET', `/v1/users?${query}`);
+  }
+
   /** Refreshes first when the access token is (nearly) expired. */
   async freshAccessToken() {
     const tokens = this.tokens;

@@ -5,11 +5,11 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
-use axum::http::header::{AUTHORIZATION, USER_AGENT};
+use axum::http::header::{ACCEPT_LANGUAGE, AUTHORIZATION, USER_AGENT};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
-use unimsg_core::auth::{AuthContext, ClientInfo};
+use unimsg_core::auth::{AuthContext, ClientInfo, Language};
 use unimsg_proto::ErrorCode;
 
 use crate::AppState;
@@ -232,7 +232,17 @@ impl FromRequestParts<AppState> for RequestOrigin {
             .get(USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(256).collect());
-        Ok(RequestOrigin(ClientInfo { ip, user_agent }))
+        let language = parts
+            .headers
+            .get(ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok())
+            .map(Language::from_accept_language)
+            .unwrap_or_default();
+        Ok(RequestOrigin(ClientInfo {
+            ip,
+            user_agent,
+            language,
+        }))
     }
 }
 

@@ -129,6 +129,7 @@ fn user_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::auth::refresh))
         .routes(routes!(routes::auth::logout))
         .routes(routes!(routes::auth::me))
+        .routes(routes!(routes::auth::lookup_user))
         .routes(routes!(routes::auth::sessions))
         .routes(routes!(routes::auth::end_session))
         .routes(routes!(routes::messages::send))

@@ -253,6 +253,8 @@ pub struct NotifyResponse {
 pub struct MessageStatus {
     pub message_id: MessageId,
     pub recipients: u64,
+    /// Recipients whose client acknowledged it (`ack` up to its seq) or
+    /// read it (reading implies delivery).
     pub delivered: u64,
     pub read: u64,
     /// One page of per-recipient state, by user id.

@@ -40,6 +40,15 @@ pub struct UserProfile {
     pub created_at: OffsetDateTime,
 }
 
+/// `GET /v1/users?username=`: what any signed-in user may see of another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PublicUser {
+    pub user_id: UserId,
+    pub username: String,
+    pub display_name: String,
+}
+
 /// `POST /v1/auth/login`
 #[derive(Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

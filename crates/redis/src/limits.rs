@@ -189,6 +189,7 @@ impl RedisLimits {
                 Duration::from_secs(1),
             ),
             Limit::Qr => ("qr", self.config.qr_per_minute, minute),
+            Limit::Lookup => ("lookup", self.config.lookup_per_minute, minute),
             // Per-user send limits (audit item 9).
             Limit::Send => ("send", self.config.send_per_minute, minute),
             Limit::Deliveries => ("deliveries", self.config.deliveries_per_minute, minute),

@@ -580,7 +580,8 @@ pub async fn run(
         // Shown once, on stdout rather than in the log; only its hash is stored.
         println!(
             "created the admin account: admin_id = {INITIAL_ADMIN}, password = {password} \
-             (shown only now; set {ADMIN_PASSWORD_ENV} to choose it)"
+             (shown only now; set {ADMIN_PASSWORD_ENV} to choose it); sign in with it \
+             at /admin"
         );
     }
     let state = AppState {
@@ -621,6 +622,11 @@ pub async fn run(
         })
     });
     tracing::info!(target: LIFECYCLE, "listening on {scheme}://{addr}");
+    tracing::info!(
+        target: LIFECYCLE,
+        "web console {scheme}://{addr}/ · admin console {scheme}://{addr}/admin · \
+         API reference {scheme}://{addr}/docs/"
+    );
     let hub = core.hub().clone();
     let draining = hub.clone();
     // Counted refusals of the admin API are written when their interval

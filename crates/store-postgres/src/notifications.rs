@@ -139,7 +139,7 @@ impl Notifications for PgStore {
         snapshot!(self, |tx| {
             let counts = tx
                 .prepare_cached(
-                    "SELECT count(*), count(*) FILTER (WHERE u.acked_seq >= r.seq), \
+                    "SELECT count(*), count(*) FILTER (WHERE u.acked_seq >= r.seq OR r.read_at IS NOT NULL), \
                      count(*) FILTER (WHERE r.read_at IS NOT NULL) \
                      FROM notification_recipients r JOIN users u ON u.user_id = r.user_id \
                      WHERE r.message_id = $1",
@@ -150,7 +150,7 @@ impl Notifications for PgStore {
                 (column(&row, 0)?, column(&row, 1)?, column(&row, 2)?);
             let page = tx
                 .prepare_cached(
-                    "SELECT r.user_id, u.acked_seq >= r.seq, r.read_at IS NOT NULL \
+                    "SELECT r.user_id, (u.acked_seq >= r.seq OR r.read_at IS NOT NULL), r.read_at IS NOT NULL \
                      FROM notification_recipients r JOIN users u ON u.user_id = r.user_id \
                      WHERE r.message_id = $1 AND r.user_id > $2 ORDER BY r.user_id LIMIT $3",
                 )

@@ -91,14 +91,14 @@ impl Notifications for SqliteStore {
         self.read(move |conn| {
             let (recipients, delivered, read): (i64, Option<i64>, Option<i64>) = conn
                 .query_row_cached(
-                    "SELECT count(*), sum(u.acked_seq >= r.seq), sum(r.read_at IS NOT NULL) \
+                    "SELECT count(*), sum(u.acked_seq >= r.seq OR r.read_at IS NOT NULL), sum(r.read_at IS NOT NULL) \
                      FROM notification_recipients r JOIN users u ON u.user_id = r.user_id \
                      WHERE r.message_id = ?1",
                     [id.as_str()],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )?;
             let mut stmt = conn.prepare_cached(
-                "SELECT r.user_id, u.acked_seq >= r.seq, r.read_at IS NOT NULL \
+                "SELECT r.user_id, (u.acked_seq >= r.seq OR r.read_at IS NOT NULL), r.read_at IS NOT NULL \
                      FROM notification_recipients r JOIN users u ON u.user_id = r.user_id \
                      WHERE r.message_id = ?1 AND r.user_id > ?2 ORDER BY r.user_id LIMIT ?3",
             )?;

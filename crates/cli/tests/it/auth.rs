@@ -246,3 +246,102 @@ async fn a_sign_in_from_a_new_device_and_address_is_notified_and_audited() {
     assert_eq!(warning.data["content"]["ip"], "127.0.0.2");
     assert_eq!(warning.data["content"]["device_id"], "kiosk");
 }
+
+/// Signs `username` in from 127.0.0.2 on a device never used, asking for
+/// `language`.
+async fn login_elsewhere(server: &TestServer, username: &str, language: &str) {
+    let elsewhere = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let response = elsewhere
+        .post(format!("{}/v1/auth/login", server.base))
+        .header("accept-language", language)
+        .json(&serde_json::json!({
+            "username": username, "password": PASSWORD, "platform": "desktop", "device_id": "kiosk"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn the_new_sign_in_notice_speaks_the_login_s_language_and_can_be_turned_off() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    register(&client, "hana").await;
+    let first = login(&client, "hana", "web", Some("laptop")).await;
+    login_elsewhere(&server, "hana", "zh-CN,zh;q=0.9,en;q=0.5").await;
+    let events = full_sync(&first.api).await;
+    let notice = events
+        .iter()
+        .find(|e| e.kind == EventType::NotificationNew)
+        .unwrap_or_else(|| panic!("no notification in {events:?}"));
+    assert_eq!(notice.data["content"]["title"], "新的登录");
+
+    let quiet = TestServer::start_with(&[("UNIMSG_AUTH__NEW_DEVICE_NOTICE", "false")]).await;
+    let client = quiet.client();
+    register(&client, "ivan").await;
+    let first = login(&client, "ivan", "web", Some("laptop")).await;
+    login_elsewhere(&quiet, "ivan", "en").await;
+    // The login answers after its notice was stored: none is coming.
+    let events = full_sync(&first.api).await;
+    assert!(
+        !events.iter().any(|e| e.kind == EventType::NotificationNew),
+        "no notice: {events:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_user_is_found_by_username_or_id_with_public_fields_only_and_lookups_are_limited() {
+    let server = TestServer::start_with(&[("UNIMSG_LIMITS__LOOKUP_PER_MINUTE", "4")]).await;
+    let client = server.client();
+    let alice = user(&client, "alice").await;
+    let bob = user(&client, "bob").await;
+    let http = reqwest::Client::new();
+    let get = |query: String| {
+        let request = http
+            .get(format!("{}/v1/users?{query}", server.base))
+            .bearer_auth(&alice.tokens.access_token);
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let (status, found) = get("username=bob".into()).await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["user_id"], bob.id.as_str());
+    let mut keys: Vec<&String> = found.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["display_name", "user_id", "username"],
+        "public fields only"
+    );
+    let (status, by_id) = get(format!("user_id={}", bob.id)).await;
+    assert_eq!(
+        (status, &by_id["username"]),
+        (200, &serde_json::json!("bob"))
+    );
+    let (status, _) = get("username=nobody".into()).await;
+    assert_eq!(status, 404);
+    let (status, _) = get(format!("username=bob&user_id={}", bob.id)).await;
+    assert_eq!(status, 400, "one or the other");
+    // Four lookups a minute (the refused query above was none): the
+    // fifth is refused.
+    let (status, _) = get("username=alice".into()).await;
+    assert_eq!(status, 200);
+    let (status, _) = get("username=bob".into()).await;
+    assert_eq!(status, 429);
+    let anonymous = http
+        .get(format!("{}/v1/users?username=bob", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}

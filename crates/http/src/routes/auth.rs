@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use unimsg_proto::api::{
-    LoginRequest, RefreshRequest, RegisterRequest, SessionList, TokenPair, UserProfile,
+    LoginRequest, PublicUser, RefreshRequest, RegisterRequest, SessionList, TokenPair, UserProfile,
 };
 use unimsg_proto::{ErrorBody, SessionId};
 
@@ -122,6 +122,48 @@ pub(crate) async fn me(
     UserAuth(auth): UserAuth,
 ) -> Result<axum::Json<UserProfile>, ApiError> {
     Ok(axum::Json(state.core.me(&auth).await?))
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct LookupParams {
+    /// The username to look up, exactly.
+    username: Option<String>,
+    /// Or the user id.
+    #[param(value_type = Option<String>)]
+    user_id: Option<unimsg_proto::UserId>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/users",
+    operation_id = "lookup_user",
+    tag = "auth",
+    summary = "Find a user by username or id",
+    description = "Another user's public profile (id, username, display name), e.g. to start a chat by username: `?username=` or `?user_id=`. Limited to `limits.lookup_per_minute` per caller.",
+    params(LookupParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The user.", body = PublicUser),
+        (status = 404, description = "No active user has this username (`not_found`).", body = ErrorBody),
+        (status = 429, description = "Too many lookups (`rate_limited`).", body = ErrorBody),
+    ),
+)]
+/// `GET /v1/users?username=` or `?user_id=`
+pub(crate) async fn lookup_user(
+    State(state): State<AppState>,
+    UserAuth(auth): UserAuth,
+    crate::extract::Query(q): crate::extract::Query<LookupParams>,
+) -> Result<axum::Json<PublicUser>, ApiError> {
+    let by = match (q.username, q.user_id) {
+        (Some(name), None) => unimsg_core::auth::LookupBy::Username(name),
+        (None, Some(id)) => unimsg_core::auth::LookupBy::Id(id),
+        _ => {
+            return Err(ApiError::bad_request("give either username or user_id"));
+        }
+    };
+    Ok(axum::Json(state.core.lookup_user(&auth, by).await?))
 }
 
 #[utoipa::path(
