@@ -357,6 +357,7 @@ impl Core {
             ..AuditRecord::default()
         })
         .await;
+        login_succeeded("password");
         if new_place {
             self.warn_new_place(&user.user_id, &platform, device, ip, language, &pair)
                 .await;
@@ -935,6 +936,13 @@ pub(crate) struct Opening {
 /// Counts a refused password login by why it was refused.
 fn login_failed(reason: &'static str) {
     metrics::counter!("unimsg_login_failures_total", "reason" => reason).increment(1);
+    metrics::counter!("unimsg_logins_total", "method" => "password", "result" => "failed")
+        .increment(1);
+}
+
+/// A sign-in that opened a session.
+pub(crate) fn login_succeeded(method: &'static str) {
+    metrics::counter!("unimsg_logins_total", "method" => method, "result" => "ok").increment(1);
 }
 
 /// A revocation with no webhook event ([`Core::revocation`] adds them).

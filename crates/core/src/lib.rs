@@ -11,6 +11,7 @@ mod alerts;
 pub mod audit;
 pub mod auth;
 pub mod bus;
+pub mod catalogue;
 pub mod changes;
 pub mod clock;
 pub mod config;

@@ -562,6 +562,7 @@ impl Core {
             ),
         };
         let pair = self.open_session_for(&user, opening).await?;
+        crate::auth::login_succeeded("qr");
         let session = pair.session_id.clone();
         self.audit(crate::audit::AuditRecord {
             action: "auth.qr_confirmed".into(),

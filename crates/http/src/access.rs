@@ -2,7 +2,9 @@
 //! `X-Request-Id` (the client's, if it sent a plain one, else a fresh
 //! one), and with `http.log_requests` (on by default) every request is one
 //! `info` line of target `unimsg::http` with its method, route, status,
-//! duration and request id.
+//! duration and request id. Every request also counts in
+//! `unimsg_http_requests_total{route, status}` and
+//! `unimsg_http_request_duration_seconds{route}`.
 //!
 //! The route is the matched template (`/v1/users/{id}`), never the
 //! request's path or query: a WebSocket's `?access_token=` or an id in
@@ -30,23 +32,33 @@ pub(crate) async fn log(State(state): State<AppState>, mut req: Request, next: N
         .cloned()
         .unwrap_or_else(fresh_id);
     req.headers_mut().insert(REQUEST_ID.clone(), id.clone());
-    let wanted =
+    let logged =
         state.http.log_requests && tracing::enabled!(target: "unimsg::http", tracing::Level::INFO);
-    let logged = wanted.then(|| {
-        let route = req
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or_else(|| "-".to_owned(), |m| m.as_str().to_owned());
-        (req.method().clone(), route, tokio::time::Instant::now())
-    });
+    // The template, so that the label set stays small: "-" for requests
+    // no route matched.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "-".to_owned(), |m| m.as_str().to_owned());
+    let method = req.method().clone();
+    let started = tokio::time::Instant::now();
     let mut response = next.run(req).await;
-    if let Some((method, route, started)) = logged {
-        let took: Duration = started.elapsed();
+    let took: Duration = started.elapsed();
+    let status = response.status().as_u16();
+    metrics::counter!(
+        "unimsg_http_requests_total",
+        "route" => route.clone(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!("unimsg_http_request_duration_seconds", "route" => route.clone())
+        .record(took.as_secs_f64());
+    if logged {
         tracing::info!(
             target: "unimsg::http",
             %method,
             %route,
-            status = response.status().as_u16(),
+            status,
             ms = took.as_secs_f64() * 1000.0,
             request_id = %id.to_str().unwrap_or("-"),
             "request"

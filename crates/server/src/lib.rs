@@ -57,9 +57,18 @@ fn metrics_handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Histograms with buckets (not summaries), for rates and
+            // quantiles over any window in Prometheus.
+            let builder = PrometheusBuilder::new()
+                .set_buckets(unimsg_core::catalogue::BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
-            metrics::set_global_recorder(recorder).ok().map(|()| handle)
+            let installed = metrics::set_global_recorder(recorder).ok().map(|()| handle);
+            if installed.is_some() {
+                unimsg_core::catalogue::describe();
+            }
+            installed
         })
         .clone()
 }

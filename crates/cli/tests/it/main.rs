@@ -30,6 +30,7 @@ mod harness;
 mod hooks;
 mod keys;
 mod limits;
+mod metrics;
 mod openapi;
 mod pipelined;
 mod property;

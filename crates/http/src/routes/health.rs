@@ -62,8 +62,11 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
         .unwrap_or_default();
     // Always present, whichever recorder is installed.
     body.push_str(&format!(
-        "# TYPE unimsg_hub_connections gauge\nunimsg_hub_connections {}\n\
+        "# HELP unimsg_hub_connections Live WebSocket and SSE connections on this node.\n\
+         # TYPE unimsg_hub_connections gauge\nunimsg_hub_connections {}\n\
+         # HELP unimsg_hub_online_users Users with at least one live connection on this node.\n\
          # TYPE unimsg_hub_online_users gauge\nunimsg_hub_online_users {}\n\
+         # HELP unimsg_hub_slow_consumer_disconnects Connections closed because they could not keep up.\n\
          # TYPE unimsg_hub_slow_consumer_disconnects counter\nunimsg_hub_slow_consumer_disconnects {}\n",
         hub.connections(),
         hub.online_user_count(),

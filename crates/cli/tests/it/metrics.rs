@@ -1,0 +1,60 @@
+//! `/metrics` as an operator reads it: help and type for every series,
+//! HTTP requests by route and status with a latency histogram, sign-ins by
+//! method and result.
+
+use crate::harness::TestServer;
+use crate::support::*;
+
+#[tokio::test]
+async fn every_series_has_help_and_type_and_requests_and_logins_are_counted() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let alice = user(&client, "alice").await;
+    alice.api.me().await.unwrap();
+    let wrong = unimsg_client::proto::api::LoginRequest {
+        username: "alice".into(),
+        password: "not her password".into(),
+        platform: "web".parse().unwrap(),
+        device_id: None,
+    };
+    assert_eq!(
+        client.login(&wrong).await.err().and_then(|e| e.status()),
+        Some(401)
+    );
+    let text = metrics_text(&server).await;
+
+    let typed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert!(typed.len() > 5, "{text}");
+    for name in &typed {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("# HELP {name} "))),
+            "no # HELP for {name}:\n{text}"
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(r#"unimsg_http_requests_total{route="/v1/me",status="200"} "#)),
+        "requests by route and status:\n{text}"
+    );
+    for series in [
+        r#"unimsg_logins_total{method="password",result="ok"} 1"#,
+        r#"unimsg_logins_total{method="password",result="failed"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == series), "{series} in:\n{text}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l
+                .starts_with(r#"unimsg_http_request_duration_seconds_bucket{route="/v1/me",le="#)),
+        "a latency histogram with buckets:\n{text}"
+    );
+    assert!(
+        text.contains("# TYPE unimsg_http_request_duration_seconds histogram"),
+        "{text}"
+    );
+}
