@@ -270,7 +270,31 @@ pub(crate) fn run(remote: &Remote, action: Action) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime
         .block_on(execute(&admin, action))
-        .with_context(|| format!("admin API at {}", remote.server))
+        .map_err(|error| explain(error, &remote.server))
+}
+
+/// Says in one line what went wrong, and where: a server that cannot be
+/// reached names `--server`, an answer of the server names the admin API,
+/// and anything else (a local file) is said as it is.
+fn explain(error: anyhow::Error, server: &str) -> anyhow::Error {
+    let client = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<unimsg_client::ClientError>());
+    match client {
+        Some(unimsg_client::ClientError::Http(e)) if e.is_connect() || e.is_timeout() => {
+            let what = if e.is_timeout() {
+                "it did not answer in time"
+            } else {
+                "nothing answers there"
+            };
+            anyhow::anyhow!(
+                "cannot reach the server at {server}: {what}; start it, or point --server \
+                 (or UNIMSG_SERVER) at it"
+            )
+        }
+        Some(_) => error.context(format!("admin API at {server}")),
+        None => error,
+    }
 }
 
 async fn execute(admin: &AdminClient, action: Action) -> anyhow::Result<ExitCode> {

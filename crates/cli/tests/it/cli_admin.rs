@@ -33,6 +33,20 @@ impl Run {
         }
     }
 
+    /// `unimsg ARGS --server URL` for a server that may not be there.
+    fn to(url: &str, args: &[&str]) -> Self {
+        let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        args.extend(["--server".to_owned(), url.to_owned()]);
+        Run {
+            args,
+            env: vec![
+                ("UNIMSG_ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
+                ("RUST_BACKTRACE", "1".to_owned()),
+            ],
+            stdin: None,
+        }
+    }
+
     /// Replaces the environment given to the process.
     fn env(mut self, env: &[(&'static str, &str)]) -> Self {
         self.env = env.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
@@ -663,4 +677,35 @@ async fn admin_commands_manage_accounts_keys_and_a_lost_password() {
         "{}",
         String::from_utf8_lossy(&new.stderr)
     );
+}
+
+/// A server that is not there is one line naming `--server`; a missing
+/// local file is not blamed on the admin API; no backtrace either way.
+#[tokio::test]
+async fn an_unreachable_server_and_a_missing_file_are_one_line_each() {
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let refused = Run::to(&url, &["user", "show", "someone"]).output().await;
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.starts_with(&format!("error: cannot reach the server at {url}"))
+            && err.contains("--server"),
+        "{err}"
+    );
+
+    let missing = Run::to(&url, &["user", "import", "/nonexistent/users.jsonl"])
+        .output()
+        .await;
+    assert!(!missing.status.success());
+    let err = stderr(&missing);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("cannot open /nonexistent/users.jsonl"), "{err}");
+    assert!(!err.contains("admin API"), "not the server's fault: {err}");
 }
