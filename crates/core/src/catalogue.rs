@@ -110,6 +110,10 @@ const COUNTERS: &[(&str, &str)] = &[
 /// Gauges: name and what the value is.
 const GAUGES: &[(&str, &str)] = &[
     (
+        "unimsg_live_connections",
+        "Live WebSocket and SSE connections of signed-in users, by transport (ws, sse) and platform (common names, else other).",
+    ),
+    (
         "unimsg_http_connections",
         "Open HTTP connections (WebSocket and SSE included).",
     ),

@@ -14,6 +14,7 @@ mod cors;
 mod error;
 mod extract;
 mod guard;
+mod live;
 mod openapi;
 mod qr;
 mod routes;

@@ -87,6 +87,7 @@ pub(crate) async fn events(
     let expires = Box::pin(tokio::time::sleep_until(state.core.token_deadline(&auth)));
     let heartbeat = state.heartbeat();
     let follow = Follow {
+        _live: crate::live::Live::open("sse", &auth.platform),
         session: auth.session_id,
         stream,
         killed,
@@ -100,6 +101,8 @@ pub(crate) async fn events(
 }
 
 struct Follow {
+    /// Counts the stream in `unimsg_live_connections` while it lives.
+    _live: crate::live::Live,
     session: SessionId,
     stream: InboxStream,
     killed: Pin<Box<KillSignal>>,

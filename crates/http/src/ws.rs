@@ -339,6 +339,8 @@ async fn serve_authenticated(
             return;
         }
     };
+    // Counted in `unimsg_live_connections` until this function returns.
+    let _live = crate::live::Live::open("ws", &auth.platform);
     let last_seq = stream.newest();
     let ready = frame(&ReplyFrame::Ready {
         user_id: auth.user_id.clone(),

@@ -706,6 +706,9 @@ async fn an_unreachable_server_and_a_missing_file_are_one_line_each() {
     assert!(!missing.status.success());
     let err = stderr(&missing);
     assert_eq!(err.lines().count(), 1, "one line: {err}");
-    assert!(err.contains("cannot open /nonexistent/users.jsonl"), "{err}");
+    assert!(
+        err.contains("cannot open /nonexistent/users.jsonl"),
+        "{err}"
+    );
     assert!(!err.contains("admin API"), "not the server's fault: {err}");
 }

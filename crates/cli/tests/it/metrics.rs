@@ -11,6 +11,8 @@ async fn every_series_has_help_and_type_and_requests_and_logins_are_counted() {
     let client = server.client();
     let alice = user(&client, "alice").await;
     alice.api.me().await.unwrap();
+    let _ws = alice.api.connect_ws(None).await.unwrap();
+    let _sse = alice.api.connect_sse(None).await.unwrap();
     let wrong = unimsg_client::proto::api::LoginRequest {
         username: "alice".into(),
         password: "not her password".into(),
@@ -57,4 +59,24 @@ async fn every_series_has_help_and_type_and_requests_and_logins_are_counted() {
         text.contains("# TYPE unimsg_http_request_duration_seconds histogram"),
         "{text}"
     );
+    for series in [
+        r#"unimsg_live_connections{transport="ws",platform="web"} 1"#,
+        r#"unimsg_live_connections{transport="sse",platform="web"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == series), "{series} in:\n{text}");
+    }
+    // The process's own series.
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        let value = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"));
+        assert!(value > 0.0, "{name} = {value}");
+    }
 }

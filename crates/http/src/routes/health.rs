@@ -1,9 +1,13 @@
 //! `GET /healthz`, `GET /readyz`, `GET /metrics`.
 
+use std::sync::LazyLock;
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
 use unimsg_proto::ErrorBody;
 use unimsg_proto::api::Health;
 
@@ -54,6 +58,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Health>
 )]
 /// `GET /metrics`: Prometheus text format.
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    process_metrics();
     let hub = state.core.hub();
     let mut body = state
         .metrics
@@ -97,4 +102,27 @@ pub(crate) async fn jwks(
         [(axum::http::header::CACHE_CONTROL, "public, max-age=60")],
         Json(state.core.jwks()),
     )
+}
+
+/// The process's own series (`process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, `process_open_fds`, …, from
+/// `metrics-process`), read from `/proc` at most once a second however
+/// often `/metrics` is asked for: counting open files walks
+/// `/proc/self/fd`.
+fn process_metrics() {
+    static COLLECTOR: LazyLock<metrics_process::Collector> = LazyLock::new(|| {
+        let collector = metrics_process::Collector::default();
+        collector.describe();
+        collector
+    });
+    static LAST: Mutex<Option<tokio::time::Instant>> = Mutex::new(None);
+    let now = tokio::time::Instant::now();
+    {
+        let mut last = LAST.lock();
+        if last.is_some_and(|at| now.duration_since(at) < Duration::from_secs(1)) {
+            return;
+        }
+        *last = Some(now);
+    }
+    COLLECTOR.collect();
 }
