@@ -148,6 +148,15 @@ pub const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// The names of every series described here.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    COUNTERS
+        .iter()
+        .chain(GAUGES)
+        .chain(HISTOGRAMS)
+        .map(|(name, _)| *name)
+}
+
 /// Registers the help text of every series with the installed recorder.
 pub fn describe() {
     for (name, help) in COUNTERS {

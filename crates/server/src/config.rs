@@ -17,7 +17,7 @@ use unimsg_core::config::{
     MessagingConfig,
 };
 use unimsg_core::limits::LimitsConfig;
-use unimsg_http::HttpConfig;
+use unimsg_http::{HttpConfig, MetricsConfig};
 use unimsg_store_sqlite::Durability;
 
 pub const ENV_PREFIX: &str = "UNIMSG_";
@@ -61,6 +61,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub bus: BusConfig,
     pub tls: TlsConfig,
+    pub metrics: MetricsConfig,
     /// What loading noticed and the server should say once logging is up
     /// (an unknown `UNIMSG_*` variable, `:PORT` listening everywhere).
     #[serde(skip)]
@@ -153,6 +154,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             bus: BusConfig::default(),
             tls: TlsConfig::default(),
+            metrics: MetricsConfig::default(),
             warnings: Vec::new(),
         }
     }

@@ -597,6 +597,7 @@ pub async fn run(
         core: core.clone(),
         http: config.http.clone(),
         metrics: metrics_handle(),
+        metrics_config: config.metrics.clone(),
     };
     let app = unimsg_http::router(state);
     let (max_connections, fd_limit) = serve::max_connections(&config.http);

@@ -80,3 +80,70 @@ async fn every_series_has_help_and_type_and_requests_and_logins_are_counted() {
         assert!(value > 0.0, "{name} = {value}");
     }
 }
+
+/// With `metrics.token`, `/metrics` is for its bearer only.
+#[tokio::test]
+async fn metrics_can_be_kept_for_the_holder_of_a_token() {
+    let token = "a metrics token of the operator";
+    let server = TestServer::start_with(&[("UNIMSG_METRICS__TOKEN", token)]).await;
+    let url = format!("{}/metrics", server.base);
+    let http = reqwest::Client::new();
+    let anonymous = http.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let body: serde_json::Value = anonymous.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("metrics.token")),
+        "{body}"
+    );
+    let wrong = http.get(&url).bearer_auth("not it").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = http.get(&url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(right.status(), 200);
+    assert!(
+        right
+            .text()
+            .await
+            .unwrap()
+            .contains("# TYPE unimsg_hub_connections gauge")
+    );
+    assert!(
+        !server.logs().contains(token),
+        "the token never reaches the log"
+    );
+}
+
+/// Every series the Grafana dashboard in `docs/` queries is one the server
+/// exports: described in the catalogue, or on `/metrics` already.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_series_the_server_exports() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../../../docs/grafana-dashboard.json")).unwrap();
+    let exprs: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .filter_map(|t| t["expr"].as_str())
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let server = TestServer::start().await;
+    let text = metrics_text(&server).await;
+    let described: Vec<&str> = unimsg_core::catalogue::names().collect();
+    let mut checked = 0;
+    for expr in exprs {
+        let names = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("unimsg_") || w.starts_with("process_"));
+        for name in names {
+            let series = name.strip_suffix("_bucket").unwrap_or(name);
+            assert!(
+                described.contains(&series) || text.contains(&format!("# TYPE {series} ")),
+                "the dashboard queries {name}, which the server does not export ({expr})"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "{checked} series checked");
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
@@ -54,10 +55,20 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Health>
     operation_id = "metrics",
     tag = "health",
     summary = "Prometheus metrics",
-    responses((status = 200, description = "Prometheus text exposition format 0.0.4.", content_type = "text/plain", body = String)),
+    description = "Every series with `# HELP` and `# TYPE`. With `metrics.token` set, only for `Authorization: Bearer TOKEN`.",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4.", content_type = "text/plain", body = String),
+        (status = 401, description = "`metrics.token` is set and the request does not carry it (`unauthorized`).", body = ErrorBody),
+    ),
 )]
 /// `GET /metrics`: Prometheus text format.
-pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !allowed(&state.metrics_config.token, &headers) {
+        return ApiError::unauthorized(
+            "this server's metrics need Authorization: Bearer with metrics.token",
+        )
+        .into_response();
+    }
     process_metrics();
     let hub = state.core.hub();
     let mut body = state
@@ -102,6 +113,24 @@ pub(crate) async fn jwks(
         [(axum::http::header::CACHE_CONTROL, "public, max-age=60")],
         Json(state.core.jwks()),
     )
+}
+
+/// Whether the request may read `/metrics`: always without a configured
+/// token, else with that token as its bearer (compared in constant time,
+/// as digests, so neither its bytes nor its length leak).
+fn allowed(token: &str, headers: &HeaderMap) -> bool {
+    if token.is_empty() {
+        return true;
+    }
+    let Some(presented) = crate::extract::bearer(headers) else {
+        return false;
+    };
+    let digest = |t: &str| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes());
+    aws_lc_rs::constant_time::verify_slices_are_equal(
+        digest(presented).as_ref(),
+        digest(token).as_ref(),
+    )
+    .is_ok()
 }
 
 /// The process's own series (`process_cpu_seconds_total`,
