@@ -623,6 +623,42 @@ test('new chat takes a username, refuses one nobody has, and drafts stay with th
   await shot(page, 'alice-draft-kept');
 });
 
+test('a newcomer creates an account from the login page; a taken username is refused in words', async () => {
+  const context = await browser.newContext({ viewport: { width: 375, height: 740 }, locale: 'en-US' });
+  const page = await context.newPage();
+  watch(page, 'signup');
+  await page.goto(`${BASE}/`);
+  await waitVisible(page, '#login-view');
+  await page.click('#signup-toggle');
+  await waitVisible(page, '#signup-display');
+  await waitText(page, '#password-heading', 'Create an account');
+  await page.fill('#login-username', `dora${run}`);
+  await page.fill('#signup-display', 'Dora Explorer');
+  await page.fill('#login-password', 'short');
+  await page.press('#login-password', 'Enter');
+  await waitText(page, '#login-error', 'at least 8 characters');
+  await page.fill('#login-password', PASSWORD);
+  await page.press('#login-password', 'Enter');
+  await waitVisible(page, '#center-view');
+  await waitText(page, '#whoami', 'Dora Explorer');
+  await assertNoOverflow(page, 'message center after sign-up at 375 px');
+  await shot(page, 'signup-done-375');
+  await context.close();
+
+  const again = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: 'zh-CN' });
+  const second = await again.newPage();
+  watch(second, 'signup-taken');
+  await second.goto(`${BASE}/`);
+  await waitVisible(second, '#login-view');
+  await second.click('#signup-toggle');
+  await second.fill('#login-username', `dora${run}`);
+  await second.fill('#login-password', PASSWORD);
+  await second.press('#login-password', 'Enter');
+  await waitText(second, '#login-error', '该用户名已被占用');
+  await shot(second, 'signup-taken-zh');
+  await again.close();
+});
+
 test('logout and forced logout return to the login page', async () => {
   const { desktop, phone, alice } = pages;
   // Alice logs out herself.

@@ -390,8 +390,59 @@ function renewExpired() {
   startQr('qr.expired');
 }
 
+/** Whether the password form creates an account instead of signing in. */
+let signingUp = false;
+
+function setSignup(on) {
+  signingUp = on;
+  show($('signup-name'), on);
+  $('password-heading').textContent = t(on ? 'signup.heading' : 'login.password.heading');
+  $('login-submit').textContent = t(on ? 'signup.submit' : 'login.submit');
+  $('signup-toggle').textContent = t(on ? 'signup.back' : 'signup.offer');
+  $('login-password').autocomplete = on ? 'new-password' : 'current-password';
+  $('login-error').textContent = '';
+}
+
+/** Creates the account, then signs in with it. */
+async function signUp(username, password) {
+  const error = $('login-error');
+  const button = $('login-submit');
+  button.disabled = true;
+  button.textContent = t('signup.busy');
+  try {
+    await client.register(username, password, $('signup-display').value.trim() || undefined);
+    await client.login(username, password, 'web');
+    $('login-password').value = '';
+    setSignup(false);
+    announce(t('signup.ok'));
+    await enterCenter();
+  } catch (e) {
+    if (e.status === 409) error.textContent = t('signup.taken');
+    else if (e.code === 'registration_closed') {
+      error.textContent = t('signup.closed');
+      show($('signup-toggle'), false);
+    } else if (e.status === 400) error.textContent = t('signup.invalid');
+    else error.textContent = errorText(e);
+    $('login-username').focus();
+  } finally {
+    button.disabled = false;
+    button.textContent = t(signingUp ? 'signup.submit' : 'login.submit');
+  }
+}
+
 async function passwordLogin(event) {
   event.preventDefault();
+  if (signingUp) {
+    const username = $('login-username').value.trim();
+    const password = $('login-password').value;
+    if (!username || password.length < 8) {
+      $('login-error').textContent = t('signup.invalid');
+      (username ? $('login-password') : $('login-username')).focus();
+      return;
+    }
+    await signUp(username, password);
+    return;
+  }
   const username = $('login-username').value.trim();
   const password = $('login-password').value;
   const error = $('login-error');
@@ -736,6 +787,11 @@ function onEvent(event) {
 
 function wire() {
   $('password-form').addEventListener('submit', passwordLogin);
+  $('signup-toggle').addEventListener('click', () => {
+    setSignup(!signingUp);
+    $('login-username').focus();
+  });
+  onLangChange(() => setSignup(signingUp));
   $('qr-fresh').addEventListener('click', () => {
     qr.renewals = 0;
     startQr();
