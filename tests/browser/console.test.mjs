@@ -623,6 +623,46 @@ test('new chat takes a username, refuses one nobody has, and drafts stay with th
   await shot(page, 'alice-draft-kept');
 });
 
+test('groups are in the conversation list and can be chatted in', async () => {
+  const page = pages.alice;
+  await page.goto(`${BASE}/`);
+  await waitVisible(page, '#center-view');
+  const bob = await api('POST', '/v1/auth/login', { username: users.bob.username, password: PASSWORD, platform: 'android' });
+  const created = await api(
+    'POST',
+    '/v1/groups',
+    { name: `Book club ${run}`, members: [users.alice.user_id] },
+    { token: bob.access_token },
+  );
+  const group = created.group ?? created;
+  await api(
+    'POST',
+    '/v1/messages',
+    { to: { group: group.group_id }, kind: 'chat', content: { text: 'First meeting on Friday' }, client_msg_id: `g${run}` },
+    { token: bob.access_token },
+  );
+  const item = `#conv-list button[data-group="${group.group_id}"]`;
+  await waitText(page, item, `Book club ${run}`);
+  await waitText(page, item, 'First meeting on Friday');
+  await page.click(item);
+  await waitText(page, '#pane-title', `Book club ${run}`);
+  await waitText(page, '#messages', 'First meeting on Friday');
+  // In a group the sender's name is shown.
+  await waitText(page, '#messages .msg.theirs .who', users.bob.display_name);
+  assert.ok(await visible(page, '#messages .msg.theirs .who'), 'the name is visible in a group');
+  await page.fill('#send-text', 'I will bring the tea');
+  await page.press('#send-text', 'Enter');
+  await waitText(page, '#messages .msg.mine', 'I will bring the tea');
+  const deadline = Date.now() + TIMEOUT;
+  for (;;) {
+    const history = await api('GET', `/v1/conversations/${encodeURIComponent(group.conversation_id)}/messages?limit=10`, undefined, { token: bob.access_token });
+    if (history.messages.some((m) => m.content?.text === 'I will bring the tea' && m.from === users.alice.user_id)) break;
+    assert.ok(Date.now() < deadline, 'the group got alice\'s message');
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  await shot(page, 'alice-group-chat');
+});
+
 test('a newcomer creates an account from the login page; a taken username is refused in words', async () => {
   const context = await browser.newContext({ viewport: { width: 375, height: 740 }, locale: 'en-US' });
   const page = await context.newPage();

@@ -21,7 +21,7 @@ const state = {
   me: null,
   convs: [],
   names: new Map(), // user_id → display name, from the conversation list
-  open: null, // {kind: 'direct', id, peer} | {kind: 'system'}
+  open: null, // {kind: 'chat', id, peer?, group?, title?} | {kind: 'system'}
   drafts: new Map(), // conversation id → {text, error}: what was typed there and not sent
   messages: new Map(), // message_id → message, for the open conversation
   nextBefore: null,
@@ -177,7 +177,7 @@ function preview(message) {
 function renderConversations() {
   const list = $('conv-list');
   const items = state.convs.map((c) => {
-    const current = state.open?.kind === 'direct' && state.open.id === c.conversation_id;
+    const current = state.open?.kind === 'chat' && state.open.id === c.conversation_id;
     return h(
       'li',
       {},
@@ -187,13 +187,17 @@ function renderConversations() {
           type: 'button',
           class: 'conv',
           'aria-current': current ? 'true' : 'false',
-          dataset: { peer: c.peer, conversation: c.conversation_id },
-          onclick: () => openConversation(c.peer),
+          dataset: { peer: c.peer, group: c.group_id, conversation: c.conversation_id },
+          onclick: () => (c.group_id ? openGroup(c) : openConversation(c.peer)),
         },
         h(
           'span',
           { class: 'conv-main' },
-          h('span', { class: 'conv-title' }, c.peer_display_name || c.peer),
+          h(
+            'span',
+            { class: 'conv-title' },
+            c.group_id ? c.group_name || c.group_id : c.peer_display_name || c.peer,
+          ),
           h('span', { class: 'conv-preview' }, preview(c.last_message)),
         ),
         h(
@@ -214,7 +218,7 @@ function messageItem(m) {
   return h(
     'li',
     { class: `msg ${mine ? 'mine' : 'theirs'}`, dataset: { id: m.message_id, seq: m.conv_seq } },
-    h('span', { class: 'who' }, mine ? t('center.you') : m.from),
+    h('span', { class: 'who' }, mine ? t('center.you') : state.names.get(m.from) || m.from),
     h('p', { class: 'text' }, m.recalled ? t('center.recalled') : contentText(m.content)),
     h('time', { datetime: m.sent_at }, formatTime(m.sent_at)),
   );
@@ -262,7 +266,10 @@ function renderPane() {
     show($('send-form'), false);
     show($('load-older'), false);
   } else {
-    $('pane-title').textContent = state.names.get(open.peer) || open.peer;
+    $('pane-title').textContent = open.group
+      ? open.title || open.group
+      : state.names.get(open.peer) || open.peer;
+    list.classList.toggle('group', Boolean(open.group));
     const messages = [...state.messages.values()].sort((a, b) => a.conv_seq - b.conv_seq);
     list.replaceChildren(...messages.map(messageItem));
     empty.textContent = t('center.empty');
@@ -511,10 +518,9 @@ function sessionEnded(reason) {
 async function refreshConversations() {
   try {
     const all = (await client.conversations()).conversations;
-    // The console chats one to one; group conversations (no `peer`) are
-    // left to group-aware clients.
-    const conversations = all.filter((c) => c.peer);
-    for (const c of conversations) if (c.peer_display_name) state.names.set(c.peer, c.peer_display_name);
+    // One to one (with a `peer`) and groups (with a `group_id`).
+    const conversations = all.filter((c) => c.peer || c.group_id);
+    for (const c of conversations) if (c.peer && c.peer_display_name) state.names.set(c.peer, c.peer_display_name);
     state.convs = conversations;
   } catch (e) {
     if (client.loggedIn) announce(errorText(e));
@@ -524,7 +530,7 @@ async function refreshConversations() {
   renderConversations();
   // The open conversation is being looked at: keep it read.
   const open = state.open;
-  if (open?.kind === 'direct' && !document.hidden) {
+  if (open?.kind === 'chat' && !document.hidden) {
     const c = state.convs.find((x) => x.conversation_id === open.id);
     if (c && c.unread > 0) markOpenRead();
   }
@@ -539,7 +545,7 @@ function refreshSoon() {
 /** Keeps the open conversation's unsent text and its error with it. */
 function stashDraft() {
   const open = state.open;
-  if (open?.kind !== 'direct') return;
+  if (open?.kind !== 'chat') return;
   const text = $('send-text').value;
   const error = $('send-error').textContent;
   if (text || error) state.drafts.set(open.id, { text, error });
@@ -556,9 +562,19 @@ function restoreDraft(id) {
 async function openConversation(peer) {
   const id = directConversationId(client.userId, peer);
   if (!id) return;
+  await openChat({ kind: 'chat', id, peer });
+}
+
+/** A group conversation from the list: its messages, and the send box to the group. */
+async function openGroup(c) {
+  await openChat({ kind: 'chat', id: c.conversation_id, group: c.group_id, title: c.group_name });
+}
+
+async function openChat(chat) {
+  const id = chat.id;
   stashDraft();
   restoreDraft(id);
-  state.open = { kind: 'direct', id, peer };
+  state.open = chat;
   state.messages = new Map();
   state.nextBefore = null;
   renderConversations();
@@ -580,7 +596,7 @@ async function openConversation(peer) {
 
 async function loadOlder() {
   const open = state.open;
-  if (open?.kind !== 'direct' || state.nextBefore === null) return;
+  if (open?.kind !== 'chat' || state.nextBefore === null) return;
   const list = $('messages');
   const fromEnd = list.scrollHeight - list.scrollTop;
   try {
@@ -600,7 +616,7 @@ async function loadOlder() {
 /** Marks the open direct conversation read up to its newest message. */
 function markOpenRead() {
   const open = state.open;
-  if (open?.kind !== 'direct') return;
+  if (open?.kind !== 'chat') return;
   const newest = [...state.messages.values()].sort((a, b) => b.conv_seq - a.conv_seq)[0];
   if (!newest) return;
   const c = state.convs.find((x) => x.conversation_id === open.id);
@@ -634,7 +650,7 @@ function closePane() {
   renderSystemBadge();
   renderPane();
   const button =
-    was?.kind === 'direct'
+    was?.kind === 'chat'
       ? [...document.querySelectorAll('#conv-list button')].find((b) => b.dataset.conversation === was.id)
       : null;
   (button ?? $('system-item')).focus();
@@ -645,7 +661,7 @@ async function sendMessage(event) {
   const open = state.open;
   const input = $('send-text');
   const text = input.value.trim();
-  if (open?.kind !== 'direct' || !text) return;
+  if (open?.kind !== 'chat' || !text) return;
   const button = $('send-button');
   const error = $('send-error');
   error.textContent = '';
@@ -654,7 +670,7 @@ async function sendMessage(event) {
   // changes belongs to this one.
   const here = () => state.open?.id === open.id;
   try {
-    const r = await client.send(open.peer, text);
+    const r = await client.send(open.group ? { group: open.group } : open.peer, text);
     if (here()) input.value = '';
     else state.drafts.delete(open.id);
     if (!state.messages.has(r.message_id) && state.open?.id === r.conversation_id) {
@@ -665,7 +681,7 @@ async function sendMessage(event) {
         conversation_id: r.conversation_id,
         conv_seq: seqs.length ? Math.max(...seqs) + 0.5 : 1,
         from: client.userId,
-        to: { user: open.peer },
+        to: open.group ? { group: open.group } : { user: open.peer },
         kind: 'chat',
         content: { text },
         sent_at: r.sent_at,
@@ -736,7 +752,7 @@ function onEvent(event) {
   switch (event.type) {
     case 'message.new': {
       const open = state.open;
-      if (open?.kind === 'direct' && d.conversation_id === open.id) {
+      if (open?.kind === 'chat' && d.conversation_id === open.id) {
         const follow = nearEnd();
         // Replaces our own send shown early (same message id).
         state.messages.set(d.message_id, d);
@@ -776,6 +792,10 @@ function onEvent(event) {
       announce(t('center.notified', { title: c.title ?? contentText(d.content) }));
       break;
     }
+    case 'group.changed':
+      // Created, joined, renamed or left: the list shows it.
+      refreshSoon();
+      break;
     default:
       // session.revoked of this session is handled by the client; other
       // sessions' revocations and unknown types need nothing here.
@@ -809,7 +829,7 @@ function wire() {
   document.addEventListener('visibilitychange', () => {
     if (document.hidden || state.view !== 'center') return;
     if (state.open?.kind === 'system') markSystemRead();
-    if (state.open?.kind === 'direct') markOpenRead();
+    if (state.open?.kind === 'chat') markOpenRead();
   });
   // Another tab logged in or out, or changed the System section.
   window.addEventListener('storage', (event) => {

@@ -45,6 +45,11 @@ export function randomId() {
 }
 
 /** The id of the direct conversation of two users (`d:{lo}:{hi}`), or null for oneself. */
+/** The `to` of a send: a user id (string) as `{user}`, `{user}` or `{group}` as given. */
+export function recipient(to) {
+  return typeof to === 'string' ? { user: to } : to;
+}
+
 export function directConversationId(a, b) {
   if (a === b) return null;
   return a < b ? `d:${a}:${b}` : `d:${b}:${a}`;
@@ -439,8 +444,9 @@ export class Client {
    * answers a repeated id with the original message. One retry on a
    * network failure, with the same id.
    */
+  /** Sends a text to a user id, or to `{group: id}`. */
   async send(to, text, clientMsgId = randomId()) {
-    const body = { to: { user: to }, kind: 'chat', content: { text }, client_msg_id: clientMsgId };
+    const body = { to: recipient(to), kind: 'chat', content: { text }, client_msg_id: clientMsgId };
     try {
       return await this.request('POST', '/v1/messages', body);
     } catch (e) {
@@ -632,7 +638,7 @@ export class Client {
       const id = `s${(frameIds += 1)}`;
       const answered = new Promise((resolve, reject) => inFlight.set(id, { resolve, reject }));
       socket.send(JSON.stringify({
-        type: 'send', id, to: { user: to }, kind: 'chat', content: { text }, client_msg_id: clientMsgId,
+        type: 'send', id, to: recipient(to), kind: 'chat', content: { text }, client_msg_id: clientMsgId,
       }));
       return answered;
     };
