@@ -8,6 +8,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
+import net from 'node:net';
 import {
   BASE,
   ADMIN_PASSWORD,
@@ -201,6 +202,52 @@ test('audit: entries filtered by action, the chain verified, the head shown', as
   await shot(page, 'audit-1280');
 });
 
+test('webhooks: an endpoint, a test event that fails, its retry, a replay and a new secret', async () => {
+  // A loopback port nothing listens on.
+  const closed = await new Promise((resolve) => {
+    const probe = net.createServer();
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
+  const url = `http://127.0.0.1:${closed}/hook-${run}`;
+  const created = await api('POST', '/v1/admin/webhooks', { url, events: ['*'] }, { admin: true });
+  const id = created.webhook_id;
+  await page.click('.tab[data-page="webhooks"]');
+  await waitVisible(page, '#page-webhooks');
+  await waitText(page, '#webhook-rows', url);
+  await page.click(`#webhook-rows button:text("${url}")`);
+  await waitVisible(page, '#webhook-detail');
+  await page.click('#hook-test');
+  await waitText(page, '#hook-result', '1 deliveries queued.');
+  // The endpoint refuses connections: after its one retry the test event is failed.
+  const deadline = Date.now() + TIMEOUT;
+  let failed;
+  for (;;) {
+    const page1 = await api('GET', `/v1/admin/webhooks/${id}/deliveries?status=failed`, undefined, { admin: true });
+    failed = page1.deliveries[0];
+    if (failed) break;
+    assert.ok(Date.now() < deadline, 'the test delivery failed');
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  await page.click(`#webhook-rows button:text("${url}")`);
+  const row = `#delivery-rows tr[data-event="${failed.event_id}"]`;
+  await waitText(page, row, 'failed');
+  await page.click(`${row} button`);
+  await waitText(page, '#hook-result', '1 deliveries queued.');
+  await page.click('#hook-rotate');
+  await waitText(page, '#hook-result code.token', 'whsec_');
+  const hourAgo = new Date(Date.now() - 3600 * 1000 - new Date().getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+  await page.fill('#replay-since', hourAgo);
+  await page.click('#replay-form button[type="submit"]');
+  await waitText(page, '#hook-result', 'deliveries queued.');
+  await assertAccessible(page, 'webhooks');
+  await assertNoOverflow(page, 'webhooks at 1280 px');
+  await shot(page, 'webhooks-1280');
+  await api('DELETE', `/v1/admin/webhooks/${id}`, undefined, { admin: true });
+});
+
 test('in Chinese: every page and the errors the page makes itself', async () => {
   await page.selectOption('#lang', 'zh');
   await waitText(page, '.tab[data-page="users"]', '用户');
@@ -237,7 +284,7 @@ test('at 375 px every page fits, in both languages', async () => {
   await waitVisible(p, '#page-dashboard');
   for (const language of ['en', 'zh']) {
     await p.selectOption('#lang', language);
-    for (const name of ['dashboard', 'users', 'messages', 'audit']) {
+    for (const name of ['dashboard', 'users', 'messages', 'audit', 'webhooks']) {
       await p.click(`.tab[data-page="${name}"]`);
       await waitVisible(p, `#page-${name}`);
       if (name === 'users') {
@@ -270,6 +317,7 @@ test('a users:read credential is offered no writes, and the server refuses them'
   for (const button of ['#user-toggle', '#user-logout', '#user-mint', '#user-delete']) {
     assert.equal(await visible(p, button), false, `${button} is not offered`);
   }
+  assert.equal(await visible(p, '.tab[data-page="webhooks"]'), false, 'no webhooks page');
   await p.click('.tab[data-page="messages"]');
   assert.equal(await visible(p, '#notify-form'), false, 'no send form');
   await waitText(p, '#messages-readonly', 'only read');

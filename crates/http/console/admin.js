@@ -13,7 +13,7 @@
 import { t, applyI18n, bindLanguageSelect, onLangChange } from './i18n.js';
 import { $, h, show, announce, formatTime } from './ui.js';
 
-const PAGES = ['dashboard', 'users', 'messages', 'audit'];
+const PAGES = ['dashboard', 'users', 'messages', 'audit', 'webhooks'];
 const DASHBOARD_EVERY_MS = 5000;
 const STATUS_EVERY_MS = 2000;
 const STATUS_FOR_MS = 120000;
@@ -200,6 +200,8 @@ function openPage(page, focus = true) {
     searchUsers();
   } else if (page === 'audit' && !$('audit-rows').children.length) {
     loadAudit(true);
+  } else if (page === 'webhooks') {
+    loadWebhooks();
   }
   if (focus) $(`${page}-heading`).focus();
 }
@@ -556,6 +558,130 @@ async function verifyAudit() {
   }
 }
 
+// ---- webhooks -------------------------------------------------------------
+
+const hooks = { list: [], open: null };
+
+async function loadWebhooks() {
+  $('webhooks-error').textContent = '';
+  try {
+    hooks.list = (await call('GET', '/v1/admin/webhooks')).webhooks;
+  } catch (e) {
+    $('webhooks-error').textContent = failure(e);
+    return;
+  }
+  show($('webhooks-none'), !hooks.list.length);
+  $('webhook-rows').replaceChildren(
+    ...hooks.list.map((w) =>
+      h(
+        'tr',
+        {},
+        h('td', {}, h('button', { type: 'button', class: 'link', onclick: () => openWebhook(w.webhook_id) }, w.url)),
+        h('td', {}, w.events.join(', ')),
+        h('td', {}, hookState(w)),
+      ),
+    ),
+  );
+  if (hooks.open) renderWebhook();
+}
+
+function hookState(w) {
+  if (!w.enabled) return w.disabled_reason ? t('admin.hooks.disabledwhy', { why: w.disabled_reason }) : t('admin.hooks.disabled');
+  if (w.failing_since) return t('admin.hooks.failing', { since: formatTime(w.failing_since) });
+  return t('admin.hooks.enabled');
+}
+
+async function openWebhook(id) {
+  hooks.open = id;
+  $('hook-result').textContent = '';
+  $('hook-error').textContent = '';
+  await renderWebhook();
+  show($('webhook-detail'), true);
+  $('webhook-detail-heading').focus();
+}
+
+async function renderWebhook() {
+  const w = hooks.list.find((x) => x.webhook_id === hooks.open);
+  if (!w) return;
+  $('webhook-detail-heading').textContent = w.url;
+  $('hook-toggle').textContent = t(w.enabled ? 'admin.hooks.disable' : 'admin.hooks.enable');
+  try {
+    const page = await call('GET', `/v1/admin/webhooks/${encodeURIComponent(w.webhook_id)}/deliveries?limit=20`);
+    $('delivery-rows').replaceChildren(
+      ...page.deliveries.map((d) =>
+        h(
+          'tr',
+          { dataset: { event: d.event_id } },
+          h('td', {}, d.type, h('br'), h('span', { class: 'muted small' }, formatTime(d.created_at))),
+          h('td', {}, t(`admin.hooks.status.${d.status}`)),
+          h('td', {}, String(d.attempts)),
+          h('td', {}, d.last_status ? `HTTP ${d.last_status}` : d.last_error || '—'),
+          h(
+            'td',
+            {},
+            d.status === 'failed'
+              ? h('button', { type: 'button', class: 'secondary', onclick: () => retryDelivery(d.event_id) }, t('admin.hooks.retry'))
+              : null,
+          ),
+        ),
+      ),
+    );
+  } catch (e) {
+    $('hook-error').textContent = failure(e);
+  }
+}
+
+async function hookAction(what) {
+  const id = hooks.open;
+  if (!id) return;
+  const path = `/v1/admin/webhooks/${encodeURIComponent(id)}`;
+  const result = $('hook-result');
+  $('hook-error').textContent = '';
+  result.textContent = '';
+  try {
+    if (what === 'test') {
+      const answer = await call('POST', `${path}/test`, {});
+      result.textContent = t('admin.hooks.queued', { n: answer.queued });
+    } else if (what === 'toggle') {
+      const w = hooks.list.find((x) => x.webhook_id === id);
+      await call('PATCH', path, { enabled: !w.enabled });
+      result.textContent = t(w.enabled ? 'admin.hooks.nowdisabled' : 'admin.hooks.nowenabled');
+    } else if (what === 'rotate') {
+      const answer = await call('POST', `${path}/secret`, {});
+      result.replaceChildren(t('admin.hooks.newsecret'), ' ', h('code', { class: 'token', translate: 'no' }, answer.secret));
+    } else if (what === 'replay') {
+      const since = $('replay-since').value;
+      if (!since) {
+        $('hook-error').textContent = t('admin.hooks.nosince');
+        $('replay-since').focus();
+        return;
+      }
+      const answer = await call('POST', `${path}/replay`, { since: new Date(since).toISOString() });
+      result.textContent = t('admin.hooks.queued', { n: answer.queued });
+    }
+    announce(result.textContent);
+    await loadWebhooks();
+  } catch (e) {
+    $('hook-error').textContent = failure(e);
+  }
+}
+
+async function retryDelivery(eventId) {
+  const id = hooks.open;
+  try {
+    const answer = await call(
+      'POST',
+      `/v1/admin/webhooks/${encodeURIComponent(id)}/deliveries/${encodeURIComponent(eventId)}/retry`,
+      {},
+    );
+    $('hook-result').textContent = t('admin.hooks.queued', { n: answer.queued });
+    announce($('hook-result').textContent);
+    await renderWebhook();
+  } catch (e) {
+    $('hook-error').textContent = failure(e);
+  }
+}
+
 // ---- start ----------------------------------------------------------------
 
 function rerender() {
@@ -565,6 +691,7 @@ function rerender() {
     renderSent();
     audienceChanged();
     if (state.page === 'dashboard') refreshDashboard();
+    if (state.page === 'webhooks') loadWebhooks();
     const rows = $('user-rows').children.length;
     if (rows) searchUsers();
   }
@@ -596,6 +723,13 @@ function start() {
   });
   $('audit-more').addEventListener('click', () => loadAudit(false));
   $('audit-verify').addEventListener('click', verifyAudit);
+  $('hook-test').addEventListener('click', () => hookAction('test'));
+  $('hook-toggle').addEventListener('click', () => hookAction('toggle'));
+  $('hook-rotate').addEventListener('click', () => hookAction('rotate'));
+  $('replay-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    hookAction('replay');
+  });
   audienceChanged();
   signedOut(null);
 }
