@@ -152,6 +152,42 @@ test('users: search, open with the keyboard, disable (the token stops working), 
   await assertNoOverflow(page, 'users at 1280 px');
 });
 
+test("groups and relationships: a group with its members, a user's friends and blocks", async () => {
+  const dan = `dan${run}`;
+  await api('POST', '/v1/admin/users', { users: [{ user_id: dan, display_name: 'Dan' }] }, { admin: true });
+  await api(
+    'PUT',
+    '/v1/admin/relationships',
+    { ops: [{ user_id: carol.user_id, other_id: dan, op: 'friend' }] },
+    { admin: true },
+  );
+  const tokens = await userLogin(carol.username);
+  const created = await api('POST', '/v1/groups', { name: `Gardeners ${run}`, members: [dan] }, { token: tokens.access_token });
+  const group = created.group ?? created;
+
+  await page.click('.tab[data-page="users"]');
+  await page.fill('#search-query', carol.username);
+  await page.press('#search-query', 'Enter');
+  await page.click('#user-rows button');
+  await waitText(page, '#user-facts', dan);
+
+  await page.click('.tab[data-page="groups"]');
+  await waitVisible(page, '#page-groups');
+  await page.click('#group-form button[type="submit"]');
+  await waitText(page, '#group-error', 'Enter a group id.');
+  await page.fill('#group-id', 'g_nosuchgroup');
+  await page.press('#group-id', 'Enter');
+  await waitText(page, '#group-error', 'Not found');
+  await page.fill('#group-id', group.group_id);
+  await page.press('#group-id', 'Enter');
+  await waitText(page, '#group-detail-heading', `Gardeners ${run}`);
+  await waitText(page, '#member-rows', carol.user_id);
+  await waitText(page, '#member-rows', dan);
+  await assertAccessible(page, 'groups');
+  await assertNoOverflow(page, 'groups at 1280 px');
+  await shot(page, 'groups-1280');
+});
+
 test('messages: a notification to a listed user shows its status as it is delivered', async () => {
   await page.click('.tab[data-page="messages"]');
   await waitVisible(page, '#page-messages');
@@ -284,7 +320,7 @@ test('at 375 px every page fits, in both languages', async () => {
   await waitVisible(p, '#page-dashboard');
   for (const language of ['en', 'zh']) {
     await p.selectOption('#lang', language);
-    for (const name of ['dashboard', 'users', 'messages', 'audit', 'webhooks']) {
+    for (const name of ['dashboard', 'users', 'messages', 'groups', 'audit', 'webhooks']) {
       await p.click(`.tab[data-page="${name}"]`);
       await waitVisible(p, `#page-${name}`);
       if (name === 'users') {

@@ -13,7 +13,7 @@
 import { t, applyI18n, bindLanguageSelect, onLangChange } from './i18n.js';
 import { $, h, show, announce, formatTime } from './ui.js';
 
-const PAGES = ['dashboard', 'users', 'messages', 'audit', 'webhooks'];
+const PAGES = ['dashboard', 'users', 'messages', 'groups', 'audit', 'webhooks'];
 const DASHBOARD_EVERY_MS = 5000;
 const STATUS_EVERY_MS = 2000;
 const STATUS_FOR_MS = 120000;
@@ -49,6 +49,7 @@ const state = {
   query: '',
   nextUser: null,
   selected: null, // the AdminUser shown in the detail card
+  relations: null, // that user's friends and blocks
   auditNext: null,
   auditFilter: {},
   sent: [], // {message_id, what, at, status, timer, until}
@@ -286,11 +287,13 @@ async function openUser(id) {
   $('user-error').textContent = '';
   $('user-result').textContent = '';
   try {
-    const [user, presence] = await Promise.all([
+    const [user, presence, relations] = await Promise.all([
       call('GET', `/v1/admin/users/${encodeURIComponent(id)}`),
       call('GET', `/v1/admin/presence?user_ids=${encodeURIComponent(id)}`).catch(() => null),
+      call('GET', `/v1/admin/relationships?user_ids=${encodeURIComponent(id)}`).catch(() => null),
     ]);
     state.selected = user;
+    state.relations = relations?.users?.[0] ?? null;
     renderUser(presence?.users?.[0] ?? null);
     show($('user-detail'), true);
     $('user-detail-heading').focus();
@@ -313,6 +316,11 @@ function renderUser(presence) {
   if (presence) {
     const where = presence.platforms?.length ? presence.platforms.join(', ') : t('admin.users.offline');
     facts.push(['admin.users.online', where]);
+  }
+  const rel = state.relations?.user_id === u.user_id ? state.relations : null;
+  if (rel) {
+    facts.push(['admin.users.friends', rel.friends.length ? rel.friends.join(', ') : t('admin.none')]);
+    facts.push(['admin.users.blocks', rel.blocks.length ? rel.blocks.join(', ') : t('admin.none')]);
   }
   $('user-facts').replaceChildren(...facts.flatMap(([key, value]) => [h('dt', {}, t(key)), h('dd', {}, value)]));
   $('user-toggle').textContent = u.status === 'disabled' ? t('admin.users.enable') : t('admin.users.disable');
@@ -497,6 +505,44 @@ function renderSent() {
       );
     }),
   );
+}
+
+// ---- groups ---------------------------------------------------------------
+
+async function lookUpGroup(event) {
+  event.preventDefault();
+  const id = $('group-id').value.trim();
+  const error = $('group-error');
+  error.textContent = '';
+  if (!id) {
+    error.textContent = t('admin.groups.missing');
+    $('group-id').focus();
+    return;
+  }
+  try {
+    const detail = await call('GET', `/v1/admin/groups/${encodeURIComponent(id)}`);
+    const g = detail.group;
+    $('group-detail-heading').textContent = g.name;
+    $('group-facts').replaceChildren(
+      ...[
+        ['admin.groups.id', g.group_id],
+        ['admin.groups.owner', g.owner ?? '—'],
+        ['admin.groups.count', String(g.member_count)],
+        ['admin.groups.policy', g.join_policy],
+        ['admin.users.created', formatTime(g.created_at)],
+      ].flatMap(([key, value]) => [h('dt', {}, t(key)), h('dd', {}, value)]),
+    );
+    $('member-rows').replaceChildren(
+      ...detail.members.map((m) =>
+        h('tr', {}, h('td', {}, m.user_id), h('td', {}, m.display_name), h('td', {}, m.role)),
+      ),
+    );
+    show($('group-detail'), true);
+    $('group-detail-heading').focus();
+  } catch (e) {
+    show($('group-detail'), false);
+    error.textContent = failure(e);
+  }
 }
 
 // ---- audit ----------------------------------------------------------------
@@ -723,6 +769,7 @@ function start() {
   });
   $('audit-more').addEventListener('click', () => loadAudit(false));
   $('audit-verify').addEventListener('click', verifyAudit);
+  $('group-form').addEventListener('submit', lookUpGroup);
   $('hook-test').addEventListener('click', () => hookAction('test'));
   $('hook-toggle').addEventListener('click', () => hookAction('toggle'));
   $('hook-rotate').addEventListener('click', () => hookAction('rotate'));
