@@ -188,6 +188,33 @@ test("groups and relationships: a group with its members, a user's friends and b
   await shot(page, 'groups-1280');
 });
 
+test('users are imported from a JSON Lines or CSV file with a result per line', async () => {
+  await page.click('.tab[data-page="users"]');
+  await page.click('details.import summary');
+  const jsonl = [
+    JSON.stringify({ user_id: `erin${run}`, display_name: 'Erin' }),
+    JSON.stringify({ user_id: `erin${run}`, display_name: 'Erin again' }),
+    'this is not json',
+  ].join('\n');
+  await page.setInputFiles('#import-file', { name: 'users.jsonl', mimeType: 'text/plain', buffer: Buffer.from(jsonl) });
+  await page.click('#import-submit');
+  await waitText(page, '#import-summary', '1 imported, 2 failed.');
+  await waitText(page, '#import-results li[data-line="1"]', 'imported');
+  assert.ok(
+    (await page.textContent('#import-results li[data-line="2"]')).startsWith('line 2: '),
+    'the taken id is refused on its line',
+  );
+  await waitText(page, '#import-results li[data-line="3"]', 'not a JSON object');
+
+  const csv = ['user_id,display_name,username', `fay${run},"Fay, the Second",fay${run}`].join('\n');
+  await page.setInputFiles('#import-file', { name: 'users.csv', mimeType: 'text/csv', buffer: Buffer.from(csv) });
+  await page.click('#import-submit');
+  await waitText(page, '#import-summary', '1 imported, 0 failed.');
+  const fay = await api('GET', `/v1/admin/users/fay${run}`, undefined, { admin: true });
+  assert.equal(fay.display_name, 'Fay, the Second', 'a quoted CSV field keeps its comma');
+  await shot(page, 'import-1280');
+});
+
 test('messages: a notification to a listed user shows its status as it is delivered', async () => {
   await page.click('.tab[data-page="messages"]');
   await waitVisible(page, '#page-messages');

@@ -372,6 +372,115 @@ function refreshUserRow(u) {
   }
 }
 
+// ---- import ---------------------------------------------------------------
+
+const IMPORT_BATCH = 1000;
+const IMPORT_FIELDS = ['user_id', 'username', 'display_name', 'password'];
+
+/** One CSV line's fields: commas split them; a field may be "quoted" (with "" for a quote). */
+function csvFields(line) {
+  const fields = [];
+  let field = '';
+  let quoted = false;
+  for (let i = 0; i < line.length; i += 1) {
+    const c = line[i];
+    if (quoted) {
+      if (c === '"' && line[i + 1] === '"') {
+        field += '"';
+        i += 1;
+      } else if (c === '"') quoted = false;
+      else field += c;
+    } else if (c === '"') quoted = true;
+    else if (c === ',') {
+      fields.push(field);
+      field = '';
+    } else field += c;
+  }
+  fields.push(field);
+  return fields.map((f) => f.trim());
+}
+
+/** The file's users with their line numbers, and the lines that are no user. */
+function parseImport(name, text) {
+  const lines = text.split(/\r?\n/).map((l, i) => [i + 1, l]).filter(([, l]) => l.trim());
+  const users = [];
+  const bad = [];
+  const csv = /\.csv$/i.test(name) || (lines.length && !lines[0][1].trim().startsWith('{'));
+  if (csv) {
+    const [, header] = lines.shift() ?? [0, ''];
+    const columns = csvFields(header).map((c) => c.toLowerCase());
+    const unknown = columns.filter((c) => !IMPORT_FIELDS.includes(c));
+    if (unknown.length || !columns.includes('user_id')) {
+      bad.push([1, t('admin.import.header', { columns: IMPORT_FIELDS.join(', ') })]);
+      return { users, bad };
+    }
+    for (const [n, line] of lines) {
+      const values = csvFields(line);
+      const user = {};
+      columns.forEach((c, i) => {
+        if (values[i]) user[c] = values[i];
+      });
+      if (user.display_name === undefined) user.display_name = user.username ?? user.user_id ?? '';
+      users.push([n, user]);
+    }
+  } else {
+    for (const [n, line] of lines) {
+      try {
+        const user = JSON.parse(line);
+        if (!user || typeof user !== 'object' || Array.isArray(user)) throw new Error('not an object');
+        users.push([n, user]);
+      } catch {
+        bad.push([n, t('admin.import.notjson')]);
+      }
+    }
+  }
+  return { users, bad };
+}
+
+async function importUsers(event) {
+  event.preventDefault();
+  const file = $('import-file').files?.[0];
+  const summary = $('import-summary');
+  const results = $('import-results');
+  results.replaceChildren();
+  if (!file) {
+    summary.textContent = t('admin.import.nofile');
+    $('import-file').focus();
+    return;
+  }
+  const { users, bad } = parseImport(file.name, await file.text());
+  const outcome = new Map(bad.map(([n, why]) => [n, { ok: false, why }]));
+  $('import-submit').disabled = true;
+  try {
+    for (let i = 0; i < users.length; i += IMPORT_BATCH) {
+      const batch = users.slice(i, i + IMPORT_BATCH);
+      const answer = await call('POST', '/v1/admin/users', { users: batch.map(([, u]) => u) });
+      for (const r of answer.results) {
+        const [n] = batch[r.index];
+        outcome.set(n, r.ok ? { ok: true } : { ok: false, why: r.error?.message ?? '?' });
+      }
+    }
+  } catch (e) {
+    summary.textContent = failure(e);
+    return;
+  } finally {
+    $('import-submit').disabled = false;
+  }
+  const lines = [...outcome.entries()].sort((a, b) => a[0] - b[0]);
+  const imported = lines.filter(([, o]) => o.ok).length;
+  summary.textContent = t('admin.import.summary', { imported, failed: lines.length - imported });
+  results.replaceChildren(
+    ...lines.map(([n, o]) =>
+      h(
+        'li',
+        { class: o.ok ? 'ok' : 'failed', dataset: { line: n } },
+        o.ok ? t('admin.import.lineok', { n }) : t('admin.import.linefailed', { n, why: o.why }),
+      ),
+    ),
+  );
+  announce(summary.textContent);
+}
+
 // ---- messages -------------------------------------------------------------
 
 function audience() {
@@ -770,6 +879,7 @@ function start() {
   $('audit-more').addEventListener('click', () => loadAudit(false));
   $('audit-verify').addEventListener('click', verifyAudit);
   $('group-form').addEventListener('submit', lookUpGroup);
+  $('import-form').addEventListener('submit', importUsers);
   $('hook-test').addEventListener('click', () => hookAction('test'));
   $('hook-toggle').addEventListener('click', () => hookAction('toggle'));
   $('hook-rotate').addEventListener('click', () => hookAction('rotate'));
