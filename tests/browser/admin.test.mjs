@@ -110,6 +110,7 @@ test('signing in with the keyboard alone: a wrong secret is refused in words, th
   await waitText(page, '#whoami', 'admin');
   await waitText(page, '#health', 'ready');
   await waitText(page, '#stats', 'Users online on this node');
+  await waitText(page, '#stats', 'Live connections by platform (this node)');
   // The token lives in memory only.
   const stored = await page.evaluate(() => JSON.stringify({ ...localStorage }) + JSON.stringify({ ...sessionStorage }));
   assert.ok(!/token|secret/i.test(stored), `nothing about the admin is stored: ${stored}`);

@@ -219,8 +219,23 @@ function parseMetrics(text) {
     const value = Number(match[3]);
     if (!Number.isFinite(value)) continue;
     values.set(match[1], (values.get(match[1]) || 0) + value);
+    if (match[2]) {
+      for (const [, label, text] of match[2].matchAll(/([a-z_]+)="([^"]*)"/g)) {
+        const key = `${match[1]}|${label}|${text}`;
+        values.set(key, (values.get(key) || 0) + value);
+      }
+    }
   }
-  return { sum: (name) => values.get(name) ?? 0 };
+  return {
+    sum: (name) => values.get(name) ?? 0,
+    /** The series `name` summed per value of `label`: [[value, sum], …], largest first. */
+    by: (name, label) =>
+      [...values.entries()]
+        .filter(([k]) => k.startsWith(`${name}|${label}|`))
+        .map(([k, v]) => [k.split('|')[2], v])
+        .filter(([, v]) => v > 0)
+        .sort((a, b) => b[1] - a[1]),
+  };
 }
 
 async function refreshDashboard() {
@@ -235,11 +250,20 @@ async function refreshDashboard() {
     });
     if (!response.ok) throw new ApiError(response.status, '', response.statusText);
     const metrics = parseMetrics(await response.text());
+    const split = (label) =>
+      metrics
+        .by('unimsg_live_connections', label)
+        .map(([value, n]) => `${value} ${n.toLocaleString()}`)
+        .join(' · ') || '—';
     $('stats').replaceChildren(
       ...STATS.flatMap(([key, read]) => [
         h('dt', {}, t(key)),
         h('dd', { dataset: { stat: key } }, read(metrics).toLocaleString()),
       ]),
+      h('dt', {}, t('admin.stat.platforms')),
+      h('dd', { dataset: { stat: 'platforms' }, class: 'small-stat' }, split('platform')),
+      h('dt', {}, t('admin.stat.transports')),
+      h('dd', { dataset: { stat: 'transports' }, class: 'small-stat' }, split('transport')),
     );
     $('stats-updated').textContent = t('admin.stats.updated', { time: formatTime(new Date().toISOString()) });
   } catch (e) {
