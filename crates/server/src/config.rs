@@ -383,6 +383,13 @@ impl Config {
         let merged = builder
             .build()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        // `listen = ":8080"` (file or UNIMSG_LISTEN): every interface, said
+        // once logging is up, as for `--listen :8080`.
+        if let Ok(listen) = merged.get_string("listen")
+            && let Ok((_, Some(warning))) = parse_listen(&listen)
+        {
+            warnings.push(warning);
+        }
         let mut config: Self = match merged.clone().try_deserialize() {
             Ok(config) => config,
             Err(error) => return Err(ConfigError::Invalid(explain(merged, &error))),

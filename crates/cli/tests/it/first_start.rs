@@ -62,6 +62,36 @@ async fn listen_takes_a_host_name_and_a_bare_port_and_explains_what_it_refuses()
     .await;
     drop(everywhere);
 
+    // The same from the environment (or a file): the warning too.
+    let dir = tempfile::tempdir().unwrap();
+    let mut from_env = Command::new(env!("CARGO_BIN_EXE_unimsg"));
+    from_env
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("RUST_LOG")
+        .env("UNIMSG_LISTEN", ":0")
+        .env("UNIMSG_ADMIN_PASSWORD", ADMIN_PASSWORD);
+    let configured = unimsg::start(from_env, START)
+        .await
+        .expect("UNIMSG_LISTEN=:0 is accepted");
+    assert!(
+        configured.addr.starts_with("0.0.0.0:"),
+        "{}",
+        configured.addr
+    );
+    within("the warning of UNIMSG_LISTEN", async {
+        while !configured
+            .logs
+            .text()
+            .contains("listening on every interface")
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    drop(configured);
+
     for bad in ["8080", "localhost", "no such host.invalid:80", ":port"] {
         let dir = tempfile::tempdir().unwrap();
         match unimsg::start(serve(bad, &dir), START).await {
