@@ -258,6 +258,15 @@ test('audit: entries filtered by action, the chain verified, the head shown', as
   await waitText(page, '#audit-rows', 'auth.login');
   const actions = await page.$$eval('#audit-rows tr td:nth-child(3)', (tds) => tds.map((td) => td.textContent));
   assert.ok(actions.length > 0 && actions.every((a) => a === 'auth.login'), `only logins: ${actions}`);
+  // A window in the future holds nothing; one from an hour ago the logins.
+  const local = (ms) => new Date(ms - new Date().getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+  await page.fill('#audit-since', local(Date.now() + 3600 * 1000));
+  await page.click('#audit-form button[type="submit"]');
+  await waitText(page, '#status', '0 entries shown.');
+  assert.equal(await page.locator('#audit-rows tr').count(), 0, 'nothing in the future');
+  await page.fill('#audit-since', local(Date.now() - 3600 * 1000));
+  await page.click('#audit-form button[type="submit"]');
+  await waitText(page, '#audit-rows', 'auth.login');
   await page.click('#audit-verify');
   await waitText(page, '#audit-verdict', 'The chain is intact');
   await waitText(page, '#audit-head', ':');

@@ -684,10 +684,14 @@ async function loadAudit(fresh) {
   const error = $('audit-error');
   error.textContent = '';
   if (fresh) {
+    // datetime-local is the browser's local time; the API takes RFC 3339.
+    const when = (id) => ($(id).value ? new Date($(id).value).toISOString() : '');
     state.auditFilter = {
       action: $('audit-action').value.trim(),
       actor: $('audit-actor').value.trim(),
       operation_id: $('audit-op').value.trim(),
+      since: when('audit-since'),
+      until: when('audit-until'),
     };
     state.auditNext = null;
   }

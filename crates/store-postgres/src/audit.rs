@@ -70,6 +70,8 @@ impl Audit for PgStore {
                      AND ($2::text IS NULL OR content::jsonb ->> 'action' = $2::text) \
                      AND ($3::text IS NULL OR content::jsonb ->> 'actor' = $3::text) \
                      AND ($4::text IS NULL OR content::jsonb ->> 'operation_id' = $4::text) \
+                     AND ($6::bigint IS NULL OR at >= $6::bigint) \
+                     AND ($7::bigint IS NULL OR at < $7::bigint) \
                      ORDER BY id LIMIT $5"
                 ))
                 .await?;
@@ -82,6 +84,8 @@ impl Audit for PgStore {
                         &q.actor,
                         &q.operation_id,
                         &i64::from(q.limit),
+                        &q.since.map(ms),
+                        &q.until.map(ms),
                     ],
                 )
                 .await?

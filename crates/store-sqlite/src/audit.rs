@@ -40,6 +40,7 @@ impl Audit for SqliteStore {
                      AND (?2 IS NULL OR json_extract(content, '$.action') = ?2) \
                      AND (?3 IS NULL OR json_extract(content, '$.actor') = ?3) \
                      AND (?4 IS NULL OR json_extract(content, '$.operation_id') = ?4) \
+                     AND (?6 IS NULL OR at >= ?6) AND (?7 IS NULL OR at < ?7) \
                      ORDER BY id LIMIT ?5"
             ))?;
             all(
@@ -49,7 +50,9 @@ impl Audit for SqliteStore {
                     q.action,
                     q.actor,
                     q.operation_id,
-                    i64::from(q.limit)
+                    i64::from(q.limit),
+                    q.since.map(ms),
+                    q.until.map(ms)
                 ],
                 read_audit,
             )

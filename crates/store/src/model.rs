@@ -428,6 +428,10 @@ pub struct AuditQuery {
     pub action: Option<String>,
     pub actor: Option<String>,
     pub operation_id: Option<String>,
+    /// Only entries recorded at or after this time.
+    pub since: Option<OffsetDateTime>,
+    /// Only entries recorded before this time.
+    pub until: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone)]

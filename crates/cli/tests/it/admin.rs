@@ -889,3 +889,57 @@ async fn admins_search_users_by_id_username_or_display_name_page_by_page() {
         .await;
     assert_eq!(status, 401);
 }
+
+/// The audit log can be read for a time window (`since`, `until`), and a
+/// time that is not RFC 3339 is refused in words.
+#[tokio::test]
+async fn the_audit_log_is_filtered_by_time() {
+    let server = TestServer::start().await;
+    let root = AdminApi::root(&server);
+    user(&server.client(), "tim").await;
+    let now = time::OffsetDateTime::now_utc();
+    let rfc = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+            .replace('+', "%2B")
+    };
+    let hour = time::Duration::hours(1);
+    let count = |v: &Value| v["entries"].as_array().map_or(0, Vec::len);
+    let recent = root
+        .ok(
+            Method::GET,
+            &format!(
+                "/v1/admin/audit?action=auth.login&since={}",
+                rfc(now - hour)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(count(&recent), 1, "{recent}");
+    let future = root
+        .ok(
+            Method::GET,
+            &format!("/v1/admin/audit?since={}", rfc(now + hour)),
+            None,
+        )
+        .await;
+    assert_eq!(count(&future), 0, "{future}");
+    let past = root
+        .ok(
+            Method::GET,
+            &format!("/v1/admin/audit?until={}", rfc(now - hour)),
+            None,
+        )
+        .await;
+    assert_eq!(count(&past), 0, "{past}");
+    let (status, body) = root
+        .call(Method::GET, "/v1/admin/audit?since=yesterday", None)
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("since")),
+        "{body}"
+    );
+}

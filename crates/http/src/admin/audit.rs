@@ -28,6 +28,14 @@ pub(super) struct AuditParams {
     actor: Option<String>,
     /// Only entries recorded with this `X-Operation-Id`.
     operation_id: Option<String>,
+    /// Only entries recorded at or after this time (RFC 3339).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[param(value_type = Option<String>)]
+    since: Option<time::OffsetDateTime>,
+    /// Only entries recorded before this time (RFC 3339).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[param(value_type = Option<String>)]
+    until: Option<time::OffsetDateTime>,
 }
 
 #[utoipa::path(
@@ -44,7 +52,7 @@ pub(super) struct AuditParams {
         (status = 400, description = "Bad query parameters (`bad_request`).", body = ErrorBody),
     ),
 )]
-/// `GET /v1/admin/audit?after=&limit=&action=&actor=&operation_id=`
+/// `GET /v1/admin/audit?after=&limit=&action=&actor=&operation_id=&since=&until=`
 pub(super) async fn audit(
     State(state): State<AppState>,
     AdminAuth(admin): AdminAuth,
@@ -57,6 +65,8 @@ pub(super) async fn audit(
         action: q.action,
         actor: q.actor,
         operation_id: q.operation_id,
+        since: q.since,
+        until: q.until,
     };
     Ok(axum::Json(state.core.audit_page(query).await?))
 }

@@ -8,9 +8,10 @@ pub async fn audit_chain(store: Arc<dyn Store>) {
     let store = &*store;
     assert!(store.audit_head().await.unwrap().is_none(), "no head yet");
     let mut rows = Vec::new();
-    for action in ["a", "b", "c"] {
+    let start = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    for (i, action) in ["a", "b", "c"].into_iter().enumerate() {
         let draft = AuditDraft {
-            at: now(),
+            at: start + time::Duration::minutes(i as i64),
             content: format!(r#"{{"action":"{action}","actor":"ops"}}"#),
         };
         rows.push(
@@ -54,4 +55,27 @@ pub async fn audit_chain(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(only_b.iter().map(|r| r.id).collect::<Vec<_>>(), vec![2]);
+    // A time window: from the second entry's minute, before the third's.
+    let window = store
+        .audit_entries(AuditQuery {
+            limit: 10,
+            since: Some(start + time::Duration::minutes(1)),
+            until: Some(start + time::Duration::minutes(2)),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(window.iter().map(|r| r.id).collect::<Vec<_>>(), vec![2]);
+    let from_second = store
+        .audit_entries(AuditQuery {
+            limit: 10,
+            since: Some(start + time::Duration::seconds(30)),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        from_second.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
 }
