@@ -133,6 +133,8 @@ test('users: search, open with the keyboard, disable (the token stops working), 
   await waitVisible(page, '#user-detail');
   await waitText(page, '#user-facts', carol.user_id);
   await waitText(page, '#user-facts', 'offline');
+  await waitText(page, '#user-facts', 'Sessions');
+  await waitText(page, '#user-facts', 'web (—) since');
   await assertAccessible(page, 'users');
   await shot(page, 'user-1280');
 

@@ -897,6 +897,22 @@ impl Core {
         }
     }
 
+    /// `GET /v1/admin/users/{id}/sessions`: a user's sessions that are not
+    /// revoked, for an admin (none of them is "current").
+    pub async fn user_sessions(&self, id: &UserId) -> Result<Vec<SessionInfo>> {
+        if self.store.user(id).await?.is_none() {
+            return Err(CoreError::NotFound("user not found".into()));
+        }
+        let sessions = self.store.active_sessions(id).await?;
+        Ok(sessions
+            .iter()
+            .map(|s| SessionInfo {
+                current: false,
+                ..session_info(s, &s.session_id)
+            })
+            .collect())
+    }
+
     /// `GET /v1/me/sessions`
     pub async fn sessions(&self, auth: &AuthContext) -> Result<Vec<SessionInfo>> {
         let sessions = self.store.active_sessions(&auth.user_id).await?;

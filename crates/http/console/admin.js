@@ -50,6 +50,7 @@ const state = {
   nextUser: null,
   selected: null, // the AdminUser shown in the detail card
   relations: null, // that user's friends and blocks
+  sessions: null, // and their sessions: {user, list}
   auditNext: null,
   auditFilter: {},
   sent: [], // {message_id, what, at, status, timer, until}
@@ -311,13 +312,15 @@ async function openUser(id) {
   $('user-error').textContent = '';
   $('user-result').textContent = '';
   try {
-    const [user, presence, relations] = await Promise.all([
+    const [user, presence, relations, sessions] = await Promise.all([
       call('GET', `/v1/admin/users/${encodeURIComponent(id)}`),
       call('GET', `/v1/admin/presence?user_ids=${encodeURIComponent(id)}`).catch(() => null),
       call('GET', `/v1/admin/relationships?user_ids=${encodeURIComponent(id)}`).catch(() => null),
+      call('GET', `/v1/admin/users/${encodeURIComponent(id)}/sessions`).catch(() => null),
     ]);
     state.selected = user;
     state.relations = relations?.users?.[0] ?? null;
+    state.sessions = sessions ? { user: user.user_id, list: sessions.sessions } : null;
     renderUser(presence?.users?.[0] ?? null);
     show($('user-detail'), true);
     $('user-detail-heading').focus();
@@ -346,6 +349,13 @@ function renderUser(presence) {
     facts.push(['admin.users.friends', rel.friends.length ? rel.friends.join(', ') : t('admin.none')]);
     facts.push(['admin.users.blocks', rel.blocks.length ? rel.blocks.join(', ') : t('admin.none')]);
   }
+  const sessions = state.sessions?.user === u.user_id ? state.sessions.list : null;
+  if (sessions) {
+    const lines = sessions.map((x) =>
+      t('admin.users.session', { platform: x.platform, device: x.device_id ?? '—', since: formatTime(x.created_at) }),
+    );
+    facts.push(['admin.users.sessions', lines.length ? lines.join(' · ') : t('admin.none')]);
+  }
   $('user-facts').replaceChildren(...facts.flatMap(([key, value]) => [h('dt', {}, t(key)), h('dd', {}, value)]));
   $('user-toggle').textContent = u.status === 'disabled' ? t('admin.users.enable') : t('admin.users.disable');
 }
@@ -367,6 +377,8 @@ async function userAction(what) {
     } else if (what === 'logout') {
       const answer = await call('POST', `${path}/logout`, {});
       result.textContent = t('admin.users.loggedout', { n: answer.revoked });
+      state.sessions = { user: u.user_id, list: [] };
+      renderUser(null);
     } else if (what === 'mint') {
       const pair = await call('POST', `${path}/tokens`, { platform: 'web' });
       result.replaceChildren(

@@ -943,3 +943,53 @@ async fn the_audit_log_is_filtered_by_time() {
         "{body}"
     );
 }
+
+/// `GET /v1/admin/users/{id}/sessions`: the user's sessions that are not
+/// revoked, with platform and device; none after a forced logout.
+#[tokio::test]
+async fn an_admin_sees_a_user_s_sessions() {
+    let server = TestServer::start().await;
+    let root = AdminApi::root(&server);
+    let client = server.client();
+    register(&client, "sam").await;
+    let web = login(&client, "sam", "web", Some("laptop")).await;
+    login(&client, "sam", "ios", Some("phone")).await;
+    let path = format!("/v1/admin/users/{}/sessions", web.id);
+    let v = root.ok(Method::GET, &path, None).await;
+    let mut seen: Vec<(String, String)> = v["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["platform"].as_str().unwrap().to_owned(),
+                s["device_id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("ios".to_owned(), "phone".to_owned()),
+            ("web".to_owned(), "laptop".to_owned())
+        ]
+    );
+    assert!(v["sessions"][0]["current"] == false, "{v}");
+    root.ok(
+        Method::POST,
+        &format!("/v1/admin/users/{}/logout", web.id),
+        None,
+    )
+    .await;
+    let after = root.ok(Method::GET, &path, None).await;
+    assert_eq!(
+        after["sessions"].as_array().map(Vec::len),
+        Some(0),
+        "{after}"
+    );
+    let (status, _) = root
+        .call(Method::GET, "/v1/admin/users/nobody/sessions", None)
+        .await;
+    assert_eq!(status, 404);
+}

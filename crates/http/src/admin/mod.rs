@@ -64,6 +64,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
             users::delete_user
         ))
         .routes(routes!(users::mint))
+        .routes(routes!(users::sessions))
         .routes(routes!(users::logout))
         .routes(routes!(messages::notify))
         .routes(routes!(messages::broadcast))

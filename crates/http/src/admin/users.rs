@@ -12,7 +12,7 @@ use unimsg_proto::admin::{
     AdminUser, ForceLogoutRequest, ForceLogoutResponse, ImportRequest, ImportResponse, ImportUser,
     MintRequest, Scope, UserPage, UserPatch,
 };
-use unimsg_proto::api::TokenPair;
+use unimsg_proto::api::{SessionList, TokenPair};
 use unimsg_proto::{ErrorBody, UserId};
 use utoipa::IntoParams;
 
@@ -108,6 +108,33 @@ pub(super) async fn search_users(
         .search_users(&q.query, q.after.as_ref(), q.limit)
         .await?;
     Ok(axum::Json(page))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/admin/users/{id}/sessions",
+    operation_id = "admin_user_sessions",
+    tag = "admin",
+    summary = "A user's sessions",
+    description = "The user's sessions that are not revoked, oldest first (platform, device, since when). Scope: `users:read`.",
+    params(("id" = UserId, Path, description = "The user id.")),
+    security(("admin_basic" = []), ("admin_bearer" = [])),
+    responses(
+        (status = 200, description = "The sessions.", body = SessionList),
+        (status = 404, description = "No such user (`not_found`).", body = ErrorBody),
+    ),
+)]
+/// `GET /v1/admin/users/{id}/sessions`
+pub(super) async fn sessions(
+    State(state): State<AppState>,
+    AdminAuth(admin): AdminAuth,
+    PathId(id): PathId,
+) -> Result<axum::Json<SessionList>, ApiError> {
+    admin.require(Scope::UsersRead)?;
+    let id: UserId = path_id(&id, "user")?;
+    Ok(axum::Json(SessionList {
+        sessions: state.core.user_sessions(&id).await?,
+    }))
 }
 
 #[utoipa::path(
@@ -249,8 +276,12 @@ pub(super) async fn logout(
     let req: ForceLogoutRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ForceLogoutRequest::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "invalid JSON body: {}",
+                crate::error::plain_words(&e.to_string())
+            ))
+        })?
     };
     let platform = req.platform;
     Ok(axum::Json(state.core.force_logout(&id, platform).await?))
