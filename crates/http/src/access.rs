@@ -10,7 +10,11 @@
 //! request's path or query: a WebSocket's `?access_token=` or an id in
 //! a path does not reach the log.
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::Duration;
+
+use parking_lot::RwLock;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue};
@@ -45,14 +49,9 @@ pub(crate) async fn log(State(state): State<AppState>, mut req: Request, next: N
     let mut response = next.run(req).await;
     let took: Duration = started.elapsed();
     let status = response.status().as_u16();
-    metrics::counter!(
-        "unimsg_http_requests_total",
-        "route" => route.clone(),
-        "status" => status.to_string()
-    )
-    .increment(1);
-    metrics::histogram!("unimsg_http_request_duration_seconds", "route" => route.clone())
-        .record(took.as_secs_f64());
+    let (requests, duration) = series(&route, status);
+    requests.increment(1);
+    duration.record(took.as_secs_f64());
     if logged {
         tracing::info!(
             target: "unimsg::http",
@@ -66,6 +65,34 @@ pub(crate) async fn log(State(state): State<AppState>, mut req: Request, next: N
     }
     response.headers_mut().insert(REQUEST_ID.clone(), id);
     response
+}
+
+/// The request counter of (route, status) and the duration histogram of
+/// the route, registered once and kept: building a labelled key and
+/// looking it up in the recorder on every request cost about 7 µs.
+/// Routes are templates and statuses HTTP codes, so the map stays small.
+fn series(route: &str, status: u16) -> (metrics::Counter, metrics::Histogram) {
+    type Series = HashMap<String, (metrics::Histogram, HashMap<u16, metrics::Counter>)>;
+    static SERIES: LazyLock<RwLock<Series>> = LazyLock::new(RwLock::default);
+    if let Some((duration, by_status)) = SERIES.read().get(route)
+        && let Some(requests) = by_status.get(&status)
+    {
+        return (requests.clone(), duration.clone());
+    }
+    let mut all = SERIES.write();
+    let (duration, by_status) = all.entry(route.to_owned()).or_insert_with(|| {
+        let duration =
+            metrics::histogram!("unimsg_http_request_duration_seconds", "route" => route.to_owned());
+        (duration, HashMap::new())
+    });
+    let requests = by_status.entry(status).or_insert_with(|| {
+        metrics::counter!(
+            "unimsg_http_requests_total",
+            "route" => route.to_owned(),
+            "status" => status.to_string()
+        )
+    });
+    (requests.clone(), duration.clone())
 }
 
 /// 1 to 64 letters, digits, `-` or `_`.

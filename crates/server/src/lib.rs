@@ -593,10 +593,23 @@ pub async fn run(
              at /admin"
         );
     }
+    let metrics = metrics_handle();
+    if let Some(handle) = metrics.clone() {
+        // Histogram samples wait in the recorder until they are folded
+        // into the buckets: fold them every few seconds, so that memory
+        // stays flat whether or not anyone scrapes `/metrics`.
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
     let state = AppState {
         core: core.clone(),
         http: config.http.clone(),
-        metrics: metrics_handle(),
+        metrics,
         metrics_config: config.metrics.clone(),
     };
     let app = unimsg_http::router(state);
