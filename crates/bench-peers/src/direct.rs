@@ -579,34 +579,14 @@ async fn redis_sender(
     window: usize,
     sending: Sending,
 ) -> Result<Latency> {
-    use futures_util::StreamExt;
-    use futures_util::stream::FuturesUnordered;
-
-    let progress = &sending.progress;
-    let mut ack = Latency::new()?;
-    let mut in_flight = FuturesUnordered::new();
-    let mut next = 0;
-    loop {
-        while in_flight.len() < window && next < n {
-            let payload = sending.content(next);
-            let (mut conn, key) = (conn.clone(), key.as_str());
-            in_flight.push(async move {
-                let t0 = Instant::now();
-                redis_streams::add(&mut conn, key, &payload)
-                    .await
-                    .map(|()| t0.elapsed())
-            });
-            progress.sent.fetch_add(1, Ordering::Relaxed);
-            next += 1;
-        }
-        let Some(done) = in_flight.next().await else {
-            break;
-        };
-        ack.record(done?);
-        progress.acked.fetch_add(1, Ordering::Relaxed);
-    }
-    progress.senders_done.fetch_add(1, Ordering::Relaxed);
-    Ok(ack)
+    acked_window(n, window, &sending, |payload| {
+        let (mut conn, key) = (conn.clone(), key.clone());
+        // Nothing to hand over first: the reply is the acknowledgement.
+        std::future::ready(Ok(async move {
+            redis_streams::add(&mut conn, &key, &payload).await
+        }))
+    })
+    .await
 }
 
 /// A NATS JetStream sender: publishes in order on its own connection, up
@@ -618,6 +598,34 @@ async fn nats_sender(
     window: usize,
     sending: Sending,
 ) -> Result<Latency> {
+    acked_window(n, window, &sending, |payload| {
+        let (js, subject) = (js.clone(), subject.clone());
+        // Each publish is handed to the connection before the next one
+        // (its ack is awaited apart), so the stream stores a sender's
+        // messages in the order of their index.
+        async move {
+            let pending = nats::publish(&js, &subject, payload).await?;
+            Ok(nats::acked(pending))
+        }
+    })
+    .await
+}
+
+/// Sends a run's `n` messages with up to `window` awaiting their
+/// acknowledgement: `start(payload)` hands one message to the peer, in
+/// index order, and resolves with the future of its acknowledgement.
+/// Returns the acknowledgement latencies (from just before `start`).
+async fn acked_window<Start, Started, Acked>(
+    n: u64,
+    window: usize,
+    sending: &Sending,
+    mut start: Start,
+) -> Result<Latency>
+where
+    Start: FnMut(String) -> Started,
+    Started: Future<Output = Result<Acked>>,
+    Acked: Future<Output = Result<()>>,
+{
     use futures_util::StreamExt;
     use futures_util::stream::FuturesUnordered;
 
@@ -627,12 +635,9 @@ async fn nats_sender(
     let mut next = 0;
     loop {
         while in_flight.len() < window && next < n {
-            // Each publish is handed to the connection before the next one
-            // (its ack is awaited apart), so the stream stores a sender's
-            // messages in the order of their index.
             let t0 = Instant::now();
-            let pending = nats::publish(&js, &subject, sending.content(next)).await?;
-            in_flight.push(async move { nats::acked(pending).await.map(|()| t0.elapsed()) });
+            let acked = start(sending.content(next)).await?;
+            in_flight.push(async move { acked.await.map(|()| t0.elapsed()) });
             progress.sent.fetch_add(1, Ordering::Relaxed);
             next += 1;
         }

@@ -40,19 +40,18 @@ pub(crate) async fn log(State(state): State<AppState>, mut req: Request, next: N
         state.http.log_requests && tracing::enabled!(target: "unimsg::http", tracing::Level::INFO);
     // The template, so that the label set stays small: "-" for requests
     // no route matched.
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "-".to_owned(), |m| m.as_str().to_owned());
-    let method = req.method().clone();
+    // (A clone of the shared template, not a copy of its text.)
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let method = logged.then(|| req.method().clone());
     let started = tokio::time::Instant::now();
     let mut response = next.run(req).await;
     let took: Duration = started.elapsed();
     let status = response.status().as_u16();
-    let (requests, duration) = series(&route, status);
+    let route = matched.as_ref().map_or("-", MatchedPath::as_str);
+    let (requests, duration) = series(route, status);
     requests.increment(1);
     duration.record(took.as_secs_f64());
-    if logged {
+    if let Some(method) = method {
         tracing::info!(
             target: "unimsg::http",
             %method,

@@ -224,19 +224,7 @@ async fn a_sign_in_from_a_new_device_and_address_is_notified_and_audited() {
     assert!(full_sync(&first.api).await.is_empty());
 
     // Another loopback address and an unknown device.
-    let elsewhere = reqwest::Client::builder()
-        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
-        .build()
-        .unwrap();
-    let response = elsewhere
-        .post(format!("{}/v1/auth/login", server.base))
-        .json(&serde_json::json!({
-            "username": "gina", "password": PASSWORD, "platform": "desktop", "device_id": "kiosk"
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    login_elsewhere(&server, "gina", "en").await;
     let events = full_sync(&first.api).await;
     let warning = events
         .iter()

@@ -15,10 +15,16 @@ const START: Duration = Duration::from_secs(60);
 
 /// `unimsg serve --listen LISTEN` in a fresh data directory.
 fn serve(listen: &str, dir: &tempfile::TempDir) -> Command {
+    let mut cmd = serve_configured(dir);
+    cmd.arg("--listen").arg(listen);
+    cmd
+}
+
+/// `unimsg serve` in a fresh data directory, listening where its
+/// environment says.
+fn serve_configured(dir: &tempfile::TempDir) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_unimsg"));
     cmd.arg("serve")
-        .arg("--listen")
-        .arg(listen)
         .arg("--data-dir")
         .arg(dir.path())
         .env_remove("RUST_LOG")
@@ -26,6 +32,24 @@ fn serve(listen: &str, dir: &tempfile::TempDir) -> Command {
         .env("RUST_BACKTRACE", "1")
         .env("UNIMSG_ADMIN_PASSWORD", ADMIN_PASSWORD);
     cmd
+}
+
+/// Starts `cmd`, which must listen on every interface and say so.
+async fn listens_everywhere_with_a_warning(cmd: Command, what: &str) {
+    let started = unimsg::start(cmd, START)
+        .await
+        .unwrap_or_else(|e| panic!("{what} is accepted: {e}"));
+    assert!(
+        started.addr.starts_with("0.0.0.0:"),
+        "{what}: {}",
+        started.addr
+    );
+    within(&format!("the warning of {what}"), async {
+        while !started.logs.text().contains("listening on every interface") {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -42,55 +66,12 @@ async fn listen_takes_a_host_name_and_a_bare_port_and_explains_what_it_refuses()
     drop(named);
 
     let dir = tempfile::tempdir().unwrap();
-    let everywhere = unimsg::start(serve(":0", &dir), START)
-        .await
-        .expect(":0 is accepted");
-    assert!(
-        everywhere.addr.starts_with("0.0.0.0:"),
-        "{}",
-        everywhere.addr
-    );
-    within("the warning", async {
-        while !everywhere
-            .logs
-            .text()
-            .contains("listening on every interface")
-        {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    drop(everywhere);
-
+    listens_everywhere_with_a_warning(serve(":0", &dir), "--listen :0").await;
     // The same from the environment (or a file): the warning too.
     let dir = tempfile::tempdir().unwrap();
-    let mut from_env = Command::new(env!("CARGO_BIN_EXE_unimsg"));
-    from_env
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env_remove("RUST_LOG")
-        .env("UNIMSG_LISTEN", ":0")
-        .env("UNIMSG_ADMIN_PASSWORD", ADMIN_PASSWORD);
-    let configured = unimsg::start(from_env, START)
-        .await
-        .expect("UNIMSG_LISTEN=:0 is accepted");
-    assert!(
-        configured.addr.starts_with("0.0.0.0:"),
-        "{}",
-        configured.addr
-    );
-    within("the warning of UNIMSG_LISTEN", async {
-        while !configured
-            .logs
-            .text()
-            .contains("listening on every interface")
-        {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    drop(configured);
+    let mut from_env = serve_configured(&dir);
+    from_env.env("UNIMSG_LISTEN", ":0");
+    listens_everywhere_with_a_warning(from_env, "UNIMSG_LISTEN=:0").await;
 
     for bad in ["8080", "localhost", "no such host.invalid:80", ":port"] {
         let dir = tempfile::tempdir().unwrap();
