@@ -231,7 +231,7 @@ test('messages: a notification to a listed user shows its status as it is delive
   await page.fill('#notify-body', 'Saturday 02:00 UTC');
   await page.click('#notify-submit');
   await waitText(page, '#sent-list', 'Planned maintenance');
-  await waitText(page, '#sent-list .status-line', '1 recipients · 0 delivered');
+  await waitText(page, '#sent-list .status-line', '1 recipients · 0 sent live (pushed to an open connection) · 0 delivered');
   // Carol's client acknowledges it: the status follows.
   const tokens = await userLogin(carol.username);
   const sync = await api('GET', '/v1/sync?after=0&limit=100', undefined, { token: tokens.access_token });

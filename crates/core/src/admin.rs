@@ -819,17 +819,48 @@ impl Core {
                 )
                 .await?;
             recipients += seqs.len();
+            let received: Vec<UserId> = seqs.iter().map(|(user, _)| user.clone()).collect();
             let deliveries =
                 crate::render::shared_deliveries(EventType::NotificationNew, ts, &data, seqs)?;
             if let Err(error) = self.bus.publish(deliveries).await {
                 tracing::warn!(%error, "live delivery failed; clients will catch up by sync");
+                continue;
             }
+            self.record_sent_live(&message_id, received).await;
         }
         metrics::counter!("unimsg_notifications_total").increment(1);
         Ok(NotifyResponse {
             message_id,
             recipients,
         })
+    }
+
+    /// Marks the recipients that had a live connection, on any node, once
+    /// the push went out: the status's "sent live". Only a count is lost
+    /// if this fails; the message itself is committed.
+    async fn record_sent_live(&self, message_id: &MessageId, received: Vec<UserId>) {
+        let online = match self.bus.presence(&received).await {
+            Ok(platforms) => received
+                .into_iter()
+                .zip(platforms)
+                .filter(|(_, platforms)| !platforms.is_empty())
+                .map(|(user, _)| user)
+                .collect::<Vec<_>>(),
+            Err(error) => {
+                tracing::warn!(%error, "presence unavailable; \"sent live\" not recorded");
+                return;
+            }
+        };
+        if online.is_empty() {
+            return;
+        }
+        if let Err(error) = self
+            .store
+            .mark_notification_sent_live(message_id, online)
+            .await
+        {
+            tracing::warn!(%error, "\"sent live\" not recorded");
+        }
     }
 
     /// `GET /v1/admin/presence?user_ids=a,b,c`: live platforms per user.
@@ -996,22 +1027,24 @@ impl Core {
         let limit = limit.clamp(1, 1000);
         let status = self.store.notification_status(id, after, limit).await?;
         let next_after = if status.page.len() == limit as usize {
-            status.page.last().map(|(u, _, _)| u.to_string())
+            status.page.last().map(|r| r.user.to_string())
         } else {
             None
         };
         Ok(MessageStatus {
             message_id: id.clone(),
             recipients: status.recipients,
+            sent_live: status.sent_live,
             delivered: status.delivered,
             read: status.read,
             users: status
                 .page
                 .into_iter()
-                .map(|(user_id, delivered, read)| RecipientStatus {
-                    user_id,
-                    delivered,
-                    read,
+                .map(|r| RecipientStatus {
+                    user_id: r.user,
+                    sent_live: r.sent_live,
+                    delivered: r.delivered,
+                    read: r.read,
                 })
                 .collect(),
             next_after,

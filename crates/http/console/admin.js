@@ -623,7 +623,7 @@ function renderSent() {
       const line = item.broadcast
         ? t('admin.msg.broadcasted')
         : s
-          ? t('admin.msg.status', { n: s.recipients, delivered: s.delivered, read: s.read })
+          ? t('admin.msg.status', { n: s.recipients, live: s.sent_live, delivered: s.delivered, read: s.read })
           : t('admin.msg.waiting');
       const perUser = s?.users?.length
         ? h(
@@ -634,7 +634,13 @@ function renderSent() {
                 'li',
                 { dataset: { user: r.user_id } },
                 `${r.user_id}: `,
-                r.read ? t('admin.msg.read') : r.delivered ? t('admin.msg.delivered') : t('admin.msg.notyet'),
+                r.read
+                  ? t('admin.msg.read')
+                  : r.delivered
+                    ? t('admin.msg.delivered')
+                    : r.sent_live
+                      ? t('admin.msg.live')
+                      : t('admin.msg.notyet'),
               ),
             ),
           )

@@ -253,6 +253,11 @@ pub struct NotifyResponse {
 pub struct MessageStatus {
     pub message_id: MessageId,
     pub recipients: u64,
+    /// Recipients it was pushed to at once, over a WebSocket or SSE
+    /// connection that was open when it was sent (on any node). The others
+    /// get it when they next sync. Sent live is not delivered: only a
+    /// client's acknowledgement says it arrived.
+    pub sent_live: u64,
     /// Recipients whose client acknowledged it (`ack` up to its seq) or
     /// read it (reading implies delivery).
     pub delivered: u64,
@@ -267,6 +272,7 @@ pub struct MessageStatus {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecipientStatus {
     pub user_id: UserId,
+    pub sent_live: bool,
     pub delivered: bool,
     pub read: bool,
 }

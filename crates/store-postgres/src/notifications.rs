@@ -8,8 +8,8 @@ use time::OffsetDateTime;
 use unimsg_proto::{EventType, MessageId, Seq, UserId};
 use unimsg_store::sql::{NOTIFICATION_COLUMNS, ms, read_notification, to_i64, to_u64, user_id};
 use unimsg_store::{
-    AudiencePart, HookDraft, NewNotification, NotificationStatus, Notifications, Result,
-    StoreError, StoredNotification,
+    AudiencePart, HookDraft, NewNotification, NotificationStatus, Notifications, RecipientState,
+    Result, StoreError, StoredNotification,
 };
 
 use crate::{InboxRow, PgStore, UnknownUsers, append_inbox, column, read, unique};
@@ -139,18 +139,24 @@ impl Notifications for PgStore {
         snapshot!(self, |tx| {
             let counts = tx
                 .prepare_cached(
-                    "SELECT count(*), count(*) FILTER (WHERE u.acked_seq >= r.seq OR r.read_at IS NOT NULL), \
+                    "SELECT count(*), count(*) FILTER (WHERE r.sent_live), \
+                     count(*) FILTER (WHERE u.acked_seq >= r.seq OR r.read_at IS NOT NULL), \
                      count(*) FILTER (WHERE r.read_at IS NOT NULL) \
                      FROM notification_recipients r JOIN users u ON u.user_id = r.user_id \
                      WHERE r.message_id = $1",
                 )
                 .await?;
             let row = tx.query_one(&counts, &[&id.as_str()]).await?;
-            let (recipients, delivered, read): (i64, i64, i64) =
-                (column(&row, 0)?, column(&row, 1)?, column(&row, 2)?);
+            let (recipients, sent_live, delivered, read): (i64, i64, i64, i64) = (
+                column(&row, 0)?,
+                column(&row, 1)?,
+                column(&row, 2)?,
+                column(&row, 3)?,
+            );
             let page = tx
                 .prepare_cached(
-                    "SELECT r.user_id, (u.acked_seq >= r.seq OR r.read_at IS NOT NULL), r.read_at IS NOT NULL \
+                    "SELECT r.user_id, r.sent_live, (u.acked_seq >= r.seq OR r.read_at IS NOT NULL), \
+                     r.read_at IS NOT NULL \
                      FROM notification_recipients r JOIN users u ON u.user_id = r.user_id \
                      WHERE r.message_id = $1 AND r.user_id > $2 ORDER BY r.user_id LIMIT $3",
                 )
@@ -159,14 +165,36 @@ impl Notifications for PgStore {
                 .query(&page, &[&id.as_str(), &after, &i64::from(limit)])
                 .await?
                 .iter()
-                .map(|r| Ok((user_id(column(r, 0)?)?, column(r, 1)?, column(r, 2)?)))
+                .map(|r| {
+                    Ok(RecipientState {
+                        user: user_id(column(r, 0)?)?,
+                        sent_live: column(r, 1)?,
+                        delivered: column(r, 2)?,
+                        read: column(r, 3)?,
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?;
             Ok(NotificationStatus {
                 recipients: to_u64(recipients),
+                sent_live: to_u64(sent_live),
                 delivered: to_u64(delivered),
                 read: to_u64(read),
                 page,
             })
+        })
+    }
+
+    async fn mark_notification_sent_live(&self, id: &MessageId, users: Vec<UserId>) -> Result<()> {
+        let users: Vec<&str> = users.iter().map(UserId::as_str).collect();
+        transaction!(self, |tx| {
+            let mark = tx
+                .prepare_cached(
+                    "UPDATE notification_recipients SET sent_live = true \
+                     WHERE message_id = $1 AND user_id = ANY($2)",
+                )
+                .await?;
+            tx.execute(&mark, &[&id.as_str(), &users]).await?;
+            Ok(())
         })
     }
 

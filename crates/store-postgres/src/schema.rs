@@ -299,6 +299,11 @@ CREATE TABLE admin_addresses (
     PRIMARY KEY (admin_id, ip)
 );
 "#,
+    // Whether a notification was pushed at once to a live connection of
+    // each recipient (the admin message status's "sent live").
+    r#"
+ALTER TABLE notification_recipients ADD COLUMN sent_live BOOLEAN NOT NULL DEFAULT false;
+"#,
 ];
 
 /// Brings the database to the newest schema version.

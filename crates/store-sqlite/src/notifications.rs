@@ -7,8 +7,8 @@ use time::OffsetDateTime;
 use unimsg_proto::{EventType, MessageId, Seq, UserId};
 use unimsg_store::sql::{NOTIFICATION_COLUMNS, ms, read_notification, to_i64, to_u64, user_id};
 use unimsg_store::{
-    AudiencePart, HookDraft, NewNotification, NotificationStatus, Notifications, Result,
-    StoreError, StoredNotification,
+    AudiencePart, HookDraft, NewNotification, NotificationStatus, Notifications, RecipientState,
+    Result, StoreError, StoredNotification,
 };
 
 use crate::inbox::insert_event;
@@ -89,16 +89,17 @@ impl Notifications for SqliteStore {
     ) -> Result<NotificationStatus> {
         let id = id.clone();
         self.read(move |conn| {
-            let (recipients, delivered, read): (i64, Option<i64>, Option<i64>) = conn
+            let (recipients, sent_live, delivered, read): (i64, Option<i64>, Option<i64>, Option<i64>) = conn
                 .query_row_cached(
-                    "SELECT count(*), sum(u.acked_seq >= r.seq OR r.read_at IS NOT NULL), sum(r.read_at IS NOT NULL) \
+                    "SELECT count(*), sum(r.sent_live), sum(u.acked_seq >= r.seq OR r.read_at IS NOT NULL), \
+                     sum(r.read_at IS NOT NULL) \
                      FROM notification_recipients r JOIN users u ON u.user_id = r.user_id \
                      WHERE r.message_id = ?1",
                     [id.as_str()],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )?;
             let mut stmt = conn.prepare_cached(
-                "SELECT r.user_id, (u.acked_seq >= r.seq OR r.read_at IS NOT NULL), r.read_at IS NOT NULL \
+                "SELECT r.user_id, r.sent_live, (u.acked_seq >= r.seq OR r.read_at IS NOT NULL), r.read_at IS NOT NULL \
                      FROM notification_recipients r JOIN users u ON u.user_id = r.user_id \
                      WHERE r.message_id = ?1 AND r.user_id > ?2 ORDER BY r.user_id LIMIT ?3",
             )?;
@@ -109,19 +110,41 @@ impl Notifications for SqliteStore {
                         r.get::<_, String>(0)?,
                         r.get::<_, bool>(1)?,
                         r.get::<_, bool>(2)?,
+                        r.get::<_, bool>(3)?,
                     ))
                 })?
                 .map(|r| {
-                    r.map_err(db)
-                        .and_then(|(u, d, rd)| Ok((user_id(u)?, d, rd)))
+                    r.map_err(db).and_then(|(u, sent_live, delivered, read)| {
+                        Ok(RecipientState {
+                            user: user_id(u)?,
+                            sent_live,
+                            delivered,
+                            read,
+                        })
+                    })
                 })
                 .collect::<Result<Vec<_>>>()?;
             Ok(NotificationStatus {
                 recipients: to_u64(recipients),
+                sent_live: to_u64(sent_live.unwrap_or(0)),
                 delivered: to_u64(delivered.unwrap_or(0)),
                 read: to_u64(read.unwrap_or(0)),
                 page,
             })
+        })
+        .await
+    }
+
+    async fn mark_notification_sent_live(&self, id: &MessageId, users: Vec<UserId>) -> Result<()> {
+        let id = id.clone();
+        self.write(move |conn| {
+            let mut mark = conn.prepare_cached(
+                "UPDATE notification_recipients SET sent_live = 1 WHERE message_id = ?1 AND user_id = ?2",
+            )?;
+            for user in &users {
+                mark.execute(params![id.as_str(), user.as_str()])?;
+            }
+            Ok(())
         })
         .await
     }

@@ -286,6 +286,11 @@ CREATE TABLE admin_addresses (
     PRIMARY KEY (admin_id, ip)
 );
 "#,
+    // Whether a notification was pushed at once to a live connection of
+    // each recipient (the admin message status's "sent live").
+    r#"
+ALTER TABLE notification_recipients ADD COLUMN sent_live INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The newest schema version (`PRAGMA user_version` after migrating).

@@ -246,6 +246,10 @@ pub trait Notifications: Send + Sync {
         after: Option<UserId>,
         limit: u32,
     ) -> Result<NotificationStatus>;
+    /// Records that the notification was pushed at once to these
+    /// recipients, who had a live connection when it was sent. Users who
+    /// did not receive it are skipped.
+    async fn mark_notification_sent_live(&self, id: &MessageId, users: Vec<UserId>) -> Result<()>;
     /// Marks `user`'s notifications up to the one given as read; returns
     /// that notification's seq in the user's inbox. `NotFound` if the user
     /// did not receive it. `hooks` are written when a notification that

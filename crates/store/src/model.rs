@@ -345,10 +345,22 @@ pub struct StoredNotification {
 #[derive(Debug, Clone, Default)]
 pub struct NotificationStatus {
     pub recipients: u64,
+    pub sent_live: u64,
     pub delivered: u64,
     pub read: u64,
-    /// `(user, delivered, read)`, by user id.
-    pub page: Vec<(UserId, bool, bool)>,
+    /// One page of recipients, by user id.
+    pub page: Vec<RecipientState>,
+}
+
+/// Where one recipient's copy of a notification is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientState {
+    pub user: UserId,
+    /// Pushed at once to a live connection of the user when it was sent.
+    pub sent_live: bool,
+    /// Acknowledged by a client, or read.
+    pub delivered: bool,
+    pub read: bool,
 }
 
 /// Changes to a user; `None` leaves a field as it is.

@@ -186,13 +186,17 @@ async fn a_notification_reaches_its_recipients_live_or_by_sync_and_status_follow
 
     let status_path = format!("/v1/admin/messages/{message_id}/status");
     let st = root.ok(Method::GET, &status_path, None).await;
+    // n1 had a socket open when it was sent: pushed live, but not yet
+    // delivered until its client acknowledges it. n2 and n3 synced later.
     assert_eq!(
         (
             st["recipients"].as_u64(),
+            st["sent_live"].as_u64(),
             st["delivered"].as_u64(),
             st["read"].as_u64()
         ),
-        (Some(3), Some(0), Some(0))
+        (Some(3), Some(1), Some(0), Some(0)),
+        "{st}"
     );
     online.ack(live.seq).await.unwrap();
     let st = root.ok(Method::GET, &status_path, None).await;
@@ -216,7 +220,15 @@ async fn a_notification_reaches_its_recipients_live_or_by_sync_and_status_follow
         .cloned();
     assert_eq!(
         n1,
-        Some(json!({"user_id": "n1", "delivered": true, "read": true}))
+        Some(json!({"user_id": "n1", "sent_live": true, "delivered": true, "read": true}))
+    );
+    let n2 = st["users"]
+        .as_array()
+        .and_then(|u| u.iter().find(|x| x["user_id"] == "n2"))
+        .cloned();
+    assert_eq!(
+        n2,
+        Some(json!({"user_id": "n2", "sent_live": false, "delivered": false, "read": false}))
     );
     // Paging the per-user list.
     let page = root

@@ -518,6 +518,53 @@ async fn presence_is_seen_from_every_node() {
 }
 
 #[tokio::test]
+async fn a_notification_is_sent_live_to_a_socket_on_another_node() {
+    let c = TestCluster::start(2, &[]).await;
+    register(&c.nodes[0].client(), "bob").await;
+    register(&c.nodes[0].client(), "carol").await;
+    let bob = login(&c.nodes[1].client(), "bob", "ios", None).await;
+    let carol = login(&c.nodes[1].client(), "carol", "ios", None).await;
+    let mut ws = bob.api.connect_ws(None).await.unwrap();
+    let (status, sent) = admin(
+        &c.nodes[0],
+        Method::POST,
+        "/v1/admin/messages",
+        Some(json!({"to": {"users": [bob.id, carol.id]}, "content": {"title": "Hi"}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{sent}");
+    let event = ws_event(&mut ws).await;
+    assert_eq!(event.data["content"]["title"], "Hi");
+    let path = format!(
+        "/v1/admin/messages/{}/status",
+        sent["message_id"].as_str().unwrap_or_default()
+    );
+    let (_, st) = admin(&c.nodes[0], Method::GET, &path, None).await;
+    // Bob's socket is on the other node; carol has none.
+    assert_eq!(
+        (st["recipients"].as_u64(), st["sent_live"].as_u64()),
+        (Some(2), Some(1)),
+        "{st}"
+    );
+    let live: Vec<(&str, bool)> = st["users"]
+        .as_array()
+        .map(|users| {
+            users
+                .iter()
+                .map(|u| {
+                    (
+                        u["user_id"].as_str().unwrap_or_default(),
+                        u["sent_live"] == true,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(live.contains(&(bob.id.as_str(), true)), "{st}");
+    assert!(live.contains(&(carol.id.as_str(), false)), "{st}");
+}
+
+#[tokio::test]
 async fn user_online_and_offline_mean_the_first_and_last_connection_on_any_node() {
     use crate::receiver::Receiver;
 

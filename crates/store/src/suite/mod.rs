@@ -43,8 +43,8 @@ use unimsg_proto::{
 use crate::{
     Admin, Answer, AppendOutcome, AudiencePart, AuditDraft, AuditQuery, BlockChange, DirectRefusal,
     Effects, EventBody, EventDraft, FriendshipChange, GroupEdit, NewGroup, NewMessage,
-    NewNotification, NewRefreshToken, NewSession, NewUser, RefreshOutcome, RequestDirection,
-    Revocation, Sealed, Store, StoreError, TokenHash, UserUpdate,
+    NewNotification, NewRefreshToken, NewSession, NewUser, RecipientState, RefreshOutcome,
+    RequestDirection, Revocation, Sealed, Store, StoreError, TokenHash, UserUpdate,
 };
 
 fn uid(s: &str) -> UserId {

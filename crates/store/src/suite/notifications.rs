@@ -53,9 +53,19 @@ pub async fn notifications(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(
-        (status.recipients, status.delivered, status.read),
-        (2, 0, 0)
+        (
+            status.recipients,
+            status.sent_live,
+            status.delivered,
+            status.read
+        ),
+        (2, 0, 0, 0)
     );
+    // Pushed live to im1 only; a user who did not receive it is skipped.
+    store
+        .mark_notification_sent_live(&n.message_id, vec![uid("im1"), uid("ghost")])
+        .await
+        .unwrap();
     store.ack(&uid("im1"), Seq(1), vec![]).await.unwrap();
     store
         .mark_notifications_read(&uid("im3"), &n.message_id, now(), vec![])
@@ -68,15 +78,26 @@ pub async fn notifications(store: Arc<dyn Store>) {
     // Read without an ack counts as delivered too: a client that shows a
     // notification has it, and "read, not delivered" would be nonsense.
     assert_eq!(
-        (status.recipients, status.delivered, status.read),
-        (2, 2, 1)
+        (
+            status.recipients,
+            status.sent_live,
+            status.delivered,
+            status.read
+        ),
+        (2, 1, 2, 1)
     );
-    assert_eq!(status.page, vec![(uid("im1"), true, false)]);
+    let state = |user: &str, sent_live, delivered, read| RecipientState {
+        user: uid(user),
+        sent_live,
+        delivered,
+        read,
+    };
+    assert_eq!(status.page, vec![state("im1", true, true, false)]);
     let next = store
         .notification_status(&n.message_id, Some(uid("im1")), 10)
         .await
         .unwrap();
-    assert_eq!(next.page, vec![(uid("im3"), true, true)]);
+    assert_eq!(next.page, vec![state("im3", false, true, true)]);
 
     store.delete_user(&uid("im3"), vec![]).await.unwrap();
     assert!(store.user(&uid("im3")).await.unwrap().is_none());
