@@ -141,11 +141,32 @@ const HISTOGRAMS: &[(&str, &str)] = &[
         "unimsg_webhook_delivery_seconds",
         "Time a webhook endpoint took to answer.",
     ),
+    (
+        "unimsg_store_duration_seconds",
+        "Time a store call took, waiting included, by call (read, write; statement: PostgreSQL only).",
+    ),
+    (
+        "unimsg_bus_duration_seconds",
+        "Time a round trip to the cluster bus (Redis) took, by call (publish, broadcast, presence).",
+    ),
 ];
 
 /// The bucket bounds of every histogram, in seconds.
 pub const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The bucket bounds of the store's and the bus's histograms, in seconds:
+/// their calls take tens of microseconds to a few milliseconds.
+pub const FINE_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 1.0,
+];
+
+/// The series that use [`FINE_BUCKETS`].
+pub const FINE_SERIES: &[&str] = &[
+    "unimsg_store_duration_seconds",
+    "unimsg_bus_duration_seconds",
 ];
 
 /// The names of every series described here.

@@ -108,6 +108,11 @@ pub struct MetricsConfig {
     /// When set, `GET /metrics` needs `Authorization: Bearer TOKEN`;
     /// empty: anyone who can reach the server may read it.
     pub token: String,
+    /// A listener of its own for `GET /metrics` (`HOST:PORT`, plain
+    /// HTTP, e.g. `127.0.0.1:9090` for a scraper on this machine or a
+    /// private network); the main listener then answers 404 there. Empty:
+    /// on the main listener.
+    pub listen: String,
 }
 
 impl std::fmt::Debug for MetricsConfig {
@@ -121,8 +126,25 @@ impl std::fmt::Debug for MetricsConfig {
                     "[redacted]"
                 },
             )
+            .field("listen", &self.listen)
             .finish()
     }
+}
+
+/// Marks a request that arrived over the metrics listener of its own
+/// (`metrics.listen`); [`metrics_router`] inserts it.
+#[derive(Debug, Clone, Copy)]
+pub struct OnMetricsListener;
+
+/// The application of the `metrics.listen` listener: `GET /metrics` and
+/// nothing else.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(routes::health::metrics))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::Extension(OnMetricsListener))
+        .with_state(state)
 }
 
 /// What every handler can reach.

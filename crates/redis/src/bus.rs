@@ -154,12 +154,14 @@ impl Bus for RedisBus {
         })
         .map_err(bus_error)?;
         let mut conn = self.cluster.conn();
-        redis::cmd("PUBLISH")
+        let started = tokio::time::Instant::now();
+        let sent = redis::cmd("PUBLISH")
             .arg(self.cluster.key("broadcast"))
             .arg(payload)
             .query_async::<()>(&mut conn)
-            .await
-            .map_err(bus_error)
+            .await;
+        crate::observe(crate::BusCall::Broadcast, started.elapsed());
+        sent.map_err(bus_error)
     }
 
     async fn attach(&self, user: &UserId, platform: &Platform) -> Result<PresenceChange, BusError> {
@@ -265,8 +267,12 @@ impl Bus for RedisBus {
             pipe.hgetall(self.cluster.key(&format!("presence:{user}")));
         }
         let mut conn = self.cluster.conn();
-        let found: Vec<HashMap<String, String>> =
-            pipe.query_async(&mut conn).await.map_err(bus_error)?;
+        let started = tokio::time::Instant::now();
+        let found = pipe
+            .query_async::<Vec<HashMap<String, String>>>(&mut conn)
+            .await;
+        crate::observe(crate::BusCall::Presence, started.elapsed());
+        let found = found.map_err(bus_error)?;
         let now = now_ms();
         Ok(found
             .into_iter()

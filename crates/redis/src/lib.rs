@@ -241,6 +241,34 @@ impl Publisher {
     }
 }
 
+/// What a round trip to Redis was for, on `/metrics` as
+/// `unimsg_bus_duration_seconds{call}`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BusCall {
+    /// The events queued for other nodes, pipelined.
+    Publish,
+    /// A committed broadcast's note.
+    Broadcast,
+    /// A presence lookup of a list of users.
+    Presence,
+}
+
+/// Records one round trip; the handles are registered once.
+pub(crate) fn observe(call: BusCall, took: Duration) {
+    static HANDLES: std::sync::OnceLock<[metrics::Histogram; 3]> = std::sync::OnceLock::new();
+    let handles = HANDLES.get_or_init(|| {
+        let named =
+            |call: &'static str| metrics::histogram!("unimsg_bus_duration_seconds", "call" => call);
+        [named("publish"), named("broadcast"), named("presence")]
+    });
+    let handle = match call {
+        BusCall::Publish => &handles[0],
+        BusCall::Broadcast => &handles[1],
+        BusCall::Presence => &handles[2],
+    };
+    handle.record(took.as_secs_f64());
+}
+
 /// Sends queued publications in order, pipelining what has piled up.
 async fn publish_loop(mut conn: ConnectionManager, mut rx: mpsc::Receiver<Batch>) {
     while let Some(first) = rx.recv().await {
@@ -256,7 +284,10 @@ async fn publish_loop(mut conn: ConnectionManager, mut rx: mpsc::Receiver<Batch>
                 next = rx.try_recv().ok();
             }
         }
-        if let Err(error) = pipe.query_async::<()>(&mut conn).await {
+        let started = tokio::time::Instant::now();
+        let sent = pipe.query_async::<()>(&mut conn).await;
+        observe(BusCall::Publish, started.elapsed());
+        if let Err(error) = sent {
             metrics::counter!("unimsg_bus_dropped_total").increment(1);
             tracing::debug!(%error, "publishing failed; live delivery falls back to sync");
         }

@@ -395,6 +395,13 @@ impl Config {
             Err(error) => return Err(ConfigError::Invalid(explain(merged, &error))),
         };
         config.http.check().map_err(ConfigError::Invalid)?;
+        if !config.metrics.listen.is_empty() {
+            match parse_listen(&config.metrics.listen) {
+                Ok((_, Some(warning))) => warnings.push(format!("metrics.listen: {warning}")),
+                Ok((_, None)) => {}
+                Err(error) => return Err(ConfigError::Invalid(format!("metrics.listen: {error}"))),
+            }
+        }
         config.warnings = warnings;
         Ok(config)
     }

@@ -59,8 +59,16 @@ fn metrics_handle() -> Option<PrometheusHandle> {
         .get_or_init(|| {
             // Histograms with buckets (not summaries), for rates and
             // quantiles over any window in Prometheus.
+            use metrics_exporter_prometheus::Matcher;
+            use unimsg_core::catalogue::{BUCKETS, FINE_BUCKETS, FINE_SERIES};
             let builder = PrometheusBuilder::new()
-                .set_buckets(unimsg_core::catalogue::BUCKETS)
+                .set_buckets(BUCKETS)
+                .and_then(|builder| {
+                    FINE_SERIES.iter().try_fold(builder, |builder, name| {
+                        builder
+                            .set_buckets_for_metric(Matcher::Full((*name).to_owned()), FINE_BUCKETS)
+                    })
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -573,6 +581,9 @@ pub async fn run(
                  set auth.public_url (UNIMSG_AUTH__PUBLIC_URL) to the address phones reach");
         }
     }
+    // Installed before the store and the bus start, so that the handles
+    // they register at their first call report to it.
+    let metrics = metrics_handle();
     let Node {
         core,
         cluster,
@@ -593,7 +604,6 @@ pub async fn run(
              at /admin"
         );
     }
-    let metrics = metrics_handle();
     if let Some(handle) = metrics.clone() {
         // Histogram samples wait in the recorder until they are folded
         // into the buckets: fold them every few seconds, so that memory
@@ -612,7 +622,7 @@ pub async fn run(
         metrics,
         metrics_config: config.metrics.clone(),
     };
-    let app = unimsg_http::router(state);
+    let app = unimsg_http::router(state.clone());
     let (max_connections, fd_limit) = serve::max_connections(&config.http);
     let caps = serve::Caps::new(
         max_connections,
@@ -644,6 +654,24 @@ pub async fn run(
             serve::serve(plain, app, &http, caps, None, std::future::pending(), || {}).await;
         })
     });
+    let metrics_listener = if config.metrics.listen.is_empty() {
+        None
+    } else {
+        let (at, _) = config::parse_listen(&config.metrics.listen)
+            .map_err(|e| anyhow::anyhow!("metrics.listen: {e}"))?;
+        let plain = TcpListener::bind(at)
+            .await
+            .with_context(|| format!("cannot listen on metrics.listen {at}"))?;
+        if let Ok(at) = plain.local_addr() {
+            tracing::info!(target: LIFECYCLE, "metrics on http://{at}/metrics");
+        }
+        let caps = serve::Caps::new(64, 0, Vec::new());
+        let app = unimsg_http::metrics_router(state.clone());
+        let http = config.http.clone();
+        Some(tokio::spawn(async move {
+            serve::serve(plain, app, &http, caps, None, std::future::pending(), || {}).await;
+        }))
+    };
     tracing::info!(target: LIFECYCLE, "listening on {scheme}://{addr}");
     tracing::info!(
         target: LIFECYCLE,
@@ -715,6 +743,9 @@ pub async fn run(
     }
     if let Some(redirector) = redirector {
         redirector.abort();
+    }
+    if let Some(metrics_listener) = metrics_listener {
+        metrics_listener.abort();
     }
     // Attempts cut off here are attempted again when their lease ends.
     dispatcher.abort();

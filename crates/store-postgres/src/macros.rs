@@ -10,8 +10,9 @@
 /// must not move captured values (borrow or clone them).
 macro_rules! transaction {
     ($store:expr, |$tx:ident| $body:expr) => {{
+        let started = ::tokio::time::Instant::now();
         let mut attempt = 0u32;
-        loop {
+        let outcome = loop {
             let mut client = $store.client().await?;
             let tx_handle = client.transaction().await.map_err($crate::pg)?;
             let outcome: $crate::DbResult<_> = {
@@ -33,7 +34,9 @@ macro_rules! transaction {
                 }
                 other => break other.map_err(::unimsg_store::StoreError::from),
             }
-        }
+        };
+        ::unimsg_store::timing::observe(::unimsg_store::timing::Call::Write, started.elapsed());
+        outcome
     }};
 }
 
@@ -41,6 +44,7 @@ macro_rules! transaction {
 /// statement sees the same snapshot.
 macro_rules! snapshot {
     ($store:expr, |$tx:ident| $body:expr) => {{
+        let started = ::tokio::time::Instant::now();
         let mut client = $store.client().await?;
         let tx_handle = client
             .build_transaction()
@@ -58,6 +62,7 @@ macro_rules! snapshot {
         if outcome.is_ok() {
             tx_handle.commit().await.map_err($crate::pg)?;
         }
+        ::unimsg_store::timing::observe(::unimsg_store::timing::Call::Read, started.elapsed());
         outcome
     }};
 }
@@ -66,8 +71,10 @@ macro_rules! snapshot {
 /// transaction (one statement, or reads that need no common snapshot).
 macro_rules! connected {
     ($store:expr, |$client:ident| $body:expr) => {{
+        let started = ::tokio::time::Instant::now();
         let $client = $store.client().await?;
         let outcome: $crate::DbResult<_> = async { $body }.await;
+        ::unimsg_store::timing::observe(::unimsg_store::timing::Call::Statement, started.elapsed());
         outcome.map_err(::unimsg_store::StoreError::from)
     }};
 }

@@ -34,7 +34,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, Params, Statement};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use unimsg_store::sql::{SqlRow, bad_column};
-use unimsg_store::{Result, Store, StoreError};
+use unimsg_store::{Result, Store, StoreError, timing};
 
 /// How hard SQLite syncs on commit. `Full` survives power loss; `Normal`
 /// survives a process crash (`kill -9`) but not a power cut.
@@ -237,6 +237,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> DbResult<T> + Send + 'static,
     {
+        let started = tokio::time::Instant::now();
         let (done_tx, done_rx) = oneshot::channel::<Result<T>>();
         let job: Job = Box::new(move |conn| {
             let result = match conn {
@@ -253,9 +254,11 @@ impl SqliteStore {
             .send(job)
             .await
             .map_err(|_| StoreError::Unavailable("the store is shut down".into()))?;
-        done_rx
+        let result = done_rx
             .await
-            .map_err(|_| StoreError::Unavailable("the writer stopped before committing".into()))?
+            .map_err(|_| StoreError::Unavailable("the writer stopped before committing".into()))?;
+        timing::observe(timing::Call::Write, started.elapsed());
+        result
     }
 
     /// Runs a read on a pooled connection on a blocking thread. At most
@@ -266,6 +269,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> DbResult<T> + Send + 'static,
     {
+        let started = tokio::time::Instant::now();
         let permit = self
             .readers
             .permits
@@ -274,7 +278,7 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::Unavailable("the store is shut down".into()))?;
         let pool = self.readers.clone();
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let conn = pool.take()?;
             let result = f(&conn).map_err(StoreError::from);
@@ -282,7 +286,9 @@ impl SqliteStore {
             result
         })
         .await
-        .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
+        .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?;
+        timing::observe(timing::Call::Read, started.elapsed());
+        result
     }
 }
 
@@ -310,7 +316,9 @@ impl SqliteStore {
             drop(permit);
             return self.read(f).await;
         };
+        let started = tokio::time::Instant::now();
         let result = f(&conn).map_err(StoreError::from);
+        timing::observe(timing::Call::Read, started.elapsed());
         self.readers.give_back(conn);
         drop(permit);
         result

@@ -8,6 +8,7 @@
 
 mod model;
 pub mod sql;
+pub mod timing;
 // The suite is test code that backends' tests enable: it unwraps freely,
 // like any test (`allow-unwrap-in-tests` cannot see it behind a feature).
 #[cfg(feature = "suite")]

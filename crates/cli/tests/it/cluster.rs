@@ -128,6 +128,28 @@ async fn a_message_sent_on_one_node_is_live_on_another_and_synced_on_a_third() {
     let synced = full_sync(&on_third).await;
     assert_gap_free(&synced);
     assert_eq!(message_texts(&synced), sent, "sync on node C");
+
+    // The operator sees node A's round trips to Redis and PostgreSQL.
+    within("node A's bus round trips on /metrics", async {
+        while counter(
+            &c.nodes[0],
+            r#"unimsg_bus_duration_seconds_count{call="publish"} "#,
+        )
+        .await
+            == 0
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        counter(
+            &c.nodes[0],
+            r#"unimsg_store_duration_seconds_count{call="write"} "#
+        )
+        .await
+            > 0
+    );
 }
 
 #[tokio::test]

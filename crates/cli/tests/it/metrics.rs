@@ -147,3 +147,79 @@ async fn the_grafana_dashboard_queries_only_series_the_server_exports() {
     }
     assert!(checked >= 15, "{checked} series checked");
 }
+
+/// With `metrics.listen`, `/metrics` moves to a listener of its own, which
+/// serves nothing else, and the main listener answers 404 there.
+#[tokio::test]
+async fn metrics_can_have_a_listener_of_their_own() {
+    let server = TestServer::start_with(&[("UNIMSG_METRICS__LISTEN", "127.0.0.1:0")]).await;
+    let logs = server.logs();
+    let url = logs
+        .lines()
+        .find_map(|l| l.split("metrics on ").nth(1))
+        .map(|rest| {
+            rest.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .unwrap_or_else(|| panic!("no 'metrics on' line in:\n{logs}"));
+    assert!(url.ends_with("/metrics"), "{url}");
+    let http = reqwest::Client::new();
+    let scraped = http.get(&url).send().await.unwrap();
+    assert_eq!(scraped.status(), 200);
+    assert!(
+        scraped
+            .text()
+            .await
+            .unwrap()
+            .contains("# TYPE unimsg_hub_connections gauge")
+    );
+    let main = http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(main.status(), 404);
+    let other = http
+        .get(url.replace("/metrics", "/v1/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        other.status(),
+        404,
+        "the metrics listener serves nothing else"
+    );
+
+    let refused = TestServer::try_start_with(&[("UNIMSG_METRICS__LISTEN", "not an address")])
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a bad metrics.listen was accepted"));
+    assert!(
+        refused.contains("metrics.listen") && refused.contains("HOST:PORT"),
+        "{refused}"
+    );
+}
+
+/// The store's calls are timed, reads and writes apart, with buckets fine
+/// enough for calls of microseconds.
+#[tokio::test]
+async fn store_calls_are_timed_by_kind() {
+    let server = TestServer::start().await;
+    let alice = user(&server.client(), "alice").await;
+    alice.api.me().await.unwrap();
+    for call in ["read", "write"] {
+        let series = format!(r#"unimsg_store_duration_seconds_count{{call="{call}"}} "#);
+        assert!(counter(&server, &series).await > 0, "{series}");
+    }
+    let text = metrics_text(&server).await;
+    assert!(
+        text.contains(r#"unimsg_store_duration_seconds_bucket{call="read",le="0.00001"}"#),
+        "fine buckets:\n{text}"
+    );
+    assert!(
+        text.contains("# HELP unimsg_store_duration_seconds "),
+        "{text}"
+    );
+}

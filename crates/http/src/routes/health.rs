@@ -55,14 +55,23 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Health>
     operation_id = "metrics",
     tag = "health",
     summary = "Prometheus metrics",
-    description = "Every series with `# HELP` and `# TYPE`. With `metrics.token` set, only for `Authorization: Bearer TOKEN`.",
+    description = "Every series with `# HELP` and `# TYPE`. With `metrics.token` set, only for `Authorization: Bearer TOKEN`; with `metrics.listen` set, only on that listener.",
     responses(
         (status = 200, description = "Prometheus text exposition format 0.0.4.", content_type = "text/plain", body = String),
         (status = 401, description = "`metrics.token` is set and the request does not carry it (`unauthorized`).", body = ErrorBody),
+        (status = 404, description = "`metrics.listen` is set: the metrics are served on that listener only (`not_found`).", body = ErrorBody),
     ),
 )]
 /// `GET /metrics`: Prometheus text format.
-pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub(crate) async fn metrics(
+    State(state): State<AppState>,
+    listener: Option<axum::Extension<crate::OnMetricsListener>>,
+    headers: HeaderMap,
+) -> Response {
+    // With a listener of its own, the main one does not serve them.
+    if !state.metrics_config.listen.is_empty() && listener.is_none() {
+        return crate::error::not_found().await.into_response();
+    }
     if !allowed(&state.metrics_config.token, &headers) {
         return ApiError::unauthorized(
             "this server's metrics need Authorization: Bearer with metrics.token",
