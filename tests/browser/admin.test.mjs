@@ -111,6 +111,9 @@ test('signing in with the keyboard alone: a wrong secret is refused in words, th
   await waitText(page, '#health', 'ready');
   await waitText(page, '#stats', 'Users online on this node');
   await waitText(page, '#stats', 'Live connections by platform (this node)');
+  // The node list: this single node, as it reported itself.
+  await waitText(page, '#node-list [data-node="local"]', 'Live connections');
+  await waitText(page, '#node-list [data-node="local"] [data-fact="admin.nodes.store"]', 'answers');
   // The token lives in memory only.
   const stored = await page.evaluate(() => JSON.stringify({ ...localStorage }) + JSON.stringify({ ...sessionStorage }));
   assert.ok(!/token|secret/i.test(stored), `nothing about the admin is stored: ${stored}`);
@@ -340,6 +343,7 @@ test('in Chinese: every page and the errors the page makes itself', async () => 
     await shot(page, `${name}-zh-1280`);
   }
   await waitText(page, '#stats', '本节点在线用户');
+  await waitText(page, '#node-list [data-node="local"]', '实时连接');
   await page.selectOption('#lang', 'en');
   await waitText(page, '.tab[data-page="users"]', 'Users');
 });

@@ -863,6 +863,23 @@ impl Core {
         }
     }
 
+    /// `GET /v1/admin/nodes`: every node's latest report (one node: its own).
+    pub async fn nodes(&self) -> Result<unimsg_proto::admin::NodeList> {
+        let nodes = self
+            .bus
+            .nodes()
+            .await
+            .map_err(|e| CoreError::Unavailable(e.to_string()))?;
+        Ok(unimsg_proto::admin::NodeList { nodes })
+    }
+
+    /// Keeps this node's report for [`Core::nodes`] on every node.
+    pub async fn report_node(&self, status: &unimsg_proto::admin::NodeStatus) {
+        if let Err(error) = self.bus.report_node(status).await {
+            tracing::debug!(%error, "node report not kept");
+        }
+    }
+
     /// `GET /v1/admin/presence?user_ids=a,b,c`: live platforms per user.
     /// One node answers from its own hub; a cluster answers from the shared
     /// presence of the bus.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use unimsg_proto::admin::NodeStatus;
 use unimsg_proto::{Platform, UserId};
 
 use crate::hub::{Delivery, Hub};
@@ -50,7 +51,20 @@ pub trait Bus: Send + Sync {
     /// Where each user is connected, over all nodes: their live platforms,
     /// sorted and without repeats (empty when offline), in input order.
     async fn presence(&self, users: &[UserId]) -> Result<Vec<Vec<Platform>>, BusError>;
+
+    /// Keeps this node's latest report where every node can read it.
+    async fn report_node(&self, status: &NodeStatus) -> Result<(), BusError>;
+
+    /// The latest report of every node that reported in the last
+    /// [`NODE_REPORT_KEPT`], by node id.
+    async fn nodes(&self) -> Result<Vec<NodeStatus>, BusError>;
 }
+
+/// How often each node reports itself ([`Bus::report_node`]).
+pub const NODE_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a node's last report is listed after it stopped reporting.
+pub const NODE_REPORT_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A committed broadcast as it travels between nodes: its position in the
 /// broadcast stream, its time and its rendered data (the same for every
@@ -84,6 +98,8 @@ pub struct LocalBus {
     /// Connections per user, counted under one lock so that the first
     /// and the last are each seen by exactly one connection.
     connected: Mutex<HashMap<UserId, usize>>,
+    /// This node's latest report: the only node.
+    report: Mutex<Option<NodeStatus>>,
 }
 
 impl LocalBus {
@@ -91,6 +107,7 @@ impl LocalBus {
         Self {
             hub,
             connected: Mutex::default(),
+            report: Mutex::default(),
         }
     }
 }
@@ -143,5 +160,14 @@ impl Bus for LocalBus {
 
     async fn presence(&self, users: &[UserId]) -> Result<Vec<Vec<Platform>>, BusError> {
         Ok(users.iter().map(|u| self.hub.platforms(u)).collect())
+    }
+
+    async fn report_node(&self, status: &NodeStatus) -> Result<(), BusError> {
+        *self.report.lock() = Some(status.clone());
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeStatus>, BusError> {
+        Ok(self.report.lock().iter().cloned().collect())
     }
 }

@@ -15,6 +15,9 @@ import { $, h, show, announce, formatTime } from './ui.js';
 
 const PAGES = ['dashboard', 'users', 'messages', 'groups', 'audit', 'webhooks'];
 const DASHBOARD_EVERY_MS = 5000;
+// Every admin request is an audit entry: the node list is read less often
+// than the public /metrics.
+const NODES_EVERY_MS = 15000;
 const STATUS_EVERY_MS = 2000;
 const STATUS_FOR_MS = 120000;
 const USER_ID = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -54,6 +57,9 @@ const state = {
   auditNext: null,
   auditFilter: {},
   sent: [], // {message_id, what, at, status, timer, until}
+  nodeReports: new Map(), // node_id -> the report before the latest, for rates
+  nodesReadAt: 0,
+  nodes: [], // the latest list read, shown again after a language switch
 };
 
 // ---- the admin API --------------------------------------------------------
@@ -160,6 +166,10 @@ function signedOut(noticeKey) {
   clearInterval(state.dashboardTimer);
   for (const item of state.sent) clearTimeout(item.timer);
   state.sent = [];
+  state.nodes = [];
+  state.nodeReports.clear();
+  state.nodesReadAt = 0;
+  $('node-list').replaceChildren();
   show($('console-view'), false);
   show($('signout'), false);
   show($('whoami'), false);
@@ -256,21 +266,81 @@ async function refreshDashboard() {
         .by('unimsg_live_connections', label)
         .map(([value, n]) => `${value} ${n.toLocaleString()}`)
         .join(' · ') || '—';
-    $('stats').replaceChildren(
-      ...STATS.flatMap(([key, read]) => [
+    // Each label and its value in a group of their own, so they stay together.
+    const stat = (key, value, small) =>
+      h(
+        'div',
+        { class: 'stat' },
         h('dt', {}, t(key)),
-        h('dd', { dataset: { stat: key } }, read(metrics).toLocaleString()),
-      ]),
-      h('dt', {}, t('admin.stat.platforms')),
-      h('dd', { dataset: { stat: 'platforms' }, class: 'small-stat' }, split('platform')),
-      h('dt', {}, t('admin.stat.transports')),
-      h('dd', { dataset: { stat: 'transports' }, class: 'small-stat' }, split('transport')),
+        h('dd', { dataset: { stat: key }, class: small ? 'small-stat' : '' }, value),
+      );
+    $('stats').replaceChildren(
+      ...STATS.map(([key, read]) => stat(key, read(metrics).toLocaleString())),
+      stat('admin.stat.platforms', split('platform'), true),
+      stat('admin.stat.transports', split('transport'), true),
     );
     $('stats-updated').textContent = t('admin.stats.updated', { time: formatTime(new Date().toISOString()) });
   } catch (e) {
     health.textContent = failure(e);
     health.dataset.state = 'bad';
   }
+  if (Date.now() - state.nodesReadAt >= NODES_EVERY_MS) {
+    state.nodesReadAt = Date.now();
+    await refreshNodes();
+  }
+}
+
+/** Every node's latest report, with rates from the one before it. */
+async function refreshNodes() {
+  const error = $('nodes-error');
+  try {
+    const { nodes } = await call('GET', '/v1/admin/nodes');
+    error.textContent = '';
+    state.nodes = nodes;
+    $('node-list').replaceChildren(...nodes.map(renderNode));
+  } catch (e) {
+    error.textContent = failure(e);
+  }
+}
+
+/** Per second between two reports of a node, or null before there are two. */
+function rate(before, now, name) {
+  if (!before) return null;
+  const seconds = (Date.parse(now.reported_at) - Date.parse(before.reported_at)) / 1000;
+  if (!(seconds > 0)) return null;
+  return ((now.totals[name] ?? 0) - (before.totals[name] ?? 0)) / seconds;
+}
+
+function renderNode(node) {
+  const seen = state.nodeReports.get(node.node_id);
+  // Keep the older report while the same one is read again, so rates span two reports.
+  const before = seen && seen.latest.reported_at !== node.reported_at ? seen.latest : seen?.before;
+  state.nodeReports.set(node.node_id, { latest: node, before });
+  const perSecond = (name) => {
+    const value = rate(before, node, name);
+    return value === null ? t('admin.nodes.rate.none') : value.toLocaleString(undefined, { maximumFractionDigits: 1 });
+  };
+  const silent = Date.now() - Date.parse(node.reported_at) > 15000;
+  const reported = formatTime(node.reported_at);
+  const live = node.live.map((l) => `${l.transport}/${l.platform} ${l.connections.toLocaleString()}`).join(' · ') || '—';
+  const facts = [
+    ['admin.nodes.reported', silent ? t('admin.nodes.silent', { time: reported }) : reported],
+    ['admin.nodes.started', formatTime(node.started_at)],
+    ['admin.nodes.connections', node.connections.toLocaleString()],
+    ['admin.nodes.online', node.online_users.toLocaleString()],
+    ['admin.nodes.live', live],
+    ['admin.nodes.messages', perSecond('unimsg_messages_sent_total')],
+    ['admin.nodes.logins', perSecond('unimsg_logins_total')],
+    ['admin.nodes.failures', (node.totals.unimsg_login_failures_total ?? 0).toLocaleString()],
+    ['admin.nodes.store', node.store_ok ? t('admin.nodes.store.ok') : t('admin.nodes.store.bad')],
+    ['admin.nodes.version', node.version],
+  ];
+  return h(
+    'li',
+    { class: 'card', dataset: { node: node.node_id, state: silent || !node.store_ok ? 'bad' : 'ok' } },
+    h('strong', {}, node.node_id),
+    h('dl', { class: 'facts' }, ...facts.flatMap(([key, value]) => [h('dt', {}, t(key)), h('dd', { dataset: { fact: key } }, value)])),
+  );
 }
 
 // ---- users ----------------------------------------------------------------
@@ -891,6 +961,7 @@ function rerender() {
     renderUser(null);
     renderSent();
     audienceChanged();
+    $('node-list').replaceChildren(...state.nodes.map(renderNode));
     if (state.page === 'dashboard') refreshDashboard();
     if (state.page === 'webhooks') loadWebhooks();
     const rows = $('user-rows').children.length;

@@ -36,6 +36,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use error::{ApiError, plain_words};
+pub use live::live_counts;
 
 /// Marks a request that arrived over this server's own TLS listener; the
 /// accept loop inserts it. See `admin.require_tls`.

@@ -87,7 +87,7 @@ pub(crate) async fn events(
     let expires = Box::pin(tokio::time::sleep_until(state.core.token_deadline(&auth)));
     let heartbeat = state.heartbeat();
     let follow = Follow {
-        _live: crate::live::Live::open("sse", &auth.platform),
+        _live: crate::live::Live::open(crate::live::Transport::Sse, &auth.platform),
         session: auth.session_id,
         stream,
         killed,

@@ -340,7 +340,7 @@ async fn serve_authenticated(
         }
     };
     // Counted in `unimsg_live_connections` until this function returns.
-    let _live = crate::live::Live::open("ws", &auth.platform);
+    let _live = crate::live::Live::open(crate::live::Transport::Ws, &auth.platform);
     let last_seq = stream.newest();
     let ready = frame(&ReplyFrame::Ready {
         user_id: auth.user_id.clone(),

@@ -313,6 +313,53 @@ pub struct PresenceResponse {
     pub users: Vec<UserPresence>,
 }
 
+/// One node of the deployment, as it last reported itself (every few
+/// seconds): `GET /v1/admin/nodes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NodeStatus {
+    /// `bus.node_id` (random per start when not set); `local` on a single
+    /// node without one.
+    pub node_id: String,
+    /// The server's version.
+    pub version: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// When this report was made; a node that stopped reporting keeps its
+    /// last report for a minute.
+    #[serde(with = "time::serde::rfc3339")]
+    pub reported_at: OffsetDateTime,
+    /// Live WebSocket and SSE connections on the node.
+    pub connections: u64,
+    /// Users with at least one live connection on the node.
+    pub online_users: u64,
+    /// Live connections by transport and platform (common platform names;
+    /// any other is `other`).
+    pub live: Vec<LiveCount>,
+    /// Totals since the node started, by their `/metrics` series name
+    /// (`unimsg_messages_sent_total`, `unimsg_login_failures_total`, …).
+    pub totals: std::collections::BTreeMap<String, u64>,
+    /// Whether the node's store answered when it reported.
+    pub store_ok: bool,
+}
+
+/// Live connections of one transport and platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LiveCount {
+    /// `ws` or `sse`.
+    pub transport: String,
+    pub platform: String,
+    pub connections: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NodeList {
+    /// Every node that reported in the last minute, by node id.
+    pub nodes: Vec<NodeStatus>,
+}
+
 /// `POST /v1/admin/broadcasts`: an announcement to every user.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -15,8 +15,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use unimsg_core::bus::{BroadcastNote, Bus, BusError, Departure, PresenceChange};
+use unimsg_core::bus::{BroadcastNote, Bus, BusError, Departure, NODE_REPORT_KEPT, PresenceChange};
 use unimsg_core::hub::Delivery;
+use unimsg_proto::admin::NodeStatus;
 use unimsg_proto::{EventType, Platform, Seq, SessionId, UserId};
 
 use crate::{Cluster, RedisError};
@@ -290,6 +291,47 @@ impl Bus for RedisBus {
                 platforms
             })
             .collect())
+    }
+
+    async fn report_node(&self, status: &NodeStatus) -> Result<(), BusError> {
+        let report = serde_json::to_string(status).map_err(bus_error)?;
+        let mut conn = self.cluster.conn();
+        redis::cmd("HSET")
+            .arg(self.cluster.key("nodes"))
+            .arg(&status.node_id)
+            .arg(report)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(bus_error)
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeStatus>, BusError> {
+        let key = self.cluster.key("nodes");
+        let mut conn = self.cluster.conn();
+        let reports: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(bus_error)?;
+        let oldest = time::OffsetDateTime::now_utc() - NODE_REPORT_KEPT;
+        let mut nodes = Vec::new();
+        let mut gone = Vec::new();
+        for (node, report) in reports {
+            match serde_json::from_str::<NodeStatus>(&report) {
+                Ok(status) if status.reported_at >= oldest => nodes.push(status),
+                // Silent for too long, or written by another version.
+                _ => gone.push(node),
+            }
+        }
+        if !gone.is_empty() {
+            let _ = redis::cmd("HDEL")
+                .arg(&key)
+                .arg(&gone)
+                .query_async::<()>(&mut conn)
+                .await;
+        }
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(nodes)
     }
 }
 

@@ -81,6 +81,69 @@ fn metrics_handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// The totals a node's report carries (`NodeStatus::totals`): the
+/// counters the admin console's dashboard shows, summed over their labels.
+const REPORTED_TOTALS: &[&str] = &[
+    "unimsg_http_requests_total",
+    "unimsg_messages_sent_total",
+    "unimsg_group_messages_total",
+    "unimsg_notifications_total",
+    "unimsg_broadcasts_total",
+    "unimsg_logins_total",
+    "unimsg_login_failures_total",
+    "unimsg_rate_limited_total",
+    "unimsg_security_alerts_total",
+    "unimsg_bus_disconnects_total",
+];
+
+/// Reports this node every [`NODE_REPORT_EVERY`](unimsg_core::bus::NODE_REPORT_EVERY), from its start.
+async fn report_node(core: Arc<Core>, metrics: Option<PrometheusHandle>, node_id: String) {
+    let started_at = time::OffsetDateTime::now_utc();
+    let mut every = tokio::time::interval(unimsg_core::bus::NODE_REPORT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let rendered = metrics
+            .as_ref()
+            .map(PrometheusHandle::render)
+            .unwrap_or_default();
+        let hub = core.hub();
+        let mut totals = sum_series(&rendered, REPORTED_TOTALS);
+        totals.insert(
+            "unimsg_hub_slow_consumer_disconnects".to_owned(),
+            hub.slow_consumer_disconnects(),
+        );
+        let status = unimsg_proto::admin::NodeStatus {
+            node_id: node_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at,
+            reported_at: time::OffsetDateTime::now_utc(),
+            connections: hub.connections(),
+            online_users: hub.online_user_count() as u64,
+            live: unimsg_http::live_counts(),
+            totals,
+            store_ok: core.ready().await.is_ok(),
+        };
+        core.report_node(&status).await;
+    }
+}
+
+/// The value of each named series in Prometheus text, summed over its
+/// labels (0 when absent).
+fn sum_series(text: &str, names: &[&str]) -> std::collections::BTreeMap<String, u64> {
+    let mut totals: std::collections::BTreeMap<String, u64> =
+        names.iter().map(|name| ((*name).to_owned(), 0)).collect();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        if let Some(total) = totals.get_mut(name)
+            && let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok())
+        {
+            *total += value as u64;
+        }
+    }
+    totals
+}
+
 /// A built node: the core, and the cluster connection in cluster mode.
 pub struct Node {
     pub core: Arc<Core>,
@@ -619,7 +682,7 @@ pub async fn run(
     let state = AppState {
         core: core.clone(),
         http: config.http.clone(),
-        metrics,
+        metrics: metrics.clone(),
         metrics_config: config.metrics.clone(),
     };
     let app = unimsg_http::router(state.clone());
@@ -710,6 +773,15 @@ pub async fn run(
         })
     });
     let dispatcher = tokio::spawn(core.clone().run_webhooks(transport));
+    // This node's report for the admin console's view of every node.
+    let reporter = {
+        let node_id = match &cluster {
+            Some(cluster) => cluster.node_id().to_owned(),
+            None if !config.bus.node_id.is_empty() => config.bus.node_id.clone(),
+            None => "local".to_owned(),
+        };
+        tokio::spawn(report_node(core.clone(), metrics.clone(), node_id))
+    };
     // Data keys due for rotation, and another node's rotations.
     let key_refresh = tokio::spawn(core.clone().run_key_refresh());
     serve::serve(
@@ -734,6 +806,7 @@ pub async fn run(
         tracing::warn!(target: LIFECYCLE, left = draining.connections(), "connections still open at exit");
     }
     flusher.abort();
+    reporter.abort();
     key_refresh.abort();
     if let Some(checker) = audit_checker {
         checker.abort();
@@ -791,5 +864,31 @@ pub fn init_logging(log: &LogConfig) {
     };
     if let Err(e) = result {
         eprintln!("logging already initialised: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_are_summed_over_their_labels_and_absent_ones_are_zero() {
+        let text = "# HELP unimsg_logins_total Sign-ins.\n\
+                    # TYPE unimsg_logins_total counter\n\
+                    unimsg_logins_total{method=\"password\",result=\"ok\"} 3\n\
+                    unimsg_logins_total{method=\"qr\",result=\"failed\"} 2\n\
+                    unimsg_logins_total_other 100\n\
+                    unimsg_messages_sent_total 7\n";
+        let totals = sum_series(
+            text,
+            &[
+                "unimsg_logins_total",
+                "unimsg_messages_sent_total",
+                "unimsg_broadcasts_total",
+            ],
+        );
+        assert_eq!(totals["unimsg_logins_total"], 5);
+        assert_eq!(totals["unimsg_messages_sent_total"], 7);
+        assert_eq!(totals["unimsg_broadcasts_total"], 0);
     }
 }

@@ -1005,3 +1005,38 @@ async fn an_admin_sees_a_user_s_sessions() {
         .await;
     assert_eq!(status, 404);
 }
+
+/// A single node lists itself, as `local`, with its live connections.
+#[tokio::test]
+async fn a_single_node_lists_itself_with_its_live_connections() {
+    // Asked again until a report has the stream: no admin rate limit.
+    let server = TestServer::start_with(&[("UNIMSG_LIMITS__ADMIN_PER_SECOND", "0")]).await;
+    let root = AdminApi::root(&server);
+    let alice = user(&server.client(), "alice").await;
+    let _sse = alice.api.connect_sse(None).await.unwrap();
+    let node = within("a report with the SSE stream", async {
+        loop {
+            let list = root.ok(Method::GET, "/v1/admin/nodes", None).await;
+            let nodes = list["nodes"].as_array().cloned().unwrap_or_default();
+            assert_eq!(nodes.len(), 1, "{list}");
+            if nodes[0]["connections"] == 1 {
+                return nodes[0].clone();
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(node["node_id"], "local");
+    assert_eq!(
+        node["live"],
+        json!([{"transport": "sse", "platform": "web", "connections": 1}])
+    );
+    assert_eq!(node["store_ok"], true);
+    assert_eq!(node["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        node["totals"]["unimsg_logins_total"].as_u64() >= Some(1),
+        "alice's sign-in is counted: {node}"
+    );
+    let (status, _) = request(&server, Method::GET, "/v1/admin/nodes", &[], None).await;
+    assert_eq!(status, 401);
+}

@@ -586,6 +586,43 @@ async fn a_notification_is_sent_live_to_a_socket_on_another_node() {
     assert!(live.contains(&(carol.id.as_str(), false)), "{st}");
 }
 
+/// Every node reports itself; any node lists them all, each with its own
+/// live connections.
+#[tokio::test]
+async fn every_node_is_listed_with_its_own_connections() {
+    // Asked again until a report has the socket: no admin rate limit.
+    let c = TestCluster::start(2, &[("UNIMSG_LIMITS__ADMIN_PER_SECOND", "0")]).await;
+    register(&c.nodes[0].client(), "bob").await;
+    let bob = login(&c.nodes[1].client(), "bob", "ios", None).await;
+    let _ws = bob.api.connect_ws(None).await.unwrap();
+    // Reports come every few seconds: wait for one that has the socket.
+    let nodes = within("node B's report of its socket", async {
+        loop {
+            let (status, list) = admin(&c.nodes[0], Method::GET, "/v1/admin/nodes", None).await;
+            assert_eq!(status, 200, "{list}");
+            let nodes = list["nodes"].as_array().cloned().unwrap_or_default();
+            if nodes.len() == 2 && nodes.iter().any(|n| n["connections"] == 1) {
+                return nodes;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let busy: Vec<&Value> = nodes.iter().filter(|n| n["connections"] == 1).collect();
+    let idle: Vec<&Value> = nodes.iter().filter(|n| n["connections"] == 0).collect();
+    assert_eq!((busy.len(), idle.len()), (1, 1), "{nodes:?}");
+    assert_eq!(
+        busy[0]["live"],
+        json!([{"transport": "ws", "platform": "ios", "connections": 1}])
+    );
+    assert_eq!(busy[0]["online_users"], 1);
+    assert_ne!(busy[0]["node_id"], idle[0]["node_id"]);
+    for node in &nodes {
+        assert_eq!(node["store_ok"], true, "{node}");
+        assert!(node["totals"]["unimsg_logins_total"].is_u64(), "{node}");
+    }
+}
+
 #[tokio::test]
 async fn user_online_and_offline_mean_the_first_and_last_connection_on_any_node() {
     use crate::receiver::Receiver;

@@ -48,6 +48,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/admin/messages/{id}/status"),
     ("get", "/v1/admin/audit"),
     ("get", "/v1/admin/presence"),
+    ("get", "/v1/admin/nodes"),
     ("post", "/v1/admin/qr/{ticket_id}/confirm"),
     ("post", "/v1/auth/qr"),
     ("get", "/v1/auth/qr/{ticket_id}/events"),

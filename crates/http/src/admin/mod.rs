@@ -12,7 +12,7 @@
 //! - [`messages`] — `POST /v1/admin/messages`, `POST /v1/admin/broadcasts`,
 //!   `GET /v1/admin/messages/{id}/status`
 //! - [`audit`] — `GET /v1/admin/audit`
-//! - [`presence`] — `GET /v1/admin/presence`
+//! - [`presence`] — `GET /v1/admin/presence`, `GET /v1/admin/nodes`
 //! - [`qr`] — `POST /v1/admin/qr/{ticket_id}/confirm`
 //! - [`relationships`] — `GET|PUT /v1/admin/relationships`
 //! - [`groups`] — `/v1/admin/groups…`
@@ -73,6 +73,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::audit_head))
         .routes(routes!(audit::audit_verify))
         .routes(routes!(presence::presence))
+        .routes(routes!(presence::nodes))
         .routes(routes!(qr::qr_confirm))
         .routes(routes!(
             relationships::relationships,
