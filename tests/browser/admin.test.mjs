@@ -344,6 +344,17 @@ test('in Chinese: every page and the errors the page makes itself', async () => 
   }
   await waitText(page, '#stats', '本节点在线用户');
   await waitText(page, '#node-list [data-node="local"]', '实时连接');
+  // A line the server refuses (the id is taken) says why in Chinese, not
+  // in the server's English.
+  await page.click('.tab[data-page="users"]');
+  const details = await page.$('details.import');
+  if (!(await details.evaluate((d) => d.open))) await page.click('details.import summary');
+  const taken = JSON.stringify({ user_id: `erin${run}`, display_name: 'Erin' });
+  await page.setInputFiles('#import-file', { name: 'users.jsonl', mimeType: 'text/plain', buffer: Buffer.from(taken) });
+  await page.click('#import-submit');
+  await waitText(page, '#import-summary', '导入 0 个，失败 1 个。');
+  const why = await page.textContent('#import-results li[data-line="1"]');
+  assert.ok(why.startsWith('第 1 行：') && !/[A-Za-z]/.test(why), `the line's reason in Chinese: ${why}`);
   await page.selectOption('#lang', 'en');
   await waitText(page, '.tab[data-page="users"]', 'Users');
 });

@@ -699,6 +699,35 @@ test('a newcomer creates an account from the login page; a taken username is ref
   await again.close();
 });
 
+test('in Chinese, a refusal from the server is said in Chinese, not quoted in English', async () => {
+  const gus = { username: `gus${run}`, display_name: 'Gus' };
+  const hal = { username: `hal${run}`, display_name: 'Hal' };
+  for (const u of [gus, hal]) Object.assign(u, await api('POST', '/v1/auth/register', { ...u, password: PASSWORD }));
+  const halTokens = await api('POST', '/v1/auth/login', { username: hal.username, password: PASSWORD, platform: 'web' });
+  await api('POST', `/v1/blocks/${gus.user_id}`, undefined, { token: halTokens.access_token });
+
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: 'zh-CN' });
+  const page = await context.newPage();
+  watch(page, 'refusal-zh');
+  await page.goto(`${BASE}/`);
+  await waitVisible(page, '#password-form');
+  await page.fill('#login-username', gus.username);
+  await page.fill('#login-password', PASSWORD);
+  await page.press('#login-password', 'Enter');
+  await waitVisible(page, '#center-view');
+  await page.fill('#newchat-user', hal.username);
+  await page.press('#newchat-user', 'Enter');
+  await waitText(page, '#pane-title', 'Hal');
+  await page.fill('#send-text', 'hello');
+  await page.press('#send-text', 'Enter');
+  // The server's words are English ("this user does not accept this from you").
+  await waitText(page, '#send-error', '你无权执行此操作。');
+  const said = await page.textContent('#send-error');
+  assert.ok(!/[A-Za-z]/.test(said), `no English inside the Chinese page: ${said}`);
+  await shot(page, 'refusal-zh');
+  await context.close();
+});
+
 test('logout and forced logout return to the login page', async () => {
   const { desktop, phone, alice } = pages;
   // Alice logs out herself.

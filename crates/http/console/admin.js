@@ -10,8 +10,8 @@
 // What a credential's scopes do not allow is not offered: those buttons and
 // forms are hidden. The server refuses such calls anyway.
 
-import { t, applyI18n, bindLanguageSelect, onLangChange } from './i18n.js';
-import { $, h, show, announce, formatTime } from './ui.js';
+import { t, lang, applyI18n, bindLanguageSelect, onLangChange } from './i18n.js';
+import { $, h, show, announce, formatTime, refusalText } from './ui.js';
 
 const PAGES = ['dashboard', 'users', 'messages', 'groups', 'audit', 'webhooks'];
 const DASHBOARD_EVERY_MS = 5000;
@@ -120,9 +120,8 @@ function failure(e) {
   if (e.status === 403) return t('admin.error.scope');
   if (e.status === 404) return t('admin.error.notfound');
   if (e.status === 429) return t('admin.error.rate');
-  // A 400's message says which field and what is allowed; it comes from
-  // the server in English.
-  return t('admin.error.server', { message: e.message });
+  // A 400's message says which field and what is allowed, in English.
+  return refusalText(e.code, e.message, 'admin.error.server');
 }
 
 const can = (scope) => session.scopes.includes('admin') || session.scopes.includes(scope);
@@ -563,7 +562,7 @@ async function importUsers(event) {
       const answer = await call('POST', '/v1/admin/users', { users: batch.map(([, u]) => u) });
       for (const r of answer.results) {
         const [n] = batch[r.index];
-        outcome.set(n, r.ok ? { ok: true } : { ok: false, why: r.error?.message ?? '?' });
+        outcome.set(n, r.ok ? { ok: true } : { ok: false, why: refusalText(r.error?.code, r.error?.message, 'admin.import.why') });
       }
     }
   } catch (e) {
@@ -857,7 +856,11 @@ async function loadWebhooks() {
 }
 
 function hookState(w) {
-  if (!w.enabled) return w.disabled_reason ? t('admin.hooks.disabledwhy', { why: w.disabled_reason }) : t('admin.hooks.disabled');
+  if (!w.enabled && w.disabled_reason) {
+    // The server's reason is in English.
+    return lang() === 'en' ? t('admin.hooks.disabledwhy', { why: w.disabled_reason }) : t('admin.hooks.disabledauto');
+  }
+  if (!w.enabled) return t('admin.hooks.disabled');
   if (w.failing_since) return t('admin.hooks.failing', { since: formatTime(w.failing_since) });
   return t('admin.hooks.enabled');
 }
@@ -886,7 +889,18 @@ async function renderWebhook() {
           h('td', {}, d.type, h('br'), h('span', { class: 'muted small' }, formatTime(d.created_at))),
           h('td', {}, t(`admin.hooks.status.${d.status}`)),
           h('td', {}, String(d.attempts)),
-          h('td', {}, d.last_status ? `HTTP ${d.last_status}` : d.last_error || '—'),
+          h(
+            'td',
+            {},
+            // The transport's error is in English: other languages say what it means.
+            d.last_status
+              ? `HTTP ${d.last_status}`
+              : d.last_error
+                ? lang() === 'en'
+                  ? d.last_error
+                  : t('admin.hooks.noanswer')
+                : '—',
+          ),
           h(
             'td',
             {},

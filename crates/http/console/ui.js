@@ -57,12 +57,46 @@ export function fillBadge(badge, n, label) {
   return badge;
 }
 
+/** Error codes with a sentence of their own in every language. */
+const CODES = new Set([
+  'bad_request',
+  'unauthorized',
+  'forbidden',
+  'registration_closed',
+  'not_found',
+  'method_not_allowed',
+  'conflict',
+  'gone',
+  'payload_too_large',
+  'unsupported_media_type',
+  'request_timeout',
+  'rate_limited',
+  'internal',
+  'unavailable',
+  'busy',
+]);
+
+/**
+ * A server's refusal in the page's language. The server words its
+ * messages in English (they name the field and what is allowed), so an
+ * English page shows them as they are, inside `format` (an i18n key with
+ * {message}); any other language says what the error code means in a
+ * sentence of its own, rather than quote English after a translated
+ * preamble. `rejected` carries the reason of the business system's own
+ * hook, in whatever language it wrote it, and is shown as it is.
+ */
+export function refusalText(code, message, format = 'error.generic') {
+  if (code === 'rejected') return t('error.rejected', { message: message || '?' });
+  if (lang() === 'en' && message) return t(format, { message });
+  return t(CODES.has(code) ? `error.code.${code}` : 'error.code.other');
+}
+
 /** A readable message for an error thrown by the client. */
 export function errorText(e) {
   if (!e || typeof e !== 'object') return t('error.generic', { message: String(e) });
   if (e.status === 0) return t('error.network');
   if (e.status === 429) return t('error.rate', { n: e.retryAfter ?? 60 });
-  return t('error.generic', { message: e.message || e.code || '?' });
+  return refusalText(e.code, e.message);
 }
 
 /** A local date-time, short. */
