@@ -326,8 +326,15 @@ pub(crate) async fn migrate(client: &mut Client) -> DbResult<()> {
             &[&version],
         )
         .await?;
-        tracing::info!(version, "applied schema migration");
+        tracing::debug!(version, "applied schema migration");
     }
     tx.commit().await?;
+    // One line for the whole migration, not one per step.
+    let to = MIGRATIONS.len();
+    if current == 0 {
+        tracing::info!(version = to, "created the database schema");
+    } else if current < to {
+        tracing::info!(from = current, to, "migrated the database schema");
+    }
     Ok(())
 }

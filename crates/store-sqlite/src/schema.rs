@@ -305,7 +305,14 @@ pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.execute_batch(sql)?;
         tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
         tx.commit()?;
-        tracing::info!(version = i + 1, "applied schema migration");
+        tracing::debug!(version = i + 1, "applied schema migration");
+    }
+    // One line for the whole migration, not one per step.
+    let to = MIGRATIONS.len();
+    if current == 0 {
+        tracing::info!(version = to, "created the database schema");
+    } else if current < to {
+        tracing::info!(from = current, to, "migrated the database schema");
     }
     Ok(())
 }

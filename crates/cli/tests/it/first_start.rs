@@ -302,3 +302,37 @@ async fn a_bad_configuration_value_is_named_with_what_is_allowed() {
     assert!(!logs.contains("variant constructor"), "{logs}");
     assert!(!logs.contains("enum "), "{logs}");
 }
+
+/// A first start says each thing once: one line for the new database
+/// schema (not one per migration step), and no line repeated.
+#[tokio::test]
+async fn a_first_start_says_each_thing_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = unimsg::start(serve("127.0.0.1:0", &dir), START)
+        .await
+        .expect("a first start");
+    within("the console line", async {
+        while !started.logs.text().contains("admin console") {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let text = started.logs.text();
+    // Without the timestamp each line starts with.
+    let said: Vec<&str> = text
+        .lines()
+        .map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest).trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in &said {
+        assert!(seen.insert(*line), "said twice: {line}\n{text}");
+    }
+    let schema = said.iter().filter(|l| l.contains("schema")).count();
+    assert_eq!(schema, 1, "one line about the schema:\n{text}");
+    assert!(
+        said.iter()
+            .any(|l| l.contains("created the database schema")),
+        "{text}"
+    );
+}
