@@ -260,9 +260,16 @@ test('audit: entries filtered by action, the chain verified, the head shown', as
   await waitText(page, '#audit-rows', 'admin.request');
   await page.fill('#audit-action', 'auth.login');
   await page.click('#audit-form button[type="submit"]');
-  await waitText(page, '#audit-rows', 'auth.login');
-  const actions = await page.$$eval('#audit-rows tr td:nth-child(3)', (tds) => tds.map((td) => td.textContent));
-  assert.ok(actions.length > 0 && actions.every((a) => a === 'auth.login'), `only logins: ${actions}`);
+  // The unfiltered rows have logins too: wait for the filtered list itself.
+  await page
+    .waitForFunction(() => {
+      const tds = [...document.querySelectorAll('#audit-rows tr td:nth-child(3)')];
+      return tds.length > 0 && tds.every((td) => td.textContent === 'auth.login');
+    })
+    .catch(async () => {
+      const actions = await page.$$eval('#audit-rows tr td:nth-child(3)', (tds) => tds.map((td) => td.textContent));
+      assert.fail(`only logins: ${actions}`);
+    });
   // A window in the future holds nothing; one from an hour ago the logins.
   const local = (ms) => new Date(ms - new Date().getTimezoneOffset() * 60000).toISOString().slice(0, 16);
   await page.fill('#audit-since', local(Date.now() + 3600 * 1000));
@@ -290,11 +297,26 @@ test('webhooks: an endpoint, a test event that fails, its retry, a replay and a 
     });
   });
   const url = `http://127.0.0.1:${closed}/hook-${run}`;
-  const created = await api('POST', '/v1/admin/webhooks', { url, events: ['*'] }, { admin: true });
-  const id = created.webhook_id;
   await page.click('.tab[data-page="webhooks"]');
   await waitVisible(page, '#page-webhooks');
+  // Made from the page: a wrong URL is refused there, a good one is
+  // added and its secret shown once.
+  await page.click('#hook-new summary');
+  await page.fill('#hook-new-url', 'example.com/no-scheme');
+  await page.click('#hook-new-submit');
+  await waitText(page, '#hook-new-error', 'starting with https://');
+  await page.fill('#hook-new-url', url);
+  await page.fill('#hook-new-description', 'from the console');
+  await page.click('#hook-new-submit');
+  await waitText(page, '#hook-new-result', 'shown only now');
+  assert.match(await page.textContent('#hook-new-result code'), /^whsec_/, 'the secret is shown');
   await waitText(page, '#webhook-rows', url);
+  const listed = await api('GET', '/v1/admin/webhooks', undefined, { admin: true });
+  const created = listed.webhooks.find((w) => w.url === url);
+  assert.ok(created, 'the endpoint exists');
+  assert.deepEqual(created.events, ['*'], 'an empty event list means every type');
+  assert.equal(created.description, 'from the console');
+  const id = created.webhook_id;
   await page.click(`#webhook-rows button:text("${url}")`);
   await waitVisible(page, '#webhook-detail');
   await page.click('#hook-test');

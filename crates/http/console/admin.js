@@ -951,6 +951,42 @@ async function hookAction(what) {
   }
 }
 
+/** A new endpoint from the form; its secret is shown once. */
+async function addWebhook(event) {
+  event.preventDefault();
+  const result = $('hook-new-result');
+  const error = $('hook-new-error');
+  result.textContent = '';
+  error.textContent = '';
+  const url = $('hook-new-url').value.trim();
+  if (!/^https?:\/\/\S+$/i.test(url)) {
+    error.textContent = t('admin.hooks.new.badurl');
+    $('hook-new-url').focus();
+    return;
+  }
+  const events = $('hook-new-events')
+    .value.split(/[\s,]+/)
+    .filter(Boolean);
+  const body = {
+    url,
+    events: events.length ? events : ['*'],
+    description: $('hook-new-description').value.trim(),
+    include_content: $('hook-new-content').checked,
+  };
+  $('hook-new-submit').disabled = true;
+  try {
+    const created = await call('POST', '/v1/admin/webhooks', body);
+    $('hook-new-form').reset();
+    result.replaceChildren(t('admin.hooks.new.done'), ' ', h('code', { class: 'token', translate: 'no' }, created.secret));
+    announce(t('admin.hooks.new.done'));
+    await loadWebhooks();
+  } catch (e) {
+    error.textContent = failure(e);
+  } finally {
+    $('hook-new-submit').disabled = false;
+  }
+}
+
 async function retryDelivery(eventId) {
   const id = hooks.open;
   try {
@@ -992,6 +1028,7 @@ function start() {
   $('signin-form').addEventListener('submit', signIn);
   $('signout').addEventListener('click', () => signedOut('admin.signin.out'));
   for (const tab of document.querySelectorAll('.tab')) tab.addEventListener('click', () => openPage(tab.dataset.page));
+  $('hook-new-form').addEventListener('submit', addWebhook);
   $('search-form').addEventListener('submit', (e) => {
     e.preventDefault();
     searchUsers();
