@@ -222,6 +222,8 @@ pub struct Hub {
     slow_consumers: AtomicU64,
     connections: AtomicU64,
     shutdown: CancellationToken,
+    /// Events (and broadcast wake-ups) queued on a live connection, since start.
+    deliveries: AtomicU64,
     /// Woken whenever the last connection goes away.
     idle: tokio::sync::Notify,
     /// Where broadcasts committed on other nodes go to be placed
@@ -245,6 +247,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             queue: queue.max(1),
             slow_consumers: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
             idle: tokio::sync::Notify::new(),
@@ -372,11 +375,15 @@ impl Hub {
             let Some(conns) = shard.get(&user) else {
                 return;
             };
+            let mut queued = 0;
             for conn in conns {
-                if offer(conn, Outbound::Event(delivery.clone())) == Pushed::Full {
-                    slow.push(conn.id);
+                match offer(conn, Outbound::Event(delivery.clone())) {
+                    Pushed::Queued => queued += 1,
+                    Pushed::Full => slow.push(conn.id),
+                    Pushed::Closed => {}
                 }
             }
+            self.deliveries.fetch_add(queued, Ordering::Relaxed);
         }
         self.drop_slow(&user, &slow);
     }
@@ -404,6 +411,7 @@ impl Hub {
             placed.iter().map(|d| (&d.user, d)).collect();
         for shard in &self.shards {
             let mut slow: Vec<(UserId, u64)> = Vec::new();
+            let mut queued = 0;
             {
                 let shard = shard.read();
                 for (user, conns) in shard.iter() {
@@ -412,12 +420,15 @@ impl Hub {
                         None => Outbound::Broadcast,
                     };
                     for conn in conns {
-                        if offer(conn, item.clone()) == Pushed::Full {
-                            slow.push((user.clone(), conn.id));
+                        match offer(conn, item.clone()) {
+                            Pushed::Queued => queued += 1,
+                            Pushed::Full => slow.push((user.clone(), conn.id)),
+                            Pushed::Closed => {}
                         }
                     }
                 }
             }
+            self.deliveries.fetch_add(queued, Ordering::Relaxed);
             for (user, id) in slow {
                 self.drop_slow(&user, &[id]);
             }
@@ -428,16 +439,20 @@ impl Hub {
     pub fn broadcast(&self) {
         for shard in &self.shards {
             let mut slow: Vec<(UserId, u64)> = Vec::new();
+            let mut queued = 0;
             {
                 let shard = shard.read();
                 for (user, conns) in shard.iter() {
                     for conn in conns {
-                        if offer(conn, Outbound::Broadcast) == Pushed::Full {
-                            slow.push((user.clone(), conn.id));
+                        match offer(conn, Outbound::Broadcast) {
+                            Pushed::Queued => queued += 1,
+                            Pushed::Full => slow.push((user.clone(), conn.id)),
+                            Pushed::Closed => {}
                         }
                     }
                 }
             }
+            self.deliveries.fetch_add(queued, Ordering::Relaxed);
             for (user, id) in slow {
                 self.drop_slow(&user, &[id]);
             }
@@ -505,6 +520,12 @@ impl Hub {
     /// Live connections on this node.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Events queued on live connections of this node, since start
+    /// (`unimsg_hub_deliveries_total`).
+    pub fn deliveries(&self) -> u64 {
+        self.deliveries.load(Ordering::Relaxed)
     }
 
     /// Connections disconnected because they stopped reading, since start.
@@ -658,6 +679,9 @@ mod tests {
         }
         hub.deliver(delivery(&user, 3));
         assert_eq!(hub.slow_consumer_disconnects(), 1);
+        // Two events on two connections, then one on the reader only: the
+        // stalled one's third was refused.
+        assert_eq!(hub.deliveries(), 5);
         assert_eq!(hub.connections(), 1);
         let mut stalled = stalled;
         stalled.killed().await;
@@ -666,6 +690,7 @@ mod tests {
         assert_eq!(reader.recv().await.map(seq_of), Some(Seq(3)));
         hub.broadcast();
         assert!(matches!(reader.recv().await, Some(Outbound::Broadcast)));
+        assert_eq!(hub.deliveries(), 6);
         drop(reader);
         assert_eq!(hub.connections(), 0);
     }

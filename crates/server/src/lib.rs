@@ -113,6 +113,7 @@ async fn report_node(core: Arc<Core>, metrics: Option<PrometheusHandle>, node_id
             "unimsg_hub_slow_consumer_disconnects".to_owned(),
             hub.slow_consumer_disconnects(),
         );
+        totals.insert("unimsg_hub_deliveries_total".to_owned(), hub.deliveries());
         let status = unimsg_proto::admin::NodeStatus {
             node_id: node_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),

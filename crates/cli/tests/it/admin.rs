@@ -1013,13 +1013,23 @@ async fn a_single_node_lists_itself_with_its_live_connections() {
     let server = TestServer::start_with(&[("UNIMSG_LIMITS__ADMIN_PER_SECOND", "0")]).await;
     let root = AdminApi::root(&server);
     let alice = user(&server.client(), "alice").await;
-    let _sse = alice.api.connect_sse(None).await.unwrap();
-    let node = within("a report with the SSE stream", async {
+    let mut sse = alice.api.connect_sse(None).await.unwrap();
+    root.ok(
+        Method::POST,
+        "/v1/admin/messages",
+        Some(json!({"to": {"users": [alice.id]}, "content": {"title": "Hi"}})),
+    )
+    .await;
+    let (_, pushed) = sse_event(&mut sse).await;
+    assert_eq!(pushed.kind, EventType::NotificationNew);
+    let node = within("a report with the SSE stream and its delivery", async {
         loop {
             let list = root.ok(Method::GET, "/v1/admin/nodes", None).await;
             let nodes = list["nodes"].as_array().cloned().unwrap_or_default();
             assert_eq!(nodes.len(), 1, "{list}");
-            if nodes[0]["connections"] == 1 {
+            if nodes[0]["connections"] == 1
+                && nodes[0]["totals"]["unimsg_hub_deliveries_total"].as_u64() >= Some(1)
+            {
                 return nodes[0].clone();
             }
             tokio::task::yield_now().await;

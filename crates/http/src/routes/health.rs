@@ -92,10 +92,13 @@ pub(crate) async fn metrics(
          # HELP unimsg_hub_online_users Users with at least one live connection on this node.\n\
          # TYPE unimsg_hub_online_users gauge\nunimsg_hub_online_users {}\n\
          # HELP unimsg_hub_slow_consumer_disconnects Connections closed because they could not keep up.\n\
-         # TYPE unimsg_hub_slow_consumer_disconnects counter\nunimsg_hub_slow_consumer_disconnects {}\n",
+         # TYPE unimsg_hub_slow_consumer_disconnects counter\nunimsg_hub_slow_consumer_disconnects {}\n\
+         # HELP unimsg_hub_deliveries_total Events queued on live connections of this node.\n\
+         # TYPE unimsg_hub_deliveries_total counter\nunimsg_hub_deliveries_total {}\n",
         hub.connections(),
         hub.online_user_count(),
-        hub.slow_consumer_disconnects()
+        hub.slow_consumer_disconnects(),
+        hub.deliveries()
     ));
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
