@@ -381,6 +381,52 @@ test('in Chinese: every page and the errors the page makes itself', async () => 
   await waitText(page, '.tab[data-page="users"]', 'Users');
 });
 
+test('keyboard only: every page is reached with Tab and Enter, and a user is found and opened', async () => {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  context.setDefaultTimeout(TIMEOUT);
+  const p = await context.newPage();
+  watch(p, 'admin-keyboard');
+  const focused = () => p.evaluate(() => document.activeElement?.dataset?.page || document.activeElement?.id || '');
+  // Presses Tab (at most 60 times) until `want` has the focus.
+  const tabTo = async (want, what) => {
+    for (let i = 0; i < 60; i += 1) {
+      if ((await focused()) === want) return;
+      await p.keyboard.press('Tab');
+    }
+    assert.fail(`Tab never reached ${what}`);
+  };
+  await p.goto(`${BASE}/admin`);
+  await waitVisible(p, '#signin-view');
+  await tabTo('signin-id', 'the admin id');
+  await p.keyboard.type('admin');
+  await p.keyboard.press('Tab');
+  await p.keyboard.type(ADMIN_PASSWORD);
+  await p.keyboard.press('Enter');
+  await waitVisible(p, '#page-dashboard');
+  for (const name of ['users', 'messages', 'groups', 'audit', 'webhooks', 'dashboard']) {
+    await tabTo(name, `the ${name} tab`);
+    await p.keyboard.press('Enter');
+    await waitVisible(p, `#page-${name}`);
+    assert.equal(await focused(), `${name}-heading`, `the ${name} page's heading takes the focus`);
+  }
+  await tabTo('users', 'the users tab');
+  await p.keyboard.press('Enter');
+  await tabTo('search-query', 'the search field');
+  await p.keyboard.type(carol.username);
+  await p.keyboard.press('Enter');
+  await waitText(p, '#user-rows', carol.username);
+  // The first result's button, then its facts.
+  for (let i = 0; i < 60; i += 1) {
+    if (await p.evaluate(() => document.activeElement?.closest('#user-rows') !== null)) break;
+    await p.keyboard.press('Tab');
+  }
+  await p.keyboard.press('Enter');
+  await waitVisible(p, '#user-detail');
+  await waitText(p, '#user-facts', carol.username);
+  await shot(p, 'keyboard-user-1280');
+  await context.close();
+});
+
 test('at 375 px every page fits, in both languages', async () => {
   const narrow = await browser.newContext({ viewport: { width: 375, height: 740 }, isMobile: true, hasTouch: true });
   narrow.setDefaultTimeout(TIMEOUT);
