@@ -805,6 +805,7 @@ impl Core {
         let data = crate::render::notification(&self.keyring, &stored)?;
         let ts = notification.created_at;
         let mut recipients = 0;
+        let mut live = Vec::new();
         for (i, chunk) in users.chunks(NOTIFY_CHUNK).enumerate() {
             let seqs = self
                 .store
@@ -826,7 +827,16 @@ impl Core {
                 tracing::warn!(%error, "live delivery failed; clients will catch up by sync");
                 continue;
             }
-            self.record_sent_live(&message_id, received).await;
+            live.extend(self.online_of(received).await);
+        }
+        // One write for the whole audience, after every push went out.
+        if !live.is_empty()
+            && let Err(error) = self
+                .store
+                .mark_notification_sent_live(&message_id, live)
+                .await
+        {
+            tracing::warn!(%error, "\"sent live\" not recorded");
         }
         metrics::counter!("unimsg_notifications_total").increment(1);
         Ok(NotifyResponse {
@@ -835,31 +845,21 @@ impl Core {
         })
     }
 
-    /// Marks the recipients that had a live connection, on any node, once
-    /// the push went out: the status's "sent live". Only a count is lost
-    /// if this fails; the message itself is committed.
-    async fn record_sent_live(&self, message_id: &MessageId, received: Vec<UserId>) {
-        let online = match self.bus.presence(&received).await {
+    /// The recipients that had a live connection, on any node, once the
+    /// push went out: the status's "sent live". Only a count is lost if
+    /// presence cannot be read; the message itself is committed.
+    async fn online_of(&self, received: Vec<UserId>) -> Vec<UserId> {
+        match self.bus.presence(&received).await {
             Ok(platforms) => received
                 .into_iter()
                 .zip(platforms)
                 .filter(|(_, platforms)| !platforms.is_empty())
                 .map(|(user, _)| user)
-                .collect::<Vec<_>>(),
+                .collect(),
             Err(error) => {
                 tracing::warn!(%error, "presence unavailable; \"sent live\" not recorded");
-                return;
+                Vec::new()
             }
-        };
-        if online.is_empty() {
-            return;
-        }
-        if let Err(error) = self
-            .store
-            .mark_notification_sent_live(message_id, online)
-            .await
-        {
-            tracing::warn!(%error, "\"sent live\" not recorded");
         }
     }
 

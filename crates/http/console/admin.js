@@ -170,6 +170,9 @@ function signedOut(noticeKey) {
   state.nodeReports.clear();
   state.nodesReadAt = 0;
   $('node-list').replaceChildren();
+  // Secrets shown once do not outlive the sign-in.
+  $('hook-new-result').replaceChildren();
+  $('hook-result').replaceChildren();
   show($('console-view'), false);
   show($('signout'), false);
   show($('whoami'), false);
@@ -259,6 +262,14 @@ async function refreshDashboard() {
       credentials: 'omit',
       headers: session.token ? { authorization: `Bearer ${session.token}` } : {},
     });
+    if (response.status === 401 || response.status === 404) {
+      // metrics.token or metrics.listen keep /metrics from this page:
+      // the node cards below still carry the main counts.
+      $('stats').replaceChildren();
+      $('stats-updated').textContent = t('admin.stats.elsewhere');
+      await refreshNodesEvery();
+      return;
+    }
     if (!response.ok) throw new ApiError(response.status, '', response.statusText);
     const metrics = parseMetrics(await response.text());
     const split = (label) =>
@@ -284,6 +295,10 @@ async function refreshDashboard() {
     health.textContent = failure(e);
     health.dataset.state = 'bad';
   }
+  await refreshNodesEvery();
+}
+
+async function refreshNodesEvery() {
   if (Date.now() - state.nodesReadAt >= NODES_EVERY_MS) {
     state.nodesReadAt = Date.now();
     await refreshNodes();

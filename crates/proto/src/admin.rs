@@ -253,10 +253,11 @@ pub struct NotifyResponse {
 pub struct MessageStatus {
     pub message_id: MessageId,
     pub recipients: u64,
-    /// Recipients it was pushed to at once, over a WebSocket or SSE
-    /// connection that was open when it was sent (on any node). The others
-    /// get it when they next sync. Sent live is not delivered: only a
-    /// client's acknowledgement says it arrived.
+    /// Recipients who had a WebSocket or SSE connection open (on any node)
+    /// right after it was pushed: it went to them live, unless the
+    /// cluster bus dropped the push under load (`unimsg_bus_dropped_total`).
+    /// The others get it when they next sync. Sent live is not delivered:
+    /// only a client's acknowledgement says it arrived.
     pub sent_live: u64,
     /// Recipients whose client acknowledged it (`ack` up to its seq) or
     /// read it (reading implies delivery).

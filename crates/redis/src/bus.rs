@@ -319,8 +319,10 @@ impl Bus for RedisBus {
         for (node, report) in reports {
             match serde_json::from_str::<NodeStatus>(&report) {
                 Ok(status) if status.reported_at >= oldest => nodes.push(status),
-                // Silent for too long, or written by another version.
-                _ => gone.push(node),
+                // Silent for too long (by this node's clock).
+                Ok(_) => gone.push(node),
+                // Another version's report: left to that node, not listed.
+                Err(_) => {}
             }
         }
         if !gone.is_empty() {

@@ -728,6 +728,11 @@ pub async fn run(
             .with_context(|| format!("cannot listen on metrics.listen {at}"))?;
         if let Ok(at) = plain.local_addr() {
             tracing::info!(target: LIFECYCLE, "metrics on http://{at}/metrics");
+            if !at.ip().is_loopback() && config.metrics.token.is_empty() {
+                tracing::warn!(target: LIFECYCLE,
+                    "metrics.listen is reachable from other machines and metrics.token is empty: \
+                     anyone who reaches {at} reads the metrics");
+            }
         }
         let caps = serve::Caps::new(64, 0, Vec::new());
         let app = unimsg_http::metrics_router(state.clone());
@@ -871,6 +876,14 @@ pub fn init_logging(log: &LogConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_reported_total_is_a_series_of_the_catalogue() {
+        let known: Vec<&str> = unimsg_core::catalogue::names().collect();
+        for name in REPORTED_TOTALS {
+            assert!(known.contains(name), "{name} is not in the catalogue");
+        }
+    }
 
     #[test]
     fn series_are_summed_over_their_labels_and_absent_ones_are_zero() {

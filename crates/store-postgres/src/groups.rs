@@ -487,29 +487,32 @@ async fn read_count(
     conv_seq: u64,
     sender: &UserId,
 ) -> DbResult<(u64, u64)> {
-    let group = conversation.group_id();
-    let group = group.as_ref().map(GroupId::as_str);
-    let client = store.client().await?;
-    // One pass over the conversation's read positions.
-    let stmt = client
-        .prepare_cached(
-            "SELECT count(*), count(*) FILTER (WHERE cm.read_upto >= $3) FROM conversation_members cm \
-             LEFT JOIN group_members gm ON gm.group_id = $4 AND gm.user_id = cm.user_id \
-             WHERE cm.conversation_id = $1 AND cm.user_id <> $2 AND coalesce(gm.since, 0) < $3",
-        )
-        .await?;
-    let row = client
-        .query_one(
-            &stmt,
-            &[
-                &conversation.as_str(),
-                &sender.as_str(),
-                &to_i64(conv_seq),
-                &group,
-            ],
-        )
-        .await?;
-    let members: i64 = column(&row, 0)?;
-    let read: i64 = column(&row, 1)?;
-    Ok((to_u64(read), to_u64(members)))
+    crate::timed(async {
+        let group = conversation.group_id();
+        let group = group.as_ref().map(GroupId::as_str);
+        let client = store.client().await?;
+        // One pass over the conversation's read positions.
+        let stmt = client
+            .prepare_cached(
+                "SELECT count(*), count(*) FILTER (WHERE cm.read_upto >= $3) FROM conversation_members cm \
+                 LEFT JOIN group_members gm ON gm.group_id = $4 AND gm.user_id = cm.user_id \
+                 WHERE cm.conversation_id = $1 AND cm.user_id <> $2 AND coalesce(gm.since, 0) < $3",
+            )
+            .await?;
+        let row = client
+            .query_one(
+                &stmt,
+                &[
+                    &conversation.as_str(),
+                    &sender.as_str(),
+                    &to_i64(conv_seq),
+                    &group,
+                ],
+            )
+            .await?;
+        let members: i64 = column(&row, 0)?;
+        let read: i64 = column(&row, 1)?;
+        Ok((to_u64(read), to_u64(members)))
+    })
+    .await
 }

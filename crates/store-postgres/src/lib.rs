@@ -402,8 +402,20 @@ pub(crate) async fn lock_users(
 #[async_trait]
 impl Store for PgStore {
     async fn ping(&self) -> Result<()> {
-        let client = self.client().await?;
-        client.simple_query("SELECT 1").await.map_err(pg)?;
-        Ok(())
+        timed(async {
+            let client = self.client().await?;
+            client.simple_query("SELECT 1").await.map_err(pg)?;
+            Ok(())
+        })
+        .await
     }
+}
+
+/// Times a call that does not go through the macros, as `connected!`
+/// does (`unimsg_store_duration_seconds{call="statement"}`).
+pub(crate) async fn timed<T>(work: impl std::future::Future<Output = T>) -> T {
+    let started = tokio::time::Instant::now();
+    let out = work.await;
+    unimsg_store::timing::observe(unimsg_store::timing::Call::Statement, started.elapsed());
+    out
 }

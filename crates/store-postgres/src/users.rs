@@ -60,17 +60,20 @@ const UPPER: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 const LOWER: &str = "abcdefghijklmnopqrstuvwxyz";
 
 async fn user_where(store: &PgStore, column_name: &str, value: &str) -> DbResult<Option<User>> {
-    let client = store.client().await?;
-    let stmt = client
-        .prepare_cached(&format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE {column_name} = $1"
-        ))
-        .await?;
-    client
-        .query_opt(&stmt, &[&value])
-        .await?
-        .map(|row| read(&row, read_user))
-        .transpose()
+    crate::timed(async {
+        let client = store.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users WHERE {column_name} = $1"
+            ))
+            .await?;
+        client
+            .query_opt(&stmt, &[&value])
+            .await?
+            .map(|row| read(&row, read_user))
+            .transpose()
+    })
+    .await
 }
 
 #[async_trait]

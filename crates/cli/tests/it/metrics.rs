@@ -192,6 +192,31 @@ async fn metrics_can_have_a_listener_of_their_own() {
         "the metrics listener serves nothing else"
     );
 
+    // metrics.token holds on that listener too.
+    let token = "the scraper's token";
+    let guarded = TestServer::start_with(&[
+        ("UNIMSG_METRICS__LISTEN", "127.0.0.1:0"),
+        ("UNIMSG_METRICS__TOKEN", token),
+    ])
+    .await;
+    let logs = guarded.logs();
+    let url = logs
+        .lines()
+        .find_map(|l| l.split("metrics on ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no 'metrics on' line in:\n{logs}"))
+        .to_owned();
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 401);
+    assert_eq!(
+        http.get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
     let refused = TestServer::try_start_with(&[("UNIMSG_METRICS__LISTEN", "not an address")])
         .await
         .err()
