@@ -133,6 +133,13 @@ test('the i18n table has every key in English and Chinese', async () => {
   const missing = [...used].filter((key) => !(key in STRINGS.en));
   assert.deepEqual(missing, [], 'keys used but not in the table');
   assert.ok(used.size > 50, `found ${used.size} keys in use`);
+  // Every error code the server can send has a sentence of its own
+  // (`rejected` shows the hook's own reason instead).
+  const doc = await (await fetch(`${BASE}/openapi.json`)).json();
+  const codes = doc.components.schemas.ErrorCode.enum;
+  assert.ok(codes.includes('bad_request'), `codes: ${codes}`);
+  const unsaid = codes.filter((code) => code !== 'rejected' && !(`error.code.${code}` in STRINGS.en));
+  assert.deepEqual(unsaid, [], 'error codes without a sentence');
 });
 
 test('unimsg.js: the pure helpers', async () => {

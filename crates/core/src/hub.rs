@@ -67,6 +67,20 @@ fn offer(conn: &Registration, item: Outbound) -> Pushed {
     conn.queue.push(item)
 }
 
+/// Queues `item` on each of `conns`: how many took it; the ids of those
+/// whose queue was full are added to `full`.
+fn offer_all(conns: &[Registration], item: &Outbound, full: &mut Vec<u64>) -> u64 {
+    let mut queued = 0;
+    for conn in conns {
+        match offer(conn, item.clone()) {
+            Pushed::Queued => queued += 1,
+            Pushed::Full => full.push(conn.id),
+            Pushed::Closed => {}
+        }
+    }
+    queued
+}
+
 /// What [`Queue::push`] did with an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pushed {
@@ -375,14 +389,7 @@ impl Hub {
             let Some(conns) = shard.get(&user) else {
                 return;
             };
-            let mut queued = 0;
-            for conn in conns {
-                match offer(conn, Outbound::Event(delivery.clone())) {
-                    Pushed::Queued => queued += 1,
-                    Pushed::Full => slow.push(conn.id),
-                    Pushed::Closed => {}
-                }
-            }
+            let queued = offer_all(conns, &Outbound::Event(delivery.clone()), &mut slow);
             self.deliveries.fetch_add(queued, Ordering::Relaxed);
         }
         self.drop_slow(&user, &slow);
@@ -410,7 +417,7 @@ impl Hub {
         let by_user: HashMap<&UserId, &Arc<Delivery>> =
             placed.iter().map(|d| (&d.user, d)).collect();
         for shard in &self.shards {
-            let mut slow: Vec<(UserId, u64)> = Vec::new();
+            let mut slow: Vec<(UserId, Vec<u64>)> = Vec::new();
             let mut queued = 0;
             {
                 let shard = shard.read();
@@ -419,44 +426,23 @@ impl Hub {
                         Some(d) => Outbound::Event(Arc::clone(d)),
                         None => Outbound::Broadcast,
                     };
-                    for conn in conns {
-                        match offer(conn, item.clone()) {
-                            Pushed::Queued => queued += 1,
-                            Pushed::Full => slow.push((user.clone(), conn.id)),
-                            Pushed::Closed => {}
-                        }
+                    let mut full = Vec::new();
+                    queued += offer_all(conns, &item, &mut full);
+                    if !full.is_empty() {
+                        slow.push((user.clone(), full));
                     }
                 }
             }
             self.deliveries.fetch_add(queued, Ordering::Relaxed);
-            for (user, id) in slow {
-                self.drop_slow(&user, &[id]);
+            for (user, ids) in slow {
+                self.drop_slow(&user, &ids);
             }
         }
     }
 
     /// Tells every local connection that a broadcast was committed. Never waits.
     pub fn broadcast(&self) {
-        for shard in &self.shards {
-            let mut slow: Vec<(UserId, u64)> = Vec::new();
-            let mut queued = 0;
-            {
-                let shard = shard.read();
-                for (user, conns) in shard.iter() {
-                    for conn in conns {
-                        match offer(conn, Outbound::Broadcast) {
-                            Pushed::Queued => queued += 1,
-                            Pushed::Full => slow.push((user.clone(), conn.id)),
-                            Pushed::Closed => {}
-                        }
-                    }
-                }
-            }
-            self.deliveries.fetch_add(queued, Ordering::Relaxed);
-            for (user, id) in slow {
-                self.drop_slow(&user, &[id]);
-            }
-        }
+        self.broadcast_placed(&[]);
     }
 
     /// Disconnects connections whose queue is full, and counts them.

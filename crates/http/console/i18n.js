@@ -678,6 +678,11 @@ export function lang() {
 }
 
 /** The string for `key` in the current language, with `{name}` placeholders filled. */
+/** Whether the table has `key` (in English, so in every language). */
+export function known(key) {
+  return key in STRINGS.en;
+}
+
 export function t(key, params = {}) {
   const text = STRINGS[current][key] ?? STRINGS.en[key] ?? key;
   return text.replace(/\{(\w+)\}/g, (whole, name) => (name in params ? String(params[name]) : whole));

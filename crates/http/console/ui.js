@@ -2,7 +2,7 @@
 // element building without innerHTML (all text goes through textContent),
 // the aria-live status line, error messages and time formatting.
 
-import { t, lang } from './i18n.js';
+import { t, lang, known } from './i18n.js';
 
 export const $ = (id) => document.getElementById(id);
 
@@ -57,25 +57,6 @@ export function fillBadge(badge, n, label) {
   return badge;
 }
 
-/** Error codes with a sentence of their own in every language. */
-const CODES = new Set([
-  'bad_request',
-  'unauthorized',
-  'forbidden',
-  'registration_closed',
-  'not_found',
-  'method_not_allowed',
-  'conflict',
-  'gone',
-  'payload_too_large',
-  'unsupported_media_type',
-  'request_timeout',
-  'rate_limited',
-  'internal',
-  'unavailable',
-  'busy',
-]);
-
 /**
  * A server's refusal in the page's language. The server words its
  * messages in English (they name the field and what is allowed), so an
@@ -88,7 +69,7 @@ const CODES = new Set([
 export function refusalText(code, message, format = 'error.generic') {
   if (code === 'rejected') return t('error.rejected', { message: message || '?' });
   if (lang() === 'en' && message) return t(format, { message });
-  return t(CODES.has(code) ? `error.code.${code}` : 'error.code.other');
+  return t(known(`error.code.${code}`) ? `error.code.${code}` : 'error.code.other');
 }
 
 /** A readable message for an error thrown by the client. */

@@ -148,22 +148,22 @@ async fn the_grafana_dashboard_queries_only_series_the_server_exports() {
     assert!(checked >= 15, "{checked} series checked");
 }
 
+/// The URL the server's `metrics on http://ADDR/metrics` line names.
+fn metrics_listener_url(server: &TestServer) -> String {
+    let logs = server.logs();
+    logs.lines()
+        .find_map(|l| l.split("metrics on ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no 'metrics on' line in:\n{logs}"))
+        .to_owned()
+}
+
 /// With `metrics.listen`, `/metrics` moves to a listener of its own, which
 /// serves nothing else, and the main listener answers 404 there.
 #[tokio::test]
 async fn metrics_can_have_a_listener_of_their_own() {
     let server = TestServer::start_with(&[("UNIMSG_METRICS__LISTEN", "127.0.0.1:0")]).await;
-    let logs = server.logs();
-    let url = logs
-        .lines()
-        .find_map(|l| l.split("metrics on ").nth(1))
-        .map(|rest| {
-            rest.split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .unwrap_or_else(|| panic!("no 'metrics on' line in:\n{logs}"));
+    let url = metrics_listener_url(&server);
     assert!(url.ends_with("/metrics"), "{url}");
     let http = reqwest::Client::new();
     let scraped = http.get(&url).send().await.unwrap();
@@ -199,13 +199,7 @@ async fn metrics_can_have_a_listener_of_their_own() {
         ("UNIMSG_METRICS__TOKEN", token),
     ])
     .await;
-    let logs = guarded.logs();
-    let url = logs
-        .lines()
-        .find_map(|l| l.split("metrics on ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no 'metrics on' line in:\n{logs}"))
-        .to_owned();
+    let url = metrics_listener_url(&guarded);
     assert_eq!(http.get(&url).send().await.unwrap().status(), 401);
     assert_eq!(
         http.get(&url)
