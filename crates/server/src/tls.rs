@@ -10,9 +10,9 @@
 //! a key that does not match the certificate) keeps the old one, with a
 //! warning that says why.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -83,12 +83,19 @@ pub(crate) struct Tls {
     resolver: Arc<CertResolver>,
     provider: Arc<CryptoProvider>,
     files: TlsFiles,
+    /// The files' bytes read just before the first load: the watcher's
+    /// starting point, so a change made before it first looks is seen.
+    first_read: Contents,
 }
+
+/// The certificate's and the key's bytes; `None` for a file not readable.
+type Contents = [Option<Vec<u8>>; 2];
 
 impl Tls {
     /// Loads the pair; an error names the file at fault.
     pub(crate) fn new(files: TlsFiles) -> anyhow::Result<Arc<Self>> {
         let provider = provider();
+        let first_read = contents(&files);
         let pair = load_pair(&files, &provider)?;
         let resolver = Arc::new(CertResolver {
             current: ArcSwap::from_pointee(pair),
@@ -105,6 +112,7 @@ impl Tls {
             resolver,
             provider,
             files,
+            first_read,
         }))
     }
 
@@ -130,37 +138,38 @@ impl Tls {
     pub(crate) fn watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let tls = self.clone();
         tokio::spawn(async move {
-            let mut seen = tls.stamps();
+            let mut seen = tls.first_read.clone();
             let mut hangups = hangups();
             let mut ticks = tokio::time::interval(POLL);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = ticks.tick() => {
-                        let now = tls.stamps();
+                        let now = contents(&tls.files);
                         if now == seen {
                             continue;
                         }
                         seen = now;
                     }
                     Some(()) = recv(&mut hangups) => {
-                        seen = tls.stamps();
+                        seen = contents(&tls.files);
                     }
                 }
                 tls.reload();
             }
         })
     }
-
-    /// What tells a change of the files: their modification times and sizes.
-    fn stamps(&self) -> [Option<(SystemTime, u64)>; 2] {
-        [stamp(&self.files.cert), stamp(&self.files.key)]
-    }
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+/// What tells a change of the files: their bytes. Times and sizes are not
+/// enough: a copy that keeps the times (`cp -p`, `rsync -t`) or a
+/// filesystem with one-second times can leave both as they were while
+/// the pair changed. Two small files, read every [`POLL`].
+fn contents(files: &TlsFiles) -> Contents {
+    [
+        std::fs::read(&files.cert).ok(),
+        std::fs::read(&files.key).ok(),
+    ]
 }
 
 #[cfg(unix)]
@@ -200,6 +209,7 @@ async fn recv(_: &mut Hangups) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn pair(dir: &Path, name: &str) -> TlsFiles {
         let key = rcgen::KeyPair::generate().unwrap();
@@ -248,5 +258,30 @@ mod tests {
         std::fs::copy(&fresh.key, &files.key).unwrap();
         assert!(tls.reload());
         assert!(!Arc::ptr_eq(&before, &tls.resolver.current.load_full()));
+    }
+
+    #[test]
+    fn a_new_pair_with_the_old_times_and_sizes_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = pair(dir.path(), "live");
+        let tls = Tls::new(files.clone()).unwrap();
+        let seen = contents(&tls.files);
+        let times =
+            [&files.cert, &files.key].map(|p| std::fs::metadata(p).unwrap().modified().unwrap());
+        // The same bytes, one flipped, and the old time put back: what a
+        // copy that keeps times leaves on a one-second filesystem.
+        let mut cert = std::fs::read(&files.cert).unwrap();
+        let last = cert.len() - 30;
+        cert[last] = if cert[last] == b'A' { b'B' } else { b'A' };
+        std::fs::write(&files.cert, &cert).unwrap();
+        for (path, time) in [&files.cert, &files.key].into_iter().zip(times) {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(time)
+                .unwrap();
+        }
+        assert_ne!(contents(&files), seen);
     }
 }
