@@ -175,9 +175,13 @@ impl Queue {
         }
     }
 
-    /// The next item, if one is queued.
+    /// The next item, if one is queued. Nothing once killed: what is
+    /// still queued is not worth sending to a connection being ended.
     fn pop(&self) -> Next {
         let mut state = self.state.lock();
+        if state.killed.is_some() {
+            return Next::Closed;
+        }
         match state.items.pop_front() {
             Some(item) => Next::Item(item),
             None if state.closed => Next::Closed,
@@ -574,9 +578,21 @@ impl Subscription {
         KillSignal(Box::pin(async move { queue.killed().await }))
     }
 
+    /// Resolves when the hub ends this connection, as [`Self::killed`]
+    /// does, but borrowed: nothing is allocated, so a transport can
+    /// make one for the while it writes.
+    pub async fn until_killed(&self) {
+        self.queue.killed().await;
+    }
+
     /// Why the connection was ended, once [`Self::killed`] resolved.
     pub fn kill_reason(&mut self) -> KillReason {
         self.queue.kill_reason().unwrap_or(KillReason::SlowConsumer)
+    }
+
+    /// Why the hub ended the connection; `None` while it has not.
+    pub fn killed_for(&self) -> Option<KillReason> {
+        self.queue.kill_reason()
     }
 }
 
@@ -627,6 +643,35 @@ mod tests {
         assert!(q.recv().await.is_none());
         assert_eq!(q.push(Outbound::Broadcast), Pushed::Closed);
         assert!(matches!(q.pop(), Next::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_killed_queue_ends_its_reader_even_with_items_left() {
+        let user = UserId::parse("u").unwrap();
+        let sid = SessionId::parse("s").unwrap();
+        let web = Platform::parse("web").unwrap();
+        let hub = Hub::new(4);
+        let mut conn = hub.subscribe(&user, &sid, &web);
+        hub.deliver(delivery(&user, 1));
+        hub.deliver(delivery(&user, 2));
+        assert_eq!(conn.recv().await.map(seq_of), Some(Seq(1)));
+        assert_eq!(conn.killed_for(), None);
+        hub.shutdown();
+        assert!(
+            conn.recv().await.is_none(),
+            "seq 2 is not handed out once killed"
+        );
+        assert_eq!(conn.killed_for(), Some(KillReason::Shutdown));
+        conn.until_killed().await;
+        // A reader parked on its queue alone is woken by the kill.
+        let other = Hub::new(4);
+        let mut parked = other.subscribe(&user, &sid, &web);
+        let reader = tokio::spawn(async move { parked.recv().await.is_none() });
+        // On this single-threaded runtime the reader runs until it parks.
+        tokio::task::yield_now().await;
+        assert!(!reader.is_finished());
+        other.shutdown();
+        assert!(reader.await.unwrap());
     }
 
     #[tokio::test]

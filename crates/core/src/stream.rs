@@ -161,7 +161,8 @@ impl InboxStream {
     }
 
     /// Waits for the next live delivery. Cancel-safe; pass the result to
-    /// [`Self::accept`]. `None` when the hub dropped the connection.
+    /// [`Self::accept`]. `None` when the hub dropped or ended the
+    /// connection ([`Self::killed_for`] says whether and why it ended it).
     pub async fn recv(&mut self) -> Option<Outbound> {
         self.subscription.recv().await
     }
@@ -300,5 +301,16 @@ impl InboxStream {
     /// Why the connection was ended, once the kill signal resolved.
     pub fn kill_reason(&mut self) -> KillReason {
         self.subscription.kill_reason()
+    }
+
+    /// Why the hub ended this connection; `None` while it has not.
+    pub fn killed_for(&self) -> Option<KillReason> {
+        self.subscription.killed_for()
+    }
+
+    /// Resolves when the hub ends this connection; borrowed and not
+    /// allocated (see [`Subscription::until_killed`]).
+    pub async fn until_killed(&self) {
+        self.subscription.until_killed().await;
     }
 }

@@ -1,13 +1,20 @@
 //! `GET /v1/ws`: the bidirectional transport.
 //!
-//! One task per connection runs a single loop over four sources: the
-//! client's frames, the connection's delivery queue, the kill signal
-//! (slow consumer, shutdown) and one timer for the heartbeat and the
-//! access token's expiry (the socket closes with 4001 at the token's
-//! `exp`). Writes to the socket happen only in that loop, so no lock is
-//! ever held across a write, and a write that blocks on a client that
-//! stopped reading is abandoned as soon as the hub gives up on the
-//! connection.
+//! One task per connection runs a single loop over three sources: the
+//! client's frames, the connection's delivery queue (which also ends when
+//! the hub ends the connection: slow consumer, shutdown) and one timer
+//! for the heartbeat and the access token's expiry (the socket closes
+//! with 4001 at the token's `exp`). Writes to the socket happen only in
+//! that loop, so no lock is ever held across a write, and a write that
+//! blocks on a client that stopped reading is abandoned as soon as the
+//! hub gives up on the connection.
+//!
+//! An idle connection is parked in that loop for its whole life, so the
+//! size of its future is memory per connection (measured, with the rest
+//! of a connection's memory, by `unimsg-bench idle`). Hence the
+//! shapes below: every step that awaits something big runs in a boxed
+//! future of its own, frames are parsed in plain functions, and futures
+//! are handed on pinned rather than by value.
 
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -24,7 +31,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tracing::Instrument;
 use unimsg_core::auth::AuthContext;
-use unimsg_core::hub::{Delivery, KillReason, KillSignal, Outbound};
+use unimsg_core::hub::{Delivery, KillReason, Outbound};
 use unimsg_core::messaging::{SendLine, SendTurn};
 use unimsg_core::stream::InboxStream;
 use unimsg_core::{Core, CoreError};
@@ -181,7 +188,7 @@ pub(crate) async fn upgrade(
         .max_frame_size(d.ws_max_message_bytes)
         .on_upgrade(move |socket| {
             connection(Box::new(WsConnection {
-                state,
+                core: state.core,
                 socket,
                 auth,
                 after: q.after.map(Seq),
@@ -272,7 +279,7 @@ async fn first_frame_auth(
 /// future, and that future is parked in memory for as long as the
 /// connection is open.
 struct WsConnection {
-    state: AppState,
+    core: Arc<Core>,
     socket: WebSocket,
     /// Known before the upgrade when the token came with the request.
     auth: Option<AuthContext>,
@@ -280,30 +287,14 @@ struct WsConnection {
 }
 
 async fn connection(mut conn: Box<WsConnection>) {
-    if conn.auth.is_none() {
-        let core = conn.state.core.clone();
-        let wait = Duration::from_secs(core.config().delivery.auth_timeout_secs.max(1));
-        match Box::pin(first_frame_auth(&core, &mut conn.socket, wait)).await {
-            Ok((a, first_after)) => {
-                conn.auth = Some(a);
-                conn.after = first_after.or(conn.after);
-            }
-            Err(FirstFrameError::Unauthorized(e)) => {
-                let _ = conn.socket.send(error_frame(None, e)).await;
-                let _ = conn
-                    .socket
-                    .send(close_frame(close::UNAUTHORIZED, "unauthorized"))
-                    .await;
-                return;
-            }
-            Err(FirstFrameError::Violation(code, reason)) => {
-                let _ = conn.socket.send(close_frame(code, reason)).await;
-                return;
-            }
-        }
+    // The steps before and after the connection's life run in boxed
+    // futures of their own: a step awaited inline would leave its state
+    // in this future, parked for as long as the connection is open.
+    if conn.auth.is_none() && !Box::pin(auth_by_first_frame(&mut conn)).await {
+        return;
     }
     let WsConnection {
-        state,
+        core,
         socket,
         auth: Some(auth),
         after,
@@ -312,19 +303,64 @@ async fn connection(mut conn: Box<WsConnection>) {
         return;
     };
     let span = tracing::debug_span!("ws", user_id = %auth.user_id, session_id = %auth.session_id);
-    serve_authenticated(state, socket, auth, *after)
+    serve_authenticated(core, socket, auth, *after)
         .instrument(span)
         .await;
 }
 
+/// Waits for the `auth` frame of a socket opened without a token; `false`
+/// when the socket was refused (and told why).
+async fn auth_by_first_frame(conn: &mut WsConnection) -> bool {
+    let core = conn.core.clone();
+    let wait = Duration::from_secs(core.config().delivery.auth_timeout_secs.max(1));
+    match first_frame_auth(&core, &mut conn.socket, wait).await {
+        Ok((a, first_after)) => {
+            conn.auth = Some(a);
+            conn.after = first_after.or(conn.after);
+            true
+        }
+        Err(FirstFrameError::Unauthorized(e)) => {
+            let _ = conn.socket.send(error_frame(None, e)).await;
+            let _ = conn
+                .socket
+                .send(close_frame(close::UNAUTHORIZED, "unauthorized"))
+                .await;
+            false
+        }
+        Err(FirstFrameError::Violation(code, reason)) => {
+            let _ = conn.socket.send(close_frame(code, reason)).await;
+            false
+        }
+    }
+}
+
 async fn serve_authenticated(
-    state: &AppState,
+    core: &Arc<Core>,
     socket: &mut WebSocket,
     auth: &AuthContext,
     after: Option<Seq>,
 ) {
-    let core = &state.core;
-    let mut stream = match Box::pin(InboxStream::open(core.clone(), auth, after)).await {
+    let Some(mut stream) = Box::pin(open_stream(core, socket, auth, after)).await else {
+        return;
+    };
+    // Counted in `unimsg_live_connections` until this function returns.
+    let _live = crate::live::Live::open(crate::live::Transport::Ws, &auth.platform);
+    let end = run(core, socket, &mut stream, auth).await;
+    if let End::Close(code, reason) = end {
+        let _ = socket.send(close_frame(code, reason)).await;
+    }
+    tracing::debug!("websocket closed");
+}
+
+/// Opens the inbox stream and sends `ready`; `None` when the socket was
+/// closed instead (and told why).
+async fn open_stream(
+    core: &Arc<Core>,
+    socket: &mut WebSocket,
+    auth: &AuthContext,
+    after: Option<Seq>,
+) -> Option<InboxStream> {
+    let stream = match InboxStream::open(core.clone(), auth, after).await {
         Ok(s) => s,
         Err(e) => {
             let (code, reason) = match e {
@@ -336,25 +372,16 @@ async fn serve_authenticated(
             };
             let _ = socket.send(error_frame(None, e.into())).await;
             let _ = socket.send(close_frame(code, reason)).await;
-            return;
+            return None;
         }
     };
-    // Counted in `unimsg_live_connections` until this function returns.
-    let _live = crate::live::Live::open(crate::live::Transport::Ws, &auth.platform);
-    let last_seq = stream.newest();
     let ready = frame(&ReplyFrame::Ready {
         user_id: auth.user_id.clone(),
         session_id: auth.session_id.clone(),
-        last_seq,
+        last_seq: stream.newest(),
     });
-    if socket.send(ready).await.is_err() {
-        return;
-    }
-    let end = run(state, socket, &mut stream, auth).await;
-    if let End::Close(code, reason) = end {
-        let _ = socket.send(close_frame(code, reason)).await;
-    }
-    tracing::debug!("websocket closed");
+    socket.send(ready).await.ok()?;
+    Some(stream)
 }
 
 /// Runs the connection until it ends; returns how it ends.
@@ -365,15 +392,12 @@ async fn serve_authenticated(
 /// runs in its own boxed future, allocated only while it runs: the parked
 /// state holds little more than the socket, the queue and the timers.
 async fn run(
-    state: &AppState,
+    core: &Core,
     socket: &mut WebSocket,
     stream: &mut InboxStream,
     auth: &AuthContext,
 ) -> End {
-    let core = &state.core;
-    let mut killed = pin!(stream.kill_signal());
-
-    if let Some(end) = Box::pin(replay(socket, stream, auth, killed.as_mut())).await {
+    if let Some(end) = Box::pin(replay(socket, stream, auth)).await {
         return end;
     }
 
@@ -393,7 +417,7 @@ async fn run(
         };
         next_beat.min(due)
     };
-    let mut next_beat = Instant::now() + state.heartbeat();
+    let mut next_beat = Instant::now() + heartbeat(core);
     let mut timer = Box::pin(tokio::time::sleep_until(next_wake(
         next_beat, expiry, warned,
     )));
@@ -404,27 +428,29 @@ async fn run(
     loop {
         // Replies of sends that completed while the socket was busy.
         while let Some(reply) = sends.done.pop_front() {
-            if sends.driving(socket.send(reply)).await.is_err() {
+            if sends.driving(pin!(socket.send(reply))).await.is_err() {
                 return End::Gone;
             }
         }
         let in_flight = sends.in_flight();
         tokio::select! {
-            () = killed.as_mut() => {
-                return match stream.kill_reason() {
-                    KillReason::SlowConsumer => End::Close(close::SLOW_CONSUMER, "slow consumer"),
-                    KillReason::Shutdown => End::Close(close::GOING_AWAY, "server shutting down"),
-                };
-            }
             delivery = stream.recv() => {
-                let Some(first) = delivery else { return End::Close(close::GOING_AWAY, "closed") };
-                let delivered = deliver(socket, stream, first, auth, killed.as_mut());
+                // The queue ends when the hub ends the connection too, so
+                // the parked connection waits on one thing for both.
+                let Some(first) = delivery else {
+                    return match stream.killed_for() {
+                        Some(KillReason::SlowConsumer) => End::Close(close::SLOW_CONSUMER, "slow consumer"),
+                        Some(KillReason::Shutdown) => End::Close(close::GOING_AWAY, "server shutting down"),
+                        None => End::Close(close::GOING_AWAY, "closed"),
+                    };
+                };
+                let delivered = deliver(socket, stream, first, auth);
                 if let Some(end) = sends.driving(Box::pin(delivered)).await {
                     return end;
                 }
             }
             reply = sends.next(), if in_flight > 0 => {
-                if sends.driving(socket.send(reply)).await.is_err() {
+                if sends.driving(pin!(socket.send(reply))).await.is_err() {
                     return End::Gone;
                 }
             }
@@ -435,17 +461,11 @@ async fn run(
                     None => return End::Gone,
                 };
                 last_heard = Instant::now();
-                let reply = match message {
-                    Message::Text(text) => {
-                        let parsed = serde_json::from_str::<ClientFrame>(&text);
-                        if let Ok(ClientFrame::Send { .. }) = &parsed
-                            && let Ok(send) = parsed
-                        {
-                            let turn = sends.line.next_turn();
-                            sends.push(send_reply(core, auth, send, turn));
-                            continue;
-                        }
-                        let handled = Box::pin(handle_frame(core, auth, parsed));
+                let reply = match take_frame(core, auth, message, &mut sends) {
+                    Taken::NoReply => continue,
+                    Taken::End(end) => return end,
+                    Taken::Reply(reply) => reply,
+                    Taken::Handle(handled) => {
                         let (reply, fresh) = sends.driving(handled).await;
                         if let Some(deadline) = fresh {
                             expiry = deadline;
@@ -454,14 +474,8 @@ async fn run(
                         }
                         reply
                     }
-                    Message::Binary(_) => error_frame(
-                        None,
-                        ApiError::bad_request("binary frames are not supported; send JSON text frames"),
-                    ),
-                    Message::Close(_) => return End::Gone,
-                    Message::Ping(_) | Message::Pong(_) => continue,
                 };
-                if sends.driving(socket.send(reply)).await.is_err() {
+                if sends.driving(pin!(socket.send(reply))).await.is_err() {
                     return End::Gone;
                 }
             }
@@ -476,7 +490,7 @@ async fn run(
                     warned = true;
                     let expires_at = core.unix_deadline(expiry);
                     let notice = frame(&ReplyFrame::TokenExpiring { expires_at });
-                    if sends.driving(socket.send(notice)).await.is_err() {
+                    if sends.driving(pin!(socket.send(notice))).await.is_err() {
                         return End::Gone;
                     }
                 }
@@ -485,14 +499,64 @@ async fn run(
                         return End::Close(close::IDLE, "idle timeout");
                     }
                     let ping = socket.send(Message::Ping(bytes::Bytes::new()));
-                    if sends.driving(ping).await.is_err() {
+                    if sends.driving(pin!(ping)).await.is_err() {
                         return End::Gone;
                     }
-                    next_beat = now + state.heartbeat();
+                    next_beat = now + heartbeat(core);
                 }
                 timer.as_mut().reset(next_wake(next_beat, expiry, warned));
             }
         }
+    }
+}
+
+/// The period of the heartbeat ping.
+fn heartbeat(core: &Core) -> Duration {
+    Duration::from_secs(core.config().delivery.heartbeat_secs.max(1))
+}
+
+/// What to do with a message the client sent.
+enum Taken<'a> {
+    /// Nothing to answer now: a `send`, now in the pipeline, or a ping or
+    /// pong (the WebSocket layer answers pings itself).
+    NoReply,
+    /// Answered without waiting.
+    Reply(Message),
+    /// Another frame, answered when this completes (with the socket's new
+    /// deadline after an accepted `auth`).
+    Handle(Pin<Box<dyn Future<Output = (Message, Option<Instant>)> + Send + 'a>>),
+    End(End),
+}
+
+/// Parses a client message and starts its work. A plain function, not
+/// part of [`run`]: the frame's text and its parsed form are borrowed
+/// while it is looked at, and a borrowed local of an `async fn` keeps its
+/// place in the future across every later await of its scope, so in
+/// `run` they would be memory of every parked connection.
+fn take_frame<'a>(
+    core: &'a Core,
+    auth: &'a AuthContext,
+    message: Message,
+    sends: &mut Pipeline<'a>,
+) -> Taken<'a> {
+    let text = match message {
+        Message::Text(text) => text,
+        Message::Binary(_) => {
+            return Taken::Reply(error_frame(
+                None,
+                ApiError::bad_request("binary frames are not supported; send JSON text frames"),
+            ));
+        }
+        Message::Close(_) => return Taken::End(End::Gone),
+        Message::Ping(_) | Message::Pong(_) => return Taken::NoReply,
+    };
+    match serde_json::from_str::<ClientFrame>(&text) {
+        Ok(send @ ClientFrame::Send { .. }) => {
+            let turn = sends.line.next_turn();
+            sends.push(send_reply(core, auth, send, turn));
+            Taken::NoReply
+        }
+        parsed => Taken::Handle(Box::pin(handle_frame(core, auth, parsed))),
     }
 }
 
@@ -544,9 +608,10 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Runs `work` while the sends in flight go on, keeping the replies of
-    /// those that complete meanwhile in `done`.
-    async fn driving<T>(&mut self, work: impl Future<Output = T>) -> T {
-        let mut work = pin!(work);
+    /// those that complete meanwhile in `done`. `work` comes pinned (by
+    /// `pin!` or in a box): a future passed by value would be stored
+    /// twice in this one.
+    async fn driving<T>(&mut self, mut work: impl Future<Output = T> + Unpin) -> T {
         loop {
             let busy = self.in_flight() > 0;
             tokio::select! {
@@ -563,13 +628,12 @@ async fn replay(
     socket: &mut WebSocket,
     stream: &mut InboxStream,
     auth: &AuthContext,
-    mut killed: Pin<&mut KillSignal>,
 ) -> Option<End> {
     loop {
         match stream.backlog().await {
             Ok(page) if page.is_empty() => return None,
             Ok(page) => {
-                if let Some(end) = send_events(socket, &page, auth, killed.as_mut()).await {
+                if let Some(end) = send_events(socket, &page, auth, stream).await {
                     return Some(end);
                 }
             }
@@ -588,10 +652,9 @@ async fn deliver(
     stream: &mut InboxStream,
     first: Outbound,
     auth: &AuthContext,
-    killed: Pin<&mut KillSignal>,
 ) -> Option<End> {
     match stream.accept_burst(first, BURST).await {
-        Ok(ordered) => send_events(socket, &ordered, auth, killed).await,
+        Ok(ordered) => send_events(socket, &ordered, auth, stream).await,
         Err(e) => {
             tracing::error!(error = %e, "gap fill failed");
             Some(End::Close(close::INTERNAL, "delivery failed"))
@@ -605,7 +668,7 @@ async fn send_events(
     socket: &mut WebSocket,
     events: &[Arc<Delivery>],
     auth: &AuthContext,
-    mut killed: Pin<&mut KillSignal>,
+    stream: &InboxStream,
 ) -> Option<End> {
     if events.is_empty() {
         return None;
@@ -622,7 +685,12 @@ async fn send_events(
                 return Some(End::Gone);
             }
         }
-        () = killed.as_mut() => return Some(End::Close(close::SLOW_CONSUMER, "slow consumer")),
+        () = stream.until_killed() => {
+            return Some(match stream.killed_for() {
+                Some(KillReason::Shutdown) => End::Close(close::GOING_AWAY, "server shutting down"),
+                _ => End::Close(close::SLOW_CONSUMER, "slow consumer"),
+            });
+        }
     }
     if events
         .iter()
