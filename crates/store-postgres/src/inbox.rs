@@ -404,17 +404,21 @@ impl Inbox for PgStore {
             if let Some(hook) = &message.hook {
                 crate::webhooks::enqueue(tx, hook).await?;
             }
-            let stmt = tx
-                .prepare_cached(
-                    "INSERT INTO conversation_members (conversation_id, user_id) \
-                     SELECT $1, u FROM unnest($2::text[]) AS t(u) ON CONFLICT DO NOTHING",
+            // A direct conversation's two members join with its first
+            // message, and only a user's deletion removes them.
+            if stored.conv_seq == 1 {
+                let stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO conversation_members (conversation_id, user_id) \
+                         SELECT $1, u FROM unnest($2::text[]) AS t(u) ON CONFLICT DO NOTHING",
+                    )
+                    .await?;
+                tx.execute(
+                    &stmt,
+                    &[&message.conversation_id.as_str(), &members.as_slice()],
                 )
                 .await?;
-            tx.execute(
-                &stmt,
-                &[&message.conversation_id.as_str(), &members.as_slice()],
-            )
-            .await?;
+            }
             let events =
                 append_message_events(tx, &stored, &recipients, UnknownUsers::Fail).await?;
             Ok(AppendOutcome::Created {

@@ -337,11 +337,15 @@ impl Inbox for SqliteStore {
                 crate::webhooks::enqueue(conn, hook)?;
             }
             let stored = insert_message(conn, message)?;
-            let mut join = conn.prepare_cached(
-                "INSERT OR IGNORE INTO conversation_members (conversation_id, user_id) VALUES (?1, ?2)",
-            )?;
-            for member in &members {
-                join.execute(params![conversation.as_str(), member.as_str()])?;
+            // A direct conversation's two members join with its first
+            // message, and only a user's deletion removes them.
+            if stored.conv_seq == 1 {
+                let mut join = conn.prepare_cached(
+                    "INSERT OR IGNORE INTO conversation_members (conversation_id, user_id) VALUES (?1, ?2)",
+                )?;
+                for member in &members {
+                    join.execute(params![conversation.as_str(), member.as_str()])?;
+                }
             }
             let events = append_message_events(conn, &stored, recipients)?;
             Ok(AppendOutcome::Created { message: stored, events })
