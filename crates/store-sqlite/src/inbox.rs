@@ -83,8 +83,23 @@ pub(crate) fn insert_event(
     data: Option<&str>,
     at: OffsetDateTime,
 ) -> DbResult<Seq> {
-    let (seq, base) = next_seq(conn, user)?;
     let head = broadcast_head(conn)?;
+    insert_event_under(conn, head, user, kind, message_id, data, at)
+}
+
+/// [`insert_event`] with the broadcast head already read: a write that
+/// appends to many inboxes (a message's two, a group's members) reads it
+/// once. No broadcast is written between its appends, so it holds for all.
+fn insert_event_under(
+    conn: &Connection,
+    head: i64,
+    user: &UserId,
+    kind: EventType,
+    message_id: Option<&str>,
+    data: Option<&str>,
+    at: OffsetDateTime,
+) -> DbResult<Seq> {
+    let (seq, base) = next_seq(conn, user)?;
     conn.prepare_cached(
         "INSERT INTO inbox (user_id, seq, kind, message_id, data, created_at, bpos) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -169,8 +184,9 @@ pub(crate) fn append_drafts(
     drafts: Vec<EventDraft>,
 ) -> DbResult<Vec<StoredEvent>> {
     let mut out = Vec::with_capacity(drafts.len());
+    let head = broadcast_head(conn)?;
     for d in drafts {
-        let seq = insert_event(conn, &d.user_id, d.kind, None, Some(&d.data), d.at)?;
+        let seq = insert_event_under(conn, head, &d.user_id, d.kind, None, Some(&d.data), d.at)?;
         out.push(StoredEvent {
             user_id: d.user_id,
             seq,
@@ -263,9 +279,11 @@ pub(crate) fn append_message_events(
 ) -> DbResult<Vec<StoredEvent>> {
     let body = Box::new(stored.clone());
     let mut events = Vec::with_capacity(recipients.len());
+    let head = broadcast_head(conn)?;
     for user in recipients {
-        let seq = insert_event(
+        let seq = insert_event_under(
             conn,
+            head,
             &user,
             EventType::MessageNew,
             Some(stored.message_id.as_str()),
