@@ -298,11 +298,6 @@ impl InboxStream {
         self.subscription.killed()
     }
 
-    /// Why the connection was ended, once the kill signal resolved.
-    pub fn kill_reason(&mut self) -> KillReason {
-        self.subscription.kill_reason()
-    }
-
     /// Why the hub ended this connection; `None` while it has not.
     pub fn killed_for(&self) -> Option<KillReason> {
         self.subscription.killed_for()

@@ -438,11 +438,9 @@ async fn run(
                 // The queue ends when the hub ends the connection too, so
                 // the parked connection waits on one thing for both.
                 let Some(first) = delivery else {
-                    return match stream.killed_for() {
-                        Some(KillReason::SlowConsumer) => End::Close(close::SLOW_CONSUMER, "slow consumer"),
-                        Some(KillReason::Shutdown) => End::Close(close::GOING_AWAY, "server shutting down"),
-                        None => End::Close(close::GOING_AWAY, "closed"),
-                    };
+                    return stream
+                        .killed_for()
+                        .map_or(End::Close(close::GOING_AWAY, "closed"), killed_end);
                 };
                 let delivered = deliver(socket, stream, first, auth);
                 if let Some(end) = sends.driving(Box::pin(delivered)).await {
@@ -507,6 +505,14 @@ async fn run(
                 timer.as_mut().reset(next_wake(next_beat, expiry, warned));
             }
         }
+    }
+}
+
+/// How a connection the hub ended closes.
+fn killed_end(reason: KillReason) -> End {
+    match reason {
+        KillReason::SlowConsumer => End::Close(close::SLOW_CONSUMER, "slow consumer"),
+        KillReason::Shutdown => End::Close(close::GOING_AWAY, "server shutting down"),
     }
 }
 
@@ -686,10 +692,9 @@ async fn send_events(
             }
         }
         () = stream.until_killed() => {
-            return Some(match stream.killed_for() {
-                Some(KillReason::Shutdown) => End::Close(close::GOING_AWAY, "server shutting down"),
-                _ => End::Close(close::SLOW_CONSUMER, "slow consumer"),
-            });
+            return Some(killed_end(
+                stream.killed_for().unwrap_or(KillReason::SlowConsumer),
+            ));
         }
     }
     if events
