@@ -139,8 +139,16 @@ impl InboxStream {
         &self.session
     }
 
-    /// The next page of stored events after [`Self::last`]; empty when caught up.
+    /// The next page of stored events after [`Self::last`]; empty when
+    /// caught up. Nothing is read once the stream has reached the inbox's
+    /// end as it was when the stream opened, which is where a stream
+    /// without `after` starts: what was committed since comes on the
+    /// queue (subscribed before that end was read), and [`Self::accept`]
+    /// reads the store for any gap there.
     pub async fn backlog(&mut self) -> Result<Vec<Arc<Delivery>>> {
+        if self.last >= self.newest {
+            return Ok(Vec::new());
+        }
         self.fetch(PAGE).await
     }
 

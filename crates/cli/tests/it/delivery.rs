@@ -205,3 +205,34 @@ async fn sse_sends_heartbeats_and_refuses_a_malformed_last_event_id() {
         String::from_utf8_lossy(&chunk)
     );
 }
+
+/// A connection that starts at its inbox's end reads the store once, for
+/// that end: its replay has nothing to read and does not ask. (It read
+/// an empty page of the inbox on every connect, a second store read and
+/// a trip to the blocking pool.)
+#[tokio::test]
+async fn a_connection_at_the_inbox_end_reads_the_store_once() {
+    const READS: &str = r#"unimsg_store_duration_seconds_count{call="read"} "#;
+    const CONNECTS: u64 = 5;
+    let server = TestServer::start().await;
+    let alice = user(&server.client(), "alice").await;
+    // Fills the session and token caches.
+    let mut warm = alice.api.connect_ws(None).await.unwrap();
+    warm.ping().await.unwrap();
+    // What one scrape of /metrics reads itself, if anything.
+    let first = counter(&server, READS).await;
+    let per_scrape = counter(&server, READS).await - first;
+    let before = counter(&server, READS).await;
+    let mut open = Vec::new();
+    for _ in 0..CONNECTS {
+        let mut ws = alice.api.connect_ws(None).await.unwrap();
+        // Answered in the connection's loop, after its replay.
+        ws.ping().await.unwrap();
+        open.push(ws);
+    }
+    let reads = counter(&server, READS).await - before - per_scrape;
+    assert_eq!(
+        reads, CONNECTS,
+        "{CONNECTS} connections at the inbox's end made {reads} store reads"
+    );
+}
