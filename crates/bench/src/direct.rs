@@ -469,14 +469,11 @@ async fn receive(
     r
 }
 
-/// One of the W concurrent HTTP senders of one sender user: takes the next
-/// message index from `next` until `n` are taken. Returns the ack latencies.
 /// Opens each HTTP sender's `window` pooled connections before the clock
-/// starts, with that many concurrent `GET /v1/me`: a WebSocket sender's
-/// socket is open before it too. Without it the first requests of the
-/// run each wait for a connection of their own, opened all at once, and
-/// in a 20,000-message run those few hundred were most of the latency's
-/// 99th percentile.
+/// starts, with that many concurrent `GET /v1/me`, as a WebSocket
+/// sender's socket is open before it: otherwise the run's first requests
+/// each wait for a connection of their own, and their connects count in
+/// the latency and the server's CPU.
 async fn warm_http_pools(senders: &[users::User], window: usize) -> Result<()> {
     for sender in senders {
         let opened = futures_util::future::join_all((0..window).map(|_| sender.authed.me())).await;
@@ -488,6 +485,8 @@ async fn warm_http_pools(senders: &[users::User], window: usize) -> Result<()> {
     Ok(())
 }
 
+/// One of the W concurrent HTTP senders of one sender user: takes the next
+/// message index from `next` until `n` are taken. Returns the ack latencies.
 async fn http_worker(
     authed: Authed,
     to: UserId,

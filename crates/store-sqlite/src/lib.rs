@@ -220,9 +220,8 @@ impl SqliteStore {
         schema::migrate(&mut conn).map_err(db)?;
         warn_if_readable_by_others(&options.path);
         let checkpointer = open_connection(&options.path, false, options.durability)?;
-        let checkpoints = start_checkpointer(checkpointer)?;
+        let Checkpoints { wake, copied } = start_checkpointer(checkpointer)?;
         let threshold = options.checkpoint_frames.max(1);
-        let wake = checkpoints.wake.clone();
         // Replaces SQLite's auto-checkpoint (itself a WAL hook), which
         // copies the WAL into the database inside the commit that
         // crossed 1,000 frames: every send queued behind that commit
@@ -239,7 +238,7 @@ impl SqliteStore {
         let max_batch = options.max_batch.max(1);
         std::thread::Builder::new()
             .name("unimsg-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, max_batch, &checkpoints.copied))
+            .spawn(move || writer_loop(conn, rx, max_batch, &copied))
             .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
         let readers = ReaderPool {
             path: options.path.clone(),
