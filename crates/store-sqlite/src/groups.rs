@@ -308,7 +308,7 @@ impl Groups for SqliteStore {
     }
 
     async fn append_group_message(&self, message: NewMessage) -> Result<AppendOutcome> {
-        self.write(move |conn| {
+        self.write_repeatable(move |conn| {
             if let Some(original) = duplicate_of(conn, &message)? {
                 return Ok(AppendOutcome::Duplicate(original));
             }
@@ -329,13 +329,13 @@ impl Groups for SqliteStore {
             if let Some(hook) = &message.hook {
                 crate::webhooks::enqueue(conn, hook)?;
             }
-            let stored = insert_message(conn, message)?;
+            let stored = insert_message(conn, &message)?;
             let members = conn
                 .prepare_cached("SELECT user_id FROM group_members WHERE group_id = ?1")?
                 .query_map([group.as_str()], |r| r.get::<_, String>(0))?
                 .map(|r| r.map_err(db).and_then(user_id))
                 .collect::<Result<Vec<_>>>()?;
-            let events = append_message_events(conn, &stored, members)?;
+            let events = append_message_events(conn, &stored, &members)?;
             Ok(AppendOutcome::Created { message: stored, events })
         })
         .await

@@ -181,18 +181,18 @@ fn inbox_rows(
 
 pub(crate) fn append_drafts(
     conn: &Connection,
-    drafts: Vec<EventDraft>,
+    drafts: &[EventDraft],
 ) -> DbResult<Vec<StoredEvent>> {
     let mut out = Vec::with_capacity(drafts.len());
     let head = broadcast_head(conn)?;
     for d in drafts {
         let seq = insert_event_under(conn, head, &d.user_id, d.kind, None, Some(&d.data), d.at)?;
         out.push(StoredEvent {
-            user_id: d.user_id,
+            user_id: d.user_id.clone(),
             seq,
             kind: d.kind,
             at: d.at,
-            body: EventBody::Data(d.data),
+            body: EventBody::Data(d.data.clone()),
         });
     }
     Ok(out)
@@ -201,7 +201,7 @@ pub(crate) fn append_drafts(
 /// Writes a change's [`Effects`]: its inbox events and its webhook events.
 pub(crate) fn write_effects(conn: &Connection, effects: Effects) -> DbResult<Vec<StoredEvent>> {
     crate::webhooks::enqueue_all(conn, &effects.hooks)?;
-    append_drafts(conn, effects.events)
+    append_drafts(conn, &effects.events)
 }
 
 /// The message an earlier send with the same `(sender, client_msg_id)`
@@ -228,7 +228,7 @@ pub(crate) fn duplicate_of(
 }
 
 /// Stores a message at the next position of its conversation.
-pub(crate) fn insert_message(conn: &Connection, message: NewMessage) -> DbResult<StoredMessage> {
+pub(crate) fn insert_message(conn: &Connection, message: &NewMessage) -> DbResult<StoredMessage> {
     let at = ms(message.created_at);
     let conv_seq: i64 = conn
         .prepare_cached(
@@ -258,14 +258,14 @@ pub(crate) fn insert_message(conn: &Connection, message: NewMessage) -> DbResult
     ])
     .map_err(|e| map_unique(e, "message"))?;
     Ok(StoredMessage {
-        message_id: message.message_id,
-        conversation_id: message.conversation_id,
+        message_id: message.message_id.clone(),
+        conversation_id: message.conversation_id.clone(),
         conv_seq: to_u64(conv_seq),
-        sender: message.sender,
-        recipient: message.recipient,
-        kind: message.kind,
-        content: message.content,
-        client_msg_id: message.client_msg_id,
+        sender: message.sender.clone(),
+        recipient: message.recipient.clone(),
+        kind: message.kind.clone(),
+        content: message.content.clone(),
+        client_msg_id: message.client_msg_id.clone(),
         created_at: message.created_at,
         recalled_at: None,
     })
@@ -275,7 +275,7 @@ pub(crate) fn insert_message(conn: &Connection, message: NewMessage) -> DbResult
 pub(crate) fn append_message_events(
     conn: &Connection,
     stored: &StoredMessage,
-    recipients: Vec<UserId>,
+    recipients: &[UserId],
 ) -> DbResult<Vec<StoredEvent>> {
     let body = Box::new(stored.clone());
     let mut events = Vec::with_capacity(recipients.len());
@@ -284,14 +284,14 @@ pub(crate) fn append_message_events(
         let seq = insert_event_under(
             conn,
             head,
-            &user,
+            user,
             EventType::MessageNew,
             Some(stored.message_id.as_str()),
             None,
             stored.created_at,
         )?;
         events.push(StoredEvent {
-            user_id: user,
+            user_id: user.clone(),
             seq,
             kind: EventType::MessageNew,
             at: stored.created_at,
@@ -337,7 +337,7 @@ impl Inbox for SqliteStore {
         message: NewMessage,
         recipients: Vec<UserId>,
     ) -> Result<AppendOutcome> {
-        self.write(move |conn| {
+        self.write_repeatable(move |conn| {
             if let Some(refusal) = direct_refusal(conn, &message)? {
                 return Ok(AppendOutcome::Refused(refusal));
             }
@@ -354,7 +354,7 @@ impl Inbox for SqliteStore {
             if let Some(hook) = &message.hook {
                 crate::webhooks::enqueue(conn, hook)?;
             }
-            let stored = insert_message(conn, message)?;
+            let stored = insert_message(conn, &message)?;
             // A direct conversation's two members join with its first
             // message, and only a user's deletion removes them.
             if stored.conv_seq == 1 {
@@ -365,14 +365,15 @@ impl Inbox for SqliteStore {
                     join.execute(params![conversation.as_str(), member.as_str()])?;
                 }
             }
-            let events = append_message_events(conn, &stored, recipients)?;
+            let events = append_message_events(conn, &stored, &recipients)?;
             Ok(AppendOutcome::Created { message: stored, events })
         })
         .await
     }
 
     async fn append_events(&self, events: Vec<EventDraft>) -> Result<Vec<StoredEvent>> {
-        self.write(move |conn| append_drafts(conn, events)).await
+        self.write_repeatable(move |conn| append_drafts(conn, &events))
+            .await
     }
 
     async fn events_after(
@@ -399,7 +400,7 @@ impl Inbox for SqliteStore {
 
     async fn ack(&self, user: &UserId, seq: Seq, hooks: Vec<HookDraft>) -> Result<Seq> {
         let user = user.clone();
-        self.write(move |conn| {
+        self.write_repeatable(move |conn| {
             let before = if hooks.is_empty() {
                 None
             } else {
