@@ -27,17 +27,25 @@ pub(crate) fn message_by_id(conn: &Connection, id: &str) -> DbResult<Option<Stor
     first(&mut stmt, [id], |r| read_message(r, 0))
 }
 
+/// The newest seq of a user's inbox rows and the user's broadcast base
+/// (`bbase`). No counter is kept: the inbox's primary key `(user_id, seq)`
+/// makes the newest seq one seek, so an append writes its row and nothing
+/// else. This needs inbox rows to be deleted only with their user.
+const INBOX_HEAD: &str = "SELECT coalesce((SELECT seq FROM inbox WHERE user_id = ?1 \
+     ORDER BY seq DESC LIMIT 1), 0), bbase FROM users WHERE user_id = ?1";
+
+fn inbox_head(conn: &Connection, user: &UserId) -> DbResult<(i64, i64)> {
+    conn.query_row_cached(INBOX_HEAD, [user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .ok_or(StoreError::NotFound("user").into())
+}
+
 /// Allocates the next seq of a user's inbox. Only the writer calls this,
-/// inside its transaction, so seqs are gap-free and never reused.
+/// inside its transaction (which then writes the row), so seqs are
+/// gap-free and never reused.
 fn next_seq(conn: &Connection, user: &UserId) -> DbResult<(i64, i64)> {
-    // Cached statements here and in `insert_event`: a group message runs
-    // them once per member.
-    conn.prepare_cached(
-        "UPDATE users SET last_seq = last_seq + 1 WHERE user_id = ?1 RETURNING last_seq, bbase",
-    )?
-    .query_row([user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-    .optional()?
-    .ok_or(StoreError::NotFound("user").into())
+    let (last, base) = inbox_head(conn, user)?;
+    Ok((last + 1, base))
 }
 
 /// How many broadcasts exist: the newest `bseq`.
@@ -51,11 +59,7 @@ pub(crate) fn broadcast_head(conn: &Connection) -> DbResult<i64> {
 /// the user was created.
 fn visible_last(conn: &Connection, user: &UserId) -> DbResult<Seq> {
     let head = broadcast_head(conn)?;
-    let row: Option<(i64, i64)> = conn
-        .prepare_cached("SELECT last_seq, bbase FROM users WHERE user_id = ?1")?
-        .query_row([user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let (last, base) = row.ok_or(StoreError::NotFound("user"))?;
+    let (last, base) = inbox_head(conn, user)?;
     Ok(Seq(to_u64(last + head - base)))
 }
 
@@ -127,14 +131,7 @@ fn merged_events_after(
     limit: u32,
 ) -> DbResult<Vec<StoredEvent>> {
     let head = broadcast_head(conn)?;
-    let (last, base): (i64, i64) = conn
-        .query_row_cached(
-            "SELECT last_seq, bbase FROM users WHERE user_id = ?1",
-            [user.as_str()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?
-        .ok_or(StoreError::NotFound("user"))?;
+    let (last, base) = inbox_head(conn, user)?;
     let position = to_i64(after.0).min(last + head - base);
     // The inbox rows and broadcasts at or before `position`: the newest
     // inbox row whose visible seq is within it, scanning back from the end.
@@ -408,7 +405,8 @@ impl Inbox for SqliteStore {
             };
             let acked: Option<i64> = conn
                 .query_row_cached(
-                    "UPDATE users SET acked_seq = MAX(acked_seq, MIN(?2, last_seq + ?3 - bbase)) \
+                    "UPDATE users SET acked_seq = MAX(acked_seq, MIN(?2, coalesce((SELECT seq FROM inbox \
+                     WHERE user_id = ?1 ORDER BY seq DESC LIMIT 1), 0) + ?3 - bbase)) \
                      WHERE user_id = ?1 RETURNING acked_seq",
                     params![user.as_str(), to_i64(seq.0), broadcast_head(conn)?],
                     |r| r.get(0),

@@ -291,6 +291,13 @@ CREATE TABLE admin_addresses (
     r#"
 ALTER TABLE notification_recipients ADD COLUMN sent_live INTEGER NOT NULL DEFAULT 0;
 "#,
+    // An inbox's newest seq is read from the inbox itself (its primary
+    // key makes it one seek), so an append no longer rewrites the user's
+    // row: a group message to 200 members wrote 200 user rows besides
+    // their inbox rows.
+    r#"
+ALTER TABLE users DROP COLUMN last_seq;
+"#,
 ];
 
 /// The newest schema version (`PRAGMA user_version` after migrating).
@@ -315,4 +322,62 @@ pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         tracing::info!(from = current, to, "migrated the database schema");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{SqliteOptions, SqliteStore};
+    use time::OffsetDateTime;
+    use unimsg_proto::{EventType, Seq, UserId};
+    use unimsg_store::{EventDraft, Inbox};
+
+    /// A database written before `users.last_seq` was dropped keeps its
+    /// inbox positions: the newest seq is read from the inbox rows, and
+    /// the next append takes the one after it.
+    #[tokio::test]
+    #[allow(clippy::unwrap_used)]
+    async fn dropping_the_seq_counter_keeps_every_inbox_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let user = UserId::parse("u_old").unwrap();
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let before = MIGRATIONS.len() - 1;
+            for sql in &MIGRATIONS[..before] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(&format!("PRAGMA user_version = {before}"))
+                .unwrap();
+            let tx = conn.transaction().unwrap();
+            tx.execute(
+                "INSERT INTO users (user_id, username, display_name, created_at, last_seq) \
+                 VALUES (?1, 'old', 'Old', 0, 3)",
+                [user.as_str()],
+            )
+            .unwrap();
+            for seq in 1..=3 {
+                tx.execute(
+                    "INSERT INTO inbox (user_id, seq, kind, data, created_at) \
+                     VALUES (?1, ?2, 'friend.request', '{}', 0)",
+                    rusqlite::params![user.as_str(), seq],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let store = SqliteStore::open(SqliteOptions::new(&path)).unwrap();
+        assert_eq!(store.last_seq(&user).await.unwrap(), Seq(3));
+        let appended = store
+            .append_events(vec![EventDraft {
+                user_id: user.clone(),
+                kind: EventType::FriendRequest,
+                data: "{}".into(),
+                at: OffsetDateTime::now_utc(),
+            }])
+            .await
+            .unwrap();
+        assert_eq!(appended[0].seq, Seq(4));
+        assert_eq!(store.last_seq(&user).await.unwrap(), Seq(4));
+    }
 }
