@@ -18,6 +18,7 @@
 
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -426,9 +427,15 @@ async fn run(
     let window = core.config().delivery.ws_send_window.max(1);
     let mut sends = Pipeline::default();
     loop {
-        // Replies of sends that completed while the socket was busy.
-        while let Some(reply) = sends.done.pop_front() {
-            if sends.driving(pin!(socket.send(reply))).await.is_err() {
+        // Replies of sends that completed (while the socket was busy, or
+        // together in one group commit): written with one flush.
+        if !sends.done.is_empty() {
+            let replies = std::mem::take(&mut sends.done);
+            if sends
+                .driving(pin!(write_all(socket, replies)))
+                .await
+                .is_err()
+            {
                 return End::Gone;
             }
         }
@@ -447,11 +454,7 @@ async fn run(
                     return end;
                 }
             }
-            reply = sends.next(), if in_flight > 0 => {
-                if sends.driving(pin!(socket.send(reply))).await.is_err() {
-                    return End::Gone;
-                }
-            }
+            () = sends.completed(), if in_flight > 0 => {}
             incoming = socket.recv(), if in_flight < window => {
                 let message = match incoming {
                     Some(Ok(message)) => message,
@@ -613,6 +616,27 @@ impl<'a> Pipeline<'a> {
         }
     }
 
+    /// Moves the replies of every send completed by now into `done`;
+    /// pending while none has completed. A group commit completes many of
+    /// a connection's sends at once, and their replies then go out in one
+    /// write instead of one each.
+    async fn completed(&mut self) {
+        std::future::poll_fn(|cx| {
+            let Some(set) = self.set.as_mut() else {
+                return Poll::Pending;
+            };
+            while let Poll::Ready(Some(reply)) = set.poll_next_unpin(cx) {
+                self.done.push_back(reply);
+            }
+            if self.done.is_empty() {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+    }
+
     /// Runs `work` while the sends in flight go on, keeping the replies of
     /// those that complete meanwhile in `done`. `work` comes pinned (by
     /// `pin!` or in a box): a future passed by value would be stored
@@ -627,6 +651,17 @@ impl<'a> Pipeline<'a> {
             }
         }
     }
+}
+
+/// Writes `replies` with one flush: one syscall instead of one per reply.
+async fn write_all(
+    socket: &mut WebSocket,
+    replies: std::collections::VecDeque<Message>,
+) -> Result<(), axum::Error> {
+    for reply in replies {
+        socket.feed(reply).await?;
+    }
+    socket.flush().await
 }
 
 /// Replays what the client missed, one page at a time.
