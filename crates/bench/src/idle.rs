@@ -17,17 +17,13 @@
 //! The server's RSS is noisy in ways unrelated to connections, which the
 //! scenario works around:
 //! - Every argon2 hash (register, login) takes a 19 MiB scratch buffer on a
-//!   blocking thread. Once the first one is freed, glibc raises its mmap
-//!   threshold above 19 MiB, so later buffers come from the heap arenas and
-//!   stay resident after being freed: a few dozen logins leave hundreds of
-//!   MiB of RSS, returned at unpredictable later moments (seen: −170 MiB in
-//!   the middle of opening 1000 connections). The server now hashes on a
-//!   fixed pool of two workers that reuse their buffers, and with
-//!   `--admin-password` users are imported and given minted tokens, which
-//!   hashes no password at all (`scripts/bench` does this). Pinning the
-//!   threshold with `MALLOC_MMAP_THRESHOLD_=131072` also steadies RSS, but
-//!   costs the server about a third of its 1:1 throughput (glibc then maps
-//!   every large allocation afresh), so the published numbers do without.
+//!   blocking thread. Under glibc's malloc those buffers stayed resident
+//!   after being freed and were returned at unpredictable later moments
+//!   (seen: −170 MiB in the middle of opening 1000 connections). The
+//!   server now hashes on a fixed pool of two workers that reuse their
+//!   buffers, allocates with jemalloc, and with `--admin-password` users
+//!   are imported and given minted tokens, which hashes no password at all
+//!   (`scripts/bench` does this).
 //! - Opening connections runs store reads on tokio's blocking pool, which
 //!   grows by dozens of threads (stacks, arenas) and shrinks again after
 //!   10 s idle. The baseline is taken after `--quiet-secs` without

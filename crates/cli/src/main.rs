@@ -228,6 +228,15 @@ enum ConfigCommand {
     },
 }
 
+/// jemalloc serves every allocation of the process, SQLite's and the TLS
+/// library's included (the crate's `unprefixed_malloc…` feature makes it
+/// `malloc` itself). Against glibc's malloc it took a fifth of the CPU of
+/// a WebSocket or HTTP send, mostly frees of memory allocated on another
+/// thread (a send is parsed on a worker, written by the store's writer
+/// thread, and its reply freed on a worker again); see BENCHMARKS.md.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
