@@ -151,14 +151,33 @@ pub fn metrics_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// What every handler can reach.
+/// What every handler can reach, behind one `Arc`: axum clones the state
+/// for each extractor and middleware of every request, and a clone is
+/// then one counter increment rather than a copy of the configuration.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<SharedState>);
+
+/// The parts of an [`AppState`].
+pub struct SharedState {
     pub core: Arc<Core>,
     pub http: HttpConfig,
     /// Renders `/metrics`; `None` when another recorder owns the process.
     pub metrics: Option<PrometheusHandle>,
     pub metrics_config: MetricsConfig,
+}
+
+impl AppState {
+    pub fn new(shared: SharedState) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = SharedState;
+
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
 }
 
 impl AppState {

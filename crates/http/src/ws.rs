@@ -189,7 +189,7 @@ pub(crate) async fn upgrade(
         .max_frame_size(d.ws_max_message_bytes)
         .on_upgrade(move |socket| {
             connection(Box::new(WsConnection {
-                core: state.core,
+                core: state.core.clone(),
                 socket,
                 auth,
                 after: q.after.map(Seq),

@@ -26,7 +26,7 @@ use unimsg_core::qr::MemoryTickets;
 use unimsg_core::replay::{MemoryNonces, NonceBounds};
 use unimsg_core::signing::SigningKeys;
 use unimsg_core::{Core, CoreParts};
-use unimsg_http::AppState;
+use unimsg_http::{AppState, SharedState};
 use unimsg_redis::{Cluster, RedisBus, RedisLimits, RedisNonces, RedisOptions, RedisTickets};
 use unimsg_store::Store;
 use unimsg_store_postgres::{PgOptions, PgStore};
@@ -680,12 +680,12 @@ pub async fn run(
             }
         });
     }
-    let state = AppState {
+    let state = AppState::new(SharedState {
         core: core.clone(),
         http: config.http.clone(),
         metrics: metrics.clone(),
         metrics_config: config.metrics.clone(),
-    };
+    });
     let app = unimsg_http::router(state.clone());
     let (max_connections, fd_limit) = serve::max_connections(&config.http);
     let caps = serve::Caps::new(
