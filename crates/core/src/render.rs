@@ -207,10 +207,7 @@ pub(crate) fn deliveries(keyring: &Keyring, events: &[StoredEvent]) -> Vec<Resul
             continue;
         };
         if shared.as_ref().is_none_or(|(id, _)| *id != &m.message_id) {
-            match message(keyring, m).and_then(|rendered| {
-                serde_json::value::to_raw_value(&rendered)
-                    .map_err(|err| CoreError::Internal(format!("cannot encode: {err}")))
-            }) {
+            match encoded_message(keyring, m) {
                 Ok(data) => shared = Some((&m.message_id, data)),
                 Err(error) => {
                     shared = None;
@@ -244,6 +241,62 @@ pub(crate) fn deliveries(keyring: &Keyring, events: &[StoredEvent]) -> Vec<Resul
         );
     }
     out
+}
+
+/// A stored message rendered as [`message`] renders it, without parsing
+/// its content into a `serde_json::Value` and writing it out again: the
+/// opened content is checked to be JSON and passed through. Stored
+/// content is what `serde_json` wrote from a parsed value (the send
+/// paths and the before-send hook's replacement both encode one), which
+/// parsing and writing again reproduces byte for byte.
+fn encoded_message(keyring: &Keyring, m: &StoredMessage) -> Result<Box<RawValue>> {
+    let plain = if m.recalled_at.is_some() {
+        None
+    } else {
+        Some(open_message(keyring, m).map_err(|e| {
+            CoreError::Internal(format!("cannot open message {}: {e}", m.message_id))
+        })?)
+    };
+    let content: &RawValue = match &plain {
+        None => serde_json::from_str("null"),
+        Some(plain) => serde_json::from_slice(plain),
+    }
+    .map_err(|e| {
+        CoreError::Internal(format!("message {} content is not JSON: {e}", m.message_id))
+    })?;
+    let encoded = EncodedMessage {
+        message_id: &m.message_id,
+        conversation_id: &m.conversation_id,
+        conv_seq: m.conv_seq,
+        from: &m.sender,
+        to: &m.recipient,
+        kind: MessageKind::parse(&m.kind).unwrap_or(MessageKind::Chat),
+        content,
+        client_msg_id: m.client_msg_id.as_deref(),
+        sent_at: m.created_at,
+        recalled: m.recalled_at.is_some(),
+    };
+    serde_json::value::to_raw_value(&encoded)
+        .map_err(|err| CoreError::Internal(format!("cannot encode: {err}")))
+}
+
+/// A [`Message`] whose content is already encoded: the same fields, in the
+/// same order and with the same forms, so it serializes as the `Message`
+/// would.
+#[derive(Serialize)]
+struct EncodedMessage<'a> {
+    message_id: &'a MessageId,
+    conversation_id: &'a ConversationId,
+    conv_seq: u64,
+    from: &'a UserId,
+    to: &'a unimsg_proto::api::Recipient,
+    kind: MessageKind,
+    content: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_msg_id: Option<&'a str>,
+    #[serde(with = "time::serde::rfc3339")]
+    sent_at: time::OffsetDateTime,
+    recalled: bool,
 }
 
 /// An [`Event`] whose data is already encoded: the same fields, in the
@@ -345,7 +398,11 @@ mod tests {
         let id = MessageId::parse("m1").unwrap();
         let conversation = ConversationId::direct(&a, &b);
         let aad = message_aad(&id, &a, &conversation);
-        let content = keyring.seal(br#"{"text":"h\u00e9 \"x\""}"#, &aad).unwrap();
+        // Stored content is what serde_json writes (the send path encodes
+        // a parsed value): the shared rendering passes it through.
+        let content = keyring
+            .seal(r#"{"text":"hé \"x\"","a":[1,2.5,null]}"#.as_bytes(), &aad)
+            .unwrap();
         let stored = StoredMessage {
             message_id: id,
             conversation_id: conversation,
@@ -378,7 +435,12 @@ mod tests {
             let parsed: serde_json::Value = serde_json::from_slice(&rendered.json).unwrap();
             let expected: serde_json::Value = serde_json::from_slice(&alone.json).unwrap();
             assert_eq!(parsed, expected);
-            assert_eq!(parsed["data"]["content"]["text"], "hé \"x\"");
+            // The stored content itself, not a rewrite of it.
+            let text = std::str::from_utf8(&rendered.json).unwrap();
+            assert!(
+                text.contains(r#""content":{"text":"hé \"x\"","a":[1,2.5,null]}"#),
+                "{text}"
+            );
         }
     }
 }
