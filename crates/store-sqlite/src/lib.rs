@@ -633,17 +633,35 @@ fn start_checkpointer(conn: Connection) -> Result<Checkpoints> {
         .name("unimsg-sqlite-checkpointer".into())
         .spawn(move || {
             while woken.recv().is_ok() {
-                match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
-                    Ok((frames, copied)) => {
-                        tracing::debug!(frames, copied, "WAL checkpoint");
-                        done.store(true, Ordering::Release);
-                    }
-                    Err(error) => tracing::warn!(%error, "WAL checkpoint failed"),
+                if let Some((frames, copied)) = checkpoint(&conn) {
+                    tracing::debug!(frames, copied, "WAL checkpoint");
+                    done.store(true, Ordering::Release);
                 }
             }
         })
         .map_err(|e| StoreError::Internal(format!("cannot start the checkpointer thread: {e}")))?;
     Ok(Checkpoints { wake, copied })
+}
+
+/// Runs a PASSIVE checkpoint and returns its progress (WAL frames, frames
+/// copied). `SQLITE_BUSY` is no failure: the writer's catch-up and the
+/// checkpointer's next pass can overlap, and then the one running copies
+/// the WAL (the checkpointer's pass, when it ends, asks for the catch-up
+/// again). Logged as a failure, that overlap was a warning every few
+/// milliseconds under steady writes.
+fn checkpoint(conn: &Connection) -> Option<(i32, i32)> {
+    match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
+        Ok(progress) => Some(progress),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+        {
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, "WAL checkpoint failed");
+            None
+        }
+    }
 }
 
 /// The writer thread: waits for one job, drains what else is queued (up to
@@ -667,10 +685,8 @@ fn writer_loop(
             }
         }
         run_batch(&conn, &mut batch);
-        if checkpointed.swap(false, Ordering::Acquire)
-            && let Err(error) = conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE)
-        {
-            tracing::warn!(%error, "WAL checkpoint failed");
+        if checkpointed.swap(false, Ordering::Acquire) {
+            checkpoint(&conn);
         }
     }
     tracing::debug!("sqlite writer stopped");
