@@ -715,7 +715,7 @@ fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 ///
 /// A job's failure must undo its writes alone. A savepoint per job does
 /// that, but it copies every page the job touches before its first change
-/// (a quarter of a send's CPU, measured). So a batch of repeatable jobs
+/// (a fifth of a send's CPU, measured). So a batch of repeatable jobs
 /// first runs without savepoints; if a job fails, the whole transaction is
 /// rolled back and the batch runs again, job by job in savepoints, in the
 /// same order: every job then sees what it would have seen the first
