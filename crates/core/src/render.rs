@@ -39,17 +39,26 @@ pub(crate) fn open_message(
         .or_else(|_| keyring.open(&m.content, m.message_id.as_str().as_bytes()))
 }
 
+/// A message's content as JSON text: `null` once recalled, else the
+/// opened content.
+fn content_json(keyring: &Keyring, m: &StoredMessage) -> Result<std::borrow::Cow<'static, [u8]>> {
+    if m.recalled_at.is_some() {
+        return Ok(std::borrow::Cow::Borrowed(b"null"));
+    }
+    open_message(keyring, m)
+        .map(std::borrow::Cow::Owned)
+        .map_err(|e| CoreError::Internal(format!("cannot open message {}: {e}", m.message_id)))
+}
+
+/// [`content_json`] parsed as `T` (a value, or a checked raw value).
+fn parse_content<'a, T: Deserialize<'a>>(m: &StoredMessage, json: &'a [u8]) -> Result<T> {
+    serde_json::from_slice(json).map_err(|e| {
+        CoreError::Internal(format!("message {} content is not JSON: {e}", m.message_id))
+    })
+}
+
 pub(crate) fn message(keyring: &Keyring, m: &StoredMessage) -> Result<Message> {
-    let content = if m.recalled_at.is_some() {
-        serde_json::Value::Null
-    } else {
-        let plain = open_message(keyring, m).map_err(|e| {
-            CoreError::Internal(format!("cannot open message {}: {e}", m.message_id))
-        })?;
-        serde_json::from_slice(&plain).map_err(|e| {
-            CoreError::Internal(format!("message {} content is not JSON: {e}", m.message_id))
-        })?
-    };
+    let content = parse_content(m, &content_json(keyring, m)?)?;
     Ok(Message {
         message_id: m.message_id.clone(),
         conversation_id: m.conversation_id.clone(),
@@ -250,20 +259,8 @@ pub(crate) fn deliveries(keyring: &Keyring, events: &[StoredEvent]) -> Vec<Resul
 /// paths and the before-send hook's replacement both encode one), which
 /// parsing and writing again reproduces byte for byte.
 fn encoded_message(keyring: &Keyring, m: &StoredMessage) -> Result<Box<RawValue>> {
-    let plain = if m.recalled_at.is_some() {
-        None
-    } else {
-        Some(open_message(keyring, m).map_err(|e| {
-            CoreError::Internal(format!("cannot open message {}: {e}", m.message_id))
-        })?)
-    };
-    let content: &RawValue = match &plain {
-        None => serde_json::from_str("null"),
-        Some(plain) => serde_json::from_slice(plain),
-    }
-    .map_err(|e| {
-        CoreError::Internal(format!("message {} content is not JSON: {e}", m.message_id))
-    })?;
+    let json = content_json(keyring, m)?;
+    let content: &RawValue = parse_content(m, &json)?;
     let encoded = EncodedMessage {
         message_id: &m.message_id,
         conversation_id: &m.conversation_id,

@@ -432,7 +432,7 @@ async fn run(
         if !sends.done.is_empty() {
             let replies = std::mem::take(&mut sends.done);
             if sends
-                .driving(pin!(write_all(socket, replies)))
+                .driving(pin!(write_replies(socket, replies)))
                 .await
                 .is_err()
             {
@@ -654,7 +654,7 @@ impl<'a> Pipeline<'a> {
 }
 
 /// Writes `replies` with one flush: one syscall instead of one per reply.
-async fn write_all(
+async fn write_replies(
     socket: &mut WebSocket,
     replies: std::collections::VecDeque<Message>,
 ) -> Result<(), axum::Error> {

@@ -27,12 +27,23 @@ pub(crate) fn message_by_id(conn: &Connection, id: &str) -> DbResult<Option<Stor
     first(&mut stmt, [id], |r| read_message(r, 0))
 }
 
+/// The newest seq of user `?1`'s inbox rows (0 for none), as an SQL
+/// expression. No counter is kept: the inbox's primary key
+/// `(user_id, seq)` makes it one seek, so an append writes its row and
+/// nothing else. This needs inbox rows to be deleted only with their user.
+macro_rules! newest_seq {
+    () => {
+        "coalesce((SELECT seq FROM inbox WHERE user_id = ?1 ORDER BY seq DESC LIMIT 1), 0)"
+    };
+}
+
 /// The newest seq of a user's inbox rows and the user's broadcast base
-/// (`bbase`). No counter is kept: the inbox's primary key `(user_id, seq)`
-/// makes the newest seq one seek, so an append writes its row and nothing
-/// else. This needs inbox rows to be deleted only with their user.
-const INBOX_HEAD: &str = "SELECT coalesce((SELECT seq FROM inbox WHERE user_id = ?1 \
-     ORDER BY seq DESC LIMIT 1), 0), bbase FROM users WHERE user_id = ?1";
+/// (`bbase`).
+const INBOX_HEAD: &str = concat!(
+    "SELECT ",
+    newest_seq!(),
+    ", bbase FROM users WHERE user_id = ?1"
+);
 
 fn inbox_head(conn: &Connection, user: &UserId) -> DbResult<(i64, i64)> {
     conn.query_row_cached(INBOX_HEAD, [user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -405,9 +416,11 @@ impl Inbox for SqliteStore {
             };
             let acked: Option<i64> = conn
                 .query_row_cached(
-                    "UPDATE users SET acked_seq = MAX(acked_seq, MIN(?2, coalesce((SELECT seq FROM inbox \
-                     WHERE user_id = ?1 ORDER BY seq DESC LIMIT 1), 0) + ?3 - bbase)) \
-                     WHERE user_id = ?1 RETURNING acked_seq",
+                    concat!(
+                        "UPDATE users SET acked_seq = MAX(acked_seq, MIN(?2, ",
+                        newest_seq!(),
+                        " + ?3 - bbase)) WHERE user_id = ?1 RETURNING acked_seq"
+                    ),
                     params![user.as_str(), to_i64(seq.0), broadcast_head(conn)?],
                     |r| r.get(0),
                 )

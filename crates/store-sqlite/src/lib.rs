@@ -630,7 +630,7 @@ struct Checkpoints {
 fn start_checkpointer(conn: Connection) -> Result<Checkpoints> {
     let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
     let copied = Arc::new(AtomicBool::new(false));
-    let done = copied.clone();
+    let pass_done = copied.clone();
     std::thread::Builder::new()
         .name("unimsg-sqlite-checkpointer".into())
         .spawn(move || {
@@ -640,12 +640,12 @@ fn start_checkpointer(conn: Connection) -> Result<Checkpoints> {
                 // now would overlap it (one of the two gets SQLITE_BUSY),
                 // and under steady writes the WAL then grew to several
                 // times the threshold (7,000 frames seen at 17,000 msg/s).
-                if done.load(Ordering::Acquire) {
+                if pass_done.load(Ordering::Acquire) {
                     continue;
                 }
-                if let Some((frames, copied)) = checkpoint(&conn) {
-                    tracing::debug!(frames, copied, "WAL checkpoint");
-                    done.store(true, Ordering::Release);
+                if let Some((frames, copied_frames)) = checkpoint(&conn) {
+                    tracing::debug!(frames, copied = copied_frames, "WAL checkpoint");
+                    pass_done.store(true, Ordering::Release);
                 }
             }
         })
@@ -654,11 +654,9 @@ fn start_checkpointer(conn: Connection) -> Result<Checkpoints> {
 }
 
 /// Runs a PASSIVE checkpoint and returns its progress (WAL frames, frames
-/// copied). `SQLITE_BUSY` is no failure: the writer's catch-up and the
-/// checkpointer's next pass can overlap, and then the one running copies
-/// the WAL (the checkpointer's pass, when it ends, asks for the catch-up
-/// again). Logged as a failure, that overlap was a warning every few
-/// milliseconds under steady writes.
+/// copied). The writer and the checkpointer take turns, so `SQLITE_BUSY`
+/// means a checkpoint of another process (an operator's `sqlite3`, say)
+/// is running: that one copies the WAL, which is no failure.
 fn checkpoint(conn: &Connection) -> Option<(i32, i32)> {
     match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
         Ok(progress) => Some(progress),
@@ -802,6 +800,30 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
+    /// A store in a fresh directory (`db.sqlite`) with a `filler` table,
+    /// checkpointing every `threshold` WAL frames.
+    #[allow(clippy::unwrap_used)]
+    async fn filler_store(threshold: u32) -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = SqliteOptions::new(dir.path().join("db.sqlite"));
+        options.checkpoint_frames = threshold;
+        let store = SqliteStore::open(options).unwrap();
+        store
+            .write(|conn| Ok(conn.execute_cached("CREATE TABLE filler (b BLOB NOT NULL)", [])?))
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    /// The frames the WAL file of `db` holds room for: a frame is a 4 KiB
+    /// page and its 24-byte header, and the file keeps its largest size.
+    #[allow(clippy::unwrap_used)]
+    fn wal_frames(db: &Path) -> u64 {
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        std::fs::metadata(&wal).unwrap().len() / (4096 + 24)
+    }
+
     /// The WAL is checkpointed by the checkpointer thread, not by the
     /// commit that crosses the threshold: with the auto-checkpoint gone
     /// and no checkpointer, 1,000 commits of a 4 KiB row would leave
@@ -811,15 +833,8 @@ mod tests {
     #[tokio::test]
     #[allow(clippy::unwrap_used)]
     async fn the_checkpointer_keeps_the_wal_short() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, store) = filler_store(20).await;
         let path = dir.path().join("db.sqlite");
-        let mut options = SqliteOptions::new(&path);
-        options.checkpoint_frames = 20;
-        let store = SqliteStore::open(options).unwrap();
-        store
-            .write(|conn| Ok(conn.execute_cached("CREATE TABLE filler (b BLOB NOT NULL)", [])?))
-            .await
-            .unwrap();
         const WRITES: usize = 1000;
         for _ in 0..WRITES {
             store
@@ -829,13 +844,10 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        let wal_bytes = std::fs::metadata(&wal).unwrap().len();
-        // A frame is a 4 KiB page and its 24-byte header. The file keeps
-        // its largest size; how far it got past the threshold of 20
-        // depends on how soon the checkpointer ran, hence the margin.
-        let frames = wal_bytes / (4096 + 24);
+        // The file keeps its largest size; how far it got past the
+        // threshold of 20 depends on how soon the checkpointer ran, hence
+        // the margin.
+        let frames = wal_frames(&path);
         assert!(
             frames < WRITES as u64,
             "the WAL file grew to {frames} frames over {WRITES} commits"
@@ -856,15 +868,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[allow(clippy::unwrap_used)]
     async fn checkpoints_keep_the_wal_short_under_concurrent_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.sqlite");
-        let mut options = SqliteOptions::new(&path);
-        options.checkpoint_frames = 50;
-        let store = SqliteStore::open(options).unwrap();
-        store
-            .write(|conn| Ok(conn.execute_cached("CREATE TABLE filler (b BLOB NOT NULL)", [])?))
-            .await
-            .unwrap();
+        let (dir, store) = filler_store(50).await;
         const TASKS: usize = 8;
         const WRITES: usize = 400;
         let mut tasks = Vec::new();
@@ -887,9 +891,7 @@ mod tests {
         for task in tasks {
             task.await.unwrap();
         }
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        let frames = std::fs::metadata(&wal).unwrap().len() / (4096 + 24);
+        let frames = wal_frames(&dir.path().join("db.sqlite"));
         // 3,200 rows of 3 KB are about 2,400 pages; the threshold is 50.
         assert!(
             frames < 400,
@@ -972,7 +974,7 @@ mod tests {
             outcomes.push(rx);
         }
         run_batch(&conn, &mut batch);
-        let results: Vec<_> = futures_results(outcomes).await;
+        let results: Vec<_> = outcomes_of(outcomes).await;
         assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
         assert!(
             matches!(results[1], Err(StoreError::NotFound("the test's row"))),
@@ -1013,7 +1015,7 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 1);
     }
 
-    async fn futures_results(outcomes: Vec<oneshot::Receiver<Result<()>>>) -> Vec<Result<()>> {
+    async fn outcomes_of(outcomes: Vec<oneshot::Receiver<Result<()>>>) -> Vec<Result<()>> {
         let mut out = Vec::new();
         for rx in outcomes {
             out.push(
