@@ -55,15 +55,17 @@ fn inbox_head(conn: &Connection, user: &UserId) -> DbResult<(i64, i64)> {
 /// inside its transaction (which then writes the row), so seqs are
 /// gap-free and never reused.
 fn next_seq(conn: &Connection, user: &UserId) -> DbResult<(i64, i64)> {
-    let (last, base) = inbox_head(conn, user)?;
+    let (last, base) = crate::memo::inbox_head(user, || inbox_head(conn, user))?;
     Ok((last + 1, base))
 }
 
 /// How many broadcasts exist: the newest `bseq`.
 pub(crate) fn broadcast_head(conn: &Connection) -> DbResult<i64> {
-    Ok(conn
-        .prepare_cached("SELECT coalesce(max(bseq), 0) FROM broadcasts")?
-        .query_row([], |r| r.get(0))?)
+    crate::memo::broadcast_head(|| {
+        Ok(conn
+            .prepare_cached("SELECT coalesce(max(bseq), 0) FROM broadcasts")?
+            .query_row([], |r| r.get(0))?)
+    })
 }
 
 /// The user's newest visible seq: inbox rows plus the broadcasts since
@@ -128,6 +130,7 @@ fn insert_event_under(
         ms(at),
         head
     ])?;
+    crate::memo::record_inbox(user, seq, base);
     Ok(Seq(to_u64(seq + head - base)))
 }
 

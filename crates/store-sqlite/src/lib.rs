@@ -24,6 +24,7 @@ mod broadcasts;
 mod data_keys;
 mod groups;
 mod inbox;
+mod memo;
 mod notifications;
 mod relationships;
 mod schema;
@@ -355,7 +356,10 @@ impl SqliteStore {
 
     /// [`SqliteStore::write`] for the hot paths (sends, acks): `f` may run
     /// more than once, each time from the start on a transaction rolled
-    /// back to before it, so it must not consume what it writes. A batch
+    /// back to before it, so it must not consume what it writes. It must
+    /// also keep the writer's memo of heads true ([`memo`]): its inbox
+    /// appends go through `inbox::insert_event`, and it creates, deletes
+    /// or rebases no user and writes no broadcast. A batch
     /// made only of such jobs runs without savepoints, which copy every
     /// page a job touches; if one of them fails, the writer rolls the
     /// batch back and runs it again with savepoints ([`run_batch`]).
@@ -684,6 +688,7 @@ fn writer_loop(
     checkpointed: &AtomicBool,
 ) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(max_batch);
+    memo::install();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < max_batch {
@@ -718,12 +723,19 @@ fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// rolled back and the batch runs again, job by job in savepoints, in the
 /// same order: every job then sees what it would have seen the first
 /// time.
+///
+/// The writer's memo of heads ([`memo`]) stays only across what committed
+/// and was written by repeatable jobs: it is forgotten after a rollback of
+/// any extent, a failed commit, and every other kind of job.
 fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>) {
     let plain = batch.len() > 1 && batch.iter().all(|job| job.repeatable());
     let commit = match plain.then(|| run_plain(conn, batch)).flatten() {
         Some(commit) => commit,
         None => run_in_savepoints(conn, batch),
     };
+    if commit.is_err() {
+        memo::forget();
+    }
     for job in batch.drain(..) {
         job.finish(commit.clone());
     }
@@ -738,6 +750,7 @@ fn run_plain(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Option<Result<()>
     if batch.iter_mut().all(|job| job.run(conn)) {
         return Some(commit(conn));
     }
+    memo::forget();
     if let Err(e) = control(conn, "ROLLBACK") {
         tracing::error!(error = %e, "rollback failed");
     }
@@ -750,7 +763,11 @@ fn run_plain(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Option<Result<()>
 fn run_in_savepoints(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<()> {
     begin(conn)?;
     if let [job] = batch {
-        return if job.run(conn) {
+        let ran = job.run(conn);
+        if !ran || !job.repeatable() {
+            memo::forget();
+        }
+        return if ran {
             commit(conn)
         } else {
             finish_with(conn, "ROLLBACK")
@@ -760,7 +777,11 @@ fn run_in_savepoints(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<()
         if let Err(e) = control(conn, "SAVEPOINT job") {
             tracing::error!(error = %e, "savepoint failed");
         }
-        if !job.run(conn) {
+        let ran = job.run(conn);
+        if !ran || !job.repeatable() {
+            memo::forget();
+        }
+        if !ran {
             let _ = control(conn, "ROLLBACK TO job");
         }
         let _ = control(conn, "RELEASE job");
@@ -1013,6 +1034,133 @@ mod tests {
         once_rx.await.unwrap().unwrap();
         assert_eq!(names(&conn), ["y"]);
         assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    /// A job and where its caller hears what it reports.
+    type Reporting = (Box<dyn Job>, oneshot::Receiver<Result<u64>>);
+
+    /// A repeatable job appending one event to `user`'s inbox (and failing
+    /// after the append when `fails`); it reports the event's visible seq.
+    #[allow(clippy::unwrap_used)]
+    fn appending(user: &str, fails: bool) -> Reporting {
+        let (done, rx) = oneshot::channel();
+        let user = unimsg_proto::UserId::parse(user).unwrap();
+        let f = move |conn: &Connection| -> DbResult<u64> {
+            let seq = inbox::insert_event(
+                conn,
+                &user,
+                unimsg_proto::EventType::MessageNew,
+                None,
+                Some("{}"),
+                time::OffsetDateTime::UNIX_EPOCH,
+            )?;
+            if fails {
+                return Err(StoreError::NotFound("the test's row").into());
+            }
+            Ok(seq.0)
+        };
+        let job: Box<dyn Job> = Box::new(Repeatable {
+            f,
+            outcome: Outcome { result: None, done },
+        });
+        (job, rx)
+    }
+
+    /// A job that runs once: `sql`; it reports 0.
+    fn run_once(sql: &'static str) -> Reporting {
+        let (done, rx) = oneshot::channel();
+        let job: Box<dyn Job> = Box::new(Once {
+            f: Some(move |conn: &Connection| -> DbResult<u64> {
+                conn.execute_batch(sql)?;
+                Ok(0)
+            }),
+            outcome: Outcome { result: None, done },
+        });
+        (job, rx)
+    }
+
+    /// Runs `jobs` as one batch: what each reported, `None` when it failed.
+    async fn seqs_of(conn: &Connection, jobs: Vec<Reporting>) -> Vec<Option<u64>> {
+        let (mut batch, outcomes): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
+        run_batch(conn, &mut batch);
+        let mut out = Vec::new();
+        for rx in outcomes {
+            out.push(rx.await.ok().and_then(|r| r.ok()));
+        }
+        out
+    }
+
+    /// The writer's memo of heads answers what the store would, whatever
+    /// was undone: after a batch rolled back and run again, after a job
+    /// rolled back to its savepoint, and after a job of another kind (a
+    /// broadcast) moved a head. Each case, with the memo left as it was,
+    /// hands out a seq that skips one (a gap the client would wait on) or
+    /// repeats one.
+    #[tokio::test]
+    #[allow(clippy::unwrap_used)]
+    async fn the_writers_memo_of_heads_follows_rollbacks_and_other_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn =
+            open_connection(&dir.path().join("db.sqlite"), false, Durability::Full).unwrap();
+        schema::migrate(&mut conn).unwrap();
+        conn.execute_batch(
+            "INSERT INTO users (user_id, username, display_name, created_at, bbase) \
+             VALUES ('alice', 'alice', 'Alice', 0, 0)",
+        )
+        .unwrap();
+        memo::install();
+
+        // Plain pass: alice gets 1, the ghost's append fails (no such
+        // user), the batch is rolled back and run again in savepoints.
+        let seqs = seqs_of(
+            &conn,
+            vec![
+                appending("alice", false),
+                appending("ghost", false),
+                appending("alice", false),
+            ],
+        )
+        .await;
+        assert_eq!(seqs, [Some(1), None, Some(2)]);
+
+        // In savepoints (a job of another kind is in the batch): the
+        // failing job's append is undone, and the next append reuses its seq.
+        let seqs = seqs_of(
+            &conn,
+            vec![
+                run_once("SELECT 1"),
+                appending("alice", false),
+                appending("alice", true),
+                appending("alice", false),
+            ],
+        )
+        .await;
+        assert_eq!(seqs, [Some(0), Some(3), None, Some(4)]);
+
+        // A broadcast moves every user's visible seq by one.
+        let seqs = seqs_of(
+            &conn,
+            vec![
+                appending("alice", false),
+                run_once(
+                    "INSERT INTO broadcasts (message_id, kind, sender, key_id, nonce, content, created_at) \
+                     VALUES ('b1', 'text', 'admin', 0, x'', x'', 0)",
+                ),
+                appending("alice", false),
+            ],
+        )
+        .await;
+        assert_eq!(seqs, [Some(5), Some(0), Some(7)]);
+
+        // The inbox holds each seq once, without a gap.
+        let (rows, newest): (i64, i64) = conn
+            .query_row(
+                "SELECT count(*), max(seq) FROM inbox WHERE user_id = 'alice'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((rows, newest), (6, 6));
     }
 
     async fn outcomes_of(outcomes: Vec<oneshot::Receiver<Result<()>>>) -> Vec<Result<()>> {
