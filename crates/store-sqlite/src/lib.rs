@@ -1174,6 +1174,27 @@ mod tests {
         out
     }
 
+    /// The bundled SQLite is built with the options of `.cargo/config.toml`
+    /// (a build that missed them still works, only slower: this says so).
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn sqlite_is_built_without_memory_statistics_or_shared_cache() {
+        let conn = Connection::open_in_memory().unwrap();
+        let options: Vec<String> = conn
+            .prepare("PRAGMA compile_options")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        for wanted in ["DEFAULT_MEMSTATUS=0", "OMIT_SHARED_CACHE"] {
+            assert!(
+                options.iter().any(|o| o == wanted),
+                "{wanted} is not among {options:?}"
+            );
+        }
+    }
+
     /// With the planner's stability guarantee on, the hot lookups that go
     /// through a partial index still use it: their plans do not depend on
     /// a bound value.
