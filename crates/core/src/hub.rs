@@ -12,7 +12,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::task::Poll;
+
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 use unimsg_proto::{EventType, Platform, Seq, SessionId, UserId};
@@ -98,7 +101,9 @@ enum Pushed {
 /// first push.
 struct Queue {
     state: Mutex<QueueState>,
-    ready: tokio::sync::Notify,
+    /// The reader's waker (one reader per queue): registered and woken
+    /// with atomics alone, where a `Notify` takes a lock on each side.
+    ready: AtomicWaker,
     /// Wakes whoever waits for the kill (see [`KillSignal`]).
     gone: tokio::sync::Notify,
     limit: usize,
@@ -117,7 +122,7 @@ impl Queue {
     fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(QueueState::default()),
-            ready: tokio::sync::Notify::new(),
+            ready: AtomicWaker::new(),
             gone: tokio::sync::Notify::new(),
             limit,
         })
@@ -135,14 +140,13 @@ impl Queue {
             }
             state.items.push_back(item);
         }
-        // A permit is kept when the reader is not waiting yet.
-        self.ready.notify_one();
+        self.ready.wake();
         Pushed::Queued
     }
 
     fn close(&self) {
         self.state.lock().closed = true;
-        self.ready.notify_one();
+        self.ready.wake();
     }
 
     /// Ends the connection: closes the queue and fires its kill signal
@@ -153,7 +157,7 @@ impl Queue {
             state.closed = true;
             state.killed.get_or_insert(reason);
         }
-        self.ready.notify_one();
+        self.ready.wake();
         self.gone.notify_waiters();
     }
 
@@ -192,13 +196,16 @@ impl Queue {
     /// Waits for the next item; `None` once closed and drained. Cancel-safe:
     /// an item stays queued until it is returned.
     async fn recv(&self) -> Option<Outbound> {
-        loop {
+        std::future::poll_fn(|cx| {
+            // Registered before the look, so a push in between wakes it.
+            self.ready.register(cx.waker());
             match self.pop() {
-                Next::Item(item) => return Some(item),
-                Next::Closed => return None,
-                Next::Empty => self.ready.notified().await,
+                Next::Item(item) => Poll::Ready(Some(item)),
+                Next::Closed => Poll::Ready(None),
+                Next::Empty => Poll::Pending,
             }
-        }
+        })
+        .await
     }
 }
 

@@ -720,7 +720,10 @@ async fn send_events(
         }
         socket.flush().await
     };
+    // The write first: it usually completes at once, and then the kill
+    // signal is never polled (nor its waiter registered).
     tokio::select! {
+        biased;
         result = write => {
             if result.is_err() {
                 return Some(End::Gone);

@@ -62,18 +62,21 @@ impl Broadcasts for SqliteStore {
         self.read(move |conn| {
             // One read transaction: a lock taken once, not twice per user.
             let tx = conn.unchecked_transaction()?;
-            let mut base = tx.prepare_cached("SELECT bbase FROM users WHERE user_id = ?1")?;
-            // Inbox rows committed before broadcast `k` are those with
-            // `bpos < k`; `bpos` never decreases along a user's inbox, so
-            // the newest of them is found scanning back from the end, past
+            // Per user one statement: the user's `bbase` and the newest of
+            // the inbox rows committed before broadcast `k`, which are
+            // those with `bpos < k`; `bpos` never decreases along a user's
+            // inbox, so that row is found scanning back from the end, past
             // the few rows committed since.
-            let mut before = tx.prepare_cached(
-                "SELECT seq FROM inbox WHERE user_id = ?1 AND bpos < ?2 ORDER BY seq DESC LIMIT 1",
+            let mut position = tx.prepare_cached(
+                "SELECT bbase, coalesce((SELECT seq FROM inbox WHERE user_id = ?1 AND bpos < ?2 \
+                 ORDER BY seq DESC LIMIT 1), 0) FROM users WHERE user_id = ?1",
             )?;
             let mut out = Vec::with_capacity(users.len());
             for user in users {
-                let Some(bbase) = base
-                    .query_row([user.as_str()], |r| r.get::<_, i64>(0))
+                let Some((bbase, rows)) = position
+                    .query_row(params![user.as_str(), k], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                    })
                     .optional()?
                 else {
                     continue;
@@ -81,13 +84,9 @@ impl Broadcasts for SqliteStore {
                 if k <= bbase {
                     continue;
                 }
-                let rows: i64 = before
-                    .query_row(params![user.as_str(), k], |r| r.get(0))
-                    .optional()?
-                    .unwrap_or(0);
                 out.push((user, Seq(to_u64(rows + k - bbase))));
             }
-            drop((base, before));
+            drop(position);
             tx.commit()?;
             Ok(out)
         })
