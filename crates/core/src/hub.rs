@@ -5,6 +5,15 @@
 //! connection's queue is full, the connection is a slow consumer, it is
 //! cancelled, removed and counted, so one client that stops reading can
 //! never grow the server's memory. No lock is held across an await.
+//!
+//! Connections hold no timer of their own: each sets when it is next due
+//! (its heartbeat, its token's expiry) with [`Subscription::set_due`],
+//! which files its queue in one slot of the node's timing wheel (a slot
+//! per [`TICK`], [`SLOTS`] of them going round); one task of the node
+//! ([`Hub::run_timers`]) visits the slot of each tick as it comes and
+//! wakes the connections due with [`Wake::Due`]. A tick touches only the
+//! connections filed in its slot, not every connection; waking a
+//! connection for an event polls no timer.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
@@ -44,25 +53,24 @@ pub enum Outbound {
     Broadcast,
 }
 
-/// Resolves when the hub ends a connection (slow consumer, shutdown); owned,
-/// so a transport can hold it beside the connection's queue.
-pub struct KillSignal(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+/// How often [`Hub::run_timers`] looks for connections that are due: a
+/// heartbeat or a token's expiry is acted on at most this much late.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(250);
+const TICK_MS: u64 = 250;
 
-impl std::future::Future for KillSignal {
-    type Output = ();
+/// Slots of the timing wheel: one round is 64 s, so a default heartbeat
+/// (25 s) is found on its slot's first visit.
+pub const SLOTS: u64 = 256;
 
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        self.0.as_mut().poll(cx)
-    }
-}
-
-impl std::fmt::Debug for KillSignal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KillSignal")
-    }
+/// What a connection is woken for ([`Subscription::wait`]).
+#[derive(Debug)]
+pub enum Wake {
+    /// A queued delivery.
+    Delivery(Outbound),
+    /// The time the connection set with [`Subscription::set_due`] came.
+    Due,
+    /// The hub let go of the connection or ended it: nothing more will come.
+    Ended,
 }
 
 /// Queues an item; `Full` means a slow consumer.
@@ -104,9 +112,24 @@ struct Queue {
     /// The reader's waker (one reader per queue): registered and woken
     /// with atomics alone, where a `Notify` takes a lock on each side.
     ready: AtomicWaker,
-    /// Wakes whoever waits for the kill (see [`KillSignal`]).
+    /// Wakes whoever waits for the kill ([`Subscription::until_killed`]).
     gone: tokio::sync::Notify,
     limit: usize,
+    /// When the connection is next due, in ms since the hub's epoch
+    /// ([`NEVER`]: not set, or fired and not set again).
+    due_at: AtomicU64,
+}
+
+/// [`Queue::due_at`] when no time is set.
+const NEVER: u64 = u64::MAX;
+
+/// What the wheel does with a queue's entry after a visit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Filed {
+    /// Its time is to come.
+    Keep,
+    /// Fired, or no time is set.
+    Drop,
 }
 
 #[derive(Default)]
@@ -116,6 +139,8 @@ struct QueueState {
     closed: bool,
     /// The hub ended the connection, and why.
     killed: Option<KillReason>,
+    /// The time set with [`Subscription::set_due`] came ([`Wake::Due`]).
+    due: bool,
 }
 
 impl Queue {
@@ -125,7 +150,62 @@ impl Queue {
             ready: AtomicWaker::new(),
             gone: tokio::sync::Notify::new(),
             limit,
+            due_at: AtomicU64::new(NEVER),
         })
+    }
+
+    /// Marks the queue due if its time is at or before `now` (ms since the
+    /// hub's epoch), once per time set; says whether its wheel entry is
+    /// still wanted.
+    fn fire_if_due(&self, now: u64) -> Filed {
+        loop {
+            let at = self.due_at.load(Ordering::Acquire);
+            if at == NEVER {
+                return Filed::Drop;
+            }
+            if at > now {
+                return Filed::Keep;
+            }
+            // Set again meanwhile: look at the new time.
+            if self
+                .due_at
+                .compare_exchange(at, NEVER, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                break;
+            }
+        }
+        self.state.lock().due = true;
+        self.ready.wake();
+        Filed::Drop
+    }
+
+    /// What the reader is woken for, if anything yet: a due time first, so
+    /// that a steady stream of events cannot hold back a heartbeat or a
+    /// token's expiry.
+    fn next_wake(&self) -> Option<Wake> {
+        let mut state = self.state.lock();
+        if state.killed.is_some() {
+            return Some(Wake::Ended);
+        }
+        if std::mem::take(&mut state.due) {
+            return Some(Wake::Due);
+        }
+        match state.items.pop_front() {
+            Some(item) => Some(Wake::Delivery(item)),
+            None if state.closed => Some(Wake::Ended),
+            None => None,
+        }
+    }
+
+    /// Waits for what the reader is woken for next. Cancel-safe.
+    async fn wait(&self) -> Wake {
+        std::future::poll_fn(|cx| {
+            // Registered before the look, so a push in between wakes it.
+            self.ready.register(cx.waker());
+            self.next_wake().map_or(Poll::Pending, Poll::Ready)
+        })
+        .await
     }
 
     /// Queues an item unless the queue is full or closed.
@@ -254,6 +334,15 @@ pub struct Hub {
     /// Where broadcasts committed on other nodes go to be placed
     /// ([`Hub::place_remote_broadcasts_with`]).
     placer: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::bus::BroadcastNote>>,
+    /// What due times count from.
+    epoch: tokio::time::Instant,
+    /// The timing wheel: slot `t % SLOTS` holds the queues due within tick
+    /// `t` (and stale entries, dropped when visited: a queue whose time
+    /// was set again, or that went away).
+    wheel: Vec<Mutex<Vec<Arc<Queue>>>>,
+    /// The tick [`Hub::fire_due`] visits first next time (it visits the
+    /// current tick again, for what is due later within it).
+    cursor: Mutex<u64>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -277,7 +366,79 @@ impl Hub {
             shutdown: CancellationToken::new(),
             idle: tokio::sync::Notify::new(),
             placer: std::sync::OnceLock::new(),
+            epoch: tokio::time::Instant::now(),
+            wheel: (0..SLOTS).map(|_| Mutex::new(Vec::new())).collect(),
+            cursor: Mutex::new(0),
         })
+    }
+
+    fn slot(&self, at_ms: u64) -> &Mutex<Vec<Arc<Queue>>> {
+        &self.wheel[usize::try_from((at_ms / TICK_MS) % SLOTS).unwrap_or(0)]
+    }
+
+    /// Wakes `queue` with [`Wake::Due`] once `at` has come.
+    fn file(&self, queue: &Arc<Queue>, at: tokio::time::Instant) {
+        let at = self.ms_since_epoch(at);
+        let now = self.ms_since_epoch(tokio::time::Instant::now());
+        let before = queue.due_at.swap(at, Ordering::AcqRel);
+        // Already filed in that slot (kept there while its time is to
+        // come): filed once, however often the time is set.
+        if before != NEVER
+            && before > now
+            && at > now
+            && std::ptr::eq(self.slot(before), self.slot(at))
+        {
+            return;
+        }
+        // A time already come goes in the current tick's slot, which the
+        // next visit looks at (a past tick's slot would wait a round).
+        self.slot(at.max(now)).lock().push(Arc::clone(queue));
+    }
+
+    /// `at` in ms since the hub's epoch (0 for earlier times).
+    fn ms_since_epoch(&self, at: tokio::time::Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(NEVER - 1)
+    }
+
+    /// Wakes, every [`TICK`], each connection whose due time has come
+    /// ([`Wake::Due`]); ends once the hub is dropped. The node runs one.
+    pub async fn run_timers(hub: std::sync::Weak<Self>) {
+        let mut ticks = tokio::time::interval(TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(hub) = hub.upgrade() else {
+                return;
+            };
+            hub.fire_due(tokio::time::Instant::now());
+        }
+    }
+
+    /// Marks due every connection whose time is at or before `now`,
+    /// visiting the slots of the ticks since the last visit.
+    fn fire_due(&self, now: tokio::time::Instant) {
+        let now = self.ms_since_epoch(now);
+        let mut cursor = self.cursor.lock();
+        let current = now / TICK_MS;
+        let first = (*cursor).max(current.saturating_sub(SLOTS - 1));
+        for tick in first..=current {
+            let slot = self.slot(tick * TICK_MS);
+            let filed = std::mem::take(&mut *slot.lock());
+            let mut kept = Vec::new();
+            for queue in filed {
+                if queue.fire_if_due(now) == Filed::Keep
+                    && std::ptr::eq(self.slot(queue.due_at.load(Ordering::Acquire)), slot)
+                {
+                    // Due later in this tick, or in a later round. (A time
+                    // in another slot was filed there when it was set.)
+                    kept.push(queue);
+                }
+            }
+            if !kept.is_empty() {
+                slot.lock().append(&mut kept);
+            }
+        }
+        *cursor = current;
     }
 
     /// From now on, broadcasts committed on other nodes are sent to `tx`
@@ -571,6 +732,18 @@ impl Subscription {
         self.queue.recv().await
     }
 
+    /// The next delivery, or the due time set with [`Self::set_due`], or
+    /// the end. Cancel-safe.
+    pub async fn wait(&mut self) -> Wake {
+        self.queue.wait().await
+    }
+
+    /// Asks to be woken with [`Wake::Due`] once `at` has come (on the
+    /// hub's next [`TICK`] after it), instead of any time set before.
+    pub fn set_due(&self, at: tokio::time::Instant) {
+        self.hub.file(&self.queue, at);
+    }
+
     /// A queued delivery, if one is ready now.
     pub fn try_recv(&mut self) -> Option<Outbound> {
         match self.queue.pop() {
@@ -579,20 +752,13 @@ impl Subscription {
         }
     }
 
-    /// Resolves when the hub ends this connection.
-    pub fn killed(&self) -> KillSignal {
-        let queue = self.queue.clone();
-        KillSignal(Box::pin(async move { queue.killed().await }))
-    }
-
-    /// Resolves when the hub ends this connection, as [`Self::killed`]
-    /// does, but borrowed: nothing is allocated, so a transport can
-    /// make one for the while it writes.
+    /// Resolves when the hub ends this connection. Borrowed: nothing is
+    /// allocated, so a transport can make one for the while it writes.
     pub async fn until_killed(&self) {
         self.queue.killed().await;
     }
 
-    /// Why the connection was ended, once [`Self::killed`] resolved.
+    /// Why the connection was ended, once [`Self::until_killed`] resolved.
     pub fn kill_reason(&mut self) -> KillReason {
         self.queue.kill_reason().unwrap_or(KillReason::SlowConsumer)
     }
@@ -606,11 +772,17 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.hub.remove(&self.user, self.id);
+        // The wheel drops its entry on its next visit; nothing queued is
+        // kept until then, the reader being gone.
+        self.queue.due_at.store(NEVER, Ordering::Release);
+        self.queue.state.lock().items.clear();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn seq_of(o: Outbound) -> Seq {
@@ -628,6 +800,108 @@ mod tests {
             json: Bytes::from_static(b"{}"),
             revokes: None,
         })
+    }
+
+    /// A connection is woken once for the due time it set, not before,
+    /// ahead of queued events (a stream of events cannot hold back a
+    /// heartbeat or an expiry), and not again until it sets another; the
+    /// node's timer task does this every tick and ends with the hub.
+    #[tokio::test(start_paused = true)]
+    async fn a_due_time_wakes_its_connection_once_ahead_of_its_events() {
+        let user = UserId::parse("u").unwrap();
+        let sid = SessionId::parse("s").unwrap();
+        let web = Platform::parse("web").unwrap();
+        let hub = Hub::new(8);
+        let mut conn = hub.subscribe(&user, &sid, &web);
+        let start = tokio::time::Instant::now();
+        conn.set_due(start + Duration::from_secs(1));
+        hub.deliver(delivery(&user, 1));
+        hub.fire_due(start + Duration::from_millis(999));
+        assert_eq!(
+            conn.queue.next_wake().map(|w| matches!(w, Wake::Due)),
+            Some(false)
+        );
+        hub.deliver(delivery(&user, 2));
+        hub.fire_due(start + Duration::from_secs(1));
+        assert!(matches!(conn.wait().await, Wake::Due));
+        assert!(matches!(conn.wait().await, Wake::Delivery(Outbound::Event(d)) if d.seq == Seq(2)));
+        hub.fire_due(start + Duration::from_secs(5));
+        assert!(
+            conn.queue.next_wake().is_none(),
+            "woken twice for one due time"
+        );
+
+        // The timer task, on the runtime's (paused) clock.
+        conn.set_due(tokio::time::Instant::now() + Duration::from_secs(3));
+        let timers = tokio::spawn(Hub::run_timers(Arc::downgrade(&hub)));
+        let woken = tokio::time::Instant::now();
+        assert!(matches!(conn.wait().await, Wake::Due));
+        let late = woken.elapsed();
+        assert!(
+            late >= Duration::from_secs(3) && late <= Duration::from_secs(3) + TICK,
+            "{late:?}"
+        );
+        hub.shutdown();
+        assert!(matches!(conn.wait().await, Wake::Ended));
+        drop(conn);
+        drop(hub);
+        tokio::time::timeout(TICK * 4, timers)
+            .await
+            .expect("the timer task outlived its hub")
+            .unwrap();
+    }
+
+    fn filed(hub: &Hub) -> usize {
+        hub.wheel.iter().map(|slot| slot.lock().len()).sum()
+    }
+
+    /// The wheel holds one entry per connection and time: a time set
+    /// again in the same slot is not filed twice, a time moved to another
+    /// slot leaves a stale entry that the next visit drops, a time beyond
+    /// one round fires on its own round and not on the first, and a
+    /// connection that went away is dropped from the wheel.
+    #[tokio::test(start_paused = true)]
+    async fn the_timing_wheel_files_each_time_once_and_fires_it_on_its_round() {
+        let user = UserId::parse("u").unwrap();
+        let sid = SessionId::parse("s").unwrap();
+        let web = Platform::parse("web").unwrap();
+        let hub = Hub::new(8);
+        let mut conn = hub.subscribe(&user, &sid, &web);
+        let start = tokio::time::Instant::now();
+        let round = TICK * u32::try_from(SLOTS).unwrap();
+        for _ in 0..100 {
+            conn.set_due(start + Duration::from_secs(2));
+        }
+        assert_eq!(filed(&hub), 1);
+        // Moved further than one round: same slot number, a later round.
+        conn.set_due(start + Duration::from_secs(2) + round);
+        assert_eq!(filed(&hub), 1);
+        hub.fire_due(start + Duration::from_secs(3));
+        assert!(conn.queue.next_wake().is_none(), "fired a round early");
+        assert_eq!(filed(&hub), 1, "the entry for the next round is kept");
+        hub.fire_due(start + Duration::from_secs(2) + round);
+        assert!(matches!(conn.wait().await, Wake::Due));
+        assert_eq!(filed(&hub), 0);
+        // Moved to another slot: the old entry is stale and goes on its visit.
+        conn.set_due(start + round + Duration::from_secs(10));
+        conn.set_due(start + round + Duration::from_secs(20));
+        assert_eq!(filed(&hub), 2);
+        hub.fire_due(start + round + Duration::from_secs(15));
+        assert_eq!(filed(&hub), 1);
+        assert!(conn.queue.next_wake().is_none());
+        drop(conn);
+        hub.fire_due(start + round + Duration::from_secs(25));
+        assert_eq!(filed(&hub), 0, "a closed connection stays in the wheel");
+
+        // A time already past (a token that expired before the socket
+        // opened) fires on the next visit, not a round later.
+        tokio::time::advance(round * 3).await;
+        let now = tokio::time::Instant::now();
+        hub.fire_due(now);
+        let late = hub.subscribe(&user, &sid, &web);
+        late.set_due(now - Duration::from_secs(30));
+        hub.fire_due(now);
+        assert!(matches!(late.queue.next_wake(), Some(Wake::Due)));
     }
 
     #[tokio::test]
@@ -688,13 +962,12 @@ mod tests {
         let sid = SessionId::parse("s").unwrap();
         let web = Platform::parse("web").unwrap();
         let mut before = hub.subscribe(&user, &sid, &web);
-        let waiting = before.killed();
         hub.shutdown();
-        waiting.await;
+        before.until_killed().await;
         assert_eq!(before.kill_reason(), KillReason::Shutdown);
         assert!(before.recv().await.is_none(), "the queue is closed");
         let mut after = hub.subscribe(&user, &sid, &web);
-        after.killed().await;
+        after.until_killed().await;
         assert_eq!(after.kill_reason(), KillReason::Shutdown);
         drop((before, after));
         assert_eq!(hub.connections(), 0);
@@ -722,7 +995,7 @@ mod tests {
         assert_eq!(hub.deliveries(), 5);
         assert_eq!(hub.connections(), 1);
         let mut stalled = stalled;
-        stalled.killed().await;
+        stalled.until_killed().await;
         assert_eq!(stalled.kill_reason(), KillReason::SlowConsumer);
         assert_eq!(hub.platforms(&user), vec![web]);
         assert_eq!(reader.recv().await.map(seq_of), Some(Seq(3)));

@@ -15,7 +15,7 @@ use unimsg_proto::{Platform, Seq, SessionId, UserId};
 use crate::auth::AuthContext;
 use crate::bus::PresenceChange;
 use crate::error::{CoreError, Result};
-use crate::hub::{Delivery, KillReason, KillSignal, Outbound, Subscription};
+use crate::hub::{Delivery, KillReason, Outbound, Subscription, Wake};
 use crate::{Core, render};
 
 const PAGE: u32 = 500;
@@ -175,6 +175,18 @@ impl InboxStream {
         self.subscription.recv().await
     }
 
+    /// Waits for the next live delivery (pass it to [`Self::accept_burst`]),
+    /// the due time set with [`Self::set_due`], or the end. Cancel-safe.
+    pub async fn wait(&mut self) -> Wake {
+        self.subscription.wait().await
+    }
+
+    /// Asks for a [`Wake::Due`] once `at` has come (the connection's next
+    /// heartbeat or its token's expiry), replacing any time set before.
+    pub fn set_due(&self, at: tokio::time::Instant) {
+        self.subscription.set_due(at);
+    }
+
     /// Takes every delivery already queued (up to `max`) without waiting,
     /// so a transport can write a burst in one flush.
     pub fn ready_now(&mut self, max: usize) -> Vec<Outbound> {
@@ -298,12 +310,6 @@ impl InboxStream {
             out.push(d);
         }
         Ok(out)
-    }
-
-    /// Resolves when the hub ends this connection (slow consumer,
-    /// shutdown). Owned, so a transport can hold it beside [`Self::recv`].
-    pub fn kill_signal(&self) -> KillSignal {
-        self.subscription.killed()
     }
 
     /// Why the hub ended this connection; `None` while it has not.

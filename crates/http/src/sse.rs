@@ -8,15 +8,14 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::{Event as SseEvent, Sse};
 use serde::Deserialize;
-use unimsg_core::hub::{Delivery, KillSignal};
+use unimsg_core::hub::{Delivery, Wake};
 use unimsg_core::stream::InboxStream;
 use unimsg_proto::{ErrorBody, Seq, SessionId};
 use utoipa::IntoParams;
@@ -83,32 +82,37 @@ pub(crate) async fn events(
     };
     let after = last_event_id.or(q.after).map(Seq);
     let stream = InboxStream::open(state.core.clone(), &auth, after).await?;
-    let killed = Box::pin(stream.kill_signal());
-    let expires = Box::pin(tokio::time::sleep_until(state.core.token_deadline(&auth)));
+    let expiry = state.core.token_deadline(&auth);
     let heartbeat = state.heartbeat();
+    let next_beat = tokio::time::Instant::now() + heartbeat;
+    stream.set_due(next_beat.min(expiry));
     let follow = Follow {
         _live: crate::live::Live::open(crate::live::Transport::Sse, &auth.platform),
         session: auth.session_id,
         stream,
-        killed,
-        expires,
+        expiry,
+        heartbeat,
+        next_beat,
         pending: VecDeque::new(),
         caught_up: false,
         done: false,
     };
-    let body = futures_util::stream::unfold(follow, next_event);
-    Ok(Sse::new(body).keep_alive(KeepAlive::new().interval(heartbeat)))
+    Ok(Sse::new(futures_util::stream::unfold(follow, next_event)))
 }
 
 struct Follow {
     /// Counts the stream in `unimsg_live_connections` while it lives.
     _live: crate::live::Live,
     session: SessionId,
+    /// Also wakes the stream for its heartbeats and its expiry (the hub's
+    /// timer task, `Hub::run_timers`): no timer of its own.
     stream: InboxStream,
-    killed: Pin<Box<KillSignal>>,
     /// The access token's `exp`: the stream ends then, as HTTP refuses
     /// the token from then on (`EventSource` reconnects, with a fresh one).
-    expires: Pin<Box<tokio::time::Sleep>>,
+    expiry: tokio::time::Instant,
+    heartbeat: std::time::Duration,
+    /// When the next heartbeat comment is due.
+    next_beat: tokio::time::Instant,
     pending: VecDeque<Arc<Delivery>>,
     caught_up: bool,
     done: bool,
@@ -142,18 +146,31 @@ async fn next_event(mut f: Follow) -> Option<(Result<SseEvent, Infallible>, Foll
             }
             continue;
         }
-        tokio::select! {
-            () = f.killed.as_mut() => return None,
-            () = f.expires.as_mut() => return None,
-            d = f.stream.recv() => {
-                match f.stream.accept_burst(d?, 64).await {
-                    Ok(ordered) => f.pending.extend(ordered),
-                    Err(e) => {
-                        tracing::error!(error = %e, "SSE gap fill failed");
-                        return None;
-                    }
+        // The queue ends when the hub ends the stream (slow consumer,
+        // shutdown), so one wait covers deliveries, timers and the end.
+        match f.stream.wait().await {
+            Wake::Ended => return None,
+            Wake::Due => {
+                let now = tokio::time::Instant::now();
+                if now >= f.expiry {
+                    return None;
+                }
+                let beat = now >= f.next_beat;
+                if beat {
+                    f.next_beat = now + f.heartbeat;
+                }
+                f.stream.set_due(f.next_beat.min(f.expiry));
+                if beat {
+                    return Some((Ok(SseEvent::default().comment("")), f));
                 }
             }
+            Wake::Delivery(d) => match f.stream.accept_burst(d, 64).await {
+                Ok(ordered) => f.pending.extend(ordered),
+                Err(e) => {
+                    tracing::error!(error = %e, "SSE gap fill failed");
+                    return None;
+                }
+            },
         }
     }
 }

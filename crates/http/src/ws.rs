@@ -1,10 +1,11 @@
 //! `GET /v1/ws`: the bidirectional transport.
 //!
-//! One task per connection runs a single loop over three sources: the
-//! client's frames, the connection's delivery queue (which also ends when
-//! the hub ends the connection: slow consumer, shutdown) and one timer
-//! for the heartbeat and the access token's expiry (the socket closes
-//! with 4001 at the token's `exp`). Writes to the socket happen only in
+//! One task per connection runs a single loop over two sources: the
+//! client's frames and the connection's queue, which carries its
+//! deliveries, wakes it when its heartbeat or its access token's expiry
+//! is due (the node's one timer task, `Hub::run_timers`; the socket
+//! closes with 4001 at the token's `exp`) and ends when the hub ends the
+//! connection (slow consumer, shutdown). Writes to the socket happen only in
 //! that loop, so no lock is ever held across a write, and a write that
 //! blocks on a client that stopped reading is abandoned as soon as the
 //! hub gives up on the connection.
@@ -32,7 +33,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tracing::Instrument;
 use unimsg_core::auth::AuthContext;
-use unimsg_core::hub::{Delivery, KillReason, Outbound};
+use unimsg_core::hub::{Delivery, KillReason, Outbound, Wake};
 use unimsg_core::messaging::{SendLine, SendTurn};
 use unimsg_core::stream::InboxStream;
 use unimsg_core::{Core, CoreError};
@@ -391,7 +392,7 @@ async fn open_stream(
 /// the size of this future is memory per connection. Everything that
 /// awaits something big (store reads, a send's commit, a burst of writes)
 /// runs in its own boxed future, allocated only while it runs: the parked
-/// state holds little more than the socket, the queue and the timers.
+/// state holds little more than the socket, the queue and the times kept.
 async fn run(
     core: &Core,
     socket: &mut WebSocket,
@@ -403,8 +404,9 @@ async fn run(
     }
 
     let idle = Duration::from_secs(core.config().delivery.idle_timeout_secs.max(1));
-    // One timer serves the heartbeat and the token's expiry: it is set to
-    // whichever comes first, so the parked connection holds no second one.
+    // No timer of its own: the connection asks the hub to wake it at
+    // whichever comes first of the heartbeat and the token's expiry (or
+    // the notice before it), and acts on what is due when woken.
     // (The period is asked for again rather than kept: every value kept
     // across the select is memory of the parked connection.)
     let mut expiry = core.token_deadline(auth);
@@ -419,9 +421,7 @@ async fn run(
         next_beat.min(due)
     };
     let mut next_beat = Instant::now() + heartbeat(core);
-    let mut timer = Box::pin(tokio::time::sleep_until(next_wake(
-        next_beat, expiry, warned,
-    )));
+    stream.set_due(next_wake(next_beat, expiry, warned));
     let mut last_heard = Instant::now();
     // Pipelined `send` frames (`delivery.ws_send_window`).
     let window = core.config().delivery.ws_send_window.max(1);
@@ -441,13 +441,44 @@ async fn run(
         }
         let in_flight = sends.in_flight();
         tokio::select! {
-            delivery = stream.recv() => {
+            wake = stream.wait() => {
                 // The queue ends when the hub ends the connection too, so
-                // the parked connection waits on one thing for both.
-                let Some(first) = delivery else {
-                    return stream
-                        .killed_for()
-                        .map_or(End::Close(close::GOING_AWAY, "closed"), killed_end);
+                // the parked connection waits on one thing for all three.
+                let first = match wake {
+                    Wake::Delivery(first) => first,
+                    Wake::Ended => {
+                        return stream
+                            .killed_for()
+                            .map_or(End::Close(close::GOING_AWAY, "closed"), killed_end);
+                    }
+                    Wake::Due => {
+                        let now = Instant::now();
+                        if now >= expiry {
+                            // As HTTP refuses the token from now on; the client
+                            // reconnects with a fresh one (from its refresh token).
+                            return End::Close(close::UNAUTHORIZED, "access token expired");
+                        }
+                        if !warned && now + EXPIRY_NOTICE >= expiry {
+                            warned = true;
+                            let expires_at = core.unix_deadline(expiry);
+                            let notice = frame(&ReplyFrame::TokenExpiring { expires_at });
+                            if sends.driving(pin!(socket.send(notice))).await.is_err() {
+                                return End::Gone;
+                            }
+                        }
+                        if now >= next_beat {
+                            if last_heard.elapsed() > idle {
+                                return End::Close(close::IDLE, "idle timeout");
+                            }
+                            let ping = socket.send(Message::Ping(bytes::Bytes::new()));
+                            if sends.driving(pin!(ping)).await.is_err() {
+                                return End::Gone;
+                            }
+                            next_beat = now + heartbeat(core);
+                        }
+                        stream.set_due(next_wake(next_beat, expiry, warned));
+                        continue;
+                    }
                 };
                 let delivered = deliver(socket, stream, first, auth);
                 if let Some(end) = sends.driving(Box::pin(delivered)).await {
@@ -471,7 +502,7 @@ async fn run(
                         if let Some(deadline) = fresh {
                             expiry = deadline;
                             warned = false;
-                            timer.as_mut().reset(next_wake(next_beat, expiry, warned));
+                            stream.set_due(next_wake(next_beat, expiry, warned));
                         }
                         reply
                     }
@@ -479,33 +510,6 @@ async fn run(
                 if sends.driving(pin!(socket.send(reply))).await.is_err() {
                     return End::Gone;
                 }
-            }
-            () = timer.as_mut() => {
-                let now = Instant::now();
-                if now >= expiry {
-                    // As HTTP refuses the token from now on; the client
-                    // reconnects with a fresh one (from its refresh token).
-                    return End::Close(close::UNAUTHORIZED, "access token expired");
-                }
-                if !warned && now + EXPIRY_NOTICE >= expiry {
-                    warned = true;
-                    let expires_at = core.unix_deadline(expiry);
-                    let notice = frame(&ReplyFrame::TokenExpiring { expires_at });
-                    if sends.driving(pin!(socket.send(notice))).await.is_err() {
-                        return End::Gone;
-                    }
-                }
-                if now >= next_beat {
-                    if last_heard.elapsed() > idle {
-                        return End::Close(close::IDLE, "idle timeout");
-                    }
-                    let ping = socket.send(Message::Ping(bytes::Bytes::new()));
-                    if sends.driving(pin!(ping)).await.is_err() {
-                        return End::Gone;
-                    }
-                    next_beat = now + heartbeat(core);
-                }
-                timer.as_mut().reset(next_wake(next_beat, expiry, warned));
             }
         }
     }

@@ -297,6 +297,8 @@ pub async fn build(config: &Config) -> anyhow::Result<Node> {
         Some(cluster)
     };
     let core = Arc::new(Core::new(parts));
+    // The node's one timer for every connection's heartbeat and expiry.
+    tokio::spawn(Hub::run_timers(Arc::downgrade(core.hub())));
     if cluster.is_some() {
         // Broadcasts committed on other nodes are placed here with one
         // store read, rather than read by every connection.
