@@ -20,7 +20,6 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-
 use std::task::Poll;
 
 use bytes::Bytes;
@@ -55,7 +54,7 @@ pub enum Outbound {
 
 /// How often [`Hub::run_timers`] looks for connections that are due: a
 /// heartbeat or a token's expiry is acted on at most this much late.
-pub const TICK: std::time::Duration = std::time::Duration::from_millis(250);
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(TICK_MS);
 const TICK_MS: u64 = 250;
 
 /// Slots of the timing wheel: one round is 64 s, so a default heartbeat
