@@ -13,7 +13,10 @@
 //! ([`Hub::run_timers`]) visits the slot of each tick as it comes and
 //! wakes the connections due with [`Wake::Due`]. A tick touches only the
 //! connections filed in its slot, not every connection; waking a
-//! connection for an event polls no timer.
+//! connection for an event polls no timer. A queue has one live entry
+//! in the wheel: a time set later than that entry's tick leaves it where
+//! it is (its visit moves it on), so setting times, however often and in
+//! whatever order, does not grow the wheel ([`Wheel`]).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
@@ -115,20 +118,94 @@ struct Queue {
     gone: tokio::sync::Notify,
     limit: usize,
     /// When the connection is next due, in ms since the hub's epoch
-    /// ([`NEVER`]: not set, or fired and not set again).
+    /// ([`NEVER`]: not set, or fired and not set again). Changed under
+    /// the wheel's lock only, as is `filed`.
     due_at: AtomicU64,
+    /// The tick whose slot holds this queue's live wheel entry ([`NEVER`]:
+    /// none). Any other entry of the queue is stale.
+    filed: AtomicU64,
 }
 
-/// [`Queue::due_at`] when no time is set.
+/// [`Queue::due_at`] and [`Queue::filed`] when not set.
 const NEVER: u64 = u64::MAX;
 
-/// What the wheel does with a queue's entry after a visit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Filed {
-    /// Its time is to come.
-    Keep,
-    /// Fired, or no time is set.
-    Drop,
+/// The hub's timing wheel: slot `t % SLOTS` holds the queues whose live
+/// entry is for tick `t` (and stale entries, dropped when visited).
+struct Wheel {
+    slots: Vec<Vec<Arc<Queue>>>,
+    /// The tick [`Hub::fire_due`] visits first next time (it visits the
+    /// current tick again, for what is due later within it).
+    cursor: u64,
+}
+
+fn slot_of(tick: u64) -> usize {
+    usize::try_from(tick % SLOTS).unwrap_or(0)
+}
+
+impl Wheel {
+    /// Files `queue` to be due at `at` (ms; `now` the present in ms).
+    fn file(&mut self, queue: &Arc<Queue>, at: u64, now: u64) {
+        queue.due_at.store(at, Ordering::Relaxed);
+        // A time already come is for the current tick, which the next
+        // visit looks at (a past tick's slot would wait a round).
+        let tick = at.max(now) / TICK_MS;
+        let filed = queue.filed.load(Ordering::Relaxed);
+        if filed != NEVER && filed <= tick {
+            // The live entry is visited first, and its visit moves it on.
+            return;
+        }
+        queue.filed.store(tick, Ordering::Relaxed);
+        if filed == NEVER || slot_of(filed) != slot_of(tick) {
+            self.slots[slot_of(tick)].push(Arc::clone(queue));
+        }
+    }
+
+    /// Unsets `queue`'s time; its entry goes on its next visit.
+    fn cancel(&self, queue: &Queue) {
+        queue.due_at.store(NEVER, Ordering::Relaxed);
+    }
+
+    /// Visits tick `tick`'s slot at `now` (ms): wakes the queues due, moves
+    /// on those due later, drops stale entries.
+    fn visit(&mut self, tick: u64, now: u64) {
+        let here = slot_of(tick);
+        for queue in std::mem::take(&mut self.slots[here]) {
+            let filed = queue.filed.load(Ordering::Relaxed);
+            if filed == NEVER || slot_of(filed) != here {
+                continue;
+            }
+            if filed > tick {
+                // Live, for a later round.
+                self.slots[here].push(queue);
+                continue;
+            }
+            let due = queue.due_at.load(Ordering::Relaxed);
+            if due == NEVER || due <= now {
+                queue.filed.store(NEVER, Ordering::Relaxed);
+                if due != NEVER {
+                    queue.due_at.store(NEVER, Ordering::Relaxed);
+                    queue.mark_due();
+                }
+                continue;
+            }
+            let next = due / TICK_MS;
+            queue.filed.store(next, Ordering::Relaxed);
+            self.slots[slot_of(next)].push(queue);
+        }
+    }
+}
+
+impl QueueState {
+    fn pop(&mut self) -> Next {
+        if self.killed.is_some() {
+            return Next::Closed;
+        }
+        match self.items.pop_front() {
+            Some(item) => Next::Item(item),
+            None if self.closed => Next::Closed,
+            None => Next::Empty,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -150,33 +227,14 @@ impl Queue {
             gone: tokio::sync::Notify::new(),
             limit,
             due_at: AtomicU64::new(NEVER),
+            filed: AtomicU64::new(NEVER),
         })
     }
 
-    /// Marks the queue due if its time is at or before `now` (ms since the
-    /// hub's epoch), once per time set; says whether its wheel entry is
-    /// still wanted.
-    fn fire_if_due(&self, now: u64) -> Filed {
-        loop {
-            let at = self.due_at.load(Ordering::Acquire);
-            if at == NEVER {
-                return Filed::Drop;
-            }
-            if at > now {
-                return Filed::Keep;
-            }
-            // Set again meanwhile: look at the new time.
-            if self
-                .due_at
-                .compare_exchange(at, NEVER, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                break;
-            }
-        }
+    /// Hands the reader [`Wake::Due`].
+    fn mark_due(&self) {
         self.state.lock().due = true;
         self.ready.wake();
-        Filed::Drop
     }
 
     /// What the reader is woken for, if anything yet: a due time first, so
@@ -184,16 +242,13 @@ impl Queue {
     /// token's expiry.
     fn next_wake(&self) -> Option<Wake> {
         let mut state = self.state.lock();
-        if state.killed.is_some() {
-            return Some(Wake::Ended);
-        }
-        if std::mem::take(&mut state.due) {
+        if state.killed.is_none() && std::mem::take(&mut state.due) {
             return Some(Wake::Due);
         }
-        match state.items.pop_front() {
-            Some(item) => Some(Wake::Delivery(item)),
-            None if state.closed => Some(Wake::Ended),
-            None => None,
+        match state.pop() {
+            Next::Item(item) => Some(Wake::Delivery(item)),
+            Next::Closed => Some(Wake::Ended),
+            Next::Empty => None,
         }
     }
 
@@ -261,15 +316,7 @@ impl Queue {
     /// The next item, if one is queued. Nothing once killed: what is
     /// still queued is not worth sending to a connection being ended.
     fn pop(&self) -> Next {
-        let mut state = self.state.lock();
-        if state.killed.is_some() {
-            return Next::Closed;
-        }
-        match state.items.pop_front() {
-            Some(item) => Next::Item(item),
-            None if state.closed => Next::Closed,
-            None => Next::Empty,
-        }
+        self.state.lock().pop()
     }
 
     /// Waits for the next item; `None` once closed and drained. Cancel-safe:
@@ -335,13 +382,8 @@ pub struct Hub {
     placer: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::bus::BroadcastNote>>,
     /// What due times count from.
     epoch: tokio::time::Instant,
-    /// The timing wheel: slot `t % SLOTS` holds the queues due within tick
-    /// `t` (and stale entries, dropped when visited: a queue whose time
-    /// was set again, or that went away).
-    wheel: Vec<Mutex<Vec<Arc<Queue>>>>,
-    /// The tick [`Hub::fire_due`] visits first next time (it visits the
-    /// current tick again, for what is due later within it).
-    cursor: Mutex<u64>,
+    /// Every connection's next due time.
+    wheel: Mutex<Wheel>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -366,32 +408,18 @@ impl Hub {
             idle: tokio::sync::Notify::new(),
             placer: std::sync::OnceLock::new(),
             epoch: tokio::time::Instant::now(),
-            wheel: (0..SLOTS).map(|_| Mutex::new(Vec::new())).collect(),
-            cursor: Mutex::new(0),
+            wheel: Mutex::new(Wheel {
+                slots: (0..SLOTS).map(|_| Vec::new()).collect(),
+                cursor: 0,
+            }),
         })
-    }
-
-    fn slot(&self, at_ms: u64) -> &Mutex<Vec<Arc<Queue>>> {
-        &self.wheel[usize::try_from((at_ms / TICK_MS) % SLOTS).unwrap_or(0)]
     }
 
     /// Wakes `queue` with [`Wake::Due`] once `at` has come.
     fn file(&self, queue: &Arc<Queue>, at: tokio::time::Instant) {
         let at = self.ms_since_epoch(at);
         let now = self.ms_since_epoch(tokio::time::Instant::now());
-        let before = queue.due_at.swap(at, Ordering::AcqRel);
-        // Already filed in that slot (kept there while its time is to
-        // come): filed once, however often the time is set.
-        if before != NEVER
-            && before > now
-            && at > now
-            && std::ptr::eq(self.slot(before), self.slot(at))
-        {
-            return;
-        }
-        // A time already come goes in the current tick's slot, which the
-        // next visit looks at (a past tick's slot would wait a round).
-        self.slot(at.max(now)).lock().push(Arc::clone(queue));
+        self.wheel.lock().file(queue, at, now);
     }
 
     /// `at` in ms since the hub's epoch (0 for earlier times).
@@ -417,27 +445,13 @@ impl Hub {
     /// visiting the slots of the ticks since the last visit.
     fn fire_due(&self, now: tokio::time::Instant) {
         let now = self.ms_since_epoch(now);
-        let mut cursor = self.cursor.lock();
         let current = now / TICK_MS;
-        let first = (*cursor).max(current.saturating_sub(SLOTS - 1));
+        let mut wheel = self.wheel.lock();
+        let first = wheel.cursor.max(current.saturating_sub(SLOTS - 1));
         for tick in first..=current {
-            let slot = self.slot(tick * TICK_MS);
-            let filed = std::mem::take(&mut *slot.lock());
-            let mut kept = Vec::new();
-            for queue in filed {
-                if queue.fire_if_due(now) == Filed::Keep
-                    && std::ptr::eq(self.slot(queue.due_at.load(Ordering::Acquire)), slot)
-                {
-                    // Due later in this tick, or in a later round. (A time
-                    // in another slot was filed there when it was set.)
-                    kept.push(queue);
-                }
-            }
-            if !kept.is_empty() {
-                slot.lock().append(&mut kept);
-            }
+            wheel.visit(tick, now);
         }
-        *cursor = current;
+        wheel.cursor = current;
     }
 
     /// From now on, broadcasts committed on other nodes are sent to `tx`
@@ -773,7 +787,7 @@ impl Drop for Subscription {
         self.hub.remove(&self.user, self.id);
         // The wheel drops its entry on its next visit; nothing queued is
         // kept until then, the reader being gone.
-        self.queue.due_at.store(NEVER, Ordering::Release);
+        self.hub.wheel.lock().cancel(&self.queue);
         self.queue.state.lock().items.clear();
     }
 }
@@ -789,6 +803,15 @@ mod tests {
             Outbound::Event(d) => d.seq,
             Outbound::Broadcast => Seq(0),
         }
+    }
+
+    /// A user, a session and a platform for a test connection.
+    fn ids() -> (UserId, SessionId, Platform) {
+        (
+            UserId::parse("u").unwrap(),
+            SessionId::parse("s").unwrap(),
+            Platform::parse("web").unwrap(),
+        )
     }
 
     fn delivery(user: &UserId, seq: u64) -> Arc<Delivery> {
@@ -807,9 +830,7 @@ mod tests {
     /// node's timer task does this every tick and ends with the hub.
     #[tokio::test(start_paused = true)]
     async fn a_due_time_wakes_its_connection_once_ahead_of_its_events() {
-        let user = UserId::parse("u").unwrap();
-        let sid = SessionId::parse("s").unwrap();
-        let web = Platform::parse("web").unwrap();
+        let (user, sid, web) = ids();
         let hub = Hub::new(8);
         let mut conn = hub.subscribe(&user, &sid, &web);
         let start = tokio::time::Instant::now();
@@ -851,19 +872,18 @@ mod tests {
     }
 
     fn filed(hub: &Hub) -> usize {
-        hub.wheel.iter().map(|slot| slot.lock().len()).sum()
+        hub.wheel.lock().slots.iter().map(Vec::len).sum()
     }
 
-    /// The wheel holds one entry per connection and time: a time set
-    /// again in the same slot is not filed twice, a time moved to another
-    /// slot leaves a stale entry that the next visit drops, a time beyond
-    /// one round fires on its own round and not on the first, and a
-    /// connection that went away is dropped from the wheel.
+    /// The wheel holds one live entry per connection: a time set again is
+    /// not filed twice, a later time is reached by moving the entry on at
+    /// its visit, times alternating between two slots (a client sending
+    /// `auth` frames with two tokens) leave at most one stale entry, a
+    /// time beyond one round fires on its own round and not on the first,
+    /// and a connection that went away is dropped from the wheel.
     #[tokio::test(start_paused = true)]
     async fn the_timing_wheel_files_each_time_once_and_fires_it_on_its_round() {
-        let user = UserId::parse("u").unwrap();
-        let sid = SessionId::parse("s").unwrap();
-        let web = Platform::parse("web").unwrap();
+        let (user, sid, web) = ids();
         let hub = Hub::new(8);
         let mut conn = hub.subscribe(&user, &sid, &web);
         let start = tokio::time::Instant::now();
@@ -881,13 +901,28 @@ mod tests {
         hub.fire_due(start + Duration::from_secs(2) + round);
         assert!(matches!(conn.wait().await, Wake::Due));
         assert_eq!(filed(&hub), 0);
-        // Moved to another slot: the old entry is stale and goes on its visit.
+        // Later, in another slot: the entry stays, and its visit moves it on.
         conn.set_due(start + round + Duration::from_secs(10));
         conn.set_due(start + round + Duration::from_secs(20));
-        assert_eq!(filed(&hub), 2);
+        assert_eq!(filed(&hub), 1);
         hub.fire_due(start + round + Duration::from_secs(15));
         assert_eq!(filed(&hub), 1);
         assert!(conn.queue.next_wake().is_none());
+        // Alternating between two slots, later time last: no growth, and
+        // the time that counts is the last one set.
+        for _ in 0..1000 {
+            conn.set_due(start + round + Duration::from_secs(17));
+            conn.set_due(start + round + Duration::from_secs(19));
+        }
+        assert!(filed(&hub) <= 2, "{} entries", filed(&hub));
+        hub.fire_due(start + round + Duration::from_secs(18));
+        assert!(
+            conn.queue.next_wake().is_none(),
+            "fired at a time set before"
+        );
+        hub.fire_due(start + round + Duration::from_secs(19));
+        assert!(matches!(conn.wait().await, Wake::Due));
+        conn.set_due(start + round + Duration::from_secs(20));
         drop(conn);
         hub.fire_due(start + round + Duration::from_secs(25));
         assert_eq!(filed(&hub), 0, "a closed connection stays in the wheel");
@@ -927,9 +962,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_killed_queue_ends_its_reader_even_with_items_left() {
-        let user = UserId::parse("u").unwrap();
-        let sid = SessionId::parse("s").unwrap();
-        let web = Platform::parse("web").unwrap();
+        let (user, sid, web) = ids();
         let hub = Hub::new(4);
         let mut conn = hub.subscribe(&user, &sid, &web);
         hub.deliver(delivery(&user, 1));
@@ -957,9 +990,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_ends_every_connection_and_any_that_opens_after() {
         let hub = Hub::new(4);
-        let user = UserId::parse("u").unwrap();
-        let sid = SessionId::parse("s").unwrap();
-        let web = Platform::parse("web").unwrap();
+        let (user, sid, web) = ids();
         let mut before = hub.subscribe(&user, &sid, &web);
         hub.shutdown();
         before.until_killed().await;
@@ -975,9 +1006,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_disconnects_only_that_connection() {
         let hub = Hub::new(2);
-        let user = UserId::parse("u").unwrap();
-        let sid = SessionId::parse("s").unwrap();
-        let web = Platform::parse("web").unwrap();
+        let (user, sid, web) = ids();
         let ios = Platform::parse("ios").unwrap();
         let mut reader = hub.subscribe(&user, &sid, &web);
         let stalled = hub.subscribe(&user, &sid, &ios);
